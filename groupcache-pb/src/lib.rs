@@ -1,0 +1,155 @@
+//! golang/groupcache's wire messages (proto2 package `groupcachepb`), as prost types.
+//!
+//! Written as `#[derive(prost::Message)]` structs so that no `protoc` is needed at build time. The
+//! field numbers and types are those of golang/groupcache's `groupcache.proto`, plus the `expire`
+//! field and `SetRequest` of mailgun/groupcache v2, which a Go peer ignores without breaking.
+//!
+//! ```
+//! use prost::Message;
+//! use groupcache_pb::GetResponse;
+//!
+//! let response = GetResponse { value: Some("hi".into()), ..Default::default() };
+//! assert_eq!(response.encode_to_vec(), [0x0a, 0x02, b'h', b'i']);
+//! let decoded = GetResponse::decode(&[0x0a, 0x02, b'h', b'i'][..]).unwrap();
+//! assert_eq!(decoded.value.as_deref(), Some(&b"hi"[..]));
+//! ```
+
+use bytes::Bytes;
+
+/// Asks a peer for one key of one group. golang/groupcache sends this in the URL path, not as a body;
+/// it is kept for completeness and for peers that want it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetRequest {
+    /// The group's name.
+    #[prost(string, required, tag = "1")]
+    pub group: String,
+    /// The key.
+    #[prost(string, required, tag = "2")]
+    pub key: String,
+}
+
+/// A peer's answer to a get: the value and, optionally, how popular the key is and when it expires.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GetResponse {
+    /// The value's bytes.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub value: Option<Bytes>,
+    /// Requests per minute the owner sees for this key (unused by golang/groupcache).
+    #[prost(double, optional, tag = "2")]
+    pub minute_qps: Option<f64>,
+    /// When the value expires, in Unix nanoseconds; absent or 0 means never (mailgun/groupcache v2).
+    #[prost(int64, optional, tag = "3")]
+    pub expire: Option<i64>,
+}
+
+/// Stores a value on its owner (mailgun/groupcache v2's `PUT`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetRequest {
+    /// The group's name.
+    #[prost(string, required, tag = "1")]
+    pub group: String,
+    /// The key.
+    #[prost(string, required, tag = "2")]
+    pub key: String,
+    /// The value's bytes.
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    pub value: Option<Bytes>,
+    /// When the value expires, in Unix nanoseconds; absent or 0 means never.
+    #[prost(int64, optional, tag = "4")]
+    pub expire: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn get_response_with_value_hi_is_byte_exact() {
+        let response = GetResponse {
+            value: Some(Bytes::from_static(b"hi")),
+            ..Default::default()
+        };
+        assert_eq!(hex(&response.encode_to_vec()), "0a 02 68 69");
+    }
+
+    #[test]
+    fn get_response_all_fields_are_byte_exact() {
+        let response = GetResponse {
+            value: Some(Bytes::from_static(b"v")),
+            minute_qps: Some(1.5),
+            expire: Some(1_700_000_000_000_000_000),
+        };
+        // 0x11 = field 2, wire type 1 (64-bit); 1.5f64 little-endian; 0x18 = field 3, varint.
+        assert_eq!(
+            hex(&response.encode_to_vec()),
+            "0a 01 76 11 00 00 00 00 00 00 f8 3f 18 80 80 a8 b1 e3 9f e7 cb 17"
+        );
+        assert_eq!(
+            GetResponse::decode(response.encode_to_vec().as_slice()).unwrap(),
+            response
+        );
+    }
+
+    #[test]
+    fn empty_get_response_is_empty_and_decodes_to_no_value() {
+        let response = GetResponse::default();
+        assert!(response.encode_to_vec().is_empty());
+        assert_eq!(GetResponse::decode(&[][..]).unwrap().value, None);
+    }
+
+    #[test]
+    fn get_request_is_byte_exact() {
+        let request = GetRequest {
+            group: "g".into(),
+            key: "k".into(),
+        };
+        assert_eq!(hex(&request.encode_to_vec()), "0a 01 67 12 01 6b");
+    }
+
+    #[test]
+    fn set_request_is_byte_exact_and_round_trips() {
+        let request = SetRequest {
+            group: "g".into(),
+            key: "k".into(),
+            value: Some(Bytes::from_static(b"v")),
+            expire: Some(5),
+        };
+        assert_eq!(
+            hex(&request.encode_to_vec()),
+            "0a 01 67 12 01 6b 1a 01 76 20 05"
+        );
+        assert_eq!(
+            SetRequest::decode(request.encode_to_vec().as_slice()).unwrap(),
+            request
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_decode_as_empty() {
+        // prost does not enforce proto2's `required` on decode; servers take group and key from the
+        // URL path, as golang/groupcache does, so an absent field must simply read as empty.
+        let request = SetRequest::decode(&[0x1a, 0x01, b'v'][..]).unwrap();
+        assert_eq!((request.group.as_str(), request.key.as_str()), ("", ""));
+        assert_eq!(request.value.as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for garbage in [
+            &[0xff_u8, 0xff, 0xff][..],
+            &[0x0a, 0x10, b'x'][..],
+            &[0x0b][..],
+        ] {
+            assert!(GetResponse::decode(garbage).is_err(), "{garbage:?}");
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Configuration of a [`Groupcache`], with bounded defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::caches::Cache;
+use crate::flight::Flight;
+use crate::metrics::Metrics;
+use crate::peers::{Peers, normalize_url};
+use crate::popularity::Popularity;
+use crate::ring::RingMode;
+use crate::transport::PeerClient;
+use crate::{Error, Groupcache, Inner, Loader};
+
+/// Default main-cache budget: 64 MiB.
+pub const DEFAULT_MAIN_CACHE_BYTES: u64 = 64 << 20;
+/// Default hot-cache budget: 8 MiB (golang/groupcache lets hot grow to an eighth of main).
+pub const DEFAULT_HOT_CACHE_BYTES: u64 = 8 << 20;
+
+/// Builds a [`Groupcache`]; start with [`Groupcache::builder`].
+///
+/// ```
+/// # use groupcache::{Groupcache, Loaded, Loader, RingMode};
+/// # use std::time::Duration;
+/// # struct Db;
+/// # impl Loader for Db {
+/// #     type Value = String;
+/// #     type Error = std::io::Error;
+/// #     async fn load(&self, key: &str) -> Result<Loaded<String>, std::io::Error> {
+/// #         Ok(Loaded::new(key.to_uppercase()))
+/// #     }
+/// # }
+/// let cache = Groupcache::builder("users", "http://10.0.0.1:8080", Db)
+///     .main_cache_bytes(256 << 20)
+///     .hot_cache_bytes(32 << 20)
+///     .ring_mode(RingMode::GoCompatible)
+///     .peer_timeout(Duration::from_secs(2))
+///     .build()?;
+/// # Ok::<(), groupcache::Error>(())
+/// ```
+#[must_use]
+pub struct Builder<L> {
+    group: String,
+    self_url: String,
+    loader: L,
+    pub(crate) config: Config,
+    main_cache_bytes: u64,
+    hot_cache_bytes: u64,
+    ring_mode: RingMode,
+    connect_timeout: Duration,
+    client: Option<reqwest::Client>,
+    popularity_window: Duration,
+}
+
+/// Settings the read path consults.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) base_path: String,
+    pub(crate) peer_timeout: Duration,
+    pub(crate) max_key_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) hot_promotion_requests: u32,
+    pub(crate) hot_max_age: Duration,
+}
+
+impl<L: Loader> Builder<L> {
+    pub(crate) fn new(group: String, self_url: String, loader: L) -> Self {
+        Builder {
+            group,
+            self_url,
+            loader,
+            config: Config {
+                base_path: "/_groupcache/".to_owned(),
+                peer_timeout: Duration::from_secs(10),
+                max_key_bytes: 4096,
+                max_value_bytes: 16 << 20,
+                hot_promotion_requests: 2,
+                hot_max_age: Duration::from_secs(60),
+            },
+            main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
+            hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
+            ring_mode: RingMode::default(),
+            connect_timeout: Duration::from_secs(1),
+            client: None,
+            popularity_window: crate::POPULARITY_WINDOW,
+        }
+    }
+
+    /// Byte budget of the main cache, which holds the keys this replica owns (default 64 MiB).
+    /// Each entry is charged its key, its value and a fixed overhead.
+    pub fn main_cache_bytes(mut self, bytes: u64) -> Self {
+        self.main_cache_bytes = bytes;
+        self
+    }
+
+    /// Byte budget of the hot cache, which holds popular keys owned by others (default 8 MiB);
+    /// 0 turns it off.
+    pub fn hot_cache_bytes(mut self, bytes: u64) -> Self {
+        self.hot_cache_bytes = bytes;
+        self
+    }
+
+    /// How keys map to owners (default [`RingMode::Balanced`]); every replica must use the same.
+    /// [`RingMode::GoCompatible`] to share a cluster with golang/groupcache replicas.
+    pub fn ring_mode(mut self, mode: RingMode) -> Self {
+        self.ring_mode = mode;
+        self
+    }
+
+    /// Longest wait for a peer's whole answer (default 10 s). It includes the owner's load, so
+    /// keep it above the loader's worst latency; past it the value is loaded locally.
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.config.peer_timeout = timeout;
+        self
+    }
+
+    /// Longest wait to connect to a peer (default 1 s). Ignored with [`Builder::http_client`],
+    /// whose own setting applies.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Path under which peers serve the router (default `/_groupcache/`, golang/groupcache's).
+    /// It must start and end with `/`. When the application nests the router under a prefix,
+    /// the prefix belongs in the peer URLs (`http://10.0.0.1:8080/internal`), not here.
+    pub fn base_path(mut self, path: impl Into<String>) -> Self {
+        self.config.base_path = path.into();
+        self
+    }
+
+    /// The HTTP client for peer requests, e.g. one with TLS settings. It should not follow
+    /// redirects: a golang/groupcache peer answers some keys with a redirect to a different key.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Longest key accepted, in bytes (default 4096); longer ones fail with
+    /// [`Error::KeyTooLarge`] locally and get 400 from the router.
+    pub fn max_key_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_key_bytes = bytes;
+        self
+    }
+
+    /// Largest value accepted from a peer or in a peer's `PUT` (default 16 MiB); a peer sending
+    /// more is cut off at the limit.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_value_bytes = bytes;
+        self
+    }
+
+    /// Requests for a key owned elsewhere, within the popularity window (default 60 s), after
+    /// which its fetched value is kept in the hot cache (default 2: one-off keys are never kept).
+    pub fn hot_promotion_requests(mut self, requests: u32) -> Self {
+        self.config.hot_promotion_requests = requests;
+        self
+    }
+
+    /// Longest a hot copy is served before it is fetched again (default 60 s): the staleness
+    /// bound for a replica that missed a `remove` or `set` (e.g. during a partition).
+    pub fn hot_max_age(mut self, age: Duration) -> Self {
+        self.config.hot_max_age = age;
+        self
+    }
+
+    /// Builds the cache. Its metrics are registered with the `metrics` recorder installed now.
+    pub fn build(self) -> Result<Groupcache<L>, Error> {
+        let config = self.config;
+        if self.group.is_empty() {
+            return Err(Error::Config("the group name is empty".into()));
+        }
+        if !(config.base_path.starts_with('/') && config.base_path.ends_with('/')) {
+            return Err(Error::Config(format!(
+                "base path {:?} must start and end with '/'",
+                config.base_path
+            )));
+        }
+        if config.peer_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::Config("timeouts must be longer than zero".into()));
+        }
+        let self_url = normalize_url(&self.self_url)?;
+        let client = match self.client {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .connect_timeout(self.connect_timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(256)
+                .build()
+                .map_err(|e| Error::Config(format!("HTTP client: {e}")))?,
+        };
+        let metrics = Metrics::new(&self.group);
+        let peers = Peers::new(&self_url, self.ring_mode, &config.base_path, &self.group);
+        metrics.peers.set(1.0);
+        let inner = Inner {
+            client: PeerClient::new(client, config.peer_timeout, config.max_value_bytes),
+            main: Cache::new(self.main_cache_bytes),
+            hot: Cache::new(self.hot_cache_bytes),
+            popularity: Popularity::new(self.popularity_window),
+            loads: Flight::new(),
+            fetches: Flight::new(),
+            group: self.group,
+            self_url,
+            loader: self.loader,
+            peers,
+            metrics,
+            config,
+        };
+        Ok(Groupcache {
+            inner: Arc::new(inner),
+        })
+    }
+}

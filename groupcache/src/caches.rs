@@ -1,0 +1,361 @@
+//! A byte-budgeted LRU cache with per-entry expiry, used for both the main and the hot cache.
+
+use std::mem::size_of;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use lru::LruCache;
+
+/// A cached value and when it stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The cached bytes.
+    pub value: Bytes,
+    /// Unix time in nanoseconds after which the entry is gone; 0 = never (the wire's convention).
+    pub expire: i64,
+}
+
+/// What `insert` did, so the caller can update metrics without the cache knowing about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inserted {
+    /// Least-recently-used entries removed to make room.
+    pub evicted: u64,
+}
+
+/// The node `lru` allocates per entry (its private `LruEntry<K, V>`): key, value, prev, next.
+const NODE: u64 = size_of::<(Box<str>, Entry, *mut u8, *mut u8)>() as u64;
+/// One hash-table bucket (`lru`'s `KeyRef<K>` pointer and the `NonNull` node pointer) plus its
+/// control byte in hashbrown.
+const SLOT: u64 = size_of::<(*const Box<str>, NonNull<u8>)>() as u64 + 1;
+/// The table doubles when 7/8 full, so just after growing it is 7/16 full: charge 16/7 buckets.
+const TABLE: u64 = (SLOT * 16).div_ceil(7);
+/// `bytes`' private `Shared` header (buffer pointer, capacity, refcount), allocated the first
+/// time a stored value is cloned.
+const SHARED: u64 = size_of::<(*mut u8, usize, AtomicUsize)>() as u64;
+/// Allocations per entry: node, key, value buffer, `Shared`. Each costs the allocator about
+/// 16 bytes (glibc: an 8-byte header, then rounding up to 16).
+const ALLOCATOR: u64 = 4 * 16;
+
+/// Bytes charged per entry on top of key and value: the LRU node, the hash-table slot, allocator
+/// headers.
+///
+/// On 64-bit targets: node 72 (`Box<str>` 16 + `Entry` 40 + two list pointers 16) + table 39
+/// (a 17-byte bucket at worst 7/16 load) + `Bytes`' shared header 24 + allocator 64 (four
+/// allocations at ~16 bytes each) = 199. Measured with glibc, the process's resident memory grew
+/// by 0.95-1.02x the charged bytes for values of 0-64 bytes up to 0-10 KB (0.71x for empty values,
+/// which allocate neither a buffer nor `Shared`).
+pub const ENTRY_OVERHEAD: u64 = NODE + TABLE + SHARED + ALLOCATOR;
+
+/// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
+/// The lock is held for the map operation only; removed values are dropped after unlocking.
+pub struct Cache {
+    inner: Mutex<Inner>,
+    budget: u64,
+    /// Copies of `Inner::bytes` and the map's length, stored while the lock is held.
+    bytes: AtomicU64,
+    items: AtomicU64,
+}
+
+struct Inner {
+    map: LruCache<Box<str>, Entry>,
+    bytes: u64,
+}
+
+/// Entries taken out under the lock, dropped by the caller after unlocking.
+type Removed = Vec<(Box<str>, Entry)>;
+
+fn charge(key: &str, value_len: usize) -> u64 {
+    (key.len() + value_len) as u64 + ENTRY_OVERHEAD
+}
+
+impl Cache {
+    /// Creates an empty cache that holds at most `budget_bytes` charged bytes.
+    pub fn new(budget_bytes: u64) -> Cache {
+        Cache {
+            inner: Mutex::new(Inner {
+                map: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            budget: budget_bytes,
+            bytes: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns a clone of the entry (a cheap Bytes clone) and marks it recently used.
+    /// An entry whose expire is non-zero and <= now_nanos is removed and None is returned.
+    pub fn get(&self, key: &str, now_nanos: i64) -> Option<Entry> {
+        let mut inner = self.lock();
+        match inner.map.get(key) {
+            None => return None,
+            Some(e) if e.expire == 0 || e.expire > now_nanos => return Some(e.clone()),
+            Some(_) => {}
+        }
+        let expired = inner.map.pop_entry(key);
+        self.forget(&mut inner, expired.as_ref());
+        drop(inner);
+        drop(expired);
+        None
+    }
+
+    /// Inserts or replaces; then evicts least-recently-used entries until the charged bytes fit
+    /// the budget. An entry larger than the whole budget is not stored and nothing is evicted for
+    /// it, but an older value under the same key is removed so that it is not served stale.
+    /// The value is copied into an exactly-sized allocation so a small slice cannot pin a large
+    /// network buffer.
+    pub fn insert(&self, key: &str, entry: Entry) -> Inserted {
+        let size = charge(key, entry.value.len());
+        if size > self.budget {
+            self.remove(key);
+            return Inserted::default();
+        }
+        let entry = Entry {
+            value: Bytes::copy_from_slice(&entry.value),
+            expire: entry.expire,
+        };
+        let mut removed = Removed::new();
+        let mut inner = self.lock();
+        if let Some((key, old)) = inner.map.push(key.into(), entry) {
+            inner.bytes -= charge(&key, old.value.len());
+            removed.push((key, old));
+        }
+        inner.bytes += size;
+        let replaced = removed.len();
+        while inner.bytes > self.budget {
+            // The new entry fits the budget on its own and is the most recent, so it stays.
+            let Some((key, old)) = inner.map.pop_lru() else {
+                break;
+            };
+            inner.bytes -= charge(&key, old.value.len());
+            removed.push((key, old));
+        }
+        self.publish(&inner);
+        drop(inner);
+        Inserted {
+            evicted: (removed.len() - replaced) as u64,
+        }
+    }
+
+    /// Removes the key; true if it was there.
+    pub fn remove(&self, key: &str) -> bool {
+        let mut inner = self.lock();
+        let removed = inner.map.pop_entry(key);
+        self.forget(&mut inner, removed.as_ref());
+        drop(inner);
+        removed.is_some()
+    }
+
+    /// Charged bytes currently held, read without taking the lock.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Number of entries currently held, read without taking the lock.
+    pub fn items(&self) -> u64 {
+        self.items.load(Ordering::Relaxed)
+    }
+
+    /// The byte budget given to `new`.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Takes the lock. Nothing in the critical sections can panic halfway through an update, so
+    /// a poisoned lock still guards consistent data.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Uncharges an entry just taken out of the map and publishes the new totals.
+    fn forget(&self, inner: &mut Inner, gone: Option<&(Box<str>, Entry)>) {
+        if let Some((key, entry)) = gone {
+            inner.bytes -= charge(key, entry.value.len());
+        }
+        self.publish(inner);
+    }
+
+    fn publish(&self, inner: &Inner) {
+        self.bytes.store(inner.bytes, Ordering::Relaxed);
+        self.items.store(inner.map.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(len: usize) -> Entry {
+        Entry {
+            value: Bytes::from(vec![b'v'; len]),
+            expire: 0,
+        }
+    }
+
+    /// Recomputes bytes and items from the content and checks the published counters agree.
+    fn check_accounting(cache: &Cache) {
+        let inner = cache.lock();
+        let bytes: u64 = inner
+            .map
+            .iter()
+            .map(|(k, e)| charge(k, e.value.len()))
+            .sum();
+        assert_eq!(inner.bytes, bytes);
+        assert_eq!(cache.bytes(), bytes);
+        assert_eq!(cache.items(), inner.map.len() as u64);
+        assert!(bytes <= cache.budget());
+    }
+
+    #[test]
+    fn overhead_covers_the_real_structures() {
+        assert_eq!(size_of::<Entry>(), 40);
+        if size_of::<usize>() == 8 {
+            assert_eq!(ENTRY_OVERHEAD, 199);
+        }
+    }
+
+    #[test]
+    fn evicts_least_recently_used_first() {
+        let per = charge("a", 100);
+        let cache = Cache::new(3 * per);
+        for key in ["a", "b", "c"] {
+            assert_eq!(cache.insert(key, entry(100)).evicted, 0);
+        }
+        assert!(cache.get("a", 0).is_some()); // now b is the least recently used
+        assert_eq!(cache.insert("d", entry(100)).evicted, 1);
+        assert!(cache.get("b", 0).is_none());
+        for key in ["a", "c", "d"] {
+            assert!(cache.get(key, 0).is_some(), "{key}");
+        }
+        // A value twice the size pushes out the two least recently used (a, then c).
+        assert_eq!(cache.insert("e", entry(100 + per as usize)).evicted, 2);
+        assert!(cache.get("a", 0).is_none());
+        assert!(cache.get("c", 0).is_none());
+        assert!(cache.get("d", 0).is_some());
+        assert!(cache.get("e", 0).is_some());
+        check_accounting(&cache);
+    }
+
+    #[test]
+    fn bytes_never_exceed_the_budget() {
+        let cache = Cache::new(10_000);
+        for i in 0..2_000usize {
+            cache.insert(&format!("key-{}", i % 97), entry((i * 7919) % 3_000));
+            assert!(
+                cache.bytes() <= 10_000,
+                "after insert {i}: {}",
+                cache.bytes()
+            );
+        }
+        check_accounting(&cache);
+    }
+
+    #[test]
+    fn replacing_recharges() {
+        let cache = Cache::new(1 << 20);
+        cache.insert("k", entry(5_000));
+        assert_eq!(cache.bytes(), charge("k", 5_000));
+        let evicted = cache.insert("k", entry(10)).evicted;
+        assert_eq!(evicted, 0);
+        assert_eq!(cache.bytes(), charge("k", 10));
+        assert_eq!(cache.items(), 1);
+        assert_eq!(cache.get("k", 0).map(|e| e.value.len()), Some(10));
+        check_accounting(&cache);
+    }
+
+    #[test]
+    fn oversized_entries_are_refused() {
+        let budget = charge("small", 100) + charge("big", 0);
+        let cache = Cache::new(budget);
+        cache.insert("small", entry(100));
+        let big = entry(budget as usize);
+        assert_eq!(cache.insert("big", big.clone()), Inserted::default());
+        assert!(cache.get("big", 0).is_none());
+        assert!(cache.get("small", 0).is_some(), "nothing evicted for it");
+        // An oversized replacement removes the old value rather than leaving it stale.
+        assert_eq!(cache.insert("small", big), Inserted::default());
+        assert!(cache.get("small", 0).is_none());
+        check_accounting(&cache);
+        assert_eq!(cache.items(), 0);
+    }
+
+    #[test]
+    fn zero_budget_stores_nothing() {
+        let cache = Cache::new(0);
+        cache.insert("", entry(0));
+        assert!(cache.get("", 0).is_none());
+        assert_eq!((cache.bytes(), cache.items()), (0, 0));
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_and_uncharged() {
+        let cache = Cache::new(1 << 20);
+        let mut e = entry(1_000);
+        e.expire = 1_000;
+        cache.insert("old", e);
+        cache.insert("forever", entry(1_000));
+        assert!(cache.get("old", 999).is_some(), "still valid just before");
+        assert!(cache.get("old", 1_000).is_none(), "gone at expire");
+        assert_eq!(cache.bytes(), charge("forever", 1_000));
+        assert_eq!(cache.items(), 1);
+        assert!(cache.get("forever", i64::MAX).is_some(), "expire 0 = never");
+        check_accounting(&cache);
+    }
+
+    #[test]
+    fn remove_releases_bytes() {
+        let cache = Cache::new(1 << 20);
+        cache.insert("a", entry(300));
+        cache.insert("b", entry(400));
+        assert!(cache.remove("a"));
+        assert!(!cache.remove("a"));
+        assert_eq!(cache.bytes(), charge("b", 400));
+        assert_eq!(cache.items(), 1);
+        assert!(cache.remove("b"));
+        assert_eq!((cache.bytes(), cache.items()), (0, 0));
+    }
+
+    #[test]
+    fn a_slice_does_not_pin_its_buffer() {
+        let big = Bytes::from(vec![42u8; 1 << 20]);
+        let range = big.as_ptr_range();
+        let cache = Cache::new(1 << 20);
+        let value = big.slice(1_000..1_100);
+        cache.insert("k", Entry { value, expire: 0 });
+        let stored = cache.get("k", 0).map(|e| e.value).unwrap_or_default();
+        assert_eq!(stored, big.slice(1_000..1_100));
+        assert!(!range.contains(&stored.as_ptr()));
+    }
+
+    #[test]
+    fn concurrent_use_keeps_accounting_consistent() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Cache>();
+
+        let cache = Cache::new(50_000);
+        std::thread::scope(|s| {
+            for t in 0..8usize {
+                let cache = &cache;
+                s.spawn(move || {
+                    for i in 0..5_000usize {
+                        let key = format!("key-{}", (i * 31 + t) % 200);
+                        match i % 5 {
+                            0 => {
+                                cache.remove(&key);
+                            }
+                            1 | 2 => {
+                                cache.get(&key, 0);
+                            }
+                            _ => {
+                                cache.insert(&key, entry((i * t) % 700));
+                                assert!(cache.bytes() <= 50_000);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        check_accounting(&cache);
+    }
+}

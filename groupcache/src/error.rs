@@ -1,0 +1,104 @@
+//! The errors callers of [`Groupcache`](crate::Groupcache) can match on.
+
+use std::sync::Arc;
+
+/// Why a [`Groupcache`](crate::Groupcache) call failed.
+///
+/// Errors are cheap to clone: one failed load is handed to every caller that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// This replica's loader failed. The error is not cached: the next `get` loads again.
+    /// [`Error::loader_error`] gives back the loader's own error type.
+    #[error("loader failed: {0}")]
+    Loader(Arc<dyn std::error::Error + Send + Sync>),
+    /// The key's owner ran its loader and it failed; only its message crosses the network.
+    #[error("loader on the owner {peer} failed: {message}")]
+    RemoteLoader {
+        /// The owner's URL.
+        peer: String,
+        /// The owner's error message.
+        message: String,
+    },
+    /// The loader panicked. Every caller waiting for that load gets this; the key is not stuck.
+    #[error("loader panicked: {0}")]
+    LoaderPanicked(String),
+    /// The load was abandoned before it finished, which happens only when the runtime shuts down.
+    #[error("load abandoned before it finished (runtime shutting down)")]
+    LoadAbandoned,
+    /// The key is longer than the configured limit.
+    #[error("key is {len} bytes, over the limit of {limit}")]
+    KeyTooLarge {
+        /// The key's length in bytes.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A value could not be turned into bytes or back (see [`Value`](crate::Value)).
+    #[error("value codec: {0}")]
+    Codec(Arc<dyn std::error::Error + Send + Sync>),
+    /// A peer could not be asked, or answered with something unusable.
+    #[error("peer {peer}: {source}")]
+    Peer {
+        /// The peer's URL.
+        peer: String,
+        /// What went wrong.
+        #[source]
+        source: PeerError,
+    },
+    /// A peer URL given to the membership calls is not an absolute `http://` or `https://` URL.
+    #[error("invalid peer URL {0:?}: expected http://host:port or https://host:port[/prefix]")]
+    InvalidPeerUrl(String),
+    /// The builder was given an invalid setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The loader's own error, if this is a [`Error::Loader`] of type `E`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("row not found")]
+    /// struct NotFound;
+    ///
+    /// let err = groupcache::Error::Loader(Arc::new(NotFound));
+    /// assert!(err.loader_error::<NotFound>().is_some());
+    /// ```
+    pub fn loader_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::Loader(source) => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+}
+
+/// What went wrong talking to a peer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// Connecting, sending or reading failed (refused, reset, DNS, TLS).
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The peer did not answer within the peer request timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The peer answered with an unexpected status.
+    #[error("status {status}: {message}")]
+    Status {
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response body.
+        message: String,
+    },
+    /// The peer's body is not a valid message.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// The peer's value is larger than the configured limit; the rest was not read.
+    #[error("value over the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+}

@@ -1,0 +1,279 @@
+//! One piece of work per key at a time, shared by everyone who asks for that key meanwhile.
+//!
+//! Unlike golang/groupcache's singleflight (and the `singleflight-async` crate), the work runs in a
+//! task of its own: a caller that gives up does not cancel it or fail the others, a panic becomes
+//! an error for every waiter, and the entry is removed by a drop guard, so a key is never stuck.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+
+use crate::Error;
+
+/// The shared result of one piece of work.
+pub(crate) type Outcome<T> = Result<T, Error>;
+
+/// Calls in flight, by key.
+pub(crate) struct Flight<T> {
+    calls: Arc<Mutex<HashMap<String, Arc<Call<T>>>>>,
+}
+
+/// One call in flight: where its outcome will appear, and whether a `remove` overtook it.
+struct Call<T> {
+    outcome: watch::Receiver<Option<Outcome<T>>>,
+    superseded: Arc<AtomicBool>,
+}
+
+/// Handed to the work: tells it whether the key was removed or set while it ran, in which case
+/// its result must be returned to the waiters but not cached.
+#[derive(Clone)]
+pub(crate) struct Superseded(Arc<AtomicBool>);
+
+impl Superseded {
+    pub(crate) fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Flight<T> {
+    pub(crate) fn new() -> Self {
+        Flight {
+            calls: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Runs `work` for `key` unless a call for `key` is already in flight, and waits for the
+    /// outcome. The boolean is true for the caller that started the work.
+    pub(crate) async fn run<F, Fut>(&self, key: &str, work: F) -> (Outcome<T>, bool)
+    where
+        F: FnOnce(Superseded) -> Fut,
+        Fut: Future<Output = Outcome<T>> + Send + 'static,
+    {
+        let (mut outcome, started) = {
+            let mut calls = lock(&self.calls);
+            match calls.get(key) {
+                Some(call) => (call.outcome.clone(), false),
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    let superseded = Arc::new(AtomicBool::new(false));
+                    let call = Arc::new(Call {
+                        outcome: receiver.clone(),
+                        superseded: superseded.clone(),
+                    });
+                    calls.insert(key.to_owned(), call.clone());
+                    let guard = Landing {
+                        calls: self.calls.clone(),
+                        key: key.to_owned(),
+                        call,
+                    };
+                    let work = work(Superseded(superseded));
+                    tokio::spawn(async move {
+                        let outcome = match AssertUnwindSafe(work).catch_unwind().await {
+                            Ok(outcome) => outcome,
+                            Err(panic) => Err(Error::LoaderPanicked(panic_message(panic.as_ref()))),
+                        };
+                        // Leave the map before publishing: a caller arriving now starts afresh
+                        // and finds the value in the cache, or loads again after an error.
+                        drop(guard);
+                        // No receiver left is fine: everyone gave up, the cache still has the value.
+                        let _ = sender.send(Some(outcome));
+                    });
+                    (receiver, true)
+                }
+            }
+        };
+        let result = match outcome.wait_for(Option::is_some).await {
+            Ok(done) => done.clone().unwrap_or(Err(Error::LoadAbandoned)),
+            // The task was dropped unfinished: only when the runtime shuts down.
+            Err(_) => Err(Error::LoadAbandoned),
+        };
+        (result, started)
+    }
+
+    /// Marks the call in flight for `key`, if any, as superseded by a newer write.
+    pub(crate) fn supersede(&self, key: &str) {
+        if let Some(call) = lock(&self.calls).get(key) {
+            call.superseded.store(true, Ordering::Release);
+        }
+    }
+
+    /// Number of keys in flight.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.calls).len()
+    }
+}
+
+/// Removes a call from the map when its task ends, however it ends.
+struct Landing<T> {
+    calls: Arc<Mutex<HashMap<String, Arc<Call<T>>>>>,
+    key: String,
+    call: Arc<Call<T>>,
+}
+
+impl<T> Drop for Landing<T> {
+    fn drop(&mut self) {
+        let mut calls = lock(&self.calls);
+        if calls
+            .get(&self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, &self.call))
+        {
+            calls.remove(&self.key);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding this lock, but a poisoned map is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Notify;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_run() {
+        let flight = Arc::new(Flight::<u32>::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Notify::new());
+        let mut callers = Vec::new();
+        for _ in 0..50 {
+            let (flight, runs, release) = (flight.clone(), runs.clone(), release.clone());
+            callers.push(tokio::spawn(async move {
+                flight
+                    .run("k", |_| async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        release.notified().await;
+                        Ok(7)
+                    })
+                    .await
+            }));
+        }
+        // Wait until the one run has started, then let it finish.
+        while runs.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        release.notify_one();
+        let mut leaders = 0;
+        for caller in callers {
+            let (outcome, started) = caller.await.unwrap();
+            assert_eq!(outcome.unwrap(), 7);
+            leaders += usize::from(started);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(leaders, 1);
+        assert_eq!(
+            flight.len(),
+            0,
+            "the entry is removed once the work is done"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_leader_does_not_fail_the_others() {
+        let flight = Arc::new(Flight::<u32>::new());
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let leader = {
+            let (flight, started, release) = (flight.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                flight
+                    .run("k", |_| async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok(1)
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let follower = {
+            let flight = flight.clone();
+            tokio::spawn(async move { flight.run("k", |_| async { Ok(2) }).await })
+        };
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+        release.notify_one();
+        let (outcome, started_it) = follower.await.unwrap();
+        assert_eq!(
+            outcome.unwrap(),
+            1,
+            "the follower gets the leader's work, not a rerun"
+        );
+        assert!(!started_it);
+    }
+
+    #[tokio::test]
+    async fn panic_is_an_error_for_every_waiter_and_the_key_is_not_stuck() {
+        let flight = Flight::<u32>::new();
+        let (outcome, _) = flight
+            .run("k", |_| async {
+                if true {
+                    panic!("boom");
+                }
+                Ok(0)
+            })
+            .await;
+        match outcome {
+            Err(Error::LoaderPanicked(message)) => assert_eq!(message, "boom"),
+            other => panic!("expected LoaderPanicked, got {other:?}"),
+        }
+        assert_eq!(flight.len(), 0);
+        let (outcome, started) = flight.run("k", |_| async { Ok(3) }).await;
+        assert_eq!(outcome.unwrap(), 3);
+        assert!(started);
+    }
+
+    #[tokio::test]
+    async fn errors_are_shared_not_cached() {
+        let flight = Flight::<u32>::new();
+        let (outcome, _) = flight
+            .run("k", |_| async { Err(Error::LoadAbandoned) })
+            .await;
+        assert!(matches!(outcome, Err(Error::LoadAbandoned)));
+        let (outcome, started) = flight.run("k", |_| async { Ok(4) }).await;
+        assert_eq!((outcome.unwrap(), started), (4, true));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn supersede_reaches_the_running_work() {
+        let flight = Arc::new(Flight::<bool>::new());
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let run = {
+            let (flight, started, release) = (flight.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                flight
+                    .run("k", |superseded| async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok(superseded.get())
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        flight.supersede("other");
+        flight.supersede("k");
+        release.notify_one();
+        assert!(run.await.unwrap().0.unwrap());
+    }
+}

@@ -1,0 +1,176 @@
+//! What the user provides: a [`Loader`] that produces values, and the [`Value`] codec that turns
+//! them into the bytes that are cached and sent to peers.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+/// Produces the value of a key on a cache miss, on the key's owner only.
+///
+/// ```
+/// use groupcache::{Loaded, Loader};
+/// use std::time::Duration;
+///
+/// struct Users;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("user {0} not found")]
+/// struct NotFound(String);
+///
+/// impl Loader for Users {
+///     type Value = String;
+///     type Error = NotFound;
+///
+///     async fn load(&self, key: &str) -> Result<Loaded<String>, NotFound> {
+///         match key {
+///             "1" => Ok(Loaded::new("alice".to_owned()).expire_after(Duration::from_secs(60))),
+///             _ => Err(NotFound(key.to_owned())),
+///         }
+///     }
+/// }
+/// ```
+pub trait Loader: Send + Sync + 'static {
+    /// What `get` returns; see [`Value`].
+    type Value: Value;
+    /// The loader's error; callers get it back through [`Error::loader_error`](crate::Error::loader_error).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Loads `key`. Runs in a task of its own, so a caller that gives up does not cancel it.
+    fn load(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Loaded<Self::Value>, Self::Error>> + Send;
+}
+
+/// A loaded value and, optionally, when it expires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<V> {
+    /// The value.
+    pub value: V,
+    /// When every cached copy stops being served; `None` keeps it until evicted or removed.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl<V> Loaded<V> {
+    /// A value that never expires.
+    pub fn new(value: V) -> Self {
+        Loaded {
+            value,
+            expires_at: None,
+        }
+    }
+
+    /// Expires at `at`.
+    pub fn expire_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Expires `ttl` from now.
+    pub fn expire_after(self, ttl: Duration) -> Self {
+        self.expire_at(SystemTime::now() + ttl)
+    }
+}
+
+impl<V> From<V> for Loaded<V> {
+    fn from(value: V) -> Self {
+        Loaded::new(value)
+    }
+}
+
+/// A cacheable value: how it becomes the bytes stored and sent to peers, and back.
+///
+/// [`Bytes`], `Vec<u8>` and [`String`] travel as they are, so a golang/groupcache peer reads
+/// exactly the bytes a Rust loader produced. [`Json`] carries any serde type.
+pub trait Value: Sized + Send + Sync + 'static {
+    /// The bytes to cache and send.
+    fn encode(&self) -> Result<Bytes, CodecError>;
+    /// The value back from cached or received bytes.
+    fn decode(bytes: Bytes) -> Result<Self, CodecError>;
+}
+
+/// A value that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl Value for Bytes {
+    fn encode(&self) -> Result<Bytes, CodecError> {
+        Ok(self.clone())
+    }
+    fn decode(bytes: Bytes) -> Result<Self, CodecError> {
+        Ok(bytes)
+    }
+}
+
+impl Value for Vec<u8> {
+    fn encode(&self) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(self))
+    }
+    fn decode(bytes: Bytes) -> Result<Self, CodecError> {
+        Ok(bytes.into())
+    }
+}
+
+impl Value for String {
+    fn encode(&self) -> Result<Bytes, CodecError> {
+        Ok(Bytes::copy_from_slice(self.as_bytes()))
+    }
+    fn decode(bytes: Bytes) -> Result<Self, CodecError> {
+        String::from_utf8(bytes.into()).map_err(|e| CodecError(Box::new(e)))
+    }
+}
+
+/// Any serde type, cached and sent as JSON.
+///
+/// ```
+/// use groupcache::{Json, Value};
+///
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct User { name: String }
+///
+/// let bytes = Json(User { name: "alice".into() }).encode().unwrap();
+/// assert_eq!(&bytes[..], br#"{"name":"alice"}"#);
+/// assert_eq!(Json::<User>::decode(bytes).unwrap().0.name, "alice");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Json<T>(pub T);
+
+impl<T> Value for Json<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    fn encode(&self) -> Result<Bytes, CodecError> {
+        serde_json::to_vec(&self.0)
+            .map(Bytes::from)
+            .map_err(|e| CodecError(Box::new(e)))
+    }
+    fn decode(bytes: Bytes) -> Result<Self, CodecError> {
+        serde_json::from_slice(&bytes)
+            .map(Json)
+            .map_err(|e| CodecError(Box::new(e)))
+    }
+}
+
+/// Unix nanoseconds, the wire's expiry unit; 0 means "never".
+pub(crate) fn to_unix_nanos(at: Option<SystemTime>) -> i64 {
+    match at {
+        None => 0,
+        Some(at) => match at.duration_since(UNIX_EPOCH) {
+            // Already in the past (or before 1970): expire at once, but not "never".
+            Err(_) => 1,
+            Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX).max(1),
+        },
+    }
+}
+
+/// The inverse of [`to_unix_nanos`].
+pub(crate) fn from_unix_nanos(nanos: i64) -> Option<SystemTime> {
+    (nanos > 0).then(|| UNIX_EPOCH + Duration::from_nanos(nanos.unsigned_abs()))
+}
+
+/// Now, in Unix nanoseconds.
+pub(crate) fn now_nanos() -> i64 {
+    to_unix_nanos(Some(SystemTime::now()))
+}

@@ -1,0 +1,248 @@
+//! Counters modelled on golang/groupcache's `Stats`, published twice: as [`Stats`] (read in
+//! process, e.g. by the demo that runs three replicas in one process) and through the `metrics`
+//! facade, labelled with the group, for whatever exporter the application installs.
+//!
+//! Handles are registered when the [`Groupcache`](crate::Groupcache) is built, so install the
+//! exporter (the global recorder) before building it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+/// A snapshot of one replica's counters for its group.
+///
+/// The field meanings follow golang/groupcache's `Stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Every `get`, local or from a peer.
+    pub gets: u64,
+    /// Gets answered by the main cache.
+    pub main_hits: u64,
+    /// Gets answered by the hot cache.
+    pub hot_hits: u64,
+    /// Gets that missed both caches (`gets - main_hits - hot_hits`).
+    pub loads: u64,
+    /// Loads that did the work themselves rather than waiting for one already in flight.
+    pub loads_deduped: u64,
+    /// Values fetched from their owner.
+    pub peer_loads: u64,
+    /// Failed requests to the owner (each followed by a local load).
+    pub peer_errors: u64,
+    /// Runs of this replica's loader that succeeded.
+    pub local_loads: u64,
+    /// Runs of this replica's loader that failed or panicked.
+    pub local_load_errors: u64,
+    /// Requests served to peers by the router.
+    pub server_requests: u64,
+    /// Bytes charged to the main cache now.
+    pub main_bytes: u64,
+    /// Entries in the main cache now.
+    pub main_items: u64,
+    /// Bytes charged to the hot cache now.
+    pub hot_bytes: u64,
+    /// Entries in the hot cache now.
+    pub hot_items: u64,
+}
+
+/// A counter kept both as an atomic (for [`Stats`]) and as a `metrics` handle.
+struct Count {
+    total: AtomicU64,
+    counter: Counter,
+}
+
+impl Count {
+    fn new(name: &'static str, labels: &[(&'static str, String)]) -> Self {
+        Count {
+            total: AtomicU64::new(0),
+            counter: metrics::counter!(name, labels),
+        }
+    }
+
+    fn inc(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.counter.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Gauges and eviction counter of one cache.
+pub(crate) struct CacheMetrics {
+    bytes: Gauge,
+    items: Gauge,
+    evictions: Counter,
+}
+
+impl CacheMetrics {
+    fn new(group: &str, cache: &'static str) -> Self {
+        let labels = [("group", group.to_owned()), ("cache", cache.to_owned())];
+        CacheMetrics {
+            bytes: metrics::gauge!("groupcache_cache_bytes", &labels),
+            items: metrics::gauge!("groupcache_cache_items", &labels),
+            evictions: metrics::counter!("groupcache_cache_evictions_total", &labels),
+        }
+    }
+
+    /// Publishes a cache's size after a change.
+    pub(crate) fn record(&self, bytes: u64, items: u64, evicted: u64) {
+        self.bytes.set(bytes as f64);
+        self.items.set(items as f64);
+        if evicted > 0 {
+            self.evictions.increment(evicted);
+        }
+    }
+}
+
+/// Every metric of one group on one replica.
+pub(crate) struct Metrics {
+    gets: Count,
+    main_hits: Count,
+    hot_hits: Count,
+    loads: Count,
+    loads_deduped: Count,
+    peer_loads: Count,
+    peer_errors: Count,
+    local_loads: Count,
+    local_load_errors: Count,
+    server_requests: Count,
+    pub(crate) main: CacheMetrics,
+    pub(crate) hot: CacheMetrics,
+    pub(crate) peers: Gauge,
+    pub(crate) load_duration: Histogram,
+    pub(crate) peer_request_duration: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn new(group: &str) -> Self {
+        describe();
+        let labels = [("group", group.to_owned())];
+        let main_labels = [("group", group.to_owned()), ("cache", "main".to_owned())];
+        let hot_labels = [("group", group.to_owned()), ("cache", "hot".to_owned())];
+        Metrics {
+            gets: Count::new("groupcache_gets_total", &labels),
+            main_hits: Count::new("groupcache_cache_hits_total", &main_labels),
+            hot_hits: Count::new("groupcache_cache_hits_total", &hot_labels),
+            loads: Count::new("groupcache_loads_total", &labels),
+            loads_deduped: Count::new("groupcache_loads_deduped_total", &labels),
+            peer_loads: Count::new("groupcache_peer_loads_total", &labels),
+            peer_errors: Count::new("groupcache_peer_errors_total", &labels),
+            local_loads: Count::new("groupcache_local_loads_total", &labels),
+            local_load_errors: Count::new("groupcache_local_load_errors_total", &labels),
+            server_requests: Count::new("groupcache_server_requests_total", &labels),
+            main: CacheMetrics::new(group, "main"),
+            hot: CacheMetrics::new(group, "hot"),
+            peers: metrics::gauge!("groupcache_peers", &labels),
+            load_duration: metrics::histogram!("groupcache_load_duration_seconds", &labels),
+            peer_request_duration: metrics::histogram!(
+                "groupcache_peer_request_duration_seconds",
+                &labels
+            ),
+        }
+    }
+
+    pub(crate) fn get(&self) {
+        self.gets.inc();
+    }
+    pub(crate) fn main_hit(&self) {
+        self.main_hits.inc();
+    }
+    pub(crate) fn hot_hit(&self) {
+        self.hot_hits.inc();
+    }
+    pub(crate) fn load(&self) {
+        self.loads.inc();
+    }
+    pub(crate) fn load_deduped(&self) {
+        self.loads_deduped.inc();
+    }
+    pub(crate) fn peer_load(&self) {
+        self.peer_loads.inc();
+    }
+    pub(crate) fn peer_error(&self) {
+        self.peer_errors.inc();
+    }
+    pub(crate) fn local_load(&self) {
+        self.local_loads.inc();
+    }
+    pub(crate) fn local_load_error(&self) {
+        self.local_load_errors.inc();
+    }
+    pub(crate) fn server_request(&self) {
+        self.server_requests.inc();
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            gets: self.gets.get(),
+            main_hits: self.main_hits.get(),
+            hot_hits: self.hot_hits.get(),
+            loads: self.loads.get(),
+            loads_deduped: self.loads_deduped.get(),
+            peer_loads: self.peer_loads.get(),
+            peer_errors: self.peer_errors.get(),
+            local_loads: self.local_loads.get(),
+            local_load_errors: self.local_load_errors.get(),
+            server_requests: self.server_requests.get(),
+            ..Stats::default()
+        }
+    }
+}
+
+/// HELP lines for the exporter (promtool warns on metrics without them).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("groupcache_gets_total", "Gets, local or from peers.");
+    describe_counter!("groupcache_cache_hits_total", "Gets answered by a cache.");
+    describe_counter!("groupcache_loads_total", "Gets that missed both caches.");
+    describe_counter!(
+        "groupcache_loads_deduped_total",
+        "Loads that did the work rather than wait for one in flight."
+    );
+    describe_counter!(
+        "groupcache_peer_loads_total",
+        "Values fetched from their owner."
+    );
+    describe_counter!(
+        "groupcache_peer_errors_total",
+        "Failed requests to a key's owner."
+    );
+    describe_counter!(
+        "groupcache_local_loads_total",
+        "Successful runs of the loader."
+    );
+    describe_counter!(
+        "groupcache_local_load_errors_total",
+        "Failed runs of the loader."
+    );
+    describe_counter!(
+        "groupcache_server_requests_total",
+        "Requests served to peers."
+    );
+    describe_counter!(
+        "groupcache_cache_evictions_total",
+        "Entries evicted to fit the budget."
+    );
+    describe_gauge!(
+        "groupcache_cache_bytes",
+        Unit::Bytes,
+        "Bytes charged to a cache."
+    );
+    describe_gauge!("groupcache_cache_items", "Entries in a cache.");
+    describe_gauge!(
+        "groupcache_peers",
+        "Replicas in the ring, this one included."
+    );
+    describe_histogram!(
+        "groupcache_load_duration_seconds",
+        Unit::Seconds,
+        "Time the loader took."
+    );
+    describe_histogram!(
+        "groupcache_peer_request_duration_seconds",
+        Unit::Seconds,
+        "Time a request to a peer took."
+    );
+}

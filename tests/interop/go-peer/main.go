@@ -1,0 +1,296 @@
+// Command go-peer is a golang/groupcache replica used as a test oracle by the
+// interoperability tests of groupcache for Rust.
+//
+// It runs one groupcache.HTTPPool and one Group on its own ServeMux, and adds a
+// few JSON control endpoints so a test harness can wire up a ring, drive gets
+// and read counters:
+//
+//	POST /peers         JSON array of peer URLs -> pool.Set(urls...) (order kept)
+//	GET  /peers         the peer list last set, as a JSON array
+//	GET  /get?key=K     group.Get(K): 200 with the value bytes, or 500 with the error text
+//	GET  /loads         {"total": n, "per_key": {"k": n, ...}} (getter invocations on this replica)
+//	GET  /stats         the group's Stats counters and the main/hot CacheStats
+//	GET  /owner?key=K   the peer the ring picks for K (see handleOwner)
+//	GET  /healthz       200 "ok"
+//
+// The groupcache protocol itself is served under -base-path (default
+// "/_groupcache/"), exactly as golang/groupcache's HTTPPool serves it.
+//
+// The getter returns "go:"+key, except for keys starting with "error:", for
+// which it fails with the error "getter failed for <key>".
+//
+// The first line written to stdout is "listening http://HOST:PORT"; os.Stdout
+// is unbuffered in Go, so it is visible to the parent as soon as it is printed.
+//
+// Build (GOPATH mode, Debian packages golang-go and
+// golang-github-golang-groupcache-dev), from the repository root:
+//
+//	GO111MODULE=off GOPATH=/usr/share/gocode go build -o target/interop/go-peer ./tests/interop/go-peer
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/golang/groupcache"
+	"github.com/golang/groupcache/consistenthash"
+)
+
+// replicas is the number of ring points per peer; it is HTTPPool's default,
+// and /owner must use the same value to agree with the pool.
+const replicas = 50
+
+// loadCounter counts getter invocations per key and in total.
+type loadCounter struct {
+	mu     sync.Mutex
+	total  int64
+	perKey map[string]int64
+}
+
+func (c *loadCounter) add(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.total++
+	c.perKey[key]++
+}
+
+// snapshot returns a JSON-ready copy of the counters.
+func (c *loadCounter) snapshot() map[string]interface{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	perKey := make(map[string]int64, len(c.perKey))
+	for k, n := range c.perKey {
+		perKey[k] = n
+	}
+	return map[string]interface{}{"total": c.total, "per_key": perKey}
+}
+
+// peer holds the state shared by the control handlers.
+type peer struct {
+	self  string
+	pool  *groupcache.HTTPPool
+	group *groupcache.Group
+	loads *loadCounter
+
+	mu    sync.Mutex
+	peers []string // the list last passed to pool.Set, in order
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
+	self := flag.String("self", "", "this replica's URL in the peer list (default: http://<bound address>)")
+	groupName := flag.String("group", "interop", "group name")
+	cacheBytes := flag.Int64("cache-bytes", 64<<20, "group cache size in bytes")
+	loadDelay := flag.Duration("load-delay", 0, "how long the getter sleeps before returning")
+	basePath := flag.String("base-path", "/_groupcache/", "HTTP path prefix of the groupcache protocol (must end in /)")
+	logRequests := flag.Bool("log-requests", false, "log every HTTP request (method, raw URI, decoded path) to stderr")
+	flag.Parse()
+
+	log.SetFlags(log.Lmicroseconds)
+	log.SetPrefix("go-peer: ")
+	if !strings.HasPrefix(*basePath, "/") || !strings.HasSuffix(*basePath, "/") {
+		log.Fatalf("-base-path must start and end with /: %q", *basePath)
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatalf("listen: %v", err)
+	}
+	listenURL := "http://" + ln.Addr().String()
+	fmt.Printf("listening %s\n", listenURL)
+	if *self == "" {
+		*self = listenURL
+	}
+
+	p := &peer{
+		self:  *self,
+		loads: &loadCounter{perKey: make(map[string]int64)},
+	}
+	// NewHTTPPoolOpts registers the pool as the PeerPicker but, unlike
+	// NewHTTPPool, does not register an HTTP handler: we mount it below.
+	p.pool = groupcache.NewHTTPPoolOpts(*self, &groupcache.HTTPPoolOptions{
+		BasePath: *basePath,
+		Replicas: replicas,
+	})
+	p.group = groupcache.NewGroup(*groupName, *cacheBytes, groupcache.GetterFunc(
+		func(ctx context.Context, key string, dest groupcache.Sink) error {
+			p.loads.add(key)
+			if *loadDelay > 0 {
+				select {
+				case <-time.After(*loadDelay):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			if strings.HasPrefix(key, "error:") {
+				return fmt.Errorf("getter failed for %s", key)
+			}
+			return dest.SetBytes([]byte("go:" + key))
+		}))
+
+	mux := http.NewServeMux()
+	mux.Handle(*basePath, p.pool)
+	mux.HandleFunc("/peers", p.handlePeers)
+	mux.HandleFunc("/get", p.handleGet)
+	mux.HandleFunc("/loads", p.handleLoads)
+	mux.HandleFunc("/stats", p.handleStats)
+	mux.HandleFunc("/owner", p.handleOwner)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprint(w, "ok")
+	})
+
+	var handler http.Handler = mux
+	if *logRequests {
+		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			log.Printf("%s %s (path %q)", r.Method, r.RequestURI, r.URL.Path)
+			mux.ServeHTTP(w, r)
+		})
+	}
+	srv := &http.Server{Handler: handler}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case err := <-errc:
+		log.Fatalf("serve: %v", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Printf("shutdown: %v", err)
+	}
+}
+
+// writeJSON writes v as a JSON response with the given status.
+func writeJSON(w http.ResponseWriter, status int, v interface{}) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		log.Printf("writing response: %v", err)
+	}
+}
+
+// handlePeers sets (POST) or reports (GET) the pool's peer list.
+func (p *peer) handlePeers(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+		p.mu.Lock()
+		peers := append([]string{}, p.peers...)
+		p.mu.Unlock()
+		writeJSON(w, http.StatusOK, peers)
+	case http.MethodPost:
+		var peers []string
+		if err := json.NewDecoder(r.Body).Decode(&peers); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want a JSON array of URLs: " + err.Error()})
+			return
+		}
+		p.mu.Lock()
+		p.peers = peers
+		p.pool.Set(peers...)
+		p.mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]interface{}{"peers": peers})
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	}
+}
+
+// handleGet performs a user-facing group.Get. The key is taken from the query
+// string (?key=...); the raw value bytes are the body.
+func (p *peer) handleGet(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if _, ok := q["key"]; !ok {
+		http.Error(w, "missing key parameter", http.StatusBadRequest)
+		return
+	}
+	var value []byte
+	if err := p.group.Get(r.Context(), q.Get("key"), groupcache.AllocatingByteSliceSink(&value)); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if _, err := w.Write(value); err != nil {
+		log.Printf("writing value: %v", err)
+	}
+}
+
+func (p *peer) handleLoads(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, p.loads.snapshot())
+}
+
+// cacheStatsJSON converts groupcache.CacheStats to a JSON-ready map.
+func cacheStatsJSON(s groupcache.CacheStats) map[string]int64 {
+	return map[string]int64{
+		"bytes":     s.Bytes,
+		"items":     s.Items,
+		"gets":      s.Gets,
+		"hits":      s.Hits,
+		"evictions": s.Evictions,
+	}
+}
+
+// handleStats reports the group's Stats (read atomically) and its cache stats.
+func (p *peer) handleStats(w http.ResponseWriter, r *http.Request) {
+	s := &p.group.Stats
+	writeJSON(w, http.StatusOK, map[string]interface{}{
+		"group": p.group.Name(),
+		"stats": map[string]int64{
+			"gets":            s.Gets.Get(),
+			"cache_hits":      s.CacheHits.Get(),
+			"peer_loads":      s.PeerLoads.Get(),
+			"peer_errors":     s.PeerErrors.Get(),
+			"loads":           s.Loads.Get(),
+			"loads_deduped":   s.LoadsDeduped.Get(),
+			"local_loads":     s.LocalLoads.Get(),
+			"local_load_errs": s.LocalLoadErrs.Get(),
+			"server_requests": s.ServerRequests.Get(),
+		},
+		"main_cache": cacheStatsJSON(p.group.CacheStats(groupcache.MainCache)),
+		"hot_cache":  cacheStatsJSON(p.group.CacheStats(groupcache.HotCache)),
+	})
+}
+
+// handleOwner reports which peer golang/groupcache's ring picks for a key,
+// computed with consistenthash.New(50, nil) over the peer list last POSTed to
+// /peers, in the same order, as HTTPPool.Set does. The response is
+//
+//	{"key": K, "owner": URL, "is_self": bool, "peers": [...]}
+//
+// "owner" is the exact peer URL from the list. "is_self" is true when owner
+// equals this replica's -self URL, or when the list is empty (owner is then
+// ""): in both cases HTTPPool.PickPeer declines and the key is loaded locally.
+func (p *peer) handleOwner(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if _, ok := q["key"]; !ok {
+		http.Error(w, "missing key parameter", http.StatusBadRequest)
+		return
+	}
+	key := q.Get("key")
+	p.mu.Lock()
+	peers := append([]string{}, p.peers...)
+	p.mu.Unlock()
+	ring := consistenthash.New(replicas, nil)
+	ring.Add(peers...)
+	owner := ring.Get(key)
+	writeJSON(w, http.StatusOK, map[string]interface{}{
+		"key":     key,
+		"owner":   owner,
+		"is_self": owner == "" || owner == p.self,
+		"peers":   peers,
+	})
+}

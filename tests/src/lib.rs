@@ -1,0 +1,227 @@
+//! Shared harness for the integration tests: real replicas on `127.0.0.1:0` talking real HTTP.
+//!
+//! Each replica serves its router from a thread with a runtime of its own, so
+//! [`Replica::kill`] closes its listener and every open connection at once, as a crashed process
+//! would.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use groupcache::{Builder, Groupcache, Loaded, Loader};
+use tokio::sync::{Semaphore, oneshot, watch};
+
+/// The group every test cluster serves.
+pub const GROUP: &str = "test";
+
+/// A running replica.
+pub struct Replica<L: Loader> {
+    /// Its cache.
+    pub cache: Groupcache<L>,
+    /// The URL peers reach it at (including any mount prefix).
+    pub url: String,
+    /// The bare `http://127.0.0.1:port`.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<L: Loader> Replica<L> {
+    /// Starts a replica whose router is merged at the root.
+    pub fn start(configure: impl FnOnce(String) -> Builder<L>) -> Self {
+        Self::start_mounted("", configure)
+    }
+
+    /// Starts a replica whose router is nested under `prefix` (empty: merged at the root).
+    pub fn start_mounted(prefix: &str, configure: impl FnOnce(String) -> Builder<L>) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let url = format!("http://{addr}{prefix}");
+        let cache = configure(url.clone())
+            .build()
+            .expect("valid test configuration");
+        let app = if prefix.is_empty() {
+            axum::Router::new().merge(cache.router())
+        } else {
+            axum::Router::new().nest(prefix, cache.router())
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("replica runtime");
+            runtime.block_on(async move {
+                listener.set_nonblocking(true).expect("nonblocking");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                tokio::select! {
+                    result = axum::serve(listener, app) => result.expect("serve"),
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime here drops every connection task: the replica is gone.
+        });
+        Replica {
+            cache,
+            url,
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops serving and closes every connection, like a killed process.
+    pub fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("replica thread");
+        }
+    }
+}
+
+impl<L: Loader> Drop for Replica<L> {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `n` replicas and tells each about all of them.
+pub fn start_cluster<L: Loader>(
+    n: usize,
+    mut configure: impl FnMut(String) -> Builder<L>,
+) -> Vec<Replica<L>> {
+    let replicas: Vec<_> = (0..n).map(|_| Replica::start(&mut configure)).collect();
+    connect(&replicas);
+    replicas
+}
+
+/// Gives every replica the full peer list.
+pub fn connect<L: Loader>(replicas: &[Replica<L>]) {
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    for replica in replicas {
+        replica.cache.set_peers(&urls).expect("valid peer URLs");
+    }
+}
+
+/// Index of the replica that owns `key`, according to the first replica's ring.
+pub fn owner_index<L: Loader>(replicas: &[Replica<L>], key: &str) -> usize {
+    let owner = replicas[0].cache.owner(key);
+    replicas
+        .iter()
+        .position(|r| r.url == owner)
+        .expect("owner is a member")
+}
+
+/// The first key of the form `{prefix}{i}` that replica `owner` owns.
+pub fn key_owned_by<L: Loader>(replicas: &[Replica<L>], owner: usize, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|key| owner_index(replicas, key) == owner)
+        .expect("some key maps to every replica")
+}
+
+/// Loads counted across a whole cluster (every replica's loader shares one).
+#[derive(Default)]
+pub struct Loads {
+    per_key: Mutex<HashMap<String, usize>>,
+    total: AtomicUsize,
+    started: watch::Sender<usize>,
+}
+
+impl Loads {
+    /// Loads of `key` so far.
+    pub fn of(&self, key: &str) -> usize {
+        self.per_key
+            .lock()
+            .expect("loads lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Loads of all keys so far.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// A copy of the per-key counts.
+    pub fn per_key(&self) -> HashMap<String, usize> {
+        self.per_key.lock().expect("loads lock").clone()
+    }
+
+    /// Waits until at least `n` loads have started.
+    pub async fn started(&self, n: usize) {
+        let mut started = self.started.subscribe();
+        started
+            .wait_for(|&count| count >= n)
+            .await
+            .expect("sender lives in self");
+    }
+}
+
+/// A loader error, for keys starting with `error:`.
+#[derive(Debug, thiserror::Error)]
+#[error("no value for {0}")]
+pub struct NoValue(pub String);
+
+/// The test loader: value `value:{key}#{generation}`; keys starting with `error:` fail, keys
+/// starting with `panic:` panic on their first load; an optional delay and an optional gate
+/// (each load takes one permit) widen race windows without sleeping in the tests themselves.
+#[derive(Clone, Default)]
+pub struct TestLoader {
+    /// Shared by every replica of a cluster.
+    pub loads: Arc<Loads>,
+    /// Bumped by tests to tell a reload from a cached value.
+    pub generation: Arc<AtomicUsize>,
+    /// How long each load takes.
+    pub delay: Duration,
+    /// When set, a load waits for a permit.
+    pub gate: Option<Arc<Semaphore>>,
+}
+
+impl TestLoader {
+    /// A loader that answers at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value this loader produces for `key` now.
+    pub fn value_for(&self, key: &str) -> String {
+        format!("value:{key}#{}", self.generation.load(Ordering::SeqCst))
+    }
+}
+
+impl Loader for TestLoader {
+    type Value = String;
+    type Error = NoValue;
+
+    async fn load(&self, key: &str) -> Result<Loaded<String>, NoValue> {
+        let count = {
+            let mut per_key = self.loads.per_key.lock().expect("loads lock");
+            let count = per_key.entry(key.to_owned()).or_default();
+            *count += 1;
+            *count
+        };
+        self.loads.total.fetch_add(1, Ordering::SeqCst);
+        self.loads.started.send_modify(|started| *started += 1);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        if key.starts_with("error:") {
+            return Err(NoValue(key.to_owned()));
+        }
+        if key.starts_with("panic:") && count == 1 {
+            panic!("test loader panics on the first load of {key}");
+        }
+        Ok(Loaded::new(self.value_for(key)))
+    }
+}
