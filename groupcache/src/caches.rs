@@ -157,11 +157,6 @@ impl Cache {
         self.items.load(Ordering::Relaxed)
     }
 
-    /// The byte budget given to `new`.
-    pub fn budget(&self) -> u64 {
-        self.budget
-    }
-
     /// Takes the lock. Nothing in the critical sections can panic halfway through an update, so
     /// a poisoned lock still guards consistent data.
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -204,7 +199,7 @@ mod tests {
         assert_eq!(inner.bytes, bytes);
         assert_eq!(cache.bytes(), bytes);
         assert_eq!(cache.items(), inner.map.len() as u64);
-        assert!(bytes <= cache.budget());
+        assert!(bytes <= cache.budget);
     }
 
     #[test]

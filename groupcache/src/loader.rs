@@ -165,11 +165,6 @@ pub(crate) fn to_unix_nanos(at: Option<SystemTime>) -> i64 {
     }
 }
 
-/// The inverse of [`to_unix_nanos`].
-pub(crate) fn from_unix_nanos(nanos: i64) -> Option<SystemTime> {
-    (nanos > 0).then(|| UNIX_EPOCH + Duration::from_nanos(nanos.unsigned_abs()))
-}
-
 /// Now, in Unix nanoseconds.
 pub(crate) fn now_nanos() -> i64 {
     to_unix_nanos(Some(SystemTime::now()))

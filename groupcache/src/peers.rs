@@ -128,7 +128,7 @@ impl Peers {
                 wanted.push(Arc::from(url.as_str()));
             }
         }
-        if !wanted.iter().any(|url| *url == self.self_url) {
+        if !wanted.contains(&self.self_url) {
             wanted.push(self.self_url.clone());
         }
         self.change(|urls| {

@@ -32,7 +32,6 @@ enum Table {
 /// An immutable mapping from keys to peers; rebuilt whenever membership changes.
 #[derive(Debug, Clone)]
 pub struct Ring {
-    len: usize,
     table: Table,
 }
 
@@ -58,8 +57,7 @@ impl Ring {
                 Table::Balanced(by_url.iter().map(seed).collect())
             }
         };
-        let len = peers.len();
-        Ring { len, table }
+        Ring { table }
     }
 
     /// Index (into the `peers` given to [`Ring::new`]) of the key's owner; `None` when there are
@@ -74,24 +72,6 @@ impl Ring {
             }
             Table::Balanced(seeds) => rendezvous(seeds, xxh3_64(key)),
         }
-    }
-
-    /// The mode this ring was built with.
-    pub fn mode(&self) -> RingMode {
-        match self.table {
-            Table::Go(_) => RingMode::GoCompatible,
-            Table::Balanced(_) => RingMode::Balanced,
-        }
-    }
-
-    /// Number of peers.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when there are no peers, so no key has an owner.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -316,12 +296,8 @@ mod tests {
     fn empty_and_single_peer() {
         for mode in [RingMode::GoCompatible, RingMode::Balanced] {
             let empty = Ring::new(mode, &[] as &[&str]);
-            assert!(empty.is_empty() && empty.owner(b"k").is_none());
+            assert!(empty.owner(b"k").is_none());
             let one = Ring::new(mode, &["http://10.0.0.1:8080"]);
-            assert_eq!(
-                (empty.len(), one.len(), empty.mode(), one.mode()),
-                (0, 1, mode, mode)
-            );
             assert!((0..1000).all(|i| key_owner(&one, i) == 0));
         }
         // Duplicates collide on every point: Go's last-added wins; Balanced's tie goes to the first.

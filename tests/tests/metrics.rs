@@ -1,0 +1,167 @@
+//! The metric names and labels of the design notes, observed through a local recorder.
+
+use groupcache::Groupcache;
+use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by};
+use metrics::Key;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+/// A replica whose metrics go to its own recorder.
+fn replica_with_recorder(loader: &TestLoader) -> (Replica<TestLoader>, Snapshotter) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let replica = metrics::with_local_recorder(&recorder, || {
+        Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()))
+    });
+    (replica, snapshotter)
+}
+
+/// One reading of a recorder. Reading resets the debugging recorder's counters and gauges, so
+/// every assertion about one moment goes through one `Reading`.
+struct Reading(Vec<(Key, DebugValue)>);
+
+impl Reading {
+    fn take(snapshotter: &Snapshotter) -> Self {
+        Reading(
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(key, _, _, value)| (key.key().clone(), value))
+                .collect(),
+        )
+    }
+
+    /// The metric `name` of the test group with exactly the extra `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> &DebugValue {
+        let labels = [&[("group", GROUP)], labels].concat();
+        self.0
+            .iter()
+            .find(|(key, _)| {
+                key.name() == name
+                    && key.labels().count() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+            })
+            .map(|(_, value)| value)
+            .unwrap_or_else(|| panic!("no metric {name}{labels:?}"))
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.value(name, labels) {
+            DebugValue::Counter(n) => *n,
+            other => panic!("{name}{labels:?} is not a counter: {other:?}"),
+        }
+    }
+
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        match self.value(name, labels) {
+            DebugValue::Gauge(n) => n.into_inner(),
+            other => panic!("{name}{labels:?} is not a gauge: {other:?}"),
+        }
+    }
+
+    fn samples(&self, name: &str) -> usize {
+        match self.value(name, &[]) {
+            DebugValue::Histogram(samples) => samples.len(),
+            other => panic!("{name} is not a histogram: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_gauges_and_histograms_follow_the_traffic() {
+    let loader = TestLoader::new();
+    let (owner, owner_metrics) = replica_with_recorder(&loader);
+    let (asker, asker_metrics) = replica_with_recorder(&loader);
+    let (silent, _) = replica_with_recorder(&loader);
+    let cluster = [owner, asker, silent];
+    groupcache_tests::connect(&cluster);
+    let remote = key_owned_by(&cluster, 0, "m-");
+    let local = key_owned_by(&cluster, 1, "m-");
+
+    // The asker: one local key (load, then two main hits), one remote key (two fetches, then hot
+    // hits), one failing remote key, and one failed peer.
+    for _ in 0..3 {
+        cluster[1].cache.get(&local).await.unwrap();
+    }
+    for _ in 0..4 {
+        cluster[1].cache.get(&remote).await.unwrap();
+    }
+    let failing = key_owned_by(&cluster, 0, "error:");
+    assert!(cluster[1].cache.get(&failing).await.is_err());
+
+    let m = Reading::take(&asker_metrics);
+    assert_eq!(m.counter("groupcache_gets_total", &[]), 8);
+    assert_eq!(
+        m.counter("groupcache_cache_hits_total", &[("cache", "main")]),
+        2
+    );
+    assert_eq!(
+        m.counter("groupcache_cache_hits_total", &[("cache", "hot")]),
+        2
+    );
+    assert_eq!(m.counter("groupcache_loads_total", &[]), 4);
+    assert_eq!(m.counter("groupcache_loads_deduped_total", &[]), 4);
+    assert_eq!(m.counter("groupcache_peer_loads_total", &[]), 2);
+    assert_eq!(m.counter("groupcache_peer_errors_total", &[]), 0);
+    assert_eq!(m.counter("groupcache_local_loads_total", &[]), 1);
+    assert_eq!(m.counter("groupcache_local_load_errors_total", &[]), 0);
+    assert_eq!(m.counter("groupcache_server_requests_total", &[]), 0);
+    assert_eq!(m.gauge("groupcache_cache_items", &[("cache", "main")]), 1.0);
+    assert_eq!(m.gauge("groupcache_cache_items", &[("cache", "hot")]), 1.0);
+    assert!(m.gauge("groupcache_cache_bytes", &[("cache", "hot")]) > 0.0);
+    assert_eq!(m.gauge("groupcache_peers", &[]), 3.0);
+    assert_eq!(m.samples("groupcache_peer_request_duration_seconds"), 3);
+    assert_eq!(m.samples("groupcache_load_duration_seconds"), 1);
+
+    let m = Reading::take(&owner_metrics);
+    assert_eq!(m.counter("groupcache_server_requests_total", &[]), 3);
+    assert_eq!(m.counter("groupcache_local_loads_total", &[]), 1);
+    assert_eq!(m.counter("groupcache_local_load_errors_total", &[]), 1);
+    assert_eq!(
+        m.counter("groupcache_cache_hits_total", &[("cache", "main")]),
+        1
+    );
+
+    // The peer-error counter, and the eviction counter of a full cache.
+    let mut cluster = cluster;
+    cluster[0].kill();
+    let other = key_owned_by(&cluster, 0, "gone-");
+    cluster[1].cache.get(&other).await.unwrap();
+    let m = Reading::take(&asker_metrics);
+    assert_eq!(
+        m.counter("groupcache_peer_errors_total", &[]),
+        1,
+        "counted since the last reading"
+    );
+    assert_eq!(
+        m.counter("groupcache_cache_evictions_total", &[("cache", "main")]),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_are_counted_and_bytes_stay_within_budget() {
+    let loader = TestLoader::new();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let replica = metrics::with_local_recorder(&recorder, || {
+        Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()).main_cache_bytes(4096))
+    });
+    for i in 0..100 {
+        replica.cache.get(&format!("evict-{i}")).await.unwrap();
+    }
+    let stats = replica.cache.stats();
+    assert!(stats.main_bytes <= 4096);
+    assert!(stats.main_items > 1 && stats.main_items < 100);
+    let m = Reading::take(&snapshotter);
+    assert_eq!(
+        m.gauge("groupcache_cache_bytes", &[("cache", "main")]),
+        stats.main_bytes as f64
+    );
+    assert_eq!(
+        m.counter("groupcache_cache_evictions_total", &[("cache", "main")]),
+        100 - stats.main_items
+    );
+}
