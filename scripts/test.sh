@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (Go and golang/groupcache from Debian's packages,
+# for the interoperability tests), then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v go >/dev/null 2>&1 || [ ! -f /usr/share/gocode/src/github.com/golang/groupcache/http.go ]; then
+    if [ "$(id -u)" = 0 ]; then
+        tests/interop/install-deps.sh
+    else
+        echo "WARNING: the Go interoperability tests need Go and golang/groupcache:" >&2
+        echo "WARNING:   sudo tests/interop/install-deps.sh" >&2
+    fi
+fi
+
+cargo test --workspace --locked "$@"
