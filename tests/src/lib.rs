@@ -14,6 +14,8 @@ use std::time::Duration;
 use groupcache::{Builder, Groupcache, Loaded, Loader};
 use tokio::sync::{Semaphore, oneshot, watch};
 
+pub mod go;
+
 /// The group every test cluster serves.
 pub const GROUP: &str = "test";
 

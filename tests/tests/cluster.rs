@@ -164,11 +164,11 @@ async fn a_cancelled_first_caller_does_not_fail_the_others() {
     let cluster = start_cluster(3, builder(&loader));
     for (owner, caller) in [(0, 0), (0, 1)] {
         let key = key_owned_by(&cluster, owner, &format!("cancel-{caller}-"));
+        let before = loader.loads.total();
         let first = {
             let (cache, key) = (cluster[caller].cache.clone(), key.clone());
             tokio::spawn(async move { cache.get(&key).await })
         };
-        let before = loader.loads.total();
         loader.loads.started(before + 1).await;
         let second = {
             let (cache, key) = (cluster[2].cache.clone(), key.clone());
