@@ -13,4 +13,9 @@ if ! command -v go >/dev/null 2>&1 || [ ! -f /usr/share/gocode/src/github.com/go
     fi
 fi
 
+# The golang/groupcache test peer (the tests build it too, if this step was skipped).
+if command -v go >/dev/null 2>&1; then
+    tests/interop/build.sh
+fi
+
 cargo test --workspace --locked "$@"

@@ -73,7 +73,7 @@ use caches::{Cache, Entry};
 use flight::{Flight, Outcome, Superseded};
 use loader::{now_nanos, to_unix_nanos};
 use metrics::Metrics;
-use peers::{Member, Peers};
+use peers::{Member, Membership, Peers};
 use popularity::Popularity;
 use transport::{Failure, PeerClient};
 
@@ -113,27 +113,17 @@ impl<L: Loader> Groupcache<L> {
     /// [`Error::Peer`] (its copy, if any, expires from the hot cache within
     /// [`Builder::hot_max_age`]).
     pub async fn remove(&self, key: &str) -> Result<(), Error> {
-        self.inner.check_key(key)?;
-        let membership = self.inner.peers.snapshot();
-        let owner = membership
-            .owner(key)
-            .filter(|owner| !owner.is_self)
-            .cloned();
-        let mut first_error = None;
-        if let Some(owner) = &owner {
-            first_error = self.inner.remove_on(owner, key).await.err();
-        }
-        self.inner.forget(key);
-        let others = membership
-            .others()
-            .filter(|peer| owner.as_ref().is_none_or(|o| !Arc::ptr_eq(o, peer)));
-        let results =
-            futures_util::future::join_all(others.map(|peer| self.inner.remove_on(peer, key)))
-                .await;
-        match first_error.or_else(|| results.into_iter().find_map(Result::err)) {
-            Some(error) => Err(error),
+        let inner = &self.inner;
+        inner.check_key(key)?;
+        let membership = inner.peers.snapshot();
+        let owner = membership.remote_owner(key);
+        let on_owner = match owner {
+            Some(owner) => inner.remove_on(owner, key).await,
             None => Ok(()),
-        }
+        };
+        inner.forget(key);
+        let on_others = inner.remove_on_all_but(&membership, owner, key).await;
+        on_owner.and(on_others)
     }
 
     /// Stores `value` for `key` on its owner, expiring at `expires_at` if given, and drops every
@@ -152,11 +142,8 @@ impl<L: Loader> Groupcache<L> {
             expire: to_unix_nanos(expires_at),
         };
         let membership = inner.peers.snapshot();
-        let owner = membership
-            .owner(key)
-            .filter(|owner| !owner.is_self)
-            .cloned();
-        match &owner {
+        let owner = membership.remote_owner(key);
+        match owner {
             None => inner.store_owned(key, entry),
             Some(owner) => {
                 let request = SetRequest {
@@ -177,15 +164,7 @@ impl<L: Loader> Groupcache<L> {
                 inner.forget(key);
             }
         }
-        let others = membership
-            .others()
-            .filter(|peer| owner.as_ref().is_none_or(|o| !Arc::ptr_eq(o, peer)));
-        let results =
-            futures_util::future::join_all(others.map(|peer| inner.remove_on(peer, key))).await;
-        results
-            .into_iter()
-            .find_map(Result::err)
-            .map_or(Ok(()), Err)
+        inner.remove_on_all_but(&membership, owner, key).await
     }
 
     /// The axum router that serves this group to peers under the base path. Merge it into your
@@ -298,12 +277,7 @@ impl<L: Loader> Inner<L> {
         if caller == Caller::Local {
             self.popularity.record(key_hash(key));
         }
-        let owner = self
-            .peers
-            .snapshot()
-            .owner(key)
-            .filter(|owner| !owner.is_self)
-            .cloned();
+        let owner = self.peers.snapshot().remote_owner(key).cloned();
         let (outcome, started) = match owner {
             Some(owner) if caller == Caller::Local && transport::can_carry(key) => {
                 self.fetch(key, owner).await
@@ -493,6 +467,21 @@ impl<L: Loader> Inner<L> {
                 source,
             }
         })
+    }
+
+    /// Removes `key` from every peer but `owner` (and this replica), all at once; the first
+    /// failure, after all were tried.
+    async fn remove_on_all_but(
+        &self,
+        membership: &Membership,
+        owner: Option<&Arc<Member>>,
+        key: &str,
+    ) -> Result<(), Error> {
+        let others = membership
+            .others()
+            .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
+        let results = futures_util::future::join_all(others.map(|peer| self.remove_on(peer, key)));
+        results.await.into_iter().collect()
     }
 
     fn key_url(&self, peer: &Member, key: &str) -> String {

@@ -36,6 +36,11 @@ impl Membership {
             .and_then(|index| self.members.get(index))
     }
 
+    /// The key's owner if that is another replica; `None` when this replica owns it.
+    pub(crate) fn remote_owner(&self, key: &str) -> Option<&Arc<Member>> {
+        self.owner(key).filter(|owner| !owner.is_self)
+    }
+
     /// Every member but this replica.
     pub(crate) fn others(&self) -> impl Iterator<Item = &Arc<Member>> {
         self.members.iter().filter(|member| !member.is_self)
