@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::PeerAuth;
 use crate::caches::Cache;
 use crate::flight::Flight;
 use crate::metrics::Metrics;
@@ -61,6 +62,8 @@ pub(crate) struct Config {
     pub(crate) max_value_bytes: usize,
     pub(crate) hot_promotion_requests: u32,
     pub(crate) hot_max_age: Duration,
+    pub(crate) auth: Option<Arc<PeerAuth>>,
+    pub(crate) max_concurrent_peer_requests: usize,
 }
 
 impl<L: Loader> Builder<L> {
@@ -76,6 +79,8 @@ impl<L: Loader> Builder<L> {
                 max_value_bytes: 16 << 20,
                 hot_promotion_requests: 2,
                 hot_max_age: Duration::from_secs(60),
+                auth: None,
+                max_concurrent_peer_requests: 1024,
             },
             main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
@@ -164,6 +169,21 @@ impl<L: Loader> Builder<L> {
         self
     }
 
+    /// Peer requests the router serves at once (default 1024); more are answered 503 at once, and
+    /// their senders load locally, rather than queue without bound.
+    pub fn max_concurrent_peer_requests(mut self, requests: usize) -> Self {
+        self.config.max_concurrent_peer_requests = requests;
+        self
+    }
+
+    /// Signs every peer request with `auth`'s secret and refuses (401) incoming peer requests
+    /// not signed with an accepted one. Off by default; every replica needs the same setting.
+    /// golang/groupcache peers cannot sign, so mixed clusters run without it.
+    pub fn peer_auth(mut self, auth: PeerAuth) -> Self {
+        self.config.auth = Some(Arc::new(auth));
+        self
+    }
+
     /// Builds the cache. Its metrics are registered with the `metrics` recorder installed now.
     pub fn build(self) -> Result<Groupcache<L>, Error> {
         let config = self.config;
@@ -194,7 +214,12 @@ impl<L: Loader> Builder<L> {
         let peers = Peers::new(&self_url, self.ring_mode, &config.base_path, &self.group);
         metrics.peers.set(1.0);
         let inner = Inner {
-            client: PeerClient::new(client, config.peer_timeout, config.max_value_bytes),
+            client: PeerClient::new(
+                client,
+                config.peer_timeout,
+                config.max_value_bytes,
+                config.auth.clone(),
+            ),
             main: Cache::new(self.main_cache_bytes),
             hot: Cache::new(self.hot_cache_bytes),
             popularity: Popularity::new(self.popularity_window),

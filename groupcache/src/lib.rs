@@ -45,6 +45,7 @@
 //! the key often ([`popularity`]), and loads locally if the owner cannot be reached. Flights
 //! ([`flight`]) run in tasks of their own, so cancelled callers and panicking loaders harm no one.
 
+mod auth;
 mod builder;
 mod caches;
 mod error;
@@ -62,6 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use groupcache_pb::SetRequest;
 
+pub use auth::{MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER};
 pub use builder::{Builder, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES};
 pub use error::{Error, PeerError};
 pub use loader::{CodecError, Json, Loaded, Loader, Value};

@@ -35,6 +35,8 @@ pub struct Stats {
     pub local_load_errors: u64,
     /// Requests served to peers by the router.
     pub server_requests: u64,
+    /// Peer requests refused for a missing, bad, stale or replayed signature.
+    pub peer_auth_failures: u64,
     /// Bytes charged to the main cache now.
     pub main_bytes: u64,
     /// Entries in the main cache now.
@@ -108,6 +110,7 @@ pub(crate) struct Metrics {
     local_loads: Count,
     local_load_errors: Count,
     server_requests: Count,
+    peer_auth_failures: Count,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) peers: Gauge,
@@ -132,6 +135,7 @@ impl Metrics {
             local_loads: Count::new("groupcache_local_loads_total", &labels),
             local_load_errors: Count::new("groupcache_local_load_errors_total", &labels),
             server_requests: Count::new("groupcache_server_requests_total", &labels),
+            peer_auth_failures: Count::new("groupcache_peer_auth_failures_total", &labels),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             peers: metrics::gauge!("groupcache_peers", &labels),
@@ -174,6 +178,10 @@ impl Metrics {
         self.server_requests.inc();
     }
 
+    pub(crate) fn peer_auth_failure(&self) {
+        self.peer_auth_failures.inc();
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             gets: self.gets.get(),
@@ -186,6 +194,7 @@ impl Metrics {
             local_loads: self.local_loads.get(),
             local_load_errors: self.local_load_errors.get(),
             server_requests: self.server_requests.get(),
+            peer_auth_failures: self.peer_auth_failures.get(),
             ..Stats::default()
         }
     }
@@ -220,6 +229,10 @@ fn describe() {
     describe_counter!(
         "groupcache_server_requests_total",
         "Requests served to peers."
+    );
+    describe_counter!(
+        "groupcache_peer_auth_failures_total",
+        "Peer requests refused for a missing, bad, stale or replayed signature."
     );
     describe_counter!(
         "groupcache_cache_evictions_total",

@@ -6,14 +6,19 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use groupcache_pb::{GetResponse, SetRequest};
 use percent_encoding::percent_decode_str;
 use prost::Message;
 
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::auth::SIGNATURE_HEADER;
 use crate::caches::Entry;
 use crate::transport::{ERROR_KIND, LOADER_ERROR, PROTOBUF};
 use crate::{Error, Groupcache, Loader};
@@ -24,21 +29,62 @@ pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
     let base = cache.inner.config.base_path.clone();
     // The body carries a value only in a PUT; leave room for the message's framing.
     let body_limit = cache.inner.config.max_value_bytes.saturating_add(4096);
+    let slots = Arc::new(Semaphore::new(
+        cache.inner.config.max_concurrent_peer_requests,
+    ));
     let handler = get(serve::<L>).put(serve::<L>).delete(serve::<L>);
     Router::new()
         .route(&format!("{base}{{*rest}}"), handler.clone())
         .route(&base, handler)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(cache)
+        .with_state(Served { cache, slots })
+}
+
+/// The router's state: the cache, and how many more peer requests it may serve at once.
+struct Served<L: Loader> {
+    cache: Groupcache<L>,
+    slots: Arc<Semaphore>,
+}
+
+impl<L: Loader> Clone for Served<L> {
+    fn clone(&self) -> Self {
+        Served {
+            cache: self.cache.clone(),
+            slots: self.slots.clone(),
+        }
+    }
 }
 
 async fn serve<L: Loader>(
-    State(cache): State<Groupcache<L>>,
+    State(served): State<Served<L>>,
     method: Method,
+    OriginalUri(original): OriginalUri,
     uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let inner = &cache.inner;
+    let inner = &served.cache.inner;
+    if let Some(auth) = &inner.config.auth {
+        // The client signed the path it sent: the full one, before any nesting stripped a prefix.
+        let signature = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|value| value.to_str().ok());
+        if let Err(refusal) = auth.verify(signature, method.as_str(), original.path(), &body) {
+            inner.metrics.peer_auth_failure();
+            tracing::warn!(group = %inner.group, path = original.path(), %refusal, "refused a peer request");
+            return text(
+                StatusCode::UNAUTHORIZED,
+                &format!("unauthorized: {refusal}"),
+            );
+        }
+    }
+    // Shed load rather than queue without bound: the requester falls back to a local load.
+    let Ok(_slot) = served.slots.try_acquire() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded: too many concurrent peer requests",
+        );
+    };
     // Inside a nested router, `Uri` has the application's prefix stripped.
     let Some((group, key)) = parse_path(uri.path(), &inner.config.base_path) else {
         return text(

@@ -2,6 +2,7 @@
 //! value, removes one or sets one. The serving side is in [`router`](crate::router).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -9,7 +10,11 @@ use groupcache_pb::{GetResponse, SetRequest};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prost::Message;
 
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode};
+
 use crate::PeerError;
+use crate::auth::{PeerAuth, SIGNATURE_HEADER};
 
 /// golang/groupcache's response content type.
 pub(crate) const PROTOBUF: &str = "application/x-protobuf";
@@ -54,27 +59,45 @@ pub(crate) struct PeerClient {
     http: reqwest::Client,
     timeout: Duration,
     max_value_bytes: usize,
+    auth: Option<Arc<PeerAuth>>,
 }
 
 impl PeerClient {
-    pub(crate) fn new(http: reqwest::Client, timeout: Duration, max_value_bytes: usize) -> Self {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        timeout: Duration,
+        max_value_bytes: usize,
+        auth: Option<Arc<PeerAuth>>,
+    ) -> Self {
         PeerClient {
             http,
             timeout,
             max_value_bytes,
+            auth,
         }
     }
 
     /// `GET url`: the owner's value.
     pub(crate) async fn get(&self, url: &str) -> Result<GetResponse, Failure> {
-        let response = self.send(self.http.get(url)).await.map_err(Failure::Peer)?;
+        let response = self
+            .send(Method::GET, url, Vec::new())
+            .await
+            .map_err(Failure::Peer)?;
         let status = response.status();
         if status.is_success() {
+            let content_type = response.headers().get(CONTENT_TYPE);
+            if content_type.is_none_or(|value| value != PROTOBUF) {
+                let found = content_type
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("none");
+                let error = format!("content type {found:?}, expected {PROTOBUF}");
+                return Err(Failure::Peer(PeerError::Malformed(error)));
+            }
             let body = self.read_body(response).await.map_err(Failure::Peer)?;
             return GetResponse::decode(body)
                 .map_err(|e| Failure::Peer(PeerError::Malformed(e.to_string())));
         }
-        let is_loader_error = status == reqwest::StatusCode::INTERNAL_SERVER_ERROR
+        let is_loader_error = status == StatusCode::INTERNAL_SERVER_ERROR
             && response
                 .headers()
                 .get(ERROR_KIND)
@@ -92,23 +115,22 @@ impl PeerClient {
 
     /// `DELETE url`: drop the key from the peer's caches.
     pub(crate) async fn remove(&self, url: &str) -> Result<(), PeerError> {
-        self.expect_success(self.http.delete(url)).await
+        self.expect_success(Method::DELETE, url, Vec::new()).await
     }
 
     /// `PUT url`: store the value in the peer's main cache.
     pub(crate) async fn set(&self, url: &str, request: &SetRequest) -> Result<(), PeerError> {
-        let body = request.encode_to_vec();
-        self.expect_success(
-            self.http
-                .put(url)
-                .header("content-type", PROTOBUF)
-                .body(body),
-        )
-        .await
+        self.expect_success(Method::PUT, url, request.encode_to_vec())
+            .await
     }
 
-    async fn expect_success(&self, request: reqwest::RequestBuilder) -> Result<(), PeerError> {
-        let response = self.send(request).await?;
+    async fn expect_success(
+        &self,
+        method: Method,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<(), PeerError> {
+        let response = self.send(method, url, body).await?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -120,12 +142,30 @@ impl PeerClient {
         })
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PeerError> {
-        request
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(request_error)
+    /// Sends one request, signed if authentication is on. The signature covers the path exactly
+    /// as it goes on the wire, which is what the receiving router sees.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, PeerError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| PeerError::Request(format!("invalid URL {url:?}: {e}")))?;
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(self.timeout);
+        if let Some(auth) = &self.auth {
+            request = request.header(
+                SIGNATURE_HEADER,
+                auth.sign(method.as_str(), url.path(), &body),
+            );
+        }
+        if !body.is_empty() {
+            request = request.header(CONTENT_TYPE, PROTOBUF).body(body);
+        }
+        request.send().await.map_err(request_error)
     }
 
     /// Reads the body, giving up as soon as it is larger than a value may be.

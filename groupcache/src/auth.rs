@@ -1,0 +1,388 @@
+//! Optional peer authentication: every peer request carries an HMAC-SHA256 signature over its
+//! method, path, body digest, a timestamp and a nonce, made with a secret the replicas share.
+//!
+//! The receiver checks the signature in constant time against every accepted secret (so secrets
+//! can be rotated without downtime), refuses timestamps outside the replay window, and remembers
+//! the nonces it saw within that window, so a captured request cannot be replayed at all.
+//! golang/groupcache peers cannot sign: mixed clusters run with authentication off.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// The request header that carries the signature.
+pub const SIGNATURE_HEADER: &str = "groupcache-signature";
+
+/// Shortest secret accepted: 16 bytes (128 bits).
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Nonces remembered at most; past this a request is refused rather than memory grown.
+const MAX_REMEMBERED_NONCES: usize = 1 << 20;
+
+/// Shared secrets for signing and checking peer requests.
+///
+/// ```
+/// use groupcache::PeerAuth;
+/// # fn main() -> Result<(), groupcache::Error> {
+/// // Rotation: every replica first accepts the new secret, then signs with it, then drops the old.
+/// let auth = PeerAuth::new(b"new secret of at least 16 bytes".to_vec())?
+///     .accept(b"old secret, still accepted".to_vec())?;
+/// # Ok(()) }
+/// ```
+pub struct PeerAuth {
+    /// Signs outgoing requests; also accepted.
+    signing: Vec<u8>,
+    /// Also accepted on incoming requests.
+    accepted: Vec<Vec<u8>>,
+    window: Duration,
+    nonces: Nonces,
+}
+
+impl std::fmt::Debug for PeerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("PeerAuth")
+            .field("accepted_secrets", &(self.accepted.len() + 1))
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an incoming request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("missing signature")]
+    Missing,
+    #[error("malformed signature header")]
+    Malformed,
+    #[error("timestamp outside the replay window")]
+    Stale,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("replayed request")]
+    Replayed,
+}
+
+impl PeerAuth {
+    /// Signs with `secret` and accepts it. The replay window defaults to 30 s either side of the
+    /// receiver's clock.
+    pub fn new(secret: impl Into<Vec<u8>>) -> Result<Self, Error> {
+        Ok(PeerAuth {
+            signing: checked(secret.into())?,
+            accepted: Vec::new(),
+            window: Duration::from_secs(30),
+            nonces: Nonces::default(),
+        })
+    }
+
+    /// Also accepts requests signed with `secret` (an old or a coming one, during rotation).
+    pub fn accept(mut self, secret: impl Into<Vec<u8>>) -> Result<Self, Error> {
+        self.accepted.push(checked(secret.into())?);
+        Ok(self)
+    }
+
+    /// How far a request's timestamp may be from the receiver's clock (default 30 s).
+    pub fn replay_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The header value for a request.
+    pub(crate) fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
+        let timestamp = unix_seconds(SystemTime::now());
+        let nonce = self.nonces.fresh();
+        let mac = mac(&self.signing, method, path, timestamp, &nonce, body)
+            .finalize()
+            .into_bytes();
+        format!("v1 t={timestamp} n={nonce} s={}", hex(&mac))
+    }
+
+    /// Checks a request's header value.
+    pub(crate) fn verify(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(), Refusal> {
+        let header = header.ok_or(Refusal::Missing)?;
+        let signature = Signature::parse(header).ok_or(Refusal::Malformed)?;
+        let now = unix_seconds(SystemTime::now());
+        let window = i64::try_from(self.window.as_secs()).unwrap_or(i64::MAX);
+        if signature.timestamp.abs_diff(now) > window.unsigned_abs() {
+            return Err(Refusal::Stale);
+        }
+        let accepted = std::iter::once(&self.signing).chain(&self.accepted);
+        let mut valid = false;
+        for secret in accepted {
+            // verify_slice compares in constant time; every secret is tried, so timing does not
+            // tell which one matched.
+            let mac = mac(
+                secret,
+                method,
+                path,
+                signature.timestamp,
+                signature.nonce,
+                body,
+            );
+            valid |= mac.verify_slice(&signature.mac).is_ok();
+        }
+        if !valid {
+            return Err(Refusal::BadSignature);
+        }
+        self.nonces
+            .first_use(signature.nonce, signature.timestamp, now, window)
+    }
+}
+
+fn checked(secret: Vec<u8>) -> Result<Vec<u8>, Error> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(Error::Config(format!(
+            "a peer secret must be at least {MIN_SECRET_BYTES} bytes, got {}",
+            secret.len()
+        )));
+    }
+    Ok(secret)
+}
+
+/// The MAC of one request: `v1`, method, path, timestamp, nonce and the body's SHA-256, one per
+/// line, so no field can be shifted into another.
+fn mac(
+    secret: &[u8],
+    method: &str,
+    path: &str,
+    timestamp: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let body_digest = hex(&Sha256::digest(body));
+    for part in [
+        "v1",
+        method,
+        path,
+        &timestamp.to_string(),
+        nonce,
+        &body_digest,
+    ] {
+        mac.update(part.as_bytes());
+        mac.update(b"\n");
+    }
+    mac
+}
+
+/// A parsed `v1 t=<unix seconds> n=<nonce> s=<hex mac>` header.
+struct Signature<'a> {
+    timestamp: i64,
+    nonce: &'a str,
+    mac: Vec<u8>,
+}
+
+impl<'a> Signature<'a> {
+    fn parse(header: &'a str) -> Option<Self> {
+        let mut parts = header.split(' ');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let timestamp = parts.next()?.strip_prefix("t=")?.parse().ok()?;
+        let nonce = parts.next()?.strip_prefix("n=")?;
+        let mac = unhex(parts.next()?.strip_prefix("s=")?)?;
+        let well_formed = parts.next().is_none()
+            && (16..=64).contains(&nonce.len())
+            && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+            && mac.len() == 32;
+        well_formed.then_some(Signature {
+            timestamp,
+            nonce,
+            mac,
+        })
+    }
+}
+
+/// Nonces: fresh ones for signing, and the ones seen within the window for checking.
+struct Nonces {
+    /// Random per process, so two replicas never produce the same nonce.
+    prefix: u64,
+    counter: AtomicU64,
+    seen: Mutex<HashMap<String, i64>>,
+}
+
+impl Default for Nonces {
+    fn default() -> Self {
+        Nonces {
+            prefix: RandomState::new().hash_one(std::process::id()),
+            counter: AtomicU64::new(0),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Nonces {
+    fn fresh(&self) -> String {
+        format!(
+            "{:016x}{:016x}",
+            self.prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Records `nonce`; refuses it if it was seen before within the window.
+    fn first_use(&self, nonce: &str, timestamp: i64, now: i64, window: i64) -> Result<(), Refusal> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.len() >= MAX_REMEMBERED_NONCES / 2 {
+            // A nonce older than the window cannot be replayed anyway: its timestamp is refused.
+            seen.retain(|_, &mut seen_at| seen_at.abs_diff(now) <= window.unsigned_abs());
+        }
+        if seen.len() >= MAX_REMEMBERED_NONCES {
+            return Err(Refusal::Replayed);
+        }
+        match seen.insert(nonce.to_owned(), timestamp) {
+            Some(_) => Err(Refusal::Replayed),
+            None => Ok(()),
+        }
+    }
+}
+
+fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(secret: &[u8]) -> PeerAuth {
+        PeerAuth::new(secret.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_signed_request_verifies_once() {
+        let auth = auth(b"0123456789abcdef");
+        let header = auth.sign("GET", "/_groupcache/g/k", b"");
+        assert_eq!(
+            auth.verify(Some(&header), "GET", "/_groupcache/g/k", b""),
+            Ok(())
+        );
+        assert_eq!(
+            auth.verify(Some(&header), "GET", "/_groupcache/g/k", b""),
+            Err(Refusal::Replayed)
+        );
+    }
+
+    #[test]
+    fn any_changed_field_breaks_the_signature() {
+        let auth = auth(b"0123456789abcdef");
+        let header = auth.sign("PUT", "/_groupcache/g/k", b"body");
+        for (method, path, body) in [
+            ("GET", "/_groupcache/g/k", &b"body"[..]),
+            ("PUT", "/_groupcache/g/other", b"body"),
+            ("PUT", "/_groupcache/g/k", b"bodY"),
+        ] {
+            assert_eq!(
+                auth.verify(Some(&header), method, path, body),
+                Err(Refusal::BadSignature)
+            );
+        }
+        let tampered = header.replace("t=", "t=1");
+        assert_ne!(
+            auth.verify(Some(&tampered), "PUT", "/_groupcache/g/k", b"body"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn other_secrets_fail_and_accepted_ones_rotate() {
+        let old = auth(b"old secret 0123456");
+        let new = auth(b"new secret 0123456");
+        let header = old.sign("GET", "/p", b"");
+        assert_eq!(
+            new.verify(Some(&header), "GET", "/p", b""),
+            Err(Refusal::BadSignature)
+        );
+        let rotating = PeerAuth::new(b"new secret 0123456".to_vec())
+            .unwrap()
+            .accept(b"old secret 0123456".to_vec())
+            .unwrap();
+        assert_eq!(rotating.verify(Some(&header), "GET", "/p", b""), Ok(()));
+        assert_eq!(
+            rotating.verify(Some(&new.sign("GET", "/p", b"")), "GET", "/p", b""),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn missing_malformed_and_stale_headers_are_refused() {
+        let auth = auth(b"0123456789abcdef");
+        assert_eq!(auth.verify(None, "GET", "/p", b""), Err(Refusal::Missing));
+        for bad in [
+            "",
+            "v1",
+            "v2 t=1 n=00000000000000000000 s=00",
+            "v1 t=x n=0 s=0",
+            "v1 t=1 n=zz s=ab",
+            "v1 t=1 n=0123456789abcdef s=abc",
+        ] {
+            assert_eq!(
+                auth.verify(Some(bad), "GET", "/p", b""),
+                Err(Refusal::Malformed),
+                "{bad:?}"
+            );
+        }
+        let past = unix_seconds(SystemTime::now()) - 120;
+        let nonce = "0123456789abcdef";
+        let mac = mac(b"0123456789abcdef", "GET", "/p", past, nonce, b"")
+            .finalize()
+            .into_bytes();
+        let stale = format!("v1 t={past} n={nonce} s={}", hex(&mac));
+        assert_eq!(
+            auth.verify(Some(&stale), "GET", "/p", b""),
+            Err(Refusal::Stale)
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_a_configuration_error() {
+        assert!(matches!(
+            PeerAuth::new(b"short".to_vec()),
+            Err(Error::Config(_))
+        ));
+        assert!(format!("{:?}", auth(b"0123456789abcdef")).contains("accepted_secrets: 1"));
+        assert!(!format!("{:?}", auth(b"0123456789abcdef")).contains("0123"));
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_garbage() {
+        assert_eq!(unhex(&hex(&[0, 1, 254, 255])).unwrap(), [0, 1, 254, 255]);
+        assert!(unhex("abc").is_none() && unhex("zz").is_none() && unhex("é1").is_none());
+    }
+}

@@ -1,0 +1,372 @@
+//! Hostile and faulty peers: authentication, load shedding, peers that hang or send garbage, and
+//! storms of panics and cancellations. None may cost a caller its value, hang, or panic.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use groupcache::{Groupcache, PeerAuth, SIGNATURE_HEADER};
+use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by, start_cluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc};
+
+const SECRET: &[u8] = b"a shared secret of 32 bytes here";
+const OTHER: &[u8] = b"another secret, also long enough";
+
+fn auth(secret: &[u8]) -> PeerAuth {
+    PeerAuth::new(secret.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_clusters_work_and_unsigned_requests_get_401_without_a_load() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(3, |url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    let key = key_owned_by(&cluster, 0, "signed-");
+    assert_eq!(
+        cluster[1].cache.get(&key).await.unwrap(),
+        loader.value_for(&key)
+    );
+    cluster[2]
+        .cache
+        .set(&key, &"set".to_owned(), None)
+        .await
+        .unwrap();
+    cluster[2].cache.remove(&key).await.unwrap();
+    assert_eq!(cluster[1].cache.stats().peer_errors, 0);
+    assert_eq!(cluster[0].cache.stats().peer_auth_failures, 0);
+
+    let loads = loader.loads.total();
+    let url = format!("{}/_groupcache/{GROUP}/unsigned", cluster[0].url);
+    for request in [
+        reqwest::Client::new().get(&url),
+        reqwest::Client::new().delete(&url),
+        reqwest::Client::new()
+            .get(&url)
+            .header(SIGNATURE_HEADER, "v1 t=0 n=0123456789abcdef s=00"),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(response.text().await.unwrap().starts_with("unauthorized"));
+    }
+    assert_eq!(cluster[0].cache.stats().peer_auth_failures, 3);
+    assert_eq!(
+        loader.loads.total(),
+        loads,
+        "a refused request never reaches the loader"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_the_wrong_secret_is_refused_and_the_asker_loads_locally() {
+    let loader = TestLoader::new();
+    let owner = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    let intruder = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(OTHER))
+    });
+    let cluster = [owner, intruder];
+    groupcache_tests::connect(&cluster);
+    let key = key_owned_by(&cluster, 0, "intruder-");
+    assert_eq!(
+        cluster[1].cache.get(&key).await.unwrap(),
+        loader.value_for(&key)
+    );
+    assert_eq!(cluster[0].cache.stats().peer_auth_failures, 1);
+    assert_eq!(cluster[0].cache.stats().local_loads, 0);
+    assert_eq!(cluster[1].cache.stats().peer_errors, 1);
+    assert_eq!(cluster[1].cache.stats().local_loads, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_rotate_without_downtime() {
+    let loader = TestLoader::new();
+    // Mid-rotation: `new` signs with the new secret and still accepts the old one; `old` has not
+    // been told yet, so it only accepts the old one.
+    let new = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .peer_auth(auth(OTHER).accept(SECRET.to_vec()).unwrap())
+    });
+    let old = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    let cluster = [new, old];
+    groupcache_tests::connect(&cluster);
+    let owned_by_new = key_owned_by(&cluster, 0, "rot-");
+    cluster[1].cache.get(&owned_by_new).await.unwrap();
+    assert_eq!(
+        cluster[0].cache.stats().peer_auth_failures,
+        0,
+        "the old secret is still accepted"
+    );
+    let owned_by_old = key_owned_by(&cluster, 1, "rot-");
+    cluster[0].cache.get(&owned_by_old).await.unwrap();
+    assert_eq!(
+        cluster[1].cache.stats().peer_auth_failures,
+        1,
+        "the new secret is not yet accepted there"
+    );
+}
+
+/// A server that records each request's head and answers 404: a captured signed request.
+async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0; 4096];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = sender.send(String::from_utf8_lossy(&head).into_owned());
+                let _ = socket
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (url, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_signed_request_cannot_be_replayed() {
+    let loader = TestLoader::new();
+    let target = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    let (fake_owner, mut captured) = recorder().await;
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    asker
+        .cache
+        .set_peers([fake_owner.as_str(), asker.url.as_str()])
+        .unwrap();
+    let key = (0..)
+        .map(|i| format!("replay-{i}"))
+        .find(|k| asker.cache.owner(k) == fake_owner)
+        .unwrap();
+    asker.cache.get(&key).await.unwrap();
+    let head = captured.recv().await.unwrap();
+    let signature = head
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{SIGNATURE_HEADER}: ")))
+        .expect("the request was signed")
+        .to_owned();
+    let url = format!("{}/_groupcache/{GROUP}/{key}", target.url);
+    let send = || {
+        reqwest::Client::new()
+            .get(&url)
+            .header(SIGNATURE_HEADER, &signature)
+            .send()
+    };
+    assert_eq!(
+        send().await.unwrap().status(),
+        200,
+        "first use of a captured signature"
+    );
+    assert_eq!(send().await.unwrap().status(), 401, "the replay is refused");
+    assert_eq!(target.cache.stats().peer_auth_failures, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_concurrent_peer_requests_are_shed_with_503() {
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let owner = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_concurrent_peer_requests(1)
+    });
+    let busy = tokio::spawn({
+        let url = format!("{}/_groupcache/{GROUP}/slow", owner.url);
+        async move { reqwest::get(url).await.unwrap().status() }
+    });
+    loader.loads.started(1).await;
+    let shed = reqwest::get(format!("{}/_groupcache/{GROUP}/other", owner.url))
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    gate.add_permits(1);
+    assert_eq!(busy.await.unwrap(), 200);
+    assert_eq!(
+        loader.loads.total(),
+        1,
+        "the shed request never reached the loader"
+    );
+}
+
+/// A fake owner that accepts connections and then misbehaves in the given way.
+async fn misbehaving_owner(behaviour: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0; 4096];
+                let _ = socket.read(&mut buffer).await;
+                let answer: &[u8] = match behaviour {
+                    // Never answers, keeps the connection open.
+                    "hang" => {
+                        std::future::pending::<()>().await;
+                        b""
+                    }
+                    "truncated" => b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100\r\n\r\n\x0a\x05ab",
+                    "wrong-type" => b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 4\r\n\r\n\x0a\x02hi",
+                    _ => b"not http at all\r\n\r\n",
+                };
+                let _ = socket.write_all(answer).await;
+                // Close after writing: a truncated body ends early.
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_truncating_and_mislabelled_peers_cost_one_timeout_at_most() {
+    let timeout = Duration::from_millis(300);
+    for behaviour in ["hang", "truncated", "wrong-type", "not-http"] {
+        let loader = TestLoader::new();
+        let fake = misbehaving_owner(behaviour).await;
+        let asker = Replica::start(|url| {
+            Groupcache::builder(GROUP, url, loader.clone()).peer_timeout(timeout)
+        });
+        asker
+            .cache
+            .set_peers([fake.as_str(), asker.url.as_str()])
+            .unwrap();
+        let key = (0..)
+            .map(|i| format!("{behaviour}-{i}"))
+            .find(|k| asker.cache.owner(k) == fake)
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            asker.cache.get(&key).await.unwrap(),
+            loader.value_for(&key),
+            "{behaviour}"
+        );
+        // Bounded by the peer timeout plus one (instant) load; generous for a loaded machine.
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(2),
+            "{behaviour}: {:?}",
+            started.elapsed()
+        );
+        let stats = asker.cache.stats();
+        assert_eq!(
+            (stats.peer_errors, stats.local_loads),
+            (1, 1),
+            "{behaviour}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_push_a_value_over_the_limit() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = format!("http://{}", listener.local_addr().unwrap());
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    let _ = socket.read(&mut [0; 4096]).await;
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if socket.write_all(head).await.is_err() {
+                        return;
+                    }
+                    // Streams up to 1 GiB in 64 KiB chunks, until the reader hangs up.
+                    let chunk = [b"10000\r\n".as_slice(), &[0x0a; 65536], b"\r\n"].concat();
+                    for _ in 0..16_384 {
+                        if socket.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        sent.fetch_add(65536, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        }
+    });
+    let loader = TestLoader::new();
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_value_bytes(1 << 20)
+    });
+    asker
+        .cache
+        .set_peers([fake.as_str(), asker.url.as_str()])
+        .unwrap();
+    let key = (0..)
+        .map(|i| format!("flood-{i}"))
+        .find(|k| asker.cache.owner(k) == fake)
+        .unwrap();
+    assert_eq!(asker.cache.get(&key).await.unwrap(), loader.value_for(&key));
+    assert_eq!(asker.cache.stats().peer_errors, 1);
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 64 << 20,
+        "the reader hung up near the 1 MiB limit, not after {sent} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storms_of_panics_and_cancelled_callers_leave_no_stuck_key() {
+    let loader = TestLoader {
+        delay: Duration::from_millis(5),
+        ..TestLoader::new()
+    };
+    let cluster = start_cluster(2, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    // 10,000 loader panics (each panic: key panics on its first load only).
+    let mut panics = tokio::task::JoinSet::new();
+    for i in 0..10_000 {
+        let cache = cluster[i % 2].cache.clone();
+        panics.spawn(async move { cache.get(&format!("panic:{i}")).await.is_err() });
+    }
+    let mut failed = 0;
+    while let Some(result) = panics.join_next().await {
+        failed += usize::from(result.unwrap());
+    }
+    assert_eq!(
+        failed, 10_000,
+        "every first load panicked and every caller got an error"
+    );
+    // 10,000 callers over 500 keys, every other one cancelled at once.
+    let mut callers = Vec::new();
+    for i in 0..10_000 {
+        let cache = cluster[i % 2].cache.clone();
+        let key = format!("storm-{}", i % 500);
+        callers.push((i, tokio::spawn(async move { cache.get(&key).await })));
+    }
+    for (i, caller) in &callers {
+        if i % 2 == 0 {
+            caller.abort();
+        }
+    }
+    for (i, caller) in callers {
+        match caller.await {
+            Ok(value) => assert!(value.is_ok(), "caller {i}: {value:?}"),
+            Err(error) => assert!(error.is_cancelled() && i % 2 == 0),
+        }
+    }
+    // No key is stuck: each panicking key now loads, and nothing was loaded twice.
+    for i in (0..10_000).step_by(97) {
+        let key = format!("panic:{i}");
+        assert_eq!(
+            cluster[1].cache.get(&key).await.unwrap(),
+            loader.value_for(&key)
+        );
+    }
+    for i in 0..500 {
+        assert_eq!(loader.loads.of(&format!("storm-{i}")), 1);
+    }
+}
