@@ -51,6 +51,8 @@ pub struct Builder<L> {
     connect_timeout: Duration,
     client: Option<reqwest::Client>,
     popularity_window: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::PeerTls>,
 }
 
 /// Settings the read path consults.
@@ -88,6 +90,8 @@ impl<L: Loader> Builder<L> {
             connect_timeout: Duration::from_secs(1),
             client: None,
             popularity_window: crate::POPULARITY_WINDOW,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -176,6 +180,15 @@ impl<L: Loader> Builder<L> {
         self
     }
 
+    /// Connects to peers over TLS (`https://` peer URLs): verifies them against `tls`'s CA and
+    /// presents its identity, if any, as a client certificate. Ignored with
+    /// [`Builder::http_client`], whose own TLS settings apply.
+    #[cfg(feature = "tls")]
+    pub fn peer_tls(mut self, tls: crate::PeerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Signs every peer request with `auth`'s secret and refuses (401) incoming peer requests
     /// not signed with an accepted one. Off by default; every replica needs the same setting.
     /// golang/groupcache peers cannot sign, so mixed clusters run without it.
@@ -202,13 +215,24 @@ impl<L: Loader> Builder<L> {
         let self_url = normalize_url(&self.self_url)?;
         let client = match self.client {
             Some(client) => client,
-            None => reqwest::Client::builder()
-                .connect_timeout(self.connect_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .tcp_nodelay(true)
-                .pool_max_idle_per_host(256)
-                .build()
-                .map_err(|e| Error::Config(format!("HTTP client: {e}")))?,
+            None => {
+                let builder = reqwest::Client::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .tcp_nodelay(true)
+                    .pool_max_idle_per_host(256);
+                #[cfg(feature = "tls")]
+                let builder = {
+                    crate::tls::install_default_provider();
+                    match &self.tls {
+                        Some(tls) => builder.tls_backend_preconfigured(tls.client_config()?),
+                        None => builder,
+                    }
+                };
+                builder
+                    .build()
+                    .map_err(|e| Error::Config(format!("HTTP client: {e}")))?
+            }
         };
         let metrics = Metrics::new(&self.group);
         let peers = Peers::new(&self_url, self.ring_mode, &config.base_path, &self.group);

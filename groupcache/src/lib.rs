@@ -56,6 +56,9 @@ mod peers;
 mod popularity;
 mod ring;
 mod router;
+mod server;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 use std::sync::Arc;
@@ -69,6 +72,9 @@ pub use error::{Error, PeerError};
 pub use loader::{CodecError, Json, Loaded, Loader, Value};
 pub use metrics::Stats;
 pub use ring::RingMode;
+pub use server::Server;
+#[cfg(feature = "tls")]
+pub use tls::PeerTls;
 
 use builder::Config;
 use caches::{Cache, Entry};

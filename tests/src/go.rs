@@ -147,6 +147,12 @@ impl GoPeer {
     ///
     /// Returns once the peer is listening: it prints its URL as soon as its socket is bound.
     pub fn start_with(binary: &Path, flags: &[&str]) -> GoPeer {
+        // Built before the process starts, so nothing between spawn and the guard can panic.
+        let http = crate::http_client()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client");
         let mut child = Command::new(binary)
             .args(["-listen", "127.0.0.1:0", "-group", crate::GROUP])
             .args(flags)
@@ -164,11 +170,6 @@ impl GoPeer {
             let status = child.wait();
             panic!("the Go peer did not start: read {read:?}, line {line:?}, exit {status:?}");
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("HTTP client");
         GoPeer {
             url,
             child: Mutex::new(Some(child)),

@@ -16,6 +16,14 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 pub mod go;
 
+/// A builder for plain HTTP clients in tests. The library's `tls` feature gives reqwest a rustls
+/// backend without a crypto provider of its own, so one is installed first (ring, as the library
+/// uses); without it `reqwest::Client::new()` panics.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// The group every test cluster serves.
 pub const GROUP: &str = "test";
 
@@ -39,9 +47,29 @@ impl<L: Loader> Replica<L> {
 
     /// Starts a replica whose router is nested under `prefix` (empty: merged at the root).
     pub fn start_mounted(prefix: &str, configure: impl FnOnce(String) -> Builder<L>) -> Self {
+        Self::start_inner("http", prefix, None, configure)
+    }
+
+    /// Starts a replica served by the library's own [`groupcache::Server`] (e.g. over TLS, with
+    /// `scheme` "https").
+    pub fn start_served(
+        scheme: &str,
+        server: groupcache::Server,
+        configure: impl FnOnce(String) -> Builder<L>,
+    ) -> Self {
+        Self::start_inner(scheme, "", Some(server), configure)
+    }
+
+    fn start_inner(
+        scheme: &str,
+        prefix: &str,
+        server: Option<groupcache::Server>,
+        configure: impl FnOnce(String) -> Builder<L>,
+    ) -> Self {
+        let _ = http_client(); // a crypto provider for the tests' own plain clients
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let url = format!("http://{addr}{prefix}");
+        let url = format!("{scheme}://{addr}{prefix}");
         let cache = configure(url.clone())
             .build()
             .expect("valid test configuration");
@@ -60,8 +88,14 @@ impl<L: Loader> Replica<L> {
             runtime.block_on(async move {
                 listener.set_nonblocking(true).expect("nonblocking");
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let serving = async move {
+                    match server {
+                        None => axum::serve(listener, app).await,
+                        Some(server) => server.serve(listener, app).await,
+                    }
+                };
                 tokio::select! {
-                    result = axum::serve(listener, app) => result.expect("serve"),
+                    result = serving => result.expect("serve"),
                     _ = stopped => {}
                 }
             });

@@ -326,6 +326,7 @@ async fn storms_of_panics_and_cancelled_callers_leave_no_stuck_key() {
         ..TestLoader::new()
     };
     let cluster = start_cluster(2, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    quiet_test_loader_panics();
     // 10,000 loader panics (each panic: key panics on its first load only).
     let mut panics = tokio::task::JoinSet::new();
     for i in 0..10_000 {
@@ -340,7 +341,8 @@ async fn storms_of_panics_and_cancelled_callers_leave_no_stuck_key() {
         failed, 10_000,
         "every first load panicked and every caller got an error"
     );
-    // 10,000 callers over 500 keys, every other one cancelled at once.
+    // 10,000 callers over 500 keys, every third one cancelled at once (every key keeps callers
+    // that wait, since 500 and 3 share no factor).
     let mut callers = Vec::new();
     for i in 0..10_000 {
         let cache = cluster[i % 2].cache.clone();
@@ -348,14 +350,14 @@ async fn storms_of_panics_and_cancelled_callers_leave_no_stuck_key() {
         callers.push((i, tokio::spawn(async move { cache.get(&key).await })));
     }
     for (i, caller) in &callers {
-        if i % 2 == 0 {
+        if i % 3 == 0 {
             caller.abort();
         }
     }
     for (i, caller) in callers {
         match caller.await {
             Ok(value) => assert!(value.is_ok(), "caller {i}: {value:?}"),
-            Err(error) => assert!(error.is_cancelled() && i % 2 == 0),
+            Err(error) => assert!(error.is_cancelled() && i % 3 == 0),
         }
     }
     // No key is stuck: each panicking key now loads, and nothing was loaded twice.
@@ -369,4 +371,19 @@ async fn storms_of_panics_and_cancelled_callers_leave_no_stuck_key() {
     for i in 0..500 {
         assert_eq!(loader.loads.of(&format!("storm-{i}")), 1);
     }
+}
+
+/// The default panic hook prints every one of the storm's 10,000 intended panics (with a
+/// backtrace when RUST_BACKTRACE is set); drop exactly those, keep every other panic's report.
+fn quiet_test_loader_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let intended = info
+            .payload()
+            .downcast_ref::<String>()
+            .is_some_and(|message| message.starts_with("test loader panics on the first load"));
+        if !intended {
+            default(info);
+        }
+    }));
 }

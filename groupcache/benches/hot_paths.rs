@@ -1,0 +1,174 @@
+//! Criterion micro-benchmarks of the hot paths: a main-cache hit and a hot-cache hit through the
+//! public `get`, a ring lookup in both modes, a flight on an uncontended key, and the protobuf
+//! encoding and decoding of a 1 KiB value.
+//!
+//! ```text
+//! cargo bench -p groupcache
+//! ```
+//!
+//! The ring and the flight are private modules; their own source files are compiled into this
+//! benchmark (`#[path]` below), so what is measured is exactly the library's code.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use groupcache::{Groupcache, Loaded, Loader};
+use groupcache_pb::GetResponse;
+use prost::Message;
+
+// Their unit tests come along unused: a benchmark is not built with the test harness.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/ring.rs"]
+mod ring;
+
+#[allow(dead_code, unused_imports)]
+#[path = "../src/flight.rs"]
+mod flight;
+
+/// The error type `flight` knows as `crate::Error`.
+use groupcache::Error;
+
+/// Answers every key with the same 1 KiB value, at once.
+struct Kilobyte;
+
+impl Loader for Kilobyte {
+    type Value = Bytes;
+    type Error = std::convert::Infallible;
+
+    async fn load(&self, _key: &str) -> Result<Loaded<Bytes>, Self::Error> {
+        Ok(Loaded::new(Bytes::from(vec![b'v'; 1024])))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("benchmark runtime")
+}
+
+/// A hit completes on its first poll: polling once measures the cache, not a runtime.
+fn hit(cache: &Groupcache<Kilobyte>, key: &str) -> Bytes {
+    match cache.get(key).now_or_never() {
+        Some(Ok(value)) => value,
+        Some(Err(e)) => panic!("get({key}) failed: {e}"),
+        None => panic!("get({key}) was not a cache hit"),
+    }
+}
+
+fn cache_hits(c: &mut Criterion) {
+    let rt = runtime();
+    let _guard = rt.enter();
+
+    // Main cache: a replica alone owns every key.
+    let alone = Groupcache::builder("bench", "http://127.0.0.1:1", Kilobyte)
+        .build()
+        .expect("valid configuration");
+    rt.block_on(alone.get("key")).expect("first get loads");
+    c.bench_function("get/main_hit", |b| b.iter(|| hit(&alone, black_box("key"))));
+
+    // Hot cache: B asks A (over loopback HTTP) for a key A owns, twice, and keeps it.
+    let (a, b) = rt.block_on(async {
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback");
+            let url = format!("http://{}", listener.local_addr().expect("local address"));
+            let cache = Groupcache::builder("bench", &url, Kilobyte)
+                .build()
+                .expect("valid configuration");
+            let app = axum::Router::new().merge(cache.router());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            replicas.push((url, cache));
+        }
+        let urls: Vec<String> = replicas.iter().map(|(url, _)| url.clone()).collect();
+        for (_, cache) in &replicas {
+            cache.set_peers(&urls).expect("valid peers");
+        }
+        let b = replicas.pop().expect("two replicas").1;
+        let a = replicas.pop().expect("two replicas").1;
+        (a, b)
+    });
+    let key = (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| b.owner(k) == a.self_url())
+        .expect("A owns some key");
+    for _ in 0..2 {
+        rt.block_on(b.get(&key)).expect("B fetches from A");
+    }
+    assert_eq!(b.stats().hot_items, 1, "the key is in B's hot cache");
+    c.bench_function("get/hot_hit", |bench| {
+        bench.iter(|| hit(&b, black_box(&key)))
+    });
+    drop(a);
+}
+
+fn ring_lookups(c: &mut Criterion) {
+    let keys: Vec<String> = (0..1024).map(|i| format!("user:{i}")).collect();
+    for mode in [ring::RingMode::GoCompatible, ring::RingMode::Balanced] {
+        for peers in [3, 64] {
+            let urls: Vec<String> = (1..=peers)
+                .map(|i| format!("http://10.0.0.{i}:8080"))
+                .collect();
+            let ring = ring::Ring::new(mode, &urls);
+            let name = match mode {
+                ring::RingMode::GoCompatible => "go",
+                ring::RingMode::Balanced => "balanced",
+            };
+            let mut i = 0;
+            c.bench_function(&format!("ring/{name}/{peers}_peers"), |b| {
+                b.iter(|| {
+                    i = (i + 1) & 1023;
+                    ring.owner(black_box(keys[i].as_bytes()))
+                })
+            });
+        }
+    }
+}
+
+fn flights(c: &mut Criterion) {
+    let rt = runtime();
+    let flight = Arc::new(flight::Flight::<Bytes>::new());
+    let value = Bytes::from(vec![b'v'; 1024]);
+    // The loop runs on a runtime worker, as a request handler does: the flight's task is spawned
+    // onto that worker's queue.
+    c.bench_function("flight/uncontended", |b| {
+        b.iter_custom(|iters| {
+            let (flight, value) = (flight.clone(), value.clone());
+            let timed = rt.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let value = value.clone();
+                    let (outcome, _) = flight.run("key", |_| async move { Ok(value) }).await;
+                    black_box(outcome.expect("the work succeeds"));
+                }
+                start.elapsed()
+            });
+            rt.block_on(timed).unwrap_or(Duration::MAX)
+        })
+    });
+}
+
+fn protobuf(c: &mut Criterion) {
+    let response = GetResponse {
+        value: Some(Bytes::from(vec![b'v'; 1024])),
+        minute_qps: Some(12.0),
+        expire: None,
+    };
+    c.bench_function("protobuf/encode_1k", |b| {
+        b.iter(|| black_box(&response).encode_to_vec())
+    });
+    let encoded = Bytes::from(response.encode_to_vec());
+    c.bench_function("protobuf/decode_1k", |b| {
+        b.iter(|| GetResponse::decode(black_box(encoded.clone())).expect("valid message"))
+    });
+}
+
+criterion_group!(benches, cache_hits, ring_lookups, flights, protobuf);
+criterion_main!(benches);

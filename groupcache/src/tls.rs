@@ -1,0 +1,130 @@
+//! TLS between peers, on rustls with the `ring` provider: the CA that peers' certificates must
+//! chain to, and optionally this replica's own certificate to present as a client (mTLS).
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::Error;
+
+/// Trust and identity for peer connections over TLS.
+///
+/// ```no_run
+/// # fn run(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<(), groupcache::Error> {
+/// let tls = groupcache::PeerTls::new(ca)?.identity(cert, key)?;
+/// let server_config = tls.server_config(true)?; // for groupcache::Server::tls
+/// // Groupcache::builder(...).peer_tls(tls) for the client side; peer URLs start with https://
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PeerTls {
+    roots: Arc<RootCertStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("PeerTls")
+            .field("trusted_roots", &self.roots.len())
+            .field("has_identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl PeerTls {
+    /// Trusts the certificates in `ca_pem` (one or more PEM certificates).
+    pub fn new(ca_pem: &[u8]) -> Result<Self, Error> {
+        let mut roots = RootCertStore::empty();
+        for certificate in certificates(ca_pem)? {
+            roots
+                .add(certificate)
+                .map_err(|e| tls_error("CA certificate", e))?;
+        }
+        Ok(PeerTls {
+            roots: Arc::new(roots),
+            identity: None,
+        })
+    }
+
+    /// This replica's certificate chain and private key (PEM), presented to peers as a client
+    /// certificate and, through [`PeerTls::server_config`], as the server certificate.
+    pub fn identity(mut self, cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| tls_error("private key PEM", e))?;
+        self.identity = Some((certificates(cert_chain_pem)?, Arc::new(key)));
+        Ok(self)
+    }
+
+    /// The client side: verify peers against the CA, present the identity if there is one.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, Error> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error("client protocol versions", e))?
+            .with_root_certificates(self.roots.clone());
+        match &self.identity {
+            None => Ok(builder.with_no_client_auth()),
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .map_err(|e| tls_error("client certificate", e)),
+        }
+    }
+
+    /// The server side, for [`Server::tls`](crate::Server::tls): present the identity and, if
+    /// `require_client_certificates`, refuse clients without a certificate from the CA (mTLS).
+    pub fn server_config(
+        &self,
+        require_client_certificates: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, Error> {
+        let (chain, key) = self.identity.as_ref().ok_or_else(|| {
+            Error::Config("a TLS server needs an identity (certificate and key)".into())
+        })?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error("server protocol versions", e))?;
+        let builder = if require_client_certificates {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+                    .build()
+                    .map_err(|e| tls_error("client verifier", e))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| tls_error("server certificate", e))?;
+        Ok(Arc::new(config))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes `ring` the process's default rustls provider unless one is installed: reqwest built
+/// with a rustls backend but no provider of its own panics without one.
+pub(crate) fn install_default_provider() {
+    if CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certificates: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_error("certificate PEM", e))?;
+    if certificates.is_empty() {
+        return Err(Error::Config("no certificate found in the PEM".into()));
+    }
+    Ok(certificates)
+}
+
+fn tls_error(what: &str, error: impl std::fmt::Display) -> Error {
+    Error::Config(format!("TLS {what}: {error}"))
+}
