@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (Go and golang/groupcache from Debian's packages,
-# for the interoperability tests), then runs every test of the workspace.
+# The test command: installs what the tests need (Go and golang/groupcache from Debian's packages
+# for the interoperability tests; Prometheus and promtool for the Kubernetes example's metrics
+# tests), then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,9 +14,22 @@ if ! command -v go >/dev/null 2>&1 || [ ! -f /usr/share/gocode/src/github.com/go
     fi
 fi
 
+# Prometheus and promtool, for the Kubernetes example's metrics tests.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        examples/kubernetes-service-discovery/scripts/install-test-deps.sh
+    else
+        echo "WARNING: the Kubernetes example's metrics tests need Prometheus and promtool:" >&2
+        echo "WARNING:   sudo examples/kubernetes-service-discovery/scripts/install-test-deps.sh" >&2
+    fi
+fi
+
 # The golang/groupcache test peer (the tests build it too, if this step was skipped).
 if command -v go >/dev/null 2>&1; then
     tests/interop/build.sh
 fi
 
-cargo test --workspace --locked "$@"
+# Compile first, without a deadline (a cold build of the Kubernetes example takes minutes on two
+# cores); then run, with one: a hung test must fail in minutes, not use up CI's whole time.
+cargo test --workspace --locked --no-run "$@"
+timeout 1200 cargo test --workspace --locked "$@"

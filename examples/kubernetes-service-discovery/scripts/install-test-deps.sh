@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what the example's tests need: Prometheus and promtool (/usr/bin/prometheus,
+# /usr/bin/promtool) from Debian's `prometheus` package. The tests start their own Prometheus on a
+# free loopback port with a temporary storage directory; they never use the packaged service, so
+# it is stopped from starting here (policy-rc.d) where that is possible.
+# Idempotent and non-interactive; must run as root (or via sudo).
+set -euo pipefail
+
+if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    prometheus --version 2>&1 | head -n 1
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-test-deps.sh: run as root" >&2; exit 1; }
+    sudo="sudo -E"
+fi
+
+# Keep the package's maintainer scripts from starting its service (exit 101: "action forbidden"),
+# unless the machine already has a policy of its own.
+policy=/usr/sbin/policy-rc.d
+added_policy=""
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    added_policy=1
+fi
+cleanup() { if [ -n "$added_policy" ]; then $sudo rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends prometheus
+prometheus --version 2>&1 | head -n 1
+promtool --version 2>&1 | head -n 1

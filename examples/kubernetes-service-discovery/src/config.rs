@@ -1,0 +1,322 @@
+//! Configuration, from flags or the environment (every flag has an environment variable).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::http::Uri;
+use clap::{Parser, ValueEnum};
+
+use crate::Error;
+
+/// Where the service's routes of the groupcache peer protocol are nested. Peer URLs include it.
+pub const PEER_PREFIX: &str = "/internal";
+
+/// An axum service whose replicas share one groupcache, finding each other through the
+/// EndpointSlices of a headless Service (`--kube-service`) or a static list (`--peers`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kubernetes-service-discovery", version)]
+pub struct Config {
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// This replica's base URL as the other replicas reach it (`http://host:port`, no path).
+    /// Default: `http://$POD_IP:<listen port>`, else the listen address if it is not 0.0.0.0.
+    #[arg(long, env = "SELF_URL")]
+    pub self_url: Option<String>,
+
+    /// This pod's IP (downward API `status.podIP`), used to build the default `--self-url`.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
+
+    /// This replica's name in logs and responses (downward API `metadata.name`). Default: its
+    /// URL.
+    #[arg(long, env = "POD_NAME")]
+    pub replica_name: Option<String>,
+
+    /// Static discovery: the base URLs of every replica, comma-separated (`http://host:port`,
+    /// this replica's own may be listed too). Without `--peers` and `--kube-service` the replica
+    /// runs alone.
+    #[arg(
+        long,
+        env = "PEERS",
+        value_delimiter = ',',
+        conflicts_with = "kube_service"
+    )]
+    pub peers: Vec<String>,
+
+    /// Kubernetes discovery: the name of the headless Service whose EndpointSlices list the
+    /// replicas.
+    #[arg(long, env = "KUBE_SERVICE")]
+    pub kube_service: Option<String>,
+
+    /// Namespace of that Service. Default: the client's namespace (in a pod, its own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub kube_namespace: Option<String>,
+
+    /// Name of the Service port that serves this app (with a single unnamed port, that one).
+    #[arg(long, env = "KUBE_PORT_NAME", default_value = "http")]
+    pub kube_port_name: String,
+
+    /// Which EndpointSlices to read in a dual-stack cluster.
+    #[arg(long, env = "KUBE_ADDRESS_TYPE", value_enum, default_value_t = AddressType::IPv4)]
+    pub kube_address_type: AddressType,
+
+    /// The groupcache group: the same on every replica.
+    #[arg(long, env = "GROUP_NAME", default_value = "items")]
+    pub group: String,
+
+    /// How long the simulated database takes per query (`250ms`, `2s`).
+    #[arg(long, env = "LOAD_LATENCY", default_value = "100ms", value_parser = parse_duration)]
+    pub load_latency: Duration,
+
+    /// How long a loaded item stays cached (`0s`: until evicted).
+    #[arg(long, env = "ITEM_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub item_ttl: Duration,
+
+    /// Byte budget of the main cache (keys this replica owns).
+    #[arg(long, env = "CACHE_BYTES", default_value_t = groupcache::DEFAULT_MAIN_CACHE_BYTES)]
+    pub cache_bytes: u64,
+
+    /// Byte budget of the hot cache (popular keys owned by other replicas).
+    #[arg(long, env = "HOT_CACHE_BYTES", default_value_t = groupcache::DEFAULT_HOT_CACHE_BYTES)]
+    pub hot_cache_bytes: u64,
+
+    /// After SIGTERM, how long to keep serving while reporting not-ready, so that load
+    /// balancers and the other replicas stop sending requests here first.
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// After the delay, the longest wait for requests in progress to finish.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log lines as text or as JSON objects. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The address family of the EndpointSlices to follow (`addressType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AddressType {
+    /// `IPv4` slices.
+    #[value(name = "IPv4", alias = "ipv4")]
+    IPv4,
+    /// `IPv6` slices.
+    #[value(name = "IPv6", alias = "ipv6")]
+    IPv6,
+}
+
+impl AddressType {
+    /// The value of an EndpointSlice's `addressType`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressType::IPv4 => "IPv4",
+            AddressType::IPv6 => "IPv6",
+        }
+    }
+}
+
+/// How replicas find each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A fixed list of base URLs.
+    Static(Vec<String>),
+    /// The EndpointSlices of a headless Service.
+    Kubernetes {
+        /// The Service's name.
+        service: String,
+        /// Its namespace, if given.
+        namespace: Option<String>,
+    },
+}
+
+impl Config {
+    /// The discovery mode the flags select.
+    pub fn discovery(&self) -> Discovery {
+        match &self.kube_service {
+            Some(service) => Discovery::Kubernetes {
+                service: service.clone(),
+                namespace: self.kube_namespace.clone(),
+            },
+            // Blank entries (`PEERS=""`, a trailing comma) are no peers.
+            None => Discovery::Static(
+                self.peers
+                    .iter()
+                    .map(|url| url.trim().to_owned())
+                    .filter(|url| !url.is_empty())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// This replica's base URL: `--self-url`, else built from `POD_IP` or the bound address.
+    pub fn self_base_url(&self, bound: SocketAddr) -> Result<String, Error> {
+        if let Some(url) = &self.self_url {
+            return base_url(url);
+        }
+        let ip = match self.pod_ip {
+            Some(ip) => ip,
+            None if !bound.ip().is_unspecified() => bound.ip(),
+            None => {
+                return Err(Error::Config(format!(
+                    "listening on {bound}, so this replica cannot tell the URL other replicas \
+                     reach it at: set --self-url (SELF_URL) or POD_IP"
+                )));
+            }
+        };
+        Ok(format!("http://{}", SocketAddr::new(ip, bound.port())))
+    }
+}
+
+/// Checks that `url` is a base URL (`http(s)://host:port`, no path, query or fragment) and
+/// returns it without a trailing slash.
+pub fn base_url(url: &str) -> Result<String, Error> {
+    let invalid = |why: &str| Error::Config(format!("{url:?} is not a base URL: {why}"));
+    let uri: Uri = url.parse().map_err(|_| invalid("it does not parse"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(invalid("expected http:// or https://")),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(invalid("it has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || url.contains('#') {
+        return Err(invalid(
+            "expected no path (the service adds its peer prefix itself)",
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The URL the groupcache ring knows a replica by: its base URL and [`PEER_PREFIX`].
+pub fn peer_url(base_url: &str) -> String {
+    format!("{base_url}{PEER_PREFIX}")
+}
+
+/// Parses `1500ms`, `2s`, `5m`, `1h` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: use ms, s, m or h"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let seconds = |factor: u64| {
+        number
+            .checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => Err(format!(
+            "{text:?}: unknown unit {unit:?}: use ms, s, m or h"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("svc").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "ms", "1.5s", "-1s", "3d", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(
+            base_url("http://10.0.0.1:8080/").unwrap(),
+            "http://10.0.0.1:8080"
+        );
+        assert_eq!(base_url("https://a.example").unwrap(), "https://a.example");
+        assert_eq!(
+            base_url("http://[fd00::1]:80").unwrap(),
+            "http://[fd00::1]:80"
+        );
+        for bad in [
+            "10.0.0.1:8080",
+            "ftp://a",
+            "http://a/internal",
+            "http://a?x=1",
+            "http://",
+        ] {
+            assert!(base_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn self_url_from_flags_pod_ip_or_bound_address() {
+        let bound: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let config = parse(&[]).unwrap();
+        assert!(matches!(config.self_base_url(bound), Err(Error::Config(_))));
+        let config = parse(&["--pod-ip", "10.1.2.3"]).unwrap();
+        assert_eq!(config.self_base_url(bound).unwrap(), "http://10.1.2.3:8080");
+        let config = parse(&["--pod-ip", "fd00::7"]).unwrap();
+        assert_eq!(
+            config.self_base_url(bound).unwrap(),
+            "http://[fd00::7]:8080"
+        );
+        let config = parse(&["--self-url", "http://me:1"]).unwrap();
+        assert_eq!(config.self_base_url(bound).unwrap(), "http://me:1");
+        let config = parse(&[]).unwrap();
+        let bound: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(
+            config.self_base_url(bound).unwrap(),
+            "http://127.0.0.1:4000"
+        );
+    }
+
+    #[test]
+    fn discovery_modes() {
+        let config = parse(&["--peers", "http://a:1,http://b:2"]).unwrap();
+        assert_eq!(
+            config.discovery(),
+            Discovery::Static(vec!["http://a:1".into(), "http://b:2".into()])
+        );
+        let config = parse(&["--kube-service", "svc", "--kube-namespace", "ns"]).unwrap();
+        assert_eq!(
+            config.discovery(),
+            Discovery::Kubernetes {
+                service: "svc".into(),
+                namespace: Some("ns".into())
+            }
+        );
+        assert!(parse(&["--kube-service", "svc", "--peers", "http://a:1"]).is_err());
+        assert_eq!(parse(&[]).unwrap().discovery(), Discovery::Static(vec![]));
+        let config = parse(&["--peers", " http://a:1, ,"]).unwrap();
+        assert_eq!(
+            config.discovery(),
+            Discovery::Static(vec!["http://a:1".into()])
+        );
+        let config = parse(&["--kube-address-type", "IPv6"]).unwrap();
+        assert_eq!(config.kube_address_type, AddressType::IPv6);
+    }
+}

@@ -1,0 +1,152 @@
+//! An axum service whose replicas share one [`groupcache`]: the example of deploying the library
+//! on Kubernetes.
+//!
+//! - [`config`]: flags and environment variables;
+//! - [`database`]: the expensive loader (a simulated database query);
+//! - [`discovery`]: the peer set, from a watch on the EndpointSlices of a headless Service or
+//!   from a static list;
+//! - [`service`]: the routes (`/items/{key}`, the peer protocol under
+//!   [`config::PEER_PREFIX`], `/metrics`, `/healthz`, `/readyz`) and graceful shutdown;
+//! - [`run`]: all of it together, as the binary runs it.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod database;
+pub mod discovery;
+pub mod metrics;
+pub mod service;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use groupcache::Groupcache;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, Discovery, base_url, peer_url};
+use crate::database::Database;
+use crate::discovery::{Backoff, KubeDiscovery, PeerSet};
+use crate::service::{AppState, Readiness, Shutdown};
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A flag or environment variable has an unusable value.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The cache could not be built.
+    #[error("groupcache: {0}")]
+    Cache(#[from] groupcache::Error),
+    /// The Prometheus recorder could not be installed.
+    #[error("metrics exporter: {0}")]
+    Metrics(String),
+    /// No Kubernetes client configuration was found (in a pod: the service account).
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Runs the service until SIGTERM or SIGINT. Call it inside a multi-threaded tokio runtime.
+pub async fn run(config: Config) -> Result<(), Error> {
+    // Before the cache is built: it registers its metrics with the recorder installed now.
+    let metrics = metrics::install()?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let self_base = config.self_base_url(bound)?;
+    let replica = config
+        .replica_name
+        .clone()
+        .unwrap_or_else(|| self_base.clone());
+    let database = Database::new(config.load_latency, config.item_ttl, replica.clone());
+    let cache = Groupcache::builder(&config.group, peer_url(&self_base), database)
+        .main_cache_bytes(config.cache_bytes)
+        .hot_cache_bytes(config.hot_cache_bytes)
+        .build()?;
+
+    let readiness = Arc::new(Readiness::default());
+    let (peers_tx, peers_rx) = watch::channel(None::<PeerSet>);
+    match config.discovery() {
+        Discovery::Static(urls) => {
+            let mut set = BTreeSet::new();
+            for url in &urls {
+                set.insert(peer_url(&base_url(url)?));
+            }
+            tracing::info!(peers = set.len(), "static peer list");
+            discovery::static_peers(set, &peers_tx);
+            // Keep the channel open: `apply_peers` runs for as long as it is.
+            tokio::spawn(async move { peers_tx.closed().await });
+        }
+        Discovery::Kubernetes { service, namespace } => {
+            let client = kube::Client::try_default().await?;
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            // Peers are reached the way this replica is.
+            let scheme = if self_base.starts_with("https:") {
+                "https"
+            } else {
+                "http"
+            };
+            let discovery = KubeDiscovery {
+                namespace,
+                service,
+                port_name: config.kube_port_name.clone(),
+                address_type: config.kube_address_type,
+                scheme,
+                path_prefix: config::PEER_PREFIX.to_owned(),
+                backoff: Backoff::default(),
+                page_size: 500,
+            };
+            tokio::spawn(discovery::watch_endpoint_slices(
+                client, discovery, peers_tx,
+            ));
+        }
+    }
+    // Ready once the first peer list is in the ring.
+    let ready = readiness.clone();
+    tokio::spawn(discovery::apply_peers(cache.clone(), peers_rx, move || {
+        ready.set_discovered();
+    }));
+
+    let app = service::router(AppState {
+        cache: cache.clone(),
+        metrics,
+        readiness: readiness.clone(),
+        replica: Arc::from(replica.as_str()),
+    });
+    tracing::info!(
+        listen = %bound,
+        self_url = %cache.self_url(),
+        group = %config.group,
+        replica,
+        "listening"
+    );
+    let shutdown = Shutdown {
+        delay: config.shutdown_delay,
+        timeout: config.shutdown_timeout,
+    };
+    service::serve(listener, app, readiness, shutdown).await
+}

@@ -1,0 +1,391 @@
+//! The service as users run it: replicas of the binary on loopback, in static mode (scraped by a
+//! real Prometheus, checked by promtool) and in Kubernetes mode (against the fake API server),
+//! plus graceful shutdown on SIGTERM.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::fake_apiserver::{FakeApiServer, endpoint_slice};
+use crate::process::{
+    Cluster, PATIENCE, Prometheus, Replica, Start, TempDir, free_ports, get, http, require_tool,
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+const KEYS: usize = 24;
+const ROUNDS: usize = 4;
+
+/// Sends every key `ROUNDS` times to every replica, all at once; checks every answer and that
+/// each key was loaded by one replica, its owner. Returns the requests sent to each replica.
+async fn drive_traffic(http: &reqwest::Client, cluster: &Cluster) -> usize {
+    let mut requests = Vec::new();
+    for replica in &cluster.replicas {
+        for key in 0..KEYS {
+            for _ in 0..ROUNDS {
+                let url = format!("{}/items/key-{key}", replica.url);
+                let http = http.clone();
+                requests.push(tokio::spawn(async move { (key, get(&http, &url).await) }));
+            }
+        }
+    }
+    let mut loaded_by: BTreeMap<usize, BTreeSet<(String, String)>> = BTreeMap::new();
+    for request in requests {
+        let (key, (status, body)) = request.await.expect("request task");
+        assert_eq!(status, 200, "key-{key}: {body}");
+        let json: Value = serde_json::from_str(&body).expect("JSON item");
+        assert_eq!(json["item"]["id"], format!("key-{key}"));
+        let owner = json["owner"].as_str().unwrap_or_default().to_owned();
+        let by = json["item"]["loaded_by"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        loaded_by.entry(key).or_default().insert((by, owner));
+    }
+    for (key, seen) in &loaded_by {
+        assert_eq!(
+            seen.len(),
+            1,
+            "key-{key} was loaded or owned differently: {seen:?}"
+        );
+        let (by, owner) = seen.iter().next().expect("one");
+        assert_eq!(
+            format!("{by}/internal"),
+            *owner,
+            "key-{key} loaded by a non-owner"
+        );
+    }
+    KEYS * ROUNDS
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_counters_that_match_the_traffic() {
+    let Some(prometheus_bin) = require_tool("prometheus") else {
+        return;
+    };
+    let dir = TempDir::new("prometheus");
+    let http = http();
+    let cluster = Cluster::start_static(3, &["--load-latency", "50ms"], dir.path()).await;
+    let prometheus = Prometheus::start(&prometheus_bin, &cluster.addresses(), dir.path()).await;
+
+    // Prometheus scrapes all three before the traffic, so the counters' rise is seen whole.
+    let deadline = Instant::now() + PATIENCE;
+    while prometheus
+        .scalar(&http, "count(up{job=\"groupcache\"} == 1)")
+        .await
+        != Some(3.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw the three replicas up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let per_replica = drive_traffic(&http, &cluster).await;
+    let total = per_replica * cluster.replicas.len();
+    // A malformed key is refused before the cache: it must not count as a get.
+    let (status, _) = get(
+        &http,
+        &format!("{}/items/not%20valid", cluster.replicas[0].url),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // What the counters must say, cluster-wide, once Prometheus has scraped after the traffic.
+    let g = "{group=\"items\"}";
+    let expectations: Vec<(String, f64)> = vec![
+        // Gets are the user's requests plus the requests peers sent to owners.
+        (
+            format!("sum(groupcache_gets_total{g}) - sum(groupcache_server_requests_total{g})"),
+            total as f64,
+        ),
+        // Each distinct key was loaded once in the whole cluster.
+        (format!("sum(groupcache_local_loads_total{g})"), KEYS as f64),
+        (
+            format!("sum(groupcache_load_duration_seconds_count{g})"),
+            KEYS as f64,
+        ),
+        (format!("sum(groupcache_local_load_errors_total{g})"), 0.0),
+        // Every fetch from an owner was served by that owner, and none failed.
+        (
+            format!(
+                "sum(groupcache_peer_loads_total{g}) - sum(groupcache_server_requests_total{g})"
+            ),
+            0.0,
+        ),
+        (format!("sum(groupcache_peer_errors_total{g})"), 0.0),
+        // Every get was a hit or a load.
+        (
+            format!(
+                "sum(groupcache_cache_hits_total{g}) + sum(groupcache_loads_total{g}) - sum(groupcache_gets_total{g})"
+            ),
+            0.0,
+        ),
+        (format!("min(groupcache_peers{g})"), 3.0),
+        (format!("max(groupcache_peers{g})"), 3.0),
+    ];
+    // And per replica: its gets are the requests the test sent it plus those it served to peers.
+    let per_instance = format!(
+        "sum by (instance) (groupcache_gets_total{g}) - sum by (instance) (groupcache_server_requests_total{g})"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut wrong = Vec::new();
+        for (promql, expected) in &expectations {
+            let got = prometheus.scalar(&http, promql).await;
+            if got != Some(*expected) {
+                wrong.push(format!("{promql} = {got:?}, expected {expected}"));
+            }
+        }
+        let instances = prometheus.query(&http, &per_instance).await;
+        let values: Vec<f64> = instances.iter().map(|(_, value)| *value).collect();
+        if values != vec![per_replica as f64; cluster.replicas.len()] {
+            wrong.push(format!(
+                "{per_instance} = {instances:?}, expected {per_replica} each"
+            ));
+        }
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus's view never matched the traffic:\n{}",
+            wrong.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_check_metrics_passes_on_every_replica() {
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
+    let dir = TempDir::new("promtool");
+    let http = http();
+    let cluster = Cluster::start_static(3, &["--load-latency", "5ms"], dir.path()).await;
+    // Traffic first, so that every series exists: hits, peer requests, histograms.
+    drive_traffic(&http, &cluster).await;
+    for replica in &cluster.replicas {
+        let (status, metrics) = get(&http, &format!("{}/metrics", replica.url)).await;
+        assert_eq!(status, 200);
+        assert!(
+            metrics.contains("groupcache_gets_total{group=\"items\"}"),
+            "{metrics}"
+        );
+        let mut check = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        check
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(metrics.as_bytes())
+            .expect("write to promtool");
+        let output = check.wait_with_output().expect("promtool output");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && said.trim().is_empty(),
+            "promtool check metrics on {}: {}\n{said}\n--- metrics:\n{metrics}",
+            replica.url,
+            output.status
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reports_not_ready_finishes_requests_and_exits_cleanly() {
+    let dir = TempDir::new("sigterm");
+    let http = http();
+    let mut replica = None;
+    for attempt in 0..3 {
+        let port = free_ports(1)[0];
+        let args: Vec<String> = ["--load-latency", "1500ms", "--shutdown-delay", "1s"]
+            .iter()
+            .map(|arg| (*arg).to_owned())
+            .collect();
+        let mut candidate =
+            Replica::spawn(&format!("replica-{attempt}"), port, &args, &[], dir.path());
+        match candidate.wait_for_status(&http, "/readyz", 200).await {
+            Start::Ready => {
+                replica = Some(candidate);
+                break;
+            }
+            Start::Exited(why) if why.contains("in use") => continue,
+            Start::Exited(why) => panic!("the replica did not start: {why}"),
+        }
+    }
+    let mut replica = replica.expect("a replica started within three attempts");
+    assert_eq!(get(&http, &format!("{}/healthz", replica.url)).await.0, 200);
+
+    // A request whose load is in progress when the signal arrives.
+    let slow = {
+        let (http, url) = (http.clone(), format!("{}/items/slow", replica.url));
+        tokio::spawn(async move { get(&http, &url).await })
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while replica.metric(&http, "groupcache_loads_total").await != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replica.process.terminate();
+
+    // Not ready while draining; still serving.
+    assert!(matches!(
+        replica.wait_for_status(&http, "/readyz", 503).await,
+        Start::Ready
+    ));
+    assert_eq!(get(&http, &format!("{}/healthz", replica.url)).await.0, 200);
+
+    let (status, body) = slow.await.expect("request task");
+    assert_eq!(status, 200, "the request in progress was cut: {body}");
+    let exit = replica.process.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        exit.success(),
+        "exit status {exit}; log:\n{}",
+        replica.process.log_text()
+    );
+    let log = replica.process.log_text();
+    assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+}
+
+/// A kubeconfig for the fake API server, namespace `shop`, no credentials.
+fn kubeconfig(api: &FakeApiServer) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    namespace: shop\n    user: test\n\
+         current-context: fake\nusers:\n- name: test\n  user: {{}}\n",
+        api.url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_replicas_find_each_other_through_endpoint_slices() {
+    let dir = TempDir::new("kubernetes");
+    let http = http();
+    let api = FakeApiServer::start().await;
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(&config, kubeconfig(&api)).expect("write the kubeconfig");
+    // The API is down when the replicas start: they serve, alive but not ready.
+    api.set_failing(true);
+
+    let ports = free_ports(3);
+    let args: Vec<String> = ["--kube-service", "shop-peers", "--load-latency", "20ms"]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+    let env = [("KUBECONFIG", config.display().to_string())];
+    let mut replicas: Vec<Replica> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| Replica::spawn(&format!("replica-{i}"), *port, &args, &env, dir.path()))
+        .collect();
+    for replica in &mut replicas {
+        match replica.wait_for_status(&http, "/healthz", 200).await {
+            Start::Ready => {}
+            Start::Exited(why) => {
+                panic!("a replica did not start (its port may have been taken): {why}")
+            }
+        }
+        assert_eq!(get(&http, &format!("{}/readyz", replica.url)).await.0, 503);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while api.failed_requests() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never asked the API"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Each replica in a slice of its own: they listen on different ports of one address.
+    for (i, port) in ports.iter().enumerate() {
+        api.apply(endpoint_slice(
+            "shop",
+            &format!("shop-peers-{i}"),
+            "shop-peers",
+            *port,
+            &[("127.0.0.1", true)],
+        ));
+    }
+    api.set_failing(false);
+    for replica in &mut replicas {
+        assert!(matches!(
+            replica.wait_for_status(&http, "/readyz", 200).await,
+            Start::Ready
+        ));
+    }
+    let peers_gauge = "groupcache_peers{group=\"items\"}";
+    for replica in &replicas {
+        let deadline = Instant::now() + PATIENCE;
+        while replica.metric(&http, peers_gauge).await != Some(3.0) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw 3 peers",
+                replica.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // One ring: every replica names the same owner for a key, and the owner loaded it.
+    for key in 0..12 {
+        let mut seen = BTreeSet::new();
+        for replica in &replicas {
+            let (status, body) = get(&http, &format!("{}/items/k{key}", replica.url)).await;
+            assert_eq!(status, 200, "{body}");
+            let json: Value = serde_json::from_str(&body).expect("JSON");
+            seen.insert((
+                json["owner"].to_string(),
+                json["item"]["loaded_by"].to_string(),
+            ));
+        }
+        assert_eq!(seen.len(), 1, "k{key}: {seen:?}");
+    }
+
+    // Replica 2 turns unready: the others drop it from their rings.
+    api.apply(endpoint_slice(
+        "shop",
+        "shop-peers-2",
+        "shop-peers",
+        ports[2],
+        &[("127.0.0.1", false)],
+    ));
+    for replica in &replicas[..2] {
+        let deadline = Instant::now() + PATIENCE;
+        while replica.metric(&http, peers_gauge).await != Some(2.0) {
+            assert!(
+                Instant::now() < deadline,
+                "{} still has 3 peers",
+                replica.url
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // An API outage later changes nothing and takes nothing down.
+    api.set_failing(true);
+    let failed = api.failed_requests();
+    let deadline = Instant::now() + PATIENCE;
+    while api.failed_requests() < failed + 2 {
+        assert!(Instant::now() < deadline, "the replicas never retried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for replica in &mut replicas {
+        assert!(replica.process.exited().is_none(), "{} exited", replica.url);
+        assert_eq!(get(&http, &format!("{}/readyz", replica.url)).await.0, 200);
+    }
+    assert_eq!(replicas[0].metric(&http, peers_gauge).await, Some(2.0));
+}
