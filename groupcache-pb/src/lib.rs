@@ -62,7 +62,33 @@ pub struct SetRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use prost::Message;
+
+    proptest! {
+        /// Arbitrary bytes from a peer decode or fail; they never panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = GetResponse::decode(bytes.as_slice());
+            let _ = SetRequest::decode(bytes.as_slice());
+            let _ = GetRequest::decode(bytes.as_slice());
+        }
+
+        /// Every message encodes and decodes back to itself.
+        #[test]
+        fn messages_round_trip(
+            value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            minute_qps in proptest::option::of(any::<f64>().prop_filter("NaN is not equal to itself", |q| !q.is_nan())),
+            expire in proptest::option::of(any::<i64>()),
+            group in any::<String>(),
+            key in any::<String>(),
+        ) {
+            let response = GetResponse { value: value.clone().map(Bytes::from), minute_qps, expire };
+            prop_assert_eq!(GetResponse::decode(response.encode_to_vec().as_slice()).unwrap(), response);
+            let request = SetRequest { group, key, value: value.map(Bytes::from), expire };
+            prop_assert_eq!(SetRequest::decode(request.encode_to_vec().as_slice()).unwrap(), request);
+        }
+    }
 
     fn hex(bytes: &[u8]) -> String {
         bytes

@@ -280,6 +280,16 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any header value is parsed or refused, never a panic, and never verifies.
+        #[test]
+        fn arbitrary_signature_headers_are_refused(header in any::<String>()) {
+            let auth = PeerAuth::new(b"0123456789abcdef".to_vec()).unwrap();
+            prop_assert!(auth.verify(Some(&header), "GET", "/p", b"").is_err());
+        }
+    }
 
     fn auth(secret: &[u8]) -> PeerAuth {
         PeerAuth::new(secret.to_vec()).unwrap()

@@ -173,6 +173,23 @@ fn protobuf(message: GetResponse) -> Response {
 #[cfg(test)]
 mod tests {
     use super::parse_path;
+    use crate::transport::escape;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a group and key contain, what the client escapes the router decodes back.
+        #[test]
+        fn escaped_paths_decode_to_the_same_group_and_key(group in "[^/]{1,20}", key in any::<String>()) {
+            let path = format!("/_groupcache/{}/{}", escape(&group), escape(&key));
+            prop_assert_eq!(parse_path(&path, "/_groupcache/"), Some((group, key)));
+        }
+
+        /// No path, however malformed, makes the parser panic.
+        #[test]
+        fn any_path_parses_or_is_refused(path in any::<String>()) {
+            let _ = parse_path(&path, "/_groupcache/");
+        }
+    }
 
     #[test]
     fn paths_split_at_the_first_slash_and_decode_without_plus_rule() {
