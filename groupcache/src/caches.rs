@@ -18,10 +18,13 @@ pub struct Entry {
 }
 
 /// What `insert` did, so the caller can update metrics without the cache knowing about them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Inserted {
     /// Least-recently-used entries removed to make room.
     pub evicted: u64,
+    /// The value as the cache now holds it (its own exactly-sized buffer), or as it was given if
+    /// it was not stored. Callers hand this handle on, so no second buffer is kept alive.
+    pub value: Bytes,
 }
 
 /// The node `lru` allocates per entry (its private `LruEntry<K, V>`): key, value, prev, next.
@@ -70,6 +73,19 @@ fn charge(key: &str, value_len: usize) -> u64 {
     (key.len() + value_len) as u64 + ENTRY_OVERHEAD
 }
 
+/// `value` in a buffer of exactly its length. The only handle to such a buffer is kept without
+/// copying (`Vec::from` takes a unique buffer back as it is); a shared buffer, a slice of a larger
+/// one, or a buffer with spare capacity is copied into a new, exact one. Keeping the loader's
+/// buffer saves an allocation and a copy of every loaded value.
+fn exactly_sized(value: Bytes) -> Bytes {
+    let buffer = Vec::from(value);
+    if buffer.capacity() == buffer.len() {
+        Bytes::from(buffer)
+    } else {
+        Bytes::copy_from_slice(&buffer)
+    }
+}
+
 impl Cache {
     /// Creates an empty cache that holds at most `budget_bytes` charged bytes.
     pub fn new(budget_bytes: u64) -> Cache {
@@ -103,16 +119,22 @@ impl Cache {
     /// Inserts or replaces; then evicts least-recently-used entries until the charged bytes fit
     /// the budget. An entry larger than the whole budget is not stored and nothing is evicted for
     /// it, but an older value under the same key is removed so that it is not served stale.
-    /// The value is copied into an exactly-sized allocation so a small slice cannot pin a large
-    /// network buffer.
+    /// The value is kept in an exactly-sized allocation, so a small slice cannot pin a large
+    /// network buffer: a value that is the only handle to exactly its own buffer is kept as it
+    /// is, anything else is copied.
     pub fn insert(&self, key: &str, entry: Entry) -> Inserted {
         let size = charge(key, entry.value.len());
         if size > self.budget {
             self.remove(key);
-            return Inserted::default();
+            return Inserted {
+                evicted: 0,
+                value: entry.value,
+            };
         }
+        let value = exactly_sized(entry.value);
+        let stored = value.clone();
         let entry = Entry {
-            value: Bytes::copy_from_slice(&entry.value),
+            value,
             expire: entry.expire,
         };
         let mut removed = Removed::new();
@@ -135,6 +157,7 @@ impl Cache {
         drop(inner);
         Inserted {
             evicted: (removed.len() - replaced) as u64,
+            value: stored,
         }
     }
 
@@ -265,11 +288,15 @@ mod tests {
         let cache = Cache::new(budget);
         cache.insert("small", entry(100));
         let big = entry(budget as usize);
-        assert_eq!(cache.insert("big", big.clone()), Inserted::default());
+        let refused = Inserted {
+            evicted: 0,
+            value: big.value.clone(),
+        };
+        assert_eq!(cache.insert("big", big.clone()), refused);
         assert!(cache.get("big", 0).is_none());
         assert!(cache.get("small", 0).is_some(), "nothing evicted for it");
         // An oversized replacement removes the old value rather than leaving it stale.
-        assert_eq!(cache.insert("small", big), Inserted::default());
+        assert_eq!(cache.insert("small", big), refused);
         assert!(cache.get("small", 0).is_none());
         check_accounting(&cache);
         assert_eq!(cache.items(), 0);
@@ -321,6 +348,38 @@ mod tests {
         let stored = cache.get("k", 0).map(|e| e.value).unwrap_or_default();
         assert_eq!(stored, big.slice(1_000..1_100));
         assert!(!range.contains(&stored.as_ptr()));
+
+        // Even when the slice is the last handle to its buffer.
+        let value = big.slice(2_000..2_100);
+        drop(big);
+        let inserted = cache.insert("k", Entry { value, expire: 0 });
+        assert!(!range.contains(&inserted.value.as_ptr()));
+    }
+
+    #[test]
+    fn an_exact_unique_buffer_is_kept_not_copied() {
+        let cache = Cache::new(1 << 20);
+        let value = Bytes::from(vec![7u8; 4096]);
+        let at = value.as_ptr();
+        let inserted = cache.insert("k", Entry { value, expire: 0 });
+        assert_eq!(inserted.value.as_ptr(), at, "handed back without a copy");
+        assert_eq!(cache.get("k", 0).map(|e| e.value.as_ptr()), Some(at));
+
+        // A shared value is copied, so the cache never holds a buffer someone else may slice.
+        let shared = Bytes::from(vec![8u8; 4096]);
+        let value = shared.clone();
+        let inserted = cache.insert("s", Entry { value, expire: 0 });
+        assert_ne!(inserted.value.as_ptr(), shared.as_ptr());
+        // So is a unique buffer with spare capacity.
+        let mut spare = Vec::with_capacity(8192);
+        spare.extend_from_slice(&[9u8; 100]);
+        let spare = Bytes::from(spare);
+        let at = spare.as_ptr();
+        let value = spare;
+        let inserted = cache.insert("v", Entry { value, expire: 0 });
+        assert_ne!(inserted.value.as_ptr(), at);
+        assert_eq!(inserted.value.len(), 100);
+        check_accounting(&cache);
     }
 
     #[test]

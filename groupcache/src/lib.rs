@@ -349,18 +349,24 @@ impl<L: Loader> Inner<L> {
             }
         };
         self.metrics.local_load();
-        let value = loaded
-            .value
-            .encode()
-            .map_err(|e| Error::Codec(Arc::new(e)))?;
-        let entry = Entry {
-            value,
-            expire: to_unix_nanos(loaded.expires_at),
-        };
-        if !superseded.get() {
-            self.store(key, entry.clone(), store);
+        let Loaded { value, expires_at } = loaded;
+        let bytes = value.encode().map_err(|e| Error::Codec(Arc::new(e)))?;
+        // Without the loader's own handle, a `Bytes` value is the only handle to its buffer, and
+        // the cache can keep that buffer instead of copying it.
+        drop(value);
+        let expire = to_unix_nanos(expires_at);
+        if superseded.get() {
+            return Ok(Entry {
+                value: bytes,
+                expire,
+            });
         }
-        Ok(entry)
+        let entry = Entry {
+            value: bytes,
+            expire,
+        };
+        let value = self.store(key, entry, store);
+        Ok(Entry { value, expire })
     }
 
     /// Asks the owner once for everyone on this replica asking for `key` now.
@@ -395,7 +401,7 @@ impl<L: Loader> Inner<L> {
                 };
                 let requests = self.popularity.estimate(key_hash(key));
                 if !superseded.get() && requests >= self.config.hot_promotion_requests {
-                    self.store(key, entry.clone(), Store::Hot);
+                    let _ = self.store(key, entry.clone(), Store::Hot);
                 }
                 Ok(entry)
             }
@@ -411,13 +417,15 @@ impl<L: Loader> Inner<L> {
         }
     }
 
-    fn store(&self, key: &str, mut entry: Entry, store: Store) {
+    /// Caches the entry; returns the value as the cache holds it (or as given, if not kept).
+    fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
         match store {
             Store::Main => {
                 let inserted = self.main.insert(key, entry);
                 self.metrics
                     .main
                     .record(self.main.bytes(), self.main.items(), inserted.evicted);
+                inserted.value
             }
             Store::Hot => {
                 let max_age = i64::try_from(self.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
@@ -431,6 +439,7 @@ impl<L: Loader> Inner<L> {
                 self.metrics
                     .hot
                     .record(self.hot.bytes(), self.hot.items(), inserted.evicted);
+                inserted.value
             }
         }
     }
@@ -439,7 +448,7 @@ impl<L: Loader> Inner<L> {
     /// for the key is superseded and no older hot copy remains.
     fn store_owned(&self, key: &str, entry: Entry) {
         self.forget(key);
-        self.store(key, entry, Store::Main);
+        let _ = self.store(key, entry, Store::Main);
     }
 
     /// Drops `key` from both caches and keeps loads in flight from caching an older value.

@@ -8,6 +8,8 @@
 //	POST /peers         JSON array of peer URLs -> pool.Set(urls...) (order kept)
 //	GET  /peers         the peer list last set, as a JSON array
 //	GET  /get?key=K     group.Get(K): 200 with the value bytes, or 500 with the error text
+//	GET  /get/K         the same, with the key in the path (the benchmarks' user-facing route)
+//	GET  /static        a fixed 1 KiB body: a bare net/http server, for the benchmarks
 //	GET  /loads         {"total": n, "per_key": {"k": n, ...}} (getter invocations on this replica)
 //	GET  /stats         the group's Stats counters and the main/hot CacheStats
 //	GET  /owner?key=K   the peer the ring picks for K (see handleOwner)
@@ -17,7 +19,13 @@
 // "/_groupcache/"), exactly as golang/groupcache's HTTPPool serves it.
 //
 // The getter returns "go:"+key, except for keys starting with "error:", for
-// which it fails with the error "getter failed for <key>".
+// which it fails with the error "getter failed for <key>". With -value-bytes N
+// the value is "go:"+key padded with '.' (or cut) to exactly N bytes.
+//
+// By default peers are asked through Go's http.DefaultTransport, which keeps
+// only 2 idle connections per peer. -max-idle-conns-per-host N gives the pool
+// a transport of its own that keeps N, golang/groupcache's best setting under
+// concurrent load (the benchmarks compare against both).
 //
 // The first line written to stdout is "listening http://HOST:PORT"; os.Stdout
 // is unbuffered in Go, so it is visible to the parent as soon as it is printed.
@@ -29,6 +37,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -37,6 +46,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -94,12 +104,17 @@ func main() {
 	loadDelay := flag.Duration("load-delay", 0, "how long the getter sleeps before returning")
 	basePath := flag.String("base-path", "/_groupcache/", "HTTP path prefix of the groupcache protocol (must end in /)")
 	logRequests := flag.Bool("log-requests", false, "log every HTTP request (method, raw URI, decoded path) to stderr")
+	valueBytes := flag.Int("value-bytes", 0, "pad (or cut) every value to exactly this many bytes (0: \"go:\"+key as it is)")
+	maxIdlePerHost := flag.Int("max-idle-conns-per-host", 0, "give the pool its own transport keeping this many idle connections per peer (0: http.DefaultTransport)")
 	flag.Parse()
 
 	log.SetFlags(log.Lmicroseconds)
 	log.SetPrefix("go-peer: ")
 	if !strings.HasPrefix(*basePath, "/") || !strings.HasSuffix(*basePath, "/") {
 		log.Fatalf("-base-path must start and end with /: %q", *basePath)
+	}
+	if *valueBytes < 0 || *maxIdlePerHost < 0 {
+		log.Fatalf("-value-bytes and -max-idle-conns-per-host must not be negative")
 	}
 
 	ln, err := net.Listen("tcp", *listen)
@@ -122,6 +137,12 @@ func main() {
 		BasePath: *basePath,
 		Replicas: replicas,
 	})
+	if *maxIdlePerHost > 0 {
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.MaxIdleConns = 0 // no limit across peers
+		transport.MaxIdleConnsPerHost = *maxIdlePerHost
+		p.pool.Transport = func(context.Context) http.RoundTripper { return transport }
+	}
 	p.group = groupcache.NewGroup(*groupName, *cacheBytes, groupcache.GetterFunc(
 		func(ctx context.Context, key string, dest groupcache.Sink) error {
 			p.loads.add(key)
@@ -135,13 +156,15 @@ func main() {
 			if strings.HasPrefix(key, "error:") {
 				return fmt.Errorf("getter failed for %s", key)
 			}
-			return dest.SetBytes([]byte("go:" + key))
+			return dest.SetBytes(valueFor(key, *valueBytes))
 		}))
 
 	mux := http.NewServeMux()
 	mux.Handle(*basePath, p.pool)
 	mux.HandleFunc("/peers", p.handlePeers)
 	mux.HandleFunc("/get", p.handleGet)
+	mux.HandleFunc("/get/", p.handleGetPath)
+	mux.HandleFunc("/static", handleStatic)
 	mux.HandleFunc("/loads", p.handleLoads)
 	mux.HandleFunc("/stats", p.handleStats)
 	mux.HandleFunc("/owner", p.handleOwner)
@@ -227,6 +250,48 @@ func (p *peer) handleGet(w http.ResponseWriter, r *http.Request) {
 	if _, err := w.Write(value); err != nil {
 		log.Printf("writing value: %v", err)
 	}
+}
+
+// handleGetPath performs a user-facing group.Get of the key after "/get/" in
+// the (decoded) path, answering with the value bytes and their length.
+func (p *peer) handleGetPath(w http.ResponseWriter, r *http.Request) {
+	key := strings.TrimPrefix(r.URL.Path, "/get/")
+	var value []byte
+	if err := p.group.Get(r.Context(), key, groupcache.AllocatingByteSliceSink(&value)); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(value)))
+	if _, err := w.Write(value); err != nil {
+		log.Printf("writing value: %v", err)
+	}
+}
+
+// staticBody is what /static serves.
+var staticBody = bytes.Repeat([]byte("x"), 1024)
+
+// handleStatic answers with a fixed 1 KiB body and nothing else: the cost of
+// net/http alone, for comparison with the groupcache routes.
+func handleStatic(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(staticBody)))
+	if _, err := w.Write(staticBody); err != nil {
+		log.Printf("writing body: %v", err)
+	}
+}
+
+// valueFor is the getter's value for key: "go:"+key, padded with '.' or cut to
+// exactly n bytes when n > 0.
+func valueFor(key string, n int) []byte {
+	value := []byte("go:" + key)
+	if n <= 0 {
+		return value
+	}
+	if len(value) >= n {
+		return value[:n]
+	}
+	return append(value, bytes.Repeat([]byte("."), n-len(value))...)
 }
 
 func (p *peer) handleLoads(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,214 @@
+//! Command-line parsing, by hand: a few flags do not need a parser crate.
+
+use std::path::PathBuf;
+
+use crate::replica::ReplicaOptions;
+
+/// Every workload, in the order `all` runs them.
+pub const WORKLOADS: [&str; 6] = [
+    "ceiling",
+    "local-hit",
+    "remote-get",
+    "cold-storm",
+    "memory",
+    "hot-key",
+];
+
+/// What to do.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Run workloads and report.
+    Bench(BenchOptions),
+    /// Serve as a Rust replica (started by the driver).
+    Replica(ReplicaOptions),
+    /// Serve as the bare axum ceiling (started by the driver).
+    Ceiling,
+    /// Print the usage.
+    Help,
+}
+
+/// Options of a benchmark run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchOptions {
+    /// Workloads to run, in order.
+    pub workloads: Vec<&'static str>,
+    /// Repetitions of every measurement; medians are reported.
+    pub rounds: usize,
+    /// Length of every timed run.
+    pub secs: f64,
+    /// Concurrency levels of the throughput workloads.
+    pub concurrency: Vec<usize>,
+    /// Measured requests per remote-get run (each a distinct key and requester).
+    pub remote_requests: usize,
+    /// Where to write the JSON report.
+    pub json: Option<PathBuf>,
+    /// A prebuilt Go peer, instead of building one.
+    pub go_peer: Option<PathBuf>,
+    /// Only these targets (`rust`, `go`, ...); empty: all. For profiling one side alone.
+    pub only: Vec<String>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            workloads: Vec::new(),
+            rounds: 5,
+            secs: 3.0,
+            concurrency: vec![16, 64],
+            remote_requests: 60_000,
+            json: None,
+            go_peer: None,
+            only: Vec::new(),
+        }
+    }
+}
+
+/// How to call the program.
+pub const USAGE: &str = "\
+usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
+                        [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
+
+Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key; `all` runs every one
+(local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
+Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
+reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
+go-bare) runs one side alone, for profiling: its figures are not side by side.
+
+Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring]` and `ceiling-server`
+are the server processes the driver starts.";
+
+/// Parses the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut args = args.into_iter().peekable();
+    match args.peek().map(String::as_str) {
+        Some("replica") => {
+            args.next();
+            return parse_replica(args).map(Command::Replica);
+        }
+        Some("ceiling-server") => return Ok(Command::Ceiling),
+        Some("-h" | "--help" | "help") => return Ok(Command::Help),
+        _ => {}
+    }
+    let mut options = BenchOptions::default();
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "all" => options.workloads.extend(WORKLOADS.iter().skip(1)),
+            "--rounds" => options.rounds = number(&arg, &value(&arg)?)?.max(1),
+            "--secs" => {
+                let v = value(&arg)?;
+                options.secs = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| *s > 0.0 && s.is_finite())
+                    .ok_or_else(|| format!("--secs: {v:?} is not a positive number"))?;
+            }
+            "--concurrency" => {
+                let v = value(&arg)?;
+                let levels: Result<Vec<usize>, String> =
+                    v.split(',').map(|c| number(&arg, c)).collect();
+                options.concurrency = levels?;
+                if options.concurrency.contains(&0) || options.concurrency.is_empty() {
+                    return Err("--concurrency: levels must be at least 1".into());
+                }
+            }
+            "--remote-requests" => {
+                options.remote_requests = number(&arg, &value(&arg)?)?.max(2);
+            }
+            "--json" => options.json = Some(PathBuf::from(value(&arg)?)),
+            "--go-peer" => options.go_peer = Some(PathBuf::from(value(&arg)?)),
+            "--only" => options.only = value(&arg)?.split(',').map(str::to_owned).collect(),
+            name => match WORKLOADS.iter().find(|w| **w == name) {
+                Some(w) => options.workloads.push(w),
+                None => return Err(format!("unknown workload or flag {name:?}\n\n{USAGE}")),
+            },
+        }
+    }
+    if options.workloads.is_empty() {
+        return Err(format!("name a workload, or `all`\n\n{USAGE}"));
+    }
+    options.workloads.dedup();
+    Ok(Command::Bench(options))
+}
+
+fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptions, String> {
+    let mut options = ReplicaOptions {
+        value_bytes: 0,
+        load_ms: 0,
+        main_bytes: groupcache::DEFAULT_MAIN_CACHE_BYTES,
+        go_ring: false,
+    };
+    while let Some(arg) = args.next() {
+        if arg == "--go-ring" {
+            options.go_ring = true;
+            continue;
+        }
+        let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--value-bytes" => options.value_bytes = number(&arg, &value)?,
+            "--load-ms" => options.load_ms = number(&arg, &value)? as u64,
+            "--main-bytes" => options.main_bytes = number(&arg, &value)? as u64,
+            _ => return Err(format!("replica: unknown flag {arg:?}")),
+        }
+    }
+    Ok(options)
+}
+
+fn number(flag: &str, value: &str) -> Result<usize, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{flag}: {value:?} is not a whole number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Command, String> {
+        parse(s.split_whitespace().map(str::to_owned))
+    }
+
+    #[test]
+    fn all_and_flags() {
+        let Ok(Command::Bench(options)) = parse_str("all --rounds 3 --secs 1.5 --concurrency 8,32")
+        else {
+            panic!("all parses");
+        };
+        assert_eq!(options.workloads, &WORKLOADS[1..]);
+        assert_eq!((options.rounds, options.secs), (3, 1.5));
+        assert_eq!(options.concurrency, [8, 32]);
+        let Ok(Command::Bench(options)) = parse_str("memory hot-key") else {
+            panic!("names parse");
+        };
+        assert_eq!(options.workloads, ["memory", "hot-key"]);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert!(parse_str("").unwrap_err().contains("name a workload"));
+        assert!(parse_str("warp").unwrap_err().contains("\"warp\""));
+        assert!(
+            parse_str("all --rounds")
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(parse_str("all --secs -1").unwrap_err().contains("positive"));
+        assert!(parse_str("all --concurrency 0").is_err());
+    }
+
+    #[test]
+    fn server_commands() {
+        assert_eq!(parse_str("ceiling-server"), Ok(Command::Ceiling));
+        assert_eq!(
+            parse_str("replica --value-bytes 1024 --load-ms 50 --main-bytes 99 --go-ring"),
+            Ok(Command::Replica(ReplicaOptions {
+                value_bytes: 1024,
+                load_ms: 50,
+                main_bytes: 99,
+                go_ring: true,
+            }))
+        );
+        assert!(parse_str("replica --nope 1").is_err());
+    }
+}

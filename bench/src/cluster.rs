@@ -1,0 +1,369 @@
+//! Replicas as processes: Rust replicas and the ceiling from this binary, Go replicas from the Go
+//! test peer. Every process is killed when its handle is dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use bytes::Bytes;
+use groupcache::{Groupcache, Loaded, Loader, RingMode};
+use serde::Deserialize;
+
+use crate::http;
+use crate::replica::GROUP;
+
+/// What a target is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// This library.
+    Rust,
+    /// golang/groupcache with a pooled transport (`MaxIdleConnsPerHost` raised): Go's best.
+    GoPooled,
+    /// golang/groupcache with Go's default transport (2 idle connections per peer).
+    GoDefault,
+    /// The bare axum server.
+    Ceiling,
+    /// A bare net/http handler (the Go peer's `/static`), for reference.
+    GoBare,
+}
+
+impl Kind {
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Rust => "rust",
+            Kind::GoPooled => "go",
+            Kind::GoDefault => "go-default",
+            Kind::Ceiling => "ceiling",
+            Kind::GoBare => "go-bare",
+        }
+    }
+
+    /// Every kind, in report order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Rust,
+        Kind::GoPooled,
+        Kind::GoDefault,
+        Kind::Ceiling,
+        Kind::GoBare,
+    ];
+}
+
+/// Where the binaries are.
+pub struct Binaries {
+    /// This program (for `replica` and `ceiling-server`).
+    pub this: PathBuf,
+    /// The Go test peer.
+    pub go_peer: PathBuf,
+}
+
+impl Binaries {
+    /// This binary, and the Go peer built next to it by `tests/interop/build.sh`.
+    pub fn prepare(go_peer: Option<PathBuf>) -> Result<Binaries, String> {
+        let this = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+        let go_peer = match go_peer {
+            Some(path) => path,
+            None => {
+                let out = this.with_file_name("go-peer-bench");
+                let script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/build.sh");
+                let status = Command::new(&script)
+                    .arg(&out)
+                    .stdout(Stdio::null())
+                    .status()
+                    .map_err(|e| format!("running {}: {e}", script.display()))?;
+                if !status.success() {
+                    return Err(format!(
+                        "{} failed ({status}): the Go side needs Debian's golang-go and \
+                         golang-github-golang-groupcache-dev (tests/interop/install-deps.sh)",
+                        script.display()
+                    ));
+                }
+                out
+            }
+        };
+        Ok(Binaries { this, go_peer })
+    }
+}
+
+/// A running server process.
+pub struct Process {
+    child: Child,
+    /// Closing it tells our own servers to exit.
+    _stdin: Option<ChildStdin>,
+    /// Kept open so the process never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its URL, as peers list it.
+    pub url: String,
+}
+
+impl Process {
+    fn start(mut command: Command) -> Result<Process, String> {
+        let program = format!("{command:?}");
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {program}: {e}"))?;
+        let stdin = child.stdin.take();
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            return Err(format!("{program}: no stdout"));
+        };
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let url = match read {
+            Ok(_) => line.trim().strip_prefix("listening ").map(str::to_owned),
+            Err(_) => None,
+        };
+        let addr = url
+            .as_deref()
+            .and_then(|url| url.strip_prefix("http://"))
+            .and_then(|addr| addr.parse().ok());
+        let (Some(url), Some(addr)) = (url, addr) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{program} did not announce its address: {line:?}"));
+        };
+        Ok(Process {
+            child,
+            _stdin: stdin,
+            _stdout: stdout,
+            addr,
+            url,
+        })
+    }
+
+    /// Its process id, for reading its memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
+    pub fn memory(&self) -> Result<(u64, u64), String> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kb| kb.trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+                .ok_or_else(|| format!("{path}: no {name}"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Settings shared by the replicas of one cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Value size in bytes.
+    pub value_bytes: usize,
+    /// Loader latency.
+    pub load_ms: u64,
+    /// Main cache budget (golang/groupcache: the whole group's budget).
+    pub cache_bytes: u64,
+}
+
+/// Replicas of one kind that know each other.
+pub struct Cluster {
+    /// The replicas, in the order every ring lists them.
+    pub replicas: Vec<Process>,
+    /// A ring identical to the replicas', to find owners.
+    ring: Groupcache<NoLoader>,
+}
+
+impl Cluster {
+    /// Starts `n` replicas of `kind` and gives each the full peer list.
+    pub async fn start(
+        binaries: &Binaries,
+        kind: Kind,
+        n: usize,
+        settings: Settings,
+    ) -> Result<Cluster, String> {
+        let mut replicas = Vec::with_capacity(n);
+        for _ in 0..n {
+            replicas.push(start_replica(binaries, kind, settings)?);
+        }
+        let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+        let body = serde_json::to_string(&urls).map_err(|e| e.to_string())?;
+        for replica in &replicas {
+            let request = http::post_json_request("/peers", &body);
+            let (status, answer) = http::call(replica.addr, &request)
+                .await
+                .map_err(|e| format!("setting peers on {}: {e}", replica.url))?;
+            if status != 200 {
+                let answer = String::from_utf8_lossy(&answer);
+                return Err(format!(
+                    "setting peers on {}: {status} {answer}",
+                    replica.url
+                ));
+            }
+        }
+        // Rust replicas use the balanced ring (the default); Go's ring is Go's.
+        let mode = match kind {
+            Kind::Rust => RingMode::Balanced,
+            _ => RingMode::GoCompatible,
+        };
+        let first = urls.first().copied().unwrap_or("http://127.0.0.1:1");
+        let ring = Groupcache::builder(GROUP, first, NoLoader)
+            .ring_mode(mode)
+            .build()
+            .map_err(|e| format!("ring: {e}"))?;
+        ring.set_peers(&urls).map_err(|e| format!("ring: {e}"))?;
+        Ok(Cluster { replicas, ring })
+    }
+
+    /// Index of the replica that owns `key`.
+    pub fn owner(&self, key: &str) -> usize {
+        let url = self.ring.owner(key);
+        self.replicas
+            .iter()
+            .position(|r| r.url == url)
+            .unwrap_or_default()
+    }
+
+    /// Every replica's process id, in order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.replicas.iter().map(Process::pid).collect()
+    }
+
+    /// Every replica's address, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.addr).collect()
+    }
+
+    /// Every replica's counters, in order.
+    pub async fn stats(&self) -> Result<Vec<Stats>, String> {
+        let mut all = Vec::with_capacity(self.replicas.len());
+        for replica in &self.replicas {
+            let request = http::get_request("/stats");
+            let (status, body) = http::call(replica.addr, &request)
+                .await
+                .map_err(|e| format!("stats of {}: {e}", replica.url))?;
+            if status != 200 {
+                return Err(format!("stats of {}: status {status}", replica.url));
+            }
+            let stats: Stats = serde_json::from_slice(&body)
+                .map_err(|e| format!("stats of {}: {e}", replica.url))?;
+            all.push(stats);
+        }
+        Ok(all)
+    }
+}
+
+fn start_replica(binaries: &Binaries, kind: Kind, settings: Settings) -> Result<Process, String> {
+    let mut command;
+    match kind {
+        Kind::Rust => {
+            command = Command::new(&binaries.this);
+            command.arg("replica").args([
+                "--value-bytes",
+                &settings.value_bytes.to_string(),
+                "--load-ms",
+                &settings.load_ms.to_string(),
+                "--main-bytes",
+                &settings.cache_bytes.to_string(),
+            ]);
+        }
+        Kind::GoPooled | Kind::GoDefault | Kind::GoBare => {
+            command = Command::new(&binaries.go_peer);
+            command.args([
+                "-listen",
+                "127.0.0.1:0",
+                "-group",
+                GROUP,
+                "-value-bytes",
+                &settings.value_bytes.to_string(),
+                "-load-delay",
+                &format!("{}ms", settings.load_ms),
+                "-cache-bytes",
+                &settings.cache_bytes.to_string(),
+            ]);
+            if kind == Kind::GoPooled {
+                command.args(["-max-idle-conns-per-host", "1024"]);
+            }
+        }
+        Kind::Ceiling => {
+            command = Command::new(&binaries.this);
+            command.arg("ceiling-server");
+        }
+    }
+    Process::start(command)
+}
+
+/// A single server process of `kind` with default settings (for the ceilings).
+pub fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, String> {
+    let settings = Settings {
+        value_bytes: 1024,
+        load_ms: 0,
+        cache_bytes: 64 << 20,
+    };
+    start_replica(binaries, kind, settings)
+}
+
+/// One replica's counters, under the Go peer's names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// The group's counters.
+    pub stats: Counters,
+    /// The main cache.
+    pub main_cache: CacheStats,
+    /// The hot cache.
+    pub hot_cache: CacheStats,
+}
+
+/// The counters both languages report.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Gets, local and from peers.
+    pub gets: u64,
+    /// Main and hot hits.
+    pub cache_hits: u64,
+    /// Values fetched from owners.
+    pub peer_loads: u64,
+    /// Failed fetches.
+    pub peer_errors: u64,
+    /// Runs of the loader.
+    pub local_loads: u64,
+    /// Requests served to peers.
+    pub server_requests: u64,
+}
+
+/// One cache's size.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CacheStats {
+    /// Bytes as the implementation counts them.
+    pub bytes: u64,
+    /// Entries.
+    pub items: u64,
+}
+
+/// A loader for the driver's copy of the ring, which never loads.
+struct NoLoader;
+
+impl Loader for NoLoader {
+    type Value = Bytes;
+    type Error = std::convert::Infallible;
+
+    async fn load(&self, _key: &str) -> Result<Loaded<Bytes>, Self::Error> {
+        Ok(Loaded::new(Bytes::new()))
+    }
+}

@@ -1,0 +1,209 @@
+//! The two server processes the benchmark starts from its own binary: a Rust replica of the
+//! benchmark group, and the ceiling, a bare axum server.
+//!
+//! A replica speaks the same control interface as the Go test peer (`tests/interop/go-peer`), so
+//! the driver treats both languages alike:
+//!
+//! - the first line on stdout is `listening http://127.0.0.1:PORT`;
+//! - `POST /peers` with a JSON array of URLs sets the ring;
+//! - `GET /get/{key}` is the user-facing read: the value's bytes;
+//! - `GET /stats` gives the counters as the Go peer names them;
+//! - `GET /healthz` answers `ok`.
+//!
+//! Both exit when their stdin closes, so they never outlive the driver. A replica serves through
+//! `groupcache::Server`, as the README recommends for the peer port; the ceiling through
+//! `axum::serve`, the bare minimum.
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use groupcache::{Groupcache, Loaded, Loader, RingMode};
+
+/// The group every benchmark replica serves, in both languages.
+pub const GROUP: &str = "bench";
+
+/// The Rust replica's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaOptions {
+    /// Every value is padded (or cut) to exactly this many bytes; 0 keeps `rs:{key}`.
+    pub value_bytes: usize,
+    /// How long the loader sleeps.
+    pub load_ms: u64,
+    /// The main cache's budget.
+    pub main_bytes: u64,
+    /// golang/groupcache's ring instead of the balanced default.
+    pub go_ring: bool,
+}
+
+/// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep.
+pub struct BenchLoader {
+    value_bytes: usize,
+    delay: Duration,
+}
+
+impl Loader for BenchLoader {
+    type Value = Bytes;
+    type Error = Infallible;
+
+    async fn load(&self, key: &str) -> Result<Loaded<Bytes>, Infallible> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(Loaded::new(Bytes::from(value_for(
+            "rs:",
+            key,
+            self.value_bytes,
+        ))))
+    }
+}
+
+/// `{prefix}{key}` padded with `.` or cut to exactly `n` bytes (as it is when `n` is 0), the same
+/// rule as the Go peer's `-value-bytes`.
+pub fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
+    let mut value = format!("{prefix}{key}").into_bytes();
+    if n > 0 {
+        value.resize(n, b'.');
+    }
+    value
+}
+
+/// Runs a replica until stdin closes.
+pub fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let loader = BenchLoader {
+            value_bytes: options.value_bytes,
+            delay: Duration::from_millis(options.load_ms),
+        };
+        let mode = if options.go_ring {
+            RingMode::GoCompatible
+        } else {
+            RingMode::Balanced
+        };
+        let cache = Groupcache::builder(GROUP, &url, loader)
+            .main_cache_bytes(options.main_bytes)
+            .ring_mode(mode)
+            .build()?;
+        let app = Router::new()
+            .route("/get/{*key}", get(get_value))
+            .route("/peers", post(set_peers))
+            .route("/stats", get(stats))
+            .route("/healthz", get(|| async { "ok" }))
+            .merge(cache.router())
+            .with_state(cache);
+        announce(&url)?;
+        exit_when_stdin_closes();
+        // The server the README recommends for the peer port.
+        groupcache::Server::new().serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// The ceiling: a bare axum server that answers `GET /static` with a fixed 1 KiB body.
+pub fn run_ceiling() -> Result<(), Box<dyn std::error::Error>> {
+    static BODY: [u8; 1024] = [b'x'; 1024];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let app = Router::new().route(
+            "/static",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    Bytes::from_static(&BODY),
+                )
+            }),
+        );
+        announce(&url)?;
+        exit_when_stdin_closes();
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+fn announce(url: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening {url}")?;
+    stdout.flush()
+}
+
+fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        std::process::exit(0);
+    });
+}
+
+async fn get_value(
+    State(cache): State<Groupcache<BenchLoader>>,
+    Path(key): Path<String>,
+) -> Response {
+    match cache.get(&key).await {
+        Ok(value) => ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+async fn set_peers(State(cache): State<Groupcache<BenchLoader>>, body: Bytes) -> Response {
+    let peers: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(peers) => peers,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match cache.set_peers(&peers) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+/// The counters under the Go peer's names (`GET /stats` of `tests/interop/go-peer`).
+async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
+    let s = cache.stats();
+    let json = serde_json::json!({
+        "group": cache.name(),
+        "stats": {
+            "gets": s.gets,
+            "cache_hits": s.main_hits + s.hot_hits,
+            "peer_loads": s.peer_loads,
+            "peer_errors": s.peer_errors,
+            "loads": s.loads,
+            "loads_deduped": s.loads_deduped,
+            "local_loads": s.local_loads,
+            "local_load_errs": s.local_load_errors,
+            "server_requests": s.server_requests,
+        },
+        "main_cache": { "bytes": s.main_bytes, "items": s.main_items, "hits": s.main_hits },
+        "hot_cache": { "bytes": s.hot_bytes, "items": s.hot_items, "hits": s.hot_hits },
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::value_for;
+
+    #[test]
+    fn values_are_padded_or_cut_like_the_go_peer() {
+        assert_eq!(value_for("rs:", "k", 0), b"rs:k");
+        assert_eq!(value_for("rs:", "k", 6), b"rs:k..");
+        assert_eq!(value_for("rs:", "key", 2), b"rs");
+    }
+}

@@ -1,0 +1,541 @@
+//! The workloads. Each round starts fresh processes for every target, in an order that alternates
+//! from round to round, and runs the same requests against each.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::args::BenchOptions;
+use crate::cluster::{Binaries, Cluster, Kind, Settings, start_server};
+use crate::http::{self, Conn};
+use crate::load::{self, Limit, Outcome, Pool, Sequence, Source, Uniform};
+use crate::report::{Better, Report};
+
+/// Value size of the throughput workloads.
+const VALUE_BYTES: usize = 1024;
+/// Main cache budget everywhere (golang/groupcache: the group's whole budget).
+const BUDGET: u64 = 64 << 20;
+/// Untimed load before every timed run, so connections and caches are warm.
+const WARM_UP: Duration = Duration::from_millis(500);
+
+type Result<T> = std::result::Result<T, String>;
+
+/// What every workload needs.
+pub struct Bench<'a> {
+    /// The binaries.
+    pub binaries: &'a Binaries,
+    /// The options.
+    pub options: &'a BenchOptions,
+    /// Where figures go.
+    pub report: &'a mut Report,
+}
+
+impl Bench<'_> {
+    fn secs(&self) -> Duration {
+        Duration::from_secs_f64(self.options.secs)
+    }
+
+    /// `kinds` (those selected) in round `round`'s order: forwards, then backwards, and so on.
+    fn order(&self, kinds: &[Kind], round: usize) -> Vec<Kind> {
+        let only = &self.options.only;
+        let mut order: Vec<Kind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| only.is_empty() || only.iter().any(|o| o == k.name()))
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        order
+    }
+
+    fn progress(&self, workload: &str, round: usize, kind: Kind) {
+        eprintln!(
+            "[{workload}] round {}/{} {:<10} load {:.2}",
+            round + 1,
+            self.options.rounds,
+            kind.name(),
+            load_average()
+        );
+    }
+
+    /// Records throughput, p50, p99 and CPU per request of a run, and notes its errors.
+    fn record_run(&mut self, workload: &'static str, case: &str, kind: Kind, outcome: &Outcome) {
+        let mut add = |metric, better, value| {
+            self.report.add(workload, case, metric, better, kind, value);
+        };
+        add("req/s", Better::Higher, outcome.throughput());
+        add("p50 us", Better::Lower, outcome.quantile_us(0.5));
+        add("p99 us", Better::Lower, outcome.quantile_us(0.99));
+        let per_request = |us: u64| us as f64 / outcome.ok.max(1) as f64;
+        add(
+            "server cpu us/req",
+            Better::Lower,
+            per_request(outcome.server_cpu_us),
+        );
+        add(
+            "client cpu us/req",
+            Better::Lower,
+            per_request(outcome.client_cpu_us),
+        );
+        note_errors(self.report, workload, case, kind, outcome);
+    }
+
+    /// The bare servers alone: axum (the ceiling) and net/http.
+    pub async fn ceiling(&mut self) -> Result<()> {
+        for round in 0..self.options.rounds {
+            for kind in self.order(&[Kind::Ceiling, Kind::GoBare], round) {
+                self.progress("ceiling", round, kind);
+                self.bare_server("ceiling", kind).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Timed runs at every concurrency against one bare server of `kind`, recorded under
+    /// `workload`.
+    async fn bare_server(&mut self, workload: &'static str, kind: Kind) -> Result<()> {
+        let server = start_server(self.binaries, kind)?;
+        let source: Arc<dyn Source> = Arc::new(Uniform {
+            requests: vec![(0, http::get_request("/static"))],
+        });
+        for &c in &self.options.concurrency.clone() {
+            let pids = [server.pid()];
+            let outcome = self.timed(&[server.addr], &pids, c, source.clone()).await?;
+            check_body(&outcome, VALUE_BYTES)?;
+            self.record_run(workload, &format!("c={c}"), kind, &outcome);
+        }
+        Ok(())
+    }
+
+    /// A warm-up, then a timed run, on fresh connections; the servers' CPU is that of `pids`.
+    async fn timed(
+        &self,
+        targets: &[SocketAddr],
+        pids: &[u32],
+        concurrency: usize,
+        source: Arc<dyn Source>,
+    ) -> Result<Outcome> {
+        let mut pool = connect(targets, concurrency).await?;
+        pool.run(source.clone(), Limit::Time(WARM_UP)).await;
+        let cpu_before = servers_cpu_us(pids);
+        let mut outcome = pool.run(source, Limit::Time(self.secs())).await;
+        outcome.server_cpu_us = servers_cpu_us(pids).saturating_sub(cpu_before);
+        Ok(outcome)
+    }
+
+    /// local-hit: 1,000 keys, all in replica A's main cache, asked of A. The ceiling and the bare
+    /// Go server run in the same rounds.
+    pub async fn local_hit(&mut self) -> Result<()> {
+        let kinds = [Kind::Rust, Kind::GoPooled, Kind::Ceiling, Kind::GoBare];
+        for round in 0..self.options.rounds {
+            for kind in self.order(&kinds, round) {
+                self.progress("local-hit", round, kind);
+                if matches!(kind, Kind::Ceiling | Kind::GoBare) {
+                    self.bare_server("local-hit", kind).await?;
+                    continue;
+                }
+                let cluster = self.cluster(kind, 3, VALUE_BYTES, 0).await?;
+                let keys = keys_owned_by(&cluster, 0, "lh-", 1_000);
+                let requests: Vec<_> = keys.iter().map(|k| (0, get_path(k))).collect();
+                let a = [cluster.replicas[0].addr];
+                let warm = run_once(&a, 16, requests.clone()).await;
+                expect_all(&warm, keys.len(), VALUE_BYTES, "local-hit warm-up")?;
+                let source: Arc<dyn Source> = Arc::new(Uniform { requests });
+                for &c in &self.options.concurrency.clone() {
+                    let before = cluster.stats().await?;
+                    let pids = cluster.pids();
+                    let outcome = self.timed(&a, &pids, c, source.clone()).await?;
+                    let after = cluster.stats().await?;
+                    check_body(&outcome, VALUE_BYTES)?;
+                    let loads = after[0].stats.local_loads - before[0].stats.local_loads;
+                    if loads > 0 {
+                        self.report.notes.push(format!(
+                            "local-hit c={c} {}: {loads} loads during the run (expected 0)",
+                            kind.name()
+                        ));
+                    }
+                    self.record_run("local-hit", &format!("c={c}"), kind, &outcome);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// remote-get: every request goes to a replica that does not own its key, and no replica is
+    /// asked for the same key twice, so every get is a real fetch from the owner (no hot-cache
+    /// hit). Owners hold every key in their main cache beforehand. The ceiling runs in the same
+    /// rounds.
+    pub async fn remote_get(&mut self) -> Result<()> {
+        let kinds = [Kind::Rust, Kind::GoPooled, Kind::GoDefault, Kind::Ceiling];
+        let measured = self.options.remote_requests / 2;
+        for round in 0..self.options.rounds {
+            for kind in self.order(&kinds, round) {
+                self.progress("remote-get", round, kind);
+                if kind == Kind::Ceiling {
+                    self.bare_server("remote-get", kind).await?;
+                    continue;
+                }
+                let cluster = self.cluster(kind, 3, VALUE_BYTES, 0).await?;
+                let targets = cluster.addrs();
+                for &c in &self.options.concurrency.clone() {
+                    let case = format!("c={c}");
+                    // Fresh keys per run: a warm-up set, then the measured set.
+                    let warm_keys = keys(&format!("rg{c}w-"), 1_000);
+                    let keys = keys(&format!("rg{c}-"), measured);
+                    let fill: Vec<_> = warm_keys
+                        .iter()
+                        .chain(&keys)
+                        .map(|k| (cluster.owner(k), get_path(k)))
+                        .collect();
+                    let filled = run_once(&targets, 64, fill).await;
+                    expect_all(&filled, warm_keys.len() + keys.len(), VALUE_BYTES, "fill")?;
+                    let mut pool = connect(&targets, c).await?;
+                    pool.run(
+                        Arc::new(remote_pairs(&cluster, &warm_keys)),
+                        Limit::Exhausted,
+                    )
+                    .await;
+                    let before = cluster.stats().await?;
+                    let source = Arc::new(remote_pairs(&cluster, &keys));
+                    let cpu_before = servers_cpu_us(&cluster.pids());
+                    let mut outcome = pool.run(source, Limit::Exhausted).await;
+                    outcome.server_cpu_us =
+                        servers_cpu_us(&cluster.pids()).saturating_sub(cpu_before);
+                    let after = cluster.stats().await?;
+                    check_body(&outcome, VALUE_BYTES)?;
+                    let fetches: u64 = after
+                        .iter()
+                        .zip(&before)
+                        .map(|(a, b)| a.stats.peer_loads - b.stats.peer_loads)
+                        .sum();
+                    let per_get = fetches as f64 / outcome.ok.max(1) as f64;
+                    // No replica asks for a key twice, so whatever is in a hot cache now was
+                    // promoted for nothing.
+                    let hot = after.iter().map(|s| s.hot_cache.items).sum::<u64>() as f64
+                        / after.len() as f64;
+                    self.record_run("remote-get", &case, kind, &outcome);
+                    let mut add = |metric, better, value| {
+                        self.report
+                            .add("remote-get", &case, metric, better, kind, value);
+                    };
+                    add("fetches/get", Better::Higher, per_get);
+                    add("hot items", Better::Lower, hot);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// cold-storm: 1,000 gets at once over 100 cold keys, spread over the 3 replicas, with a
+    /// loader that sleeps 50 ms: loads per key and the wall time.
+    pub async fn cold_storm(&mut self) -> Result<()> {
+        const LOAD_MS: u64 = 50;
+        const GETS: usize = 1_000;
+        const KEYS: usize = 100;
+        let case = "1000 gets/100 keys";
+        for round in 0..self.options.rounds {
+            for kind in self.order(&[Kind::Rust, Kind::GoPooled], round) {
+                self.progress("cold-storm", round, kind);
+                let cluster = self.cluster(kind, 3, VALUE_BYTES, LOAD_MS).await?;
+                let targets = cluster.addrs();
+                // Request i asks replica i % 3 for key i % 100: every key from every replica.
+                let requests: Vec<(usize, Vec<u8>)> = (0..GETS)
+                    .map(|i| (i % targets.len(), get_path(&format!("cs-{}", i % KEYS))))
+                    .collect();
+                let storm = storm(&targets, &cluster.pids(), requests).await?;
+                let (answers, ok) = (storm.answers, storm.ok);
+                let wall = answers.last().copied().unwrap_or_default();
+                let first = answers.first().copied().unwrap_or_default();
+                let stats = cluster.stats().await?;
+                let loads: u64 = stats.iter().map(|s| s.stats.local_loads).sum();
+                if ok != GETS {
+                    self.report.notes.push(format!(
+                        "cold-storm {}: {} of {GETS} gets failed",
+                        kind.name(),
+                        GETS - ok
+                    ));
+                }
+                let wall_ms = wall.as_secs_f64() * 1e3;
+                let mut add = |metric, value| {
+                    self.report
+                        .add("cold-storm", case, metric, Better::Lower, kind, value);
+                };
+                add("loads per key", loads as f64 / KEYS as f64);
+                add("wall ms", wall_ms);
+                add("first answer ms", first.as_secs_f64() * 1e3);
+                add("wall / load", wall_ms / LOAD_MS as f64);
+                add("server cpu ms", storm.server_cpu_us as f64 / 1e3);
+                add("client cpu ms", storm.client_cpu_us as f64 / 1e3);
+            }
+        }
+        Ok(())
+    }
+
+    /// memory: one replica with a 64 MiB main budget, filled with 640 MiB of distinct 4 KiB
+    /// values; its resident memory against the budget.
+    pub async fn memory(&mut self) -> Result<()> {
+        const VALUE: usize = 4096;
+        const FILL: u64 = 640 << 20;
+        let case = "64 MiB budget";
+        let count = (FILL / VALUE as u64) as usize;
+        for round in 0..self.options.rounds {
+            for kind in self.order(&[Kind::Rust, Kind::GoPooled], round) {
+                self.progress("memory", round, kind);
+                let cluster = self.cluster(kind, 1, VALUE, 0).await?;
+                let replica = &cluster.replicas[0];
+                let target = [replica.addr];
+                let mut pool = connect(&target, 16).await?;
+                let health = vec![(0, http::get_request("/healthz"))];
+                pool.run(Arc::new(Sequence { requests: health }), Limit::Exhausted)
+                    .await;
+                let (base, _) = replica.memory()?;
+                let requests = keys("mem-", count)
+                    .iter()
+                    .map(|k| (0, get_path(k)))
+                    .collect();
+                let cpu_before = load::cpu_us(replica.pid());
+                let filled = pool
+                    .run(Arc::new(Sequence { requests }), Limit::Exhausted)
+                    .await;
+                let cpu = load::cpu_us(replica.pid()).saturating_sub(cpu_before);
+                expect_all(&filled, count, VALUE, "memory fill")?;
+                let (rss, peak) = replica.memory()?;
+                let stats = cluster.stats().await?;
+                let mib = |b: u64| b as f64 / f64::from(1 << 20);
+                let budget = mib(BUDGET);
+                let (rss, peak) = (
+                    mib(rss.saturating_sub(base)),
+                    mib(peak.saturating_sub(base)),
+                );
+                let mut add = |metric, value| {
+                    self.report
+                        .add("memory", case, metric, Better::Lower, kind, value);
+                };
+                add("rss growth MiB", rss);
+                add("rss growth / budget", rss / budget);
+                add("peak growth / budget", peak / budget);
+                add("cache's own MiB", mib(stats[0].main_cache.bytes));
+                add("server cpu us/load", cpu as f64 / count as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// hot-key: one key owned by replica A, asked of B and C: A's peer requests per 1,000 gets.
+    pub async fn hot_key(&mut self) -> Result<()> {
+        let c = 64;
+        let case = format!("c={c}");
+        for round in 0..self.options.rounds {
+            for kind in self.order(&[Kind::Rust, Kind::GoPooled], round) {
+                self.progress("hot-key", round, kind);
+                let cluster = self.cluster(kind, 3, VALUE_BYTES, 0).await?;
+                let key = keys_owned_by(&cluster, 0, "hk-", 1).remove(0);
+                let targets = cluster.addrs();
+                let requests = vec![(1, get_path(&key)), (2, get_path(&key))];
+                let mut pool = connect(&targets, c).await?;
+                let before = cluster.stats().await?;
+                let source = Arc::new(Uniform { requests });
+                let outcome = pool.run(source, Limit::Time(self.secs())).await;
+                let after = cluster.stats().await?;
+                check_body(&outcome, VALUE_BYTES)?;
+                let peer = after[0].stats.server_requests - before[0].stats.server_requests;
+                let per_1000 = peer as f64 * 1000.0 / outcome.ok.max(1) as f64;
+                let mut add = |metric, better, value| {
+                    self.report
+                        .add("hot-key", &case, metric, better, kind, value);
+                };
+                add("gets", Better::Higher, outcome.ok as f64);
+                add("peer requests", Better::Lower, peer as f64);
+                add("peer req / 1000 gets", Better::Lower, per_1000);
+                note_errors(self.report, "hot-key", &case, kind, &outcome);
+            }
+        }
+        Ok(())
+    }
+
+    async fn cluster(&self, kind: Kind, n: usize, value: usize, load_ms: u64) -> Result<Cluster> {
+        let settings = Settings {
+            value_bytes: value,
+            load_ms,
+            cache_bytes: BUDGET,
+        };
+        Cluster::start(self.binaries, kind, n, settings).await
+    }
+}
+
+/// CPU time all of `pids` have used so far, in microseconds.
+fn servers_cpu_us(pids: &[u32]) -> u64 {
+    pids.iter().map(|&pid| load::cpu_us(pid)).sum()
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn get_path(key: &str) -> Vec<u8> {
+    http::get_request(&format!("/get/{key}"))
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// The first `n` keys `{prefix}{i}` that replica `owner` owns.
+fn keys_owned_by(cluster: &Cluster, owner: usize, prefix: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| cluster.owner(k) == owner)
+        .take(n)
+        .collect()
+}
+
+/// Every key asked once of each replica that does not own it: first of one, then (after all
+/// the others) of the other, so no replica sees a key twice.
+fn remote_pairs(cluster: &Cluster, keys: &[String]) -> Sequence {
+    let n = cluster.replicas.len();
+    let mut requests = Vec::with_capacity(keys.len() * (n - 1));
+    for step in 1..n {
+        for key in keys {
+            let requester = (cluster.owner(key) + step) % n;
+            requests.push((requester, get_path(key)));
+        }
+    }
+    Sequence { requests }
+}
+
+async fn connect(targets: &[SocketAddr], concurrency: usize) -> Result<Pool> {
+    Pool::connect(targets, concurrency)
+        .await
+        .map_err(|e| format!("connecting the load generator: {e}"))
+}
+
+/// Every request of `requests` once, `concurrency` at a time, on fresh connections.
+async fn run_once(
+    targets: &[SocketAddr],
+    concurrency: usize,
+    requests: Vec<(usize, Vec<u8>)>,
+) -> Outcome {
+    match Pool::connect(targets, concurrency).await {
+        Ok(mut pool) => {
+            pool.run(Arc::new(Sequence { requests }), Limit::Exhausted)
+                .await
+        }
+        Err(e) => Outcome {
+            errors: 1,
+            first_error: Some(format!("connecting: {e}")),
+            ..Outcome::default()
+        },
+    }
+}
+
+fn expect_all(outcome: &Outcome, n: usize, value: usize, what: &str) -> Result<()> {
+    if outcome.ok != n as u64 || outcome.errors > 0 {
+        return Err(format!(
+            "{what}: {} of {n} answered, {} errors, first: {:?}",
+            outcome.ok, outcome.errors, outcome.first_error
+        ));
+    }
+    check_body(outcome, value)
+}
+
+/// Every answer carried a value of the expected size.
+fn check_body(outcome: &Outcome, value: usize) -> Result<()> {
+    if outcome.ok == 0 {
+        return Err(format!("no answers: {:?}", outcome.first_error));
+    }
+    if outcome.body_bytes != outcome.ok * value as u64 {
+        return Err(format!(
+            "expected {value}-byte values, got {} bytes in {} answers",
+            outcome.body_bytes, outcome.ok
+        ));
+    }
+    Ok(())
+}
+
+fn note_errors(report: &mut Report, workload: &str, case: &str, kind: Kind, outcome: &Outcome) {
+    if outcome.errors > 0 {
+        report.notes.push(format!(
+            "{workload} {case} {}: {} errors, first: {}",
+            kind.name(),
+            outcome.errors,
+            outcome.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+}
+
+/// What a storm measured.
+struct Storm {
+    /// When each answer came after the release, sorted.
+    answers: Vec<Duration>,
+    /// Answers with status 200.
+    ok: usize,
+    /// CPU the replicas used from the release to the last answer, in microseconds.
+    server_cpu_us: u64,
+    /// CPU this process used meanwhile, in microseconds.
+    client_cpu_us: u64,
+}
+
+/// Opens one connection per request (checked with `/healthz`), then sends every request at
+/// once; the CPU of `pids` is the replicas'.
+async fn storm(
+    targets: &[SocketAddr],
+    pids: &[u32],
+    requests: Vec<(usize, Vec<u8>)>,
+) -> Result<Storm> {
+    let health = http::get_request("/healthz");
+    let mut conns = Vec::with_capacity(requests.len());
+    for (target, _) in &requests {
+        let addr = targets[*target];
+        let mut conn = Conn::connect(addr)
+            .await
+            .map_err(|e| format!("storm: connecting to {addr}: {e}"))?;
+        let status = conn
+            .round_trip(&health)
+            .await
+            .map_err(|e| format!("storm: {addr}/healthz: {e}"))?
+            .status;
+        if status != 200 {
+            return Err(format!("storm: {addr}/healthz: status {status}"));
+        }
+        conns.push(conn);
+    }
+    let (release, released) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (mut conn, (_, request)) in conns.into_iter().zip(requests) {
+        let mut released = released.clone();
+        tasks.spawn(async move {
+            let _ = released.wait_for(|go| *go).await;
+            let ok = matches!(conn.round_trip(&request).await, Ok(r) if r.status == 200);
+            (Instant::now(), ok)
+        });
+    }
+    // Let every task reach the gate first.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (server_cpu, client_cpu) = (servers_cpu_us(pids), load::cpu_us(std::process::id()));
+    let start = Instant::now();
+    let _ = release.send(true);
+    let mut answers = Vec::with_capacity(tasks.len());
+    let mut ok = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (done, fine) = joined.map_err(|e| format!("storm task: {e}"))?;
+        answers.push(done - start);
+        ok += usize::from(fine);
+    }
+    let server_cpu_us = servers_cpu_us(pids).saturating_sub(server_cpu);
+    let client_cpu_us = load::cpu_us(std::process::id()).saturating_sub(client_cpu);
+    answers.sort_unstable();
+    Ok(Storm {
+        answers,
+        ok,
+        server_cpu_us,
+        client_cpu_us,
+    })
+}
