@@ -1,5 +1,6 @@
 //! Replicas as processes: Rust replicas and the ceiling from this binary, Go replicas from the Go
-//! test peer. Every process is killed when its handle is dropped.
+//! test peer. Every process is killed when its handle is dropped, and exits by itself when its
+//! stdin (a pipe from this process) closes, so none outlives a driver that was killed.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -293,6 +294,7 @@ fn start_replica(binaries: &Binaries, kind: Kind, settings: Settings) -> Result<
                 &format!("{}ms", settings.load_ms),
                 "-cache-bytes",
                 &settings.cache_bytes.to_string(),
+                "-exit-on-stdin-eof",
             ]);
             if kind == Kind::GoPooled {
                 command.args(["-max-idle-conns-per-host", "1024"]);

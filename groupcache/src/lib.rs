@@ -469,7 +469,9 @@ impl<L: Loader> Inner<L> {
 
     /// A peer's `GET`: the value and this replica's request rate for the key (per minute).
     async fn serve_get(self: &Arc<Self>, key: &str) -> Result<(Entry, f64), Error> {
-        let requests = self.popularity.record(key_hash(key));
+        // Read, not recorded: the sketch counts this replica's own demand, which decides hot
+        // promotion; peers' requests would make keys it never asked for look popular.
+        let requests = self.popularity.estimate(key_hash(key));
         let entry = self.get(key, Caller::Peer).await?;
         let window = POPULARITY_WINDOW.as_secs_f64() / 60.0;
         Ok((entry, f64::from(requests) / window))

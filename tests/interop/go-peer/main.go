@@ -25,7 +25,9 @@
 // By default peers are asked through Go's http.DefaultTransport, which keeps
 // only 2 idle connections per peer. -max-idle-conns-per-host N gives the pool
 // a transport of its own that keeps N, golang/groupcache's best setting under
-// concurrent load (the benchmarks compare against both).
+// concurrent load (the benchmarks compare against both). With
+// -exit-on-stdin-eof the peer shuts down when its stdin closes, so it cannot
+// outlive a parent that was killed.
 //
 // The first line written to stdout is "listening http://HOST:PORT"; os.Stdout
 // is unbuffered in Go, so it is visible to the parent as soon as it is printed.
@@ -42,9 +44,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -106,6 +110,7 @@ func main() {
 	logRequests := flag.Bool("log-requests", false, "log every HTTP request (method, raw URI, decoded path) to stderr")
 	valueBytes := flag.Int("value-bytes", 0, "pad (or cut) every value to exactly this many bytes (0: \"go:\"+key as it is)")
 	maxIdlePerHost := flag.Int("max-idle-conns-per-host", 0, "give the pool its own transport keeping this many idle connections per peer (0: http.DefaultTransport)")
+	exitOnEOF := flag.Bool("exit-on-stdin-eof", false, "shut down when stdin reaches end of file (the parent exited)")
 	flag.Parse()
 
 	log.SetFlags(log.Lmicroseconds)
@@ -184,6 +189,12 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if *exitOnEOF {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			stop()
+		}()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 
