@@ -76,12 +76,7 @@ pub fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
 
 /// Runs a replica until stdin closes.
 pub fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+    serve_on_loopback(|listener, url| async move {
         let loader = BenchLoader {
             value_bytes: options.value_bytes,
             delay: Duration::from_millis(options.load_ms),
@@ -102,8 +97,6 @@ pub fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::E
             .route("/healthz", get(|| async { "ok" }))
             .merge(cache.router())
             .with_state(cache);
-        announce(&url)?;
-        exit_when_stdin_closes();
         // The server the README recommends for the peer port.
         groupcache::Server::new().serve(listener, app).await?;
         Ok(())
@@ -113,12 +106,7 @@ pub fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::E
 /// The ceiling: a bare axum server that answers `GET /static` with a fixed 1 KiB body.
 pub fn run_ceiling() -> Result<(), Box<dyn std::error::Error>> {
     static BODY: [u8; 1024] = [b'x'; 1024];
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+    serve_on_loopback(|listener, _url| async move {
         let app = Router::new().route(
             "/static",
             get(|| async {
@@ -128,10 +116,27 @@ pub fn run_ceiling() -> Result<(), Box<dyn std::error::Error>> {
                 )
             }),
         );
-        announce(&url)?;
-        exit_when_stdin_closes();
         axum::serve(listener, app).await?;
         Ok(())
+    })
+}
+
+/// Binds a free loopback port, announces its URL on stdout (the driver waits for that line),
+/// arranges to exit when the driver goes away, and runs `serve` on a fresh runtime.
+fn serve_on_loopback<F, Fut>(serve: F) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: FnOnce(tokio::net::TcpListener, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        announce(&url)?;
+        exit_when_stdin_closes();
+        serve(listener, url).await
     })
 }
 
