@@ -15,6 +15,7 @@ use groupcache::{Builder, Groupcache, Loaded, Loader};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 pub mod go;
+pub mod process;
 
 /// A builder for plain HTTP clients in tests. The library's `tls` feature gives reqwest a rustls
 /// backend without a crypto provider of its own, so one is installed first (ring, as the library

@@ -1,0 +1,293 @@
+//! A replica as a process of its own, for the tests that kill, partition or soak replicas (see
+//! `tests/src/process.rs`, which starts it).
+//!
+//! ```text
+//! replica [--listen 127.0.0.1:0] [--self URL] [--load-ms N] [--value-bytes N] [--main-bytes N]
+//!         [--hot-bytes N] [--peer-timeout-ms N] [--connect-timeout-ms N] [--hot-max-age-ms N]
+//!         [--hot-promotion N]
+//! ```
+//!
+//! Its first line on stdout is `listening URL`. It exits when its stdin closes, so it never
+//! outlives the test that started it, even one that panicked. Besides the group's peer router it
+//! serves a small control interface:
+//!
+//! - `GET /get/{key}`: `cache.get(key)`, the value's bytes, or 500 with the error;
+//! - `PUT /set/{key}` (body: the value) and `DELETE /remove/{key}`: `cache.set` and `cache.remove`;
+//! - `POST /peers` (a JSON array of URLs): `cache.set_peers`;
+//! - `POST /generation` (a number): the loader's values become `value:{key}#{generation}`, as if
+//!   the source of truth had changed;
+//! - `GET /stats`: [`groupcache::Stats`], the loads per key, and the resident memory.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use groupcache::{Groupcache, Loaded, Loader};
+
+/// The group every process replica serves (the same as the in-process harness's).
+const GROUP: &str = "test";
+
+#[derive(Debug)]
+struct Options {
+    listen: String,
+    self_url: Option<String>,
+    load: Duration,
+    value_bytes: usize,
+    main_bytes: Option<u64>,
+    hot_bytes: Option<u64>,
+    peer_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    hot_max_age: Option<Duration>,
+    hot_promotion: Option<u32>,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        listen: "127.0.0.1:0".into(),
+        self_url: None,
+        load: Duration::ZERO,
+        value_bytes: 0,
+        main_bytes: None,
+        hot_bytes: None,
+        peer_timeout: None,
+        connect_timeout: None,
+        hot_max_age: None,
+        hot_promotion: None,
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag.as_str() {
+            "--listen" => options.listen = value.clone(),
+            "--self" => options.self_url = Some(value.clone()),
+            "--load-ms" => options.load = Duration::from_millis(number()?),
+            "--value-bytes" => options.value_bytes = number()? as usize,
+            "--main-bytes" => options.main_bytes = Some(number()?),
+            "--hot-bytes" => options.hot_bytes = Some(number()?),
+            "--peer-timeout-ms" => options.peer_timeout = Some(Duration::from_millis(number()?)),
+            "--connect-timeout-ms" => {
+                options.connect_timeout = Some(Duration::from_millis(number()?))
+            }
+            "--hot-max-age-ms" => options.hot_max_age = Some(Duration::from_millis(number()?)),
+            "--hot-promotion" => options.hot_promotion = Some(number()? as u32),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(options)
+}
+
+/// Values `value:{key}#{generation}`, padded with `.` to `value_bytes` when that is larger; every
+/// load is counted per key.
+struct ProcessLoader(Arc<LoaderState>);
+
+/// What the loader shares with the control interface.
+struct LoaderState {
+    delay: Duration,
+    value_bytes: usize,
+    generation: AtomicU64,
+    loads: Mutex<HashMap<String, u64>>,
+}
+
+impl Loader for ProcessLoader {
+    type Value = Bytes;
+    type Error = std::convert::Infallible;
+
+    async fn load(&self, key: &str) -> Result<Loaded<Bytes>, Self::Error> {
+        let state = &self.0;
+        *state
+            .loads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(key.to_owned())
+            .or_default() += 1;
+        if !state.delay.is_zero() {
+            tokio::time::sleep(state.delay).await;
+        }
+        let generation = state.generation.load(Ordering::SeqCst);
+        let mut value = format!("value:{key}#{generation}").into_bytes();
+        if value.len() < state.value_bytes {
+            value.resize(state.value_bytes, b'.');
+        }
+        Ok(Loaded::new(Bytes::from(value)))
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    cache: Groupcache<ProcessLoader>,
+    loader: Arc<LoaderState>,
+}
+
+fn main() {
+    let options = match parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("replica: {message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = run(options) {
+        eprintln!("replica: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&options.listen).await?;
+        let bound = format!("http://{}", listener.local_addr()?);
+        let self_url = options.self_url.clone().unwrap_or(bound);
+        let loader = Arc::new(LoaderState {
+            delay: options.load,
+            value_bytes: options.value_bytes,
+            generation: AtomicU64::new(0),
+            loads: Mutex::default(),
+        });
+        let mut builder = Groupcache::builder(GROUP, &self_url, ProcessLoader(loader.clone()));
+        if let Some(bytes) = options.main_bytes {
+            builder = builder.main_cache_bytes(bytes);
+        }
+        if let Some(bytes) = options.hot_bytes {
+            builder = builder.hot_cache_bytes(bytes);
+        }
+        if let Some(timeout) = options.peer_timeout {
+            builder = builder.peer_timeout(timeout);
+        }
+        if let Some(timeout) = options.connect_timeout {
+            builder = builder.connect_timeout(timeout);
+        }
+        if let Some(age) = options.hot_max_age {
+            builder = builder.hot_max_age(age);
+        }
+        if let Some(requests) = options.hot_promotion {
+            builder = builder.hot_promotion_requests(requests);
+        }
+        let cache = builder.build()?;
+        let app = Router::new()
+            .route("/get/{*key}", get(get_value))
+            .route("/set/{*key}", put(set_value))
+            .route("/remove/{*key}", axum::routing::delete(remove_value))
+            .route("/peers", post(set_peers))
+            .route("/generation", post(set_generation))
+            .route("/stats", get(stats))
+            .merge(cache.router())
+            .with_state(App { cache, loader });
+        {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "listening {self_url}")?;
+            stdout.flush()?;
+        }
+        std::thread::spawn(|| {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            std::process::exit(0);
+        });
+        groupcache::Server::new().serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+fn failed(status: StatusCode, error: impl std::fmt::Display) -> Response {
+    (status, error.to_string()).into_response()
+}
+
+async fn get_value(State(app): State<App>, Path(key): Path<String>) -> Response {
+    match app.cache.get(&key).await {
+        Ok(value) => value.into_response(),
+        Err(error) => failed(StatusCode::INTERNAL_SERVER_ERROR, error),
+    }
+}
+
+async fn set_value(State(app): State<App>, Path(key): Path<String>, body: Bytes) -> Response {
+    match app.cache.set(&key, &body, None).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(error) => failed(StatusCode::INTERNAL_SERVER_ERROR, error),
+    }
+}
+
+async fn remove_value(State(app): State<App>, Path(key): Path<String>) -> Response {
+    match app.cache.remove(&key).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(error) => failed(StatusCode::INTERNAL_SERVER_ERROR, error),
+    }
+}
+
+async fn set_peers(State(app): State<App>, body: Bytes) -> Response {
+    let peers: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(peers) => peers,
+        Err(error) => return failed(StatusCode::BAD_REQUEST, error),
+    };
+    match app.cache.set_peers(&peers) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(error) => failed(StatusCode::BAD_REQUEST, error),
+    }
+}
+
+async fn set_generation(State(app): State<App>, body: Bytes) -> Response {
+    match std::str::from_utf8(&body).map(|s| s.trim().parse::<u64>()) {
+        Ok(Ok(generation)) => {
+            app.loader.generation.store(generation, Ordering::SeqCst);
+            StatusCode::OK.into_response()
+        }
+        _ => failed(StatusCode::BAD_REQUEST, "expected a number"),
+    }
+}
+
+async fn stats(State(app): State<App>) -> Response {
+    let s = app.cache.stats();
+    let loads = app
+        .loader
+        .loads
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let json = serde_json::json!({
+        "gets": s.gets,
+        "main_hits": s.main_hits,
+        "hot_hits": s.hot_hits,
+        "peer_loads": s.peer_loads,
+        "peer_errors": s.peer_errors,
+        "loads": s.loads,
+        "local_loads": s.local_loads,
+        "local_load_errors": s.local_load_errors,
+        "server_requests": s.server_requests,
+        "main_bytes": s.main_bytes,
+        "main_items": s.main_items,
+        "hot_bytes": s.hot_bytes,
+        "hot_items": s.hot_items,
+        "loads_per_key": loads,
+        "rss_bytes": resident_bytes(),
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response()
+}
+
+/// This process's resident set size (`VmRSS`), 0 where /proc is missing.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,218 @@
+//! Replicas as processes of their own (the `replica` binary of this crate,
+//! `tests/src/bin/replica.rs`), for tests that SIGKILL, partition or soak them.
+//!
+//! Integration tests pass the binary's path, `env!("CARGO_BIN_EXE_replica")`, which Cargo builds
+//! for them.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+/// A running replica process, killed when dropped.
+pub struct ProcessReplica {
+    /// The URL it serves at and peers list it under.
+    pub url: String,
+    /// Its process id.
+    pub pid: u32,
+    child: Mutex<Option<Child>>,
+    /// Closing it makes the replica exit: it never outlives the test.
+    _stdin: Option<ChildStdin>,
+    /// Held open so the replica never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    http: reqwest::Client,
+}
+
+impl ProcessReplica {
+    /// Starts `binary` with `flags` (see `tests/src/bin/replica.rs`) on a free loopback port.
+    pub fn start(binary: &str, flags: &[&str]) -> ProcessReplica {
+        Self::start_command(Command::new(binary), flags)
+    }
+
+    /// Starts `binary` with `flags` inside the network namespace `netns` (`ip netns exec`); give
+    /// it `--listen ADDR` on an address of that namespace.
+    pub fn start_in_netns(netns: &str, binary: &str, flags: &[&str]) -> ProcessReplica {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, binary]);
+        Self::start_command(command, flags)
+    }
+
+    fn start_command(mut command: Command, flags: &[&str]) -> ProcessReplica {
+        // Built before the process starts, so nothing between spawn and the guard can panic.
+        let http = crate::http_client()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("HTTP client");
+        let mut child = command
+            .args(flags)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {command:?}: {error}"));
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut line = String::new();
+        // Blocks until the replica has bound its socket (or exits: EOF, an empty line).
+        let read = stdout.read_line(&mut line);
+        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("the replica did not start: read {read:?}, line {line:?}, exit {status:?}");
+        };
+        ProcessReplica {
+            url,
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+            _stdin: stdin,
+            _stdout: stdout,
+            http,
+        }
+    }
+
+    /// SIGKILLs the process and waits for it: when this returns, its port refuses connections
+    /// and every connection it had is closed. Idempotent.
+    pub fn kill(&self) {
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(mut child) = child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The control client (10 s timeout).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `GET /get/{key}`: the status and body of `cache.get(key)` (the value on 200, the error
+    /// message on 500), or the transport error.
+    pub async fn get(&self, key: &str) -> Result<(u16, Bytes), reqwest::Error> {
+        let response = self.http.get(self.key_url("get", key)).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.bytes().await?))
+    }
+
+    /// `PUT /set/{key}`: `cache.set(key, value)`; the status.
+    pub async fn set(&self, key: &str, value: &[u8]) -> Result<u16, reqwest::Error> {
+        let request = self.http.put(self.key_url("set", key)).body(value.to_vec());
+        Ok(request.send().await?.status().as_u16())
+    }
+
+    /// `DELETE /remove/{key}`: `cache.remove(key)`; the status.
+    pub async fn remove(&self, key: &str) -> Result<u16, reqwest::Error> {
+        let response = self.http.delete(self.key_url("remove", key)).send().await?;
+        Ok(response.status().as_u16())
+    }
+
+    /// `POST /peers`: `cache.set_peers(peers)`.
+    pub async fn set_peers<S: AsRef<str>>(&self, peers: &[S]) {
+        let peers: Vec<&str> = peers.iter().map(AsRef::as_ref).collect();
+        let body = serde_json::to_vec(&peers).expect("JSON");
+        let response = self
+            .http
+            .post(format!("{}/peers", self.url))
+            .body(body)
+            .send()
+            .await
+            .expect("POST /peers");
+        assert_eq!(response.status(), 200, "POST /peers {peers:?}");
+    }
+
+    /// `POST /generation`: this replica's loader produces `value:{key}#{generation}` from now on.
+    pub async fn set_generation(&self, generation: u64) {
+        let response = self
+            .http
+            .post(format!("{}/generation", self.url))
+            .body(generation.to_string())
+            .send()
+            .await
+            .expect("POST /generation");
+        assert_eq!(response.status(), 200, "POST /generation");
+    }
+
+    /// `GET /stats`.
+    pub async fn stats(&self) -> ProcessStats {
+        let url = format!("{}/stats", self.url);
+        let response = self.http.get(&url).send().await.expect("GET /stats");
+        assert_eq!(response.status(), 200, "GET {url}");
+        let body = response.bytes().await.expect("body of /stats");
+        serde_json::from_slice(&body).unwrap_or_else(|error| {
+            panic!("GET {url}: {error}: {}", String::from_utf8_lossy(&body))
+        })
+    }
+
+    fn key_url(&self, endpoint: &str, key: &str) -> String {
+        format!("{}/{endpoint}/{}", self.url, escape(key))
+    }
+}
+
+impl Drop for ProcessReplica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A process replica's counters (`GET /stats`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProcessStats {
+    pub gets: u64,
+    pub main_hits: u64,
+    pub hot_hits: u64,
+    pub peer_loads: u64,
+    pub peer_errors: u64,
+    pub loads: u64,
+    pub local_loads: u64,
+    pub local_load_errors: u64,
+    pub server_requests: u64,
+    pub main_bytes: u64,
+    pub main_items: u64,
+    pub hot_bytes: u64,
+    pub hot_items: u64,
+    /// The loader's runs per key on this replica.
+    pub loads_per_key: HashMap<String, u64>,
+    /// Resident memory of the process.
+    pub rss_bytes: u64,
+}
+
+/// The value the replica's loader produces for `key` at `generation` (unpadded).
+pub fn value_for(key: &str, generation: u64) -> String {
+    format!("value:{key}#{generation}")
+}
+
+/// `key` escaped for one path segment of the control interface.
+fn escape(key: &str) -> String {
+    use std::fmt::Write;
+    let mut escaped = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            escaped.push(byte as char);
+        } else {
+            let _ = write!(escaped, "%{byte:02X}");
+        }
+    }
+    escaped
+}
+
+/// Keys of the form `{prefix}{i}` that `owner_url` owns, according to a balanced ring over
+/// `urls` (the replica binary's default ring mode), computed in this process with an unserved
+/// cache, so no request is needed.
+pub fn keys_owned_by(urls: &[&str], owner_url: &str, prefix: &str, n: usize) -> Vec<String> {
+    let ring = groupcache::Groupcache::builder(crate::GROUP, owner_url, crate::TestLoader::new())
+        .build()
+        .expect("a valid ring");
+    ring.set_peers(urls).expect("valid peer URLs");
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|key| ring.owner(key) == owner_url)
+        .take(n)
+        .collect()
+}
