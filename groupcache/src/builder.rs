@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::PeerAuth;
 use crate::caches::Cache;
+use crate::connections::Connections;
 use crate::flight::Flight;
 use crate::metrics::Metrics;
 use crate::peers::{Peers, normalize_url};
@@ -49,7 +50,6 @@ pub struct Builder<L> {
     hot_cache_bytes: u64,
     ring_mode: RingMode,
     connect_timeout: Duration,
-    client: Option<reqwest::Client>,
     popularity_window: Duration,
     #[cfg(feature = "tls")]
     tls: Option<crate::PeerTls>,
@@ -88,7 +88,6 @@ impl<L: Loader> Builder<L> {
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
             ring_mode: RingMode::default(),
             connect_timeout: Duration::from_secs(1),
-            client: None,
             popularity_window: crate::POPULARITY_WINDOW,
             #[cfg(feature = "tls")]
             tls: None,
@@ -123,8 +122,7 @@ impl<L: Loader> Builder<L> {
         self
     }
 
-    /// Longest wait to connect to a peer (default 1 s). Ignored with [`Builder::http_client`],
-    /// whose own setting applies.
+    /// Longest wait to connect to a peer, TLS handshake included (default 1 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -135,13 +133,6 @@ impl<L: Loader> Builder<L> {
     /// the prefix belongs in the peer URLs (`http://10.0.0.1:8080/internal`), not here.
     pub fn base_path(mut self, path: impl Into<String>) -> Self {
         self.config.base_path = path.into();
-        self
-    }
-
-    /// The HTTP client for peer requests, e.g. one with TLS settings. It should not follow
-    /// redirects: a golang/groupcache peer answers some keys with a redirect to a different key.
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.client = Some(client);
         self
     }
 
@@ -181,8 +172,8 @@ impl<L: Loader> Builder<L> {
     }
 
     /// Connects to peers over TLS (`https://` peer URLs): verifies them against `tls`'s CA and
-    /// presents its identity, if any, as a client certificate. Ignored with
-    /// [`Builder::http_client`], whose own TLS settings apply.
+    /// presents its identity, if any, as a client certificate. Without it, `https://` peers
+    /// cannot be reached.
     #[cfg(feature = "tls")]
     pub fn peer_tls(mut self, tls: crate::PeerTls) -> Self {
         self.tls = Some(tls);
@@ -213,33 +204,22 @@ impl<L: Loader> Builder<L> {
             return Err(Error::Config("timeouts must be longer than zero".into()));
         }
         let self_url = normalize_url(&self.self_url)?;
-        let client = match self.client {
-            Some(client) => client,
-            None => {
-                let builder = reqwest::Client::builder()
-                    .connect_timeout(self.connect_timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .tcp_nodelay(true)
-                    .pool_max_idle_per_host(256);
-                #[cfg(feature = "tls")]
-                let builder = {
-                    crate::tls::install_default_provider();
-                    match &self.tls {
-                        Some(tls) => builder.tls_backend_preconfigured(tls.client_config()?),
-                        None => builder,
-                    }
-                };
-                builder
-                    .build()
-                    .map_err(|e| Error::Config(format!("HTTP client: {e}")))?
-            }
-        };
+        #[cfg(feature = "tls")]
+        let connections = Connections::new(
+            self.connect_timeout,
+            match &self.tls {
+                Some(tls) => Some(Arc::new(tls.client_config()?)),
+                None => None,
+            },
+        );
+        #[cfg(not(feature = "tls"))]
+        let connections = Connections::new(self.connect_timeout);
         let metrics = Metrics::new(&self.group);
         let peers = Peers::new(&self_url, self.ring_mode, &config.base_path, &self.group);
         metrics.peers.set(1.0);
         let inner = Inner {
             client: PeerClient::new(
-                client,
+                connections,
                 config.peer_timeout,
                 config.max_value_bytes,
                 config.auth.clone(),

@@ -48,6 +48,7 @@
 mod auth;
 mod builder;
 mod caches;
+mod connections;
 mod error;
 mod flight;
 mod loader;
@@ -160,10 +161,10 @@ impl<L: Loader> Groupcache<L> {
                     value: Some(entry.value),
                     expire: Some(entry.expire),
                 };
-                let url = inner.key_url(owner, key);
+                let path = inner.key_path(owner, key);
                 inner
                     .client
-                    .set(&url, &request)
+                    .set(&owner.endpoint, path, &request)
                     .await
                     .map_err(|source| Error::Peer {
                         peer: owner.url.to_string(),
@@ -390,7 +391,8 @@ impl<L: Loader> Inner<L> {
             return Ok(entry);
         }
         let started = Instant::now();
-        let fetched = self.client.get(&self.key_url(owner, key)).await;
+        let path = self.key_path(owner, key);
+        let fetched = self.client.get(&owner.endpoint, path).await;
         self.metrics.peer_request_duration.record(started.elapsed());
         match fetched {
             Ok(response) => {
@@ -478,8 +480,8 @@ impl<L: Loader> Inner<L> {
     }
 
     async fn remove_on(&self, peer: &Member, key: &str) -> Result<(), Error> {
-        let url = self.key_url(peer, key);
-        self.client.remove(&url).await.map_err(|source| {
+        let path = self.key_path(peer, key);
+        self.client.remove(&peer.endpoint, path).await.map_err(|source| {
             tracing::warn!(group = %self.group, peer = %peer.url, %source, "remove failed on peer");
             Error::Peer {
                 peer: peer.url.to_string(),
@@ -503,7 +505,8 @@ impl<L: Loader> Inner<L> {
         results.await.into_iter().collect()
     }
 
-    fn key_url(&self, peer: &Member, key: &str) -> String {
+    /// The request path for `key` on `peer`.
+    fn key_path(&self, peer: &Member, key: &str) -> String {
         format!("{}{}", peer.key_prefix, transport::escape(key))
     }
 
@@ -520,9 +523,16 @@ impl<L: Loader> Inner<L> {
 
     fn membership_changed(&self, changed: Result<bool, Error>) -> Result<bool, Error> {
         if let Ok(true) = changed {
+            let membership = self.peers.snapshot();
             self.metrics
                 .peers
-                .set(self.peers.snapshot().others().count() as f64 + 1.0);
+                .set(membership.others().count() as f64 + 1.0);
+            // Connections to peers that left are closed now rather than when they time out.
+            self.client.retain_connections(|origin| {
+                membership
+                    .others()
+                    .any(|peer| peer.endpoint.origin() == origin)
+            });
         }
         changed
     }

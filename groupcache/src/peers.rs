@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::connections::Endpoint;
 use crate::ring::{Ring, RingMode};
 use crate::{Error, transport};
 
@@ -14,7 +15,9 @@ use crate::{Error, transport};
 pub(crate) struct Member {
     /// The exact URL string the ring hashes (`http://10.0.0.2:8080`, no trailing slash).
     pub(crate) url: Arc<str>,
-    /// Everything up to the escaped key: `{url}{base_path}{escaped group}/`.
+    /// Where requests to it go.
+    pub(crate) endpoint: Arc<Endpoint>,
+    /// The request path up to the escaped key: `{url's path}{base_path}{escaped group}/`.
     pub(crate) key_prefix: String,
     /// Whether this member is the local replica.
     pub(crate) is_self: bool,
@@ -166,18 +169,23 @@ impl Peers {
 }
 
 fn build(self_url: &Arc<str>, mode: RingMode, path_prefix: &str, urls: &[Arc<str>]) -> Membership {
-    let members = urls
+    let members: Vec<Arc<Member>> = urls
         .iter()
-        .map(|url| {
-            Arc::new(Member {
+        .filter_map(|url| {
+            // Every URL here passed `normalize_url`, which parses it the same way; the ring is
+            // built over the members below, so the two always agree.
+            let endpoint = Endpoint::parse(url).ok()?;
+            Some(Arc::new(Member {
                 url: Arc::clone(url),
-                key_prefix: format!("{url}{path_prefix}"),
+                key_prefix: format!("{}{path_prefix}", endpoint.path),
+                endpoint: Arc::new(endpoint),
                 is_self: url == self_url,
-            })
+            }))
         })
         .collect();
+    let urls: Vec<&str> = members.iter().map(|member| &*member.url).collect();
     Membership {
-        ring: Ring::new(mode, urls),
+        ring: Ring::new(mode, &urls),
         members,
     }
 }
@@ -191,7 +199,10 @@ pub(crate) fn normalize_url(url: &str) -> Result<String, Error> {
         .or_else(|| trimmed.strip_prefix("https://"));
     match host {
         Some(host)
-            if !host.is_empty() && !host.starts_with('/') && !trimmed.contains(['?', '#', ' ']) =>
+            if !host.is_empty()
+                && !host.starts_with('/')
+                && !trimmed.contains(['?', '#', ' '])
+                && Endpoint::parse(trimmed).is_ok() =>
         {
             Ok(trimmed.to_owned())
         }
@@ -267,7 +278,8 @@ mod tests {
         let snapshot = peers.snapshot();
         assert_eq!(snapshot.others().count(), 2);
         let member = snapshot.others().next().unwrap();
-        assert_eq!(member.key_prefix, "http://127.0.0.1:3/_groupcache/g/");
+        assert_eq!(member.key_prefix, "/_groupcache/g/");
+        assert_eq!(member.endpoint.path, "");
     }
 
     #[test]

@@ -5,16 +5,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use groupcache_pb::{GetResponse, SetRequest};
+use http_body_util::Full;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prost::Message;
 
-use reqwest::header::CONTENT_TYPE;
-use reqwest::{Method, StatusCode};
-
 use crate::PeerError;
 use crate::auth::{PeerAuth, SIGNATURE_HEADER};
+use crate::connections::{Answer, Connections, Endpoint, ReadError, request_error};
 
 /// golang/groupcache's response content type.
 pub(crate) const PROTOBUF: &str = "application/x-protobuf";
@@ -56,7 +57,7 @@ pub(crate) enum Failure {
 /// Sends requests to peers.
 #[derive(Clone)]
 pub(crate) struct PeerClient {
-    http: reqwest::Client,
+    connections: Arc<Connections>,
     timeout: Duration,
     max_value_bytes: usize,
     auth: Option<Arc<PeerAuth>>,
@@ -64,82 +65,118 @@ pub(crate) struct PeerClient {
 
 impl PeerClient {
     pub(crate) fn new(
-        http: reqwest::Client,
+        connections: Connections,
         timeout: Duration,
         max_value_bytes: usize,
         auth: Option<Arc<PeerAuth>>,
     ) -> Self {
         PeerClient {
-            http,
+            connections: Arc::new(connections),
             timeout,
             max_value_bytes,
             auth,
         }
     }
 
-    /// `GET url`: the owner's value.
-    pub(crate) async fn get(&self, url: &str) -> Result<GetResponse, Failure> {
-        let response = self
-            .send(Method::GET, url, Vec::new())
-            .await
-            .map_err(Failure::Peer)?;
-        let status = response.status();
-        if status.is_success() {
-            let content_type = response.headers().get(CONTENT_TYPE);
-            if content_type.is_none_or(|value| value != PROTOBUF) {
-                let found = content_type
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or("none");
-                let error = format!("content type {found:?}, expected {PROTOBUF}");
-                return Err(Failure::Peer(PeerError::Malformed(error)));
+    /// Closes idle connections to peers for which `keep` is false.
+    pub(crate) fn retain_connections(&self, keep: impl Fn(&str) -> bool) {
+        self.connections.retain(keep);
+    }
+
+    /// `GET`: the owner's value.
+    pub(crate) async fn get(
+        &self,
+        peer: &Arc<Endpoint>,
+        path: String,
+    ) -> Result<GetResponse, Failure> {
+        let exchange = async {
+            let answer = self
+                .send(Method::GET, peer, path, Bytes::new())
+                .await
+                .map_err(Failure::Peer)?;
+            let response = &answer.response;
+            let status = response.status();
+            if status.is_success() {
+                let content_type = response.headers().get(CONTENT_TYPE);
+                if content_type.is_none_or(|value| value != PROTOBUF) {
+                    let found = content_type
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or("none");
+                    let error = format!("content type {found:?}, expected {PROTOBUF}");
+                    return Err(Failure::Peer(PeerError::Malformed(error)));
+                }
+                // The value plus the message's few bytes of framing and other fields.
+                let limit = self.max_value_bytes.saturating_add(64);
+                let body = answer.read(limit).await.map_err(|error| match error {
+                    ReadError::TooLarge => Failure::Peer(PeerError::TooLarge {
+                        limit: self.max_value_bytes,
+                    }),
+                    ReadError::Failed(error) => Failure::Peer(request_error(error)),
+                })?;
+                return GetResponse::decode(body)
+                    .map_err(|e| Failure::Peer(PeerError::Malformed(e.to_string())));
             }
-            let body = self.read_body(response).await.map_err(Failure::Peer)?;
-            return GetResponse::decode(body)
-                .map_err(|e| Failure::Peer(PeerError::Malformed(e.to_string())));
-        }
-        let is_loader_error = status == StatusCode::INTERNAL_SERVER_ERROR
-            && response
-                .headers()
-                .get(ERROR_KIND)
-                .is_some_and(|kind| kind == LOADER_ERROR);
-        let message = self.error_message(response).await;
-        if is_loader_error {
-            Err(Failure::Loader(message))
-        } else {
-            Err(Failure::Peer(PeerError::Status {
-                status: status.as_u16(),
-                message,
-            }))
-        }
-    }
-
-    /// `DELETE url`: drop the key from the peer's caches.
-    pub(crate) async fn remove(&self, url: &str) -> Result<(), PeerError> {
-        self.expect_success(Method::DELETE, url, Vec::new()).await
-    }
-
-    /// `PUT url`: store the value in the peer's main cache.
-    pub(crate) async fn set(&self, url: &str, request: &SetRequest) -> Result<(), PeerError> {
-        self.expect_success(Method::PUT, url, request.encode_to_vec())
+            let is_loader_error = status == StatusCode::INTERNAL_SERVER_ERROR
+                && response
+                    .headers()
+                    .get(ERROR_KIND)
+                    .is_some_and(|kind| kind == LOADER_ERROR);
+            let message = error_message(answer).await;
+            if is_loader_error {
+                Err(Failure::Loader(message))
+            } else {
+                Err(Failure::Peer(PeerError::Status {
+                    status: status.as_u16(),
+                    message,
+                }))
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
             .await
+            .unwrap_or(Err(Failure::Peer(PeerError::Timeout)))
+    }
+
+    /// `DELETE`: drop the key from the peer's caches.
+    pub(crate) async fn remove(&self, peer: &Arc<Endpoint>, path: String) -> Result<(), PeerError> {
+        self.expect_success(Method::DELETE, peer, path, Bytes::new())
+            .await
+    }
+
+    /// `PUT`: store the value in the peer's main cache.
+    pub(crate) async fn set(
+        &self,
+        peer: &Arc<Endpoint>,
+        path: String,
+        request: &SetRequest,
+    ) -> Result<(), PeerError> {
+        let body = Bytes::from(request.encode_to_vec());
+        self.expect_success(Method::PUT, peer, path, body).await
     }
 
     async fn expect_success(
         &self,
         method: Method,
-        url: &str,
-        body: Vec<u8>,
+        peer: &Arc<Endpoint>,
+        path: String,
+        body: Bytes,
     ) -> Result<(), PeerError> {
-        let response = self.send(method, url, body).await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let message = self.error_message(response).await;
-        Err(PeerError::Status {
-            status: status.as_u16(),
-            message,
-        })
+        let exchange = async {
+            let answer = self.send(method, peer, path, body).await?;
+            let status = answer.response.status();
+            if status.is_success() {
+                // Read to the end, so the connection can carry the next request.
+                let _ = answer.read_prefix(1024).await;
+                return Ok(());
+            }
+            let message = error_message(answer).await;
+            Err(PeerError::Status {
+                status: status.as_u16(),
+                message,
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or(Err(PeerError::Timeout))
     }
 
     /// Sends one request, signed if authentication is on. The signature covers the path exactly
@@ -147,78 +184,29 @@ impl PeerClient {
     async fn send(
         &self,
         method: Method,
-        url: &str,
-        body: Vec<u8>,
-    ) -> Result<reqwest::Response, PeerError> {
-        let url = reqwest::Url::parse(url)
-            .map_err(|e| PeerError::Request(format!("invalid URL {url:?}: {e}")))?;
-        let mut request = self
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(self.timeout);
+        peer: &Arc<Endpoint>,
+        path: String,
+        body: Bytes,
+    ) -> Result<Answer, PeerError> {
+        let mut request = Request::builder().method(method.clone());
         if let Some(auth) = &self.auth {
-            request = request.header(
-                SIGNATURE_HEADER,
-                auth.sign(method.as_str(), url.path(), &body),
-            );
+            request = request.header(SIGNATURE_HEADER, auth.sign(method.as_str(), &path, &body));
         }
         if !body.is_empty() {
-            request = request.header(CONTENT_TYPE, PROTOBUF).body(body);
+            request = request.header(CONTENT_TYPE, PROTOBUF);
         }
-        request.send().await.map_err(request_error)
-    }
-
-    /// Reads the body, giving up as soon as it is larger than a value may be.
-    async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, PeerError> {
-        // The value plus the message's few bytes of framing and other fields.
-        let limit = self.max_value_bytes.saturating_add(64);
-        let too_large = PeerError::TooLarge {
-            limit: self.max_value_bytes,
-        };
-        let expected = response.content_length().unwrap_or(0);
-        if expected > limit as u64 {
-            return Err(too_large);
-        }
-        let mut body = BytesMut::with_capacity(expected as usize);
-        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-            if body.len() + chunk.len() > limit {
-                return Err(too_large);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
-    }
-
-    /// The start of an error response's body, for the error message.
-    async fn error_message(&self, mut response: reqwest::Response) -> String {
-        const MAX: usize = 1024;
-        let mut message = Vec::new();
-        while message.len() < MAX {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    message.extend_from_slice(&chunk[..chunk.len().min(MAX - message.len())])
-                }
-                _ => break,
-            }
-        }
-        String::from_utf8_lossy(&message).trim_end().to_owned()
+        let request = request
+            .uri(path)
+            .body(Full::new(body))
+            .map_err(|e| PeerError::Request(format!("invalid request: {e}")))?;
+        self.connections.send(peer, request).await
     }
 }
 
-fn request_error(error: reqwest::Error) -> PeerError {
-    if error.is_timeout() {
-        PeerError::Timeout
-    } else {
-        // reqwest's Display omits the cause ("error sending request"); the chain says why.
-        let mut message = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        PeerError::Request(message)
-    }
+/// The start of an error answer's body, for the error message.
+async fn error_message(answer: Answer) -> String {
+    let message = answer.read_prefix(1024).await;
+    String::from_utf8_lossy(&message).trim_end().to_owned()
 }
 
 #[cfg(test)]

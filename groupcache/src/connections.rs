@@ -1,0 +1,487 @@
+//! Keep-alive HTTP/1.1 connections to peers, over TCP or (with the `tls` feature) rustls.
+//!
+//! A connection carries one request at a time, as HTTP/1.1 does; finished connections wait in a
+//! per-peer idle list for the next request. This is hyper's connection API with the least on top:
+//! no URL parsing, redirects or retry layers per request, which made a general-purpose client
+//! cost about twice as much CPU per peer request (see BENCHMARKS.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::header::HeaderValue;
+use hyper::http::uri::{Authority, Scheme};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::{Error, PeerError};
+
+/// Idle connections kept per peer; more concurrent requests than this open connections that are
+/// closed when done.
+const MAX_IDLE_PER_PEER: usize = 256;
+
+/// An idle connection older than this is closed rather than reused: servers close idle
+/// connections on their own schedule, and a request on one they just closed would fail.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// Where a peer is reached, parsed once from its URL when it joins the membership.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    /// `scheme://authority`: which idle connections fit.
+    origin: String,
+    host: String,
+    port: u16,
+    tls: bool,
+    /// The `Host` header.
+    authority: HeaderValue,
+    /// The URL's own path (a mount prefix, or empty), before the base path.
+    pub(crate) path: String,
+}
+
+impl Endpoint {
+    /// `scheme://authority`.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Parses an absolute `http://` or `https://` URL without query or fragment.
+    pub(crate) fn parse(url: &str) -> Result<Endpoint, Error> {
+        let invalid = || Error::InvalidPeerUrl(url.to_owned());
+        let uri: Uri = url.parse().map_err(|_| invalid())?;
+        let tls = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP => false,
+            Some(scheme) if *scheme == Scheme::HTTPS => true,
+            _ => return Err(invalid()),
+        };
+        let authority: &Authority = uri.authority().ok_or_else(invalid)?;
+        if authority.as_str().contains('@') || uri.query().is_some() {
+            return Err(invalid());
+        }
+        let host = authority.host();
+        // `[::1]` is how IPv6 hosts appear in URLs; sockets and TLS want the bare address.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(invalid());
+        }
+        // `http::Uri` lets a port that is not a number through; it would silently become 80.
+        let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
+        let port = match authority.port_u16() {
+            Some(port) => port,
+            None if after_host.contains(':') => return Err(invalid()),
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+        };
+        let path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Endpoint {
+            origin: format!("{}://{}", if tls { "https" } else { "http" }, authority),
+            host: host.to_owned(),
+            port,
+            tls,
+            authority: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?,
+            path,
+        })
+    }
+}
+
+/// A peer's answer whose body has not been read yet. Reading it to its end returns the
+/// connection to the idle list; dropping it earlier closes the connection.
+pub(crate) struct Answer {
+    pub(crate) response: Response<Incoming>,
+    lease: Lease,
+}
+
+/// The connection an answer arrived on, and the idle list it goes back to.
+struct Lease {
+    connections: Arc<Connections>,
+    endpoint: Arc<Endpoint>,
+    sender: Sender,
+}
+
+impl Lease {
+    fn release(self) {
+        self.connections.put_back(&self.endpoint, self.sender);
+    }
+}
+
+/// Why reading a body stopped.
+pub(crate) enum ReadError {
+    /// The body is longer than the limit; the rest was not read.
+    TooLarge,
+    /// The connection failed or the body was malformed.
+    Failed(hyper::Error),
+}
+
+impl Answer {
+    /// The whole body, unless it is longer than `limit`, in a buffer of its own and of its size
+    /// (a slice of the connection's read buffer would keep all of that buffer alive in a cache).
+    pub(crate) async fn read(self, limit: usize) -> Result<Bytes, ReadError> {
+        let (mut body, lease) = self.into_parts();
+        let expected = hyper::body::Body::size_hint(&body).lower();
+        if expected > limit as u64 {
+            return Err(ReadError::TooLarge);
+        }
+        let mut read = BytesMut::with_capacity(expected as usize);
+        while let Some(frame) = body.frame().await {
+            let Ok(chunk) = frame.map_err(ReadError::Failed)?.into_data() else {
+                continue; // trailers
+            };
+            if read.len() + chunk.len() > limit {
+                return Err(ReadError::TooLarge);
+            }
+            read.extend_from_slice(&chunk);
+        }
+        lease.release();
+        // Without a length up front (chunked answers) the buffer grew by doubling.
+        if read.capacity() > read.len() {
+            return Ok(Bytes::copy_from_slice(&read));
+        }
+        Ok(read.freeze())
+    }
+
+    /// At most the first `limit` bytes of the body (for error messages).
+    pub(crate) async fn read_prefix(self, limit: usize) -> Vec<u8> {
+        let (mut body, lease) = self.into_parts();
+        let mut read = Vec::new();
+        while read.len() < limit {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(chunk) = frame.into_data() {
+                        read.extend_from_slice(&chunk[..chunk.len().min(limit - read.len())]);
+                    }
+                }
+                Some(Err(_)) => return read,
+                None => {
+                    lease.release();
+                    return read;
+                }
+            }
+        }
+        read
+    }
+
+    fn into_parts(self) -> (Incoming, Lease) {
+        (self.response.into_body(), self.lease)
+    }
+}
+
+/// Idle connections by peer, and how to open new ones.
+pub(crate) struct Connections {
+    idle: Mutex<HashMap<String, Vec<(Sender, Instant)>>>,
+    connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Connections {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        #[cfg(feature = "tls")] tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        Connections {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            #[cfg(feature = "tls")]
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+        }
+    }
+
+    /// Sends `request` (its path only; the `Host` header is added here) on an idle connection to
+    /// the peer, or a new one. A request that an idle connection could not even send (the peer
+    /// had closed it) is sent again on a new connection.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        endpoint: &Arc<Endpoint>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Answer, PeerError> {
+        request
+            .headers_mut()
+            .insert(hyper::header::HOST, endpoint.authority.clone());
+        if let Some(mut sender) = self.take_idle(endpoint)
+            && sender.ready().await.is_ok()
+        {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.answer(endpoint, sender, response)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(request_error(error.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(endpoint).await?;
+        let response = sender.send_request(request).await.map_err(request_error)?;
+        Ok(self.answer(endpoint, sender, response))
+    }
+
+    /// Closes idle connections to peers for which `keep` is false.
+    pub(crate) fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|origin, _| keep(origin));
+    }
+
+    fn answer(
+        self: &Arc<Self>,
+        endpoint: &Arc<Endpoint>,
+        sender: Sender,
+        response: Response<Incoming>,
+    ) -> Answer {
+        Answer {
+            response,
+            lease: Lease {
+                connections: self.clone(),
+                endpoint: endpoint.clone(),
+                sender,
+            },
+        }
+    }
+
+    fn take_idle(&self, endpoint: &Endpoint) -> Option<Sender> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&endpoint.origin)?;
+        // The most recently used first: the least likely to have been closed by the peer.
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, endpoint: &Endpoint, sender: Sender) {
+        if sender.is_closed() {
+            return; // the peer closed it, or asked to (`Connection: close`)
+        }
+        let mut idle = self.lock();
+        let list = idle.entry(endpoint.origin.clone()).or_default();
+        if list.len() < MAX_IDLE_PER_PEER {
+            list.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Sender, PeerError> {
+        let connecting = async {
+            let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+                .await
+                .map_err(|e| {
+                    PeerError::Request(format!("connecting to {}: {e}", endpoint.origin))
+                })?;
+            let _ = tcp.set_nodelay(true);
+            if endpoint.tls {
+                return self.handshake_tls(endpoint, tcp).await;
+            }
+            handshake(TokioIo::new(tcp)).await
+        };
+        tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| {
+                PeerError::Request(format!(
+                    "connecting to {}: timed out after {:?}",
+                    endpoint.origin, self.connect_timeout
+                ))
+            })?
+    }
+
+    #[cfg(feature = "tls")]
+    async fn handshake_tls(
+        &self,
+        endpoint: &Endpoint,
+        tcp: TcpStream,
+    ) -> Result<Sender, PeerError> {
+        let connector = self.tls.as_ref().ok_or_else(|| {
+            PeerError::Request(format!(
+                "{} is an https peer but no PeerTls is configured",
+                endpoint.origin
+            ))
+        })?;
+        let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
+            .map_err(|e| PeerError::Request(format!("TLS server name {:?}: {e}", endpoint.host)))?;
+        let stream = connector.connect(name, tcp).await.map_err(|e| {
+            PeerError::Request(format!("TLS handshake with {}: {e}", endpoint.origin))
+        })?;
+        handshake(TokioIo::new(stream)).await
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn handshake_tls(&self, endpoint: &Endpoint, _: TcpStream) -> Result<Sender, PeerError> {
+        Err(PeerError::Request(format!(
+            "{} is an https peer: build groupcache with the `tls` feature",
+            endpoint.origin
+        )))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<(Sender, Instant)>>> {
+        // Nothing panics while holding this lock, and the map is valid whatever happened.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Starts HTTP/1.1 on a connected stream; the connection runs in a task of its own until the
+/// sender is dropped or the peer closes it.
+async fn handshake<T>(io: T) -> Result<Sender, PeerError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io).await.map_err(request_error)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "peer connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// hyper's Display says what failed; its source, when there is one, says why.
+pub(crate) fn request_error(error: hyper::Error) -> PeerError {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    PeerError::Request(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A peer on loopback answering every request with `body`, with or without keep-alive;
+    /// counts the connections it accepted.
+    async fn peer(body: &'static str, keep_alive: bool) -> (Arc<Endpoint>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(move |_request| async move {
+                    let body = Full::new(Bytes::from_static(body.as_bytes()));
+                    Ok::<_, std::convert::Infallible>(Response::new(body))
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(connection);
+            }
+        });
+        (Arc::new(Endpoint::parse(&url).unwrap()), accepted)
+    }
+
+    fn connections() -> Arc<Connections> {
+        Arc::new(Connections::new(
+            Duration::from_secs(1),
+            #[cfg(feature = "tls")]
+            None,
+        ))
+    }
+
+    fn get(path: &str) -> Request<Full<Bytes>> {
+        Request::get(path).body(Full::default()).unwrap()
+    }
+
+    async fn read(answer: Answer) -> Bytes {
+        match answer.read(1 << 20).await {
+            Ok(body) => body,
+            Err(_) => panic!("reading the body failed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let (endpoint, accepted) = peer("value", true).await;
+        let connections = connections();
+        for i in 0..50 {
+            let answer = connections
+                .send(&endpoint, get(&format!("/k{i}")))
+                .await
+                .unwrap();
+            assert_eq!(read(answer).await, "value");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_the_peer_closes_are_replaced_without_failing_a_request() {
+        // Without keep-alive the peer closes every connection after one answer, as a peer whose
+        // idle timeout fires between two requests would.
+        let (endpoint, accepted) = peer("value", false).await;
+        let connections = connections();
+        for i in 0..20 {
+            let answer = connections
+                .send(&endpoint, get(&format!("/k{i}")))
+                .await
+                .unwrap();
+            assert_eq!(read(answer).await, "value");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn an_unread_answer_closes_its_connection_instead_of_returning_it() {
+        let (endpoint, accepted) = peer("value", true).await;
+        let connections = connections();
+        let answer = connections.send(&endpoint, get("/a")).await.unwrap();
+        drop(answer);
+        let answer = connections.send(&endpoint, get("/b")).await.unwrap();
+        assert_eq!(read(answer).await, "value");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            connections
+                .send(&endpoint, get("/c"))
+                .await
+                .unwrap()
+                .read(2)
+                .await,
+            Err(ReadError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn endpoints_parse_scheme_host_port_and_path() {
+        let e = Endpoint::parse("http://10.0.0.1:8080").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.tls), ("10.0.0.1", 8080, false));
+        assert_eq!(
+            (e.origin.as_str(), e.path.as_str()),
+            ("http://10.0.0.1:8080", "")
+        );
+        let e = Endpoint::parse("https://cache.example:9443/app/").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.tls),
+            ("cache.example", 9443, true)
+        );
+        assert_eq!(e.path, "/app");
+        assert_eq!(e.authority, "cache.example:9443");
+        let e = Endpoint::parse("http://[::1]:80").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 80));
+        assert_eq!(Endpoint::parse("https://h").unwrap().port, 443);
+        assert_eq!(Endpoint::parse("http://h").unwrap().port, 80);
+        for bad in [
+            "ftp://h:1",
+            "http://",
+            "h:1",
+            "http://u@h:1",
+            "http://h:1/?q",
+            "http://h:x",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
