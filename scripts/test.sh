@@ -24,6 +24,18 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
     fi
 fi
 
+# iproute2 and nftables, for the partition tests (network namespaces cut by nftables drop rules;
+# they need root, so without it they are skipped, loudly).
+if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iproute2 nftables
+    else
+        echo "WARNING: the partition tests need root, iproute2 and nftables:" >&2
+        echo "WARNING:   sudo apt-get install iproute2 nftables, then run this script as root" >&2
+    fi
+fi
+
 # The golang/groupcache test peer (the tests build it too, if this step was skipped).
 if command -v go >/dev/null 2>&1; then
     tests/interop/build.sh

@@ -14,7 +14,9 @@ use std::time::Duration;
 use groupcache::{Builder, Groupcache, Loaded, Loader};
 use tokio::sync::{Semaphore, oneshot, watch};
 
+pub mod delay_proxy;
 pub mod go;
+pub mod netns;
 pub mod process;
 
 /// A builder for plain HTTP clients in tests. The library's `tls` feature gives reqwest a rustls
