@@ -16,12 +16,20 @@ pub const PEER_PREFIX: &str = "/internal";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kubernetes-service-discovery", version)]
 pub struct Config {
-    /// Address and port to listen on (port 0 picks a free one).
+    /// Address and port to listen on (port 0 picks a free one). Without `--peer-listen`, it
+    /// serves the peer protocol too.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// This replica's base URL as the other replicas reach it (`http://host:port`, no path).
-    /// Default: `http://$POD_IP:<listen port>`, else the listen address if it is not 0.0.0.0.
+    /// Address and port of a listener of its own for the groupcache peer protocol (port 0
+    /// picks a free one). When set, only this listener serves the peer routes under
+    /// `/internal`, and `--listen` serves the rest.
+    #[arg(long, env = "PEER_LISTEN_ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// This replica's base URL as the other replicas reach its peer protocol (`http://host:port`,
+    /// no path). Default: from the listener that serves the peer protocol (`--peer-listen`, else
+    /// `--listen`): `http://$POD_IP:<its bound port>`, else its bound address if not 0.0.0.0.
     #[arg(long, env = "SELF_URL")]
     pub self_url: Option<String>,
 
@@ -35,8 +43,9 @@ pub struct Config {
     pub replica_name: Option<String>,
 
     /// Static discovery: the base URLs of every replica, comma-separated (`http://host:port`,
-    /// this replica's own may be listed too). Without `--peers` and `--kube-service` the replica
-    /// runs alone.
+    /// this replica's own may be listed too), as the replicas reach each other's peer protocol:
+    /// with `--peer-listen`, its port. Without `--peers` and `--kube-service` the replica runs
+    /// alone.
     #[arg(
         long,
         env = "PEERS",
@@ -54,9 +63,10 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE")]
     pub kube_namespace: Option<String>,
 
-    /// Name of the Service port that serves this app (with a single unnamed port, that one).
-    #[arg(long, env = "KUBE_PORT_NAME", default_value = "http")]
-    pub kube_port_name: String,
+    /// Name of the Service port that serves the peer protocol (with a single unnamed port, that
+    /// one). Default: `peer` with `--peer-listen`, else `http`.
+    #[arg(long, env = "KUBE_PORT_NAME")]
+    pub kube_port_name: Option<String>,
 
     /// Which EndpointSlices to read in a dual-stack cluster.
     #[arg(long, env = "KUBE_ADDRESS_TYPE", value_enum, default_value_t = AddressType::IPv4)]
@@ -159,7 +169,18 @@ impl Config {
         }
     }
 
-    /// This replica's base URL: `--self-url`, else built from `POD_IP` or the bound address.
+    /// The Service port discovery follows: `--kube-port-name`, else `peer` when the peer
+    /// protocol has a listener of its own and `http` when it shares `--listen`.
+    pub fn kube_port_name(&self) -> &str {
+        match (&self.kube_port_name, self.peer_listen) {
+            (Some(name), _) => name,
+            (None, Some(_)) => "peer",
+            (None, None) => "http",
+        }
+    }
+
+    /// This replica's base URL: `--self-url`, else built from `POD_IP` or the bound address
+    /// of the listener that serves the peer protocol.
     pub fn self_base_url(&self, bound: SocketAddr) -> Result<String, Error> {
         if let Some(url) = &self.self_url {
             return base_url(url);
@@ -318,5 +339,28 @@ mod tests {
         );
         let config = parse(&["--kube-address-type", "IPv6"]).unwrap();
         assert_eq!(config.kube_address_type, AddressType::IPv6);
+    }
+
+    #[test]
+    fn peer_listener_is_optional() {
+        assert_eq!(parse(&[]).unwrap().peer_listen, None);
+        let config = parse(&["--peer-listen", "0.0.0.0:8081"]).unwrap();
+        assert_eq!(config.peer_listen, Some("0.0.0.0:8081".parse().unwrap()));
+        assert!(parse(&["--peer-listen", "8081"]).is_err());
+    }
+
+    #[test]
+    fn discovery_follows_the_port_that_serves_the_peer_protocol() {
+        assert_eq!(parse(&[]).unwrap().kube_port_name(), "http");
+        let own_port = parse(&["--peer-listen", "0.0.0.0:8081"]).unwrap();
+        assert_eq!(own_port.kube_port_name(), "peer");
+        let named = parse(&["--peer-listen", "0.0.0.0:8081", "--kube-port-name", "gc"]).unwrap();
+        assert_eq!(named.kube_port_name(), "gc");
+        assert_eq!(
+            parse(&["--kube-port-name", "web"])
+                .unwrap()
+                .kube_port_name(),
+            "web"
+        );
     }
 }

@@ -5,8 +5,9 @@
 //! - [`database`]: the expensive loader (a simulated database query);
 //! - [`discovery`]: the peer set, from a watch on the EndpointSlices of a headless Service or
 //!   from a static list;
-//! - [`service`]: the routes (`/items/{key}`, the peer protocol under
-//!   [`config::PEER_PREFIX`], `/metrics`, `/healthz`, `/readyz`) and graceful shutdown;
+//! - [`service`]: the routes (`/items/{key}`, `/metrics`, `/healthz`, `/readyz`, and the peer
+//!   protocol under [`config::PEER_PREFIX`], on the same port or one of its own) and graceful
+//!   shutdown;
 //! - [`run`]: all of it together, as the binary runs it.
 
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod service;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use groupcache::Groupcache;
@@ -45,7 +47,7 @@ pub enum Error {
     /// No Kubernetes client configuration was found (in a pod: the service account).
     #[error("Kubernetes client: {0}")]
     Kube(#[from] kube::Error),
-    /// The listen address could not be bound.
+    /// A listen address (`--listen` or `--peer-listen`) could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
         /// The address.
@@ -67,17 +69,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // Before the cache is built: it registers its metrics with the recorder installed now.
     let metrics = metrics::install()?;
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let self_base = config.self_base_url(bound)?;
+    let (listener, bound) = bind(config.listen).await?;
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    // Where the peer protocol is served: the URLs of the ring point there.
+    let peer_bound = peer_listener.as_ref().map_or(bound, |(_, addr)| *addr);
+    let self_base = config.self_base_url(peer_bound)?;
     let replica = config
         .replica_name
         .clone()
@@ -113,7 +112,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let discovery = KubeDiscovery {
                 namespace,
                 service,
-                port_name: config.kube_port_name.clone(),
+                port_name: config.kube_port_name().to_owned(),
                 address_type: config.kube_address_type,
                 scheme,
                 path_prefix: config::PEER_PREFIX.to_owned(),
@@ -137,8 +136,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         readiness: readiness.clone(),
         replica: Arc::from(replica.as_str()),
     });
+    let peer_app = service::peer_router(&cache);
+    let servers = match peer_listener {
+        Some((peer_listener, _)) => vec![(listener, app), (peer_listener, peer_app)],
+        None => vec![(listener, app.merge(peer_app))],
+    };
     tracing::info!(
         listen = %bound,
+        peer_listen = %peer_bound,
         self_url = %cache.self_url(),
         group = %config.group,
         replica,
@@ -148,5 +153,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         delay: config.shutdown_delay,
         timeout: config.shutdown_timeout,
     };
-    service::serve(listener, app, readiness, shutdown).await
+    service::serve(servers, readiness, shutdown).await
+}
+
+/// Binds `addr`. Returns the listener and its local address (the port the system picked, if
+/// `addr`'s is 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
 }

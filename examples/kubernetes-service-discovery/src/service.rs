@@ -1,5 +1,6 @@
-//! The HTTP service: the user-facing endpoint, the peer protocol under [`PEER_PREFIX`],
-//! `/metrics`, `/healthz`, `/readyz`, and graceful shutdown.
+//! The HTTP service: the user-facing endpoint, `/metrics`, `/healthz`, `/readyz`, the peer
+//! protocol under [`PEER_PREFIX`] (on the same listener or one of its own), and graceful
+//! shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use groupcache::Groupcache;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::Error;
 use crate::config::PEER_PREFIX;
@@ -64,15 +66,20 @@ pub struct AppState {
     pub replica: Arc<str>,
 }
 
-/// The whole app's routes.
+/// The app's own routes: `/items/{key}`, `/metrics`, `/healthz` and `/readyz`. The peer
+/// protocol is [`peer_router`].
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/items/{key}", get(get_item))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .nest(PEER_PREFIX, state.cache.router())
         .with_state(state)
+}
+
+/// The groupcache peer protocol, nested under [`PEER_PREFIX`].
+pub fn peer_router(cache: &Groupcache<Database>) -> Router {
+    Router::new().nest(PEER_PREFIX, cache.router())
 }
 
 /// The answer of `GET /items/{key}`.
@@ -158,41 +165,50 @@ pub struct Shutdown {
     pub timeout: Duration,
 }
 
-/// Serves `app` on `listener` until SIGTERM or SIGINT, then: reports not-ready, keeps serving
-/// for `shutdown.delay` (endpoints and peers catch up), stops accepting connections and waits
-/// up to `shutdown.timeout` for requests in progress.
+/// Serves each app on its listener until SIGTERM or SIGINT, then: reports not-ready, keeps
+/// serving them all for `shutdown.delay` (endpoints and peers catch up), stops accepting
+/// connections and waits up to `shutdown.timeout` for requests in progress. The first server
+/// that fails stops them all with its error.
 pub async fn serve(
-    listener: TcpListener,
-    app: Router,
+    servers: Vec<(TcpListener, Router)>,
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopped = stop.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopped.notified().await })
-        .into_future();
+    let (stop, stopped) = watch::channel(());
+    let servers = servers.into_iter().map(|(listener, app)| {
+        let mut stopped = stopped.clone();
+        axum::serve(listener, app)
+            // `changed` fails only if `stop` is gone, which means stop too.
+            .with_graceful_shutdown(async move { stopped.changed().await.unwrap_or(()) })
+            .into_future()
+    });
+    let server = async {
+        futures_util::future::try_join_all(servers)
+            .await
+            .map(drop)
+            .map_err(Error::Serve)
+    };
     let mut server = std::pin::pin!(server);
     tokio::select! {
-        result = &mut server => return result.map_err(Error::Serve),
+        result = &mut server => return result,
         signal = termination_signal() => {
             let signal = signal?;
             tracing::info!(signal, delay = ?shutdown.delay, "shutting down: reporting not ready");
         }
     }
     readiness.set_draining();
-    // Keep serving meanwhile: the server future is polled by this select.
+    // Keep serving meanwhile: the servers' future is polled by this select.
     tokio::select! {
-        result = &mut server => return result.map_err(Error::Serve),
+        result = &mut server => return result,
         () = tokio::time::sleep(shutdown.delay) => {}
     }
     tracing::info!(
         timeout = ?shutdown.timeout,
         "no longer accepting connections; finishing requests"
     );
-    stop.notify_one();
+    stop.send_replace(());
     match tokio::time::timeout(shutdown.timeout, server).await {
-        Ok(result) => result.map_err(Error::Serve)?,
+        Ok(result) => result?,
         Err(_) => tracing::warn!("requests still running after the shutdown timeout; exiting"),
     }
     tracing::info!("stopped");

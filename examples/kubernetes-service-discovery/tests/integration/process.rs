@@ -173,6 +173,8 @@ pub struct Replica {
     pub process: Process,
     /// `http://127.0.0.1:port`.
     pub url: String,
+    /// Where it serves the peer protocol: `http://127.0.0.1:peer_port`, else `url`.
+    pub peer_url: String,
 }
 
 /// Why a replica did not become ready.
@@ -183,18 +185,23 @@ pub enum Start {
 }
 
 impl Replica {
-    /// Starts a replica on `port`. `args` and `env` are added to the defaults: no shutdown
-    /// delay (`--shutdown-delay` overrides it) and `RUST_LOG=info`.
+    /// Starts a replica on `port`, serving the peer protocol on `peer_port` if given
+    /// (`--peer-listen`). `args` and `env` are added to the defaults: no shutdown delay
+    /// (`--shutdown-delay` overrides it) and `RUST_LOG=info`.
     pub fn spawn(
         name: &str,
         port: u16,
+        peer_port: Option<u16>,
         args: &[String],
         env: &[(&str, String)],
         dir: &Path,
     ) -> Replica {
         let mut command = Command::new(BINARY);
+        command.args(["--listen", &format!("127.0.0.1:{port}")]);
+        if let Some(peer_port) = peer_port {
+            command.args(["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
+        }
         command
-            .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .env("SHUTDOWN_DELAY", "0s")
             .env("RUST_LOG", "info")
@@ -209,7 +216,28 @@ impl Replica {
         Replica {
             process: Process::spawn(name, command, dir),
             url: format!("http://127.0.0.1:{port}"),
+            peer_url: format!("http://127.0.0.1:{}", peer_port.unwrap_or(port)),
         }
+    }
+
+    /// Starts a replica on a free port, alone, and waits until it is ready. Retries with a new
+    /// port (bounded) when it loses its port to another process.
+    pub async fn start(name: &str, args: &[&str], dir: &Path) -> Replica {
+        let http = http();
+        let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+        for attempt in 1..=3 {
+            let port = free_ports(1)[0];
+            let name = format!("{name}-attempt-{attempt}");
+            let mut replica = Replica::spawn(&name, port, None, &args, &[], dir);
+            match replica.wait_for_status(&http, "/readyz", 200).await {
+                Start::Ready => return replica,
+                Start::Exited(why) if attempt < 3 && why.contains("in use") => {
+                    eprintln!("{name} lost its port; starting again: {why}");
+                }
+                Start::Exited(why) => panic!("{name} did not start: {why}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// Waits (bounded) until `path` answers `status`, or the process exits.
@@ -257,25 +285,31 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `n` replicas and waits until each is ready. Retries with new ports (bounded)
-    /// when one loses its port to another process.
-    pub async fn start_static(n: usize, args: &[&str], dir: &Path) -> Cluster {
+    /// Starts `n` replicas and waits until each is ready; with `peer_ports`, each serves the
+    /// peer protocol on a port of its own. Retries with new ports (bounded) when one loses a
+    /// port to another process.
+    pub async fn start_static(n: usize, peer_ports: bool, args: &[&str], dir: &Path) -> Cluster {
         let http = http();
         for attempt in 1..=3 {
-            let ports = free_ports(n);
+            let ports = free_ports(if peer_ports { 2 * n } else { n });
+            let (ports, extra) = ports.split_at(n);
+            let peer_ports: Vec<Option<u16>> = (0..n).map(|i| extra.get(i).copied()).collect();
             let peers: Vec<String> = ports
                 .iter()
-                .map(|port| format!("http://127.0.0.1:{port}"))
+                .zip(&peer_ports)
+                .map(|(port, peer_port)| format!("http://127.0.0.1:{}", peer_port.unwrap_or(*port)))
                 .collect();
             let mut all_args = vec!["--peers".to_owned(), peers.join(",")];
             all_args.extend(args.iter().map(|arg| (*arg).to_owned()));
             let mut replicas: Vec<Replica> = ports
                 .iter()
+                .zip(&peer_ports)
                 .enumerate()
-                .map(|(i, port)| {
+                .map(|(i, (port, peer_port))| {
                     Replica::spawn(
                         &format!("replica-{i}-attempt-{attempt}"),
                         *port,
+                        *peer_port,
                         &all_args,
                         &[],
                         dir,

@@ -66,7 +66,7 @@ async fn prometheus_scrapes_counters_that_match_the_traffic() {
     };
     let dir = TempDir::new("prometheus");
     let http = http();
-    let cluster = Cluster::start_static(3, &["--load-latency", "50ms"], dir.path()).await;
+    let cluster = Cluster::start_static(3, false, &["--load-latency", "50ms"], dir.path()).await;
     let prometheus = Prometheus::start(&prometheus_bin, &cluster.addresses(), dir.path()).await;
 
     // Prometheus scrapes all three before the traffic, so the counters' rise is seen whole.
@@ -165,7 +165,7 @@ async fn promtool_check_metrics_passes_on_every_replica() {
     };
     let dir = TempDir::new("promtool");
     let http = http();
-    let cluster = Cluster::start_static(3, &["--load-latency", "5ms"], dir.path()).await;
+    let cluster = Cluster::start_static(3, false, &["--load-latency", "5ms"], dir.path()).await;
     // Traffic first, so that every series exists: hits, peer requests, histograms.
     drive_traffic(&http, &cluster).await;
     for replica in &cluster.replicas {
@@ -207,25 +207,12 @@ async fn promtool_check_metrics_passes_on_every_replica() {
 async fn sigterm_reports_not_ready_finishes_requests_and_exits_cleanly() {
     let dir = TempDir::new("sigterm");
     let http = http();
-    let mut replica = None;
-    for attempt in 0..3 {
-        let port = free_ports(1)[0];
-        let args: Vec<String> = ["--load-latency", "1500ms", "--shutdown-delay", "1s"]
-            .iter()
-            .map(|arg| (*arg).to_owned())
-            .collect();
-        let mut candidate =
-            Replica::spawn(&format!("replica-{attempt}"), port, &args, &[], dir.path());
-        match candidate.wait_for_status(&http, "/readyz", 200).await {
-            Start::Ready => {
-                replica = Some(candidate);
-                break;
-            }
-            Start::Exited(why) if why.contains("in use") => continue,
-            Start::Exited(why) => panic!("the replica did not start: {why}"),
-        }
-    }
-    let mut replica = replica.expect("a replica started within three attempts");
+    let mut replica = Replica::start(
+        "replica",
+        &["--load-latency", "1500ms", "--shutdown-delay", "1s"],
+        dir.path(),
+    )
+    .await;
     assert_eq!(get(&http, &format!("{}/healthz", replica.url)).await.0, 200);
 
     // A request whose load is in progress when the signal arrives.
@@ -262,6 +249,119 @@ async fn sigterm_reports_not_ready_finishes_requests_and_exits_cleanly() {
     assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
 }
 
+/// With `--peer-listen`, replicas reach each other on their peer ports: a key is loaded once in
+/// the whole cluster, by its owner, and every replica answers with that value. The main port
+/// does not serve the peer protocol, and the peer port serves nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_protocol_on_a_port_of_its_own() {
+    let dir = TempDir::new("peer-port");
+    let http = http();
+    let cluster = Cluster::start_static(3, true, &["--load-latency", "20ms"], dir.path()).await;
+    // Every replica, non-owners included, answers each key with the value its owner loaded.
+    drive_traffic(&http, &cluster).await;
+
+    // The ring knows each replica by its peer port, and the peer protocol is served there.
+    let (status, body) = get(&http, &format!("{}/items/key-0", cluster.replicas[0].url)).await;
+    assert_eq!(status, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).expect("JSON item");
+    let owner = json["owner"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        cluster
+            .replicas
+            .iter()
+            .any(|replica| owner == format!("{}/internal", replica.peer_url)),
+        "owner {owner} is no replica's peer port"
+    );
+    let (status, body) = get(&http, &format!("{owner}/_groupcache/items/key-0")).await;
+    assert_eq!(status, 200, "the owner's peer port: {body}");
+    for replica in &cluster.replicas {
+        let url = format!("{}/internal/_groupcache/items/key-0", replica.url);
+        let (status, body) = get(&http, &url).await;
+        assert_eq!(
+            status, 404,
+            "the main port serves the peer protocol: {url}: {body}"
+        );
+        let url = format!("{}/items/key-0", replica.peer_url);
+        let (status, body) = get(&http, &url).await;
+        assert_eq!(status, 404, "the peer port serves items: {url}: {body}");
+    }
+
+    // One load per key in the whole cluster; the non-owners asked the owners.
+    let (mut loads, mut served_to_peers) = (0.0, 0.0);
+    for replica in &cluster.replicas {
+        let metric = |name| replica.metric(&http, name);
+        loads += metric("groupcache_local_loads_total{group=\"items\"}")
+            .await
+            .unwrap_or_default();
+        served_to_peers += metric("groupcache_server_requests_total{group=\"items\"}")
+            .await
+            .unwrap_or_default();
+    }
+    assert_eq!(loads, KEYS as f64);
+    assert!(served_to_peers > 0.0, "no replica served a peer");
+}
+
+/// With `--peer-listen 127.0.0.1:0`, the replica logs the port it bound and its self URL names
+/// that port. After SIGTERM, the peer port keeps serving through the drain (other replicas may
+/// still ask for keys), then both servers stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_port_0_is_logged_used_in_the_self_url_and_drained_on_sigterm() {
+    let dir = TempDir::new("peer-port-0");
+    let http = http();
+    let args = [
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--shutdown-delay",
+        "3s",
+    ];
+    let mut replica = Replica::start("replica", &args, dir.path()).await;
+    // Logged before the replica serves, so before it turned ready.
+    let log = replica.process.log_text();
+    let listening: Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["message"] == "listening")
+        .unwrap_or_else(|| panic!("no \"listening\" line in the log:\n{log}"));
+    let peer_listen = listening["peer_listen"].as_str().unwrap_or_default();
+    let peer_url = format!("http://{peer_listen}");
+    assert!(
+        peer_listen.starts_with("127.0.0.1:") && !peer_listen.ends_with(":0"),
+        "{listening}"
+    );
+    assert_ne!(peer_url, replica.url);
+    let self_url = format!("{peer_url}/internal");
+    assert_eq!(listening["self_url"], self_url.as_str(), "{listening}");
+
+    // Alone, it owns every key: the owner is its self URL, served on the peer port.
+    let (status, body) = get(&http, &format!("{}/items/k", replica.url)).await;
+    assert_eq!(status, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).expect("JSON item");
+    assert_eq!(json["owner"], self_url.as_str());
+    let peer_get = format!("{self_url}/_groupcache/items/k");
+    assert_eq!(get(&http, &peer_get).await.0, 200);
+
+    replica.process.terminate();
+    assert!(matches!(
+        replica.wait_for_status(&http, "/readyz", 503).await,
+        Start::Ready
+    ));
+    let (status, body) = get(&http, &peer_get).await;
+    assert_eq!(
+        status, 200,
+        "the peer port stopped serving during the drain: {body}"
+    );
+    let exit = replica.process.wait_exit(Duration::from_secs(30)).await;
+    let log = replica.process.log_text();
+    assert!(exit.success(), "exit status {exit}; log:\n{log}");
+    // Both servers finished before the shutdown timeout.
+    assert!(
+        log.contains("stopped") && !log.contains("still running"),
+        "{log}"
+    );
+}
+
 /// A kubeconfig for the fake API server, namespace `shop`, no credentials.
 fn kubeconfig(api: &FakeApiServer) -> String {
     format!(
@@ -291,7 +391,16 @@ async fn kubernetes_mode_replicas_find_each_other_through_endpoint_slices() {
     let mut replicas: Vec<Replica> = ports
         .iter()
         .enumerate()
-        .map(|(i, port)| Replica::spawn(&format!("replica-{i}"), *port, &args, &env, dir.path()))
+        .map(|(i, port)| {
+            Replica::spawn(
+                &format!("replica-{i}"),
+                *port,
+                None,
+                &args,
+                &env,
+                dir.path(),
+            )
+        })
         .collect();
     for replica in &mut replicas {
         match replica.wait_for_status(&http, "/healthz", 200).await {
