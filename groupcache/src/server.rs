@@ -4,6 +4,7 @@
 //! `axum::serve` offers neither a header deadline nor TLS; this is that loop, on hyper's HTTP/1.1
 //! server. Use it for the port peers reach; your own routes may be merged into the same router.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,10 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// Serves a router with connection limits.
 ///
@@ -77,28 +81,66 @@ impl Server {
     /// Accepts connections until accepting fails for a reason other than a passing one (such as
     /// running out of file descriptors, which is waited out).
     pub async fn serve(self, listener: TcpListener, app: Router) -> io::Result<()> {
+        self.serve_with_shutdown(listener, app, std::future::pending())
+            .await
+    }
+
+    /// Like [`serve`](Server::serve), until `shutdown` completes: then it stops accepting,
+    /// lets every connection finish the request it is serving (idle connections close at once,
+    /// busy ones after their answer) and returns once all are closed. Bound the wait with a
+    /// timeout of your own if requests may run long.
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+    /// let ctrl_c = async { tokio::signal::ctrl_c().await.unwrap_or(()) };
+    /// groupcache::Server::new()
+    ///     .serve_with_shutdown(listener, app, ctrl_c)
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        app: Router,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let this = Arc::new(self);
-        loop {
-            let stream = match listener.accept().await {
+        let (stop, stopped) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let result = loop {
+            // Reap finished connections, so the set holds only open ones.
+            while connections.try_join_next().is_some() {}
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break Ok(()),
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) if is_passing(&error) => {
                     tracing::warn!(%error, "accept failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                Err(error) => return Err(error),
+                Err(error) => break Err(error),
             };
             let _ = stream.set_nodelay(true);
-            let (this, app) = (this.clone(), app.clone());
-            tokio::spawn(async move { this.connection(stream, app).await });
-        }
+            let (this, app, stopped) = (this.clone(), app.clone(), stopped.clone());
+            connections.spawn(async move { this.connection(stream, app, stopped).await });
+        };
+        drop(listener);
+        let _ = stop.send(true);
+        while connections.join_next().await.is_some() {}
+        result
     }
 
-    async fn connection(&self, stream: tokio::net::TcpStream, app: Router) {
-        let service = TowerToHyperService::new(app);
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+    async fn connection(
+        &self,
+        stream: tokio::net::TcpStream,
+        app: Router,
+        stopped: watch::Receiver<bool>,
+    ) {
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.tls {
             let stream =
@@ -114,12 +156,32 @@ impl Server {
                         return;
                     }
                 };
-            if let Err(error) = http.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-            return;
+            return self.http(stream, app, stopped).await;
         }
-        if let Err(error) = http.serve_connection(TokioIo::new(stream), service).await {
+        self.http(stream, app, stopped).await
+    }
+
+    /// Serves HTTP/1.1 on one connection; once `stopped` turns true, finishes the request in
+    /// progress, if any, and closes.
+    async fn http<I>(&self, io: I, app: Router, mut stopped: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(app);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let connection = http.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            // `true` is the only value ever sent, and an error means the server is gone: stop.
+            _ = stopped.changed() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
             tracing::debug!(%error, "connection ended with an error");
         }
     }
