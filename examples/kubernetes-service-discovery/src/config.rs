@@ -1,6 +1,7 @@
 //! Configuration, from flags or the environment (every flag has an environment variable).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::Uri;
@@ -26,6 +27,24 @@ pub struct Config {
     /// `/internal`, and `--listen` serves the rest.
     #[arg(long, env = "PEER_LISTEN_ADDR")]
     pub peer_listen: Option<SocketAddr>,
+
+    /// mTLS on the peer port (needs `--peer-listen`, `--peer-tls-cert` and `--peer-tls-key`):
+    /// the CA (PEM file) that every replica's certificate chains to. Replicas then reach each
+    /// other at `https://` URLs, and the peer port refuses clients without such a certificate.
+    #[arg(
+        long,
+        env = "PEER_TLS_CA",
+        requires_all = ["peer_tls_cert", "peer_tls_key", "peer_listen"]
+    )]
+    pub peer_tls_ca: Option<PathBuf>,
+
+    /// This replica's certificate chain (PEM file), presented on the peer port and to peers.
+    #[arg(long, env = "PEER_TLS_CERT", requires = "peer_tls_ca")]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// The private key of `--peer-tls-cert` (PEM file).
+    #[arg(long, env = "PEER_TLS_KEY", requires = "peer_tls_ca")]
+    pub peer_tls_key: Option<PathBuf>,
 
     /// This replica's base URL as the other replicas reach its peer protocol (`http://host:port`,
     /// no path). Default: from the listener that serves the peer protocol (`--peer-listen`, else
@@ -179,8 +198,19 @@ impl Config {
         }
     }
 
+    /// The peer TLS configuration, read from the files `--peer-tls-*` name, if set.
+    pub fn peer_tls(&self) -> Result<Option<groupcache::PeerTls>, Error> {
+        let (Some(ca), Some(cert), Some(key)) =
+            (&self.peer_tls_ca, &self.peer_tls_cert, &self.peer_tls_key)
+        else {
+            return Ok(None);
+        };
+        let tls = groupcache::PeerTls::new(&read(ca)?)?.identity(&read(cert)?, &read(key)?)?;
+        Ok(Some(tls))
+    }
+
     /// This replica's base URL: `--self-url`, else built from `POD_IP` or the bound address
-    /// of the listener that serves the peer protocol.
+    /// of the listener that serves the peer protocol, `https://` with peer TLS.
     pub fn self_base_url(&self, bound: SocketAddr) -> Result<String, Error> {
         if let Some(url) = &self.self_url {
             return base_url(url);
@@ -195,8 +225,19 @@ impl Config {
                 )));
             }
         };
-        Ok(format!("http://{}", SocketAddr::new(ip, bound.port())))
+        let scheme = if self.peer_tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(format!("{scheme}://{}", SocketAddr::new(ip, bound.port())))
     }
+}
+
+/// The contents of a file a flag names.
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|error| Error::Config(format!("reading {}: {error}", path.display())))
 }
 
 /// Checks that `url` is a base URL (`http(s)://host:port`, no path, query or fragment) and
@@ -347,6 +388,35 @@ mod tests {
         let config = parse(&["--peer-listen", "0.0.0.0:8081"]).unwrap();
         assert_eq!(config.peer_listen, Some("0.0.0.0:8081".parse().unwrap()));
         assert!(parse(&["--peer-listen", "8081"]).is_err());
+    }
+
+    #[test]
+    fn peer_tls_needs_all_three_files_and_a_peer_port() {
+        let all = [
+            "--peer-listen",
+            "0.0.0.0:8081",
+            "--peer-tls-ca",
+            "ca.pem",
+            "--peer-tls-cert",
+            "cert.pem",
+            "--peer-tls-key",
+            "key.pem",
+        ];
+        assert!(parse(&all).is_ok());
+        assert!(parse(&all[2..]).is_err(), "without --peer-listen");
+        assert!(parse(&all[..6]).is_err(), "without --peer-tls-key");
+        assert!(
+            parse(&["--peer-tls-cert", "cert.pem"]).is_err(),
+            "without the CA"
+        );
+        let config = parse(&[&all[..], &["--pod-ip", "10.0.0.1"]].concat()).unwrap();
+        let bound = "0.0.0.0:8081".parse().unwrap();
+        assert_eq!(
+            config.self_base_url(bound).unwrap(),
+            "https://10.0.0.1:8081"
+        );
+        let missing = config.peer_tls().unwrap_err().to_string();
+        assert!(missing.contains("ca.pem"), "{missing}");
     }
 
     #[test]

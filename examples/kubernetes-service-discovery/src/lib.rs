@@ -82,10 +82,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| self_base.clone());
     let database = Database::new(config.load_latency, config.item_ttl, replica.clone());
-    let cache = Groupcache::builder(&config.group, peer_url(&self_base), database)
+    let peer_tls = config.peer_tls()?;
+    let mut builder = Groupcache::builder(&config.group, peer_url(&self_base), database)
         .main_cache_bytes(config.cache_bytes)
-        .hot_cache_bytes(config.hot_cache_bytes)
-        .build()?;
+        .hot_cache_bytes(config.hot_cache_bytes);
+    if let Some(tls) = &peer_tls {
+        builder = builder.peer_tls(tls.clone());
+    }
+    let cache = builder.build()?;
 
     let readiness = Arc::new(Readiness::default());
     let (peers_tx, peers_rx) = watch::channel(None::<PeerSet>);
@@ -137,13 +141,26 @@ pub async fn run(config: Config) -> Result<(), Error> {
         replica: Arc::from(replica.as_str()),
     });
     let peer_app = service::peer_router(&cache);
+    // `groupcache::Server` on both ports, for its header-read deadline (slowloris); on the peer
+    // port with mTLS when configured (clap allows TLS only with a peer port of its own).
+    let server = groupcache::Server::new();
     let servers = match peer_listener {
-        Some((peer_listener, _)) => vec![(listener, app), (peer_listener, peer_app)],
-        None => vec![(listener, app.merge(peer_app))],
+        Some((peer_listener, _)) => {
+            let peer_server = match &peer_tls {
+                Some(tls) => server.clone().tls(tls.server_config(true)?),
+                None => server.clone(),
+            };
+            vec![
+                (listener, app, server),
+                (peer_listener, peer_app, peer_server),
+            ]
+        }
+        None => vec![(listener, app.merge(peer_app), server)],
     };
     tracing::info!(
         listen = %bound,
         peer_listen = %peer_bound,
+        peer_tls = peer_tls.is_some(),
         self_url = %cache.self_url(),
         group = %config.group,
         replica,

@@ -165,22 +165,22 @@ pub struct Shutdown {
     pub timeout: Duration,
 }
 
-/// Serves each app on its listener until SIGTERM or SIGINT, then: reports not-ready, keeps
-/// serving them all for `shutdown.delay` (endpoints and peers catch up), stops accepting
-/// connections and waits up to `shutdown.timeout` for requests in progress. The first server
-/// that fails stops them all with its error.
+/// Serves each app on its listener with its server until SIGTERM or SIGINT, then: reports
+/// not-ready, keeps serving them all for `shutdown.delay` (endpoints and peers catch up), stops
+/// accepting connections and waits up to `shutdown.timeout` for requests in progress. The first
+/// server that fails stops them all with its error.
 pub async fn serve(
-    servers: Vec<(TcpListener, Router)>,
+    servers: Vec<(TcpListener, Router, groupcache::Server)>,
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
     let (stop, stopped) = watch::channel(());
-    let servers = servers.into_iter().map(|(listener, app)| {
+    let servers = servers.into_iter().map(|(listener, app, server)| {
         let mut stopped = stopped.clone();
-        axum::serve(listener, app)
-            // `changed` fails only if `stop` is gone, which means stop too.
-            .with_graceful_shutdown(async move { stopped.changed().await.unwrap_or(()) })
-            .into_future()
+        // `changed` fails only if `stop` is gone, which means stop too.
+        server.serve_with_shutdown(listener, app, async move {
+            stopped.changed().await.unwrap_or(())
+        })
     });
     let server = async {
         futures_util::future::try_join_all(servers)

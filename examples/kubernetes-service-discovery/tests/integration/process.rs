@@ -279,17 +279,34 @@ impl Replica {
     }
 }
 
+/// Where a cluster's replicas serve the peer protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerPort {
+    /// On the main port.
+    Shared,
+    /// On a port of its own (`--peer-listen`).
+    Own,
+    /// On a port of its own, with mTLS: peers are `https://` URLs.
+    OwnTls,
+}
+
 /// Replicas in static mode, each listing all of them with `--peers`.
 pub struct Cluster {
     pub replicas: Vec<Replica>,
 }
 
 impl Cluster {
-    /// Starts `n` replicas and waits until each is ready; with `peer_ports`, each serves the
-    /// peer protocol on a port of its own. Retries with new ports (bounded) when one loses a
-    /// port to another process.
-    pub async fn start_static(n: usize, peer_ports: bool, args: &[&str], dir: &Path) -> Cluster {
+    /// Starts `n` replicas and waits until each is ready; unless `peer_port` is `Shared`, each
+    /// serves the peer protocol on a port of its own (the TLS flags, for `OwnTls`, come in
+    /// `args`). Retries with new ports (bounded) when one loses a port to another process.
+    pub async fn start_static(n: usize, peer_port: PeerPort, args: &[&str], dir: &Path) -> Cluster {
         let http = http();
+        let peer_ports = peer_port != PeerPort::Shared;
+        let scheme = if peer_port == PeerPort::OwnTls {
+            "https"
+        } else {
+            "http"
+        };
         for attempt in 1..=3 {
             let ports = free_ports(if peer_ports { 2 * n } else { n });
             let (ports, extra) = ports.split_at(n);
@@ -297,16 +314,20 @@ impl Cluster {
             let peers: Vec<String> = ports
                 .iter()
                 .zip(&peer_ports)
-                .map(|(port, peer_port)| format!("http://127.0.0.1:{}", peer_port.unwrap_or(*port)))
+                .map(|(port, peer_port)| {
+                    format!("{scheme}://127.0.0.1:{}", peer_port.unwrap_or(*port))
+                })
                 .collect();
             let mut all_args = vec!["--peers".to_owned(), peers.join(",")];
             all_args.extend(args.iter().map(|arg| (*arg).to_owned()));
             let mut replicas: Vec<Replica> = ports
                 .iter()
                 .zip(&peer_ports)
+                .zip(&peers)
                 .enumerate()
-                .map(|(i, (port, peer_port))| {
-                    Replica::spawn(
+                .map(|(i, ((port, peer_port), peer_url))| Replica {
+                    peer_url: peer_url.clone(),
+                    ..Replica::spawn(
                         &format!("replica-{i}-attempt-{attempt}"),
                         *port,
                         *peer_port,

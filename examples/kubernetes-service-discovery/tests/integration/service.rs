@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use crate::fake_apiserver::{FakeApiServer, endpoint_slice};
 use crate::process::{
-    Cluster, PATIENCE, Prometheus, Replica, Start, TempDir, free_ports, get, http, require_tool,
+    Cluster, PATIENCE, PeerPort, Prometheus, Replica, Start, TempDir, free_ports, get, http,
+    require_tool,
 };
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -66,7 +68,8 @@ async fn prometheus_scrapes_counters_that_match_the_traffic() {
     };
     let dir = TempDir::new("prometheus");
     let http = http();
-    let cluster = Cluster::start_static(3, false, &["--load-latency", "50ms"], dir.path()).await;
+    let cluster =
+        Cluster::start_static(3, PeerPort::Shared, &["--load-latency", "50ms"], dir.path()).await;
     let prometheus = Prometheus::start(&prometheus_bin, &cluster.addresses(), dir.path()).await;
 
     // Prometheus scrapes all three before the traffic, so the counters' rise is seen whole.
@@ -165,7 +168,8 @@ async fn promtool_check_metrics_passes_on_every_replica() {
     };
     let dir = TempDir::new("promtool");
     let http = http();
-    let cluster = Cluster::start_static(3, false, &["--load-latency", "5ms"], dir.path()).await;
+    let cluster =
+        Cluster::start_static(3, PeerPort::Shared, &["--load-latency", "5ms"], dir.path()).await;
     // Traffic first, so that every series exists: hits, peer requests, histograms.
     drive_traffic(&http, &cluster).await;
     for replica in &cluster.replicas {
@@ -256,7 +260,8 @@ async fn sigterm_reports_not_ready_finishes_requests_and_exits_cleanly() {
 async fn peer_protocol_on_a_port_of_its_own() {
     let dir = TempDir::new("peer-port");
     let http = http();
-    let cluster = Cluster::start_static(3, true, &["--load-latency", "20ms"], dir.path()).await;
+    let cluster =
+        Cluster::start_static(3, PeerPort::Own, &["--load-latency", "20ms"], dir.path()).await;
     // Every replica, non-owners included, answers each key with the value its owner loaded.
     drive_traffic(&http, &cluster).await;
 
@@ -299,6 +304,71 @@ async fn peer_protocol_on_a_port_of_its_own() {
     }
     assert_eq!(loads, KEYS as f64);
     assert!(served_to_peers > 0.0, "no replica served a peer");
+}
+
+/// With `--peer-tls-*`, the peer port speaks mTLS: the replicas reach each other at `https://`
+/// URLs with certificates from the cluster's CA (made here), every key is still loaded once in
+/// the whole cluster with no peer errors, and the peer port refuses plaintext HTTP. (Clients
+/// without a certificate are refused too: `tests/tests/tls.rs` at the workspace root.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_port_with_mtls() {
+    let dir = TempDir::new("peer-tls");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    // One certificate for 127.0.0.1, shared by the replicas: in a cluster each pod has its own.
+    let key = KeyPair::generate().expect("replica key");
+    let certificate = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("replica parameters")
+        .signed_by(&key, &issuer)
+        .expect("replica certificate");
+    let files = [
+        ("ca.pem", ca_pem),
+        ("cert.pem", certificate.pem()),
+        ("key.pem", key.serialize_pem()),
+    ]
+    .map(|(name, pem)| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write a PEM file");
+        path.display().to_string()
+    });
+    let args = [
+        "--load-latency",
+        "20ms",
+        "--peer-tls-ca",
+        &files[0],
+        "--peer-tls-cert",
+        &files[1],
+        "--peer-tls-key",
+        &files[2],
+    ];
+    let http = http();
+    let cluster = Cluster::start_static(3, PeerPort::OwnTls, &args, dir.path()).await;
+    drive_traffic(&http, &cluster).await;
+
+    let (mut loads, mut served_to_peers, mut peer_errors) = (0.0, 0.0, 0.0);
+    for replica in &cluster.replicas {
+        assert!(replica.peer_url.starts_with("https://"));
+        let metric = |name| replica.metric(&http, name);
+        loads += metric("groupcache_local_loads_total{group=\"items\"}")
+            .await
+            .unwrap_or_default();
+        served_to_peers += metric("groupcache_server_requests_total{group=\"items\"}")
+            .await
+            .unwrap_or_default();
+        peer_errors += metric("groupcache_peer_errors_total{group=\"items\"}")
+            .await
+            .unwrap_or_default();
+        // Plaintext HTTP to the TLS port gets no answer.
+        let url = replica.peer_url.replacen("https://", "http://", 1);
+        let (status, body) = get(&http, &format!("{url}/internal/_groupcache/items/k")).await;
+        assert_eq!(status, 0, "plaintext answered on the TLS peer port: {body}");
+    }
+    assert_eq!(loads, KEYS as f64, "one load per key");
+    assert!(served_to_peers > 0.0, "no replica served a peer over TLS");
+    assert_eq!(peer_errors, 0.0, "peer requests over TLS failed");
 }
 
 /// With `--peer-listen 127.0.0.1:0`, the replica logs the port it bound and its self URL names
