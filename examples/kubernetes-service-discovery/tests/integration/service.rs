@@ -18,6 +18,17 @@ use tokio::time::Instant;
 
 const KEYS: usize = 24;
 const ROUNDS: usize = 4;
+const LOADS: &str = "groupcache_local_loads_total{group=\"items\"}";
+const SERVED_TO_PEERS: &str = "groupcache_server_requests_total{group=\"items\"}";
+
+/// A metric summed over the cluster's replicas (0 where a replica does not show it).
+async fn total(http: &reqwest::Client, cluster: &Cluster, metric: &str) -> f64 {
+    let mut sum = 0.0;
+    for replica in &cluster.replicas {
+        sum += replica.metric(http, metric).await.unwrap_or_default();
+    }
+    sum
+}
 
 /// Sends every key `ROUNDS` times to every replica, all at once; checks every answer and that
 /// each key was loaded by one replica, its owner. Returns the requests sent to each replica.
@@ -292,17 +303,8 @@ async fn peer_protocol_on_a_port_of_its_own() {
     }
 
     // One load per key in the whole cluster; the non-owners asked the owners.
-    let (mut loads, mut served_to_peers) = (0.0, 0.0);
-    for replica in &cluster.replicas {
-        let metric = |name| replica.metric(&http, name);
-        loads += metric("groupcache_local_loads_total{group=\"items\"}")
-            .await
-            .unwrap_or_default();
-        served_to_peers += metric("groupcache_server_requests_total{group=\"items\"}")
-            .await
-            .unwrap_or_default();
-    }
-    assert_eq!(loads, KEYS as f64);
+    assert_eq!(total(&http, &cluster, LOADS).await, KEYS as f64);
+    let served_to_peers = total(&http, &cluster, SERVED_TO_PEERS).await;
     assert!(served_to_peers > 0.0, "no replica served a peer");
 }
 
@@ -348,27 +350,27 @@ async fn peer_port_with_mtls() {
     let cluster = Cluster::start_static(3, PeerPort::OwnTls, &args, dir.path()).await;
     drive_traffic(&http, &cluster).await;
 
-    let (mut loads, mut served_to_peers, mut peer_errors) = (0.0, 0.0, 0.0);
+    assert_eq!(
+        total(&http, &cluster, LOADS).await,
+        KEYS as f64,
+        "one load per key"
+    );
+    let served_to_peers = total(&http, &cluster, SERVED_TO_PEERS).await;
+    assert!(served_to_peers > 0.0, "no replica served a peer over TLS");
+    let peer_errors = total(
+        &http,
+        &cluster,
+        "groupcache_peer_errors_total{group=\"items\"}",
+    )
+    .await;
+    assert_eq!(peer_errors, 0.0, "peer requests over TLS failed");
     for replica in &cluster.replicas {
         assert!(replica.peer_url.starts_with("https://"));
-        let metric = |name| replica.metric(&http, name);
-        loads += metric("groupcache_local_loads_total{group=\"items\"}")
-            .await
-            .unwrap_or_default();
-        served_to_peers += metric("groupcache_server_requests_total{group=\"items\"}")
-            .await
-            .unwrap_or_default();
-        peer_errors += metric("groupcache_peer_errors_total{group=\"items\"}")
-            .await
-            .unwrap_or_default();
         // Plaintext HTTP to the TLS port gets no answer.
         let url = replica.peer_url.replacen("https://", "http://", 1);
         let (status, body) = get(&http, &format!("{url}/internal/_groupcache/items/k")).await;
         assert_eq!(status, 0, "plaintext answered on the TLS peer port: {body}");
     }
-    assert_eq!(loads, KEYS as f64, "one load per key");
-    assert!(served_to_peers > 0.0, "no replica served a peer over TLS");
-    assert_eq!(peer_errors, 0.0, "peer requests over TLS failed");
 }
 
 /// With `--peer-listen 127.0.0.1:0`, the replica logs the port it bound and its self URL names
