@@ -41,9 +41,9 @@
 //! miss it asks the ring for the owner. If that is this replica, or the request came from a peer
 //! (peers' requests are never forwarded again), it joins the key's *load* flight, which runs the
 //! loader once and fills the main cache. Otherwise it joins the key's *fetch* flight, which asks
-//! the owner over HTTP ([`transport`]), keeps the value in the hot cache if this replica asks for
-//! the key often ([`popularity`]), and loads locally if the owner cannot be reached. Flights
-//! ([`flight`]) run in tasks of their own, so cancelled callers and panicking loaders harm no one.
+//! the owner over HTTP (`transport.rs`), keeps the value in the hot cache if this replica asks for
+//! the key often (`popularity.rs`), and loads locally if the owner cannot be reached. Flights
+//! (`flight.rs`) run in tasks of their own, so cancelled callers and panicking loaders harm no one.
 
 mod auth;
 mod builder;

@@ -93,9 +93,11 @@ impl Server {
     /// ```no_run
     /// # async fn run(app: axum::Router) -> std::io::Result<()> {
     /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
-    /// let ctrl_c = async { tokio::signal::ctrl_c().await.unwrap_or(()) };
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// // e.g. on SIGTERM, after reporting not-ready for a while: `stop.send(())`
+    /// # drop(stop);
     /// groupcache::Server::new()
-    ///     .serve_with_shutdown(listener, app, ctrl_c)
+    ///     .serve_with_shutdown(listener, app, async { stopped.await.unwrap_or(()) })
     ///     .await
     /// # }
     /// ```
