@@ -78,8 +78,10 @@ impl Server {
         self
     }
 
-    /// Accepts connections until accepting fails for a reason other than a passing one (such as
-    /// running out of file descriptors, which is waited out).
+    /// Accepts connections until the listener itself is broken (`EBADF`, `EINVAL`, `ENOTSOCK`);
+    /// every other accept error, such as running out of file descriptors or a connection that
+    /// failed before it was accepted, is logged and waited out. Connections are tasks of this
+    /// future: dropping it closes them, requests in progress included.
     pub async fn serve(self, listener: TcpListener, app: Router) -> io::Result<()> {
         self.serve_with_shutdown(listener, app, std::future::pending())
             .await
@@ -88,7 +90,8 @@ impl Server {
     /// Like [`serve`](Server::serve), until `shutdown` completes: then it stops accepting,
     /// lets every connection finish the request it is serving (idle connections close at once,
     /// busy ones after their answer) and returns once all are closed. Bound the wait with a
-    /// timeout of your own if requests may run long.
+    /// timeout of your own if requests may run long. A broken listener drains the same way
+    /// before its error is returned.
     ///
     /// ```no_run
     /// # async fn run(app: axum::Router) -> std::io::Result<()> {
@@ -120,12 +123,16 @@ impl Server {
             };
             let stream = match accepted {
                 Ok((stream, _)) => stream,
-                Err(error) if is_passing(&error) => {
+                Err(error) if listener_broken(&error) => break Err(error),
+                Err(error) if connection_failed(&error) => {
+                    tracing::debug!(%error, "a connection failed before it was accepted");
+                    continue;
+                }
+                Err(error) => {
                     tracing::warn!(%error, "accept failed; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                Err(error) => break Err(error),
             };
             let _ = stream.set_nodelay(true);
             let (this, app, stopped) = (this.clone(), app.clone(), stopped.clone());
@@ -141,13 +148,13 @@ impl Server {
         &self,
         stream: tokio::net::TcpStream,
         app: Router,
-        stopped: watch::Receiver<bool>,
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))] mut stopped: watch::Receiver<bool>,
     ) {
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.tls {
-            let stream =
-                match tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream)).await
-                {
+            let handshake = tokio::time::timeout(self.header_read_timeout, acceptor.accept(stream));
+            let stream = tokio::select! {
+                handshake = handshake => match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "TLS handshake failed");
@@ -157,7 +164,10 @@ impl Server {
                         tracing::debug!("TLS handshake timed out");
                         return;
                     }
-                };
+                },
+                // Shutting down: no request was made on this connection yet.
+                _ = stopped.changed() => return,
+            };
             return self.http(stream, app, stopped).await;
         }
         self.http(stream, app, stopped).await
@@ -189,12 +199,23 @@ impl Server {
     }
 }
 
-/// Accept errors that go away by themselves: out of descriptors or memory, an aborted connection.
-fn is_passing(error: &io::Error) -> bool {
+/// Accept errors that mean the listener itself is unusable: EBADF, EFAULT, EINVAL, ENOTSOCK.
+fn listener_broken(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(9 | 14 | 22 | 88))
+}
+
+/// Accept errors about one connection, not the listener: retried at once. Besides an aborted or
+/// reset connection, Linux's accept(2) reports a new connection's pending network errors, which
+/// its manual says to treat like EAGAIN: ENETDOWN, EPROTO, ENOPROTOOPT, EHOSTDOWN, ENONET,
+/// EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH.
+fn connection_failed(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
-    ) || matches!(error.raw_os_error(), Some(23 | 24 | 12 | 105)) // ENFILE, EMFILE, ENOMEM, ENOBUFS
+    ) || matches!(
+        error.raw_os_error(),
+        Some(100 | 71 | 92 | 112 | 64 | 113 | 95 | 101)
+    )
 }

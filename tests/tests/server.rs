@@ -14,6 +14,9 @@ use tokio::sync::{Semaphore, oneshot};
 
 /// Bounds every wait, so a server that never drains fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(10);
+/// The server's header deadline: far beyond `PATIENCE`, so only the shutdown can close the idle
+/// connection within it.
+const HEADER_DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_request_in_progress_closes_idle_connections_and_returns() {
@@ -32,12 +35,12 @@ async fn shutdown_finishes_the_request_in_progress_closes_idle_connections_and_r
         .build()
         .expect("valid configuration");
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-    let server =
-        tokio::spawn(
-            Server::new().serve_with_shutdown(listener, cache.router(), async move {
-                let _ = shutdown_signal.await;
-            }),
-        );
+    let server = Server::new().header_read_timeout(HEADER_DEADLINE);
+    let server = tokio::spawn(
+        server.serve_with_shutdown(listener, cache.router(), async move {
+            let _ = shutdown_signal.await;
+        }),
+    );
 
     // An idle connection, and a request whose load is held at the gate.
     let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -62,6 +65,11 @@ async fn shutdown_finishes_the_request_in_progress_closes_idle_connections_and_r
     assert!(
         matches!(read, Ok(0) | Err(_)),
         "no answer on the idle connection: {read:?} {rest:?}"
+    );
+    // It stopped accepting: the listener is closed (before the connections were told to stop).
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after the shutdown signal"
     );
     // The server waits for the request in progress.
     assert!(
@@ -88,6 +96,4 @@ async fn shutdown_finishes_the_request_in_progress_closes_idle_connections_and_r
         .expect("the server returns once drained")
         .expect("the server task");
     assert!(returned.is_ok(), "{returned:?}");
-    // The listener is closed: nobody is accepting any more.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

@@ -209,11 +209,38 @@ impl Config {
         Ok(Some(tls))
     }
 
+    /// The scheme of every peer URL: `https` with peer TLS, else `http`.
+    pub fn peer_scheme(&self) -> &'static str {
+        if self.peer_tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `url` (a peer's base URL) with its scheme checked against [`Config::peer_scheme`]: an
+    /// `http://` peer of a TLS cluster would fail every request and silently load locally.
+    pub fn peer_base_url(&self, url: &str) -> Result<String, Error> {
+        let url = base_url(url)?;
+        let scheme = self.peer_scheme();
+        if !url.starts_with(&format!("{scheme}://")) {
+            return Err(Error::Config(format!(
+                "{url:?}: peer URLs must be {scheme}:// {}",
+                if scheme == "https" {
+                    "with --peer-tls-*"
+                } else {
+                    "without --peer-tls-*"
+                }
+            )));
+        }
+        Ok(url)
+    }
+
     /// This replica's base URL: `--self-url`, else built from `POD_IP` or the bound address
     /// of the listener that serves the peer protocol, `https://` with peer TLS.
     pub fn self_base_url(&self, bound: SocketAddr) -> Result<String, Error> {
         if let Some(url) = &self.self_url {
-            return base_url(url);
+            return self.peer_base_url(url);
         }
         let ip = match self.pod_ip {
             Some(ip) => ip,
@@ -225,11 +252,7 @@ impl Config {
                 )));
             }
         };
-        let scheme = if self.peer_tls_ca.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = self.peer_scheme();
         Ok(format!("{scheme}://{}", SocketAddr::new(ip, bound.port())))
     }
 }
@@ -417,6 +440,15 @@ mod tests {
         );
         let missing = config.peer_tls().unwrap_err().to_string();
         assert!(missing.contains("ca.pem"), "{missing}");
+        // Peer URLs must use the scheme the cluster speaks.
+        assert!(config.peer_base_url("https://10.0.0.2:8081").is_ok());
+        assert!(config.peer_base_url("http://10.0.0.2:8081").is_err());
+        let self_url =
+            parse(&[&all[..], &["--self-url", "http://10.0.0.1:8081"]].concat()).unwrap();
+        assert!(self_url.self_base_url(bound).is_err());
+        let plain = parse(&[]).unwrap();
+        assert!(plain.peer_base_url("http://10.0.0.2:8080").is_ok());
+        assert!(plain.peer_base_url("https://10.0.0.2:8080").is_err());
     }
 
     #[test]

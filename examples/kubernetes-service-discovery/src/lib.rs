@@ -26,7 +26,7 @@ use groupcache::Groupcache;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, Discovery, base_url, peer_url};
+use crate::config::{Config, Discovery, peer_url};
 use crate::database::Database;
 use crate::discovery::{Backoff, KubeDiscovery, PeerSet};
 use crate::service::{AppState, Readiness, Shutdown};
@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         Discovery::Static(urls) => {
             let mut set = BTreeSet::new();
             for url in &urls {
-                set.insert(peer_url(&base_url(url)?));
+                set.insert(peer_url(&config.peer_base_url(url)?));
             }
             tracing::info!(peers = set.len(), "static peer list");
             discovery::static_peers(set, &peers_tx);
@@ -108,11 +108,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let client = kube::Client::try_default().await?;
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             // Peers are reached the way this replica is.
-            let scheme = if self_base.starts_with("https:") {
-                "https"
-            } else {
-                "http"
-            };
+            let scheme = config.peer_scheme();
             let discovery = KubeDiscovery {
                 namespace,
                 service,
