@@ -214,10 +214,33 @@ async fn misbehaving_owner(behaviour: &'static str) -> String {
             tokio::spawn(async move {
                 let mut buffer = [0; 4096];
                 let _ = socket.read(&mut buffer).await;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000\r\n\r\n";
                 let answer: &[u8] = match behaviour {
                     // Never answers, keeps the connection open.
                     "hang" => {
                         std::future::pending::<()>().await;
+                        b""
+                    }
+                    // Closes without a word.
+                    "close" => b"",
+                    // Headers and part of the body, then nothing more, connection open.
+                    "stall-body" => {
+                        let _ = socket.write_all(head).await;
+                        let _ = socket.write_all(b"\x0a\xe5\x07abc").await;
+                        std::future::pending::<()>().await;
+                        b""
+                    }
+                    // Headers, then one byte of the body every 50 ms: every read makes
+                    // progress, so only a deadline on the whole answer stops it.
+                    "trickle-body" => {
+                        let _ = socket.write_all(head).await;
+                        let _ = socket.write_all(b"\x0a\xe5\x07").await;
+                        for _ in 0..1000 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if socket.write_all(b"a").await.is_err() {
+                                return;
+                            }
+                        }
                         b""
                     }
                     "truncated" => b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100\r\n\r\n\x0a\x05ab",
@@ -233,9 +256,18 @@ async fn misbehaving_owner(behaviour: &'static str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hanging_truncating_and_mislabelled_peers_cost_one_timeout_at_most() {
+async fn hanging_closing_stalling_truncating_and_mislabelled_peers_cost_one_timeout_at_most() {
     let timeout = Duration::from_millis(300);
-    for behaviour in ["hang", "truncated", "wrong-type", "not-http"] {
+    let behaviours = [
+        "hang",
+        "close",
+        "stall-body",
+        "trickle-body",
+        "truncated",
+        "wrong-type",
+        "not-http",
+    ];
+    for behaviour in behaviours {
         let loader = TestLoader::new();
         let fake = misbehaving_owner(behaviour).await;
         let asker = Replica::start(|url| {
