@@ -3,10 +3,12 @@
 use std::mem::size_of;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use lru::LruCache;
+
+use crate::segments::{Home, Segments};
 
 /// A cached value and when it stops being valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,52 +24,70 @@ pub struct Entry {
 pub struct Inserted {
     /// Least-recently-used entries removed to make room.
     pub evicted: u64,
-    /// The value as the cache now holds it (its own exactly-sized buffer), or as it was given if
-    /// it was not stored. Callers hand this handle on, so no second buffer is kept alive.
+    /// The value as the cache now holds it (packed into a segment, or in its own exactly-sized
+    /// buffer), or as it was given if it was not stored. Callers hand this handle on, so no
+    /// second buffer is kept alive.
     pub value: Bytes,
 }
 
 /// The node `lru` allocates per entry (its private `LruEntry<K, V>`): key, value, prev, next.
-const NODE: u64 = size_of::<(Box<str>, Entry, *mut u8, *mut u8)>() as u64;
+const NODE: u64 = size_of::<(Arc<str>, Stored, *mut u8, *mut u8)>() as u64;
 /// One hash-table bucket (`lru`'s `KeyRef<K>` pointer and the `NonNull` node pointer) plus its
 /// control byte in hashbrown.
-const SLOT: u64 = size_of::<(*const Box<str>, NonNull<u8>)>() as u64 + 1;
+const SLOT: u64 = size_of::<(*const Arc<str>, NonNull<u8>)>() as u64 + 1;
 /// The table doubles when 7/8 full, so just after growing it is 7/16 full: charge 16/7 buckets.
 const TABLE: u64 = (SLOT * 16).div_ceil(7);
 /// `bytes`' private `Shared` header (buffer pointer, capacity, refcount), allocated the first
 /// time a stored value is cloned.
 const SHARED: u64 = size_of::<(*mut u8, usize, AtomicUsize)>() as u64;
+/// The key's two reference counts (it is an `Arc<str>`, listed again by its segment) and its
+/// place in the segment's key list.
+const KEY: u64 = 2 * size_of::<usize>() as u64 + size_of::<Arc<str>>() as u64;
 /// Allocations per entry: node, key, value buffer, `Shared`. Each costs the allocator about
-/// 16 bytes (glibc: an 8-byte header, then rounding up to 16).
+/// 16 bytes (glibc: an 8-byte header, then rounding up to 16). A packed value has neither a
+/// buffer nor a `Shared` of its own; charging them anyway covers part of its segment's unused
+/// tail.
 const ALLOCATOR: u64 = 4 * 16;
 
 /// Bytes charged per entry on top of key and value: the LRU node, the hash-table slot, allocator
 /// headers.
 ///
-/// On 64-bit targets: node 72 (`Box<str>` 16 + `Entry` 40 + two list pointers 16) + table 39
-/// (a 17-byte bucket at worst 7/16 load) + `Bytes`' shared header 24 + allocator 64 (four
-/// allocations at ~16 bytes each) = 199. Measured with glibc, the process's resident memory grew
-/// by 0.95-1.02x the charged bytes for values of 0-64 bytes up to 0-10 KB (0.71x for empty values,
-/// which allocate neither a buffer nor `Shared`).
-pub const ENTRY_OVERHEAD: u64 = NODE + TABLE + SHARED + ALLOCATOR;
+/// On 64-bit targets, 239 bytes: the node, 80 (`Arc<str>` 16, `Entry` 40, its home 8, two list
+/// pointers 16); the table, 39 (a 17-byte bucket at worst 7/16 load); the key's reference counts
+/// and its place in its segment's key list, 32; `Bytes`' shared header, 24; the allocator, 64
+/// (four allocations at ~16 bytes each). Measured with glibc before values were packed, the
+/// process's resident memory grew by 0.95-1.02x the charged bytes for values of 0-64 bytes up to
+/// 0-10 KB (0.71x for empty values, which allocate neither a buffer nor `Shared`). Segments add
+/// at most a quarter of the packed bytes plus two segments (see `segments`).
+pub const ENTRY_OVERHEAD: u64 = NODE + TABLE + KEY + SHARED + ALLOCATOR;
 
 /// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
-/// The lock is held for the map operation only; removed values are dropped after unlocking.
+/// The lock is held for the map operation (and the copy of a packed value) only; removed values
+/// are dropped after unlocking.
 pub struct Cache {
     inner: Mutex<Inner>,
     budget: u64,
+    /// The capacity of a segment, which decides which values are packed.
+    segment_bytes: usize,
     /// Copies of `Inner::bytes` and the map's length, stored while the lock is held.
     bytes: AtomicU64,
     items: AtomicU64,
 }
 
 struct Inner {
-    map: LruCache<Box<str>, Entry>,
+    map: LruCache<Arc<str>, Stored>,
     bytes: u64,
+    segments: Segments,
+}
+
+/// An entry and where its value's bytes live.
+struct Stored {
+    entry: Entry,
+    home: Home,
 }
 
 /// Entries taken out under the lock, dropped by the caller after unlocking.
-type Removed = Vec<(Box<str>, Entry)>;
+type Removed = Vec<(Arc<str>, Stored)>;
 
 fn charge(key: &str, value_len: usize) -> u64 {
     (key.len() + value_len) as u64 + ENTRY_OVERHEAD
@@ -89,10 +109,13 @@ fn exactly_sized(value: Bytes) -> Bytes {
 impl Cache {
     /// Creates an empty cache that holds at most `budget_bytes` charged bytes.
     pub fn new(budget_bytes: u64) -> Cache {
+        let segments = Segments::for_budget(budget_bytes);
         Cache {
+            segment_bytes: segments.segment_bytes(),
             inner: Mutex::new(Inner {
                 map: LruCache::unbounded(),
                 bytes: 0,
+                segments,
             }),
             budget: budget_bytes,
             bytes: AtomicU64::new(0),
@@ -106,7 +129,9 @@ impl Cache {
         let mut inner = self.lock();
         match inner.map.get(key) {
             None => return None,
-            Some(e) if e.expire == 0 || e.expire > now_nanos => return Some(e.clone()),
+            Some(s) if s.entry.expire == 0 || s.entry.expire > now_nanos => {
+                return Some(s.entry.clone());
+            }
             Some(_) => {}
         }
         let expired = inner.map.pop_entry(key);
@@ -119,9 +144,10 @@ impl Cache {
     /// Inserts or replaces; then evicts least-recently-used entries until the charged bytes fit
     /// the budget. An entry larger than the whole budget is not stored and nothing is evicted for
     /// it, but an older value under the same key is removed so that it is not served stale.
-    /// The value is kept in an exactly-sized allocation, so a small slice cannot pin a large
-    /// network buffer: a value that is the only handle to exactly its own buffer is kept as it
-    /// is, anything else is copied.
+    /// A small value is copied into the open segment (see `segments`); a larger one is kept in
+    /// an exactly-sized allocation, so a small slice cannot pin a large network buffer: a value
+    /// that is the only handle to exactly its own buffer is kept as it is, anything else is
+    /// copied.
     pub fn insert(&self, key: &str, entry: Entry) -> Inserted {
         let size = charge(key, entry.value.len());
         if size > self.budget {
@@ -131,16 +157,29 @@ impl Cache {
                 value: entry.value,
             };
         }
-        let value = exactly_sized(entry.value);
-        let stored = value.clone();
-        let entry = Entry {
-            value,
-            expire: entry.expire,
+        let Entry { value, expire } = entry;
+        let packs = Segments::packs(self.segment_bytes, value.len());
+        let key: Arc<str> = Arc::from(key);
+        // The loader's buffer of a packed value is dropped after unlocking.
+        let (own, small) = if packs {
+            (None, value)
+        } else {
+            (Some(exactly_sized(value)), Bytes::new())
         };
         let mut removed = Removed::new();
-        let mut inner = self.lock();
-        if let Some((key, old)) = inner.map.push(key.into(), entry) {
-            inner.bytes -= charge(&key, old.value.len());
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let (value, home) = match own {
+            Some(own) => (own, None),
+            None => inner.segments.pack(&key, &small),
+        };
+        let stored = value.clone();
+        let entry = Stored {
+            entry: Entry { value, expire },
+            home,
+        };
+        if let Some((key, old)) = inner.map.push(key, entry) {
+            Self::uncharge(inner, &key, &old);
             removed.push((key, old));
         }
         inner.bytes += size;
@@ -150,11 +189,13 @@ impl Cache {
             let Some((key, old)) = inner.map.pop_lru() else {
                 break;
             };
-            inner.bytes -= charge(&key, old.value.len());
+            Self::uncharge(inner, &key, &old);
             removed.push((key, old));
         }
-        self.publish(&inner);
-        drop(inner);
+        let moved = Self::clean(inner, self.segment_bytes / 4);
+        self.publish(inner);
+        drop(guard);
+        drop(moved);
         Inserted {
             evicted: (removed.len() - replaced) as u64,
             value: stored,
@@ -187,11 +228,50 @@ impl Cache {
     }
 
     /// Uncharges an entry just taken out of the map and publishes the new totals.
-    fn forget(&self, inner: &mut Inner, gone: Option<&(Box<str>, Entry)>) {
-        if let Some((key, entry)) = gone {
-            inner.bytes -= charge(key, entry.value.len());
+    fn forget(&self, inner: &mut Inner, gone: Option<&(Arc<str>, Stored)>) {
+        if let Some((key, stored)) = gone {
+            Self::uncharge(inner, key, stored);
         }
         self.publish(inner);
+    }
+
+    /// Moves values out of the segment the cleaner is emptying, up to `allowance` bytes; returns
+    /// the old handles, to be dropped after unlocking. An insert adds at most 1/16 of a segment
+    /// and the cleaner then moves up to 1/4, so it keeps up with evictions: each move frees at
+    /// least a quarter as much as it copies.
+    fn clean(inner: &mut Inner, allowance: usize) -> Vec<Bytes> {
+        let mut moved = Vec::new();
+        let mut copied = 0;
+        while copied < allowance {
+            let Some((key, index)) = inner.segments.next_to_move() else {
+                break;
+            };
+            let Some(stored) = inner.map.peek_mut(&*key) else {
+                continue;
+            };
+            if stored.home != Some(index) {
+                continue;
+            }
+            let (value, home) = inner.segments.pack(&key, &stored.entry.value);
+            inner.segments.release(stored.home, value.len());
+            copied += value.len();
+            stored.home = home;
+            moved.push(std::mem::replace(&mut stored.entry.value, value));
+        }
+        moved
+    }
+
+    /// Takes an entry just taken out of the map off the budget and off its segment.
+    fn uncharge(inner: &mut Inner, key: &str, stored: &Stored) {
+        let len = stored.entry.value.len();
+        inner.bytes -= charge(key, len);
+        inner.segments.release(stored.home, len);
+    }
+
+    /// Bytes of memory the cache's segments hold: those with live values, and the open one.
+    #[cfg(test)]
+    fn segment_bytes(&self) -> u64 {
+        self.lock().segments.held_bytes()
     }
 
     fn publish(&self, inner: &Inner) {
@@ -211,15 +291,27 @@ mod tests {
         }
     }
 
+    /// `key:` repeated to `len` bytes, so a value that moved can be checked.
+    fn value_of(key: &str, len: usize) -> Bytes {
+        format!("{key}:").bytes().cycle().take(len).collect()
+    }
+
     /// Recomputes bytes and items from the content and checks the published counters agree.
     fn check_accounting(cache: &Cache) {
         let inner = cache.lock();
         let bytes: u64 = inner
             .map
             .iter()
-            .map(|(k, e)| charge(k, e.value.len()))
+            .map(|(k, s)| charge(k, s.entry.value.len()))
             .sum();
         assert_eq!(inner.bytes, bytes);
+        let packed: u64 = inner
+            .map
+            .iter()
+            .filter(|(_, s)| s.home.is_some())
+            .map(|(_, s)| s.entry.value.len() as u64)
+            .sum();
+        assert_eq!(inner.segments.live_bytes(), packed);
         assert_eq!(cache.bytes(), bytes);
         assert_eq!(cache.items(), inner.map.len() as u64);
         assert!(bytes <= cache.budget);
@@ -229,7 +321,7 @@ mod tests {
     fn overhead_covers_the_real_structures() {
         assert_eq!(size_of::<Entry>(), 40);
         if size_of::<usize>() == 8 {
-            assert_eq!(ENTRY_OVERHEAD, 199);
+            assert_eq!(ENTRY_OVERHEAD, 239);
         }
     }
 
@@ -357,29 +449,75 @@ mod tests {
     }
 
     #[test]
-    fn an_exact_unique_buffer_is_kept_not_copied() {
+    fn an_exact_unique_buffer_too_large_to_pack_is_kept_not_copied() {
         let cache = Cache::new(1 << 20);
-        let value = Bytes::from(vec![7u8; 4096]);
+        assert!(!Segments::packs(cache.segment_bytes, 8192));
+        let value = Bytes::from(vec![7u8; 8192]);
         let at = value.as_ptr();
         let inserted = cache.insert("k", Entry { value, expire: 0 });
         assert_eq!(inserted.value.as_ptr(), at, "handed back without a copy");
         assert_eq!(cache.get("k", 0).map(|e| e.value.as_ptr()), Some(at));
 
         // A shared value is copied, so the cache never holds a buffer someone else may slice.
-        let shared = Bytes::from(vec![8u8; 4096]);
+        let shared = Bytes::from(vec![8u8; 8192]);
         let value = shared.clone();
         let inserted = cache.insert("s", Entry { value, expire: 0 });
         assert_ne!(inserted.value.as_ptr(), shared.as_ptr());
         // So is a unique buffer with spare capacity.
-        let mut spare = Vec::with_capacity(8192);
-        spare.extend_from_slice(&[9u8; 100]);
+        let mut spare = Vec::with_capacity(16384);
+        spare.extend_from_slice(&[9u8; 8192]);
         let spare = Bytes::from(spare);
         let at = spare.as_ptr();
         let value = spare;
         let inserted = cache.insert("v", Entry { value, expire: 0 });
         assert_ne!(inserted.value.as_ptr(), at);
-        assert_eq!(inserted.value.len(), 100);
+        assert_eq!(inserted.value.len(), 8192);
         check_accounting(&cache);
+    }
+
+    #[test]
+    fn small_values_are_packed_side_by_side() {
+        let cache = Cache::new(64 << 20);
+        let a = cache.insert("a", entry(4096)).value;
+        let b = cache.insert("b", entry(4096)).value;
+        assert_eq!(a.as_ptr().wrapping_add(4096), b.as_ptr());
+        let got = cache.get("b", 0).map(|e| e.value);
+        assert_eq!(got.as_ref().map(|v| v.as_ptr()), Some(b.as_ptr()));
+        assert_eq!(got, Some(Bytes::from(vec![b'v'; 4096])));
+        assert_eq!(cache.segment_bytes(), 1 << 20);
+        check_accounting(&cache);
+    }
+
+    /// Skewed reads with a load on every miss, as the main cache sees them: the memory the
+    /// segments hold stays near the budget although evictions punch holes into them.
+    #[test]
+    fn segments_stay_near_the_budget_under_skewed_churn() {
+        const BUDGET: u64 = 4 << 20;
+        let cache = Cache::new(BUDGET);
+        // A fixed pseudo-random sequence (xorshift), skewed: key = r^3 over 4,096 keys, so a
+        // few keys get most reads and the tail is read rarely; 4 KiB values, 1,024 fit.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut worst: f64 = 0.0;
+        for n in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = (x % 1_000_000) as f64 / 1e6;
+            let key = format!("k{}", (r * r * r * 4096.0) as u64);
+            match cache.get(&key, 0) {
+                Some(e) => assert_eq!(e.value, value_of(&key, e.value.len()), "{key}"),
+                None => {
+                    let value = value_of(&key, 1 + (x % 4096) as usize);
+                    cache.insert(&key, Entry { value, expire: 0 });
+                }
+            }
+            if n > 20_000 {
+                worst = worst.max(cache.segment_bytes() as f64 / BUDGET as f64);
+            }
+        }
+        check_accounting(&cache);
+        println!("segments held at most {worst:.2}x the budget");
+        assert!(worst <= 1.3, "segments held {worst:.2}x the budget");
     }
 
     #[test]

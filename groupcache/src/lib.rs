@@ -57,6 +57,7 @@ mod peers;
 mod popularity;
 mod ring;
 mod router;
+mod segments;
 mod server;
 #[cfg(feature = "tls")]
 mod tls;
