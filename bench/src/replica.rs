@@ -12,10 +12,15 @@
 //!
 //! Both exit when their stdin closes, so they never outlive the driver. A replica serves through
 //! `groupcache::Server`, as the README recommends for the peer port; the ceiling through
-//! `axum::serve`, the bare minimum.
+//! `axum::serve`, the bare minimum. The ceiling answers `GET /static` at once, and
+//! `GET /storm/{key}` the way an ideal cache would answer a cold storm: every request for a key
+//! once [`STORM_LOAD`] has passed since the key's first request, with no cache, flight or peer in
+//! between.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,6 +33,9 @@ use groupcache::{Groupcache, Loaded, Loader, RingMode};
 
 /// The group every benchmark replica serves, in both languages.
 pub const GROUP: &str = "bench";
+
+/// The loader's latency in the cold-storm workload, and the ceiling's wait on `/storm/{key}`.
+pub const STORM_LOAD: Duration = Duration::from_millis(50);
 
 /// The Rust replica's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,22 +111,42 @@ pub fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::E
     })
 }
 
-/// The ceiling: a bare axum server that answers `GET /static` with a fixed 1 KiB body.
+/// The ceiling's fixed body.
+static BODY: [u8; 1024] = [b'x'; 1024];
+
+/// When each key's storm requests are answered: [`STORM_LOAD`] after its first request.
+type Deadlines = Arc<Mutex<HashMap<String, tokio::time::Instant>>>;
+
+/// The ceiling: a bare axum server that answers `GET /static` with a fixed 1 KiB body, and
+/// `GET /storm/{key}` with the same body once the key's deadline has come.
 pub fn run_ceiling() -> Result<(), Box<dyn std::error::Error>> {
-    static BODY: [u8; 1024] = [b'x'; 1024];
     serve_on_loopback(|listener, _url| async move {
-        let app = Router::new().route(
-            "/static",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/octet-stream")],
-                    Bytes::from_static(&BODY),
-                )
-            }),
-        );
+        let app = Router::new()
+            .route("/static", get(|| async { static_body() }))
+            .route("/storm/{key}", get(storm_body))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(Deadlines::default());
         axum::serve(listener, app).await?;
         Ok(())
     })
+}
+
+fn static_body() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Bytes::from_static(&BODY),
+    )
+        .into_response()
+}
+
+async fn storm_body(State(deadlines): State<Deadlines>, Path(key): Path<String>) -> Response {
+    let deadline = *deadlines
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(key)
+        .or_insert_with(|| tokio::time::Instant::now() + STORM_LOAD);
+    tokio::time::sleep_until(deadline).await;
+    static_body()
 }
 
 /// Binds a free loopback port, announces its URL on stdout (the driver waits for that line),

@@ -272,11 +272,14 @@ pub fn verdicts(report: &Report, concurrency: &[usize]) -> Vec<Verdict> {
                 .get(&Kind::Rust)?
                 .iter()
                 .all(|l| (*l - 1.0).abs() < 1e-9);
+            let ceiling = wall.median(Kind::Ceiling).map_or(String::new(), |c| {
+                format!(" (bare axum servers in the same storm: {c:.2}x)")
+            });
             let wall = wall.median(Kind::Rust)?;
             Some((
                 all_one && wall <= 1.5,
                 format!(
-                    "loads per key {} in every round: {all_one}; wall {wall:.2}x",
+                    "loads per key {} in every round: {all_one}; wall {wall:.2}x{ceiling}",
                     "1.00"
                 ),
             ))

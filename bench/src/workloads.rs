@@ -11,6 +11,7 @@ use crate::args::BenchOptions;
 use crate::cluster::{Binaries, Cluster, Kind, Settings, start_server};
 use crate::http::{self, Conn};
 use crate::load::{self, Limit, Outcome, Pool, Sequence, Source, Uniform};
+use crate::replica::STORM_LOAD;
 use crate::report::{Better, Report};
 
 /// Value size of the throughput workloads.
@@ -230,43 +231,63 @@ impl Bench<'_> {
     }
 
     /// cold-storm: 1,000 gets at once over 100 cold keys, spread over the 3 replicas, with a
-    /// loader that sleeps 50 ms: loads per key and the wall time.
+    /// loader that sleeps 50 ms: loads per key and the wall time. The ceiling is the same storm
+    /// against 3 bare axum servers that answer every request for a key 50 ms after its first:
+    /// what delivering 1,000 answers at once costs on this machine without any cache.
     pub async fn cold_storm(&mut self) -> Result<()> {
-        const LOAD_MS: u64 = 50;
         const GETS: usize = 1_000;
         const KEYS: usize = 100;
+        const REPLICAS: usize = 3;
+        let load_ms = STORM_LOAD.as_secs_f64() * 1e3;
         let case = "1000 gets/100 keys";
         for round in 0..self.options.rounds {
-            for kind in self.order(&[Kind::Rust, Kind::GoPooled], round) {
+            for kind in self.order(&[Kind::Rust, Kind::GoPooled, Kind::Ceiling], round) {
                 self.progress("cold-storm", round, kind);
-                let cluster = self.cluster(kind, 3, VALUE_BYTES, LOAD_MS).await?;
-                let targets = cluster.addrs();
-                // Request i asks replica i % 3 for key i % 100: every key from every replica.
-                let requests: Vec<(usize, Vec<u8>)> = (0..GETS)
-                    .map(|i| (i % targets.len(), get_path(&format!("cs-{}", i % KEYS))))
-                    .collect();
-                let storm = storm(&targets, &cluster.pids(), requests).await?;
-                let (answers, ok) = (storm.answers, storm.ok);
-                let wall = answers.last().copied().unwrap_or_default();
-                let first = answers.first().copied().unwrap_or_default();
-                let stats = cluster.stats().await?;
-                let loads: u64 = stats.iter().map(|s| s.stats.local_loads).sum();
-                if ok != GETS {
+                // Request i asks server i % 3 for key i % 100: every key from every server.
+                let path = |i: usize| match kind {
+                    Kind::Ceiling => http::get_request(&format!("/storm/cs-{}", i % KEYS)),
+                    _ => get_path(&format!("cs-{}", i % KEYS)),
+                };
+                let requests: Vec<(usize, Vec<u8>)> =
+                    (0..GETS).map(|i| (i % REPLICAS, path(i))).collect();
+                let (storm, loads) = if kind == Kind::Ceiling {
+                    let servers = (0..REPLICAS)
+                        .map(|_| start_server(self.binaries, kind))
+                        .collect::<Result<Vec<_>>>()?;
+                    let targets: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+                    let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+                    (storm(&targets, &pids, requests).await?, None)
+                } else {
+                    let load_ms = STORM_LOAD.as_millis() as u64;
+                    let cluster = self.cluster(kind, REPLICAS, VALUE_BYTES, load_ms).await?;
+                    let storm = storm(&cluster.addrs(), &cluster.pids(), requests).await?;
+                    let stats = cluster.stats().await?;
+                    let loads: u64 = stats.iter().map(|s| s.stats.local_loads).sum();
+                    (storm, Some(loads))
+                };
+                if storm.ok != GETS {
                     self.report.notes.push(format!(
                         "cold-storm {}: {} of {GETS} gets failed",
                         kind.name(),
-                        GETS - ok
+                        GETS - storm.ok
                     ));
                 }
-                let wall_ms = wall.as_secs_f64() * 1e3;
+                let answer_ms = |q: f64| {
+                    let at = ((storm.answers.len().max(1) - 1) as f64 * q).round() as usize;
+                    storm.answers.get(at).map_or(0.0, |a| a.as_secs_f64() * 1e3)
+                };
+                let wall_ms = answer_ms(1.0);
                 let mut add = |metric, value| {
                     self.report
                         .add("cold-storm", case, metric, Better::Lower, kind, value);
                 };
-                add("loads per key", loads as f64 / KEYS as f64);
+                if let Some(loads) = loads {
+                    add("loads per key", loads as f64 / KEYS as f64);
+                }
                 add("wall ms", wall_ms);
-                add("first answer ms", first.as_secs_f64() * 1e3);
-                add("wall / load", wall_ms / LOAD_MS as f64);
+                add("first answer ms", answer_ms(0.0));
+                add("median answer ms", answer_ms(0.5));
+                add("wall / load", wall_ms / load_ms);
                 add("server cpu ms", storm.server_cpu_us as f64 / 1e3);
                 add("client cpu ms", storm.client_cpu_us as f64 / 1e3);
             }
@@ -369,6 +390,11 @@ impl Bench<'_> {
 /// CPU time all of `pids` have used so far, in microseconds.
 fn servers_cpu_us(pids: &[u32]) -> u64 {
     pids.iter().map(|&pid| load::cpu_us(pid)).sum()
+}
+
+/// `servers_cpu_us` to the nanosecond, for a storm's few tens of milliseconds.
+fn servers_cpu_us_fine(pids: &[u32]) -> u64 {
+    pids.iter().map(|&pid| load::cpu_us_fine(pid)).sum()
 }
 
 /// The 1-minute load average.
@@ -519,7 +545,10 @@ async fn storm(
     // Let every task reach the gate first.
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (server_cpu, client_cpu) = (servers_cpu_us(pids), load::cpu_us(std::process::id()));
+    let (server_cpu, client_cpu) = (
+        servers_cpu_us_fine(pids),
+        load::cpu_us_fine(std::process::id()),
+    );
     let start = Instant::now();
     let _ = release.send(true);
     let mut answers = Vec::with_capacity(tasks.len());
@@ -529,8 +558,8 @@ async fn storm(
         answers.push(done - start);
         ok += usize::from(fine);
     }
-    let server_cpu_us = servers_cpu_us(pids).saturating_sub(server_cpu);
-    let client_cpu_us = load::cpu_us(std::process::id()).saturating_sub(client_cpu);
+    let server_cpu_us = servers_cpu_us_fine(pids).saturating_sub(server_cpu);
+    let client_cpu_us = load::cpu_us_fine(std::process::id()).saturating_sub(client_cpu);
     answers.sort_unstable();
     Ok(Storm {
         answers,
