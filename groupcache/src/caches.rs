@@ -5,10 +5,10 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 
-use crate::segments::{Home, Segments};
+use crate::segments::{Home, Place, Segments};
 
 /// A cached value and when it stops being valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +52,8 @@ const ALLOCATOR: u64 = 4 * 16;
 /// Bytes charged per entry on top of key and value: the LRU node, the hash-table slot, allocator
 /// headers.
 ///
-/// On 64-bit targets, 239 bytes: the node, 80 (`Arc<str>` 16, `Entry` 40, its home 8, two list
-/// pointers 16); the table, 39 (a 17-byte bucket at worst 7/16 load); the key's reference counts
+/// On 64-bit targets, 247 bytes: the node, 88 (`Arc<str>` 16, `Entry` 40, its home 12 padded to
+/// 16, two list pointers 16); the table, 39 (a 17-byte bucket at worst 7/16 load); the key's reference counts
 /// and its place in its segment's key list, 32; `Bytes`' shared header, 24; the allocator, 64
 /// (four allocations at ~16 bytes each). Measured with glibc before values were packed, the
 /// process's resident memory grew by 0.95-1.02x the charged bytes for values of 0-64 bytes up to
@@ -62,8 +62,9 @@ const ALLOCATOR: u64 = 4 * 16;
 pub const ENTRY_OVERHEAD: u64 = NODE + TABLE + KEY + SHARED + ALLOCATOR;
 
 /// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
-/// The lock is held for the map operation (and the copy of a packed value) only; removed values
-/// are dropped after unlocking.
+/// The lock is held for the map operation, the copy of a packed value and the cleaner's moves
+/// (at most a quarter of a segment); removed values and let-go segment buffers are dropped after
+/// unlocking.
 pub struct Cache {
     inner: Mutex<Inner>,
     budget: u64,
@@ -135,9 +136,9 @@ impl Cache {
             Some(_) => {}
         }
         let expired = inner.map.pop_entry(key);
-        self.forget(&mut inner, expired.as_ref());
+        let let_go = self.forget(&mut inner, expired.as_ref());
         drop(inner);
-        drop(expired);
+        drop((expired, let_go));
         None
     }
 
@@ -169,21 +170,26 @@ impl Cache {
         let mut removed = Removed::new();
         let mut guard = self.lock();
         let inner = &mut *guard;
+        // An older value goes first, so that the map keeps the key its segment lists.
+        if let Some((key, old)) = inner.map.pop_entry(&*key) {
+            Self::uncharge(inner, &key, &old);
+            removed.push((key, old));
+        }
+        let replaced = removed.len();
         let (value, home) = match own {
             Some(own) => (own, None),
-            None => inner.segments.pack(&key, &small),
+            None => {
+                let (value, place) = inner.segments.pack(&key, &small);
+                (value, Some(place))
+            }
         };
         let stored = value.clone();
         let entry = Stored {
             entry: Entry { value, expire },
             home,
         };
-        if let Some((key, old)) = inner.map.push(key, entry) {
-            Self::uncharge(inner, &key, &old);
-            removed.push((key, old));
-        }
+        inner.map.push(key, entry);
         inner.bytes += size;
-        let replaced = removed.len();
         while inner.bytes > self.budget {
             // The new entry fits the budget on its own and is the most recent, so it stays.
             let Some((key, old)) = inner.map.pop_lru() else {
@@ -192,12 +198,14 @@ impl Cache {
             Self::uncharge(inner, &key, &old);
             removed.push((key, old));
         }
-        let moved = Self::clean(inner, self.segment_bytes / 4);
+        let moved = Self::clean(inner, self.segment_bytes);
+        let let_go = inner.segments.take_let_go();
         self.publish(inner);
         drop(guard);
-        drop(moved);
+        let evicted = (removed.len() - replaced) as u64;
+        drop((removed, moved, let_go));
         Inserted {
-            evicted: (removed.len() - replaced) as u64,
+            evicted,
             value: stored,
         }
     }
@@ -206,9 +214,11 @@ impl Cache {
     pub fn remove(&self, key: &str) -> bool {
         let mut inner = self.lock();
         let removed = inner.map.pop_entry(key);
-        self.forget(&mut inner, removed.as_ref());
+        let let_go = self.forget(&mut inner, removed.as_ref());
         drop(inner);
-        removed.is_some()
+        let was_there = removed.is_some();
+        drop((removed, let_go));
+        was_there
     }
 
     /// Charged bytes currently held, read without taking the lock.
@@ -227,36 +237,43 @@ impl Cache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Uncharges an entry just taken out of the map and publishes the new totals.
-    fn forget(&self, inner: &mut Inner, gone: Option<&(Arc<str>, Stored)>) {
+    /// Uncharges an entry just taken out of the map and publishes the new totals; returns the
+    /// segment buffers let go, to be dropped after unlocking.
+    fn forget(&self, inner: &mut Inner, gone: Option<&(Arc<str>, Stored)>) -> Vec<BytesMut> {
         if let Some((key, stored)) = gone {
             Self::uncharge(inner, key, stored);
         }
         self.publish(inner);
+        inner.segments.take_let_go()
     }
 
-    /// Moves values out of the segment the cleaner is emptying, up to `allowance` bytes; returns
-    /// the old handles, to be dropped after unlocking. An insert adds at most 1/16 of a segment
-    /// and the cleaner then moves up to 1/4, so it keeps up with evictions: each move frees at
-    /// least a quarter as much as it copies.
-    fn clean(inner: &mut Inner, allowance: usize) -> Vec<Bytes> {
+    /// Moves values out of the segment the cleaner is emptying into the open one; returns the
+    /// old handles, to be dropped after unlocking. It copies at most a quarter of a segment, and
+    /// counts picking a segment (a scan over all of them) as a sixteenth. An insert adds at most
+    /// a sixteenth of a segment of dead space, and below 4/5 live every move frees at least a
+    /// quarter of what it copies, so the cleaner keeps up with steady traffic. An insert that
+    /// evicts more at once (for a large value) leaves dead space past the bound for a few
+    /// inserts.
+    fn clean(inner: &mut Inner, segment: usize) -> Vec<Bytes> {
         let mut moved = Vec::new();
-        let mut copied = 0;
-        while copied < allowance {
-            let Some((key, index)) = inner.segments.next_to_move() else {
+        let mut allowance = segment / 4;
+        while allowance > 0 {
+            let Some((key, picked)) = inner.segments.next_to_move() else {
                 break;
             };
-            let Some(stored) = inner.map.peek_mut(&*key) else {
-                continue;
-            };
-            if stored.home != Some(index) {
-                continue;
+            if picked {
+                allowance = allowance.saturating_sub(segment / 16);
             }
-            let (value, home) = inner.segments.pack(&key, &stored.entry.value);
-            inner.segments.release(stored.home, value.len());
-            copied += value.len();
-            stored.home = home;
-            moved.push(std::mem::replace(&mut stored.entry.value, value));
+            let stored = inner.map.peek_mut(&*key);
+            debug_assert!(stored.is_some(), "a key its segment lists is cached");
+            let Some(stored) = stored else { break };
+            let Some(place) = stored.home else { break };
+            let (value, new_place) = inner.segments.pack(&key, &stored.entry.value);
+            stored.home = Some(new_place);
+            let old = std::mem::replace(&mut stored.entry.value, value);
+            allowance = allowance.saturating_sub(old.len());
+            Self::unplace(inner, &key, place, old.len());
+            moved.push(old);
         }
         moved
     }
@@ -265,7 +282,21 @@ impl Cache {
     fn uncharge(inner: &mut Inner, key: &str, stored: &Stored) {
         let len = stored.entry.value.len();
         inner.bytes -= charge(key, len);
-        inner.segments.release(stored.home, len);
+        if let Some(place) = stored.home {
+            Self::unplace(inner, key, place, len);
+        }
+    }
+
+    /// Takes a value off its place in a segment; the key that takes over its slot in the
+    /// segment's list gets the slot recorded.
+    fn unplace(inner: &mut Inner, key: &str, place: Place, len: usize) {
+        if let Some((moved, slot)) = inner.segments.release(key, place, len)
+            && let Some(Stored {
+                home: Some(home), ..
+            }) = inner.map.peek_mut(&*moved)
+        {
+            home.slot = slot;
+        }
     }
 
     /// Bytes of memory the cache's segments hold: those with live values, and the open one.
@@ -312,6 +343,12 @@ mod tests {
             .map(|(_, s)| s.entry.value.len() as u64)
             .sum();
         assert_eq!(inner.segments.live_bytes(), packed);
+        for (key, stored) in inner.map.iter() {
+            if let Some(place) = stored.home {
+                let listed = &inner.segments.keys(place.segment)[place.slot as usize];
+                assert_eq!(listed, key, "a value's place lists its key");
+            }
+        }
         assert_eq!(cache.bytes(), bytes);
         assert_eq!(cache.items(), inner.map.len() as u64);
         assert!(bytes <= cache.budget);
@@ -321,7 +358,7 @@ mod tests {
     fn overhead_covers_the_real_structures() {
         assert_eq!(size_of::<Entry>(), 40);
         if size_of::<usize>() == 8 {
-            assert_eq!(ENTRY_OVERHEAD, 239);
+            assert_eq!(ENTRY_OVERHEAD, 247);
         }
     }
 
@@ -486,6 +523,65 @@ mod tests {
         assert_eq!(got, Some(Bytes::from(vec![b'v'; 4096])));
         assert_eq!(cache.segment_bytes(), 1 << 20);
         check_accounting(&cache);
+    }
+
+    /// A large value evicts every other packed value at once; the cleaner then brings the dead
+    /// space back within its bound over the following inserts.
+    #[test]
+    fn the_cleaner_catches_up_after_a_large_eviction() {
+        const BUDGET: u64 = 4 << 20;
+        let cache = Cache::new(BUDGET);
+        let keys: Vec<String> = (0..900).map(|i| format!("k{i}")).collect();
+        for key in &keys {
+            cache.insert(
+                key,
+                Entry {
+                    value: value_of(key, 4096),
+                    expire: 0,
+                },
+            );
+        }
+        // Read the even keys, so the odd ones are the least recently used, then evict them.
+        for key in keys.iter().step_by(2) {
+            assert!(cache.get(key, 0).is_some());
+        }
+        cache.insert("large", entry(2 << 20));
+        let within_bound = |cache: &Cache| {
+            let inner = cache.lock();
+            let (held, live) = (inner.segments.held_bytes(), inner.segments.live_bytes());
+            held <= live + live / 4 + 2 * cache.segment_bytes as u64
+        };
+        assert!(
+            !within_bound(&cache),
+            "the eviction left half of every segment dead"
+        );
+        let mut inserts = 0;
+        while !within_bound(&cache) {
+            inserts += 1;
+            assert!(
+                inserts <= 200,
+                "still past the bound after {inserts} inserts"
+            );
+            let key = format!("new{inserts}");
+            cache.insert(
+                &key,
+                Entry {
+                    value: value_of(&key, 4096),
+                    expire: 0,
+                },
+            );
+        }
+        println!("back within the bound after {inserts} inserts");
+        check_accounting(&cache);
+        for key in keys
+            .iter()
+            .step_by(2)
+            .chain(std::iter::once(&"new1".to_owned()))
+        {
+            if let Some(e) = cache.get(key, 0) {
+                assert_eq!(e.value, value_of(key, 4096), "{key}");
+            }
+        }
     }
 
     /// Skewed reads with a load on every miss, as the main cache sees them: the memory the

@@ -4,23 +4,25 @@
 //! Why: a cache that gives every value an allocation of its own interleaves long-lived values
 //! with the server's short-lived buffers, and the allocator cannot give the holes between them
 //! back. With glibc, 4 KiB values stored between hyper's freed 8 KiB read buffers left a replica
-//! at 1.38x its budget (`BENCHMARKS.md`). Packed values sit next to each other, and a segment goes
-//! back to the allocator as one block when its last value has left the cache and the last reader
-//! has dropped its handle.
+//! at 1.38x its budget (`BENCHMARKS.md`). Packed values sit next to each other, and a segment is
+//! retired as one block when its last value has left the cache.
 //!
 //! The price is dead space: evicted values in a segment that still holds live ones. When the
 //! segments hold more than 5/4 of their live bytes plus two segments, the cleaner takes the
 //! closed segment with the fewest live bytes and moves its values to the open segment, a bounded
-//! number of bytes per insert. Every move frees at least a quarter as many bytes as it copies.
+//! amount per insert. Below 4/5 live, every move frees at least a quarter as many bytes as it
+//! copies. An insert that evicts many values at once can push the dead space past the bound for
+//! a while: the following inserts bring it back.
 //!
-//! A retired segment that nothing holds any more becomes the next open segment as it is,
-//! without going back to the allocator: freed, its block would be split up by small allocations
-//! and the next segment would need new memory. Up to two retired buffers wait for that; one a
-//! reader still holds when a third retires is left to the reader.
+//! A retired segment's buffer becomes a later open segment as it is, without going back to the
+//! allocator, once no reader holds any of its values: freed, its block would be split up by small
+//! allocations and the next segment would need new memory. Up to two retired buffers wait for
+//! that; beyond two, the oldest is let go, to be freed when its last reader drops its value.
 //!
-//! Everything here runs under the owning cache's lock. Values are copied with `BytesMut::split`,
-//! which hands out the front of the open segment as a refcounted `Bytes` without `unsafe`;
-//! `BytesMut::try_reclaim` takes a whole buffer back once no `Bytes` of it is left.
+//! Everything here runs under the owning cache's lock, except dropping the buffers let go, which
+//! the cache does after unlocking. Values are copied with `BytesMut::split`, which hands out the
+//! front of the open segment as a refcounted `Bytes` without `unsafe`; `BytesMut::try_reclaim`
+//! takes a whole buffer back once no `Bytes` of it is left.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,19 +34,30 @@ const MAX_SEGMENT: usize = 1 << 20;
 /// The smallest segment, so that a small budget still packs 4 KiB values.
 const MIN_SEGMENT: usize = 64 << 10;
 /// Smaller values are not packed: the allocator's size classes keep them compact anyway (glibc:
-/// resident memory 0.95-1.02x the charged bytes for values up to 64 bytes), and a segment's list
-/// of keys then costs at most 1/16 of the segment.
+/// resident memory 0.95-1.02x the charged bytes for values up to 64 bytes), and a segment lists
+/// at most 2,048 keys.
 const MIN_PACKED: usize = 512;
+/// How many retired buffers wait to be reused.
+const RETIRED: usize = 2;
 
-/// Where a cached value's bytes live: in a segment (its index), or in a buffer of its own.
-pub type Home = Option<u32>;
+/// Where a packed value lives: its segment, and its place in that segment's list of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The segment's index.
+    pub segment: u32,
+    /// The value's index in the segment's list of keys.
+    pub slot: u32,
+}
+
+/// Where a cached value's bytes live: in a segment, or (None) in a buffer of its own.
+pub type Home = Option<Place>;
 
 /// One segment's bookkeeping.
 #[derive(Debug, Default)]
 struct Usage {
     /// Bytes of the cached values in it.
     live: usize,
-    /// The keys of the values packed into it; some may have left or moved since.
+    /// The keys of the cached values in it, exactly: a value's `Place::slot` is its index here.
     keys: Vec<Arc<str>>,
     /// The unused end of the segment once it is closed: a handle on its buffer, to take the
     /// whole buffer back when it is retired.
@@ -59,7 +72,7 @@ pub struct Segments {
     /// The unused tail of the open segment, which new values are copied into.
     open: BytesMut,
     /// The open segment's index, once one is open.
-    open_index: Home,
+    open_index: Option<u32>,
     /// Bookkeeping per segment index; the indexes in `free` are not in use.
     usage: Vec<Usage>,
     free: Vec<u32>,
@@ -68,14 +81,13 @@ pub struct Segments {
     /// Bytes of the cached values in all segments.
     live: u64,
     /// The segment the cleaner is emptying.
-    cleaning: Home,
-    /// Handles on the buffers of the last retired segments, oldest first, to open the next
+    cleaning: Option<u32>,
+    /// Handles on the buffers of the last retired segments, oldest first, to open a later
     /// segment in one that no value of the old one holds any more.
     retired: VecDeque<BytesMut>,
+    /// Buffers let go, for the cache to drop after unlocking.
+    let_go: Vec<BytesMut>,
 }
-
-/// How many retired buffers wait to be reused.
-const RETIRED: usize = 2;
 
 impl Segments {
     /// Segments sized for a cache of `budget` bytes: 1/64 of it, between 64 KiB and 1 MiB.
@@ -93,6 +105,7 @@ impl Segments {
             live: 0,
             cleaning: None,
             retired: VecDeque::new(),
+            let_go: Vec::new(),
         }
     }
 
@@ -110,7 +123,7 @@ impl Segments {
 
     /// Copies the value of `key` (one that `packs`) into the open segment, opening a new one
     /// when it does not fit.
-    pub fn pack(&mut self, key: &Arc<str>, value: &[u8]) -> (Bytes, Home) {
+    pub fn pack(&mut self, key: &Arc<str>, value: &[u8]) -> (Bytes, Place) {
         debug_assert!(Self::packs(self.segment, value.len()));
         let index = match self.open_index {
             Some(index) if self.open.capacity() >= value.len() => index,
@@ -119,26 +132,42 @@ impl Segments {
         self.open.extend_from_slice(value);
         let usage = &mut self.usage[index as usize];
         usage.live += value.len();
+        // At most segment / MIN_PACKED = 2,048 keys.
+        let slot = u32::try_from(usage.keys.len()).unwrap_or(u32::MAX);
         usage.keys.push(Arc::clone(key));
         self.live += value.len() as u64;
-        (self.open.split().freeze(), Some(index))
+        let place = Place {
+            segment: index,
+            slot,
+        };
+        (self.open.split().freeze(), place)
     }
 
-    /// A value of `len` bytes stored at `home` has left the cache or moved.
-    pub fn release(&mut self, home: Home, len: usize) {
-        let Some(index) = home else { return };
-        let usage = &mut self.usage[index as usize];
+    /// The value of `key`, `len` bytes at `place`, has left the cache or moved. The last key of
+    /// its segment takes its slot; that key and the slot are returned, for the caller to update
+    /// that value's place.
+    pub fn release(&mut self, key: &str, place: Place, len: usize) -> Option<(Arc<str>, u32)> {
+        let usage = &mut self.usage[place.segment as usize];
         usage.live -= len;
         self.live -= len as u64;
-        if usage.live == 0 && home != self.open_index {
-            self.retire(index);
+        let slot = place.slot as usize;
+        debug_assert_eq!(usage.keys.get(slot).map(|k| &**k), Some(key));
+        let mut moved = None;
+        if slot < usage.keys.len() {
+            usage.keys.swap_remove(slot);
+            moved = usage.keys.get(slot).map(|k| (Arc::clone(k), place.slot));
         }
+        if usage.live == 0 && Some(place.segment) != self.open_index {
+            self.retire(place.segment);
+        }
+        moved
     }
 
-    /// The next value the cleaner should move, as its key and the segment it should move out
-    /// of; None while the dead space is within bounds. The caller moves the value if it is still
-    /// in that segment (the key may have left or moved since it was packed).
-    pub fn next_to_move(&mut self) -> Option<(Arc<str>, u32)> {
+    /// The key of the next value the cleaner should move to the open segment, and whether
+    /// the cleaner has just picked its segment (a scan over all of them); None while the dead
+    /// space is within bounds.
+    pub fn next_to_move(&mut self) -> Option<(Arc<str>, bool)> {
+        let mut picked = false;
         if self.cleaning.is_none() {
             if self.held <= self.live + self.live / 4 + 2 * self.segment as u64 {
                 return None;
@@ -149,14 +178,22 @@ impl Segments {
                 .filter_map(|i| u32::try_from(i).ok())
                 .filter(|&i| Some(i) != self.open_index && self.usage[i as usize].live > 0)
                 .min_by_key(|&i| self.usage[i as usize].live);
+            picked = true;
         }
         let index = self.cleaning?;
-        let key = self.usage[index as usize].keys.pop();
+        let key = self.usage[index as usize].keys.last().cloned();
+        // A segment with live values lists their keys; were it ever not so, stop cleaning it
+        // rather than pick it again and again.
+        debug_assert!(key.is_some(), "segment {index} is live but lists no keys");
         if key.is_none() {
-            // Unreachable while every live value's key is listed; stop rather than loop.
             self.cleaning = None;
         }
-        Some((key?, index))
+        Some((key?, picked))
+    }
+
+    /// The buffers let go since the last call, for the caller to drop after unlocking.
+    pub fn take_let_go(&mut self) -> Vec<BytesMut> {
+        std::mem::take(&mut self.let_go)
     }
 
     /// Capacity of the segments that hold live values, plus the open one.
@@ -169,6 +206,12 @@ impl Segments {
     #[cfg(test)]
     pub fn live_bytes(&self) -> u64 {
         self.live
+    }
+
+    /// The keys listed for the segment at `index`.
+    #[cfg(test)]
+    pub fn keys(&self, index: u32) -> &[Arc<str>] {
+        &self.usage[index as usize].keys
     }
 
     /// Closes the open segment (retiring it if nothing in it is live) and opens a new one.
@@ -197,13 +240,13 @@ impl Segments {
         index
     }
 
-    /// A closed segment holds nothing live any more: its index is free for a new one. Its
-    /// memory goes back to the allocator when the last reader drops its last value.
+    /// A closed segment holds nothing live any more: its index is free for a new one, and its
+    /// buffer waits among the retired ones.
     fn retire(&mut self, index: u32) {
         let usage = &mut self.usage[index as usize];
-        usage.keys = Vec::new();
+        debug_assert!(usage.keys.is_empty());
         if self.retired.len() == RETIRED {
-            self.retired.pop_front();
+            self.let_go.extend(self.retired.pop_front());
         }
         self.retired.push_back(std::mem::take(&mut usage.tail));
         self.free.push(index);
@@ -217,24 +260,69 @@ impl Segments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     const V: usize = MIN_SEGMENT / 16;
 
-    fn key(k: &str) -> Arc<str> {
-        Arc::from(k)
+    /// Segments and the place of every value, kept up to date as the cache keeps them.
+    struct Model {
+        s: Segments,
+        places: HashMap<String, (Place, usize)>,
+        next: usize,
     }
 
-    /// Packs the largest values until a new segment opens; returns the homes of those that
-    /// went into the old one.
-    fn close_open_segment(s: &mut Segments) -> Vec<Home> {
-        let open = s.open_index;
-        let mut homes = Vec::new();
-        loop {
-            let (_, home) = s.pack(&key("filler"), &[0; V]);
-            if s.open_index != open {
-                return homes;
+    impl Model {
+        fn new() -> Model {
+            Model {
+                s: Segments::for_budget(0),
+                places: HashMap::new(),
+                next: 0,
             }
-            homes.push(home);
+        }
+
+        /// Packs `len` bytes of `byte` under a new key; returns the key and the value.
+        fn pack(&mut self, byte: u8, len: usize) -> (String, Bytes) {
+            self.next += 1;
+            let key = format!("k{}", self.next);
+            let (value, place) = self.s.pack(&Arc::from(key.as_str()), &vec![byte; len]);
+            self.places.insert(key.clone(), (place, len));
+            (key, value)
+        }
+
+        fn release(&mut self, key: &str) {
+            let (place, len) = self.places.remove(key).unwrap();
+            if let Some((moved, slot)) = self.s.release(key, place, len) {
+                self.places.get_mut(&*moved).unwrap().0.slot = slot;
+            }
+        }
+
+        fn segment(&self, key: &str) -> u32 {
+            self.places[key].0.segment
+        }
+
+        /// Every listed key is at its place, and every value's place lists its key.
+        fn check(&self) {
+            for (key, (place, _)) in &self.places {
+                assert_eq!(&*self.s.keys(place.segment)[place.slot as usize], key);
+            }
+            let listed: usize = (0..self.s.usage.len())
+                .map(|i| self.s.keys(i as u32).len())
+                .sum();
+            assert_eq!(listed, self.places.len());
+        }
+
+        /// Packs the largest values until a new segment opens; returns the keys of those that
+        /// went into the old one.
+        fn close_open_segment(&mut self) -> Vec<String> {
+            let open = self.s.open_index;
+            let mut keys = Vec::new();
+            loop {
+                let (key, _) = self.pack(0, V);
+                if self.s.open_index != open {
+                    return keys;
+                }
+                keys.push(key);
+            }
         }
     }
 
@@ -255,177 +343,208 @@ mod tests {
 
     #[test]
     fn values_share_a_segment_until_it_is_full() {
-        let mut s = Segments::for_budget(0);
-        let a = s.pack(&key("a"), &[1; V]);
-        let b = s.pack(&key("b"), &[2; V]);
-        assert_eq!(a.1, b.1, "same segment");
-        assert_eq!(a.0.as_ptr().wrapping_add(V), b.0.as_ptr(), "side by side");
-        assert_eq!((&a.0[..], &b.0[..]), (&[1; V][..], &[2; V][..]));
-        assert_eq!(s.held_bytes(), MIN_SEGMENT as u64);
+        let mut m = Model::new();
+        let (a, a_value) = m.pack(1, V);
+        let (b, b_value) = m.pack(2, V);
+        assert_eq!(m.segment(&a), m.segment(&b), "same segment");
+        assert_eq!(
+            a_value.as_ptr().wrapping_add(V),
+            b_value.as_ptr(),
+            "side by side"
+        );
+        assert_eq!(&a_value[..], &[1; V][..]);
+        assert_eq!(&b_value[..], &[2; V][..]);
+        assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64);
         // 16 values fill the segment; the 17th opens a second one.
         for _ in 2..16 {
-            assert_eq!(s.pack(&key("c"), &[3; V]).1, a.1);
+            let (key, _) = m.pack(3, V);
+            assert_eq!(m.segment(&key), m.segment(&a));
         }
-        let next = s.pack(&key("d"), &[4; V]);
-        assert_ne!(next.1, a.1);
-        assert_eq!(s.held_bytes(), 2 * MIN_SEGMENT as u64);
+        let (next, _) = m.pack(4, V);
+        assert_ne!(m.segment(&next), m.segment(&a));
+        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64);
+        m.check();
+    }
+
+    #[test]
+    fn keys_are_listed_exactly_whatever_the_order_of_release() {
+        let mut m = Model::new();
+        let keys: Vec<String> = (0..100)
+            .map(|i| m.pack(i as u8, MIN_PACKED + i).0)
+            .collect();
+        // Release every third key, from the middle out, then every other of the rest.
+        for key in keys
+            .iter()
+            .skip(50)
+            .step_by(3)
+            .chain(keys.iter().take(50).step_by(3))
+        {
+            m.release(key);
+            m.check();
+        }
+        let rest: Vec<String> = m.places.keys().cloned().collect();
+        for key in rest.iter().step_by(2) {
+            m.release(key);
+            m.check();
+        }
+        let live: usize = m.places.values().map(|(_, len)| len).sum();
+        assert_eq!(m.s.live_bytes(), live as u64);
     }
 
     #[test]
     fn a_closed_segment_is_released_with_its_last_value() {
-        let mut s = Segments::for_budget(0);
-        let first: Vec<_> = (0..16).map(|_| s.pack(&key("k"), &[5; V])).collect();
-        close_open_segment(&mut s);
-        for (n, (_, home)) in first.iter().enumerate() {
-            assert_eq!(s.held_bytes(), 2 * MIN_SEGMENT as u64, "after {n} released");
-            s.release(*home, V);
+        let mut m = Model::new();
+        let first: Vec<String> = (0..16).map(|_| m.pack(5, V).0).collect();
+        let first_segment = m.segment(&first[0]);
+        m.close_open_segment();
+        for (n, key) in first.iter().enumerate() {
+            assert_eq!(
+                m.s.held_bytes(),
+                2 * MIN_SEGMENT as u64,
+                "after {n} released"
+            );
+            m.release(key);
         }
-        assert_eq!(s.held_bytes(), MIN_SEGMENT as u64);
-        // Its index is used again.
+        assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64);
+        // Its index is used again by the next segment to open.
         for _ in 1..16 {
-            s.pack(&key("k"), &[7; V]);
+            m.pack(7, V);
         }
-        assert_eq!(s.pack(&key("k"), &[8; V]).1, first[0].1);
+        let (key, _) = m.pack(8, V);
+        assert_eq!(m.segment(&key), first_segment);
+        m.check();
     }
 
     #[test]
     fn the_open_segment_stays_until_closed() {
-        let mut s = Segments::for_budget(0);
-        let (_, home) = s.pack(&key("k"), &[1; MIN_PACKED]);
-        s.release(home, MIN_PACKED);
-        assert_eq!(s.held_bytes(), MIN_SEGMENT as u64, "still open");
+        let mut m = Model::new();
+        let (key, _) = m.pack(1, MIN_PACKED);
+        let index = m.segment(&key);
+        m.release(&key);
+        assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64, "still open");
         // Values that come and go until it is full; the next one closes it empty, which
         // releases it, and reopens its index.
         for _ in 0..15 {
-            let (_, h) = s.pack(&key("k"), &[2; V]);
-            s.release(h, V);
+            let (key, _) = m.pack(2, V);
+            m.release(&key);
         }
-        let (_, next) = s.pack(&key("k"), &[3; V]);
-        assert_eq!(next, home);
-        assert_eq!(s.held_bytes(), MIN_SEGMENT as u64);
-        assert_eq!(s.usage.len(), 1, "one segment ever made");
+        let (key, _) = m.pack(3, V);
+        assert_eq!(m.segment(&key), index);
+        assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64);
+        assert_eq!(m.s.usage.len(), 1, "one segment ever made");
     }
 
     #[test]
     fn a_packed_value_outlives_its_segment_in_the_cache() {
-        let mut s = Segments::for_budget(0);
-        let kept = [b'r'; MIN_PACKED];
-        let (value, home) = s.pack(&key("k"), &kept);
-        for other in close_open_segment(&mut s) {
-            s.release(other, V);
+        let mut m = Model::new();
+        let (key, value) = m.pack(b'r', MIN_PACKED);
+        for other in m.close_open_segment() {
+            m.release(&other);
         }
-        let held = s.held_bytes();
-        s.release(home, value.len());
-        assert_eq!(s.held_bytes(), held - MIN_SEGMENT as u64);
-        assert_eq!(&value[..], &kept[..]);
+        let held = m.s.held_bytes();
+        m.release(&key);
+        assert_eq!(m.s.held_bytes(), held - MIN_SEGMENT as u64);
+        assert_eq!(&value[..], &[b'r'; MIN_PACKED][..]);
     }
 
     #[test]
     fn a_retired_segment_is_reused_once_no_reader_holds_it() {
-        let mut s = Segments::for_budget(0);
-        let k = key("k");
+        let mut m = Model::new();
         // Segment A: 16 values; the 17th opens B.
-        let a: Vec<_> = (0..16).map(|_| s.pack(&k, &[1; V])).collect();
-        let b: Vec<_> = (0..16).map(|_| s.pack(&k, &[2; V])).collect();
-        let a_start = a[0].0.as_ptr();
-        let b_start = b[0].0.as_ptr();
+        let a: Vec<(String, Bytes)> = (0..16).map(|_| m.pack(1, V)).collect();
+        let b: Vec<(String, Bytes)> = (0..16).map(|_| m.pack(2, V)).collect();
+        let a_start = a[0].1.as_ptr();
+        let b_start = b[0].1.as_ptr();
         assert_ne!(a_start, b_start);
         // A reader still holds a value of A when the next segment opens: new memory.
-        let reader = a[0].0.clone();
-        for (_, home) in &a {
-            s.release(*home, V);
+        let reader = a[0].1.clone();
+        for (key, _) in &a {
+            m.release(key);
         }
         drop(a);
-        let (c, _) = s.pack(&k, &[3; V]); // opens C
+        let (_, c) = m.pack(3, V); // opens C
         assert_ne!(c.as_ptr(), a_start, "new memory");
         assert_eq!(&reader[..], &[1; V][..]);
         // B is retired too, and the values of both are gone by the time D opens: it opens in
         // the older retired buffer, A's, taken back whole.
-        for (_, home) in &b {
-            s.release(*home, V);
+        for (key, _) in &b {
+            m.release(key);
         }
         drop((b, reader));
         for _ in 1..16 {
-            s.pack(&k, &[4; V]);
+            m.pack(4, V);
         }
-        let (d, _) = s.pack(&k, &[5; V]); // opens D
+        let (_, d) = m.pack(5, V); // opens D
         assert_eq!(d.as_ptr(), a_start);
         assert_eq!(&d[..], &[5; V][..]);
-        assert_eq!(s.held_bytes(), 2 * MIN_SEGMENT as u64, "C and D");
+        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64, "C and D");
         // Then B's.
         for _ in 1..16 {
-            s.pack(&k, &[6; V]);
+            m.pack(6, V);
         }
-        assert_eq!(s.pack(&k, &[7; V]).0.as_ptr(), b_start);
-        assert!(s.retired.is_empty(), "both reused");
+        assert_eq!(m.pack(7, V).1.as_ptr(), b_start);
+        assert!(m.s.retired.is_empty(), "both reused");
     }
 
     #[test]
-    fn at_most_two_retired_buffers_wait() {
-        let mut s = Segments::for_budget(0);
-        let k = key("k");
+    fn at_most_two_retired_buffers_wait_and_the_rest_are_let_go() {
+        let mut m = Model::new();
         let mut readers = Vec::new();
-        let mut previous: Vec<(Bytes, Home)> = Vec::new();
+        let mut previous: Vec<(String, Bytes)> = Vec::new();
         // Each round fills a segment, then retires the one before while a reader holds a value.
         for _ in 0..5 {
-            let values: Vec<_> = (0..16).map(|_| s.pack(&k, &[1; V])).collect();
-            assert!(values.iter().all(|(_, home)| *home == values[0].1));
-            for (value, home) in previous.drain(..) {
+            let values: Vec<_> = (0..16).map(|_| m.pack(1, V)).collect();
+            let segment = m.segment(&values[0].0);
+            assert!(values.iter().all(|(key, _)| m.segment(key) == segment));
+            for (key, value) in previous.drain(..) {
                 readers.push(value);
-                s.release(home, V);
+                m.release(&key);
             }
-            assert!(s.retired.len() <= RETIRED);
+            assert!(m.s.retired.len() <= RETIRED);
             previous = values;
         }
-        assert_eq!(s.retired.len(), RETIRED, "4 retired");
+        assert_eq!(m.s.retired.len(), RETIRED, "4 retired");
+        assert_eq!(m.s.take_let_go().len(), 2, "the other 2 let go");
+        assert!(m.s.take_let_go().is_empty());
         assert!(readers.iter().all(|r| r[..] == [1; V][..]));
     }
 
     #[test]
     fn the_cleaner_starts_past_the_bound_and_empties_the_emptiest_segment() {
-        let mut s = Segments::for_budget(0);
+        let mut m = Model::new();
         // Four full segments of 16 values each, and an open one.
-        let mut packed = Vec::new();
-        for segment in 0..4 {
-            for i in 0..16 {
-                let k = key(&format!("s{segment}-{i}"));
-                let (_, home) = s.pack(&k, &[0; V]);
-                packed.push((k, home));
-            }
-        }
-        close_open_segment(&mut s);
-        assert_eq!(s.next_to_move(), None, "no dead space");
+        let keys: Vec<String> = (0..64).map(|_| m.pack(0, V).0).collect();
+        m.close_open_segment();
+        assert_eq!(m.s.next_to_move(), None, "no dead space");
         // Evictions: 12 values of segment 1, 13 of segment 2, 12 of segment 3. Counted in
         // values (16 a segment): 80 held, 65 live, then 28 live.
-        for (k, home) in &packed[16..28] {
-            assert!(k.starts_with("s1-"));
-            s.release(*home, V);
+        for key in &keys[16..28] {
+            m.release(key);
         }
-        assert_eq!(s.next_to_move(), None, "80 <= 5/4 of 53 + 32");
-        for (_, home) in packed[32..45].iter().chain(&packed[48..60]) {
-            s.release(*home, V);
+        assert_eq!(m.s.next_to_move(), None, "80 <= 5/4 of 53 + 32");
+        for key in keys[32..45].iter().chain(&keys[48..60]) {
+            m.release(key);
         }
-        // 80 > 5/4 of 28 + 32: the emptiest closed segment (segment 2, 3 live) is emptied, its
-        // keys last packed first.
-        let segment_2 = packed[32].1;
-        let expected: Vec<_> = packed[32..48]
-            .iter()
-            .rev()
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut listed = Vec::new();
-        while let Some((k, index)) = s.next_to_move() {
-            assert_eq!(Some(index), segment_2);
-            listed.push(k.clone());
-            if let Some((_, home)) = packed[45..48].iter().find(|(p, _)| *p == k) {
-                // The caller moves it: packs it anew, then releases the old place.
-                s.pack(&k, &[0; V]);
-                s.release(*home, V);
+        // 80 > 5/4 of 28 + 32: the emptiest closed segment (segment 2, 3 live) is emptied.
+        let segment_2 = m.segment(&keys[45]);
+        let mut moved = Vec::new();
+        while let Some((key, picked)) = m.s.next_to_move() {
+            assert_eq!(picked, moved.is_empty(), "picked once");
+            assert_eq!(m.segment(&key), segment_2);
+            // The caller moves it: packs it anew, then releases the old place.
+            let (place, len) = m.places[&*key];
+            let (_, new_place) = m.s.pack(&key, &[0; V]);
+            m.places.insert(key.to_string(), (new_place, len));
+            if let Some((other, slot)) = m.s.release(&key, place, len) {
+                m.places.get_mut(&*other).unwrap().0.slot = slot;
             }
+            moved.push(key.to_string());
+            m.check();
         }
-        assert_eq!(listed, expected[..listed.len()]);
-        assert_eq!(listed.len(), 3, "stops once the segment is empty");
-        assert!(s.usage[segment_2.map_or(0, |i| i as usize)].keys.is_empty());
-        assert_eq!(s.next_to_move(), None, "back within the bound");
+        moved.sort();
+        let mut expected = keys[45..48].to_vec();
+        expected.sort();
+        assert_eq!(moved, expected, "stops once the segment is empty");
+        assert_eq!(m.s.next_to_move(), None, "back within the bound");
     }
 }
