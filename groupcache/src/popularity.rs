@@ -321,8 +321,10 @@ mod tests {
                 });
             }
         });
+        // 240 records each. Racing first records of a key can each find one of its three
+        // doorkeeper bits unset and count as the first, so up to two may go uncounted.
         for i in 0..1_000 {
-            assert!(p.estimate(key(i)) >= 240, "key {i}: {}", p.estimate(key(i)));
+            assert!(p.estimate(key(i)) >= 238, "key {i}: {}", p.estimate(key(i)));
         }
     }
 }
