@@ -238,7 +238,7 @@ impl Bench<'_> {
         const GETS: usize = 1_000;
         const KEYS: usize = 100;
         const REPLICAS: usize = 3;
-        let load_ms = STORM_LOAD.as_secs_f64() * 1e3;
+        let load_ms = STORM_LOAD.as_millis() as u64;
         let case = "1000 gets/100 keys";
         for round in 0..self.options.rounds {
             for kind in self.order(&[Kind::Rust, Kind::GoPooled, Kind::Ceiling], round) {
@@ -258,7 +258,6 @@ impl Bench<'_> {
                     let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
                     (storm(&targets, &pids, requests).await?, None)
                 } else {
-                    let load_ms = STORM_LOAD.as_millis() as u64;
                     let cluster = self.cluster(kind, REPLICAS, VALUE_BYTES, load_ms).await?;
                     let storm = storm(&cluster.addrs(), &cluster.pids(), requests).await?;
                     let stats = cluster.stats().await?;
@@ -287,7 +286,7 @@ impl Bench<'_> {
                 add("wall ms", wall_ms);
                 add("first answer ms", answer_ms(0.0));
                 add("median answer ms", answer_ms(0.5));
-                add("wall / load", wall_ms / load_ms);
+                add("wall / load", wall_ms / load_ms as f64);
                 add("server cpu ms", storm.server_cpu_us as f64 / 1e3);
                 add("client cpu ms", storm.client_cpu_us as f64 / 1e3);
             }

@@ -53,9 +53,9 @@ const ALLOCATOR: u64 = 4 * 16;
 /// headers.
 ///
 /// On 64-bit targets, 247 bytes: the node, 88 (`Arc<str>` 16, `Entry` 40, its home 12 padded to
-/// 16, two list pointers 16); the table, 39 (a 17-byte bucket at worst 7/16 load); the key's reference counts
-/// and its place in its segment's key list, 32; `Bytes`' shared header, 24; the allocator, 64
-/// (four allocations at ~16 bytes each). Measured with glibc before values were packed, the
+/// 16, two list pointers 16); the table, 39 (a 17-byte bucket at worst 7/16 load); the key's
+/// reference counts and its place in its segment's key list, 32; `Bytes`' shared header, 24; the
+/// allocator, 64 (four allocations at ~16 bytes each). Measured with glibc before values were packed, the
 /// process's resident memory grew by 0.95-1.02x the charged bytes for values of 0-64 bytes up to
 /// 0-10 KB (0.71x for empty values, which allocate neither a buffer nor `Shared`). Segments add
 /// at most a quarter of the packed bytes plus two segments (see `segments`).
