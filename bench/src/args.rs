@@ -135,7 +135,7 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
     let mut options = ReplicaOptions {
         value_bytes: 0,
         load_ms: 0,
-        main_bytes: groupcache::DEFAULT_MAIN_CACHE_BYTES,
+        main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
         go_ring: false,
     };
     while let Some(arg) = args.next() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use bytes::Bytes;
-use groupcache::{Groupcache, Loaded, Loader, RingMode};
+use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
 use serde::Deserialize;
 
 use crate::http;

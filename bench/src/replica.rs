@@ -11,7 +11,7 @@
 //! - `GET /healthz` answers `ok`.
 //!
 //! Both exit when their stdin closes, so they never outlive the driver. A replica serves through
-//! `groupcache::Server`, as the README recommends for the peer port; the ceiling through
+//! `groupcache_rs::Server`, as the README recommends for the peer port; the ceiling through
 //! `axum::serve`, the bare minimum. The ceiling answers `GET /static` at once, and
 //! `GET /storm/{key}` the way an ideal cache would answer a cold storm: every request for a key
 //! once [`STORM_LOAD`] has passed since the key's first request, with no cache, flight or peer in
@@ -29,7 +29,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use groupcache::{Groupcache, Loaded, Loader, RingMode};
+use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
 
 /// The group every benchmark replica serves, in both languages.
 pub const GROUP: &str = "bench";
@@ -106,7 +106,7 @@ pub fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::E
             .merge(cache.router())
             .with_state(cache);
         // The server the README recommends for the peer port.
-        groupcache::Server::new().serve(listener, app).await?;
+        groupcache_rs::Server::new().serve(listener, app).await?;
         Ok(())
     })
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Debug;
 
-use groupcache_pb::{GetRequest, GetResponse, SetRequest};
+use groupcache_rs_pb::{GetRequest, GetResponse, SetRequest};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

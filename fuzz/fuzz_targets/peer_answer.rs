@@ -16,8 +16,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use groupcache::{Error, Groupcache, Loaded, Loader};
-use groupcache_pb::GetResponse;
+use groupcache_rs::{Error, Groupcache, Loaded, Loader};
+use groupcache_rs_pb::GetResponse;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

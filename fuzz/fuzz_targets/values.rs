@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use groupcache::{Json, Value};
+use groupcache_rs::{Json, Value};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value as JsonValue;
 

@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use prost::Message;
-//! use groupcache_pb::GetResponse;
+//! use groupcache_rs_pb::GetResponse;
 //!
 //! let response = GetResponse { value: Some("hi".into()), ..Default::default() };
 //! assert_eq!(response.encode_to_vec(), [0x0a, 0x02, b'h', b'i']);

@@ -3,7 +3,7 @@
 //! encoding and decoding of a 1 KiB value.
 //!
 //! ```text
-//! cargo bench -p groupcache
+//! cargo bench -p groupcache-rs
 //! ```
 //!
 //! The ring and the flight are private modules; their own source files are compiled into this
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use groupcache::{Groupcache, Loaded, Loader};
-use groupcache_pb::GetResponse;
+use groupcache_rs::{Groupcache, Loaded, Loader};
+use groupcache_rs_pb::GetResponse;
 use prost::Message;
 
 // Their unit tests come along unused: a benchmark is not built with the test harness.
@@ -30,7 +30,7 @@ mod ring;
 mod flight;
 
 /// The error type `flight` knows as `crate::Error`.
-use groupcache::Error;
+use groupcache_rs::Error;
 
 /// Answers every key with the same 1 KiB value, at once.
 struct Kilobyte;

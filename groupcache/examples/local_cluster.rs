@@ -5,14 +5,14 @@
 //! waited for that load or asked the owner.
 //!
 //! ```text
-//! cargo run -p groupcache --example local_cluster -- [--replicas 3] [--keys 40] [--gets 3000] [--load-ms 100]
+//! cargo run -p groupcache-rs --example local_cluster -- [--replicas 3] [--keys 40] [--gets 3000] [--load-ms 100]
 //! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use groupcache::{Groupcache, Loaded, Loader};
+use groupcache_rs::{Groupcache, Loaded, Loader};
 
 /// A "database" that takes `latency` per query and counts every query, cluster-wide.
 #[derive(Clone)]

@@ -3,16 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::PeerAuth;
 use crate::caches::Cache;
-use crate::connections::Connections;
+use crate::engine::{Groupcache, Inner};
 use crate::flight::Flight;
+use crate::membership::Peers;
 use crate::metrics::Metrics;
-use crate::peers::{Peers, normalize_url};
 use crate::popularity::Popularity;
 use crate::ring::RingMode;
-use crate::transport::PeerClient;
-use crate::{Error, Groupcache, Inner, Loader};
+use crate::wire::PeerAuth;
+use crate::wire::client::PeerClient;
+use crate::wire::pool::Connections;
+use crate::{Error, Loader};
 
 /// Default main-cache budget: 64 MiB.
 pub const DEFAULT_MAIN_CACHE_BYTES: u64 = 64 << 20;
@@ -22,7 +23,7 @@ pub const DEFAULT_HOT_CACHE_BYTES: u64 = 8 << 20;
 /// Builds a [`Groupcache`]; start with [`Groupcache::builder`].
 ///
 /// ```
-/// # use groupcache::{Groupcache, Loaded, Loader, RingMode};
+/// # use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
 /// # use std::time::Duration;
 /// # struct Db;
 /// # impl Loader for Db {
@@ -38,7 +39,7 @@ pub const DEFAULT_HOT_CACHE_BYTES: u64 = 8 << 20;
 ///     .ring_mode(RingMode::GoCompatible)
 ///     .peer_timeout(Duration::from_secs(2))
 ///     .build()?;
-/// # Ok::<(), groupcache::Error>(())
+/// # Ok::<(), groupcache_rs::Error>(())
 /// ```
 #[must_use]
 pub struct Builder<L> {
@@ -88,7 +89,7 @@ impl<L: Loader> Builder<L> {
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
             ring_mode: RingMode::default(),
             connect_timeout: Duration::from_secs(1),
-            popularity_window: crate::POPULARITY_WINDOW,
+            popularity_window: crate::engine::POPULARITY_WINDOW,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -203,7 +204,8 @@ impl<L: Loader> Builder<L> {
         if config.peer_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::Config("timeouts must be longer than zero".into()));
         }
-        let self_url = normalize_url(&self.self_url)?;
+        let peers = Peers::new(&self.self_url, self.ring_mode, &config.base_path, &self.group)?;
+        let self_url = peers.self_url().to_string();
         #[cfg(feature = "tls")]
         let connections = Connections::new(
             self.connect_timeout,
@@ -215,7 +217,6 @@ impl<L: Loader> Builder<L> {
         #[cfg(not(feature = "tls"))]
         let connections = Connections::new(self.connect_timeout);
         let metrics = Metrics::new(&self.group);
-        let peers = Peers::new(&self_url, self.ring_mode, &config.base_path, &self.group);
         metrics.peers.set(1.0);
         let inner = Inner {
             client: PeerClient::new(

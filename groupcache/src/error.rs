@@ -63,7 +63,7 @@ impl Error {
     /// #[error("row not found")]
     /// struct NotFound;
     ///
-    /// let err = groupcache::Error::Loader(Arc::new(NotFound));
+    /// let err = groupcache_rs::Error::Loader(Arc::new(NotFound));
     /// assert!(err.loader_error::<NotFound>().is_some());
     /// ```
     pub fn loader_error<E: std::error::Error + 'static>(&self) -> Option<&E> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 /// Produces the value of a key on a cache miss, on the key's owner only.
 ///
 /// ```
-/// use groupcache::{Loaded, Loader};
+/// use groupcache_rs::{Loaded, Loader};
 /// use std::time::Duration;
 ///
 /// struct Users;
@@ -125,7 +125,7 @@ impl Value for String {
 /// Any serde type, cached and sent as JSON.
 ///
 /// ```
-/// use groupcache::{Json, Value};
+/// use groupcache_rs::{Json, Value};
 ///
 /// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 /// struct User { name: String }

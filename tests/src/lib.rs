@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use groupcache::{Builder, Groupcache, Loaded, Loader};
+use groupcache_rs::{Builder, Groupcache, Loaded, Loader};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 pub mod delay_proxy;
@@ -53,11 +53,11 @@ impl<L: Loader> Replica<L> {
         Self::start_inner("http", prefix, None, configure)
     }
 
-    /// Starts a replica served by the library's own [`groupcache::Server`] (e.g. over TLS, with
+    /// Starts a replica served by the library's own [`groupcache_rs::Server`] (e.g. over TLS, with
     /// `scheme` "https").
     pub fn start_served(
         scheme: &str,
-        server: groupcache::Server,
+        server: groupcache_rs::Server,
         configure: impl FnOnce(String) -> Builder<L>,
     ) -> Self {
         Self::start_inner(scheme, "", Some(server), configure)
@@ -66,7 +66,7 @@ impl<L: Loader> Replica<L> {
     fn start_inner(
         scheme: &str,
         prefix: &str,
-        server: Option<groupcache::Server>,
+        server: Option<groupcache_rs::Server>,
         configure: impl FnOnce(String) -> Builder<L>,
     ) -> Self {
         let _ = http_client(); // a crypto provider for the tests' own plain clients

@@ -206,7 +206,7 @@ fn escape(key: &str) -> String {
 /// `urls` (the replica binary's default ring mode), computed in this process with an unserved
 /// cache, so no request is needed.
 pub fn keys_owned_by(urls: &[&str], owner_url: &str, prefix: &str, n: usize) -> Vec<String> {
-    let ring = groupcache::Groupcache::builder(crate::GROUP, owner_url, crate::TestLoader::new())
+    let ring = groupcache_rs::Groupcache::builder(crate::GROUP, owner_url, crate::TestLoader::new())
         .build()
         .expect("a valid ring");
     ring.set_peers(urls).expect("valid peer URLs");

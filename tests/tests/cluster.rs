@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use groupcache::{Error, Groupcache, RingMode};
+use groupcache_rs::{Error, Groupcache, RingMode};
 use groupcache_tests::{
     GROUP, NoValue, Replica, TestLoader, key_owned_by, owner_index, start_cluster,
 };
 use tokio::sync::Semaphore;
 
-fn builder(loader: &TestLoader) -> impl FnMut(String) -> groupcache::Builder<TestLoader> + '_ {
+fn builder(loader: &TestLoader) -> impl FnMut(String) -> groupcache_rs::Builder<TestLoader> + '_ {
     move |url| Groupcache::builder(GROUP, url, loader.clone())
 }
 

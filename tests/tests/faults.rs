@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use groupcache::Groupcache;
+use groupcache_rs::Groupcache;
 use groupcache_tests::delay_proxy::DelayProxy;
 use groupcache_tests::process::{self, ProcessReplica};
 use groupcache_tests::{GROUP, Replica, TestLoader};

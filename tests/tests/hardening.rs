@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use groupcache::{Groupcache, PeerAuth, SIGNATURE_HEADER};
+use groupcache_rs::{Groupcache, PeerAuth, SIGNATURE_HEADER};
 use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by, start_cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use groupcache::{Builder, Groupcache, RingMode};
+use groupcache_rs::{Builder, Groupcache, RingMode};
 use groupcache_tests::go::{self, GoPeer};
 use groupcache_tests::{GROUP, NoValue, Replica, TestLoader};
 use tokio::sync::oneshot;

@@ -1,6 +1,6 @@
 //! The metric names and labels of the design notes, observed through a local recorder.
 
-use groupcache::Groupcache;
+use groupcache_rs::Groupcache;
 use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by};
 use metrics::Key;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};

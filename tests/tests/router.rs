@@ -1,8 +1,8 @@
 //! The router as a peer sees it: real HTTP requests, golang/groupcache's wire format, and clear 4xx
 //! answers to bad input.
 
-use groupcache::Groupcache;
-use groupcache_pb::{GetResponse, SetRequest};
+use groupcache_rs::Groupcache;
+use groupcache_rs_pb::{GetResponse, SetRequest};
 use groupcache_tests::{GROUP, Replica, TestLoader};
 use prost::Message;
 

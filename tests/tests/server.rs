@@ -1,12 +1,12 @@
-//! `groupcache::Server::serve_with_shutdown`: a replica that drains. Once its shutdown signal
+//! `groupcache_rs::Server::serve_with_shutdown`: a replica that drains. Once its shutdown signal
 //! fires it stops accepting, closes idle connections, finishes the request it is serving, and
 //! returns.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use groupcache::{Groupcache, Server};
-use groupcache_pb::GetResponse;
+use groupcache_rs::{Groupcache, Server};
+use groupcache_rs_pb::GetResponse;
 use groupcache_tests::{GROUP, TestLoader};
 use prost::Message;
 use tokio::io::AsyncReadExt;

@@ -429,7 +429,7 @@ async fn try_stats(replica: &ProcessReplica) -> Option<ProcessStats> {
 
 /// The owner of every key in a ring of `urls` (the replicas' default, balanced ring).
 fn owners(urls: &[String], keys: &[String]) -> Vec<String> {
-    let ring = groupcache::Groupcache::builder(
+    let ring = groupcache_rs::Groupcache::builder(
         groupcache_tests::GROUP,
         &urls[0],
         groupcache_tests::TestLoader::new(),

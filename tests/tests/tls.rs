@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use groupcache::{Groupcache, PeerTls, Server};
+use groupcache_rs::{Groupcache, PeerTls, Server};
 use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -104,11 +104,11 @@ pub struct Config {
     pub item_ttl: Duration,
 
     /// Byte budget of the main cache (keys this replica owns).
-    #[arg(long, env = "CACHE_BYTES", default_value_t = groupcache::DEFAULT_MAIN_CACHE_BYTES)]
+    #[arg(long, env = "CACHE_BYTES", default_value_t = groupcache_rs::DEFAULT_MAIN_CACHE_BYTES)]
     pub cache_bytes: u64,
 
     /// Byte budget of the hot cache (popular keys owned by other replicas).
-    #[arg(long, env = "HOT_CACHE_BYTES", default_value_t = groupcache::DEFAULT_HOT_CACHE_BYTES)]
+    #[arg(long, env = "HOT_CACHE_BYTES", default_value_t = groupcache_rs::DEFAULT_HOT_CACHE_BYTES)]
     pub hot_cache_bytes: u64,
 
     /// After SIGTERM, how long to keep serving while reporting not-ready, so that load
@@ -199,13 +199,13 @@ impl Config {
     }
 
     /// The peer TLS configuration, read from the files `--peer-tls-*` name, if set.
-    pub fn peer_tls(&self) -> Result<Option<groupcache::PeerTls>, Error> {
+    pub fn peer_tls(&self) -> Result<Option<groupcache_rs::PeerTls>, Error> {
         let (Some(ca), Some(cert), Some(key)) =
             (&self.peer_tls_ca, &self.peer_tls_cert, &self.peer_tls_key)
         else {
             return Ok(None);
         };
-        let tls = groupcache::PeerTls::new(&read(ca)?)?.identity(&read(cert)?, &read(key)?)?;
+        let tls = groupcache_rs::PeerTls::new(&read(ca)?)?.identity(&read(cert)?, &read(key)?)?;
         Ok(Some(tls))
     }
 

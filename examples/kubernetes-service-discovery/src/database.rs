@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use groupcache::{Json, Loaded, Loader};
+use groupcache_rs::{Json, Loaded, Loader};
 use serde::{Deserialize, Serialize};
 
 /// One row of the simulated `items` table, as cached and as served.
@@ -60,7 +60,7 @@ impl Database {
 impl Loader for Database {
     type Value = Json<Item>;
     // The simulation cannot fail; a real database's error type goes here, and reaches the
-    // handler as `groupcache::Error::Loader` (on the owner) or `RemoteLoader` (elsewhere).
+    // handler as `groupcache_rs::Error::Loader` (on the owner) or `RemoteLoader` (elsewhere).
     type Error = Infallible;
 
     async fn load(&self, key: &str) -> Result<Loaded<Json<Item>>, Infallible> {

@@ -3,7 +3,7 @@
 //!
 //! Discovery publishes complete peer sets on a [`tokio::sync::watch`] channel: `None` until the
 //! first complete set is known, then `Some(urls)` every time the set changes. The application
-//! hands each set to [`groupcache::Groupcache::set_peers`] (see [`apply_peers`]).
+//! hands each set to [`groupcache_rs::Groupcache::set_peers`] (see [`apply_peers`]).
 //!
 //! The Kubernetes watcher never gives up: API errors, dropped watches and `410 Gone` (the watch's
 //! resource version was compacted away) are logged and retried with a capped exponential backoff,
@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use groupcache::{Groupcache, Loader};
+use groupcache_rs::{Groupcache, Loader};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};

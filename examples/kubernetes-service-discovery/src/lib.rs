@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use groupcache::Groupcache;
+use groupcache_rs::Groupcache;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -40,7 +40,7 @@ pub enum Error {
     Config(String),
     /// The cache could not be built.
     #[error("groupcache: {0}")]
-    Cache(#[from] groupcache::Error),
+    Cache(#[from] groupcache_rs::Error),
     /// The Prometheus recorder could not be installed.
     #[error("metrics exporter: {0}")]
     Metrics(String),
@@ -137,9 +137,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         replica: Arc::from(replica.as_str()),
     });
     let peer_app = service::peer_router(&cache);
-    // `groupcache::Server` on both ports, for its header-read deadline (slowloris); on the peer
+    // `groupcache_rs::Server` on both ports, for its header-read deadline (slowloris); on the peer
     // port with mTLS when configured (clap allows TLS only with a peer port of its own).
-    let server = groupcache::Server::new();
+    let server = groupcache_rs::Server::new();
     let servers = match peer_listener {
         Some((peer_listener, _)) => {
             let peer_server = match &peer_tls {

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use groupcache::Groupcache;
+use groupcache_rs::Groupcache;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -118,10 +118,10 @@ async fn get_item(State(state): State<AppState>, Path(key): Path<String>) -> Res
                 Err(error) => internal_error(&key, &error),
             }
         }
-        Err(error @ groupcache::Error::KeyTooLarge { .. }) => {
+        Err(error @ groupcache_rs::Error::KeyTooLarge { .. }) => {
             (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
         }
-        Err(error @ (groupcache::Error::Loader(_) | groupcache::Error::RemoteLoader { .. })) => {
+        Err(error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. })) => {
             tracing::warn!(key, %error, "database query failed");
             (StatusCode::BAD_GATEWAY, "the database query failed\n").into_response()
         }
@@ -170,7 +170,7 @@ pub struct Shutdown {
 /// accepting connections and waits up to `shutdown.timeout` for requests in progress. The first
 /// server that fails stops them all with its error.
 pub async fn serve(
-    servers: Vec<(TcpListener, Router, groupcache::Server)>,
+    servers: Vec<(TcpListener, Router, groupcache_rs::Server)>,
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
 ) -> Result<(), Error> {

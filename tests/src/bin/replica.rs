@@ -16,7 +16,7 @@
 //! - `POST /peers` (a JSON array of URLs): `cache.set_peers`;
 //! - `POST /generation` (a number): the loader's values become `value:{key}#{generation}`, as if
 //!   the source of truth had changed;
-//! - `GET /stats`: [`groupcache::Stats`], the loads per key, and the resident memory.
+//! - `GET /stats`: [`groupcache_rs::Stats`], the loads per key, and the resident memory.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -30,7 +30,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
-use groupcache::{Groupcache, Loaded, Loader};
+use groupcache_rs::{Groupcache, Loaded, Loader};
 
 /// The group every process replica serves (the same as the in-process harness's).
 const GROUP: &str = "test";
@@ -197,7 +197,7 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
             std::process::exit(0);
         });
-        groupcache::Server::new().serve(listener, app).await?;
+        groupcache_rs::Server::new().serve(listener, app).await?;
         Ok(())
     })
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::fake_apiserver::{FakeApiServer, endpoint_slice};
-use groupcache::Groupcache;
+use groupcache_rs::Groupcache;
 use kubernetes_service_discovery::config::AddressType;
 use kubernetes_service_discovery::database::Database;
 use kubernetes_service_discovery::discovery::{

@@ -1,49 +1,22 @@
-//! The peer side of the wire: how keys are escaped into URLs and how this replica asks a peer for a
-//! value, removes one or sets one. The serving side is in [`router`](crate::router).
+//! The asking side of the wire: how this replica asks a peer for a value, removes one or sets one,
+//! over the connection pool ([`pool`](super::pool)). The serving side is the
+//! [`router`](super::router).
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use groupcache_pb::{GetResponse, SetRequest};
+use groupcache_rs_pb::{GetResponse, SetRequest};
 use http_body_util::Full;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use prost::Message;
 
 use crate::PeerError;
-use crate::auth::{PeerAuth, SIGNATURE_HEADER};
-use crate::connections::{Answer, Connections, Endpoint, ReadError, request_error};
-
-/// golang/groupcache's response content type.
-pub(crate) const PROTOBUF: &str = "application/x-protobuf";
-
-/// Set on a 500 whose body is the loader's error message, so the requester returns the error
-/// instead of loading locally. golang/groupcache peers do not send it; see the README.
-pub(crate) const ERROR_KIND: &str = "groupcache-error";
-/// The [`ERROR_KIND`] of a loader error.
-pub(crate) const LOADER_ERROR: &str = "loader";
-
-/// Everything but RFC 3986's unreserved characters is escaped: a superset of what Go's
-/// `url.PathEscape` escapes (space is `%20`, `/` is `%2F`), which any server percent-decodes.
-const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// `s` escaped for one URL path segment.
-pub(crate) fn escape(s: &str) -> impl fmt::Display + '_ {
-    utf8_percent_encode(s, ESCAPED)
-}
-
-/// Whether `key` can travel in a URL path. A key of exactly `.` or `..` cannot: HTTP clients fold
-/// such a segment (even percent-encoded) into its parent, so it is loaded locally instead.
-pub(crate) fn can_carry(key: &str) -> bool {
-    key != "." && key != ".."
-}
+use super::auth::{PeerAuth, SIGNATURE_HEADER};
+use super::pool::{Answer, Connections, ReadError, request_error};
+use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF};
+use crate::membership::Endpoint;
 
 /// How a request to a peer failed.
 #[derive(Debug)]
@@ -207,34 +180,4 @@ impl PeerClient {
 async fn error_message(answer: Answer) -> String {
     let message = answer.read_prefix(1024).await;
     String::from_utf8_lossy(&message).trim_end().to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use percent_encoding::percent_decode_str;
-
-    #[test]
-    fn escaping_matches_go_path_escape_where_it_matters_and_round_trips() {
-        assert_eq!(escape("a b").to_string(), "a%20b");
-        assert_eq!(escape("a/b").to_string(), "a%2Fb");
-        assert_eq!(escape("a+b").to_string(), "a%2Bb");
-        assert_eq!(escape("100%").to_string(), "100%25");
-        assert_eq!(escape("ключ").to_string(), "%D0%BA%D0%BB%D1%8E%D1%87");
-        assert_eq!(escape("safe-_.~AZaz09").to_string(), "safe-_.~AZaz09");
-        for key in ["", "a b/c,d", "+", "%", "..a", "ключ", "?#&=", "\u{0}\n"] {
-            let escaped = escape(key).to_string();
-            assert!(!escaped.contains(['/', ' ', '?', '#']), "{escaped}");
-            assert_eq!(percent_decode_str(&escaped).decode_utf8().unwrap(), key);
-        }
-    }
-
-    #[test]
-    fn only_dot_segments_cannot_travel() {
-        assert!(!can_carry("."));
-        assert!(!can_carry(".."));
-        for key in ["", "...", "../x", "a..", "%2e"] {
-            assert!(can_carry(key), "{key}");
-        }
-    }
 }

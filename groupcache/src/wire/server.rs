@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 /// ```no_run
 /// # async fn run(app: axum::Router) -> std::io::Result<()> {
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
-/// groupcache::Server::new()
+/// groupcache_rs::Server::new()
 ///     .header_read_timeout(std::time::Duration::from_secs(5))
 ///     .serve(listener, app)
 ///     .await
@@ -99,7 +99,7 @@ impl Server {
     /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     /// // e.g. on SIGTERM, after reporting not-ready for a while: `stop.send(())`
     /// # drop(stop);
-    /// groupcache::Server::new()
+    /// groupcache_rs::Server::new()
     ///     .serve_with_shutdown(listener, app, async { stopped.await.unwrap_or(()) })
     ///     .await
     /// # }

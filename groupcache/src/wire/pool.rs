@@ -13,13 +13,12 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper::header::HeaderValue;
-use hyper::http::uri::{Authority, Scheme};
-use hyper::{Request, Response, Uri};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::{Error, PeerError};
+use crate::PeerError;
+use crate::membership::Endpoint;
 
 /// Idle connections kept per peer; more concurrent requests than this open connections that are
 /// closed when done.
@@ -30,73 +29,6 @@ const MAX_IDLE_PER_PEER: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Sender = http1::SendRequest<Full<Bytes>>;
-
-/// Where a peer is reached, parsed once from its URL when it joins the membership.
-#[derive(Debug)]
-pub(crate) struct Endpoint {
-    /// `scheme://authority`: which idle connections fit.
-    origin: String,
-    host: String,
-    port: u16,
-    tls: bool,
-    /// The `Host` header.
-    authority: HeaderValue,
-    /// The URL's own path (a mount prefix, or empty), before the base path.
-    pub(crate) path: String,
-}
-
-impl Endpoint {
-    /// `scheme://authority`.
-    pub(crate) fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// Parses an absolute `http://` or `https://` URL without query or fragment.
-    pub(crate) fn parse(url: &str) -> Result<Endpoint, Error> {
-        let invalid = || Error::InvalidPeerUrl(url.to_owned());
-        let uri: Uri = url.parse().map_err(|_| invalid())?;
-        let tls = match uri.scheme() {
-            Some(scheme) if *scheme == Scheme::HTTP => false,
-            Some(scheme) if *scheme == Scheme::HTTPS => true,
-            _ => return Err(invalid()),
-        };
-        let authority: &Authority = uri.authority().ok_or_else(invalid)?;
-        if authority.as_str().contains('@') || uri.query().is_some() {
-            return Err(invalid());
-        }
-        let host = authority.host();
-        // `[::1]` is how IPv6 hosts appear in URLs; sockets and TLS want the bare address.
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() {
-            return Err(invalid());
-        }
-        // `http::Uri` lets a port that is not a number through; it would silently become 80.
-        let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
-        let port = match authority.port_u16() {
-            Some(port) => port,
-            None if after_host.contains(':') => return Err(invalid()),
-            None => {
-                if tls {
-                    443
-                } else {
-                    80
-                }
-            }
-        };
-        let path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Endpoint {
-            origin: format!("{}://{}", if tls { "https" } else { "http" }, authority),
-            host: host.to_owned(),
-            port,
-            tls,
-            authority: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?,
-            path,
-        })
-    }
-}
 
 /// A peer's answer whose body has not been read yet. Reading it to its end returns the
 /// connection to the idle list; dropping it earlier closes the connection.
@@ -452,36 +384,5 @@ mod tests {
                 .await,
             Err(ReadError::TooLarge)
         ));
-    }
-
-    #[test]
-    fn endpoints_parse_scheme_host_port_and_path() {
-        let e = Endpoint::parse("http://10.0.0.1:8080").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.tls), ("10.0.0.1", 8080, false));
-        assert_eq!(
-            (e.origin.as_str(), e.path.as_str()),
-            ("http://10.0.0.1:8080", "")
-        );
-        let e = Endpoint::parse("https://cache.example:9443/app/").unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.tls),
-            ("cache.example", 9443, true)
-        );
-        assert_eq!(e.path, "/app");
-        assert_eq!(e.authority, "cache.example:9443");
-        let e = Endpoint::parse("http://[::1]:80").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("::1", 80));
-        assert_eq!(Endpoint::parse("https://h").unwrap().port, 443);
-        assert_eq!(Endpoint::parse("http://h").unwrap().port, 80);
-        for bad in [
-            "ftp://h:1",
-            "http://",
-            "h:1",
-            "http://u@h:1",
-            "http://h:1/?q",
-            "http://h:x",
-        ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
-        }
     }
 }

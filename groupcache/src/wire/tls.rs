@@ -14,9 +14,9 @@ use crate::Error;
 /// Trust and identity for peer connections over TLS.
 ///
 /// ```no_run
-/// # fn run(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<(), groupcache::Error> {
-/// let tls = groupcache::PeerTls::new(ca)?.identity(cert, key)?;
-/// let server_config = tls.server_config(true)?; // for groupcache::Server::tls
+/// # fn run(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<(), groupcache_rs::Error> {
+/// let tls = groupcache_rs::PeerTls::new(ca)?.identity(cert, key)?;
+/// let server_config = tls.server_config(true)?; // for groupcache_rs::Server::tls
 /// // Groupcache::builder(...).peer_tls(tls) for the client side; peer URLs start with https://
 /// # Ok(()) }
 /// ```

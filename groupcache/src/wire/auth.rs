@@ -29,8 +29,8 @@ const MAX_REMEMBERED_NONCES: usize = 1 << 20;
 /// Shared secrets for signing and checking peer requests.
 ///
 /// ```
-/// use groupcache::PeerAuth;
-/// # fn main() -> Result<(), groupcache::Error> {
+/// use groupcache_rs::PeerAuth;
+/// # fn main() -> Result<(), groupcache_rs::Error> {
 /// // Rotation: every replica first accepts the new secret, then signs with it, then drops the old.
 /// let auth = PeerAuth::new(b"new secret of at least 16 bytes".to_vec())?
 ///     .accept(b"old secret, still accepted".to_vec())?;

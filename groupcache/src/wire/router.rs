@@ -10,17 +10,16 @@ use axum::extract::{DefaultBodyLimit, OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use groupcache_pb::{GetResponse, SetRequest};
-use percent_encoding::percent_decode_str;
+use groupcache_rs_pb::{GetResponse, SetRequest};
 use prost::Message;
 
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::auth::SIGNATURE_HEADER;
 use crate::caches::Entry;
-use crate::transport::{ERROR_KIND, LOADER_ERROR, PROTOBUF};
+use super::auth::SIGNATURE_HEADER;
+use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF, parse_path};
 use crate::{Error, Groupcache, Loader};
 
 pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
@@ -143,20 +142,6 @@ async fn serve<L: Loader>(
     }
 }
 
-/// Splits `{base}{group}/{key}` and percent-decodes both parts (`+` stays `+`, as in Go's server).
-/// The key is everything after the first `/`, so it may itself contain `/` or be empty.
-fn parse_path(path: &str, base: &str) -> Option<(String, String)> {
-    let rest = path.strip_prefix(base)?;
-    let (group, key) = rest.split_once('/')?;
-    let decode = |s: &str| {
-        percent_decode_str(s)
-            .decode_utf8()
-            .ok()
-            .map(|s| s.into_owned())
-    };
-    Some((decode(group)?, decode(key)?))
-}
-
 fn text(status: StatusCode, message: &str) -> Response {
     (
         status,
@@ -168,49 +153,4 @@ fn text(status: StatusCode, message: &str) -> Response {
 
 fn protobuf(message: GetResponse) -> Response {
     ([(header::CONTENT_TYPE, PROTOBUF)], message.encode_to_vec()).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_path;
-    use crate::transport::escape;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Whatever a group and key contain, what the client escapes the router decodes back.
-        #[test]
-        fn escaped_paths_decode_to_the_same_group_and_key(group in "[^/]{1,20}", key in any::<String>()) {
-            let path = format!("/_groupcache/{}/{}", escape(&group), escape(&key));
-            prop_assert_eq!(parse_path(&path, "/_groupcache/"), Some((group, key)));
-        }
-
-        /// No path, however malformed, makes the parser panic.
-        #[test]
-        fn any_path_parses_or_is_refused(path in any::<String>()) {
-            let _ = parse_path(&path, "/_groupcache/");
-        }
-    }
-
-    #[test]
-    fn paths_split_at_the_first_slash_and_decode_without_plus_rule() {
-        let base = "/_groupcache/";
-        let parse = |path| parse_path(path, base);
-        assert_eq!(parse("/_groupcache/g/k"), Some(("g".into(), "k".into())));
-        assert_eq!(
-            parse("/_groupcache/g/a%20b+c"),
-            Some(("g".into(), "a b+c".into()))
-        );
-        assert_eq!(
-            parse("/_groupcache/g/a/b%2Fc"),
-            Some(("g".into(), "a/b/c".into()))
-        );
-        assert_eq!(parse("/_groupcache/g/"), Some(("g".into(), "".into())));
-        assert_eq!(
-            parse("/_groupcache/gr%6Fup/%D0%BA"),
-            Some(("group".into(), "к".into()))
-        );
-        assert_eq!(parse("/_groupcache/g"), None, "no key separator");
-        assert_eq!(parse("/other/g/k"), None);
-        assert_eq!(parse("/_groupcache/g/%FF"), None, "not UTF-8");
-    }
 }

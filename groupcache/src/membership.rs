@@ -1,0 +1,436 @@
+//! Who is in the cluster: the peer list and the ring built over it, swapped as one snapshot, so a
+//! `get` racing with a membership change sees either the old ring with the old peers or the new
+//! ring with the new peers, never a ring entry without its peer.
+//!
+//! A peer URL is checked and parsed once, here, when it joins: into the exact string the ring
+//! hashes and the [`Endpoint`] the connection pool dials.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use hyper::Uri;
+use hyper::header::HeaderValue;
+use hyper::http::uri::{Authority, Scheme};
+
+use crate::Error;
+use crate::ring::{Ring, RingMode};
+use crate::wire::protocol;
+
+/// One replica of the cluster, this one included.
+#[derive(Debug)]
+pub(crate) struct Member {
+    /// The exact URL string the ring hashes (`http://10.0.0.2:8080`, no trailing slash).
+    pub(crate) url: Arc<str>,
+    /// Where requests to it go.
+    pub(crate) endpoint: Arc<Endpoint>,
+    /// The request path up to the escaped key: `{url's path}{base_path}{escaped group}/`.
+    pub(crate) key_prefix: String,
+    /// Whether this member is the local replica.
+    pub(crate) is_self: bool,
+}
+
+/// A consistent view of the cluster.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    ring: Ring,
+    /// In the order they were added; the ring returns indexes into this list.
+    members: Vec<Arc<Member>>,
+}
+
+impl Membership {
+    /// The key's owner; `None` only if the ring is empty, which `Peers` never lets happen.
+    pub(crate) fn owner(&self, key: &str) -> Option<&Arc<Member>> {
+        self.ring
+            .owner(key.as_bytes())
+            .and_then(|index| self.members.get(index))
+    }
+
+    /// The key's owner if that is another replica; `None` when this replica owns it.
+    pub(crate) fn remote_owner(&self, key: &str) -> Option<&Arc<Member>> {
+        self.owner(key).filter(|owner| !owner.is_self)
+    }
+
+    /// Every member but this replica.
+    pub(crate) fn others(&self) -> impl Iterator<Item = &Arc<Member>> {
+        self.members.iter().filter(|member| !member.is_self)
+    }
+}
+
+/// The membership of one replica, changed by discovery through `add` / `remove` / `set`.
+pub(crate) struct Peers {
+    self_url: Arc<str>,
+    mode: RingMode,
+    base_path: String,
+    group: String,
+    current: ArcSwap<Membership>,
+    /// Serialises changes; readers never take it.
+    changing: Mutex<()>,
+}
+
+impl Peers {
+    /// A membership of just this replica, reached at `self_url`.
+    pub(crate) fn new(
+        self_url: &str,
+        mode: RingMode,
+        base_path: &str,
+        group: &str,
+    ) -> Result<Self, Error> {
+        let (self_url, endpoint) = parse_url(self_url)?;
+        let me = Arc::new(Member {
+            key_prefix: protocol::key_prefix(&endpoint.path, base_path, group),
+            is_self: true,
+            endpoint: Arc::new(endpoint),
+            url: self_url.clone(),
+        });
+        Ok(Peers {
+            self_url,
+            mode,
+            base_path: base_path.to_owned(),
+            group: group.to_owned(),
+            current: ArcSwap::from_pointee(Membership::new(mode, vec![me])),
+            changing: Mutex::new(()),
+        })
+    }
+
+    /// This replica's URL, as the ring hashes it.
+    pub(crate) fn self_url(&self) -> &Arc<str> {
+        &self.self_url
+    }
+
+    /// The current snapshot; cheap and lock-free.
+    pub(crate) fn snapshot(&self) -> arc_swap::Guard<Arc<Membership>> {
+        self.current.load()
+    }
+
+    /// Member URLs in ring order of addition.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.snapshot()
+            .members
+            .iter()
+            .map(|member| member.url.to_string())
+            .collect()
+    }
+
+    /// Adds a peer; false if it was already there (or is this replica).
+    pub(crate) fn add(&self, url: &str) -> Result<bool, Error> {
+        let (url, endpoint) = parse_url(url)?;
+        self.change(|members| {
+            if members.iter().any(|member| member.url == url) {
+                return false;
+            }
+            members.push(self.member(url, endpoint));
+            true
+        })
+    }
+
+    /// Removes a peer; false if it was not there. This replica cannot be removed: it always owns
+    /// its share of the ring (as in golang/groupcache, where the pool's own URL is in every set).
+    pub(crate) fn remove(&self, url: &str) -> Result<bool, Error> {
+        let (url, _) = parse_url(url)?;
+        if url == self.self_url {
+            tracing::debug!(%url, "ignoring removal of this replica from its own ring");
+            return Ok(false);
+        }
+        self.change(|members| {
+            let before = members.len();
+            members.retain(|member| member.url != url);
+            members.len() != before
+        })
+    }
+
+    /// Replaces the whole set, in the given order; this replica is appended if missing.
+    /// Returns whether anything changed.
+    pub(crate) fn set<I, S>(&self, urls: I) -> Result<bool, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut wanted: Vec<(Arc<str>, Option<Endpoint>)> = Vec::new();
+        for url in urls {
+            let (url, endpoint) = parse_url(url.as_ref())?;
+            if !wanted.iter().any(|(existing, _)| *existing == url) {
+                wanted.push((url, Some(endpoint)));
+            }
+        }
+        if !wanted.iter().any(|(url, _)| *url == self.self_url) {
+            wanted.push((self.self_url.clone(), None));
+        }
+        self.change(|members| {
+            let unchanged = members.len() == wanted.len()
+                && members.iter().zip(&wanted).all(|(m, (url, _))| m.url == *url);
+            if unchanged {
+                return false;
+            }
+            // Members that stay keep their entry (and endpoint); only new URLs become members.
+            let mut next = Vec::with_capacity(wanted.len());
+            for (url, endpoint) in wanted {
+                match members.iter().find(|member| member.url == url) {
+                    Some(member) => next.push(member.clone()),
+                    None => match endpoint {
+                        Some(endpoint) => next.push(self.member(url, endpoint)),
+                        None => return false, // this replica is always a member already
+                    },
+                }
+            }
+            *members = next;
+            true
+        })
+    }
+
+    fn member(&self, url: Arc<str>, endpoint: Endpoint) -> Arc<Member> {
+        Arc::new(Member {
+            key_prefix: protocol::key_prefix(&endpoint.path, &self.base_path, &self.group),
+            is_self: url == self.self_url,
+            endpoint: Arc::new(endpoint),
+            url,
+        })
+    }
+
+    /// Applies `edit` to the member list and publishes a new snapshot if it reports a change.
+    fn change(&self, edit: impl FnOnce(&mut Vec<Arc<Member>>) -> bool) -> Result<bool, Error> {
+        let _changing = self
+            .changing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut members = self.current.load().members.clone();
+        if !edit(&mut members) {
+            return Ok(false);
+        }
+        let count = members.len();
+        self.current.store(Arc::new(Membership::new(self.mode, members)));
+        tracing::info!(peers = count, "groupcache membership changed");
+        Ok(true)
+    }
+}
+
+impl Membership {
+    fn new(mode: RingMode, members: Vec<Arc<Member>>) -> Self {
+        let urls: Vec<&str> = members.iter().map(|member| &*member.url).collect();
+        Membership {
+            ring: Ring::new(mode, &urls),
+            members,
+        }
+    }
+}
+
+/// Checks that `url` is an absolute http(s) URL without user, query or fragment, and parses it:
+/// into the string the ring hashes (trailing slashes dropped, so `http://a:1/` and `http://a:1`
+/// are one peer) and the endpoint requests go to.
+pub(crate) fn parse_url(url: &str) -> Result<(Arc<str>, Endpoint), Error> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let host = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"));
+    match host {
+        Some(host) if !host.is_empty() && !host.starts_with('/') && !trimmed.contains(['?', '#', ' ']) => {
+            let endpoint = Endpoint::parse(trimmed).map_err(|_| Error::InvalidPeerUrl(url.to_owned()))?;
+            Ok((Arc::from(trimmed), endpoint))
+        }
+        _ => Err(Error::InvalidPeerUrl(url.to_owned())),
+    }
+}
+
+/// Where a peer is reached, parsed once from its URL when it joins the membership.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    /// `scheme://authority`: which idle connections fit.
+    pub(crate) origin: String,
+    /// The host to connect to (and the TLS server name), IPv6 without brackets.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: bool,
+    /// The `Host` header.
+    pub(crate) authority: HeaderValue,
+    /// The URL's own path (a mount prefix, or empty), before the base path.
+    pub(crate) path: String,
+}
+
+impl Endpoint {
+    /// `scheme://authority`.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Parses an absolute `http://` or `https://` URL without query or fragment.
+    pub(crate) fn parse(url: &str) -> Result<Endpoint, Error> {
+        let invalid = || Error::InvalidPeerUrl(url.to_owned());
+        let uri: Uri = url.parse().map_err(|_| invalid())?;
+        let tls = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP => false,
+            Some(scheme) if *scheme == Scheme::HTTPS => true,
+            _ => return Err(invalid()),
+        };
+        let authority: &Authority = uri.authority().ok_or_else(invalid)?;
+        if authority.as_str().contains('@') || uri.query().is_some() {
+            return Err(invalid());
+        }
+        let host = authority.host();
+        // `[::1]` is how IPv6 hosts appear in URLs; sockets and TLS want the bare address.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(invalid());
+        }
+        // `http::Uri` lets a port that is not a number through; it would silently become 80.
+        let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
+        let port = match authority.port_u16() {
+            Some(port) => port,
+            None if after_host.contains(':') => return Err(invalid()),
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+        };
+        let path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Endpoint {
+            origin: format!("{}://{}", if tls { "https" } else { "http" }, authority),
+            host: host.to_owned(),
+            port,
+            tls,
+            authority: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?,
+            path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers() -> Peers {
+        Peers::new(
+            "http://127.0.0.1:1",
+            RingMode::GoCompatible,
+            "/_groupcache/",
+            "g",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn starts_with_only_itself_and_owns_everything() {
+        let peers = peers();
+        assert_eq!(peers.urls(), ["http://127.0.0.1:1"]);
+        let snapshot = peers.snapshot();
+        assert!(snapshot.owner("any").unwrap().is_self);
+        assert_eq!(snapshot.others().count(), 0);
+    }
+
+    #[test]
+    fn add_and_remove_are_idempotent_and_self_is_never_removed() {
+        let peers = peers();
+        assert!(peers.add("http://127.0.0.1:2").unwrap());
+        assert!(
+            !peers.add("http://127.0.0.1:2/").unwrap(),
+            "trailing slash is the same peer"
+        );
+        assert!(
+            !peers.add("http://127.0.0.1:1").unwrap(),
+            "self is already a member"
+        );
+        assert!(peers.remove("http://127.0.0.1:2").unwrap());
+        assert!(!peers.remove("http://127.0.0.1:2").unwrap());
+        assert!(!peers.remove("http://127.0.0.1:1").unwrap());
+        assert_eq!(peers.urls(), ["http://127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn set_keeps_order_appends_self_and_reports_change() {
+        let peers = peers();
+        assert!(
+            peers
+                .set([
+                    "http://127.0.0.1:3",
+                    "http://127.0.0.1:2",
+                    "http://127.0.0.1:3"
+                ])
+                .unwrap()
+        );
+        assert_eq!(
+            peers.urls(),
+            [
+                "http://127.0.0.1:3",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:1"
+            ]
+        );
+        assert!(
+            !peers
+                .set(["http://127.0.0.1:3", "http://127.0.0.1:2"])
+                .unwrap()
+        );
+        let snapshot = peers.snapshot();
+        assert_eq!(snapshot.others().count(), 2);
+        let member = snapshot.others().next().unwrap();
+        assert_eq!(member.key_prefix, "/_groupcache/g/");
+        assert_eq!(member.endpoint.path, "");
+    }
+
+    #[test]
+    fn invalid_urls_are_rejected_and_change_nothing() {
+        let peers = peers();
+        for bad in [
+            "",
+            "127.0.0.1:2",
+            "ftp://x",
+            "http://",
+            "http:///path",
+            "http://a b",
+        ] {
+            assert!(
+                matches!(peers.add(bad), Err(Error::InvalidPeerUrl(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(peers.set(["http://ok:1", "nope"]).is_err());
+        assert_eq!(peers.urls(), ["http://127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn every_owner_in_a_snapshot_has_its_member() {
+        let peers = peers();
+        peers
+            .set((2..40).map(|port| format!("http://127.0.0.1:{port}")))
+            .unwrap();
+        let snapshot = peers.snapshot();
+        for i in 0..10_000 {
+            assert!(snapshot.owner(&format!("key-{i}")).is_some());
+        }
+    }
+
+    #[test]
+    fn endpoints_parse_scheme_host_port_and_path() {
+        let e = Endpoint::parse("http://10.0.0.1:8080").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.tls), ("10.0.0.1", 8080, false));
+        assert_eq!(
+            (e.origin.as_str(), e.path.as_str()),
+            ("http://10.0.0.1:8080", "")
+        );
+        let e = Endpoint::parse("https://cache.example:9443/app/").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.tls),
+            ("cache.example", 9443, true)
+        );
+        assert_eq!(e.path, "/app");
+        assert_eq!(e.authority, "cache.example:9443");
+        let e = Endpoint::parse("http://[::1]:80").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 80));
+        assert_eq!(Endpoint::parse("https://h").unwrap().port, 443);
+        assert_eq!(Endpoint::parse("http://h").unwrap().port, 80);
+        for bad in [
+            "ftp://h:1",
+            "http://",
+            "h:1",
+            "http://u@h:1",
+            "http://h:1/?q",
+            "http://h:x",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The wire: everything that crosses the network between replicas.
+//!
+//! - [`protocol`]: golang/groupcache's HTTP protocol, owned in one place: key escaping, request
+//!   paths and their parsing, content type and error headers;
+//! - [`client`]: asking a peer for a value, setting or removing one;
+//! - [`pool`]: keep-alive HTTP/1.1 connections to peers, over TCP or rustls;
+//! - [`router`]: the axum router that serves peers' requests;
+//! - [`server`]: the peer port's accept loop, with the limits a port open to the network needs;
+//! - [`auth`]: HMAC signatures on peer requests;
+//! - `tls` (feature `tls`): rustls configuration for both sides.
+
+pub(crate) mod auth;
+pub(crate) mod client;
+pub(crate) mod pool;
+pub(crate) mod protocol;
+pub(crate) mod router;
+pub(crate) mod server;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+
+pub use auth::{MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER};
+pub use server::Server;
+#[cfg(feature = "tls")]
+pub use tls::PeerTls;

@@ -1,0 +1,147 @@
+//! The peer protocol itself, golang/groupcache's HTTP wire: how a group and a key become a request
+//! path and back, and the content type and headers both sides agree on. The client
+//! ([`client`](super::client)) and the router ([`router`](super::router)) take everything they
+//! share from here and nothing from each other.
+//!
+//! - `GET {base}{group}/{key}` answers 200 with a protobuf `GetResponse`; `PUT` with a
+//!   `SetRequest` body and `DELETE` (mailgun/groupcache v2) set and remove.
+//! - 400 for a malformed path, invalid UTF-8, an oversized key or a malformed `SetRequest`; 404 for
+//!   an unknown group; 405 for any other method; 413 for a body over the limit; 500 when the loader
+//!   failed, flagged with [`ERROR_KIND`]: [`LOADER_ERROR`] so our peers do not retry locally.
+
+use std::fmt;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+/// golang/groupcache's content type, for `GetResponse` answers and `SetRequest` bodies.
+pub(crate) const PROTOBUF: &str = "application/x-protobuf";
+
+/// Set on a 500 whose body is the loader's error message, so the requester returns the error
+/// instead of loading locally. golang/groupcache peers do not send it; see the README.
+pub(crate) const ERROR_KIND: &str = "groupcache-error";
+
+/// The [`ERROR_KIND`] of a loader error.
+pub(crate) const LOADER_ERROR: &str = "loader";
+
+/// Everything but RFC 3986's unreserved characters is escaped: a superset of what Go's
+/// `url.PathEscape` escapes (space is `%20`, `/` is `%2F`), which any server percent-decodes.
+const ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `s` escaped for one URL path segment.
+pub(crate) fn escape(s: &str) -> impl fmt::Display + '_ {
+    utf8_percent_encode(s, ESCAPED)
+}
+
+/// Whether `key` can travel in a URL path. A key of exactly `.` or `..` cannot: HTTP clients fold
+/// such a segment (even percent-encoded) into its parent, so it is loaded locally instead.
+pub(crate) fn can_carry(key: &str) -> bool {
+    key != "." && key != ".."
+}
+
+/// The request path up to the escaped key, for a peer mounted at `mount` (its URL's own path,
+/// empty or `/prefix` without a trailing slash): `{mount}{base_path}{escaped group}/`.
+pub(crate) fn key_prefix(mount: &str, base_path: &str, group: &str) -> String {
+    format!("{mount}{base_path}{}/", escape(group))
+}
+
+/// The request path for `key` under a [`key_prefix`].
+pub(crate) fn key_path(key_prefix: &str, key: &str) -> String {
+    format!("{key_prefix}{}", escape(key))
+}
+
+/// Splits `{base}{group}/{key}` and percent-decodes both parts (`+` stays `+`, as in Go's server).
+/// The key is everything after the first `/`, so it may itself contain `/` or be empty.
+pub(crate) fn parse_path(path: &str, base: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix(base)?;
+    let (group, key) = rest.split_once('/')?;
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    Some((decode(group)?, decode(key)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn escaping_matches_go_path_escape_where_it_matters_and_round_trips() {
+        assert_eq!(escape("a b").to_string(), "a%20b");
+        assert_eq!(escape("a/b").to_string(), "a%2Fb");
+        assert_eq!(escape("a+b").to_string(), "a%2Bb");
+        assert_eq!(escape("100%").to_string(), "100%25");
+        assert_eq!(escape("ключ").to_string(), "%D0%BA%D0%BB%D1%8E%D1%87");
+        assert_eq!(escape("safe-_.~AZaz09").to_string(), "safe-_.~AZaz09");
+        for key in ["", "a b/c,d", "+", "%", "..a", "ключ", "?#&=", "\u{0}\n"] {
+            let escaped = escape(key).to_string();
+            assert!(!escaped.contains(['/', ' ', '?', '#']), "{escaped}");
+            assert_eq!(percent_decode_str(&escaped).decode_utf8().unwrap(), key);
+        }
+    }
+
+    #[test]
+    fn only_dot_segments_cannot_travel() {
+        assert!(!can_carry("."));
+        assert!(!can_carry(".."));
+        for key in ["", "...", "../x", "a..", "%2e"] {
+            assert!(can_carry(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn key_paths_put_the_mount_before_the_base_and_escape_group_and_key() {
+        let prefix = key_prefix("/internal", "/_groupcache/", "a group");
+        assert_eq!(prefix, "/internal/_groupcache/a%20group/");
+        assert_eq!(key_path(&prefix, "x/y"), "/internal/_groupcache/a%20group/x%2Fy");
+        assert_eq!(
+            parse_path("/_groupcache/a%20group/x%2Fy", "/_groupcache/"),
+            Some(("a group".to_owned(), "x/y".to_owned()))
+        );
+    }
+
+    proptest! {
+        /// Whatever a group and key contain, what the client escapes the router decodes back.
+        #[test]
+        fn escaped_paths_decode_to_the_same_group_and_key(group in "[^/]{1,20}", key in any::<String>()) {
+            let path = key_path(&key_prefix("", "/_groupcache/", &group), &key);
+            prop_assert_eq!(parse_path(&path, "/_groupcache/"), Some((group, key)));
+        }
+
+        /// No path, however malformed, makes the parser panic.
+        #[test]
+        fn any_path_parses_or_is_refused(path in any::<String>()) {
+            let _ = parse_path(&path, "/_groupcache/");
+        }
+    }
+
+    #[test]
+    fn paths_split_at_the_first_slash_and_decode_without_plus_rule() {
+        let base = "/_groupcache/";
+        let parse = |path| parse_path(path, base);
+        assert_eq!(parse("/_groupcache/g/k"), Some(("g".into(), "k".into())));
+        assert_eq!(
+            parse("/_groupcache/g/a%20b+c"),
+            Some(("g".into(), "a b+c".into()))
+        );
+        assert_eq!(
+            parse("/_groupcache/g/a/b%2Fc"),
+            Some(("g".into(), "a/b/c".into()))
+        );
+        assert_eq!(parse("/_groupcache/g/"), Some(("g".into(), "".into())));
+        assert_eq!(
+            parse("/_groupcache/gr%6Fup/%D0%BA"),
+            Some(("group".into(), "к".into()))
+        );
+        assert_eq!(parse("/_groupcache/g"), None, "no key separator");
+        assert_eq!(parse("/other/g/k"), None);
+        assert_eq!(parse("/_groupcache/g/%FF"), None, "not UTF-8");
+    }
+}
