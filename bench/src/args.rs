@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::replica::ReplicaOptions;
 
 /// Every workload, in the order `all` runs them.
-pub const WORKLOADS: [&str; 6] = [
+pub(crate) const WORKLOADS: [&str; 6] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -16,7 +16,7 @@ pub const WORKLOADS: [&str; 6] = [
 
 /// What to do.
 #[derive(Debug, PartialEq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run workloads and report.
     Bench(BenchOptions),
     /// Serve as a Rust replica (started by the driver).
@@ -29,7 +29,7 @@ pub enum Command {
 
 /// Options of a benchmark run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     /// Workloads to run, in order.
     pub workloads: Vec<&'static str>,
     /// Repetitions of every measurement; medians are reported.
@@ -64,7 +64,7 @@ impl Default for BenchOptions {
 }
 
 /// How to call the program.
-pub const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
 
@@ -78,7 +78,7 @@ Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring]` and `
 are the server processes the driver starts.";
 
 /// Parses the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
     let mut args = args.into_iter().peekable();
     match args.peek().map(String::as_str) {
         Some("replica") => {

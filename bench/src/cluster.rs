@@ -16,7 +16,7 @@ use crate::replica::GROUP;
 
 /// What a target is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// This library.
     Rust,
     /// golang/groupcache with a pooled transport (`MaxIdleConnsPerHost` raised): Go's best.
@@ -31,7 +31,7 @@ pub enum Kind {
 
 impl Kind {
     /// Its name in the report.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Rust => "rust",
             Kind::GoPooled => "go",
@@ -42,7 +42,7 @@ impl Kind {
     }
 
     /// Every kind, in report order.
-    pub const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 5] = [
         Kind::Rust,
         Kind::GoPooled,
         Kind::GoDefault,
@@ -52,7 +52,7 @@ impl Kind {
 }
 
 /// Where the binaries are.
-pub struct Binaries {
+pub(crate) struct Binaries {
     /// This program (for `replica` and `ceiling-server`).
     pub this: PathBuf,
     /// The Go test peer.
@@ -61,7 +61,7 @@ pub struct Binaries {
 
 impl Binaries {
     /// This binary, and the Go peer built next to it by `tests/interop/build.sh`.
-    pub fn prepare(go_peer: Option<PathBuf>) -> Result<Binaries, String> {
+    pub(crate) fn prepare(go_peer: Option<PathBuf>) -> Result<Binaries, String> {
         let this = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
         let go_peer = match go_peer {
             Some(path) => path,
@@ -89,7 +89,7 @@ impl Binaries {
 }
 
 /// A running server process.
-pub struct Process {
+pub(crate) struct Process {
     child: Child,
     /// Closing it tells our own servers to exit.
     _stdin: Option<ChildStdin>,
@@ -141,12 +141,12 @@ impl Process {
     }
 
     /// Its process id, for reading its memory.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
-    pub fn memory(&self) -> Result<(u64, u64), String> {
+    pub(crate) fn memory(&self) -> Result<(u64, u64), String> {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
         let field = |name: &str| {
@@ -171,7 +171,7 @@ impl Drop for Process {
 
 /// Settings shared by the replicas of one cluster.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Value size in bytes.
     pub value_bytes: usize,
     /// Loader latency.
@@ -181,7 +181,7 @@ pub struct Settings {
 }
 
 /// Replicas of one kind that know each other.
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// The replicas, in the order every ring lists them.
     pub replicas: Vec<Process>,
     /// A ring identical to the replicas', to find owners.
@@ -190,7 +190,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `n` replicas of `kind` and gives each the full peer list.
-    pub async fn start(
+    pub(crate) async fn start(
         binaries: &Binaries,
         kind: Kind,
         n: usize,
@@ -230,7 +230,7 @@ impl Cluster {
     }
 
     /// Index of the replica that owns `key`.
-    pub fn owner(&self, key: &str) -> usize {
+    pub(crate) fn owner(&self, key: &str) -> usize {
         let url = self.ring.owner(key);
         self.replicas
             .iter()
@@ -239,17 +239,17 @@ impl Cluster {
     }
 
     /// Every replica's process id, in order.
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.replicas.iter().map(Process::pid).collect()
     }
 
     /// Every replica's address, in order.
-    pub fn addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
         self.replicas.iter().map(|r| r.addr).collect()
     }
 
     /// Every replica's counters, in order.
-    pub async fn stats(&self) -> Result<Vec<Stats>, String> {
+    pub(crate) async fn stats(&self) -> Result<Vec<Stats>, String> {
         let mut all = Vec::with_capacity(self.replicas.len());
         for replica in &self.replicas {
             let request = http::get_request("/stats");
@@ -309,7 +309,7 @@ fn start_replica(binaries: &Binaries, kind: Kind, settings: Settings) -> Result<
 }
 
 /// A single server process of `kind` with default settings (for the ceilings).
-pub fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, String> {
+pub(crate) fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, String> {
     let settings = Settings {
         value_bytes: 1024,
         load_ms: 0,
@@ -321,7 +321,7 @@ pub fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, String> 
 /// One replica's counters, under the Go peer's names.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// The group's counters.
     pub stats: Counters,
     /// The main cache.
@@ -333,7 +333,7 @@ pub struct Stats {
 /// The counters both languages report.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Gets, local and from peers.
     pub gets: u64,
     /// Main and hot hits.
@@ -351,7 +351,7 @@ pub struct Counters {
 /// One cache's size.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct CacheStats {
+pub(crate) struct CacheStats {
     /// Bytes as the implementation counts them.
     pub bytes: u64,
     /// Entries.

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 /// Why a request failed.
 #[derive(Debug)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// Connecting, writing or reading failed, or the server closed the connection.
     Io(io::Error),
     /// The response could not be parsed.
@@ -38,12 +38,12 @@ impl From<io::Error> for HttpError {
 }
 
 /// `GET {path}` as bytes, ready to send on a keep-alive connection.
-pub fn get_request(path: &str) -> Vec<u8> {
+pub(crate) fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
 }
 
 /// `POST {path}` with a JSON body, as bytes.
-pub fn post_json_request(path: &str, body: &str) -> Vec<u8> {
+pub(crate) fn post_json_request(path: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
@@ -53,7 +53,7 @@ pub fn post_json_request(path: &str, body: &str) -> Vec<u8> {
 }
 
 /// One keep-alive connection.
-pub struct Conn {
+pub(crate) struct Conn {
     addr: SocketAddr,
     stream: TcpStream,
     /// Received bytes; `buf[pos..filled]` is not consumed yet.
@@ -65,7 +65,7 @@ pub struct Conn {
 }
 
 /// The last response: its status and body (valid until the next request).
-pub struct Response<'a> {
+pub(crate) struct Response<'a> {
     /// The HTTP status code.
     pub status: u16,
     /// The body, de-chunked.
@@ -80,7 +80,7 @@ enum Framing {
 
 impl Conn {
     /// Connects to `addr` with Nagle's algorithm off.
-    pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
+    pub(crate) async fn connect(addr: SocketAddr) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Conn {
@@ -94,12 +94,12 @@ impl Conn {
     }
 
     /// The address this connection goes to.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Sends `request` (a complete HTTP/1.1 request) and reads the whole response.
-    pub async fn round_trip(&mut self, request: &[u8]) -> Result<Response<'_>, HttpError> {
+    pub(crate) async fn round_trip(&mut self, request: &[u8]) -> Result<Response<'_>, HttpError> {
         self.stream.write_all(request).await?;
         let (status, framing) = self.read_head().await?;
         self.body.clear();
@@ -219,7 +219,7 @@ impl Conn {
 }
 
 /// One request on a fresh connection: for setup and control calls.
-pub async fn call(addr: SocketAddr, request: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
+pub(crate) async fn call(addr: SocketAddr, request: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
     let mut conn = Conn::connect(addr).await?;
     let response = conn.round_trip(request).await?;
     Ok((response.status, response.body.to_vec()))

@@ -13,13 +13,13 @@ use crate::http::{Conn, HttpError};
 
 /// What to send: request number `seq` goes to target `.0` as the ready-made request `.1`; `None`
 /// ends the run.
-pub trait Source: Send + Sync + 'static {
+pub(crate) trait Source: Send + Sync + 'static {
     /// The `seq`-th request of the run.
     fn request(&self, seq: u64) -> Option<(usize, &[u8])>;
 }
 
 /// Requests drawn from a fixed list, spread evenly (and deterministically) at random.
-pub struct Uniform {
+pub(crate) struct Uniform {
     /// `(target, request)` pairs.
     pub requests: Vec<(usize, Vec<u8>)>,
 }
@@ -32,7 +32,7 @@ impl Source for Uniform {
 }
 
 /// Each request of a list exactly once, in order.
-pub struct Sequence {
+pub(crate) struct Sequence {
     /// `(target, request)` pairs.
     pub requests: Vec<(usize, Vec<u8>)>,
 }
@@ -45,7 +45,7 @@ impl Source for Sequence {
 }
 
 /// The splitmix64 finalizer: a fixed pseudo-random spread of request numbers.
-pub fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -54,7 +54,7 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// When a run stops.
 #[derive(Clone, Copy, Debug)]
-pub enum Limit {
+pub(crate) enum Limit {
     /// No new request after this long.
     Time(Duration),
     /// When the source runs out.
@@ -63,7 +63,7 @@ pub enum Limit {
 
 /// What a run measured.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Requests answered with 200.
     pub ok: u64,
     /// Requests answered otherwise, or failed.
@@ -84,12 +84,12 @@ pub struct Outcome {
 
 impl Outcome {
     /// Answered requests per second.
-    pub fn throughput(&self) -> f64 {
+    pub(crate) fn throughput(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// The `q` quantile of the latencies, in microseconds (0 when there are none).
-    pub fn quantile_us(&self, q: f64) -> f64 {
+    pub(crate) fn quantile_us(&self, q: f64) -> f64 {
         quantile(&self.latencies_us, q)
     }
 }
@@ -97,7 +97,7 @@ impl Outcome {
 /// CPU time the threads of `pid` now alive have used, in microseconds, to the nanosecond (the
 /// first field of `/proc/{pid}/task/*/schedstat`): for spans too short for `cpu_us`'s 10 ms
 /// ticks. Threads that ended are missing, so use it only across spans no thread ends in.
-pub fn cpu_us_fine(pid: u32) -> u64 {
+pub(crate) fn cpu_us_fine(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
@@ -112,7 +112,7 @@ pub fn cpu_us_fine(pid: u32) -> u64 {
 
 /// CPU time (user and system) process `pid` has used so far, in microseconds; 0 if unknown.
 /// `/proc/{pid}/stat` counts in ticks of 10 ms (`USER_HZ` is 100 on Linux).
-pub fn cpu_us(pid: u32) -> u64 {
+pub(crate) fn cpu_us(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses: utime and stime are the 12th and
     // 13th of them.
@@ -129,7 +129,7 @@ pub fn cpu_us(pid: u32) -> u64 {
 }
 
 /// The `q` quantile (nearest rank) of sorted values.
-pub fn quantile(sorted: &[u32], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -138,7 +138,7 @@ pub fn quantile(sorted: &[u32], q: f64) -> f64 {
 }
 
 /// Workers and their connections, kept open between runs.
-pub struct Pool {
+pub(crate) struct Pool {
     workers: Vec<Vec<Conn>>,
 }
 
@@ -154,7 +154,10 @@ struct Worker {
 
 impl Pool {
     /// `concurrency` workers, each connected to every target.
-    pub async fn connect(targets: &[SocketAddr], concurrency: usize) -> Result<Pool, HttpError> {
+    pub(crate) async fn connect(
+        targets: &[SocketAddr],
+        concurrency: usize,
+    ) -> Result<Pool, HttpError> {
         let mut workers = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
             let mut conns = Vec::with_capacity(targets.len());
@@ -167,7 +170,7 @@ impl Pool {
     }
 
     /// Runs `source` until `limit`, all workers at once.
-    pub async fn run(&mut self, source: Arc<dyn Source>, limit: Limit) -> Outcome {
+    pub(crate) async fn run(&mut self, source: Arc<dyn Source>, limit: Limit) -> Outcome {
         let cpu_before = cpu_us(std::process::id());
         let next = Arc::new(AtomicU64::new(0));
         let started = Instant::now();

@@ -32,14 +32,14 @@ use bytes::Bytes;
 use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
 
 /// The group every benchmark replica serves, in both languages.
-pub const GROUP: &str = "bench";
+pub(crate) const GROUP: &str = "bench";
 
 /// The loader's latency in the cold-storm workload, and the ceiling's wait on `/storm/{key}`.
-pub const STORM_LOAD: Duration = Duration::from_millis(50);
+pub(crate) const STORM_LOAD: Duration = Duration::from_millis(50);
 
 /// The Rust replica's settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReplicaOptions {
+pub(crate) struct ReplicaOptions {
     /// Every value is padded (or cut) to exactly this many bytes; 0 keeps `rs:{key}`.
     pub value_bytes: usize,
     /// How long the loader sleeps.
@@ -51,7 +51,7 @@ pub struct ReplicaOptions {
 }
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep.
-pub struct BenchLoader {
+pub(crate) struct BenchLoader {
     value_bytes: usize,
     delay: Duration,
 }
@@ -74,7 +74,7 @@ impl Loader for BenchLoader {
 
 /// `{prefix}{key}` padded with `.` or cut to exactly `n` bytes (as it is when `n` is 0), the same
 /// rule as the Go peer's `-value-bytes`.
-pub fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
+pub(crate) fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
     let mut value = format!("{prefix}{key}").into_bytes();
     if n > 0 {
         value.resize(n, b'.');
@@ -83,7 +83,7 @@ pub fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
 }
 
 /// Runs a replica until stdin closes.
-pub fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
     serve_on_loopback(|listener, url| async move {
         let loader = BenchLoader {
             value_bytes: options.value_bytes,
@@ -119,7 +119,7 @@ type Deadlines = Arc<Mutex<HashMap<String, tokio::time::Instant>>>;
 
 /// The ceiling: a bare axum server that answers `GET /static` with a fixed 1 KiB body, and
 /// `GET /storm/{key}` with the same body once the key's deadline has come.
-pub fn run_ceiling() -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run_ceiling() -> Result<(), Box<dyn std::error::Error>> {
     serve_on_loopback(|listener, _url| async move {
         let app = Router::new()
             .route("/static", get(|| async { static_body() }))

@@ -9,7 +9,7 @@ use crate::cluster::Kind;
 
 /// Whether a bigger figure is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Better {
+pub(crate) enum Better {
     /// Throughput.
     Higher,
     /// Latency, wall time, memory, requests.
@@ -18,7 +18,7 @@ pub enum Better {
 
 /// One figure of one workload case, with its samples for each target.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     /// The workload.
     pub workload: &'static str,
     /// The case, e.g. `c=64`.
@@ -33,12 +33,12 @@ pub struct Row {
 
 impl Row {
     /// The median of a target's samples.
-    pub fn median(&self, kind: Kind) -> Option<f64> {
+    pub(crate) fn median(&self, kind: Kind) -> Option<f64> {
         self.samples.get(&kind).and_then(|s| median(s))
     }
 
     /// The best median among the golang/groupcache configurations.
-    pub fn go_best(&self) -> Option<f64> {
+    pub(crate) fn go_best(&self) -> Option<f64> {
         let medians = [Kind::GoPooled, Kind::GoDefault].map(|k| self.median(k));
         medians
             .into_iter()
@@ -50,13 +50,13 @@ impl Row {
     }
 
     /// Rust's median over Go's best.
-    pub fn vs_go(&self) -> Option<f64> {
+    pub(crate) fn vs_go(&self) -> Option<f64> {
         Some(self.median(Kind::Rust)? / self.go_best()?)
     }
 }
 
 /// The median (mean of the middle two for an even count).
-pub fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -72,7 +72,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 /// Everything measured in one invocation.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// In the order first added.
     pub rows: Vec<Row>,
     /// The 1-minute load average when each workload started and ended.
@@ -83,7 +83,7 @@ pub struct Report {
 
 impl Report {
     /// Adds one sample.
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         workload: &'static str,
         case: &str,
@@ -114,14 +114,14 @@ impl Report {
     }
 
     /// The row for a figure, if measured.
-    pub fn row(&self, workload: &str, case: &str, metric: &str) -> Option<&Row> {
+    pub(crate) fn row(&self, workload: &str, case: &str, metric: &str) -> Option<&Row> {
         self.rows
             .iter()
             .find(|r| r.workload == workload && r.case == case && r.metric == metric)
     }
 
     /// The table: medians per target and the ratios, one line per figure.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let kinds: Vec<Kind> = Kind::ALL
             .into_iter()
             .filter(|k| self.rows.iter().any(|r| r.samples.contains_key(k)))
@@ -148,7 +148,7 @@ impl Report {
     }
 
     /// Everything as JSON, samples included.
-    pub fn json(&self, machine: Value, targets: &[Verdict]) -> Value {
+    pub(crate) fn json(&self, machine: Value, targets: &[Verdict]) -> Value {
         let rows: Vec<Value> = self
             .rows
             .iter()
@@ -197,7 +197,7 @@ impl Report {
 
 /// Whether one of the targets was met.
 #[derive(Debug, Clone)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The target, in words.
     pub target: String,
     /// Met or not; `None` when not measured.
@@ -207,7 +207,7 @@ pub struct Verdict {
 }
 
 /// Checks the targets against the medians.
-pub fn verdicts(report: &Report, concurrency: &[usize]) -> Vec<Verdict> {
+pub(crate) fn verdicts(report: &Report, concurrency: &[usize]) -> Vec<Verdict> {
     let mut out = Vec::new();
     let mut check = |target: String, inputs: Option<(bool, String)>| {
         let (met, detail) = match inputs {
@@ -305,7 +305,7 @@ pub fn verdicts(report: &Report, concurrency: &[usize]) -> Vec<Verdict> {
 }
 
 /// Verdicts as lines.
-pub fn verdict_lines(verdicts: &[Verdict]) -> String {
+pub(crate) fn verdict_lines(verdicts: &[Verdict]) -> String {
     let mut out = String::new();
     for v in verdicts {
         let mark = match v.met {

@@ -24,7 +24,7 @@ const WARM_UP: Duration = Duration::from_millis(500);
 type Result<T> = std::result::Result<T, String>;
 
 /// What every workload needs.
-pub struct Bench<'a> {
+pub(crate) struct Bench<'a> {
     /// The binaries.
     pub binaries: &'a Binaries,
     /// The options.
@@ -85,7 +85,7 @@ impl Bench<'_> {
     }
 
     /// The bare servers alone: axum (the ceiling) and net/http.
-    pub async fn ceiling(&mut self) -> Result<()> {
+    pub(crate) async fn ceiling(&mut self) -> Result<()> {
         for round in 0..self.options.rounds {
             for kind in self.order(&[Kind::Ceiling, Kind::GoBare], round) {
                 self.progress("ceiling", round, kind);
@@ -129,7 +129,7 @@ impl Bench<'_> {
 
     /// local-hit: 1,000 keys, all in replica A's main cache, asked of A. The ceiling and the bare
     /// Go server run in the same rounds.
-    pub async fn local_hit(&mut self) -> Result<()> {
+    pub(crate) async fn local_hit(&mut self) -> Result<()> {
         let kinds = [Kind::Rust, Kind::GoPooled, Kind::Ceiling, Kind::GoBare];
         for round in 0..self.options.rounds {
             for kind in self.order(&kinds, round) {
@@ -169,7 +169,7 @@ impl Bench<'_> {
     /// asked for the same key twice, so every get is a real fetch from the owner (no hot-cache
     /// hit). Owners hold every key in their main cache beforehand. The ceiling runs in the same
     /// rounds.
-    pub async fn remote_get(&mut self) -> Result<()> {
+    pub(crate) async fn remote_get(&mut self) -> Result<()> {
         let kinds = [Kind::Rust, Kind::GoPooled, Kind::GoDefault, Kind::Ceiling];
         let measured = self.options.remote_requests / 2;
         for round in 0..self.options.rounds {
@@ -234,7 +234,7 @@ impl Bench<'_> {
     /// loader that sleeps 50 ms: loads per key and the wall time. The ceiling is the same storm
     /// against 3 bare axum servers that answer every request for a key 50 ms after its first:
     /// what delivering 1,000 answers at once costs on this machine without any cache.
-    pub async fn cold_storm(&mut self) -> Result<()> {
+    pub(crate) async fn cold_storm(&mut self) -> Result<()> {
         const GETS: usize = 1_000;
         const KEYS: usize = 100;
         const REPLICAS: usize = 3;
@@ -296,7 +296,7 @@ impl Bench<'_> {
 
     /// memory: one replica with a 64 MiB main budget, filled with 640 MiB of distinct 4 KiB
     /// values; its resident memory against the budget.
-    pub async fn memory(&mut self) -> Result<()> {
+    pub(crate) async fn memory(&mut self) -> Result<()> {
         const VALUE: usize = 4096;
         const FILL: u64 = 640 << 20;
         let case = "64 MiB budget";
@@ -345,7 +345,7 @@ impl Bench<'_> {
     }
 
     /// hot-key: one key owned by replica A, asked of B and C: A's peer requests per 1,000 gets.
-    pub async fn hot_key(&mut self) -> Result<()> {
+    pub(crate) async fn hot_key(&mut self) -> Result<()> {
         let c = 64;
         let case = format!("c={c}");
         for round in 0..self.options.rounds {
@@ -397,7 +397,7 @@ fn servers_cpu_us_fine(pids: &[u32]) -> u64 {
 }
 
 /// The 1-minute load average.
-pub fn load_average() -> f64 {
+pub(crate) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())

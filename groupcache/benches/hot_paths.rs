@@ -20,12 +20,13 @@ use groupcache_rs::{Groupcache, Loaded, Loader};
 use groupcache_rs_pb::GetResponse;
 use prost::Message;
 
-// Their unit tests come along unused: a benchmark is not built with the test harness.
-#[allow(dead_code, unused_imports)]
+// Their unit tests come along unused: a benchmark is not built with the test harness. Their
+// public items are public in the library, not in this benchmark.
+#[allow(dead_code, unused_imports, unreachable_pub)]
 #[path = "../src/ring.rs"]
 mod ring;
 
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, unreachable_pub)]
 #[path = "../src/flight.rs"]
 mod flight;
 

@@ -12,7 +12,7 @@ use crate::segments::{Home, Place, Segments};
 
 /// A cached value and when it stops being valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The cached bytes.
     pub value: Bytes,
     /// Unix time in nanoseconds after which the entry is gone; 0 = never (the wire's convention).
@@ -21,7 +21,7 @@ pub struct Entry {
 
 /// What `insert` did, so the caller can update metrics without the cache knowing about them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Inserted {
+pub(crate) struct Inserted {
     /// Least-recently-used entries removed to make room.
     pub evicted: u64,
     /// The value as the cache now holds it (packed into a segment, or in its own exactly-sized
@@ -59,13 +59,13 @@ const ALLOCATOR: u64 = 4 * 16;
 /// process's resident memory grew by 0.95-1.02x the charged bytes for values of 0-64 bytes up to
 /// 0-10 KB (0.71x for empty values, which allocate neither a buffer nor `Shared`). Segments add
 /// at most a quarter of the packed bytes plus two segments (see `segments`).
-pub const ENTRY_OVERHEAD: u64 = NODE + TABLE + KEY + SHARED + ALLOCATOR;
+pub(crate) const ENTRY_OVERHEAD: u64 = NODE + TABLE + KEY + SHARED + ALLOCATOR;
 
 /// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
 /// The lock is held for the map operation, the copy of a packed value and the cleaner's moves
 /// (at most a quarter of a segment); removed values and let-go segment buffers are dropped after
 /// unlocking.
-pub struct Cache {
+pub(crate) struct Cache {
     inner: Mutex<Inner>,
     budget: u64,
     /// The capacity of a segment, which decides which values are packed.
@@ -109,7 +109,7 @@ fn exactly_sized(value: Bytes) -> Bytes {
 
 impl Cache {
     /// Creates an empty cache that holds at most `budget_bytes` charged bytes.
-    pub fn new(budget_bytes: u64) -> Cache {
+    pub(crate) fn new(budget_bytes: u64) -> Cache {
         let segments = Segments::for_budget(budget_bytes);
         Cache {
             segment_bytes: segments.segment_bytes(),
@@ -126,7 +126,7 @@ impl Cache {
 
     /// Returns a clone of the entry (a cheap Bytes clone) and marks it recently used.
     /// An entry whose expire is non-zero and <= now_nanos is removed and None is returned.
-    pub fn get(&self, key: &str, now_nanos: i64) -> Option<Entry> {
+    pub(crate) fn get(&self, key: &str, now_nanos: i64) -> Option<Entry> {
         let mut inner = self.lock();
         match inner.map.get(key) {
             None => return None,
@@ -149,7 +149,7 @@ impl Cache {
     /// an exactly-sized allocation, so a small slice cannot pin a large network buffer: a value
     /// that is the only handle to exactly its own buffer is kept as it is, anything else is
     /// copied.
-    pub fn insert(&self, key: &str, entry: Entry) -> Inserted {
+    pub(crate) fn insert(&self, key: &str, entry: Entry) -> Inserted {
         let size = charge(key, entry.value.len());
         if size > self.budget {
             self.remove(key);
@@ -211,7 +211,7 @@ impl Cache {
     }
 
     /// Removes the key; true if it was there.
-    pub fn remove(&self, key: &str) -> bool {
+    pub(crate) fn remove(&self, key: &str) -> bool {
         let mut inner = self.lock();
         let removed = inner.map.pop_entry(key);
         let let_go = self.forget(&mut inner, removed.as_ref());
@@ -222,12 +222,12 @@ impl Cache {
     }
 
     /// Charged bytes currently held, read without taking the lock.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
     /// Number of entries currently held, read without taking the lock.
-    pub fn items(&self) -> u64 {
+    pub(crate) fn items(&self) -> u64 {
         self.items.load(Ordering::Relaxed)
     }
 

@@ -481,4 +481,3 @@ pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
-

@@ -157,7 +157,10 @@ impl Peers {
         }
         self.change(|members| {
             let unchanged = members.len() == wanted.len()
-                && members.iter().zip(&wanted).all(|(m, (url, _))| m.url == *url);
+                && members
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(m, (url, _))| m.url == *url);
             if unchanged {
                 return false;
             }
@@ -197,7 +200,8 @@ impl Peers {
             return Ok(false);
         }
         let count = members.len();
-        self.current.store(Arc::new(Membership::new(self.mode, members)));
+        self.current
+            .store(Arc::new(Membership::new(self.mode, members)));
         tracing::info!(peers = count, "groupcache membership changed");
         Ok(true)
     }
@@ -222,8 +226,11 @@ pub(crate) fn parse_url(url: &str) -> Result<(Arc<str>, Endpoint), Error> {
         .strip_prefix("http://")
         .or_else(|| trimmed.strip_prefix("https://"));
     match host {
-        Some(host) if !host.is_empty() && !host.starts_with('/') && !trimmed.contains(['?', '#', ' ']) => {
-            let endpoint = Endpoint::parse(trimmed).map_err(|_| Error::InvalidPeerUrl(url.to_owned()))?;
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !trimmed.contains(['?', '#', ' ']) =>
+        {
+            let endpoint =
+                Endpoint::parse(trimmed).map_err(|_| Error::InvalidPeerUrl(url.to_owned()))?;
             Ok((Arc::from(trimmed), endpoint))
         }
         _ => Err(Error::InvalidPeerUrl(url.to_owned())),

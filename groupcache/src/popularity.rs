@@ -39,7 +39,7 @@ const DOOR_ADMISSIONS: u64 = (DOOR_BITS / 16) as u64;
 /// and the counters saturate at 255, far above any promotion threshold. Each window, and
 /// earlier once the doorkeeper has admitted [`DOOR_ADMISSIONS`] keys (as TinyLFU resets after a
 /// sample of fixed size), the counters are halved and the doorkeeper is cleared.
-pub struct Popularity {
+pub(crate) struct Popularity {
     counters: Box<[AtomicU64]>,
     /// The doorkeeper, 64 bits a word.
     door: Box<[AtomicU64]>,
@@ -53,7 +53,7 @@ pub struct Popularity {
 
 impl Popularity {
     /// `window`: counts are halved every `window` (so an estimate approximates requests per window).
-    pub fn new(window: Duration) -> Popularity {
+    pub(crate) fn new(window: Duration) -> Popularity {
         Popularity {
             counters: (0..ROWS * WIDTH / LANES)
                 .map(|_| AtomicU64::new(0))
@@ -68,7 +68,7 @@ impl Popularity {
 
     /// Counts one request for `key_hash` and returns the new estimate: the key's first request
     /// in a window sets its doorkeeper bits, later ones count in the sketch.
-    pub fn record(&self, key_hash: u64) -> u32 {
+    pub(crate) fn record(&self, key_hash: u64) -> u32 {
         self.decay();
         let mut seen = true;
         for (word, bit) in door_slots(key_hash) {
@@ -97,7 +97,7 @@ impl Popularity {
     }
 
     /// Current estimate without counting.
-    pub fn estimate(&self, key_hash: u64) -> u32 {
+    pub(crate) fn estimate(&self, key_hash: u64) -> u32 {
         self.decay();
         let at_door = door_slots(key_hash)
             .all(|(word, bit)| self.door[word].load(Ordering::Relaxed) & bit != 0);

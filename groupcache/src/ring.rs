@@ -31,14 +31,14 @@ enum Table {
 
 /// An immutable mapping from keys to peers; rebuilt whenever membership changes.
 #[derive(Debug, Clone)]
-pub struct Ring {
+pub(crate) struct Ring {
     table: Table,
 }
 
 impl Ring {
     /// Builds the ring for `peers`, exact peer URL strings in the order they were added (the
     /// order matters only for Go's collision rule). Owners are returned as indexes into `peers`.
-    pub fn new<S: AsRef<str>>(mode: RingMode, peers: &[S]) -> Ring {
+    pub(crate) fn new<S: AsRef<str>>(mode: RingMode, peers: &[S]) -> Ring {
         let indexed = (0u32..).zip(peers.iter().map(AsRef::as_ref));
         let table = match mode {
             RingMode::GoCompatible => {
@@ -62,7 +62,7 @@ impl Ring {
 
     /// Index (into the `peers` given to [`Ring::new`]) of the key's owner; `None` when there are
     /// no peers. Does not allocate.
-    pub fn owner(&self, key: &[u8]) -> Option<usize> {
+    pub(crate) fn owner(&self, key: &[u8]) -> Option<usize> {
         match &self.table {
             Table::Go(points) => {
                 let hash = crc32fast::hash(key);

@@ -42,7 +42,7 @@ const RETIRED: usize = 2;
 
 /// Where a packed value lives: its segment, and its place in that segment's list of keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place {
+pub(crate) struct Place {
     /// The segment's index.
     pub segment: u32,
     /// The value's index in the segment's list of keys.
@@ -50,7 +50,7 @@ pub struct Place {
 }
 
 /// Where a cached value's bytes live: in a segment, or (None) in a buffer of its own.
-pub type Home = Option<Place>;
+pub(crate) type Home = Option<Place>;
 
 /// One segment's bookkeeping.
 #[derive(Debug, Default)]
@@ -66,7 +66,7 @@ struct Usage {
 
 /// The segments of one cache.
 #[derive(Debug)]
-pub struct Segments {
+pub(crate) struct Segments {
     /// Capacity of every segment.
     segment: usize,
     /// The unused tail of the open segment, which new values are copied into.
@@ -91,7 +91,7 @@ pub struct Segments {
 
 impl Segments {
     /// Segments sized for a cache of `budget` bytes: 1/64 of it, between 64 KiB and 1 MiB.
-    pub fn for_budget(budget: u64) -> Segments {
+    pub(crate) fn for_budget(budget: u64) -> Segments {
         let segment = usize::try_from(budget / 64)
             .unwrap_or(MAX_SEGMENT)
             .clamp(MIN_SEGMENT, MAX_SEGMENT);
@@ -112,18 +112,18 @@ impl Segments {
     /// Whether a value of `len` bytes is packed. Values over 1/16 of a segment get a buffer of
     /// their own, so the unused tail of a segment, wasted when a value does not fit, stays
     /// under 1/16 of it.
-    pub fn packs(segment: usize, len: usize) -> bool {
+    pub(crate) fn packs(segment: usize, len: usize) -> bool {
         (MIN_PACKED..=segment / 16).contains(&len)
     }
 
     /// Capacity of every segment.
-    pub fn segment_bytes(&self) -> usize {
+    pub(crate) fn segment_bytes(&self) -> usize {
         self.segment
     }
 
     /// Copies the value of `key` (one that `packs`) into the open segment, opening a new one
     /// when it does not fit.
-    pub fn pack(&mut self, key: &Arc<str>, value: &[u8]) -> (Bytes, Place) {
+    pub(crate) fn pack(&mut self, key: &Arc<str>, value: &[u8]) -> (Bytes, Place) {
         debug_assert!(Self::packs(self.segment, value.len()));
         let index = match self.open_index {
             Some(index) if self.open.capacity() >= value.len() => index,
@@ -146,7 +146,12 @@ impl Segments {
     /// The value of `key`, `len` bytes at `place`, has left the cache or moved. The last key of
     /// its segment takes its slot; that key and the slot are returned, for the caller to update
     /// that value's place.
-    pub fn release(&mut self, key: &str, place: Place, len: usize) -> Option<(Arc<str>, u32)> {
+    pub(crate) fn release(
+        &mut self,
+        key: &str,
+        place: Place,
+        len: usize,
+    ) -> Option<(Arc<str>, u32)> {
         let usage = &mut self.usage[place.segment as usize];
         usage.live -= len;
         self.live -= len as u64;
@@ -166,7 +171,7 @@ impl Segments {
     /// The key of the next value the cleaner should move to the open segment, and whether
     /// the cleaner has just picked its segment (a scan over all of them); None while the dead
     /// space is within bounds.
-    pub fn next_to_move(&mut self) -> Option<(Arc<str>, bool)> {
+    pub(crate) fn next_to_move(&mut self) -> Option<(Arc<str>, bool)> {
         let mut picked = false;
         if self.cleaning.is_none() {
             if self.held <= self.live + self.live / 4 + 2 * self.segment as u64 {
@@ -192,25 +197,25 @@ impl Segments {
     }
 
     /// The buffers let go since the last call, for the caller to drop after unlocking.
-    pub fn take_let_go(&mut self) -> Vec<BytesMut> {
+    pub(crate) fn take_let_go(&mut self) -> Vec<BytesMut> {
         std::mem::take(&mut self.let_go)
     }
 
     /// Capacity of the segments that hold live values, plus the open one.
     #[cfg(test)]
-    pub fn held_bytes(&self) -> u64 {
+    pub(crate) fn held_bytes(&self) -> u64 {
         self.held
     }
 
     /// Bytes of the cached values in all segments.
     #[cfg(test)]
-    pub fn live_bytes(&self) -> u64 {
+    pub(crate) fn live_bytes(&self) -> u64 {
         self.live
     }
 
     /// The keys listed for the segment at `index`.
     #[cfg(test)]
-    pub fn keys(&self, index: u32) -> &[Arc<str>] {
+    pub(crate) fn keys(&self, index: u32) -> &[Arc<str>] {
         &self.usage[index as usize].keys
     }
 

@@ -6,13 +6,15 @@
 //! with `CI=true` a missing toolchain fails the test instead, so CI cannot skip silently.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::child::ListeningChild;
 
 /// Where the Go peer is built, relative to the workspace root.
 const BINARY: &str = "target/interop/go-peer";
@@ -130,9 +132,7 @@ fn build() -> Build {
 pub struct GoPeer {
     /// `http://127.0.0.1:port`: where it listens, and its peer URL unless started with `-self`.
     pub url: String,
-    child: Mutex<Option<Child>>,
-    /// Held open so the peer never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    process: ListeningChild,
     http: reqwest::Client,
 }
 
@@ -153,27 +153,14 @@ impl GoPeer {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client");
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["-listen", "127.0.0.1:0", "-group", crate::GROUP])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", binary.display()));
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        let mut line = String::new();
-        // Blocks until the peer has bound its socket (or exits: EOF, an empty line).
-        let read = stdout.read_line(&mut line);
-        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("the Go peer did not start: read {read:?}, line {line:?}, exit {status:?}");
-        };
+            .args(flags);
+        let process = ListeningChild::spawn(command, false);
         GoPeer {
-            url,
-            child: Mutex::new(Some(child)),
-            _stdout: stdout,
+            url: process.url.clone(),
+            process,
             http,
         }
     }
@@ -181,14 +168,7 @@ impl GoPeer {
     /// Kills the process (SIGKILL, like a crash) and waits for it: when this returns, its port
     /// refuses connections and every connection it had is closed. Idempotent.
     pub fn kill(&self) {
-        let mut child = self
-            .child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(mut child) = child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// The HTTP client the helpers use (10 s timeout, no redirects), for raw requests.
@@ -264,12 +244,6 @@ impl GoPeer {
     }
 }
 
-impl Drop for GoPeer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The Go getter's invocations on one peer (`GET /loads`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct GoLoads {
@@ -289,14 +263,23 @@ impl GoLoads {
 /// golang/groupcache's `Stats` of the group (`GET /stats`).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub struct GoStats {
+    /// Gets of the group on this peer.
     pub gets: i64,
+    /// Hits in either cache.
     pub cache_hits: i64,
+    /// Values fetched from a peer.
     pub peer_loads: i64,
+    /// Failed peer fetches.
     pub peer_errors: i64,
+    /// Gets that missed the caches.
     pub loads: i64,
+    /// Those that did the work (after singleflight).
     pub loads_deduped: i64,
+    /// Successful runs of the getter.
     pub local_loads: i64,
+    /// Failed runs of the getter.
     pub local_load_errs: i64,
+    /// Requests served to peers.
     pub server_requests: i64,
 }
 

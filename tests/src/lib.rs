@@ -14,6 +14,7 @@ use std::time::Duration;
 use groupcache_rs::{Builder, Groupcache, Loaded, Loader};
 use tokio::sync::{Semaphore, oneshot, watch};
 
+pub mod child;
 pub mod delay_proxy;
 pub mod go;
 pub mod netns;
@@ -157,12 +158,27 @@ pub fn owner_index<L: Loader>(replicas: &[Replica<L>], key: &str) -> usize {
         .expect("owner is a member")
 }
 
+/// The keys `{prefix}0`, `{prefix}1`, ... that `owner_url` owns in `cache`'s ring, in order.
+pub fn keys_owned<'a, L: Loader>(
+    cache: &'a Groupcache<L>,
+    owner_url: &'a str,
+    prefix: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    (0..)
+        .map(move |i| format!("{prefix}{i}"))
+        .filter(move |key| cache.owner(key) == owner_url)
+}
+
+/// The first key of the form `{prefix}{i}` that `owner_url` owns in `cache`'s ring.
+pub fn key_owned<L: Loader>(cache: &Groupcache<L>, owner_url: &str, prefix: &str) -> String {
+    keys_owned(cache, owner_url, prefix)
+        .next()
+        .expect("some key maps to every member")
+}
+
 /// The first key of the form `{prefix}{i}` that replica `owner` owns.
 pub fn key_owned_by<L: Loader>(replicas: &[Replica<L>], owner: usize, prefix: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|key| owner_index(replicas, key) == owner)
-        .expect("some key maps to every replica")
+    key_owned(&replicas[0].cache, &replicas[owner].url, prefix)
 }
 
 /// Loads counted across a whole cluster (every replica's loader shares one).

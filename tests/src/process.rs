@@ -5,13 +5,13 @@
 //! for them.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
+
+use crate::child::ListeningChild;
 
 /// A running replica process, killed when dropped.
 pub struct ProcessReplica {
@@ -19,11 +19,8 @@ pub struct ProcessReplica {
     pub url: String,
     /// Its process id.
     pub pid: u32,
-    child: Mutex<Option<Child>>,
-    /// Closing it makes the replica exit: it never outlives the test.
-    _stdin: Option<ChildStdin>,
-    /// Held open so the replica never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    /// Its stdin is a pipe: closing it makes the replica exit, so it never outlives the test.
+    process: ListeningChild,
     http: reqwest::Client,
 }
 
@@ -48,29 +45,12 @@ impl ProcessReplica {
             .no_proxy()
             .build()
             .expect("HTTP client");
-        let mut child = command
-            .args(flags)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {command:?}: {error}"));
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        let mut line = String::new();
-        // Blocks until the replica has bound its socket (or exits: EOF, an empty line).
-        let read = stdout.read_line(&mut line);
-        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("the replica did not start: read {read:?}, line {line:?}, exit {status:?}");
-        };
+        command.args(flags);
+        let process = ListeningChild::spawn(command, true);
         ProcessReplica {
-            url,
-            pid: child.id(),
-            child: Mutex::new(Some(child)),
-            _stdin: stdin,
-            _stdout: stdout,
+            url: process.url.clone(),
+            pid: process.pid,
+            process,
             http,
         }
     }
@@ -78,14 +58,7 @@ impl ProcessReplica {
     /// SIGKILLs the process and waits for it: when this returns, its port refuses connections
     /// and every connection it had is closed. Idempotent.
     pub fn kill(&self) {
-        let mut child = self
-            .child
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(mut child) = child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// The control client (10 s timeout).
@@ -155,27 +128,34 @@ impl ProcessReplica {
     }
 }
 
-impl Drop for ProcessReplica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A process replica's counters (`GET /stats`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProcessStats {
+    /// `Stats::gets`.
     pub gets: u64,
+    /// `Stats::main_hits`.
     pub main_hits: u64,
+    /// `Stats::hot_hits`.
     pub hot_hits: u64,
+    /// `Stats::peer_loads`.
     pub peer_loads: u64,
+    /// `Stats::peer_errors`.
     pub peer_errors: u64,
+    /// `Stats::loads`.
     pub loads: u64,
+    /// `Stats::local_loads`.
     pub local_loads: u64,
+    /// `Stats::local_load_errors`.
     pub local_load_errors: u64,
+    /// `Stats::server_requests`.
     pub server_requests: u64,
+    /// `Stats::main_bytes`.
     pub main_bytes: u64,
+    /// `Stats::main_items`.
     pub main_items: u64,
+    /// `Stats::hot_bytes`.
     pub hot_bytes: u64,
+    /// `Stats::hot_items`.
     pub hot_items: u64,
     /// The loader's runs per key on this replica.
     pub loads_per_key: HashMap<String, u64>,
@@ -206,13 +186,12 @@ fn escape(key: &str) -> String {
 /// `urls` (the replica binary's default ring mode), computed in this process with an unserved
 /// cache, so no request is needed.
 pub fn keys_owned_by(urls: &[&str], owner_url: &str, prefix: &str, n: usize) -> Vec<String> {
-    let ring = groupcache_rs::Groupcache::builder(crate::GROUP, owner_url, crate::TestLoader::new())
-        .build()
-        .expect("a valid ring");
+    let ring =
+        groupcache_rs::Groupcache::builder(crate::GROUP, owner_url, crate::TestLoader::new())
+            .build()
+            .expect("a valid ring");
     ring.set_peers(urls).expect("valid peer URLs");
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .filter(|key| ring.owner(key) == owner_url)
+    crate::keys_owned(&ring, owner_url, prefix)
         .take(n)
         .collect()
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use groupcache_rs::Groupcache;
 use groupcache_tests::delay_proxy::DelayProxy;
 use groupcache_tests::process::{self, ProcessReplica};
-use groupcache_tests::{GROUP, Replica, TestLoader};
+use groupcache_tests::{GROUP, Replica, TestLoader, key_owned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -29,14 +29,6 @@ use tokio::task::JoinSet;
 /// descheduled process or runtime thread without making the bounds meaningless (a get that sat
 /// out the proxy's 1.5 s latency, or a dead owner's TCP retransmissions, would still fail them).
 const SLACK: Duration = Duration::from_secs(1);
-
-/// The first key `{prefix}{i}` that `url` owns in `cache`'s ring.
-fn key_owned_by(cache: &Groupcache<TestLoader>, url: &str, prefix: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|key| cache.owner(key) == url)
-        .expect("some key maps to every member")
-}
 
 // ---------------------------------------------------------------------------------------------
 // The owner of hot keys SIGKILLed under steady load.
@@ -349,7 +341,7 @@ impl ProxiedOwner {
 
     /// A key the proxied owner owns.
     fn key(&self, prefix: &str) -> String {
-        key_owned_by(&self.askers[0].0.cache, &self.proxy.url(), prefix)
+        key_owned(&self.askers[0].0.cache, &self.proxy.url(), prefix)
     }
 }
 

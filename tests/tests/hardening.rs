@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use groupcache_rs::{Groupcache, PeerAuth, SIGNATURE_HEADER};
-use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by, start_cluster};
+use groupcache_tests::{GROUP, Replica, TestLoader, key_owned, key_owned_by, start_cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -150,10 +150,7 @@ async fn a_captured_signed_request_cannot_be_replayed() {
         .cache
         .set_peers([fake_owner.as_str(), asker.url.as_str()])
         .unwrap();
-    let key = (0..)
-        .map(|i| format!("replay-{i}"))
-        .find(|k| asker.cache.owner(k) == fake_owner)
-        .unwrap();
+    let key = key_owned(&asker.cache, &fake_owner, "replay-");
     asker.cache.get(&key).await.unwrap();
     let head = captured.recv().await.unwrap();
     let signature = head
@@ -277,10 +274,7 @@ async fn hanging_closing_stalling_truncating_and_mislabelled_peers_cost_one_time
             .cache
             .set_peers([fake.as_str(), asker.url.as_str()])
             .unwrap();
-        let key = (0..)
-            .map(|i| format!("{behaviour}-{i}"))
-            .find(|k| asker.cache.owner(k) == fake)
-            .unwrap();
+        let key = key_owned(&asker.cache, &fake, "{behaviour}-");
         let started = Instant::now();
         assert_eq!(
             asker.cache.get(&key).await.unwrap(),
@@ -338,10 +332,7 @@ async fn a_peer_cannot_push_a_value_over_the_limit() {
         .cache
         .set_peers([fake.as_str(), asker.url.as_str()])
         .unwrap();
-    let key = (0..)
-        .map(|i| format!("flood-{i}"))
-        .find(|k| asker.cache.owner(k) == fake)
-        .unwrap();
+    let key = key_owned(&asker.cache, &fake, "flood-");
     assert_eq!(asker.cache.get(&key).await.unwrap(), loader.value_for(&key));
     assert_eq!(asker.cache.stats().peer_errors, 1);
     let sent = sent.load(std::sync::atomic::Ordering::Relaxed);

@@ -15,20 +15,12 @@ use std::time::Duration;
 
 use groupcache_rs::{Builder, Groupcache, RingMode};
 use groupcache_tests::go::{self, GoPeer};
-use groupcache_tests::{GROUP, NoValue, Replica, TestLoader};
+use groupcache_tests::{GROUP, NoValue, Replica, TestLoader, key_owned};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 fn go_compatible(loader: &TestLoader) -> impl FnMut(String) -> Builder<TestLoader> + '_ {
     move |url| Groupcache::builder(GROUP, url, loader.clone()).ring_mode(RingMode::GoCompatible)
-}
-
-/// The first `{prefix}{i}` that `cache`'s ring gives to `owner`.
-fn key_owned_by(cache: &Groupcache<TestLoader>, owner: &str, prefix: &str) -> String {
-    (0..100_000)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|key| cache.owner(key) == owner)
-        .unwrap_or_else(|| panic!("no key {prefix}N maps to {owner}"))
 }
 
 fn go_value(key: &str) -> Vec<u8> {
@@ -59,8 +51,8 @@ async fn go_and_rust_fetch_each_others_keys_with_identical_bytes() {
     let loader = TestLoader::new();
     let (go, rust) = pair(binary, &loader).await;
     // Non-ASCII keys, so the bytes compared include multi-byte UTF-8 on both sides.
-    let rust_key = key_owned_by(&rust.cache, &rust.url, "ключ-rust-");
-    let go_key = key_owned_by(&rust.cache, &go.url, "ключ-go-");
+    let rust_key = key_owned(&rust.cache, &rust.url, "ключ-rust-");
+    let go_key = key_owned(&rust.cache, &go.url, "ключ-go-");
     assert_eq!(
         go.owner(&rust_key).await.owner,
         rust.url,
@@ -117,7 +109,7 @@ async fn large_values_and_expiring_values_cross_intact() {
 
     // A 6 KB key, so the values are over Go's 2 KB threshold for a chunked response.
     let long = "x".repeat(6 << 10);
-    let go_key = key_owned_by(&rust.cache, &go.url, &format!("{long}-go-"));
+    let go_key = key_owned(&rust.cache, &go.url, &format!("{long}-go-"));
     let response = go
         .http()
         .get(format!("{}/_groupcache/{GROUP}/{go_key}", go.url))
@@ -131,7 +123,7 @@ async fn large_values_and_expiring_values_cross_intact() {
         go_value(&go_key),
         "a chunked body from Go"
     );
-    let rust_key = key_owned_by(&rust.cache, &rust.url, &format!("{long}-rust-"));
+    let rust_key = key_owned(&rust.cache, &rust.url, &format!("{long}-rust-"));
     assert_eq!(
         go.get(&rust_key).await,
         (200, loader.value_for(&rust_key).into_bytes())
@@ -139,7 +131,7 @@ async fn large_values_and_expiring_values_cross_intact() {
 
     // An expiring value: our GetResponse carries field 3 (expire), which golang/groupcache's
     // message lacks; Go skips the unknown field and reads the value's exact bytes.
-    let key = key_owned_by(&rust.cache, &rust.url, "expiring-");
+    let key = key_owned(&rust.cache, &rust.url, "expiring-");
     let expires = std::time::SystemTime::now() + Duration::from_secs(3600);
     rust.cache
         .set(&key, &"stored ✓".to_owned(), Some(expires))
@@ -167,8 +159,8 @@ async fn a_rust_replica_under_a_prefix_joins_a_go_pool_with_a_custom_base_path()
     let ring = [go.url.as_str(), rust.url.as_str()];
     rust.cache.set_peers(ring).unwrap();
     go.set_peers(&ring).await;
-    let rust_key = key_owned_by(&rust.cache, &rust.url, "prefixed-");
-    let go_key = key_owned_by(&rust.cache, &go.url, "prefixed-");
+    let rust_key = key_owned(&rust.cache, &rust.url, "prefixed-");
+    let go_key = key_owned(&rust.cache, &go.url, "prefixed-");
     assert_eq!(go.owner(&rust_key).await.owner, rust.url);
     assert_eq!(
         go.get(&rust_key).await,
@@ -590,7 +582,7 @@ async fn rust_replicas_answer_without_errors_while_a_go_replica_is_killed() {
     for rust in rusts.iter() {
         assert!(rust.cache.remove_peer(&dead).unwrap());
     }
-    let key = key_owned_by(&rusts[0].cache, &gos[1].url, "after-");
+    let key = key_owned(&rusts[0].cache, &gos[1].url, "after-");
     assert_eq!(rusts[0].cache.get(&key).await.unwrap(), format!("go:{key}"));
     assert_eq!(
         rusts
@@ -606,7 +598,7 @@ async fn a_go_getter_error_is_a_peer_failure_to_rust_which_loads_locally() {
     let Some(binary) = go::binary() else { return };
     let loader = TestLoader::new();
     let (go, rust) = pair(binary, &loader).await;
-    let key = key_owned_by(&rust.cache, &go.url, "error:go-");
+    let key = key_owned(&rust.cache, &go.url, "error:go-");
 
     // Go answers a getter error with a bare 500: no `groupcache-error: loader` marker.
     let response = go
@@ -642,7 +634,7 @@ async fn a_rust_loader_error_is_a_500_that_go_treats_as_a_peer_failure() {
     let Some(binary) = go::binary() else { return };
     let loader = TestLoader::new();
     let (go, rust) = pair(binary, &loader).await;
-    let key = key_owned_by(&rust.cache, &rust.url, "error:rust-");
+    let key = key_owned(&rust.cache, &rust.url, "error:rust-");
 
     // Go ignores our `groupcache-error: loader` marker: any non-200 is a peer failure, after
     // which it runs its own getter (which fails for this key too) and returns that error.
@@ -686,13 +678,13 @@ async fn an_unknown_group_is_a_404_both_ways() {
     }
 
     // Rust asks Go for group "test": 404, a peer failure, a local load.
-    let key = key_owned_by(&rust.cache, &go.url, "go-");
+    let key = key_owned(&rust.cache, &go.url, "go-");
     assert_eq!(rust.cache.get(&key).await.unwrap(), loader.value_for(&key));
     let stats = rust.cache.stats();
     assert_eq!((stats.peer_errors, stats.local_loads), (1, 1));
 
     // Go asks Rust for group "other": 404, a peer failure, a local load.
-    let key = key_owned_by(&rust.cache, &rust.url, "rust-");
+    let key = key_owned(&rust.cache, &rust.url, "rust-");
     assert_eq!(go.get(&key).await, (200, go_value(&key)));
     let stats = go.stats().await;
     assert_eq!((stats.peer_errors, stats.local_loads), (1, 1));
@@ -708,7 +700,7 @@ async fn go_replicas_take_remove_and_set_for_a_get() {
 
     // golang/groupcache serves every method as GET: our DELETE makes the Go owner *load* the
     // key, answers 200, and so `remove` reports success while Go keeps its value.
-    let key = key_owned_by(&rust.cache, &go.url, "rm-");
+    let key = key_owned(&rust.cache, &go.url, "rm-");
     rust.cache.remove(&key).await.unwrap();
     assert_eq!(
         go.loads().await.of(&key),
@@ -718,7 +710,7 @@ async fn go_replicas_take_remove_and_set_for_a_get() {
     assert_eq!(rust.cache.get(&key).await.unwrap(), format!("go:{key}"));
 
     // Likewise PUT: `set` succeeds, the Go owner loads its own value and keeps it.
-    let key = key_owned_by(&rust.cache, &go.url, "set-");
+    let key = key_owned(&rust.cache, &go.url, "set-");
     rust.cache
         .set(&key, &"mine".to_owned(), None)
         .await

@@ -3,7 +3,7 @@
 
 use groupcache_rs::Groupcache;
 use groupcache_rs_pb::{GetResponse, SetRequest};
-use groupcache_tests::{GROUP, Replica, TestLoader};
+use groupcache_tests::{GROUP, Replica, TestLoader, key_owned};
 use prost::Message;
 
 fn replica(loader: &TestLoader) -> Replica<TestLoader> {
@@ -183,10 +183,7 @@ async fn a_peer_sending_garbage_or_too_much_is_survived_with_a_local_load() {
             .cache
             .set_peers([fake_url.as_str(), replica.url.as_str()])
             .unwrap();
-        let key = (0..)
-            .map(|i| format!("k{i}"))
-            .find(|k| replica.cache.owner(k) == fake_url)
-            .unwrap();
+        let key = key_owned(&replica.cache, &fake_url, "k");
         assert_eq!(
             replica.cache.get(&key).await.unwrap(),
             loader.value_for(&key),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use groupcache_rs::{Groupcache, PeerTls, Server};
-use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by};
+use groupcache_tests::{GROUP, Replica, TestLoader, key_owned, key_owned_by};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -110,10 +110,7 @@ async fn peers_without_a_valid_client_certificate_are_refused() {
             .cache
             .set_peers([owner.url.as_str(), asker.url.as_str()])
             .unwrap();
-        let key = (0..)
-            .map(|i| format!("{name}-{i}"))
-            .find(|k| asker.cache.owner(k) == owner.url)
-            .unwrap();
+        let key = key_owned(&asker.cache, &owner.url, "{name}-");
         assert_eq!(
             asker.cache.get(&key).await.unwrap(),
             loader.value_for(&key),

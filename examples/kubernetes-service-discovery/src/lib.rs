@@ -1,4 +1,4 @@
-//! An axum service whose replicas share one [`groupcache`]: the example of deploying the library
+//! An axum service whose replicas share one [`groupcache_rs`]: the example of deploying the library
 //! on Kubernetes.
 //!
 //! - [`config`]: flags and environment variables;

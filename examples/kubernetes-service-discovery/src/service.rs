@@ -121,7 +121,9 @@ async fn get_item(State(state): State<AppState>, Path(key): Path<String>) -> Res
         Err(error @ groupcache_rs::Error::KeyTooLarge { .. }) => {
             (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
         }
-        Err(error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. })) => {
+        Err(
+            error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. }),
+        ) => {
             tracing::warn!(key, %error, "database query failed");
             (StatusCode::BAD_GATEWAY, "the database query failed\n").into_response()
         }

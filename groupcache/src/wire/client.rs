@@ -12,10 +12,10 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
 use prost::Message;
 
-use crate::PeerError;
 use super::auth::{PeerAuth, SIGNATURE_HEADER};
 use super::pool::{Answer, Connections, ReadError, request_error};
 use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF};
+use crate::PeerError;
 use crate::membership::Endpoint;
 
 /// How a request to a peer failed.

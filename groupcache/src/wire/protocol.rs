@@ -100,7 +100,10 @@ mod tests {
     fn key_paths_put_the_mount_before_the_base_and_escape_group_and_key() {
         let prefix = key_prefix("/internal", "/_groupcache/", "a group");
         assert_eq!(prefix, "/internal/_groupcache/a%20group/");
-        assert_eq!(key_path(&prefix, "x/y"), "/internal/_groupcache/a%20group/x%2Fy");
+        assert_eq!(
+            key_path(&prefix, "x/y"),
+            "/internal/_groupcache/a%20group/x%2Fy"
+        );
         assert_eq!(
             parse_path("/_groupcache/a%20group/x%2Fy", "/_groupcache/"),
             Some(("a group".to_owned(), "x/y".to_owned()))

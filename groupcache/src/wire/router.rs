@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::caches::Entry;
 use super::auth::SIGNATURE_HEADER;
 use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF, parse_path};
+use crate::caches::Entry;
 use crate::{Error, Groupcache, Loader};
 
 pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(

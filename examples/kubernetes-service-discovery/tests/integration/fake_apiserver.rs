@@ -69,7 +69,7 @@ struct State {
 }
 
 /// The fake server. Stops when dropped.
-pub struct FakeApiServer {
+pub(crate) struct FakeApiServer {
     /// `http://127.0.0.1:port`.
     pub url: String,
     addr: SocketAddr,
@@ -79,7 +79,7 @@ pub struct FakeApiServer {
 
 impl FakeApiServer {
     /// Starts a server on a free loopback port.
-    pub async fn start() -> FakeApiServer {
+    pub(crate) async fn start() -> FakeApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -124,7 +124,7 @@ impl FakeApiServer {
     }
 
     /// Creates or replaces an EndpointSlice (namespace and name from its metadata).
-    pub fn apply(&self, mut slice: Value) {
+    pub(crate) fn apply(&self, mut slice: Value) {
         let namespace = slice["metadata"]["namespace"]
             .as_str()
             .expect("namespace")
@@ -163,7 +163,7 @@ impl FakeApiServer {
     }
 
     /// Deletes an EndpointSlice.
-    pub fn delete(&self, namespace: &str, name: &str) {
+    pub(crate) fn delete(&self, namespace: &str, name: &str) {
         let mut state = self.state();
         let Some(mut object) = state
             .objects
@@ -185,7 +185,7 @@ impl FakeApiServer {
     }
 
     /// Sends a BOOKMARK at the current resourceVersion to every watch that asked for them.
-    pub fn bookmark(&self) {
+    pub(crate) fn bookmark(&self) {
         let mut state = self.state();
         let line = event_line(
             "BOOKMARK",
@@ -201,19 +201,19 @@ impl FakeApiServer {
     }
 
     /// Forgets the history: watches from any version before now get 410 Gone.
-    pub fn compact(&self) {
+    pub(crate) fn compact(&self) {
         let mut state = self.state();
         state.history.clear();
         state.compacted = state.rv;
     }
 
     /// Ends every watch cleanly, as the server does at `timeoutSeconds`.
-    pub fn end_watches(&self) {
+    pub(crate) fn end_watches(&self) {
         self.state().watches.clear();
     }
 
     /// Cuts every watch mid-stream: the chunked body is aborted.
-    pub fn sever_watches(&self) {
+    pub(crate) fn sever_watches(&self) {
         for watch in self.state().watches.drain(..) {
             let _ = watch
                 .events
@@ -223,7 +223,7 @@ impl FakeApiServer {
 
     /// While failing, every request is answered `503 ServiceUnavailable`; starting to fail cuts
     /// every watch.
-    pub fn set_failing(&self, failing: bool) {
+    pub(crate) fn set_failing(&self, failing: bool) {
         self.state().failing = failing;
         if failing {
             self.sever_watches();
@@ -232,7 +232,7 @@ impl FakeApiServer {
 
     /// Closes the listener and every connection: clients get connection refused until
     /// [`FakeApiServer::restart`].
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let running = lock(&self.running).take();
         self.sever_watches();
         if let Some((stop, task)) = running {
@@ -245,7 +245,7 @@ impl FakeApiServer {
     }
 
     /// Listens again on the same port, with the same objects.
-    pub async fn restart(&self) {
+    pub(crate) async fn restart(&self) {
         let mut attempts = 0;
         let listener = loop {
             match TcpListener::bind(self.addr).await {
@@ -263,27 +263,27 @@ impl FakeApiServer {
     }
 
     /// List requests served (each page counts).
-    pub fn lists(&self) -> usize {
+    pub(crate) fn lists(&self) -> usize {
         self.state().lists
     }
 
     /// Watch requests served.
-    pub fn watch_requests(&self) -> usize {
+    pub(crate) fn watch_requests(&self) -> usize {
         self.state().watch_requests
     }
 
     /// Requests answered 503 while failing.
-    pub fn failed_requests(&self) -> usize {
+    pub(crate) fn failed_requests(&self) -> usize {
         self.state().failed_requests
     }
 
     /// Watches refused with 410 Gone.
-    pub fn gone_sent(&self) -> usize {
+    pub(crate) fn gone_sent(&self) -> usize {
         self.state().gone_sent
     }
 
     /// A summary for failure messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let state = self.state();
         format!(
             "rv {} (compacted {}), {} objects, {} lists, {} watch requests, {} open watches, \
@@ -572,7 +572,7 @@ fn watch(
 
 /// An EndpointSlice of `service` in `namespace` with one port named `http`, and one endpoint
 /// per `(address, ready)`, as the EndpointSlice controller writes them.
-pub fn endpoint_slice(
+pub(crate) fn endpoint_slice(
     namespace: &str,
     name: &str,
     service: &str,

@@ -13,16 +13,16 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 /// The service binary under test.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_kubernetes-service-discovery");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_kubernetes-service-discovery");
 
 /// How long a process may take to become ready, or a condition to hold.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A directory for one test's files, removed at the end unless the test failed.
-pub struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    pub fn new(name: &str) -> TempDir {
+    pub(crate) fn new(name: &str) -> TempDir {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "ksd-{name}-{}-{}",
@@ -34,7 +34,7 @@ impl TempDir {
         TempDir(dir)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -51,7 +51,7 @@ impl Drop for TempDir {
 
 /// `n` ports that were free a moment ago. Whoever binds one must cope with losing the race
 /// (the callers retry with new ports).
-pub fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
         .collect();
@@ -62,14 +62,14 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// A child process, killed when dropped; its output goes to `log`.
-pub struct Process {
+pub(crate) struct Process {
     pub name: String,
     child: Option<Child>,
     pub log: PathBuf,
 }
 
 impl Process {
-    pub fn spawn(name: &str, mut command: Command, dir: &Path) -> Process {
+    pub(crate) fn spawn(name: &str, mut command: Command, dir: &Path) -> Process {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("create a log file");
         let err = file.try_clone().expect("clone the log file");
@@ -84,23 +84,23 @@ impl Process {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The exit status, if the process has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child
             .as_mut()
             .and_then(|child| child.try_wait().ok().flatten())
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -109,7 +109,7 @@ impl Process {
     }
 
     /// Waits (bounded) for the process to exit.
-    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.exited() {
@@ -148,7 +148,7 @@ impl Drop for Process {
 }
 
 /// An HTTP client for the tests (no proxies, bounded).
-pub fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .no_proxy()
@@ -157,7 +157,7 @@ pub fn http() -> reqwest::Client {
 }
 
 /// GET `url`: status and body (connection errors as status 0).
-pub async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
     match http.get(url).send().await {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -169,7 +169,7 @@ pub async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
 }
 
 /// One replica of the service.
-pub struct Replica {
+pub(crate) struct Replica {
     pub process: Process,
     /// `http://127.0.0.1:port`.
     pub url: String,
@@ -178,7 +178,7 @@ pub struct Replica {
 }
 
 /// Why a replica did not become ready.
-pub enum Start {
+pub(crate) enum Start {
     Ready,
     /// It exited, e.g. because another process took its port first.
     Exited(String),
@@ -188,7 +188,7 @@ impl Replica {
     /// Starts a replica on `port`, serving the peer protocol on `peer_port` if given
     /// (`--peer-listen`). `args` and `env` are added to the defaults: no shutdown delay
     /// (`--shutdown-delay` overrides it) and `RUST_LOG=info`.
-    pub fn spawn(
+    pub(crate) fn spawn(
         name: &str,
         port: u16,
         peer_port: Option<u16>,
@@ -222,7 +222,7 @@ impl Replica {
 
     /// Starts a replica on a free port, alone, and waits until it is ready. Retries with a new
     /// port (bounded) when it loses its port to another process.
-    pub async fn start(name: &str, args: &[&str], dir: &Path) -> Replica {
+    pub(crate) async fn start(name: &str, args: &[&str], dir: &Path) -> Replica {
         let http = http();
         let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
         for attempt in 1..=3 {
@@ -241,7 +241,7 @@ impl Replica {
     }
 
     /// Waits (bounded) until `path` answers `status`, or the process exits.
-    pub async fn wait_for_status(
+    pub(crate) async fn wait_for_status(
         &mut self,
         http: &reqwest::Client,
         path: &str,
@@ -267,7 +267,7 @@ impl Replica {
 
     /// The value of a metric line of `/metrics` (the first whose name and labels start with
     /// `prefix`), if present.
-    pub async fn metric(&self, http: &reqwest::Client, prefix: &str) -> Option<f64> {
+    pub(crate) async fn metric(&self, http: &reqwest::Client, prefix: &str) -> Option<f64> {
         let (status, body) = get(http, &format!("{}/metrics", self.url)).await;
         if status != 200 {
             return None;
@@ -281,7 +281,7 @@ impl Replica {
 
 /// Where a cluster's replicas serve the peer protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PeerPort {
+pub(crate) enum PeerPort {
     /// On the main port.
     Shared,
     /// On a port of its own (`--peer-listen`).
@@ -291,7 +291,7 @@ pub enum PeerPort {
 }
 
 /// Replicas in static mode, each listing all of them with `--peers`.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub replicas: Vec<Replica>,
 }
 
@@ -299,7 +299,12 @@ impl Cluster {
     /// Starts `n` replicas and waits until each is ready; unless `peer_port` is `Shared`, each
     /// serves the peer protocol on a port of its own (the TLS flags, for `OwnTls`, come in
     /// `args`). Retries with new ports (bounded) when one loses a port to another process.
-    pub async fn start_static(n: usize, peer_port: PeerPort, args: &[&str], dir: &Path) -> Cluster {
+    pub(crate) async fn start_static(
+        n: usize,
+        peer_port: PeerPort,
+        args: &[&str],
+        dir: &Path,
+    ) -> Cluster {
         let http = http();
         let peer_ports = peer_port != PeerPort::Shared;
         let scheme = if peer_port == PeerPort::OwnTls {
@@ -356,7 +361,7 @@ impl Cluster {
     }
 
     /// `127.0.0.1:port` of each replica.
-    pub fn addresses(&self) -> Vec<String> {
+    pub(crate) fn addresses(&self) -> Vec<String> {
         self.replicas
             .iter()
             .map(|replica| replica.url.trim_start_matches("http://").to_owned())
@@ -365,7 +370,7 @@ impl Cluster {
 }
 
 /// Finds `tool` on PATH. Without it: `None` after a loud message, or a panic when `CI=true`.
-pub fn require_tool(tool: &str) -> Option<PathBuf> {
+pub(crate) fn require_tool(tool: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join(tool))
@@ -390,13 +395,13 @@ pub fn require_tool(tool: &str) -> Option<PathBuf> {
 }
 
 /// A Prometheus server of the test's own, scraping `targets` every second.
-pub struct Prometheus {
+pub(crate) struct Prometheus {
     pub url: String,
     _process: Process,
 }
 
 impl Prometheus {
-    pub async fn start(binary: &Path, targets: &[String], dir: &Path) -> Prometheus {
+    pub(crate) async fn start(binary: &Path, targets: &[String], dir: &Path) -> Prometheus {
         let config = dir.join("prometheus.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
@@ -450,7 +455,7 @@ impl Prometheus {
     }
 
     /// An instant query: each result's labels and value.
-    pub async fn query(&self, http: &reqwest::Client, promql: &str) -> Vec<(Value, f64)> {
+    pub(crate) async fn query(&self, http: &reqwest::Client, promql: &str) -> Vec<(Value, f64)> {
         let mut url = reqwest::Url::parse(&format!("{}/api/v1/query", self.url)).expect("URL");
         url.query_pairs_mut().append_pair("query", promql);
         let (status, body) = get(http, url.as_str()).await;
@@ -474,7 +479,7 @@ impl Prometheus {
     }
 
     /// A query whose result is one number (`None` when it has no result yet).
-    pub async fn scalar(&self, http: &reqwest::Client, promql: &str) -> Option<f64> {
+    pub(crate) async fn scalar(&self, http: &reqwest::Client, promql: &str) -> Option<f64> {
         let results = self.query(http, promql).await;
         match results.as_slice() {
             [] => None,

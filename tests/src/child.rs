@@ -1,0 +1,80 @@
+//! A child process that announces where it listens: the one helper behind the Go peer
+//! ([`crate::go::GoPeer`]) and the replica processes ([`crate::process::ProcessReplica`]).
+//!
+//! The child prints `listening {url}` on stdout once its socket is bound; [`ListeningChild::spawn`]
+//! blocks until then. The child is SIGKILLed when the handle is dropped, so it never outlives the
+//! test.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+
+/// A running child process that has bound its socket; killed when dropped.
+pub struct ListeningChild {
+    /// The URL it printed (`listening {url}`).
+    pub url: String,
+    /// Its process id.
+    pub pid: u32,
+    child: Mutex<Option<Child>>,
+    /// When piped, closing it (on drop) tells the child to exit.
+    _stdin: Option<ChildStdin>,
+    /// Held open so the child never writes to a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl ListeningChild {
+    /// Starts `command` and waits for its `listening {url}` line. With `pipe_stdin`, the child's
+    /// stdin is a pipe held by the handle (children that exit when it closes); otherwise null.
+    ///
+    /// # Panics
+    ///
+    /// When the command cannot start, or exits (or prints anything else) before listening.
+    pub fn spawn(mut command: Command, pipe_stdin: bool) -> ListeningChild {
+        let mut child = command
+            .stdin(if pipe_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {command:?}: {error}"));
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut line = String::new();
+        // Blocks until the child has bound its socket (or exits: EOF, an empty line).
+        let read = stdout.read_line(&mut line);
+        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("{command:?} did not start: read {read:?}, line {line:?}, exit {status:?}");
+        };
+        ListeningChild {
+            url,
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+            _stdin: stdin,
+            _stdout: stdout,
+        }
+    }
+
+    /// SIGKILLs the process (like a crash) and waits for it: when this returns, its port refuses
+    /// connections and every connection it had is closed. Idempotent.
+    pub fn kill(&self) {
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(mut child) = child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ListeningChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
