@@ -81,6 +81,6 @@ pub use wire::PeerTls;
 pub use wire::{MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER, Server};
 
 /// The README's examples, compiled and run as doctests.
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
