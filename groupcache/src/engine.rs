@@ -73,6 +73,30 @@ impl<L: Loader> Groupcache<L> {
 
     /// Stores `value` for `key` on its owner, expiring at `expires_at` if given, and drops every
     /// other replica's hot copy. No loader runs.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), groupcache_rs::Error> {
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
+    /// let in_a_minute = SystemTime::now() + Duration::from_secs(60);
+    /// cache.set("42", &"written, not loaded".to_owned(), Some(in_a_minute)).await?;
+    /// assert_eq!(cache.get("42").await?, "written, not loaded");
+    ///
+    /// cache.remove("42").await?;
+    /// assert_eq!(cache.get("42").await?, "row for 42"); // loaded again, once
+    /// # Ok(()) }
+    /// ```
     pub async fn set(
         &self,
         key: &str,
@@ -114,6 +138,25 @@ impl<L: Loader> Groupcache<L> {
 
     /// The axum router that serves this group to peers under the base path. Merge it into your
     /// app, or nest it under a prefix and include that prefix in every peer URL.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # fn main() -> Result<(), groupcache_rs::Error> {
+    /// // Peers list this replica as `http://10.0.0.1:8080/internal`, prefix included.
+    /// let cache = Groupcache::builder("rows", "http://10.0.0.1:8080/internal", Db).build()?;
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/healthz", axum::routing::get(|| async { "ok" }))
+    ///     .nest("/internal", cache.router());
+    /// # Ok(()) }
+    /// ```
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         crate::wire::router::router(self.clone())
     }
@@ -163,6 +206,26 @@ impl<L: Loader> Groupcache<L> {
     }
 
     /// This replica's counters and cache sizes.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), groupcache_rs::Error> {
+    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
+    /// cache.get("42").await?; // a miss: this replica owns every key, so it loads
+    /// cache.get("42").await?; // a main-cache hit
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.gets, stats.local_loads, stats.main_hits), (2, 1, 1));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
         Stats {

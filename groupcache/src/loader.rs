@@ -82,7 +82,30 @@ impl<V> From<V> for Loaded<V> {
 /// A cacheable value: how it becomes the bytes stored and sent to peers, and back.
 ///
 /// [`Bytes`], `Vec<u8>` and [`String`] travel as they are, so a golang/groupcache peer reads
-/// exactly the bytes a Rust loader produced. [`Json`] carries any serde type.
+/// exactly the bytes a Rust loader produced. [`Json`] carries any serde type. A codec of your
+/// own:
+///
+/// ```
+/// use bytes::Bytes;
+/// use groupcache_rs::{CodecError, Value};
+///
+/// /// A counter, cached as 8 little-endian bytes.
+/// struct Count(u64);
+///
+/// impl Value for Count {
+///     fn encode(&self) -> Result<Bytes, CodecError> {
+///         Ok(Bytes::copy_from_slice(&self.0.to_le_bytes()))
+///     }
+///     fn decode(bytes: Bytes) -> Result<Self, CodecError> {
+///         let bytes: [u8; 8] = bytes[..].try_into().map_err(|e| CodecError(Box::new(e)))?;
+///         Ok(Count(u64::from_le_bytes(bytes)))
+///     }
+/// }
+///
+/// assert_eq!(Count::decode(Count(7).encode()?)?.0, 7);
+/// assert!(Count::decode(Bytes::from_static(b"short")).is_err());
+/// # Ok::<(), CodecError>(())
+/// ```
 pub trait Value: Sized + Send + Sync + 'static {
     /// The bytes to cache and send.
     fn encode(&self) -> Result<Bytes, CodecError>;
