@@ -1,11 +1,13 @@
 //! The example's integration tests, in one binary (one link of kube, axum and the service):
 //!
+//! - `api`: the REST API of one replica and its OpenAPI document;
 //! - `discovery`: discovery against a fake Kubernetes API server (`fake_apiserver`);
 //! - `service`: the service binary as processes on loopback (`process`), with Prometheus,
 //!   promtool, SIGTERM, and Kubernetes mode against the fake API server.
 //!
 //! `cargo test -p kubernetes-service-discovery --test integration discovery::` runs one group.
 
+mod api;
 mod discovery;
 mod fake_apiserver;
 mod process;
