@@ -1,6 +1,7 @@
 //! An axum service whose replicas share one [`groupcache`]: the example of deploying the library
 //! on Kubernetes.
 //!
+//! - [`cli`]: `cachectl`, the command line for a running cluster;
 //! - [`config`]: flags and environment variables;
 //! - [`api`]: the REST API (items, admin views, the OpenAPI document), errors as problem
 //!   details;
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod database;
 pub mod discovery;

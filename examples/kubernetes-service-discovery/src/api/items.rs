@@ -1,5 +1,6 @@
 //! `GET`, `PUT` and `DELETE /items/{key}`: reads through the cache, writes to the database first
-//! and then to the cache, so that every replica answers the new value.
+//! and then to the cache (`set`, on the key's owner; every other replica drops its hot copy), so
+//! that every replica answers the new value.
 //!
 //! Every input is checked before anything is written: a bad key, body or expiry is a 4xx and
 //! changes nothing.
@@ -123,8 +124,14 @@ pub async fn delete_item(State(state): State<AppState>, Path(key): Path<String>)
         Ok(existed) => existed,
         Err(error) => return database_error(&key, &error),
     };
-    // Even if there was no row: a stale cached copy goes too.
-    forget(&state, &key).await;
+    // Even if there was no row: a stale cached copy goes too. The cache holds "no such item"
+    // rather than nothing, so the next reads cost no query (and, with the simulated database,
+    // do not reload the owner's own copy of the row).
+    let expiry = state.database.cache_expiry(None);
+    if let Err(error) = state.cache.set(&key, &Json(None), expiry).await {
+        tracing::warn!(key, %error, "deleted in the database, but not in the cache");
+        forget(&state, &key).await;
+    }
     if existed {
         StatusCode::NO_CONTENT.into_response()
     } else {

@@ -1,6 +1,7 @@
 //! The example's integration tests, in one binary (one link of kube, axum and the service):
 //!
 //! - `api`: the REST API of one replica and its OpenAPI document;
+//! - `cli`: `cachectl` against a running cluster;
 //! - `database`: three replicas on a real PostgreSQL of the test's own (`postgres`);
 //! - `discovery`: discovery against a fake Kubernetes API server (`fake_apiserver`);
 //! - `service`: the service binary as processes on loopback (`process`), with Prometheus,
@@ -9,6 +10,7 @@
 //! `cargo test -p kubernetes-service-discovery --test integration discovery::` runs one group.
 
 mod api;
+mod cli;
 mod database;
 mod discovery;
 mod fake_apiserver;
