@@ -2,6 +2,7 @@
 //!
 //! - `api`: the REST API of one replica and its OpenAPI document;
 //! - `cli`: `cachectl` against a running cluster;
+//! - `dashboard`: the Grafana dashboard against the replicas' `/metrics` and a real Prometheus;
 //! - `database`: three replicas on a real PostgreSQL of the test's own (`postgres`);
 //! - `discovery`: discovery against a fake Kubernetes API server (`fake_apiserver`);
 //! - `service`: the service binary as processes on loopback (`process`), with Prometheus,
@@ -11,6 +12,7 @@
 
 mod api;
 mod cli;
+mod dashboard;
 mod database;
 mod discovery;
 mod fake_apiserver;
