@@ -16,7 +16,7 @@ use groupcache_rs::Json;
 use serde::{Deserialize, Serialize};
 
 use super::problem::Problem;
-use crate::database::{DbError, Item, Row};
+use crate::database::{DbError, Item, Row, WriteError};
 use crate::service::AppState;
 
 /// Longest key the service accepts (characters `A-Z a-z 0-9 _ -`).
@@ -99,20 +99,18 @@ pub async fn put_item(
         Err(problem) => return problem.into_response(),
     };
     let expiry = state.database.cache_expiry(row.expires_at);
-    let item = match state.database.put(&key, row).await {
-        Ok(item) => item,
-        Err(error) => return database_error(&key, &error),
+    // The cache step runs once the database has the row, before the commit, under the key's
+    // lock: from here on, a failure only delays what the replicas see.
+    let cache_step = |item: Item| async {
+        if let Err(error) = state.cache.set(&key, &Json(Some(item)), expiry).await {
+            tracing::warn!(key, %error, "written to the database, but not to the cache");
+            forget(&state, &key).await;
+        }
     };
-    // The database has the new row: from here on, a failure only delays what the replicas see.
-    if let Err(error) = state
-        .cache
-        .set(&key, &Json(Some(item.clone())), expiry)
-        .await
-    {
-        tracing::warn!(key, %error, "written to the database, but not to the cache");
-        forget(&state, &key).await;
+    match state.database.put(&key, row, cache_step).await {
+        Ok(item) => respond(&state, StatusCode::OK, &item),
+        Err(error) => write_error(&state, &key, &error).await,
     }
-    respond(&state, StatusCode::OK, &item)
 }
 
 /// `DELETE /items/{key}`: 204, or 404 if there was no such item.
@@ -120,22 +118,20 @@ pub async fn delete_item(State(state): State<AppState>, Path(key): Path<String>)
     if let Err(problem) = check_key(&key) {
         return problem.into_response();
     }
-    let existed = match state.database.delete(&key).await {
-        Ok(existed) => existed,
-        Err(error) => return database_error(&key, &error),
-    };
     // Even if there was no row: a stale cached copy goes too. The cache holds "no such item"
     // rather than nothing, so the next reads cost no query (and, with the simulated database,
     // do not reload the owner's own copy of the row).
     let expiry = state.database.cache_expiry(None);
-    if let Err(error) = state.cache.set(&key, &Json(None), expiry).await {
-        tracing::warn!(key, %error, "deleted in the database, but not in the cache");
-        forget(&state, &key).await;
-    }
-    if existed {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        not_found(&key)
+    let cache_step = || async {
+        if let Err(error) = state.cache.set(&key, &Json(None), expiry).await {
+            tracing::warn!(key, %error, "deleted in the database, but not in the cache");
+            forget(&state, &key).await;
+        }
+    };
+    match state.database.delete(&key, cache_step).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => not_found(&key),
+        Err(error) => write_error(&state, &key, &error).await,
     }
 }
 
@@ -249,9 +245,17 @@ fn not_found(key: &str) -> Response {
     .into_response()
 }
 
-fn database_error(key: &str, error: &DbError) -> Response {
+async fn write_error(state: &AppState, key: &str, error: &WriteError) -> Response {
     tracing::warn!(key, %error, "database write failed");
-    match error {
+    if let WriteError::Unconfirmed(_) = error {
+        // The cache may hold what the database did not keep: the next read loads the truth.
+        forget(state, key).await;
+        return Problem::unavailable(
+            "the database did not confirm the write; read the item to see whether it was saved",
+        )
+        .into_response();
+    }
+    match error.db_error() {
         DbError::Unavailable(_) => {
             Problem::unavailable("the database is unavailable; nothing was written").into_response()
         }

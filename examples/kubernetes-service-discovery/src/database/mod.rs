@@ -61,6 +61,29 @@ pub enum DbError {
     Failed(String),
 }
 
+/// Why a write failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// Before anything was written, or rolled back: nothing changed, and the cache step did not
+    /// run.
+    #[error("{0}")]
+    NotWritten(DbError),
+    /// The cache step ran, but the commit was not confirmed: the row may or may not have been
+    /// written. Drop the key from the cache, so that the next read loads whichever it is.
+    #[error("commit not confirmed: {0}")]
+    Unconfirmed(DbError),
+}
+
+impl WriteError {
+    /// The database's error.
+    pub fn db_error(&self) -> &DbError {
+        match self {
+            WriteError::NotWritten(error) | WriteError::Unconfirmed(error) => error,
+        }
+    }
+}
+
 /// Which database stores the items.
 #[derive(Clone)]
 enum Backend {
@@ -107,20 +130,37 @@ impl Database {
         }
     }
 
-    /// Inserts or replaces `key`'s row; returns the item as the cache should now hold it.
-    pub async fn put(&self, key: &str, row: Row) -> Result<Item, DbError> {
+    /// Inserts or replaces `key`'s row, then runs `cache_step` with the item as the cache should
+    /// now hold it, then commits; returns the item.
+    ///
+    /// `cache_step` runs while the row is locked (PostgreSQL: the transaction's row lock), so
+    /// that the cache steps of two writes of a key run in the order their rows were written: the
+    /// cache ends with the value the database ends with.
+    pub async fn put<F, Fut>(&self, key: &str, row: Row, cache_step: F) -> Result<Item, WriteError>
+    where
+        F: FnOnce(Item) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let item = self.item(key, row.clone());
+        let step = cache_step(item.clone());
         match &self.backend {
-            Backend::Simulated(db) => db.put(key, row.clone()).await,
-            Backend::Postgres(db) => db.put(key, &row).await?,
-        }
-        Ok(self.item(key, row))
+            Backend::Simulated(db) => db.write(key, Some(row), |_| step).await,
+            Backend::Postgres(db) => db.write(key, Some(&row), |_| step).await?,
+        };
+        Ok(item)
     }
 
-    /// Deletes `key`'s row; returns whether there was one (expired rows count as none).
-    pub async fn delete(&self, key: &str) -> Result<bool, DbError> {
+    /// Deletes `key`'s row, then runs `cache_step` (as [`Database::put`] does), then commits;
+    /// returns whether there was a row (expired rows count as none).
+    pub async fn delete<F, Fut>(&self, key: &str, cache_step: F) -> Result<bool, WriteError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let step = cache_step();
         match &self.backend {
-            Backend::Simulated(db) => Ok(db.delete(key).await),
-            Backend::Postgres(db) => db.delete(key).await,
+            Backend::Simulated(db) => Ok(db.write(key, None, |_| step).await),
+            Backend::Postgres(db) => db.write(key, None, |_| step).await,
         }
     }
 

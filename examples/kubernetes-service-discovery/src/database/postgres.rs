@@ -1,6 +1,6 @@
 //! PostgreSQL, the real source of truth: a pool of connections (TLS through rustls when the
 //! server offers it, or as `sslmode` demands), the schema migrated on start, and the three
-//! statements the service runs.
+//! statements the service runs. Writes hold the row's lock until the cache has the new value.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use super::{DbError, Row};
+use super::{DbError, Row, WriteError};
 
 /// How long a statement, or getting a connection, may take before the request fails as
 /// unavailable (503) rather than hanging on a database that stopped answering.
@@ -36,6 +36,10 @@ const SELECT_ITEMS: &str = "SELECT key, value, expires_at FROM items \
 const UPSERT_ITEM: &str = "INSERT INTO items (key, value, expires_at) VALUES ($1, $2, $3) \
      ON CONFLICT (key) DO UPDATE \
      SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = now()";
+
+/// Serialises the writes of a key, whether or not its row exists (a `DELETE` of a missing row
+/// locks nothing; a hash collision only serialises two keys' writes).
+const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
 const DELETE_ITEM: &str =
     "DELETE FROM items WHERE key = $1 RETURNING (expires_at IS NULL OR expires_at > now())";
@@ -135,28 +139,46 @@ impl Postgres {
             .map_err(|e| DbError::Failed(format!("reading a row of items: {e}")))
     }
 
-    /// Inserts or replaces `key`'s row.
-    pub async fn put(&self, key: &str, row: &Row) -> Result<(), DbError> {
-        let client = self.client().await?;
-        within(async {
-            let statement = client.prepare_cached(UPSERT_ITEM).await?;
-            client
-                .execute(&statement, &[&key, &row.value, &row.expires_at])
-                .await
+    /// In one transaction: takes the key's lock, upserts its row (`None`: deletes it), runs
+    /// `then` with whether there was a live row, and commits. A second write of the key waits for
+    /// the lock, so the `then`s of two writes run in the order of their commits.
+    pub async fn write<F, Fut>(
+        &self,
+        key: &str,
+        row: Option<&Row>,
+        then: F,
+    ) -> Result<bool, WriteError>
+    where
+        F: FnOnce(bool) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut client = self.client().await.map_err(WriteError::NotWritten)?;
+        // Any failure up to the commit drops the transaction, which rolls it back.
+        let tx = within(client.transaction())
+            .await
+            .map_err(WriteError::NotWritten)?;
+        let existed = within(async {
+            let lock = tx.prepare_cached(LOCK_KEY).await?;
+            tx.execute(&lock, &[&key]).await?;
+            match row {
+                Some(row) => {
+                    let statement = tx.prepare_cached(UPSERT_ITEM).await?;
+                    tx.execute(&statement, &[&key, &row.value, &row.expires_at])
+                        .await
+                        .map(|_| true)
+                }
+                None => {
+                    let statement = tx.prepare_cached(DELETE_ITEM).await?;
+                    let rows = tx.query(&statement, &[&key]).await?;
+                    Ok(rows.iter().any(|row| row.try_get(0).unwrap_or(false)))
+                }
+            }
         })
         .await
-        .map(drop)
-    }
-
-    /// Deletes `key`'s row; returns whether it had a live (unexpired) one.
-    pub async fn delete(&self, key: &str) -> Result<bool, DbError> {
-        let client = self.client().await?;
-        let rows = within(async {
-            let statement = client.prepare_cached(DELETE_ITEM).await?;
-            client.query(&statement, &[&key]).await
-        })
-        .await?;
-        Ok(rows.iter().any(|row| row.try_get(0).unwrap_or(false)))
+        .map_err(WriteError::NotWritten)?;
+        then(existed).await;
+        within(tx.commit()).await.map_err(WriteError::Unconfirmed)?;
+        Ok(existed)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {

@@ -15,6 +15,8 @@ pub struct Simulated {
     latency: Duration,
     /// Keys written (`Some`) or deleted (`None`) on this replica.
     written: Mutex<HashMap<String, Option<Row>>>,
+    /// Held by each write, its cache step included.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl Simulated {
@@ -23,6 +25,7 @@ impl Simulated {
         Simulated {
             latency,
             written: Mutex::new(HashMap::new()),
+            writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -46,21 +49,24 @@ impl Simulated {
             .collect()
     }
 
-    /// Writes `key`'s row, after the latency.
-    pub async fn put(&self, key: &str, row: Row) {
-        tokio::time::sleep(self.latency).await;
-        self.table().insert(key.to_owned(), Some(row));
-    }
-
-    /// Deletes `key`'s row, after the latency; returns whether it had a live one.
-    pub async fn delete(&self, key: &str) -> bool {
+    /// Writes `key`'s row (`None`: deletes it) after the latency, then runs `then` with whether
+    /// it had a live row; writes run one at a time, `then` included, as under PostgreSQL's row
+    /// lock.
+    pub async fn write<F, Fut>(&self, key: &str, row: Option<Row>, then: F) -> bool
+    where
+        F: FnOnce(bool) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let _one_at_a_time = self.writes.lock().await;
         tokio::time::sleep(self.latency).await;
         let now = SystemTime::now();
-        match self.table().insert(key.to_owned(), None) {
+        let existed = match self.table().insert(key.to_owned(), row) {
             None => true,
             Some(None) => false,
             Some(Some(row)) => row.expires_at.is_none_or(|at| at > now),
-        }
+        };
+        then(existed).await;
+        existed
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Row>>> {

@@ -261,3 +261,111 @@ async fn with_the_database_down_reads_are_served_writes_fail_and_recover() {
     let get = send(&http, "GET", &url(1, "uncached-0"), None).await;
     assert_eq!(get.0, 200, "{}", get.2);
 }
+
+/// Backends of the replicas (by their application name) in `state` or waiting on `wait_type`.
+async fn replica_backends(db: &tokio_postgres::Client, condition: &str) -> i64 {
+    db.query_one(
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'kubernetes-service-discovery' AND {condition}"
+        ),
+        &[],
+    )
+    .await
+    .expect("read pg_stat_activity")
+    .get(0)
+}
+
+/// Sends `kill -SIG pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Two writes of a key through two replicas, the second sent while the first is in its cache
+/// step (held there: the key's owner is stopped with SIGSTOP). The second must wait in
+/// PostgreSQL for the first to commit, so the cache steps run in the database's order and every
+/// replica ends with the value PostgreSQL ends with. Without the key's lock, the second write
+/// would reach the database and the cache while the first is still on its way to the cache.
+#[tokio::test]
+async fn racing_writes_of_a_key_reach_the_cache_in_the_database_order() {
+    let Some(pg) = PgServer::start("race") else {
+        return;
+    };
+    let dir = TempDir::new("pg-race");
+    let cluster = cluster(&pg, &dir).await;
+    let db = pg.client().await;
+    let http = http();
+    let key = "race";
+    let owner = send(
+        &http,
+        "GET",
+        &format!("{}/admin/owner/{key}", cluster.replicas[0].url),
+        None,
+    )
+    .await
+    .2["owner"]
+        .as_str()
+        .expect("an owner")
+        .trim_end_matches("/internal")
+        .to_owned();
+    let owner_index = cluster
+        .replicas
+        .iter()
+        .position(|replica| replica.peer_url == owner)
+        .expect("the owner is a replica");
+    let writers: Vec<String> = (0..REPLICAS)
+        .filter(|i| *i != owner_index)
+        .map(|i| cluster.replicas[i].url.clone())
+        .collect();
+    let put = |writer: &str, value: &str| {
+        let (http, url, body) = (
+            http.clone(),
+            format!("{writer}/items/{key}"),
+            put_body(&json!(value)),
+        );
+        tokio::spawn(async move { send(&http, "PUT", &url, body).await })
+    };
+    let wait_for = |condition: &'static str| {
+        let db = &db;
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while replica_backends(db, condition).await < 1 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no replica backend with {condition}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    signal(cluster.replicas[owner_index].process.pid(), "STOP");
+    let first = put(&writers[0], "first");
+    // Its row is written and uncommitted: it is in its cache step, stuck on the stopped owner.
+    wait_for("state = 'idle in transaction'").await;
+    let second = put(&writers[1], "second");
+    // The second write waits for the first's lock rather than racing it to the cache.
+    wait_for("wait_event_type = 'Lock'").await;
+    assert_eq!(
+        row(&db, key).await,
+        None,
+        "nothing committed while the owner is stopped"
+    );
+    signal(cluster.replicas[owner_index].process.pid(), "CONT");
+
+    let (first, second) = (first.await.expect("first"), second.await.expect("second"));
+    assert_eq!(first.0, 200, "{}", first.2);
+    assert_eq!(second.0, 200, "{}", second.2);
+    assert_eq!(row(&db, key).await, Some(json!("second")));
+    for (i, replica) in cluster.replicas.iter().enumerate() {
+        let get = send(&http, "GET", &format!("{}/items/{key}", replica.url), None).await;
+        assert_eq!(
+            get.2["item"]["value"], "second",
+            "replica {i} disagrees with PostgreSQL"
+        );
+    }
+}
