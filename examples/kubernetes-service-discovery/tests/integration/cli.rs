@@ -9,10 +9,10 @@ use crate::process::{Cluster, PeerPort, TempDir, free_ports};
 
 const CACHECTL: &str = env!("CARGO_BIN_EXE_cachectl");
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Run {
@@ -23,7 +23,7 @@ impl Run {
 }
 
 /// Runs `cachectl --server server args...` (blocking: it is a separate process).
-fn cachectl(server: &str, args: &[&str]) -> Run {
+pub fn cachectl(server: &str, args: &[&str]) -> Run {
     let output = Command::new(CACHECTL)
         .args(["--server", server, "--timeout", "10s"])
         .args(args)

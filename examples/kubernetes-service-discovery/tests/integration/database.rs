@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use crate::api::send;
+use crate::cli::cachectl;
 use crate::postgres::PgServer;
 use crate::process::{Cluster, PeerPort, TempDir, http};
 
@@ -227,6 +228,16 @@ async fn with_the_database_down_reads_are_served_writes_fail_and_recover() {
     }
     let get = send(&http, "GET", &url(0, "uncached-0"), None).await;
     assert_eq!(get.0, 503, "{}", get.2);
+    // cachectl says so with its own exit code (4: unavailable, retry).
+    let server = cluster.replicas[1].url.clone();
+    let run = tokio::task::spawn_blocking(move || cachectl(&server, &["put", "d-0", "1"]))
+        .await
+        .expect("cachectl");
+    assert_eq!(
+        run.code, 4,
+        "cachectl put with the database down: {}",
+        run.stderr
+    );
 
     pg.restart();
     let db = pg.client().await;
