@@ -14,13 +14,24 @@ if ! command -v go >/dev/null 2>&1 || [ ! -f /usr/share/gocode/src/github.com/go
     fi
 fi
 
-# Prometheus and promtool, for the Kubernetes example's metrics tests.
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+# Prometheus and promtool, for the Kubernetes example's metrics tests; PostgreSQL, for its database
+# tests (each starts a server of its own with initdb and pg_ctl, on 127.0.0.1 and a free port,
+# which it can stop and start again; as root they run it as the `postgres` user).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1 \
+    || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
         examples/kubernetes-service-discovery/scripts/install-test-deps.sh
     else
-        echo "WARNING: the Kubernetes example's metrics tests need Prometheus and promtool:" >&2
+        echo "WARNING: the Kubernetes example's metrics and database tests need Prometheus," >&2
+        echo "WARNING: promtool and PostgreSQL:" >&2
         echo "WARNING:   sudo examples/kubernetes-service-discovery/scripts/install-test-deps.sh" >&2
+    fi
+fi
+# Where the database tests find initdb and pg_ctl (the newest installed PostgreSQL).
+if [ -z "${GROUPCACHE_TEST_PG_BINDIR:-}" ]; then
+    pg_bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [ -n "$pg_bindir" ]; then
+        export GROUPCACHE_TEST_PG_BINDIR="$pg_bindir"
     fi
 fi
 

@@ -95,11 +95,23 @@ pub struct Config {
     #[arg(long, env = "GROUP_NAME", default_value = "items")]
     pub group: String,
 
+    /// PostgreSQL to read and write items in (`postgres://user:password@host:5432/db`,
+    /// `?sslmode=require` for TLS through rustls); the schema is migrated on start. Without it,
+    /// a simulated database in each replica (every key exists until deleted; writes are not
+    /// shared by the replicas' databases, only by the cache).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Most connections to PostgreSQL per replica.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: usize,
+
     /// How long the simulated database takes per query (`250ms`, `2s`).
     #[arg(long, env = "LOAD_LATENCY", default_value = "100ms", value_parser = parse_duration)]
     pub load_latency: Duration,
 
-    /// How long a loaded item stays cached (`0s`: until evicted).
+    /// How long a loaded item (or the absence of one) stays cached at most (`0s`: until evicted;
+    /// an item's own expiry comes first).
     #[arg(long, env = "ITEM_TTL", default_value = "5m", value_parser = parse_duration)]
     pub item_ttl: Duration,
 

@@ -1,17 +1,23 @@
 //! An axum service whose replicas share one [`groupcache_rs`]: the example of deploying the library
 //! on Kubernetes.
 //!
+//! - [`cli`]: `cachectl`, the command line for a running cluster;
 //! - [`config`]: flags and environment variables;
-//! - [`database`]: the expensive loader (a simulated database query);
+//! - [`api`]: the REST API (items, admin views, the OpenAPI document), errors as problem
+//!   details;
+//! - [`database`]: the source of truth and the cache's loader: PostgreSQL (`--database-url`) or
+//!   a simulated database;
 //! - [`discovery`]: the peer set, from a watch on the EndpointSlices of a headless Service or
 //!   from a static list;
-//! - [`service`]: the routes (`/items/{key}`, `/metrics`, `/healthz`, `/readyz`, and the peer
+//! - [`service`]: the routes (the API, `/metrics`, `/healthz`, `/readyz`, and the peer
 //!   protocol under [`config::PEER_PREFIX`], on the same port or one of its own) and graceful
 //!   shutdown;
 //! - [`run`]: all of it together, as the binary runs it.
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod database;
 pub mod discovery;
@@ -38,6 +44,9 @@ pub enum Error {
     /// A flag or environment variable has an unusable value.
     #[error("configuration: {0}")]
     Config(String),
+    /// The database could not be reached or migrated at start.
+    #[error("database: {0}")]
+    Database(#[from] database::DbError),
     /// The cache could not be built.
     #[error("groupcache: {0}")]
     Cache(#[from] groupcache_rs::Error),
@@ -81,9 +90,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .replica_name
         .clone()
         .unwrap_or_else(|| self_base.clone());
-    let database = Database::new(config.load_latency, config.item_ttl, replica.clone());
+    let database = match &config.database_url {
+        Some(url) => {
+            let postgres =
+                database::postgres::Postgres::connect(url, config.database_max_connections).await?;
+            tracing::info!("connected to PostgreSQL; schema up to date");
+            Database::postgres(postgres, config.item_ttl, replica.as_str())
+        }
+        None => Database::simulated(config.load_latency, config.item_ttl, replica.as_str()),
+    };
     let peer_tls = config.peer_tls()?;
-    let mut builder = Groupcache::builder(&config.group, peer_url(&self_base), database)
+    let mut builder = Groupcache::builder(&config.group, peer_url(&self_base), database.clone())
         .main_cache_bytes(config.cache_bytes)
         .hot_cache_bytes(config.hot_cache_bytes);
     if let Some(tls) = &peer_tls {
@@ -132,6 +149,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let app = service::router(AppState {
         cache: cache.clone(),
+        database,
         metrics,
         readiness: readiness.clone(),
         replica: Arc::from(replica.as_str()),

@@ -1,4 +1,4 @@
-//! The HTTP service: the user-facing endpoint, `/metrics`, `/healthz`, `/readyz`, the peer
+//! The HTTP service: the REST API, `/metrics`, `/healthz`, `/readyz`, the peer
 //! protocol under [`PEER_PREFIX`] (on the same listener or one of its own), and graceful
 //! shutdown.
 
@@ -7,22 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use groupcache_rs::Groupcache;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Error;
 use crate::config::PEER_PREFIX;
-use crate::database::{Database, Item};
-
-/// Longest key the service accepts (characters `A-Z a-z 0-9 _ -`).
-pub const MAX_KEY_LEN: usize = 128;
+use crate::database::Database;
 
 /// What `/readyz` reports.
 #[derive(Debug, Default)]
@@ -58,6 +54,8 @@ impl Readiness {
 pub struct AppState {
     /// The cache.
     pub cache: Groupcache<Database>,
+    /// The database behind it, for writes.
+    pub database: Database,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Readiness flags.
@@ -66,74 +64,22 @@ pub struct AppState {
     pub replica: Arc<str>,
 }
 
-/// The app's own routes: `/items/{key}`, `/metrics`, `/healthz` and `/readyz`. The peer
-/// protocol is [`peer_router`].
+/// The app's own routes: the [`api`](crate::api) (`/items/{key}`, `/admin/...`,
+/// `/openapi.json`), `/metrics`, `/healthz` and `/readyz`, with problem details for unknown paths
+/// and methods. The peer protocol is [`peer_router`].
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/items/{key}", get(get_item))
+    crate::api::routes()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .fallback(crate::api::no_route)
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
         .with_state(state)
 }
 
 /// The groupcache peer protocol, nested under [`PEER_PREFIX`].
 pub fn peer_router(cache: &Groupcache<Database>) -> Router {
     Router::new().nest(PEER_PREFIX, cache.router())
-}
-
-/// The answer of `GET /items/{key}`.
-#[derive(Debug, Serialize)]
-struct ItemResponse<'a> {
-    item: &'a Item,
-    /// This replica's name.
-    served_by: &'a str,
-    /// The key's owner in this replica's ring (its peer URL).
-    owner: String,
-}
-
-async fn get_item(State(state): State<AppState>, Path(key): Path<String>) -> Response {
-    let valid = !key.is_empty()
-        && key.len() <= MAX_KEY_LEN
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !valid {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("keys are 1 to {MAX_KEY_LEN} characters of A-Z a-z 0-9 _ -\n"),
-        )
-            .into_response();
-    }
-    let cache = &state.cache;
-    match cache.get(&key).await {
-        Ok(item) => {
-            let body = ItemResponse {
-                item: &item.0,
-                served_by: &state.replica,
-                owner: cache.owner(&key),
-            };
-            match serde_json::to_vec(&body) {
-                Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-                Err(error) => internal_error(&key, &error),
-            }
-        }
-        Err(error @ groupcache_rs::Error::KeyTooLarge { .. }) => {
-            (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
-        }
-        Err(
-            error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. }),
-        ) => {
-            tracing::warn!(key, %error, "database query failed");
-            (StatusCode::BAD_GATEWAY, "the database query failed\n").into_response()
-        }
-        Err(error) => internal_error(&key, &error),
-    }
-}
-
-fn internal_error(key: &str, error: &dyn std::error::Error) -> Response {
-    tracing::error!(key, %error, "get failed");
-    (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {

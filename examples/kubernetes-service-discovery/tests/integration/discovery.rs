@@ -312,7 +312,7 @@ async fn discovered_peers_become_the_cache_ring() {
     ));
     let mut h = Harness::start(api).await;
     let me = "http://10.0.0.1:8080/internal";
-    let database = Database::new(Duration::ZERO, Duration::ZERO, "test");
+    let database = Database::simulated(Duration::ZERO, Duration::ZERO, "test");
     let cache = Groupcache::builder("items", me, database)
         .build()
         .expect("cache");

@@ -1,12 +1,21 @@
 //! The example's integration tests, in one binary (one link of kube, axum and the service):
 //!
+//! - `api`: the REST API of one replica and its OpenAPI document;
+//! - `cli`: `cachectl` against a running cluster;
+//! - `dashboard`: the Grafana dashboard against the replicas' `/metrics` and a real Prometheus;
+//! - `database`: three replicas on a real PostgreSQL of the test's own (`postgres`);
 //! - `discovery`: discovery against a fake Kubernetes API server (`fake_apiserver`);
 //! - `service`: the service binary as processes on loopback (`process`), with Prometheus,
 //!   promtool, SIGTERM, and Kubernetes mode against the fake API server.
 //!
 //! `cargo test -p kubernetes-service-discovery --test integration discovery::` runs one group.
 
+mod api;
+mod cli;
+mod dashboard;
+mod database;
 mod discovery;
 mod fake_apiserver;
+mod postgres;
 mod process;
 mod service;

@@ -1,0 +1,100 @@
+//! Read-only views of this replica's ring and counters, for the CLI and for people: who owns a
+//! key, the peers, the stats.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::items::check_key;
+use super::json;
+use crate::service::AppState;
+
+#[derive(Serialize)]
+struct Owner<'a> {
+    key: &'a str,
+    /// The owner's peer URL.
+    owner: String,
+    /// Whether that is this replica.
+    is_self: bool,
+    served_by: &'a str,
+}
+
+/// `GET /admin/owner/{key}`.
+pub async fn owner(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+    if let Err(problem) = check_key(&key) {
+        return problem.into_response();
+    }
+    let owner = state.cache.owner(&key);
+    json(&Owner {
+        key: &key,
+        is_self: owner == state.cache.self_url(),
+        owner,
+        served_by: &state.replica,
+    })
+}
+
+#[derive(Serialize)]
+struct Peers<'a> {
+    /// This replica's peer URL.
+    #[serde(rename = "self")]
+    self_url: &'a str,
+    /// Every member of the ring, this replica included.
+    peers: Vec<String>,
+    served_by: &'a str,
+}
+
+/// `GET /admin/peers`.
+pub async fn peers(State(state): State<AppState>) -> Response {
+    json(&Peers {
+        self_url: state.cache.self_url(),
+        peers: state.cache.peers(),
+        served_by: &state.replica,
+    })
+}
+
+/// `groupcache_rs::Stats`, field for field (it is not `Serialize`: the library has no serde
+/// dependency for it).
+#[derive(Serialize)]
+struct Stats<'a> {
+    group: &'a str,
+    served_by: &'a str,
+    gets: u64,
+    main_hits: u64,
+    hot_hits: u64,
+    loads: u64,
+    loads_deduped: u64,
+    peer_loads: u64,
+    peer_errors: u64,
+    local_loads: u64,
+    local_load_errors: u64,
+    server_requests: u64,
+    peer_auth_failures: u64,
+    main_bytes: u64,
+    main_items: u64,
+    hot_bytes: u64,
+    hot_items: u64,
+}
+
+/// `GET /admin/stats`.
+pub async fn stats(State(state): State<AppState>) -> Response {
+    let s = state.cache.stats();
+    json(&Stats {
+        group: state.cache.name(),
+        served_by: &state.replica,
+        gets: s.gets,
+        main_hits: s.main_hits,
+        hot_hits: s.hot_hits,
+        loads: s.loads,
+        loads_deduped: s.loads_deduped,
+        peer_loads: s.peer_loads,
+        peer_errors: s.peer_errors,
+        local_loads: s.local_loads,
+        local_load_errors: s.local_load_errors,
+        server_requests: s.server_requests,
+        peer_auth_failures: s.peer_auth_failures,
+        main_bytes: s.main_bytes,
+        main_items: s.main_items,
+        hot_bytes: s.hot_bytes,
+        hot_items: s.hot_items,
+    })
+}

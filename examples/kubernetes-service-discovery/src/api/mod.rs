@@ -1,0 +1,78 @@
+//! The REST API: items (`/items/{key}`), admin views (`/admin/...`) and the OpenAPI document that
+//! describes them all (`/openapi.json`, committed as `openapi.json` beside `Cargo.toml`).
+
+pub mod admin;
+pub mod items;
+pub mod problem;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use self::problem::Problem;
+use crate::service::AppState;
+
+/// The OpenAPI document of every route but the peer protocol's.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Every path the app serves (the peer protocol aside), as the OpenAPI document spells it.
+pub const PATHS: &[&str] = &[
+    "/items/{key}",
+    "/admin/owner/{key}",
+    "/admin/peers",
+    "/admin/stats",
+    "/openapi.json",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+];
+
+/// The API's routes. `/metrics`, `/healthz` and `/readyz` are added by
+/// [`service::router`](crate::service::router).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            PATHS[0],
+            get(items::get_item)
+                .put(items::put_item)
+                .delete(items::delete_item)
+                // Larger bodies are refused before they are read whole.
+                .layer(DefaultBodyLimit::max(items::MAX_BODY_BYTES)),
+        )
+        .route(PATHS[1], get(admin::owner))
+        .route(PATHS[2], get(admin::peers))
+        .route(PATHS[3], get(admin::stats))
+        .route(
+            PATHS[4],
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+}
+
+/// 404 for paths no route serves.
+pub async fn no_route() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no-route",
+        "no such path; see /openapi.json",
+    )
+}
+
+/// 405 for methods a path does not serve.
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this path does not serve that method; see /openapi.json",
+    )
+}
+
+/// `value` as an `application/json` response.
+pub(crate) fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(error) => Problem::internal("serialising a response", &error).into_response(),
+    }
+}

@@ -1,0 +1,391 @@
+//! `cachectl`, the command line for a running cluster: read, write and delete items, and look at
+//! a replica's ring and counters, through any replica's REST API.
+//!
+//! Exit codes, for scripts:
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | done |
+//! | 1 | no such item (`get`, `delete`) |
+//! | 2 | usage error, or the replica refused the input (a 4xx: bad key, value or expiry) |
+//! | 3 | the replica could not be reached, or failed (a 5xx other than 503, an unexpected answer) |
+//! | 4 | the database is unavailable (503): nothing was written; try again |
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::parse_duration;
+
+/// Exit codes (see the module's documentation).
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// No such item.
+    pub const NOT_FOUND: u8 = 1;
+    /// Usage error, or input the replica refused.
+    pub const USAGE: u8 = 2;
+    /// Unreachable, or failed.
+    pub const FAILED: u8 = 3;
+    /// The database is unavailable: retry.
+    pub const UNAVAILABLE: u8 = 4;
+}
+
+/// Reads, writes and inspects a groupcache cluster of kubernetes-service-discovery through any
+/// of its replicas.
+///
+/// Exit codes: 0 done, 1 not found, 2 usage error or input refused (4xx), 3 replica unreachable
+/// or failed, 4 database unavailable (retry).
+#[derive(Debug, Parser)]
+#[command(name = "cachectl", version)]
+pub struct Cli {
+    /// The replica to ask: its main port's base URL.
+    #[arg(
+        long,
+        short,
+        env = "CACHECTL_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+
+    /// Print the replica's JSON answers (problem details on errors) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The longest wait for an answer (`500ms`, `5s`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an item's value (with --json: the whole answer, with its owner and expiry).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Write an item: to the database, then to every replica's cache.
+    Put {
+        /// The key.
+        key: String,
+        /// The value, as JSON (`'{"a": 1}'`, `42`, `'"text"'`); with --string, taken as text.
+        value: String,
+        /// Take VALUE as a string rather than JSON.
+        #[arg(long)]
+        string: bool,
+        /// Expire after this long (`90s`, `10m`, `24h`; whole seconds).
+        #[arg(long, value_parser = parse_duration, conflicts_with = "expires_at")]
+        ttl: Option<Duration>,
+        /// Expire at this Unix time (seconds).
+        #[arg(long)]
+        expires_at: Option<u64>,
+    },
+    /// Delete an item.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Print the replica that owns a key.
+    Owner {
+        /// The key.
+        key: String,
+    },
+    /// Print the members of the replica's ring.
+    Peers,
+    /// Print the replica's cache counters.
+    Stats,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// For stdout.
+    pub stdout: String,
+    /// For stderr.
+    pub stderr: String,
+    /// The exit code.
+    pub code: u8,
+}
+
+impl Outcome {
+    fn ok(stdout: String) -> Outcome {
+        Outcome {
+            stdout,
+            stderr: String::new(),
+            code: exit::OK,
+        }
+    }
+
+    fn fail(code: u8, stderr: String) -> Outcome {
+        Outcome {
+            stdout: String::new(),
+            stderr,
+            code,
+        }
+    }
+}
+
+/// Runs `cli`, returning what to print and the exit code.
+pub async fn run(cli: &Cli) -> Outcome {
+    let request = match request(cli) {
+        Ok(request) => request,
+        Err(message) => return Outcome::fail(exit::USAGE, format!("cachectl: {message}\n")),
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(cli.timeout)
+        .no_proxy()
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            return Outcome::fail(exit::FAILED, format!("cachectl: HTTP client: {error}\n"));
+        }
+    };
+    let url = format!("{}{}", cli.server.trim_end_matches('/'), request.path);
+    let mut builder = client.request(request.method, &url);
+    if let Some(body) = request.body {
+        builder = builder
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = match builder.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            return Outcome::fail(
+                exit::FAILED,
+                format!("cachectl: cannot reach {url}: {}\n", error_chain(&error)),
+            );
+        }
+    };
+    let status = response.status().as_u16();
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(error) => {
+            return Outcome::fail(
+                exit::FAILED,
+                format!("cachectl: reading the answer of {url}: {error}\n"),
+            );
+        }
+    };
+    let json: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&body).ok()
+    };
+    render(cli, status, json.as_ref())
+}
+
+/// A request to make.
+struct Request {
+    method: reqwest::Method,
+    path: String,
+    body: Option<Value>,
+}
+
+fn request(cli: &Cli) -> Result<Request, String> {
+    let item = |key: &str| format!("/items/{}", escape(key));
+    let get = |path: String| Request {
+        method: reqwest::Method::GET,
+        path,
+        body: None,
+    };
+    Ok(match &cli.command {
+        Command::Get { key } => get(item(key)),
+        Command::Owner { key } => get(format!("/admin/owner/{}", escape(key))),
+        Command::Peers => get("/admin/peers".to_owned()),
+        Command::Stats => get("/admin/stats".to_owned()),
+        Command::Delete { key } => Request {
+            method: reqwest::Method::DELETE,
+            path: item(key),
+            body: None,
+        },
+        Command::Put {
+            key,
+            value,
+            string,
+            ttl,
+            expires_at,
+        } => {
+            let value = if *string {
+                Value::String(value.clone())
+            } else {
+                serde_json::from_str(value).map_err(|error| {
+                    format!("VALUE is not JSON ({error}); quote text as '\"text\"' or use --string")
+                })?
+            };
+            let mut body = json!({ "value": value });
+            if let Some(ttl) = ttl {
+                if ttl.subsec_nanos() != 0 || ttl.is_zero() {
+                    return Err(format!("--ttl {ttl:?}: use whole seconds, at least 1s"));
+                }
+                body["ttl_seconds"] = json!(ttl.as_secs());
+            }
+            if let Some(at) = expires_at {
+                body["expires_at"] = json!(at);
+            }
+            Request {
+                method: reqwest::Method::PUT,
+                path: item(key),
+                body: Some(body),
+            }
+        }
+    })
+}
+
+/// Percent-encodes everything but the key characters the service accepts, so that a bad key
+/// reaches the replica (and is refused there, 400) rather than changing the path.
+fn escape(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The exit code of an HTTP answer.
+pub fn exit_code(status: u16) -> u8 {
+    match status {
+        200..=299 => exit::OK,
+        404 => exit::NOT_FOUND,
+        503 => exit::UNAVAILABLE,
+        400..=499 => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
+fn render(cli: &Cli, status: u16, json: Option<&Value>) -> Outcome {
+    let code = exit_code(status);
+    if code != exit::OK {
+        let detail = json
+            .and_then(|problem| problem["detail"].as_str())
+            .unwrap_or("no details");
+        let mut outcome = Outcome::fail(code, format!("cachectl: {detail} (HTTP {status})\n"));
+        if cli.json {
+            outcome.stdout = json
+                .map(|problem| format!("{problem}\n"))
+                .unwrap_or_default();
+        }
+        return outcome;
+    }
+    let null = Value::Null;
+    let json = json.unwrap_or(&null);
+    if cli.json {
+        return Outcome::ok(if json.is_null() {
+            String::new()
+        } else {
+            format!("{json}\n")
+        });
+    }
+    let text = |value: &Value| match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Outcome::ok(match &cli.command {
+        Command::Get { .. } => {
+            let value = &json["item"]["value"];
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+            )
+        }
+        Command::Put { key, .. } => {
+            let expiry = match json["item"]["expires_at"].as_u64() {
+                Some(at) => format!(", expires at {at} (unix)"),
+                None => String::new(),
+            };
+            format!("stored {key}{expiry}; owner {}\n", text(&json["owner"]))
+        }
+        Command::Delete { key } => format!("deleted {key}\n"),
+        Command::Owner { key } => {
+            let whose = if json["is_self"] == true {
+                "this replica"
+            } else {
+                "another replica"
+            };
+            format!("{key}: {} ({whose})\n", text(&json["owner"]))
+        }
+        Command::Peers => {
+            let me = &json["self"];
+            let peers = json["peers"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            peers
+                .iter()
+                .map(|peer| {
+                    let mark = if peer == me { "  (this replica)" } else { "" };
+                    format!("{}{mark}\n", text(peer))
+                })
+                .collect()
+        }
+        Command::Stats => json
+            .as_object()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|(name, value)| format!("{name:<20} {}\n", text(value)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cachectl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(200), exit::OK);
+        assert_eq!(exit_code(204), exit::OK);
+        assert_eq!(exit_code(404), exit::NOT_FOUND);
+        for refused in [400, 413, 415, 422] {
+            assert_eq!(exit_code(refused), exit::USAGE);
+        }
+        assert_eq!(exit_code(503), exit::UNAVAILABLE);
+        for failed in [500, 502, 302] {
+            assert_eq!(exit_code(failed), exit::FAILED);
+        }
+    }
+
+    #[test]
+    fn put_requests() {
+        let cli = parse(&["put", "k", r#"{"a": 1}"#, "--ttl", "90s"]).unwrap();
+        let put = request(&cli).unwrap();
+        assert_eq!(put.path, "/items/k");
+        assert_eq!(
+            put.body,
+            Some(json!({"value": {"a": 1}, "ttl_seconds": 90}))
+        );
+        let cli = parse(&["put", "k", "text", "--string", "--expires-at", "5"]).unwrap();
+        let body = request(&cli).unwrap().body;
+        assert_eq!(body, Some(json!({"value": "text", "expires_at": 5})));
+        assert!(request(&parse(&["put", "k", "text"]).unwrap()).is_err());
+        assert!(request(&parse(&["put", "k", "1", "--ttl", "1500ms"]).unwrap()).is_err());
+        assert!(parse(&["put", "k", "1", "--ttl", "1s", "--expires-at", "5"]).is_err());
+        let cli = parse(&["get", "a/b c"]).unwrap();
+        assert_eq!(request(&cli).unwrap().path, "/items/a%2Fb%20c");
+    }
+}

@@ -1,0 +1,215 @@
+//! The source of truth behind the cache, and the loader that fills the cache from it:
+//!
+//! - [`postgres`]: a real PostgreSQL (`--database-url`), through a pool;
+//! - [`simulated`]: an in-process table with a fixed latency per query, so that the demo needs
+//!   nothing installed.
+//!
+//! Reads go through [`Database::fetch`], which takes a list of keys (`WHERE key = ANY($1)`): the
+//! cache's loader asks for one key today, and a batch loader (`load_many`) would hand it a whole
+//! batch unchanged.
+
+pub mod postgres;
+pub mod simulated;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use groupcache_rs::{Json, Loaded, Loader};
+use serde::{Deserialize, Serialize};
+
+use self::postgres::Postgres;
+use self::simulated::Simulated;
+
+/// One item, as cached and as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Its key.
+    pub id: String,
+    /// Its content: any JSON value.
+    pub value: serde_json::Value,
+    /// When it expires, in seconds since the Unix epoch; `None`: never.
+    pub expires_at: Option<u64>,
+    /// The replica that read it from the database, or wrote it: for a key read cold, its owner.
+    pub loaded_by: String,
+    /// When it was read or written, in milliseconds since the Unix epoch.
+    pub loaded_at_unix_ms: u64,
+}
+
+/// What the cache holds for a key: the item, or `None` when the database has no (unexpired) row,
+/// so that a missing key costs one query too rather than one per request.
+pub type Cached = Json<Option<Item>>;
+
+/// A row of the `items` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The `value` column.
+    pub value: serde_json::Value,
+    /// The `expires_at` column.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Why the database did not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// It cannot be reached, or did not answer in time: try again later (HTTP 503).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// It answered with an error, or a row the service cannot read.
+    #[error("the database failed: {0}")]
+    Failed(String),
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// Before anything was written, or rolled back: nothing changed, and the cache step did not
+    /// run.
+    #[error("{0}")]
+    NotWritten(DbError),
+    /// The cache step ran, but the commit was not confirmed: the row may or may not have been
+    /// written. Drop the key from the cache, so that the next read loads whichever it is.
+    #[error("commit not confirmed: {0}")]
+    Unconfirmed(DbError),
+}
+
+impl WriteError {
+    /// The database's error.
+    pub fn db_error(&self) -> &DbError {
+        match self {
+            WriteError::NotWritten(error) | WriteError::Unconfirmed(error) => error,
+        }
+    }
+}
+
+/// Which database stores the items.
+#[derive(Clone)]
+enum Backend {
+    Simulated(Arc<Simulated>),
+    Postgres(Postgres),
+}
+
+/// The items' database, and the cache's [`Loader`].
+#[derive(Clone)]
+pub struct Database {
+    backend: Backend,
+    /// How long a cached entry lives at most (zero: until evicted or its row expires).
+    ttl: Duration,
+    /// This replica's name, in the items it loads.
+    replica: Arc<str>,
+}
+
+impl Database {
+    /// The simulated database: answers after `latency`; every key exists until deleted. Entries
+    /// are cached for `ttl` at most (zero: until evicted). `replica` names this replica in the
+    /// items it loads.
+    pub fn simulated(latency: Duration, ttl: Duration, replica: impl Into<Arc<str>>) -> Self {
+        Database {
+            backend: Backend::Simulated(Arc::new(Simulated::new(latency))),
+            ttl,
+            replica: replica.into(),
+        }
+    }
+
+    /// PostgreSQL, through `pool`'s connections.
+    pub fn postgres(postgres: Postgres, ttl: Duration, replica: impl Into<Arc<str>>) -> Self {
+        Database {
+            backend: Backend::Postgres(postgres),
+            ttl,
+            replica: replica.into(),
+        }
+    }
+
+    /// `SELECT ... WHERE key = ANY($1)`: the unexpired rows of `keys` (absent ones are missing).
+    pub async fn fetch(&self, keys: &[String]) -> Result<HashMap<String, Row>, DbError> {
+        match &self.backend {
+            Backend::Simulated(db) => Ok(db.fetch(keys).await),
+            Backend::Postgres(db) => db.fetch(keys).await,
+        }
+    }
+
+    /// Inserts or replaces `key`'s row, then runs `cache_step` with the item as the cache should
+    /// now hold it, then commits; returns the item.
+    ///
+    /// `cache_step` runs while the row is locked (PostgreSQL: the transaction's row lock), so
+    /// that the cache steps of two writes of a key run in the order their rows were written: the
+    /// cache ends with the value the database ends with.
+    pub async fn put<F, Fut>(&self, key: &str, row: Row, cache_step: F) -> Result<Item, WriteError>
+    where
+        F: FnOnce(Item) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let item = self.item(key, row.clone());
+        let step = cache_step(item.clone());
+        match &self.backend {
+            Backend::Simulated(db) => db.write(key, Some(row), |_| step).await,
+            Backend::Postgres(db) => db.write(key, Some(&row), |_| step).await?,
+        };
+        Ok(item)
+    }
+
+    /// Deletes `key`'s row, then runs `cache_step` (as [`Database::put`] does), then commits;
+    /// returns whether there was a row (expired rows count as none).
+    pub async fn delete<F, Fut>(&self, key: &str, cache_step: F) -> Result<bool, WriteError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let step = cache_step();
+        match &self.backend {
+            Backend::Simulated(db) => Ok(db.write(key, None, |_| step).await),
+            Backend::Postgres(db) => db.write(key, None, |_| step).await,
+        }
+    }
+
+    /// When the cache must drop what it holds for a row expiring at `expires_at`: the earlier of
+    /// that and the cache TTL.
+    pub fn cache_expiry(&self, expires_at: Option<SystemTime>) -> Option<SystemTime> {
+        let ttl = (!self.ttl.is_zero()).then(|| SystemTime::now() + self.ttl);
+        match (expires_at, ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn item(&self, key: &str, row: Row) -> Item {
+        Item {
+            id: key.to_owned(),
+            value: row.value,
+            expires_at: row.expires_at.map(unix_seconds),
+            loaded_by: self.replica.to_string(),
+            loaded_at_unix_ms: unix_millis(SystemTime::now()),
+        }
+    }
+}
+
+impl Loader for Database {
+    type Value = Cached;
+    // Reaches the handler as `groupcache_rs::Error::Loader` on the owner, `RemoteLoader`
+    // elsewhere; failures are not cached, so the next request tries again.
+    type Error = DbError;
+
+    async fn load(&self, key: &str) -> Result<Loaded<Cached>, DbError> {
+        tracing::debug!(key, "querying the database");
+        let mut rows = self.fetch(&[key.to_owned()]).await?;
+        let row = rows.remove(key);
+        let expiry = self.cache_expiry(row.as_ref().and_then(|row| row.expires_at));
+        let loaded = Loaded::new(Json(row.map(|row| self.item(key, row))));
+        Ok(match expiry {
+            Some(at) => loaded.expire_at(at),
+            None => loaded,
+        })
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+pub fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,267 @@
+//! The REST API of one replica (simulated database): items round trip, bad input is refused with
+//! problem details and changes nothing, and the OpenAPI document matches the routes served.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kubernetes_service_discovery::api::{PATHS, items::MAX_BODY_BYTES};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::process::{PATIENCE, Replica, TempDir, http};
+
+const METHODS: [&str; 5] = ["GET", "PUT", "DELETE", "POST", "PATCH"];
+
+/// Sends `method url` with an optional JSON body (as `content_type`); returns the status, the
+/// content type and the body parsed as JSON (`Null` if it is not).
+pub(crate) async fn send(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> (u16, String, Value) {
+    let method = Method::from_bytes(method.as_bytes()).expect("a method");
+    let mut request = http.request(method, url);
+    if let Some((content_type, body)) = body {
+        request = request.header("content-type", content_type).body(body);
+    }
+    let response = request.send().await.expect("the replica answers");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = response.bytes().await.expect("a body");
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, content_type, json)
+}
+
+/// A request body and its content type.
+type Body = Option<(&'static str, Vec<u8>)>;
+
+fn json_body(value: &Value) -> Body {
+    Some(("application/json", value.to_string().into_bytes()))
+}
+
+/// Asserts a problem-details answer of `status` and `kind`.
+#[track_caller]
+fn assert_problem(answer: &(u16, String, Value), status: u16, kind: &str) {
+    let (got, content_type, body) = answer;
+    assert_eq!(*got, status, "{body}");
+    assert_eq!(content_type, "application/problem+json", "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(
+        body["type"],
+        format!("urn:kubernetes-service-discovery:problem:{kind}"),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn items_round_trip_and_bad_input_changes_nothing() {
+    let dir = TempDir::new("api-items");
+    let replica = Replica::start("replica", &["--load-latency", "0ms"], dir.path()).await;
+    let http = http();
+    let url = |key: &str| format!("{}/items/{key}", replica.url);
+
+    let put = send(
+        &http,
+        "PUT",
+        &url("k1"),
+        json_body(&json!({"value": {"n": 1}})),
+    )
+    .await;
+    assert_eq!(put.0, 200, "{}", put.2);
+    assert_eq!(put.2["item"]["value"], json!({"n": 1}));
+    assert_eq!(put.2["item"]["expires_at"], Value::Null);
+    let get = send(&http, "GET", &url("k1"), None).await;
+    assert_eq!((get.0, &get.1[..]), (200, "application/json"));
+    assert_eq!(get.2["item"]["value"], json!({"n": 1}));
+
+    // Each refused, and k1 is still what it was.
+    let long_key = "k".repeat(129);
+    let huge = json!({"value": "x".repeat(MAX_BODY_BYTES)});
+    let deep = format!("{{\"value\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+    let refused: Vec<(&str, Body, u16, &str)> = vec![
+        (
+            &long_key,
+            json_body(&json!({"value": 2})),
+            400,
+            "invalid-key",
+        ),
+        ("a%20b", json_body(&json!({"value": 2})), 400, "invalid-key"),
+        (
+            "k1",
+            Some(("text/plain", b"{\"value\": 2}".to_vec())),
+            415,
+            "unsupported-media-type",
+        ),
+        ("k1", None, 415, "unsupported-media-type"),
+        (
+            "k1",
+            Some(("application/json", b"{\"value\": ".to_vec())),
+            400,
+            "invalid-body",
+        ),
+        (
+            "k1",
+            Some(("application/json", deep.into_bytes())),
+            400,
+            "invalid-body",
+        ),
+        ("k1", json_body(&json!({"valeu": 2})), 400, "invalid-body"),
+        (
+            "k1",
+            json_body(&json!({"value": 2, "ttl_seconds": -5})),
+            400,
+            "invalid-body",
+        ),
+        ("k1", json_body(&huge), 413, "body-too-large"),
+        (
+            "k1",
+            json_body(&json!({"value": 2, "ttl_seconds": 0})),
+            422,
+            "invalid-expiry",
+        ),
+        (
+            "k1",
+            json_body(&json!({"value": 2, "expires_at": 1})),
+            422,
+            "invalid-expiry",
+        ),
+        (
+            "k1",
+            json_body(&json!({"value": 2, "ttl_seconds": 60, "expires_at": 4_000_000_000u64})),
+            422,
+            "invalid-expiry",
+        ),
+    ];
+    for (key, body, status, kind) in refused {
+        let answer = send(&http, "PUT", &url(key), body).await;
+        assert_problem(&answer, status, kind);
+    }
+    assert_problem(
+        &send(&http, "GET", &url(&long_key), None).await,
+        400,
+        "invalid-key",
+    );
+    assert_problem(
+        &send(&http, "DELETE", &url("a.b"), None).await,
+        400,
+        "invalid-key",
+    );
+    let get = send(&http, "GET", &url("k1"), None).await;
+    assert_eq!(
+        get.2["item"]["value"],
+        json!({"n": 1}),
+        "a refused write changed k1"
+    );
+
+    // Expiry: absolute, reported as given; relative, and the item is gone once it passes.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    let at = now.as_secs() + 3600;
+    let put = send(
+        &http,
+        "PUT",
+        &url("k2"),
+        json_body(&json!({"value": 2, "expires_at": at})),
+    )
+    .await;
+    assert_eq!(put.2["item"]["expires_at"], at, "{}", put.2);
+    let put = send(
+        &http,
+        "PUT",
+        &url("k3"),
+        json_body(&json!({"value": 3, "ttl_seconds": 1})),
+    )
+    .await;
+    assert_eq!(put.0, 200, "{}", put.2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let get = send(&http, "GET", &url("k3"), None).await;
+        if get.0 == 404 {
+            assert_problem(&get, 404, "not-found");
+            break;
+        }
+        assert_eq!(get.0, 200, "{}", get.2);
+        assert!(
+            Instant::now() < deadline,
+            "k3 did not expire within 10 s of a 1 s TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Delete: 204, then it is gone (GET and a second DELETE are 404).
+    assert_eq!(send(&http, "DELETE", &url("k1"), None).await.0, 204);
+    assert_problem(
+        &send(&http, "GET", &url("k1"), None).await,
+        404,
+        "not-found",
+    );
+    assert_problem(
+        &send(&http, "DELETE", &url("k1"), None).await,
+        404,
+        "not-found",
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes_served() {
+    let dir = TempDir::new("api-openapi");
+    let replica = Replica::start("replica", &["--load-latency", "0ms"], dir.path()).await;
+    let http = http();
+    let (status, content_type, served) =
+        send(&http, "GET", &format!("{}/openapi.json", replica.url), None).await;
+    assert_eq!((status, &content_type[..]), (200, "application/json"));
+    let committed: Value = serde_json::from_str(include_str!("../../openapi.json"))
+        .expect("the committed openapi.json parses");
+    assert_eq!(
+        served, committed,
+        "/openapi.json is not the committed document"
+    );
+    assert!(
+        served["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+
+    let paths = served["paths"].as_object().expect("paths");
+    let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+    let routed: BTreeSet<&str> = PATHS.iter().copied().collect();
+    assert_eq!(documented, routed, "documented paths vs the router's");
+
+    // Every documented method is served; every other method is 405, on every path.
+    let deadline = Instant::now() + PATIENCE;
+    for (path, item) in paths {
+        let url = format!("{}{}", replica.url, path.replace("{key}", "some-key"));
+        for method in METHODS {
+            let is_documented = item.get(method.to_ascii_lowercase()).is_some();
+            let body = (method == "PUT").then(|| ("application/json", b"{\"value\":1}".to_vec()));
+            let answer = send(&http, method, &url, body).await;
+            if is_documented {
+                assert_ne!(
+                    answer.0, 405,
+                    "{method} {path} is documented but not served"
+                );
+                assert_ne!(
+                    answer.2["type"],
+                    "urn:kubernetes-service-discovery:problem:no-route"
+                );
+            } else {
+                assert_problem(&answer, 405, "method-not-allowed");
+            }
+            assert!(Instant::now() < deadline);
+        }
+    }
+    let unknown = send(&http, "GET", &format!("{}/nowhere", replica.url), None).await;
+    assert_problem(&unknown, 404, "no-route");
+}

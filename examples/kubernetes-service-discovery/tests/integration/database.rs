@@ -1,0 +1,382 @@
+//! The service on a real PostgreSQL (a server of the test's own, see `postgres`): cold keys cost
+//! one `SELECT` each in the whole cluster, counted by PostgreSQL; writes through any replica are
+//! read back from every replica; with the database down, cached keys are still served, writes
+//! fail with 503 and change nothing, and once it is back writes succeed without a restart.
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+
+use crate::api::send;
+use crate::cli::cachectl;
+use crate::postgres::PgServer;
+use crate::process::{Cluster, PeerPort, TempDir, http};
+
+const REPLICAS: usize = 3;
+
+/// Three replicas on `pg`, which they migrate.
+async fn cluster(pg: &PgServer, dir: &TempDir) -> Cluster {
+    Cluster::start_static(
+        REPLICAS,
+        PeerPort::Shared,
+        &["--database-url", &pg.url, "--database-max-connections", "8"],
+        dir.path(),
+    )
+    .await
+}
+
+fn put_body(value: &Value) -> Option<(&'static str, Vec<u8>)> {
+    Some((
+        "application/json",
+        json!({ "value": value }).to_string().into_bytes(),
+    ))
+}
+
+/// Inserts `key-0` .. `key-{n-1}` with the values `{"n": i}`, behind the replicas' backs.
+async fn insert_rows(client: &tokio_postgres::Client, prefix: &str, n: i32) {
+    client
+        .execute(
+            "INSERT INTO items (key, value) \
+             SELECT $1 || i, jsonb_build_object('n', i) FROM generate_series(0, $2 - 1) AS i",
+            &[&prefix, &n],
+        )
+        .await
+        .expect("insert the rows");
+}
+
+async fn row(client: &tokio_postgres::Client, key: &str) -> Option<Value> {
+    client
+        .query_opt("SELECT value FROM items WHERE key = $1", &[&key])
+        .await
+        .expect("read a row")
+        .map(|row| row.get(0))
+}
+
+#[tokio::test]
+async fn cold_keys_cost_one_select_each_in_the_whole_cluster() {
+    let Some(pg) = PgServer::start("cold") else {
+        return;
+    };
+    let dir = TempDir::new("pg-cold");
+    let cluster = cluster(&pg, &dir).await;
+    let db = pg.client().await;
+    const KEYS: i32 = 100;
+    const READS: usize = 1000;
+    insert_rows(&db, "cold-", KEYS).await;
+    db.execute("SELECT pg_stat_statements_reset()", &[])
+        .await
+        .expect("reset pg_stat_statements");
+    assert_eq!(PgServer::item_selects(&db).await, 0);
+
+    // 1,000 reads at once, ten per key, spread over the replicas.
+    let http = http();
+    let reads = (0..READS).map(|i| {
+        let key = i % KEYS as usize;
+        let url = format!("{}/items/cold-{key}", cluster.replicas[i % REPLICAS].url);
+        let http = http.clone();
+        async move { (key, send(&http, "GET", &url, None).await) }
+    });
+    for (key, (status, _, body)) in join_all(reads).await {
+        assert_eq!(status, 200, "cold-{key}: {body}");
+        assert_eq!(body["item"]["value"], json!({ "n": key }), "cold-{key}");
+        assert_eq!(
+            body["owner"]
+                .as_str()
+                .map(|owner| owner.trim_end_matches("/internal")),
+            body["item"]["loaded_by"].as_str(),
+            "cold-{key} was loaded by a replica other than its owner"
+        );
+    }
+    let selects = PgServer::item_selects(&db).await;
+    eprintln!(
+        "{READS} concurrent reads of {KEYS} cold keys on {REPLICAS} replicas: {selects} SELECTs"
+    );
+    assert_eq!(
+        selects,
+        i64::from(KEYS),
+        "one SELECT per cold key, cluster-wide"
+    );
+
+    // Warm now: reading them all again costs nothing.
+    for key in 0..KEYS {
+        for replica in &cluster.replicas {
+            let answer = send(
+                &http,
+                "GET",
+                &format!("{}/items/cold-{key}", replica.url),
+                None,
+            )
+            .await;
+            assert_eq!(answer.0, 200);
+        }
+    }
+    assert_eq!(
+        PgServer::item_selects(&db).await,
+        i64::from(KEYS),
+        "warm reads queried"
+    );
+}
+
+#[tokio::test]
+async fn a_write_through_any_replica_is_read_back_from_every_replica() {
+    let Some(pg) = PgServer::start("writes") else {
+        return;
+    };
+    let dir = TempDir::new("pg-writes");
+    let cluster = cluster(&pg, &dir).await;
+    let db = pg.client().await;
+    let http = http();
+    insert_rows(&db, "w-", 6).await;
+
+    for (i, writer) in cluster.replicas.iter().enumerate() {
+        for key in [format!("w-{i}"), format!("new-{i}")] {
+            // Cached everywhere first (hot copies on non-owners), where the row exists.
+            for replica in &cluster.replicas {
+                send(&http, "GET", &format!("{}/items/{key}", replica.url), None).await;
+            }
+            let value = json!({ "written_by": i, "key": key });
+            let put = send(
+                &http,
+                "PUT",
+                &format!("{}/items/{key}", writer.url),
+                put_body(&value),
+            )
+            .await;
+            assert_eq!(put.0, 200, "{key}: {}", put.2);
+            assert_eq!(
+                row(&db, &key).await,
+                Some(value.clone()),
+                "{key} in PostgreSQL"
+            );
+            for (j, replica) in cluster.replicas.iter().enumerate() {
+                let get = send(&http, "GET", &format!("{}/items/{key}", replica.url), None).await;
+                assert_eq!(get.0, 200, "{key} from replica {j}: {}", get.2);
+                assert_eq!(get.2["item"]["value"], value, "{key} from replica {j}");
+            }
+        }
+    }
+
+    // A delete through one replica: gone from PostgreSQL and from every replica.
+    let delete = send(
+        &http,
+        "DELETE",
+        &format!("{}/items/w-0", cluster.replicas[2].url),
+        None,
+    )
+    .await;
+    assert_eq!(delete.0, 204, "{}", delete.2);
+    assert_eq!(row(&db, "w-0").await, None);
+    for replica in &cluster.replicas {
+        let get = send(&http, "GET", &format!("{}/items/w-0", replica.url), None).await;
+        assert_eq!(get.0, 404, "{}", get.2);
+    }
+}
+
+#[tokio::test]
+async fn with_the_database_down_reads_are_served_writes_fail_and_recover() {
+    let Some(pg) = PgServer::start("down") else {
+        return;
+    };
+    let dir = TempDir::new("pg-down");
+    let cluster = cluster(&pg, &dir).await;
+    let db = pg.client().await;
+    let http = http();
+    const KEYS: i32 = 12;
+    insert_rows(&db, "d-", KEYS).await;
+    insert_rows(&db, "uncached-", 1).await;
+    let url = |replica: usize, key: &str| format!("{}/items/{key}", cluster.replicas[replica].url);
+    for key in 0..KEYS {
+        for replica in 0..REPLICAS {
+            let get = send(&http, "GET", &url(replica, &format!("d-{key}")), None).await;
+            assert_eq!(get.0, 200, "{}", get.2);
+        }
+    }
+    drop(db);
+
+    pg.stop();
+    // Every write, through every replica, is refused with 503 and leaves the cache alone.
+    let mut refused = 0;
+    for key in 0..KEYS {
+        let key = format!("d-{key}");
+        for replica in 0..REPLICAS {
+            let put = send(&http, "PUT", &url(replica, &key), put_body(&json!("lost"))).await;
+            assert_eq!(put.0, 503, "PUT {key} with the database down: {}", put.2);
+            assert_eq!(put.1, "application/problem+json");
+            let delete = send(&http, "DELETE", &url(replica, &key), None).await;
+            assert_eq!(
+                delete.0, 503,
+                "DELETE {key} with the database down: {}",
+                delete.2
+            );
+            refused += 2;
+        }
+    }
+    // Cached keys are still served, unchanged; a key never read cannot be.
+    for key in 0..KEYS {
+        for replica in 0..REPLICAS {
+            let get = send(&http, "GET", &url(replica, &format!("d-{key}")), None).await;
+            assert_eq!(
+                get.0, 200,
+                "cached d-{key} with the database down: {}",
+                get.2
+            );
+            assert_eq!(
+                get.2["item"]["value"],
+                json!({ "n": key }),
+                "d-{key} changed"
+            );
+        }
+    }
+    let get = send(&http, "GET", &url(0, "uncached-0"), None).await;
+    assert_eq!(get.0, 503, "{}", get.2);
+    // cachectl says so with its own exit code (4: unavailable, retry).
+    let server = cluster.replicas[1].url.clone();
+    let run = tokio::task::spawn_blocking(move || cachectl(&server, &["put", "d-0", "1"]))
+        .await
+        .expect("cachectl");
+    assert_eq!(
+        run.code, 4,
+        "cachectl put with the database down: {}",
+        run.stderr
+    );
+
+    pg.restart();
+    let db = pg.client().await;
+    // Nothing of the refused writes reached PostgreSQL.
+    let mut intact = 0;
+    for key in 0..KEYS {
+        let key_name = format!("d-{key}");
+        assert_eq!(
+            row(&db, &key_name).await,
+            Some(json!({ "n": key })),
+            "{key_name}"
+        );
+        intact += 1;
+    }
+    eprintln!("database down: {refused} writes refused with 503; {intact}/{KEYS} rows intact");
+    // Writes succeed again, first time, through every replica, without restarting them.
+    for replica in 0..REPLICAS {
+        let key = format!("d-{replica}");
+        let value = json!({ "after": replica });
+        let put = send(&http, "PUT", &url(replica, &key), put_body(&value)).await;
+        assert_eq!(
+            put.0, 200,
+            "PUT {key} after the database came back: {}",
+            put.2
+        );
+        assert_eq!(row(&db, &key).await, Some(value.clone()));
+        for reader in 0..REPLICAS {
+            let get = send(&http, "GET", &url(reader, &key), None).await;
+            assert_eq!(get.2["item"]["value"], value, "{key} from replica {reader}");
+        }
+    }
+    let get = send(&http, "GET", &url(1, "uncached-0"), None).await;
+    assert_eq!(get.0, 200, "{}", get.2);
+}
+
+/// Backends of the replicas (by their application name) in `state` or waiting on `wait_type`.
+async fn replica_backends(db: &tokio_postgres::Client, condition: &str) -> i64 {
+    db.query_one(
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'kubernetes-service-discovery' AND {condition}"
+        ),
+        &[],
+    )
+    .await
+    .expect("read pg_stat_activity")
+    .get(0)
+}
+
+/// Sends `kill -SIG pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Two writes of a key through two replicas, the second sent while the first is in its cache
+/// step (held there: the key's owner is stopped with SIGSTOP). The second must wait in
+/// PostgreSQL for the first to commit, so the cache steps run in the database's order and every
+/// replica ends with the value PostgreSQL ends with. Without the key's lock, the second write
+/// would reach the database and the cache while the first is still on its way to the cache.
+#[tokio::test]
+async fn racing_writes_of_a_key_reach_the_cache_in_the_database_order() {
+    let Some(pg) = PgServer::start("race") else {
+        return;
+    };
+    let dir = TempDir::new("pg-race");
+    let cluster = cluster(&pg, &dir).await;
+    let db = pg.client().await;
+    let http = http();
+    let key = "race";
+    let owner = send(
+        &http,
+        "GET",
+        &format!("{}/admin/owner/{key}", cluster.replicas[0].url),
+        None,
+    )
+    .await
+    .2["owner"]
+        .as_str()
+        .expect("an owner")
+        .trim_end_matches("/internal")
+        .to_owned();
+    let owner_index = cluster
+        .replicas
+        .iter()
+        .position(|replica| replica.peer_url == owner)
+        .expect("the owner is a replica");
+    let writers: Vec<String> = (0..REPLICAS)
+        .filter(|i| *i != owner_index)
+        .map(|i| cluster.replicas[i].url.clone())
+        .collect();
+    let put = |writer: &str, value: &str| {
+        let (http, url, body) = (
+            http.clone(),
+            format!("{writer}/items/{key}"),
+            put_body(&json!(value)),
+        );
+        tokio::spawn(async move { send(&http, "PUT", &url, body).await })
+    };
+    let wait_for = |condition: &'static str| {
+        let db = &db;
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while replica_backends(db, condition).await < 1 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no replica backend with {condition}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    signal(cluster.replicas[owner_index].process.pid(), "STOP");
+    let first = put(&writers[0], "first");
+    // Its row is written and uncommitted: it is in its cache step, stuck on the stopped owner.
+    wait_for("state = 'idle in transaction'").await;
+    let second = put(&writers[1], "second");
+    // The second write waits for the first's lock rather than racing it to the cache.
+    wait_for("wait_event_type = 'Lock'").await;
+    assert_eq!(
+        row(&db, key).await,
+        None,
+        "nothing committed while the owner is stopped"
+    );
+    signal(cluster.replicas[owner_index].process.pid(), "CONT");
+
+    let (first, second) = (first.await.expect("first"), second.await.expect("second"));
+    assert_eq!(first.0, 200, "{}", first.2);
+    assert_eq!(second.0, 200, "{}", second.2);
+    assert_eq!(row(&db, key).await, Some(json!("second")));
+    for (i, replica) in cluster.replicas.iter().enumerate() {
+        let get = send(&http, "GET", &format!("{}/items/{key}", replica.url), None).await;
+        assert_eq!(
+            get.2["item"]["value"], "second",
+            "replica {i} disagrees with PostgreSQL"
+        );
+    }
+}
