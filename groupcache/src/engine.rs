@@ -40,7 +40,8 @@ impl<L: Loader> Groupcache<L> {
 
     /// The value of `key`, from a cache, from its owner, or from the loader.
     ///
-    /// Must be called within a tokio runtime: loads run in tasks of their own.
+    /// Must be called within a tokio runtime: loads run in tasks of their own. Outside one, a
+    /// miss fails with [`Error::NoRuntime`].
     ///
     /// A [`Bytes`](bytes::Bytes) value of 512 bytes or more is usually a view into one of the
     /// cache's segments (buffers of up to 1 MiB that hold many values side by side), and keeps
@@ -481,4 +482,3 @@ pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
-
