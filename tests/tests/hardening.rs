@@ -43,7 +43,7 @@ async fn signed_clusters_work_and_unsigned_requests_get_401_without_a_load() {
         reqwest::Client::new().delete(&url),
         reqwest::Client::new()
             .get(&url)
-            .header(SIGNATURE_HEADER, "v1 t=0 n=0123456789abcdef s=00"),
+            .header(SIGNATURE_HEADER, "v2 t=0 n=0123456789abcdef d=00 s=00"),
     ] {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 401);
@@ -139,20 +139,25 @@ async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_signed_request_cannot_be_replayed() {
     let loader = TestLoader::new();
-    let target = Replica::start(|url| {
+    // Requests meant for `target` go to the recorder, which captures them: `target` is known to
+    // its peers (and to itself) by the recorder's URL, and is reached directly only by the replay.
+    let (target_url, mut captured) = recorder().await;
+    let target = Replica::start(|_| {
+        Groupcache::builder(GROUP, target_url.as_str(), loader.clone()).peer_auth(auth(SECRET))
+    });
+    let other = Replica::start(|url| {
         Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
     });
-    let (fake_owner, mut captured) = recorder().await;
     let asker = Replica::start(|url| {
         Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
     });
     asker
         .cache
-        .set_peers([fake_owner.as_str(), asker.url.as_str()])
+        .set_peers([target_url.as_str(), asker.url.as_str()])
         .unwrap();
     let key = (0..)
         .map(|i| format!("replay-{i}"))
-        .find(|k| asker.cache.owner(k) == fake_owner)
+        .find(|k| asker.cache.owner(k) == target_url)
         .unwrap();
     asker.cache.get(&key).await.unwrap();
     let head = captured.recv().await.unwrap();
@@ -161,20 +166,33 @@ async fn a_captured_signed_request_cannot_be_replayed() {
         .find_map(|line| line.strip_prefix(&format!("{SIGNATURE_HEADER}: ")))
         .expect("the request was signed")
         .to_owned();
-    let url = format!("{}/_groupcache/{GROUP}/{key}", target.url);
-    let send = || {
+    let send = |replica: &Replica<TestLoader>| {
         reqwest::Client::new()
-            .get(&url)
+            .get(format!("{}/_groupcache/{GROUP}/{key}", replica.url))
             .header(SIGNATURE_HEADER, &signature)
             .send()
     };
+    // Another replica with the same secret: the signature names `target`.
+    for _ in 0..3 {
+        assert_eq!(send(&other).await.unwrap().status(), 401, "cross-replica");
+    }
+    assert_eq!(other.cache.stats().peer_auth_failures, 3);
     assert_eq!(
-        send().await.unwrap().status(),
+        send(&target).await.unwrap().status(),
         200,
-        "first use of a captured signature"
+        "the captured request, delivered late to the replica it was meant for"
     );
-    assert_eq!(send().await.unwrap().status(), 401, "the replay is refused");
+    assert_eq!(
+        send(&target).await.unwrap().status(),
+        401,
+        "the replay is refused"
+    );
     assert_eq!(target.cache.stats().peer_auth_failures, 1);
+    assert_eq!(
+        (other.cache.stats().local_loads, loader.loads.of(&key)),
+        (0, 2),
+        "only the asker (its owner did not answer) and the target ever loaded the key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,12 @@
 //! Optional peer authentication: every peer request carries an HMAC-SHA256 signature over its
-//! method, path, body digest, a timestamp and a nonce, made with a secret the replicas share.
+//! method, its destination (the authority, `host:port`, and the full path), a timestamp, a nonce
+//! and the SHA-256 of its body, made with a secret the replicas share.
 //!
 //! The receiver checks the signature in constant time against every accepted secret (so secrets
-//! can be rotated without downtime), refuses timestamps outside the replay window, and remembers
-//! the nonces it saw within that window, so a captured request cannot be replayed at all.
+//! can be rotated without downtime), against its own authority (from its URL, not the request's
+//! `Host`), so a request signed for one replica is refused by every other; it refuses timestamps
+//! outside the replay window and remembers the nonces it saw within that window, so a captured
+//! request cannot be replayed, at the replica it was meant for or any other.
 //! golang/groupcache peers cannot sign: mixed clusters run with authentication off.
 
 use std::collections::HashMap;
@@ -68,6 +71,27 @@ pub(crate) enum Refusal {
     BadSignature,
     #[error("replayed request")]
     Replayed,
+    #[error("body does not match its signed digest")]
+    BodyMismatch,
+}
+
+/// The SHA-256 of a request's body, as its signature declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyDigest([u8; 32]);
+
+impl BodyDigest {
+    pub(crate) fn of(body: &[u8]) -> Self {
+        BodyDigest(Sha256::digest(body).into())
+    }
+
+    /// Whether `body` is the body that was signed.
+    pub(crate) fn matches(&self, body: &[u8]) -> Result<(), Refusal> {
+        if BodyDigest::of(body) == *self {
+            Ok(())
+        } else {
+            Err(Refusal::BodyMismatch)
+        }
+    }
 }
 
 impl PeerAuth {
@@ -94,24 +118,38 @@ impl PeerAuth {
         self
     }
 
-    /// The header value for a request.
-    pub(crate) fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
+    /// The header value for a request to `authority` (the peer's `host:port`, as in its URL and
+    /// the `Host` header) at `path` (the full path, as sent).
+    pub(crate) fn sign(&self, method: &str, authority: &[u8], path: &str, body: &[u8]) -> String {
         let timestamp = unix_seconds(SystemTime::now());
         let nonce = self.nonces.fresh();
-        let mac = mac(&self.signing, method, path, timestamp, &nonce, body)
-            .finalize()
-            .into_bytes();
-        format!("v1 t={timestamp} n={nonce} s={}", hex(&mac))
+        let digest = BodyDigest::of(body);
+        let signed = Signed {
+            method,
+            authority,
+            path,
+            timestamp,
+            nonce: &nonce,
+            digest: &digest,
+        };
+        let mac = signed.mac(&self.signing).finalize().into_bytes();
+        format!(
+            "v2 t={timestamp} n={nonce} d={} s={}",
+            hex(&digest.0),
+            hex(&mac)
+        )
     }
 
-    /// Checks a request's header value.
+    /// Checks a request's header value against this replica's own `authority` and the request's
+    /// method and full path, before any body is read. On success, the body's declared digest,
+    /// which the body read later must [match](BodyDigest::matches).
     pub(crate) fn verify(
         &self,
         header: Option<&str>,
         method: &str,
+        authority: &[u8],
         path: &str,
-        body: &[u8],
-    ) -> Result<(), Refusal> {
+    ) -> Result<BodyDigest, Refusal> {
         let header = header.ok_or(Refusal::Missing)?;
         let signature = Signature::parse(header).ok_or(Refusal::Malformed)?;
         let now = unix_seconds(SystemTime::now());
@@ -121,24 +159,25 @@ impl PeerAuth {
         }
         let accepted = std::iter::once(&self.signing).chain(&self.accepted);
         let mut valid = false;
+        let signed = Signed {
+            method,
+            authority,
+            path,
+            timestamp: signature.timestamp,
+            nonce: signature.nonce,
+            digest: &signature.digest,
+        };
         for secret in accepted {
             // verify_slice compares in constant time; every secret is tried, so timing does not
             // tell which one matched.
-            let mac = mac(
-                secret,
-                method,
-                path,
-                signature.timestamp,
-                signature.nonce,
-                body,
-            );
-            valid |= mac.verify_slice(&signature.mac).is_ok();
+            valid |= signed.mac(secret).verify_slice(&signature.mac).is_ok();
         }
         if !valid {
             return Err(Refusal::BadSignature);
         }
         self.nonces
-            .first_use(signature.nonce, signature.timestamp, now, window)
+            .first_use(signature.nonce, signature.timestamp, now, window)?;
+        Ok(signature.digest)
     }
 }
 
@@ -152,48 +191,56 @@ fn checked(secret: Vec<u8>) -> Result<Vec<u8>, Error> {
     Ok(secret)
 }
 
-/// The MAC of one request: `v1`, method, path, timestamp, nonce and the body's SHA-256, one per
-/// line, so no field can be shifted into another.
-fn mac(
-    secret: &[u8],
-    method: &str,
-    path: &str,
+/// What a signature covers.
+struct Signed<'a> {
+    method: &'a str,
+    authority: &'a [u8],
+    path: &'a str,
     timestamp: i64,
-    nonce: &str,
-    body: &[u8],
-) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    let body_digest = hex(&Sha256::digest(body));
-    for part in [
-        "v1",
-        method,
-        path,
-        &timestamp.to_string(),
-        nonce,
-        &body_digest,
-    ] {
-        mac.update(part.as_bytes());
-        mac.update(b"\n");
-    }
-    mac
+    nonce: &'a str,
+    digest: &'a BodyDigest,
 }
 
-/// A parsed `v1 t=<unix seconds> n=<nonce> s=<hex mac>` header.
+impl Signed<'_> {
+    /// The MAC: `v2`, method, authority, path, timestamp, nonce and the body's SHA-256, one per
+    /// line, so no field can be shifted into another (none may contain a line break: hyper
+    /// refuses them in methods, authorities and paths; the others are numbers and hex).
+    fn mac(&self, secret: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        for part in [
+            &b"v2"[..],
+            self.method.as_bytes(),
+            self.authority,
+            self.path.as_bytes(),
+            self.timestamp.to_string().as_bytes(),
+            self.nonce.as_bytes(),
+            hex(&self.digest.0).as_bytes(),
+        ] {
+            mac.update(part);
+            mac.update(b"\n");
+        }
+        mac
+    }
+}
+
+/// A parsed `v2 t=<unix seconds> n=<hex nonce> d=<hex body SHA-256> s=<hex mac>` header.
 struct Signature<'a> {
     timestamp: i64,
     nonce: &'a str,
+    digest: BodyDigest,
     mac: Vec<u8>,
 }
 
 impl<'a> Signature<'a> {
     fn parse(header: &'a str) -> Option<Self> {
         let mut parts = header.split(' ');
-        if parts.next()? != "v1" {
+        if parts.next()? != "v2" {
             return None;
         }
         let timestamp = parts.next()?.strip_prefix("t=")?.parse().ok()?;
         let nonce = parts.next()?.strip_prefix("n=")?;
+        let digest = unhex(parts.next()?.strip_prefix("d=")?)?;
         let mac = unhex(parts.next()?.strip_prefix("s=")?)?;
         let well_formed = parts.next().is_none()
             && (16..=64).contains(&nonce.len())
@@ -202,6 +249,7 @@ impl<'a> Signature<'a> {
         well_formed.then_some(Signature {
             timestamp,
             nonce,
+            digest: BodyDigest(digest.try_into().ok()?),
             mac,
         })
     }
@@ -282,12 +330,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const A: &[u8] = b"10.0.0.1:8080";
+
     proptest! {
         /// Any header value is parsed or refused, never a panic, and never verifies.
         #[test]
         fn arbitrary_signature_headers_are_refused(header in any::<String>()) {
             let auth = PeerAuth::new(b"0123456789abcdef".to_vec()).unwrap();
-            prop_assert!(auth.verify(Some(&header), "GET", "/p", b"").is_err());
+            prop_assert!(auth.verify(Some(&header), "GET", A, "/p").is_err());
         }
     }
 
@@ -298,13 +348,11 @@ mod tests {
     #[test]
     fn a_signed_request_verifies_once() {
         let auth = auth(b"0123456789abcdef");
-        let header = auth.sign("GET", "/_groupcache/g/k", b"");
+        let header = auth.sign("GET", A, "/_groupcache/g/k", b"");
+        let digest = auth.verify(Some(&header), "GET", A, "/_groupcache/g/k");
+        assert_eq!(digest, Ok(BodyDigest::of(b"")));
         assert_eq!(
-            auth.verify(Some(&header), "GET", "/_groupcache/g/k", b""),
-            Ok(())
-        );
-        assert_eq!(
-            auth.verify(Some(&header), "GET", "/_groupcache/g/k", b""),
+            auth.verify(Some(&header), "GET", A, "/_groupcache/g/k"),
             Err(Refusal::Replayed)
         );
     }
@@ -312,70 +360,92 @@ mod tests {
     #[test]
     fn any_changed_field_breaks_the_signature() {
         let auth = auth(b"0123456789abcdef");
-        let header = auth.sign("PUT", "/_groupcache/g/k", b"body");
-        for (method, path, body) in [
-            ("GET", "/_groupcache/g/k", &b"body"[..]),
-            ("PUT", "/_groupcache/g/other", b"body"),
-            ("PUT", "/_groupcache/g/k", b"bodY"),
+        let header = auth.sign("PUT", A, "/_groupcache/g/k", b"body");
+        for (method, authority, path) in [
+            ("GET", A, "/_groupcache/g/k"),
+            ("PUT", A, "/_groupcache/g/other"),
+            ("PUT", A, "/prefix/_groupcache/g/k"),
+            // The same request, sent to another replica (or another port of the same host).
+            ("PUT", &b"10.0.0.2:8080"[..], "/_groupcache/g/k"),
+            ("PUT", b"10.0.0.1:8081", "/_groupcache/g/k"),
         ] {
             assert_eq!(
-                auth.verify(Some(&header), method, path, body),
-                Err(Refusal::BadSignature)
+                auth.verify(Some(&header), method, authority, path),
+                Err(Refusal::BadSignature),
+                "{method} {authority:?} {path}"
             );
         }
-        let tampered = header.replace("t=", "t=1");
-        assert_ne!(
-            auth.verify(Some(&tampered), "PUT", "/_groupcache/g/k", b"body"),
-            Ok(())
-        );
+        for (from, to) in [("t=", "t=1"), ("d=", "d=00"), ("n=", "n=00")] {
+            let tampered = header.replacen(from, to, 1);
+            assert_ne!(
+                auth.verify(Some(&tampered), "PUT", A, "/_groupcache/g/k"),
+                Ok(BodyDigest::of(b"body")),
+                "{tampered}"
+            );
+        }
+        let digest = auth.verify(Some(&header), "PUT", A, "/_groupcache/g/k");
+        let digest = digest.expect("the untampered request verifies");
+        assert_eq!(digest.matches(b"body"), Ok(()));
+        assert_eq!(digest.matches(b"bodY"), Err(Refusal::BodyMismatch));
+        assert_eq!(digest.matches(b""), Err(Refusal::BodyMismatch));
     }
 
     #[test]
     fn other_secrets_fail_and_accepted_ones_rotate() {
         let old = auth(b"old secret 0123456");
         let new = auth(b"new secret 0123456");
-        let header = old.sign("GET", "/p", b"");
+        let header = old.sign("GET", A, "/p", b"");
         assert_eq!(
-            new.verify(Some(&header), "GET", "/p", b""),
+            new.verify(Some(&header), "GET", A, "/p"),
             Err(Refusal::BadSignature)
         );
         let rotating = PeerAuth::new(b"new secret 0123456".to_vec())
             .unwrap()
             .accept(b"old secret 0123456".to_vec())
             .unwrap();
-        assert_eq!(rotating.verify(Some(&header), "GET", "/p", b""), Ok(()));
-        assert_eq!(
-            rotating.verify(Some(&new.sign("GET", "/p", b"")), "GET", "/p", b""),
-            Ok(())
-        );
+        assert!(rotating.verify(Some(&header), "GET", A, "/p").is_ok());
+        let header = new.sign("GET", A, "/p", b"");
+        assert!(rotating.verify(Some(&header), "GET", A, "/p").is_ok());
     }
 
     #[test]
     fn missing_malformed_and_stale_headers_are_refused() {
         let auth = auth(b"0123456789abcdef");
-        assert_eq!(auth.verify(None, "GET", "/p", b""), Err(Refusal::Missing));
+        assert_eq!(auth.verify(None, "GET", A, "/p"), Err(Refusal::Missing));
+        let d = hex(&BodyDigest::of(b"").0);
+        let s = hex(&[0; 32]);
         for bad in [
-            "",
-            "v1",
-            "v2 t=1 n=00000000000000000000 s=00",
-            "v1 t=x n=0 s=0",
-            "v1 t=1 n=zz s=ab",
-            "v1 t=1 n=0123456789abcdef s=abc",
+            String::new(),
+            "v1".into(),
+            format!("v1 t=1 n=0123456789abcdef d={d} s={s}"),
+            format!("v2 t=1 n=0123456789abcdef s={s}"),
+            "v2 t=x n=0 d=0 s=0".into(),
+            format!("v2 t=1 n=zz d={d} s={s}"),
+            format!("v2 t=1 n=0123456789abcdef d=00 s={s}"),
+            format!("v2 t=1 n=0123456789abcdef d={d} s=abc"),
+            format!("v2 t=1 n=0123456789abcdef d={d} s={s} extra"),
         ] {
             assert_eq!(
-                auth.verify(Some(bad), "GET", "/p", b""),
+                auth.verify(Some(&bad), "GET", A, "/p"),
                 Err(Refusal::Malformed),
                 "{bad:?}"
             );
         }
         let past = unix_seconds(SystemTime::now()) - 120;
         let nonce = "0123456789abcdef";
-        let mac = mac(b"0123456789abcdef", "GET", "/p", past, nonce, b"")
-            .finalize()
-            .into_bytes();
-        let stale = format!("v1 t={past} n={nonce} s={}", hex(&mac));
+        let digest = BodyDigest::of(b"");
+        let signed = Signed {
+            method: "GET",
+            authority: A,
+            path: "/p",
+            timestamp: past,
+            nonce,
+            digest: &digest,
+        };
+        let mac = signed.mac(b"0123456789abcdef").finalize().into_bytes();
+        let stale = format!("v2 t={past} n={nonce} d={d} s={}", hex(&mac));
         assert_eq!(
-            auth.verify(Some(&stale), "GET", "/p", b""),
+            auth.verify(Some(&stale), "GET", A, "/p"),
             Err(Refusal::Stale)
         );
     }

@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::caches::Entry;
 use super::auth::SIGNATURE_HEADER;
 use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF, parse_path};
+use crate::caches::Entry;
+use crate::membership::Endpoint;
 use crate::{Error, Groupcache, Loader};
 
 pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
@@ -31,16 +32,26 @@ pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
     let slots = Arc::new(Semaphore::new(
         cache.inner.config.max_concurrent_peer_requests,
     ));
+    // Signatures name the replica they are meant for, as its peers know it: by its URL.
+    let authority: Arc<[u8]> = Endpoint::parse(&cache.inner.self_url)
+        .map(|endpoint| endpoint.authority.as_bytes().into())
+        .unwrap_or_default();
     let handler = get(serve::<L>).put(serve::<L>).delete(serve::<L>);
     Router::new()
         .route(&format!("{base}{{*rest}}"), handler.clone())
         .route(&base, handler)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(Served { cache, slots })
+        .with_state(Served {
+            authority,
+            cache,
+            slots,
+        })
 }
 
 /// The router's state: the cache, and how many more peer requests it may serve at once.
 struct Served<L: Loader> {
+    /// This replica's `host:port`, which a signature must name.
+    authority: Arc<[u8]>,
     cache: Groupcache<L>,
     slots: Arc<Semaphore>,
 }
@@ -48,6 +59,7 @@ struct Served<L: Loader> {
 impl<L: Loader> Clone for Served<L> {
     fn clone(&self) -> Self {
         Served {
+            authority: self.authority.clone(),
             cache: self.cache.clone(),
             slots: self.slots.clone(),
         }
@@ -68,7 +80,15 @@ async fn serve<L: Loader>(
         let signature = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
-        if let Err(refusal) = auth.verify(signature, method.as_str(), original.path(), &body) {
+        let verified = auth
+            .verify(
+                signature,
+                method.as_str(),
+                &served.authority,
+                original.path(),
+            )
+            .and_then(|digest| digest.matches(&body));
+        if let Err(refusal) = verified {
             inner.metrics.peer_auth_failure();
             tracing::warn!(group = %inner.group, path = original.path(), %refusal, "refused a peer request");
             return text(
