@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::popularity::Popularity;
 use crate::ring::RingMode;
 use crate::wire::PeerAuth;
+use crate::wire::auth::Refusal;
 use crate::wire::client::PeerClient;
 use crate::wire::pool::Connections;
 use crate::{Error, Loader};
@@ -216,7 +217,8 @@ impl<L: Loader> Builder<L> {
         );
         #[cfg(not(feature = "tls"))]
         let connections = Connections::new(self.connect_timeout);
-        let metrics = Metrics::new(&self.group);
+        let refusals = Refusal::ALL.map(Refusal::reason);
+        let metrics = Metrics::new(&self.group, &refusals);
         metrics.peers.set(1.0);
         let inner = Inner {
             client: PeerClient::new(

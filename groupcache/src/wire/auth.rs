@@ -9,15 +9,14 @@
 //! request cannot be replayed, at the replica it was meant for or any other.
 //! golang/groupcache peers cannot sign: mixed clusters run with authentication off.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use super::nonces::{NonceStore, Unaccepted};
 use crate::Error;
 
 /// The request header that carries the signature.
@@ -26,8 +25,9 @@ pub const SIGNATURE_HEADER: &str = "groupcache-signature";
 /// Shortest secret accepted: 16 bytes (128 bits).
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// Nonces remembered at most; past this a request is refused rather than memory grown.
-const MAX_REMEMBERED_NONCES: usize = 1 << 20;
+/// Nonces remembered at most by default: at most 40 MiB (see
+/// [`PeerAuth::max_remembered_nonces`]).
+pub const DEFAULT_MAX_REMEMBERED_NONCES: usize = 1 << 20;
 
 /// Shared secrets for signing and checking peer requests.
 ///
@@ -46,6 +46,7 @@ pub struct PeerAuth {
     accepted: Vec<Vec<u8>>,
     window: Duration,
     nonces: Nonces,
+    seen: NonceStore,
 }
 
 impl std::fmt::Debug for PeerAuth {
@@ -73,6 +74,34 @@ pub(crate) enum Refusal {
     Replayed,
     #[error("body does not match its signed digest")]
     BodyMismatch,
+    #[error("timestamp older than the replay window, shrunk while the nonce store is full")]
+    WindowShrunk,
+}
+
+impl Refusal {
+    /// The `reason` label of `groupcache_peer_auth_failures_total`.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Malformed => "malformed",
+            Refusal::Stale => "stale",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Replayed => "replayed",
+            Refusal::BodyMismatch => "body_mismatch",
+            Refusal::WindowShrunk => "window_shrunk",
+        }
+    }
+
+    /// Every refusal, for registering the metric's series.
+    pub(crate) const ALL: [Refusal; 7] = [
+        Refusal::Missing,
+        Refusal::Malformed,
+        Refusal::Stale,
+        Refusal::BadSignature,
+        Refusal::Replayed,
+        Refusal::BodyMismatch,
+        Refusal::WindowShrunk,
+    ];
 }
 
 /// The SHA-256 of a request's body, as its signature declares it.
@@ -103,6 +132,7 @@ impl PeerAuth {
             accepted: Vec::new(),
             window: Duration::from_secs(30),
             nonces: Nonces::default(),
+            seen: NonceStore::new(30, DEFAULT_MAX_REMEMBERED_NONCES),
         })
     }
 
@@ -115,13 +145,55 @@ impl PeerAuth {
     /// How far a request's timestamp may be from the receiver's clock (default 30 s).
     pub fn replay_window(mut self, window: Duration) -> Self {
         self.window = window;
+        self.seen = NonceStore::new(window.as_secs(), self.seen.bound());
         self
+    }
+
+    /// How many accepted nonces are remembered at most (default
+    /// [`DEFAULT_MAX_REMEMBERED_NONCES`], 2^20), each costing at most 40 bytes: the default
+    /// bound is at most 40 MiB. The count is published as the gauge `groupcache_auth_nonces`.
+    ///
+    /// The store needs `rate * (replay window + 1 s)` nonces to remember a whole window of signed
+    /// requests at `rate` per second (2^20: 33k/s with the default 30 s). Above that it does not
+    /// refuse fresh requests: it forgets its oldest second and refuses timestamps up to it
+    /// (counted with `reason="window_shrunk"`), so the accepted window shrinks to about
+    /// `bound / rate` seconds. Honest peers are refused only when that falls below their clock
+    /// skew plus the request's latency: for 2^20 and 1 s, above a million requests per second.
+    ///
+    /// ```
+    /// use groupcache_rs::PeerAuth;
+    /// # fn main() -> Result<(), groupcache_rs::Error> {
+    /// // A smaller replica: 4 MiB at most, a full window up to 8k signed requests per second.
+    /// let auth = PeerAuth::new(b"a secret of at least 16 bytes".to_vec())?
+    ///     .max_remembered_nonces(1 << 18);
+    /// # Ok(()) }
+    /// ```
+    pub fn max_remembered_nonces(mut self, bound: usize) -> Self {
+        self.seen = NonceStore::new(self.window.as_secs(), bound);
+        self
+    }
+
+    /// Accepted nonces remembered now.
+    pub(crate) fn remembered_nonces(&self) -> usize {
+        self.seen.len()
     }
 
     /// The header value for a request to `authority` (the peer's `host:port`, as in its URL and
     /// the `Host` header) at `path` (the full path, as sent).
     pub(crate) fn sign(&self, method: &str, authority: &[u8], path: &str, body: &[u8]) -> String {
-        let timestamp = unix_seconds(SystemTime::now());
+        let now = unix_seconds(SystemTime::now());
+        self.sign_at(method, authority, path, body, now)
+    }
+
+    /// [`sign`](Self::sign) at `timestamp` (unix seconds).
+    fn sign_at(
+        &self,
+        method: &str,
+        authority: &[u8],
+        path: &str,
+        body: &[u8],
+        timestamp: i64,
+    ) -> String {
         let nonce = self.nonces.fresh();
         let digest = BodyDigest::of(body);
         let signed = Signed {
@@ -150,9 +222,21 @@ impl PeerAuth {
         authority: &[u8],
         path: &str,
     ) -> Result<BodyDigest, Refusal> {
+        let now = unix_seconds(SystemTime::now());
+        self.verify_at(header, method, authority, path, now)
+    }
+
+    /// [`verify`](Self::verify) at `now` (unix seconds).
+    fn verify_at(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        authority: &[u8],
+        path: &str,
+        now: i64,
+    ) -> Result<BodyDigest, Refusal> {
         let header = header.ok_or(Refusal::Missing)?;
         let signature = Signature::parse(header).ok_or(Refusal::Malformed)?;
-        let now = unix_seconds(SystemTime::now());
         let window = i64::try_from(self.window.as_secs()).unwrap_or(i64::MAX);
         if signature.timestamp.abs_diff(now) > window.unsigned_abs() {
             return Err(Refusal::Stale);
@@ -175,8 +259,12 @@ impl PeerAuth {
         if !valid {
             return Err(Refusal::BadSignature);
         }
-        self.nonces
-            .first_use(signature.nonce, signature.timestamp, now, window)?;
+        self.seen
+            .first_use(signature.nonce, signature.timestamp, now)
+            .map_err(|unaccepted| match unaccepted {
+                Unaccepted::Replayed => Refusal::Replayed,
+                Unaccepted::WindowShrunk => Refusal::WindowShrunk,
+            })?;
         Ok(signature.digest)
     }
 }
@@ -255,12 +343,11 @@ impl<'a> Signature<'a> {
     }
 }
 
-/// Nonces: fresh ones for signing, and the ones seen within the window for checking.
+/// Fresh nonces for signing.
 struct Nonces {
     /// Random per process, so two replicas never produce the same nonce.
     prefix: u64,
     counter: AtomicU64,
-    seen: Mutex<HashMap<String, i64>>,
 }
 
 impl Default for Nonces {
@@ -268,7 +355,6 @@ impl Default for Nonces {
         Nonces {
             prefix: RandomState::new().hash_one(std::process::id()),
             counter: AtomicU64::new(0),
-            seen: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -280,25 +366,6 @@ impl Nonces {
             self.prefix,
             self.counter.fetch_add(1, Ordering::Relaxed)
         )
-    }
-
-    /// Records `nonce`; refuses it if it was seen before within the window.
-    fn first_use(&self, nonce: &str, timestamp: i64, now: i64, window: i64) -> Result<(), Refusal> {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if seen.len() >= MAX_REMEMBERED_NONCES / 2 {
-            // A nonce older than the window cannot be replayed anyway: its timestamp is refused.
-            seen.retain(|_, &mut seen_at| seen_at.abs_diff(now) <= window.unsigned_abs());
-        }
-        if seen.len() >= MAX_REMEMBERED_NONCES {
-            return Err(Refusal::Replayed);
-        }
-        match seen.insert(nonce.to_owned(), timestamp) {
-            Some(_) => Err(Refusal::Replayed),
-            None => Ok(()),
-        }
     }
 }
 
@@ -388,6 +455,35 @@ mod tests {
         assert_eq!(digest.matches(b"body"), Ok(()));
         assert_eq!(digest.matches(b"bodY"), Err(Refusal::BodyMismatch));
         assert_eq!(digest.matches(b""), Err(Refusal::BodyMismatch));
+    }
+
+    #[test]
+    fn a_full_nonce_store_keeps_accepting_fresh_requests_and_refusing_replays() {
+        // 30 nonces per shard, about 6 per shard and second: the oldest seconds are dropped.
+        let auth = auth(b"0123456789abcdef")
+            .replay_window(Duration::from_secs(120))
+            .max_remembered_nonces(480);
+        let now = unix_seconds(SystemTime::now());
+        let mut headers = Vec::new();
+        for i in 0..1000 {
+            let at = now + i / 100;
+            let header = auth.sign_at("GET", A, "/p", b"", at);
+            let verified = auth.verify_at(Some(&header), "GET", A, "/p", at);
+            assert!(verified.is_ok(), "{i}: {verified:?}");
+            assert!(auth.remembered_nonces() <= 480);
+            headers.push(header);
+        }
+        assert!(auth.remembered_nonces() > 240);
+        let at = now + 9;
+        for header in &headers {
+            assert!(
+                matches!(
+                    auth.verify_at(Some(header), "GET", A, "/p", at),
+                    Err(Refusal::Replayed | Refusal::WindowShrunk)
+                ),
+                "a replay is refused whether or not its nonce is still remembered"
+            );
+        }
     }
 
     #[test]

@@ -88,8 +88,9 @@ async fn serve<L: Loader>(
                 original.path(),
             )
             .and_then(|digest| digest.matches(&body));
+        inner.metrics.auth_nonces(auth.remembered_nonces());
         if let Err(refusal) = verified {
-            inner.metrics.peer_auth_failure();
+            inner.metrics.peer_auth_failure(refusal.reason());
             tracing::warn!(group = %inner.group, path = original.path(), %refusal, "refused a peer request");
             return text(
                 StatusCode::UNAUTHORIZED,
