@@ -68,6 +68,7 @@ pub(crate) struct Config {
     pub(crate) hot_max_age: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
+    pub(crate) max_buffered_peer_bytes: usize,
 }
 
 impl<L: Loader> Builder<L> {
@@ -85,6 +86,7 @@ impl<L: Loader> Builder<L> {
                 hot_max_age: Duration::from_secs(60),
                 auth: None,
                 max_concurrent_peer_requests: 1024,
+                max_buffered_peer_bytes: 64 << 20,
             },
             main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
@@ -173,6 +175,15 @@ impl<L: Loader> Builder<L> {
         self
     }
 
+    /// Bytes of peers' `PUT` bodies the router reads at once (default 64 MiB; never less than one
+    /// body of [`max_value_bytes`](Self::max_value_bytes) plus 4 KiB). A `PUT` whose declared
+    /// length does not fit in what is left is answered 503 before any of it is read, so bodies
+    /// held by slow or stalled senders never take more than this.
+    pub fn max_buffered_peer_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_buffered_peer_bytes = bytes;
+        self
+    }
+
     /// Connects to peers over TLS (`https://` peer URLs): verifies them against `tls`'s CA and
     /// presents its identity, if any, as a client certificate. Without it, `https://` peers
     /// cannot be reached.
@@ -205,7 +216,12 @@ impl<L: Loader> Builder<L> {
         if config.peer_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::Config("timeouts must be longer than zero".into()));
         }
-        let peers = Peers::new(&self.self_url, self.ring_mode, &config.base_path, &self.group)?;
+        let peers = Peers::new(
+            &self.self_url,
+            self.ring_mode,
+            &config.base_path,
+            &self.group,
+        )?;
         let self_url = peers.self_url().to_string();
         #[cfg(feature = "tls")]
         let connections = Connections::new(

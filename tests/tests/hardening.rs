@@ -120,13 +120,17 @@ async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buffer = [0; 4096];
-                while !head.ends_with(b"\r\n\r\n") {
+                // The head only: a body may arrive in the same read.
+                let end = loop {
+                    if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
                     match socket.read(&mut buffer).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => head.extend_from_slice(&buffer[..n]),
                     }
-                }
-                let _ = sender.send(String::from_utf8_lossy(&head).into_owned());
+                };
+                let _ = sender.send(String::from_utf8_lossy(&head[..end]).into_owned());
                 let _ = socket
                     .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                     .await;
@@ -436,4 +440,187 @@ fn quiet_test_loader_panics() {
             default(info);
         }
     }));
+}
+
+/// Bounds every wait on a raw connection, so a server that never answers fails the test.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Sends `head` (and `body`, if any) on a new connection and leaves it open, unfinished.
+async fn raw(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> tokio::net::TcpStream {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body).await.unwrap();
+    socket
+}
+
+/// The status and body of the answer on `socket`, read until the server closes it or sends a
+/// whole head and the length it declares.
+async fn answer(socket: &mut tokio::net::TcpStream) -> (u16, String) {
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    let read = async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+            let text = String::from_utf8_lossy(&received);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|n| n.parse::<usize>().ok());
+                if length.is_some_and(|length| body.len() >= length) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("an answer in time, not a server waiting for the body");
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_checked_before_any_body_is_read() {
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    // 16 MiB declared, 100 bytes sent, the rest never: the answer cannot wait for the body.
+    for method in ["PUT", "GET", "DELETE"] {
+        let head = format!(
+            "{method} /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: 16777216\r\n\r\n"
+        );
+        let mut socket = raw(replica.addr, &head, &[0; 100]).await;
+        let (status, text) = answer(&mut socket).await;
+        assert_eq!(status, 401, "{method}: {text}");
+    }
+    assert_eq!(replica.cache.stats().peer_auth_failures, 3);
+    assert_eq!(loader.loads.total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_delete_bodies_are_refused_unread() {
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()));
+    for (method, framing) in [
+        ("GET", "content-length: 16777216"),
+        ("DELETE", "content-length: 16777216"),
+        ("GET", "transfer-encoding: chunked"),
+    ] {
+        let head =
+            format!("{method} /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n");
+        let mut socket = raw(replica.addr, &head, b"").await;
+        let (status, text) = answer(&mut socket).await;
+        assert_eq!(status, 413, "{method} {framing}: {text}");
+        assert!(text.contains("carries no body"), "{text}");
+    }
+    // An empty body, declared or not, is what golang/groupcache and this library send.
+    let head =
+        format!("GET /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n");
+    let (status, text) = answer(&mut raw(replica.addr, &head, b"").await).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        loader.loads.total(),
+        1,
+        "only the GET without a body loaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_body_is_read_under_a_deadline_and_a_byte_budget() {
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .max_value_bytes(1024)
+            .peer_timeout(Duration::from_millis(500))
+            // Raised to one largest body: 1024 + 4096 bytes.
+            .max_buffered_peer_bytes(0)
+    });
+    let put = |length: usize| {
+        format!(
+            "PUT /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+    let (status, text) = answer(&mut raw(replica.addr, &put(5121), b"").await).await;
+    assert_eq!(
+        status, 413,
+        "over the limit, refused before reading: {text}"
+    );
+    let (status, text) = answer(&mut raw(replica.addr, &put(10), b"").await).await;
+    assert_eq!(status, 408, "a stalled body meets the deadline: {text}");
+    // Two stalled bodies that together exceed the budget: whichever comes second is refused at
+    // once, the first meets the deadline.
+    let mut first = raw(replica.addr, &put(3000), &[0; 10]).await;
+    let mut second = raw(replica.addr, &put(3000), &[0; 10]).await;
+    let (a, b) = tokio::join!(answer(&mut first), answer(&mut second));
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [408, 503], "{a:?} {b:?}");
+    // The budget is back once they are gone.
+    let set = groupcache_rs_pb::SetRequest {
+        group: GROUP.into(),
+        key: "k".into(),
+        value: Some("stored".into()),
+        expire: None,
+    };
+    let body = prost::Message::encode_to_vec(&set);
+    let (status, text) = answer(&mut raw(replica.addr, &put(body.len()), &body).await).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(replica.cache.get("k").await.unwrap(), "stored");
+    assert_eq!(loader.loads.total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_put_with_another_body_is_refused() {
+    let loader = TestLoader::new();
+    // As in the replay test: requests meant for `target` are captured by the recorder.
+    let (target_url, mut captured) = recorder().await;
+    let target = Replica::start(|_| {
+        Groupcache::builder(GROUP, target_url.as_str(), loader.clone()).peer_auth(auth(SECRET))
+    });
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    asker
+        .cache
+        .set_peers([target_url.as_str(), asker.url.as_str()])
+        .unwrap();
+    let key = (0..)
+        .map(|i| format!("put-{i}"))
+        .find(|k| asker.cache.owner(k) == target_url)
+        .unwrap();
+    // The recorder answers 404: the set fails, but its signed head was captured.
+    let _ = asker.cache.set(&key, &"honest".to_owned(), None).await;
+    let head = captured.recv().await.unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a PUT declares its length");
+    // Another value, the same length.
+    let body = (0..length)
+        .map(|n| {
+            let forged = groupcache_rs_pb::SetRequest {
+                group: GROUP.into(),
+                key: key.clone(),
+                value: Some("f".repeat(n).into()),
+                expire: Some(0),
+            };
+            prost::Message::encode_to_vec(&forged)
+        })
+        .find(|body| body.len() == length)
+        .expect("a forged body of the same length");
+    let (status, text) = answer(&mut raw(target.addr, &head, &body).await).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("does not match its signed digest"), "{text}");
+    assert_eq!(target.cache.stats().main_items, 0, "nothing was stored");
 }
