@@ -243,8 +243,10 @@ impl<L: Loader> Builder<L> {
                 config.max_value_bytes,
                 config.auth.clone(),
             ),
-            main: Cache::new(self.main_cache_bytes),
-            hot: Cache::new(self.hot_cache_bytes),
+            main: Cache::new(self.main_cache_bytes)
+                .publish_to(metrics.main.bytes.clone(), metrics.main.items.clone()),
+            hot: Cache::new(self.hot_cache_bytes)
+                .publish_to(metrics.hot.bytes.clone(), metrics.hot.items.clone()),
             popularity: Popularity::new(self.popularity_window),
             loads: Flight::new(),
             fetches: Flight::new(),

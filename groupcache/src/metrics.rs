@@ -77,10 +77,11 @@ impl Count {
     }
 }
 
-/// Gauges and eviction counter of one cache.
+/// Gauges and eviction counter of one cache. The cache itself sets the gauges, under its lock
+/// (see [`Cache::publish_to`](crate::caches::Cache::publish_to)).
 pub(crate) struct CacheMetrics {
-    bytes: Gauge,
-    items: Gauge,
+    pub(crate) bytes: Gauge,
+    pub(crate) items: Gauge,
     evictions: Counter,
 }
 
@@ -94,10 +95,8 @@ impl CacheMetrics {
         }
     }
 
-    /// Publishes a cache's size after a change.
-    pub(crate) fn record(&self, bytes: u64, items: u64, evicted: u64) {
-        self.bytes.set(bytes as f64);
-        self.items.set(items as f64);
+    /// Counts entries evicted by an insert.
+    pub(crate) fn evicted(&self, evicted: u64) {
         if evicted > 0 {
             self.evictions.increment(evicted);
         }
