@@ -17,6 +17,9 @@ use serde::Deserialize;
 pub struct ProcessReplica {
     /// The URL it serves at and peers list it under.
     pub url: String,
+    /// The `http://` address it is bound to, where its control interface is reached: its URL,
+    /// unless started with `--self`.
+    pub addr: String,
     /// Its process id.
     pub pid: u32,
     child: Mutex<Option<Child>>,
@@ -60,13 +63,21 @@ impl ProcessReplica {
         let mut line = String::new();
         // Blocks until the replica has bound its socket (or exits: EOF, an empty line).
         let read = stdout.read_line(&mut line);
-        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
+        let mut words = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or("")
+            .split(' ');
+        let (url, addr) = (words.next().unwrap_or(""), words.next());
+        let (url, addr) = (url.to_owned(), addr.unwrap_or(url).to_owned());
+        if url.is_empty() {
             let _ = child.kill();
             let status = child.wait();
             panic!("the replica did not start: read {read:?}, line {line:?}, exit {status:?}");
-        };
+        }
         ProcessReplica {
             url,
+            addr,
             pid: child.id(),
             child: Mutex::new(Some(child)),
             _stdin: stdin,
@@ -119,7 +130,7 @@ impl ProcessReplica {
         let body = serde_json::to_vec(&peers).expect("JSON");
         let response = self
             .http
-            .post(format!("{}/peers", self.url))
+            .post(format!("{}/peers", self.addr))
             .body(body)
             .send()
             .await
@@ -131,7 +142,7 @@ impl ProcessReplica {
     pub async fn set_generation(&self, generation: u64) {
         let response = self
             .http
-            .post(format!("{}/generation", self.url))
+            .post(format!("{}/generation", self.addr))
             .body(generation.to_string())
             .send()
             .await
@@ -141,7 +152,7 @@ impl ProcessReplica {
 
     /// `GET /stats`.
     pub async fn stats(&self) -> ProcessStats {
-        let url = format!("{}/stats", self.url);
+        let url = format!("{}/stats", self.addr);
         let response = self.http.get(&url).send().await.expect("GET /stats");
         assert_eq!(response.status(), 200, "GET {url}");
         let body = response.bytes().await.expect("body of /stats");
@@ -151,7 +162,7 @@ impl ProcessReplica {
     }
 
     fn key_url(&self, endpoint: &str, key: &str) -> String {
-        format!("{}/{endpoint}/{}", self.url, escape(key))
+        format!("{}/{endpoint}/{}", self.addr, escape(key))
     }
 }
 
@@ -173,6 +184,14 @@ pub struct ProcessStats {
     pub local_loads: u64,
     pub local_load_errors: u64,
     pub server_requests: u64,
+    /// Peer requests refused by authentication, replays among them.
+    #[serde(default)]
+    pub peer_auth_failures: u64,
+    #[serde(default)]
+    pub peer_auth_replays: u64,
+    /// Accepted nonces remembered now.
+    #[serde(default)]
+    pub auth_nonces: u64,
     pub main_bytes: u64,
     pub main_items: u64,
     pub hot_bytes: u64,
@@ -206,9 +225,10 @@ fn escape(key: &str) -> String {
 /// `urls` (the replica binary's default ring mode), computed in this process with an unserved
 /// cache, so no request is needed.
 pub fn keys_owned_by(urls: &[&str], owner_url: &str, prefix: &str, n: usize) -> Vec<String> {
-    let ring = groupcache_rs::Groupcache::builder(crate::GROUP, owner_url, crate::TestLoader::new())
-        .build()
-        .expect("a valid ring");
+    let ring =
+        groupcache_rs::Groupcache::builder(crate::GROUP, owner_url, crate::TestLoader::new())
+            .build()
+            .expect("a valid ring");
     ring.set_peers(urls).expect("valid peer URLs");
     (0..)
         .map(|i| format!("{prefix}{i}"))

@@ -445,47 +445,12 @@ fn quiet_test_loader_panics() {
 /// Bounds every wait on a raw connection, so a server that never answers fails the test.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// Sends `head` (and `body`, if any) on a new connection and leaves it open, unfinished.
 async fn raw(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> tokio::net::TcpStream {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket.write_all(head.as_bytes()).await.unwrap();
-    socket.write_all(body).await.unwrap();
-    socket
+    groupcache_tests::raw::send(addr, head, body).await.unwrap()
 }
 
-/// The status and body of the answer on `socket`, read until the server closes it or sends a
-/// whole head and the length it declares.
 async fn answer(socket: &mut tokio::net::TcpStream) -> (u16, String) {
-    let mut received = Vec::new();
-    let mut buffer = [0; 4096];
-    let read = async {
-        loop {
-            match socket.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-            let text = String::from_utf8_lossy(&received);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length: "))
-                    .and_then(|n| n.parse::<usize>().ok());
-                if length.is_some_and(|length| body.len() >= length) {
-                    break;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, read)
-        .await
-        .expect("an answer in time, not a server waiting for the body");
-    let text = String::from_utf8_lossy(&received).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    groupcache_tests::raw::answer(socket, PATIENCE).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
