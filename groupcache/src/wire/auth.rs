@@ -158,7 +158,8 @@ impl PeerAuth {
     /// refuse fresh requests: it forgets its oldest second and refuses timestamps up to it
     /// (counted with `reason="window_shrunk"`), so the accepted window shrinks to about
     /// `bound / rate` seconds. Honest peers are refused only when that falls below their clock
-    /// skew plus the request's latency: for 2^20 and 1 s, above a million requests per second.
+    /// skew plus the request's latency plus 2 s (timestamps are whole seconds): for 2^20 and
+    /// 1 s of skew, above 350k signed requests per second to one replica.
     ///
     /// ```
     /// use groupcache_rs::PeerAuth;
