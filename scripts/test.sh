@@ -52,6 +52,9 @@ if command -v go >/dev/null 2>&1; then
     tests/interop/build.sh
 fi
 
+# The attack tests (tests/tests/attacks.rs) hold 1,000 connections at once, on both ends.
+ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 # Compile first, without a deadline (a cold build of the Kubernetes example takes minutes on two
 # cores); then run, with one: a hung test must fail in minutes, not use up CI's whole time.
 cargo test --workspace --locked --no-run "$@"

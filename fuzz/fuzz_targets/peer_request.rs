@@ -139,6 +139,7 @@ enum Content {
     Signature {
         skew_seconds: i16,
         nonce: Vec<u8>,
+        digest: [u8; 32],
         mac: [u8; 32],
     },
 }
@@ -184,13 +185,15 @@ impl Input {
                 Content::Signature {
                     skew_seconds,
                     nonce,
+                    digest,
                     mac,
                 } => {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |since| since.as_secs() as i64);
                     let t = now + i64::from(*skew_seconds);
-                    format!("v1 t={t} n={} s={}", hex(nonce), hex(mac)).into_bytes()
+                    format!("v2 t={t} n={} d={} s={}", hex(nonce), hex(digest), hex(mac))
+                        .into_bytes()
                 }
             };
             request = request.header(name, value);

@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::popularity::Popularity;
 use crate::ring::RingMode;
 use crate::wire::PeerAuth;
+use crate::wire::auth::Refusal;
 use crate::wire::client::PeerClient;
 use crate::wire::pool::Connections;
 use crate::{Error, Loader};
@@ -67,6 +68,7 @@ pub(crate) struct Config {
     pub(crate) hot_max_age: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
+    pub(crate) max_buffered_peer_bytes: usize,
 }
 
 impl<L: Loader> Builder<L> {
@@ -84,6 +86,7 @@ impl<L: Loader> Builder<L> {
                 hot_max_age: Duration::from_secs(60),
                 auth: None,
                 max_concurrent_peer_requests: 1024,
+                max_buffered_peer_bytes: 64 << 20,
             },
             main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
@@ -172,6 +175,15 @@ impl<L: Loader> Builder<L> {
         self
     }
 
+    /// Bytes of peers' `PUT` bodies the router reads at once (default 64 MiB; never less than one
+    /// body of [`max_value_bytes`](Self::max_value_bytes) plus 4 KiB). A `PUT` whose declared
+    /// length does not fit in what is left is answered 503 before any of it is read, so bodies
+    /// held by slow or stalled senders never take more than this.
+    pub fn max_buffered_peer_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_buffered_peer_bytes = bytes;
+        self
+    }
+
     /// Connects to peers over TLS (`https://` peer URLs): verifies them against `tls`'s CA and
     /// presents its identity, if any, as a client certificate. Without it, `https://` peers
     /// cannot be reached.
@@ -221,7 +233,8 @@ impl<L: Loader> Builder<L> {
         );
         #[cfg(not(feature = "tls"))]
         let connections = Connections::new(self.connect_timeout);
-        let metrics = Metrics::new(&self.group);
+        let refusals = Refusal::ALL.map(Refusal::reason);
+        let metrics = Metrics::new(&self.group, &refusals);
         metrics.peers.set(1.0);
         let inner = Inner {
             client: PeerClient::new(
@@ -230,8 +243,10 @@ impl<L: Loader> Builder<L> {
                 config.max_value_bytes,
                 config.auth.clone(),
             ),
-            main: Cache::new(self.main_cache_bytes),
-            hot: Cache::new(self.hot_cache_bytes),
+            main: Cache::new(self.main_cache_bytes)
+                .publish_to(metrics.main.bytes.clone(), metrics.main.items.clone()),
+            hot: Cache::new(self.hot_cache_bytes)
+                .publish_to(metrics.hot.bytes.clone(), metrics.hot.items.clone()),
             popularity: Popularity::new(self.popularity_window),
             loads: Flight::new(),
             fetches: Flight::new(),

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
+use metrics::Gauge;
 
 use crate::segments::{Home, Place, Segments};
 
@@ -73,6 +74,8 @@ pub(crate) struct Cache {
     /// Copies of `Inner::bytes` and the map's length, stored while the lock is held.
     bytes: AtomicU64,
     items: AtomicU64,
+    /// Gauges that get the same copies, also under the lock: the last value set is never stale.
+    gauges: Option<(Gauge, Gauge)>,
 }
 
 struct Inner {
@@ -121,7 +124,17 @@ impl Cache {
             budget: budget_bytes,
             bytes: AtomicU64::new(0),
             items: AtomicU64::new(0),
+            gauges: None,
         }
+    }
+
+    /// Also publishes the charged bytes and the number of entries to these gauges, on every
+    /// change (expired entries dropped by a `get` included).
+    pub(crate) fn publish_to(mut self, bytes: Gauge, items: Gauge) -> Cache {
+        bytes.set(0.0);
+        items.set(0.0);
+        self.gauges = Some((bytes, items));
+        self
     }
 
     /// Returns a clone of the entry (a cheap Bytes clone) and marks it recently used.
@@ -308,12 +321,86 @@ impl Cache {
     fn publish(&self, inner: &Inner) {
         self.bytes.store(inner.bytes, Ordering::Relaxed);
         self.items.store(inner.map.len() as u64, Ordering::Relaxed);
+        if let Some((bytes, items)) = &self.gauges {
+            bytes.set(inner.bytes as f64);
+            items.set(inner.map.len() as f64);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cache publishing to gauges of its own recorder, and a reading of them: (bytes, items).
+    fn published() -> (Cache, impl Fn() -> (f64, f64)) {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let cache = metrics::with_local_recorder(&recorder, || {
+            Cache::new(1 << 20).publish_to(metrics::gauge!("bytes"), metrics::gauge!("items"))
+        });
+        let read = move || {
+            let mut bytes_items = (f64::NAN, f64::NAN);
+            for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+                let DebugValue::Gauge(value) = value else {
+                    continue;
+                };
+                match key.key().name() {
+                    "bytes" => bytes_items.0 = value.into_inner(),
+                    "items" => bytes_items.1 = value.into_inner(),
+                    _ => {}
+                }
+            }
+            bytes_items
+        };
+        (cache, read)
+    }
+
+    #[test]
+    fn gauges_follow_every_change_an_expired_get_included() {
+        let (cache, read) = published();
+        assert_eq!(read(), (0.0, 0.0));
+        cache.insert("a", entry(10));
+        cache.insert(
+            "b",
+            Entry {
+                value: Bytes::from_static(b"soon gone"),
+                expire: 100,
+            },
+        );
+        assert_eq!(read(), (cache.bytes() as f64, 2.0));
+        assert!(cache.get("b", 99).is_some());
+        assert!(cache.get("b", 100).is_none(), "expired");
+        assert_eq!(
+            read(),
+            (charge("a", 10) as f64, 1.0),
+            "republished by the get"
+        );
+        cache.remove("a");
+        assert_eq!(read(), (0.0, 0.0));
+    }
+
+    #[test]
+    fn the_last_published_figure_is_the_cache_size_after_concurrent_changes() {
+        let (cache, read) = published();
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let cache = &cache;
+                scope.spawn(move || {
+                    for i in 0..2000 {
+                        let key = format!("{}", (i * 7 + thread) % 64);
+                        if i % 3 == 0 {
+                            cache.remove(&key);
+                        } else {
+                            cache.insert(&key, entry(i % 100));
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(read(), (cache.bytes() as f64, cache.items() as f64));
+    }
 
     fn entry(len: usize) -> Entry {
         Entry {

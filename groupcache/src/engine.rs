@@ -1,9 +1,11 @@
 //! The engine: the public [`Groupcache`] handle and a key's journey through the caches, the ring,
 //! the flights and the wire, read top to bottom in [`Inner::get`].
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
 use groupcache_rs_pb::SetRequest;
 
 use crate::builder::{Builder, Config};
@@ -40,7 +42,8 @@ impl<L: Loader> Groupcache<L> {
 
     /// The value of `key`, from a cache, from its owner, or from the loader.
     ///
-    /// Must be called within a tokio runtime: loads run in tasks of their own.
+    /// Must be called within a tokio runtime: loads run in tasks of their own. Outside one, a
+    /// miss fails with [`Error::NoRuntime`].
     ///
     /// A [`Bytes`](bytes::Bytes) value of 512 bytes or more is usually a view into one of the
     /// cache's segments (buffers of up to 1 MiB that hold many values side by side), and keeps
@@ -286,16 +289,14 @@ impl<L: Loader> Inner<L> {
             self.popularity.record(key_hash(key));
         }
         let owner = self.peers.snapshot().remote_owner(key).cloned();
-        let (outcome, started) = match owner {
+        // `loads_deduped` is counted by the flight's task, which runs even if this caller gives up.
+        let (outcome, _) = match owner {
             Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
                 self.fetch(key, owner).await
             }
-            Some(_) if caller == Caller::Local => self.load(key, Store::Hot).await,
-            _ => self.load(key, Store::Main).await,
+            Some(_) if caller == Caller::Local => self.load(key, Store::Hot, true).await,
+            _ => self.load(key, Store::Main, true).await,
         };
-        if started {
-            self.metrics.load_deduped();
-        }
         outcome
     }
 
@@ -317,20 +318,33 @@ impl<L: Loader> Inner<L> {
         self.main.get(key, now).or_else(|| self.hot.get(key, now))
     }
 
-    /// Runs the loader once for everyone asking for `key` now.
-    async fn load(self: &Arc<Self>, key: &str, store: Store) -> (Outcome<Entry>, bool) {
+    /// Runs the loader once for everyone asking for `key` now; `deduped`: count it in
+    /// `loads_deduped` (a get's own load, not a failed fetch's fallback).
+    async fn load(
+        self: &Arc<Self>,
+        key: &str,
+        store: Store,
+        deduped: bool,
+    ) -> (Outcome<Entry>, bool) {
         let this = self.clone();
         let owned_key = key.to_owned();
-        let (outcome, started) = self
-            .loads
+        self.loads
             .run(key, move |superseded| async move {
-                this.run_loader(&owned_key, store, superseded).await
+                // In the flight's task: counted even when every caller has given up.
+                if deduped {
+                    this.metrics.load_deduped();
+                }
+                let loaded = AssertUnwindSafe(this.run_loader(&owned_key, store, superseded));
+                match loaded.catch_unwind().await {
+                    Ok(outcome) => outcome,
+                    Err(panic) => {
+                        this.metrics.local_load_error();
+                        // The flight turns it into an error for every waiter.
+                        std::panic::resume_unwind(panic)
+                    }
+                }
             })
-            .await;
-        if started && matches!(outcome, Err(Error::LoaderPanicked(_))) {
-            self.metrics.local_load_error();
-        }
-        (outcome, started)
+            .await
     }
 
     async fn run_loader(&self, key: &str, store: Store, superseded: Superseded) -> Outcome<Entry> {
@@ -375,6 +389,7 @@ impl<L: Loader> Inner<L> {
         let owned_key = key.to_owned();
         self.fetches
             .run(key, move |superseded| async move {
+                this.metrics.load_deduped();
                 this.fetch_from(&owned_key, &owner, superseded).await
             })
             .await
@@ -413,7 +428,7 @@ impl<L: Loader> Inner<L> {
             Err(Failure::Peer(error)) => {
                 self.metrics.peer_error();
                 tracing::warn!(group = %self.group, peer = %owner.url, %error, "peer failed; loading locally");
-                self.load(key, Store::Hot).await.0
+                self.load(key, Store::Hot, false).await.0
             }
         }
     }
@@ -423,9 +438,7 @@ impl<L: Loader> Inner<L> {
         match store {
             Store::Main => {
                 let inserted = self.main.insert(key, entry);
-                self.metrics
-                    .main
-                    .record(self.main.bytes(), self.main.items(), inserted.evicted);
+                self.metrics.main.evicted(inserted.evicted);
                 inserted.value
             }
             Store::Hot => {
@@ -437,9 +450,7 @@ impl<L: Loader> Inner<L> {
                     entry.expire.min(deadline)
                 };
                 let inserted = self.hot.insert(key, entry);
-                self.metrics
-                    .hot
-                    .record(self.hot.bytes(), self.hot.items(), inserted.evicted);
+                self.metrics.hot.evicted(inserted.evicted);
                 inserted.value
             }
         }
@@ -456,16 +467,9 @@ impl<L: Loader> Inner<L> {
     pub(crate) fn forget(&self, key: &str) {
         self.loads.supersede(key);
         self.fetches.supersede(key);
-        if self.main.remove(key) {
-            self.metrics
-                .main
-                .record(self.main.bytes(), self.main.items(), 0);
-        }
-        if self.hot.remove(key) {
-            self.metrics
-                .hot
-                .record(self.hot.bytes(), self.hot.items(), 0);
-        }
+        // The caches publish their sizes themselves.
+        self.main.remove(key);
+        self.hot.remove(key);
     }
 
     /// A peer's `GET`: the value and this replica's request rate for the key (per minute).

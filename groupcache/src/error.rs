@@ -26,6 +26,9 @@ pub enum Error {
     /// The load was abandoned before it finished, which happens only when the runtime shuts down.
     #[error("load abandoned before it finished (runtime shutting down)")]
     LoadAbandoned,
+    /// Called outside a tokio runtime: a load runs in a task of its own and needs one.
+    #[error("no tokio runtime: Groupcache must be called from within a tokio runtime")]
+    NoRuntime,
     /// The key is longer than the configured limit.
     #[error("key is {len} bytes, over the limit of {limit}")]
     KeyTooLarge {

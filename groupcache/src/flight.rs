@@ -54,10 +54,15 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         F: FnOnce(Superseded) -> Fut,
         Fut: Future<Output = Outcome<T>> + Send + 'static,
     {
-        let (mut outcome, started) = {
+        // Without a runtime, tokio would drop the task unstarted and its guard would lock `calls`
+        // on this thread, which still holds it: a hang. Fail before anything is in flight.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return (Err(Error::NoRuntime), false);
+        };
+        let (mut outcome, task) = {
             let mut calls = lock(&self.calls);
             match calls.get(key) {
-                Some(call) => (call.outcome.clone(), false),
+                Some(call) => (call.outcome.clone(), None),
                 None => {
                     let (sender, receiver) = watch::channel(None);
                     let superseded = Arc::new(AtomicBool::new(false));
@@ -72,7 +77,7 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
                         call,
                     };
                     let work = work(Superseded(superseded));
-                    tokio::spawn(async move {
+                    let task = async move {
                         let outcome = match AssertUnwindSafe(work).catch_unwind().await {
                             Ok(outcome) => outcome,
                             Err(panic) => Err(Error::LoaderPanicked(panic_message(panic.as_ref()))),
@@ -82,11 +87,17 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
                         drop(guard);
                         // No receiver left is fine: everyone gave up, the cache still has the value.
                         let _ = sender.send(Some(outcome));
-                    });
-                    (receiver, true)
+                    };
+                    (receiver, Some(task))
                 }
             }
         };
+        // Spawned with the lock released: a runtime shutting down drops the task at once, and its
+        // guard must be able to take the lock.
+        let started = task.is_some();
+        if let Some(task) = task {
+            runtime.spawn(task);
+        }
         let result = match outcome.wait_for(Option::is_some).await {
             Ok(done) => done.clone().unwrap_or(Err(Error::LoadAbandoned)),
             // The task was dropped unfinished: only when the runtime shuts down.
@@ -251,6 +262,44 @@ mod tests {
         assert!(matches!(outcome, Err(Error::LoadAbandoned)));
         let (outcome, started) = flight.run("k", |_| async { Ok(4) }).await;
         assert_eq!((outcome.unwrap(), started), (4, true));
+    }
+
+    /// Polls `future` to completion on this thread, with no runtime: wakes unpark the thread.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut context = std::task::Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+            std::thread::park();
+        }
+    }
+
+    #[test]
+    fn outside_a_runtime_run_fails_at_once_instead_of_hanging() {
+        let (done, finished) = std::sync::mpsc::channel();
+        // A thread of its own, so a hang fails this test after the bounded wait below.
+        std::thread::spawn(move || {
+            let flight = Flight::<u32>::new();
+            let (outcome, started) = block_on(flight.run("k", |_| async { Ok(1) }));
+            let (again, _) = block_on(flight.run("k", |_| async { Ok(2) }));
+            let _ = done.send((outcome, started, again, flight.len()));
+        });
+        let (outcome, started, again, len) = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("Flight::run outside a runtime hung (or panicked) instead of failing");
+        assert!(matches!(outcome, Err(Error::NoRuntime)), "{outcome:?}");
+        assert!(!started, "no work was started");
+        assert!(matches!(again, Err(Error::NoRuntime)), "{again:?}");
+        assert_eq!(len, 0, "nothing is left in flight");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

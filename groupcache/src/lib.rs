@@ -78,7 +78,9 @@ pub use metrics::Stats;
 pub use ring::RingMode;
 #[cfg(feature = "tls")]
 pub use wire::PeerTls;
-pub use wire::{MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER, Server};
+pub use wire::{
+    DEFAULT_MAX_REMEMBERED_NONCES, MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER, Server,
+};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

@@ -35,8 +35,14 @@ pub struct Stats {
     pub local_load_errors: u64,
     /// Requests served to peers by the router.
     pub server_requests: u64,
-    /// Peer requests refused for a missing, bad, stale or replayed signature.
+    /// Peer requests refused for a missing, bad, stale or replayed signature (or a body that
+    /// does not match it).
     pub peer_auth_failures: u64,
+    /// Of those, replays of a request already accepted.
+    pub peer_auth_replays: u64,
+    /// Accepted nonces remembered now, to refuse their replays (see
+    /// [`PeerAuth::max_remembered_nonces`](crate::PeerAuth::max_remembered_nonces)).
+    pub auth_nonces: u64,
     /// Bytes charged to the main cache now.
     pub main_bytes: u64,
     /// Entries in the main cache now.
@@ -71,10 +77,11 @@ impl Count {
     }
 }
 
-/// Gauges and eviction counter of one cache.
+/// Gauges and eviction counter of one cache. The cache itself sets the gauges, under its lock
+/// (see [`Cache::publish_to`](crate::caches::Cache::publish_to)).
 pub(crate) struct CacheMetrics {
-    bytes: Gauge,
-    items: Gauge,
+    pub(crate) bytes: Gauge,
+    pub(crate) items: Gauge,
     evictions: Counter,
 }
 
@@ -88,10 +95,8 @@ impl CacheMetrics {
         }
     }
 
-    /// Publishes a cache's size after a change.
-    pub(crate) fn record(&self, bytes: u64, items: u64, evicted: u64) {
-        self.bytes.set(bytes as f64);
-        self.items.set(items as f64);
+    /// Counts entries evicted by an insert.
+    pub(crate) fn evicted(&self, evicted: u64) {
         if evicted > 0 {
             self.evictions.increment(evicted);
         }
@@ -110,7 +115,10 @@ pub(crate) struct Metrics {
     local_loads: Count,
     local_load_errors: Count,
     server_requests: Count,
-    peer_auth_failures: Count,
+    /// By the refusal's reason.
+    peer_auth_failures: Vec<(&'static str, Count)>,
+    pub(crate) auth_nonces: Gauge,
+    auth_nonces_now: AtomicU64,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) peers: Gauge,
@@ -119,7 +127,9 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(group: &str) -> Self {
+    /// The metrics of `group`, with a series of `groupcache_peer_auth_failures_total` for each
+    /// of the `refusals` (reasons).
+    pub(crate) fn new(group: &str, refusals: &[&'static str]) -> Self {
         describe();
         let labels = [("group", group.to_owned())];
         let main_labels = [("group", group.to_owned()), ("cache", "main".to_owned())];
@@ -135,7 +145,16 @@ impl Metrics {
             local_loads: Count::new("groupcache_local_loads_total", &labels),
             local_load_errors: Count::new("groupcache_local_load_errors_total", &labels),
             server_requests: Count::new("groupcache_server_requests_total", &labels),
-            peer_auth_failures: Count::new("groupcache_peer_auth_failures_total", &labels),
+            peer_auth_failures: refusals
+                .iter()
+                .map(|&reason| {
+                    let labels = [("group", group.to_owned()), ("reason", reason.to_owned())];
+                    let count = Count::new("groupcache_peer_auth_failures_total", &labels);
+                    (reason, count)
+                })
+                .collect(),
+            auth_nonces: metrics::gauge!("groupcache_auth_nonces", &labels),
+            auth_nonces_now: AtomicU64::new(0),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             peers: metrics::gauge!("groupcache_peers", &labels),
@@ -178,8 +197,16 @@ impl Metrics {
         self.server_requests.inc();
     }
 
-    pub(crate) fn peer_auth_failure(&self) {
-        self.peer_auth_failures.inc();
+    pub(crate) fn peer_auth_failure(&self, reason: &'static str) {
+        if let Some((_, count)) = self.peer_auth_failures.iter().find(|(r, _)| *r == reason) {
+            count.inc();
+        }
+    }
+
+    pub(crate) fn auth_nonces(&self, remembered: usize) {
+        self.auth_nonces_now
+            .store(remembered as u64, Ordering::Relaxed);
+        self.auth_nonces.set(remembered as f64);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -194,7 +221,14 @@ impl Metrics {
             local_loads: self.local_loads.get(),
             local_load_errors: self.local_load_errors.get(),
             server_requests: self.server_requests.get(),
-            peer_auth_failures: self.peer_auth_failures.get(),
+            peer_auth_failures: self.peer_auth_failures.iter().map(|(_, c)| c.get()).sum(),
+            peer_auth_replays: self
+                .peer_auth_failures
+                .iter()
+                .filter(|(reason, _)| *reason == "replayed")
+                .map(|(_, c)| c.get())
+                .sum(),
+            auth_nonces: self.auth_nonces_now.load(Ordering::Relaxed),
             ..Stats::default()
         }
     }
@@ -232,7 +266,11 @@ fn describe() {
     );
     describe_counter!(
         "groupcache_peer_auth_failures_total",
-        "Peer requests refused for a missing, bad, stale or replayed signature."
+        "Peer requests refused for a missing, bad, stale or replayed signature, by reason."
+    );
+    describe_gauge!(
+        "groupcache_auth_nonces",
+        "Accepted nonces remembered to refuse their replays."
     );
     describe_counter!(
         "groupcache_cache_evictions_total",

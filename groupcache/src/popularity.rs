@@ -49,6 +49,9 @@ pub(crate) struct Popularity {
     epoch: AtomicU64,
     /// Keys the doorkeeper admitted since it was last cleared.
     admitted: AtomicU64,
+    /// Nanoseconds the tests' clock has been moved forward.
+    #[cfg(test)]
+    skipped: AtomicU64,
 }
 
 impl Popularity {
@@ -63,6 +66,8 @@ impl Popularity {
             window_nanos: window.as_nanos().max(1),
             epoch: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
+            #[cfg(test)]
+            skipped: AtomicU64::new(0),
         }
     }
 
@@ -129,7 +134,10 @@ impl Popularity {
     /// Halves every counter once per window that has passed; the thread that advances `epoch`
     /// does the work, the others carry on counting.
     fn decay(&self) {
-        let now = (self.start.elapsed().as_nanos() / self.window_nanos) as u64;
+        let elapsed = self.start.elapsed().as_nanos();
+        #[cfg(test)]
+        let elapsed = elapsed + u128::from(self.skipped.load(Ordering::Relaxed));
+        let now = (elapsed / self.window_nanos) as u64;
         let seen = self.epoch.load(Ordering::Relaxed);
         if now <= seen
             || self
@@ -285,21 +293,36 @@ mod tests {
         assert_eq!(p.estimate(key(2)), 0, "no carry into neighbouring counters");
     }
 
+    impl Popularity {
+        /// Moves this sketch's clock forward.
+        fn advance(&self, by: Duration) {
+            let by = u64::try_from(by.as_nanos()).unwrap();
+            self.skipped.fetch_add(by, Ordering::Relaxed);
+        }
+    }
+
     #[test]
     fn halves_after_the_window() {
-        let p = Popularity::new(Duration::from_millis(20));
+        // An hour's window: the real clock cannot cross one during the test, only `advance`.
+        let p = Popularity::new(HOUR);
         for _ in 0..100 {
             p.record(key(7));
         }
         assert_eq!(p.estimate(key(7)), 100);
-        std::thread::sleep(Duration::from_millis(25));
-        let halved = p.estimate(key(7));
-        // Usually one window has passed; a slow machine may have let two or more go by.
-        let windows = p.epoch.load(Ordering::Relaxed);
-        assert!(windows >= 1);
+        p.advance(HOUR - Duration::from_secs(1));
+        assert_eq!(p.estimate(key(7)), 100, "not yet a window");
+        p.advance(Duration::from_secs(1));
         // The doorkeeper is cleared; the 99 counted requests are halved.
-        assert_eq!(halved, 99 >> windows.min(8), "after {windows} windows");
-        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(p.estimate(key(7)), 49);
+        p.record(key(7));
+        assert_eq!(
+            p.estimate(key(7)),
+            50,
+            "the doorkeeper counts the window's first request"
+        );
+        p.advance(2 * HOUR);
+        assert_eq!(p.estimate(key(7)), 12, "two windows at once halve twice");
+        p.advance(8 * HOUR);
         assert_eq!(p.estimate(key(7)), 0, "eight or more windows clear it");
     }
 

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 pub struct ListeningChild {
     /// The URL it printed (`listening {url}`).
     pub url: String,
+    /// The address it printed after the URL (`listening {url} {addr}`), or else its URL.
+    pub addr: String,
     /// Its process id.
     pub pid: u32,
     child: Mutex<Option<Child>>,
@@ -45,12 +47,19 @@ impl ListeningChild {
         let mut line = String::new();
         // Blocks until the child has bound its socket (or exits: EOF, an empty line).
         let read = stdout.read_line(&mut line);
-        let Some(url) = line.trim().strip_prefix("listening ").map(str::to_owned) else {
+        let mut words = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or("")
+            .split(' ');
+        let url = words.next().unwrap_or("").to_owned();
+        if url.is_empty() {
             let _ = child.kill();
             let status = child.wait();
             panic!("{command:?} did not start: read {read:?}, line {line:?}, exit {status:?}");
-        };
+        }
         ListeningChild {
+            addr: words.next().unwrap_or(&url).to_owned(),
             url,
             pid: child.id(),
             child: Mutex::new(Some(child)),

@@ -19,6 +19,7 @@ pub mod delay_proxy;
 pub mod go;
 pub mod netns;
 pub mod process;
+pub mod raw;
 
 /// A builder for plain HTTP clients in tests. The library's `tls` feature gives reqwest a rustls
 /// backend without a crypto provider of its own, so one is installed first (ring, as the library

@@ -17,6 +17,9 @@ use crate::child::ListeningChild;
 pub struct ProcessReplica {
     /// The URL it serves at and peers list it under.
     pub url: String,
+    /// The `http://` address it is bound to, where its control interface is reached: its URL,
+    /// unless started with `--self`.
+    pub addr: String,
     /// Its process id.
     pub pid: u32,
     /// Its stdin is a pipe: closing it makes the replica exit, so it never outlives the test.
@@ -49,6 +52,7 @@ impl ProcessReplica {
         let process = ListeningChild::spawn(command, true);
         ProcessReplica {
             url: process.url.clone(),
+            addr: process.addr.clone(),
             pid: process.pid,
             process,
             http,
@@ -92,7 +96,7 @@ impl ProcessReplica {
         let body = serde_json::to_vec(&peers).expect("JSON");
         let response = self
             .http
-            .post(format!("{}/peers", self.url))
+            .post(format!("{}/peers", self.addr))
             .body(body)
             .send()
             .await
@@ -104,7 +108,7 @@ impl ProcessReplica {
     pub async fn set_generation(&self, generation: u64) {
         let response = self
             .http
-            .post(format!("{}/generation", self.url))
+            .post(format!("{}/generation", self.addr))
             .body(generation.to_string())
             .send()
             .await
@@ -114,7 +118,7 @@ impl ProcessReplica {
 
     /// `GET /stats`.
     pub async fn stats(&self) -> ProcessStats {
-        let url = format!("{}/stats", self.url);
+        let url = format!("{}/stats", self.addr);
         let response = self.http.get(&url).send().await.expect("GET /stats");
         assert_eq!(response.status(), 200, "GET {url}");
         let body = response.bytes().await.expect("body of /stats");
@@ -124,7 +128,7 @@ impl ProcessReplica {
     }
 
     fn key_url(&self, endpoint: &str, key: &str) -> String {
-        format!("{}/{endpoint}/{}", self.url, escape(key))
+        format!("{}/{endpoint}/{}", self.addr, escape(key))
     }
 }
 
@@ -149,6 +153,15 @@ pub struct ProcessStats {
     pub local_load_errors: u64,
     /// `Stats::server_requests`.
     pub server_requests: u64,
+    /// Peer requests refused by authentication, replays among them.
+    #[serde(default)]
+    pub peer_auth_failures: u64,
+    /// Of those, replayed requests.
+    #[serde(default)]
+    pub peer_auth_replays: u64,
+    /// Accepted nonces remembered now.
+    #[serde(default)]
+    pub auth_nonces: u64,
     /// `Stats::main_bytes`.
     pub main_bytes: u64,
     /// `Stats::main_items`.

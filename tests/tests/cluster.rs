@@ -366,26 +366,29 @@ async fn a_one_off_key_is_not_promoted_to_the_hot_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_during_steady_traffic_produce_no_errors() {
-    let loader = TestLoader::new();
+    // Loads wait at the gate, so each change is made while the round's gets are in flight.
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
     let cluster = Arc::new(start_cluster(4, builder(&loader)));
     let all: Vec<String> = cluster.iter().map(|r| r.url.clone()).collect();
-    let traffic: Vec<_> = (0..4)
-        .map(|i| {
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                let mut errors = Vec::new();
-                for n in 0..600 {
-                    let key = format!("steady-{}", (n * 7 + i) % 50);
-                    if let Err(error) = cluster[i].cache.get(&key).await {
-                        errors.push(error.to_string());
-                    }
-                }
-                errors
-            })
-        })
-        .collect();
-    // Replica 3 leaves and rejoins the others' rings, while it keeps serving.
+    let mut keys = Vec::new();
     for round in 0..20 {
+        // Every replica asks for the round's 8 fresh keys at once.
+        let round_keys: Vec<String> = (0..8).map(|k| format!("steady-{round}-{k}")).collect();
+        let started = loader.loads.total();
+        let gets: Vec<_> = (0..4)
+            .flat_map(|i| round_keys.iter().map(move |key| (i, key.clone())))
+            .map(|(i, key)| {
+                let cluster = cluster.clone();
+                tokio::spawn(async move { (key.clone(), cluster[i].cache.get(&key).await) })
+            })
+            .collect();
+        // At least one load per key is running, held at the gate: the change overlaps them.
+        loader.loads.started(started + 8).await;
+        // Replica 3 leaves the others' rings, or rejoins them; it keeps serving throughout.
         for replica in &cluster[..3] {
             if round % 2 == 0 {
                 replica.cache.remove_peer(&all[3]).unwrap();
@@ -393,15 +396,43 @@ async fn membership_changes_during_steady_traffic_produce_no_errors() {
                 replica.cache.set_peers(&all).unwrap();
             }
         }
-        tokio::task::yield_now().await;
+        // More permits than loads can start (8 keys, two owners each at most).
+        gate.add_permits(64);
+        for get in gets {
+            let (key, value) = get.await.unwrap();
+            assert_eq!(
+                value.unwrap(),
+                loader.value_for(&key),
+                "{key} in round {round}"
+            );
+        }
+        gate.forget_permits(gate.available_permits());
+        keys.extend(round_keys);
     }
-    for task in traffic {
-        let errors = task.await.unwrap();
-        assert!(
-            errors.is_empty(),
-            "errors during membership changes: {errors:?}"
-        );
+    for key in &keys {
+        // Removing replica 3 moves only its own keys; only those can have two owners at once.
+        let moved = cluster[3].cache.owner(key) == all[3];
+        let loads = loader.loads.of(key);
+        if moved {
+            assert!(
+                (1..=2).contains(&loads),
+                "{key} (moving) loaded {loads} times"
+            );
+        } else {
+            assert_eq!(loads, 1, "{key} (not moving) loaded {loads} times");
+        }
     }
+    let moving = keys
+        .iter()
+        .filter(|key| cluster[3].cache.owner(key) == all[3])
+        .count();
+    assert!(moving > 0, "some keys change owner with the membership");
+    let stats: Vec<_> = cluster.iter().map(|r| r.cache.stats()).collect();
+    assert_eq!(stats.iter().map(|s| s.peer_errors).sum::<u64>(), 0);
+    assert_eq!(
+        stats.iter().map(|s| s.local_loads).sum::<u64>(),
+        loader.loads.total() as u64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

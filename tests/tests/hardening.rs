@@ -43,7 +43,7 @@ async fn signed_clusters_work_and_unsigned_requests_get_401_without_a_load() {
         reqwest::Client::new().delete(&url),
         reqwest::Client::new()
             .get(&url)
-            .header(SIGNATURE_HEADER, "v1 t=0 n=0123456789abcdef s=00"),
+            .header(SIGNATURE_HEADER, "v2 t=0 n=0123456789abcdef d=00 s=00"),
     ] {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 401);
@@ -120,13 +120,17 @@ async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buffer = [0; 4096];
-                while !head.ends_with(b"\r\n\r\n") {
+                // The head only: a body may arrive in the same read.
+                let end = loop {
+                    if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
                     match socket.read(&mut buffer).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => head.extend_from_slice(&buffer[..n]),
                     }
-                }
-                let _ = sender.send(String::from_utf8_lossy(&head).into_owned());
+                };
+                let _ = sender.send(String::from_utf8_lossy(&head[..end]).into_owned());
                 let _ = socket
                     .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                     .await;
@@ -139,18 +143,23 @@ async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_signed_request_cannot_be_replayed() {
     let loader = TestLoader::new();
-    let target = Replica::start(|url| {
+    // Requests meant for `target` go to the recorder, which captures them: `target` is known to
+    // its peers (and to itself) by the recorder's URL, and is reached directly only by the replay.
+    let (target_url, mut captured) = recorder().await;
+    let target = Replica::start(|_| {
+        Groupcache::builder(GROUP, target_url.as_str(), loader.clone()).peer_auth(auth(SECRET))
+    });
+    let other = Replica::start(|url| {
         Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
     });
-    let (fake_owner, mut captured) = recorder().await;
     let asker = Replica::start(|url| {
         Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
     });
     asker
         .cache
-        .set_peers([fake_owner.as_str(), asker.url.as_str()])
+        .set_peers([target_url.as_str(), asker.url.as_str()])
         .unwrap();
-    let key = key_owned(&asker.cache, &fake_owner, "replay-");
+    let key = key_owned(&asker.cache, &target_url, "replay-");
     asker.cache.get(&key).await.unwrap();
     let head = captured.recv().await.unwrap();
     let signature = head
@@ -158,20 +167,33 @@ async fn a_captured_signed_request_cannot_be_replayed() {
         .find_map(|line| line.strip_prefix(&format!("{SIGNATURE_HEADER}: ")))
         .expect("the request was signed")
         .to_owned();
-    let url = format!("{}/_groupcache/{GROUP}/{key}", target.url);
-    let send = || {
+    let send = |replica: &Replica<TestLoader>| {
         reqwest::Client::new()
-            .get(&url)
+            .get(format!("{}/_groupcache/{GROUP}/{key}", replica.url))
             .header(SIGNATURE_HEADER, &signature)
             .send()
     };
+    // Another replica with the same secret: the signature names `target`.
+    for _ in 0..3 {
+        assert_eq!(send(&other).await.unwrap().status(), 401, "cross-replica");
+    }
+    assert_eq!(other.cache.stats().peer_auth_failures, 3);
     assert_eq!(
-        send().await.unwrap().status(),
+        send(&target).await.unwrap().status(),
         200,
-        "first use of a captured signature"
+        "the captured request, delivered late to the replica it was meant for"
     );
-    assert_eq!(send().await.unwrap().status(), 401, "the replay is refused");
+    assert_eq!(
+        send(&target).await.unwrap().status(),
+        401,
+        "the replay is refused"
+    );
     assert_eq!(target.cache.stats().peer_auth_failures, 1);
+    assert_eq!(
+        (other.cache.stats().local_loads, loader.loads.of(&key)),
+        (0, 2),
+        "only the asker (its owner did not answer) and the target ever loaded the key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,4 +431,149 @@ fn quiet_test_loader_panics() {
             default(info);
         }
     }));
+}
+
+/// Bounds every wait on a raw connection, so a server that never answers fails the test.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+async fn raw(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> tokio::net::TcpStream {
+    groupcache_tests::raw::send(addr, head, body).await.unwrap()
+}
+
+async fn answer(socket: &mut tokio::net::TcpStream) -> (u16, String) {
+    groupcache_tests::raw::answer(socket, PATIENCE).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_checked_before_any_body_is_read() {
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    // 16 MiB declared, 100 bytes sent, the rest never: the answer cannot wait for the body.
+    for method in ["PUT", "GET", "DELETE"] {
+        let head = format!(
+            "{method} /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: 16777216\r\n\r\n"
+        );
+        let mut socket = raw(replica.addr, &head, &[0; 100]).await;
+        let (status, text) = answer(&mut socket).await;
+        assert_eq!(status, 401, "{method}: {text}");
+    }
+    assert_eq!(replica.cache.stats().peer_auth_failures, 3);
+    assert_eq!(loader.loads.total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_delete_bodies_are_refused_unread() {
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()));
+    for (method, framing) in [
+        ("GET", "content-length: 16777216"),
+        ("DELETE", "content-length: 16777216"),
+        ("GET", "transfer-encoding: chunked"),
+    ] {
+        let head =
+            format!("{method} /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n");
+        let mut socket = raw(replica.addr, &head, b"").await;
+        let (status, text) = answer(&mut socket).await;
+        assert_eq!(status, 413, "{method} {framing}: {text}");
+        assert!(text.contains("carries no body"), "{text}");
+    }
+    // An empty body, declared or not, is what golang/groupcache and this library send.
+    let head =
+        format!("GET /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n");
+    let (status, text) = answer(&mut raw(replica.addr, &head, b"").await).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        loader.loads.total(),
+        1,
+        "only the GET without a body loaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_body_is_read_under_a_deadline_and_a_byte_budget() {
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .max_value_bytes(1024)
+            .peer_timeout(Duration::from_millis(500))
+            // Raised to one largest body: 1024 + 4096 bytes.
+            .max_buffered_peer_bytes(0)
+    });
+    let put = |length: usize| {
+        format!(
+            "PUT /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+    let (status, text) = answer(&mut raw(replica.addr, &put(5121), b"").await).await;
+    assert_eq!(
+        status, 413,
+        "over the limit, refused before reading: {text}"
+    );
+    let (status, text) = answer(&mut raw(replica.addr, &put(10), b"").await).await;
+    assert_eq!(status, 408, "a stalled body meets the deadline: {text}");
+    // Two stalled bodies that together exceed the budget: whichever comes second is refused at
+    // once, the first meets the deadline.
+    let mut first = raw(replica.addr, &put(3000), &[0; 10]).await;
+    let mut second = raw(replica.addr, &put(3000), &[0; 10]).await;
+    let (a, b) = tokio::join!(answer(&mut first), answer(&mut second));
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [408, 503], "{a:?} {b:?}");
+    // The budget is back once they are gone.
+    let set = groupcache_rs_pb::SetRequest {
+        group: GROUP.into(),
+        key: "k".into(),
+        value: Some("stored".into()),
+        expire: None,
+    };
+    let body = prost::Message::encode_to_vec(&set);
+    let (status, text) = answer(&mut raw(replica.addr, &put(body.len()), &body).await).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(replica.cache.get("k").await.unwrap(), "stored");
+    assert_eq!(loader.loads.total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_put_with_another_body_is_refused() {
+    let loader = TestLoader::new();
+    // As in the replay test: requests meant for `target` are captured by the recorder.
+    let (target_url, mut captured) = recorder().await;
+    let target = Replica::start(|_| {
+        Groupcache::builder(GROUP, target_url.as_str(), loader.clone()).peer_auth(auth(SECRET))
+    });
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    asker
+        .cache
+        .set_peers([target_url.as_str(), asker.url.as_str()])
+        .unwrap();
+    let key = key_owned(&asker.cache, &target_url, "put-");
+    // The recorder answers 404: the set fails, but its signed head was captured.
+    let _ = asker.cache.set(&key, &"honest".to_owned(), None).await;
+    let head = captured.recv().await.unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a PUT declares its length");
+    // Another value, the same length.
+    let body = (0..length)
+        .map(|n| {
+            let forged = groupcache_rs_pb::SetRequest {
+                group: GROUP.into(),
+                key: key.clone(),
+                value: Some("f".repeat(n).into()),
+                expire: Some(0),
+            };
+            prost::Message::encode_to_vec(&forged)
+        })
+        .find(|body| body.len() == length)
+        .expect("a forged body of the same length");
+    let (status, text) = answer(&mut raw(target.addr, &head, &body).await).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("does not match its signed digest"), "{text}");
+    assert_eq!(target.cache.stats().main_items, 0, "nothing was stored");
 }

@@ -165,3 +165,72 @@ async fn evictions_are_counted_and_bytes_stay_within_budget() {
         100 - stats.main_items
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leaders_load_and_panic_are_still_counted() {
+    use std::sync::Arc;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let replica = Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()));
+    // The leader starts the load and gives up while it waits at the gate.
+    let leader = tokio::spawn({
+        let cache = replica.cache.clone();
+        async move { cache.get("panic:cancelled").await }
+    });
+    loader.loads.started(1).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        replica.cache.stats().loads_deduped,
+        1,
+        "the abandoned load does the work"
+    );
+    // Nobody waits any more; the load goes on in its task and panics.
+    gate.add_permits(1);
+    let counted = async {
+        while replica.cache.stats().local_load_errors == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), counted)
+        .await
+        .expect("the abandoned load's panic is counted");
+    // The key is not stuck: the next get loads again (the test loader panics only once).
+    gate.add_permits(1);
+    assert_eq!(
+        replica.cache.get("panic:cancelled").await.unwrap(),
+        loader.value_for("panic:cancelled")
+    );
+    let stats = replica.cache.stats();
+    assert_eq!(loader.loads.total(), 2);
+    assert_eq!((stats.loads, stats.loads_deduped), (2, 2));
+    assert_eq!(stats.local_load_errors, 1);
+    assert_eq!(stats.local_loads, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_that_drops_an_expired_entry_republishes_the_cache_gauges() {
+    let loader = TestLoader::new();
+    let (replica, snapshotter) = replica_with_recorder(&loader);
+    // Owned here, already expired, and not loadable again: the get leaves the cache empty.
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    let key = "error:expired";
+    replica
+        .cache
+        .set(key, &"old".to_owned(), Some(past))
+        .await
+        .unwrap();
+    let m = Reading::take(&snapshotter);
+    assert_eq!(m.gauge("groupcache_cache_items", &[("cache", "main")]), 1.0);
+    assert!(
+        replica.cache.get(key).await.is_err(),
+        "expired, then the loader fails"
+    );
+    let m = Reading::take(&snapshotter);
+    assert_eq!(replica.cache.stats().main_items, 0);
+    assert_eq!(m.gauge("groupcache_cache_items", &[("cache", "main")]), 0.0);
+    assert_eq!(m.gauge("groupcache_cache_bytes", &[("cache", "main")]), 0.0);
+}

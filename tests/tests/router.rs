@@ -171,7 +171,17 @@ async fn a_peer_sending_garbage_or_too_much_is_survived_with_a_local_load() {
                     vec![0xff_u8; 16],
                 )
                     .into_response(),
-                "huge" => vec![0x0a_u8; 4 << 20].into_response(),
+                // A well-formed answer with the right content type, over the asker's 1 KiB value
+                // limit: only the limit keeps it from being served as the value.
+                "huge" => (
+                    [("content-type", "application/x-protobuf")],
+                    GetResponse {
+                        value: Some(vec![b'x'; 4 << 20].into()),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                )
+                    .into_response(),
                 "html" => "<html>not a cache</html>".into_response(),
                 _ => (axum::http::StatusCode::NOT_FOUND, "no such group").into_response(),
             }

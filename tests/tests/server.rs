@@ -97,3 +97,71 @@ async fn shutdown_finishes_the_request_in_progress_closes_idle_connections_and_r
         .expect("the server task");
     assert!(returned.is_ok(), "{returned:?}");
 }
+
+/// Reads from `socket` until it holds a whole head; the status, or 0 if the server closed first.
+async fn status_of(socket: &mut tokio::net::TcpStream) -> u16 {
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_bound_wait_and_oversized_heads_are_refused() {
+    use tokio::io::AsyncWriteExt;
+    let loader = TestLoader::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let cache = Groupcache::builder(GROUP, format!("http://{addr}"), loader.clone())
+        .build()
+        .expect("valid configuration");
+    let server = Server::new()
+        .header_read_timeout(HEADER_DEADLINE)
+        .max_connections(2)
+        .max_header_bytes(8192);
+    tokio::spawn(server.serve(listener, cache.router()));
+    let get = format!("GET /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\n\r\n");
+
+    // A head over the limit: 431, whatever follows.
+    let mut big = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let padding = "a".repeat(16 << 10);
+    let head =
+        format!("GET /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\nx-pad: {padding}\r\n\r\n");
+    let _ = big.write_all(head.as_bytes()).await;
+    let status = tokio::time::timeout(PATIENCE, status_of(&mut big))
+        .await
+        .expect("an answer in time");
+    assert_eq!(status, 431);
+    drop(big);
+
+    // Two connections hold both slots; a third waits, unanswered, until one of them closes.
+    let mut first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    first.write_all(get.as_bytes()).await.expect("write");
+    assert_eq!(status_of(&mut first).await, 200, "the first is served");
+    let second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    third.write_all(get.as_bytes()).await.expect("write");
+    let waiting = tokio::time::timeout(Duration::from_millis(300), status_of(&mut third)).await;
+    assert!(
+        waiting.is_err(),
+        "the third was answered past the bound: {waiting:?}"
+    );
+    drop(first);
+    let status = tokio::time::timeout(PATIENCE, status_of(&mut third))
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(status, 200);
+    drop(second);
+    assert_eq!(loader.loads.total(), 1);
+}

@@ -1,20 +1,22 @@
 //! Optional peer authentication: every peer request carries an HMAC-SHA256 signature over its
-//! method, path, body digest, a timestamp and a nonce, made with a secret the replicas share.
+//! method, its destination (the authority, `host:port`, and the full path), a timestamp, a nonce
+//! and the SHA-256 of its body, made with a secret the replicas share.
 //!
 //! The receiver checks the signature in constant time against every accepted secret (so secrets
-//! can be rotated without downtime), refuses timestamps outside the replay window, and remembers
-//! the nonces it saw within that window, so a captured request cannot be replayed at all.
+//! can be rotated without downtime), against its own authority (from its URL, not the request's
+//! `Host`), so a request signed for one replica is refused by every other; it refuses timestamps
+//! outside the replay window and remembers the nonces it saw within that window, so a captured
+//! request cannot be replayed, at the replica it was meant for or any other.
 //! golang/groupcache peers cannot sign: mixed clusters run with authentication off.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use super::nonces::{NonceStore, Unaccepted};
 use crate::Error;
 
 /// The request header that carries the signature.
@@ -23,8 +25,9 @@ pub const SIGNATURE_HEADER: &str = "groupcache-signature";
 /// Shortest secret accepted: 16 bytes (128 bits).
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// Nonces remembered at most; past this a request is refused rather than memory grown.
-const MAX_REMEMBERED_NONCES: usize = 1 << 20;
+/// Nonces remembered at most by default: at most 40 MiB (see
+/// [`PeerAuth::max_remembered_nonces`]).
+pub const DEFAULT_MAX_REMEMBERED_NONCES: usize = 1 << 20;
 
 /// Shared secrets for signing and checking peer requests.
 ///
@@ -43,6 +46,7 @@ pub struct PeerAuth {
     accepted: Vec<Vec<u8>>,
     window: Duration,
     nonces: Nonces,
+    seen: NonceStore,
 }
 
 impl std::fmt::Debug for PeerAuth {
@@ -68,6 +72,55 @@ pub(crate) enum Refusal {
     BadSignature,
     #[error("replayed request")]
     Replayed,
+    #[error("body does not match its signed digest")]
+    BodyMismatch,
+    #[error("timestamp older than the replay window, shrunk while the nonce store is full")]
+    WindowShrunk,
+}
+
+impl Refusal {
+    /// The `reason` label of `groupcache_peer_auth_failures_total`.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Malformed => "malformed",
+            Refusal::Stale => "stale",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Replayed => "replayed",
+            Refusal::BodyMismatch => "body_mismatch",
+            Refusal::WindowShrunk => "window_shrunk",
+        }
+    }
+
+    /// Every refusal, for registering the metric's series.
+    pub(crate) const ALL: [Refusal; 7] = [
+        Refusal::Missing,
+        Refusal::Malformed,
+        Refusal::Stale,
+        Refusal::BadSignature,
+        Refusal::Replayed,
+        Refusal::BodyMismatch,
+        Refusal::WindowShrunk,
+    ];
+}
+
+/// The SHA-256 of a request's body, as its signature declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BodyDigest([u8; 32]);
+
+impl BodyDigest {
+    pub(crate) fn of(body: &[u8]) -> Self {
+        BodyDigest(Sha256::digest(body).into())
+    }
+
+    /// Whether `body` is the body that was signed.
+    pub(crate) fn matches(&self, body: &[u8]) -> Result<(), Refusal> {
+        if BodyDigest::of(body) == *self {
+            Ok(())
+        } else {
+            Err(Refusal::BodyMismatch)
+        }
+    }
 }
 
 impl PeerAuth {
@@ -79,6 +132,7 @@ impl PeerAuth {
             accepted: Vec::new(),
             window: Duration::from_secs(30),
             nonces: Nonces::default(),
+            seen: NonceStore::new(30, DEFAULT_MAX_REMEMBERED_NONCES),
         })
     }
 
@@ -91,54 +145,128 @@ impl PeerAuth {
     /// How far a request's timestamp may be from the receiver's clock (default 30 s).
     pub fn replay_window(mut self, window: Duration) -> Self {
         self.window = window;
+        self.seen = NonceStore::new(window.as_secs(), self.seen.bound());
         self
     }
 
-    /// The header value for a request.
-    pub(crate) fn sign(&self, method: &str, path: &str, body: &[u8]) -> String {
-        let timestamp = unix_seconds(SystemTime::now());
-        let nonce = self.nonces.fresh();
-        let mac = mac(&self.signing, method, path, timestamp, &nonce, body)
-            .finalize()
-            .into_bytes();
-        format!("v1 t={timestamp} n={nonce} s={}", hex(&mac))
+    /// How many accepted nonces are remembered at most (default
+    /// [`DEFAULT_MAX_REMEMBERED_NONCES`], 2^20), each costing at most 40 bytes: the default
+    /// bound is at most 40 MiB. The count is published as the gauge `groupcache_auth_nonces`.
+    ///
+    /// The store needs `rate * (replay window + 1 s)` nonces to remember a whole window of signed
+    /// requests at `rate` per second (2^20: 33k/s with the default 30 s). Above that it does not
+    /// refuse fresh requests: it forgets its oldest second and refuses timestamps up to it
+    /// (counted with `reason="window_shrunk"`), so the accepted window shrinks to about
+    /// `bound / rate` seconds. Honest peers are refused only when that falls below their clock
+    /// skew plus the request's latency plus 2 s (timestamps are whole seconds): for 2^20 and
+    /// 1 s of skew, above 350k signed requests per second to one replica.
+    ///
+    /// ```
+    /// use groupcache_rs::PeerAuth;
+    /// # fn main() -> Result<(), groupcache_rs::Error> {
+    /// // A smaller replica: 4 MiB at most, a full window up to 8k signed requests per second.
+    /// let auth = PeerAuth::new(b"a secret of at least 16 bytes".to_vec())?
+    ///     .max_remembered_nonces(1 << 18);
+    /// # Ok(()) }
+    /// ```
+    pub fn max_remembered_nonces(mut self, bound: usize) -> Self {
+        self.seen = NonceStore::new(self.window.as_secs(), bound);
+        self
     }
 
-    /// Checks a request's header value.
+    /// Accepted nonces remembered now.
+    pub(crate) fn remembered_nonces(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// The header value for a request to `authority` (the peer's `host:port`, as in its URL and
+    /// the `Host` header) at `path` (the full path, as sent).
+    pub(crate) fn sign(&self, method: &str, authority: &[u8], path: &str, body: &[u8]) -> String {
+        let now = unix_seconds(SystemTime::now());
+        self.sign_at(method, authority, path, body, now)
+    }
+
+    /// [`sign`](Self::sign) at `timestamp` (unix seconds).
+    fn sign_at(
+        &self,
+        method: &str,
+        authority: &[u8],
+        path: &str,
+        body: &[u8],
+        timestamp: i64,
+    ) -> String {
+        let nonce = self.nonces.fresh();
+        let digest = BodyDigest::of(body);
+        let signed = Signed {
+            method,
+            authority,
+            path,
+            timestamp,
+            nonce: &nonce,
+            digest: &digest,
+        };
+        let mac = signed.mac(&self.signing).finalize().into_bytes();
+        format!(
+            "v2 t={timestamp} n={nonce} d={} s={}",
+            hex(&digest.0),
+            hex(&mac)
+        )
+    }
+
+    /// Checks a request's header value against this replica's own `authority` and the request's
+    /// method and full path, before any body is read. On success, the body's declared digest,
+    /// which the body read later must [match](BodyDigest::matches).
     pub(crate) fn verify(
         &self,
         header: Option<&str>,
         method: &str,
+        authority: &[u8],
         path: &str,
-        body: &[u8],
-    ) -> Result<(), Refusal> {
+    ) -> Result<BodyDigest, Refusal> {
+        let now = unix_seconds(SystemTime::now());
+        self.verify_at(header, method, authority, path, now)
+    }
+
+    /// [`verify`](Self::verify) at `now` (unix seconds).
+    fn verify_at(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        authority: &[u8],
+        path: &str,
+        now: i64,
+    ) -> Result<BodyDigest, Refusal> {
         let header = header.ok_or(Refusal::Missing)?;
         let signature = Signature::parse(header).ok_or(Refusal::Malformed)?;
-        let now = unix_seconds(SystemTime::now());
         let window = i64::try_from(self.window.as_secs()).unwrap_or(i64::MAX);
         if signature.timestamp.abs_diff(now) > window.unsigned_abs() {
             return Err(Refusal::Stale);
         }
         let accepted = std::iter::once(&self.signing).chain(&self.accepted);
         let mut valid = false;
+        let signed = Signed {
+            method,
+            authority,
+            path,
+            timestamp: signature.timestamp,
+            nonce: signature.nonce,
+            digest: &signature.digest,
+        };
         for secret in accepted {
             // verify_slice compares in constant time; every secret is tried, so timing does not
             // tell which one matched.
-            let mac = mac(
-                secret,
-                method,
-                path,
-                signature.timestamp,
-                signature.nonce,
-                body,
-            );
-            valid |= mac.verify_slice(&signature.mac).is_ok();
+            valid |= signed.mac(secret).verify_slice(&signature.mac).is_ok();
         }
         if !valid {
             return Err(Refusal::BadSignature);
         }
-        self.nonces
-            .first_use(signature.nonce, signature.timestamp, now, window)
+        self.seen
+            .first_use(signature.nonce, signature.timestamp, now)
+            .map_err(|unaccepted| match unaccepted {
+                Unaccepted::Replayed => Refusal::Replayed,
+                Unaccepted::WindowShrunk => Refusal::WindowShrunk,
+            })?;
+        Ok(signature.digest)
     }
 }
 
@@ -152,48 +280,56 @@ fn checked(secret: Vec<u8>) -> Result<Vec<u8>, Error> {
     Ok(secret)
 }
 
-/// The MAC of one request: `v1`, method, path, timestamp, nonce and the body's SHA-256, one per
-/// line, so no field can be shifted into another.
-fn mac(
-    secret: &[u8],
-    method: &str,
-    path: &str,
+/// What a signature covers.
+struct Signed<'a> {
+    method: &'a str,
+    authority: &'a [u8],
+    path: &'a str,
     timestamp: i64,
-    nonce: &str,
-    body: &[u8],
-) -> Hmac<Sha256> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    let body_digest = hex(&Sha256::digest(body));
-    for part in [
-        "v1",
-        method,
-        path,
-        &timestamp.to_string(),
-        nonce,
-        &body_digest,
-    ] {
-        mac.update(part.as_bytes());
-        mac.update(b"\n");
-    }
-    mac
+    nonce: &'a str,
+    digest: &'a BodyDigest,
 }
 
-/// A parsed `v1 t=<unix seconds> n=<nonce> s=<hex mac>` header.
+impl Signed<'_> {
+    /// The MAC: `v2`, method, authority, path, timestamp, nonce and the body's SHA-256, one per
+    /// line, so no field can be shifted into another (none may contain a line break: hyper
+    /// refuses them in methods, authorities and paths; the others are numbers and hex).
+    fn mac(&self, secret: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        for part in [
+            &b"v2"[..],
+            self.method.as_bytes(),
+            self.authority,
+            self.path.as_bytes(),
+            self.timestamp.to_string().as_bytes(),
+            self.nonce.as_bytes(),
+            hex(&self.digest.0).as_bytes(),
+        ] {
+            mac.update(part);
+            mac.update(b"\n");
+        }
+        mac
+    }
+}
+
+/// A parsed `v2 t=<unix seconds> n=<hex nonce> d=<hex body SHA-256> s=<hex mac>` header.
 struct Signature<'a> {
     timestamp: i64,
     nonce: &'a str,
+    digest: BodyDigest,
     mac: Vec<u8>,
 }
 
 impl<'a> Signature<'a> {
     fn parse(header: &'a str) -> Option<Self> {
         let mut parts = header.split(' ');
-        if parts.next()? != "v1" {
+        if parts.next()? != "v2" {
             return None;
         }
         let timestamp = parts.next()?.strip_prefix("t=")?.parse().ok()?;
         let nonce = parts.next()?.strip_prefix("n=")?;
+        let digest = unhex(parts.next()?.strip_prefix("d=")?)?;
         let mac = unhex(parts.next()?.strip_prefix("s=")?)?;
         let well_formed = parts.next().is_none()
             && (16..=64).contains(&nonce.len())
@@ -202,17 +338,17 @@ impl<'a> Signature<'a> {
         well_formed.then_some(Signature {
             timestamp,
             nonce,
+            digest: BodyDigest(digest.try_into().ok()?),
             mac,
         })
     }
 }
 
-/// Nonces: fresh ones for signing, and the ones seen within the window for checking.
+/// Fresh nonces for signing.
 struct Nonces {
     /// Random per process, so two replicas never produce the same nonce.
     prefix: u64,
     counter: AtomicU64,
-    seen: Mutex<HashMap<String, i64>>,
 }
 
 impl Default for Nonces {
@@ -220,7 +356,6 @@ impl Default for Nonces {
         Nonces {
             prefix: RandomState::new().hash_one(std::process::id()),
             counter: AtomicU64::new(0),
-            seen: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -232,25 +367,6 @@ impl Nonces {
             self.prefix,
             self.counter.fetch_add(1, Ordering::Relaxed)
         )
-    }
-
-    /// Records `nonce`; refuses it if it was seen before within the window.
-    fn first_use(&self, nonce: &str, timestamp: i64, now: i64, window: i64) -> Result<(), Refusal> {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if seen.len() >= MAX_REMEMBERED_NONCES / 2 {
-            // A nonce older than the window cannot be replayed anyway: its timestamp is refused.
-            seen.retain(|_, &mut seen_at| seen_at.abs_diff(now) <= window.unsigned_abs());
-        }
-        if seen.len() >= MAX_REMEMBERED_NONCES {
-            return Err(Refusal::Replayed);
-        }
-        match seen.insert(nonce.to_owned(), timestamp) {
-            Some(_) => Err(Refusal::Replayed),
-            None => Ok(()),
-        }
     }
 }
 
@@ -282,12 +398,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const A: &[u8] = b"10.0.0.1:8080";
+
     proptest! {
         /// Any header value is parsed or refused, never a panic, and never verifies.
         #[test]
         fn arbitrary_signature_headers_are_refused(header in any::<String>()) {
             let auth = PeerAuth::new(b"0123456789abcdef".to_vec()).unwrap();
-            prop_assert!(auth.verify(Some(&header), "GET", "/p", b"").is_err());
+            prop_assert!(auth.verify(Some(&header), "GET", A, "/p").is_err());
         }
     }
 
@@ -298,13 +416,11 @@ mod tests {
     #[test]
     fn a_signed_request_verifies_once() {
         let auth = auth(b"0123456789abcdef");
-        let header = auth.sign("GET", "/_groupcache/g/k", b"");
+        let header = auth.sign("GET", A, "/_groupcache/g/k", b"");
+        let digest = auth.verify(Some(&header), "GET", A, "/_groupcache/g/k");
+        assert_eq!(digest, Ok(BodyDigest::of(b"")));
         assert_eq!(
-            auth.verify(Some(&header), "GET", "/_groupcache/g/k", b""),
-            Ok(())
-        );
-        assert_eq!(
-            auth.verify(Some(&header), "GET", "/_groupcache/g/k", b""),
+            auth.verify(Some(&header), "GET", A, "/_groupcache/g/k"),
             Err(Refusal::Replayed)
         );
     }
@@ -312,70 +428,121 @@ mod tests {
     #[test]
     fn any_changed_field_breaks_the_signature() {
         let auth = auth(b"0123456789abcdef");
-        let header = auth.sign("PUT", "/_groupcache/g/k", b"body");
-        for (method, path, body) in [
-            ("GET", "/_groupcache/g/k", &b"body"[..]),
-            ("PUT", "/_groupcache/g/other", b"body"),
-            ("PUT", "/_groupcache/g/k", b"bodY"),
+        let header = auth.sign("PUT", A, "/_groupcache/g/k", b"body");
+        for (method, authority, path) in [
+            ("GET", A, "/_groupcache/g/k"),
+            ("PUT", A, "/_groupcache/g/other"),
+            ("PUT", A, "/prefix/_groupcache/g/k"),
+            // The same request, sent to another replica (or another port of the same host).
+            ("PUT", &b"10.0.0.2:8080"[..], "/_groupcache/g/k"),
+            ("PUT", b"10.0.0.1:8081", "/_groupcache/g/k"),
         ] {
             assert_eq!(
-                auth.verify(Some(&header), method, path, body),
-                Err(Refusal::BadSignature)
+                auth.verify(Some(&header), method, authority, path),
+                Err(Refusal::BadSignature),
+                "{method} {authority:?} {path}"
             );
         }
-        let tampered = header.replace("t=", "t=1");
-        assert_ne!(
-            auth.verify(Some(&tampered), "PUT", "/_groupcache/g/k", b"body"),
-            Ok(())
-        );
+        for (from, to) in [("t=", "t=1"), ("d=", "d=00"), ("n=", "n=00")] {
+            let tampered = header.replacen(from, to, 1);
+            assert_ne!(
+                auth.verify(Some(&tampered), "PUT", A, "/_groupcache/g/k"),
+                Ok(BodyDigest::of(b"body")),
+                "{tampered}"
+            );
+        }
+        let digest = auth.verify(Some(&header), "PUT", A, "/_groupcache/g/k");
+        let digest = digest.expect("the untampered request verifies");
+        assert_eq!(digest.matches(b"body"), Ok(()));
+        assert_eq!(digest.matches(b"bodY"), Err(Refusal::BodyMismatch));
+        assert_eq!(digest.matches(b""), Err(Refusal::BodyMismatch));
+    }
+
+    #[test]
+    fn a_full_nonce_store_keeps_accepting_fresh_requests_and_refusing_replays() {
+        // 30 nonces per shard, about 6 per shard and second: the oldest seconds are dropped.
+        let auth = auth(b"0123456789abcdef")
+            .replay_window(Duration::from_secs(120))
+            .max_remembered_nonces(480);
+        let now = unix_seconds(SystemTime::now());
+        let mut headers = Vec::new();
+        for i in 0..1000 {
+            let at = now + i / 100;
+            let header = auth.sign_at("GET", A, "/p", b"", at);
+            let verified = auth.verify_at(Some(&header), "GET", A, "/p", at);
+            assert!(verified.is_ok(), "{i}: {verified:?}");
+            assert!(auth.remembered_nonces() <= 480);
+            headers.push(header);
+        }
+        assert!(auth.remembered_nonces() > 240);
+        let at = now + 9;
+        for header in &headers {
+            assert!(
+                matches!(
+                    auth.verify_at(Some(header), "GET", A, "/p", at),
+                    Err(Refusal::Replayed | Refusal::WindowShrunk)
+                ),
+                "a replay is refused whether or not its nonce is still remembered"
+            );
+        }
     }
 
     #[test]
     fn other_secrets_fail_and_accepted_ones_rotate() {
         let old = auth(b"old secret 0123456");
         let new = auth(b"new secret 0123456");
-        let header = old.sign("GET", "/p", b"");
+        let header = old.sign("GET", A, "/p", b"");
         assert_eq!(
-            new.verify(Some(&header), "GET", "/p", b""),
+            new.verify(Some(&header), "GET", A, "/p"),
             Err(Refusal::BadSignature)
         );
         let rotating = PeerAuth::new(b"new secret 0123456".to_vec())
             .unwrap()
             .accept(b"old secret 0123456".to_vec())
             .unwrap();
-        assert_eq!(rotating.verify(Some(&header), "GET", "/p", b""), Ok(()));
-        assert_eq!(
-            rotating.verify(Some(&new.sign("GET", "/p", b"")), "GET", "/p", b""),
-            Ok(())
-        );
+        assert!(rotating.verify(Some(&header), "GET", A, "/p").is_ok());
+        let header = new.sign("GET", A, "/p", b"");
+        assert!(rotating.verify(Some(&header), "GET", A, "/p").is_ok());
     }
 
     #[test]
     fn missing_malformed_and_stale_headers_are_refused() {
         let auth = auth(b"0123456789abcdef");
-        assert_eq!(auth.verify(None, "GET", "/p", b""), Err(Refusal::Missing));
+        assert_eq!(auth.verify(None, "GET", A, "/p"), Err(Refusal::Missing));
+        let d = hex(&BodyDigest::of(b"").0);
+        let s = hex(&[0; 32]);
         for bad in [
-            "",
-            "v1",
-            "v2 t=1 n=00000000000000000000 s=00",
-            "v1 t=x n=0 s=0",
-            "v1 t=1 n=zz s=ab",
-            "v1 t=1 n=0123456789abcdef s=abc",
+            String::new(),
+            "v1".into(),
+            format!("v1 t=1 n=0123456789abcdef d={d} s={s}"),
+            format!("v2 t=1 n=0123456789abcdef s={s}"),
+            "v2 t=x n=0 d=0 s=0".into(),
+            format!("v2 t=1 n=zz d={d} s={s}"),
+            format!("v2 t=1 n=0123456789abcdef d=00 s={s}"),
+            format!("v2 t=1 n=0123456789abcdef d={d} s=abc"),
+            format!("v2 t=1 n=0123456789abcdef d={d} s={s} extra"),
         ] {
             assert_eq!(
-                auth.verify(Some(bad), "GET", "/p", b""),
+                auth.verify(Some(&bad), "GET", A, "/p"),
                 Err(Refusal::Malformed),
                 "{bad:?}"
             );
         }
         let past = unix_seconds(SystemTime::now()) - 120;
         let nonce = "0123456789abcdef";
-        let mac = mac(b"0123456789abcdef", "GET", "/p", past, nonce, b"")
-            .finalize()
-            .into_bytes();
-        let stale = format!("v1 t={past} n={nonce} s={}", hex(&mac));
+        let digest = BodyDigest::of(b"");
+        let signed = Signed {
+            method: "GET",
+            authority: A,
+            path: "/p",
+            timestamp: past,
+            nonce,
+            digest: &digest,
+        };
+        let mac = signed.mac(b"0123456789abcdef").finalize().into_bytes();
+        let stale = format!("v2 t={past} n={nonce} d={d} s={}", hex(&mac));
         assert_eq!(
-            auth.verify(Some(&stale), "GET", "/p", b""),
+            auth.verify(Some(&stale), "GET", A, "/p"),
             Err(Refusal::Stale)
         );
     }

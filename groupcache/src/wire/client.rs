@@ -152,8 +152,9 @@ impl PeerClient {
             .unwrap_or(Err(PeerError::Timeout))
     }
 
-    /// Sends one request, signed if authentication is on. The signature covers the path exactly
-    /// as it goes on the wire, which is what the receiving router sees.
+    /// Sends one request, signed if authentication is on. The signature covers the peer's
+    /// authority (its `Host` header) and the path exactly as they go on the wire, which is what
+    /// the receiving router checks against its own URL.
     async fn send(
         &self,
         method: Method,
@@ -163,7 +164,8 @@ impl PeerClient {
     ) -> Result<Answer, PeerError> {
         let mut request = Request::builder().method(method.clone());
         if let Some(auth) = &self.auth {
-            request = request.header(SIGNATURE_HEADER, auth.sign(method.as_str(), &path, &body));
+            let signature = auth.sign(method.as_str(), peer.authority.as_bytes(), &path, &body);
+            request = request.header(SIGNATURE_HEADER, signature);
         }
         if !body.is_empty() {
             request = request.header(CONTENT_TYPE, PROTOBUF);

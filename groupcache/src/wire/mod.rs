@@ -7,10 +7,12 @@
 //! - [`router`]: the axum router that serves peers' requests;
 //! - [`server`]: the peer port's accept loop, with the limits a port open to the network needs;
 //! - [`auth`]: HMAC signatures on peer requests;
+//! - `nonces`: the bounded store of accepted nonces that refuses replays;
 //! - `tls` (feature `tls`): rustls configuration for both sides.
 
 pub(crate) mod auth;
 pub(crate) mod client;
+pub(crate) mod nonces;
 pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod router;
@@ -18,7 +20,7 @@ pub(crate) mod server;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 
-pub use auth::{MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER};
+pub use auth::{DEFAULT_MAX_REMEMBERED_NONCES, MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER};
 pub use server::Server;
 #[cfg(feature = "tls")]
 pub use tls::PeerTls;

@@ -5,21 +5,23 @@
 //! caches or loads the value itself, so replicas whose rings disagree cannot forward in a loop.
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use groupcache_rs_pb::{GetResponse, SetRequest};
+use http_body_util::BodyExt;
 use prost::Message;
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::auth::SIGNATURE_HEADER;
 use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF, parse_path};
 use crate::caches::Entry;
+use crate::membership::Endpoint;
 use crate::{Error, Groupcache, Loader};
 
 pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
@@ -28,53 +30,85 @@ pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
     let base = cache.inner.config.base_path.clone();
     // The body carries a value only in a PUT; leave room for the message's framing.
     let body_limit = cache.inner.config.max_value_bytes.saturating_add(4096);
+    // At least one body of the largest size fits, whatever the budget.
+    let body_bytes = cache
+        .inner
+        .config
+        .max_buffered_peer_bytes
+        .max(body_limit)
+        .min(Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(
         cache.inner.config.max_concurrent_peer_requests,
     ));
+    // Signatures name the replica they are meant for, as its peers know it: by its URL.
+    let authority: Arc<[u8]> = Endpoint::parse(&cache.inner.self_url)
+        .map(|endpoint| endpoint.authority.as_bytes().into())
+        .unwrap_or_default();
     let handler = get(serve::<L>).put(serve::<L>).delete(serve::<L>);
     Router::new()
         .route(&format!("{base}{{*rest}}"), handler.clone())
         .route(&base, handler)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(Served { cache, slots })
+        .with_state(Served {
+            authority,
+            cache,
+            slots,
+            body_limit,
+            body_bytes: Arc::new(Semaphore::new(body_bytes)),
+        })
 }
 
 /// The router's state: the cache, and how many more peer requests it may serve at once.
 struct Served<L: Loader> {
+    /// This replica's `host:port`, which a signature must name.
+    authority: Arc<[u8]>,
     cache: Groupcache<L>,
     slots: Arc<Semaphore>,
+    /// Largest `PUT` body read.
+    body_limit: usize,
+    /// Bytes of `PUT` bodies being read or decoded, at most.
+    body_bytes: Arc<Semaphore>,
 }
 
 impl<L: Loader> Clone for Served<L> {
     fn clone(&self) -> Self {
         Served {
+            authority: self.authority.clone(),
             cache: self.cache.clone(),
             slots: self.slots.clone(),
+            body_limit: self.body_limit,
+            body_bytes: self.body_bytes.clone(),
         }
     }
 }
 
+/// Serves one request. Nothing is read from the body before the signature (from the headers
+/// alone) is checked and a concurrency slot is taken; only a `PUT` has a body, read under a size
+/// limit, a byte budget and a deadline, then checked against the digest the signature covers.
 async fn serve<L: Loader>(
     State(served): State<Served<L>>,
     method: Method,
     OriginalUri(original): OriginalUri,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let inner = &served.cache.inner;
+    let mut digest = None;
     if let Some(auth) = &inner.config.auth {
         // The client signed the path it sent: the full one, before any nesting stripped a prefix.
         let signature = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
-        if let Err(refusal) = auth.verify(signature, method.as_str(), original.path(), &body) {
-            inner.metrics.peer_auth_failure();
-            tracing::warn!(group = %inner.group, path = original.path(), %refusal, "refused a peer request");
-            return text(
-                StatusCode::UNAUTHORIZED,
-                &format!("unauthorized: {refusal}"),
-            );
+        let verified = auth.verify(
+            signature,
+            method.as_str(),
+            &served.authority,
+            original.path(),
+        );
+        inner.metrics.auth_nonces(auth.remembered_nonces());
+        match verified {
+            Ok(verified) => digest = Some(verified),
+            Err(refusal) => return refused(&served, original.path(), refusal),
         }
     }
     // Shed load rather than queue without bound: the requester falls back to a local load.
@@ -101,6 +135,26 @@ async fn serve<L: Loader>(
             &format!("key is {} bytes, over the limit of {limit}", key.len()),
         );
     }
+    // The budget's share is held until the body is dropped, at the end of the request.
+    let (body, _budget) = if method == Method::PUT {
+        match read_body(&served, body).await {
+            Ok((body, budget)) => (body, Some(budget)),
+            Err(refused) => return refused,
+        }
+    } else if body.is_end_stream() {
+        (Bytes::new(), None)
+    } else {
+        // golang/groupcache sends none; a body here can only cost memory.
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a {method} carries no body"),
+        );
+    };
+    if let Some(digest) = digest
+        && let Err(refusal) = digest.matches(&body)
+    {
+        return refused(&served, original.path(), refusal);
+    }
     inner.metrics.server_request();
     match method {
         Method::GET => match inner.serve_get(&key).await {
@@ -120,7 +174,7 @@ async fn serve<L: Loader>(
                 response
             }
         },
-        Method::PUT => match SetRequest::decode(body) {
+        Method::PUT => match SetRequest::decode(body.as_ref()) {
             Ok(request) => {
                 let entry = Entry {
                     value: request.value.unwrap_or_default(),
@@ -140,6 +194,65 @@ async fn serve<L: Loader>(
         }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
+}
+
+/// Reads a `PUT`'s body: of a declared length within the limit, within the budget of bytes all
+/// bodies being read may take (503 past it, as for the concurrency limit), and within the peer
+/// timeout; with the budget's share it holds.
+async fn read_body<L: Loader>(
+    served: &Served<L>,
+    body: Body,
+) -> Result<(Bytes, SemaphorePermit<'_>), Response> {
+    let limit = served.body_limit;
+    let Some(length) = body.size_hint().exact() else {
+        return Err(text(
+            StatusCode::LENGTH_REQUIRED,
+            "a PUT needs a Content-Length",
+        ));
+    };
+    let length = match usize::try_from(length) {
+        Ok(length) if length <= limit => length,
+        _ => {
+            return Err(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body of {length} bytes, over the limit of {limit}"),
+            ));
+        }
+    };
+    let Ok(budget) = u32::try_from(length)
+        .ok()
+        .and_then(|length| served.body_bytes.try_acquire_many(length).ok())
+        .ok_or(())
+    else {
+        return Err(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded: too many bytes of bodies being read",
+        ));
+    };
+    let deadline = served.cache.inner.config.peer_timeout;
+    let collected = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(deadline, collected).await {
+        Ok(Ok(collected)) => Ok((collected.to_bytes(), budget)),
+        Ok(Err(error)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            &format!("body could not be read: {error}"),
+        )),
+        Err(_) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("body not received within {deadline:?}"),
+        )),
+    }
+}
+
+/// A 401 for a request whose signature (or body) does not verify, counted and logged.
+fn refused<L: Loader>(served: &Served<L>, path: &str, refusal: super::auth::Refusal) -> Response {
+    let inner = &served.cache.inner;
+    inner.metrics.peer_auth_failure(refusal.reason());
+    tracing::warn!(group = %inner.group, path, %refusal, "refused a peer request");
+    text(
+        StatusCode::UNAUTHORIZED,
+        &format!("unauthorized: {refusal}"),
+    )
 }
 
 fn text(status: StatusCode, message: &str) -> Response {

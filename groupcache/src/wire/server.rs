@@ -1,5 +1,6 @@
 //! Serving the peer port with the limits a port open to the network needs: a deadline for reading
-//! request headers (slowloris), a deadline for the TLS handshake, and TLS itself when configured.
+//! request headers (slowloris), a deadline for the TLS handshake, a bound on open connections and
+//! on each one's read buffer (so headers cannot grow without bound), and TLS when configured.
 //!
 //! `axum::serve` offers neither a header deadline nor TLS; this is that loop, on hyper's HTTP/1.1
 //! server. Use it for the port peers reach; your own routes may be merged into the same router.
@@ -14,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// Serves a router with connection limits.
@@ -32,6 +33,8 @@ use tokio::task::JoinSet;
 #[must_use]
 pub struct Server {
     header_read_timeout: Duration,
+    max_connections: usize,
+    max_header_bytes: usize,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -40,6 +43,8 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut debug = f.debug_struct("Server");
         debug.field("header_read_timeout", &self.header_read_timeout);
+        debug.field("max_connections", &self.max_connections);
+        debug.field("max_header_bytes", &self.max_header_bytes);
         #[cfg(feature = "tls")]
         debug.field("tls", &self.tls.is_some());
         debug.finish()
@@ -53,10 +58,13 @@ impl Default for Server {
 }
 
 impl Server {
-    /// Plain HTTP/1.1 with a 10 s header deadline.
+    /// Plain HTTP/1.1 with a 10 s header deadline, at most 4096 connections and 16 KiB of
+    /// buffered request head per connection.
     pub fn new() -> Self {
         Server {
             header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_header_bytes: 16 << 10,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -66,6 +74,25 @@ impl Server {
     /// handshake; a connection that is slower is closed.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Most connections open at once (default 4096). Past it the server stops accepting until one
+    /// closes: new connections wait in the listen backlog, and are refused by the kernel when it
+    /// is full. Each costs the file descriptor and its buffers (see
+    /// [`max_header_bytes`](Self::max_header_bytes)).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+
+    /// Largest request head (request line and headers) a connection buffers, in bytes (default
+    /// 16 KiB, at least 8 KiB); a larger one is answered 431 and the connection closed. Peer
+    /// requests' heads are about 300 bytes. Also bounds how much of a body the connection
+    /// buffers ahead of the router.
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        // hyper's minimum read buffer.
+        self.max_header_bytes = bytes.max(8192);
         self
     }
 
@@ -111,12 +138,21 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let this = Arc::new(self);
+        let open = Arc::new(Semaphore::new(this.max_connections));
         let (stop, stopped) = watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let result = loop {
             // Reap finished connections, so the set holds only open ones.
             while connections.try_join_next().is_some() {}
+            // A slot first: at the bound, connections wait in the kernel's backlog, costing
+            // this process nothing.
+            let slot = tokio::select! {
+                slot = open.clone().acquire_owned() => slot,
+                () = &mut shutdown => break Ok(()),
+            };
+            // The semaphore is never closed.
+            let Ok(slot) = slot else { break Ok(()) };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = &mut shutdown => break Ok(()),
@@ -136,7 +172,10 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let (this, app, stopped) = (this.clone(), app.clone(), stopped.clone());
-            connections.spawn(async move { this.connection(stream, app, stopped).await });
+            connections.spawn(async move {
+                this.connection(stream, app, stopped).await;
+                drop(slot);
+            });
         };
         drop(listener);
         let _ = stop.send(true);
@@ -182,7 +221,8 @@ impl Server {
         let service = TowerToHyperService::new(app);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes);
         let connection = http.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {

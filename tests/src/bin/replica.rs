@@ -4,10 +4,14 @@
 //! ```text
 //! replica [--listen 127.0.0.1:0] [--self URL] [--load-ms N] [--value-bytes N] [--main-bytes N]
 //!         [--hot-bytes N] [--peer-timeout-ms N] [--connect-timeout-ms N] [--hot-max-age-ms N]
-//!         [--hot-promotion N]
+//!         [--hot-promotion N] [--secret S] [--max-nonces N] [--header-timeout-ms N]
 //! ```
 //!
-//! Its first line on stdout is `listening URL`. It exits when its stdin closes, so it never
+//! `--secret` turns peer authentication on (`--max-nonces`: its nonce store's bound);
+//! `--header-timeout-ms` is the server's header deadline.
+//!
+//! Its first line on stdout is `listening URL ADDR`: the URL it is known by and the address it
+//! is bound to (the same but for `--self`). It exits when its stdin closes, so it never
 //! outlives the test that started it, even one that panicked. Besides the group's peer router it
 //! serves a small control interface:
 //!
@@ -47,6 +51,9 @@ struct Options {
     connect_timeout: Option<Duration>,
     hot_max_age: Option<Duration>,
     hot_promotion: Option<u32>,
+    secret: Option<String>,
+    max_nonces: Option<usize>,
+    header_timeout: Option<Duration>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -61,6 +68,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         connect_timeout: None,
         hot_max_age: None,
         hot_promotion: None,
+        secret: None,
+        max_nonces: None,
+        header_timeout: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -82,6 +92,11 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             }
             "--hot-max-age-ms" => options.hot_max_age = Some(Duration::from_millis(number()?)),
             "--hot-promotion" => options.hot_promotion = Some(number()? as u32),
+            "--secret" => options.secret = Some(value.clone()),
+            "--max-nonces" => options.max_nonces = Some(number()? as usize),
+            "--header-timeout-ms" => {
+                options.header_timeout = Some(Duration::from_millis(number()?))
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -152,7 +167,7 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&options.listen).await?;
         let bound = format!("http://{}", listener.local_addr()?);
-        let self_url = options.self_url.clone().unwrap_or(bound);
+        let self_url = options.self_url.clone().unwrap_or_else(|| bound.clone());
         let loader = Arc::new(LoaderState {
             delay: options.load,
             value_bytes: options.value_bytes,
@@ -178,6 +193,13 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(requests) = options.hot_promotion {
             builder = builder.hot_promotion_requests(requests);
         }
+        if let Some(secret) = &options.secret {
+            let mut auth = groupcache_rs::PeerAuth::new(secret.as_bytes().to_vec())?;
+            if let Some(bound) = options.max_nonces {
+                auth = auth.max_remembered_nonces(bound);
+            }
+            builder = builder.peer_auth(auth);
+        }
         let cache = builder.build()?;
         let app = Router::new()
             .route("/get/{*key}", get(get_value))
@@ -190,14 +212,18 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             .with_state(App { cache, loader });
         {
             let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "listening {self_url}")?;
+            writeln!(stdout, "listening {self_url} {bound}")?;
             stdout.flush()?;
         }
         std::thread::spawn(|| {
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
             std::process::exit(0);
         });
-        groupcache_rs::Server::new().serve(listener, app).await?;
+        let mut server = groupcache_rs::Server::new();
+        if let Some(timeout) = options.header_timeout {
+            server = server.header_read_timeout(timeout);
+        }
+        server.serve(listener, app).await?;
         Ok(())
     })
 }
@@ -266,6 +292,9 @@ async fn stats(State(app): State<App>) -> Response {
         "local_loads": s.local_loads,
         "local_load_errors": s.local_load_errors,
         "server_requests": s.server_requests,
+        "peer_auth_failures": s.peer_auth_failures,
+        "peer_auth_replays": s.peer_auth_replays,
+        "auth_nonces": s.auth_nonces,
         "main_bytes": s.main_bytes,
         "main_items": s.main_items,
         "hot_bytes": s.hot_bytes,

@@ -1,0 +1,52 @@
+//! Raw HTTP/1.1 on a socket, for tests that send what no client library would: requests cut
+//! short, stalled bodies, oversized heads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Connects to `addr`, sends `head` and `body`, and leaves the connection open, unfinished.
+pub async fn send(addr: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<TcpStream> {
+    let mut socket = TcpStream::connect(addr).await?;
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(body).await?;
+    Ok(socket)
+}
+
+/// The status (0 if the server closed without one) and the text of the answer on `socket`, read
+/// until the server closes it or has sent a whole head and the length it declares. Panics after
+/// `patience`, so a server that waits for more cannot hang the test.
+pub async fn answer(socket: &mut TcpStream, patience: Duration) -> (u16, String) {
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    let read = async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+            let text = String::from_utf8_lossy(&received);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|n| n.parse::<usize>().ok());
+                if length.is_some_and(|length| body.len() >= length) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(patience, read)
+        .await
+        .expect("an answer in time, not a server waiting for more");
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -1,0 +1,478 @@
+//! Attacks on the peer port of replica processes with peer authentication on (one without, for
+//! the body budget), on loopback, bounded in count and time. Each attack asserts that the
+//! target's resident memory (`VmRSS` of its process) grows by less than a bound stated from its
+//! configuration, that honest gets crossing the attacked port keep being answered with the right
+//! values while it lasts, and that every attack request is refused (and, where the library
+//! counts it, counted).
+//!
+//! The figures are printed (`cargo test -p groupcache-tests --test attacks -- --nocapture`) and
+//! quoted in SECURITY.md.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use groupcache_tests::process::{ProcessReplica, keys_owned_by, value_for};
+use groupcache_tests::raw;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_replica");
+const SECRET: &str = "the attack tests' secret, 32 byte";
+const GROUP: &str = "test";
+/// Connections each connection attack opens at once.
+const CONNECTIONS: usize = 1000;
+/// Bounds every wait on one answer.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// The attacked replica's header deadline.
+const HEADER_TIMEOUT_MS: u64 = 1000;
+/// The attacked replica's nonce bound: small, so that the flood overflows it, yet above what the
+/// flood sends in 3 s (4,743/s measured here), which the store needs so as not to refuse honest
+/// requests: timestamps are whole seconds, and one signed in the last second may arrive in this.
+const MAX_NONCES: usize = 32768;
+/// Signed requests in the flood: three times what the nonce store remembers.
+const FLOOD: usize = 3 * MAX_NONCES;
+/// The flood stops after this long if it has not sent them all.
+const FLOOD_TIME: Duration = Duration::from_secs(60);
+const MIB: u64 = 1 << 20;
+
+fn addr(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// Resident memory of process `pid`, from `/proc/<pid>/status`.
+fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// This process must hold `CONNECTIONS` sockets and more; scripts/test.sh raises the limit.
+fn check_fd_limit() {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        soft >= 2 * CONNECTIONS as u64 + 256,
+        "open-file limit {soft} is too low for {CONNECTIONS} connections: run `ulimit -n 8192` \
+         (scripts/test.sh does)"
+    );
+}
+
+/// Honest gets on `asker` for keys another replica owns, one after another, each crossing the
+/// attacked peer port; counted in `done`, failures (any answer but the right value) collected.
+struct Honest {
+    done: watch::Receiver<u64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Honest {
+    fn start(asker: Arc<ProcessReplica>, keys: Vec<String>) -> Honest {
+        let (count, done) = watch::channel(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut failures = Vec::new();
+                for key in keys {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match asker.get(&key).await {
+                        Ok((200, body)) if body == value_for(&key, 0).as_bytes() => {}
+                        other => failures.push(format!("{key}: {other:?}")),
+                    }
+                    count.send_modify(|n| *n += 1);
+                }
+                failures
+            }
+        });
+        Honest { done, stop, task }
+    }
+
+    /// Waits until `n` more honest gets have been answered.
+    async fn answered(&mut self, n: u64) {
+        let target = *self.done.borrow() + n;
+        tokio::time::timeout(PATIENCE, self.done.wait_for(|&done| done >= target))
+            .await
+            .expect("honest gets are answered during the attack")
+            .expect("the honest task ran out of keys");
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let done = *self.done.borrow();
+        let failures = self.task.await.unwrap();
+        assert!(failures.is_empty(), "honest gets failed: {failures:?}");
+        done
+    }
+}
+
+/// Opens `CONNECTIONS` connections to `target`, each sending `head` and `body` and then nothing;
+/// the connections, still open.
+async fn open_all(target: SocketAddr, head: &str, body: &[u8]) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        sockets.push(raw::send(target, head, body).await.expect("connect"));
+    }
+    sockets
+}
+
+/// The statuses of the answers on `sockets`, as a count per status.
+async fn statuses(sockets: &mut [TcpStream]) -> std::collections::BTreeMap<u16, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for socket in sockets {
+        let (status, _) = raw::answer(socket, PATIENCE).await;
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}
+
+/// A server that records the head of every request it receives and answers 404: where signed
+/// requests meant for a replica known by this address are captured.
+async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let mut buffer = [0; 4096];
+                loop {
+                    // Every head on the connection (these GETs have no body).
+                    while let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = received.drain(..end + 4).collect();
+                        let _ = sender.send(String::from_utf8_lossy(&head).into_owned());
+                        let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => received.extend_from_slice(&buffer[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (url, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_survives_bodies_slowloris_heads_floods_and_replays() {
+    check_fd_limit();
+    let secret = ["--secret", SECRET];
+    let header_timeout = HEADER_TIMEOUT_MS.to_string();
+    let max_nonces = MAX_NONCES.to_string();
+    let target = ProcessReplica::start(
+        BINARY,
+        &[
+            &secret[..],
+            &["--header-timeout-ms", &header_timeout],
+            &["--max-nonces", &max_nonces],
+        ]
+        .concat(),
+    );
+    let asker = Arc::new(ProcessReplica::start(BINARY, &secret));
+    let (captured_url, mut captured) = recorder().await;
+    // The replica the captured requests were meant for: known by the recorder's address.
+    let intended =
+        ProcessReplica::start(BINARY, &[&secret[..], &["--self", &captured_url]].concat());
+    let urls = [
+        target.url.as_str(),
+        asker.url.as_str(),
+        captured_url.as_str(),
+    ];
+    for replica in [&target, &*asker, &intended] {
+        replica.set_peers(&urls).await;
+    }
+    let target_addr = addr(&target.addr);
+    let honest_keys = keys_owned_by(&urls, &target.url, "honest-", 20_000);
+    let mut honest_keys = honest_keys.chunks(5_000).map(<[String]>::to_vec);
+    let mut figures = Vec::new();
+
+    // 1. 1,000 connections, each declaring a 16 MiB PUT body and sending 64 KiB of it.
+    let baseline = resident(target.pid);
+    let mut honest = Honest::start(asker.clone(), honest_keys.next().unwrap());
+    honest.answered(10).await;
+    let head = format!(
+        "PUT /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        16 * MIB
+    );
+    let mut sockets = open_all(target_addr, &head, &[0x0a; 64 << 10]).await;
+    honest.answered(20).await;
+    let peak = resident(target.pid);
+    let refused = statuses(&mut sockets).await;
+    drop(sockets);
+    let answered = honest.finish().await;
+    // Each is refused from its headers: nothing of a body is kept. Bound: the connections'
+    // buffers (16 KiB of head each) and tasks, 1,000 x 32 KiB.
+    let growth = peak.saturating_sub(baseline);
+    figures.push(format!(
+        "stalled 16 MiB bodies x{CONNECTIONS}: +{} KiB resident, {refused:?}, {answered} honest gets",
+        growth >> 10
+    ));
+    assert_eq!(refused.get(&401), Some(&CONNECTIONS), "{refused:?}");
+    assert!(growth < 32 * MIB, "resident memory grew by {growth} bytes");
+    let stats = target.stats().await;
+    assert_eq!(stats.peer_auth_failures, CONNECTIONS as u64);
+    assert_eq!(stats.local_load_errors, 0);
+
+    // 2. Slowloris: 1,000 connections sending a head a byte at a time, 5 bytes a second.
+    let baseline = resident(target.pid);
+    let mut honest = Honest::start(asker.clone(), honest_keys.next().unwrap());
+    let mut drips = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..CONNECTIONS {
+        let mut socket = TcpStream::connect(target_addr).await.expect("connect");
+        drips.spawn(async move {
+            let head = format!("GET /_groupcache/{GROUP}/slow HTTP/1.1\r\nhost: x\r\n");
+            for byte in head.bytes().cycle().take(1000) {
+                if socket.write_all(&[byte]).await.is_err() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            false
+        });
+    }
+    honest.answered(20).await;
+    let peak = resident(target.pid);
+    let mut closed = 0;
+    while let Some(was_closed) = drips.join_next().await {
+        closed += usize::from(was_closed.unwrap());
+    }
+    let took = started.elapsed();
+    let answered = honest.finish().await;
+    let growth = peak.saturating_sub(baseline);
+    figures.push(format!(
+        "slowloris x{CONNECTIONS}: all closed after {took:?}, +{} KiB resident, {answered} honest gets",
+        growth >> 10
+    ));
+    assert_eq!(
+        closed, CONNECTIONS,
+        "every slow connection is closed by the server"
+    );
+    assert!(
+        took < Duration::from_millis(HEADER_TIMEOUT_MS) + PATIENCE,
+        "closed by the deadline, not the drip's end"
+    );
+    assert!(growth < 32 * MIB, "resident memory grew by {growth} bytes");
+
+    // 3. Oversized heads: 1,000 connections each sending 64 KiB of header.
+    let baseline = resident(target.pid);
+    let mut honest = Honest::start(asker.clone(), honest_keys.next().unwrap());
+    let padding = "a".repeat(64 << 10);
+    let head =
+        format!("GET /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\nx-pad: {padding}\r\n\r\n");
+    let mut sockets = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        // The server may answer and close before the whole head is written.
+        let mut socket = TcpStream::connect(target_addr).await.expect("connect");
+        let _ = socket.write_all(head.as_bytes()).await;
+        sockets.push(socket);
+    }
+    honest.answered(20).await;
+    let peak = resident(target.pid);
+    let refused = statuses(&mut sockets).await;
+    drop(sockets);
+    let answered = honest.finish().await;
+    let growth = peak.saturating_sub(baseline);
+    figures.push(format!(
+        "64 KiB heads x{CONNECTIONS}: +{} KiB resident, {refused:?}, {answered} honest gets",
+        growth >> 10
+    ));
+    assert_eq!(refused.get(&431), Some(&CONNECTIONS), "{refused:?}");
+    assert!(growth < 32 * MIB, "resident memory grew by {growth} bytes");
+
+    // 4. A flood of signed requests, as fast as 32 concurrent gets can drive them, three times
+    // what the nonce store remembers, within the replay window: the store overflows.
+    let baseline = resident(target.pid);
+    let flood_keys = Arc::new(keys_owned_by(&urls, &target.url, "flood-", FLOOD));
+    let next = Arc::new(AtomicU64::new(0));
+    let flood_start = Instant::now();
+    let deadline = flood_start + FLOOD_TIME;
+    let mut drivers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (asker, keys, next) = (asker.clone(), flood_keys.clone(), next.clone());
+        drivers.spawn(async move {
+            let mut failures = Vec::new();
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(key) = keys.get(n) else { break };
+                match asker.get(key).await {
+                    Ok((200, body)) if body == value_for(key, 0).as_bytes() => {}
+                    other => failures.push(format!("{key}: {other:?}")),
+                }
+            }
+            failures
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(driver) = drivers.join_next().await {
+        failures.extend(driver.unwrap());
+    }
+    let took = flood_start.elapsed();
+    let sent = next.load(Ordering::Relaxed).min(flood_keys.len() as u64);
+    let rate = sent as f64 / took.as_secs_f64();
+    let stats = target.stats().await;
+    let growth = resident(target.pid).saturating_sub(baseline);
+    figures.push(format!(
+        "signed flood: {sent} requests in {took:.1?} ({rate:.0}/s), {} nonces remembered \
+         (bound {MAX_NONCES}), {} refused, +{} KiB resident",
+        stats.auth_nonces,
+        stats.peer_auth_failures - CONNECTIONS as u64,
+        growth >> 10
+    ));
+    assert!(
+        failures.is_empty(),
+        "{} honest requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        stats.peer_auth_failures, CONNECTIONS as u64,
+        "no honest signed request was refused"
+    );
+    assert_eq!(asker.stats().await.peer_errors, 0);
+    assert!(stats.auth_nonces <= MAX_NONCES as u64);
+    assert!(
+        sent > MAX_NONCES as u64 && took < Duration::from_secs(30),
+        "the flood ({sent} in {took:?}) did not overflow the nonce store within the window"
+    );
+    // Values of ~40 bytes cached (main cache, 300 bytes each with overhead) and the nonces.
+    assert!(growth < 64 * MIB, "resident memory grew by {growth} bytes");
+
+    // 5. Replays of captured signed requests, at the replica they were meant for and the others.
+    let capture_keys = keys_owned_by(&urls, &captured_url, "replay-", 50);
+    for key in &capture_keys {
+        // The recorder answers 404: the asker loads locally; its signed request is captured.
+        let (status, _) = asker.get(key).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let mut heads = Vec::new();
+    while heads.len() < capture_keys.len() {
+        let head = tokio::time::timeout(PATIENCE, captured.recv())
+            .await
+            .expect("a captured request")
+            .unwrap();
+        heads.push(head);
+    }
+    let before = [
+        target.stats().await.peer_auth_failures,
+        asker.stats().await.peer_auth_failures,
+    ];
+    let mut delivered = std::collections::BTreeMap::new();
+    let intended_addr = addr(&intended.addr);
+    for head in &heads {
+        // Delivered late, once, to the replica it was meant for: accepted.
+        let (status, text) = raw::answer(
+            &mut raw::send(intended_addr, head, b"").await.unwrap(),
+            PATIENCE,
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        for _ in 0..10 {
+            for replica in [intended_addr, target_addr, addr(&asker.addr)] {
+                let mut socket = raw::send(replica, head, b"").await.unwrap();
+                let (status, _) = raw::answer(&mut socket, PATIENCE).await;
+                *delivered.entry(status).or_insert(0) += 1;
+            }
+        }
+    }
+    let replays = 10 * heads.len() as u64;
+    figures.push(format!(
+        "replays: {} to the intended replica and {} to each other, answered {delivered:?}",
+        replays, replays
+    ));
+    assert_eq!(
+        delivered.get(&401),
+        Some(&(3 * replays as usize)),
+        "{delivered:?}"
+    );
+    assert_eq!(intended.stats().await.peer_auth_replays, replays);
+    assert_eq!(target.stats().await.peer_auth_failures - before[0], replays);
+    assert_eq!(asker.stats().await.peer_auth_failures - before[1], replays);
+
+    for figure in &figures {
+        println!("attack: {figure}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_authentication_stalled_bodies_take_no_more_than_the_body_budget() {
+    check_fd_limit();
+    // Without a signature to check first, a PUT's body is read: within the 64 MiB budget of
+    // bodies being read (four of 16 MiB), and within the peer timeout.
+    let target = ProcessReplica::start(BINARY, &["--peer-timeout-ms", "3000"]);
+    let target_addr = addr(&target.addr);
+    let baseline = resident(target.pid);
+    let head = format!(
+        "PUT /_groupcache/{GROUP}/k HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        16 * MIB
+    );
+    let mut sockets = open_all(target_addr, &head, b"").await;
+    // The ones past the budget are answered 503 at once; the others are being read.
+    let mut shed = 0;
+    let mut reading = Vec::new();
+    for mut socket in sockets.drain(..) {
+        let mut byte = [0; 1];
+        let peeked = tokio::time::timeout(Duration::from_millis(500), socket.peek(&mut byte)).await;
+        if matches!(peeked, Ok(Ok(1))) {
+            let (status, text) = raw::answer(&mut socket, PATIENCE).await;
+            assert_eq!(status, 503, "{text}");
+            shed += 1;
+        } else {
+            reading.push(socket);
+        }
+    }
+    // Fill the bodies being read to all but their last byte.
+    let chunk = vec![0x0a_u8; MIB as usize];
+    for socket in &mut reading {
+        for _ in 0..15 {
+            socket.write_all(&chunk).await.unwrap();
+        }
+        socket.write_all(&chunk[..chunk.len() - 1]).await.unwrap();
+    }
+    // Honest gets are answered meanwhile.
+    for i in 0..20 {
+        let key = format!("open-{i}");
+        let url = format!("http://{target_addr}/_groupcache/{GROUP}/{key}");
+        let response = target.http().get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let peak = resident(target.pid);
+    let mut timed_out = std::collections::BTreeMap::new();
+    for socket in &mut reading {
+        let (status, _) = raw::answer(socket, PATIENCE).await;
+        *timed_out.entry(status).or_insert(0) += 1;
+    }
+    let growth = peak.saturating_sub(baseline);
+    println!(
+        "attack: open replica, stalled 16 MiB bodies x{CONNECTIONS}: {shed} shed (503), {} read \
+         then {timed_out:?}, +{} KiB resident",
+        reading.len(),
+        growth >> 10
+    );
+    assert_eq!(reading.len(), 4, "the budget holds four bodies of 16 MiB");
+    assert_eq!(shed, CONNECTIONS - 4);
+    assert_eq!(timed_out.get(&408), Some(&4), "{timed_out:?}");
+    // The budget, plus the connections' buffers and tasks (1,000 x 32 KiB).
+    assert!(growth < 96 * MIB, "resident memory grew by {growth} bytes");
+}
