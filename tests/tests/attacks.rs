@@ -28,15 +28,19 @@ const CONNECTIONS: usize = 1000;
 const PATIENCE: Duration = Duration::from_secs(20);
 /// The attacked replica's header deadline.
 const HEADER_TIMEOUT_MS: u64 = 1000;
-/// The attacked replica's nonce bound: small, so that the flood overflows it, yet above what the
-/// flood sends in 3 s (4,743/s measured here), which the store needs so as not to refuse honest
-/// requests: timestamps are whole seconds, and one signed in the last second may arrive in this.
-const MAX_NONCES: usize = 32768;
-/// Signed requests in the flood: three times what the nonce store remembers.
-const FLOOD: usize = 3 * MAX_NONCES;
+/// The attacked replica's nonce bound: small, so that the flood overflows it within the replay
+/// window, yet above what the flood sends in 3 s, which the store needs so as not to refuse
+/// honest requests (timestamps are whole seconds: one signed late in a second arrives in the
+/// next). The flood ran at 5,586-7,873/s here; this bound fits rates from 4.4k/s (to overflow
+/// within 30 s) to 21k/s.
+const MAX_NONCES: usize = 65536;
+/// Signed requests in the flood: twice what the nonce store remembers.
+const FLOOD: usize = 2 * MAX_NONCES;
 /// The flood stops after this long if it has not sent them all.
 const FLOOD_TIME: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
+/// The attacked replica's main cache, which the flood fills.
+const MAIN_CACHE_BYTES: u64 = 32 * MIB;
 
 fn addr(url: &str) -> SocketAddr {
     url.trim_start_matches("http://")
@@ -186,6 +190,7 @@ async fn the_peer_port_survives_bodies_slowloris_heads_floods_and_replays() {
             &secret[..],
             &["--header-timeout-ms", &header_timeout],
             &["--max-nonces", &max_nonces],
+            &["--main-bytes", &MAIN_CACHE_BYTES.to_string()],
         ]
         .concat(),
     );
@@ -301,7 +306,7 @@ async fn the_peer_port_survives_bodies_slowloris_heads_floods_and_replays() {
     assert_eq!(refused.get(&431), Some(&CONNECTIONS), "{refused:?}");
     assert!(growth < 32 * MIB, "resident memory grew by {growth} bytes");
 
-    // 4. A flood of signed requests, as fast as 32 concurrent gets can drive them, three times
+    // 4. A flood of signed requests, as fast as 32 concurrent gets can drive them, twice
     // what the nonce store remembers, within the replay window: the store overflows.
     let baseline = resident(target.pid);
     let flood_keys = Arc::new(keys_owned_by(&urls, &target.url, "flood-", FLOOD));
@@ -356,8 +361,14 @@ async fn the_peer_port_survives_bodies_slowloris_heads_floods_and_replays() {
         sent > MAX_NONCES as u64 && took < Duration::from_secs(30),
         "the flood ({sent} in {took:?}) did not overflow the nonce store within the window"
     );
-    // Values of ~40 bytes cached (main cache, 300 bytes each with overhead) and the nonces.
-    assert!(growth < 64 * MIB, "resident memory grew by {growth} bytes");
+    // The main cache filled: its budget, plus at most a quarter more and two 1 MiB segments of
+    // segment space (caches.rs); the nonces, 40 bytes each at most; 16 MiB for connections and
+    // the allocator.
+    let bound = MAIN_CACHE_BYTES * 5 / 4 + 2 * MIB + 40 * MAX_NONCES as u64 + 16 * MIB;
+    assert!(
+        growth < bound,
+        "resident memory grew by {growth} bytes, over {bound}"
+    );
 
     // 5. Replays of captured signed requests, at the replica they were meant for and the others.
     let capture_keys = keys_owned_by(&urls, &captured_url, "replay-", 50);
@@ -428,27 +439,36 @@ async fn without_authentication_stalled_bodies_take_no_more_than_the_body_budget
         16 * MIB
     );
     let mut sockets = open_all(target_addr, &head, b"").await;
-    // The ones past the budget are answered 503 at once; the others are being read.
+    // The ones past the budget are answered 503 at once; the others are being read until the
+    // peer timeout answers them 408. On a loaded machine that 408 can come while this loop still
+    // waits on the others (each unanswered socket costs it 500 ms): such a socket was read all
+    // the same.
     let mut shed = 0;
     let mut reading = Vec::new();
+    let mut timed_out = std::collections::BTreeMap::new();
     for mut socket in sockets.drain(..) {
         let mut byte = [0; 1];
         let peeked = tokio::time::timeout(Duration::from_millis(500), socket.peek(&mut byte)).await;
         if matches!(peeked, Ok(Ok(1))) {
             let (status, text) = raw::answer(&mut socket, PATIENCE).await;
-            assert_eq!(status, 503, "{text}");
-            shed += 1;
+            match status {
+                503 => shed += 1,
+                408 => *timed_out.entry(status).or_insert(0) += 1,
+                _ => panic!("expected 503 or 408: {text}"),
+            }
         } else {
             reading.push(socket);
         }
     }
-    // Fill the bodies being read to all but their last byte.
+    let read = reading.len() + timed_out.values().sum::<usize>();
+    // Fill the bodies being read to all but their last byte. A write fails once the replica's
+    // deadline closed the body; its answer, read below, says so.
     let chunk = vec![0x0a_u8; MIB as usize];
     for socket in &mut reading {
         for _ in 0..15 {
-            socket.write_all(&chunk).await.unwrap();
+            let _ = socket.write_all(&chunk).await;
         }
-        socket.write_all(&chunk[..chunk.len() - 1]).await.unwrap();
+        let _ = socket.write_all(&chunk[..chunk.len() - 1]).await;
     }
     // Honest gets are answered meanwhile.
     for i in 0..20 {
@@ -458,7 +478,6 @@ async fn without_authentication_stalled_bodies_take_no_more_than_the_body_budget
         assert_eq!(response.status(), 200);
     }
     let peak = resident(target.pid);
-    let mut timed_out = std::collections::BTreeMap::new();
     for socket in &mut reading {
         let (status, _) = raw::answer(socket, PATIENCE).await;
         *timed_out.entry(status).or_insert(0) += 1;
@@ -467,10 +486,10 @@ async fn without_authentication_stalled_bodies_take_no_more_than_the_body_budget
     println!(
         "attack: open replica, stalled 16 MiB bodies x{CONNECTIONS}: {shed} shed (503), {} read \
          then {timed_out:?}, +{} KiB resident",
-        reading.len(),
+        read,
         growth >> 10
     );
-    assert_eq!(reading.len(), 4, "the budget holds four bodies of 16 MiB");
+    assert_eq!(read, 4, "the budget holds four bodies of 16 MiB");
     assert_eq!(shed, CONNECTIONS - 4);
     assert_eq!(timed_out.get(&408), Some(&4), "{timed_out:?}");
     // The budget, plus the connections' buffers and tasks (1,000 x 32 KiB).

@@ -46,6 +46,13 @@ pub struct Config {
     #[arg(long, env = "PEER_TLS_KEY", requires = "peer_tls_ca")]
     pub peer_tls_key: Option<PathBuf>,
 
+    /// Peer authentication: a file holding the secret every replica shares (at least 16 bytes,
+    /// e.g. 32 random bytes hex-encoded; whitespace around it is ignored). Every peer request is
+    /// signed with it, and peer requests not signed with it are refused (401). In Kubernetes,
+    /// a Secret mounted as a file (`k8s/base/kustomization.yaml`).
+    #[arg(long, env = "PEER_SECRET_FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+
     /// This replica's base URL as the other replicas reach its peer protocol (`http://host:port`,
     /// no path). Default: from the listener that serves the peer protocol (`--peer-listen`, else
     /// `--listen`): `http://$POD_IP:<its bound port>`, else its bound address if not 0.0.0.0.
@@ -219,6 +226,18 @@ impl Config {
         };
         let tls = groupcache_rs::PeerTls::new(&read(ca)?)?.identity(&read(cert)?, &read(key)?)?;
         Ok(Some(tls))
+    }
+
+    /// Peer authentication with the secret in `--peer-secret-file`, if set.
+    pub fn peer_auth(&self) -> Result<Option<groupcache_rs::PeerAuth>, Error> {
+        let Some(path) = &self.peer_secret_file else {
+            return Ok(None);
+        };
+        let secret = read(path)?;
+        let secret = secret.trim_ascii().to_vec();
+        let auth = groupcache_rs::PeerAuth::new(secret)
+            .map_err(|error| Error::Config(format!("{}: {error}", path.display())))?;
+        Ok(Some(auth))
     }
 
     /// The scheme of every peer URL: `https` with peer TLS, else `http`.
@@ -461,6 +480,41 @@ mod tests {
         let plain = parse(&[]).unwrap();
         assert!(plain.peer_base_url("http://10.0.0.2:8080").is_ok());
         assert!(plain.peer_base_url("https://10.0.0.2:8080").is_err());
+    }
+
+    #[test]
+    fn peer_auth_from_a_secret_file() {
+        assert!(parse(&[]).unwrap().peer_auth().unwrap().is_none());
+        let dir = std::env::temp_dir().join(format!("peer-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "too short\n").unwrap();
+        let config = parse(&["--peer-secret-file", good.to_str().unwrap()]).unwrap();
+        assert!(config.peer_auth().unwrap().is_some());
+        let config = parse(&["--peer-secret-file", short.to_str().unwrap()]).unwrap();
+        let error = config.peer_auth().unwrap_err().to_string();
+        assert!(error.contains("at least 16 bytes"), "{error}");
+        let config = parse(&["--peer-secret-file", "/nonexistent/secret"]).unwrap();
+        assert!(config.peer_auth().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The manifests mount the generated Secret where `PEER_SECRET_FILE` points.
+    #[test]
+    fn the_manifests_turn_peer_auth_on_with_the_generated_secret() {
+        let deployment = include_str!("../k8s/base/deployment.yaml");
+        let kustomization = include_str!("../k8s/base/kustomization.yaml");
+        assert!(kustomization.contains("secretGenerator:"));
+        assert!(kustomization.contains("name: groupcache-example-peer-secret"));
+        assert!(kustomization.contains("secret=peer-secret"));
+        assert!(deployment.contains("secretName: groupcache-example-peer-secret"));
+        assert!(deployment.contains("- name: PEER_SECRET_FILE"));
+        assert!(deployment.contains("value: /etc/groupcache/peer-secret/secret"));
+        assert!(deployment.contains("mountPath: /etc/groupcache/peer-secret"));
+        // The container runs as 65532: the mounted file must be readable by its group.
+        assert!(deployment.contains("fsGroup: 65532"));
     }
 
     #[test]

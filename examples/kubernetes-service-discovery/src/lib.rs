@@ -106,6 +106,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(tls) = &peer_tls {
         builder = builder.peer_tls(tls.clone());
     }
+    let peer_auth = config.peer_auth()?;
+    let peer_auth_on = peer_auth.is_some();
+    if let Some(auth) = peer_auth {
+        builder = builder.peer_auth(auth);
+    }
     let cache = builder.build()?;
 
     let readiness = Arc::new(Readiness::default());
@@ -175,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         listen = %bound,
         peer_listen = %peer_bound,
         peer_tls = peer_tls.is_some(),
+        peer_auth = peer_auth_on,
         self_url = %cache.self_url(),
         group = %config.group,
         replica,

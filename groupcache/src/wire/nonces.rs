@@ -17,8 +17,8 @@
 //! signed late in one second arrives in the next, when that second may be the oldest kept):
 //! with the default bound of 2^20 and 1 s of skew, above 350k signed requests per second to one
 //! replica, 3.6 times what a bare HTTP server serves on the 2-core machine of BENCHMARKS.md
-//! (97k req/s). `tests/tests/attacks.rs` floods a store of 32,768 with three times that many
-//! signed requests (5,586/s there, 5.9 s of them remembered): none refused.
+//! (97k req/s). `tests/tests/attacks.rs` floods a store of 65,536 with twice that many signed
+//! requests (6.8-10.5k/s there, 6-10 s of them remembered): none refused.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};

@@ -570,3 +570,55 @@ async fn kubernetes_mode_replicas_find_each_other_through_endpoint_slices() {
     }
     assert_eq!(replicas[0].metric(&http, peers_gauge).await, Some(2.0));
 }
+
+/// With `--peer-secret-file`, replicas sign their peer requests: every key is still loaded once
+/// in the whole cluster with no peer errors, and the peer port refuses requests that are not
+/// signed with the secret (401, counted), without loading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_authentication_from_a_secret_file() {
+    let dir = TempDir::new("peer-auth");
+    let secret = dir.path().join("peer-secret");
+    std::fs::write(
+        &secret,
+        "6b3a55e0261b0304143f805a24924d0c1b6f6cb8ab3c1a9f\n",
+    )
+    .expect("write the secret");
+    let secret = secret.display().to_string();
+    let args = ["--load-latency", "20ms", "--peer-secret-file", &secret];
+    let http = http();
+    let cluster = Cluster::start_static(3, PeerPort::Own, &args, dir.path()).await;
+    drive_traffic(&http, &cluster).await;
+    assert_eq!(
+        total(&http, &cluster, LOADS).await,
+        KEYS as f64,
+        "one load per key"
+    );
+    assert!(
+        total(&http, &cluster, SERVED_TO_PEERS).await > 0.0,
+        "no signed peer request"
+    );
+    let peer_errors = "groupcache_peer_errors_total{group=\"items\"}";
+    assert_eq!(
+        total(&http, &cluster, peer_errors).await,
+        0.0,
+        "signed requests failed"
+    );
+    let failures = "groupcache_peer_auth_failures_total{group=\"items\",reason=\"missing\"}";
+    assert_eq!(total(&http, &cluster, failures).await, 0.0);
+
+    // Unsigned requests to the peer port: refused, counted, and no load.
+    for replica in &cluster.replicas {
+        let url = format!("{}/internal/_groupcache/items/unsigned", replica.peer_url);
+        let (status, body) = get(&http, &url).await;
+        assert_eq!(status, 401, "{url}: {body}");
+    }
+    assert_eq!(
+        total(&http, &cluster, failures).await,
+        cluster.replicas.len() as f64
+    );
+    assert_eq!(
+        total(&http, &cluster, LOADS).await,
+        KEYS as f64,
+        "no load for them"
+    );
+}
