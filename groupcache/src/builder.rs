@@ -204,7 +204,12 @@ impl<L: Loader> Builder<L> {
         if config.peer_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(Error::Config("timeouts must be longer than zero".into()));
         }
-        let peers = Peers::new(&self.self_url, self.ring_mode, &config.base_path, &self.group)?;
+        let peers = Peers::new(
+            &self.self_url,
+            self.ring_mode,
+            &config.base_path,
+            &self.group,
+        )?;
         let self_url = peers.self_url().to_string();
         #[cfg(feature = "tls")]
         let connections = Connections::new(
@@ -236,6 +241,8 @@ impl<L: Loader> Builder<L> {
             peers,
             metrics,
             config,
+            #[cfg(test)]
+            pause: Default::default(),
         };
         Ok(Groupcache {
             inner: Arc::new(inner),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use groupcache_rs_pb::SetRequest;
 
 use crate::builder::{Builder, Config};
-use crate::caches::{Cache, Entry};
+use crate::caches::{Cache, Entry, Token};
 use crate::error::Error;
 use crate::flight::{Flight, Outcome, Superseded};
 use crate::loader::{Loaded, Loader, Value, now_nanos, to_unix_nanos};
@@ -184,13 +184,14 @@ pub(crate) enum Caller {
     Peer,
 }
 
-/// Which cache a loaded value goes to.
+/// Which cache a loaded value goes to, with that cache's [`Token`] for the key taken before the
+/// value was asked for: a `remove` or `set` of the key since then keeps the value out.
 #[derive(Clone, Copy)]
 pub(crate) enum Store {
     /// This replica owns the key (or a peer said so).
-    Main,
+    Main(Token),
     /// Owned by another replica: kept with a bounded age.
-    Hot,
+    Hot(Token),
 }
 
 pub(crate) struct Inner<L: Loader> {
@@ -209,6 +210,9 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) peers: Peers,
     pub(crate) client: PeerClient,
     pub(crate) metrics: Metrics,
+    /// A test's pause point just before a load stores its value.
+    #[cfg(test)]
+    pub(crate) pause: tests::PausePoint,
 }
 
 impl<L: Loader> Inner<L> {
@@ -222,18 +226,24 @@ impl<L: Loader> Inner<L> {
         if caller == Caller::Local {
             self.popularity.record(key_hash(key));
         }
+        let main = Store::Main(self.main.token(key));
         let owner = self.peers.snapshot().remote_owner(key).cloned();
         let (outcome, started) = match owner {
             Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
                 self.fetch(key, owner).await
             }
-            Some(_) if caller == Caller::Local => self.load(key, Store::Hot).await,
-            _ => self.load(key, Store::Main).await,
+            Some(_) if caller == Caller::Local => self.load(key, self.hot_store(key)).await,
+            _ => self.load(key, main).await,
         };
         if started {
             self.metrics.load_deduped();
         }
         outcome
+    }
+
+    /// Where a value owned by another replica goes.
+    fn hot_store(&self, key: &str) -> Store {
+        Store::Hot(self.hot.token(key))
     }
 
     /// A main or hot cache hit, counted.
@@ -292,12 +302,16 @@ impl<L: Loader> Inner<L> {
         // the cache can keep that buffer instead of copying it.
         drop(value);
         let expire = to_unix_nanos(expires_at);
+        // A write already overtook this load: skip the copy into the cache. Only a shortcut: the
+        // store's token, checked under the cache's lock, is what keeps a later write's value.
         if superseded.get() {
             return Ok(Entry {
                 value: bytes,
                 expire,
             });
         }
+        #[cfg(test)]
+        self.pause_point().await;
         let entry = Entry {
             value: bytes,
             expire,
@@ -323,6 +337,7 @@ impl<L: Loader> Inner<L> {
         owner: &Member,
         superseded: Superseded,
     ) -> Outcome<Entry> {
+        let hot = self.hot_store(key);
         if let Some(entry) = self.peek(key) {
             return Ok(entry);
         }
@@ -339,7 +354,7 @@ impl<L: Loader> Inner<L> {
                 };
                 let requests = self.popularity.estimate(key_hash(key));
                 if !superseded.get() && requests >= self.config.hot_promotion_requests {
-                    let _ = self.store(key, entry.clone(), Store::Hot);
+                    let _ = self.store(key, entry.clone(), hot);
                 }
                 Ok(entry)
             }
@@ -350,22 +365,26 @@ impl<L: Loader> Inner<L> {
             Err(Failure::Peer(error)) => {
                 self.metrics.peer_error();
                 tracing::warn!(group = %self.group, peer = %owner.url, %error, "peer failed; loading locally");
-                self.load(key, Store::Hot).await.0
+                self.load(key, self.hot_store(key)).await.0
             }
         }
     }
 
-    /// Caches the entry; returns the value as the cache holds it (or as given, if not kept).
+    /// Caches the entry unless the key was written since the store's token was taken; returns the
+    /// value as the cache holds it (or as given, if not kept).
     fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
         match store {
-            Store::Main => {
-                let inserted = self.main.insert(key, entry);
+            Store::Main(token) => {
+                let inserted = match self.main.insert_if(key, entry, token) {
+                    Ok(inserted) => inserted,
+                    Err(value) => return value,
+                };
                 self.metrics
                     .main
                     .record(self.main.bytes(), self.main.items(), inserted.evicted);
                 inserted.value
             }
-            Store::Hot => {
+            Store::Hot(token) => {
                 let max_age = i64::try_from(self.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
                 let deadline = now_nanos().saturating_add(max_age);
                 entry.expire = if entry.expire == 0 {
@@ -373,7 +392,10 @@ impl<L: Loader> Inner<L> {
                 } else {
                     entry.expire.min(deadline)
                 };
-                let inserted = self.hot.insert(key, entry);
+                let inserted = match self.hot.insert_if(key, entry, token) {
+                    Ok(inserted) => inserted,
+                    Err(value) => return value,
+                };
                 self.metrics
                     .hot
                     .record(self.hot.bytes(), self.hot.items(), inserted.evicted);
@@ -386,7 +408,10 @@ impl<L: Loader> Inner<L> {
     /// for the key is superseded and no older hot copy remains.
     pub(crate) fn store_owned(&self, key: &str, entry: Entry) {
         self.forget(key);
-        let _ = self.store(key, entry, Store::Main);
+        let inserted = self.main.insert(key, entry);
+        self.metrics
+            .main
+            .record(self.main.bytes(), self.main.items(), inserted.evicted);
     }
 
     /// Drops `key` from both caches and keeps loads in flight from caching an older value.
@@ -474,6 +499,13 @@ impl<L: Loader> Inner<L> {
     }
 }
 
+#[cfg(test)]
+impl<L: Loader> Inner<L> {
+    async fn pause_point(&self) {
+        self.pause.pass().await;
+    }
+}
+
 /// The popularity sketch's window: estimates are requests per this long.
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 
@@ -482,3 +514,108 @@ fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::Notify;
+
+    /// Where a test holds a load: `arm` it, and the next load to pass reports `reached` and waits
+    /// for `resume`.
+    #[derive(Default)]
+    pub(crate) struct PausePoint {
+        armed: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+    }
+
+    impl PausePoint {
+        /// Arms the point; returns (reached, resume).
+        fn arm(&self) -> (Arc<Notify>, Arc<Notify>) {
+            let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+            *self.armed.lock().unwrap() = Some(pair.clone());
+            pair
+        }
+
+        pub(crate) async fn pass(&self) {
+            let armed = self.armed.lock().unwrap().take();
+            if let Some((reached, resume)) = armed {
+                reached.notify_one();
+                resume.notified().await;
+            }
+        }
+    }
+
+    /// Loads `"{key}@{generation}"`, counting its runs.
+    #[derive(Default)]
+    struct Versioned {
+        generation: AtomicU64,
+        runs: AtomicU64,
+    }
+
+    impl Loader for Arc<Versioned> {
+        type Value = String;
+        type Error = std::io::Error;
+
+        async fn load(&self, key: &str) -> Result<Loaded<String>, std::io::Error> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let generation = self.generation.load(Ordering::SeqCst);
+            Ok(Loaded::new(format!("{key}@{generation}")))
+        }
+    }
+
+    fn single() -> (Groupcache<Arc<Versioned>>, Arc<Versioned>) {
+        let loader = Arc::new(Versioned::default());
+        let cache = Groupcache::builder("g", "http://127.0.0.1:1", loader.clone())
+            .build()
+            .unwrap();
+        (cache, loader)
+    }
+
+    /// The hard interleaving: the load has checked that no write overtook it, then `remove` runs
+    /// to completion, then the load stores. The removed value must not be cached.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remove_between_the_check_and_the_store_keeps_the_old_value_out() {
+        let (cache, loader) = single();
+        let (reached, resume) = cache.inner.pause.arm();
+        let load = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get("k").await }
+        });
+        reached.notified().await;
+        loader.generation.store(1, Ordering::SeqCst);
+        cache.remove("k").await.unwrap();
+        resume.notify_one();
+        assert_eq!(
+            load.await.unwrap().unwrap(),
+            "k@0",
+            "the caller gets what it loaded"
+        );
+        assert!(
+            cache.inner.peek("k").is_none(),
+            "the removed value was cached"
+        );
+        assert_eq!(cache.get("k").await.unwrap(), "k@1");
+        assert_eq!(loader.runs.load(Ordering::SeqCst), 2);
+    }
+
+    /// The same with `set`: the older loaded value must not overwrite the one set.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_between_the_check_and_the_store_is_not_overwritten() {
+        let (cache, loader) = single();
+        let (reached, resume) = cache.inner.pause.arm();
+        let load = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get("k").await }
+        });
+        reached.notified().await;
+        cache.set("k", &"set".to_owned(), None).await.unwrap();
+        resume.notify_one();
+        assert_eq!(load.await.unwrap().unwrap(), "k@0");
+        assert_eq!(
+            cache.get("k").await.unwrap(),
+            "set",
+            "the set value was overwritten"
+        );
+        assert_eq!(loader.runs.load(Ordering::SeqCst), 1);
+    }
+}
