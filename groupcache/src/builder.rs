@@ -160,6 +160,14 @@ impl<L: Loader> Builder<L> {
 
     /// Longest a hot copy is served before it is fetched again (default 60 s): the staleness
     /// bound for a replica that missed a `remove` or `set` (e.g. during a partition).
+    ///
+    /// It bounds every value a replica holds for a key it does not own under its current ring
+    /// (hot copies, values loaded for a peer whose ring disagrees, entries it kept from before a
+    /// ring change took the key away), and values it stores within this long of a ring change
+    /// (it cannot know yet that the others route the key's writes to it). A write missed while
+    /// rings disagreed is therefore served for at most this long, provided discovery brings every
+    /// replica to the same ring within it. The price: keys loaded just after a ring change are
+    /// loaded once more when their bound ends.
     pub fn hot_max_age(mut self, age: Duration) -> Self {
         self.config.hot_max_age = age;
         self

@@ -82,6 +82,8 @@ struct Inner {
     /// Writes per stripe of keys (by key hash): `remove` and `insert` bump their key's stripe, so
     /// a load that took a [`Token`] before them cannot store after them.
     generations: Box<[u64]>,
+    /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
+    epoch: u64,
 }
 
 /// Stripes of write generations. A write to another key of the same stripe while a load runs
@@ -90,11 +92,13 @@ struct Inner {
 const STRIPES: usize = 1024;
 
 /// The cache's write generation for a key, taken before the work that produces its value.
-/// [`Cache::insert_if`] stores only if no write to the key happened since.
+/// [`Cache::insert_if`] stores only if no write to the key (and no
+/// [`supersede_all`](Cache::supersede_all)) happened since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token {
     stripe: usize,
     generation: u64,
+    epoch: u64,
 }
 
 fn stripe(key: &str) -> usize {
@@ -112,7 +116,7 @@ type Removed = Vec<(Arc<str>, Stored)>;
 
 impl Inner {
     fn is_current(&self, token: Token) -> bool {
-        token.generation == self.generations[token.stripe]
+        token.epoch == self.epoch && token.generation == self.generations[token.stripe]
     }
 }
 
@@ -144,6 +148,7 @@ impl Cache {
                 bytes: 0,
                 segments,
                 generations: vec![0; STRIPES].into_boxed_slice(),
+                epoch: 0,
             }),
             budget: budget_bytes,
             bytes: AtomicU64::new(0),
@@ -177,9 +182,11 @@ impl Cache {
     /// that is the only handle to exactly its own buffer is kept as it is, anything else is
     /// copied.
     ///
-    /// An insert is a write: loads whose tokens were taken before it cannot store over it.
+    /// An insert is a write: loads whose tokens were taken before it cannot store over it. The
+    /// engine stores through [`insert_if`](Cache::insert_if) and [`write_if`](Cache::write_if).
+    #[cfg(test)]
     pub fn insert(&self, key: &str, entry: Entry) -> Inserted {
-        self.insert_checked(key, entry, None)
+        self.insert_checked(key, entry, None, true)
             .unwrap_or_else(|value| Inserted { evicted: 0, value })
     }
 
@@ -190,27 +197,62 @@ impl Cache {
         Token {
             stripe,
             generation: inner.generations[stripe],
+            epoch: inner.epoch,
         }
     }
 
     /// Inserts as [`insert`](Cache::insert) does, unless the key was written (inserted or
-    /// removed) since `token` was taken: checked
+    /// removed) or [`supersede_all`](Cache::supersede_all) ran since `token` was taken: checked
     /// and stored under one lock, so no write can fall between the check and the store. Returns
     /// the value as given when it was not stored.
     pub fn insert_if(&self, key: &str, entry: Entry, token: Token) -> Result<Inserted, Bytes> {
-        self.insert_checked(key, entry, Some(token))
+        self.insert_checked(key, entry, Some(token), false)
     }
 
-    /// `insert` and `insert_if`; `Err` with the value when `token` is stale.
+    /// [`insert_if`](Cache::insert_if) for a write (a `set`): when it stores, it is a write, as
+    /// [`insert`](Cache::insert) is, so loads that took their tokens before it cannot store over
+    /// it.
+    pub fn write_if(&self, key: &str, entry: Entry, token: Token) -> Result<Inserted, Bytes> {
+        self.insert_checked(key, entry, Some(token), true)
+    }
+
+    /// Makes every token taken so far stale, e.g. when the keys this cache may hold change.
+    pub fn supersede_all(&self) {
+        self.lock().epoch += 1;
+    }
+
+    /// Every key held now, least recently used last.
+    pub fn keys(&self) -> Vec<Arc<str>> {
+        self.lock().map.iter().map(|(key, _)| key.clone()).collect()
+    }
+
+    /// Makes each of `keys` still held expire at `deadline` at the latest.
+    pub fn cap_expiry(&self, keys: &[Arc<str>], deadline: i64) {
+        let mut inner = self.lock();
+        for key in keys {
+            if let Some(stored) = inner.map.peek_mut(&**key) {
+                let expire = &mut stored.entry.expire;
+                *expire = if *expire == 0 {
+                    deadline
+                } else {
+                    (*expire).min(deadline)
+                };
+            }
+        }
+    }
+
+    /// `insert`, `insert_if` and `write_if`; `Err` with the value when `token` is stale.
     fn insert_checked(
         &self,
         key: &str,
         entry: Entry,
         token: Option<Token>,
+        write: bool,
     ) -> Result<Inserted, Bytes> {
         let size = charge(key, entry.value.len());
         if size > self.budget {
-            self.remove_checked(key, token);
+            // Removing is always safe; for a write it is a write whatever the token says.
+            self.remove_checked(key, token.filter(|_| !write));
             return Ok(Inserted {
                 evicted: 0,
                 value: entry.value,
@@ -229,13 +271,12 @@ impl Cache {
         let mut removed = Removed::new();
         let mut guard = self.lock();
         let inner = &mut *guard;
-        match token {
-            Some(token) if !inner.is_current(token) => {
-                drop(guard);
-                return Err(own.unwrap_or(small));
-            }
-            Some(_) => {}
-            None => inner.generations[stripe] += 1,
+        if token.is_some_and(|token| !inner.is_current(token)) {
+            drop(guard);
+            return Err(own.unwrap_or(small));
+        }
+        if write {
+            inner.generations[stripe] += 1;
         }
         // An older value goes first, so that the map keeps the key its segment lists.
         if let Some((key, old)) = inner.map.pop_entry(&*key) {
@@ -696,7 +737,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_is_stale_after_a_write_to_its_key() {
+    fn a_token_is_stale_after_a_write_to_its_key_or_supersede_all() {
         let cache = Cache::new(1 << 20);
         let token = cache.token("k");
         assert!(cache.insert_if("k", entry(10), token).is_ok());
@@ -722,10 +763,30 @@ mod tests {
         );
         assert_eq!(cache.get("k", 0).map(|e| e.value.len()), Some(13));
         let token = cache.token("k");
+        cache.supersede_all();
+        assert!(cache.insert_if("k", entry(15), token).is_err());
+        let token = cache.token("k");
         cache.remove("other");
         let same_stripe = stripe("other") == stripe("k");
         assert_eq!(cache.insert_if("k", entry(16), token).is_ok(), !same_stripe);
         check_accounting(&cache);
+    }
+
+    #[test]
+    fn cap_expiry_shortens_never_lengthens() {
+        let cache = Cache::new(1 << 20);
+        cache.insert("forever", entry(1));
+        let mut soon = entry(1);
+        soon.expire = 100;
+        cache.insert("soon", soon);
+        cache.insert("kept", entry(1));
+        let keys: Vec<Arc<str>> = vec!["forever".into(), "soon".into(), "gone".into()];
+        cache.cap_expiry(&keys, 500);
+        assert!(cache.get("forever", 499).is_some());
+        assert!(cache.get("forever", 500).is_none());
+        assert!(cache.get("soon", 100).is_none());
+        assert!(cache.get("kept", i64::MAX).is_some());
+        assert_eq!(cache.keys().len(), 1);
     }
 
     #[test]

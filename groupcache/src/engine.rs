@@ -186,11 +186,20 @@ pub(crate) enum Caller {
 
 /// Which cache a loaded value goes to, with that cache's [`Token`] for the key taken before the
 /// value was asked for: a `remove` or `set` of the key since then keeps the value out.
+///
+/// A value is kept without an age bound only where every replica sends the key's writes: on its
+/// owner, under a ring that has been current for at least `hot_max_age` (the time discovery is
+/// assumed to take to bring every replica to the same ring). Anything else (a peer's request for
+/// a key this replica does not own, a value loaded or set just after a ring change) is served
+/// for at most `hot_max_age`, so a write this replica missed is seen within that bound.
 #[derive(Clone, Copy)]
 pub(crate) enum Store {
-    /// This replica owns the key (or a peer said so).
+    /// This replica owns the key under a settled ring.
     Main(Token),
-    /// Owned by another replica: kept with a bounded age.
+    /// The main cache, expiring within `hot_max_age`: a key this replica does not own under its
+    /// current ring, or owns under a ring too recent to know that others send it the writes.
+    Bounded(Token),
+    /// Owned by another replica, fetched from it: the hot cache, with a bounded age.
     Hot(Token),
 }
 
@@ -226,19 +235,44 @@ impl<L: Loader> Inner<L> {
         if caller == Caller::Local {
             self.popularity.record(key_hash(key));
         }
-        let main = Store::Main(self.main.token(key));
-        let owner = self.peers.snapshot().remote_owner(key).cloned();
+        // Taken before the ring is read: a ring change since makes the token stale (see
+        // `membership_changed`), so no value is stored as owned under a ring that is gone.
+        let main = self.main.token(key);
+        let membership = self.peers.snapshot();
+        let owner = membership.remote_owner(key).cloned();
         let (outcome, started) = match owner {
             Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
                 self.fetch(key, owner).await
             }
             Some(_) if caller == Caller::Local => self.load(key, self.hot_store(key)).await,
-            _ => self.load(key, main).await,
+            // A peer whose ring disagrees with this one's: served, never forwarded, bounded.
+            Some(_) => self.load(key, Store::Bounded(main)).await,
+            None => self.load(key, self.owned_store(&membership, main)).await,
         };
         if started {
             self.metrics.load_deduped();
         }
         outcome
+    }
+
+    /// Where a value of a key this replica owns under `membership` goes.
+    fn owned_store(&self, membership: &Membership, token: Token) -> Store {
+        if membership.age() >= self.config.hot_max_age {
+            Store::Main(token)
+        } else {
+            Store::Bounded(token)
+        }
+    }
+
+    /// The latest expiry of a value whose age is bounded, stored now.
+    fn bounded_expiry(&self, expire: i64) -> i64 {
+        let max_age = i64::try_from(self.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
+        let deadline = now_nanos().saturating_add(max_age);
+        if expire == 0 {
+            deadline
+        } else {
+            expire.min(deadline)
+        }
     }
 
     /// Where a value owned by another replica goes.
@@ -374,7 +408,10 @@ impl<L: Loader> Inner<L> {
     /// value as the cache holds it (or as given, if not kept).
     fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
         match store {
-            Store::Main(token) => {
+            Store::Main(token) | Store::Bounded(token) => {
+                if let Store::Bounded(_) = store {
+                    entry.expire = self.bounded_expiry(entry.expire);
+                }
                 let inserted = match self.main.insert_if(key, entry, token) {
                     Ok(inserted) => inserted,
                     Err(value) => return value,
@@ -385,13 +422,7 @@ impl<L: Loader> Inner<L> {
                 inserted.value
             }
             Store::Hot(token) => {
-                let max_age = i64::try_from(self.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
-                let deadline = now_nanos().saturating_add(max_age);
-                entry.expire = if entry.expire == 0 {
-                    deadline
-                } else {
-                    entry.expire.min(deadline)
-                };
+                entry.expire = self.bounded_expiry(entry.expire);
                 let inserted = match self.hot.insert_if(key, entry, token) {
                     Ok(inserted) => inserted,
                     Err(value) => return value,
@@ -406,9 +437,25 @@ impl<L: Loader> Inner<L> {
 
     /// Stores a value this replica owns (a local `set` or a peer's `PUT`); any load in flight
     /// for the key is superseded and no older hot copy remains.
+    ///
+    /// Bounded as a load would be (see [`Store`]): a peer whose ring disagrees may `PUT` a key
+    /// this replica does not own.
     pub(crate) fn store_owned(&self, key: &str, entry: Entry) {
         self.forget(key);
-        let inserted = self.main.insert(key, entry);
+        let inserted = loop {
+            // Stale only after a ring change or a write to the key since: decide again.
+            let token = self.main.token(key);
+            let membership = self.peers.snapshot();
+            let mut entry = entry.clone();
+            if membership.remote_owner(key).is_some()
+                || !matches!(self.owned_store(&membership, token), Store::Main(_))
+            {
+                entry.expire = self.bounded_expiry(entry.expire);
+            }
+            if let Ok(inserted) = self.main.write_if(key, entry, token) {
+                break inserted;
+            }
+        };
         self.metrics
             .main
             .record(self.main.bytes(), self.main.items(), inserted.evicted);
@@ -484,7 +531,22 @@ impl<L: Loader> Inner<L> {
 
     fn membership_changed(&self, changed: Result<bool, Error>) -> Result<bool, Error> {
         if let Ok(true) = changed {
+            // Loads that read the old ring store nothing as owned now; then main entries this
+            // replica no longer owns are served for at most `hot_max_age` (they stay in main, where
+            // the new owner may still find them, rather than push the hot cache's keys out).
+            // After `supersede_all`, no entry for a key this ring gives another owner can enter
+            // main unbounded, so capping what is there now is enough. Scanning costs one pass
+            // over main's keys and a ring lookup per key, outside the cache's lock but for the
+            // key list and the capping.
+            self.main.supersede_all();
             let membership = self.peers.snapshot();
+            let moved: Vec<Arc<str>> = self
+                .main
+                .keys()
+                .into_iter()
+                .filter(|key| membership.remote_owner(key).is_some())
+                .collect();
+            self.main.cap_expiry(&moved, self.bounded_expiry(0));
             self.metrics
                 .peers
                 .set(membership.others().count() as f64 + 1.0);
@@ -596,6 +658,40 @@ mod tests {
         );
         assert_eq!(cache.get("k").await.unwrap(), "k@1");
         assert_eq!(loader.runs.load(Ordering::SeqCst), 2);
+    }
+
+    /// A load that read the old ring, in which this replica owned the key, stores after the ring
+    /// changed and gave the key to another replica: the value must not stay in main unbounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_that_read_the_old_ring_stores_no_unbounded_copy_after_a_ring_change() {
+        const BOUND: Duration = Duration::from_millis(50);
+        let (me, other) = ("http://127.0.0.1:1", "http://127.0.0.1:2");
+        let loader = Arc::new(Versioned::default());
+        let cache = Groupcache::builder("g", me, loader.clone())
+            .hot_max_age(BOUND)
+            .build()
+            .unwrap();
+        let ring = crate::ring::Ring::new(crate::RingMode::default(), &[me, other]);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| ring.owner(key.as_bytes()) == Some(1))
+            .unwrap();
+        // The single-replica ring settles, so the load stores as owned, unbounded.
+        tokio::time::sleep(BOUND * 2).await;
+        let (reached, resume) = cache.inner.pause.arm();
+        let load = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move { cache.get(&key).await }
+        });
+        reached.notified().await;
+        cache.set_peers([me, other]).unwrap();
+        resume.notify_one();
+        load.await.unwrap().unwrap();
+        let past_bound = now_nanos() + 2 * i64::try_from(BOUND.as_nanos()).unwrap();
+        assert!(
+            cache.inner.main.get(&key, past_bound).is_none(),
+            "a key this replica no longer owns was kept in main without the bound"
+        );
     }
 
     /// The same with `set`: the older loaded value must not overwrite the one set.

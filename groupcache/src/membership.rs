@@ -6,6 +6,7 @@
 //! hashes and the [`Endpoint`] the connection pool dials.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::Uri;
@@ -35,6 +36,8 @@ pub(crate) struct Membership {
     ring: Ring,
     /// In the order they were added; the ring returns indexes into this list.
     members: Vec<Arc<Member>>,
+    /// When this ring replaced the previous one.
+    built: Instant,
 }
 
 impl Membership {
@@ -48,6 +51,11 @@ impl Membership {
     /// The key's owner if that is another replica; `None` when this replica owns it.
     pub(crate) fn remote_owner(&self, key: &str) -> Option<&Arc<Member>> {
         self.owner(key).filter(|owner| !owner.is_self)
+    }
+
+    /// How long this ring has been the current one.
+    pub(crate) fn age(&self) -> Duration {
+        self.built.elapsed()
     }
 
     /// Every member but this replica.
@@ -209,6 +217,7 @@ impl Membership {
         Membership {
             ring: Ring::new(mode, &urls),
             members,
+            built: Instant::now(),
         }
     }
 }

@@ -1,0 +1,122 @@
+//! Membership changes on real replicas on loopback: no value outlives the staleness bound
+//! (`hot_max_age`) on a replica that missed a write while rings disagreed.
+//!
+//! Rings are set by hand so that they disagree the way they do while discovery propagates. The
+//! bound is a duration, so these tests wait it out; every wait is a small multiple of `BOUND`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use groupcache_rs::Groupcache;
+use groupcache_tests::{GROUP, Replica, TestLoader};
+
+/// The staleness bound the replicas are built with.
+const BOUND: Duration = Duration::from_millis(300);
+
+/// Long enough for a ring to have been current for `BOUND`, or a value stored now to expire
+/// under it.
+const PAST_BOUND: Duration = Duration::from_millis(400);
+
+fn replica(loader: &TestLoader) -> Replica<TestLoader> {
+    Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()).hot_max_age(BOUND))
+}
+
+fn peers(replicas: &[&Replica<TestLoader>]) -> Vec<String> {
+    replicas.iter().map(|r| r.url.clone()).collect()
+}
+
+/// The first key `k{i}` for which `owns(key)` holds.
+fn key_where(owns: impl Fn(&str) -> bool) -> String {
+    (0..100_000)
+        .map(|i| format!("k{i}"))
+        .find(|key| owns(key))
+        .expect("some key fits")
+}
+
+/// Scenario 1 of issue 17: A owns k and holds v0 in main; D joins and owns k; a `set` of k
+/// reaches D but not A. A must not serve v0 past the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_owner_that_missed_a_write_serves_its_old_value_at_most_for_the_bound() {
+    let loader = TestLoader::new();
+    let (a, c, d) = (replica(&loader), replica(&loader), replica(&loader));
+    a.cache.set_peers(peers(&[&a, &c])).unwrap();
+    c.cache.set_peers(peers(&[&a, &c])).unwrap();
+    d.cache.set_peers(peers(&[&a, &c, &d])).unwrap();
+    let key = key_where(|key| a.cache.owner(key) == a.url && d.cache.owner(key) == d.url);
+    tokio::time::sleep(PAST_BOUND).await; // A's ring is settled: it keeps k in main unbounded
+    let old = loader.value_for(&key);
+    assert_eq!(a.cache.get(&key).await.unwrap(), old);
+    assert_eq!(a.cache.stats().main_items, 1);
+
+    // D joins A's ring; C has lost sight of A, so its write goes to D only.
+    a.cache.set_peers(peers(&[&a, &c, &d])).unwrap();
+    c.cache.set_peers(peers(&[&c, &d])).unwrap();
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let new = loader.value_for(&key);
+    c.cache.set(&key, &new, None).await.unwrap();
+
+    tokio::time::sleep(PAST_BOUND).await;
+    assert_eq!(
+        a.cache.get(&key).await.unwrap(),
+        new,
+        "the former owner still serves the value it held before the ring changed"
+    );
+}
+
+/// Scenario 2 of issue 17, a rolling update: new pod X has itself in its ring before the others
+/// add it, loads k (which it owns in its ring), and misses a write sent along the old ring. Once
+/// the rings agree, X is the owner: nobody may get the old value past the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_that_missed_writes_before_the_others_added_it_serves_them_within_the_bound()
+{
+    let loader = TestLoader::new();
+    let (a, b, x) = (replica(&loader), replica(&loader), replica(&loader));
+    a.cache.set_peers(peers(&[&a, &b])).unwrap();
+    b.cache.set_peers(peers(&[&a, &b])).unwrap();
+    x.cache.set_peers(peers(&[&a, &b, &x])).unwrap();
+    let key = key_where(|key| x.cache.owner(key) == x.url);
+    let old = loader.value_for(&key);
+    assert_eq!(x.cache.get(&key).await.unwrap(), old);
+
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let new = loader.value_for(&key);
+    b.cache.set(&key, &new, None).await.unwrap(); // along {A, B}: X is not told
+
+    a.cache.set_peers(peers(&[&a, &b, &x])).unwrap();
+    b.cache.set_peers(peers(&[&a, &b, &x])).unwrap();
+    tokio::time::sleep(PAST_BOUND).await;
+    for replica in [&a, &b, &x] {
+        assert_eq!(
+            replica.cache.get(&key).await.unwrap(),
+            new,
+            "old value served by {} after the bound",
+            replica.url
+        );
+    }
+}
+
+/// A peer's request for a key this replica does not own (their rings disagree) is answered, and
+/// the value kept, but only for the bound: the replica does not receive that key's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_loaded_for_a_peer_whose_ring_disagrees_is_kept_at_most_for_the_bound() {
+    let loader = TestLoader::new();
+    let (x, y, z) = (replica(&loader), replica(&loader), replica(&loader));
+    x.cache.set_peers(peers(&[&x, &y])).unwrap();
+    y.cache.set_peers(peers(&[&y, &z])).unwrap();
+    // Z alone: its writes reach no one else.
+    let key = key_where(|key| x.cache.owner(key) == y.url && y.cache.owner(key) == z.url);
+    tokio::time::sleep(PAST_BOUND).await; // every ring settled: only ownership bounds the copy
+    let old = loader.value_for(&key);
+    assert_eq!(x.cache.get(&key).await.unwrap(), old);
+    assert_eq!(y.cache.stats().local_loads, 1, "Y loaded it for X");
+
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let new = loader.value_for(&key);
+    z.cache.set(&key, &new, None).await.unwrap();
+    tokio::time::sleep(PAST_BOUND).await;
+    assert_eq!(
+        y.cache.get(&key).await.unwrap(),
+        new,
+        "Y still serves what it loaded for a key it does not own"
+    );
+}
