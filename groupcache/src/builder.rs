@@ -217,6 +217,7 @@ impl<L: Loader> Builder<L> {
             self.ring_mode,
             &config.base_path,
             &self.group,
+            config.hot_max_age,
         )?;
         let self_url = peers.self_url().to_string();
         #[cfg(feature = "tls")]

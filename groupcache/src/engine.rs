@@ -56,7 +56,10 @@ impl<L: Loader> Groupcache<L> {
     ///
     /// Every replica is tried; the first that could not be reached is returned as
     /// [`Error::Peer`] (its copy, if any, expires from the hot cache within
-    /// [`Builder::hot_max_age`]).
+    /// [`Builder::hot_max_age`]). Replicas that owned the key in a ring this one replaced within
+    /// [`Builder::hot_max_age`] and have left are sent the remove too, in case they still serve
+    /// it; those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
+    /// reaches the same replicas.
     pub async fn remove(&self, key: &str) -> Result<(), Error> {
         let inner = &self.inner;
         inner.check_key(key)?;
@@ -499,7 +502,10 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Removes `key` from every peer but `owner` (and this replica), all at once; the first
-    /// failure, after all were tried.
+    /// failure, after all were tried. The key's owners in recent rings that are no longer
+    /// members are sent the remove as well, since one that left may still serve its copy (its
+    /// own discovery may lag); their failures are logged, not returned: a replica that crashed
+    /// or drained cannot be reached, and would fail every remove until its ring is forgotten.
     async fn remove_on_all_but(
         &self,
         membership: &Membership,
@@ -510,7 +516,12 @@ impl<L: Loader> Inner<L> {
             .others()
             .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
         let results = futures_util::future::join_all(others.map(|peer| self.remove_on(peer, key)));
-        results.await.into_iter().collect()
+        let departed = membership.departed_owners(key);
+        let departed = futures_util::future::join_all(
+            departed.into_iter().map(|peer| self.remove_on(peer, key)),
+        );
+        let (results, _departed) = futures_util::future::join(results, departed).await;
+        results.into_iter().collect()
     }
 
     /// The request path for `key` on `peer`.

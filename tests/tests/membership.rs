@@ -120,3 +120,41 @@ async fn a_value_loaded_for_a_peer_whose_ring_disagrees_is_kept_at_most_for_the_
         "Y still serves what it loaded for a key it does not own"
     );
 }
+
+/// A member left B's ring, but its own discovery lags: it still owns k in its ring and serves the
+/// value it holds. A `remove` through B must reach it too (it owned k in B's recent ring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remove_reaches_an_owner_that_left_the_ring_recently() {
+    let loader = TestLoader::new();
+    let (a, b) = (replica(&loader), replica(&loader));
+    a.cache.set_peers(peers(&[&a, &b])).unwrap();
+    b.cache.set_peers(peers(&[&a, &b])).unwrap();
+    let key = key_where(|key| a.cache.owner(key) == a.url);
+    let old = loader.value_for(&key);
+    assert_eq!(b.cache.get(&key).await.unwrap(), old);
+
+    b.cache.remove_peer(&a.url).unwrap(); // A leaves B's ring; A has not noticed
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    b.cache.remove(&key).await.unwrap();
+    let new = loader.value_for(&key);
+    assert_eq!(
+        a.cache.get(&key).await.unwrap(),
+        new,
+        "the former owner kept the removed value"
+    );
+}
+
+/// A departed owner that cannot be reached (it crashed) does not fail `remove` or `set`: its
+/// copies, if it is alive after all, are bounded once its own ring changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_succeed_when_a_departed_owner_is_gone() {
+    let loader = TestLoader::new();
+    let (mut a, b) = (replica(&loader), replica(&loader));
+    b.cache.set_peers(peers(&[&a, &b])).unwrap();
+    let key = key_where(|key| b.cache.owner(key) == a.url);
+    a.kill();
+    b.cache.remove_peer(&a.url).unwrap();
+    b.cache.remove(&key).await.unwrap();
+    b.cache.set(&key, &"set".to_owned(), None).await.unwrap();
+    assert_eq!(b.cache.get(&key).await.unwrap(), "set");
+}
