@@ -65,6 +65,7 @@ pub(crate) struct Config {
     pub(crate) max_value_bytes: usize,
     pub(crate) hot_promotion_requests: u32,
     pub(crate) hot_max_age: Duration,
+    pub(crate) owner_suspicion: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
 }
@@ -82,6 +83,7 @@ impl<L: Loader> Builder<L> {
                 max_value_bytes: 16 << 20,
                 hot_promotion_requests: 2,
                 hot_max_age: Duration::from_secs(60),
+                owner_suspicion: Duration::from_secs(5),
                 auth: None,
                 max_concurrent_peer_requests: 1024,
             },
@@ -170,6 +172,17 @@ impl<L: Loader> Builder<L> {
     /// loaded once more when their bound ends.
     pub fn hot_max_age(mut self, age: Duration) -> Self {
         self.config.hot_max_age = age;
+        self
+    }
+
+    /// How long an owner that could not be reached (connect failure or timeout) is treated as
+    /// down (default 5 s; zero turns it off). Meanwhile its keys are asked of their successor on
+    /// the ring, the member that owns them once the owner is gone, which every replica picks
+    /// alike: each key is loaded about once in the cluster during the outage, not once per
+    /// replica, and held on the successor under [`hot_max_age`](Builder::hot_max_age). When the
+    /// time is up, the next request tries the owner again, and one answer trusts it again.
+    pub fn owner_suspicion(mut self, duration: Duration) -> Self {
+        self.config.owner_suspicion = duration;
         self
     }
 

@@ -28,6 +28,36 @@ pub(crate) struct Member {
     pub(crate) key_prefix: String,
     /// Whether this member is the local replica.
     pub(crate) is_self: bool,
+    /// Until when this replica treats it as down (after a connect failure or a timeout).
+    suspected_until: Mutex<Option<Instant>>,
+}
+
+impl Member {
+    /// Whether requests to this member should go to a key's successor instead.
+    pub(crate) fn is_suspected(&self) -> bool {
+        let until = *lock(&self.suspected_until);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Treats it as down for `duration`; false if it already was.
+    pub(crate) fn suspect(&self, duration: Duration) -> bool {
+        let mut until = lock(&self.suspected_until);
+        let now = Instant::now();
+        let already = until.is_some_and(|until| now < until);
+        *until = Some(now + duration);
+        !already
+    }
+
+    /// Trusts it again: it answered.
+    pub(crate) fn trust(&self) {
+        *lock(&self.suspected_until) = None;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A consistent view of the cluster.
@@ -60,6 +90,14 @@ impl Membership {
     pub(crate) fn owner(&self, key: &str) -> Option<&Arc<Member>> {
         self.ring
             .owner(key.as_bytes())
+            .and_then(|index| self.members.get(index))
+    }
+
+    /// The key's successor: where its requests go while its owner is suspected, the same
+    /// member on every replica with this ring (and the key's owner once the owner leaves it).
+    pub(crate) fn successor(&self, key: &str) -> Option<&Arc<Member>> {
+        self.ring
+            .successor(key.as_bytes())
             .and_then(|index| self.members.get(index))
     }
 
@@ -127,6 +165,7 @@ impl Peers {
         let me = Arc::new(Member {
             key_prefix: protocol::key_prefix(&endpoint.path, base_path, group),
             is_self: true,
+            suspected_until: Mutex::new(None),
             endpoint: Arc::new(endpoint),
             url: self_url.clone(),
         });
@@ -230,6 +269,7 @@ impl Peers {
         Arc::new(Member {
             key_prefix: protocol::key_prefix(&endpoint.path, &self.base_path, &self.group),
             is_self: url == self.self_url,
+            suspected_until: Mutex::new(None),
             endpoint: Arc::new(endpoint),
             url,
         })

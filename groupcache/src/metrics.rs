@@ -37,6 +37,11 @@ pub struct Stats {
     pub server_requests: u64,
     /// Peer requests refused for a missing, bad, stale or replayed signature.
     pub peer_auth_failures: u64,
+    /// Owners suspected down after a connect failure or timeout (their keys then go to their
+    /// successor on the ring for a while).
+    pub peer_suspicions: u64,
+    /// Values fetched from a suspected owner's successor instead.
+    pub successor_loads: u64,
     /// Bytes charged to the main cache now.
     pub main_bytes: u64,
     /// Entries in the main cache now.
@@ -111,6 +116,8 @@ pub(crate) struct Metrics {
     local_load_errors: Count,
     server_requests: Count,
     peer_auth_failures: Count,
+    peer_suspicions: Count,
+    successor_loads: Count,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) peers: Gauge,
@@ -136,6 +143,8 @@ impl Metrics {
             local_load_errors: Count::new("groupcache_local_load_errors_total", &labels),
             server_requests: Count::new("groupcache_server_requests_total", &labels),
             peer_auth_failures: Count::new("groupcache_peer_auth_failures_total", &labels),
+            peer_suspicions: Count::new("groupcache_peer_suspicions_total", &labels),
+            successor_loads: Count::new("groupcache_successor_loads_total", &labels),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             peers: metrics::gauge!("groupcache_peers", &labels),
@@ -182,6 +191,14 @@ impl Metrics {
         self.peer_auth_failures.inc();
     }
 
+    pub(crate) fn peer_suspicion(&self) {
+        self.peer_suspicions.inc();
+    }
+
+    pub(crate) fn successor_load(&self) {
+        self.successor_loads.inc();
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             gets: self.gets.get(),
@@ -195,6 +212,8 @@ impl Metrics {
             local_load_errors: self.local_load_errors.get(),
             server_requests: self.server_requests.get(),
             peer_auth_failures: self.peer_auth_failures.get(),
+            peer_suspicions: self.peer_suspicions.get(),
+            successor_loads: self.successor_loads.get(),
             ..Stats::default()
         }
     }
@@ -233,6 +252,14 @@ fn describe() {
     describe_counter!(
         "groupcache_peer_auth_failures_total",
         "Peer requests refused for a missing, bad, stale or replayed signature."
+    );
+    describe_counter!(
+        "groupcache_peer_suspicions_total",
+        "Owners suspected down after a connect failure or timeout."
+    );
+    describe_counter!(
+        "groupcache_successor_loads_total",
+        "Values fetched from a suspected owner's successor."
     );
     describe_counter!(
         "groupcache_cache_evictions_total",

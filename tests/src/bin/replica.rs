@@ -4,7 +4,7 @@
 //! ```text
 //! replica [--listen 127.0.0.1:0] [--self URL] [--load-ms N] [--value-bytes N] [--main-bytes N]
 //!         [--hot-bytes N] [--peer-timeout-ms N] [--connect-timeout-ms N] [--hot-max-age-ms N]
-//!         [--hot-promotion N]
+//!         [--hot-promotion N] [--owner-suspicion-ms N]
 //! ```
 //!
 //! Its first line on stdout is `listening URL`. It exits when its stdin closes, so it never
@@ -47,6 +47,7 @@ struct Options {
     connect_timeout: Option<Duration>,
     hot_max_age: Option<Duration>,
     hot_promotion: Option<u32>,
+    owner_suspicion: Option<Duration>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -61,6 +62,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         connect_timeout: None,
         hot_max_age: None,
         hot_promotion: None,
+        owner_suspicion: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -82,6 +84,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             }
             "--hot-max-age-ms" => options.hot_max_age = Some(Duration::from_millis(number()?)),
             "--hot-promotion" => options.hot_promotion = Some(number()? as u32),
+            "--owner-suspicion-ms" => {
+                options.owner_suspicion = Some(Duration::from_millis(number()?))
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -177,6 +182,9 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(requests) = options.hot_promotion {
             builder = builder.hot_promotion_requests(requests);
+        }
+        if let Some(suspicion) = options.owner_suspicion {
+            builder = builder.owner_suspicion(suspicion);
         }
         let cache = builder.build()?;
         let app = Router::new()
