@@ -51,6 +51,7 @@ pub struct Builder<L> {
     hot_cache_bytes: u64,
     ring_mode: RingMode,
     connect_timeout: Duration,
+    handoff_timeout: Option<Duration>,
     popularity_window: Duration,
     #[cfg(feature = "tls")]
     tls: Option<crate::PeerTls>,
@@ -66,6 +67,8 @@ pub(crate) struct Config {
     pub(crate) hot_promotion_requests: u32,
     pub(crate) hot_max_age: Duration,
     pub(crate) owner_suspicion: Duration,
+    /// Zero: no warm hand-off.
+    pub(crate) handoff_timeout: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
 }
@@ -84,6 +87,7 @@ impl<L: Loader> Builder<L> {
                 hot_promotion_requests: 2,
                 hot_max_age: Duration::from_secs(60),
                 owner_suspicion: Duration::from_secs(5),
+                handoff_timeout: Duration::ZERO,
                 auth: None,
                 max_concurrent_peer_requests: 1024,
             },
@@ -91,6 +95,7 @@ impl<L: Loader> Builder<L> {
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
             ring_mode: RingMode::default(),
             connect_timeout: Duration::from_secs(1),
+            handoff_timeout: None,
             popularity_window: crate::engine::POPULARITY_WINDOW,
             #[cfg(feature = "tls")]
             tls: None,
@@ -186,6 +191,20 @@ impl<L: Loader> Builder<L> {
         self
     }
 
+    /// Longest wait for a warm hand-off (default 100 ms with [`RingMode::Balanced`], off with
+    /// [`RingMode::GoCompatible`]; zero turns it off). Within
+    /// [`hot_max_age`](Builder::hot_max_age) of a ring change, a replica's miss of a key it owns
+    /// first asks the key's previous owner (its owner in the ring before, or, on a replica that
+    /// just joined, the owner it would have without it) for the copy it holds in memory, a peek
+    /// that never makes it load, and runs the loader only if none comes back in time. Keys that
+    /// move on a join, leave or rolling deploy are thus not reloaded from the source. A
+    /// golang/groupcache peer cannot peek (it would load the key instead), so turn it on in a
+    /// `GoCompatible` ring only if every replica is this library.
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.handoff_timeout = Some(timeout);
+        self
+    }
+
     /// Peer requests the router serves at once (default 1024); more are answered 503 at once, and
     /// their senders load locally, rather than queue without bound.
     pub fn max_concurrent_peer_requests(mut self, requests: usize) -> Self {
@@ -212,7 +231,11 @@ impl<L: Loader> Builder<L> {
 
     /// Builds the cache. Its metrics are registered with the `metrics` recorder installed now.
     pub fn build(self) -> Result<Groupcache<L>, Error> {
-        let config = self.config;
+        let mut config = self.config;
+        config.handoff_timeout = self.handoff_timeout.unwrap_or(match self.ring_mode {
+            RingMode::Balanced => Duration::from_millis(100),
+            RingMode::GoCompatible => Duration::ZERO,
+        });
         if self.group.is_empty() {
             return Err(Error::Config("the group name is empty".into()));
         }

@@ -321,6 +321,13 @@ impl<L: Loader> Inner<L> {
         if let Some(entry) = self.peek(key) {
             return Ok(entry);
         }
+        if let Some(entry) = self.hand_off(key).await {
+            let value = self.store(key, entry.clone(), store);
+            return Ok(Entry {
+                value,
+                expire: entry.expire,
+            });
+        }
         let started = Instant::now();
         let loaded = self.loader.load(key).await;
         self.metrics.load_duration.record(started.elapsed());
@@ -441,6 +448,52 @@ impl<L: Loader> Inner<L> {
             _ => {}
         }
         self.load(key, self.hot_store(key)).await.0
+    }
+
+    /// A warm hand-off: the copy the key's previous owner holds in memory, if this replica owns
+    /// the key under a ring younger than `hot_max_age` (before that, nobody else held it as its
+    /// owner), the previous owner is not suspected, and it answers within `handoff_timeout`.
+    /// The copy is stored as a load's value would be: bounded, since the ring is young.
+    async fn hand_off(&self, key: &str) -> Option<Entry> {
+        let timeout = self.config.handoff_timeout;
+        if timeout.is_zero() {
+            return None;
+        }
+        let previous = {
+            let membership = self.peers.snapshot();
+            let owned = membership.owner(key).is_some_and(|owner| owner.is_self);
+            if !owned || membership.age() >= self.config.hot_max_age {
+                return None;
+            }
+            membership.previous_owner(key)?.clone()
+        };
+        if previous.is_suspected() || !protocol::can_carry(key) {
+            return None;
+        }
+        let path = self.key_path(&previous, key);
+        let peeked = self.client.peek(&previous.endpoint, path, timeout).await;
+        let entry = match peeked {
+            Ok(Some(response)) => Some(Entry {
+                value: response.value.unwrap_or_default(),
+                expire: response.expire.unwrap_or(0),
+            }),
+            Ok(None) => None,
+            Err(error) => {
+                let error = match error {
+                    Failure::Loader(message) => message,
+                    Failure::Peer(error) => error.to_string(),
+                };
+                tracing::debug!(group = %self.group, peer = %previous.url, key, %error, "hand-off peek failed; loading");
+                None
+            }
+        };
+        self.metrics.handoff(entry.is_some());
+        entry
+    }
+
+    /// A peer's peek: the value if this replica holds it in memory. Never loads.
+    pub(crate) fn serve_peek(&self, key: &str) -> Option<Entry> {
+        self.peek(key)
     }
 
     /// One `GET` of `key` from `peer`, timed.

@@ -132,6 +132,22 @@ impl Membership {
         departed
     }
 
+    /// Who held `key` before this replica became its owner: its owner in the newest recent ring
+    /// that gave it to another member, or else (this replica's first ring with others in it, when
+    /// it has just joined) the owner it would have without this replica, its successor.
+    pub(crate) fn previous_owner(&self, key: &str) -> Option<&Arc<Member>> {
+        let former = self.former.iter().find_map(|former| {
+            former
+                .ring
+                .owner(key.as_bytes())
+                .and_then(|i| former.members.get(i))
+                .filter(|owner| !owner.is_self)
+        });
+        former
+            .or_else(|| self.successor(key))
+            .filter(|owner| !owner.is_self)
+    }
+
     /// Every member but this replica.
     pub(crate) fn others(&self) -> impl Iterator<Item = &Arc<Member>> {
         self.members.iter().filter(|member| !member.is_self)

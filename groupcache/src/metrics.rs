@@ -42,6 +42,11 @@ pub struct Stats {
     pub peer_suspicions: u64,
     /// Values fetched from a suspected owner's successor instead.
     pub successor_loads: u64,
+    /// Misses of a key this replica just became the owner of, answered by the previous owner's
+    /// copy (a warm hand-off) instead of the loader.
+    pub handoff_hits: u64,
+    /// Hand-off peeks that found nothing (or failed, or timed out), followed by a load.
+    pub handoff_misses: u64,
     /// Bytes charged to the main cache now.
     pub main_bytes: u64,
     /// Entries in the main cache now.
@@ -118,6 +123,8 @@ pub(crate) struct Metrics {
     peer_auth_failures: Count,
     peer_suspicions: Count,
     successor_loads: Count,
+    handoff_hits: Count,
+    handoff_misses: Count,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) peers: Gauge,
@@ -145,6 +152,8 @@ impl Metrics {
             peer_auth_failures: Count::new("groupcache_peer_auth_failures_total", &labels),
             peer_suspicions: Count::new("groupcache_peer_suspicions_total", &labels),
             successor_loads: Count::new("groupcache_successor_loads_total", &labels),
+            handoff_hits: Count::new("groupcache_handoff_hits_total", &labels),
+            handoff_misses: Count::new("groupcache_handoff_misses_total", &labels),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             peers: metrics::gauge!("groupcache_peers", &labels),
@@ -199,6 +208,14 @@ impl Metrics {
         self.successor_loads.inc();
     }
 
+    pub(crate) fn handoff(&self, hit: bool) {
+        if hit {
+            self.handoff_hits.inc();
+        } else {
+            self.handoff_misses.inc();
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             gets: self.gets.get(),
@@ -214,6 +231,8 @@ impl Metrics {
             peer_auth_failures: self.peer_auth_failures.get(),
             peer_suspicions: self.peer_suspicions.get(),
             successor_loads: self.successor_loads.get(),
+            handoff_hits: self.handoff_hits.get(),
+            handoff_misses: self.handoff_misses.get(),
             ..Stats::default()
         }
     }
@@ -260,6 +279,14 @@ fn describe() {
     describe_counter!(
         "groupcache_successor_loads_total",
         "Values fetched from a suspected owner's successor."
+    );
+    describe_counter!(
+        "groupcache_handoff_hits_total",
+        "Misses of a newly owned key answered by the previous owner's copy."
+    );
+    describe_counter!(
+        "groupcache_handoff_misses_total",
+        "Hand-off peeks that found nothing, followed by a load."
     );
     describe_counter!(
         "groupcache_cache_evictions_total",

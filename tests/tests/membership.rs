@@ -209,3 +209,114 @@ async fn a_dead_owners_keys_are_loaded_about_once_cluster_wide_without_errors() 
         "each survivor suspected it once"
     );
 }
+
+/// Gets every key from `replica`, at most 64 at a time; the number that failed.
+async fn get_all(replica: &Replica<TestLoader>, keys: &[String]) -> usize {
+    let mut failed = 0;
+    for chunk in keys.chunks(64) {
+        let mut gets = tokio::task::JoinSet::new();
+        for key in chunk {
+            let (cache, key) = (replica.cache.clone(), key.clone());
+            gets.spawn(async move { cache.get(&key).await });
+        }
+        while let Some(get) = gets.join_next().await {
+            failed += usize::from(!matches!(get, Ok(Ok(_))));
+        }
+    }
+    failed
+}
+
+/// Issue 17's "cold after every join", and its graceful scale-down: keys that move to a new
+/// owner are handed off from the previous owner's memory, not loaded again. Every replica
+/// warms up with its own keys (one load each), then a fourth joins (its own ring first, then
+/// the others'), then it leaves gracefully (out of every ring first, still answering peeks).
+/// The old code reloaded every moved key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_move_on_a_join_or_a_graceful_leave_are_handed_off_not_reloaded() {
+    const KEYS: usize = 20_000;
+    let loader = TestLoader::new();
+    let replicas: Vec<Replica<TestLoader>> = (0..4)
+        .map(|_| Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone())))
+        .collect();
+    let three = peers(&[&replicas[0], &replicas[1], &replicas[2]]);
+    let four = peers(&[&replicas[0], &replicas[1], &replicas[2], &replicas[3]]);
+    for replica in &replicas[..3] {
+        replica.cache.set_peers(&three).unwrap();
+    }
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("warm-{i}")).collect();
+    assert_eq!(get_all(&replicas[0], &keys).await, 0);
+    assert_eq!(loader.loads.total(), KEYS);
+
+    // Scale up: the new replica has everyone in its ring first, then the others add it.
+    for replica in replicas.iter().rev() {
+        replica.cache.set_peers(&four).unwrap();
+    }
+    let moved: Vec<String> = keys
+        .iter()
+        .filter(|key| replicas[0].cache.owner(key) == replicas[3].url)
+        .cloned()
+        .collect();
+    let before = loader.loads.total();
+    assert_eq!(get_all(&replicas[1], &keys).await, 0);
+    let reloads = loader.loads.total() - before;
+    let stats = replicas[3].cache.stats();
+    println!(
+        "join: {} of {KEYS} keys moved, {reloads} reloaded; hand-off hits {}, misses {}",
+        moved.len(),
+        stats.handoff_hits,
+        stats.handoff_misses
+    );
+    assert!(
+        reloads * 10 <= moved.len(),
+        "{reloads} of {} moved keys reloaded on a join",
+        moved.len()
+    );
+
+    // Keys first asked for while the fourth is a member: those it owns are only in its memory.
+    let fresh: Vec<String> = (0..KEYS / 4).map(|i| format!("fresh-{i}")).collect();
+    assert_eq!(get_all(&replicas[1], &fresh).await, 0);
+    let leaving: Vec<&String> = fresh
+        .iter()
+        .filter(|key| replicas[0].cache.owner(key) == replicas[3].url)
+        .collect();
+
+    // Graceful scale-down: the fourth leaves every ring but keeps answering (its drain).
+    for replica in &replicas[..3] {
+        replica.cache.set_peers(&three).unwrap();
+    }
+    let before = loader.loads.total();
+    assert_eq!(get_all(&replicas[2], &fresh).await, 0);
+    let reloads = loader.loads.total() - before;
+    let hits: u64 = replicas[..3]
+        .iter()
+        .map(|r| r.cache.stats().handoff_hits)
+        .sum();
+    println!(
+        "leave: {} keys only the leaving replica held moved, {reloads} reloaded; hand-off hits \
+         {hits}",
+        leaving.len()
+    );
+    assert!(
+        reloads * 10 <= leaving.len(),
+        "{reloads} of {} moved keys reloaded on a graceful leave",
+        leaving.len()
+    );
+}
+
+/// A peek is answered from memory only: 404 for a value not cached, which is never loaded for it;
+/// the value once cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peek_never_loads() {
+    let loader = TestLoader::new();
+    let replica = replica(&loader);
+    let client = groupcache_tests::http_client().build().unwrap();
+    let url = format!("{}/_groupcache/{GROUP}/peeked", replica.url);
+    let peek = || client.get(&url).header("groupcache-peek", "1").send();
+    let response = peek().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(loader.loads.total(), 0, "the peek loaded");
+    replica.cache.get("peeked").await.unwrap();
+    let response = peek().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(loader.loads.total(), 1);
+}
