@@ -52,6 +52,7 @@ pub struct Builder<L> {
     hot_cache_bytes: u64,
     ring_mode: RingMode,
     connect_timeout: Duration,
+    handoff_timeout: Option<Duration>,
     popularity_window: Duration,
     #[cfg(feature = "tls")]
     tls: Option<crate::PeerTls>,
@@ -66,6 +67,9 @@ pub(crate) struct Config {
     pub(crate) max_value_bytes: usize,
     pub(crate) hot_promotion_requests: u32,
     pub(crate) hot_max_age: Duration,
+    pub(crate) owner_suspicion: Duration,
+    /// Zero: no warm hand-off.
+    pub(crate) handoff_timeout: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
     pub(crate) max_buffered_peer_bytes: usize,
@@ -84,6 +88,8 @@ impl<L: Loader> Builder<L> {
                 max_value_bytes: 16 << 20,
                 hot_promotion_requests: 2,
                 hot_max_age: Duration::from_secs(60),
+                owner_suspicion: Duration::from_secs(5),
+                handoff_timeout: Duration::ZERO,
                 auth: None,
                 max_concurrent_peer_requests: 1024,
                 max_buffered_peer_bytes: 64 << 20,
@@ -92,6 +98,7 @@ impl<L: Loader> Builder<L> {
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
             ring_mode: RingMode::default(),
             connect_timeout: Duration::from_secs(1),
+            handoff_timeout: None,
             popularity_window: crate::engine::POPULARITY_WINDOW,
             #[cfg(feature = "tls")]
             tls: None,
@@ -163,8 +170,41 @@ impl<L: Loader> Builder<L> {
 
     /// Longest a hot copy is served before it is fetched again (default 60 s): the staleness
     /// bound for a replica that missed a `remove` or `set` (e.g. during a partition).
+    ///
+    /// It bounds every value a replica holds for a key it does not own under its current ring
+    /// (hot copies, values loaded for a peer whose ring disagrees, entries it kept from before a
+    /// ring change took the key away), and values it stores within this long of a ring change
+    /// (it cannot know yet that the others route the key's writes to it). A write missed while
+    /// rings disagreed is therefore served for at most this long, provided discovery brings every
+    /// replica to the same ring within it. The price: keys loaded just after a ring change are
+    /// loaded once more when their bound ends.
     pub fn hot_max_age(mut self, age: Duration) -> Self {
         self.config.hot_max_age = age;
+        self
+    }
+
+    /// How long an owner that could not be reached (connect failure or timeout) is treated as
+    /// down (default 5 s; zero turns it off). Meanwhile its keys are asked of their successor on
+    /// the ring, the member that owns them once the owner is gone, which every replica picks
+    /// alike: each key is loaded about once in the cluster during the outage, not once per
+    /// replica, and held on the successor under [`hot_max_age`](Builder::hot_max_age). When the
+    /// time is up, the next request tries the owner again, and one answer trusts it again.
+    pub fn owner_suspicion(mut self, duration: Duration) -> Self {
+        self.config.owner_suspicion = duration;
+        self
+    }
+
+    /// Longest wait for a warm hand-off (default 100 ms with [`RingMode::Balanced`], off with
+    /// [`RingMode::GoCompatible`]; zero turns it off). Within
+    /// [`hot_max_age`](Builder::hot_max_age) of a ring change, a replica's miss of a key it owns
+    /// first asks the key's previous owner (its owner in the ring before, or, on a replica that
+    /// just joined, the owner it would have without it) for the copy it holds in memory, a peek
+    /// that never makes it load, and runs the loader only if none comes back in time. Keys that
+    /// move on a join, leave or rolling deploy are thus not reloaded from the source. A
+    /// golang/groupcache peer cannot peek (it would load the key instead), so turn it on in a
+    /// `GoCompatible` ring only if every replica is this library.
+    pub fn handoff_timeout(mut self, timeout: Duration) -> Self {
+        self.handoff_timeout = Some(timeout);
         self
     }
 
@@ -203,7 +243,11 @@ impl<L: Loader> Builder<L> {
 
     /// Builds the cache. Its metrics are registered with the `metrics` recorder installed now.
     pub fn build(self) -> Result<Groupcache<L>, Error> {
-        let config = self.config;
+        let mut config = self.config;
+        config.handoff_timeout = self.handoff_timeout.unwrap_or(match self.ring_mode {
+            RingMode::Balanced => Duration::from_millis(100),
+            RingMode::GoCompatible => Duration::ZERO,
+        });
         if self.group.is_empty() {
             return Err(Error::Config("the group name is empty".into()));
         }
@@ -221,6 +265,7 @@ impl<L: Loader> Builder<L> {
             self.ring_mode,
             &config.base_path,
             &self.group,
+            config.hot_max_age,
         )?;
         let self_url = peers.self_url().to_string();
         #[cfg(feature = "tls")]
@@ -256,6 +301,8 @@ impl<L: Loader> Builder<L> {
             peers,
             metrics,
             config,
+            #[cfg(test)]
+            pause: Default::default(),
         };
         Ok(Groupcache {
             inner: Arc::new(inner),

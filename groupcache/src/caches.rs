@@ -82,6 +82,30 @@ struct Inner {
     map: LruCache<Arc<str>, Stored>,
     bytes: u64,
     segments: Segments,
+    /// Writes per stripe of keys (by key hash): `remove` and `insert` bump their key's stripe, so
+    /// a load that took a [`Token`] before them cannot store after them.
+    generations: Box<[u64]>,
+    /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
+    epoch: u64,
+}
+
+/// Stripes of write generations. A write to another key of the same stripe while a load runs
+/// only keeps that load's value out of the cache (it is still returned): with 1,024 stripes and
+/// a load taking 10 ms, that needs another key's write rate above ~100,000 a second to matter.
+const STRIPES: usize = 1024;
+
+/// The cache's write generation for a key, taken before the work that produces its value.
+/// [`Cache::insert_if`] stores only if no write to the key (and no
+/// [`supersede_all`](Cache::supersede_all)) happened since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token {
+    stripe: usize,
+    generation: u64,
+    epoch: u64,
+}
+
+fn stripe(key: &str) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % STRIPES as u64) as usize
 }
 
 /// An entry and where its value's bytes live.
@@ -92,6 +116,12 @@ struct Stored {
 
 /// Entries taken out under the lock, dropped by the caller after unlocking.
 type Removed = Vec<(Arc<str>, Stored)>;
+
+impl Inner {
+    fn is_current(&self, token: Token) -> bool {
+        token.epoch == self.epoch && token.generation == self.generations[token.stripe]
+    }
+}
 
 fn charge(key: &str, value_len: usize) -> u64 {
     (key.len() + value_len) as u64 + ENTRY_OVERHEAD
@@ -120,6 +150,8 @@ impl Cache {
                 map: LruCache::unbounded(),
                 bytes: 0,
                 segments,
+                generations: vec![0; STRIPES].into_boxed_slice(),
+                epoch: 0,
             }),
             budget: budget_bytes,
             bytes: AtomicU64::new(0),
@@ -162,15 +194,94 @@ impl Cache {
     /// an exactly-sized allocation, so a small slice cannot pin a large network buffer: a value
     /// that is the only handle to exactly its own buffer is kept as it is, anything else is
     /// copied.
+    ///
+    /// An insert is a write: loads whose tokens were taken before it cannot store over it. The
+    /// engine stores through [`insert_if`](Cache::insert_if) and [`write_if`](Cache::write_if).
+    #[cfg(test)]
     pub(crate) fn insert(&self, key: &str, entry: Entry) -> Inserted {
+        self.insert_checked(key, entry, None, true)
+            .unwrap_or_else(|value| Inserted { evicted: 0, value })
+    }
+
+    /// The key's write generation now, for a later [`insert_if`](Cache::insert_if).
+    pub(crate) fn token(&self, key: &str) -> Token {
+        let stripe = stripe(key);
+        let inner = self.lock();
+        Token {
+            stripe,
+            generation: inner.generations[stripe],
+            epoch: inner.epoch,
+        }
+    }
+
+    /// Inserts as [`insert`](Cache::insert) does, unless the key was written (inserted or
+    /// removed) or [`supersede_all`](Cache::supersede_all) ran since `token` was taken: checked
+    /// and stored under one lock, so no write can fall between the check and the store. Returns
+    /// the value as given when it was not stored.
+    pub(crate) fn insert_if(
+        &self,
+        key: &str,
+        entry: Entry,
+        token: Token,
+    ) -> Result<Inserted, Bytes> {
+        self.insert_checked(key, entry, Some(token), false)
+    }
+
+    /// [`insert_if`](Cache::insert_if) for a write (a `set`): when it stores, it is a write, as
+    /// [`insert`](Cache::insert) is, so loads that took their tokens before it cannot store over
+    /// it.
+    pub(crate) fn write_if(
+        &self,
+        key: &str,
+        entry: Entry,
+        token: Token,
+    ) -> Result<Inserted, Bytes> {
+        self.insert_checked(key, entry, Some(token), true)
+    }
+
+    /// Makes every token taken so far stale, e.g. when the keys this cache may hold change.
+    pub(crate) fn supersede_all(&self) {
+        self.lock().epoch += 1;
+    }
+
+    /// Every key held now, least recently used last.
+    pub(crate) fn keys(&self) -> Vec<Arc<str>> {
+        self.lock().map.iter().map(|(key, _)| key.clone()).collect()
+    }
+
+    /// Makes each of `keys` still held expire at `deadline` at the latest.
+    pub(crate) fn cap_expiry(&self, keys: &[Arc<str>], deadline: i64) {
+        let mut inner = self.lock();
+        for key in keys {
+            if let Some(stored) = inner.map.peek_mut(&**key) {
+                let expire = &mut stored.entry.expire;
+                *expire = if *expire == 0 {
+                    deadline
+                } else {
+                    (*expire).min(deadline)
+                };
+            }
+        }
+    }
+
+    /// `insert`, `insert_if` and `write_if`; `Err` with the value when `token` is stale.
+    fn insert_checked(
+        &self,
+        key: &str,
+        entry: Entry,
+        token: Option<Token>,
+        write: bool,
+    ) -> Result<Inserted, Bytes> {
         let size = charge(key, entry.value.len());
         if size > self.budget {
-            self.remove(key);
-            return Inserted {
+            // Removing is always safe; for a write it is a write whatever the token says.
+            self.remove_checked(key, token.filter(|_| !write));
+            return Ok(Inserted {
                 evicted: 0,
                 value: entry.value,
-            };
+            });
         }
+        let stripe = stripe(key);
         let Entry { value, expire } = entry;
         let packs = Segments::packs(self.segment_bytes, value.len());
         let key: Arc<str> = Arc::from(key);
@@ -183,6 +294,13 @@ impl Cache {
         let mut removed = Removed::new();
         let mut guard = self.lock();
         let inner = &mut *guard;
+        if token.is_some_and(|token| !inner.is_current(token)) {
+            drop(guard);
+            return Err(own.unwrap_or(small));
+        }
+        if write {
+            inner.generations[stripe] += 1;
+        }
         // An older value goes first, so that the map keeps the key its segment lists.
         if let Some((key, old)) = inner.map.pop_entry(&*key) {
             Self::uncharge(inner, &key, &old);
@@ -217,15 +335,27 @@ impl Cache {
         drop(guard);
         let evicted = (removed.len() - replaced) as u64;
         drop((removed, moved, let_go));
-        Inserted {
+        Ok(Inserted {
             evicted,
             value: stored,
-        }
+        })
     }
 
-    /// Removes the key; true if it was there.
+    /// Removes the key; true if it was there. A remove is a write, whether the key was there or
+    /// not: loads whose tokens were taken before it cannot store after it.
     pub(crate) fn remove(&self, key: &str) -> bool {
+        self.remove_checked(key, None)
+    }
+
+    /// `remove`, or with a token, a remove only if the token is current (and then no write).
+    fn remove_checked(&self, key: &str, token: Option<Token>) -> bool {
+        let stripe = stripe(key);
         let mut inner = self.lock();
+        match token {
+            Some(token) if !inner.is_current(token) => return false,
+            Some(_) => {}
+            None => inner.generations[stripe] += 1,
+        }
         let removed = inner.map.pop_entry(key);
         let let_go = self.forget(&mut inner, removed.as_ref());
         drop(inner);
@@ -701,6 +831,59 @@ mod tests {
         check_accounting(&cache);
         println!("segments held at most {worst:.2}x the budget");
         assert!(worst <= 1.3, "segments held {worst:.2}x the budget");
+    }
+
+    #[test]
+    fn a_token_is_stale_after_a_write_to_its_key_or_supersede_all() {
+        let cache = Cache::new(1 << 20);
+        let token = cache.token("k");
+        assert!(cache.insert_if("k", entry(10), token).is_ok());
+        assert!(
+            cache.insert_if("k", entry(11), token).is_ok(),
+            "a load's store is no write"
+        );
+        cache.remove("k");
+        assert_eq!(
+            cache
+                .insert_if("k", entry(12), token)
+                .map(|i| i.value.len())
+                .map_err(|value| value.len()),
+            Err(12),
+            "stale after a remove, even of nothing"
+        );
+        assert!(cache.get("k", 0).is_none());
+        let token = cache.token("k");
+        cache.insert("k", entry(13));
+        assert!(
+            cache.insert_if("k", entry(14), token).is_err(),
+            "stale after an insert"
+        );
+        assert_eq!(cache.get("k", 0).map(|e| e.value.len()), Some(13));
+        let token = cache.token("k");
+        cache.supersede_all();
+        assert!(cache.insert_if("k", entry(15), token).is_err());
+        let token = cache.token("k");
+        cache.remove("other");
+        let same_stripe = stripe("other") == stripe("k");
+        assert_eq!(cache.insert_if("k", entry(16), token).is_ok(), !same_stripe);
+        check_accounting(&cache);
+    }
+
+    #[test]
+    fn cap_expiry_shortens_never_lengthens() {
+        let cache = Cache::new(1 << 20);
+        cache.insert("forever", entry(1));
+        let mut soon = entry(1);
+        soon.expire = 100;
+        cache.insert("soon", soon);
+        cache.insert("kept", entry(1));
+        let keys: Vec<Arc<str>> = vec!["forever".into(), "soon".into(), "gone".into()];
+        cache.cap_expiry(&keys, 500);
+        assert!(cache.get("forever", 499).is_some());
+        assert!(cache.get("forever", 500).is_none());
+        assert!(cache.get("soon", 100).is_none());
+        assert!(cache.get("kept", i64::MAX).is_some());
+        assert_eq!(cache.keys().len(), 1);
     }
 
     #[test]

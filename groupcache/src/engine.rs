@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use groupcache_rs_pb::SetRequest;
 
 use crate::builder::{Builder, Config};
-use crate::caches::{Cache, Entry};
+use crate::caches::{Cache, Entry, Token};
 use crate::error::Error;
 use crate::flight::{Flight, Outcome, Superseded};
 use crate::loader::{Loaded, Loader, Value, now_nanos, to_unix_nanos};
@@ -59,7 +59,10 @@ impl<L: Loader> Groupcache<L> {
     ///
     /// Every replica is tried; the first that could not be reached is returned as
     /// [`Error::Peer`] (its copy, if any, expires from the hot cache within
-    /// [`Builder::hot_max_age`]).
+    /// [`Builder::hot_max_age`]). Replicas that owned the key in a ring this one replaced within
+    /// [`Builder::hot_max_age`] and have left are sent the remove too, in case they still serve
+    /// it; those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
+    /// reaches the same replicas.
     pub async fn remove(&self, key: &str) -> Result<(), Error> {
         let inner = &self.inner;
         inner.check_key(key)?;
@@ -250,13 +253,23 @@ pub(crate) enum Caller {
     Peer,
 }
 
-/// Which cache a loaded value goes to.
+/// Which cache a loaded value goes to, with that cache's [`Token`] for the key taken before the
+/// value was asked for: a `remove` or `set` of the key since then keeps the value out.
+///
+/// A value is kept without an age bound only where every replica sends the key's writes: on its
+/// owner, under a ring that has been current for at least `hot_max_age` (the time discovery is
+/// assumed to take to bring every replica to the same ring). Anything else (a peer's request for
+/// a key this replica does not own, a value loaded or set just after a ring change) is served
+/// for at most `hot_max_age`, so a write this replica missed is seen within that bound.
 #[derive(Clone, Copy)]
 pub(crate) enum Store {
-    /// This replica owns the key (or a peer said so).
-    Main,
-    /// Owned by another replica: kept with a bounded age.
-    Hot,
+    /// This replica owns the key under a settled ring.
+    Main(Token),
+    /// The main cache, expiring within `hot_max_age`: a key this replica does not own under its
+    /// current ring, or owns under a ring too recent to know that others send it the writes.
+    Bounded(Token),
+    /// Owned by another replica, fetched from it: the hot cache, with a bounded age.
+    Hot(Token),
 }
 
 pub(crate) struct Inner<L: Loader> {
@@ -275,6 +288,9 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) peers: Peers,
     pub(crate) client: PeerClient,
     pub(crate) metrics: Metrics,
+    /// A test's pause point just before a load stores its value.
+    #[cfg(test)]
+    pub(crate) pause: tests::PausePoint,
 }
 
 impl<L: Loader> Inner<L> {
@@ -288,16 +304,50 @@ impl<L: Loader> Inner<L> {
         if caller == Caller::Local {
             self.popularity.record(key_hash(key));
         }
-        let owner = self.peers.snapshot().remote_owner(key).cloned();
+        // Taken before the ring is read: a ring change since makes the token stale (see
+        // `membership_changed`), so no value is stored as owned under a ring that is gone.
+        let main = self.main.token(key);
+        let membership = self.peers.snapshot();
+        let owner = membership.remote_owner(key).cloned();
         // `loads_deduped` is counted by the flight's task, which runs even if this caller gives up.
         let (outcome, _) = match owner {
             Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
                 self.fetch(key, owner).await
             }
-            Some(_) if caller == Caller::Local => self.load(key, Store::Hot, true).await,
-            _ => self.load(key, Store::Main, true).await,
+            Some(_) if caller == Caller::Local => self.load(key, self.hot_store(key), true).await,
+            // A peer whose ring disagrees with this one's: served, never forwarded, bounded.
+            Some(_) => self.load(key, Store::Bounded(main), true).await,
+            None => {
+                self.load(key, self.owned_store(&membership, main), true)
+                    .await
+            }
         };
         outcome
+    }
+
+    /// Where a value of a key this replica owns under `membership` goes.
+    fn owned_store(&self, membership: &Membership, token: Token) -> Store {
+        if membership.age() >= self.config.hot_max_age {
+            Store::Main(token)
+        } else {
+            Store::Bounded(token)
+        }
+    }
+
+    /// The latest expiry of a value whose age is bounded, stored now.
+    fn bounded_expiry(&self, expire: i64) -> i64 {
+        let max_age = i64::try_from(self.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
+        let deadline = now_nanos().saturating_add(max_age);
+        if expire == 0 {
+            deadline
+        } else {
+            expire.min(deadline)
+        }
+    }
+
+    /// Where a value owned by another replica goes.
+    fn hot_store(&self, key: &str) -> Store {
+        Store::Hot(self.hot.token(key))
     }
 
     /// A main or hot cache hit, counted.
@@ -351,6 +401,13 @@ impl<L: Loader> Inner<L> {
         if let Some(entry) = self.peek(key) {
             return Ok(entry);
         }
+        if let Some(entry) = self.hand_off(key).await {
+            let value = self.store(key, entry.clone(), store);
+            return Ok(Entry {
+                value,
+                expire: entry.expire,
+            });
+        }
         let started = Instant::now();
         let loaded = self.loader.load(key).await;
         self.metrics.load_duration.record(started.elapsed());
@@ -369,12 +426,16 @@ impl<L: Loader> Inner<L> {
         // the cache can keep that buffer instead of copying it.
         drop(value);
         let expire = to_unix_nanos(expires_at);
+        // A write already overtook this load: skip the copy into the cache. Only a shortcut: the
+        // store's token, checked under the cache's lock, is what keeps a later write's value.
         if superseded.get() {
             return Ok(Entry {
                 value: bytes,
                 expire,
             });
         }
+        #[cfg(test)]
+        self.pause_point().await;
         let entry = Entry {
             value: bytes,
             expire,
@@ -401,55 +462,184 @@ impl<L: Loader> Inner<L> {
         owner: &Member,
         superseded: Superseded,
     ) -> Outcome<Entry> {
+        let hot = self.hot_store(key);
         if let Some(entry) = self.peek(key) {
             return Ok(entry);
         }
-        let started = Instant::now();
-        let path = self.key_path(owner, key);
-        let fetched = self.client.get(&owner.endpoint, path).await;
-        self.metrics.peer_request_duration.record(started.elapsed());
-        match fetched {
-            Ok(response) => {
-                self.metrics.peer_load();
-                let entry = Entry {
-                    value: response.value.unwrap_or_default(),
-                    expire: response.expire.unwrap_or(0),
-                };
-                let requests = self.popularity.estimate(key_hash(key));
-                if !superseded.get() && requests >= self.config.hot_promotion_requests {
-                    let _ = self.store(key, entry.clone(), Store::Hot);
+        if !owner.is_suspected() {
+            match self.ask(owner, key).await {
+                Ok(entry) => {
+                    owner.trust();
+                    self.metrics.peer_load();
+                    return Ok(self.promote(key, entry, hot, &superseded));
                 }
-                Ok(entry)
-            }
-            Err(Failure::Loader(message)) => Err(Error::RemoteLoader {
-                peer: owner.url.to_string(),
-                message,
-            }),
-            Err(Failure::Peer(error)) => {
-                self.metrics.peer_error();
-                tracing::warn!(group = %self.group, peer = %owner.url, %error, "peer failed; loading locally");
-                self.load(key, Store::Hot, false).await.0
+                Err(Failure::Loader(message)) => {
+                    return Err(Error::RemoteLoader {
+                        peer: owner.url.to_string(),
+                        message,
+                    });
+                }
+                Err(Failure::Peer(error)) => {
+                    self.metrics.peer_error();
+                    if !self.suspect(owner, &error) {
+                        tracing::warn!(group = %self.group, peer = %owner.url, %error, "peer failed; loading locally");
+                        return self.load(key, self.hot_store(key), false).await.0;
+                    }
+                }
             }
         }
+        self.from_successor(key, hot, &superseded).await
     }
 
-    /// Caches the entry; returns the value as the cache holds it (or as given, if not kept).
+    /// A key whose owner is suspected down, from the key's successor on the ring: the same
+    /// member on every replica, so the key is loaded about once in the cluster, not once per
+    /// replica (each into a hot cache too small for a whole owner's share, which made 7.9 loads
+    /// per key in 10 s of outage in issue 17's run). The successor loads it as a peer's request
+    /// (never forwarded) or, if that is this replica, as its own, held in main under the
+    /// staleness bound. Loaded locally if the successor fails too.
+    async fn from_successor(
+        self: &Arc<Self>,
+        key: &str,
+        hot: Store,
+        superseded: &Superseded,
+    ) -> Outcome<Entry> {
+        let successor = self.peers.snapshot().successor(key).cloned();
+        match successor {
+            Some(successor) if successor.is_self => {
+                return self
+                    .load(key, Store::Bounded(self.main.token(key)), false)
+                    .await
+                    .0;
+            }
+            Some(successor) if !successor.is_suspected() => match self.ask(&successor, key).await {
+                Ok(entry) => {
+                    successor.trust();
+                    self.metrics.successor_load();
+                    return Ok(self.promote(key, entry, hot, superseded));
+                }
+                Err(Failure::Loader(message)) => {
+                    return Err(Error::RemoteLoader {
+                        peer: successor.url.to_string(),
+                        message,
+                    });
+                }
+                Err(Failure::Peer(error)) => {
+                    self.metrics.peer_error();
+                    self.suspect(&successor, &error);
+                    tracing::warn!(group = %self.group, peer = %successor.url, %error, "successor failed; loading locally");
+                }
+            },
+            _ => {}
+        }
+        self.load(key, self.hot_store(key), false).await.0
+    }
+
+    /// A warm hand-off: the copy the key's previous owner holds in memory, if this replica owns
+    /// the key under a ring younger than `hot_max_age` (before that, nobody else held it as its
+    /// owner), the previous owner is not suspected, and it answers within `handoff_timeout`.
+    /// The copy is stored as a load's value would be: bounded, since the ring is young.
+    async fn hand_off(&self, key: &str) -> Option<Entry> {
+        let timeout = self.config.handoff_timeout;
+        if timeout.is_zero() {
+            return None;
+        }
+        let previous = {
+            let membership = self.peers.snapshot();
+            let owned = membership.owner(key).is_some_and(|owner| owner.is_self);
+            if !owned || membership.age() >= self.config.hot_max_age {
+                return None;
+            }
+            membership.previous_owner(key)?.clone()
+        };
+        if previous.is_suspected() || !protocol::can_carry(key) {
+            return None;
+        }
+        let path = self.key_path(&previous, key);
+        let peeked = self.client.peek(&previous.endpoint, path, timeout).await;
+        let entry = match peeked {
+            Ok(Some(response)) => Some(Entry {
+                value: response.value.unwrap_or_default(),
+                expire: response.expire.unwrap_or(0),
+            }),
+            Ok(None) => None,
+            Err(error) => {
+                let error = match error {
+                    Failure::Loader(message) => message,
+                    Failure::Peer(error) => error.to_string(),
+                };
+                tracing::debug!(group = %self.group, peer = %previous.url, key, %error, "hand-off peek failed; loading");
+                None
+            }
+        };
+        self.metrics.handoff(entry.is_some());
+        entry
+    }
+
+    /// A peer's peek: the value if this replica holds it in memory. Never loads.
+    pub(crate) fn serve_peek(&self, key: &str) -> Option<Entry> {
+        self.peek(key)
+    }
+
+    /// One `GET` of `key` from `peer`, timed.
+    async fn ask(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
+        let started = Instant::now();
+        let path = self.key_path(peer, key);
+        let fetched = self.client.get(&peer.endpoint, path).await;
+        self.metrics.peer_request_duration.record(started.elapsed());
+        fetched.map(|response| Entry {
+            value: response.value.unwrap_or_default(),
+            expire: response.expire.unwrap_or(0),
+        })
+    }
+
+    /// A fetched value, kept in the hot cache if this replica asks for the key often.
+    fn promote(&self, key: &str, entry: Entry, hot: Store, superseded: &Superseded) -> Entry {
+        let requests = self.popularity.estimate(key_hash(key));
+        if !superseded.get() && requests >= self.config.hot_promotion_requests {
+            let _ = self.store(key, entry.clone(), hot);
+        }
+        entry
+    }
+
+    /// Suspects `peer` if `error` says it is down (it could not be reached, or did not answer
+    /// in time) and suspicion is on; whether it is suspected now. An error status or a malformed
+    /// answer comes from a replica that is up, which keeps its keys.
+    fn suspect(&self, peer: &Member, error: &crate::PeerError) -> bool {
+        let down = matches!(
+            error,
+            crate::PeerError::Request(_) | crate::PeerError::Timeout
+        );
+        if !down || self.config.owner_suspicion.is_zero() {
+            return false;
+        }
+        if peer.suspect(self.config.owner_suspicion) {
+            self.metrics.peer_suspicion();
+            tracing::warn!(group = %self.group, peer = %peer.url, %error, suspected_for = ?self.config.owner_suspicion, "peer suspected down; its keys go to their successors");
+        }
+        true
+    }
+
+    /// Caches the entry unless the key was written since the store's token was taken; returns the
+    /// value as the cache holds it (or as given, if not kept).
     fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
         match store {
-            Store::Main => {
-                let inserted = self.main.insert(key, entry);
+            Store::Main(token) | Store::Bounded(token) => {
+                if let Store::Bounded(_) = store {
+                    entry.expire = self.bounded_expiry(entry.expire);
+                }
+                let inserted = match self.main.insert_if(key, entry, token) {
+                    Ok(inserted) => inserted,
+                    Err(value) => return value,
+                };
                 self.metrics.main.evicted(inserted.evicted);
                 inserted.value
             }
-            Store::Hot => {
-                let max_age = i64::try_from(self.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
-                let deadline = now_nanos().saturating_add(max_age);
-                entry.expire = if entry.expire == 0 {
-                    deadline
-                } else {
-                    entry.expire.min(deadline)
+            Store::Hot(token) => {
+                entry.expire = self.bounded_expiry(entry.expire);
+                let inserted = match self.hot.insert_if(key, entry, token) {
+                    Ok(inserted) => inserted,
+                    Err(value) => return value,
                 };
-                let inserted = self.hot.insert(key, entry);
                 self.metrics.hot.evicted(inserted.evicted);
                 inserted.value
             }
@@ -458,9 +648,26 @@ impl<L: Loader> Inner<L> {
 
     /// Stores a value this replica owns (a local `set` or a peer's `PUT`); any load in flight
     /// for the key is superseded and no older hot copy remains.
+    ///
+    /// Bounded as a load would be (see [`Store`]): a peer whose ring disagrees may `PUT` a key
+    /// this replica does not own.
     pub(crate) fn store_owned(&self, key: &str, entry: Entry) {
         self.forget(key);
-        let _ = self.store(key, entry, Store::Main);
+        let inserted = loop {
+            // Stale only after a ring change or a write to the key since: decide again.
+            let token = self.main.token(key);
+            let membership = self.peers.snapshot();
+            let mut entry = entry.clone();
+            if membership.remote_owner(key).is_some()
+                || !matches!(self.owned_store(&membership, token), Store::Main(_))
+            {
+                entry.expire = self.bounded_expiry(entry.expire);
+            }
+            if let Ok(inserted) = self.main.write_if(key, entry, token) {
+                break inserted;
+            }
+        };
+        self.metrics.main.evicted(inserted.evicted);
     }
 
     /// Drops `key` from both caches and keeps loads in flight from caching an older value.
@@ -494,7 +701,10 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Removes `key` from every peer but `owner` (and this replica), all at once; the first
-    /// failure, after all were tried.
+    /// failure, after all were tried. The key's owners in recent rings that are no longer
+    /// members are sent the remove as well, since one that left may still serve its copy (its
+    /// own discovery may lag); their failures are logged, not returned: a replica that crashed
+    /// or drained cannot be reached, and would fail every remove until its ring is forgotten.
     async fn remove_on_all_but(
         &self,
         membership: &Membership,
@@ -505,7 +715,12 @@ impl<L: Loader> Inner<L> {
             .others()
             .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
         let results = futures_util::future::join_all(others.map(|peer| self.remove_on(peer, key)));
-        results.await.into_iter().collect()
+        let departed = membership.departed_owners(key);
+        let departed = futures_util::future::join_all(
+            departed.into_iter().map(|peer| self.remove_on(peer, key)),
+        );
+        let (results, _departed) = futures_util::future::join(results, departed).await;
+        results.into_iter().collect()
     }
 
     /// The request path for `key` on `peer`.
@@ -526,7 +741,22 @@ impl<L: Loader> Inner<L> {
 
     fn membership_changed(&self, changed: Result<bool, Error>) -> Result<bool, Error> {
         if let Ok(true) = changed {
+            // Loads that read the old ring store nothing as owned now; then main entries this
+            // replica no longer owns are served for at most `hot_max_age` (they stay in main, where
+            // the new owner may still find them, rather than push the hot cache's keys out).
+            // After `supersede_all`, no entry for a key this ring gives another owner can enter
+            // main unbounded, so capping what is there now is enough. Scanning costs one pass
+            // over main's keys and a ring lookup per key, outside the cache's lock but for the
+            // key list and the capping.
+            self.main.supersede_all();
             let membership = self.peers.snapshot();
+            let moved: Vec<Arc<str>> = self
+                .main
+                .keys()
+                .into_iter()
+                .filter(|key| membership.remote_owner(key).is_some())
+                .collect();
+            self.main.cap_expiry(&moved, self.bounded_expiry(0));
             self.metrics
                 .peers
                 .set(membership.others().count() as f64 + 1.0);
@@ -541,10 +771,157 @@ impl<L: Loader> Inner<L> {
     }
 }
 
+#[cfg(test)]
+impl<L: Loader> Inner<L> {
+    async fn pause_point(&self) {
+        self.pause.pass().await;
+    }
+}
+
 /// The popularity sketch's window: estimates are requests per this long.
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 
 /// A stable 64-bit hash of the key for the popularity sketch (never Rust's `Hash`).
 fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::Notify;
+
+    /// Where a test holds a load: `arm` it, and the next load to pass reports `reached` and waits
+    /// for `resume`.
+    #[derive(Default)]
+    pub(crate) struct PausePoint {
+        armed: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+    }
+
+    impl PausePoint {
+        /// Arms the point; returns (reached, resume).
+        fn arm(&self) -> (Arc<Notify>, Arc<Notify>) {
+            let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+            *self.armed.lock().unwrap() = Some(pair.clone());
+            pair
+        }
+
+        pub(crate) async fn pass(&self) {
+            let armed = self.armed.lock().unwrap().take();
+            if let Some((reached, resume)) = armed {
+                reached.notify_one();
+                resume.notified().await;
+            }
+        }
+    }
+
+    /// Loads `"{key}@{generation}"`, counting its runs.
+    #[derive(Default)]
+    struct Versioned {
+        generation: AtomicU64,
+        runs: AtomicU64,
+    }
+
+    impl Loader for Arc<Versioned> {
+        type Value = String;
+        type Error = std::io::Error;
+
+        async fn load(&self, key: &str) -> Result<Loaded<String>, std::io::Error> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let generation = self.generation.load(Ordering::SeqCst);
+            Ok(Loaded::new(format!("{key}@{generation}")))
+        }
+    }
+
+    fn single() -> (Groupcache<Arc<Versioned>>, Arc<Versioned>) {
+        let loader = Arc::new(Versioned::default());
+        let cache = Groupcache::builder("g", "http://127.0.0.1:1", loader.clone())
+            .build()
+            .unwrap();
+        (cache, loader)
+    }
+
+    /// The hard interleaving: the load has checked that no write overtook it, then `remove` runs
+    /// to completion, then the load stores. The removed value must not be cached.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remove_between_the_check_and_the_store_keeps_the_old_value_out() {
+        let (cache, loader) = single();
+        let (reached, resume) = cache.inner.pause.arm();
+        let load = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get("k").await }
+        });
+        reached.notified().await;
+        loader.generation.store(1, Ordering::SeqCst);
+        cache.remove("k").await.unwrap();
+        resume.notify_one();
+        assert_eq!(
+            load.await.unwrap().unwrap(),
+            "k@0",
+            "the caller gets what it loaded"
+        );
+        assert!(
+            cache.inner.peek("k").is_none(),
+            "the removed value was cached"
+        );
+        assert_eq!(cache.get("k").await.unwrap(), "k@1");
+        assert_eq!(loader.runs.load(Ordering::SeqCst), 2);
+    }
+
+    /// A load that read the old ring, in which this replica owned the key, stores after the ring
+    /// changed and gave the key to another replica: the value must not stay in main unbounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_that_read_the_old_ring_stores_no_unbounded_copy_after_a_ring_change() {
+        const BOUND: Duration = Duration::from_millis(50);
+        let (me, other) = ("http://127.0.0.1:1", "http://127.0.0.1:2");
+        let loader = Arc::new(Versioned::default());
+        let cache = Groupcache::builder("g", me, loader.clone())
+            .hot_max_age(BOUND)
+            .build()
+            .unwrap();
+        let ring = crate::ring::Ring::new(crate::RingMode::default(), &[me, other]);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| ring.owner(key.as_bytes()) == Some(1))
+            .unwrap();
+        // The single-replica ring settles, so the load stores as owned, unbounded.
+        tokio::time::sleep(BOUND * 2).await;
+        let (reached, resume) = cache.inner.pause.arm();
+        let load = tokio::spawn({
+            let (cache, key) = (cache.clone(), key.clone());
+            async move { cache.get(&key).await }
+        });
+        reached.notified().await;
+        cache.set_peers([me, other]).unwrap();
+        resume.notify_one();
+        load.await.unwrap().unwrap();
+        let past_bound = now_nanos() + 2 * i64::try_from(BOUND.as_nanos()).unwrap();
+        assert!(
+            cache.inner.main.get(&key, past_bound).is_none(),
+            "a key this replica no longer owns was kept in main without the bound"
+        );
+    }
+
+    /// The same with `set`: the older loaded value must not overwrite the one set.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_between_the_check_and_the_store_is_not_overwritten() {
+        let (cache, loader) = single();
+        let (reached, resume) = cache.inner.pause.arm();
+        let load = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get("k").await }
+        });
+        reached.notified().await;
+        cache.set("k", &"set".to_owned(), None).await.unwrap();
+        resume.notify_one();
+        assert_eq!(load.await.unwrap().unwrap(), "k@0");
+        assert_eq!(
+            cache.get("k").await.unwrap(),
+            "set",
+            "the set value was overwritten"
+        );
+        assert_eq!(loader.runs.load(Ordering::SeqCst), 1);
+    }
 }

@@ -6,6 +6,7 @@
 //! hashes and the [`Endpoint`] the connection pool dials.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::Uri;
@@ -27,6 +28,36 @@ pub(crate) struct Member {
     pub(crate) key_prefix: String,
     /// Whether this member is the local replica.
     pub(crate) is_self: bool,
+    /// Until when this replica treats it as down (after a connect failure or a timeout).
+    suspected_until: Mutex<Option<Instant>>,
+}
+
+impl Member {
+    /// Whether requests to this member should go to a key's successor instead.
+    pub(crate) fn is_suspected(&self) -> bool {
+        let until = *lock(&self.suspected_until);
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Treats it as down for `duration`; false if it already was.
+    pub(crate) fn suspect(&self, duration: Duration) -> bool {
+        let mut until = lock(&self.suspected_until);
+        let now = Instant::now();
+        let already = until.is_some_and(|until| now < until);
+        *until = Some(now + duration);
+        !already
+    }
+
+    /// Trusts it again: it answered.
+    pub(crate) fn trust(&self) {
+        *lock(&self.suspected_until) = None;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A consistent view of the cluster.
@@ -35,7 +66,24 @@ pub(crate) struct Membership {
     ring: Ring,
     /// In the order they were added; the ring returns indexes into this list.
     members: Vec<Arc<Member>>,
+    /// When this ring replaced the previous one.
+    built: Instant,
+    /// The rings this one replaced within the last `Peers::recent_for`, newest first.
+    former: Vec<Former>,
 }
+
+/// A ring that was replaced, and when: writes still reach its owners for a while, since a member
+/// that left (or whose discovery lags) may still hold and serve values.
+#[derive(Debug)]
+struct Former {
+    ring: Ring,
+    members: Vec<Arc<Member>>,
+    retired: Instant,
+}
+
+/// Former rings kept at most, however fast the membership changes: a rolling deploy of a large
+/// cluster changes it twice per replica. Beyond this, the oldest are forgotten early.
+const MAX_FORMER_RINGS: usize = 16;
 
 impl Membership {
     /// The key's owner; `None` only if the ring is empty, which `Peers` never lets happen.
@@ -45,9 +93,59 @@ impl Membership {
             .and_then(|index| self.members.get(index))
     }
 
+    /// The key's successor: where its requests go while its owner is suspected, the same
+    /// member on every replica with this ring (and the key's owner once the owner leaves it).
+    pub(crate) fn successor(&self, key: &str) -> Option<&Arc<Member>> {
+        self.ring
+            .successor(key.as_bytes())
+            .and_then(|index| self.members.get(index))
+    }
+
     /// The key's owner if that is another replica; `None` when this replica owns it.
     pub(crate) fn remote_owner(&self, key: &str) -> Option<&Arc<Member>> {
         self.owner(key).filter(|owner| !owner.is_self)
+    }
+
+    /// How long this ring has been the current one.
+    pub(crate) fn age(&self) -> Duration {
+        self.built.elapsed()
+    }
+
+    /// Owners of `key` in the rings this one replaced recently that are no longer members (nor
+    /// this replica), once each. A former owner that is still a member is among
+    /// [`others`](Membership::others).
+    pub(crate) fn departed_owners(&self, key: &str) -> Vec<&Arc<Member>> {
+        let mut departed: Vec<&Arc<Member>> = Vec::new();
+        for former in &self.former {
+            let owner = former
+                .ring
+                .owner(key.as_bytes())
+                .and_then(|i| former.members.get(i));
+            if let Some(owner) = owner
+                && !owner.is_self
+                && !self.members.iter().any(|member| member.url == owner.url)
+                && !departed.iter().any(|seen| seen.url == owner.url)
+            {
+                departed.push(owner);
+            }
+        }
+        departed
+    }
+
+    /// Who held `key` before this replica became its owner: its owner in the newest recent ring
+    /// that gave it to another member, or else (this replica's first ring with others in it, when
+    /// it has just joined) the owner it would have without this replica, its successor.
+    pub(crate) fn previous_owner(&self, key: &str) -> Option<&Arc<Member>> {
+        let former = self.former.iter().find_map(|former| {
+            former
+                .ring
+                .owner(key.as_bytes())
+                .and_then(|i| former.members.get(i))
+                .filter(|owner| !owner.is_self)
+        });
+        former
+            .or_else(|| self.successor(key))
+            .filter(|owner| !owner.is_self)
     }
 
     /// Every member but this replica.
@@ -63,22 +161,27 @@ pub(crate) struct Peers {
     base_path: String,
     group: String,
     current: ArcSwap<Membership>,
+    /// How long a replaced ring's owners still receive writes.
+    recent_for: Duration,
     /// Serialises changes; readers never take it.
     changing: Mutex<()>,
 }
 
 impl Peers {
-    /// A membership of just this replica, reached at `self_url`.
+    /// A membership of just this replica, reached at `self_url`; replaced rings are remembered
+    /// for `recent_for`.
     pub(crate) fn new(
         self_url: &str,
         mode: RingMode,
         base_path: &str,
         group: &str,
+        recent_for: Duration,
     ) -> Result<Self, Error> {
         let (self_url, endpoint) = parse_url(self_url)?;
         let me = Arc::new(Member {
             key_prefix: protocol::key_prefix(&endpoint.path, base_path, group),
             is_self: true,
+            suspected_until: Mutex::new(None),
             endpoint: Arc::new(endpoint),
             url: self_url.clone(),
         });
@@ -87,7 +190,8 @@ impl Peers {
             mode,
             base_path: base_path.to_owned(),
             group: group.to_owned(),
-            current: ArcSwap::from_pointee(Membership::new(mode, vec![me])),
+            current: ArcSwap::from_pointee(Membership::new(mode, vec![me], Vec::new())),
+            recent_for,
             changing: Mutex::new(()),
         })
     }
@@ -184,6 +288,7 @@ impl Peers {
         Arc::new(Member {
             key_prefix: protocol::key_prefix(&endpoint.path, &self.base_path, &self.group),
             is_self: url == self.self_url,
+            suspected_until: Mutex::new(None),
             endpoint: Arc::new(endpoint),
             url,
         })
@@ -195,24 +300,46 @@ impl Peers {
             .changing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut members = self.current.load().members.clone();
+        let current = self.current.load_full();
+        let mut members = current.members.clone();
         if !edit(&mut members) {
             return Ok(false);
         }
         let count = members.len();
+        let now = Instant::now();
+        let retired = Former {
+            ring: current.ring.clone(),
+            members: current.members.clone(),
+            retired: now,
+        };
+        let still_recent = current
+            .former
+            .iter()
+            .filter(|former| now.duration_since(former.retired) < self.recent_for)
+            .map(|former| Former {
+                ring: former.ring.clone(),
+                members: former.members.clone(),
+                retired: former.retired,
+            });
+        let former = std::iter::once(retired)
+            .chain(still_recent)
+            .take(MAX_FORMER_RINGS)
+            .collect();
         self.current
-            .store(Arc::new(Membership::new(self.mode, members)));
+            .store(Arc::new(Membership::new(self.mode, members, former)));
         tracing::info!(peers = count, "groupcache membership changed");
         Ok(true)
     }
 }
 
 impl Membership {
-    fn new(mode: RingMode, members: Vec<Arc<Member>>) -> Self {
+    fn new(mode: RingMode, members: Vec<Arc<Member>>, former: Vec<Former>) -> Self {
         let urls: Vec<&str> = members.iter().map(|member| &*member.url).collect();
         Membership {
             ring: Ring::new(mode, &urls),
             members,
+            built: Instant::now(),
+            former,
         }
     }
 }
@@ -310,13 +437,69 @@ mod tests {
     use super::*;
 
     fn peers() -> Peers {
+        peers_remembering(Duration::from_secs(3600))
+    }
+
+    fn peers_remembering(recent_for: Duration) -> Peers {
         Peers::new(
             "http://127.0.0.1:1",
             RingMode::GoCompatible,
             "/_groupcache/",
             "g",
+            recent_for,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn departed_owners_are_the_recent_rings_owners_that_left() {
+        let peers = peers();
+        let (two, three) = ("http://127.0.0.1:2", "http://127.0.0.1:3");
+        peers.set([two, three]).unwrap();
+        let before = peers.snapshot();
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| before.owner(key).is_some_and(|owner| &*owner.url == two))
+            .unwrap();
+        let other = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| before.owner(key).is_some_and(|owner| &*owner.url == three))
+            .unwrap();
+        peers.remove(two).unwrap();
+        let after = peers.snapshot();
+        let departed: Vec<&str> = after
+            .departed_owners(&key)
+            .iter()
+            .map(|m| &*m.url)
+            .collect();
+        assert_eq!(departed, [two]);
+        assert!(
+            after.departed_owners(&other).is_empty(),
+            "3 is still a member"
+        );
+        // A member that comes back is a member again, not departed.
+        peers.add(two).unwrap();
+        assert!(peers.snapshot().departed_owners(&key).is_empty());
+        // Each ring is remembered once; the chain never grows past its cap.
+        for _ in 0..2 * MAX_FORMER_RINGS {
+            peers.remove(two).unwrap();
+            peers.add(two).unwrap();
+        }
+        peers.remove(two).unwrap();
+        let snapshot = peers.snapshot();
+        assert_eq!(snapshot.former.len(), MAX_FORMER_RINGS);
+        assert_eq!(snapshot.departed_owners(&key).len(), 1);
+    }
+
+    #[test]
+    fn rings_older_than_the_bound_are_forgotten() {
+        let peers = peers_remembering(Duration::ZERO);
+        let two = "http://127.0.0.1:2";
+        peers.add(two).unwrap();
+        peers.add("http://127.0.0.1:3").unwrap();
+        peers.remove(two).unwrap();
+        // Only the ring just replaced is kept; those before it retired at least 0 s ago.
+        assert_eq!(peers.snapshot().former.len(), 1);
     }
 
     #[test]

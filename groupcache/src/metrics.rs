@@ -43,6 +43,16 @@ pub struct Stats {
     /// Accepted nonces remembered now, to refuse their replays (see
     /// [`PeerAuth::max_remembered_nonces`](crate::PeerAuth::max_remembered_nonces)).
     pub auth_nonces: u64,
+    /// Owners suspected down after a connect failure or timeout (their keys then go to their
+    /// successor on the ring for a while).
+    pub peer_suspicions: u64,
+    /// Values fetched from a suspected owner's successor instead.
+    pub successor_loads: u64,
+    /// Misses of a key this replica just became the owner of, answered by the previous owner's
+    /// copy (a warm hand-off) instead of the loader.
+    pub handoff_hits: u64,
+    /// Hand-off peeks that found nothing (or failed, or timed out), followed by a load.
+    pub handoff_misses: u64,
     /// Bytes charged to the main cache now.
     pub main_bytes: u64,
     /// Entries in the main cache now.
@@ -119,6 +129,10 @@ pub(crate) struct Metrics {
     peer_auth_failures: Vec<(&'static str, Count)>,
     pub(crate) auth_nonces: Gauge,
     auth_nonces_now: AtomicU64,
+    peer_suspicions: Count,
+    successor_loads: Count,
+    handoff_hits: Count,
+    handoff_misses: Count,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) peers: Gauge,
@@ -155,6 +169,10 @@ impl Metrics {
                 .collect(),
             auth_nonces: metrics::gauge!("groupcache_auth_nonces", &labels),
             auth_nonces_now: AtomicU64::new(0),
+            peer_suspicions: Count::new("groupcache_peer_suspicions_total", &labels),
+            successor_loads: Count::new("groupcache_successor_loads_total", &labels),
+            handoff_hits: Count::new("groupcache_handoff_hits_total", &labels),
+            handoff_misses: Count::new("groupcache_handoff_misses_total", &labels),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             peers: metrics::gauge!("groupcache_peers", &labels),
@@ -209,6 +227,22 @@ impl Metrics {
         self.auth_nonces.set(remembered as f64);
     }
 
+    pub(crate) fn peer_suspicion(&self) {
+        self.peer_suspicions.inc();
+    }
+
+    pub(crate) fn successor_load(&self) {
+        self.successor_loads.inc();
+    }
+
+    pub(crate) fn handoff(&self, hit: bool) {
+        if hit {
+            self.handoff_hits.inc();
+        } else {
+            self.handoff_misses.inc();
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             gets: self.gets.get(),
@@ -229,6 +263,10 @@ impl Metrics {
                 .map(|(_, c)| c.get())
                 .sum(),
             auth_nonces: self.auth_nonces_now.load(Ordering::Relaxed),
+            peer_suspicions: self.peer_suspicions.get(),
+            successor_loads: self.successor_loads.get(),
+            handoff_hits: self.handoff_hits.get(),
+            handoff_misses: self.handoff_misses.get(),
             ..Stats::default()
         }
     }
@@ -271,6 +309,22 @@ fn describe() {
     describe_gauge!(
         "groupcache_auth_nonces",
         "Accepted nonces remembered to refuse their replays."
+    );
+    describe_counter!(
+        "groupcache_peer_suspicions_total",
+        "Owners suspected down after a connect failure or timeout."
+    );
+    describe_counter!(
+        "groupcache_successor_loads_total",
+        "Values fetched from a suspected owner's successor."
+    );
+    describe_counter!(
+        "groupcache_handoff_hits_total",
+        "Misses of a newly owned key answered by the previous owner's copy."
+    );
+    describe_counter!(
+        "groupcache_handoff_misses_total",
+        "Hand-off peeks that found nothing, followed by a load."
     );
     describe_counter!(
         "groupcache_cache_evictions_total",

@@ -75,6 +75,44 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Index of the key's successor: the member that owns it once its owner is gone, which is
+    /// where keys go while the owner is suspected, so that every replica picks the same one.
+    /// Rendezvous: the second-highest score; Go's ring: the next point, clockwise, of another
+    /// member. `None` with fewer than two distinct members.
+    pub(crate) fn successor(&self, key: &[u8]) -> Option<usize> {
+        match &self.table {
+            Table::Go(points) => {
+                let hash = crc32fast::hash(key);
+                let start = points.partition_point(|&(point, _)| point < hash);
+                let owner = points.get(start).or(points.first())?.1;
+                // From the owner's point (the first, if the key hashes past the last point).
+                let after = points[start..].iter().chain(&points[..start]);
+                let &(_, idx) = after.skip(1).find(|&&(_, idx)| idx != owner)?;
+                usize::try_from(idx).ok()
+            }
+            Table::Balanced(seeds) => runner_up(seeds, xxh3_64(key)),
+        }
+    }
+}
+
+/// The second in [`rendezvous`]'s order: the owner once the first is removed.
+fn runner_up(seeds: &[(u64, u32)], key_hash: u64) -> Option<usize> {
+    let mut best: Option<(u64, u32)> = None;
+    let mut second: Option<(u64, u32)> = None;
+    for &(seed, idx) in seeds {
+        let score = mix(key_hash ^ seed);
+        // Strictly greater, as in `rendezvous`: on a tie the earlier entry ranks first.
+        if best.is_none_or(|(top, _)| score > top) {
+            second = best;
+            best = Some((score, idx));
+        } else if second.is_none_or(|(runner, _)| score > runner) {
+            second = Some((score, idx));
+        }
+    }
+    usize::try_from(second?.1).ok()
+}
+
 /// Go's point `i` for `url`: `crc32.ChecksumIEEE([]byte(strconv.Itoa(i) + url))`.
 fn go_point(i: usize, url: &str) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
@@ -290,6 +328,30 @@ mod tests {
         assert_minimal_disruption(RingMode::Balanced, 1.1);
         // 50 points per peer leave each share ~15 % off fair; remapping everything moves ~5x ideal.
         assert_minimal_disruption(RingMode::GoCompatible, 2.0);
+    }
+
+    /// The successor is another member, and exactly the owner the key gets when its owner is
+    /// removed: what a suspected owner's keys are routed to is where they go when discovery
+    /// drops it.
+    #[test]
+    fn the_successor_is_the_owner_once_the_owner_is_gone() {
+        for mode in [RingMode::Balanced, RingMode::GoCompatible] {
+            let peers = urls(5);
+            let ring = Ring::new(mode, &peers);
+            for i in 0..5_000 {
+                let key = format!("key-{i}");
+                let owner = ring.owner(key.as_bytes()).unwrap();
+                let successor = ring.successor(key.as_bytes()).unwrap();
+                assert_ne!(owner, successor, "{mode:?} {key}");
+                let mut without: Vec<&String> = peers.iter().collect();
+                without.remove(owner);
+                let after = Ring::new(mode, &without).owner(key.as_bytes()).unwrap();
+                assert_eq!(without[after], &peers[successor], "{mode:?} {key}");
+            }
+            let one = Ring::new(mode, &peers[..1]);
+            assert_eq!(one.successor(b"k"), None);
+            assert_eq!(Ring::new(mode, &[] as &[&str]).successor(b"k"), None);
+        }
     }
 
     #[test]

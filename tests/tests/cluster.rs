@@ -61,7 +61,7 @@ async fn five_replicas_load_each_key_exactly_once_in_go_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owner_down_falls_back_to_a_local_load_and_counts_the_peer_error() {
+async fn owner_down_is_suspected_and_its_key_loaded_once_by_its_successor() {
     let loader = TestLoader::new();
     let mut cluster = start_cluster(3, builder(&loader));
     let key = key_owned_by(&cluster, 0, "down-");
@@ -69,15 +69,19 @@ async fn owner_down_falls_back_to_a_local_load_and_counts_the_peer_error() {
     let value = cluster[1].cache.get(&key).await.unwrap();
     assert_eq!(value, loader.value_for(&key));
     let stats = cluster[1].cache.stats();
-    assert_eq!(stats.peer_errors, 1);
-    assert_eq!(stats.local_loads, 1);
-    // The fallback value is kept (in the hot cache): the next get neither asks nor loads.
-    assert_eq!(cluster[1].cache.get(&key).await.unwrap(), value);
-    let stats = cluster[1].cache.stats();
-    assert_eq!(
-        (stats.peer_errors, stats.local_loads, stats.hot_hits),
-        (1, 1, 1)
-    );
+    assert_eq!((stats.peer_errors, stats.peer_suspicions), (1, 1));
+    // The successor (replica 1 or 2, the same from both) holds it: replica 2 finds it there
+    // (in its own main cache if it is the successor, or after finding the owner down once), and
+    // nobody loads it again or asks the suspected owner again.
+    for replica in &cluster[1..] {
+        for _ in 0..3 {
+            assert_eq!(replica.cache.get(&key).await.unwrap(), value);
+        }
+    }
+    assert_eq!(loader.loads.of(&key), 1);
+    assert_eq!(cluster[1].cache.stats().peer_errors, 1);
+    let stats = cluster[2].cache.stats();
+    assert!(stats.peer_errors <= 1 && stats.peer_suspicions == stats.peer_errors);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

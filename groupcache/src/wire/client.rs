@@ -14,7 +14,7 @@ use prost::Message;
 
 use super::auth::{PeerAuth, SIGNATURE_HEADER};
 use super::pool::{Answer, Connections, ReadError, request_error};
-use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF};
+use super::protocol::{ERROR_KIND, LOADER_ERROR, PEEK, PEEK_HEADER, PROTOBUF};
 use crate::PeerError;
 use crate::membership::Endpoint;
 
@@ -62,13 +62,44 @@ impl PeerClient {
         peer: &Arc<Endpoint>,
         path: String,
     ) -> Result<GetResponse, Failure> {
+        let answer = self.get_as(peer, path, false, self.timeout).await?;
+        answer.ok_or(Failure::Peer(PeerError::Status {
+            status: 404,
+            message: "not found".to_owned(),
+        }))
+    }
+
+    /// A peek ([`PEEK_HEADER`]): the peer's value if it holds it in memory, `None` if not; the
+    /// peer never loads. Waits at most `timeout`.
+    pub(crate) async fn peek(
+        &self,
+        peer: &Arc<Endpoint>,
+        path: String,
+        timeout: Duration,
+    ) -> Result<Option<GetResponse>, Failure> {
+        self.get_as(peer, path, true, timeout).await
+    }
+
+    /// `get` and `peek`; `None` for a peek's 404.
+    async fn get_as(
+        &self,
+        peer: &Arc<Endpoint>,
+        path: String,
+        peek: bool,
+        timeout: Duration,
+    ) -> Result<Option<GetResponse>, Failure> {
         let exchange = async {
+            let header = peek.then_some((PEEK_HEADER, PEEK));
             let answer = self
-                .send(Method::GET, peer, path, Bytes::new())
+                .send(Method::GET, peer, path, Bytes::new(), header)
                 .await
                 .map_err(Failure::Peer)?;
             let response = &answer.response;
             let status = response.status();
+            if peek && status == StatusCode::NOT_FOUND {
+                let _ = answer.read_prefix(1024).await;
+                return Ok(None);
+            }
             if status.is_success() {
                 let content_type = response.headers().get(CONTENT_TYPE);
                 if content_type.is_none_or(|value| value != PROTOBUF) {
@@ -87,6 +118,7 @@ impl PeerClient {
                     ReadError::Failed(error) => Failure::Peer(request_error(error)),
                 })?;
                 return GetResponse::decode(body)
+                    .map(Some)
                     .map_err(|e| Failure::Peer(PeerError::Malformed(e.to_string())));
             }
             let is_loader_error = status == StatusCode::INTERNAL_SERVER_ERROR
@@ -104,7 +136,7 @@ impl PeerClient {
                 }))
             }
         };
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
             .unwrap_or(Err(Failure::Peer(PeerError::Timeout)))
     }
@@ -134,7 +166,7 @@ impl PeerClient {
         body: Bytes,
     ) -> Result<(), PeerError> {
         let exchange = async {
-            let answer = self.send(method, peer, path, body).await?;
+            let answer = self.send(method, peer, path, body, None).await?;
             let status = answer.response.status();
             if status.is_success() {
                 // Read to the end, so the connection can carry the next request.
@@ -161,8 +193,12 @@ impl PeerClient {
         peer: &Arc<Endpoint>,
         path: String,
         body: Bytes,
+        header: Option<(&'static str, &'static str)>,
     ) -> Result<Answer, PeerError> {
         let mut request = Request::builder().method(method.clone());
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
         if let Some(auth) = &self.auth {
             let signature = auth.sign(method.as_str(), peer.authority.as_bytes(), &path, &body);
             request = request.header(SIGNATURE_HEADER, signature);

@@ -8,6 +8,8 @@
 //! - 400 for a malformed path, invalid UTF-8, an oversized key or a malformed `SetRequest`; 404 for
 //!   an unknown group; 405 for any other method; 413 for a body over the limit; 500 when the loader
 //!   failed, flagged with [`ERROR_KIND`]: [`LOADER_ERROR`] so our peers do not retry locally.
+//! - A `GET` with [`PEEK_HEADER`] is answered from memory only: 200 as above, or 404 when the
+//!   value is not cached.
 
 use std::fmt;
 
@@ -22,6 +24,15 @@ pub(crate) const ERROR_KIND: &str = "groupcache-error";
 
 /// The [`ERROR_KIND`] of a loader error.
 pub(crate) const LOADER_ERROR: &str = "loader";
+
+/// On a `GET` (value [`PEEK`]): answer only from memory, 404 when the value is not cached; never
+/// load. A replica that just became a key's owner asks the previous owner so before loading it
+/// (a warm hand-off). golang/groupcache ignores the header and would load, so Go peers are never
+/// sent it (see `Builder::handoff_timeout`). Signed, like every request, when auth is on.
+pub(crate) const PEEK_HEADER: &str = "groupcache-peek";
+
+/// The [`PEEK_HEADER`] value.
+pub(crate) const PEEK: &str = "1";
 
 /// Everything but RFC 3986's unreserved characters is escaped: a superset of what Go's
 /// `url.PathEscape` escapes (space is `%20`, `/` is `%2F`), which any server percent-decodes.

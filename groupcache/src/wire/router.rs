@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::auth::SIGNATURE_HEADER;
-use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF, parse_path};
+use super::protocol::{ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, parse_path};
 use crate::caches::Entry;
 use crate::membership::Endpoint;
 use crate::{Error, Groupcache, Loader};
@@ -157,6 +157,14 @@ async fn serve<L: Loader>(
     }
     inner.metrics.server_request();
     match method {
+        Method::GET if headers.contains_key(PEEK_HEADER) => match inner.serve_peek(&key) {
+            Some(entry) => protobuf(GetResponse {
+                value: Some(entry.value),
+                minute_qps: None,
+                expire: (entry.expire != 0).then_some(entry.expire),
+            }),
+            None => text(StatusCode::NOT_FOUND, "not cached"),
+        },
         Method::GET => match inner.serve_get(&key).await {
             Ok((entry, minute_qps)) => protobuf(GetResponse {
                 value: Some(entry.value),

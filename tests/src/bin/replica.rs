@@ -5,6 +5,7 @@
 //! replica [--listen 127.0.0.1:0] [--self URL] [--load-ms N] [--value-bytes N] [--main-bytes N]
 //!         [--hot-bytes N] [--peer-timeout-ms N] [--connect-timeout-ms N] [--hot-max-age-ms N]
 //!         [--hot-promotion N] [--secret S] [--max-nonces N] [--header-timeout-ms N]
+//!         [--owner-suspicion-ms N]
 //! ```
 //!
 //! `--secret` turns peer authentication on (`--max-nonces`: its nonce store's bound);
@@ -54,6 +55,7 @@ struct Options {
     secret: Option<String>,
     max_nonces: Option<usize>,
     header_timeout: Option<Duration>,
+    owner_suspicion: Option<Duration>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -71,6 +73,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         secret: None,
         max_nonces: None,
         header_timeout: None,
+        owner_suspicion: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -96,6 +99,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--max-nonces" => options.max_nonces = Some(number()? as usize),
             "--header-timeout-ms" => {
                 options.header_timeout = Some(Duration::from_millis(number()?))
+            }
+            "--owner-suspicion-ms" => {
+                options.owner_suspicion = Some(Duration::from_millis(number()?))
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -199,6 +205,9 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
                 auth = auth.max_remembered_nonces(bound);
             }
             builder = builder.peer_auth(auth);
+        }
+        if let Some(suspicion) = options.owner_suspicion {
+            builder = builder.owner_suspicion(suspicion);
         }
         let cache = builder.build()?;
         let app = Router::new()
