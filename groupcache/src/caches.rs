@@ -82,30 +82,53 @@ struct Inner {
     map: LruCache<Arc<str>, Stored>,
     bytes: u64,
     segments: Segments,
-    /// Writes per stripe of keys (by key hash): `remove` and `insert` bump their key's stripe, so
-    /// a load that took a [`Token`] before them cannot store after them.
-    generations: Box<[u64]>,
+    /// Writes per stripe of keys (by key hash): `remove` and `insert` count in their key's
+    /// stripe, so a load that took a [`Token`] before them cannot store after them.
+    generations: Box<[Writes]>,
     /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
     epoch: u64,
 }
 
-/// Stripes of write generations. A write to another key of the same stripe while a load runs
-/// only keeps that load's value out of the cache (it is still returned): with 1,024 stripes and
-/// a load taking 10 ms, that needs another key's write rate above ~100,000 a second to matter.
+/// Stripes of write generations. Two writes to other keys of the same stripe while a load runs
+/// keep that load's value out of the cache (it is still returned; one such write is told apart
+/// by its key's hash): with 1,024 stripes, a load taking 10 ms and 10,000 writes a second to
+/// other keys, about one load in 200,000.
 const STRIPES: usize = 1024;
+
+/// The writes of one stripe: how many, and the hash of the last written key.
+#[derive(Debug, Clone, Copy, Default)]
+struct Writes {
+    count: u64,
+    last: u64,
+}
+
+/// What happened since a token was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Since {
+    /// Nothing that matters to its key.
+    Nothing,
+    /// [`Cache::supersede_all`], and no write to the key.
+    NewEpoch,
+    /// A write to the key (or writes to its stripe that may have been).
+    Written,
+}
 
 /// The cache's write generation for a key, taken before the work that produces its value.
 /// [`Cache::insert_if`] stores only if no write to the key (and no
 /// [`supersede_all`](Cache::supersede_all)) happened since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Token {
-    stripe: usize,
+    hash: u64,
     generation: u64,
     epoch: u64,
 }
 
-fn stripe(key: &str) -> usize {
-    (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % STRIPES as u64) as usize
+fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+fn stripe(hash: u64) -> usize {
+    (hash % STRIPES as u64) as usize
 }
 
 /// An entry and where its value's bytes live.
@@ -118,8 +141,24 @@ struct Stored {
 type Removed = Vec<(Arc<str>, Stored)>;
 
 impl Inner {
-    fn is_current(&self, token: Token) -> bool {
-        token.epoch == self.epoch && token.generation == self.generations[token.stripe]
+    fn since(&self, token: Token) -> Since {
+        let writes = self.generations[stripe(token.hash)];
+        match writes.count - token.generation {
+            0 => {}
+            1 if writes.last != token.hash => {}
+            _ => return Since::Written,
+        }
+        if token.epoch == self.epoch {
+            Since::Nothing
+        } else {
+            Since::NewEpoch
+        }
+    }
+
+    fn write(&mut self, hash: u64) {
+        let writes = &mut self.generations[stripe(hash)];
+        writes.count += 1;
+        writes.last = hash;
     }
 }
 
@@ -150,7 +189,7 @@ impl Cache {
                 map: LruCache::unbounded(),
                 bytes: 0,
                 segments,
-                generations: vec![0; STRIPES].into_boxed_slice(),
+                generations: vec![Writes::default(); STRIPES].into_boxed_slice(),
                 epoch: 0,
             }),
             budget: budget_bytes,
@@ -199,17 +238,17 @@ impl Cache {
     /// engine stores through [`insert_if`](Cache::insert_if) and [`write_if`](Cache::write_if).
     #[cfg(test)]
     pub(crate) fn insert(&self, key: &str, entry: Entry) -> Inserted {
-        self.insert_checked(key, entry, None, true)
+        self.insert_checked(key, entry, None, None, true)
             .unwrap_or_else(|value| Inserted { evicted: 0, value })
     }
 
     /// The key's write generation now, for a later [`insert_if`](Cache::insert_if).
     pub(crate) fn token(&self, key: &str) -> Token {
-        let stripe = stripe(key);
+        let hash = key_hash(key);
         let inner = self.lock();
         Token {
-            stripe,
-            generation: inner.generations[stripe],
+            hash,
+            generation: inner.generations[stripe(hash)].count,
             epoch: inner.epoch,
         }
     }
@@ -218,13 +257,18 @@ impl Cache {
     /// removed) or [`supersede_all`](Cache::supersede_all) ran since `token` was taken: checked
     /// and stored under one lock, so no write can fall between the check and the store. Returns
     /// the value as given when it was not stored.
+    ///
+    /// After a [`supersede_all`](Cache::supersede_all) alone (no write to the key), it stores
+    /// with expiry `after_new_epoch` if given: the value is current, only no longer to be kept
+    /// without a bound.
     pub(crate) fn insert_if(
         &self,
         key: &str,
         entry: Entry,
         token: Token,
+        after_new_epoch: Option<i64>,
     ) -> Result<Inserted, Bytes> {
-        self.insert_checked(key, entry, Some(token), false)
+        self.insert_checked(key, entry, Some(token), after_new_epoch, false)
     }
 
     /// [`insert_if`](Cache::insert_if) for a write (a `set`): when it stores, it is a write, as
@@ -236,7 +280,7 @@ impl Cache {
         entry: Entry,
         token: Token,
     ) -> Result<Inserted, Bytes> {
-        self.insert_checked(key, entry, Some(token), true)
+        self.insert_checked(key, entry, Some(token), None, true)
     }
 
     /// Makes every token taken so far stale, e.g. when the keys this cache may hold change.
@@ -270,6 +314,7 @@ impl Cache {
         key: &str,
         entry: Entry,
         token: Option<Token>,
+        after_new_epoch: Option<i64>,
         write: bool,
     ) -> Result<Inserted, Bytes> {
         let size = charge(key, entry.value.len());
@@ -281,8 +326,8 @@ impl Cache {
                 value: entry.value,
             });
         }
-        let stripe = stripe(key);
-        let Entry { value, expire } = entry;
+        let hash = key_hash(key);
+        let Entry { value, mut expire } = entry;
         let packs = Segments::packs(self.segment_bytes, value.len());
         let key: Arc<str> = Arc::from(key);
         // The loader's buffer of a packed value is dropped after unlocking.
@@ -294,12 +339,16 @@ impl Cache {
         let mut removed = Removed::new();
         let mut guard = self.lock();
         let inner = &mut *guard;
-        if token.is_some_and(|token| !inner.is_current(token)) {
-            drop(guard);
-            return Err(own.unwrap_or(small));
+        match (token.map(|token| inner.since(token)), after_new_epoch) {
+            (None | Some(Since::Nothing), _) => {}
+            (Some(Since::NewEpoch), Some(bounded)) => expire = bounded,
+            (Some(Since::NewEpoch | Since::Written), _) => {
+                drop(guard);
+                return Err(own.unwrap_or(small));
+            }
         }
         if write {
-            inner.generations[stripe] += 1;
+            inner.write(hash);
         }
         // An older value goes first, so that the map keeps the key its segment lists.
         if let Some((key, old)) = inner.map.pop_entry(&*key) {
@@ -349,12 +398,11 @@ impl Cache {
 
     /// `remove`, or with a token, a remove only if the token is current (and then no write).
     fn remove_checked(&self, key: &str, token: Option<Token>) -> bool {
-        let stripe = stripe(key);
         let mut inner = self.lock();
         match token {
-            Some(token) if !inner.is_current(token) => return false,
+            Some(token) if inner.since(token) != Since::Nothing => return false,
             Some(_) => {}
-            None => inner.generations[stripe] += 1,
+            None => inner.write(key_hash(key)),
         }
         let removed = inner.map.pop_entry(key);
         let let_go = self.forget(&mut inner, removed.as_ref());
@@ -837,15 +885,15 @@ mod tests {
     fn a_token_is_stale_after_a_write_to_its_key_or_supersede_all() {
         let cache = Cache::new(1 << 20);
         let token = cache.token("k");
-        assert!(cache.insert_if("k", entry(10), token).is_ok());
+        assert!(cache.insert_if("k", entry(10), token, None).is_ok());
         assert!(
-            cache.insert_if("k", entry(11), token).is_ok(),
+            cache.insert_if("k", entry(11), token, None).is_ok(),
             "a load's store is no write"
         );
         cache.remove("k");
         assert_eq!(
             cache
-                .insert_if("k", entry(12), token)
+                .insert_if("k", entry(12), token, Some(1))
                 .map(|i| i.value.len())
                 .map_err(|value| value.len()),
             Err(12),
@@ -855,18 +903,40 @@ mod tests {
         let token = cache.token("k");
         cache.insert("k", entry(13));
         assert!(
-            cache.insert_if("k", entry(14), token).is_err(),
+            cache.insert_if("k", entry(14), token, None).is_err(),
             "stale after an insert"
         );
         assert_eq!(cache.get("k", 0).map(|e| e.value.len()), Some(13));
         let token = cache.token("k");
         cache.supersede_all();
-        assert!(cache.insert_if("k", entry(15), token).is_err());
-        let token = cache.token("k");
-        cache.remove("other");
-        let same_stripe = stripe("other") == stripe("k");
-        assert_eq!(cache.insert_if("k", entry(16), token).is_ok(), !same_stripe);
+        assert!(cache.insert_if("k", entry(15), token, None).is_err());
+        assert!(
+            cache.insert_if("k", entry(15), token, Some(500)).is_ok(),
+            "after a new epoch alone, stored with the expiry given"
+        );
+        assert!(cache.get("k", 499).is_some() && cache.get("k", 500).is_none());
         check_accounting(&cache);
+    }
+
+    /// Writes to other keys of the same stripe: one is told apart by its hash; two make the
+    /// token stale, as a write to the key itself does.
+    #[test]
+    fn writes_to_other_keys_of_the_stripe() {
+        let cache = Cache::new(1 << 20);
+        let mine = key_hash("k");
+        let same: Vec<String> = (0..)
+            .map(|i| format!("o{i}"))
+            .filter(|other| stripe(key_hash(other)) == stripe(mine))
+            .take(2)
+            .collect();
+        let token = cache.token("k");
+        cache.remove(&same[0]);
+        assert!(cache.insert_if("k", entry(1), token, None).is_ok());
+        cache.remove(&same[1]);
+        assert!(cache.insert_if("k", entry(2), token, None).is_err());
+        let token = cache.token("k");
+        cache.remove("k");
+        assert!(cache.insert_if("k", entry(3), token, None).is_err());
     }
 
     #[test]

@@ -627,7 +627,10 @@ impl<L: Loader> Inner<L> {
                 if let Store::Bounded(_) = store {
                     entry.expire = self.bounded_expiry(entry.expire);
                 }
-                let inserted = match self.main.insert_if(key, entry, token) {
+                // A ring change since the token was taken: the value is current, but this
+                // replica may no longer own the key, so it is kept only under the bound.
+                let bounded = self.bounded_expiry(entry.expire);
+                let inserted = match self.main.insert_if(key, entry, token, Some(bounded)) {
                     Ok(inserted) => inserted,
                     Err(value) => return value,
                 };
@@ -636,7 +639,7 @@ impl<L: Loader> Inner<L> {
             }
             Store::Hot(token) => {
                 entry.expire = self.bounded_expiry(entry.expire);
-                let inserted = match self.hot.insert_if(key, entry, token) {
+                let inserted = match self.hot.insert_if(key, entry, token, None) {
                     Ok(inserted) => inserted,
                     Err(value) => return value,
                 };

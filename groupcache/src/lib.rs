@@ -42,8 +42,10 @@
 //! that is this replica, or the request came from a peer (peers' requests are never forwarded
 //! again), it joins the key's *load* flight, which runs the loader once and fills the main cache.
 //! Otherwise it joins the key's *fetch* flight, which asks the owner over HTTP (`wire/client.rs`),
-//! keeps the value in the hot cache if this replica asks for the key often (`popularity.rs`), and
-//! loads locally if the owner cannot be reached. Flights (`flight.rs`) run in tasks of their own,
+//! keeps the value in the hot cache if this replica asks for the key often (`popularity.rs`); if
+//! the owner cannot be reached it is suspected for a while and the key's successor on the ring
+//! is asked instead (loading locally only if that fails too). Membership changes and the
+//! staleness bound they keep are in the README's "Membership changes". Flights (`flight.rs`) run in tasks of their own,
 //! so cancelled callers and panicking loaders harm no one.
 //!
 //! # Modules

@@ -552,7 +552,12 @@ async fn rust_replicas_answer_without_errors_while_a_go_replica_is_killed() {
             let owner = rusts[r].cache.owner(&key);
             let loaded_here = loaders[r].value_for(&key);
             if owner == dead && after_kill && key.starts_with("fresh-") {
-                assert_eq!(value, loaded_here, "{key} falls back to a local load");
+                // Loaded by the key's successor on the ring (the owner is suspected): a Go peer
+                // (it falls back to its own load) or a Rust one.
+                assert!(
+                    value == format!("go:{key}") || value == loaded_here,
+                    "{key}: {value} from the successor"
+                );
                 fallbacks += 1;
             } else if owner == dead {
                 assert!(
@@ -575,8 +580,16 @@ async fn rust_replicas_answer_without_errors_while_a_go_replica_is_killed() {
         fallbacks > 0,
         "some fresh keys owned by the dead Go replica"
     );
+    // Each Rust replica found the dead owner down and suspected it, rather than failing once
+    // per key.
+    for rust in rusts.iter() {
+        let stats = rust.cache.stats();
+        assert!(
+            stats.peer_errors >= 1 && stats.peer_suspicions >= 1,
+            "{stats:?}"
+        );
+    }
     let peer_errors: u64 = rusts.iter().map(|r| r.cache.stats().peer_errors).sum();
-    assert!(peer_errors >= fallbacks, "{peer_errors} < {fallbacks}");
 
     // Once discovery drops the dead replica, its keys go to the living and nothing fails.
     for rust in rusts.iter() {

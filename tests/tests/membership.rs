@@ -320,3 +320,47 @@ async fn a_peek_never_loads() {
     assert_eq!(response.status(), 200);
     assert_eq!(loader.loads.total(), 1);
 }
+
+/// A rolling restart: each of three replicas in turn is replaced by a new one (the new one
+/// joins, the old one leaves the rings and drains, then dies), with every key asked for after
+/// each step. Keys moved at each step are handed off; the source sees few reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_reloads_at_most_a_tenth_of_the_keys() {
+    const KEYS: usize = 5_000;
+    let loader = TestLoader::new();
+    let start = || Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()));
+    let mut live: Vec<Replica<TestLoader>> = (0..3).map(|_| start()).collect();
+    let urls = |replicas: &[Replica<TestLoader>]| -> Vec<String> {
+        replicas.iter().map(|r| r.url.clone()).collect()
+    };
+    for replica in &live {
+        replica.cache.set_peers(urls(&live)).unwrap();
+    }
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("roll-{i}")).collect();
+    assert_eq!(get_all(&live[0], &keys).await, 0);
+    let warm = loader.loads.total();
+    for _ in 0..3 {
+        let mut old = live.remove(0);
+        let new = start();
+        live.push(new);
+        // The new replica joins: its own ring first, then everyone's (the old one's too).
+        let with_old: Vec<String> = std::iter::once(old.url.clone())
+            .chain(urls(&live))
+            .collect();
+        for replica in live.iter().rev() {
+            replica.cache.set_peers(&with_old).unwrap();
+        }
+        old.cache.set_peers(&with_old).unwrap();
+        assert_eq!(get_all(&live[0], &keys).await, 0);
+        // The old one leaves the rings, drains (still answering), then dies.
+        for replica in &live {
+            replica.cache.set_peers(urls(&live)).unwrap();
+        }
+        assert_eq!(get_all(&live[1], &keys).await, 0);
+        old.kill();
+    }
+    assert_eq!(get_all(&live[2], &keys).await, 0);
+    let reloads = loader.loads.total() - warm;
+    println!("rolling restart of 3 replicas, {KEYS} keys: {reloads} reloaded");
+    assert!(reloads * 10 <= KEYS, "{reloads} of {KEYS} keys reloaded");
+}
