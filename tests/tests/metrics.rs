@@ -1,5 +1,7 @@
 //! The metric names and labels of the design notes, observed through a local recorder.
 
+use std::time::Duration;
+
 use groupcache_rs::Groupcache;
 use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by};
 use metrics::Key;
@@ -10,7 +12,11 @@ fn replica_with_recorder(loader: &TestLoader) -> (Replica<TestLoader>, Snapshott
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let replica = metrics::with_local_recorder(&recorder, || {
-        Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()))
+        // No warm hand-off: in a cluster this young every miss would first peek a peer, and
+        // those peeks are peer requests of their own, counted where they are served.
+        Replica::start(|url| {
+            Groupcache::builder(GROUP, url, loader.clone()).handoff_timeout(Duration::ZERO)
+        })
     });
     (replica, snapshotter)
 }
