@@ -607,10 +607,7 @@ impl<L: Loader> Inner<L> {
     fn suspect(&self, peer: &Member, error: &crate::PeerError) -> bool {
         let down = matches!(
             error,
-            // Not a failure on a connection that was up (a keep-alive connection the owner closed
-            // as a request went out, say): that owner is alive, and suspecting it would send all
-            // its keys to its successor, to be loaded a second time.
-            crate::PeerError::Connect(_) | crate::PeerError::Timeout
+            crate::PeerError::Request(_) | crate::PeerError::Timeout
         );
         if !down || self.config.owner_suspicion.is_zero() {
             return false;

@@ -81,11 +81,7 @@ impl Error {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum PeerError {
-    /// Connecting failed: refused, unreachable, or not within the connect timeout. The only
-    /// failure (with [`Timeout`](PeerError::Timeout)) that makes an owner suspected down.
-    #[error("connect failed: {0}")]
-    Connect(String),
-    /// Sending or reading failed on a connection (reset, closed, TLS), or the request was invalid.
+    /// Connecting, sending or reading failed (refused, reset, DNS, TLS).
     #[error("request failed: {0}")]
     Request(String),
     /// The peer did not answer within the peer request timeout.

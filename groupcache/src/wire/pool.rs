@@ -208,7 +208,7 @@ impl Connections {
             let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
                 .await
                 .map_err(|e| {
-                    PeerError::Connect(format!("connecting to {}: {e}", endpoint.origin))
+                    PeerError::Request(format!("connecting to {}: {e}", endpoint.origin))
                 })?;
             let _ = tcp.set_nodelay(true);
             if endpoint.tls {
@@ -219,7 +219,7 @@ impl Connections {
         tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| {
-                PeerError::Connect(format!(
+                PeerError::Request(format!(
                     "connecting to {}: timed out after {:?}",
                     endpoint.origin, self.connect_timeout
                 ))
