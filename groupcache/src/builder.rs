@@ -20,6 +20,11 @@ pub const DEFAULT_MAIN_CACHE_BYTES: u64 = 64 << 20;
 /// Default hot-cache budget: 8 MiB (golang/groupcache lets hot grow to an eighth of main).
 pub const DEFAULT_HOT_CACHE_BYTES: u64 = 8 << 20;
 
+/// Default [`Builder::max_batch_keys`]: 1024 keys per batch request.
+pub const DEFAULT_MAX_BATCH_KEYS: usize = 1024;
+/// Default [`Builder::max_batch_bytes`]: 16 MiB of values per batch answer.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
+
 /// Builds a [`Groupcache`]; start with [`Groupcache::builder`].
 ///
 /// ```
@@ -67,6 +72,8 @@ pub(crate) struct Config {
     pub(crate) hot_max_age: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
+    pub(crate) max_batch_keys: usize,
+    pub(crate) max_batch_bytes: usize,
 }
 
 impl<L: Loader> Builder<L> {
@@ -84,6 +91,8 @@ impl<L: Loader> Builder<L> {
                 hot_max_age: Duration::from_secs(60),
                 auth: None,
                 max_concurrent_peer_requests: 1024,
+                max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
+                max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             },
             main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
@@ -169,6 +178,22 @@ impl<L: Loader> Builder<L> {
     /// their senders load locally, rather than queue without bound.
     pub fn max_concurrent_peer_requests(mut self, requests: usize) -> Self {
         self.config.max_concurrent_peer_requests = requests;
+        self
+    }
+
+    /// Most keys in one batch request (default [`DEFAULT_MAX_BATCH_KEYS`]): a
+    /// [`get_many`](Groupcache::get_many) sends an owner its keys in requests of at most this
+    /// many, and the router refuses larger batches with 413. Every replica should use the same.
+    pub fn max_batch_keys(mut self, keys: usize) -> Self {
+        self.config.max_batch_keys = keys.max(1);
+        self
+    }
+
+    /// Most value bytes in one batch answer (default [`DEFAULT_MAX_BATCH_BYTES`]), both read and
+    /// sent: the requester tells the owner its limit, and the owner fills an answer up to the
+    /// smaller of the two; the values that do not fit are fetched one by one.
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_batch_bytes = bytes;
         self
     }
 

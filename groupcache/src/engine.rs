@@ -275,7 +275,7 @@ pub(crate) struct Inner<L: Loader> {
 }
 
 impl<L: Loader> Inner<L> {
-    async fn get(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
+    pub(crate) async fn get(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
         self.check_key(key)?;
         self.metrics.get();
         if let Some(entry) = self.cached(key) {
@@ -300,7 +300,7 @@ impl<L: Loader> Inner<L> {
     }
 
     /// A main or hot cache hit, counted.
-    fn cached(&self, key: &str) -> Option<Entry> {
+    pub(crate) fn cached(&self, key: &str) -> Option<Entry> {
         let now = now_nanos();
         if let Some(entry) = self.main.get(key, now) {
             self.metrics.main_hit();
@@ -312,13 +312,13 @@ impl<L: Loader> Inner<L> {
     }
 
     /// A hit without counting, for flights that look again before doing the work.
-    fn peek(&self, key: &str) -> Option<Entry> {
+    pub(crate) fn peek(&self, key: &str) -> Option<Entry> {
         let now = now_nanos();
         self.main.get(key, now).or_else(|| self.hot.get(key, now))
     }
 
     /// Runs the loader once for everyone asking for `key` now.
-    async fn load(self: &Arc<Self>, key: &str, store: Store) -> (Outcome<Entry>, bool) {
+    pub(crate) async fn load(self: &Arc<Self>, key: &str, store: Store) -> (Outcome<Entry>, bool) {
         let this = self.clone();
         let owned_key = key.to_owned();
         let (outcome, started) = self
@@ -380,7 +380,7 @@ impl<L: Loader> Inner<L> {
             .await
     }
 
-    async fn fetch_from(
+    pub(crate) async fn fetch_from(
         self: &Arc<Self>,
         key: &str,
         owner: &Member,
@@ -419,7 +419,7 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Caches the entry; returns the value as the cache holds it (or as given, if not kept).
-    fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
+    pub(crate) fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
         match store {
             Store::Main => {
                 let inserted = self.main.insert(key, entry);
@@ -509,7 +509,7 @@ impl<L: Loader> Inner<L> {
         protocol::key_path(&peer.key_prefix, key)
     }
 
-    fn check_key(&self, key: &str) -> Result<(), Error> {
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), Error> {
         let limit = self.config.max_key_bytes;
         if key.len() > limit {
             return Err(Error::KeyTooLarge {
@@ -541,6 +541,6 @@ impl<L: Loader> Inner<L> {
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 
 /// A stable 64-bit hash of the key for the popularity sketch (never Rust's `Hash`).
-fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }

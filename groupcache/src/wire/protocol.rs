@@ -8,6 +8,8 @@
 //! - 400 for a malformed path, invalid UTF-8, an oversized key or a malformed `SetRequest`; 404 for
 //!   an unknown group; 405 for any other method; 413 for a body over the limit; 500 when the loader
 //!   failed, flagged with [`ERROR_KIND`]: [`LOADER_ERROR`] so our peers do not retry locally.
+//! - `POST {base}{group}/_batch` ([`BATCH_KEY`]) is this library's extension for many keys at once,
+//!   advertised by [`BATCH_HEADER`] on every answer; see `wire/batch.rs`.
 
 use std::fmt;
 
@@ -22,6 +24,15 @@ pub(crate) const ERROR_KIND: &str = "groupcache-error";
 
 /// The [`ERROR_KIND`] of a loader error.
 pub(crate) const LOADER_ERROR: &str = "loader";
+
+/// The last segment of a batch request's path, `POST {base}{group}/_batch`. The method tells it
+/// from a `GET` of a key named `_batch`, which still works. The body is a `BatchRequest`; the
+/// answer is one length-delimited `BatchEntry` per key, in the request's order.
+pub(crate) const BATCH_KEY: &str = "_batch";
+
+/// Set (`1`) on every answer of this library's router: the peer takes batch requests.
+/// golang/groupcache peers do not send it, so they only ever get single requests.
+pub(crate) const BATCH_HEADER: &str = "groupcache-batch";
 
 /// Everything but RFC 3986's unreserved characters is escaped: a superset of what Go's
 /// `url.PathEscape` escapes (space is `%20`, `/` is `%2F`), which any server percent-decodes.

@@ -1,5 +1,6 @@
 //! The serving side of the wire: an axum router that answers peers' `GET`, `PUT` and `DELETE` for
-//! `{base_path}{group}/{key}`, as golang/groupcache's `HTTPPool` does for `GET`.
+//! `{base_path}{group}/{key}`, as golang/groupcache's `HTTPPool` does for `GET`, and `POST` of a
+//! batch to `{base_path}{group}/_batch` ([`batch`](super::batch)); every answer advertises batches.
 //!
 //! A request that arrives here is never forwarded to another peer: the replica answers from its
 //! caches or loads the value itself, so replicas whose rings disagree cannot forward in a loop.
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::auth::SIGNATURE_HEADER;
-use super::protocol::{ERROR_KIND, LOADER_ERROR, PROTOBUF, parse_path};
+use super::protocol::{BATCH_KEY, ERROR_KIND, LOADER_ERROR, PROTOBUF, parse_path};
 use crate::caches::Entry;
 use crate::{Error, Groupcache, Loader};
 
@@ -31,11 +32,15 @@ pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
     let slots = Arc::new(Semaphore::new(
         cache.inner.config.max_concurrent_peer_requests,
     ));
-    let handler = get(serve::<L>).put(serve::<L>).delete(serve::<L>);
+    let handler = get(serve::<L>)
+        .put(serve::<L>)
+        .delete(serve::<L>)
+        .post(serve::<L>);
     Router::new()
         .route(&format!("{base}{{*rest}}"), handler.clone())
         .route(&base, handler)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(super::batch::advertise))
         .with_state(Served { cache, slots })
 }
 
@@ -134,6 +139,7 @@ async fn serve<L: Loader>(
                 &format!("malformed SetRequest: {error}"),
             ),
         },
+        Method::POST if key == BATCH_KEY => super::batch::answer(inner, &body).await,
         Method::DELETE => {
             inner.forget(&key);
             StatusCode::OK.into_response()
@@ -142,7 +148,7 @@ async fn serve<L: Loader>(
     }
 }
 
-fn text(status: StatusCode, message: &str) -> Response {
+pub(super) fn text(status: StatusCode, message: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

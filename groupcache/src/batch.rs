@@ -1,0 +1,305 @@
+//! Many keys at once: [`Groupcache::get_many`] on the asking replica, `Inner::serve_batch` on the
+//! owner.
+//!
+//! Each key takes the journey of a single `get` (`Inner::get`), and joins the same flights: a key
+//! owned by a peer that takes batches joins its *fetch* flight here, and the keys this call leads
+//! travel to their owner in one request; every other key (owned here, owned by a peer that does
+//! not batch, or one a URL cannot carry) goes through `Inner::get` itself. So a key asked for by a
+//! `get_many` and a concurrent `get`, on any replicas, is loaded once cluster-wide.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Instant;
+
+use groupcache_rs_pb::{BatchEntry, BatchRequest};
+use tokio::sync::oneshot;
+
+use crate::caches::Entry;
+use crate::engine::{Caller, Groupcache, Inner, Store, key_hash};
+use crate::flight::{Outcome, Superseded};
+use crate::membership::Member;
+use crate::wire::client::Failure;
+use crate::wire::protocol::{self, BATCH_KEY};
+use crate::{Error, Loader, Value};
+
+impl<L: Loader> Groupcache<L> {
+    /// The values of `keys`, one result per key in the same order, each on its own: one key's
+    /// loader error or oversize does not fail the others.
+    ///
+    /// Keys already cached are answered without any request. The rest are grouped by owner, and
+    /// each owner that takes batches (another replica of this library that has answered this one
+    /// before) is asked for its keys in one request, all owners in parallel; keys owned by a
+    /// golang/groupcache peer, or by a peer not heard from yet, are fetched one by one as
+    /// [`get`](Self::get) does. Each key joins the same flights as a `get` of it would, so it is
+    /// loaded once cluster-wide however the two race.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), groupcache_rs::Error> {
+    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
+    /// let rows = cache.get_many(&["1", "2", "3"]).await;
+    /// assert_eq!(rows.len(), 3);
+    /// assert_eq!(rows[1].as_deref().ok(), Some("row for 2"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Result<L::Value, Error>> {
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        let entries = self.inner.get_many(&keys).await;
+        entries
+            .into_iter()
+            .map(|entry| {
+                entry.and_then(|entry| {
+                    L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
+                })
+            })
+            .collect()
+    }
+}
+
+/// A key whose fetch flight a `get_many` leads: where its outcome goes.
+struct Led {
+    key: String,
+    outcome: oneshot::Sender<Outcome<Entry>>,
+    superseded: Superseded,
+}
+
+type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + 'a>>;
+
+impl<L: Loader> Inner<L> {
+    async fn get_many(self: &Arc<Self>, keys: &[&str]) -> Vec<Outcome<Entry>> {
+        let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
+        let mut singles = Vec::new();
+        let mut by_owner: HashMap<Arc<str>, (Arc<Member>, Vec<usize>)> = HashMap::new();
+        {
+            let membership = self.peers.snapshot();
+            for (index, &key) in keys.iter().enumerate() {
+                let owner = membership.remote_owner(key);
+                let Some(owner) = owner.filter(|owner| {
+                    protocol::can_carry(key) && owner.endpoint.batches.load(Ordering::Relaxed)
+                }) else {
+                    singles.push(index);
+                    continue;
+                };
+                // The start of `Inner::get`, for keys that go on to a batch.
+                if let Err(error) = self.check_key(key) {
+                    results[index] = Some(Err(error));
+                    continue;
+                }
+                self.metrics.get();
+                if let Some(entry) = self.cached(key) {
+                    results[index] = Some(Ok(entry));
+                    continue;
+                }
+                self.metrics.load();
+                self.popularity.record(key_hash(key));
+                by_owner
+                    .entry(owner.url.clone())
+                    .or_insert_with(|| (owner.clone(), Vec::new()))
+                    .1
+                    .push(index);
+            }
+        }
+        let singly = futures_util::future::join_all(
+            singles
+                .iter()
+                .map(|&index| self.get(keys[index], Caller::Local)),
+        );
+        let mut batches = Vec::new();
+        for (owner, indexes) in by_owner.into_values() {
+            for chunk in indexes.chunks(self.config.max_batch_keys) {
+                let chunk = chunk.to_vec();
+                let owner = owner.clone();
+                batches.push(async move {
+                    let chunk_keys: Vec<&str> = chunk.iter().map(|&index| keys[index]).collect();
+                    let outcomes = self.fetch_many(owner, &chunk_keys).await;
+                    (chunk, outcomes)
+                });
+            }
+        }
+        let batched = futures_util::future::join_all(batches);
+        let (singly, batched) = futures_util::future::join(singly, batched).await;
+        for (&index, outcome) in singles.iter().zip(singly) {
+            results[index] = Some(outcome);
+        }
+        for (chunk, outcomes) in batched {
+            for (&index, outcome) in chunk.iter().zip(outcomes) {
+                results[index] = Some(outcome);
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or(Err(Error::LoadAbandoned)))
+            .collect()
+    }
+
+    /// Joins the fetch flight of each of `keys`, all owned by `owner`, and asks the owner in one
+    /// request for the keys this call leads.
+    async fn fetch_many(
+        self: &Arc<Self>,
+        owner: Arc<Member>,
+        keys: &[&str],
+    ) -> Vec<Outcome<Entry>> {
+        let led = Arc::new(Mutex::new(Vec::new()));
+        let mut joined: Vec<Joined<'_>> = keys
+            .iter()
+            .map(|&key| {
+                let led = led.clone();
+                let flight = self.fetches.run(key, move |superseded| {
+                    let (outcome, receiver) = oneshot::channel();
+                    lock(&led).push(Led {
+                        key: key.to_owned(),
+                        outcome,
+                        superseded,
+                    });
+                    async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) }
+                });
+                Box::pin(flight) as Joined<'_>
+            })
+            .collect();
+        // One poll each joins or leads every key's flight: `Flight::run` takes the key's place in
+        // the map, and calls the work's closure when it leads, before it first waits.
+        let mut done: Vec<Option<(Outcome<Entry>, bool)>> = vec![None; keys.len()];
+        std::future::poll_fn(|context| {
+            for (flight, done) in joined.iter_mut().zip(done.iter_mut()) {
+                if let Poll::Ready(outcome) = flight.as_mut().poll(context) {
+                    *done = Some(outcome);
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let led = std::mem::take(&mut *lock(&led));
+        if !led.is_empty() {
+            // In a task of its own, like every flight's work: a caller that gives up does not
+            // leave the other waiters of these keys without an answer.
+            tokio::spawn(self.clone().fetch_batch(owner, led));
+        }
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for (flight, done) in joined.into_iter().zip(done) {
+            let (outcome, started) = match done {
+                Some(done) => done,
+                None => flight.await,
+            };
+            if started {
+                self.metrics.load_deduped();
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// The owner's answer for the led keys, each handed to its flight as soon as it is known.
+    async fn fetch_batch(self: Arc<Self>, owner: Arc<Member>, led: Vec<Led>) {
+        let mut asking = Vec::with_capacity(led.len());
+        for led in led {
+            match self.peek(&led.key) {
+                Some(entry) => {
+                    let _ = led.outcome.send(Ok(entry));
+                }
+                None => asking.push(led),
+            }
+        }
+        if asking.is_empty() {
+            return;
+        }
+        let request = BatchRequest {
+            group: Some(self.group.clone()),
+            keys: asking.iter().map(|led| led.key.clone()).collect(),
+            max_answer_bytes: Some(self.config.max_batch_bytes as u64),
+        };
+        let path = protocol::key_path(&owner.key_prefix, BATCH_KEY);
+        let started = Instant::now();
+        let answer = self.client.batch(&owner.endpoint, path, &request).await;
+        self.metrics.peer_request_duration.record(started.elapsed());
+        drop(request);
+        let entries = match answer {
+            Ok(entries) => entries.into_iter().map(Some).collect(),
+            Err(Failure::Peer(error)) => {
+                self.metrics.peer_error();
+                tracing::warn!(group = %self.group, peer = %owner.url, %error, keys = asking.len(), "batch to peer failed; loading its keys locally");
+                vec![None; asking.len()]
+            }
+            Err(Failure::Loader(message)) => {
+                // Not sent for a batch; a whole-batch loader error is every key's.
+                let entry = BatchEntry {
+                    loader_error: Some(message),
+                    ..BatchEntry::default()
+                };
+                vec![Some(entry); asking.len()]
+            }
+        };
+        let settled = asking.into_iter().zip(entries).map(|(led, entry)| {
+            let this = &self;
+            let owner = &owner;
+            async move {
+                let outcome = this.settle(&led, owner, entry).await;
+                let _ = led.outcome.send(outcome);
+            }
+        });
+        futures_util::future::join_all(settled).await;
+    }
+
+    /// One key's outcome from its batch entry (`None`: the batch failed), as `fetch_from` has it
+    /// from a single answer.
+    async fn settle(
+        self: &Arc<Self>,
+        led: &Led,
+        owner: &Arc<Member>,
+        entry: Option<BatchEntry>,
+    ) -> Outcome<Entry> {
+        let key = led.key.as_str();
+        let Some(entry) = entry else {
+            return self.load(key, Store::Hot).await.0;
+        };
+        if let Some(message) = entry.loader_error {
+            return Err(Error::RemoteLoader {
+                peer: owner.url.to_string(),
+                message,
+            });
+        }
+        if let Some(error) = entry.error {
+            self.metrics.peer_error();
+            tracing::warn!(group = %self.group, peer = %owner.url, key, %error, "peer failed a batched key; loading it locally");
+            return self.load(key, Store::Hot).await.0;
+        }
+        if entry.skipped == Some(true) {
+            // No room in the answer: this key on its own, still within its flight.
+            return self.fetch_from(key, owner, led.superseded.clone()).await;
+        }
+        self.metrics.peer_load();
+        let entry = Entry {
+            value: entry.value.unwrap_or_default(),
+            expire: entry.expire.unwrap_or(0),
+        };
+        let requests = self.popularity.estimate(key_hash(key));
+        if !led.superseded.get() && requests >= self.config.hot_promotion_requests {
+            let _ = self.store(key, entry.clone(), Store::Hot);
+        }
+        Ok(entry)
+    }
+
+    /// A peer's batch: each key as a peer's single `GET` is answered, all at once.
+    pub(crate) async fn serve_batch(self: &Arc<Self>, keys: &[String]) -> Vec<Outcome<Entry>> {
+        futures_util::future::join_all(keys.iter().map(|key| self.get(key, Caller::Peer))).await
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding this lock.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

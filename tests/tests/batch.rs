@@ -1,0 +1,266 @@
+//! `get_many` across clusters of real replicas: one peer request per owner, each key loaded once
+//! however singles and batches race, errors and failures per key.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use groupcache_rs::{Error, Groupcache, RingMode};
+use groupcache_tests::{GROUP, Replica, TestLoader, connect, key_owned, start_cluster};
+use tokio::sync::Semaphore;
+
+/// Makes every replica hear from every other once (a single `get` of a key each peer owns), so
+/// each knows which peers take batches. Returns the probe keys.
+async fn introduce(cluster: &[Replica<TestLoader>]) -> HashSet<String> {
+    let mut probes = HashSet::new();
+    for replica in cluster {
+        for peer in cluster.iter().filter(|peer| peer.url != replica.url) {
+            let key = key_owned(
+                &replica.cache,
+                &peer.url,
+                &format!("probe-{}-", replica.url),
+            );
+            replica.cache.get(&key).await.expect("probe");
+            probes.insert(key);
+        }
+    }
+    probes
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// 1,000 keys from one replica: exactly one peer request per other owner, each key loaded once,
+/// on its owner; asked again, all are answered from caches without any request.
+async fn one_request_per_owner(replicas: usize, mode: RingMode) {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(replicas, |url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .ring_mode(mode)
+            .hot_promotion_requests(1)
+    });
+    introduce(&cluster).await;
+    let before: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    let keys = keys("many-", 1000);
+    let asker = &cluster[0].cache;
+    let values = asker.get_many(&keys).await;
+    assert_eq!(values.len(), keys.len());
+    for (key, value) in keys.iter().zip(&values) {
+        assert_eq!(value.as_ref().unwrap(), &loader.value_for(key));
+        assert_eq!(loader.loads.of(key), 1, "{key} loaded more than once");
+    }
+    for (replica, before) in cluster.iter().zip(&before) {
+        let owned = keys
+            .iter()
+            .filter(|k| asker.owner(k) == replica.url)
+            .count();
+        assert!(owned > 0, "every replica owns some of 1,000 keys");
+        let requests = replica.cache.stats().server_requests - before;
+        let expected = u64::from(replica.url != cluster[0].url);
+        assert_eq!(requests, expected, "{} owns {owned} keys", replica.url);
+        // Each key loaded on its owner.
+        let loaded_here = keys
+            .iter()
+            .filter(|k| asker.owner(k) == replica.url && loader.loads.of(k) == 1)
+            .count();
+        assert_eq!(loaded_here, owned);
+    }
+    // Asked again: the owner's main cache or this replica's hot cache, no request.
+    let before: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    let again = asker.get_many(&keys).await;
+    assert!(
+        again
+            .iter()
+            .zip(&values)
+            .all(|(a, b)| a.as_ref().ok() == b.as_ref().ok())
+    );
+    let after: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    assert_eq!(after, before, "cached keys are answered without requests");
+    assert_eq!(
+        loader.loads.total(),
+        keys.len() + (replicas * (replicas - 1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_keys_over_three_replicas_make_one_request_per_owner() {
+    one_request_per_owner(3, RingMode::Balanced).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_keys_over_five_replicas_make_one_request_per_owner_in_go_mode() {
+    one_request_per_owner(5, RingMode::GoCompatible).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_get_batches_of_at_most_max_batch_keys() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(2, |url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_batch_keys(10)
+    });
+    introduce(&cluster).await;
+    let asker = &cluster[0].cache;
+    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "capped-")
+        .take(25)
+        .collect();
+    let before = cluster[1].cache.stats().server_requests;
+    let values = asker.get_many(&keys).await;
+    assert!(values.iter().all(Result::is_ok));
+    assert_eq!(cluster[1].cache.stats().server_requests - before, 3);
+}
+
+/// From every replica at once, a `get_many` of all keys and a single `get` of each: every key is
+/// loaded exactly once cluster-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn singles_and_batches_racing_from_every_replica_load_each_key_once() {
+    let loader = TestLoader {
+        delay: Duration::from_millis(50),
+        ..TestLoader::new()
+    };
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    let probes = introduce(&cluster).await.len();
+    let keys = keys("race-", 200);
+    let mut tasks = Vec::new();
+    for replica in &cluster {
+        for round in 0..2 {
+            let (cache, keys) = (replica.cache.clone(), keys.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut keys = keys;
+                if round == 1 {
+                    keys.reverse();
+                }
+                let values = cache.get_many(&keys).await;
+                keys.into_iter().zip(values).collect::<Vec<_>>()
+            }));
+        }
+        for key in &keys {
+            let (cache, key) = (replica.cache.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = cache.get(&key).await;
+                vec![(key, value)]
+            }));
+        }
+    }
+    for task in tasks {
+        for (key, value) in task.await.unwrap() {
+            assert_eq!(value.unwrap(), loader.value_for(&key));
+        }
+    }
+    for key in &keys {
+        assert_eq!(loader.loads.of(key), 1, "{key} loaded more than once");
+    }
+    assert_eq!(loader.loads.total(), keys.len() + probes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_error_reaches_only_its_keys() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    introduce(&cluster).await;
+    let mut keys = keys("fine-", 30);
+    keys.extend((0..30).map(|i| format!("error:{i}")));
+    let values = cluster[0].cache.get_many(&keys).await;
+    let mut remote_errors = 0;
+    for (key, value) in keys.iter().zip(values) {
+        match (key.starts_with("error:"), value) {
+            (false, Ok(value)) => assert_eq!(value, loader.value_for(key)),
+            (true, Err(Error::RemoteLoader { message, .. })) => {
+                assert!(message.contains(key.as_str()), "{message}");
+                remote_errors += 1;
+            }
+            (true, Err(error)) => {
+                assert!(
+                    error.loader_error::<groupcache_tests::NoValue>().is_some(),
+                    "{error}"
+                );
+            }
+            (failing, value) => panic!("{key} (failing: {failing}): {value:?}"),
+        }
+    }
+    assert!(remote_errors > 0, "some failing keys are owned by peers");
+    assert_eq!(
+        cluster[0].cache.stats().peer_errors,
+        0,
+        "not a peer failure"
+    );
+}
+
+/// The owner of some keys is killed while it holds their batch: those keys, and only those, are
+/// loaded locally; the other owner's keys come from their owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_down_mid_batch_falls_back_for_its_keys_alone() {
+    let loader = TestLoader::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let held = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let mut cluster = vec![
+        Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone())),
+        Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone())),
+        Replica::start(|url| Groupcache::builder(GROUP, url, held.clone())),
+    ];
+    connect(&cluster);
+    // Let the probes of the held owner's keys through.
+    gate.add_permits(2);
+    introduce(&cluster).await;
+    let probes_on_held = held.loads.total();
+    let keys = keys("down-", 60);
+    let asker = cluster[0].cache.clone();
+    let (one, dying) = (cluster[1].url.clone(), cluster[2].url.clone());
+    let on_dying: Vec<&String> = keys.iter().filter(|k| asker.owner(k) == dying).collect();
+    let on_one = keys.iter().filter(|k| asker.owner(k) == one).count();
+    assert!(!on_dying.is_empty() && on_one > 0);
+    let asking = {
+        let (asker, keys) = (asker.clone(), keys.clone());
+        tokio::spawn(async move { asker.get_many(&keys).await })
+    };
+    // The held owner has started loading the batch's keys: it has the request.
+    held.loads.started(probes_on_held + on_dying.len()).await;
+    cluster[2].kill();
+    let values = asking.await.unwrap();
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.value_for(key), "{key}");
+    }
+    for key in &on_dying {
+        assert_eq!(loader.loads.of(key), 1, "{key} loaded locally once");
+    }
+    let stats = asker.stats();
+    assert_eq!(stats.peer_errors, 1, "one failed batch");
+    assert_eq!(
+        cluster[1].cache.stats().local_loads as usize,
+        on_one + 2,
+        "the live owner loaded its keys (and two probes)"
+    );
+}
+
+/// Keys golang/groupcache cannot carry in a URL, and a key named like the batch path, work in a
+/// `get_many` and in a `get`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_url_cannot_carry_and_a_key_named_batch_still_work() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    introduce(&cluster).await;
+    let keys = [".", "..", "_batch", "a/b", "", "ключ %2F"];
+    for replica in &cluster {
+        let values = replica.cache.get_many(&keys).await;
+        for (key, value) in keys.iter().zip(values) {
+            assert_eq!(value.unwrap(), loader.value_for(key), "{key:?}");
+        }
+        for key in keys {
+            assert_eq!(replica.cache.get(key).await.unwrap(), loader.value_for(key));
+        }
+    }
+    // `_batch` by GET is a key like any other: loaded once, on its owner.
+    assert_eq!(loader.loads.of("_batch"), 1);
+}
