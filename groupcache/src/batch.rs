@@ -5,22 +5,27 @@
 //! owned by a peer that takes batches joins its *fetch* flight here, and the keys this call leads
 //! travel to their owner in one request; every other key (owned here, owned by a peer that does
 //! not batch, or one a URL cannot carry) goes through `Inner::get` itself. So a key asked for by a
-//! `get_many` and a concurrent `get`, on any replicas, is loaded once cluster-wide.
+//! `get_many` and a concurrent `get`, on any replicas, is loaded once cluster-wide. The keys an
+//! owner must load (its own in a `get_many`, or a peer's batch) join their *load* flights, and the
+//! keys this call leads go to one [`Loader::load_many`].
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use tokio::sync::oneshot;
 
 use crate::caches::Entry;
 use crate::engine::{Caller, Groupcache, Inner, Store, key_hash};
-use crate::flight::{Outcome, Superseded};
+use crate::flight::{Flight, Outcome, Superseded, panic_message};
+use crate::loader::{Loaded, Results, to_unix_nanos};
 use crate::membership::Member;
 use crate::wire::client::Failure;
 use crate::wire::protocol::{self, BATCH_KEY};
@@ -81,12 +86,18 @@ type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + '
 impl<L: Loader> Inner<L> {
     async fn get_many(self: &Arc<Self>, keys: &[&str]) -> Vec<Outcome<Entry>> {
         let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
+        // Keys that take `Inner::get` as they are; keys owned here; keys by batching owner.
         let mut singles = Vec::new();
+        let mut owned = Vec::new();
         let mut by_owner: HashMap<Arc<str>, (Arc<Member>, Vec<usize>)> = HashMap::new();
         {
             let membership = self.peers.snapshot();
             for (index, &key) in keys.iter().enumerate() {
                 let owner = membership.remote_owner(key);
+                if owner.is_none() {
+                    owned.push(index);
+                    continue;
+                }
                 let Some(owner) = owner.filter(|owner| {
                     protocol::can_carry(key) && owner.endpoint.batches.load(Ordering::Relaxed)
                 }) else {
@@ -130,7 +141,12 @@ impl<L: Loader> Inner<L> {
             }
         }
         let batched = futures_util::future::join_all(batches);
-        let (singly, batched) = futures_util::future::join(singly, batched).await;
+        let owned_keys: Vec<&str> = owned.iter().map(|&index| keys[index]).collect();
+        let loaded = self.load_many(&owned_keys, Caller::Local);
+        let (singly, batched, loaded) = futures_util::future::join3(singly, batched, loaded).await;
+        for (&index, outcome) in owned.iter().zip(loaded) {
+            results[index] = Some(outcome);
+        }
         for (&index, outcome) in singles.iter().zip(singly) {
             results[index] = Some(outcome);
         }
@@ -152,12 +168,64 @@ impl<L: Loader> Inner<L> {
         owner: Arc<Member>,
         keys: &[&str],
     ) -> Vec<Outcome<Entry>> {
+        let this = self.clone();
+        self.join_flights(&self.fetches, keys, move |led| {
+            tokio::spawn(this.fetch_batch(owner, led));
+        })
+        .await
+    }
+
+    /// Loads `keys`, all owned here or asked for by a peer, through their load flights, with one
+    /// [`Loader::load_many`] for the keys this call leads. Mirrors `Inner::get` for such keys.
+    async fn load_many(self: &Arc<Self>, keys: &[&str], caller: Caller) -> Vec<Outcome<Entry>> {
+        let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
+        let mut loading = Vec::new();
+        for (index, &key) in keys.iter().enumerate() {
+            if let Err(error) = self.check_key(key) {
+                results[index] = Some(Err(error));
+                continue;
+            }
+            self.metrics.get();
+            if let Some(entry) = self.cached(key) {
+                results[index] = Some(Ok(entry));
+                continue;
+            }
+            self.metrics.load();
+            if caller == Caller::Local {
+                self.popularity.record(key_hash(key));
+            }
+            loading.push(index);
+        }
+        let loading_keys: Vec<&str> = loading.iter().map(|&index| keys[index]).collect();
+        let this = self.clone();
+        let loaded = self
+            .join_flights(&self.loads, &loading_keys, move |led| {
+                tokio::spawn(this.load_batch(led));
+            })
+            .await;
+        for (&index, outcome) in loading.iter().zip(loaded) {
+            results[index] = Some(outcome);
+        }
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or(Err(Error::LoadAbandoned)))
+            .collect()
+    }
+
+    /// Joins `flight` for each of `keys` and hands the keys this call leads to `lead` (which
+    /// must answer each of them, in a task of its own); the outcome of every key, in order.
+    async fn join_flights(
+        &self,
+        flight: &Flight<Entry>,
+        keys: &[&str],
+        lead: impl FnOnce(Vec<Led>),
+    ) -> Vec<Outcome<Entry>> {
         let led = Arc::new(Mutex::new(Vec::new()));
         let mut joined: Vec<Joined<'_>> = keys
             .iter()
             .map(|&key| {
                 let led = led.clone();
-                let flight = self.fetches.run(key, move |superseded| {
+                let flight = flight.run(key, move |superseded| {
                     let (outcome, receiver) = oneshot::channel();
                     lock(&led).push(Led {
                         key: key.to_owned(),
@@ -185,7 +253,7 @@ impl<L: Loader> Inner<L> {
         if !led.is_empty() {
             // In a task of its own, like every flight's work: a caller that gives up does not
             // leave the other waiters of these keys without an answer.
-            tokio::spawn(self.clone().fetch_batch(owner, led));
+            lead(led);
         }
         let mut outcomes = Vec::with_capacity(keys.len());
         for (flight, done) in joined.into_iter().zip(done) {
@@ -199,6 +267,79 @@ impl<L: Loader> Inner<L> {
             outcomes.push(outcome);
         }
         outcomes
+    }
+
+    /// Runs the loader once for all the led keys; each key's flight is answered as soon as the
+    /// loader has put its result. Mirrors `Inner::run_loader`, which does the same for one key.
+    async fn load_batch(self: Arc<Self>, led: Vec<Led>) {
+        let mut loading = Vec::with_capacity(led.len());
+        for led in led {
+            match self.peek(&led.key) {
+                Some(entry) => {
+                    let _ = led.outcome.send(Ok(entry));
+                }
+                None => loading.push(led),
+            }
+        }
+        if loading.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = loading.iter().map(|led| led.key.clone()).collect();
+        let (results, arriving) = Results::new(keys.len());
+        let panicked: Mutex<Option<String>> = Mutex::new(None);
+        let started = Instant::now();
+        let loader = async {
+            let run = AssertUnwindSafe(self.loader.load_many(&keys, &results)).catch_unwind();
+            if let Err(panic) = run.await {
+                *lock(&panicked) = Some(panic_message(panic.as_ref()));
+            }
+            self.metrics.load_duration.record(started.elapsed());
+            // Keys without a result fail now, not when the last key is in.
+            drop(results);
+        };
+        let finishing = loading.into_iter().zip(arriving).map(|(led, arriving)| {
+            let (this, panicked) = (&self, &panicked);
+            async move {
+                let outcome = match arriving.await {
+                    Ok(loaded) => this.finish_load(&led, loaded),
+                    Err(_) => match lock(panicked).clone() {
+                        Some(message) => {
+                            this.metrics.local_load_error();
+                            Err(Error::LoaderPanicked(message))
+                        }
+                        None => Err(Error::NotLoaded),
+                    },
+                };
+                let _ = led.outcome.send(outcome);
+            }
+        });
+        futures_util::future::join(loader, futures_util::future::join_all(finishing)).await;
+    }
+
+    /// One key's loader result, encoded and kept in the main cache unless superseded.
+    fn finish_load(&self, led: &Led, loaded: Result<Loaded<L::Value>, L::Error>) -> Outcome<Entry> {
+        let key = led.key.as_str();
+        let Loaded { value, expires_at } = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                self.metrics.local_load_error();
+                tracing::debug!(group = %self.group, key, %error, "loader failed");
+                return Err(Error::Loader(Arc::new(error)));
+            }
+        };
+        self.metrics.local_load();
+        let bytes = value.encode().map_err(|e| Error::Codec(Arc::new(e)))?;
+        drop(value);
+        let entry = Entry {
+            value: bytes,
+            expire: to_unix_nanos(expires_at),
+        };
+        if led.superseded.get() {
+            return Ok(entry);
+        }
+        let expire = entry.expire;
+        let value = self.store(key, entry, Store::Main);
+        Ok(Entry { value, expire })
     }
 
     /// The owner's answer for the led keys, each handed to its flight as soon as it is known.
@@ -291,9 +432,11 @@ impl<L: Loader> Inner<L> {
         Ok(entry)
     }
 
-    /// A peer's batch: each key as a peer's single `GET` is answered, all at once.
+    /// A peer's batch: each key as a peer's single `GET` is answered (from the caches, or loaded
+    /// here, never forwarded), with one `load_many` for the keys to load.
     pub(crate) async fn serve_batch(self: &Arc<Self>, keys: &[String]) -> Vec<Outcome<Entry>> {
-        futures_util::future::join_all(keys.iter().map(|key| self.get(key, Caller::Peer))).await
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.load_many(&keys, Caller::Peer).await
     }
 }
 
@@ -302,4 +445,149 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A batch loader: puts the first key's result at once, then waits for `release` before the
+    /// rest; keys named `missing` get no result, a key named `panic` panics after the first.
+    #[derive(Default)]
+    struct Stepwise {
+        calls: AtomicUsize,
+        loads: AtomicUsize,
+        /// Notified once the first key's result is in.
+        first_in: Notify,
+        release: Notify,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no single loads here")]
+    struct Single;
+
+    impl Loader for Arc<Stepwise> {
+        type Value = String;
+        type Error = Single;
+
+        async fn load(&self, _: &str) -> Result<Loaded<String>, Single> {
+            Err(Single)
+        }
+
+        async fn load_many(&self, keys: &[String], results: &Results<String, Single>) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            for (index, key) in keys.iter().enumerate() {
+                if index == 1 {
+                    self.first_in.notify_one();
+                    self.release.notified().await;
+                }
+                match key.as_str() {
+                    "missing" => {}
+                    "panic" => panic!("load_many panics"),
+                    _ => {
+                        self.loads.fetch_add(1, Ordering::SeqCst);
+                        results.put(index, Ok(Loaded::new(format!("v{key}"))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn cache(loader: &Arc<Stepwise>) -> Groupcache<Arc<Stepwise>> {
+        Groupcache::builder("g", "http://127.0.0.1:1", loader.clone())
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_is_released_as_soon_as_load_many_puts_it() {
+        let loader = Arc::new(Stepwise::default());
+        let cache = cache(&loader);
+        let many = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_many(&["a", "b", "a"]).await })
+        };
+        // `a` is in while `b` waits: a get of `a` finds it and returns now.
+        loader.first_in.notified().await;
+        assert_eq!(cache.get("a").await.unwrap(), "va");
+        assert!(!many.is_finished());
+        loader.release.notify_one();
+        let values = many.await.unwrap();
+        let values: Vec<_> = values.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values, ["va", "vb", "va"]);
+        assert_eq!(loader.calls.load(Ordering::SeqCst), 1, "one load_many");
+        assert_eq!(loader.loads.load(Ordering::SeqCst), 2, "each key once");
+        // All cached now: no further call.
+        let again = cache.get_many(&["a", "b"]).await;
+        assert!(again.iter().all(Result::is_ok));
+        assert_eq!(loader.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_left_without_a_result_fail_alone_and_a_panic_fails_the_rest() {
+        let loader = Arc::new(Stepwise::default());
+        loader.release.notify_one();
+        let cache = cache(&loader);
+        let values = cache.get_many(&["a", "missing", "c"]).await;
+        assert_eq!(values[0].as_deref().unwrap(), "va");
+        assert!(
+            matches!(values[1], Err(Error::NotLoaded)),
+            "{:?}",
+            values[1]
+        );
+        assert_eq!(values[2].as_deref().unwrap(), "vc");
+        loader.release.notify_one();
+        let values = cache.get_many(&["d", "panic", "e"]).await;
+        assert_eq!(values[0].as_deref().unwrap(), "vd");
+        for value in &values[1..] {
+            match value {
+                Err(Error::LoaderPanicked(message)) => assert_eq!(message, "load_many panics"),
+                other => panic!("expected LoaderPanicked, got {other:?}"),
+            }
+        }
+        // Nothing is stuck: the keys load again.
+        loader.release.notify_one();
+        let values = cache.get_many(&["e"]).await;
+        assert_eq!(values[0].as_deref().unwrap(), "ve");
+    }
+
+    #[tokio::test]
+    async fn the_default_load_many_is_the_single_load_per_key() {
+        struct Upper;
+        impl Loader for Upper {
+            type Value = String;
+            type Error = std::io::Error;
+            async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+                match key {
+                    "bad" => Err(std::io::Error::other("bad key")),
+                    _ => Ok(Loaded::new(key.to_uppercase())),
+                }
+            }
+        }
+        let cache = Groupcache::builder("g", "http://127.0.0.1:1", Upper)
+            .build()
+            .unwrap();
+        let keys: Vec<String> = (0..100)
+            .map(|i| format!("k{i}"))
+            .chain(["bad".into()])
+            .collect();
+        let values = cache.get_many(&keys).await;
+        for (key, value) in keys.iter().zip(&values) {
+            match key.as_str() {
+                "bad" => assert!(
+                    value
+                        .as_ref()
+                        .unwrap_err()
+                        .loader_error::<std::io::Error>()
+                        .is_some()
+                ),
+                _ => assert_eq!(value.as_ref().unwrap(), &key.to_uppercase()),
+            }
+        }
+        assert_eq!(cache.stats().local_loads, 100);
+    }
 }

@@ -78,7 +78,7 @@ pub use builder::{
 };
 pub use engine::Groupcache;
 pub use error::{Error, PeerError};
-pub use loader::{CodecError, Json, Loaded, Loader, Value};
+pub use loader::{CodecError, Json, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, Value};
 pub use metrics::Stats;
 pub use ring::RingMode;
 #[cfg(feature = "tls")]

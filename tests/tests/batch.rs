@@ -264,3 +264,57 @@ async fn keys_a_url_cannot_carry_and_a_key_named_batch_still_work() {
     // `_batch` by GET is a key like any other: loaded once, on its owner.
     assert_eq!(loader.loads.of("_batch"), 1);
 }
+
+/// A batch loader over the test loader: counts its `load_many` calls.
+#[derive(Clone, Default)]
+struct ManyLoader {
+    single: TestLoader,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl groupcache_rs::Loader for ManyLoader {
+    type Value = String;
+    type Error = groupcache_tests::NoValue;
+
+    async fn load(&self, key: &str) -> Result<groupcache_rs::Loaded<String>, Self::Error> {
+        self.single.load(key).await
+    }
+
+    async fn load_many(
+        &self,
+        keys: &[String],
+        results: &groupcache_rs::Results<String, Self::Error>,
+    ) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // One "query" for all the keys.
+        for (index, key) in keys.iter().enumerate() {
+            results.put(index, self.single.load(key).await);
+        }
+    }
+}
+
+/// A cold `get_many` of 1,000 keys over 3 replicas: one `load_many` call per owner, each key
+/// loaded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_get_many_makes_one_load_many_call_per_owner() {
+    let loader = ManyLoader::default();
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    for replica in &cluster {
+        for peer in cluster.iter().filter(|peer| peer.url != replica.url) {
+            let key = key_owned(
+                &replica.cache,
+                &peer.url,
+                &format!("probe-{}-", replica.url),
+            );
+            replica.cache.get(&key).await.expect("probe");
+        }
+    }
+    assert_eq!(loader.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let keys = keys("cold-", 1000);
+    let values = cluster[1].cache.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.single.value_for(key));
+        assert_eq!(loader.single.loads.of(key), 1, "{key}");
+    }
+    assert_eq!(loader.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

@@ -215,10 +215,12 @@ pub(crate) async fn answer<L: Loader>(inner: &Arc<Inner<L>>, body: &[u8]) -> Res
                 skipped: Some(true),
                 ..BatchEntry::default()
             },
-            Err(error @ (Error::Loader(_) | Error::LoaderPanicked(_))) => BatchEntry {
-                loader_error: Some(bounded(error.to_string())),
-                ..BatchEntry::default()
-            },
+            Err(error @ (Error::Loader(_) | Error::LoaderPanicked(_) | Error::NotLoaded)) => {
+                BatchEntry {
+                    loader_error: Some(bounded(error.to_string())),
+                    ..BatchEntry::default()
+                }
+            }
             Err(error) => BatchEntry {
                 error: Some(bounded(error.to_string())),
                 ..BatchEntry::default()
