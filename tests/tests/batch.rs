@@ -318,3 +318,86 @@ async fn a_cold_get_many_makes_one_load_many_call_per_owner() {
     }
     assert_eq!(loader.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// Malformed, oversized and duplicate-key batches get 4xx over real HTTP, and load nothing; a
+/// `POST` anywhere but `_batch` is still 405; every answer advertises batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_batches_get_4xx_and_load_nothing() {
+    use groupcache_rs_pb::BatchRequest;
+    use prost::Message;
+
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()));
+    let client = groupcache_tests::http_client().build().unwrap();
+    let url = format!("{}/_groupcache/{GROUP}/_batch", replica.url);
+    let batch = |keys: Vec<String>| {
+        BatchRequest {
+            group: Some(GROUP.into()),
+            keys,
+            max_answer_bytes: None,
+        }
+        .encode_to_vec()
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("garbage", vec![0xff, 0xff, 0xff], 400),
+        (
+            "duplicate keys",
+            batch(vec!["a".into(), "b".into(), "a".into()]),
+            400,
+        ),
+        (
+            "too many keys",
+            batch((0..1025).map(|i| i.to_string()).collect()),
+            413,
+        ),
+        ("oversized key", batch(vec!["x".repeat(4097)]), 400),
+        ("body over the limit", vec![0x12; (16 << 20) + 8192], 413),
+    ];
+    for (case, body, status) in cases {
+        let response = client.post(&url).body(body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{case}");
+    }
+    let response = client
+        .post(format!("{}/_groupcache/{GROUP}/a", replica.url))
+        .body(batch(vec!["a".into()]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(loader.loads.total(), 0, "nothing refused was loaded");
+    let response = client
+        .get(format!("{}/_groupcache/{GROUP}/_batch", replica.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "a GET of the key `_batch`");
+    assert_eq!(response.headers()["groupcache-batch"], "1");
+    assert_eq!(loader.loads.of("_batch"), 1);
+}
+
+/// With peer authentication on, batches are signed like every peer request and still make one
+/// request per owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_batches_make_one_request_per_owner() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(3, |url| {
+        let auth = groupcache_rs::PeerAuth::new(*b"0123456789abcdef0123456789abcdef").unwrap();
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth)
+    });
+    introduce(&cluster).await;
+    let before: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    let keys = keys("signed-", 300);
+    let values = cluster[0].cache.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.value_for(key));
+    }
+    for (replica, before) in cluster.iter().zip(before) {
+        let stats = replica.cache.stats();
+        assert_eq!(stats.peer_auth_failures, 0);
+        let expected = u64::from(replica.url != cluster[0].url);
+        assert_eq!(stats.server_requests - before, expected);
+    }
+}
