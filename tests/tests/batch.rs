@@ -401,3 +401,90 @@ async fn signed_batches_make_one_request_per_owner() {
         assert_eq!(stats.server_requests - before, expected);
     }
 }
+
+/// Two Rust and two golang/groupcache replicas in one ring: `get_many` from the Rust side and
+/// single gets from every replica load each key once cluster-wide, and no Go peer ever gets a
+/// batch (it would load a key named `_batch`). Skipped loudly without Go; fails with `CI=true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_cluster_with_go_peers_loads_each_key_once() {
+    use groupcache_tests::go::{self, GoPeer};
+
+    let Some(binary) = go::binary() else { return };
+    let loaders = [(); 2].map(|_| TestLoader {
+        delay: Duration::from_millis(20),
+        ..TestLoader::new()
+    });
+    let gos = Arc::new([(); 2].map(|_| GoPeer::start_with(binary, &["-load-delay", "20ms"])));
+    let rusts = [0, 1].map(|i| {
+        Replica::start(|url| {
+            Groupcache::builder(GROUP, url, loaders[i].clone()).ring_mode(RingMode::GoCompatible)
+        })
+    });
+    let ring = [&rusts[0].url, &gos[0].url, &rusts[1].url, &gos[1].url];
+    for rust in &rusts {
+        rust.cache.set_peers(ring).unwrap();
+    }
+    for go in gos.iter() {
+        go.set_peers(&ring).await;
+    }
+    // Every Rust replica hears once from every peer, Go ones included.
+    for rust in &rusts {
+        for peer in ring.iter().filter(|peer| ***peer != rust.url) {
+            let key = key_owned(&rust.cache, peer, &format!("probe-{}-", rust.url));
+            rust.cache.get(&key).await.expect("probe");
+        }
+    }
+    let keys = keys("mixed-", 200);
+    let expected = |key: &str| -> Vec<u8> {
+        let owner = rusts[0].cache.owner(key);
+        match rusts.iter().position(|r| r.url == owner) {
+            Some(r) => loaders[r].value_for(key).into_bytes(),
+            None => format!("go:{key}").into_bytes(),
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for rust in &rusts {
+        let (cache, keys) = (rust.cache.clone(), keys.clone());
+        tasks.spawn(async move {
+            let values = cache.get_many(&keys).await;
+            keys.into_iter()
+                .zip(values)
+                .map(|(key, value)| {
+                    (
+                        key,
+                        value.map(String::into_bytes).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+    }
+    for go in 0..2 {
+        for key in keys.iter().step_by(3) {
+            let (gos, key) = (gos.clone(), key.clone());
+            tasks.spawn(async move {
+                let (status, body) = gos[go].get(&key).await;
+                let value = if status == 200 {
+                    Ok(body)
+                } else {
+                    Err(format!("Go {go}: {status}"))
+                };
+                vec![(key, value)]
+            });
+        }
+    }
+    while let Some(task) = tasks.join_next().await {
+        for (key, value) in task.unwrap() {
+            assert_eq!(value.as_deref(), Ok(&expected(&key)[..]), "{key}");
+        }
+    }
+    let go_loads = [gos[0].loads().await, gos[1].loads().await];
+    for key in &keys {
+        let loads = loaders.iter().map(|l| l.loads.of(key) as u64).sum::<u64>()
+            + go_loads.iter().map(|l| l.of(key)).sum::<u64>();
+        assert_eq!(loads, 1, "{key} loaded {loads} times in the mixed cluster");
+    }
+    assert!(
+        go_loads.iter().all(|l| l.of("_batch") == 0),
+        "a Go peer was sent a batch"
+    );
+}
