@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use groupcache_rs_pb::{BatchEntry, BatchRequest};
@@ -437,6 +437,65 @@ impl<L: Loader> Inner<L> {
     pub(crate) async fn serve_batch(self: &Arc<Self>, keys: &[String]) -> Vec<Outcome<Entry>> {
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.load_many(&keys, Caller::Peer).await
+    }
+}
+
+/// Single fetches waiting for their owner's coalescing window to end, by owner URL.
+#[derive(Default)]
+pub(crate) struct Coalescing {
+    pending: Mutex<HashMap<Arc<str>, Vec<Led>>>,
+}
+
+impl<L: Loader> Inner<L> {
+    /// The coalescing window for fetches from `owner`, if coalescing is on and it takes batches.
+    pub(crate) fn coalesce_window(&self, owner: &Member) -> Option<Duration> {
+        self.config
+            .coalesce_window
+            .filter(|_| owner.endpoint.batches.load(Ordering::Relaxed))
+    }
+
+    /// A single `get`'s fetch flight, whose request waits up to `window` for other keys of the
+    /// same owner and travels with them in one batch.
+    pub(crate) async fn fetch_coalesced(
+        self: &Arc<Self>,
+        key: &str,
+        owner: Arc<Member>,
+        window: Duration,
+    ) -> (Outcome<Entry>, bool) {
+        let this = self.clone();
+        self.fetches
+            .run(key, move |superseded| {
+                let (outcome, receiver) = oneshot::channel();
+                let led = Led {
+                    key: key.to_owned(),
+                    outcome,
+                    superseded,
+                };
+                // The check and the push under one lock: the first key of a window starts its
+                // timer, and every later one is in the queue the timer takes.
+                let first = {
+                    let mut pending = lock(&this.coalescing.pending);
+                    let queue = pending.entry(owner.url.clone()).or_default();
+                    queue.push(led);
+                    queue.len() == 1
+                };
+                if first {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(window).await;
+                        let led = lock(&this.coalescing.pending)
+                            .remove(&owner.url)
+                            .unwrap_or_default();
+                        let mut led = led.into_iter().peekable();
+                        while led.peek().is_some() {
+                            let chunk: Vec<Led> =
+                                led.by_ref().take(this.config.max_batch_keys).collect();
+                            tokio::spawn(this.clone().fetch_batch(owner.clone(), chunk));
+                        }
+                    });
+                }
+                async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) }
+            })
+            .await
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) struct Config {
     pub(crate) max_concurrent_peer_requests: usize,
     pub(crate) max_batch_keys: usize,
     pub(crate) max_batch_bytes: usize,
+    pub(crate) coalesce_window: Option<Duration>,
 }
 
 impl<L: Loader> Builder<L> {
@@ -93,6 +94,7 @@ impl<L: Loader> Builder<L> {
                 max_concurrent_peer_requests: 1024,
                 max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
                 max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+                coalesce_window: None,
             },
             main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
@@ -197,6 +199,17 @@ impl<L: Loader> Builder<L> {
         self
     }
 
+    /// Coalesces concurrent single [`get`](Groupcache::get)s for keys owned by the same peer:
+    /// the first fetch for a peer waits `window` (e.g. 200 µs), and every fetch for that peer
+    /// arriving meanwhile travels in the same batch request. Off by default: it adds up to
+    /// `window` to every remote get, and pays only when many run at once (not measured yet; see
+    /// BENCHMARKS.md). Only for peers that take batches; a golang/groupcache peer still gets
+    /// single requests.
+    pub fn coalesce_window(mut self, window: Duration) -> Self {
+        self.config.coalesce_window = (!window.is_zero()).then_some(window);
+        self
+    }
+
     /// Connects to peers over TLS (`https://` peer URLs): verifies them against `tls`'s CA and
     /// presents its identity, if any, as a client certificate. Without it, `https://` peers
     /// cannot be reached.
@@ -265,6 +278,7 @@ impl<L: Loader> Builder<L> {
             loader: self.loader,
             peers,
             metrics,
+            coalescing: Default::default(),
             config,
         };
         Ok(Groupcache {

@@ -272,6 +272,8 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) peers: Peers,
     pub(crate) client: PeerClient,
     pub(crate) metrics: Metrics,
+    /// Single fetches waiting to travel in one batch (`Builder::coalesce_window`).
+    pub(crate) coalescing: crate::batch::Coalescing,
 }
 
 impl<L: Loader> Inner<L> {
@@ -371,6 +373,9 @@ impl<L: Loader> Inner<L> {
 
     /// Asks the owner once for everyone on this replica asking for `key` now.
     async fn fetch(self: &Arc<Self>, key: &str, owner: Arc<Member>) -> (Outcome<Entry>, bool) {
+        if let Some(window) = self.coalesce_window(&owner) {
+            return self.fetch_coalesced(key, owner, window).await;
+        }
         let this = self.clone();
         let owned_key = key.to_owned();
         self.fetches

@@ -488,3 +488,39 @@ async fn a_mixed_cluster_with_go_peers_loads_each_key_once() {
         "a Go peer was sent a batch"
     );
 }
+
+/// With a coalescing window, concurrent single gets for keys of one owner travel in one batch;
+/// without it, each is a request of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_single_gets_travel_in_one_batch() {
+    for (window, expected) in [(Some(Duration::from_secs(1)), 1), (None, 40)] {
+        let loader = TestLoader::new();
+        let cluster = start_cluster(2, |url| {
+            let builder = Groupcache::builder(GROUP, url, loader.clone());
+            match window {
+                Some(window) => builder.coalesce_window(window),
+                None => builder,
+            }
+        });
+        introduce(&cluster).await;
+        let asker = &cluster[0].cache;
+        let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "co-")
+            .take(40)
+            .collect();
+        let before = cluster[1].cache.stats().server_requests;
+        let gets: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let (cache, key) = (asker.clone(), key.clone());
+                tokio::spawn(async move { (cache.get(&key).await, key) })
+            })
+            .collect();
+        for get in gets {
+            let (value, key) = get.await.unwrap();
+            assert_eq!(value.unwrap(), loader.value_for(&key));
+            assert_eq!(loader.loads.of(&key), 1);
+        }
+        let requests = cluster[1].cache.stats().server_requests - before;
+        assert_eq!(requests, expected, "window {window:?}");
+    }
+}
