@@ -29,7 +29,7 @@ use crate::loader::{Loaded, Results, to_unix_nanos};
 use crate::membership::Member;
 use crate::wire::client::Failure;
 use crate::wire::protocol::{self, BATCH_KEY};
-use crate::{Error, Loader, Value};
+use crate::{Error, Loader, PeerError, Value};
 
 impl<L: Loader> Groupcache<L> {
     /// The values of `keys`, one result per key in the same order, each on its own: one key's
@@ -368,6 +368,19 @@ impl<L: Loader> Inner<L> {
         drop(request);
         let entries = match answer {
             Ok(entries) => entries.into_iter().map(Some).collect(),
+            // The owner refused the batch itself (e.g. a body over its limit, which depends on
+            // its own configuration): it has loaded nothing, so each key is asked for on its own
+            // rather than loaded here, which would load it twice.
+            Err(Failure::Peer(PeerError::Status { status, message }))
+                if (400..500).contains(&status) =>
+            {
+                tracing::warn!(group = %self.group, peer = %owner.url, status, %message, "peer refused a batch; asking for its keys one by one");
+                let skipped = BatchEntry {
+                    skipped: Some(true),
+                    ..BatchEntry::default()
+                };
+                vec![Some(skipped); asking.len()]
+            }
             Err(Failure::Peer(error)) => {
                 self.metrics.peer_error();
                 tracing::warn!(group = %self.group, peer = %owner.url, %error, keys = asking.len(), "batch to peer failed; loading its keys locally");

@@ -524,3 +524,35 @@ async fn coalesced_single_gets_travel_in_one_batch() {
         assert_eq!(requests, expected, "window {window:?}");
     }
 }
+
+/// An owner that refuses a batch (here its body limit, which depends on its `max_value_bytes`,
+/// is below the batch's size) has loaded nothing: its keys are asked for one by one, not loaded
+/// on the asker, so each is still loaded once, on its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_falls_back_to_single_requests_not_local_loads() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(2, |url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_value_bytes(1024)
+    });
+    introduce(&cluster).await;
+    let asker = &cluster[0].cache;
+    let prefix = "k".repeat(100);
+    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, &prefix)
+        .take(60)
+        .collect();
+    let before = cluster[1].cache.stats().server_requests;
+    let values = asker.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.value_for(key));
+        assert_eq!(loader.loads.of(key), 1, "{key}");
+    }
+    let owner = cluster[1].cache.stats();
+    assert_eq!(
+        owner.local_loads as usize,
+        keys.len() + 1,
+        "loaded on the owner (and a probe)"
+    );
+    // The refused batch never reached the router's handler; 60 single gets did.
+    assert_eq!(owner.server_requests - before, keys.len() as u64);
+    assert_eq!(asker.stats().peer_errors, 0);
+}
