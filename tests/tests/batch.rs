@@ -27,6 +27,17 @@ async fn introduce(cluster: &[Replica<TestLoader>]) -> HashSet<String> {
     probes
 }
 
+/// Waits until `done` holds (at most 10 s), yielding in between: for counters with no signal.
+async fn until(done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the condition held within 10 s");
+}
+
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -555,4 +566,90 @@ async fn a_refused_batch_falls_back_to_single_requests_not_local_loads() {
     // The refused batch never reached the router's handler; 60 single gets did.
     assert_eq!(owner.server_requests - before, keys.len() as u64);
     assert_eq!(asker.stats().peer_errors, 0);
+}
+
+/// The hard interleavings, held open by the owner's loader: a single `get` arriving while a
+/// `get_many`'s batch for its key is in flight joins it (no request of its own), and a `get_many`
+/// arriving while a single `get` of one of its keys is in flight joins that one (the batch leaves
+/// the key out, so the owner sees one cache hit, not two). Each key is loaded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_and_a_get_many_in_flight_join_each_other() {
+    let gate = Arc::new(Semaphore::new(0));
+    let held = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let asker_loader = TestLoader::new();
+    let cluster = vec![
+        Replica::start(|url| Groupcache::builder(GROUP, url, asker_loader.clone())),
+        Replica::start(|url| Groupcache::builder(GROUP, url, held.clone())),
+    ];
+    connect(&cluster);
+    gate.add_permits(1); // the probe of the owner's key
+    introduce(&cluster).await;
+    let (asker, owner) = (cluster[0].cache.clone(), &cluster[1]);
+    let keys: Vec<String> = groupcache_tests::keys_owned(&asker, &owner.url, "join-")
+        .take(4)
+        .collect();
+    let loads_before = held.loads.total();
+    let requests = || owner.cache.stats().server_requests;
+
+    // A batch of keys 0..3 in flight, then a single get of key 1.
+    let before = requests();
+    let many = {
+        let (asker, keys) = (asker.clone(), keys[..3].to_vec());
+        tokio::spawn(async move { asker.get_many(&keys).await })
+    };
+    held.loads.started(loads_before + 3).await;
+    let single = {
+        let (asker, key) = (asker.clone(), keys[1].clone());
+        tokio::spawn(async move { asker.get(&key).await })
+    };
+    // The single get has counted its miss; from there to joining the fetch flight it does not
+    // wait on anything, while the batch stays held until the permits below.
+    let loads = asker.stats().loads;
+    until(|| asker.stats().loads > loads).await;
+    gate.add_permits(3);
+    assert_eq!(single.await.unwrap().unwrap(), held.value_for(&keys[1]));
+    let values = many.await.unwrap();
+    assert!(values.iter().all(Result::is_ok));
+    assert_eq!(
+        requests() - before,
+        1,
+        "the single get sent no request of its own"
+    );
+
+    // A single get of key 3 in flight, then a batch of keys 2..4 (key 2 is cached by now on the
+    // owner, key 3 is in flight here): the batch carries neither of them.
+    let before = requests();
+    let single = {
+        let (asker, key) = (asker.clone(), keys[3].clone());
+        tokio::spawn(async move { asker.get(&key).await })
+    };
+    held.loads.started(loads_before + 4).await;
+    let main_hits = owner.cache.stats().main_hits;
+    let loads = asker.stats().loads;
+    let many = {
+        let (asker, keys) = (asker.clone(), keys[2..].to_vec());
+        tokio::spawn(async move { asker.get_many(&keys).await })
+    };
+    until(|| asker.stats().loads >= loads + 2).await;
+    gate.add_permits(1);
+    let values = many.await.unwrap();
+    assert_eq!(values[1].as_ref().unwrap(), &held.value_for(&keys[3]));
+    assert_eq!(single.await.unwrap().unwrap(), held.value_for(&keys[3]));
+    assert_eq!(
+        requests() - before,
+        2,
+        "the single get, and the batch of key 2"
+    );
+    assert_eq!(
+        owner.cache.stats().main_hits - main_hits,
+        1,
+        "the batch carried key 2 only: key 3 joined the single get's flight"
+    );
+    for key in &keys {
+        assert_eq!(held.loads.of(key), 1, "{key}");
+    }
+    assert_eq!(asker_loader.loads.total(), 1, "only the asker's own probe");
 }
