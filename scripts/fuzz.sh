@@ -24,7 +24,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
 fi
 
-targets=(peer_request peer_answer messages values)
+targets=(peer_request peer_answer messages values batch)
 logs=fuzz/target/fuzz-logs
 mkdir -p "$logs"
 failed=()

@@ -3,7 +3,8 @@
 //! signed requests. Proves that nothing a peer or an attacker sends makes the router panic, that
 //! it answers only with the statuses it documents, that no request reaches a replica requiring
 //! signatures without a valid one (the fuzzer cannot forge the HMAC), and that the loader runs
-//! only for a `GET` that is answered with a value, never for a refused request.
+//! only for a `GET` that is answered with a value (or a `POST` of a batch, at most once per key),
+//! never for a refused request.
 #![no_main]
 
 use std::convert::Infallible;
@@ -16,7 +17,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use groupcache_rs::{Groupcache, Loaded, Loader, PeerAuth, SIGNATURE_HEADER};
-use groupcache_rs_pb::GetResponse;
+use groupcache_rs_pb::{BatchRequest, GetResponse};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -255,6 +256,15 @@ fuzz_target!(|input: Input| {
         );
         let answer = GetResponse::decode(body).expect("a 200 to a GET is a GetResponse");
         assert!(answer.value.is_some(), "a 200 to a GET carries a value");
+    } else if open == StatusCode::OK && method == Method::POST {
+        // Only a batch is taken by POST; it loads at most its keys (see the `batch` target).
+        let sent = input.body.repeat(1 + usize::from(input.repeat % 16));
+        let batch = BatchRequest::decode(sent.as_slice()).expect("a 200 to a POST is a batch");
+        assert!(
+            ran as usize <= batch.keys.len(),
+            "{ran} loads for {} keys",
+            batch.keys.len()
+        );
     } else {
         assert_eq!(ran, 0, "the loader ran for a {method} answered with {open}");
     }

@@ -122,3 +122,31 @@ values = {
 }
 for name, data in values.items():
     write("values", name, data)
+
+
+def batch_request(keys, group=None, max_answer_bytes=None):
+    out = b"" if group is None else field_bytes(1, group)
+    for key in keys:
+        out += field_bytes(2, key)
+    if max_answer_bytes is not None:
+        out += varint(3 << 3 | 0) + varint(max_answer_bytes)
+    return out
+
+
+# batch: the body of a POST /_groupcache/fuzz/_batch (and the batch messages' bytes).
+batches = {
+    "two_keys": batch_request([b"k0", b"k1"], b"fuzz"),
+    "no_group": batch_request([b"a"]),
+    "empty": b"",
+    "room_for_one": batch_request([b"k0", b"k1", b"k2"], b"fuzz", 12),
+    "over_the_room": batch_request([b"%d" % i for i in range(8)], b"fuzz"),
+    "duplicate": batch_request([b"k0", b"k0"], b"fuzz"),
+    "too_many": batch_request([b"%d" % i for i in range(9)], b"fuzz"),
+    "long_key": batch_request([b"x" * 17], b"fuzz"),
+    "other_group": batch_request([b"k0"], b"other"),
+    "dot_keys": batch_request([b".", b"..", b"_batch", b""], b"fuzz"),
+    "truncated": batch_request([b"k0", b"k1"], b"fuzz")[:-1],
+    "entries": varint(3) + field_bytes(1, b"v") + varint(8) + field_bytes(3, b"no row"),
+}
+for name, data in batches.items():
+    write("batch", name, data)

@@ -59,6 +59,44 @@ pub struct SetRequest {
     pub expire: Option<i64>,
 }
 
+/// Asks a peer for many keys of one group at once (an extension golang/groupcache does not speak:
+/// `POST {base}{group}/_batch`). The answer is one length-delimited [`BatchEntry`] per key, in the
+/// order of `keys`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchRequest {
+    /// The group's name (the path names it too; the two must agree).
+    #[prost(string, optional, tag = "1")]
+    pub group: Option<String>,
+    /// The keys, each at most once.
+    #[prost(string, repeated, tag = "2")]
+    pub keys: Vec<String>,
+    /// The most answer bytes the requester reads; entries past it are answered
+    /// [`BatchEntry::skipped`], to be asked for one by one.
+    #[prost(uint64, optional, tag = "3")]
+    pub max_answer_bytes: Option<u64>,
+}
+
+/// One key's answer in a batch: a value (with its expiry), the owner's loader error, another
+/// failure, or a skip (the answer had no room left for it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BatchEntry {
+    /// The value's bytes, when there is one.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub value: Option<Bytes>,
+    /// When the value expires, in Unix nanoseconds; absent or 0 means never.
+    #[prost(int64, optional, tag = "2")]
+    pub expire: Option<i64>,
+    /// The owner's loader failed for this key: its message.
+    #[prost(string, optional, tag = "3")]
+    pub loader_error: Option<String>,
+    /// The owner could not answer this key for another reason: its message.
+    #[prost(string, optional, tag = "4")]
+    pub error: Option<String>,
+    /// The answer had no room for this value: ask for it on its own.
+    #[prost(bool, optional, tag = "5")]
+    pub skipped: Option<bool>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +110,8 @@ mod tests {
             let _ = GetResponse::decode(bytes.as_slice());
             let _ = SetRequest::decode(bytes.as_slice());
             let _ = GetRequest::decode(bytes.as_slice());
+            let _ = BatchRequest::decode(bytes.as_slice());
+            let _ = BatchEntry::decode_length_delimited(bytes.as_slice());
         }
 
         /// Every message encodes and decodes back to itself.
@@ -157,6 +197,35 @@ mod tests {
             SetRequest::decode(request.encode_to_vec().as_slice()).unwrap(),
             request
         );
+    }
+
+    #[test]
+    fn batch_entries_follow_each_other_length_delimited() {
+        let mut answer = Vec::new();
+        let entries = [
+            BatchEntry {
+                value: Some(Bytes::from_static(b"v")),
+                expire: Some(5),
+                ..Default::default()
+            },
+            BatchEntry {
+                loader_error: Some("no row".into()),
+                ..Default::default()
+            },
+            BatchEntry::default(),
+        ];
+        for entry in &entries {
+            entry.encode_length_delimited(&mut answer).unwrap();
+        }
+        assert_eq!(hex(&answer[..7]), "05 0a 01 76 10 05 08");
+        let mut rest = Bytes::from(answer);
+        for entry in &entries {
+            assert_eq!(
+                &BatchEntry::decode_length_delimited(&mut rest).unwrap(),
+                entry
+            );
+        }
+        assert!(rest.is_empty());
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub const DEFAULT_MAIN_CACHE_BYTES: u64 = 64 << 20;
 /// Default hot-cache budget: 8 MiB (golang/groupcache lets hot grow to an eighth of main).
 pub const DEFAULT_HOT_CACHE_BYTES: u64 = 8 << 20;
 
+/// Default [`Builder::max_batch_keys`]: 1024 keys per batch request.
+pub const DEFAULT_MAX_BATCH_KEYS: usize = 1024;
+/// Default [`Builder::max_batch_bytes`]: 16 MiB of values per batch answer.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
+
 /// Builds a [`Groupcache`]; start with [`Groupcache::builder`].
 ///
 /// ```
@@ -73,6 +78,9 @@ pub(crate) struct Config {
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
     pub(crate) max_buffered_peer_bytes: usize,
+    pub(crate) max_batch_keys: usize,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) coalesce_window: Option<Duration>,
 }
 
 impl<L: Loader> Builder<L> {
@@ -93,6 +101,9 @@ impl<L: Loader> Builder<L> {
                 auth: None,
                 max_concurrent_peer_requests: 1024,
                 max_buffered_peer_bytes: 64 << 20,
+                max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
+                max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+                coalesce_window: None,
             },
             main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
@@ -224,6 +235,33 @@ impl<L: Loader> Builder<L> {
         self
     }
 
+    /// Most keys in one batch request (default [`DEFAULT_MAX_BATCH_KEYS`]): a
+    /// [`get_many`](Groupcache::get_many) sends an owner its keys in requests of at most this
+    /// many, and the router refuses larger batches with 413. Every replica should use the same.
+    pub fn max_batch_keys(mut self, keys: usize) -> Self {
+        self.config.max_batch_keys = keys.max(1);
+        self
+    }
+
+    /// Most value bytes in one batch answer (default [`DEFAULT_MAX_BATCH_BYTES`]), both read and
+    /// sent: the requester tells the owner its limit, and the owner fills an answer up to the
+    /// smaller of the two; the values that do not fit are fetched one by one.
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Coalesces concurrent single [`get`](Groupcache::get)s for keys owned by the same peer:
+    /// the first fetch for a peer waits `window` (e.g. 200 µs), and every fetch for that peer
+    /// arriving meanwhile travels in the same batch request. Off by default: it adds up to
+    /// `window` to every remote get, and pays only when many run at once (not measured yet; see
+    /// BENCHMARKS.md). Only for peers that take batches; a golang/groupcache peer still gets
+    /// single requests.
+    pub fn coalesce_window(mut self, window: Duration) -> Self {
+        self.config.coalesce_window = (!window.is_zero()).then_some(window);
+        self
+    }
+
     /// Connects to peers over TLS (`https://` peer URLs): verifies them against `tls`'s CA and
     /// presents its identity, if any, as a client certificate. Without it, `https://` peers
     /// cannot be reached.
@@ -300,6 +338,7 @@ impl<L: Loader> Builder<L> {
             loader: self.loader,
             peers,
             metrics,
+            coalescing: Default::default(),
             config,
             #[cfg(test)]
             pause: Default::default(),

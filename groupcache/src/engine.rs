@@ -291,10 +291,12 @@ pub(crate) struct Inner<L: Loader> {
     /// A test's pause point just before a load stores its value.
     #[cfg(test)]
     pub(crate) pause: tests::PausePoint,
+    /// Single fetches waiting to travel in one batch (`Builder::coalesce_window`).
+    pub(crate) coalescing: crate::batch::Coalescing,
 }
 
 impl<L: Loader> Inner<L> {
-    async fn get(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
+    pub(crate) async fn get(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
         self.check_key(key)?;
         self.metrics.get();
         if let Some(entry) = self.cached(key) {
@@ -326,6 +328,19 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Where a value of a key this replica owns under `membership` goes.
+    /// Where a load of `key` for `caller` stores its value, when this replica loads it: the
+    /// choice `get` makes, for the keys a batch loads.
+    pub(crate) fn load_store(&self, key: &str, caller: Caller) -> Store {
+        // Taken before the ring is read, as in `get`.
+        let main = self.main.token(key);
+        let membership = self.peers.snapshot();
+        match membership.remote_owner(key) {
+            Some(_) if caller == Caller::Local => self.hot_store(key),
+            Some(_) => Store::Bounded(main),
+            None => self.owned_store(&membership, main),
+        }
+    }
+
     fn owned_store(&self, membership: &Membership, token: Token) -> Store {
         if membership.age() >= self.config.hot_max_age {
             Store::Main(token)
@@ -346,12 +361,12 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Where a value owned by another replica goes.
-    fn hot_store(&self, key: &str) -> Store {
+    pub(crate) fn hot_store(&self, key: &str) -> Store {
         Store::Hot(self.hot.token(key))
     }
 
     /// A main or hot cache hit, counted.
-    fn cached(&self, key: &str) -> Option<Entry> {
+    pub(crate) fn cached(&self, key: &str) -> Option<Entry> {
         let now = now_nanos();
         if let Some(entry) = self.main.get(key, now) {
             self.metrics.main_hit();
@@ -363,14 +378,14 @@ impl<L: Loader> Inner<L> {
     }
 
     /// A hit without counting, for flights that look again before doing the work.
-    fn peek(&self, key: &str) -> Option<Entry> {
+    pub(crate) fn peek(&self, key: &str) -> Option<Entry> {
         let now = now_nanos();
         self.main.get(key, now).or_else(|| self.hot.get(key, now))
     }
 
     /// Runs the loader once for everyone asking for `key` now; `deduped`: count it in
     /// `loads_deduped` (a get's own load, not a failed fetch's fallback).
-    async fn load(
+    pub(crate) async fn load(
         self: &Arc<Self>,
         key: &str,
         store: Store,
@@ -446,6 +461,9 @@ impl<L: Loader> Inner<L> {
 
     /// Asks the owner once for everyone on this replica asking for `key` now.
     async fn fetch(self: &Arc<Self>, key: &str, owner: Arc<Member>) -> (Outcome<Entry>, bool) {
+        if let Some(window) = self.coalesce_window(&owner) {
+            return self.fetch_coalesced(key, owner, window).await;
+        }
         let this = self.clone();
         let owned_key = key.to_owned();
         self.fetches
@@ -456,7 +474,7 @@ impl<L: Loader> Inner<L> {
             .await
     }
 
-    async fn fetch_from(
+    pub(crate) async fn fetch_from(
         self: &Arc<Self>,
         key: &str,
         owner: &Member,
@@ -621,7 +639,7 @@ impl<L: Loader> Inner<L> {
 
     /// Caches the entry unless the key was written since the store's token was taken; returns the
     /// value as the cache holds it (or as given, if not kept).
-    fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
+    pub(crate) fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
         match store {
             Store::Main(token) | Store::Bounded(token) => {
                 if let Store::Bounded(_) = store {
@@ -731,7 +749,7 @@ impl<L: Loader> Inner<L> {
         protocol::key_path(&peer.key_prefix, key)
     }
 
-    fn check_key(&self, key: &str) -> Result<(), Error> {
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), Error> {
         let limit = self.config.max_key_bytes;
         if key.len() > limit {
             return Err(Error::KeyTooLarge {
@@ -785,7 +803,7 @@ impl<L: Loader> Inner<L> {
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 
 /// A stable 64-bit hash of the key for the popularity sketch (never Rust's `Hash`).
-fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 

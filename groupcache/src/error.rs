@@ -23,6 +23,9 @@ pub enum Error {
     /// The loader panicked. Every caller waiting for that load gets this; the key is not stuck.
     #[error("loader panicked: {0}")]
     LoaderPanicked(String),
+    /// [`Loader::load_many`](crate::Loader::load_many) returned without a result for this key.
+    #[error("the batch loader returned without a result for this key")]
+    NotLoaded,
     /// The load was abandoned before it finished, which happens only when the runtime shuts down.
     #[error("load abandoned before it finished (runtime shutting down)")]
     LoadAbandoned,

@@ -50,7 +50,8 @@
 //!
 //! # Modules
 //!
-//! - `engine`: the public handle and the key's journey;
+//! - `engine`: the public handle and the key's journey; `batch`: many keys' journeys at once
+//!   ([`Groupcache::get_many`]), through the same flights;
 //! - storage, which never reaches up into the engine: `ring`, `flight`, `popularity`, `caches`,
 //!   `segments`;
 //! - `membership`: the peer list and the ring as one snapshot; peer URLs are parsed here;
@@ -59,6 +60,7 @@
 //! - `builder`, `loader`, `error`, `metrics`: configuration, the loader trait and value codecs,
 //!   typed errors, and the metrics.
 
+mod batch;
 mod builder;
 mod caches;
 mod engine;
@@ -72,10 +74,13 @@ mod ring;
 mod segments;
 mod wire;
 
-pub use builder::{Builder, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES};
+pub use builder::{
+    Builder, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES, DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_KEYS,
+};
 pub use engine::Groupcache;
 pub use error::{Error, PeerError};
-pub use loader::{CodecError, Json, Loaded, Loader, Value};
+pub use loader::{CodecError, Json, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, Value};
 pub use metrics::Stats;
 pub use ring::RingMode;
 #[cfg(feature = "tls")]

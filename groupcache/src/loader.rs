@@ -2,9 +2,12 @@
 //! them into the bytes that are cached and sent to peers.
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
 
 /// Produces the value of a key on a cache miss, on the key's owner only.
 ///
@@ -41,6 +44,99 @@ pub trait Loader: Send + Sync + 'static {
         &self,
         key: &str,
     ) -> impl Future<Output = Result<Loaded<Self::Value>, Self::Error>> + Send;
+
+    /// Loads many keys at once: on the owner, for the keys of a peer's batch or of a local
+    /// [`get_many`](crate::Groupcache::get_many) that it must load. Put each key's result in
+    /// `results` under the key's index as soon as it is known: the waiters for that key are
+    /// released then, not when the call returns. A key left without a result fails with
+    /// [`Error::NotLoaded`](crate::Error::NotLoaded).
+    ///
+    /// The default calls [`load`](Self::load) for each key, at most
+    /// [`LOAD_MANY_CONCURRENCY`] at once. Override it where one call is cheaper than many, as
+    /// a `WHERE id = ANY($1)` query is:
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use groupcache_rs::{Loaded, Loader, Results};
+    ///
+    /// struct Table(HashMap<String, String>);
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("no row {0}")]
+    /// struct NoRow(String);
+    ///
+    /// impl Loader for Table {
+    ///     type Value = String;
+    ///     type Error = NoRow;
+    ///
+    ///     async fn load(&self, key: &str) -> Result<Loaded<String>, NoRow> {
+    ///         self.0.get(key).cloned().map(Loaded::new).ok_or_else(|| NoRow(key.to_owned()))
+    ///     }
+    ///
+    ///     async fn load_many(&self, keys: &[String], results: &Results<String, NoRow>) {
+    ///         // One query for all the keys; here, one pass over the table.
+    ///         for (index, key) in keys.iter().enumerate() {
+    ///             results.put(index, self.0.get(key).cloned().map(Loaded::new).ok_or_else(|| NoRow(key.clone())));
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn load_many(
+        &self,
+        keys: &[String],
+        results: &Results<Self::Value, Self::Error>,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            futures_util::stream::iter(keys.iter().enumerate())
+                .for_each_concurrent(LOAD_MANY_CONCURRENCY, |(index, key)| async move {
+                    results.put(index, self.load(key).await);
+                })
+                .await;
+        }
+    }
+}
+
+/// Loads the default [`Loader::load_many`] runs at once (an unmeasured bound: enough to keep a
+/// database pool busy, few enough not to drain it for one batch).
+pub const LOAD_MANY_CONCURRENCY: usize = 32;
+
+/// Where [`Loader::load_many`] puts each key's result, by the key's index; each result is
+/// handed on at once. A second result for an index, or one out of range, is ignored.
+pub struct Results<V, E> {
+    slots: Vec<Slot<V, E>>,
+}
+
+/// Where one key's result goes, until it is put.
+type Slot<V, E> = Mutex<Option<oneshot::Sender<LoadResult<V, E>>>>;
+
+/// One key's result from a loader.
+pub(crate) type LoadResult<V, E> = Result<Loaded<V>, E>;
+
+impl<V, E> Results<V, E> {
+    /// Results for `count` keys, and where each one arrives.
+    pub(crate) fn new(count: usize) -> (Self, Vec<oneshot::Receiver<LoadResult<V, E>>>) {
+        let (slots, receivers) = (0..count)
+            .map(|_| {
+                let (sender, receiver) = oneshot::channel();
+                (Mutex::new(Some(sender)), receiver)
+            })
+            .unzip();
+        (Results { slots }, receivers)
+    }
+
+    /// The result for the key at `index`.
+    pub fn put(&self, index: usize, result: Result<Loaded<V>, E>) {
+        let Some(slot) = self.slots.get(index) else {
+            return;
+        };
+        let sender = slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            let _ = sender.send(result);
+        }
+    }
 }
 
 /// A loaded value and, optionally, when it expires.

@@ -5,6 +5,7 @@
 //! A peer URL is checked and parsed once, here, when it joins: into the exact string the ring
 //! hashes and the [`Endpoint`] the connection pool dials.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -377,6 +378,10 @@ pub(crate) struct Endpoint {
     pub(crate) authority: HeaderValue,
     /// The URL's own path (a mount prefix, or empty), before the base path.
     pub(crate) path: String,
+    /// Whether the peer's last answer advertised the batch protocol
+    /// ([`BATCH_HEADER`](crate::wire::protocol::BATCH_HEADER)); until one did, it gets single
+    /// requests only (golang/groupcache would take a batch for a get of a key named `_batch`).
+    pub(crate) batches: AtomicBool,
 }
 
 impl Endpoint {
@@ -428,6 +433,7 @@ impl Endpoint {
             tls,
             authority: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?,
             path,
+            batches: AtomicBool::new(false),
         })
     }
 }

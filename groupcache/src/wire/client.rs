@@ -187,7 +187,7 @@ impl PeerClient {
     /// Sends one request, signed if authentication is on. The signature covers the peer's
     /// authority (its `Host` header) and the path exactly as they go on the wire, which is what
     /// the receiving router checks against its own URL.
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         peer: &Arc<Endpoint>,
@@ -210,12 +210,19 @@ impl PeerClient {
             .uri(path)
             .body(Full::new(body))
             .map_err(|e| PeerError::Request(format!("invalid request: {e}")))?;
-        self.connections.send(peer, request).await
+        let answer = self.connections.send(peer, request).await?;
+        super::batch::record_advert(peer, &answer.response);
+        Ok(answer)
+    }
+
+    /// The longest wait for a whole answer.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 
 /// The start of an error answer's body, for the error message.
-async fn error_message(answer: Answer) -> String {
+pub(super) async fn error_message(answer: Answer) -> String {
     let message = answer.read_prefix(1024).await;
     String::from_utf8_lossy(&message).trim_end().to_owned()
 }

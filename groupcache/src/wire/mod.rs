@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: golang/groupcache's HTTP protocol, owned in one place: key escaping, request
 //!   paths and their parsing, content type and error headers;
+//! - [`batch`]: many keys in one request, both sides (an extension Go peers do not speak);
 //! - [`client`]: asking a peer for a value, setting or removing one;
 //! - [`pool`]: keep-alive HTTP/1.1 connections to peers, over TCP or rustls;
 //! - [`router`]: the axum router that serves peers' requests;
@@ -11,6 +12,7 @@
 //! - `tls` (feature `tls`): rustls configuration for both sides.
 
 pub(crate) mod auth;
+pub(crate) mod batch;
 pub(crate) mod client;
 pub(crate) mod nonces;
 pub(crate) mod pool;

@@ -10,6 +10,8 @@
 //!   failed, flagged with [`ERROR_KIND`]: [`LOADER_ERROR`] so our peers do not retry locally.
 //! - A `GET` with [`PEEK_HEADER`] is answered from memory only: 200 as above, or 404 when the
 //!   value is not cached.
+//! - `POST {base}{group}/_batch` ([`BATCH_KEY`]) is this library's extension for many keys at once,
+//!   advertised by [`BATCH_HEADER`] on every answer; see `wire/batch.rs`.
 
 use std::fmt;
 
@@ -33,6 +35,15 @@ pub(crate) const PEEK_HEADER: &str = "groupcache-peek";
 
 /// The [`PEEK_HEADER`] value.
 pub(crate) const PEEK: &str = "1";
+
+/// The last segment of a batch request's path, `POST {base}{group}/_batch`. The method tells it
+/// from a `GET` of a key named `_batch`, which still works. The body is a `BatchRequest`; the
+/// answer is one length-delimited `BatchEntry` per key, in the request's order.
+pub(crate) const BATCH_KEY: &str = "_batch";
+
+/// Set (`1`) on every answer of this library's router: the peer takes batch requests.
+/// golang/groupcache peers do not send it, so they only ever get single requests.
+pub(crate) const BATCH_HEADER: &str = "groupcache-batch";
 
 /// Everything but RFC 3986's unreserved characters is escaped: a superset of what Go's
 /// `url.PathEscape` escapes (space is `%20`, `/` is `%2F`), which any server percent-decodes.

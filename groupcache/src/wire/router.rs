@@ -1,5 +1,6 @@
 //! The serving side of the wire: an axum router that answers peers' `GET`, `PUT` and `DELETE` for
-//! `{base_path}{group}/{key}`, as golang/groupcache's `HTTPPool` does for `GET`.
+//! `{base_path}{group}/{key}`, as golang/groupcache's `HTTPPool` does for `GET`, and `POST` of a
+//! batch to `{base_path}{group}/_batch` ([`batch`](super::batch)); every answer advertises batches.
 //!
 //! A request that arrives here is never forwarded to another peer: the replica answers from its
 //! caches or loads the value itself, so replicas whose rings disagree cannot forward in a loop.
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::auth::SIGNATURE_HEADER;
-use super::protocol::{ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, parse_path};
+use super::protocol::{BATCH_KEY, ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, parse_path};
 use crate::caches::Entry;
 use crate::membership::Endpoint;
 use crate::{Error, Groupcache, Loader};
@@ -44,10 +45,14 @@ pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
     let authority: Arc<[u8]> = Endpoint::parse(&cache.inner.self_url)
         .map(|endpoint| endpoint.authority.as_bytes().into())
         .unwrap_or_default();
-    let handler = get(serve::<L>).put(serve::<L>).delete(serve::<L>);
+    let handler = get(serve::<L>)
+        .put(serve::<L>)
+        .delete(serve::<L>)
+        .post(serve::<L>);
     Router::new()
         .route(&format!("{base}{{*rest}}"), handler.clone())
         .route(&base, handler)
+        .layer(axum::middleware::map_response(super::batch::advertise))
         .with_state(Served {
             authority,
             cache,
@@ -135,8 +140,10 @@ async fn serve<L: Loader>(
             &format!("key is {} bytes, over the limit of {limit}", key.len()),
         );
     }
-    // The budget's share is held until the body is dropped, at the end of the request.
-    let (body, _budget) = if method == Method::PUT {
+    // The budget's share is held until the body is dropped, at the end of the request. Only a
+    // `PUT` and a batch (`POST` of `_batch`) carry a body.
+    let carries_body = method == Method::PUT || (method == Method::POST && key == BATCH_KEY);
+    let (body, _budget) = if carries_body {
         match read_body(&served, body).await {
             Ok((body, budget)) => (body, Some(budget)),
             Err(refused) => return refused,
@@ -196,6 +203,7 @@ async fn serve<L: Loader>(
                 &format!("malformed SetRequest: {error}"),
             ),
         },
+        Method::POST if key == BATCH_KEY => super::batch::answer(inner, &body).await,
         Method::DELETE => {
             inner.forget(&key);
             StatusCode::OK.into_response()
@@ -204,7 +212,7 @@ async fn serve<L: Loader>(
     }
 }
 
-/// Reads a `PUT`'s body: of a declared length within the limit, within the budget of bytes all
+/// Reads a `PUT`'s (or a batch's) body: of a declared length within the limit, within the budget of bytes all
 /// bodies being read may take (503 past it, as for the concurrency limit), and within the peer
 /// timeout; with the budget's share it holds.
 async fn read_body<L: Loader>(
@@ -263,7 +271,7 @@ fn refused<L: Loader>(served: &Served<L>, path: &str, refusal: super::auth::Refu
     )
 }
 
-fn text(status: StatusCode, message: &str) -> Response {
+pub(super) fn text(status: StatusCode, message: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

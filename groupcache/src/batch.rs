@@ -1,0 +1,673 @@
+//! Many keys at once: [`Groupcache::get_many`] on the asking replica, `Inner::serve_batch` on the
+//! owner.
+//!
+//! Each key takes the journey of a single `get` (`Inner::get`), and joins the same flights: a key
+//! owned by a peer that takes batches joins its *fetch* flight here, and the keys this call leads
+//! travel to their owner in one request; every other key (owned here, owned by a peer that does
+//! not batch, or one a URL cannot carry) goes through `Inner::get` itself. So a key asked for by a
+//! `get_many` and a concurrent `get`, on any replicas, is loaded once cluster-wide. The keys an
+//! owner must load (its own in a `get_many`, or a peer's batch) join their *load* flights, and the
+//! keys this call leads go to one [`Loader::load_many`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use groupcache_rs_pb::{BatchEntry, BatchRequest};
+use tokio::sync::oneshot;
+
+use crate::caches::Entry;
+use crate::engine::{Caller, Groupcache, Inner, Store, key_hash};
+use crate::flight::{Flight, Outcome, Superseded, panic_message};
+use crate::loader::{Loaded, Results, to_unix_nanos};
+use crate::membership::Member;
+use crate::wire::client::Failure;
+use crate::wire::protocol::{self, BATCH_KEY};
+use crate::{Error, Loader, PeerError, Value};
+
+impl<L: Loader> Groupcache<L> {
+    /// The values of `keys`, one result per key in the same order, each on its own: one key's
+    /// loader error or oversize does not fail the others.
+    ///
+    /// Keys already cached are answered without any request. The rest are grouped by owner, and
+    /// each owner that takes batches (another replica of this library that has answered this one
+    /// before) is asked for its keys in one request, all owners in parallel; keys owned by a
+    /// golang/groupcache peer, or by a peer not heard from yet, are fetched one by one as
+    /// [`get`](Self::get) does. Each key joins the same flights as a `get` of it would, so it is
+    /// loaded once cluster-wide however the two race.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), groupcache_rs::Error> {
+    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
+    /// let rows = cache.get_many(&["1", "2", "3"]).await;
+    /// assert_eq!(rows.len(), 3);
+    /// assert_eq!(rows[1].as_deref().ok(), Some("row for 2"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Result<L::Value, Error>> {
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        let entries = self.inner.get_many(&keys).await;
+        entries
+            .into_iter()
+            .map(|entry| {
+                entry.and_then(|entry| {
+                    L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
+                })
+            })
+            .collect()
+    }
+}
+
+/// A key whose fetch flight a `get_many` leads: where its outcome goes.
+struct Led {
+    key: String,
+    outcome: oneshot::Sender<Outcome<Entry>>,
+    superseded: Superseded,
+    /// Where its value goes, chosen (and its cache's token taken) when its flight started.
+    store: Store,
+}
+
+type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + 'a>>;
+
+impl<L: Loader> Inner<L> {
+    async fn get_many(self: &Arc<Self>, keys: &[&str]) -> Vec<Outcome<Entry>> {
+        let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
+        // Keys that take `Inner::get` as they are; keys owned here; keys by batching owner.
+        let mut singles = Vec::new();
+        let mut owned = Vec::new();
+        let mut by_owner: HashMap<Arc<str>, (Arc<Member>, Vec<usize>)> = HashMap::new();
+        {
+            let membership = self.peers.snapshot();
+            for (index, &key) in keys.iter().enumerate() {
+                let owner = membership.remote_owner(key);
+                if owner.is_none() {
+                    owned.push(index);
+                    continue;
+                }
+                let Some(owner) = owner.filter(|owner| {
+                    protocol::can_carry(key) && owner.endpoint.batches.load(Ordering::Relaxed)
+                }) else {
+                    singles.push(index);
+                    continue;
+                };
+                // The start of `Inner::get`, for keys that go on to a batch.
+                if let Err(error) = self.check_key(key) {
+                    results[index] = Some(Err(error));
+                    continue;
+                }
+                self.metrics.get();
+                if let Some(entry) = self.cached(key) {
+                    results[index] = Some(Ok(entry));
+                    continue;
+                }
+                self.metrics.load();
+                self.popularity.record(key_hash(key));
+                by_owner
+                    .entry(owner.url.clone())
+                    .or_insert_with(|| (owner.clone(), Vec::new()))
+                    .1
+                    .push(index);
+            }
+        }
+        let singly = futures_util::future::join_all(
+            singles
+                .iter()
+                .map(|&index| self.get(keys[index], Caller::Local)),
+        );
+        let mut batches = Vec::new();
+        for (owner, indexes) in by_owner.into_values() {
+            for chunk in indexes.chunks(self.config.max_batch_keys) {
+                let chunk = chunk.to_vec();
+                let owner = owner.clone();
+                batches.push(async move {
+                    let chunk_keys: Vec<&str> = chunk.iter().map(|&index| keys[index]).collect();
+                    let outcomes = self.fetch_many(owner, &chunk_keys).await;
+                    (chunk, outcomes)
+                });
+            }
+        }
+        let batched = futures_util::future::join_all(batches);
+        let owned_keys: Vec<&str> = owned.iter().map(|&index| keys[index]).collect();
+        let loaded = self.load_many(&owned_keys, Caller::Local);
+        let (singly, batched, loaded) = futures_util::future::join3(singly, batched, loaded).await;
+        for (&index, outcome) in owned.iter().zip(loaded) {
+            results[index] = Some(outcome);
+        }
+        for (&index, outcome) in singles.iter().zip(singly) {
+            results[index] = Some(outcome);
+        }
+        for (chunk, outcomes) in batched {
+            for (&index, outcome) in chunk.iter().zip(outcomes) {
+                results[index] = Some(outcome);
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or(Err(Error::LoadAbandoned)))
+            .collect()
+    }
+
+    /// Joins the fetch flight of each of `keys`, all owned by `owner`, and asks the owner in one
+    /// request for the keys this call leads.
+    async fn fetch_many(
+        self: &Arc<Self>,
+        owner: Arc<Member>,
+        keys: &[&str],
+    ) -> Vec<Outcome<Entry>> {
+        let this = self.clone();
+        let store = |key: &str| self.hot_store(key);
+        self.join_flights(&self.fetches, keys, store, move |led| {
+            tokio::spawn(this.fetch_batch(owner, led));
+        })
+        .await
+    }
+
+    /// Loads `keys`, all owned here or asked for by a peer, through their load flights, with one
+    /// [`Loader::load_many`] for the keys this call leads. Mirrors `Inner::get` for such keys.
+    async fn load_many(self: &Arc<Self>, keys: &[&str], caller: Caller) -> Vec<Outcome<Entry>> {
+        let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
+        let mut loading = Vec::new();
+        for (index, &key) in keys.iter().enumerate() {
+            if let Err(error) = self.check_key(key) {
+                results[index] = Some(Err(error));
+                continue;
+            }
+            self.metrics.get();
+            if let Some(entry) = self.cached(key) {
+                results[index] = Some(Ok(entry));
+                continue;
+            }
+            self.metrics.load();
+            if caller == Caller::Local {
+                self.popularity.record(key_hash(key));
+            }
+            loading.push(index);
+        }
+        let loading_keys: Vec<&str> = loading.iter().map(|&index| keys[index]).collect();
+        let this = self.clone();
+        let store = |key: &str| self.load_store(key, caller);
+        let loaded = self
+            .join_flights(&self.loads, &loading_keys, store, move |led| {
+                tokio::spawn(this.load_batch(led));
+            })
+            .await;
+        for (&index, outcome) in loading.iter().zip(loaded) {
+            results[index] = Some(outcome);
+        }
+        results
+            .into_iter()
+            .map(|result| result.unwrap_or(Err(Error::LoadAbandoned)))
+            .collect()
+    }
+
+    /// Joins `flight` for each of `keys` and hands the keys this call leads to `lead` (which
+    /// must answer each of them, in a task of its own); the outcome of every key, in order.
+    async fn join_flights(
+        &self,
+        flight: &Flight<Entry>,
+        keys: &[&str],
+        store: impl Fn(&str) -> Store + Sync,
+        lead: impl FnOnce(Vec<Led>),
+    ) -> Vec<Outcome<Entry>> {
+        let led = Arc::new(Mutex::new(Vec::new()));
+        let mut joined: Vec<Joined<'_>> = keys
+            .iter()
+            .map(|&key| {
+                let led = led.clone();
+                let store = &store;
+                let flight = flight.run(key, move |superseded| {
+                    let (outcome, receiver) = oneshot::channel();
+                    lock(&led).push(Led {
+                        key: key.to_owned(),
+                        outcome,
+                        superseded,
+                        store: store(key),
+                    });
+                    async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) }
+                });
+                Box::pin(flight) as Joined<'_>
+            })
+            .collect();
+        // One poll each joins or leads every key's flight: `Flight::run` takes the key's place in
+        // the map, and calls the work's closure when it leads, before it first waits.
+        let mut done: Vec<Option<(Outcome<Entry>, bool)>> = vec![None; keys.len()];
+        std::future::poll_fn(|context| {
+            for (flight, done) in joined.iter_mut().zip(done.iter_mut()) {
+                if let Poll::Ready(outcome) = flight.as_mut().poll(context) {
+                    *done = Some(outcome);
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let led = std::mem::take(&mut *lock(&led));
+        if !led.is_empty() {
+            // In a task of its own, like every flight's work: a caller that gives up does not
+            // leave the other waiters of these keys without an answer.
+            lead(led);
+        }
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for (flight, done) in joined.into_iter().zip(done) {
+            let (outcome, started) = match done {
+                Some(done) => done,
+                None => flight.await,
+            };
+            if started {
+                self.metrics.load_deduped();
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// Runs the loader once for all the led keys; each key's flight is answered as soon as the
+    /// loader has put its result. Mirrors `Inner::run_loader`, which does the same for one key.
+    async fn load_batch(self: Arc<Self>, led: Vec<Led>) {
+        let mut loading = Vec::with_capacity(led.len());
+        for led in led {
+            match self.peek(&led.key) {
+                Some(entry) => {
+                    let _ = led.outcome.send(Ok(entry));
+                }
+                None => loading.push(led),
+            }
+        }
+        if loading.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = loading.iter().map(|led| led.key.clone()).collect();
+        let (results, arriving) = Results::new(keys.len());
+        let panicked: Mutex<Option<String>> = Mutex::new(None);
+        let started = Instant::now();
+        let loader = async {
+            let run = AssertUnwindSafe(self.loader.load_many(&keys, &results)).catch_unwind();
+            if let Err(panic) = run.await {
+                *lock(&panicked) = Some(panic_message(panic.as_ref()));
+            }
+            self.metrics.load_duration.record(started.elapsed());
+            // Keys without a result fail now, not when the last key is in.
+            drop(results);
+        };
+        let finishing = loading.into_iter().zip(arriving).map(|(led, arriving)| {
+            let (this, panicked) = (&self, &panicked);
+            async move {
+                let outcome = match arriving.await {
+                    Ok(loaded) => this.finish_load(&led, loaded),
+                    Err(_) => match lock(panicked).clone() {
+                        Some(message) => {
+                            this.metrics.local_load_error();
+                            Err(Error::LoaderPanicked(message))
+                        }
+                        None => Err(Error::NotLoaded),
+                    },
+                };
+                let _ = led.outcome.send(outcome);
+            }
+        });
+        futures_util::future::join(loader, futures_util::future::join_all(finishing)).await;
+    }
+
+    /// One key's loader result, encoded and kept in the main cache unless superseded.
+    fn finish_load(&self, led: &Led, loaded: Result<Loaded<L::Value>, L::Error>) -> Outcome<Entry> {
+        let key = led.key.as_str();
+        let Loaded { value, expires_at } = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                self.metrics.local_load_error();
+                tracing::debug!(group = %self.group, key, %error, "loader failed");
+                return Err(Error::Loader(Arc::new(error)));
+            }
+        };
+        self.metrics.local_load();
+        let bytes = value.encode().map_err(|e| Error::Codec(Arc::new(e)))?;
+        drop(value);
+        let entry = Entry {
+            value: bytes,
+            expire: to_unix_nanos(expires_at),
+        };
+        if led.superseded.get() {
+            return Ok(entry);
+        }
+        let expire = entry.expire;
+        let value = self.store(key, entry, led.store);
+        Ok(Entry { value, expire })
+    }
+
+    /// The owner's answer for the led keys, each handed to its flight as soon as it is known.
+    async fn fetch_batch(self: Arc<Self>, owner: Arc<Member>, led: Vec<Led>) {
+        let mut asking = Vec::with_capacity(led.len());
+        for led in led {
+            match self.peek(&led.key) {
+                Some(entry) => {
+                    let _ = led.outcome.send(Ok(entry));
+                }
+                None => asking.push(led),
+            }
+        }
+        if asking.is_empty() {
+            return;
+        }
+        let request = BatchRequest {
+            group: Some(self.group.clone()),
+            keys: asking.iter().map(|led| led.key.clone()).collect(),
+            max_answer_bytes: Some(self.config.max_batch_bytes as u64),
+        };
+        let path = protocol::key_path(&owner.key_prefix, BATCH_KEY);
+        let started = Instant::now();
+        let answer = self.client.batch(&owner.endpoint, path, &request).await;
+        self.metrics.peer_request_duration.record(started.elapsed());
+        drop(request);
+        let entries = match answer {
+            Ok(entries) => entries.into_iter().map(Some).collect(),
+            // The owner refused the batch itself (e.g. a body over its limit, which depends on
+            // its own configuration): it has loaded nothing, so each key is asked for on its own
+            // rather than loaded here, which would load it twice.
+            Err(Failure::Peer(PeerError::Status { status, message }))
+                if (400..500).contains(&status) =>
+            {
+                tracing::warn!(group = %self.group, peer = %owner.url, status, %message, "peer refused a batch; asking for its keys one by one");
+                let skipped = BatchEntry {
+                    skipped: Some(true),
+                    ..BatchEntry::default()
+                };
+                vec![Some(skipped); asking.len()]
+            }
+            Err(Failure::Peer(error)) => {
+                self.metrics.peer_error();
+                tracing::warn!(group = %self.group, peer = %owner.url, %error, keys = asking.len(), "batch to peer failed; loading its keys locally");
+                vec![None; asking.len()]
+            }
+            Err(Failure::Loader(message)) => {
+                // Not sent for a batch; a whole-batch loader error is every key's.
+                let entry = BatchEntry {
+                    loader_error: Some(message),
+                    ..BatchEntry::default()
+                };
+                vec![Some(entry); asking.len()]
+            }
+        };
+        let settled = asking.into_iter().zip(entries).map(|(led, entry)| {
+            let this = &self;
+            let owner = &owner;
+            async move {
+                let outcome = this.settle(&led, owner, entry).await;
+                let _ = led.outcome.send(outcome);
+            }
+        });
+        futures_util::future::join_all(settled).await;
+    }
+
+    /// One key's outcome from its batch entry (`None`: the batch failed), as `fetch_from` has it
+    /// from a single answer.
+    async fn settle(
+        self: &Arc<Self>,
+        led: &Led,
+        owner: &Arc<Member>,
+        entry: Option<BatchEntry>,
+    ) -> Outcome<Entry> {
+        let key = led.key.as_str();
+        let Some(entry) = entry else {
+            return self.load(key, self.hot_store(key), false).await.0;
+        };
+        if let Some(message) = entry.loader_error {
+            return Err(Error::RemoteLoader {
+                peer: owner.url.to_string(),
+                message,
+            });
+        }
+        if let Some(error) = entry.error {
+            self.metrics.peer_error();
+            tracing::warn!(group = %self.group, peer = %owner.url, key, %error, "peer failed a batched key; loading it locally");
+            return self.load(key, self.hot_store(key), false).await.0;
+        }
+        if entry.skipped == Some(true) {
+            // No room in the answer: this key on its own, still within its flight.
+            return self.fetch_from(key, owner, led.superseded.clone()).await;
+        }
+        self.metrics.peer_load();
+        let entry = Entry {
+            value: entry.value.unwrap_or_default(),
+            expire: entry.expire.unwrap_or(0),
+        };
+        let requests = self.popularity.estimate(key_hash(key));
+        if !led.superseded.get() && requests >= self.config.hot_promotion_requests {
+            let _ = self.store(key, entry.clone(), led.store);
+        }
+        Ok(entry)
+    }
+
+    /// A peer's batch: each key as a peer's single `GET` is answered (from the caches, or loaded
+    /// here, never forwarded), with one `load_many` for the keys to load.
+    pub(crate) async fn serve_batch(self: &Arc<Self>, keys: &[String]) -> Vec<Outcome<Entry>> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.load_many(&keys, Caller::Peer).await
+    }
+}
+
+/// Single fetches waiting for their owner's coalescing window to end, by owner URL.
+#[derive(Default)]
+pub(crate) struct Coalescing {
+    pending: Mutex<HashMap<Arc<str>, Vec<Led>>>,
+}
+
+impl<L: Loader> Inner<L> {
+    /// The coalescing window for fetches from `owner`, if coalescing is on and it takes batches.
+    pub(crate) fn coalesce_window(&self, owner: &Member) -> Option<Duration> {
+        self.config
+            .coalesce_window
+            .filter(|_| owner.endpoint.batches.load(Ordering::Relaxed))
+    }
+
+    /// A single `get`'s fetch flight, whose request waits up to `window` for other keys of the
+    /// same owner and travels with them in one batch.
+    pub(crate) async fn fetch_coalesced(
+        self: &Arc<Self>,
+        key: &str,
+        owner: Arc<Member>,
+        window: Duration,
+    ) -> (Outcome<Entry>, bool) {
+        let this = self.clone();
+        self.fetches
+            .run(key, move |superseded| {
+                let (outcome, receiver) = oneshot::channel();
+                let led = Led {
+                    key: key.to_owned(),
+                    outcome,
+                    superseded,
+                    store: this.hot_store(key),
+                };
+                // The check and the push under one lock: the first key of a window starts its
+                // timer, and every later one is in the queue the timer takes.
+                let first = {
+                    let mut pending = lock(&this.coalescing.pending);
+                    let queue = pending.entry(owner.url.clone()).or_default();
+                    queue.push(led);
+                    queue.len() == 1
+                };
+                if first {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(window).await;
+                        let led = lock(&this.coalescing.pending)
+                            .remove(&owner.url)
+                            .unwrap_or_default();
+                        let mut led = led.into_iter().peekable();
+                        while led.peek().is_some() {
+                            let chunk: Vec<Led> =
+                                led.by_ref().take(this.config.max_batch_keys).collect();
+                            tokio::spawn(this.clone().fetch_batch(owner.clone(), chunk));
+                        }
+                    });
+                }
+                async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) }
+            })
+            .await
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding this lock.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A batch loader: puts the first key's result at once, then waits for `release` before the
+    /// rest; keys named `missing` get no result, a key named `panic` panics after the first.
+    #[derive(Default)]
+    struct Stepwise {
+        calls: AtomicUsize,
+        loads: AtomicUsize,
+        /// Notified once the first key's result is in.
+        first_in: Notify,
+        release: Notify,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no single loads here")]
+    struct Single;
+
+    impl Loader for Arc<Stepwise> {
+        type Value = String;
+        type Error = Single;
+
+        async fn load(&self, _: &str) -> Result<Loaded<String>, Single> {
+            Err(Single)
+        }
+
+        async fn load_many(&self, keys: &[String], results: &Results<String, Single>) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            for (index, key) in keys.iter().enumerate() {
+                if index == 1 {
+                    self.first_in.notify_one();
+                    self.release.notified().await;
+                }
+                match key.as_str() {
+                    "missing" => {}
+                    "panic" => panic!("load_many panics"),
+                    _ => {
+                        self.loads.fetch_add(1, Ordering::SeqCst);
+                        results.put(index, Ok(Loaded::new(format!("v{key}"))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn cache(loader: &Arc<Stepwise>) -> Groupcache<Arc<Stepwise>> {
+        Groupcache::builder("g", "http://127.0.0.1:1", loader.clone())
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_is_released_as_soon_as_load_many_puts_it() {
+        let loader = Arc::new(Stepwise::default());
+        let cache = cache(&loader);
+        let many = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_many(&["a", "b", "a"]).await })
+        };
+        // `a` is in while `b` waits: a get of `a` finds it and returns now.
+        loader.first_in.notified().await;
+        assert_eq!(cache.get("a").await.unwrap(), "va");
+        assert!(!many.is_finished());
+        loader.release.notify_one();
+        let values = many.await.unwrap();
+        let values: Vec<_> = values.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values, ["va", "vb", "va"]);
+        assert_eq!(loader.calls.load(Ordering::SeqCst), 1, "one load_many");
+        assert_eq!(loader.loads.load(Ordering::SeqCst), 2, "each key once");
+        // All cached now: no further call.
+        let again = cache.get_many(&["a", "b"]).await;
+        assert!(again.iter().all(Result::is_ok));
+        assert_eq!(loader.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_left_without_a_result_fail_alone_and_a_panic_fails_the_rest() {
+        let loader = Arc::new(Stepwise::default());
+        loader.release.notify_one();
+        let cache = cache(&loader);
+        let values = cache.get_many(&["a", "missing", "c"]).await;
+        assert_eq!(values[0].as_deref().unwrap(), "va");
+        assert!(
+            matches!(values[1], Err(Error::NotLoaded)),
+            "{:?}",
+            values[1]
+        );
+        assert_eq!(values[2].as_deref().unwrap(), "vc");
+        loader.release.notify_one();
+        let values = cache.get_many(&["d", "panic", "e"]).await;
+        assert_eq!(values[0].as_deref().unwrap(), "vd");
+        for value in &values[1..] {
+            match value {
+                Err(Error::LoaderPanicked(message)) => assert_eq!(message, "load_many panics"),
+                other => panic!("expected LoaderPanicked, got {other:?}"),
+            }
+        }
+        // Nothing is stuck: the keys load again.
+        loader.release.notify_one();
+        let values = cache.get_many(&["e"]).await;
+        assert_eq!(values[0].as_deref().unwrap(), "ve");
+    }
+
+    #[tokio::test]
+    async fn the_default_load_many_is_the_single_load_per_key() {
+        struct Upper;
+        impl Loader for Upper {
+            type Value = String;
+            type Error = std::io::Error;
+            async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+                match key {
+                    "bad" => Err(std::io::Error::other("bad key")),
+                    _ => Ok(Loaded::new(key.to_uppercase())),
+                }
+            }
+        }
+        let cache = Groupcache::builder("g", "http://127.0.0.1:1", Upper)
+            .build()
+            .unwrap();
+        let keys: Vec<String> = (0..100)
+            .map(|i| format!("k{i}"))
+            .chain(["bad".into()])
+            .collect();
+        let values = cache.get_many(&keys).await;
+        for (key, value) in keys.iter().zip(&values) {
+            match key.as_str() {
+                "bad" => assert!(
+                    value
+                        .as_ref()
+                        .unwrap_err()
+                        .loader_error::<std::io::Error>()
+                        .is_some()
+                ),
+                _ => assert_eq!(value.as_ref().unwrap(), &key.to_uppercase()),
+            }
+        }
+        assert_eq!(cache.stats().local_loads, 100);
+    }
+}

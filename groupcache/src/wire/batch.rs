@@ -1,0 +1,319 @@
+//! The batch extension of the peer protocol, both sides: `POST {base}{group}/_batch` with a
+//! `BatchRequest` of keys, answered with one length-delimited `BatchEntry` per key in the
+//! request's order.
+//!
+//! golang/groupcache does not speak it, and would serve such a request as a `GET` of a key named
+//! `_batch` (it ignores the method): so a batch goes only to a peer whose last answer carried
+//! [`BATCH_HEADER`], which every answer of this library's router does.
+//!
+//! The answer is framed rather than one message, and its values are bounded by the requester's
+//! `max_answer_bytes` (and the owner's own limit): values past it are answered `skipped` and asked
+//! for one by one. The requester reads the body once into one buffer, and the decoded values are
+//! views into it, so a large answer is not held twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use groupcache_rs_pb::{BatchEntry, BatchRequest};
+use hyper::Method;
+use hyper::header::CONTENT_TYPE;
+use prost::Message;
+
+use super::client::{Failure, PeerClient, error_message};
+use super::pool::{ReadError, request_error};
+use super::protocol::{BATCH_HEADER, PROTOBUF};
+use super::router::text;
+use crate::engine::Inner;
+use crate::membership::Endpoint;
+use crate::{Error, Loader, PeerError};
+
+/// Longest error message carried per key, in bytes, as for a single request's error body.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Room per entry for everything but the value: framing, expiry and at most one message.
+const ENTRY_OVERHEAD: usize = MAX_MESSAGE_BYTES + 32;
+
+/// Records whether the peer's answer advertised the batch protocol. Every answer counts, so a
+/// peer replaced by one that does not batch (a golang/groupcache binary at the same URL) is
+/// asked singly again after its first answer.
+pub(crate) fn record_advert(peer: &Endpoint, response: &hyper::Response<hyper::body::Incoming>) {
+    let batches = response.headers().contains_key(BATCH_HEADER);
+    peer.batches.store(batches, Ordering::Relaxed);
+}
+
+/// Marks an answer of this router as coming from a replica that takes batch requests.
+pub(crate) async fn advertise(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(BATCH_HEADER, HeaderValue::from_static("1"));
+    response
+}
+
+impl PeerClient {
+    /// `POST {base}{group}/_batch`: one entry per key of `request`, in its order.
+    pub(crate) async fn batch(
+        &self,
+        peer: &Arc<Endpoint>,
+        path: String,
+        request: &BatchRequest,
+    ) -> Result<Vec<BatchEntry>, Failure> {
+        let value_bytes = request.max_answer_bytes.unwrap_or(0);
+        let limit = usize::try_from(value_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(request.keys.len().saturating_mul(ENTRY_OVERHEAD));
+        let body = Bytes::from(request.encode_to_vec());
+        let exchange = async {
+            let answer = self.send(Method::POST, peer, path, body, None).await?;
+            let status = answer.response.status();
+            if !status.is_success() {
+                let message = error_message(answer).await;
+                return Err(PeerError::Status {
+                    status: status.as_u16(),
+                    message,
+                });
+            }
+            let content_type = answer.response.headers().get(CONTENT_TYPE);
+            if content_type.is_none_or(|value| value != PROTOBUF) {
+                return Err(PeerError::Malformed(format!(
+                    "batch answer of content type {content_type:?}, expected {PROTOBUF}"
+                )));
+            }
+            let body = answer.read(limit).await.map_err(|error| match error {
+                ReadError::TooLarge => PeerError::TooLarge { limit },
+                ReadError::Failed(error) => request_error(error),
+            })?;
+            decode_answer(body, request.keys.len())
+        };
+        tokio::time::timeout(self.timeout(), exchange)
+            .await
+            .unwrap_or(Err(PeerError::Timeout))
+            .map_err(Failure::Peer)
+    }
+}
+
+/// Exactly `keys` entries, each a view into `body`.
+pub(crate) fn decode_answer(mut body: Bytes, keys: usize) -> Result<Vec<BatchEntry>, PeerError> {
+    // Never more than the request's keys, whatever the answer claims.
+    let mut entries = Vec::with_capacity(keys);
+    while !body.is_empty() {
+        if entries.len() == keys {
+            return Err(PeerError::Malformed(format!(
+                "batch answer has more than the {keys} entries asked for"
+            )));
+        }
+        let entry = BatchEntry::decode_length_delimited(&mut body)
+            .map_err(|e| PeerError::Malformed(format!("batch entry: {e}")))?;
+        entries.push(entry);
+    }
+    if entries.len() != keys {
+        return Err(PeerError::Malformed(format!(
+            "batch answer has {} entries for {keys} keys",
+            entries.len()
+        )));
+    }
+    Ok(entries)
+}
+
+/// Why a batch request is refused, and its status.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+}
+
+fn refused(status: StatusCode, message: String) -> Refused {
+    Refused { status, message }
+}
+
+/// The keys of a batch request for `group`: at most `max_keys`, each at most `max_key_bytes`
+/// long, none twice.
+pub(crate) fn parse_request(
+    body: &[u8],
+    group: &str,
+    max_keys: usize,
+    max_key_bytes: usize,
+) -> Result<BatchRequest, Refused> {
+    let request = BatchRequest::decode(body).map_err(|error| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("malformed BatchRequest: {error}"),
+        )
+    })?;
+    if let Some(named) = &request.group
+        && named != group
+    {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            format!("the body names group {named:?}, the path {group:?}"),
+        ));
+    }
+    if request.keys.len() > max_keys {
+        return Err(refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} keys in a batch, over the limit of {max_keys}",
+                request.keys.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(request.keys.len());
+    for key in &request.keys {
+        if key.len() > max_key_bytes {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "key is {} bytes, over the limit of {max_key_bytes}",
+                    key.len()
+                ),
+            ));
+        }
+        if !seen.insert(key.as_str()) {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                format!("key {key:?} is in the batch twice"),
+            ));
+        }
+    }
+    Ok(request)
+}
+
+/// Answers a peer's batch from this replica's caches and flights; never forwarded again.
+pub(crate) async fn answer<L: Loader>(inner: &Arc<Inner<L>>, body: &[u8]) -> Response {
+    let config = &inner.config;
+    let request = match parse_request(
+        body,
+        &inner.group,
+        config.max_batch_keys,
+        config.max_key_bytes,
+    ) {
+        Ok(request) => request,
+        Err(Refused { status, message }) => return text(status, &message),
+    };
+    let mut room = request
+        .max_answer_bytes
+        .map_or(config.max_batch_bytes, |asked| {
+            usize::try_from(asked).unwrap_or(usize::MAX)
+        })
+        .min(config.max_batch_bytes);
+    let results = inner.serve_batch(&request.keys).await;
+    let mut encoded = Vec::new();
+    for result in results {
+        let entry = match result {
+            Ok(entry) if entry.value.len() <= room => {
+                room -= entry.value.len();
+                BatchEntry {
+                    value: Some(entry.value),
+                    expire: (entry.expire != 0).then_some(entry.expire),
+                    ..BatchEntry::default()
+                }
+            }
+            Ok(_) => BatchEntry {
+                skipped: Some(true),
+                ..BatchEntry::default()
+            },
+            Err(error @ (Error::Loader(_) | Error::LoaderPanicked(_) | Error::NotLoaded)) => {
+                BatchEntry {
+                    loader_error: Some(bounded(error.to_string())),
+                    ..BatchEntry::default()
+                }
+            }
+            Err(error) => BatchEntry {
+                error: Some(bounded(error.to_string())),
+                ..BatchEntry::default()
+            },
+        };
+        // Writing into a Vec cannot fail.
+        let _ = entry.encode_length_delimited(&mut encoded);
+    }
+    ([(header::CONTENT_TYPE, PROTOBUF)], encoded).into_response()
+}
+
+/// `message`, cut at a character boundary to at most [`MAX_MESSAGE_BYTES`].
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(keys: &[&str]) -> Vec<u8> {
+        BatchRequest {
+            group: Some("g".into()),
+            keys: keys.iter().map(|&k| k.to_owned()).collect(),
+            max_answer_bytes: None,
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn hostile_batches_are_refused_with_4xx() {
+        let parse = |body: &[u8]| parse_request(body, "g", 3, 8).map_err(|r| r.status);
+        assert_eq!(parse(&request(&["a", "b"])).unwrap().keys, ["a", "b"]);
+        assert_eq!(parse(&request(&[])).unwrap().keys.len(), 0);
+        assert_eq!(parse(&[0xff, 0xff]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            parse(&request(&["a", "b", "a"])),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            parse(&request(&["a", "b", "c", "d"])),
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(
+            parse(&request(&["123456789"])),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        let other_group = BatchRequest {
+            group: Some("h".into()),
+            ..BatchRequest::default()
+        };
+        assert_eq!(
+            parse(&other_group.encode_to_vec()),
+            Err(StatusCode::BAD_REQUEST)
+        );
+    }
+
+    #[test]
+    fn answers_must_have_one_entry_per_key() {
+        let mut body = Vec::new();
+        for value in ["x", "y"] {
+            BatchEntry {
+                value: Some(Bytes::from(value)),
+                ..BatchEntry::default()
+            }
+            .encode_length_delimited(&mut body)
+            .unwrap();
+        }
+        let body = Bytes::from(body);
+        let entries = decode_answer(body.clone(), 2).unwrap();
+        assert_eq!(entries[1].value.as_deref(), Some(&b"y"[..]));
+        assert!(decode_answer(body.clone(), 1).is_err(), "one too many");
+        assert!(decode_answer(body.clone(), 3).is_err(), "one too few");
+        assert!(
+            decode_answer(body.slice(..body.len() - 1), 2).is_err(),
+            "cut short"
+        );
+        // A length prefix claiming far more than is there allocates nothing.
+        assert!(decode_answer(Bytes::from_static(&[0xff, 0xff, 0xff, 0x7f]), 1).is_err());
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES && cut.len() >= MAX_MESSAGE_BYTES - 1);
+        assert_eq!(bounded("short".into()), "short");
+    }
+}

@@ -1,0 +1,655 @@
+//! `get_many` across clusters of real replicas: one peer request per owner, each key loaded once
+//! however singles and batches race, errors and failures per key.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use groupcache_rs::{Error, Groupcache, RingMode};
+use groupcache_tests::{GROUP, Replica, TestLoader, connect, key_owned, start_cluster};
+use tokio::sync::Semaphore;
+
+/// Makes every replica hear from every other once (a single `get` of a key each peer owns), so
+/// each knows which peers take batches. Returns the probe keys.
+async fn introduce(cluster: &[Replica<TestLoader>]) -> HashSet<String> {
+    let mut probes = HashSet::new();
+    for replica in cluster {
+        for peer in cluster.iter().filter(|peer| peer.url != replica.url) {
+            let key = key_owned(
+                &replica.cache,
+                &peer.url,
+                &format!("probe-{}-", replica.url),
+            );
+            replica.cache.get(&key).await.expect("probe");
+            probes.insert(key);
+        }
+    }
+    probes
+}
+
+/// Waits until `done` holds (at most 10 s), yielding in between: for counters with no signal.
+async fn until(done: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the condition held within 10 s");
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// 1,000 keys from one replica: exactly one peer request per other owner, each key loaded once,
+/// on its owner; asked again, all are answered from caches without any request.
+async fn one_request_per_owner(replicas: usize, mode: RingMode) {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(replicas, |url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .ring_mode(mode)
+            .hot_promotion_requests(1)
+    });
+    introduce(&cluster).await;
+    let before: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    let keys = keys("many-", 1000);
+    let asker = &cluster[0].cache;
+    let values = asker.get_many(&keys).await;
+    assert_eq!(values.len(), keys.len());
+    for (key, value) in keys.iter().zip(&values) {
+        assert_eq!(value.as_ref().unwrap(), &loader.value_for(key));
+        assert_eq!(loader.loads.of(key), 1, "{key} loaded more than once");
+    }
+    for (replica, before) in cluster.iter().zip(&before) {
+        let owned = keys
+            .iter()
+            .filter(|k| asker.owner(k) == replica.url)
+            .count();
+        assert!(owned > 0, "every replica owns some of 1,000 keys");
+        let requests = replica.cache.stats().server_requests - before;
+        let expected = u64::from(replica.url != cluster[0].url);
+        assert_eq!(requests, expected, "{} owns {owned} keys", replica.url);
+        // Each key loaded on its owner.
+        let loaded_here = keys
+            .iter()
+            .filter(|k| asker.owner(k) == replica.url && loader.loads.of(k) == 1)
+            .count();
+        assert_eq!(loaded_here, owned);
+    }
+    // Asked again: the owner's main cache or this replica's hot cache, no request.
+    let before: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    let again = asker.get_many(&keys).await;
+    assert!(
+        again
+            .iter()
+            .zip(&values)
+            .all(|(a, b)| a.as_ref().ok() == b.as_ref().ok())
+    );
+    let after: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    assert_eq!(after, before, "cached keys are answered without requests");
+    assert_eq!(
+        loader.loads.total(),
+        keys.len() + (replicas * (replicas - 1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_keys_over_three_replicas_make_one_request_per_owner() {
+    one_request_per_owner(3, RingMode::Balanced).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_keys_over_five_replicas_make_one_request_per_owner_in_go_mode() {
+    one_request_per_owner(5, RingMode::GoCompatible).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_get_batches_of_at_most_max_batch_keys() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(2, |url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_batch_keys(10)
+    });
+    introduce(&cluster).await;
+    let asker = &cluster[0].cache;
+    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "capped-")
+        .take(25)
+        .collect();
+    let before = cluster[1].cache.stats().server_requests;
+    let values = asker.get_many(&keys).await;
+    assert!(values.iter().all(Result::is_ok));
+    assert_eq!(cluster[1].cache.stats().server_requests - before, 3);
+}
+
+/// From every replica at once, a `get_many` of all keys and a single `get` of each: every key is
+/// loaded exactly once cluster-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn singles_and_batches_racing_from_every_replica_load_each_key_once() {
+    let loader = TestLoader {
+        delay: Duration::from_millis(50),
+        ..TestLoader::new()
+    };
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    let probes = introduce(&cluster).await.len();
+    let keys = keys("race-", 200);
+    let mut tasks = Vec::new();
+    for replica in &cluster {
+        for round in 0..2 {
+            let (cache, keys) = (replica.cache.clone(), keys.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut keys = keys;
+                if round == 1 {
+                    keys.reverse();
+                }
+                let values = cache.get_many(&keys).await;
+                keys.into_iter().zip(values).collect::<Vec<_>>()
+            }));
+        }
+        for key in &keys {
+            let (cache, key) = (replica.cache.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = cache.get(&key).await;
+                vec![(key, value)]
+            }));
+        }
+    }
+    for task in tasks {
+        for (key, value) in task.await.unwrap() {
+            assert_eq!(value.unwrap(), loader.value_for(&key));
+        }
+    }
+    for key in &keys {
+        assert_eq!(loader.loads.of(key), 1, "{key} loaded more than once");
+    }
+    assert_eq!(loader.loads.total(), keys.len() + probes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_error_reaches_only_its_keys() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    introduce(&cluster).await;
+    let mut keys = keys("fine-", 30);
+    keys.extend((0..30).map(|i| format!("error:{i}")));
+    let values = cluster[0].cache.get_many(&keys).await;
+    let mut remote_errors = 0;
+    for (key, value) in keys.iter().zip(values) {
+        match (key.starts_with("error:"), value) {
+            (false, Ok(value)) => assert_eq!(value, loader.value_for(key)),
+            (true, Err(Error::RemoteLoader { message, .. })) => {
+                assert!(message.contains(key.as_str()), "{message}");
+                remote_errors += 1;
+            }
+            (true, Err(error)) => {
+                assert!(
+                    error.loader_error::<groupcache_tests::NoValue>().is_some(),
+                    "{error}"
+                );
+            }
+            (failing, value) => panic!("{key} (failing: {failing}): {value:?}"),
+        }
+    }
+    assert!(remote_errors > 0, "some failing keys are owned by peers");
+    assert_eq!(
+        cluster[0].cache.stats().peer_errors,
+        0,
+        "not a peer failure"
+    );
+}
+
+/// The owner of some keys is killed while it holds their batch: those keys, and only those, are
+/// loaded locally; the other owner's keys come from their owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_down_mid_batch_falls_back_for_its_keys_alone() {
+    let loader = TestLoader::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let held = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let mut cluster = vec![
+        Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone())),
+        Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone())),
+        Replica::start(|url| Groupcache::builder(GROUP, url, held.clone())),
+    ];
+    connect(&cluster);
+    // Let the probes of the held owner's keys through.
+    gate.add_permits(2);
+    introduce(&cluster).await;
+    let probes_on_held = held.loads.total();
+    let keys = keys("down-", 60);
+    let asker = cluster[0].cache.clone();
+    let (one, dying) = (cluster[1].url.clone(), cluster[2].url.clone());
+    let on_dying: Vec<&String> = keys.iter().filter(|k| asker.owner(k) == dying).collect();
+    let on_one = keys.iter().filter(|k| asker.owner(k) == one).count();
+    assert!(!on_dying.is_empty() && on_one > 0);
+    let asking = {
+        let (asker, keys) = (asker.clone(), keys.clone());
+        tokio::spawn(async move { asker.get_many(&keys).await })
+    };
+    // The held owner has started loading the batch's keys: it has the request.
+    held.loads.started(probes_on_held + on_dying.len()).await;
+    cluster[2].kill();
+    let values = asking.await.unwrap();
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.value_for(key), "{key}");
+    }
+    for key in &on_dying {
+        assert_eq!(loader.loads.of(key), 1, "{key} loaded locally once");
+    }
+    let stats = asker.stats();
+    assert_eq!(stats.peer_errors, 1, "one failed batch");
+    assert_eq!(
+        cluster[1].cache.stats().local_loads as usize,
+        on_one + 2,
+        "the live owner loaded its keys (and two probes)"
+    );
+}
+
+/// Keys golang/groupcache cannot carry in a URL, and a key named like the batch path, work in a
+/// `get_many` and in a `get`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_url_cannot_carry_and_a_key_named_batch_still_work() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    introduce(&cluster).await;
+    let keys = [".", "..", "_batch", "a/b", "", "ключ %2F"];
+    for replica in &cluster {
+        let values = replica.cache.get_many(&keys).await;
+        for (key, value) in keys.iter().zip(values) {
+            assert_eq!(value.unwrap(), loader.value_for(key), "{key:?}");
+        }
+        for key in keys {
+            assert_eq!(replica.cache.get(key).await.unwrap(), loader.value_for(key));
+        }
+    }
+    // `_batch` by GET is a key like any other: loaded once, on its owner.
+    assert_eq!(loader.loads.of("_batch"), 1);
+}
+
+/// A batch loader over the test loader: counts its `load_many` calls.
+#[derive(Clone, Default)]
+struct ManyLoader {
+    single: TestLoader,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl groupcache_rs::Loader for ManyLoader {
+    type Value = String;
+    type Error = groupcache_tests::NoValue;
+
+    async fn load(&self, key: &str) -> Result<groupcache_rs::Loaded<String>, Self::Error> {
+        self.single.load(key).await
+    }
+
+    async fn load_many(
+        &self,
+        keys: &[String],
+        results: &groupcache_rs::Results<String, Self::Error>,
+    ) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // One "query" for all the keys.
+        for (index, key) in keys.iter().enumerate() {
+            results.put(index, self.single.load(key).await);
+        }
+    }
+}
+
+/// A cold `get_many` of 1,000 keys over 3 replicas: one `load_many` call per owner, each key
+/// loaded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_get_many_makes_one_load_many_call_per_owner() {
+    let loader = ManyLoader::default();
+    let cluster = start_cluster(3, |url| Groupcache::builder(GROUP, url, loader.clone()));
+    for replica in &cluster {
+        for peer in cluster.iter().filter(|peer| peer.url != replica.url) {
+            let key = key_owned(
+                &replica.cache,
+                &peer.url,
+                &format!("probe-{}-", replica.url),
+            );
+            replica.cache.get(&key).await.expect("probe");
+        }
+    }
+    assert_eq!(loader.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let keys = keys("cold-", 1000);
+    let values = cluster[1].cache.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.single.value_for(key));
+        assert_eq!(loader.single.loads.of(key), 1, "{key}");
+    }
+    assert_eq!(loader.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+/// Malformed, oversized and duplicate-key batches get 4xx over real HTTP, and load nothing; a
+/// `POST` anywhere but `_batch` is still 405; every answer advertises batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_batches_get_4xx_and_load_nothing() {
+    use groupcache_rs_pb::BatchRequest;
+    use prost::Message;
+
+    let loader = TestLoader::new();
+    let replica = Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()));
+    let client = groupcache_tests::http_client().build().unwrap();
+    let url = format!("{}/_groupcache/{GROUP}/_batch", replica.url);
+    let batch = |keys: Vec<String>| {
+        BatchRequest {
+            group: Some(GROUP.into()),
+            keys,
+            max_answer_bytes: None,
+        }
+        .encode_to_vec()
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("garbage", vec![0xff, 0xff, 0xff], 400),
+        (
+            "duplicate keys",
+            batch(vec!["a".into(), "b".into(), "a".into()]),
+            400,
+        ),
+        (
+            "too many keys",
+            batch((0..1025).map(|i| i.to_string()).collect()),
+            413,
+        ),
+        ("oversized key", batch(vec!["x".repeat(4097)]), 400),
+        ("body over the limit", vec![0x12; (16 << 20) + 8192], 413),
+    ];
+    for (case, body, status) in cases {
+        let response = client.post(&url).body(body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{case}");
+    }
+    let response = client
+        .post(format!("{}/_groupcache/{GROUP}/a", replica.url))
+        .body(batch(vec!["a".into()]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(loader.loads.total(), 0, "nothing refused was loaded");
+    let response = client
+        .get(format!("{}/_groupcache/{GROUP}/_batch", replica.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "a GET of the key `_batch`");
+    assert_eq!(response.headers()["groupcache-batch"], "1");
+    assert_eq!(loader.loads.of("_batch"), 1);
+}
+
+/// With peer authentication on, batches are signed like every peer request and still make one
+/// request per owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_batches_make_one_request_per_owner() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(3, |url| {
+        let auth = groupcache_rs::PeerAuth::new(*b"0123456789abcdef0123456789abcdef").unwrap();
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth)
+    });
+    introduce(&cluster).await;
+    let before: Vec<u64> = cluster
+        .iter()
+        .map(|r| r.cache.stats().server_requests)
+        .collect();
+    let keys = keys("signed-", 300);
+    let values = cluster[0].cache.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.value_for(key));
+    }
+    for (replica, before) in cluster.iter().zip(before) {
+        let stats = replica.cache.stats();
+        assert_eq!(stats.peer_auth_failures, 0);
+        let expected = u64::from(replica.url != cluster[0].url);
+        assert_eq!(stats.server_requests - before, expected);
+    }
+}
+
+/// Two Rust and two golang/groupcache replicas in one ring: `get_many` from the Rust side and
+/// single gets from every replica load each key once cluster-wide, and no Go peer ever gets a
+/// batch (it would load a key named `_batch`). Skipped loudly without Go; fails with `CI=true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_cluster_with_go_peers_loads_each_key_once() {
+    use groupcache_tests::go::{self, GoPeer};
+
+    let Some(binary) = go::binary() else { return };
+    let loaders = [(); 2].map(|_| TestLoader {
+        delay: Duration::from_millis(20),
+        ..TestLoader::new()
+    });
+    let gos = Arc::new([(); 2].map(|_| GoPeer::start_with(binary, &["-load-delay", "20ms"])));
+    let rusts = [0, 1].map(|i| {
+        Replica::start(|url| {
+            Groupcache::builder(GROUP, url, loaders[i].clone()).ring_mode(RingMode::GoCompatible)
+        })
+    });
+    let ring = [&rusts[0].url, &gos[0].url, &rusts[1].url, &gos[1].url];
+    for rust in &rusts {
+        rust.cache.set_peers(ring).unwrap();
+    }
+    for go in gos.iter() {
+        go.set_peers(&ring).await;
+    }
+    // Every Rust replica hears once from every peer, Go ones included.
+    for rust in &rusts {
+        for peer in ring.iter().filter(|peer| ***peer != rust.url) {
+            let key = key_owned(&rust.cache, peer, &format!("probe-{}-", rust.url));
+            rust.cache.get(&key).await.expect("probe");
+        }
+    }
+    let keys = keys("mixed-", 200);
+    let expected = |key: &str| -> Vec<u8> {
+        let owner = rusts[0].cache.owner(key);
+        match rusts.iter().position(|r| r.url == owner) {
+            Some(r) => loaders[r].value_for(key).into_bytes(),
+            None => format!("go:{key}").into_bytes(),
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for rust in &rusts {
+        let (cache, keys) = (rust.cache.clone(), keys.clone());
+        tasks.spawn(async move {
+            let values = cache.get_many(&keys).await;
+            keys.into_iter()
+                .zip(values)
+                .map(|(key, value)| {
+                    (
+                        key,
+                        value.map(String::into_bytes).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+    }
+    for go in 0..2 {
+        for key in keys.iter().step_by(3) {
+            let (gos, key) = (gos.clone(), key.clone());
+            tasks.spawn(async move {
+                let (status, body) = gos[go].get(&key).await;
+                let value = if status == 200 {
+                    Ok(body)
+                } else {
+                    Err(format!("Go {go}: {status}"))
+                };
+                vec![(key, value)]
+            });
+        }
+    }
+    while let Some(task) = tasks.join_next().await {
+        for (key, value) in task.unwrap() {
+            assert_eq!(value.as_deref(), Ok(&expected(&key)[..]), "{key}");
+        }
+    }
+    let go_loads = [gos[0].loads().await, gos[1].loads().await];
+    for key in &keys {
+        let loads = loaders.iter().map(|l| l.loads.of(key) as u64).sum::<u64>()
+            + go_loads.iter().map(|l| l.of(key)).sum::<u64>();
+        assert_eq!(loads, 1, "{key} loaded {loads} times in the mixed cluster");
+    }
+    assert!(
+        go_loads.iter().all(|l| l.of("_batch") == 0),
+        "a Go peer was sent a batch"
+    );
+}
+
+/// With a coalescing window, concurrent single gets for keys of one owner travel in one batch;
+/// without it, each is a request of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_single_gets_travel_in_one_batch() {
+    for (window, expected) in [(Some(Duration::from_secs(1)), 1), (None, 40)] {
+        let loader = TestLoader::new();
+        let cluster = start_cluster(2, |url| {
+            let builder = Groupcache::builder(GROUP, url, loader.clone());
+            match window {
+                Some(window) => builder.coalesce_window(window),
+                None => builder,
+            }
+        });
+        introduce(&cluster).await;
+        let asker = &cluster[0].cache;
+        let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "co-")
+            .take(40)
+            .collect();
+        let before = cluster[1].cache.stats().server_requests;
+        let gets: Vec<_> = keys
+            .iter()
+            .map(|key| {
+                let (cache, key) = (asker.clone(), key.clone());
+                tokio::spawn(async move { (cache.get(&key).await, key) })
+            })
+            .collect();
+        for get in gets {
+            let (value, key) = get.await.unwrap();
+            assert_eq!(value.unwrap(), loader.value_for(&key));
+            assert_eq!(loader.loads.of(&key), 1);
+        }
+        let requests = cluster[1].cache.stats().server_requests - before;
+        assert_eq!(requests, expected, "window {window:?}");
+    }
+}
+
+/// An owner that refuses a batch (here its body limit, which depends on its `max_value_bytes`,
+/// is below the batch's size) has loaded nothing: its keys are asked for one by one, not loaded
+/// on the asker, so each is still loaded once, on its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_falls_back_to_single_requests_not_local_loads() {
+    let loader = TestLoader::new();
+    let cluster = start_cluster(2, |url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_value_bytes(1024)
+    });
+    introduce(&cluster).await;
+    let asker = &cluster[0].cache;
+    let prefix = "k".repeat(100);
+    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, &prefix)
+        .take(60)
+        .collect();
+    let before = cluster[1].cache.stats().server_requests;
+    let values = asker.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(values) {
+        assert_eq!(value.unwrap(), loader.value_for(key));
+        assert_eq!(loader.loads.of(key), 1, "{key}");
+    }
+    let owner = cluster[1].cache.stats();
+    assert_eq!(
+        owner.local_loads as usize,
+        keys.len() + 1,
+        "loaded on the owner (and a probe)"
+    );
+    // The refused batch never reached the router's handler; 60 single gets did.
+    assert_eq!(owner.server_requests - before, keys.len() as u64);
+    assert_eq!(asker.stats().peer_errors, 0);
+}
+
+/// The hard interleavings, held open by the owner's loader: a single `get` arriving while a
+/// `get_many`'s batch for its key is in flight joins it (no request of its own), and a `get_many`
+/// arriving while a single `get` of one of its keys is in flight joins that one (the batch leaves
+/// the key out, so the owner sees one cache hit, not two). Each key is loaded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_and_a_get_many_in_flight_join_each_other() {
+    let gate = Arc::new(Semaphore::new(0));
+    let held = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let asker_loader = TestLoader::new();
+    let cluster = vec![
+        Replica::start(|url| Groupcache::builder(GROUP, url, asker_loader.clone())),
+        Replica::start(|url| Groupcache::builder(GROUP, url, held.clone())),
+    ];
+    connect(&cluster);
+    gate.add_permits(1); // the probe of the owner's key
+    introduce(&cluster).await;
+    let (asker, owner) = (cluster[0].cache.clone(), &cluster[1]);
+    let keys: Vec<String> = groupcache_tests::keys_owned(&asker, &owner.url, "join-")
+        .take(4)
+        .collect();
+    let loads_before = held.loads.total();
+    let requests = || owner.cache.stats().server_requests;
+
+    // A batch of keys 0..3 in flight, then a single get of key 1.
+    let before = requests();
+    let many = {
+        let (asker, keys) = (asker.clone(), keys[..3].to_vec());
+        tokio::spawn(async move { asker.get_many(&keys).await })
+    };
+    held.loads.started(loads_before + 3).await;
+    let single = {
+        let (asker, key) = (asker.clone(), keys[1].clone());
+        tokio::spawn(async move { asker.get(&key).await })
+    };
+    // The single get has counted its miss; from there to joining the fetch flight it does not
+    // wait on anything, while the batch stays held until the permits below.
+    let loads = asker.stats().loads;
+    until(|| asker.stats().loads > loads).await;
+    gate.add_permits(3);
+    assert_eq!(single.await.unwrap().unwrap(), held.value_for(&keys[1]));
+    let values = many.await.unwrap();
+    assert!(values.iter().all(Result::is_ok));
+    assert_eq!(
+        requests() - before,
+        1,
+        "the single get sent no request of its own"
+    );
+
+    // A single get of key 3 in flight, then a batch of keys 2..4 (key 2 is cached by now on the
+    // owner, key 3 is in flight here): the batch carries neither of them.
+    let before = requests();
+    let single = {
+        let (asker, key) = (asker.clone(), keys[3].clone());
+        tokio::spawn(async move { asker.get(&key).await })
+    };
+    held.loads.started(loads_before + 4).await;
+    let main_hits = owner.cache.stats().main_hits;
+    let loads = asker.stats().loads;
+    let many = {
+        let (asker, keys) = (asker.clone(), keys[2..].to_vec());
+        tokio::spawn(async move { asker.get_many(&keys).await })
+    };
+    until(|| asker.stats().loads >= loads + 2).await;
+    gate.add_permits(1);
+    let values = many.await.unwrap();
+    assert_eq!(values[1].as_ref().unwrap(), &held.value_for(&keys[3]));
+    assert_eq!(single.await.unwrap().unwrap(), held.value_for(&keys[3]));
+    assert_eq!(
+        requests() - before,
+        2,
+        "the single get, and the batch of key 2"
+    );
+    assert_eq!(
+        owner.cache.stats().main_hits - main_hits,
+        1,
+        "the batch carried key 2 only: key 3 joined the single get's flight"
+    );
+    for key in &keys {
+        assert_eq!(held.loads.of(key), 1, "{key}");
+    }
+    assert_eq!(asker_loader.loads.total(), 1, "only the asker's own probe");
+}
