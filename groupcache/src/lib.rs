@@ -45,8 +45,8 @@
 //! keeps the value in the hot cache if this replica asks for the key often (`popularity.rs`); if
 //! the owner cannot be reached it is suspected for a while and the key's successor on the ring
 //! is asked instead (loading locally only if that fails too). Membership changes and the
-//! staleness bound they keep are in the README's "Membership changes". Flights (`flight.rs`) run in tasks of their own,
-//! so cancelled callers and panicking loaders harm no one.
+//! staleness bound they keep are in the README's "Membership changes". Flights (`flight.rs`) run
+//! in tasks of their own, so cancelled callers and panicking loaders harm no one.
 //!
 //! # Modules
 //!
@@ -55,8 +55,8 @@
 //! - storage, which never reaches up into the engine: `ring`, `flight`, `popularity`, `caches`,
 //!   `segments`;
 //! - `membership`: the peer list and the ring as one snapshot; peer URLs are parsed here;
-//! - `wire/`: golang/groupcache's HTTP protocol (`protocol`), the client, the connection pool, the
-//!   router, the server, peer authentication and TLS;
+//! - `wire/`: golang/groupcache's HTTP protocol (`protocol`), the batch extension, the client, the
+//!   connection pool, the router, the server, peer authentication, the nonce store and TLS;
 //! - `builder`, `loader`, `error`, `metrics`: configuration, the loader trait and value codecs,
 //!   typed errors, and the metrics.
 

@@ -146,11 +146,21 @@ impl Connections {
         if let Some(mut sender) = self.take_idle(endpoint)
             && sender.ready().await.is_ok()
         {
+            // Kept for a second try: a server closes an idle connection on its own schedule
+            // (`groupcache_rs::Server` after its header deadline, 10 s by default), and a request
+            // that went out as it did gets no answer. It was never read, so it goes again on a
+            // new connection; every peer request (get, peek, set, remove, batch) may be repeated.
+            // A dead peer refuses the new connection, so that still fails. Cloning costs a
+            // header map and a reference count on the body.
+            let again = copy(&request);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.answer(endpoint, sender, response)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return Err(request_error(error.into_error())),
+                    None => {
+                        tracing::debug!(peer = endpoint.origin(), error = %error.error(), "a reused connection failed; trying a new one");
+                        request = again;
+                    }
                 },
             }
         }
@@ -278,6 +288,16 @@ where
 }
 
 /// hyper's Display says what failed; its source, when there is one, says why.
+/// A copy of `request` to send again.
+fn copy(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
 pub(crate) fn request_error(error: hyper::Error) -> PeerError {
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -364,6 +384,52 @@ mod tests {
             assert_eq!(read(answer).await, "value");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    }
+
+    /// The race a server's idle deadline makes: a request goes out on a kept connection just as
+    /// the server closes it unread. The request goes again on a new connection instead of
+    /// failing (which made the caller load the key itself, or suspect a live owner).
+    #[tokio::test]
+    async fn a_request_the_server_closes_unanswered_on_a_kept_connection_goes_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Arc::new(
+            Endpoint::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap(),
+        );
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let first_connection = counter.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut answered = 0;
+                    let mut buffer = [0; 1024];
+                    while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                        head.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            if first_connection && answered == 1 {
+                                return; // the second request on it: closed unanswered
+                            }
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nvalue";
+                            stream.write_all(answer).await.unwrap();
+                            answered += 1;
+                        }
+                    }
+                });
+            }
+        });
+        let connections = connections();
+        for path in ["/a", "/b", "/c"] {
+            let answer = connections.send(&endpoint, get(path)).await.unwrap();
+            assert_eq!(read(answer).await, "value", "{path}");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "one new connection, for /b"
+        );
     }
 
     #[tokio::test]

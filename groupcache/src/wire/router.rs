@@ -140,9 +140,14 @@ async fn serve<L: Loader>(
             &format!("key is {} bytes, over the limit of {limit}", key.len()),
         );
     }
+    // A `POST` is only a batch: any other is refused before its body, like any other method.
+    let batch = method == Method::POST && key == BATCH_KEY;
+    if !(batch || matches!(method, Method::GET | Method::PUT | Method::DELETE)) {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     // The budget's share is held until the body is dropped, at the end of the request. Only a
-    // `PUT` and a batch (`POST` of `_batch`) carry a body.
-    let carries_body = method == Method::PUT || (method == Method::POST && key == BATCH_KEY);
+    // `PUT` and a batch carry a body.
+    let carries_body = method == Method::PUT || batch;
     let (body, _budget) = if carries_body {
         match read_body(&served, body).await {
             Ok((body, budget)) => (body, Some(budget)),
