@@ -764,8 +764,20 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
         let leave_gets = shared.leave_gets[k].load(Ordering::SeqCst);
         let bound = load_bound(removes[k], moves[k], leave_gets);
         if n > bound {
+            // Which replicas loaded it (base replicas first, then each fourth), and its owner
+            // among the base replicas: where a second load came from.
+            let by_replica: Vec<String> = finals
+                .iter()
+                .chain(changes.joined.iter().map(|(_, s, _)| s))
+                .enumerate()
+                .filter_map(|(i, s)| s.loads_per_key.get(key).map(|n| format!("#{i}: {n}")))
+                .collect();
+            let owner = base_urls
+                .iter()
+                .position(|url| *url == owners(&base_urls, std::slice::from_ref(key))[0]);
             over.push(format!(
-                "{key}: {n} loads > bound {bound} (removes {}, moves {}, gets during leaves {leave_gets})",
+                "{key}: {n} loads > bound {bound} (removes {}, moves {}, gets during leaves \
+                 {leave_gets}; loaded by {by_replica:?}, owner #{owner:?})",
                 removes[k], moves[k]
             ));
         }

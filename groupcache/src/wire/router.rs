@@ -167,9 +167,14 @@ async fn serve<L: Loader>(
     {
         return refused(&served, original.path(), refusal);
     }
-    inner.metrics.server_request();
+    let peek = method == Method::GET && headers.contains_key(PEEK_HEADER);
+    // A peek is no get: it is counted where it is sent (`groupcache_handoff_*_total`), so
+    // `server_requests` stays the gets served to peers, as in golang/groupcache.
+    if !peek {
+        inner.metrics.server_request();
+    }
     match method {
-        Method::GET if headers.contains_key(PEEK_HEADER) => match inner.serve_peek(&key) {
+        Method::GET if peek => match inner.serve_peek(&key) {
             Some(entry) => protobuf(GetResponse {
                 value: Some(entry.value),
                 minute_qps: None,
