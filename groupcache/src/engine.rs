@@ -925,6 +925,31 @@ mod tests {
         );
     }
 
+    /// A `set` of another key while a load runs (the soak test's keys loaded twice): the key
+    /// shares the cache's write stripe with the loading one, and the loaded value must still be
+    /// kept, or the next get loads it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_of_another_key_during_a_load_keeps_the_loaded_value() {
+        let (cache, loader) = single();
+        let (reached, resume) = cache.inner.pause.arm();
+        let load = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get("k").await }
+        });
+        reached.notified().await;
+        for other in crate::caches::tests::same_stripe("k").take(2) {
+            cache.set(&other, &"set".to_owned(), None).await.unwrap();
+        }
+        resume.notify_one();
+        assert_eq!(load.await.unwrap().unwrap(), "k@0");
+        assert_eq!(cache.get("k").await.unwrap(), "k@0");
+        assert_eq!(
+            loader.runs.load(Ordering::SeqCst),
+            1,
+            "the key was loaded again"
+        );
+    }
+
     /// The same with `set`: the older loaded value must not overwrite the one set.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_set_between_the_check_and_the_store_is_not_overwritten() {
