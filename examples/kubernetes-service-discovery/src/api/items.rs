@@ -16,13 +16,13 @@ use groupcache_rs::Json;
 use serde::{Deserialize, Serialize};
 
 use super::problem::Problem;
-use crate::database::{DbError, Item, Row, WriteError};
+use crate::database::{Cached, DbError, Item, Row, WriteError};
 use crate::service::AppState;
 
 /// Longest key the service accepts (characters `A-Z a-z 0-9 _ -`).
 pub const MAX_KEY_LEN: usize = 128;
 
-/// Largest `PUT` body, in bytes.
+/// Largest `PUT` (or batch) body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Longest expiry, from now: ten years (`ttl_seconds`, or `expires_at` that far ahead).
@@ -70,19 +70,34 @@ pub async fn get_item(State(state): State<AppState>, Path(key): Path<String>) ->
     if let Err(problem) = check_key(&key) {
         return problem.into_response();
     }
-    match state.cache.get(&key).await {
-        Ok(Json(Some(item))) => respond(&state, StatusCode::OK, &item),
-        Ok(Json(None)) => not_found(&key),
-        Err(error @ groupcache_rs::Error::KeyTooLarge { .. }) => {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid-key", error.to_string()).into_response()
-        }
+    match read_outcome(&key, state.cache.get(&key).await) {
+        Ok(item) => respond(&state, StatusCode::OK, &item),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// What a read of `key` through the cache answers, as `GET /items/{key}` sends it and as each
+/// key of a batch (`POST /items/_batch`) gets it: the item, or a problem (404: no such item; 503:
+/// the database failed, nothing cached; ...).
+pub(crate) fn read_outcome(
+    key: &str,
+    read: Result<Cached, groupcache_rs::Error>,
+) -> Result<Item, Problem> {
+    match read {
+        Ok(Json(Some(item))) => Ok(item),
+        Ok(Json(None)) => Err(not_found(key)),
+        Err(error @ groupcache_rs::Error::KeyTooLarge { .. }) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-key",
+            error.to_string(),
+        )),
         Err(
             error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. }),
         ) => {
             tracing::warn!(key, %error, "loading from the database failed");
-            Problem::unavailable("the database query failed; try again").into_response()
+            Err(Problem::unavailable("the database query failed; try again"))
         }
-        Err(error) => Problem::internal("get failed", &error).into_response(),
+        Err(error) => Err(Problem::internal("get failed", &error)),
     }
 }
 
@@ -130,7 +145,7 @@ pub async fn delete_item(State(state): State<AppState>, Path(key): Path<String>)
     };
     match state.database.delete(&key, cache_step).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => not_found(&key),
+        Ok(false) => not_found(&key).into_response(),
         Err(error) => write_error(&state, &key, &error).await,
     }
 }
@@ -149,6 +164,30 @@ fn parse_put(
     body: Result<Bytes, BytesRejection>,
     now: SystemTime,
 ) -> Result<Row, Problem> {
+    let body = json_body(headers, body)?;
+    let body: PutBody = serde_json::from_slice(&body).map_err(|error| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            format!(
+                "expected {{\"value\": any JSON, optional \"ttl_seconds\" or \"expires_at\"}}: \
+                 {error}"
+            ),
+        )
+    })?;
+    let expires_at = expiry(body.ttl_seconds, body.expires_at, now)?;
+    Ok(Row {
+        value: body.value,
+        expires_at,
+    })
+}
+
+/// The body of a request that must be JSON (`Content-Type: application/json`) of at most
+/// [`MAX_BODY_BYTES`]: 415 or 413 otherwise.
+pub(crate) fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Problem> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -166,7 +205,7 @@ fn parse_put(
             "send the body as Content-Type: application/json",
         ));
     }
-    let body = body.map_err(|rejection| {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -176,21 +215,6 @@ fn parse_put(
         } else {
             Problem::new(rejection.status(), "invalid-body", rejection.body_text())
         }
-    })?;
-    let body: PutBody = serde_json::from_slice(&body).map_err(|error| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-body",
-            format!(
-                "expected {{\"value\": any JSON, optional \"ttl_seconds\" or \"expires_at\"}}: \
-                 {error}"
-            ),
-        )
-    })?;
-    let expires_at = expiry(body.ttl_seconds, body.expires_at, now)?;
-    Ok(Row {
-        value: body.value,
-        expires_at,
     })
 }
 
@@ -236,13 +260,12 @@ fn respond(state: &AppState, status: StatusCode, item: &Item) -> Response {
     }
 }
 
-fn not_found(key: &str) -> Response {
+fn not_found(key: &str) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "not-found",
         format!("no item {key:?}"),
     )
-    .into_response()
 }
 
 async fn write_error(state: &AppState, key: &str, error: &WriteError) -> Response {

@@ -1,7 +1,8 @@
-//! The REST API: items (`/items/{key}`), admin views (`/admin/...`) and the OpenAPI document that
+//! The REST API: items (`/items/{key}`, and many at once: `POST /items/_batch`), admin views (`/admin/...`) and the OpenAPI document that
 //! describes them all (`/openapi.json`, committed as `openapi.json` beside `Cargo.toml`).
 
 pub mod admin;
+pub mod batch;
 pub mod items;
 pub mod problem;
 
@@ -28,6 +29,8 @@ pub const PATHS: &[&str] = &[
     "/metrics",
     "/healthz",
     "/readyz",
+    // Served by the `/items/{key}` route's `POST`, so that `_batch` stays a key for the others.
+    "/items/_batch",
 ];
 
 /// The API's routes. `/metrics`, `/healthz` and `/readyz` are added by
@@ -39,6 +42,7 @@ pub fn routes() -> Router<AppState> {
             get(items::get_item)
                 .put(items::put_item)
                 .delete(items::delete_item)
+                .post(batch::post_batch)
                 // Larger bodies are refused before they are read whole.
                 .layer(DefaultBodyLimit::max(items::MAX_BODY_BYTES)),
         )

@@ -58,16 +58,23 @@ impl Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = Body {
+/// The problem's body, as sent; also each failed key's entry in a batch answer.
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Body {
             kind: format!("urn:kubernetes-service-discovery:problem:{}", self.kind),
             title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
             detail: &self.detail,
-        };
+        }
+        .serialize(serializer)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
         // Serialising strings and a number cannot fail; an empty object if it ever did.
-        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let json = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = (
             self.status,
             [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],

@@ -5,8 +5,9 @@
 //!   nothing installed.
 //!
 //! Reads go through [`Database::fetch`], which takes a list of keys (`WHERE key = ANY($1)`): the
-//! cache's loader asks for one key today, and a batch loader (`load_many`) would hand it a whole
-//! batch unchanged.
+//! cache's [`Loader::load`] hands it one key, [`Loader::load_many`] the whole batch of keys an
+//! owner must load (its own keys of a `get_many`, or a peer's batch), so a batch costs one query
+//! on each owner rather than one per key.
 
 pub mod postgres;
 pub mod simulated;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use groupcache_rs::{Json, Loaded, Loader};
+use groupcache_rs::{Json, Loaded, Loader, Results};
 use serde::{Deserialize, Serialize};
 
 use self::postgres::Postgres;
@@ -141,7 +142,7 @@ impl Database {
         F: FnOnce(Item) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let item = self.item(key, row.clone());
+        let item = self.item(key, &row);
         let step = cache_step(item.clone());
         match &self.backend {
             Backend::Simulated(db) => db.write(key, Some(row), |_| step).await,
@@ -174,10 +175,21 @@ impl Database {
         }
     }
 
-    fn item(&self, key: &str, row: Row) -> Item {
+    /// What the cache holds for `key`, whose row is `row` (`None`: no unexpired row), and until
+    /// when.
+    fn loaded(&self, key: &str, row: Option<&Row>) -> Loaded<Cached> {
+        let expiry = self.cache_expiry(row.and_then(|row| row.expires_at));
+        let loaded = Loaded::new(Json(row.map(|row| self.item(key, row))));
+        match expiry {
+            Some(at) => loaded.expire_at(at),
+            None => loaded,
+        }
+    }
+
+    fn item(&self, key: &str, row: &Row) -> Item {
         Item {
             id: key.to_owned(),
-            value: row.value,
+            value: row.value.clone(),
             expires_at: row.expires_at.map(unix_seconds),
             loaded_by: self.replica.to_string(),
             loaded_at_unix_ms: unix_millis(SystemTime::now()),
@@ -193,14 +205,27 @@ impl Loader for Database {
 
     async fn load(&self, key: &str) -> Result<Loaded<Cached>, DbError> {
         tracing::debug!(key, "querying the database");
-        let mut rows = self.fetch(&[key.to_owned()]).await?;
-        let row = rows.remove(key);
-        let expiry = self.cache_expiry(row.as_ref().and_then(|row| row.expires_at));
-        let loaded = Loaded::new(Json(row.map(|row| self.item(key, row))));
-        Ok(match expiry {
-            Some(at) => loaded.expire_at(at),
-            None => loaded,
-        })
+        let rows = self.fetch(&[key.to_owned()]).await?;
+        Ok(self.loaded(key, rows.get(key)))
+    }
+
+    /// One query for all of `keys`: a key without a row gets what [`load`](Self::load) gives
+    /// it (`None`, cached), and a failed query is every key's error, as it would be each
+    /// single query's.
+    async fn load_many(&self, keys: &[String], results: &Results<Cached, DbError>) {
+        tracing::debug!(keys = keys.len(), "querying the database for a batch");
+        match self.fetch(keys).await {
+            Ok(rows) => {
+                for (index, key) in keys.iter().enumerate() {
+                    results.put(index, Ok(self.loaded(key, rows.get(key))));
+                }
+            }
+            Err(error) => {
+                for index in 0..keys.len() {
+                    results.put(index, Err(error.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -212,4 +237,39 @@ pub fn unix_seconds(at: SystemTime) -> u64 {
 fn unix_millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use groupcache_rs::Groupcache;
+
+    use super::*;
+
+    /// What a batch (`load_many`, through `get_many` on the keys' owner) loads is what `load`
+    /// loads, key for key: a row, a deleted row (`None`), a written one.
+    #[tokio::test]
+    async fn a_batch_loads_what_single_loads_do() {
+        let db = Database::simulated(Duration::ZERO, Duration::ZERO, "replica-0");
+        db.delete("gone", || async {}).await.unwrap();
+        let row = Row {
+            value: serde_json::json!({ "written": true }),
+            expires_at: None,
+        };
+        db.put("written", row, |_| async {}).await.unwrap();
+        let cache = Groupcache::builder("items", "http://127.0.0.1:1", db.clone())
+            .build()
+            .unwrap();
+        let keys = ["plain", "gone", "written", "plain"];
+        let batch = cache.get_many(&keys).await;
+        let view = |item: Option<Item>| item.map(|item| (item.id, item.value, item.expires_at));
+        for (key, got) in keys.iter().zip(batch) {
+            let single = db.load(key).await.unwrap().value;
+            assert_eq!(view(got.unwrap().0), view(single.0), "{key}");
+        }
+        assert_eq!(
+            db.load("gone").await.unwrap().value,
+            Json(None),
+            "a deleted row loads as none"
+        );
+    }
 }

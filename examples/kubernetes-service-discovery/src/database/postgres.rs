@@ -29,7 +29,8 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     )",
 )];
 
-/// The statement behind every cache miss: with one key today, with a batch's keys tomorrow.
+/// The statement behind every cache miss: with one key (`Loader::load`), or with all the keys of
+/// a batch an owner loads (`Loader::load_many`).
 const SELECT_ITEMS: &str = "SELECT key, value, expires_at FROM items \
      WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > now())";
 

@@ -1,9 +1,11 @@
-//! The REST API of one replica (simulated database): items round trip, bad input is refused with
-//! problem details and changes nothing, and the OpenAPI document matches the routes served.
+//! The REST API of one replica (simulated database): items round trip, one at a time and in a
+//! batch, bad input is refused with problem details and changes nothing, and the OpenAPI document
+//! matches the routes served.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use kubernetes_service_discovery::api::batch::MAX_BATCH_KEYS;
 use kubernetes_service_discovery::api::{PATHS, items::MAX_BODY_BYTES};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -215,6 +217,104 @@ async fn items_round_trip_and_bad_input_changes_nothing() {
 }
 
 #[tokio::test]
+async fn batch_reads_answer_each_key_and_bad_batches_read_nothing() {
+    let dir = TempDir::new("api-batch");
+    let replica = Replica::start("replica", &["--load-latency", "0ms"], dir.path()).await;
+    let http = http();
+    let url = |key: &str| format!("{}/items/{key}", replica.url);
+    let batch = |keys: Value| json_body(&json!({ "keys": keys }));
+
+    let put = send(&http, "PUT", &url("k1"), json_body(&json!({"value": 1}))).await;
+    assert_eq!(put.0, 200, "{}", put.2);
+    assert_eq!(send(&http, "DELETE", &url("gone"), None).await.0, 204);
+    let answer = send(
+        &http,
+        "POST",
+        &url("_batch"),
+        batch(json!(["k1", "plain", "gone", "k1"])),
+    )
+    .await;
+    assert_eq!((answer.0, &answer.1[..]), (200, "application/json"));
+    let results = answer.2["results"].as_array().expect("results");
+    let keys: Vec<&Value> = results.iter().map(|result| &result["key"]).collect();
+    assert_eq!(
+        keys,
+        [&json!("k1"), &json!("plain"), &json!("gone"), &json!("k1")]
+    );
+    assert_eq!(results[0]["status"], 200);
+    assert_eq!(results[0]["item"]["value"], json!(1));
+    assert_eq!(results[1]["item"]["value"], json!({"name": "item plain"}));
+    assert_eq!(results[2]["status"], 404);
+    assert_eq!(
+        results[2]["problem"]["type"],
+        "urn:kubernetes-service-discovery:problem:not-found"
+    );
+    assert!(results[2].get("item").is_none(), "{}", results[2]);
+    assert_eq!(results[3], results[0], "a key asked for twice");
+    assert!(results.iter().all(|result| result["owner"].is_string()));
+    assert!(answer.2["served_by"].is_string(), "{}", answer.2);
+
+    // `_batch` is still a key for the other methods; POST of any other key is 405.
+    let put = send(
+        &http,
+        "PUT",
+        &url("_batch"),
+        json_body(&json!({"value": "b"})),
+    )
+    .await;
+    assert_eq!(put.0, 200, "{}", put.2);
+    assert_eq!(
+        send(&http, "GET", &url("_batch"), None).await.2["item"]["value"],
+        "b"
+    );
+    assert_problem(
+        &send(&http, "POST", &url("k1"), batch(json!(["k1"]))).await,
+        405,
+        "method-not-allowed",
+    );
+
+    // Each refused whole, before any key is read.
+    let gets = |stats: Value| stats["gets"].as_u64().expect("gets");
+    let stats_url = format!("{}/admin/stats", replica.url);
+    let before = gets(send(&http, "GET", &stats_url, None).await.2);
+    let too_many: Vec<String> = (0..=MAX_BATCH_KEYS).map(|i| format!("k{i}")).collect();
+    let refused: Vec<(Body, u16, &str)> = vec![
+        (batch(json!(too_many)), 413, "too-many-keys"),
+        (batch(json!(["k1", "k".repeat(129)])), 400, "invalid-key"),
+        (batch(json!(["k1", "a/b"])), 400, "invalid-key"),
+        (batch(json!([])), 400, "invalid-body"),
+        (batch(json!("k1")), 400, "invalid-body"),
+        (
+            Some(("application/json", b"{\"keys\": [\"k1\"".to_vec())),
+            400,
+            "invalid-body",
+        ),
+        (
+            json_body(&json!({"keys": ["k1"], "extra": 1})),
+            400,
+            "invalid-body",
+        ),
+        (
+            Some(("text/plain", b"{\"keys\": [\"k1\"]}".to_vec())),
+            415,
+            "unsupported-media-type",
+        ),
+        (None, 415, "unsupported-media-type"),
+        (
+            batch(json!(vec!["k".repeat(128); MAX_BODY_BYTES / 128])),
+            413,
+            "body-too-large",
+        ),
+    ];
+    for (body, status, kind) in refused {
+        let answer = send(&http, "POST", &url("_batch"), body).await;
+        assert_problem(&answer, status, kind);
+    }
+    let after = gets(send(&http, "GET", &stats_url, None).await.2);
+    assert_eq!(after, before, "a refused batch read keys");
+}
+
+#[tokio::test]
 async fn openapi_document_matches_the_routes_served() {
     let dir = TempDir::new("api-openapi");
     let replica = Replica::start("replica", &["--load-latency", "0ms"], dir.path()).await;
@@ -239,12 +339,26 @@ async fn openapi_document_matches_the_routes_served() {
     let routed: BTreeSet<&str> = PATHS.iter().copied().collect();
     assert_eq!(documented, routed, "documented paths vs the router's");
 
-    // Every documented method is served; every other method is 405, on every path.
+    // Every documented method is served; every other method is 405, on every path. A URL's
+    // documented methods are those of every path it matches: `/items/_batch` is also
+    // `/items/{key}`, whose methods serve the key `_batch`.
+    let matches = |template: &str, path: &str| {
+        let (template, path): (Vec<&str>, Vec<&str>) =
+            (template.split('/').collect(), path.split('/').collect());
+        template.len() == path.len()
+            && template
+                .iter()
+                .zip(&path)
+                .all(|(t, p)| t == p || t.starts_with('{'))
+    };
     let deadline = Instant::now() + PATIENCE;
-    for (path, item) in paths {
-        let url = format!("{}{}", replica.url, path.replace("{key}", "some-key"));
+    for path in paths.keys() {
+        let concrete = path.replace("{key}", "some-key");
+        let url = format!("{}{concrete}", replica.url);
         for method in METHODS {
-            let is_documented = item.get(method.to_ascii_lowercase()).is_some();
+            let is_documented = paths.iter().any(|(template, item)| {
+                matches(template, &concrete) && item.get(method.to_ascii_lowercase()).is_some()
+            });
             let body = (method == "PUT").then(|| ("application/json", b"{\"value\":1}".to_vec()));
             let answer = send(&http, method, &url, body).await;
             if is_documented {

@@ -1,5 +1,6 @@
 //! The service on a real PostgreSQL (a server of the test's own, see `postgres`): cold keys cost
-//! one `SELECT` each in the whole cluster, counted by PostgreSQL; writes through any replica are
+//! one `SELECT` each in the whole cluster, counted by PostgreSQL, and a batch of cold keys one
+//! `ANY($1)` query per owner; writes through any replica are
 //! read back from every replica; with the database down, cached keys are still served, writes
 //! fail with 503 and change nothing, and once it is back writes succeed without a restart.
 
@@ -113,6 +114,169 @@ async fn cold_keys_cost_one_select_each_in_the_whole_cluster() {
         PgServer::item_selects(&db).await,
         i64::from(KEYS),
         "warm reads queried"
+    );
+}
+
+/// The owner of `key` (its peer URL, as `Replica::peer_url`) in `replica`'s ring.
+async fn owner_of(http: &reqwest::Client, replica: &str, key: &str) -> String {
+    let answer = send(http, "GET", &format!("{replica}/admin/owner/{key}"), None).await;
+    answer.2["owner"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no owner for {key}: {}", answer.2))
+        .trim_end_matches("/internal")
+        .to_owned()
+}
+
+/// The replicas' item `SELECT`s since the last reset, and the rows they returned, as
+/// `pg_stat_statements` counts them.
+async fn item_selects_and_rows(db: &tokio_postgres::Client) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(rows), 0)::bigint \
+             FROM pg_stat_statements WHERE query LIKE 'SELECT key, value, expires_at FROM items%'",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_statements");
+    (row.get(0), row.get(1))
+}
+
+/// A batch of cold keys spread over the three owners, asked of one replica, costs one
+/// `WHERE key = ANY($1)` query on each owner (the owner's `Loader::load_many`), however many keys
+/// each owns; asking again costs none. With the default `load_many` (one `load` per key) it
+/// would cost one query per key.
+#[tokio::test]
+async fn a_batch_of_cold_keys_costs_one_query_per_owner() {
+    let Some(pg) = PgServer::start("batch") else {
+        return;
+    };
+    let dir = TempDir::new("pg-batch");
+    let cluster = cluster(&pg, &dir).await;
+    let db = pg.client().await;
+    let http = http();
+    const PER_OWNER: usize = 10;
+    const ABSENT_PER_OWNER: usize = 2;
+    insert_rows(&db, "b-", 300).await;
+    let asker = cluster.replicas[0].url.clone();
+    let owner_index = |owner: &str| {
+        cluster
+            .replicas
+            .iter()
+            .position(|replica| replica.peer_url == owner)
+            .unwrap_or_else(|| panic!("{owner} is not a replica"))
+    };
+
+    // PER_OWNER keys with rows and ABSENT_PER_OWNER without, and one to warm up with, for each
+    // of the three owners.
+    let wanted = [
+        ("b-", PER_OWNER),
+        ("absent-", ABSENT_PER_OWNER),
+        ("warm-", 1),
+    ];
+    let mut picked: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); REPLICAS]; wanted.len()];
+    let full = |picked: &Vec<Vec<Vec<String>>>| {
+        picked
+            .iter()
+            .zip(wanted)
+            .all(|(lists, (_, n))| lists.iter().all(|list| list.len() == n))
+    };
+    for i in 0..300 {
+        for (lists, (prefix, n)) in picked.iter_mut().zip(wanted) {
+            let key = format!("{prefix}{i}");
+            let owner = owner_index(&owner_of(&http, &asker, &key).await);
+            if lists[owner].len() < n {
+                lists[owner].push(key);
+            }
+        }
+        if full(&picked) {
+            break;
+        }
+    }
+    assert!(
+        full(&picked),
+        "not enough keys of each owner in 300: {picked:?}"
+    );
+    let [keys, absent, warm] = <[_; 3]>::try_from(picked).expect("three lists");
+    // Interleaved, so that no owner's keys come in one run.
+    let batch: Vec<String> = (0..PER_OWNER + ABSENT_PER_OWNER)
+        .flat_map(|i| (0..REPLICAS).map(move |owner| (i, owner)))
+        .map(|(i, owner)| {
+            if i < PER_OWNER {
+                keys[owner][i].clone()
+            } else {
+                absent[owner][i - PER_OWNER].clone()
+            }
+        })
+        .collect();
+    let present = REPLICAS * PER_OWNER;
+
+    // The asker sends a peer batches once the peer has answered it once (the answer advertises
+    // them): a read of a key of each other owner, before the count starts.
+    for warm in &warm[1..] {
+        let warm = send(&http, "GET", &format!("{asker}/items/{}", warm[0]), None).await;
+        assert_eq!(warm.0, 404, "{}", warm.2);
+    }
+    db.execute("SELECT pg_stat_statements_reset()", &[])
+        .await
+        .expect("reset pg_stat_statements");
+    assert_eq!(item_selects_and_rows(&db).await, (0, 0));
+
+    let body = Some((
+        "application/json",
+        json!({ "keys": batch }).to_string().into_bytes(),
+    ));
+    let check = |answer: &(u16, String, Value)| {
+        assert_eq!(answer.0, 200, "{}", answer.2);
+        let results = answer.2["results"].as_array().expect("results");
+        assert_eq!(results.len(), batch.len(), "{}", answer.2);
+        for (key, result) in batch.iter().zip(results) {
+            assert_eq!(result["key"], json!(key), "{result}");
+            let owner = result["owner"]
+                .as_str()
+                .map(|owner| owner.trim_end_matches("/internal"));
+            match key.strip_prefix("b-") {
+                Some(n) => {
+                    let n: i64 = n.parse().expect("a number");
+                    assert_eq!(result["status"], 200, "{result}");
+                    assert_eq!(result["item"]["value"], json!({ "n": n }), "{result}");
+                    assert_eq!(
+                        result["item"]["loaded_by"].as_str(),
+                        owner,
+                        "{key} was loaded by a replica other than its owner"
+                    );
+                }
+                None => {
+                    assert_eq!(result["status"], 404, "{result}");
+                    assert_eq!(
+                        result["problem"]["type"],
+                        "urn:kubernetes-service-discovery:problem:not-found",
+                        "{result}"
+                    );
+                }
+            }
+        }
+    };
+    let url = |replica: usize| format!("{}/items/_batch", cluster.replicas[replica].url);
+    check(&send(&http, "POST", &url(0), body.clone()).await);
+    let (selects, rows) = item_selects_and_rows(&db).await;
+    eprintln!(
+        "a batch of {} cold keys ({present} with rows) over {REPLICAS} owners: {selects} SELECTs, \
+         {rows} rows",
+        batch.len()
+    );
+    // Each owner loaded (loaded_by above) and ran one query, for its keys only: three queries,
+    // and each row read once.
+    assert_eq!(selects, REPLICAS as i64, "one ANY($1) query per owner");
+    assert_eq!(rows, present as i64, "each key's row read once");
+
+    // Warm: the same batch through every replica costs nothing more.
+    for replica in 0..REPLICAS {
+        check(&send(&http, "POST", &url(replica), body.clone()).await);
+    }
+    assert_eq!(
+        item_selects_and_rows(&db).await,
+        (REPLICAS as i64, present as i64),
+        "warm batches queried"
     );
 }
 
