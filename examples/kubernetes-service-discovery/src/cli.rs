@@ -10,6 +10,9 @@
 //! | 2 | usage error, or the replica refused the input (a 4xx: bad key, value or expiry) |
 //! | 3 | the replica could not be reached, or failed (a 5xx other than 503, an unexpected answer) |
 //! | 4 | the database is unavailable (503): nothing was written; try again |
+//!
+//! `get` of several keys reads them in one request (`POST /items/_batch`) and exits with the
+//! worst key's code: 3 over 4 over 2 over 1.
 
 use std::time::Duration;
 
@@ -66,10 +69,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print an item's value (with --json: the whole answer, with its owner and expiry).
+    /// Print an item's value (with --json: the whole answer, with its owner and expiry). With
+    /// several keys, one request for them all, and one `KEY VALUE` line per item found.
     Get {
-        /// The key.
-        key: String,
+        /// The key, or keys (at most 100).
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
     },
     /// Write an item: to the database, then to every replica's cache.
     Put {
@@ -197,7 +202,14 @@ fn request(cli: &Cli) -> Result<Request, String> {
         body: None,
     };
     Ok(match &cli.command {
-        Command::Get { key } => get(item(key)),
+        Command::Get { keys } => match &keys[..] {
+            [key] => get(item(key)),
+            keys => Request {
+                method: reqwest::Method::POST,
+                path: "/items/_batch".to_owned(),
+                body: Some(json!({ "keys": keys })),
+            },
+        },
         Command::Owner { key } => get(format!("/admin/owner/{}", escape(key))),
         Command::Peers => get("/admin/peers".to_owned()),
         Command::Stats => get("/admin/stats".to_owned()),
@@ -264,7 +276,24 @@ pub fn exit_code(status: u16) -> u8 {
     }
 }
 
+/// Which of two exit codes a command of many keys ends with: the worse (3 over 4 over 2 over 1).
+fn worse(a: u8, b: u8) -> u8 {
+    let rank = |code| match code {
+        exit::FAILED => 4,
+        exit::UNAVAILABLE => 3,
+        exit::USAGE => 2,
+        exit::NOT_FOUND => 1,
+        _ => 0,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
 fn render(cli: &Cli, status: u16, json: Option<&Value>) -> Outcome {
+    if let (Command::Get { keys }, 200, Some(answer)) = (&cli.command, status, json)
+        && keys.len() > 1
+    {
+        return render_batch(cli, answer);
+    }
     let code = exit_code(status);
     if code != exit::OK {
         let detail = json
@@ -338,6 +367,41 @@ fn render(cli: &Cli, status: u16, json: Option<&Value>) -> Outcome {
     })
 }
 
+/// The answer of a batch: a line per key, on stdout for items, on stderr for the others.
+fn render_batch(cli: &Cli, answer: &Value) -> Outcome {
+    let results = answer["results"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let mut outcome = Outcome::ok(if cli.json {
+        format!("{answer}\n")
+    } else {
+        String::new()
+    });
+    if results.is_empty() {
+        outcome.code = exit::FAILED;
+        outcome.stderr = "cachectl: the replica answered no results\n".to_owned();
+    }
+    for result in results {
+        let key = result["key"].as_str().unwrap_or("?");
+        let status = result["status"]
+            .as_u64()
+            .and_then(|status| u16::try_from(status).ok())
+            .unwrap_or(500);
+        let code = exit_code(status);
+        outcome.code = worse(outcome.code, code);
+        if code == exit::OK {
+            if !cli.json {
+                outcome.stdout += &format!("{key} {}\n", result["item"]["value"]);
+            }
+        } else {
+            let detail = result["problem"]["detail"].as_str().unwrap_or("no details");
+            outcome.stderr += &format!("cachectl: {key}: {detail} (HTTP {status})\n");
+        }
+    }
+    outcome
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -387,5 +451,46 @@ mod tests {
         assert!(parse(&["put", "k", "1", "--ttl", "1s", "--expires-at", "5"]).is_err());
         let cli = parse(&["get", "a/b c"]).unwrap();
         assert_eq!(request(&cli).unwrap().path, "/items/a%2Fb%20c");
+        let many = request(&parse(&["get", "a", "b/c"]).unwrap()).unwrap();
+        assert_eq!(
+            (many.method, &many.path[..]),
+            (reqwest::Method::POST, "/items/_batch")
+        );
+        assert_eq!(many.body, Some(json!({"keys": ["a", "b/c"]})));
+        assert!(parse(&["get"]).is_err(), "get needs a key");
+    }
+
+    #[test]
+    fn batch_answers() {
+        let cli = parse(&["get", "a", "b", "c"]).unwrap();
+        let answer = |statuses: &[u16]| {
+            let results: Vec<Value> = statuses
+                .iter()
+                .zip(["a", "b", "c"])
+                .map(|(&status, key)| match status {
+                    200 => json!({"key": key, "status": 200, "item": {"value": {"k": key}}}),
+                    _ => json!({"key": key, "status": status, "problem": {"detail": "no"}}),
+                })
+                .collect();
+            render(&cli, 200, Some(&json!({ "results": results })))
+        };
+        let all = answer(&[200, 200, 200]);
+        assert_eq!(
+            (all.code, &all.stdout[..]),
+            (
+                exit::OK,
+                "a {\"k\":\"a\"}\nb {\"k\":\"b\"}\nc {\"k\":\"c\"}\n"
+            )
+        );
+        let missing = answer(&[200, 404, 200]);
+        assert_eq!(missing.code, exit::NOT_FOUND);
+        assert_eq!(missing.stderr, "cachectl: b: no (HTTP 404)\n");
+        assert_eq!(missing.stdout.lines().count(), 2);
+        assert_eq!(answer(&[503, 404, 200]).code, exit::UNAVAILABLE);
+        assert_eq!(answer(&[503, 500, 404]).code, exit::FAILED);
+        assert_eq!(answer(&[]).code, exit::FAILED);
+        // A refused batch is the whole request's problem.
+        let refused = render(&cli, 413, Some(&json!({"detail": "too many"})));
+        assert_eq!(refused.code, exit::USAGE);
     }
 }

@@ -73,6 +73,11 @@ async fn cachectl_against_a_running_cluster() {
     assert_eq!(put.json()["item"]["value"], "plain text");
     assert_eq!(cachectl(&url(0), &["get", "k2"]).stdout, "\"plain text\"\n");
 
+    // Several keys: one request (a batch), a `KEY VALUE` line each.
+    let many = cachectl(&url(1), &["get", "k1", "k2"]);
+    assert_code(&many, 0);
+    assert_eq!(many.stdout, "k1 {\"a\":[1,2]}\nk2 \"plain text\"\n");
+
     // owner: the same replica from every replica's ring; peers: all three; stats: counters.
     let owners: Vec<Value> = (0..3)
         .map(|i| cachectl(&url(i), &["owner", "k1", "--json"]).json()["owner"].clone())
@@ -116,6 +121,17 @@ async fn cachectl_against_a_running_cluster() {
         assert_code(&gone, 1);
         assert!(gone.stderr.contains("HTTP 404"), "{}", gone.stderr);
     }
+    // Several keys, one missing: the others printed, the missing one on stderr, exit code 1.
+    let some = cachectl(&url(2), &["get", "k2", "k1"]);
+    assert_code(&some, 1);
+    assert_eq!(some.stdout, "k2 \"plain text\"\n");
+    assert!(some.stderr.starts_with("cachectl: k1: "), "{}", some.stderr);
+    assert!(some.stderr.contains("HTTP 404"), "{}", some.stderr);
+    let some = cachectl(&url(2), &["get", "k2", "k1", "--json"]);
+    assert_code(&some, 1);
+    let results = some.json()["results"].clone();
+    assert_eq!(results[0]["item"]["value"], "plain text", "{results}");
+    assert_eq!(results[1]["status"], 404, "{results}");
     // (Through the replica that deleted it: each replica has a simulated database of its own.)
     let gone = cachectl(&url(1), &["delete", "k1", "--json"]);
     assert_code(&gone, 1);
@@ -131,9 +147,11 @@ async fn cachectl_against_a_running_cluster() {
         2,
     );
     assert_code(&cachectl(&url(0), &["put", "k", "not json"]), 2);
-    let bad_key = cachectl(&url(0), &["get", "bad/key"]);
-    assert_code(&bad_key, 2);
-    assert!(bad_key.stderr.contains("HTTP 400"), "{}", bad_key.stderr);
+    for keys in [&["get", "bad/key"][..], &["get", "k2", "bad/key"]] {
+        let bad_key = cachectl(&url(0), keys);
+        assert_code(&bad_key, 2);
+        assert!(bad_key.stderr.contains("HTTP 400"), "{}", bad_key.stderr);
+    }
     assert_code(
         &cachectl(&url(0), &["put", "k", "1", "--expires-at", "5"]),
         2,
