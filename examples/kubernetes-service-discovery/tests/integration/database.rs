@@ -392,6 +392,32 @@ async fn with_the_database_down_reads_are_served_writes_fail_and_recover() {
     }
     let get = send(&http, "GET", &url(0, "uncached-0"), None).await;
     assert_eq!(get.0, 503, "{}", get.2);
+    // A batch too: the cached key served, the uncached one 503 (its owner's load_many failed),
+    // each on its own.
+    let keys = json!({ "keys": ["d-0", "uncached-0"] })
+        .to_string()
+        .into_bytes();
+    let batch = send(
+        &http,
+        "POST",
+        &url(2, "_batch"),
+        Some(("application/json", keys)),
+    )
+    .await;
+    assert_eq!(batch.0, 200, "{}", batch.2);
+    assert_eq!(
+        batch.2["results"][0]["item"]["value"],
+        json!({ "n": 0 }),
+        "{}",
+        batch.2
+    );
+    assert_eq!(batch.2["results"][1]["status"], 503, "{}", batch.2);
+    assert_eq!(
+        batch.2["results"][1]["problem"]["type"],
+        "urn:kubernetes-service-discovery:problem:database-unavailable",
+        "{}",
+        batch.2
+    );
     // cachectl says so with its own exit code (4: unavailable, retry).
     let server = cluster.replicas[1].url.clone();
     let run = tokio::task::spawn_blocking(move || cachectl(&server, &["put", "d-0", "1"]))
