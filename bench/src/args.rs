@@ -78,7 +78,7 @@ reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-def
 go-bare) runs one side alone, for profiling: its figures are not side by side.
 
 Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring] [--batch-loader]
-[--coalesce-us N]` and `ceiling-server`
+[--coalesce-us N] [--no-handoff]` and `ceiling-server`
 are the server processes the driver starts.";
 
 /// Parses the arguments after the program name.
@@ -143,11 +143,17 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
         go_ring: false,
         batch_loader: false,
         coalesce_us: 0,
+        no_handoff: false,
     };
     while let Some(arg) = args.next() {
-        if arg == "--go-ring" || arg == "--batch-loader" {
-            options.go_ring |= arg == "--go-ring";
-            options.batch_loader |= arg == "--batch-loader";
+        let switch = match arg.as_str() {
+            "--go-ring" => Some(&mut options.go_ring),
+            "--batch-loader" => Some(&mut options.batch_loader),
+            "--no-handoff" => Some(&mut options.no_handoff),
+            _ => None,
+        };
+        if let Some(switch) = switch {
+            *switch = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -217,10 +223,11 @@ mod tests {
                 go_ring: true,
                 batch_loader: false,
                 coalesce_us: 0,
+                no_handoff: false,
             }))
         );
         assert_eq!(
-            parse_str("replica --batch-loader --coalesce-us 250"),
+            parse_str("replica --batch-loader --coalesce-us 250 --no-handoff"),
             Ok(Command::Replica(ReplicaOptions {
                 value_bytes: 0,
                 load_ms: 0,
@@ -228,6 +235,7 @@ mod tests {
                 go_ring: false,
                 batch_loader: true,
                 coalesce_us: 250,
+                no_handoff: true,
             }))
         );
         assert!(parse_str("replica --nope 1").is_err());

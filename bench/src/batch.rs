@@ -182,6 +182,9 @@ impl Bench<'_> {
                     cache_bytes: BUDGET,
                     batch_loader: true,
                     coalesce_us: 0,
+                    // Steady state: a ring younger than `hot_max_age` (60 s) would have every
+                    // single load on an owner peek its previous owner first; batches do not.
+                    no_handoff: true,
                 };
                 let cluster = Cluster::start(self.binaries, kind, 3, settings).await?;
                 // A replica batches to a peer only once an answer of it advertised batches.
@@ -261,6 +264,7 @@ impl Bench<'_> {
                     cache_bytes: BUDGET,
                     batch_loader: false,
                     coalesce_us: window,
+                    no_handoff: false,
                 };
                 let cluster = Cluster::start(self.binaries, Kind::Rust, 3, settings).await?;
                 for c in LEVELS {

@@ -182,6 +182,8 @@ pub(crate) struct Settings {
     pub batch_loader: bool,
     /// Rust only: `Builder::coalesce_window` in microseconds (0: off).
     pub coalesce_us: u64,
+    /// Rust only: the warm hand-off off, as in a ring older than `hot_max_age`.
+    pub no_handoff: bool,
 }
 
 /// Replicas of one kind that know each other.
@@ -289,6 +291,9 @@ fn start_replica(binaries: &Binaries, kind: Kind, settings: Settings) -> Result<
             if settings.batch_loader {
                 command.arg("--batch-loader");
             }
+            if settings.no_handoff {
+                command.arg("--no-handoff");
+            }
         }
         Kind::GoPooled | Kind::GoDefault | Kind::GoBare => {
             command = Command::new(&binaries.go_peer);
@@ -325,6 +330,7 @@ pub(crate) fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, S
         cache_bytes: 64 << 20,
         batch_loader: false,
         coalesce_us: 0,
+        no_handoff: false,
     };
     start_replica(binaries, kind, settings)
 }

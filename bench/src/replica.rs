@@ -52,6 +52,9 @@ pub(crate) struct ReplicaOptions {
     pub batch_loader: bool,
     /// `Builder::coalesce_window` in microseconds (0: off).
     pub coalesce_us: u64,
+    /// The warm hand-off off (`Builder::handoff_timeout` zero), as in a ring older than
+    /// `hot_max_age`.
+    pub no_handoff: bool,
 }
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep.
@@ -105,7 +108,11 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         } else {
             RingMode::Balanced
         };
-        let cache = Groupcache::builder(GROUP, &url, loader)
+        let mut builder = Groupcache::builder(GROUP, &url, loader);
+        if options.no_handoff {
+            builder = builder.handoff_timeout(Duration::ZERO);
+        }
+        let cache = builder
             .main_cache_bytes(options.main_bytes)
             .ring_mode(mode)
             .coalesce_window(Duration::from_micros(options.coalesce_us))

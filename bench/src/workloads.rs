@@ -389,6 +389,7 @@ impl Bench<'_> {
             cache_bytes: BUDGET,
             batch_loader: false,
             coalesce_us: 0,
+            no_handoff: false,
         };
         Cluster::start(self.binaries, kind, n, settings).await
     }
