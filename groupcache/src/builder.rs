@@ -259,7 +259,7 @@ impl<L: Loader> Builder<L> {
     /// Off by default, because it costs more than it pays except under heavy concurrency. In
     /// `groupcache-bench coalesce` (remote-get, 3 replicas on 2 shared cores; BENCHMARKS.md), at
     /// 64 connections a 250-500 µs window cut peer requests to 0.07-0.08 per get and raised
-    /// throughput 1.26-1.47x (medians; rounds ranged from 0.7x to 1.8x on the noisy machine),
+    /// throughput 1.26-1.47x (medians of 3 rounds; single rounds 0.7x to 1.8x on the noisy machine),
     /// short of the 1.5x that would justify it. At 1 connection it cut throughput 14-17x (p50
     /// 99 µs to 1.3-2.3 ms), at 4 connections 3.4-3.7x, and at 16 connections 1.1-1.3x.
     /// tokio's timer has a 1 ms granularity, so a window under a millisecond waits about one:
