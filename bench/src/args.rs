@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use crate::replica::ReplicaOptions;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 6] = [
+pub(crate) const WORKLOADS: [&str; 8] = [
     "ceiling",
     "local-hit",
     "remote-get",
     "cold-storm",
     "memory",
     "hot-key",
+    "batch",
+    "coalesce",
 ];
 
 /// What to do.
@@ -68,13 +70,15 @@ pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
 
-Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key; `all` runs every one
+Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce; `all`
+runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
 go-bare) runs one side alone, for profiling: its figures are not side by side.
 
-Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring]` and `ceiling-server`
+Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring] [--batch-loader]
+[--coalesce-us N] [--no-handoff]` and `ceiling-server`
 are the server processes the driver starts.";
 
 /// Parses the arguments after the program name.
@@ -137,10 +141,19 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
         load_ms: 0,
         main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
         go_ring: false,
+        batch_loader: false,
+        coalesce_us: 0,
+        no_handoff: false,
     };
     while let Some(arg) = args.next() {
-        if arg == "--go-ring" {
-            options.go_ring = true;
+        let switch = match arg.as_str() {
+            "--go-ring" => Some(&mut options.go_ring),
+            "--batch-loader" => Some(&mut options.batch_loader),
+            "--no-handoff" => Some(&mut options.no_handoff),
+            _ => None,
+        };
+        if let Some(switch) = switch {
+            *switch = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -148,6 +161,7 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--value-bytes" => options.value_bytes = number(&arg, &value)?,
             "--load-ms" => options.load_ms = number(&arg, &value)? as u64,
             "--main-bytes" => options.main_bytes = number(&arg, &value)? as u64,
+            "--coalesce-us" => options.coalesce_us = number(&arg, &value)? as u64,
             _ => return Err(format!("replica: unknown flag {arg:?}")),
         }
     }
@@ -207,6 +221,21 @@ mod tests {
                 load_ms: 50,
                 main_bytes: 99,
                 go_ring: true,
+                batch_loader: false,
+                coalesce_us: 0,
+                no_handoff: false,
+            }))
+        );
+        assert_eq!(
+            parse_str("replica --batch-loader --coalesce-us 250 --no-handoff"),
+            Ok(Command::Replica(ReplicaOptions {
+                value_bytes: 0,
+                load_ms: 0,
+                main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
+                go_ring: false,
+                batch_loader: true,
+                coalesce_us: 250,
+                no_handoff: true,
             }))
         );
         assert!(parse_str("replica --nope 1").is_err());

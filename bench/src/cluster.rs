@@ -178,6 +178,12 @@ pub(crate) struct Settings {
     pub load_ms: u64,
     /// Main cache budget (golang/groupcache: the whole group's budget).
     pub cache_bytes: u64,
+    /// Rust only: a `load_many` that loads all its keys in one sleep (see `batch.rs`).
+    pub batch_loader: bool,
+    /// Rust only: `Builder::coalesce_window` in microseconds (0: off).
+    pub coalesce_us: u64,
+    /// Rust only: the warm hand-off off, as in a ring older than `hot_max_age`.
+    pub no_handoff: bool,
 }
 
 /// Replicas of one kind that know each other.
@@ -279,7 +285,15 @@ fn start_replica(binaries: &Binaries, kind: Kind, settings: Settings) -> Result<
                 &settings.load_ms.to_string(),
                 "--main-bytes",
                 &settings.cache_bytes.to_string(),
+                "--coalesce-us",
+                &settings.coalesce_us.to_string(),
             ]);
+            if settings.batch_loader {
+                command.arg("--batch-loader");
+            }
+            if settings.no_handoff {
+                command.arg("--no-handoff");
+            }
         }
         Kind::GoPooled | Kind::GoDefault | Kind::GoBare => {
             command = Command::new(&binaries.go_peer);
@@ -314,6 +328,9 @@ pub(crate) fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, S
         value_bytes: 1024,
         load_ms: 0,
         cache_bytes: 64 << 20,
+        batch_loader: false,
+        coalesce_us: 0,
+        no_handoff: false,
     };
     start_replica(binaries, kind, settings)
 }
@@ -344,8 +361,10 @@ pub(crate) struct Counters {
     pub peer_errors: u64,
     /// Runs of the loader.
     pub local_loads: u64,
-    /// Requests served to peers.
+    /// Requests served to peers (a batch is one).
     pub server_requests: u64,
+    /// Rust only: calls of the bench loader's `load_many` (see `batch.rs`).
+    pub load_many_calls: u64,
 }
 
 /// One cache's size.

@@ -11,6 +11,7 @@
 //! See `BENCHMARKS.md` at the repository root.
 
 mod args;
+mod batch;
 mod cluster;
 mod http;
 mod load;
@@ -78,6 +79,8 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "cold-storm" => bench.cold_storm().await?,
                 "memory" => bench.memory().await?,
                 "hot-key" => bench.hot_key().await?,
+                "batch" => bench.batch().await?,
+                "coalesce" => bench.coalesce().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();
@@ -85,7 +88,8 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
         }
         Ok::<(), String>(())
     })?;
-    let verdicts = report::verdicts(&report, &options.concurrency);
+    let mut verdicts = report::verdicts(&report, &options.concurrency);
+    verdicts.extend(batch::verdicts(&report));
     println!("{}", report.table());
     println!("targets:\n{}", report::verdict_lines(&verdicts));
     for (workload, start, end) in &report.load {

@@ -29,7 +29,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
+use groupcache_rs::{Groupcache, Loaded, Loader, Results, RingMode};
 
 /// The group every benchmark replica serves, in both languages.
 pub(crate) const GROUP: &str = "bench";
@@ -48,12 +48,21 @@ pub(crate) struct ReplicaOptions {
     pub main_bytes: u64,
     /// golang/groupcache's ring instead of the balanced default.
     pub go_ring: bool,
+    /// A `load_many` that loads all its keys in one sleep (see `batch.rs`).
+    pub batch_loader: bool,
+    /// `Builder::coalesce_window` in microseconds (0: off).
+    pub coalesce_us: u64,
+    /// The warm hand-off off (`Builder::handoff_timeout` zero), as in a ring older than
+    /// `hot_max_age`.
+    pub no_handoff: bool,
 }
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep.
 pub(crate) struct BenchLoader {
-    value_bytes: usize,
-    delay: Duration,
+    pub(crate) value_bytes: usize,
+    pub(crate) delay: Duration,
+    /// Whether `load_many` is the batch loader of `batch.rs`.
+    batch: bool,
 }
 
 impl Loader for BenchLoader {
@@ -69,6 +78,10 @@ impl Loader for BenchLoader {
             key,
             self.value_bytes,
         ))))
+    }
+
+    async fn load_many(&self, keys: &[String], results: &Results<Bytes, Infallible>) {
+        crate::batch::load_many(self, self.batch, keys, results).await;
     }
 }
 
@@ -88,20 +101,27 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         let loader = BenchLoader {
             value_bytes: options.value_bytes,
             delay: Duration::from_millis(options.load_ms),
+            batch: options.batch_loader,
         };
         let mode = if options.go_ring {
             RingMode::GoCompatible
         } else {
             RingMode::Balanced
         };
-        let cache = Groupcache::builder(GROUP, &url, loader)
+        let mut builder = Groupcache::builder(GROUP, &url, loader);
+        if options.no_handoff {
+            builder = builder.handoff_timeout(Duration::ZERO);
+        }
+        let cache = builder
             .main_cache_bytes(options.main_bytes)
             .ring_mode(mode)
+            .coalesce_window(Duration::from_micros(options.coalesce_us))
             .build()?;
         let app = Router::new()
             .route("/get/{*key}", get(get_value))
             .route("/peers", post(set_peers))
             .route("/stats", get(stats))
+            .route("/many", post(crate::batch::many))
             .route("/healthz", get(|| async { "ok" }))
             .merge(cache.router())
             .with_state(cache);
@@ -218,6 +238,7 @@ async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
             "local_loads": s.local_loads,
             "local_load_errs": s.local_load_errors,
             "server_requests": s.server_requests,
+            "load_many_calls": crate::batch::load_many_calls(),
         },
         "main_cache": { "bytes": s.main_bytes, "items": s.main_items, "hits": s.main_hits },
         "hot_cache": { "bytes": s.hot_bytes, "items": s.hot_items, "hits": s.hot_hits },

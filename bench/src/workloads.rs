@@ -15,9 +15,9 @@ use crate::replica::STORM_LOAD;
 use crate::report::{Better, Report};
 
 /// Value size of the throughput workloads.
-const VALUE_BYTES: usize = 1024;
+pub(crate) const VALUE_BYTES: usize = 1024;
 /// Main cache budget everywhere (golang/groupcache: the group's whole budget).
-const BUDGET: u64 = 64 << 20;
+pub(crate) const BUDGET: u64 = 64 << 20;
 /// Untimed load before every timed run, so connections and caches are warm.
 const WARM_UP: Duration = Duration::from_millis(500);
 
@@ -39,7 +39,7 @@ impl Bench<'_> {
     }
 
     /// `kinds` (those selected) in round `round`'s order: forwards, then backwards, and so on.
-    fn order(&self, kinds: &[Kind], round: usize) -> Vec<Kind> {
+    pub(crate) fn order(&self, kinds: &[Kind], round: usize) -> Vec<Kind> {
         let only = &self.options.only;
         let mut order: Vec<Kind> = kinds
             .iter()
@@ -52,7 +52,7 @@ impl Bench<'_> {
         order
     }
 
-    fn progress(&self, workload: &str, round: usize, kind: Kind) {
+    pub(crate) fn progress(&self, workload: &str, round: usize, kind: Kind) {
         eprintln!(
             "[{workload}] round {}/{} {:<10} load {:.2}",
             round + 1,
@@ -63,7 +63,13 @@ impl Bench<'_> {
     }
 
     /// Records throughput, p50, p99 and CPU per request of a run, and notes its errors.
-    fn record_run(&mut self, workload: &'static str, case: &str, kind: Kind, outcome: &Outcome) {
+    pub(crate) fn record_run(
+        &mut self,
+        workload: &'static str,
+        case: &str,
+        kind: Kind,
+        outcome: &Outcome,
+    ) {
         let mut add = |metric, better, value| {
             self.report.add(workload, case, metric, better, kind, value);
         };
@@ -381,13 +387,16 @@ impl Bench<'_> {
             value_bytes: value,
             load_ms,
             cache_bytes: BUDGET,
+            batch_loader: false,
+            coalesce_us: 0,
+            no_handoff: false,
         };
         Cluster::start(self.binaries, kind, n, settings).await
     }
 }
 
 /// CPU time all of `pids` have used so far, in microseconds.
-fn servers_cpu_us(pids: &[u32]) -> u64 {
+pub(crate) fn servers_cpu_us(pids: &[u32]) -> u64 {
     pids.iter().map(|&pid| load::cpu_us(pid)).sum()
 }
 
@@ -404,16 +413,21 @@ pub(crate) fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn get_path(key: &str) -> Vec<u8> {
+pub(crate) fn get_path(key: &str) -> Vec<u8> {
     http::get_request(&format!("/get/{key}"))
 }
 
-fn keys(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
 /// The first `n` keys `{prefix}{i}` that replica `owner` owns.
-fn keys_owned_by(cluster: &Cluster, owner: usize, prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn keys_owned_by(
+    cluster: &Cluster,
+    owner: usize,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
     (0..)
         .map(|i| format!("{prefix}{i}"))
         .filter(|k| cluster.owner(k) == owner)
@@ -423,7 +437,7 @@ fn keys_owned_by(cluster: &Cluster, owner: usize, prefix: &str, n: usize) -> Vec
 
 /// Every key asked once of each replica that does not own it: first of one, then (after all
 /// the others) of the other, so no replica sees a key twice.
-fn remote_pairs(cluster: &Cluster, keys: &[String]) -> Sequence {
+pub(crate) fn remote_pairs(cluster: &Cluster, keys: &[String]) -> Sequence {
     let n = cluster.replicas.len();
     let mut requests = Vec::with_capacity(keys.len() * (n - 1));
     for step in 1..n {
@@ -435,14 +449,14 @@ fn remote_pairs(cluster: &Cluster, keys: &[String]) -> Sequence {
     Sequence { requests }
 }
 
-async fn connect(targets: &[SocketAddr], concurrency: usize) -> Result<Pool> {
+pub(crate) async fn connect(targets: &[SocketAddr], concurrency: usize) -> Result<Pool> {
     Pool::connect(targets, concurrency)
         .await
         .map_err(|e| format!("connecting the load generator: {e}"))
 }
 
 /// Every request of `requests` once, `concurrency` at a time, on fresh connections.
-async fn run_once(
+pub(crate) async fn run_once(
     targets: &[SocketAddr],
     concurrency: usize,
     requests: Vec<(usize, Vec<u8>)>,
@@ -460,7 +474,7 @@ async fn run_once(
     }
 }
 
-fn expect_all(outcome: &Outcome, n: usize, value: usize, what: &str) -> Result<()> {
+pub(crate) fn expect_all(outcome: &Outcome, n: usize, value: usize, what: &str) -> Result<()> {
     if outcome.ok != n as u64 || outcome.errors > 0 {
         return Err(format!(
             "{what}: {} of {n} answered, {} errors, first: {:?}",
@@ -471,7 +485,7 @@ fn expect_all(outcome: &Outcome, n: usize, value: usize, what: &str) -> Result<(
 }
 
 /// Every answer carried a value of the expected size.
-fn check_body(outcome: &Outcome, value: usize) -> Result<()> {
+pub(crate) fn check_body(outcome: &Outcome, value: usize) -> Result<()> {
     if outcome.ok == 0 {
         return Err(format!("no answers: {:?}", outcome.first_error));
     }

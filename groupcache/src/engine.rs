@@ -297,14 +297,8 @@ pub(crate) struct Inner<L: Loader> {
 
 impl<L: Loader> Inner<L> {
     pub(crate) async fn get(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
-        self.check_key(key)?;
-        self.metrics.get();
-        if let Some(entry) = self.cached(key) {
+        if let Some(entry) = self.start_get(key, caller)? {
             return Ok(entry);
-        }
-        self.metrics.load();
-        if caller == Caller::Local {
-            self.popularity.record(key_hash(key));
         }
         // Taken before the ring is read: a ring change since makes the token stale (see
         // `membership_changed`), so no value is stored as owned under a ring that is gone.
@@ -327,7 +321,22 @@ impl<L: Loader> Inner<L> {
         outcome
     }
 
-    /// Where a value of a key this replica owns under `membership` goes.
+    /// A get's first steps, for `get` and every key of a batch: the key checked and counted, and
+    /// its cached value if there is one; `None` when it must be fetched or loaded (counted as a
+    /// load, and as a request of this replica's own for the hot cache).
+    pub(crate) fn start_get(&self, key: &str, caller: Caller) -> Result<Option<Entry>, Error> {
+        self.check_key(key)?;
+        self.metrics.get();
+        if let Some(entry) = self.cached(key) {
+            return Ok(Some(entry));
+        }
+        self.metrics.load();
+        if caller == Caller::Local {
+            self.popularity.record(key_hash(key));
+        }
+        Ok(None)
+    }
+
     /// Where a load of `key` for `caller` stores its value, when this replica loads it: the
     /// choice `get` makes, for the keys a batch loads.
     pub(crate) fn load_store(&self, key: &str, caller: Caller) -> Store {
@@ -341,6 +350,7 @@ impl<L: Loader> Inner<L> {
         }
     }
 
+    /// Where a value of a key this replica owns under `membership` goes.
     fn owned_store(&self, membership: &Membership, token: Token) -> Store {
         if membership.age() >= self.config.hot_max_age {
             Store::Main(token)

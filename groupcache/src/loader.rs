@@ -51,6 +51,12 @@ pub trait Loader: Send + Sync + 'static {
     /// released then, not when the call returns. A key left without a result fails with
     /// [`Error::NotLoaded`](crate::Error::NotLoaded).
     ///
+    /// One call per batch: a peer's batch (at most
+    /// [`max_batch_keys`](crate::Builder::max_batch_keys) keys) or the keys a `get_many` finds
+    /// owned here, less those cached or already loading. In `groupcache-bench batch`, a cold
+    /// `get_many` of 1,000 keys spread over two owners made one call on each. A golang/groupcache
+    /// owner has no batch: it runs its getter once per key.
+    ///
     /// The default calls [`load`](Self::load) for each key, at most
     /// [`LOAD_MANY_CONCURRENCY`] at once. Override it where one call is cheaper than many, as
     /// a `WHERE id = ANY($1)` query is:

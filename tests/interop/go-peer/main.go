@@ -9,6 +9,9 @@
 //	GET  /peers         the peer list last set, as a JSON array
 //	GET  /get?key=K     group.Get(K): 200 with the value bytes, or 500 with the error text
 //	GET  /get/K         the same, with the key in the path (the benchmarks' user-facing route)
+//	POST /many          JSON array of keys -> one group.Get per key, all at once (the
+//	                    benchmarks' many-keys read; golang/groupcache has no batch):
+//	                    {"ok": n, "errors": n, "bytes": n, "micros": n, "first_error": "..."}
 //	GET  /static        a fixed 1 KiB body: a bare net/http server, for the benchmarks
 //	GET  /loads         {"total": n, "per_key": {"k": n, ...}} (getter invocations on this replica)
 //	GET  /stats         the group's Stats counters and the main/hot CacheStats
@@ -169,6 +172,7 @@ func main() {
 	mux.HandleFunc("/peers", p.handlePeers)
 	mux.HandleFunc("/get", p.handleGet)
 	mux.HandleFunc("/get/", p.handleGetPath)
+	mux.HandleFunc("/many", p.handleMany)
 	mux.HandleFunc("/static", handleStatic)
 	mux.HandleFunc("/loads", p.handleLoads)
 	mux.HandleFunc("/stats", p.handleStats)
@@ -277,6 +281,52 @@ func (p *peer) handleGetPath(w http.ResponseWriter, r *http.Request) {
 	if _, err := w.Write(value); err != nil {
 		log.Printf("writing value: %v", err)
 	}
+}
+
+// handleMany gets every key of a JSON array at once, one goroutine per key
+// (what a Go application does for many keys), and reports how many succeeded,
+// their value bytes and the wall time in microseconds.
+func (p *peer) handleMany(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	var keys []string
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&keys); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want a JSON array of keys: " + err.Error()})
+		return
+	}
+	start := time.Now()
+	sizes := make([]int, len(keys))
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	for i, key := range keys {
+		wg.Add(1)
+		go func(i int, key string) {
+			defer wg.Done()
+			var value []byte
+			errs[i] = p.group.Get(r.Context(), key, groupcache.AllocatingByteSliceSink(&value))
+			sizes[i] = len(value)
+		}(i, key)
+	}
+	wg.Wait()
+	micros := time.Since(start).Microseconds()
+	ok, failed, total, first := 0, 0, 0, ""
+	for i := range keys {
+		if errs[i] != nil {
+			failed++
+			if first == "" {
+				first = errs[i].Error()
+			}
+			continue
+		}
+		ok++
+		total += sizes[i]
+	}
+	writeJSON(w, http.StatusOK, map[string]interface{}{
+		"ok": ok, "errors": failed, "bytes": total, "micros": micros, "first_error": first,
+	})
 }
 
 // staticBody is what /static serves.

@@ -1,0 +1,479 @@
+//! Issue 14's workloads, and the replica's side of them.
+//!
+//! - `batch`: replica A of 3 is asked for 100 or 1,000 keys it does not own (so they are spread
+//!   over the 2 other replicas), warm (in their owners' main caches) or cold (nowhere yet, a
+//!   20 ms loader), as one `get_many` and as the same keys in concurrent single `get`s, inside the
+//!   replica (`POST /many`); golang/groupcache, which has no batch, with one goroutine per key.
+//!   Peer requests are the replicas' own `server_requests` counters (a batch is one request), and
+//!   `load_many` calls are counted by the replicas' batch loader.
+//! - `coalesce`: remote-get (every get a real fetch from the owner) at 1, 4, 16 and 64
+//!   connections, with `Builder::coalesce_window` off and at 100, 250 and 500 µs, side by side.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use groupcache_rs::{Groupcache, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results};
+use serde::Deserialize;
+
+use crate::cluster::{Cluster, Kind, Settings, Stats};
+use crate::http;
+use crate::load::Limit;
+use crate::replica::{BenchLoader, value_for};
+use crate::report::{Better, Report, Verdict};
+use crate::workloads::{
+    BUDGET, Bench, VALUE_BYTES, check_body, connect, expect_all, get_path, keys, keys_owned_by,
+    remote_pairs, run_once, servers_cpu_us,
+};
+
+type Result<T> = std::result::Result<T, String>;
+
+/// The cold keys' loader latency: one database round trip, for one key or for many.
+const LOAD_MS: u64 = 20;
+/// Keys per call.
+const SIZES: [usize; 2] = [100, 1_000];
+/// Coalescing windows in microseconds; 0 is off.
+const WINDOWS_US: [u64; 4] = [0, 100, 250, 500];
+/// Connections of the coalescing runs: where it should help (16, 64) and where it costs (1, 4).
+const LEVELS: [usize; 4] = [1, 4, 16, 64];
+
+/// Calls of the replica's `load_many` (one replica per process).
+static LOAD_MANY_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Calls of the replica's `load_many` so far, for `/stats`.
+pub(crate) fn load_many_calls() -> u64 {
+    LOAD_MANY_CALLS.load(Ordering::Relaxed)
+}
+
+/// The bench loader's `load_many`: with `batch`, one sleep of the loader's latency for all the
+/// keys (a `WHERE id = ANY($1)` query); without, the library's default (each key's `load`, at
+/// most `LOAD_MANY_CONCURRENCY` at once). Every call is counted.
+pub(crate) async fn load_many(
+    loader: &BenchLoader,
+    batch: bool,
+    keys: &[String],
+    results: &Results<Bytes, Infallible>,
+) {
+    LOAD_MANY_CALLS.fetch_add(1, Ordering::Relaxed);
+    if !batch {
+        futures_util::stream::iter(keys.iter().enumerate())
+            .for_each_concurrent(LOAD_MANY_CONCURRENCY, |(index, key)| async move {
+                results.put(index, loader.load(key).await);
+            })
+            .await;
+        return;
+    }
+    if !loader.delay.is_zero() {
+        tokio::time::sleep(loader.delay).await;
+    }
+    for (index, key) in keys.iter().enumerate() {
+        let value = Bytes::from(value_for("rs:", key, loader.value_bytes));
+        results.put(index, Ok(Loaded::new(value)));
+    }
+}
+
+/// `POST /many` (a JSON array of keys): one `get_many` of them, or with `?singles` one `get` per
+/// key, all at once; answers what [`Many`] holds, the wall time measured here.
+pub(crate) async fn many(
+    State(cache): State<Groupcache<BenchLoader>>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let keys: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(keys) => keys,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let started = Instant::now();
+    let values = if uri.query() == Some("singles") {
+        futures_util::future::join_all(keys.iter().map(|key| cache.get(key))).await
+    } else {
+        cache.get_many(&keys).await
+    };
+    let micros = started.elapsed().as_micros() as u64;
+    let (mut ok, mut errors, mut bytes, mut first_error) = (0u64, 0u64, 0u64, String::new());
+    for value in &values {
+        match value {
+            Ok(value) => {
+                ok += 1;
+                bytes += value.len() as u64;
+            }
+            Err(error) => {
+                errors += 1;
+                if first_error.is_empty() {
+                    first_error = error.to_string();
+                }
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "ok": ok, "errors": errors, "bytes": bytes, "micros": micros, "first_error": first_error,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response()
+}
+
+/// What `/many` answers, in both languages.
+#[derive(Debug, Deserialize)]
+struct Many {
+    ok: u64,
+    errors: u64,
+    bytes: u64,
+    micros: u64,
+    #[serde(default)]
+    first_error: String,
+}
+
+/// How the keys are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One `get_many`.
+    GetMany,
+    /// One `get` per key, all at once.
+    Singles,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::GetMany => "get_many",
+            Mode::Singles => "singles",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Mode::GetMany => "/many",
+            Mode::Singles => "/many?singles",
+        }
+    }
+}
+
+/// What one call measured.
+struct Call {
+    /// Wall time inside the asking replica.
+    wall: Duration,
+    /// From the load generator's request to its answer.
+    round_trip: Duration,
+    /// Peer requests served by all replicas.
+    peer_requests: u64,
+    /// Loader runs on all replicas.
+    loads: u64,
+    /// `load_many` calls on each owner (replicas 1 and 2).
+    load_many: Vec<u64>,
+}
+
+impl Bench<'_> {
+    /// The `batch` workload (see the module's documentation).
+    pub(crate) async fn batch(&mut self) -> Result<()> {
+        for round in 0..self.options.rounds {
+            for kind in self.order(&[Kind::Rust, Kind::GoPooled], round) {
+                self.progress("batch", round, kind);
+                let settings = Settings {
+                    value_bytes: VALUE_BYTES,
+                    load_ms: LOAD_MS,
+                    cache_bytes: BUDGET,
+                    batch_loader: true,
+                    coalesce_us: 0,
+                    // Steady state: a ring younger than `hot_max_age` (60 s) would have every
+                    // single load on an owner peek its previous owner first; batches do not.
+                    no_handoff: true,
+                };
+                let cluster = Cluster::start(self.binaries, kind, 3, settings).await?;
+                // A replica batches to a peer only once an answer of it advertised batches.
+                let adverts: Vec<_> = (1..3)
+                    .map(|owner| (0, get_path(&keys_owned_by(&cluster, owner, "ad-", 1)[0])))
+                    .collect();
+                expect_all(
+                    &run_once(&cluster.addrs(), 1, adverts).await,
+                    2,
+                    VALUE_BYTES,
+                    "ad",
+                )?;
+                let mut modes = match kind {
+                    Kind::Rust => vec![Mode::GetMany, Mode::Singles],
+                    _ => vec![Mode::Singles],
+                };
+                if round % 2 == 1 {
+                    modes.reverse();
+                }
+                for n in SIZES {
+                    for warm in [true, false] {
+                        for &mode in &modes {
+                            // An untimed call first, so the replicas' connections are open.
+                            let tag = format!("{n}{warm}{}{round}", mode.name());
+                            call(&cluster, n, warm, mode, &format!("u{tag}")).await?;
+                            let measured = call(&cluster, n, warm, mode, &tag).await?;
+                            self.record_call(kind, n, warm, mode, &measured);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_call(&mut self, kind: Kind, n: usize, warm: bool, mode: Mode, call: &Call) {
+        let temperature = if warm { "warm" } else { "cold" };
+        let case = format!("{temperature} {n} {}", mode.name());
+        let mut add = |metric, value| {
+            self.report
+                .add("batch", &case, metric, Better::Lower, kind, value);
+        };
+        add("wall ms", call.wall.as_secs_f64() * 1e3);
+        add("rtt ms", call.round_trip.as_secs_f64() * 1e3);
+        add("peer req", call.peer_requests as f64);
+        add("loads/key", call.loads as f64 / n as f64);
+        if !warm && mode == Mode::GetMany {
+            let most = call.load_many.iter().copied().max().unwrap_or(0);
+            let least = call.load_many.iter().copied().min().unwrap_or(0);
+            add("load_many max", most as f64);
+            add("load_many min", least as f64);
+        }
+    }
+
+    /// The `coalesce` workload (see the module's documentation).
+    pub(crate) async fn coalesce(&mut self) -> Result<()> {
+        let measured = self.options.remote_requests / 2;
+        for round in 0..self.options.rounds {
+            if self.order(&[Kind::Rust], round).is_empty() {
+                return Ok(());
+            }
+            let mut windows = WINDOWS_US.to_vec();
+            if round % 2 == 1 {
+                windows.reverse();
+            }
+            for window in windows {
+                eprintln!(
+                    "[coalesce] round {}/{} window {} load {:.2}",
+                    round + 1,
+                    self.options.rounds,
+                    window_name(window),
+                    crate::workloads::load_average()
+                );
+                let settings = Settings {
+                    value_bytes: VALUE_BYTES,
+                    load_ms: 0,
+                    cache_bytes: BUDGET,
+                    batch_loader: false,
+                    coalesce_us: window,
+                    no_handoff: false,
+                };
+                let cluster = Cluster::start(self.binaries, Kind::Rust, 3, settings).await?;
+                for c in LEVELS {
+                    // Fewer keys where each get is slow, so every run takes about as long.
+                    let count = (measured * c.min(16) / 16).max(200);
+                    self.coalesce_run(&cluster, c, count, window).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// remote-get's run (see `Bench::remote_get`) at `c` connections over `count` fresh keys.
+    async fn coalesce_run(
+        &mut self,
+        cluster: &Cluster,
+        c: usize,
+        count: usize,
+        window: u64,
+    ) -> Result<()> {
+        let targets = cluster.addrs();
+        let warm_keys = keys(&format!("co{c}w-"), 200);
+        let keys = keys(&format!("co{c}-"), count);
+        let fill: Vec<_> = warm_keys
+            .iter()
+            .chain(&keys)
+            .map(|k| (cluster.owner(k), get_path(k)))
+            .collect();
+        let filled = run_once(&targets, 64, fill).await;
+        expect_all(&filled, warm_keys.len() + keys.len(), VALUE_BYTES, "fill")?;
+        let mut pool = connect(&targets, c).await?;
+        let warm = remote_pairs(cluster, &warm_keys);
+        pool.run(std::sync::Arc::new(warm), Limit::Exhausted).await;
+        let before = cluster.stats().await?;
+        let cpu_before = servers_cpu_us(&cluster.pids());
+        let source = std::sync::Arc::new(remote_pairs(cluster, &keys));
+        let mut outcome = pool.run(source, Limit::Exhausted).await;
+        outcome.server_cpu_us = servers_cpu_us(&cluster.pids()).saturating_sub(cpu_before);
+        let after = cluster.stats().await?;
+        check_body(&outcome, VALUE_BYTES)?;
+        let peer_requests = delta(&before, &after, |s| s.stats.server_requests);
+        let case = format!("c={c} {}", window_name(window));
+        self.record_run("coalesce", &case, Kind::Rust, &outcome);
+        let per_get = peer_requests.iter().sum::<u64>() as f64 / outcome.ok.max(1) as f64;
+        self.report.add(
+            "coalesce",
+            &case,
+            "peer req/get",
+            Better::Lower,
+            Kind::Rust,
+            per_get,
+        );
+        Ok(())
+    }
+}
+
+/// Replica A (0) asked for `n` keys it does not own, named after `tag`; warm ones are first
+/// loaded by their owners.
+async fn call(cluster: &Cluster, n: usize, warm: bool, mode: Mode, tag: &str) -> Result<Call> {
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("b{tag}-{i}"))
+        .filter(|k| cluster.owner(k) != 0)
+        .take(n)
+        .collect();
+    if warm {
+        let fill = keys
+            .iter()
+            .map(|k| (cluster.owner(k), get_path(k)))
+            .collect();
+        expect_all(
+            &run_once(&cluster.addrs(), 64, fill).await,
+            n,
+            VALUE_BYTES,
+            "fill",
+        )?;
+    }
+    let body = serde_json::to_string(&keys).map_err(|e| e.to_string())?;
+    let request = http::post_json_request(mode.path(), &body);
+    let before = cluster.stats().await?;
+    let started = Instant::now();
+    let (status, answer) = http::call(cluster.replicas[0].addr, &request)
+        .await
+        .map_err(|e| format!("batch {}: {e}", mode.name()))?;
+    let round_trip = started.elapsed();
+    let after = cluster.stats().await?;
+    let answer: Many = match status {
+        200 => serde_json::from_slice(&answer).map_err(|e| format!("batch answer: {e}"))?,
+        _ => return Err(format!("batch: status {status}")),
+    };
+    if answer.ok != n as u64 || answer.errors > 0 || answer.bytes != (n * VALUE_BYTES) as u64 {
+        return Err(format!(
+            "batch {}: {} of {n} answered ({} bytes), {} errors, first: {:?}",
+            mode.name(),
+            answer.ok,
+            answer.bytes,
+            answer.errors,
+            answer.first_error
+        ));
+    }
+    let load_many = delta(&before, &after, |s| s.stats.load_many_calls);
+    Ok(Call {
+        wall: Duration::from_micros(answer.micros),
+        round_trip,
+        peer_requests: delta(&before, &after, |s| s.stats.server_requests)
+            .iter()
+            .sum(),
+        loads: delta(&before, &after, |s| s.stats.local_loads).iter().sum(),
+        load_many: load_many[1..].to_vec(),
+    })
+}
+
+/// Each replica's growth of one counter.
+fn delta(before: &[Stats], after: &[Stats], counter: fn(&Stats) -> u64) -> Vec<u64> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| counter(a).saturating_sub(counter(b)))
+        .collect()
+}
+
+fn window_name(window_us: u64) -> String {
+    match window_us {
+        0 => "off".to_owned(),
+        us => format!("{us}us"),
+    }
+}
+
+/// Issue 14's targets against the medians.
+pub(crate) fn verdicts(report: &Report) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let median = |case: &str, metric: &str, kind: Kind| {
+        report
+            .row("batch", case, metric)
+            .and_then(|r| r.median(kind))
+    };
+    let samples = |case: &str, metric: &str| {
+        report
+            .row("batch", case, metric)
+            .and_then(|r| r.samples.get(&Kind::Rust).cloned())
+            .unwrap_or_default()
+    };
+    let warm = "warm 1000";
+    let peer = samples(&format!("{warm} get_many"), "peer req");
+    let batch_wall = median(&format!("{warm} get_many"), "wall ms", Kind::Rust);
+    let singles_wall = median(&format!("{warm} singles"), "wall ms", Kind::Rust);
+    let go_wall = median(&format!("{warm} singles"), "wall ms", Kind::GoPooled);
+    let target = "batch: get_many of 1,000 warm remote keys: peer requests = owners (2), wall <= \
+                  1/5 of 1,000 concurrent single gets";
+    out.push(match (peer.is_empty(), batch_wall.zip(singles_wall)) {
+        (false, Some((batch, singles))) => {
+            let ratio = batch / singles;
+            let go = go_wall.map_or(String::new(), |g| {
+                format!("; Go's singles {g:.1} ms ({:.2}x)", batch / g)
+            });
+            Verdict {
+                target: target.into(),
+                met: Some(peer.iter().all(|p| *p == 2.0) && ratio <= 0.2),
+                detail: format!(
+                    "peer requests {peer:?}; get_many {batch:.1} ms vs singles {singles:.1} ms \
+                     ({ratio:.2}x){go}"
+                ),
+            }
+        }
+        _ => not_measured(target),
+    });
+    let most = samples("cold 1000 get_many", "load_many max");
+    let least = samples("cold 1000 get_many", "load_many min");
+    let target = "batch: cold get_many of 1,000 keys with a batch loader: one load_many per owner";
+    out.push(if most.is_empty() {
+        not_measured(target)
+    } else {
+        Verdict {
+            target: target.into(),
+            met: Some(most.iter().chain(&least).all(|c| *c == 1.0)),
+            detail: format!("per owner, most {most:?}, least {least:?} (one sample per round)"),
+        }
+    });
+    let coalesce = |case: &str, metric: &str| {
+        report
+            .row("coalesce", case, metric)
+            .and_then(|r| r.median(Kind::Rust))
+    };
+    for window in &WINDOWS_US[1..] {
+        let target =
+            format!("coalesce {window}us: c=64 >= 1.5x req/s of coalescing off, p99 no worse");
+        let on = format!("c=64 {}", window_name(*window));
+        let figures = coalesce(&on, "req/s")
+            .zip(coalesce("c=64 off", "req/s"))
+            .zip(coalesce(&on, "p99 us").zip(coalesce("c=64 off", "p99 us")));
+        out.push(match figures {
+            Some(((rps_on, rps_off), (p99_on, p99_off))) => Verdict {
+                target,
+                met: Some(rps_on / rps_off >= 1.5 && p99_on <= p99_off),
+                detail: format!(
+                    "{rps_on:.0} vs {rps_off:.0} req/s ({:.2}x), p99 {p99_on:.0} vs \
+                     {p99_off:.0} us",
+                    rps_on / rps_off
+                ),
+            },
+            None => not_measured(&target),
+        });
+    }
+    out
+}
+
+fn not_measured(target: &str) -> Verdict {
+    Verdict {
+        target: target.to_owned(),
+        met: None,
+        detail: "not measured".into(),
+    }
+}
