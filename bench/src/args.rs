@@ -78,7 +78,7 @@ reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-def
 go-bare) runs one side alone, for profiling: its figures are not side by side.
 
 Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring] [--batch-loader]
-[--coalesce-us N] [--no-handoff]` and `ceiling-server`
+[--coalesce-in-flight N] [--no-handoff]` and `ceiling-server`
 are the server processes the driver starts.";
 
 /// Parses the arguments after the program name.
@@ -142,7 +142,7 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
         main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
         go_ring: false,
         batch_loader: false,
-        coalesce_us: 0,
+        coalesce_in_flight: 0,
         no_handoff: false,
     };
     while let Some(arg) = args.next() {
@@ -161,7 +161,7 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--value-bytes" => options.value_bytes = number(&arg, &value)?,
             "--load-ms" => options.load_ms = number(&arg, &value)? as u64,
             "--main-bytes" => options.main_bytes = number(&arg, &value)? as u64,
-            "--coalesce-us" => options.coalesce_us = number(&arg, &value)? as u64,
+            "--coalesce-in-flight" => options.coalesce_in_flight = number(&arg, &value)?,
             _ => return Err(format!("replica: unknown flag {arg:?}")),
         }
     }
@@ -222,19 +222,19 @@ mod tests {
                 main_bytes: 99,
                 go_ring: true,
                 batch_loader: false,
-                coalesce_us: 0,
+                coalesce_in_flight: 0,
                 no_handoff: false,
             }))
         );
         assert_eq!(
-            parse_str("replica --batch-loader --coalesce-us 250 --no-handoff"),
+            parse_str("replica --batch-loader --coalesce-in-flight 2 --no-handoff"),
             Ok(Command::Replica(ReplicaOptions {
                 value_bytes: 0,
                 load_ms: 0,
                 main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
                 go_ring: false,
                 batch_loader: true,
-                coalesce_us: 250,
+                coalesce_in_flight: 2,
                 no_handoff: true,
             }))
         );

@@ -7,7 +7,8 @@
 //!   Peer requests are the replicas' own `server_requests` counters (a batch is one request), and
 //!   `load_many` calls are counted by the replicas' batch loader.
 //! - `coalesce`: remote-get (every get a real fetch from the owner) at 1, 4, 16 and 64
-//!   connections, with `Builder::coalesce_window` off and at 100, 250 and 500 µs, side by side.
+//!   connections, with `Builder::coalesce_fetches` off and at 1, 2 and 4 requests in flight per owner, side
+//!   by side.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,8 +38,8 @@ type Result<T> = std::result::Result<T, String>;
 const LOAD_MS: u64 = 20;
 /// Keys per call.
 const SIZES: [usize; 2] = [100, 1_000];
-/// Coalescing windows in microseconds; 0 is off.
-const WINDOWS_US: [u64; 4] = [0, 100, 250, 500];
+/// Coalescing: requests in flight per owner; 0 is off.
+const IN_FLIGHT: [usize; 4] = [0, 1, 2, 4];
 /// Connections of the coalescing runs: where it should help (16, 64) and where it costs (1, 4).
 const LEVELS: [usize; 4] = [1, 4, 16, 64];
 
@@ -181,7 +182,7 @@ impl Bench<'_> {
                     load_ms: LOAD_MS,
                     cache_bytes: BUDGET,
                     batch_loader: true,
-                    coalesce_us: 0,
+                    coalesce_in_flight: 0,
                     // Steady state: a ring younger than `hot_max_age` (60 s) would have every
                     // single load on an owner peek its previous owner first; batches do not.
                     no_handoff: true,
@@ -246,7 +247,7 @@ impl Bench<'_> {
             if self.order(&[Kind::Rust], round).is_empty() {
                 return Ok(());
             }
-            let mut windows = WINDOWS_US.to_vec();
+            let mut windows = IN_FLIGHT.to_vec();
             if round % 2 == 1 {
                 windows.reverse();
             }
@@ -263,7 +264,7 @@ impl Bench<'_> {
                     load_ms: 0,
                     cache_bytes: BUDGET,
                     batch_loader: false,
-                    coalesce_us: window,
+                    coalesce_in_flight: window,
                     no_handoff: false,
                 };
                 let cluster = Cluster::start(self.binaries, Kind::Rust, 3, settings).await?;
@@ -283,7 +284,7 @@ impl Bench<'_> {
         cluster: &Cluster,
         c: usize,
         count: usize,
-        window: u64,
+        window: usize,
     ) -> Result<()> {
         let targets = cluster.addrs();
         let warm_keys = keys(&format!("co{c}w-"), 200);
@@ -385,10 +386,10 @@ fn delta(before: &[Stats], after: &[Stats], counter: fn(&Stats) -> u64) -> Vec<u
         .collect()
 }
 
-fn window_name(window_us: u64) -> String {
-    match window_us {
+fn window_name(in_flight: usize) -> String {
+    match in_flight {
         0 => "off".to_owned(),
-        us => format!("{us}us"),
+        n => format!("{n} in flight"),
     }
 }
 
@@ -447,9 +448,10 @@ pub(crate) fn verdicts(report: &Report) -> Vec<Verdict> {
             .row("coalesce", case, metric)
             .and_then(|r| r.median(Kind::Rust))
     };
-    for window in &WINDOWS_US[1..] {
-        let target =
-            format!("coalesce {window}us: c=64 >= 1.5x req/s of coalescing off, p99 no worse");
+    for window in &IN_FLIGHT[1..] {
+        let target = format!(
+            "coalesce, {window} in flight: c=64 >= 1.5x req/s of coalescing off, p99 no worse"
+        );
         let on = format!("c=64 {}", window_name(*window));
         let figures = coalesce(&on, "req/s")
             .zip(coalesce("c=64 off", "req/s"))

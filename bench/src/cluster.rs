@@ -180,8 +180,8 @@ pub(crate) struct Settings {
     pub cache_bytes: u64,
     /// Rust only: a `load_many` that loads all its keys in one sleep (see `batch.rs`).
     pub batch_loader: bool,
-    /// Rust only: `Builder::coalesce_window` in microseconds (0: off).
-    pub coalesce_us: u64,
+    /// Rust only: `Builder::coalesce_fetches`, requests in flight per owner (0: off).
+    pub coalesce_in_flight: usize,
     /// Rust only: the warm hand-off off, as in a ring older than `hot_max_age`.
     pub no_handoff: bool,
 }
@@ -285,8 +285,8 @@ fn start_replica(binaries: &Binaries, kind: Kind, settings: Settings) -> Result<
                 &settings.load_ms.to_string(),
                 "--main-bytes",
                 &settings.cache_bytes.to_string(),
-                "--coalesce-us",
-                &settings.coalesce_us.to_string(),
+                "--coalesce-in-flight",
+                &settings.coalesce_in_flight.to_string(),
             ]);
             if settings.batch_loader {
                 command.arg("--batch-loader");
@@ -329,7 +329,7 @@ pub(crate) fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, S
         load_ms: 0,
         cache_bytes: 64 << 20,
         batch_loader: false,
-        coalesce_us: 0,
+        coalesce_in_flight: 0,
         no_handoff: false,
     };
     start_replica(binaries, kind, settings)

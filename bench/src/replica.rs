@@ -50,8 +50,8 @@ pub(crate) struct ReplicaOptions {
     pub go_ring: bool,
     /// A `load_many` that loads all its keys in one sleep (see `batch.rs`).
     pub batch_loader: bool,
-    /// `Builder::coalesce_window` in microseconds (0: off).
-    pub coalesce_us: u64,
+    /// `Builder::coalesce_fetches`, requests in flight per owner (0: off).
+    pub coalesce_in_flight: usize,
     /// The warm hand-off off (`Builder::handoff_timeout` zero), as in a ring older than
     /// `hot_max_age`.
     pub no_handoff: bool,
@@ -115,7 +115,7 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         let cache = builder
             .main_cache_bytes(options.main_bytes)
             .ring_mode(mode)
-            .coalesce_window(Duration::from_micros(options.coalesce_us))
+            .coalesce_fetches(options.coalesce_in_flight)
             .build()?;
         let app = Router::new()
             .route("/get/{*key}", get(get_value))

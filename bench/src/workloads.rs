@@ -388,7 +388,7 @@ impl Bench<'_> {
             load_ms,
             cache_bytes: BUDGET,
             batch_loader: false,
-            coalesce_us: 0,
+            coalesce_in_flight: 0,
             no_handoff: false,
         };
         Cluster::start(self.binaries, kind, n, settings).await

@@ -16,9 +16,10 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use tokio::sync::oneshot;
 
@@ -450,63 +451,153 @@ impl<L: Loader> Inner<L> {
     }
 }
 
-/// Single fetches waiting for their owner's coalescing window to end, by owner URL.
+/// Coalesced fetches (`Builder::coalesce_fetches`), by owner URL: the requests in flight to each
+/// owner and the fetches waiting for one of them to return.
 #[derive(Default)]
 pub(crate) struct Coalescing {
-    pending: Mutex<HashMap<Arc<str>, Vec<Led>>>,
+    owners: Mutex<HashMap<Arc<str>, Waiting>>,
+}
+
+/// One owner's coalesced fetches.
+#[derive(Default)]
+struct Waiting {
+    /// Requests in flight, at most the configured number.
+    in_flight: usize,
+    /// Fetches that found every request slot taken: the next request to return takes them.
+    queue: Vec<Led>,
+}
+
+/// A request slot to an owner, given back if its sender panics: the last sender's fetches
+/// waiting then end with [`Error::LoadAbandoned`] instead of waiting for a sender forever.
+struct Slot<'a> {
+    coalescing: &'a Coalescing,
+    owner: &'a Arc<str>,
+    held: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let abandoned = {
+            let mut owners = lock(&self.coalescing.owners);
+            match owners.get_mut(self.owner) {
+                Some(waiting) if waiting.in_flight > 1 => {
+                    waiting.in_flight -= 1;
+                    None
+                }
+                _ => owners.remove(self.owner),
+            }
+        };
+        drop(abandoned);
+    }
 }
 
 impl<L: Loader> Inner<L> {
-    /// The coalescing window for fetches from `owner`, if coalescing is on and it takes batches.
-    pub(crate) fn coalesce_window(&self, owner: &Member) -> Option<Duration> {
-        self.config
-            .coalesce_window
-            .filter(|_| owner.endpoint.batches.load(Ordering::Relaxed))
+    /// How many requests may be in flight to `owner` before its fetches coalesce, if coalescing
+    /// is on and the owner takes batches.
+    pub(crate) fn coalescing(&self, owner: &Member) -> Option<usize> {
+        let in_flight = self.config.coalesce_in_flight;
+        (in_flight > 0 && owner.endpoint.batches.load(Ordering::Relaxed)).then_some(in_flight)
     }
 
-    /// A single `get`'s fetch flight, whose request waits up to `window` for other keys of the
-    /// same owner and travels with them in one batch.
+    /// A single `get`'s fetch flight under coalescing: it goes at once if fewer than
+    /// `max_in_flight` requests to the owner are in flight; otherwise it waits for one of them to
+    /// return and travels with every other fetch waiting then, in one batch. No timer: a lone
+    /// fetch never waits, and fetches wait only as long as the owner takes to answer.
     pub(crate) async fn fetch_coalesced(
         self: &Arc<Self>,
         key: &str,
         owner: Arc<Member>,
-        window: Duration,
+        max_in_flight: usize,
     ) -> (Outcome<Entry>, bool) {
         let this = self.clone();
         self.fetches
             .run(key, move |superseded| {
+                // The check and the slot's take, or the push, under one lock, as is a sender's
+                // look at the queue when its request returns (`next_chunk`): a fetch is either
+                // sent or in a queue that a sender still in flight will take.
+                let mut owners = lock(&this.coalescing.owners);
+                this.metrics.load_deduped();
+                let waiting = owners.entry(owner.url.clone()).or_default();
+                if waiting.in_flight < max_in_flight {
+                    waiting.in_flight += 1;
+                    drop(owners);
+                    let key = key.to_owned();
+                    // This flight's own task sends it: no task of its own, so a lone fetch costs
+                    // what it costs without coalescing.
+                    return Either::Left(async move {
+                        let mut slot = Slot {
+                            coalescing: &this.coalescing,
+                            owner: &owner.url,
+                            held: true,
+                        };
+                        let outcome = this.fetch_from(&key, &owner, superseded).await;
+                        if let Some(chunk) = this.next_chunk(&mut slot) {
+                            // The slot goes with the fetches that waited.
+                            slot.held = false;
+                            tokio::spawn(this.clone().send_coalesced(owner.clone(), chunk));
+                        }
+                        outcome
+                    });
+                }
                 let (outcome, receiver) = oneshot::channel();
-                let led = Led {
+                waiting.queue.push(Led {
                     key: key.to_owned(),
                     outcome,
                     superseded,
                     store: this.hot_store(key),
-                };
-                // The check and the push under one lock: the first key of a window starts its
-                // timer, and every later one is in the queue the timer takes.
-                let first = {
-                    let mut pending = lock(&this.coalescing.pending);
-                    let queue = pending.entry(owner.url.clone()).or_default();
-                    queue.push(led);
-                    queue.len() == 1
-                };
-                if first {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(window).await;
-                        let led = lock(&this.coalescing.pending)
-                            .remove(&owner.url)
-                            .unwrap_or_default();
-                        let mut led = led.into_iter().peekable();
-                        while led.peek().is_some() {
-                            let chunk: Vec<Led> =
-                                led.by_ref().take(this.config.max_batch_keys).collect();
-                            tokio::spawn(this.clone().fetch_batch(owner.clone(), chunk));
-                        }
-                    });
-                }
-                async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) }
+                });
+                drop(owners);
+                Either::Right(async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) })
             })
             .await
+    }
+
+    /// Holds a request slot to `owner`: sends `chunk`, then, while fetches are waiting, sends
+    /// them (up to `max_batch_keys` at a time) as each request returns.
+    async fn send_coalesced(self: Arc<Self>, owner: Arc<Member>, mut chunk: Vec<Led>) {
+        let mut slot = Slot {
+            coalescing: &self.coalescing,
+            owner: &owner.url,
+            held: true,
+        };
+        loop {
+            if chunk.len() == 1 {
+                // One key alone takes the single get's path, as without coalescing.
+                for led in chunk {
+                    let outcome = self.fetch_from(&led.key, &owner, led.superseded).await;
+                    let _ = led.outcome.send(outcome);
+                }
+            } else {
+                self.clone().fetch_batch(owner.clone(), chunk).await;
+            }
+            match self.next_chunk(&mut slot) {
+                Some(next) => chunk = next,
+                None => return,
+            }
+        }
+    }
+
+    /// When a request returns: the fetches waiting for its slot (up to `max_batch_keys`), or
+    /// none, and then the slot is given back, under the lock fetches queue under.
+    fn next_chunk(&self, slot: &mut Slot<'_>) -> Option<Vec<Led>> {
+        let mut owners = lock(&self.coalescing.owners);
+        let Some(waiting) = owners.get_mut(slot.owner) else {
+            slot.held = false;
+            return None;
+        };
+        if waiting.queue.is_empty() {
+            waiting.in_flight -= 1;
+            if waiting.in_flight == 0 {
+                owners.remove(slot.owner);
+            }
+            slot.held = false;
+            return None;
+        }
+        let take = waiting.queue.len().min(self.config.max_batch_keys);
+        Some(waiting.queue.drain(..take).collect())
     }
 }
 

@@ -80,7 +80,7 @@ pub(crate) struct Config {
     pub(crate) max_buffered_peer_bytes: usize,
     pub(crate) max_batch_keys: usize,
     pub(crate) max_batch_bytes: usize,
-    pub(crate) coalesce_window: Option<Duration>,
+    pub(crate) coalesce_in_flight: usize,
 }
 
 impl<L: Loader> Builder<L> {
@@ -103,7 +103,7 @@ impl<L: Loader> Builder<L> {
                 max_buffered_peer_bytes: 64 << 20,
                 max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
                 max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
-                coalesce_window: None,
+                coalesce_in_flight: 0,
             },
             main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
             hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
@@ -252,22 +252,32 @@ impl<L: Loader> Builder<L> {
     }
 
     /// Coalesces concurrent single [`get`](Groupcache::get)s for keys owned by the same peer:
-    /// the first fetch for a peer waits `window`, and every fetch for that peer arriving
-    /// meanwhile travels in the same batch request. Only for peers that take batches; a
-    /// golang/groupcache peer still gets single requests.
+    /// at most `max_in_flight` requests to a peer are in flight at once, and the fetches that
+    /// arrive while all of them are out wait for the first to return, then travel together in
+    /// one batch request. There is no timer: a fetch that finds a request slot free goes at once,
+    /// so at low concurrency nothing waits, and under load the fetches wait only as long as the
+    /// owner takes to answer. Only for peers that take batches; a golang/groupcache peer still
+    /// gets single requests. Zero (the default) turns it off.
     ///
-    /// Off by default, because it costs more than it pays except under heavy concurrency. In
-    /// `groupcache-bench coalesce` (remote-get, 3 replicas on 2 shared cores; BENCHMARKS.md), at
-    /// 64 connections a 250-500 µs window cut peer requests to 0.07-0.08 per get and raised
-    /// throughput 1.26-1.47x (medians of 3 rounds; single rounds 0.7x to 1.8x on the noisy machine),
-    /// short of the 1.5x that would justify it. At 1 connection it cut throughput 14-17x (p50
-    /// 99 µs to 1.3-2.3 ms), at 4 connections 3.4-3.7x, and at 16 connections 1.1-1.3x.
-    /// tokio's timer has a 1 ms granularity, so a window under a millisecond waits about one:
-    /// 100 µs and 250 µs cost the same. Turn it on only where a replica runs many more
-    /// concurrent remote `get`s than 16 and a millisecond more per `get` is acceptable; prefer
-    /// [`get_many`](Groupcache::get_many) where the keys are known together.
-    pub fn coalesce_window(mut self, window: Duration) -> Self {
-        self.config.coalesce_window = (!window.is_zero()).then_some(window);
+    /// See BENCHMARKS.md ("Coalescing without a timer") for what it gains and costs.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Source;
+    /// # impl Loader for Source {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(key.to_owned()))
+    /// #     }
+    /// # }
+    /// let cache = Groupcache::builder("pages", "http://10.0.0.1:8080", Source)
+    ///     .coalesce_fetches(2)
+    ///     .build()?;
+    /// # Ok::<(), groupcache_rs::Error>(())
+    /// ```
+    pub fn coalesce_fetches(mut self, max_in_flight: usize) -> Self {
+        self.config.coalesce_in_flight = max_in_flight;
         self
     }
 

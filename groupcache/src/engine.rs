@@ -291,7 +291,7 @@ pub(crate) struct Inner<L: Loader> {
     /// A test's pause point just before a load stores its value.
     #[cfg(test)]
     pub(crate) pause: tests::PausePoint,
-    /// Single fetches waiting to travel in one batch (`Builder::coalesce_window`).
+    /// Single fetches waiting to travel in one batch (`Builder::coalesce_fetches`).
     pub(crate) coalescing: crate::batch::Coalescing,
 }
 
@@ -471,8 +471,8 @@ impl<L: Loader> Inner<L> {
 
     /// Asks the owner once for everyone on this replica asking for `key` now.
     async fn fetch(self: &Arc<Self>, key: &str, owner: Arc<Member>) -> (Outcome<Entry>, bool) {
-        if let Some(window) = self.coalesce_window(&owner) {
-            return self.fetch_coalesced(key, owner, window).await;
+        if let Some(max_in_flight) = self.coalescing(&owner) {
+            return self.fetch_coalesced(key, owner, max_in_flight).await;
         }
         let this = self.clone();
         let owned_key = key.to_owned();

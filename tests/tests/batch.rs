@@ -511,25 +511,33 @@ async fn a_mixed_cluster_with_go_peers_loads_each_key_once() {
     );
 }
 
-/// With a coalescing window, concurrent single gets for keys of one owner travel in one batch;
-/// without it, each is a request of its own.
+/// With coalescing (one request in flight per owner), concurrent single gets for keys of one
+/// owner that arrive while a request to it is out travel together in one batch when it returns;
+/// without it, each is a request of its own. The owner's loader holds the first request until
+/// every get has joined its fetch: `loads_deduped` is counted under the same lock as the queue
+/// push, so once it reads 40 every fetch is queued or sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_single_gets_travel_in_one_batch() {
-    for (window, expected) in [(Some(Duration::from_secs(1)), 1), (None, 40)] {
-        let loader = TestLoader::new();
+    for (in_flight, expected) in [(1, 2), (0, 40)] {
+        // A permit for each of the two probes `introduce` loads.
+        let gate = Arc::new(Semaphore::new(2));
+        let loader = TestLoader {
+            gate: Some(gate.clone()),
+            ..TestLoader::new()
+        };
         let cluster = start_cluster(2, |url| {
-            let builder = Groupcache::builder(GROUP, url, loader.clone());
-            match window {
-                Some(window) => builder.coalesce_window(window),
-                None => builder,
-            }
+            Groupcache::builder(GROUP, url, loader.clone()).coalesce_fetches(in_flight)
         });
         introduce(&cluster).await;
         let asker = &cluster[0].cache;
         let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "co-")
             .take(40)
             .collect();
-        let before = cluster[1].cache.stats().server_requests;
+        let (before, deduped) = (
+            cluster[1].cache.stats().server_requests,
+            asker.stats().loads_deduped,
+        );
+        let loads_before = loader.loads.total();
         let gets: Vec<_> = keys
             .iter()
             .map(|key| {
@@ -537,13 +545,21 @@ async fn coalesced_single_gets_travel_in_one_batch() {
                 tokio::spawn(async move { (cache.get(&key).await, key) })
             })
             .collect();
+        loader.loads.started(loads_before + 1).await;
+        until(|| asker.stats().loads_deduped - deduped >= 40).await;
+        gate.add_permits(40);
         for get in gets {
             let (value, key) = get.await.unwrap();
             assert_eq!(value.unwrap(), loader.value_for(&key));
             assert_eq!(loader.loads.of(&key), 1);
         }
         let requests = cluster[1].cache.stats().server_requests - before;
-        assert_eq!(requests, expected, "window {window:?}");
+        assert_eq!(requests, expected, "{in_flight} in flight");
+        // The request slot was given back: a later get goes out, not into a queue forever.
+        gate.add_permits(1);
+        let later = key_owned(asker, &cluster[1].url, "co-later-");
+        let got = tokio::time::timeout(Duration::from_secs(10), asker.get(&later)).await;
+        assert_eq!(got.expect("a later get").unwrap(), loader.value_for(&later));
     }
 }
 
