@@ -11,6 +11,7 @@
 //! See `BENCHMARKS.md` at the repository root.
 
 mod args;
+mod churn;
 mod cluster;
 mod http;
 mod load;
@@ -78,6 +79,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "cold-storm" => bench.cold_storm().await?,
                 "memory" => bench.memory().await?,
                 "hot-key" => bench.hot_key().await?,
+                "churn" => bench.churn().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();
