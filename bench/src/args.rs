@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::replica::ReplicaOptions;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 8] = [
+pub(crate) const WORKLOADS: [&str; 9] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -14,6 +14,7 @@ pub(crate) const WORKLOADS: [&str; 8] = [
     "hot-key",
     "batch",
     "coalesce",
+    "churn",
 ];
 
 /// What to do.
@@ -70,8 +71,8 @@ pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
 
-Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce; `all`
-runs every one
+Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
+churn; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,

@@ -273,7 +273,11 @@ impl Cluster {
     }
 }
 
-fn start_replica(binaries: &Binaries, kind: Kind, settings: Settings) -> Result<Process, String> {
+pub(crate) fn start_replica(
+    binaries: &Binaries,
+    kind: Kind,
+    settings: Settings,
+) -> Result<Process, String> {
     let mut command;
     match kind {
         Kind::Rust => {

@@ -12,6 +12,7 @@
 
 mod args;
 mod batch;
+mod churn;
 mod cluster;
 mod http;
 mod load;
@@ -81,6 +82,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "hot-key" => bench.hot_key().await?,
                 "batch" => bench.batch().await?,
                 "coalesce" => bench.coalesce().await?,
+                "churn" => bench.churn().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();

@@ -172,12 +172,14 @@ impl<L: Loader> Groupcache<L> {
         self.inner.membership_changed(self.inner.peers.add(url))
     }
 
-    /// Removes a peer; returns false if it was not a member. This replica cannot remove itself.
+    /// Removes a peer; returns false if it was not a member. This replica cannot remove itself
+    /// this way (see [`leave`](Groupcache::leave)).
     pub fn remove_peer(&self, url: &str) -> Result<bool, Error> {
         self.inner.membership_changed(self.inner.peers.remove(url))
     }
 
-    /// Replaces the set of peers (this replica is added if missing); returns whether it changed.
+    /// Replaces the set of peers (this replica is added if missing, unless it has
+    /// [left](Groupcache::leave)); returns whether it changed.
     /// The order matters only in [`RingMode::GoCompatible`](crate::RingMode::GoCompatible), for golang/groupcache's rare hash
     /// collisions: give every replica the same list in the same order.
     pub fn set_peers<I, S>(&self, urls: I) -> Result<bool, Error>
@@ -188,6 +190,45 @@ impl<L: Loader> Groupcache<L> {
         self.inner.membership_changed(self.inner.peers.set(urls))
     }
 
+    /// Takes this replica out of its own ring for the rest of its life, the first step of a
+    /// graceful shutdown: call it on SIGTERM, keep serving through the drain, then exit.
+    ///
+    /// From then on it owns no key: its own `get`s go to the other members' owners, and its
+    /// `remove`s and `set`s reach them. It still answers the peers whose discovery has not
+    /// dropped it yet (from its caches, or by loading, as for any peer whose ring disagrees)
+    /// and the new owners' hand-off peeks, from what it holds: its entries stay for at most
+    /// [`hot_max_age`](Builder::hot_max_age), as after any ring change that took keys away.
+    /// Peer lists given later (`set_peers`, `add_peer`) keep it out. Alone in its ring, it
+    /// stays its only member. Returns whether the ring changed.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # fn main() -> Result<(), groupcache_rs::Error> {
+    /// let (me, other) = ("http://10.0.0.1:8080", "http://10.0.0.2:8080");
+    /// let cache = Groupcache::builder("rows", me, Db).build()?;
+    /// cache.set_peers([me, other])?;
+    /// assert!(cache.leave()); // on SIGTERM
+    /// assert_eq!(cache.peers(), [other]);
+    /// cache.set_peers([me, other])?; // discovery lags: this replica stays out
+    /// assert_eq!(cache.owner("any key"), other);
+    /// # Ok(()) }
+    /// ```
+    pub fn leave(&self) -> bool {
+        let left = self.inner.peers.leave();
+        if left {
+            tracing::info!(group = %self.inner.group, "left the ring: serving peers until the drain ends");
+        }
+        matches!(self.inner.membership_changed(Ok(left)), Ok(true))
+    }
+
     /// The URL of the replica that owns `key` in this replica's ring (possibly this one).
     pub fn owner(&self, key: &str) -> String {
         match self.inner.peers.snapshot().owner(key) {
@@ -196,7 +237,7 @@ impl<L: Loader> Groupcache<L> {
         }
     }
 
-    /// The current members, this replica included.
+    /// The current members, this replica included (unless it has [left](Groupcache::leave)).
     pub fn peers(&self) -> Vec<String> {
         self.inner.peers.urls()
     }
@@ -788,9 +829,7 @@ impl<L: Loader> Inner<L> {
                 .filter(|key| membership.remote_owner(key).is_some())
                 .collect();
             self.main.cap_expiry(&moved, self.bounded_expiry(0));
-            self.metrics
-                .peers
-                .set(membership.others().count() as f64 + 1.0);
+            self.metrics.peers.set(membership.len() as f64);
             // Connections to peers that left are closed now rather than when they time out.
             self.client.retain_connections(|origin| {
                 membership

@@ -5,7 +5,7 @@
 //! A peer URL is checked and parsed once, here, when it joins: into the exact string the ring
 //! hashes and the [`Endpoint`] the connection pool dials.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,6 +153,11 @@ impl Membership {
     pub(crate) fn others(&self) -> impl Iterator<Item = &Arc<Member>> {
         self.members.iter().filter(|member| !member.is_self)
     }
+
+    /// How many members the ring has, this replica included unless it has left.
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
 }
 
 /// The membership of one replica, changed by discovery through `add` / `remove` / `set`.
@@ -166,6 +171,9 @@ pub(crate) struct Peers {
     recent_for: Duration,
     /// Serialises changes; readers never take it.
     changing: Mutex<()>,
+    /// Set by [`Peers::leave`], read and written under `changing` only: this replica stays out
+    /// of its own ring, whatever peer lists discovery gives it later.
+    left: AtomicBool,
 }
 
 impl Peers {
@@ -194,6 +202,7 @@ impl Peers {
             current: ArcSwap::from_pointee(Membership::new(mode, vec![me], Vec::new())),
             recent_for,
             changing: Mutex::new(()),
+            left: AtomicBool::new(false),
         })
     }
 
@@ -220,7 +229,8 @@ impl Peers {
     pub(crate) fn add(&self, url: &str) -> Result<bool, Error> {
         let (url, endpoint) = parse_url(url)?;
         self.change(|members| {
-            if members.iter().any(|member| member.url == url) {
+            let gone = url == self.self_url && self.left.load(Ordering::Relaxed);
+            if gone || members.iter().any(|member| member.url == url) {
                 return false;
             }
             members.push(self.member(url, endpoint));
@@ -243,7 +253,8 @@ impl Peers {
         })
     }
 
-    /// Replaces the whole set, in the given order; this replica is appended if missing.
+    /// Replaces the whole set, in the given order; this replica is appended if missing (or,
+    /// once it has [left](Peers::leave), kept out, unless it is the only one left).
     /// Returns whether anything changed.
     pub(crate) fn set<I, S>(&self, urls: I) -> Result<bool, Error>
     where
@@ -261,6 +272,11 @@ impl Peers {
             wanted.push((self.self_url.clone(), None));
         }
         self.change(|members| {
+            if self.left.load(Ordering::Relaxed)
+                && wanted.iter().any(|(url, _)| *url != self.self_url)
+            {
+                wanted.retain(|(url, _)| *url != self.self_url);
+            }
             let unchanged = members.len() == wanted.len()
                 && members
                     .iter()
@@ -283,6 +299,22 @@ impl Peers {
             *members = next;
             true
         })
+    }
+
+    /// Takes this replica out of its own ring for good (a graceful shutdown): it owns no key
+    /// from now on, and later peer lists keep it out. Alone in its ring, it stays (a ring is
+    /// never empty). Returns whether the ring changed.
+    pub(crate) fn leave(&self) -> bool {
+        let changed = self.change(|members| {
+            self.left.store(true, Ordering::Relaxed);
+            if members.len() < 2 {
+                return false;
+            }
+            members.retain(|member| !member.is_self);
+            true
+        });
+        // `change` fails only where `edit` does; this one cannot.
+        changed.unwrap_or(false)
     }
 
     fn member(&self, url: Arc<str>, endpoint: Endpoint) -> Arc<Member> {
@@ -495,6 +527,48 @@ mod tests {
         let snapshot = peers.snapshot();
         assert_eq!(snapshot.former.len(), MAX_FORMER_RINGS);
         assert_eq!(snapshot.departed_owners(&key).len(), 1);
+    }
+
+    #[test]
+    fn a_replica_that_left_stays_out_of_its_own_ring() {
+        let alone = peers();
+        assert!(!alone.leave(), "alone in its ring, it stays");
+        assert_eq!(alone.urls(), ["http://127.0.0.1:1"]);
+
+        let peers = peers();
+        let (me, two, three) = (
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            "http://127.0.0.1:3",
+        );
+        peers.set([me, two, three]).unwrap();
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| {
+                peers
+                    .snapshot()
+                    .owner(key)
+                    .is_some_and(|owner| owner.is_self)
+            })
+            .unwrap();
+        assert!(peers.leave());
+        assert_eq!(peers.urls(), [two, three]);
+        let snapshot = peers.snapshot();
+        assert!(
+            !snapshot.owner(&key).unwrap().is_self,
+            "it still owns a key"
+        );
+        assert!(
+            snapshot.departed_owners(&key).is_empty(),
+            "it sends no writes to itself"
+        );
+        // Discovery still lists it (its endpoint is not yet marked unready): it stays out.
+        assert!(!peers.set([me, two, three]).unwrap());
+        assert!(!peers.add(me).unwrap());
+        assert_eq!(peers.urls(), [two, three]);
+        assert!(peers.set([me, two]).unwrap());
+        assert_eq!(peers.urls(), [two]);
+        assert!(!peers.leave(), "it has left already");
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub struct ListeningChild {
     child: Mutex<Option<Child>>,
     /// When piped, closing it (on drop) tells the child to exit.
     _stdin: Option<ChildStdin>,
-    /// Held open so the child never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    /// Held open so the child never writes to a closed pipe; read by [`ListeningChild::next_line`].
+    stdout: Mutex<BufReader<ChildStdout>>,
 }
 
 impl ListeningChild {
@@ -64,8 +64,35 @@ impl ListeningChild {
             pid: child.id(),
             child: Mutex::new(Some(child)),
             _stdin: stdin,
-            _stdout: stdout,
+            stdout: Mutex::new(stdout),
         }
+    }
+
+    /// Blocks until the child prints its next line on stdout, and returns it trimmed; `None` once
+    /// the child has closed stdout (it exited).
+    pub fn next_line(&self) -> Option<String> {
+        let mut stdout = self
+            .stdout
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut line = String::new();
+        match stdout.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim().to_owned()),
+        }
+    }
+
+    /// Sends SIGTERM (a graceful shutdown, as Kubernetes asks a pod to stop); does not wait.
+    ///
+    /// # Panics
+    ///
+    /// When `kill` cannot be run or fails (the process is gone).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid);
     }
 
     /// SIGKILLs the process (like a crash) and waits for it: when this returns, its port refuses

@@ -65,6 +65,24 @@ impl ProcessReplica {
         self.process.kill();
     }
 
+    /// SIGTERMs the process and blocks until it reports that it left its own ring (its `left`
+    /// line): from then on it owns no key, and it keeps serving peers and the control interface
+    /// until [`kill`](ProcessReplica::kill), the end of its drain.
+    ///
+    /// # Panics
+    ///
+    /// When the process exits or prints anything else first.
+    pub fn terminate_and_wait_left(&self) {
+        self.process.terminate();
+        let line = self.process.next_line();
+        assert_eq!(
+            line.as_deref(),
+            Some("left"),
+            "{} did not report leaving its ring after SIGTERM",
+            self.url
+        );
+    }
+
     /// The control client (10 s timeout).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -153,6 +171,18 @@ pub struct ProcessStats {
     pub local_load_errors: u64,
     /// `Stats::server_requests`.
     pub server_requests: u64,
+    /// `Stats::peer_suspicions`.
+    #[serde(default)]
+    pub peer_suspicions: u64,
+    /// `Stats::successor_loads`.
+    #[serde(default)]
+    pub successor_loads: u64,
+    /// `Stats::handoff_hits`.
+    #[serde(default)]
+    pub handoff_hits: u64,
+    /// `Stats::handoff_misses`.
+    #[serde(default)]
+    pub handoff_misses: u64,
     /// Peer requests refused by authentication, replays among them.
     #[serde(default)]
     pub peer_auth_failures: u64,
@@ -193,6 +223,21 @@ fn escape(key: &str) -> String {
         }
     }
     escaped
+}
+
+/// The owner of every key in a ring of `urls` (the replica binary's default, balanced ring),
+/// computed in this process with an unserved cache.
+pub fn owners<S: AsRef<str>>(urls: &[S], keys: &[String]) -> Vec<String> {
+    let ring = groupcache_rs::Groupcache::builder(
+        crate::GROUP,
+        urls[0].as_ref(),
+        crate::TestLoader::new(),
+    )
+    .build()
+    .expect("a valid ring");
+    ring.set_peers(urls.iter().map(AsRef::as_ref))
+        .expect("valid peer URLs");
+    keys.iter().map(|key| ring.owner(key)).collect()
 }
 
 /// Keys of the form `{prefix}{i}` that `owner_url` owns, according to a balanced ring over

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use groupcache_tests::process::{ProcessReplica, ProcessStats};
+use groupcache_tests::process::{ProcessReplica, ProcessStats, owners};
 use tokio::sync::RwLock;
 use tokio::task::JoinSet;
 
@@ -425,19 +425,6 @@ async fn try_stats(replica: &ProcessReplica) -> Option<ProcessStats> {
         .await
         .ok()?;
     serde_json::from_slice(&response.bytes().await.ok()?).ok()
-}
-
-/// The owner of every key in a ring of `urls` (the replicas' default, balanced ring).
-fn owners(urls: &[String], keys: &[String]) -> Vec<String> {
-    let ring = groupcache_rs::Groupcache::builder(
-        groupcache_tests::GROUP,
-        &urls[0],
-        groupcache_tests::TestLoader::new(),
-    )
-    .build()
-    .expect("a valid ring");
-    ring.set_peers(urls).expect("valid peer URLs");
-    keys.iter().map(|key| ring.owner(key)).collect()
 }
 
 /// The most loads `key` may have cost over the run, whatever the interleaving:

@@ -190,7 +190,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         delay: config.shutdown_delay,
         timeout: config.shutdown_timeout,
     };
-    service::serve(servers, readiness, shutdown).await
+    // On SIGTERM, this replica tells discovery (`/readyz` turns 503: the endpoint controller
+    // marks its endpoint unready, and the other replicas drop it) and leaves its own ring at once,
+    // before they do: its own gets and writes go to the keys' next owners from then on, while it
+    // still answers peers (their gets, and the hand-off peeks of its keys' new owners) through
+    // the drain.
+    service::serve(servers, readiness, shutdown, move || {
+        cache.leave();
+    })
+    .await
 }
 
 /// Binds `addr`. Returns the listener and its local address (the port the system picked, if

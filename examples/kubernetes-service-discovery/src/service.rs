@@ -114,13 +114,16 @@ pub struct Shutdown {
 }
 
 /// Serves each app on its listener with its server until SIGTERM or SIGINT, then: reports
-/// not-ready, keeps serving them all for `shutdown.delay` (endpoints and peers catch up), stops
-/// accepting connections and waits up to `shutdown.timeout` for requests in progress. The first
-/// server that fails stops them all with its error.
+/// not-ready and calls `leave` (the replica leaves its own ring: see [`run`](crate::run)), keeps
+/// serving them all for `shutdown.delay` (endpoints and peers catch up, and the new owners of its
+/// keys peek them from its memory), stops accepting connections and waits up to
+/// `shutdown.timeout` for requests in progress. The first server that fails stops them all with
+/// its error.
 pub async fn serve(
     servers: Vec<(TcpListener, Router, groupcache_rs::Server)>,
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
+    leave: impl FnOnce(),
 ) -> Result<(), Error> {
     let (stop, stopped) = watch::channel(());
     let servers = servers.into_iter().map(|(listener, app, server)| {
@@ -145,6 +148,7 @@ pub async fn serve(
         }
     }
     readiness.set_draining();
+    leave();
     // Keep serving meanwhile: the servers' future is polled by this select.
     tokio::select! {
         result = &mut server => return result,

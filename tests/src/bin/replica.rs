@@ -22,6 +22,10 @@
 //! - `POST /generation` (a number): the loader's values become `value:{key}#{generation}`, as if
 //!   the source of truth had changed;
 //! - `GET /stats`: [`groupcache_rs::Stats`], the loads per key, and the resident memory.
+//!
+//! On SIGTERM it leaves its own ring ([`Groupcache::leave`], as the Kubernetes example does),
+//! prints `left`, and keeps serving until its stdin closes or it is killed (the end of its
+//! drain, which the test decides).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -210,6 +214,19 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             builder = builder.owner_suspicion(suspicion);
         }
         let cache = builder.build()?;
+        // Installed before `listening` is printed: a SIGTERM from then on is never the default
+        // action (exit).
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let leaving = cache.clone();
+        tokio::spawn(async move {
+            if terminate.recv().await.is_some() {
+                leaving.leave();
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "left");
+                let _ = stdout.flush();
+            }
+        });
         let app = Router::new()
             .route("/get/{*key}", get(get_value))
             .route("/set/{*key}", put(set_value))
@@ -301,6 +318,10 @@ async fn stats(State(app): State<App>) -> Response {
         "local_loads": s.local_loads,
         "local_load_errors": s.local_load_errors,
         "server_requests": s.server_requests,
+        "peer_suspicions": s.peer_suspicions,
+        "successor_loads": s.successor_loads,
+        "handoff_hits": s.handoff_hits,
+        "handoff_misses": s.handoff_misses,
         "peer_auth_failures": s.peer_auth_failures,
         "peer_auth_replays": s.peer_auth_replays,
         "auth_nonces": s.auth_nonces,

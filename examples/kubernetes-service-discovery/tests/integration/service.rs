@@ -622,3 +622,180 @@ async fn peer_authentication_from_a_secret_file() {
         "no load for them"
     );
 }
+
+/// Waits (bounded) until `replica`'s `groupcache_peers` gauge reads `n`.
+async fn wait_for_peers(http: &reqwest::Client, replica: &Replica, n: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    while replica
+        .metric(http, "groupcache_peers{group=\"items\"}")
+        .await
+        != Some(n)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} never had {n} members in its ring",
+            replica.url
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A graceful scale-down in Kubernetes mode: on SIGTERM a replica reports not-ready and leaves its
+/// own ring at once (its own requests go to the keys' next owners), and the test, as the endpoint
+/// controller, then marks its endpoint unready, so the others drop it. Through its drain it still
+/// answers peers: their gets, and the peeks with which the new owners of its keys take them from
+/// its memory. So the survivors serve its keys as it loaded them (`loaded_by` names it), not
+/// reloaded; then it exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_the_ring_first_and_hands_the_keys_off_through_the_drain() {
+    const WARM_KEYS: usize = 300;
+    let dir = TempDir::new("sigterm-leave");
+    let http = http();
+    let api = FakeApiServer::start().await;
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(&config, kubeconfig(&api)).expect("write the kubeconfig");
+    let ports = free_ports(3);
+    for (i, port) in ports.iter().enumerate() {
+        api.apply(endpoint_slice(
+            "shop",
+            &format!("shop-peers-{i}"),
+            "shop-peers",
+            *port,
+            &[("127.0.0.1", true)],
+        ));
+    }
+    let args: Vec<String> = ["--kube-service", "shop-peers", "--load-latency", "5ms"]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+    let env = [
+        ("KUBECONFIG", config.display().to_string()),
+        // Long enough for every check below; the exit is waited for, not this.
+        ("SHUTDOWN_DELAY", "10s".to_owned()),
+    ];
+    let mut replicas: Vec<Replica> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            Replica::spawn(
+                &format!("replica-{i}"),
+                *port,
+                None,
+                &args,
+                &env,
+                dir.path(),
+            )
+        })
+        .collect();
+    for replica in &mut replicas {
+        match replica.wait_for_status(&http, "/readyz", 200).await {
+            Start::Ready => {}
+            Start::Exited(why) => {
+                panic!("a replica did not start (its port may have been taken): {why}")
+            }
+        }
+        wait_for_peers(&http, replica, 3.0).await;
+    }
+    let leaving_url = format!("{}/internal", replicas[2].peer_url);
+
+    // Warm: every key loaded once, by its owner.
+    let mut gets = Vec::new();
+    for i in 0..WARM_KEYS {
+        let (http, url) = (http.clone(), format!("{}/items/w{i}", replicas[0].url));
+        gets.push(tokio::spawn(async move { (i, get(&http, &url).await) }));
+    }
+    let mut its_keys = Vec::new();
+    for get in gets {
+        let (i, (status, body)) = get.await.expect("request task");
+        assert_eq!(status, 200, "w{i}: {body}");
+        let json: Value = serde_json::from_str(&body).expect("JSON item");
+        if json["owner"] == leaving_url.as_str() {
+            assert_eq!(json["item"]["loaded_by"], replicas[2].peer_url.as_str());
+            its_keys.push(format!("w{i}"));
+        }
+    }
+    assert!(
+        its_keys.len() >= 50,
+        "{} keys on the leaving replica",
+        its_keys.len()
+    );
+
+    // SIGTERM: not ready, and out of its own ring before anyone else's.
+    replicas[2].process.terminate();
+    assert!(matches!(
+        replicas[2].wait_for_status(&http, "/readyz", 503).await,
+        Start::Ready
+    ));
+    wait_for_peers(&http, &replicas[2], 2.0).await;
+    let owner_url = format!("{}/admin/owner/{}", replicas[2].url, its_keys[0]);
+    let (status, body) = get(&http, &owner_url).await;
+    assert_eq!(status, 200, "{body}");
+    let owner: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(owner["is_self"], false, "it still owns its keys: {owner}");
+    // Its own requests go to the next owners; they still reach it while their rings have it
+    // (this key is then loaded again by its next owner, which does not own it yet: left out
+    // below).
+    let (status, body) = get(&http, &format!("{}/items/{}", replicas[2].url, its_keys[0])).await;
+    assert_eq!(status, 200, "during the drain: {body}");
+
+    // The endpoint controller marks it unready; the others drop it.
+    api.apply(endpoint_slice(
+        "shop",
+        "shop-peers-2",
+        "shop-peers",
+        ports[2],
+        &[("127.0.0.1", false)],
+    ));
+    for replica in &replicas[..2] {
+        wait_for_peers(&http, replica, 2.0).await;
+    }
+    // It still answers peers through its drain: a get and a peek, from memory.
+    let peer_get = format!("{leaving_url}/_groupcache/items/{}", its_keys[1]);
+    assert_eq!(get(&http, &peer_get).await.0, 200, "a peer's get");
+    let peek = http
+        .get(&peer_get)
+        .header("groupcache-peek", "1")
+        .send()
+        .await
+        .expect("a peek");
+    assert_eq!(peek.status(), 200, "a peek of a key it holds");
+
+    // Its keys, from both survivors: handed off from its memory, not loaded again.
+    let moved = &its_keys[1..];
+    let mut reloaded = Vec::new();
+    for (n, key) in moved.iter().enumerate() {
+        let replica = &replicas[n % 2];
+        let (status, body) = get(&http, &format!("{}/items/{key}", replica.url)).await;
+        assert_eq!(status, 200, "{key} from {}: {body}", replica.url);
+        let json: Value = serde_json::from_str(&body).expect("JSON item");
+        assert_ne!(json["owner"], leaving_url.as_str());
+        if json["item"]["loaded_by"] != replicas[2].peer_url.as_str() {
+            reloaded.push((key.clone(), json["item"]["loaded_by"].clone()));
+        }
+    }
+    let mut hits = 0.0;
+    for replica in &replicas[..2] {
+        hits += replica
+            .metric(&http, "groupcache_handoff_hits_total{group=\"items\"}")
+            .await
+            .unwrap_or_default();
+    }
+    println!(
+        "graceful leave: {} keys moved, {} reloaded, {hits} hand-off hits",
+        moved.len(),
+        reloaded.len()
+    );
+    assert!(
+        reloaded.is_empty(),
+        "keys reloaded instead of handed off: {reloaded:?}"
+    );
+    assert!(hits >= moved.len() as f64, "{hits} hand-off hits");
+
+    let exit = replicas[2].process.wait_exit(Duration::from_secs(60)).await;
+    let log = replicas[2].process.log_text();
+    assert!(exit.success(), "exit status {exit}; log:\n{log}");
+    assert!(
+        log.contains("left the ring") && log.contains("stopped"),
+        "{log}"
+    );
+}
