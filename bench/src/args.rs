@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use crate::replica::ReplicaOptions;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 6] = [
+pub(crate) const WORKLOADS: [&str; 7] = [
     "ceiling",
     "local-hit",
     "remote-get",
     "cold-storm",
     "memory",
     "hot-key",
+    "traces",
 ];
 
 /// What to do.
@@ -68,13 +69,14 @@ pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
 
-Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key; `all` runs every one
+Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, traces; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
 go-bare) runs one side alone, for profiling: its figures are not side by side.
 
-Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring]` and `ceiling-server`
+Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
+[--go-ring]` and `ceiling-server`
 are the server processes the driver starts.";
 
 /// Parses the arguments after the program name.
@@ -135,7 +137,9 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
     let mut options = ReplicaOptions {
         value_bytes: 0,
         load_ms: 0,
-        main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
+        cache_bytes: None,
+        main_bytes: None,
+        hot_bytes: None,
         go_ring: false,
     };
     while let Some(arg) = args.next() {
@@ -147,7 +151,9 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
         match arg.as_str() {
             "--value-bytes" => options.value_bytes = number(&arg, &value)?,
             "--load-ms" => options.load_ms = number(&arg, &value)? as u64,
-            "--main-bytes" => options.main_bytes = number(&arg, &value)? as u64,
+            "--cache-bytes" => options.cache_bytes = Some(number(&arg, &value)? as u64),
+            "--main-bytes" => options.main_bytes = Some(number(&arg, &value)? as u64),
+            "--hot-bytes" => options.hot_bytes = Some(number(&arg, &value)? as u64),
             _ => return Err(format!("replica: unknown flag {arg:?}")),
         }
     }
@@ -205,7 +211,9 @@ mod tests {
             Ok(Command::Replica(ReplicaOptions {
                 value_bytes: 1024,
                 load_ms: 50,
-                main_bytes: 99,
+                cache_bytes: None,
+                main_bytes: Some(99),
+                hot_bytes: None,
                 go_ring: true,
             }))
         );

@@ -16,6 +16,7 @@ mod http;
 mod load;
 mod replica;
 mod report;
+mod traces;
 mod workloads;
 
 use std::path::PathBuf;
@@ -78,6 +79,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "cold-storm" => bench.cold_storm().await?,
                 "memory" => bench.memory().await?,
                 "hot-key" => bench.hot_key().await?,
+                "traces" => bench.traces().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();

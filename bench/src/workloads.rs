@@ -404,7 +404,7 @@ pub(crate) fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn get_path(key: &str) -> Vec<u8> {
+pub(crate) fn get_path(key: &str) -> Vec<u8> {
     http::get_request(&format!("/get/{key}"))
 }
 
@@ -435,7 +435,7 @@ fn remote_pairs(cluster: &Cluster, keys: &[String]) -> Sequence {
     Sequence { requests }
 }
 
-async fn connect(targets: &[SocketAddr], concurrency: usize) -> Result<Pool> {
+pub(crate) async fn connect(targets: &[SocketAddr], concurrency: usize) -> Result<Pool> {
     Pool::connect(targets, concurrency)
         .await
         .map_err(|e| format!("connecting the load generator: {e}"))
@@ -471,7 +471,7 @@ fn expect_all(outcome: &Outcome, n: usize, value: usize, what: &str) -> Result<(
 }
 
 /// Every answer carried a value of the expected size.
-fn check_body(outcome: &Outcome, value: usize) -> Result<()> {
+pub(crate) fn check_body(outcome: &Outcome, value: usize) -> Result<()> {
     if outcome.ok == 0 {
         return Err(format!("no answers: {:?}", outcome.first_error));
     }
@@ -484,7 +484,13 @@ fn check_body(outcome: &Outcome, value: usize) -> Result<()> {
     Ok(())
 }
 
-fn note_errors(report: &mut Report, workload: &str, case: &str, kind: Kind, outcome: &Outcome) {
+pub(crate) fn note_errors(
+    report: &mut Report,
+    workload: &str,
+    case: &str,
+    kind: Kind,
+    outcome: &Outcome,
+) {
     if outcome.errors > 0 {
         report.notes.push(format!(
             "{workload} {case} {}: {} errors, first: {}",
