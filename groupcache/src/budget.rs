@@ -141,6 +141,13 @@ impl Budget {
         self.lock().used[side.index()]
     }
 
+    /// Bytes both sides hold, read at one instant.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> u64 {
+        let state = self.lock();
+        state.used[0] + state.used[1]
+    }
+
     /// Ghosts remembered per side, and the charges they describe.
     #[cfg(test)]
     pub(crate) fn ghosts(&self, side: Side) -> (u64, u64) {

@@ -831,6 +831,38 @@ pub(crate) mod tests {
         }
     }
 
+    /// Both caches used from many threads at once: the two never hold more than the total at
+    /// any instant, and the accounting holds afterwards.
+    #[test]
+    fn concurrent_use_of_a_shared_budget_never_exceeds_it() {
+        let (budget, main, hot) = shared(60_000, None, Some(40_000));
+        std::thread::scope(|s| {
+            for t in 0..6usize {
+                let (budget, main, hot) = (&budget, &main, &hot);
+                s.spawn(move || {
+                    let (cache, other) = if t % 2 == 0 { (main, hot) } else { (hot, main) };
+                    for i in 0..4_000usize {
+                        let key = format!("key-{}", (i * 31 + t) % 120);
+                        match i % 6 {
+                            0 => {
+                                cache.remove(&key);
+                            }
+                            1 => {
+                                cache.get(&key, 0);
+                            }
+                            _ => {
+                                cache.insert(&key, entry((i * t) % 1_500));
+                                other.trim();
+                            }
+                        }
+                        assert!(budget.held() <= 60_000);
+                    }
+                });
+            }
+        });
+        check_shared(&budget, &main, &hot);
+    }
+
     /// The gauges follow a trim as they follow every other change.
     #[test]
     fn gauges_follow_a_trim() {
