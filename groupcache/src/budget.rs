@@ -109,7 +109,7 @@ impl Budget {
             None => total - total / 9,
         }
         .clamp(lowest_main, caps[0].max(lowest_main));
-        let movable = caps[0] > 0 && caps[1] > 0 && caps[0] + caps[1] > total;
+        let movable = caps[0] > 0 && caps[1] > 0 && caps[0].saturating_add(caps[1]) > total;
         let ghost_limit = if movable { total / GHOST_FRACTION } else { 0 };
         Budget {
             total,
@@ -365,6 +365,17 @@ mod tests {
         }
         assert_eq!(capped.split().hot_target, 30);
         assert_eq!(capped.split().hot_ghost_hits, 10);
+    }
+
+    #[test]
+    fn the_largest_budget_does_not_overflow() {
+        let budget = Budget::new(u64::MAX, None, None);
+        let mut evicted = std::iter::once((1, 1));
+        assert_eq!(
+            budget.fit(Side::Hot, Some((1, u64::MAX)), 10, || evicted.next()),
+            10
+        );
+        assert_eq!(budget.held(), 10);
     }
 
     #[test]
