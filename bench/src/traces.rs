@@ -10,6 +10,11 @@
 //! - peer requests per get;
 //! - loads: runs of the loader on all three replicas.
 //!
+//! The scan trace: a Zipf trace (s = [`SCAN_EXPONENT`]) of [`WARM`] requests, then 100,000
+//! before the scan, then [`SCAN_KEYS`] keys read once each, every other request (the Zipf
+//! trace goes on between them), then 100,000 after. The hit ratio of the Zipf requests before,
+//! during and after the scan shows how much of the hot set the scan pushed out.
+//!
 //! Targets: this library with one budget of [`TOTAL`] (`--cache-bytes`), the same binary with
 //! today's fixed split (caps 64 and 8 MiB, which add up to the same total), and golang/groupcache
 //! with the same total (`-cache-bytes`). Hit ratios and request counts do not depend on the
@@ -37,6 +42,9 @@ const MEASURED: usize = 200_000;
 const CONCURRENCY: usize = 16;
 /// Zipf exponents.
 const EXPONENTS: [f64; 4] = [0.7, 0.9, 1.1, 1.3];
+/// The scan trace: keys read once each, in the middle of a Zipf trace of this exponent.
+const SCAN_KEYS: usize = 50_000;
+const SCAN_EXPONENT: f64 = 0.9;
 
 /// What serves the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +149,80 @@ impl Bench<'_> {
                         figures.hot_bytes as f64 / f64::from(1 << 20),
                     );
                 }
+            }
+        }
+        self.scan_trace().await
+    }
+
+    /// The scan trace; see the module's documentation.
+    async fn scan_trace(&mut self) -> Result<(), String> {
+        let phase = 100_000;
+        let ranks = zipf(KEYS, SCAN_EXPONENT, WARM + 2 * phase + SCAN_KEYS, 0x5ca7);
+        let path = |rank: &usize| (0, get_path(&format!("tr-{rank}")));
+        let (warm, rest) = ranks.split_at(WARM);
+        let (before, rest) = rest.split_at(phase);
+        let (during, after) = rest.split_at(SCAN_KEYS);
+        let phases: [Vec<_>; 4] = [
+            warm.iter().map(path).collect(),
+            before.iter().map(path).collect(),
+            during
+                .iter()
+                .enumerate()
+                .flat_map(|(i, rank)| [(0, get_path(&format!("scan-{i}"))), path(rank)])
+                .collect(),
+            after.iter().map(path).collect(),
+        ];
+        for round in 0..self.options.rounds {
+            let mut targets = vec![Target::Shared, Target::Fixed, Target::Go];
+            if round % 2 == 1 {
+                targets.reverse();
+            }
+            for target in targets {
+                let (kind, suffix) = target.column();
+                let only = &self.options.only;
+                if !only.is_empty() && !only.iter().any(|o| o == kind.name()) {
+                    continue;
+                }
+                let case = format!("scan{suffix}");
+                eprintln!(
+                    "[traces] {case} round {}/{}",
+                    round + 1,
+                    self.options.rounds
+                );
+                let cluster = self.trace_cluster(target).await?;
+                let mut pool = connect(&cluster.addrs(), CONCURRENCY).await?;
+                let mut ratios = Vec::new();
+                for (i, requests) in phases.iter().enumerate() {
+                    let before = cluster.stats().await?;
+                    let outcome = pool
+                        .run(
+                            Arc::new(Sequence {
+                                requests: requests.clone(),
+                            }),
+                            Limit::Exhausted,
+                        )
+                        .await;
+                    let after = cluster.stats().await?;
+                    check_body(&outcome, VALUE)?;
+                    note_errors(self.report, "traces", &case, kind, &outcome);
+                    // Scan keys are read once: they never hit, so the hits are the Zipf
+                    // requests'.
+                    let scanned = if i == 2 { SCAN_KEYS as u64 } else { 0 };
+                    let figures = Figures::between(&before, &after);
+                    ratios.push(figures.hits as f64 / (figures.gets - scanned).max(1) as f64);
+                }
+                let mut add = |metric, better, value| {
+                    self.report
+                        .add("traces", &case, metric, better, kind, value);
+                };
+                add("hit ratio before", Better::Higher, ratios[1]);
+                add("hit ratio during", Better::Higher, ratios[2]);
+                add("hit ratio after", Better::Higher, ratios[3]);
+                add(
+                    "drop, points",
+                    Better::Lower,
+                    (ratios[1] - ratios[2]) * 100.0,
+                );
             }
         }
         Ok(())
