@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::replica::ReplicaOptions;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 9] = [
+pub(crate) const WORKLOADS: [&str; 10] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -15,6 +15,7 @@ pub(crate) const WORKLOADS: [&str; 9] = [
     "batch",
     "coalesce",
     "churn",
+    "traces",
 ];
 
 /// What to do.
@@ -72,14 +73,14 @@ usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
-churn; `all` runs every one
+churn, traces; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
 go-bare) runs one side alone, for profiling: its figures are not side by side.
 
-Internal: `replica --value-bytes N --load-ms N --main-bytes N [--go-ring] [--batch-loader]
-[--coalesce-in-flight N] [--no-handoff]` and `ceiling-server`
+Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
+[--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff]` and `ceiling-server`
 are the server processes the driver starts.";
 
 /// Parses the arguments after the program name.
@@ -140,7 +141,9 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
     let mut options = ReplicaOptions {
         value_bytes: 0,
         load_ms: 0,
-        main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
+        cache_bytes: None,
+        main_bytes: None,
+        hot_bytes: None,
         go_ring: false,
         batch_loader: false,
         coalesce_in_flight: 0,
@@ -161,7 +164,9 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
         match arg.as_str() {
             "--value-bytes" => options.value_bytes = number(&arg, &value)?,
             "--load-ms" => options.load_ms = number(&arg, &value)? as u64,
-            "--main-bytes" => options.main_bytes = number(&arg, &value)? as u64,
+            "--cache-bytes" => options.cache_bytes = Some(number(&arg, &value)? as u64),
+            "--main-bytes" => options.main_bytes = Some(number(&arg, &value)? as u64),
+            "--hot-bytes" => options.hot_bytes = Some(number(&arg, &value)? as u64),
             "--coalesce-in-flight" => options.coalesce_in_flight = number(&arg, &value)?,
             _ => return Err(format!("replica: unknown flag {arg:?}")),
         }
@@ -220,7 +225,9 @@ mod tests {
             Ok(Command::Replica(ReplicaOptions {
                 value_bytes: 1024,
                 load_ms: 50,
-                main_bytes: 99,
+                cache_bytes: None,
+                main_bytes: Some(99),
+                hot_bytes: None,
                 go_ring: true,
                 batch_loader: false,
                 coalesce_in_flight: 0,

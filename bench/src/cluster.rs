@@ -102,7 +102,7 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    fn start(mut command: Command) -> Result<Process, String> {
+    pub(crate) fn start(mut command: Command) -> Result<Process, String> {
         let program = format!("{command:?}");
         let mut child = command
             .stdin(Stdio::piped())
@@ -206,6 +206,11 @@ impl Cluster {
         for _ in 0..n {
             replicas.push(start_replica(binaries, kind, settings)?);
         }
+        Cluster::join(replicas, kind).await
+    }
+
+    /// Gives each of `replicas` (of `kind`) the full peer list.
+    pub(crate) async fn join(replicas: Vec<Process>, kind: Kind) -> Result<Cluster, String> {
         let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
         let body = serde_json::to_string(&urls).map_err(|e| e.to_string())?;
         for replica in &replicas {
@@ -379,6 +384,8 @@ pub(crate) struct CacheStats {
     pub bytes: u64,
     /// Entries.
     pub items: u64,
+    /// Gets it answered.
+    pub hits: u64,
 }
 
 /// A loader for the driver's copy of the ring, which never loads.

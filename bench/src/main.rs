@@ -18,6 +18,7 @@ mod http;
 mod load;
 mod replica;
 mod report;
+mod traces;
 mod workloads;
 
 use std::path::PathBuf;
@@ -83,6 +84,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "batch" => bench.batch().await?,
                 "coalesce" => bench.coalesce().await?,
                 "churn" => bench.churn().await?,
+                "traces" => bench.traces().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();

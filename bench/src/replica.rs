@@ -44,8 +44,12 @@ pub(crate) struct ReplicaOptions {
     pub value_bytes: usize,
     /// How long the loader sleeps.
     pub load_ms: u64,
-    /// The main cache's budget.
-    pub main_bytes: u64,
+    /// The budget main and hot share; None: the library's default.
+    pub cache_bytes: Option<u64>,
+    /// The main cache's cap.
+    pub main_bytes: Option<u64>,
+    /// The hot cache's cap.
+    pub hot_bytes: Option<u64>,
     /// golang/groupcache's ring instead of the balanced default.
     pub go_ring: bool,
     /// A `load_many` that loads all its keys in one sleep (see `batch.rs`).
@@ -108,13 +112,20 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         } else {
             RingMode::Balanced
         };
-        let mut builder = Groupcache::builder(GROUP, &url, loader);
+        let mut builder = Groupcache::builder(GROUP, &url, loader).ring_mode(mode);
+        if let Some(bytes) = options.cache_bytes {
+            builder = builder.cache_bytes(bytes);
+        }
+        if let Some(bytes) = options.main_bytes {
+            builder = builder.main_cache_bytes(bytes);
+        }
+        if let Some(bytes) = options.hot_bytes {
+            builder = builder.hot_cache_bytes(bytes);
+        }
         if options.no_handoff {
             builder = builder.handoff_timeout(Duration::ZERO);
         }
         let cache = builder
-            .main_cache_bytes(options.main_bytes)
-            .ring_mode(mode)
             .coalesce_fetches(options.coalesce_in_flight)
             .build()?;
         let app = Router::new()

@@ -498,7 +498,13 @@ pub(crate) fn check_body(outcome: &Outcome, value: usize) -> Result<()> {
     Ok(())
 }
 
-fn note_errors(report: &mut Report, workload: &str, case: &str, kind: Kind, outcome: &Outcome) {
+pub(crate) fn note_errors(
+    report: &mut Report,
+    workload: &str,
+    case: &str,
+    kind: Kind,
+    outcome: &Outcome,
+) {
     if outcome.errors > 0 {
         report.notes.push(format!(
             "{workload} {case} {}: {} errors, first: {}",

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::budget::{Budget, Side};
 use crate::caches::Cache;
 use crate::engine::{Groupcache, Inner};
 use crate::flight::Flight;
@@ -16,10 +17,15 @@ use crate::wire::client::PeerClient;
 use crate::wire::pool::Connections;
 use crate::{Error, Loader};
 
-/// Default main-cache budget: 64 MiB.
+/// The main cache's part of the default [`Builder::cache_bytes`]: 64 MiB. It is the total's
+/// part for a main cache whose cap alone is not set ([`Builder::hot_cache_bytes`] without
+/// [`Builder::cache_bytes`]).
 pub const DEFAULT_MAIN_CACHE_BYTES: u64 = 64 << 20;
-/// Default hot-cache budget: 8 MiB (golang/groupcache lets hot grow to an eighth of main).
+/// The hot cache's part of the default [`Builder::cache_bytes`]: 8 MiB (as for
+/// [`DEFAULT_MAIN_CACHE_BYTES`]).
 pub const DEFAULT_HOT_CACHE_BYTES: u64 = 8 << 20;
+/// Default [`Builder::cache_bytes`]: 72 MiB, shared by the main and the hot cache.
+pub const DEFAULT_CACHE_BYTES: u64 = DEFAULT_MAIN_CACHE_BYTES + DEFAULT_HOT_CACHE_BYTES;
 
 /// Default [`Builder::max_batch_keys`]: 1024 keys per batch request.
 pub const DEFAULT_MAX_BATCH_KEYS: usize = 1024;
@@ -40,8 +46,7 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
 /// #     }
 /// # }
 /// let cache = Groupcache::builder("users", "http://10.0.0.1:8080", Db)
-///     .main_cache_bytes(256 << 20)
-///     .hot_cache_bytes(32 << 20)
+///     .cache_bytes(288 << 20)
 ///     .ring_mode(RingMode::GoCompatible)
 ///     .peer_timeout(Duration::from_secs(2))
 ///     .build()?;
@@ -53,8 +58,9 @@ pub struct Builder<L> {
     self_url: String,
     loader: L,
     pub(crate) config: Config,
-    main_cache_bytes: u64,
-    hot_cache_bytes: u64,
+    cache_bytes: Option<u64>,
+    main_cache_bytes: Option<u64>,
+    hot_cache_bytes: Option<u64>,
     ring_mode: RingMode,
     connect_timeout: Duration,
     handoff_timeout: Option<Duration>,
@@ -105,8 +111,9 @@ impl<L: Loader> Builder<L> {
                 max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
                 coalesce_in_flight: 0,
             },
-            main_cache_bytes: DEFAULT_MAIN_CACHE_BYTES,
-            hot_cache_bytes: DEFAULT_HOT_CACHE_BYTES,
+            cache_bytes: None,
+            main_cache_bytes: None,
+            hot_cache_bytes: None,
             ring_mode: RingMode::default(),
             connect_timeout: Duration::from_secs(1),
             handoff_timeout: None,
@@ -116,18 +123,46 @@ impl<L: Loader> Builder<L> {
         }
     }
 
-    /// Byte budget of the main cache, which holds the keys this replica owns (default 64 MiB).
-    /// Each entry is charged its key, its value and a fixed overhead.
-    pub fn main_cache_bytes(mut self, bytes: u64) -> Self {
-        self.main_cache_bytes = bytes;
+    /// Byte budget of the group on this replica, shared by the main cache (the keys this
+    /// replica owns) and the hot cache (popular keys owned by others); default
+    /// [`DEFAULT_CACHE_BYTES`], 72 MiB. Each entry is charged its key, its value and a fixed
+    /// overhead.
+    ///
+    /// The split follows the workload: each cache remembers the keys it evicted recently, and a
+    /// key that comes back to one of them moves the split its way (see the README's "One
+    /// budget"). Either cache may also use the room the other leaves free. Caps from
+    /// [`main_cache_bytes`](Self::main_cache_bytes) and [`hot_cache_bytes`](Self::hot_cache_bytes)
+    /// bound either side.
+    pub fn cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = Some(bytes);
         self
     }
 
-    /// Byte budget of the hot cache, which holds popular keys owned by others (default 8 MiB);
-    /// 0 turns it off.
-    pub fn hot_cache_bytes(mut self, bytes: u64) -> Self {
-        self.hot_cache_bytes = bytes;
+    /// Caps the main cache, which holds the keys this replica owns, at `bytes` of the
+    /// [`cache_bytes`](Self::cache_bytes) budget. Without `cache_bytes`, the budget is this cap
+    /// plus the hot cache's ([`DEFAULT_HOT_CACHE_BYTES`] unless set), as the separate budgets
+    /// before 0.2 were: setting both caps keeps that fixed split.
+    pub fn main_cache_bytes(mut self, bytes: u64) -> Self {
+        self.main_cache_bytes = Some(bytes);
         self
+    }
+
+    /// Caps the hot cache, which holds popular keys owned by others, at `bytes` of the
+    /// [`cache_bytes`](Self::cache_bytes) budget; 0 turns it off. Without `cache_bytes`, the
+    /// budget is this cap plus the main cache's ([`DEFAULT_MAIN_CACHE_BYTES`] unless set).
+    pub fn hot_cache_bytes(mut self, bytes: u64) -> Self {
+        self.hot_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// The shared budget: the total, and the caps that bound either side.
+    fn budget(&self) -> Budget {
+        let total = self.cache_bytes.unwrap_or_else(|| {
+            self.main_cache_bytes
+                .unwrap_or(DEFAULT_MAIN_CACHE_BYTES)
+                .saturating_add(self.hot_cache_bytes.unwrap_or(DEFAULT_HOT_CACHE_BYTES))
+        });
+        Budget::new(total, self.main_cache_bytes, self.hot_cache_bytes)
     }
 
     /// How keys map to owners (default [`RingMode::Balanced`]); every replica must use the same.
@@ -300,6 +335,7 @@ impl<L: Loader> Builder<L> {
 
     /// Builds the cache. Its metrics are registered with the `metrics` recorder installed now.
     pub fn build(self) -> Result<Groupcache<L>, Error> {
+        let budget = Arc::new(self.budget());
         let mut config = self.config;
         config.handoff_timeout = self.handoff_timeout.unwrap_or(match self.ring_mode {
             RingMode::Balanced => Duration::from_millis(100),
@@ -337,6 +373,7 @@ impl<L: Loader> Builder<L> {
         let connections = Connections::new(self.connect_timeout);
         let refusals = Refusal::ALL.map(Refusal::reason);
         let metrics = Metrics::new(&self.group, &refusals);
+
         metrics.peers.set(1.0);
         let inner = Inner {
             client: PeerClient::new(
@@ -345,10 +382,11 @@ impl<L: Loader> Builder<L> {
                 config.max_value_bytes,
                 config.auth.clone(),
             ),
-            main: Cache::new(self.main_cache_bytes)
+            main: Cache::sharing(Arc::clone(&budget), Side::Main)
                 .publish_to(metrics.main.bytes.clone(), metrics.main.items.clone()),
-            hot: Cache::new(self.hot_cache_bytes)
+            hot: Cache::sharing(Arc::clone(&budget), Side::Hot)
                 .publish_to(metrics.hot.bytes.clone(), metrics.hot.items.clone()),
+            budget,
             popularity: Popularity::new(self.popularity_window),
             loads: Flight::new(),
             fetches: Flight::new(),

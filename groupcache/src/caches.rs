@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 use metrics::Gauge;
 
+use crate::budget::{Budget, Side};
 use crate::segments::{Home, Place, Segments};
 
 /// A cached value and when it stops being valid.
@@ -68,7 +69,9 @@ pub(crate) const ENTRY_OVERHEAD: u64 = NODE + TABLE + KEY + SHARED + ALLOCATOR;
 /// unlocking.
 pub(crate) struct Cache {
     inner: Mutex<Inner>,
-    budget: u64,
+    /// The budget this cache shares with the other side, and its side of it.
+    budget: Arc<Budget>,
+    side: Side,
     /// The capacity of a segment, which decides which values are packed.
     segment_bytes: usize,
     /// Copies of `Inner::bytes` and the map's length, stored while the lock is held.
@@ -190,8 +193,15 @@ fn exactly_sized(value: Bytes) -> Bytes {
 
 impl Cache {
     /// Creates an empty cache that holds at most `budget_bytes` charged bytes.
+    #[cfg(test)]
     pub(crate) fn new(budget_bytes: u64) -> Cache {
-        let segments = Segments::for_budget(budget_bytes);
+        Cache::sharing(Arc::new(Budget::alone(budget_bytes)), Side::Main)
+    }
+
+    /// Creates an empty cache on `side` of `budget`: it holds at most that side's cap, and
+    /// never more than the other side leaves of the total.
+    pub(crate) fn sharing(budget: Arc<Budget>, side: Side) -> Cache {
+        let segments = Segments::for_budget(budget.cap(side));
         Cache {
             segment_bytes: segments.segment_bytes(),
             inner: Mutex::new(Inner {
@@ -201,7 +211,8 @@ impl Cache {
                 generations: vec![Writes::default(); STRIPES].into_boxed_slice(),
                 epoch: 0,
             }),
-            budget: budget_bytes,
+            budget,
+            side,
             bytes: AtomicU64::new(0),
             items: AtomicU64::new(0),
             gauges: None,
@@ -327,7 +338,7 @@ impl Cache {
         write: bool,
     ) -> Result<Inserted, Bytes> {
         let size = charge(key, entry.value.len());
-        if size > self.budget {
+        if size > self.budget.cap(self.side) {
             // Removing is always safe; for a write it is a write whatever the token says.
             self.remove_checked(key, token.filter(|_| !write));
             return Ok(Inserted {
@@ -377,26 +388,57 @@ impl Cache {
             entry: Entry { value, expire },
             home,
         };
-        inner.map.push(key, entry);
+        inner.map.push(Arc::clone(&key), entry);
         inner.bytes += size;
-        while inner.bytes > self.budget {
-            // The new entry fits the budget on its own and is the most recent, so it stays.
-            let Some((key, old)) = inner.map.pop_lru() else {
-                break;
-            };
-            Self::uncharge(inner, &key, &old);
-            removed.push((key, old));
-        }
+        // The new entry is the most recent, so it goes last: only when the other side holds
+        // all the room but less than it.
+        let held = self
+            .budget
+            .fit(self.side, Some((hash, size)), inner.bytes, || {
+                Self::evict_lru(inner, &mut removed)
+            });
+        debug_assert_eq!(held, inner.bytes);
+        let kept = inner.map.contains(&*key);
         let moved = Self::clean(inner, self.segment_bytes);
         let let_go = inner.segments.take_let_go();
         self.publish(inner);
         drop(guard);
-        let evicted = (removed.len() - replaced) as u64;
+        let evicted = (removed.len() - replaced - usize::from(!kept)) as u64;
         drop((removed, moved, let_go));
         Ok(Inserted {
             evicted,
             value: stored,
         })
+    }
+
+    /// Gives back the room this side holds beyond its target when the other side waits for it
+    /// (see [`Budget`]); returns the entries evicted.
+    pub(crate) fn trim(&self) -> u64 {
+        if !self.budget.wanted_back(self.side) {
+            return 0;
+        }
+        let mut removed = Removed::new();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        self.budget.fit(self.side, None, inner.bytes, || {
+            Self::evict_lru(inner, &mut removed)
+        });
+        let let_go = inner.segments.take_let_go();
+        self.publish(inner);
+        drop(guard);
+        let evicted = removed.len() as u64;
+        drop((removed, let_go));
+        evicted
+    }
+
+    /// Takes out the least recently used entry into `removed`; its key's hash and its charge.
+    fn evict_lru(inner: &mut Inner, removed: &mut Removed) -> Option<(u64, u64)> {
+        let (key, old) = inner.map.pop_lru()?;
+        let charged = charge(&key, old.entry.value.len());
+        Self::uncharge(inner, &key, &old);
+        let hash = key_hash(&key);
+        removed.push((key, old));
+        Some((hash, charged))
     }
 
     /// Removes the key; true if it was there. A remove is a write, whether the key was there or
@@ -506,6 +548,7 @@ impl Cache {
     }
 
     fn publish(&self, inner: &Inner) {
+        self.budget.released(self.side, inner.bytes);
         self.bytes.store(inner.bytes, Ordering::Relaxed);
         self.items.store(inner.map.len() as u64, Ordering::Relaxed);
         if let Some((bytes, items)) = &self.gauges {
@@ -625,7 +668,237 @@ pub(crate) mod tests {
         }
         assert_eq!(cache.bytes(), bytes);
         assert_eq!(cache.items(), inner.map.len() as u64);
-        assert!(bytes <= cache.budget);
+        assert!(bytes <= cache.budget.cap(cache.side));
+    }
+
+    /// A main and a hot cache sharing one budget.
+    fn shared(
+        total: u64,
+        main_cap: Option<u64>,
+        hot_cap: Option<u64>,
+    ) -> (Arc<Budget>, Cache, Cache) {
+        let budget = Arc::new(Budget::new(total, main_cap, hot_cap));
+        let main = Cache::sharing(Arc::clone(&budget), Side::Main);
+        let hot = Cache::sharing(Arc::clone(&budget), Side::Hot);
+        (budget, main, hot)
+    }
+
+    /// Each cache's accounting, the budget's record of it, the total and the caps.
+    fn check_shared(budget: &Budget, main: &Cache, hot: &Cache) {
+        check_accounting(main);
+        check_accounting(hot);
+        assert_eq!(budget.used(Side::Main), main.bytes());
+        assert_eq!(budget.used(Side::Hot), hot.bytes());
+        assert!(main.bytes() + hot.bytes() <= budget.split().total);
+        assert!(main.bytes() <= budget.cap(Side::Main));
+        assert!(hot.bytes() <= budget.cap(Side::Hot));
+    }
+
+    /// A get, and on a miss an insert followed by the other cache's trim, as the engine stores;
+    /// whether it hit.
+    fn access(cache: &Cache, other: &Cache, key: &str, len: usize) -> bool {
+        if cache.get(key, 0).is_some() {
+            return true;
+        }
+        cache.insert(key, entry(len));
+        other.trim();
+        false
+    }
+
+    /// Each side loops over a working set: the side whose set does not fit gets ghost hits (an
+    /// evicted key comes back soon), and the split moves its way until the set fits, then back
+    /// when the other side's set grows.
+    #[test]
+    fn the_split_moves_toward_the_side_whose_ghost_hits_grow() {
+        let per = charge("m000", 1_000);
+        let (budget, main, hot) = shared(100 * per, None, None);
+        let start = budget.split();
+        assert_eq!(start.hot_target, 100 * per / 9);
+        // Main's keys never come back while remembered (a loop over 300 keys); hot's loop over
+        // 20 keys, twice its first target.
+        let mut hot_hits = 0;
+        for round in 0..200 {
+            for i in 0..2 {
+                access(
+                    &main,
+                    &hot,
+                    &format!("m{:03}", (round * 2 + i) % 300),
+                    1_000,
+                );
+                check_shared(&budget, &main, &hot);
+            }
+            hot_hits += usize::from(access(&hot, &main, &format!("h{:03}", round % 20), 1_000));
+            check_shared(&budget, &main, &hot);
+        }
+        let toward_hot = budget.split();
+        assert!(toward_hot.hot_ghost_hits > 0);
+        assert!(
+            toward_hot.hot_target >= 20 * per,
+            "hot's target grew to hold its set: {} of {}",
+            toward_hot.hot_target / per,
+            20
+        );
+        assert_eq!(hot.items(), 20, "hot holds its whole set");
+        assert!(hot_hits > 100, "and hits: {hot_hits} of 200");
+        // Now main's loop (90 keys) fits only if hot gives room back; hot's set stays.
+        for round in 0..2_000 {
+            access(&main, &hot, &format!("n{:03}", round % 90), 1_000);
+            check_shared(&budget, &main, &hot);
+            access(&hot, &main, &format!("h{:03}", round % 20), 1_000);
+            check_shared(&budget, &main, &hot);
+        }
+        let toward_main = budget.split();
+        assert!(toward_main.main_ghost_hits > 0);
+        assert!(
+            toward_main.main_target > toward_hot.main_target + 10 * per,
+            "main's target grew: from {} to {} entries",
+            toward_hot.main_target / per,
+            toward_main.main_target / per
+        );
+    }
+
+    /// A side that used the room the other left free gives it back when the other needs it.
+    #[test]
+    fn room_borrowed_is_given_back() {
+        let per = charge("k000", 1_000);
+        let (budget, main, hot) = shared(90 * per, None, None);
+        for i in 0..90 {
+            main.insert(&format!("k{i:03}"), entry(1_000));
+        }
+        assert_eq!(main.items(), 90, "main used the room hot left free");
+        check_shared(&budget, &main, &hot);
+        // The first store finds no room and is not kept (hot had nothing to evict but it); main
+        // gives back all it holds beyond its target at once, and the rest fit.
+        let inserted = hot.insert("h000", entry(1_000));
+        assert_eq!(
+            (inserted.evicted, hot.items()),
+            (0, 0),
+            "not kept, nothing else evicted"
+        );
+        assert_eq!(main.trim(), 10, "main's evictions, counted");
+        check_shared(&budget, &main, &hot);
+        for i in 0..10 {
+            hot.insert(&format!("h{i:03}"), entry(1_000));
+            check_shared(&budget, &main, &hot);
+            assert_eq!(main.trim(), 0);
+        }
+        assert_eq!(hot.items(), 10, "hot got its target back");
+        assert_eq!(main.items(), 80);
+        assert_eq!(
+            main.trim(),
+            0,
+            "main is at its target: nothing more to give"
+        );
+    }
+
+    /// Random operations on both sides of a budget with caps: after every one, the accounting
+    /// holds and neither the total nor a cap is exceeded.
+    #[test]
+    fn shared_budgets_and_caps_are_never_exceeded() {
+        for (main_cap, hot_cap) in [
+            (None, None),
+            (Some(60_000), None),
+            (Some(70_000), Some(30_000)),
+        ] {
+            let (budget, main, hot) = shared(80_000, main_cap, hot_cap);
+            let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+            for _ in 0..6_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let (cache, other) = if x.is_multiple_of(3) {
+                    (&hot, &main)
+                } else {
+                    (&main, &hot)
+                };
+                let key = format!("k{}", (x >> 8) % 150);
+                match (x >> 16) % 8 {
+                    0 => {
+                        cache.remove(&key);
+                    }
+                    1 => {
+                        other.trim();
+                    }
+                    2 => {
+                        cache.get(&key, 0);
+                    }
+                    _ => {
+                        cache.insert(&key, entry(((x >> 24) % 3_000) as usize));
+                    }
+                }
+                check_shared(&budget, &main, &hot);
+            }
+        }
+    }
+
+    /// Both caches used from many threads at once: the two never hold more than the total at
+    /// any instant, and the accounting holds afterwards.
+    #[test]
+    fn concurrent_use_of_a_shared_budget_never_exceeds_it() {
+        let (budget, main, hot) = shared(60_000, None, Some(40_000));
+        std::thread::scope(|s| {
+            for t in 0..6usize {
+                let (budget, main, hot) = (&budget, &main, &hot);
+                s.spawn(move || {
+                    let (cache, other) = if t % 2 == 0 { (main, hot) } else { (hot, main) };
+                    for i in 0..4_000usize {
+                        let key = format!("key-{}", (i * 31 + t) % 120);
+                        match i % 6 {
+                            0 => {
+                                cache.remove(&key);
+                            }
+                            1 => {
+                                cache.get(&key, 0);
+                            }
+                            _ => {
+                                cache.insert(&key, entry((i * t) % 1_500));
+                                other.trim();
+                            }
+                        }
+                        assert!(budget.held() <= 60_000);
+                    }
+                });
+            }
+        });
+        check_shared(&budget, &main, &hot);
+    }
+
+    /// The gauges follow a trim as they follow every other change.
+    #[test]
+    fn gauges_follow_a_trim() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let per = charge("k000", 1_000);
+        let budget = Arc::new(Budget::new(20 * per, None, None));
+        let (main, hot) = metrics::with_local_recorder(&recorder, || {
+            (
+                Cache::sharing(Arc::clone(&budget), Side::Main)
+                    .publish_to(metrics::gauge!("main_bytes"), metrics::gauge!("main_items")),
+                Cache::sharing(Arc::clone(&budget), Side::Hot)
+                    .publish_to(metrics::gauge!("hot_bytes"), metrics::gauge!("hot_items")),
+            )
+        });
+        for i in 0..20 {
+            main.insert(&format!("k{i:03}"), entry(1_000));
+        }
+        hot.insert("h", entry(1_000));
+        assert!(main.trim() > 0);
+        hot.insert("h", entry(1_000));
+        let gauges: std::collections::HashMap<String, f64> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Gauge(v) => Some((key.key().name().to_owned(), v.into_inner())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gauges["main_bytes"], main.bytes() as f64);
+        assert_eq!(gauges["main_items"], main.items() as f64);
+        assert!(main.items() < 20);
+        assert_eq!(gauges["hot_bytes"], hot.bytes() as f64);
+        assert_eq!(gauges["hot_items"], 1.0);
     }
 
     #[test]

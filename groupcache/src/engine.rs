@@ -275,7 +275,13 @@ impl<L: Loader> Groupcache<L> {
     /// ```
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
+        let split = inner.budget.split();
         Stats {
+            cache_bytes: split.total,
+            main_target_bytes: split.main_target,
+            hot_target_bytes: split.hot_target,
+            main_ghost_hits: split.main_ghost_hits,
+            hot_ghost_hits: split.hot_ghost_hits,
             main_bytes: inner.main.bytes(),
             main_items: inner.main.items(),
             hot_bytes: inner.hot.bytes(),
@@ -320,6 +326,8 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) config: Config,
     pub(crate) main: Cache,
     pub(crate) hot: Cache,
+    /// The budget `main` and `hot` share.
+    pub(crate) budget: Arc<crate::budget::Budget>,
     pub(crate) popularity: Popularity,
     /// Runs of the loader, shared by local callers and peers' requests.
     pub(crate) loads: Flight<Entry>,
@@ -704,6 +712,7 @@ impl<L: Loader> Inner<L> {
                     Err(value) => return value,
                 };
                 self.metrics.main.evicted(inserted.evicted);
+                self.metrics.hot.evicted(self.hot.trim());
                 inserted.value
             }
             Store::Hot(token) => {
@@ -713,6 +722,7 @@ impl<L: Loader> Inner<L> {
                     Err(value) => return value,
                 };
                 self.metrics.hot.evicted(inserted.evicted);
+                self.metrics.main.evicted(self.main.trim());
                 inserted.value
             }
         }
@@ -740,6 +750,7 @@ impl<L: Loader> Inner<L> {
             }
         };
         self.metrics.main.evicted(inserted.evicted);
+        self.metrics.hot.evicted(self.hot.trim());
     }
 
     /// Drops `key` from both caches and keeps loads in flight from caching an older value.

@@ -61,6 +61,7 @@
 //!   typed errors, and the metrics.
 
 mod batch;
+mod budget;
 mod builder;
 mod caches;
 mod engine;
@@ -75,8 +76,8 @@ mod segments;
 mod wire;
 
 pub use builder::{
-    Builder, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES, DEFAULT_MAX_BATCH_BYTES,
-    DEFAULT_MAX_BATCH_KEYS,
+    Builder, DEFAULT_CACHE_BYTES, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES,
+    DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_KEYS,
 };
 pub use engine::Groupcache;
 pub use error::{Error, PeerError};

@@ -53,6 +53,18 @@ pub struct Stats {
     pub handoff_hits: u64,
     /// Hand-off peeks that found nothing (or failed, or timed out), followed by a load.
     pub handoff_misses: u64,
+    /// The budget the main and the hot cache share ([`Builder::cache_bytes`](crate::Builder::cache_bytes)).
+    pub cache_bytes: u64,
+    /// The main cache's target share of `cache_bytes` now: it moves with the main cache's ghost
+    /// hits and the hot cache's. Either cache may hold more while the other leaves room free.
+    pub main_target_bytes: u64,
+    /// The hot cache's target share: `cache_bytes - main_target_bytes`.
+    pub hot_target_bytes: u64,
+    /// Keys loaded again soon after the main cache evicted them: a larger main cache would have
+    /// hit. Each moves the split toward main.
+    pub main_ghost_hits: u64,
+    /// Keys promoted again soon after the hot cache evicted them; each moves the split toward hot.
+    pub hot_ghost_hits: u64,
     /// Bytes charged to the main cache now.
     pub main_bytes: u64,
     /// Entries in the main cache now.

@@ -240,3 +240,69 @@ async fn a_get_that_drops_an_expired_entry_republishes_the_cache_gauges() {
     assert_eq!(m.gauge("groupcache_cache_items", &[("cache", "main")]), 0.0);
     assert_eq!(m.gauge("groupcache_cache_bytes", &[("cache", "main")]), 0.0);
 }
+
+/// One budget for both caches: the hot cache grows into the room the main cache leaves free,
+/// gives it back when the main cache needs it, and every entry it gives back is counted as an
+/// eviction; the gauges and `stats()` agree and the two never hold more than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_budget_is_shared_and_what_the_hot_cache_gives_back_is_counted() {
+    const BUDGET: u64 = 8_000;
+    let loader = TestLoader::new();
+    let (owner, _) = replica_with_recorder(&loader);
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let asker = metrics::with_local_recorder(&recorder, || {
+        Replica::start(|url| {
+            Groupcache::builder(GROUP, url, loader.clone())
+                .handoff_timeout(Duration::ZERO)
+                .cache_bytes(BUDGET)
+        })
+    });
+    let cluster = [owner, asker];
+    groupcache_tests::connect(&cluster);
+    // Twice each: the second fetch promotes the value into the hot cache.
+    for i in 0..20 {
+        let key = key_owned_by(&cluster, 0, &format!("r{i}-"));
+        for _ in 0..2 {
+            cluster[1].cache.get(&key).await.unwrap();
+        }
+    }
+    let grown = cluster[1].cache.stats();
+    assert_eq!(grown.cache_bytes, BUDGET);
+    assert_eq!(grown.hot_items, 20, "hot used the room main left free");
+    assert!(grown.hot_bytes > grown.hot_target_bytes);
+    for i in 0..25 {
+        let key = key_owned_by(&cluster, 1, &format!("l{i}-"));
+        cluster[1].cache.get(&key).await.unwrap();
+        let stats = cluster[1].cache.stats();
+        assert!(stats.main_bytes + stats.hot_bytes <= BUDGET);
+    }
+    let stats = cluster[1].cache.stats();
+    assert!(
+        stats.hot_bytes <= stats.hot_target_bytes,
+        "hot gave the room back"
+    );
+    assert!(stats.main_items > 20, "main took it: {}", stats.main_items);
+    let m = Reading::take(&snapshotter);
+    assert_eq!(
+        m.counter("groupcache_cache_evictions_total", &[("cache", "hot")]),
+        20 - stats.hot_items
+    );
+    assert!(
+        m.counter("groupcache_cache_evictions_total", &[("cache", "main")]) + stats.main_items
+            <= 25
+    );
+    for (cache, bytes, items) in [
+        ("main", stats.main_bytes, stats.main_items),
+        ("hot", stats.hot_bytes, stats.hot_items),
+    ] {
+        assert_eq!(
+            m.gauge("groupcache_cache_bytes", &[("cache", cache)]),
+            bytes as f64
+        );
+        assert_eq!(
+            m.gauge("groupcache_cache_items", &[("cache", cache)]),
+            items as f64
+        );
+    }
+}
