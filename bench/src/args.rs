@@ -239,7 +239,9 @@ mod tests {
             Ok(Command::Replica(ReplicaOptions {
                 value_bytes: 0,
                 load_ms: 0,
-                main_bytes: groupcache_rs::DEFAULT_MAIN_CACHE_BYTES,
+                cache_bytes: None,
+                main_bytes: None,
+                hot_bytes: None,
                 go_ring: false,
                 batch_loader: true,
                 coalesce_in_flight: 2,
