@@ -354,6 +354,10 @@ impl<L: Loader> Inner<L> {
         if asking.is_empty() {
             return;
         }
+        if owner.is_suspected() {
+            self.from_successors(asking).await;
+            return;
+        }
         let request = BatchRequest {
             group: Some(self.group.clone()),
             keys: asking.iter().map(|led| led.key.clone()).collect(),
@@ -381,6 +385,13 @@ impl<L: Loader> Inner<L> {
             }
             Err(Failure::Peer(error)) => {
                 self.metrics.peer_error();
+                // As a single fetch does: an owner that is down hands its keys to their
+                // successors, which every replica picks alike, rather than have each asker
+                // load them.
+                if self.suspect(&owner, &error) {
+                    self.from_successors(asking).await;
+                    return;
+                }
                 tracing::warn!(group = %self.group, peer = %owner.url, %error, keys = asking.len(), "batch to peer failed; loading its keys locally");
                 vec![None; asking.len()]
             }
@@ -578,6 +589,16 @@ impl<L: Loader> Inner<L> {
                 None => return,
             }
         }
+    }
+
+    /// Keys whose owner is suspected down, each from its successor (`Inner::from_successor`).
+    async fn from_successors(self: &Arc<Self>, led: Vec<Led>) {
+        let settled = led.into_iter().map(|led| async move {
+            let hot = self.hot_store(&led.key);
+            let outcome = self.from_successor(&led.key, hot, &led.superseded).await;
+            let _ = led.outcome.send(outcome);
+        });
+        futures_util::future::join_all(settled).await;
     }
 
     /// When a request returns: the fetches waiting for its slot (up to `max_batch_keys`), or

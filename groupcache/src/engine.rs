@@ -574,7 +574,7 @@ impl<L: Loader> Inner<L> {
     /// per key in 10 s of outage in issue 17's run). The successor loads it as a peer's request
     /// (never forwarded) or, if that is this replica, as its own, held in main under the
     /// staleness bound. Loaded locally if the successor fails too.
-    async fn from_successor(
+    pub(crate) async fn from_successor(
         self: &Arc<Self>,
         key: &str,
         hot: Store,
@@ -681,7 +681,7 @@ impl<L: Loader> Inner<L> {
     /// Suspects `peer` if `error` says it is down (it could not be reached, or did not answer
     /// in time) and suspicion is on; whether it is suspected now. An error status or a malformed
     /// answer comes from a replica that is up, which keeps its keys.
-    fn suspect(&self, peer: &Member, error: &crate::PeerError) -> bool {
+    pub(crate) fn suspect(&self, peer: &Member, error: &crate::PeerError) -> bool {
         let down = matches!(
             error,
             crate::PeerError::Request(_) | crate::PeerError::Timeout
