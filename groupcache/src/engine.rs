@@ -355,9 +355,13 @@ impl<L: Loader> Inner<L> {
         let membership = self.peers.snapshot();
         let owner = membership.remote_owner(key).cloned();
         // `loads_deduped` is counted by the flight's task, which runs even if this caller gives up.
+        // The fetch is boxed: its future nests the flight, the pool and the hand-off, and an
+        // async fn that awaits `get` inline (an axum handler, say) otherwise passes rustc's
+        // default query depth (128) when its layout is computed, as the example's handlers did.
+        // A box per miss, beside the miss's flight and task.
         let (outcome, _) = match owner {
             Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
-                self.fetch(key, owner).await
+                Box::pin(self.fetch(key, owner)).await
             }
             Some(_) if caller == Caller::Local => self.load(key, self.hot_store(key), true).await,
             // A peer whose ring disagrees with this one's: served, never forwarded, bounded.
