@@ -365,7 +365,7 @@ impl<L: Loader> Builder<L> {
         let connections = Connections::new(
             self.connect_timeout,
             match &self.tls {
-                Some(tls) => Some(Arc::new(tls.client_config()?)),
+                Some(tls) => Some((Arc::new(tls.client_config()?), tls.verified_name())),
                 None => None,
             },
         );

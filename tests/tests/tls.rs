@@ -28,12 +28,20 @@ impl Authority {
 
     /// A certificate for 127.0.0.1 (server and client use), and its key, in PEM.
     fn leaf(&self) -> (String, String) {
+        self.leaf_for(&["127.0.0.1", "localhost"])
+    }
+
+    /// A certificate for `names` only, and its key, in PEM.
+    fn leaf_for(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let certificate =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .unwrap()
-                .signed_by(&key, &self.issuer)
-                .unwrap();
+        let names = names
+            .iter()
+            .map(|name| name.to_string())
+            .collect::<Vec<_>>();
+        let certificate = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
         (certificate.pem(), key.serialize_pem())
     }
 
@@ -81,6 +89,58 @@ async fn an_mtls_cluster_works() {
         assert_eq!(replica.cache.stats().peer_errors, 0, "{}", replica.url);
     }
     assert_eq!(loader.loads.total(), 3);
+}
+
+/// Replicas dialled by address share one certificate that names none of their addresses (a
+/// Kubernetes deployment's pods, whose IPs change): with `PeerTls::server_name` every peer is
+/// verified against that name and the cluster works; without it, the certificate does not match
+/// the URL's host and every fetch fails its handshake (and is loaded locally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_for_every_replica_with_a_server_name() {
+    const NAME: &str = "groupcache-peer";
+    let authority = Authority::new();
+    let (cert, key) = authority.leaf_for(&[NAME]);
+    let shared = PeerTls::new(authority.pem.as_bytes())
+        .unwrap()
+        .identity(cert.as_bytes(), key.as_bytes())
+        .unwrap();
+    for named in [true, false] {
+        let loader = TestLoader::new();
+        let client_tls = if named {
+            shared.clone().server_name(NAME).unwrap()
+        } else {
+            shared.clone()
+        };
+        let cluster: Vec<_> = (0..2)
+            .map(|_| mtls_replica(&loader, &shared, client_tls.clone()))
+            .collect();
+        groupcache_tests::connect(&cluster);
+        let key = key_owned_by(&cluster, 1, "named-");
+        assert_eq!(
+            cluster[0].cache.get(&key).await.unwrap(),
+            loader.value_for(&key)
+        );
+        let stats = cluster[0].cache.stats();
+        if named {
+            assert_eq!(
+                (stats.peer_loads, stats.peer_errors),
+                (1, 0),
+                "fetched from its owner over TLS"
+            );
+        } else {
+            assert_eq!(
+                (stats.peer_loads, stats.peer_errors),
+                (0, 1),
+                "the certificate names no address: the handshake fails"
+            );
+        }
+    }
+    assert!(
+        PeerTls::new(authority.pem.as_bytes())
+            .unwrap()
+            .server_name("not a name!")
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "PEER_TLS_KEY", requires = "peer_tls_ca")]
     pub peer_tls_key: Option<PathBuf>,
 
+    /// The name every peer's certificate is verified against, instead of its pod IP: lets all
+    /// replicas share one certificate for this name (one Secret), since pod IPs change.
+    #[arg(long, env = "PEER_TLS_SERVER_NAME", requires = "peer_tls_ca")]
+    pub peer_tls_server_name: Option<String>,
+
     /// Peer authentication: a file holding the secret every replica shares (at least 16 bytes,
     /// e.g. 32 random bytes hex-encoded; whitespace around it is ignored). Every peer request is
     /// signed with it, and peer requests not signed with it are refused (401). In Kubernetes,
@@ -224,7 +229,11 @@ impl Config {
         else {
             return Ok(None);
         };
-        let tls = groupcache_rs::PeerTls::new(&read(ca)?)?.identity(&read(cert)?, &read(key)?)?;
+        let mut tls =
+            groupcache_rs::PeerTls::new(&read(ca)?)?.identity(&read(cert)?, &read(key)?)?;
+        if let Some(name) = &self.peer_tls_server_name {
+            tls = tls.server_name(name)?;
+        }
         Ok(Some(tls))
     }
 

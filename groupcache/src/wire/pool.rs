@@ -117,18 +117,31 @@ pub(crate) struct Connections {
     connect_timeout: Duration,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
+    /// The name peers' certificates are verified against, instead of their URLs' hosts.
+    #[cfg(feature = "tls")]
+    tls_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl Connections {
     pub(crate) fn new(
         connect_timeout: Duration,
-        #[cfg(feature = "tls")] tls: Option<Arc<rustls::ClientConfig>>,
+        #[cfg(feature = "tls")] tls: Option<(
+            Arc<rustls::ClientConfig>,
+            Option<rustls::pki_types::ServerName<'static>>,
+        )>,
     ) -> Self {
+        #[cfg(feature = "tls")]
+        let (tls, tls_name) = match tls {
+            Some((config, name)) => (Some(tokio_rustls::TlsConnector::from(config)), name),
+            None => (None, None),
+        };
         Connections {
             idle: Mutex::new(HashMap::new()),
             connect_timeout,
             #[cfg(feature = "tls")]
-            tls: tls.map(tokio_rustls::TlsConnector::from),
+            tls,
+            #[cfg(feature = "tls")]
+            tls_name,
         }
     }
 
@@ -248,8 +261,14 @@ impl Connections {
                 endpoint.origin
             ))
         })?;
-        let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
-            .map_err(|e| PeerError::Request(format!("TLS server name {:?}: {e}", endpoint.host)))?;
+        let name = match &self.tls_name {
+            Some(name) => name.clone(),
+            None => {
+                rustls::pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+                    PeerError::Request(format!("TLS server name {:?}: {e}", endpoint.host))
+                })?
+            }
+        };
         let stream = connector.connect(name, tcp).await.map_err(|e| {
             PeerError::Request(format!("TLS handshake with {}: {e}", endpoint.origin))
         })?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::Error;
@@ -24,6 +24,7 @@ use crate::Error;
 pub struct PeerTls {
     roots: Arc<RootCertStore>,
     identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    server_name: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -32,6 +33,7 @@ impl std::fmt::Debug for PeerTls {
         f.debug_struct("PeerTls")
             .field("trusted_roots", &self.roots.len())
             .field("has_identity", &self.identity.is_some())
+            .field("server_name", &self.server_name)
             .finish()
     }
 }
@@ -48,6 +50,7 @@ impl PeerTls {
         Ok(PeerTls {
             roots: Arc::new(roots),
             identity: None,
+            server_name: None,
         })
     }
 
@@ -58,6 +61,35 @@ impl PeerTls {
             PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| tls_error("private key PEM", e))?;
         self.identity = Some((certificates(cert_chain_pem)?, Arc::new(key)));
         Ok(self)
+    }
+
+    /// Verifies every peer's certificate against `name` instead of the host in the peer's URL.
+    ///
+    /// Where peers are dialled by address (pods at `https://POD_IP:8081`, whose addresses change
+    /// with every restart), no one certificate can name every replica's address. With a server
+    /// name, every replica can present one certificate for `name` (a DNS name, such as
+    /// `groupcache-peer`, or an IP address), issued by the CA: trust still comes from the CA, and
+    /// the replicas of one deployment share one identity either way. Without it (the default),
+    /// each peer's certificate must name the host its URL has.
+    ///
+    /// ```no_run
+    /// # fn run(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<(), groupcache_rs::Error> {
+    /// let tls = groupcache_rs::PeerTls::new(ca)?
+    ///     .identity(cert, key)?
+    ///     .server_name("groupcache-peer")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn server_name(mut self, name: &str) -> Result<Self, Error> {
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|e| Error::Config(format!("TLS server name {name:?}: {e}")))?;
+        self.server_name = Some(name);
+        Ok(self)
+    }
+
+    /// The name peers' certificates are verified against, if set by
+    /// [`server_name`](PeerTls::server_name).
+    pub(crate) fn verified_name(&self) -> Option<ServerName<'static>> {
+        self.server_name.clone()
     }
 
     /// The client side: verify peers against the CA, present the identity if there is one.

@@ -309,7 +309,8 @@ async fn peer_protocol_on_a_port_of_its_own() {
 }
 
 /// With `--peer-tls-*`, the peer port speaks mTLS: the replicas reach each other at `https://`
-/// URLs with certificates from the cluster's CA (made here), every key is still loaded once in
+/// URLs with one certificate from the cluster's CA (made here) for a name, not their address,
+/// verified against `--peer-tls-server-name` (the production overlay's setup), every key is still loaded once in
 /// the whole cluster with no peer errors, and the peer port refuses plaintext HTTP. (Clients
 /// without a certificate are refused too: `tests/tests/tls.rs` at the workspace root.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,9 +321,10 @@ async fn peer_port_with_mtls() {
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
     let issuer = Issuer::new(ca, ca_key);
-    // One certificate for 127.0.0.1, shared by the replicas: in a cluster each pod has its own.
+    // As the production overlay has it: one certificate, shared by the replicas, for a name
+    // and no address; peers dial 127.0.0.1 and verify the name (`--peer-tls-server-name`).
     let key = KeyPair::generate().expect("replica key");
-    let certificate = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+    let certificate = CertificateParams::new(vec!["groupcache-example-peer".to_owned()])
         .expect("replica parameters")
         .signed_by(&key, &issuer)
         .expect("replica certificate");
@@ -345,6 +347,8 @@ async fn peer_port_with_mtls() {
         &files[1],
         "--peer-tls-key",
         &files[2],
+        "--peer-tls-server-name",
+        "groupcache-example-peer",
     ];
     let http = http();
     let cluster = Cluster::start_static(3, PeerPort::OwnTls, &args, dir.path()).await;
