@@ -79,6 +79,9 @@ fn harness() -> &'static Harness {
                 .connect_timeout(PEER_TIMEOUT)
                 // No hot cache: every get of the key asks the fake peer again.
                 .hot_cache_bytes(0)
+                // Nor suspicion: an answer that drops the connection would otherwise send the
+                // next calls to the key's successor (here this replica) without asking the peer.
+                .owner_suspicion(Duration::ZERO)
                 .max_value_bytes(MAX_VALUE_BYTES)
                 .build()
                 .expect("a cache");
