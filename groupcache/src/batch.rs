@@ -491,17 +491,21 @@ impl Drop for Slot<'_> {
         if !self.held {
             return;
         }
-        let abandoned = {
-            let mut owners = lock(&self.coalescing.owners);
-            match owners.get_mut(self.owner) {
-                Some(waiting) if waiting.in_flight > 1 => {
-                    waiting.in_flight -= 1;
-                    None
-                }
-                _ => owners.remove(self.owner),
-            }
-        };
+        // Another sender takes the queue; without one, it is dropped (after unlocking).
+        let abandoned = give_back(&mut lock(&self.coalescing.owners), self.owner);
         drop(abandoned);
+    }
+}
+
+/// Gives a request slot to `owner` back; when it was the last, the owner's entry goes, with
+/// whatever still waits in its queue.
+fn give_back(owners: &mut HashMap<Arc<str>, Waiting>, owner: &Arc<str>) -> Option<Waiting> {
+    match owners.get_mut(owner) {
+        Some(waiting) if waiting.in_flight > 1 => {
+            waiting.in_flight -= 1;
+            None
+        }
+        _ => owners.remove(owner),
     }
 }
 
@@ -605,20 +609,18 @@ impl<L: Loader> Inner<L> {
     /// none, and then the slot is given back, under the lock fetches queue under.
     fn next_chunk(&self, slot: &mut Slot<'_>) -> Option<Vec<Led>> {
         let mut owners = lock(&self.coalescing.owners);
-        let Some(waiting) = owners.get_mut(slot.owner) else {
-            slot.held = false;
-            return None;
-        };
-        if waiting.queue.is_empty() {
-            waiting.in_flight -= 1;
-            if waiting.in_flight == 0 {
-                owners.remove(slot.owner);
+        match owners.get_mut(slot.owner) {
+            Some(waiting) if !waiting.queue.is_empty() => {
+                let take = waiting.queue.len().min(self.config.max_batch_keys);
+                Some(waiting.queue.drain(..take).collect())
             }
-            slot.held = false;
-            return None;
+            _ => {
+                // An empty queue: nothing is dropped with the entry.
+                give_back(&mut owners, slot.owner);
+                slot.held = false;
+                None
+            }
         }
-        let take = waiting.queue.len().min(self.config.max_batch_keys);
-        Some(waiting.queue.drain(..take).collect())
     }
 }
 
