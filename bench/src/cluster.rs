@@ -374,6 +374,8 @@ pub(crate) struct Counters {
     pub server_requests: u64,
     /// Rust only: calls of the bench loader's `load_many` (see `batch.rs`).
     pub load_many_calls: u64,
+    /// Rust only: warm hand-off peeks sent (hits and misses).
+    pub handoff_peeks: u64,
 }
 
 /// One cache's size.

@@ -250,6 +250,7 @@ async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
             "local_load_errs": s.local_load_errors,
             "server_requests": s.server_requests,
             "load_many_calls": crate::batch::load_many_calls(),
+            "handoff_peeks": s.handoff_hits + s.handoff_misses,
         },
         "main_cache": { "bytes": s.main_bytes, "items": s.main_items, "hits": s.main_hits },
         "hot_cache": { "bytes": s.hot_bytes, "items": s.hot_items, "hits": s.hot_hits },

@@ -617,24 +617,26 @@ impl<L: Loader> Inner<L> {
 
     /// A warm hand-off: the copy the key's previous owner holds in memory, if this replica owns
     /// the key under a ring younger than `hot_max_age` (before that, nobody else held it as its
-    /// owner), the previous owner is not suspected, and it answers within `handoff_timeout`.
-    /// The copy is stored as a load's value would be: bounded, since the ring is young.
+    /// owner), the previous owner is not suspected, its peeks under this ring have not all missed
+    /// (`handoff.rs`), and it answers within `handoff_timeout`. The copy is stored as a load's
+    /// value would be: bounded, since the ring is young.
     async fn hand_off(&self, key: &str) -> Option<Entry> {
         let timeout = self.config.handoff_timeout;
-        if timeout.is_zero() {
+        if timeout.is_zero() || !protocol::can_carry(key) {
             return None;
         }
-        let previous = {
+        let (previous, peek) = {
             let membership = self.peers.snapshot();
             let owned = membership.owner(key).is_some_and(|owner| owner.is_self);
             if !owned || membership.age() >= self.config.hot_max_age {
                 return None;
             }
-            membership.previous_owner(key)?.clone()
+            let (previous, peek) = membership.handoff_peek(key, Instant::now())?;
+            if previous.is_suspected() {
+                return None;
+            }
+            (previous.clone(), peek)
         };
-        if previous.is_suspected() || !protocol::can_carry(key) {
-            return None;
-        }
         let path = self.key_path(&previous, key);
         let peeked = self.client.peek(&previous.endpoint, path, timeout).await;
         let entry = match peeked {
@@ -652,6 +654,7 @@ impl<L: Loader> Inner<L> {
                 None
             }
         };
+        peek.answered(entry.is_some());
         self.metrics.handoff(entry.is_some());
         entry
     }
@@ -802,7 +805,7 @@ impl<L: Loader> Inner<L> {
             .others()
             .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
         let results = futures_util::future::join_all(others.map(|peer| self.remove_on(peer, key)));
-        let departed = membership.departed_owners(key);
+        let departed = membership.departed_owners(key, Instant::now());
         let departed = futures_util::future::join_all(
             departed.into_iter().map(|peer| self.remove_on(peer, key)),
         );

@@ -55,6 +55,7 @@
 //! - storage, which never reaches up into the engine: `ring`, `flight`, `popularity`, `caches`,
 //!   `segments`;
 //! - `membership`: the peer list and the ring as one snapshot; peer URLs are parsed here;
+//!   `handoff`: whether a new owner's miss peeks the previous owner first;
 //! - `wire/`: golang/groupcache's HTTP protocol (`protocol`), the batch extension, the client, the
 //!   connection pool, the router, the server, peer authentication, the nonce store and TLS;
 //! - `builder`, `loader`, `error`, `metrics`: configuration, the loader trait and value codecs,
@@ -67,6 +68,7 @@ mod caches;
 mod engine;
 mod error;
 mod flight;
+mod handoff;
 mod loader;
 mod membership;
 mod metrics;

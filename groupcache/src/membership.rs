@@ -15,6 +15,7 @@ use hyper::header::HeaderValue;
 use hyper::http::uri::{Authority, Scheme};
 
 use crate::Error;
+use crate::handoff::{Peek, PeekGate};
 use crate::ring::{Ring, RingMode};
 use crate::wire::protocol;
 
@@ -69,8 +70,14 @@ pub(crate) struct Membership {
     members: Vec<Arc<Member>>,
     /// When this ring replaced the previous one.
     built: Instant,
-    /// The rings this one replaced within the last `Peers::recent_for`, newest first.
+    /// The rings this one replaced within the last `recent_for` (when it was built), newest
+    /// first; those that have aged past it since are skipped where they are read.
     former: Vec<Former>,
+    /// How long a replaced ring's owners still count: they receive writes and hand off keys.
+    recent_for: Duration,
+    /// Whether peeking each member that could hand off a key is worth it, learnt under this
+    /// ring (`handoff.rs`): one per member of this ring or a recent one, this replica aside.
+    peek_gates: Vec<(Arc<str>, Arc<PeekGate>)>,
 }
 
 /// A ring that was replaced, and when: writes still reach its owners for a while, since a member
@@ -112,12 +119,19 @@ impl Membership {
         self.built.elapsed()
     }
 
-    /// Owners of `key` in the rings this one replaced recently that are no longer members (nor
-    /// this replica), once each. A former owner that is still a member is among
+    /// The rings this one replaced that retired less than `recent_for` before `now`.
+    fn recent(&self, now: Instant) -> impl Iterator<Item = &Former> {
+        self.former.iter().take_while(move |former| {
+            now.saturating_duration_since(former.retired) < self.recent_for
+        })
+    }
+
+    /// Owners of `key` in the rings this one replaced recently (before `now`) that are no longer
+    /// members (nor this replica), once each. A former owner that is still a member is among
     /// [`others`](Membership::others).
-    pub(crate) fn departed_owners(&self, key: &str) -> Vec<&Arc<Member>> {
+    pub(crate) fn departed_owners(&self, key: &str, now: Instant) -> Vec<&Arc<Member>> {
         let mut departed: Vec<&Arc<Member>> = Vec::new();
-        for former in &self.former {
+        for former in self.recent(now) {
             let owner = former
                 .ring
                 .owner(key.as_bytes())
@@ -136,8 +150,8 @@ impl Membership {
     /// Who held `key` before this replica became its owner: its owner in the newest recent ring
     /// that gave it to another member, or else (this replica's first ring with others in it, when
     /// it has just joined) the owner it would have without this replica, its successor.
-    pub(crate) fn previous_owner(&self, key: &str) -> Option<&Arc<Member>> {
-        let former = self.former.iter().find_map(|former| {
+    pub(crate) fn previous_owner(&self, key: &str, now: Instant) -> Option<&Arc<Member>> {
+        let former = self.recent(now).find_map(|former| {
             former
                 .ring
                 .owner(key.as_bytes())
@@ -147,6 +161,17 @@ impl Membership {
         former
             .or_else(|| self.successor(key))
             .filter(|owner| !owner.is_self)
+    }
+
+    /// The member to peek for `key`'s warm hand-off and the peek, if its gate lets one go now
+    /// (see `handoff.rs`).
+    pub(crate) fn handoff_peek(&self, key: &str, now: Instant) -> Option<(&Arc<Member>, Peek)> {
+        let previous = self.previous_owner(key, now)?;
+        let (_, gate) = self
+            .peek_gates
+            .iter()
+            .find(|(url, _)| *url == previous.url)?;
+        Some((previous, gate.try_peek()?))
     }
 
     /// Every member but this replica.
@@ -199,7 +224,7 @@ impl Peers {
             mode,
             base_path: base_path.to_owned(),
             group: group.to_owned(),
-            current: ArcSwap::from_pointee(Membership::new(mode, vec![me], Vec::new())),
+            current: ArcSwap::from_pointee(Membership::new(mode, vec![me], Vec::new(), recent_for)),
             recent_for,
             changing: Mutex::new(()),
             left: AtomicBool::new(false),
@@ -358,21 +383,41 @@ impl Peers {
             .chain(still_recent)
             .take(MAX_FORMER_RINGS)
             .collect();
-        self.current
-            .store(Arc::new(Membership::new(self.mode, members, former)));
+        self.current.store(Arc::new(Membership::new(
+            self.mode,
+            members,
+            former,
+            self.recent_for,
+        )));
         tracing::info!(peers = count, "groupcache membership changed");
         Ok(true)
     }
 }
 
 impl Membership {
-    fn new(mode: RingMode, members: Vec<Arc<Member>>, former: Vec<Former>) -> Self {
+    fn new(
+        mode: RingMode,
+        members: Vec<Arc<Member>>,
+        former: Vec<Former>,
+        recent_for: Duration,
+    ) -> Self {
         let urls: Vec<&str> = members.iter().map(|member| &*member.url).collect();
+        let mut peek_gates: Vec<(Arc<str>, Arc<PeekGate>)> = Vec::new();
+        let everyone = members
+            .iter()
+            .chain(former.iter().flat_map(|former| &former.members));
+        for member in everyone {
+            if !member.is_self && !peek_gates.iter().any(|(url, _)| *url == member.url) {
+                peek_gates.push((member.url.clone(), Arc::default()));
+            }
+        }
         Membership {
             ring: Ring::new(mode, &urls),
             members,
             built: Instant::now(),
             former,
+            recent_for,
+            peek_gates,
         }
     }
 }
@@ -506,18 +551,23 @@ mod tests {
         peers.remove(two).unwrap();
         let after = peers.snapshot();
         let departed: Vec<&str> = after
-            .departed_owners(&key)
+            .departed_owners(&key, Instant::now())
             .iter()
             .map(|m| &*m.url)
             .collect();
         assert_eq!(departed, [two]);
         assert!(
-            after.departed_owners(&other).is_empty(),
+            after.departed_owners(&other, Instant::now()).is_empty(),
             "3 is still a member"
         );
         // A member that comes back is a member again, not departed.
         peers.add(two).unwrap();
-        assert!(peers.snapshot().departed_owners(&key).is_empty());
+        assert!(
+            peers
+                .snapshot()
+                .departed_owners(&key, Instant::now())
+                .is_empty()
+        );
         // Each ring is remembered once; the chain never grows past its cap.
         for _ in 0..2 * MAX_FORMER_RINGS {
             peers.remove(two).unwrap();
@@ -526,7 +576,7 @@ mod tests {
         peers.remove(two).unwrap();
         let snapshot = peers.snapshot();
         assert_eq!(snapshot.former.len(), MAX_FORMER_RINGS);
-        assert_eq!(snapshot.departed_owners(&key).len(), 1);
+        assert_eq!(snapshot.departed_owners(&key, Instant::now()).len(), 1);
     }
 
     #[test]
@@ -559,7 +609,7 @@ mod tests {
             "it still owns a key"
         );
         assert!(
-            snapshot.departed_owners(&key).is_empty(),
+            snapshot.departed_owners(&key, Instant::now()).is_empty(),
             "it sends no writes to itself"
         );
         // Discovery still lists it (its endpoint is not yet marked unready): it stays out.
@@ -580,6 +630,84 @@ mod tests {
         peers.remove(two).unwrap();
         // Only the ring just replaced is kept; those before it retired at least 0 s ago.
         assert_eq!(peers.snapshot().former.len(), 1);
+    }
+
+    /// Issue 17's "former rings are pruned only at the next membership change": a ring replaced
+    /// longer than the bound ago no longer sends writes to its owners nor hands off keys, though
+    /// no change has come since to prune it. The clock is the `now` each read is given.
+    #[test]
+    fn a_former_ring_stops_counting_once_it_is_older_than_the_bound_without_another_change() {
+        let recent_for = Duration::from_secs(60);
+        let peers = peers_remembering(recent_for);
+        let (me, two, three) = (
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            "http://127.0.0.1:3",
+        );
+        peers.set([me, two, three]).unwrap();
+        let before = peers.snapshot();
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| before.owner(key).is_some_and(|owner| &*owner.url == two))
+            .unwrap();
+        peers.set([me, three]).unwrap();
+        let after = peers.snapshot();
+        let now = Instant::now();
+        let url = |member: Option<&Arc<Member>>| member.map(|m| m.url.to_string());
+        assert_eq!(after.departed_owners(&key, now).len(), 1);
+        assert_eq!(url(after.previous_owner(&key, now)).as_deref(), Some(two));
+        let just_within = now + recent_for - Duration::from_millis(1);
+        assert_eq!(after.departed_owners(&key, just_within).len(), 1);
+        let past = after.built + recent_for;
+        assert!(
+            after.departed_owners(&key, past).is_empty(),
+            "still written to"
+        );
+        assert_ne!(
+            url(after.previous_owner(&key, past)).as_deref(),
+            Some(two),
+            "still peeked"
+        );
+    }
+
+    /// The warm hand-off's gates live with the ring: a member whose peeks all missed under one
+    /// ring is not peeked again under it, and is peeked again under the next.
+    #[test]
+    fn a_ring_change_gives_a_cold_previous_owner_another_chance() {
+        let peers = peers();
+        let (me, two, three) = (
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            "http://127.0.0.1:3",
+        );
+        peers.set([me, two]).unwrap();
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| {
+                let snapshot = peers.snapshot();
+                snapshot.owner(key).is_some_and(|owner| owner.is_self)
+                    && snapshot.previous_owner(key, Instant::now()).is_some()
+            })
+            .unwrap();
+        let snapshot = peers.snapshot();
+        let now = Instant::now();
+        for _ in 0..crate::handoff::COLD_AFTER_MISSES {
+            let (member, peek) = snapshot.handoff_peek(&key, now).expect("worth a try");
+            assert_eq!(&*member.url, two);
+            peek.answered(false);
+        }
+        assert!(
+            snapshot.handoff_peek(&key, now).is_none(),
+            "cold under this ring"
+        );
+        peers.set([me, two, three]).unwrap();
+        let next = peers.snapshot();
+        assert!(
+            next.peek_gates
+                .iter()
+                .all(|(_, gate)| gate.try_peek().is_some()),
+            "every gate of the new ring is fresh"
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - a graceful scale-down 4 → 3 by SIGTERM: the leaving replica leaves its own ring first, the
 //!   others drop it (the test is their discovery), it keeps answering peers and its own clients
 //!   until its drain ends; the same bounds;
+//! - a rolling restart of all three replicas, one at a time (the new one joins, the old one is
+//!   SIGTERMed, leaves and drains, then dies), with 20,000 warm keys: at most 10 % of the keys
+//!   reloaded over the whole restart, and no request fails;
 //! - an owner SIGKILLed while both others ask for its keys: about one load per key cluster-wide
 //!   (at most 1.1) until discovery drops it, with hot caches too small for its share, and no
 //!   caller error.
@@ -323,6 +326,96 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
     assert!(
         reloads * 10 <= moved,
         "{reloads} of {moved} moved keys reloaded on a graceful leave"
+    );
+}
+
+/// A rolling restart as Kubernetes runs one (`maxSurge` 1, `maxUnavailable` 0), as processes
+/// under traffic: each of the three replicas in turn is replaced. The new one starts and joins
+/// (its own ring first, then the others add it); the old one is SIGTERMed, leaves its own ring,
+/// is dropped from the others' and drains (still answering its clients and the new owners'
+/// peeks), then dies. Every key is asked for after each step, so every key that moved is. Before
+/// the hand-off, each step reloaded every key the new replica took over and every key the old
+/// one gave away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tenth_of_the_keys() {
+    let mut live: Vec<Arc<ProcessReplica>> = (0..3).map(|_| start(&[])).collect();
+    let first = urls(&live);
+    for replica in &live {
+        replica.set_peers(&first).await;
+    }
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("roll-{i}")).collect());
+    let failures = sweep(&live[0], &keys).await;
+    assert!(
+        failures.is_empty(),
+        "warming: {:?}",
+        &failures[..3.min(failures.len())]
+    );
+    let warm = total(&loads(&live).await);
+    assert_eq!(warm, KEYS as u64, "each key loaded once, by its owner");
+
+    let targets = Arc::new(Mutex::new(live.clone()));
+    let traffic = Traffic::start(targets.clone(), keys.clone());
+    traffic.flowing(200).await;
+    let started = Instant::now();
+    let mut sweep_failures = Vec::new();
+    let mut gone_loads = 0;
+    let mut hits = 0;
+    for step in 0..3 {
+        let old = live.remove(0);
+        let new = start(&[]);
+        live.push(new.clone());
+        let with_old: Vec<String> = std::iter::once(old.url.clone())
+            .chain(urls(&live))
+            .collect();
+        // The new replica joins: its own ring first, then everyone's, the old one's last.
+        for replica in live.iter().rev().chain([&old]) {
+            replica.set_peers(&with_old).await;
+        }
+        targets.lock().unwrap().push(new.clone());
+        sweep_failures.extend(sweep(&live[0], &keys).await);
+        // The old one is told to stop: it leaves its own ring, discovery drops it from the
+        // others', and it drains.
+        tokio::task::block_in_place(|| old.terminate_and_wait_left());
+        let without = urls(&live);
+        for replica in &live {
+            replica.set_peers(&without).await;
+        }
+        sweep_failures.extend(sweep(&live[1], &keys).await);
+        traffic.flowing(100).await;
+        targets.lock().unwrap().retain(|r| !Arc::ptr_eq(r, &old));
+        let stats = old.stats().await;
+        gone_loads += total(&loads(std::slice::from_ref(&old)).await);
+        hits += stats.handoff_hits;
+        old.kill(); // the drain ends
+        println!(
+            "step {step}: {:.1?} since the restart began",
+            started.elapsed()
+        );
+    }
+    let (gets, failures) = traffic.stop().await;
+    for replica in &live {
+        hits += replica.stats().await.handoff_hits;
+    }
+    let reloads = gone_loads + total(&loads(&live).await) - warm;
+    println!(
+        "rolling restart of 3 replicas under traffic, {KEYS} warm keys: {reloads} reloaded \
+         ({:.1} %); hand-off hits {hits}; {gets} traffic gets and 6 sweeps of every key in \
+         {:.1?}, failed: {} + {}",
+        100.0 * reloads as f64 / KEYS as f64,
+        started.elapsed(),
+        failures.len(),
+        sweep_failures.len(),
+    );
+    assert!(
+        failures.is_empty() && sweep_failures.is_empty(),
+        "{:?} {:?}",
+        &failures[..3.min(failures.len())],
+        &sweep_failures[..3.min(sweep_failures.len())]
+    );
+    assert!(hits > 0, "test setup: nothing was handed off");
+    assert!(
+        reloads * 10 <= KEYS as u64,
+        "{reloads} of {KEYS} keys reloaded over a rolling restart"
     );
 }
 

@@ -24,6 +24,12 @@ fn replica(loader: &TestLoader) -> Replica<TestLoader> {
     Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()).hot_max_age(BOUND))
 }
 
+/// A replica with the default staleness bound (60 s): its ring stays young for the whole test,
+/// so the warm hand-off is on throughout.
+fn replica_with(loader: &TestLoader) -> Replica<TestLoader> {
+    Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()))
+}
+
 fn peers(replicas: &[&Replica<TestLoader>]) -> Vec<String> {
     replicas.iter().map(|r| r.url.clone()).collect()
 }
@@ -303,6 +309,50 @@ async fn keys_that_move_on_a_join_or_a_graceful_leave_are_handed_off_not_reloade
         reloads * 10 <= leaving.len(),
         "{reloads} of {} moved keys reloaded on a graceful leave",
         leaving.len()
+    );
+}
+
+/// Issue 17's "the warm hand-off peeks for a cluster's first 60 s, including a fresh
+/// cluster's": every replica's first ring with others names each key's successor as its previous
+/// owner, which holds nothing yet, and each cold load peeked it first (a round trip each: 1,000
+/// cold single gets took 354 ms, 72 ms without the hand-off). Now a previous owner whose peeks all
+/// miss is not peeked again under that ring, and a burst sends few peeks before the first answer:
+/// a burst of 1,000 cold gets sends at most a few dozen peeks in all, where it sent one per load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_cluster_stops_peeking_previous_owners_that_hold_nothing() {
+    const KEYS: usize = 1_000;
+    let loader = TestLoader::new();
+    let replicas: Vec<Replica<TestLoader>> = (0..3).map(|_| replica_with(&loader)).collect();
+    let all = peers(&[&replicas[0], &replicas[1], &replicas[2]]);
+    for replica in &replicas {
+        replica.cache.set_peers(&all).unwrap();
+    }
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("cold-{i}")).collect();
+    // All at once, as `join_all` of single gets does.
+    let mut gets = JoinSet::new();
+    for key in &keys {
+        let (cache, key) = (replicas[0].cache.clone(), key.clone());
+        gets.spawn(async move { cache.get(&key).await });
+    }
+    let mut failed = 0;
+    while let Some(get) = gets.join_next().await {
+        failed += usize::from(!matches!(get, Ok(Ok(_))));
+    }
+    assert_eq!(failed, 0, "every cold get answered");
+    assert_eq!(loader.loads.total(), KEYS, "each key loaded once");
+    let (mut hits, mut misses) = (0, 0);
+    for replica in &replicas {
+        let stats = replica.cache.stats();
+        hits += stats.handoff_hits;
+        misses += stats.handoff_misses;
+    }
+    println!("{KEYS} cold gets on a fresh cluster: {hits} hand-off hits, {misses} misses");
+    assert_eq!(hits, 0, "nobody held anything");
+    // Each replica peeks each of the 2 others at most 16 times (`COLD_AFTER_MISSES`) plus the
+    // 4 peeks in flight when the 16th miss came back (`UNPROVEN_IN_FLIGHT`).
+    assert!(
+        misses <= 3 * 2 * (16 + 4),
+        "{misses} peeks that could not hit, for {KEYS} cold gets"
     );
 }
 
