@@ -117,6 +117,25 @@ fn total(loads: &HashMap<String, u64>) -> u64 {
     loads.values().sum()
 }
 
+/// Makes `replicas` one cluster and warms it with [`KEYS`] keys named `{prefix}{i}`, each
+/// loaded once by its owner: the keys, and the loads so far.
+async fn warm_cluster(replicas: &[Arc<ProcessReplica>], prefix: &str) -> (Arc<Vec<String>>, u64) {
+    let all = urls(replicas);
+    for replica in replicas {
+        replica.set_peers(&all).await;
+    }
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("{prefix}{i}")).collect());
+    let failures = sweep(&replicas[0], &keys).await;
+    assert!(
+        failures.is_empty(),
+        "warming: {:?}",
+        &failures[..3.min(failures.len())]
+    );
+    let warm = total(&loads(replicas).await);
+    assert_eq!(warm, KEYS as u64, "each key loaded once, by its owner");
+    (keys, warm)
+}
+
 /// splitmix64: a small deterministic generator.
 struct Rng(u64);
 
@@ -199,19 +218,8 @@ impl Traffic {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_up_from_3_to_4_under_traffic_reloads_at_most_a_tenth_of_the_moved_keys() {
     let replicas: Vec<Arc<ProcessReplica>> = (0..4).map(|_| start(&[])).collect();
-    let (three, four) = (urls(&replicas[..3]), urls(&replicas));
-    for replica in &replicas[..3] {
-        replica.set_peers(&three).await;
-    }
-    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("up-{i}")).collect());
-    let failures = sweep(&replicas[0], &keys).await;
-    assert!(
-        failures.is_empty(),
-        "warming: {:?}",
-        &failures[..3.min(failures.len())]
-    );
-    let warm = total(&loads(&replicas).await);
-    assert_eq!(warm, KEYS as u64, "each key loaded once, by its owner");
+    let four = urls(&replicas);
+    let (keys, warm) = warm_cluster(&replicas[..3], "up-").await;
 
     let targets = Arc::new(Mutex::new(replicas[..3].to_vec()));
     let traffic = Traffic::start(targets.clone(), keys.clone());
@@ -262,18 +270,7 @@ async fn a_scale_up_from_3_to_4_under_traffic_reloads_at_most_a_tenth_of_the_mov
 async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of_the_moved_keys() {
     let replicas: Vec<Arc<ProcessReplica>> = (0..4).map(|_| start(&[])).collect();
     let four = urls(&replicas);
-    for replica in &replicas {
-        replica.set_peers(&four).await;
-    }
-    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("down-{i}")).collect());
-    let failures = sweep(&replicas[0], &keys).await;
-    assert!(
-        failures.is_empty(),
-        "warming: {:?}",
-        &failures[..3.min(failures.len())]
-    );
-    let warm = total(&loads(&replicas).await);
-    assert_eq!(warm, KEYS as u64, "each key loaded once, by its owner");
+    let (keys, warm) = warm_cluster(&replicas, "down-").await;
 
     let targets = Arc::new(Mutex::new(replicas.clone()));
     let traffic = Traffic::start(targets.clone(), keys.clone());
@@ -339,19 +336,7 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tenth_of_the_keys() {
     let mut live: Vec<Arc<ProcessReplica>> = (0..3).map(|_| start(&[])).collect();
-    let first = urls(&live);
-    for replica in &live {
-        replica.set_peers(&first).await;
-    }
-    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("roll-{i}")).collect());
-    let failures = sweep(&live[0], &keys).await;
-    assert!(
-        failures.is_empty(),
-        "warming: {:?}",
-        &failures[..3.min(failures.len())]
-    );
-    let warm = total(&loads(&live).await);
-    assert_eq!(warm, KEYS as u64, "each key loaded once, by its owner");
+    let (keys, warm) = warm_cluster(&live, "roll-").await;
 
     let targets = Arc::new(Mutex::new(live.clone()));
     let traffic = Traffic::start(targets.clone(), keys.clone());
