@@ -10,10 +10,17 @@
 //! - peer requests per get;
 //! - loads: runs of the loader on all three replicas.
 //!
-//! The scan trace: a Zipf trace (s = [`SCAN_EXPONENT`]) of [`WARM`] requests, then 100,000
-//! before the scan, then [`SCAN_KEYS`] keys read once each, every other request (the Zipf
-//! trace goes on between them), then 100,000 after. The hit ratio of the Zipf requests before,
-//! during and after the scan shows how much of the hot set the scan pushed out.
+//! The moving hotspot: a Zipf trace (s = [`HOTSPOT_EXPONENT`]) whose ranks are shifted by
+//! [`HOTSPOT_SHIFT`] keys every [`HOTSPOT_EVERY`] requests (every few seconds at the bench's
+//! rates), so the hot set moves to keys that were cold: how fast the caches let the old hot set
+//! go and take the new one.
+//!
+//! The scan trace: a Zipf trace (s = [`SCAN_EXPONENT`]) of [`SCAN_WARM`] requests (long enough
+//! for the split to settle), then 100,000 before the scan, then [`SCAN_KEYS`] keys read once
+//! each, every other request (the Zipf trace goes on between them), then 100,000 after. The hit
+//! ratio of the Zipf requests before, during and after the scan shows how much of the hot set the
+//! scan pushed out. Its control ("scan control") replays the same Zipf requests without the scan
+//! keys: the drop it shows is the trace's own variation, not the scan's.
 //!
 //! Targets: this library with one budget of [`TOTAL`] (`--cache-bytes`), the same binary with
 //! today's fixed split (caps 64 and 8 MiB, which add up to the same total), and golang/groupcache
@@ -45,6 +52,12 @@ const EXPONENTS: [f64; 4] = [0.7, 0.9, 1.1, 1.3];
 /// The scan trace: keys read once each, in the middle of a Zipf trace of this exponent.
 const SCAN_KEYS: usize = 50_000;
 const SCAN_EXPONENT: f64 = 0.9;
+/// Zipf requests before the scan trace's counting starts: 3x [`WARM`].
+const SCAN_WARM: usize = 300_000;
+/// The moving hotspot's exponent, how often it moves (in requests) and by how many keys.
+const HOTSPOT_EXPONENT: f64 = 1.1;
+const HOTSPOT_EVERY: usize = 50_000;
+const HOTSPOT_SHIFT: usize = 10_000;
 
 /// What serves the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +98,36 @@ fn zipf(n: usize, s: f64, count: usize, seed: u64) -> Vec<usize> {
         .collect()
 }
 
+/// `ranks` with the hot set moved: every [`HOTSPOT_EVERY`] requests, each rank is shifted by
+/// [`HOTSPOT_SHIFT`] more keys (modulo `n`), so the most popular ranks land on keys that were
+/// cold.
+fn moving(ranks: &[usize], n: usize) -> Vec<usize> {
+    ranks
+        .iter()
+        .enumerate()
+        .map(|(i, rank)| (rank - 1 + (i / HOTSPOT_EVERY) * HOTSPOT_SHIFT) % n + 1)
+        .collect()
+}
+
 impl Bench<'_> {
     /// traces: see the module's documentation.
     pub(crate) async fn traces(&mut self) -> Result<(), String> {
-        for (i, &s) in EXPONENTS.iter().enumerate() {
-            let ranks = zipf(KEYS, s, WARM + MEASURED, 0x5eed ^ i as u64);
+        let mut traces: Vec<(String, Vec<usize>)> = EXPONENTS
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                (
+                    format!("s={s}"),
+                    zipf(KEYS, s, WARM + MEASURED, 0x5eed ^ i as u64),
+                )
+            })
+            .collect();
+        let hot = zipf(KEYS, HOTSPOT_EXPONENT, WARM + MEASURED, 0x4075);
+        traces.push((
+            format!("moving hotspot s={HOTSPOT_EXPONENT}"),
+            moving(&hot, KEYS),
+        ));
+        for (name, ranks) in traces {
             let path = |rank: &usize| (0, get_path(&format!("tr-{rank}")));
             let warm: Vec<_> = ranks[..WARM].iter().map(path).collect();
             let measured: Vec<_> = ranks[WARM..].iter().map(path).collect();
@@ -104,7 +142,7 @@ impl Bench<'_> {
                     if !only.is_empty() && !only.iter().any(|o| o == kind.name()) {
                         continue;
                     }
-                    let case = format!("s={s}{suffix}");
+                    let case = format!("{name}{suffix}");
                     eprintln!(
                         "[traces] {case} round {}/{} {}",
                         round + 1,
@@ -151,27 +189,35 @@ impl Bench<'_> {
                 }
             }
         }
-        self.scan_trace().await
+        self.scan_trace(true).await?;
+        self.scan_trace(false).await
     }
 
-    /// The scan trace; see the module's documentation.
-    async fn scan_trace(&mut self) -> Result<(), String> {
+    /// The scan trace, or (`scan` false) its control; see the module's documentation.
+    async fn scan_trace(&mut self, scan: bool) -> Result<(), String> {
         let phase = 100_000;
-        let ranks = zipf(KEYS, SCAN_EXPONENT, WARM + 2 * phase + SCAN_KEYS, 0x5ca7);
+        let ranks = zipf(
+            KEYS,
+            SCAN_EXPONENT,
+            SCAN_WARM + 2 * phase + SCAN_KEYS,
+            0x5ca7,
+        );
         let path = |rank: &usize| (0, get_path(&format!("tr-{rank}")));
-        let (warm, rest) = ranks.split_at(WARM);
+        let (warm, rest) = ranks.split_at(SCAN_WARM);
         let (before, rest) = rest.split_at(phase);
         let (during, after) = rest.split_at(SCAN_KEYS);
+        let scan_key = |i: usize| (0, get_path(&format!("scan-{i}")));
         let phases: [Vec<_>; 4] = [
             warm.iter().map(path).collect(),
             before.iter().map(path).collect(),
             during
                 .iter()
                 .enumerate()
-                .flat_map(|(i, rank)| [(0, get_path(&format!("scan-{i}"))), path(rank)])
+                .flat_map(|(i, rank)| scan.then(|| scan_key(i)).into_iter().chain([path(rank)]))
                 .collect(),
             after.iter().map(path).collect(),
         ];
+        let name = if scan { "scan" } else { "scan control" };
         for round in 0..self.options.rounds {
             let mut targets = vec![Target::Shared, Target::Fixed, Target::Go];
             if round % 2 == 1 {
@@ -183,7 +229,7 @@ impl Bench<'_> {
                 if !only.is_empty() && !only.iter().any(|o| o == kind.name()) {
                     continue;
                 }
-                let case = format!("scan{suffix}");
+                let case = format!("{name}{suffix}");
                 eprintln!(
                     "[traces] {case} round {}/{}",
                     round + 1,
@@ -207,7 +253,7 @@ impl Bench<'_> {
                     note_errors(self.report, "traces", &case, kind, &outcome);
                     // Scan keys are read once: they never hit, so the hits are the Zipf
                     // requests'.
-                    let scanned = if i == 2 { SCAN_KEYS as u64 } else { 0 };
+                    let scanned = if scan && i == 2 { SCAN_KEYS as u64 } else { 0 };
                     let figures = Figures::between(&before, &after);
                     ratios.push(figures.hits as f64 / (figures.gets - scanned).max(1) as f64);
                 }
@@ -328,6 +374,20 @@ mod tests {
         let flat = zipf(1_000, 0.9, 20_000, 1);
         assert!((share(&flat) - 0.095).abs() < 0.015, "{}", share(&flat));
         assert!(steep.iter().chain(&flat).all(|&r| (1..=1_000).contains(&r)));
+    }
+
+    #[test]
+    fn the_hotspot_moves_to_cold_keys_every_period() {
+        let ranks = vec![1; 3 * HOTSPOT_EVERY];
+        let moved = moving(&ranks, KEYS);
+        assert_eq!(moved[0], 1);
+        assert_eq!(moved[HOTSPOT_EVERY - 1], 1);
+        assert_eq!(moved[HOTSPOT_EVERY], 1 + HOTSPOT_SHIFT);
+        assert_eq!(moved[2 * HOTSPOT_EVERY], 1 + 2 * HOTSPOT_SHIFT);
+        // It wraps around and stays a rank.
+        let last = moving(&[KEYS; 2 * HOTSPOT_EVERY], KEYS);
+        assert_eq!(last[HOTSPOT_EVERY], HOTSPOT_SHIFT);
+        assert!(last.iter().all(|&r| (1..=KEYS).contains(&r)));
     }
 
     #[test]
