@@ -32,11 +32,29 @@ pub(crate) struct Member {
     pub(crate) is_self: bool,
     /// Until when this replica treats it as down (after a connect failure or a timeout).
     suspected_until: Mutex<Option<Instant>>,
+    /// Whether `suspected_until` may be set: read without the lock by every request to the
+    /// member, so a member never suspected costs no lock and no clock read per request. Written
+    /// under the lock only.
+    maybe_suspected: AtomicBool,
 }
 
 impl Member {
+    fn new(url: Arc<str>, endpoint: Endpoint, key_prefix: String, is_self: bool) -> Member {
+        Member {
+            url,
+            endpoint: Arc::new(endpoint),
+            key_prefix,
+            is_self,
+            suspected_until: Mutex::new(None),
+            maybe_suspected: AtomicBool::new(false),
+        }
+    }
+
     /// Whether requests to this member should go to a key's successor instead.
     pub(crate) fn is_suspected(&self) -> bool {
+        if !self.maybe_suspected.load(Ordering::Acquire) {
+            return false;
+        }
         let until = *lock(&self.suspected_until);
         until.is_some_and(|until| Instant::now() < until)
     }
@@ -47,12 +65,18 @@ impl Member {
         let now = Instant::now();
         let already = until.is_some_and(|until| now < until);
         *until = Some(now + duration);
+        self.maybe_suspected.store(true, Ordering::Release);
         !already
     }
 
     /// Trusts it again: it answered.
     pub(crate) fn trust(&self) {
-        *lock(&self.suspected_until) = None;
+        if !self.maybe_suspected.load(Ordering::Acquire) {
+            return;
+        }
+        let mut until = lock(&self.suspected_until);
+        *until = None;
+        self.maybe_suspected.store(false, Ordering::Release);
     }
 }
 
@@ -212,13 +236,8 @@ impl Peers {
         recent_for: Duration,
     ) -> Result<Self, Error> {
         let (self_url, endpoint) = parse_url(self_url)?;
-        let me = Arc::new(Member {
-            key_prefix: protocol::key_prefix(&endpoint.path, base_path, group),
-            is_self: true,
-            suspected_until: Mutex::new(None),
-            endpoint: Arc::new(endpoint),
-            url: self_url.clone(),
-        });
+        let key_prefix = protocol::key_prefix(&endpoint.path, base_path, group);
+        let me = Arc::new(Member::new(self_url.clone(), endpoint, key_prefix, true));
         Ok(Peers {
             self_url,
             mode,
@@ -343,13 +362,9 @@ impl Peers {
     }
 
     fn member(&self, url: Arc<str>, endpoint: Endpoint) -> Arc<Member> {
-        Arc::new(Member {
-            key_prefix: protocol::key_prefix(&endpoint.path, &self.base_path, &self.group),
-            is_self: url == self.self_url,
-            suspected_until: Mutex::new(None),
-            endpoint: Arc::new(endpoint),
-            url,
-        })
+        let key_prefix = protocol::key_prefix(&endpoint.path, &self.base_path, &self.group);
+        let is_self = url == self.self_url;
+        Arc::new(Member::new(url, endpoint, key_prefix, is_self))
     }
 
     /// Applies `edit` to the member list and publishes a new snapshot if it reports a change.
@@ -707,6 +722,31 @@ mod tests {
                 .iter()
                 .all(|(_, gate)| gate.try_peek().is_some()),
             "every gate of the new ring is fresh"
+        );
+    }
+
+    #[test]
+    fn a_member_is_suspected_until_its_time_ends_or_it_is_trusted() {
+        let peers = peers();
+        peers.add("http://127.0.0.1:2").unwrap();
+        let snapshot = peers.snapshot();
+        let member = snapshot.others().next().unwrap();
+        assert!(!member.is_suspected(), "trusted until it fails");
+        member.trust();
+        assert!(!member.is_suspected());
+        assert!(member.suspect(Duration::from_secs(60)), "newly suspected");
+        assert!(member.is_suspected());
+        assert!(
+            !member.suspect(Duration::from_secs(60)),
+            "already suspected"
+        );
+        member.trust();
+        assert!(!member.is_suspected(), "trusted again once it answered");
+        assert!(member.suspect(Duration::ZERO));
+        assert!(!member.is_suspected(), "a suspicion ends with its time");
+        assert!(
+            member.suspect(Duration::from_secs(60)),
+            "the last one had ended"
         );
     }
 

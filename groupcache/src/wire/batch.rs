@@ -42,7 +42,11 @@ const ENTRY_OVERHEAD: usize = MAX_MESSAGE_BYTES + 32;
 /// asked singly again after its first answer.
 pub(crate) fn record_advert(peer: &Endpoint, response: &hyper::Response<hyper::body::Incoming>) {
     let batches = response.headers().contains_key(BATCH_HEADER);
-    peer.batches.store(batches, Ordering::Relaxed);
+    // Stored only when it changes: every request to the peer reads this endpoint, and a store
+    // per answer would bounce its cache line between the cores.
+    if peer.batches.load(Ordering::Relaxed) != batches {
+        peer.batches.store(batches, Ordering::Relaxed);
+    }
 }
 
 /// Marks an answer of this router as coming from a replica that takes batch requests.
