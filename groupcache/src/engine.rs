@@ -837,7 +837,7 @@ impl<L: Loader> Inner<L> {
             // key list and the capping.
             self.main.supersede_all();
             let membership = self.peers.snapshot();
-            let moved: Vec<Arc<str>> = self
+            let moved: Vec<Box<str>> = self
                 .main
                 .keys()
                 .into_iter()

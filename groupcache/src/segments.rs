@@ -5,7 +5,9 @@
 //! with the server's short-lived buffers, and the allocator cannot give the holes between them
 //! back. With glibc, 4 KiB values stored between hyper's freed 8 KiB read buffers left a replica
 //! at 1.38x its budget (`BENCHMARKS.md`). Packed values sit next to each other, and a segment is
-//! retired as one block when its last value has left the cache.
+//! retired as one block when its last value has left the cache. Each value is packed with its
+//! key (see `caches`), so a small entry has no allocation of its own at all: with keys and values
+//! of their own, a 100-byte value cost 247 bytes beyond its key and value (issue 16).
 //!
 //! The price is dead space: evicted values in a segment that still holds live ones. When the
 //! segments hold more than 5/4 of their live bytes plus two segments, the cleaner takes the
@@ -25,7 +27,6 @@
 //! takes a whole buffer back once no `Bytes` of it is left.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -33,32 +34,27 @@ use bytes::{Bytes, BytesMut};
 const MAX_SEGMENT: usize = 1 << 20;
 /// The smallest segment, so that a small budget still packs 4 KiB values.
 const MIN_SEGMENT: usize = 64 << 10;
-/// Smaller values are not packed: the allocator's size classes keep them compact anyway (glibc:
-/// resident memory 0.95-1.02x the charged bytes for values up to 64 bytes), and a segment lists
-/// at most 2,048 keys.
-const MIN_PACKED: usize = 512;
 /// How many retired buffers wait to be reused.
 const RETIRED: usize = 2;
 
-/// Where a packed value lives: its segment, and its place in that segment's list of keys.
+/// Where a packed value lives: its segment, and its place in that segment's list of records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Place {
     /// The segment's index.
     pub segment: u32,
-    /// The value's index in the segment's list of keys.
+    /// The value's index in the segment's list of records.
     pub slot: u32,
 }
-
-/// Where a cached value's bytes live: in a segment, or (None) in a buffer of its own.
-pub(crate) type Home = Option<Place>;
 
 /// One segment's bookkeeping.
 #[derive(Debug, Default)]
 struct Usage {
     /// Bytes of the cached values in it.
     live: usize,
-    /// The keys of the cached values in it, exactly: a value's `Place::slot` is its index here.
-    keys: Vec<Arc<str>>,
+    /// The cache's records (indexes into its slab) of the values in it, exactly: a value's
+    /// `Place::slot` is its index here. Four bytes per entry, where the key itself (an
+    /// `Arc<str>`, 16 bytes, and its allocation) used to be listed.
+    records: Vec<u32>,
     /// The unused end of the segment once it is closed: a handle on its buffer, to take the
     /// whole buffer back when it is retired.
     tail: BytesMut,
@@ -109,11 +105,13 @@ impl Segments {
         }
     }
 
-    /// Whether a value of `len` bytes is packed. Values over 1/16 of a segment get a buffer of
-    /// their own, so the unused tail of a segment, wasted when a value does not fit, stays
-    /// under 1/16 of it.
+    /// Whether a value (or a key) of `len` bytes is packed. Values over 1/16 of a segment get a
+    /// buffer of their own, so the unused tail of a segment, wasted when an entry does not fit,
+    /// stays under about 1/8 of it (a key and a value of at most 1/16 each). Every smaller
+    /// value is packed, the empty one included: in an allocation of its own, a small value cost
+    /// an allocation, `bytes`' shared header and the allocator's header, about 56 bytes.
     pub(crate) fn packs(segment: usize, len: usize) -> bool {
-        (MIN_PACKED..=segment / 16).contains(&len)
+        len <= segment / 16
     }
 
     /// Capacity of every segment.
@@ -121,21 +119,24 @@ impl Segments {
         self.segment
     }
 
-    /// Copies the value of `key` (one that `packs`) into the open segment, opening a new one
-    /// when it does not fit.
-    pub(crate) fn pack(&mut self, key: &Arc<str>, value: &[u8]) -> (Bytes, Place) {
-        debug_assert!(Self::packs(self.segment, value.len()));
+    /// Copies `parts`, one after the other, into the open segment (opening a new one when they
+    /// do not fit), for the cache's record `record`; their total must fit a segment.
+    pub(crate) fn pack(&mut self, record: u32, parts: &[&[u8]]) -> (Bytes, Place) {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        debug_assert!(len <= self.segment);
         let index = match self.open_index {
-            Some(index) if self.open.capacity() >= value.len() => index,
+            Some(index) if self.open.capacity() >= len => index,
             _ => self.open_segment(),
         };
-        self.open.extend_from_slice(value);
+        for part in parts {
+            self.open.extend_from_slice(part);
+        }
         let usage = &mut self.usage[index as usize];
-        usage.live += value.len();
-        // At most segment / MIN_PACKED = 2,048 keys.
-        let slot = u32::try_from(usage.keys.len()).unwrap_or(u32::MAX);
-        usage.keys.push(Arc::clone(key));
-        self.live += value.len() as u64;
+        usage.live += len;
+        // Fewer records than bytes in a segment (every packed entry has at least one byte).
+        let slot = u32::try_from(usage.records.len()).unwrap_or(u32::MAX);
+        usage.records.push(record);
+        self.live += len as u64;
         let place = Place {
             segment: index,
             slot,
@@ -143,24 +144,19 @@ impl Segments {
         (self.open.split().freeze(), place)
     }
 
-    /// The value of `key`, `len` bytes at `place`, has left the cache or moved. The last key of
-    /// its segment takes its slot; that key and the slot are returned, for the caller to update
-    /// that value's place.
-    pub(crate) fn release(
-        &mut self,
-        key: &str,
-        place: Place,
-        len: usize,
-    ) -> Option<(Arc<str>, u32)> {
+    /// The bytes of `record`, `len` of them at `place`, have left the cache or moved. The last
+    /// record of its segment takes its slot; that record and the slot are returned, for the
+    /// caller to update that record's place.
+    pub(crate) fn release(&mut self, record: u32, place: Place, len: usize) -> Option<(u32, u32)> {
         let usage = &mut self.usage[place.segment as usize];
         usage.live -= len;
         self.live -= len as u64;
         let slot = place.slot as usize;
-        debug_assert_eq!(usage.keys.get(slot).map(|k| &**k), Some(key));
+        debug_assert_eq!(usage.records.get(slot), Some(&record));
         let mut moved = None;
-        if slot < usage.keys.len() {
-            usage.keys.swap_remove(slot);
-            moved = usage.keys.get(slot).map(|k| (Arc::clone(k), place.slot));
+        if slot < usage.records.len() {
+            usage.records.swap_remove(slot);
+            moved = usage.records.get(slot).map(|&r| (r, place.slot));
         }
         if usage.live == 0 && Some(place.segment) != self.open_index {
             self.retire(place.segment);
@@ -168,10 +164,10 @@ impl Segments {
         moved
     }
 
-    /// The key of the next value the cleaner should move to the open segment, and whether
+    /// The record of the next value the cleaner should move to the open segment, and whether
     /// the cleaner has just picked its segment (a scan over all of them); None while the dead
     /// space is within bounds.
-    pub(crate) fn next_to_move(&mut self) -> Option<(Arc<str>, bool)> {
+    pub(crate) fn next_to_move(&mut self) -> Option<(u32, bool)> {
         let mut picked = false;
         if self.cleaning.is_none() {
             if self.held <= self.live + self.live / 4 + 2 * self.segment as u64 {
@@ -186,14 +182,17 @@ impl Segments {
             picked = true;
         }
         let index = self.cleaning?;
-        let key = self.usage[index as usize].keys.last().cloned();
-        // A segment with live values lists their keys; were it ever not so, stop cleaning it
+        let record = self.usage[index as usize].records.last().copied();
+        // A segment with live values lists their records; were it ever not so, stop cleaning it
         // rather than pick it again and again.
-        debug_assert!(key.is_some(), "segment {index} is live but lists no keys");
-        if key.is_none() {
+        debug_assert!(
+            record.is_some(),
+            "segment {index} is live but lists no records"
+        );
+        if record.is_none() {
             self.cleaning = None;
         }
-        Some((key?, picked))
+        Some((record?, picked))
     }
 
     /// The buffers let go since the last call, for the caller to drop after unlocking.
@@ -213,10 +212,19 @@ impl Segments {
         self.live
     }
 
-    /// The keys listed for the segment at `index`.
+    /// The records listed for the segment at `index`.
     #[cfg(test)]
-    pub(crate) fn keys(&self, index: u32) -> &[Arc<str>] {
-        &self.usage[index as usize].keys
+    pub(crate) fn records(&self, index: u32) -> &[u32] {
+        &self.usage[index as usize].records
+    }
+
+    /// The segments' record lists' capacity in bytes.
+    #[cfg(test)]
+    pub(crate) fn list_bytes(&self) -> usize {
+        self.usage
+            .iter()
+            .map(|u| u.records.capacity() * std::mem::size_of::<u32>())
+            .sum()
     }
 
     /// Closes the open segment (retiring it if nothing in it is live) and opens a new one.
@@ -249,7 +257,7 @@ impl Segments {
     /// buffer waits among the retired ones.
     fn retire(&mut self, index: u32) {
         let usage = &mut self.usage[index as usize];
-        debug_assert!(usage.keys.is_empty());
+        debug_assert!(usage.records.is_empty());
         if self.retired.len() == RETIRED {
             self.let_go.extend(self.retired.pop_front());
         }
@@ -268,6 +276,13 @@ mod tests {
     use std::collections::HashMap;
 
     const V: usize = MIN_SEGMENT / 16;
+    /// A small value.
+    const SMALL: usize = 512;
+
+    /// The record number of a key of the model, `k{n}`.
+    fn id(key: &str) -> u32 {
+        key[1..].parse().unwrap()
+    }
 
     /// Segments and the place of every value, kept up to date as the cache keeps them.
     struct Model {
@@ -289,15 +304,15 @@ mod tests {
         fn pack(&mut self, byte: u8, len: usize) -> (String, Bytes) {
             self.next += 1;
             let key = format!("k{}", self.next);
-            let (value, place) = self.s.pack(&Arc::from(key.as_str()), &vec![byte; len]);
+            let (value, place) = self.s.pack(id(&key), &[&vec![byte; len]]);
             self.places.insert(key.clone(), (place, len));
             (key, value)
         }
 
         fn release(&mut self, key: &str) {
             let (place, len) = self.places.remove(key).unwrap();
-            if let Some((moved, slot)) = self.s.release(key, place, len) {
-                self.places.get_mut(&*moved).unwrap().0.slot = slot;
+            if let Some((moved, slot)) = self.s.release(id(key), place, len) {
+                self.places.get_mut(&format!("k{moved}")).unwrap().0.slot = slot;
             }
         }
 
@@ -305,13 +320,13 @@ mod tests {
             self.places[key].0.segment
         }
 
-        /// Every listed key is at its place, and every value's place lists its key.
+        /// Every listed record is at its place, and every value's place lists its record.
         fn check(&self) {
             for (key, (place, _)) in &self.places {
-                assert_eq!(&*self.s.keys(place.segment)[place.slot as usize], key);
+                assert_eq!(self.s.records(place.segment)[place.slot as usize], id(key));
             }
             let listed: usize = (0..self.s.usage.len())
-                .map(|i| self.s.keys(i as u32).len())
+                .map(|i| self.s.records(i as u32).len())
                 .sum();
             assert_eq!(listed, self.places.len());
         }
@@ -338,9 +353,10 @@ mod tests {
         assert_eq!(Segments::for_budget(64 << 20).segment, MAX_SEGMENT);
         assert_eq!(Segments::for_budget(u64::MAX).segment, MAX_SEGMENT);
         let packs = |len| Segments::packs(MAX_SEGMENT, len);
-        assert!(!packs(0));
-        assert!(!packs(MIN_PACKED - 1));
-        assert!(packs(MIN_PACKED));
+        // Small values are packed too, the empty one included: their keys are packed with them.
+        assert!(packs(0));
+        assert!(packs(1));
+        assert!(packs(SMALL));
         assert!(packs(4096));
         assert!(packs(64 << 10));
         assert!(!packs((64 << 10) + 1));
@@ -374,9 +390,7 @@ mod tests {
     #[test]
     fn keys_are_listed_exactly_whatever_the_order_of_release() {
         let mut m = Model::new();
-        let keys: Vec<String> = (0..100)
-            .map(|i| m.pack(i as u8, MIN_PACKED + i).0)
-            .collect();
+        let keys: Vec<String> = (0..100).map(|i| m.pack(i as u8, SMALL + i).0).collect();
         // Release every third key, from the middle out, then every other of the rest.
         for key in keys
             .iter()
@@ -423,7 +437,7 @@ mod tests {
     #[test]
     fn the_open_segment_stays_until_closed() {
         let mut m = Model::new();
-        let (key, _) = m.pack(1, MIN_PACKED);
+        let (key, _) = m.pack(1, SMALL);
         let index = m.segment(&key);
         m.release(&key);
         assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64, "still open");
@@ -442,14 +456,14 @@ mod tests {
     #[test]
     fn a_packed_value_outlives_its_segment_in_the_cache() {
         let mut m = Model::new();
-        let (key, value) = m.pack(b'r', MIN_PACKED);
+        let (key, value) = m.pack(b'r', SMALL);
         for other in m.close_open_segment() {
             m.release(&other);
         }
         let held = m.s.held_bytes();
         m.release(&key);
         assert_eq!(m.s.held_bytes(), held - MIN_SEGMENT as u64);
-        assert_eq!(&value[..], &[b'r'; MIN_PACKED][..]);
+        assert_eq!(&value[..], &[b'r'; SMALL][..]);
     }
 
     #[test]
@@ -533,17 +547,18 @@ mod tests {
         // 80 > 5/4 of 28 + 32: the emptiest closed segment (segment 2, 3 live) is emptied.
         let segment_2 = m.segment(&keys[45]);
         let mut moved = Vec::new();
-        while let Some((key, picked)) = m.s.next_to_move() {
+        while let Some((record, picked)) = m.s.next_to_move() {
+            let key = format!("k{record}");
             assert_eq!(picked, moved.is_empty(), "picked once");
             assert_eq!(m.segment(&key), segment_2);
             // The caller moves it: packs it anew, then releases the old place.
-            let (place, len) = m.places[&*key];
-            let (_, new_place) = m.s.pack(&key, &[0; V]);
-            m.places.insert(key.to_string(), (new_place, len));
-            if let Some((other, slot)) = m.s.release(&key, place, len) {
-                m.places.get_mut(&*other).unwrap().0.slot = slot;
+            let (place, len) = m.places[&key];
+            let (_, new_place) = m.s.pack(record, &[&[0; V]]);
+            m.places.insert(key.clone(), (new_place, len));
+            if let Some((other, slot)) = m.s.release(record, place, len) {
+                m.places.get_mut(&format!("k{other}")).unwrap().0.slot = slot;
             }
-            moved.push(key.to_string());
+            moved.push(key);
             m.check();
         }
         moved.sort();
