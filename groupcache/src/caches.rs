@@ -1,16 +1,17 @@
 //! A byte-budgeted LRU cache with per-entry expiry, used for both the main and the hot cache.
 //!
-//! Layout: a slab of fixed-size [`Record`]s indexed by `u32` (expiry, LRU neighbours, where the
+//! Layout: a slab of 32-byte [`Record`]s indexed by `u32` (expiry, LRU neighbours, where the
 //! bytes live), a `hashbrown::HashTable<u32>` of record indexes keyed by the key's xxh3 hash
 //! (a lookup compares the key bytes), and the key packed in a segment next to its value (see
 //! `segments`), so a small entry has no allocation of its own. `get` hands out the value as a
 //! slice of the segment's shared buffer: a reference count, no copy. Values too large to pack
-//! keep a buffer of their own, and their keys a small side list.
+//! keep a buffer of their own, listed with their keys in a side list.
 //!
 //! Why: with an `lru::LruCache<Arc<str>, _>` node, its hash slot, the key's `Arc<str>` listed
 //! again by its segment, `bytes`' shared header and four allocations, every entry cost 247 bytes
-//! beyond its key and value: a replica with 100-byte values held 165,876 entries in 56 MiB
-//! (issue 16). The records cost 77 (see [`ENTRY_OVERHEAD`]).
+//! beyond its key and value: a replica with 100-byte values held 187,454 entries in a 64 MiB
+//! budget, and grew 520 bytes of resident memory per entry beyond key and value (issue 16;
+//! `BENCHMARKS.md`). An entry now costs 53 (see [`ENTRY_OVERHEAD`]).
 
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,12 +44,10 @@ pub(crate) struct Inserted {
     pub value: Bytes,
 }
 
-/// One entry, or a vacant place in the slab.
+/// One entry, or a vacant place in the slab. A packed entry's bytes are the key's length
+/// (LEB128, one byte below 128), the key and the value, side by side in a segment.
 #[derive(Debug)]
 struct Record {
-    /// Packed: the key's length (LEB128, one byte below 128), the key and the value, a slice of
-    /// a segment. Not packed: the value alone, in its own buffer.
-    data: Bytes,
     /// Unix time in nanoseconds after which the entry is gone; 0 = never.
     expire: i64,
     /// The more recently used neighbour in the LRU order ([`NIL`] at the front).
@@ -61,6 +60,9 @@ struct Record {
     /// Packed: the entry's index in its segment's list of records; [`LARGE`]: its index in
     /// `Inner::large`.
     slot: u32,
+    /// Packed: where its bytes start in the segment, and how many there are.
+    offset: u32,
+    len: u32,
 }
 
 /// No record: the end of a list.
@@ -72,7 +74,7 @@ const VACANT: u32 = u32::MAX - 1;
 /// Record indexes stay below both markers.
 const MAX_RECORDS: usize = (u32::MAX - 2) as usize;
 
-/// A record: `Bytes` 32, expiry 8, LRU neighbours 2 x 4, segment and slot 2 x 4.
+/// A record: expiry 8, LRU neighbours 2 x 4, segment, slot, offset and length 4 x 4.
 const RECORD: u64 = size_of::<Record>() as u64;
 /// One hash-table bucket (a `u32` record index) plus its control byte in hashbrown. The table
 /// doubles when 7/8 full, so just after growing it is 7/16 full: charge 16/7 buckets.
@@ -84,21 +86,23 @@ const LIST: u64 = 2 * size_of::<u32>() as u64;
 /// Bytes charged per packed entry on top of its key, its value and its key's length prefix
 /// (one byte for keys under 128 bytes; [`charge`]).
 ///
-/// On 64-bit targets, 76 bytes: the record, 56 (the `Bytes` slice of the segment, 32; expiry,
-/// 8; LRU neighbours, segment and slot, four `u32`); the hash table, 12 (a 5-byte bucket at
-/// worst 7/16 load); the segment's list of records, 8 (a `u32` in a `Vec` at worst half full).
-/// No allocation of its own: the key and value are packed in a segment, whose one shared header
-/// serves thousands of entries. With the one-byte prefix a 100-byte value with a short key is
-/// charged 77 bytes beyond key and value, where it was charged 247 (an `lru` node 88, its hash
-/// slot 39, the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`'
-/// shared header 24, four allocator headers 64). Records of evicted entries are reused, not
-/// freed: the slab keeps its largest size, and vacant records are not charged. Segments add at
-/// most a quarter of the packed bytes plus two segments (see `segments`).
+/// The same on every target: 52 bytes. The record, 32 (expiry, 8; LRU neighbours, segment,
+/// slot, offset and length, six `u32`); the hash table, 12 (a 5-byte bucket at worst 7/16
+/// load); the segment's list of records, 8 (a `u32` in a `Vec` at worst half full). No
+/// allocation of its own: the key and value are packed in a segment, whose one `Bytes` serves
+/// thousands of entries. With the one-byte prefix a 100-byte value with a short key is charged
+/// 53 bytes beyond key and value, where it was charged 247 (an `lru` node 88, its hash slot 39,
+/// the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`' shared
+/// header 24, four allocator headers 64). A `Bytes` per record would have cost 32 bytes more
+/// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused,
+/// not freed: the slab keeps its largest size, and vacant records are not charged. Segments add
+/// at most a quarter of the packed bytes plus two segments, and the open segment 40 bytes per
+/// entry packed into it (see `segments`).
 pub(crate) const ENTRY_OVERHEAD: u64 = RECORD + TABLE + LIST;
 
-/// An unpacked value's key: its place in `Inner::large` (record index and key), in a `Vec` at
-/// worst half full.
-const LARGE_KEY: u64 = 2 * size_of::<(u32, Box<[u8]>)>() as u64;
+/// An unpacked value's place in `Inner::large` (record index, key, value), in a `Vec` at worst
+/// half full.
+const LARGE_KEY: u64 = 2 * size_of::<Large>() as u64;
 /// `bytes`' private `Shared` header (buffer pointer, capacity, refcount), allocated the first
 /// time a value with a buffer of its own is cloned.
 const SHARED: u64 = size_of::<(*mut u8, usize, AtomicUsize)>() as u64;
@@ -106,9 +110,9 @@ const SHARED: u64 = size_of::<(*mut u8, usize, AtomicUsize)>() as u64;
 const ALLOCATION: u64 = 16;
 
 /// Bytes charged per entry whose value is too large to pack (over 1/16 of a segment, at least
-/// 4 KiB): the record and its hash slot, its key's place in `Inner::large`, `bytes`' shared
-/// header, and three allocations (the value's buffer, the shared header, the key). On 64-bit
-/// targets 188 bytes, under 5 % of such a value.
+/// 4 KiB): the record and its hash slot, its place in `Inner::large`, `bytes`' shared header,
+/// and three allocations (the value's buffer, the shared header, the key). On 64-bit targets
+/// 228 bytes, under 6 % of such a value.
 const LARGE_OVERHEAD: u64 = RECORD + TABLE + LARGE_KEY + SHARED + 3 * ALLOCATION;
 
 /// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
@@ -138,8 +142,8 @@ struct Inner {
     /// The most and the least recently used entries.
     head: u32,
     tail: u32,
-    /// Keys of the entries whose values are not packed, with their record indexes.
-    large: Vec<(u32, Box<[u8]>)>,
+    /// The entries whose values are not packed.
+    large: Vec<Large>,
     bytes: u64,
     segments: Segments,
     /// Writes per stripe of keys (by key hash): `remove` and `insert` count in their key's
@@ -148,6 +152,9 @@ struct Inner {
     /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
     epoch: u64,
 }
+
+/// An entry whose value is not packed: its record's index, its key and its value.
+type Large = (u32, Box<[u8]>, Bytes);
 
 /// Stripes of write generations. More than [`RECENT`] writes to other keys of the same stripe
 /// while a load runs keep that load's value out of the cache (it is still returned; up to
@@ -226,16 +233,18 @@ fn read_prefix(data: &[u8]) -> (usize, usize) {
     (0, data.len())
 }
 
-/// Values removed under the lock, dropped by the caller after unlocking.
+/// Unpacked values and their keys removed under the lock, dropped by the caller after
+/// unlocking; and how many entries were removed.
 #[derive(Default)]
 struct Removed {
     values: Vec<Bytes>,
     keys: Vec<Box<[u8]>>,
+    packed: usize,
 }
 
 impl Removed {
     fn len(&self) -> usize {
-        self.values.len()
+        self.values.len() + self.packed
     }
 }
 
@@ -264,14 +273,39 @@ impl Inner {
 
     /// The record of `key`, whose hash is `hash`.
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
-        let (records, large) = (&self.records, &self.large);
+        let (records, large, segments) = (&self.records, &self.large, &self.segments);
         self.table
             .find(hash, |&i| {
                 records
                     .get(i as usize)
-                    .is_some_and(|r| key_of(r, large) == key)
+                    .is_some_and(|r| key_of(r, segments, large) == key)
             })
             .copied()
+    }
+
+    /// The key of a live record.
+    fn key(&self, record: &Record) -> &[u8] {
+        key_of(record, &self.segments, &self.large)
+    }
+
+    /// The value of a live record: a slice of its segment's buffer, or its own buffer.
+    fn value(&self, record: &Record) -> Bytes {
+        if record.segment == LARGE {
+            return self
+                .large
+                .get(record.slot as usize)
+                .map_or_else(Bytes::new, |(_, _, value)| value.clone());
+        }
+        let bytes = (self.segments).slice(record.segment, record.offset, record.len as usize);
+        let (len, at) = read_prefix(&bytes);
+        bytes.slice((at + len).min(bytes.len())..)
+    }
+
+    /// A packed record's bytes.
+    #[cfg(test)]
+    fn packed(&self, record: &Record) -> &[u8] {
+        self.segments
+            .bytes(record.segment, record.offset, record.len as usize)
     }
 
     /// Takes `i` out of the LRU order.
@@ -306,12 +340,13 @@ impl Inner {
     /// A record for a new entry, vacant or new; None when there are as many as indexes allow.
     fn allocate(&mut self, expire: i64) -> Option<u32> {
         let record = Record {
-            data: Bytes::new(),
             expire,
             prev: NIL,
             next: NIL,
             segment: VACANT,
             slot: 0,
+            offset: 0,
+            len: 0,
         };
         if self.vacant != NIL {
             let i = self.vacant;
@@ -335,31 +370,36 @@ impl Inner {
         self.unlink(i);
         let vacant = self.vacant;
         let record = &mut self.records[i as usize];
-        let data = std::mem::take(&mut record.data);
-        let (segment, slot) = (record.segment, record.slot);
+        let (segment, slot, offset, len) = (record.segment, record.slot, record.offset, record.len);
         record.segment = VACANT;
         record.next = vacant;
         self.vacant = i;
         let charged = if segment == LARGE {
             let slot = slot as usize;
-            let key = if slot < self.large.len() {
-                let (_, key) = self.large.swap_remove(slot);
-                if let Some(&(moved, _)) = self.large.get(slot) {
+            let (key, value) = if slot < self.large.len() {
+                let (_, key, value) = self.large.swap_remove(slot);
+                if let Some(&(moved, _, _)) = self.large.get(slot) {
                     self.records[moved as usize].slot = slot as u32;
                 }
-                key
+                (key, value)
             } else {
-                Box::default()
+                (Box::default(), Bytes::new())
             };
-            let charged = large_charge(key.len(), data.len());
+            let charged = large_charge(key.len(), value.len());
             removed.keys.push(key);
+            removed.values.push(value);
             charged
         } else {
-            self.unplace(i, Place { segment, slot }, data.len());
-            data.len() as u64 + ENTRY_OVERHEAD
+            let place = Place {
+                segment,
+                slot,
+                offset,
+            };
+            self.unplace(i, place, len as usize);
+            removed.packed += 1;
+            u64::from(len) + ENTRY_OVERHEAD
         };
         self.bytes -= charged;
-        removed.values.push(data);
         charged
     }
 
@@ -383,7 +423,7 @@ impl Inner {
     ) -> Option<(u64, u64)> {
         let i = self.tail;
         let record = self.records.get(i as usize)?;
-        let hash = key_hash(key_of(record, &self.large));
+        let hash = key_hash(self.key(record));
         if i == newest {
             *kept = false;
         }
@@ -392,22 +432,17 @@ impl Inner {
     }
 }
 
-/// The key of a live record.
-fn key_of<'a>(record: &'a Record, large: &'a [(u32, Box<[u8]>)]) -> &'a [u8] {
+/// The key of a live record (a function of the fields it reads, so that the table's closures
+/// can borrow them while the table is borrowed mutably).
+fn key_of<'a>(record: &Record, segments: &'a Segments, large: &'a [Large]) -> &'a [u8] {
     if record.segment == LARGE {
-        return large.get(record.slot as usize).map_or(&[], |(_, key)| key);
+        return large
+            .get(record.slot as usize)
+            .map_or(&[], |(_, key, _)| key);
     }
-    let (len, at) = read_prefix(&record.data);
-    record.data.get(at..at + len).unwrap_or_default()
-}
-
-/// The value of a live record: a slice of its segment's buffer, or its own buffer.
-fn value_in(record: &Record) -> Bytes {
-    if record.segment == LARGE {
-        return record.data.clone();
-    }
-    let (len, at) = read_prefix(&record.data);
-    record.data.slice((at + len).min(record.data.len())..)
+    let packed = segments.bytes(record.segment, record.offset, record.len as usize);
+    let (len, at) = read_prefix(packed);
+    packed.get(at..at + len).unwrap_or_default()
 }
 
 /// What a packed entry is charged: its key, its value, its key's length prefix and
@@ -502,7 +537,7 @@ impl Cache {
         let record = &inner.records[i as usize];
         if record.expire == 0 || record.expire > now_nanos {
             let entry = Entry {
-                value: value_in(record),
+                value: inner.value(record),
                 expire: record.expire,
             };
             if inner.head != i {
@@ -591,7 +626,7 @@ impl Cache {
             ends.reserve(inner.table.len());
             let mut i = inner.head;
             while let Some(record) = inner.records.get(i as usize) {
-                buffer.extend_from_slice(key_of(record, &inner.large));
+                buffer.extend_from_slice(inner.key(record));
                 ends.push(buffer.len());
                 i = record.next;
             }
@@ -682,9 +717,8 @@ impl Cache {
         let stored = match own {
             Some((own, key)) => {
                 let slot = u32::try_from(inner.large.len()).unwrap_or(u32::MAX);
-                inner.large.push((i, key));
+                inner.large.push((i, key, own.clone()));
                 let record = &mut inner.records[i as usize];
-                record.data = own.clone();
                 (record.segment, record.slot) = (LARGE, slot);
                 own
             }
@@ -694,18 +728,19 @@ impl Cache {
                 let (data, place) = inner.segments.pack(i, &parts);
                 let value = data.slice(n + key.len()..);
                 let record = &mut inner.records[i as usize];
-                record.data = data;
                 (record.segment, record.slot) = (place.segment, place.slot);
+                // Within a segment, at most 1 MiB.
+                (record.offset, record.len) = (place.offset, data.len() as u32);
                 value
             }
         };
         inner.push_front(i);
         {
-            let (records, large) = (&inner.records, &inner.large);
+            let (records, large, segments) = (&inner.records, &inner.large, &inner.segments);
             inner.table.insert_unique(hash, i, |&j| {
                 records
                     .get(j as usize)
-                    .map_or(0, |r| key_hash(key_of(r, large)))
+                    .map_or(0, |r| key_hash(key_of(r, segments, large)))
             });
         }
         inner.bytes += size;
@@ -828,12 +863,15 @@ impl Cache {
             let place = Place {
                 segment: record.segment,
                 slot: record.slot,
+                offset: record.offset,
             };
-            let old = record.data.clone();
-            let (data, new_place) = inner.segments.pack(i, &[&old]);
+            let old = inner
+                .segments
+                .slice(record.segment, record.offset, record.len as usize);
+            let (_, new_place) = inner.segments.pack(i, &[&old]);
             let record = &mut inner.records[i as usize];
-            record.data = data;
             (record.segment, record.slot) = (new_place.segment, new_place.slot);
+            record.offset = new_place.offset;
             allowance = allowance.saturating_sub(old.len());
             inner.unplace(i, place, old.len());
             moved.push(old);
@@ -958,10 +996,11 @@ pub(crate) mod tests {
         while i != NIL {
             let record = &inner.records[i as usize];
             assert_eq!(record.prev, prev, "LRU links agree");
-            let key = key_of(record, &inner.large);
+            let key = inner.key(record);
             let key_str = std::str::from_utf8(key).unwrap();
             assert_eq!(inner.find(key_hash(key), key), Some(i), "found by its key");
-            let value_len = value_in(record).len();
+            let value = inner.value(record);
+            let value_len = value.len();
             assert_eq!(
                 cache.packs(key.len(), value_len),
                 record.segment != LARGE,
@@ -973,7 +1012,12 @@ pub(crate) mod tests {
                 assert_ne!(record.segment, VACANT);
                 let listed = inner.segments.records(record.segment)[record.slot as usize];
                 assert_eq!(listed, i, "a value's place lists its record");
-                packed += record.data.len() as u64;
+                assert_eq!(
+                    inner.packed(record).len(),
+                    record.len as usize,
+                    "its bytes are where it says"
+                );
+                packed += u64::from(record.len);
             }
             bytes += cache.charge(key_str, value_len);
             items += 1;
@@ -991,7 +1035,6 @@ pub(crate) mod tests {
         let mut v = inner.vacant;
         while v != NIL {
             assert_eq!(inner.records[v as usize].segment, VACANT);
-            assert!(inner.records[v as usize].data.is_empty(), "nothing held");
             vacant += 1;
             v = inner.records[v as usize].next;
         }
@@ -1239,10 +1282,10 @@ pub(crate) mod tests {
     #[test]
     fn overhead_is_at_most_96_bytes_and_covers_the_real_structures() {
         assert_eq!(size_of::<Entry>(), 40);
+        assert_eq!(size_of::<Record>(), 32);
+        assert_eq!(ENTRY_OVERHEAD, 52);
         if size_of::<usize>() == 8 {
-            assert_eq!(size_of::<Record>(), 56);
-            assert_eq!(ENTRY_OVERHEAD, 76);
-            assert_eq!(LARGE_OVERHEAD, 188);
+            assert_eq!(LARGE_OVERHEAD, 228);
         }
         // A 100-byte value under a short key.
         assert!(charge("user:12345", 100) - 110 <= 96);

@@ -25,6 +25,14 @@
 //! the cache does after unlocking. Values are copied with `BytesMut::split`, which hands out the
 //! front of the open segment as a refcounted `Bytes` without `unsafe`; `BytesMut::try_reclaim`
 //! takes a whole buffer back once no `Bytes` of it is left.
+//!
+//! A closed segment is one `Bytes`, and the cache's records say where in it their entries are
+//! (an offset and a length: 8 bytes, where a `Bytes` per entry took 32). The open segment hands
+//! out a `Bytes` per entry it packs (the insert returns it) and keeps them, 40 bytes per entry,
+//! until it closes; closing copies its bytes into a buffer of their own, one `Bytes`, and retires
+//! the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
+//! `unsafe`). The copy is one `memcpy` of a segment per segment filled, under the lock: at most
+//! 1 MiB, the time the cleaner may take on one insert.
 
 use std::collections::VecDeque;
 
@@ -37,13 +45,16 @@ const MIN_SEGMENT: usize = 64 << 10;
 /// How many retired buffers wait to be reused.
 const RETIRED: usize = 2;
 
-/// Where a packed value lives: its segment, and its place in that segment's list of records.
+/// Where a packed value lives: its segment, its place in that segment's list of records, and
+/// where its bytes start in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Place {
     /// The segment's index.
     pub segment: u32,
     /// The value's index in the segment's list of records.
     pub slot: u32,
+    /// The offset of its bytes in the segment.
+    pub offset: u32,
 }
 
 /// One segment's bookkeeping.
@@ -55,6 +66,8 @@ struct Usage {
     /// `Place::slot` is its index here. Four bytes per entry, where the key itself (an
     /// `Arc<str>`, 16 bytes, and its allocation) used to be listed.
     records: Vec<u32>,
+    /// The segment's bytes once it is closed.
+    data: Bytes,
     /// The unused end of the segment once it is closed: a handle on its buffer, to take the
     /// whole buffer back when it is retired.
     tail: BytesMut,
@@ -69,6 +82,10 @@ pub(crate) struct Segments {
     open: BytesMut,
     /// The open segment's index, once one is open.
     open_index: Option<u32>,
+    /// The open segment's bytes written so far, and what it has packed: the offset and the
+    /// handle of each packing, in order.
+    open_written: usize,
+    chunks: Vec<(u32, Bytes)>,
     /// Bookkeeping per segment index; the indexes in `free` are not in use.
     usage: Vec<Usage>,
     free: Vec<u32>,
@@ -95,6 +112,8 @@ impl Segments {
             segment,
             open: BytesMut::new(),
             open_index: None,
+            open_written: 0,
+            chunks: Vec::new(),
             usage: Vec::new(),
             free: Vec::new(),
             held: 0,
@@ -131,6 +150,9 @@ impl Segments {
         for part in parts {
             self.open.extend_from_slice(part);
         }
+        // Below a segment's size, which is at most 1 MiB.
+        let offset = u32::try_from(self.open_written).unwrap_or(u32::MAX);
+        self.open_written += len;
         let usage = &mut self.usage[index as usize];
         usage.live += len;
         // Fewer records than bytes in a segment (every packed entry has at least one byte).
@@ -140,8 +162,43 @@ impl Segments {
         let place = Place {
             segment: index,
             slot,
+            offset,
         };
-        (self.open.split().freeze(), place)
+        let chunk = self.open.split().freeze();
+        self.chunks.push((offset, chunk.clone()));
+        (chunk, place)
+    }
+
+    /// The `len` bytes packed at `offset` in `segment`, borrowed.
+    pub(crate) fn bytes(&self, segment: u32, offset: u32, len: usize) -> &[u8] {
+        self.located(segment, offset, len)
+            .and_then(|(bytes, at)| bytes.get(at..at + len))
+            .unwrap_or_default()
+    }
+
+    /// The `len` bytes packed at `offset` in `segment`, as a slice of the segment's buffer (a
+    /// reference count, no copy).
+    pub(crate) fn slice(&self, segment: u32, offset: u32, len: usize) -> Bytes {
+        match self.located(segment, offset, len) {
+            Some((bytes, at)) if at + len <= bytes.len() => bytes.slice(at..at + len),
+            _ => Bytes::new(),
+        }
+    }
+
+    /// The handle holding the bytes at `offset` in `segment`, and their offset in it: the
+    /// closed segment's bytes, or the open segment's chunk packed at `offset`.
+    fn located(&self, segment: u32, offset: u32, len: usize) -> Option<(&Bytes, usize)> {
+        if Some(segment) == self.open_index {
+            let at = self
+                .chunks
+                .binary_search_by_key(&offset, |&(start, _)| start)
+                .ok()?;
+            let (_, chunk) = self.chunks.get(at)?;
+            debug_assert_eq!(chunk.len(), len, "one chunk per packing");
+            return Some((chunk, 0));
+        }
+        let usage = self.usage.get(segment as usize)?;
+        Some((&usage.data, offset as usize))
     }
 
     /// The bytes of `record`, `len` of them at `place`, have left the cache or moved. The last
@@ -227,12 +284,33 @@ impl Segments {
             .sum()
     }
 
-    /// Closes the open segment (retiring it if nothing in it is live) and opens a new one.
+    /// Closes the open segment and opens a new one. A closed segment with live values gets its
+    /// bytes copied into a buffer of its own, and the open buffer is retired; with none, it is
+    /// retired at once.
     fn open_segment(&mut self) -> u32 {
         if let Some(index) = self.open_index.take() {
-            self.usage[index as usize].tail = std::mem::take(&mut self.open);
+            let open = std::mem::take(&mut self.open);
+            let chunks = std::mem::take(&mut self.chunks);
+            self.open_written = 0;
             if self.usage[index as usize].live == 0 {
+                drop(chunks);
+                self.usage[index as usize].tail = open;
                 self.retire(index);
+            } else {
+                let written: usize = chunks.iter().map(|(_, chunk)| chunk.len()).sum();
+                let mut copy = self.buffer();
+                for (_, chunk) in &chunks {
+                    copy.extend_from_slice(chunk);
+                }
+                debug_assert!(copy.len() == written);
+                // The cache's handles on the open buffer go, so that it can be reused as soon
+                // as no reader holds any of its values.
+                drop(chunks);
+                let usage = &mut self.usage[index as usize];
+                usage.data = copy.split().freeze();
+                usage.tail = copy;
+                usage.records.shrink_to_fit();
+                self.wait_retired(open);
             }
         }
         let index = match self.free.pop() {
@@ -243,11 +321,7 @@ impl Segments {
                 u32::try_from(self.usage.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        let segment = self.segment;
-        let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(segment));
-        self.open = reusable
-            .and_then(|at| self.retired.remove(at))
-            .unwrap_or_else(|| BytesMut::with_capacity(segment));
+        self.open = self.buffer();
         self.open_index = Some(index);
         self.held += self.segment as u64;
         index
@@ -258,15 +332,38 @@ impl Segments {
     fn retire(&mut self, index: u32) {
         let usage = &mut self.usage[index as usize];
         debug_assert!(usage.records.is_empty());
-        if self.retired.len() == RETIRED {
-            self.let_go.extend(self.retired.pop_front());
-        }
-        self.retired.push_back(std::mem::take(&mut usage.tail));
+        // The tail shares the buffer, so this frees nothing under the lock.
+        usage.data = Bytes::new();
+        let tail = std::mem::take(&mut usage.tail);
+        self.wait_retired(tail);
         self.free.push(index);
         self.held -= self.segment as u64;
         if self.cleaning == Some(index) {
             self.cleaning = None;
         }
+    }
+
+    /// A buffer no segment uses any more waits among the retired ones; beyond [`RETIRED`], the
+    /// oldest is let go.
+    fn wait_retired(&mut self, buffer: BytesMut) {
+        if self.retired.len() == RETIRED {
+            self.let_go.extend(self.retired.pop_front());
+        }
+        self.retired.push_back(buffer);
+    }
+
+    /// An empty buffer of a segment's capacity: a retired one that no reader holds any more,
+    /// or a new one.
+    fn buffer(&mut self) -> BytesMut {
+        let segment = self.segment;
+        let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(segment));
+        reusable
+            .and_then(|at| self.retired.remove(at))
+            .map(|mut buffer| {
+                buffer.clear();
+                buffer
+            })
+            .unwrap_or_else(|| BytesMut::with_capacity(segment))
     }
 }
 
@@ -322,8 +419,10 @@ mod tests {
 
         /// Every listed record is at its place, and every value's place lists its record.
         fn check(&self) {
-            for (key, (place, _)) in &self.places {
+            for (key, (place, len)) in &self.places {
                 assert_eq!(self.s.records(place.segment)[place.slot as usize], id(key));
+                let bytes = self.s.bytes(place.segment, place.offset, *len);
+                assert_eq!(bytes.len(), *len, "{key}'s bytes are at its place");
             }
             let listed: usize = (0..self.s.usage.len())
                 .map(|i| self.s.records(i as u32).len())
@@ -469,40 +568,66 @@ mod tests {
     #[test]
     fn a_retired_segment_is_reused_once_no_reader_holds_it() {
         let mut m = Model::new();
-        // Segment A: 16 values; the 17th opens B.
+        let within = |start: *const u8, at: *const u8| {
+            (start as usize..start as usize + MIN_SEGMENT).contains(&(at as usize))
+        };
+        // Segment A: 16 values in its open buffer. A reader holds one of them when the 17th
+        // closes A (its bytes are copied into a buffer of their own) and opens B: B opens in
+        // new memory.
         let a: Vec<(String, Bytes)> = (0..16).map(|_| m.pack(1, V)).collect();
-        let b: Vec<(String, Bytes)> = (0..16).map(|_| m.pack(2, V)).collect();
         let a_start = a[0].1.as_ptr();
-        let b_start = b[0].1.as_ptr();
-        assert_ne!(a_start, b_start);
-        // A reader still holds a value of A when the next segment opens: new memory.
         let reader = a[0].1.clone();
-        for (key, _) in &a {
-            m.release(key);
-        }
-        drop(a);
-        let (_, c) = m.pack(3, V); // opens C
-        assert_ne!(c.as_ptr(), a_start, "new memory");
+        let a: Vec<String> = a.into_iter().map(|(key, _)| key).collect();
+        let (b0, b0_value) = m.pack(2, V);
+        assert_ne!(m.segment(&b0), m.segment(&a[0]));
+        let b_start = b0_value.as_ptr();
+        assert!(!within(a_start, b_start), "new memory");
+        // A's values were copied out of its open buffer, and read the same.
+        let (place, len) = m.places[&a[3]];
+        let copied = m.s.slice(place.segment, place.offset, len);
+        assert_eq!(&copied[..], &[1; V][..]);
+        assert!(!within(a_start, copied.as_ptr()));
+        let a_copy = copied.as_ptr().wrapping_sub(3 * V);
+        drop(copied);
         assert_eq!(&reader[..], &[1; V][..]);
-        // B is retired too, and the values of both are gone by the time D opens: it opens in
-        // the older retired buffer, A's, taken back whole.
-        for (key, _) in &b {
+        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64, "A's copy and B");
+        // Once no reader holds A's open buffer, it is the next buffer taken: for B's copy when
+        // B closes. B's open buffer, whose values nobody holds, is C's at once.
+        drop((reader, b0_value));
+        let b: Vec<String> = std::iter::once(b0)
+            .chain((1..16).map(|_| m.pack(2, V).0))
+            .collect();
+        let (c0, c0_value) = m.pack(3, V);
+        assert_ne!(m.segment(&c0), m.segment(&b[0]));
+        let (place, len) = m.places[&b[5]];
+        let b_copied = m.s.slice(place.segment, place.offset, len);
+        assert_eq!(
+            b_copied.as_ptr(),
+            a_start.wrapping_add(5 * V),
+            "in A's old buffer"
+        );
+        assert_eq!(&b_copied[..], &[2; V][..]);
+        drop(b_copied);
+        assert_eq!(c0_value.as_ptr(), b_start, "C opens in B's old buffer");
+        drop(c0_value);
+        // A's values all leave: A retires, and its copy's buffer takes C's copy when C closes.
+        for key in &a {
             m.release(key);
         }
-        drop((b, reader));
-        for _ in 1..16 {
-            m.pack(4, V);
-        }
-        let (_, d) = m.pack(5, V); // opens D
-        assert_eq!(d.as_ptr(), a_start);
-        assert_eq!(&d[..], &[5; V][..]);
-        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64, "C and D");
-        // Then B's.
-        for _ in 1..16 {
-            m.pack(6, V);
-        }
-        assert_eq!(m.pack(7, V).1.as_ptr(), b_start);
-        assert!(m.s.retired.is_empty(), "both reused");
+        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64, "B's copy and C");
+        let c: Vec<String> = std::iter::once(c0)
+            .chain((1..16).map(|_| m.pack(4, V).0))
+            .collect();
+        m.pack(5, V);
+        let (place, len) = m.places[&c[1]];
+        let c_copied = m.s.slice(place.segment, place.offset, len);
+        assert_eq!(
+            c_copied.as_ptr(),
+            a_copy.wrapping_add(V),
+            "in A's copy's buffer"
+        );
+        assert_eq!(&c_copied[..], &[4; V][..]);
+        m.check();
     }
 
     #[test]
@@ -510,11 +635,18 @@ mod tests {
         let mut m = Model::new();
         let mut readers = Vec::new();
         let mut previous: Vec<(String, Bytes)> = Vec::new();
-        // Each round fills a segment, then retires the one before while a reader holds a value.
+        let mut copies = Vec::new();
+        // Each round fills a segment (the first value closes the one before, whose bytes are
+        // copied into a buffer of their own), then retires the one before while a reader holds
+        // its values, which are in that segment's open buffer.
         for _ in 0..5 {
             let values: Vec<_> = (0..16).map(|_| m.pack(1, V)).collect();
             let segment = m.segment(&values[0].0);
             assert!(values.iter().all(|(key, _)| m.segment(key) == segment));
+            if let Some((key, _)) = previous.first() {
+                let (place, len) = m.places[key];
+                copies.push(m.s.slice(place.segment, place.offset, len).as_ptr() as usize);
+            }
             for (key, value) in previous.drain(..) {
                 readers.push(value);
                 m.release(&key);
@@ -522,8 +654,16 @@ mod tests {
             assert!(m.s.retired.len() <= RETIRED);
             previous = values;
         }
-        assert_eq!(m.s.retired.len(), RETIRED, "4 retired");
-        assert_eq!(m.s.take_let_go().len(), 2, "the other 2 let go");
+        assert_eq!(m.s.retired.len(), RETIRED);
+        // Nobody reads the copies, so one buffer holds each closed segment's copy in turn; the
+        // readers hold the open buffers of rounds 0 to 3: those of rounds 0 to 2 were let go,
+        // round 3's waits with the copy buffer.
+        assert_eq!(copies.len(), 4);
+        assert!(
+            copies.windows(2).all(|w| w[0] == w[1]),
+            "one copy buffer: {copies:?}"
+        );
+        assert_eq!(m.s.take_let_go().len(), 3, "the other 3 let go");
         assert!(m.s.take_let_go().is_empty());
         assert!(readers.iter().all(|r| r[..] == [1; V][..]));
     }
