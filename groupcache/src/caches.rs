@@ -296,9 +296,9 @@ impl Inner {
                 .get(record.slot as usize)
                 .map_or_else(Bytes::new, |(_, _, value)| value.clone());
         }
-        let bytes = (self.segments).slice(record.segment, record.offset, record.len as usize);
-        let (len, at) = read_prefix(&bytes);
-        bytes.slice((at + len).min(bytes.len())..)
+        let all = record.len as usize;
+        let (len, at) = read_prefix(self.segments.bytes(record.segment, record.offset, all));
+        (self.segments).slice(record.segment, record.offset, all, (at + len).min(all))
     }
 
     /// A packed record's bytes.
@@ -867,7 +867,7 @@ impl Cache {
             };
             let old = inner
                 .segments
-                .slice(record.segment, record.offset, record.len as usize);
+                .slice(record.segment, record.offset, record.len as usize, 0);
             let (_, new_place) = inner.segments.pack(i, &[&old]);
             let record = &mut inner.records[i as usize];
             (record.segment, record.slot) = (new_place.segment, new_place.slot);

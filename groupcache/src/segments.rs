@@ -176,11 +176,13 @@ impl Segments {
             .unwrap_or_default()
     }
 
-    /// The `len` bytes packed at `offset` in `segment`, as a slice of the segment's buffer (a
-    /// reference count, no copy).
-    pub(crate) fn slice(&self, segment: u32, offset: u32, len: usize) -> Bytes {
+    /// The `len` bytes packed at `offset` in `segment` but their first `skip`, as a slice of
+    /// the segment's buffer (a reference count, no copy).
+    pub(crate) fn slice(&self, segment: u32, offset: u32, len: usize, skip: usize) -> Bytes {
         match self.located(segment, offset, len) {
-            Some((bytes, at)) if at + len <= bytes.len() => bytes.slice(at..at + len),
+            Some((bytes, at)) if skip <= len && at + len <= bytes.len() => {
+                bytes.slice(at + skip..at + len)
+            }
             _ => Bytes::new(),
         }
     }
@@ -584,7 +586,7 @@ mod tests {
         assert!(!within(a_start, b_start), "new memory");
         // A's values were copied out of its open buffer, and read the same.
         let (place, len) = m.places[&a[3]];
-        let copied = m.s.slice(place.segment, place.offset, len);
+        let copied = m.s.slice(place.segment, place.offset, len, 0);
         assert_eq!(&copied[..], &[1; V][..]);
         assert!(!within(a_start, copied.as_ptr()));
         let a_copy = copied.as_ptr().wrapping_sub(3 * V);
@@ -600,7 +602,7 @@ mod tests {
         let (c0, c0_value) = m.pack(3, V);
         assert_ne!(m.segment(&c0), m.segment(&b[0]));
         let (place, len) = m.places[&b[5]];
-        let b_copied = m.s.slice(place.segment, place.offset, len);
+        let b_copied = m.s.slice(place.segment, place.offset, len, 0);
         assert_eq!(
             b_copied.as_ptr(),
             a_start.wrapping_add(5 * V),
@@ -620,7 +622,7 @@ mod tests {
             .collect();
         m.pack(5, V);
         let (place, len) = m.places[&c[1]];
-        let c_copied = m.s.slice(place.segment, place.offset, len);
+        let c_copied = m.s.slice(place.segment, place.offset, len, 0);
         assert_eq!(
             c_copied.as_ptr(),
             a_copy.wrapping_add(V),
@@ -645,7 +647,7 @@ mod tests {
             assert!(values.iter().all(|(key, _)| m.segment(key) == segment));
             if let Some((key, _)) = previous.first() {
                 let (place, len) = m.places[key];
-                copies.push(m.s.slice(place.segment, place.offset, len).as_ptr() as usize);
+                copies.push(m.s.slice(place.segment, place.offset, len, 0).as_ptr() as usize);
             }
             for (key, value) in previous.drain(..) {
                 readers.push(value);
