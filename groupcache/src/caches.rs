@@ -297,8 +297,10 @@ impl Inner {
                 .map_or_else(Bytes::new, |(_, _, value)| value.clone());
         }
         let all = record.len as usize;
-        let (len, at) = read_prefix(self.segments.bytes(record.segment, record.offset, all));
-        (self.segments).slice(record.segment, record.offset, all, (at + len).min(all))
+        (self.segments).slice(record.segment, record.offset, all, |packed| {
+            let (len, at) = read_prefix(packed);
+            at + len
+        })
     }
 
     /// A packed record's bytes.
@@ -865,9 +867,10 @@ impl Cache {
                 slot: record.slot,
                 offset: record.offset,
             };
-            let old = inner
-                .segments
-                .slice(record.segment, record.offset, record.len as usize, 0);
+            let old =
+                inner
+                    .segments
+                    .slice(record.segment, record.offset, record.len as usize, |_| 0);
             let (_, new_place) = inner.segments.pack(i, &[&old]);
             let record = &mut inner.records[i as usize];
             (record.segment, record.slot) = (new_place.segment, new_place.slot);

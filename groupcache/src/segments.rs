@@ -176,11 +176,18 @@ impl Segments {
             .unwrap_or_default()
     }
 
-    /// The `len` bytes packed at `offset` in `segment` but their first `skip`, as a slice of
-    /// the segment's buffer (a reference count, no copy).
-    pub(crate) fn slice(&self, segment: u32, offset: u32, len: usize, skip: usize) -> Bytes {
+    /// The `len` bytes packed at `offset` in `segment` but the first `skip(bytes)`, as a slice
+    /// of the segment's buffer (a reference count, no copy).
+    pub(crate) fn slice(
+        &self,
+        segment: u32,
+        offset: u32,
+        len: usize,
+        skip: impl FnOnce(&[u8]) -> usize,
+    ) -> Bytes {
         match self.located(segment, offset, len) {
-            Some((bytes, at)) if skip <= len && at + len <= bytes.len() => {
+            Some((bytes, at)) if at + len <= bytes.len() => {
+                let skip = skip(&bytes[at..at + len]).min(len);
                 bytes.slice(at + skip..at + len)
             }
             _ => Bytes::new(),
@@ -586,7 +593,7 @@ mod tests {
         assert!(!within(a_start, b_start), "new memory");
         // A's values were copied out of its open buffer, and read the same.
         let (place, len) = m.places[&a[3]];
-        let copied = m.s.slice(place.segment, place.offset, len, 0);
+        let copied = m.s.slice(place.segment, place.offset, len, |_| 0);
         assert_eq!(&copied[..], &[1; V][..]);
         assert!(!within(a_start, copied.as_ptr()));
         let a_copy = copied.as_ptr().wrapping_sub(3 * V);
@@ -602,7 +609,7 @@ mod tests {
         let (c0, c0_value) = m.pack(3, V);
         assert_ne!(m.segment(&c0), m.segment(&b[0]));
         let (place, len) = m.places[&b[5]];
-        let b_copied = m.s.slice(place.segment, place.offset, len, 0);
+        let b_copied = m.s.slice(place.segment, place.offset, len, |_| 0);
         assert_eq!(
             b_copied.as_ptr(),
             a_start.wrapping_add(5 * V),
@@ -622,7 +629,7 @@ mod tests {
             .collect();
         m.pack(5, V);
         let (place, len) = m.places[&c[1]];
-        let c_copied = m.s.slice(place.segment, place.offset, len, 0);
+        let c_copied = m.s.slice(place.segment, place.offset, len, |_| 0);
         assert_eq!(
             c_copied.as_ptr(),
             a_copy.wrapping_add(V),
@@ -647,7 +654,7 @@ mod tests {
             assert!(values.iter().all(|(key, _)| m.segment(key) == segment));
             if let Some((key, _)) = previous.first() {
                 let (place, len) = m.places[key];
-                copies.push(m.s.slice(place.segment, place.offset, len, 0).as_ptr() as usize);
+                copies.push(m.s.slice(place.segment, place.offset, len, |_| 0).as_ptr() as usize);
             }
             for (key, value) in previous.drain(..) {
                 readers.push(value);
