@@ -222,6 +222,7 @@ fn length_prefix(len: usize) -> ([u8; 10], usize) {
 }
 
 /// A packed entry's key length and where its key starts, read from its prefix.
+#[inline]
 fn read_prefix(data: &[u8]) -> (usize, usize) {
     let mut len = 0usize;
     for (i, byte) in data.iter().take(10).enumerate() {
@@ -272,6 +273,7 @@ impl Inner {
     }
 
     /// The record of `key`, whose hash is `hash`.
+    #[inline]
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let (records, large, segments) = (&self.records, &self.large, &self.segments);
         self.table
@@ -289,6 +291,7 @@ impl Inner {
     }
 
     /// The value of a live record: a slice of its segment's buffer, or its own buffer.
+    #[inline]
     fn value(&self, record: &Record) -> Bytes {
         if record.segment == LARGE {
             return self
@@ -436,6 +439,7 @@ impl Inner {
 
 /// The key of a live record (a function of the fields it reads, so that the table's closures
 /// can borrow them while the table is borrowed mutably).
+#[inline]
 fn key_of<'a>(record: &Record, segments: &'a Segments, large: &'a [Large]) -> &'a [u8] {
     if record.segment == LARGE {
         return large

@@ -170,6 +170,7 @@ impl Segments {
     }
 
     /// The `len` bytes packed at `offset` in `segment`, borrowed.
+    #[inline]
     pub(crate) fn bytes(&self, segment: u32, offset: u32, len: usize) -> &[u8] {
         self.located(segment, offset, len)
             .and_then(|(bytes, at)| bytes.get(at..at + len))
@@ -178,6 +179,7 @@ impl Segments {
 
     /// The `len` bytes packed at `offset` in `segment` but the first `skip(bytes)`, as a slice
     /// of the segment's buffer (a reference count, no copy).
+    #[inline]
     pub(crate) fn slice(
         &self,
         segment: u32,
@@ -196,6 +198,7 @@ impl Segments {
 
     /// The handle holding the bytes at `offset` in `segment`, and their offset in it: the
     /// closed segment's bytes, or the open segment's chunk packed at `offset`.
+    #[inline]
     fn located(&self, segment: u32, offset: u32, len: usize) -> Option<(&Bytes, usize)> {
         if Some(segment) == self.open_index {
             let at = self
