@@ -116,9 +116,9 @@ const ALLOCATION: u64 = 16;
 const LARGE_OVERHEAD: u64 = RECORD + TABLE + LARGE_KEY + SHARED + 3 * ALLOCATION;
 
 /// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
-/// The lock is held for the map operation, the copy of a packed value and the cleaner's moves
-/// (at most a quarter of a segment); removed values and let-go segment buffers are dropped after
-/// unlocking.
+/// The lock is held for the map operation, the copy of a packed value, the cleaner's moves (at
+/// most a quarter of a segment) and, once per segment filled, the copy of the segment closing
+/// (at most 1 MiB); removed values and let-go segment buffers are dropped after unlocking.
 pub(crate) struct Cache {
     inner: Mutex<Inner>,
     /// The budget this cache shares with the other side, and its side of it.
@@ -1336,6 +1336,7 @@ pub(crate) mod tests {
         let cache = Cache::new(256 << 10);
         assert_eq!(cache.segment_bytes, 64 << 10);
         let mut x: u64 = 0x0DDB_1A5E_5BAD_5EED;
+        let mut huge_key_small_value = false;
         for n in 0..20_000u64 {
             x ^= x << 13;
             x ^= x >> 7;
@@ -1345,6 +1346,12 @@ pub(crate) mod tests {
                     "long-{}-{}",
                     (x >> 8) % 40,
                     "k".repeat(((x >> 3) % 300) as usize)
+                ),
+                // Keys over 1/16 of a segment: not packed, whatever the value.
+                1 if (x >> 5).is_multiple_of(4) => format!(
+                    "huge-{}-{}",
+                    (x >> 8) % 10,
+                    "h".repeat(4_090 + ((x >> 3) % 20) as usize)
                 ),
                 _ => format!("k{}", (x >> 8) % 300),
             };
@@ -1373,11 +1380,22 @@ pub(crate) mod tests {
                     };
                     let value = value_of(&key, len);
                     cache.insert(&key, Entry { value, expire });
+                    huge_key_small_value |= key.len() > 4096
+                        && len <= 4096
+                        && cache
+                            .lock()
+                            .large
+                            .iter()
+                            .any(|(_, k, _)| **k == *key.as_bytes());
                 }
             }
             check_accounting(&cache);
         }
         assert!(cache.items() > 0);
+        assert!(
+            huge_key_small_value,
+            "a key too long to pack held with a small value"
+        );
     }
 
     #[test]
