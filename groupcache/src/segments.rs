@@ -32,7 +32,8 @@
 //! until it closes; closing copies its bytes into a buffer of their own, one `Bytes`, and retires
 //! the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
 //! `unsafe`). The copy is one `memcpy` of a segment per segment filled, under the lock: at most
-//! 1 MiB, the time the cleaner may take on one insert.
+//! 1 MiB, four times what the cleaner may copy on one insert, once per segment's worth of
+//! inserts.
 
 use std::collections::VecDeque;
 
