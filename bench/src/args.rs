@@ -50,6 +50,8 @@ pub(crate) struct BenchOptions {
     pub go_peer: Option<PathBuf>,
     /// Only these targets (`rust`, `go`, ...); empty: all. For profiling one side alone.
     pub only: Vec<String>,
+    /// Value sizes of the memory workload, in bytes.
+    pub value_bytes: Vec<usize>,
 }
 
 impl Default for BenchOptions {
@@ -63,6 +65,7 @@ impl Default for BenchOptions {
             json: None,
             go_peer: None,
             only: Vec::new(),
+            value_bytes: vec![4096],
         }
     }
 }
@@ -71,6 +74,7 @@ impl Default for BenchOptions {
 pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
+                        [--value-bytes 64,100,4096]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
 churn, traces; `all` runs every one
@@ -78,6 +82,7 @@ churn, traces; `all` runs every one
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
 go-bare) runs one side alone, for profiling: its figures are not side by side.
+--value-bytes sets the memory workload's value sizes (default 4096), one case each.
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
 [--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff]` and `ceiling-server`
@@ -124,6 +129,15 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
             "--json" => options.json = Some(PathBuf::from(value(&arg)?)),
             "--go-peer" => options.go_peer = Some(PathBuf::from(value(&arg)?)),
             "--only" => options.only = value(&arg)?.split(',').map(str::to_owned).collect(),
+            "--value-bytes" => {
+                let v = value(&arg)?;
+                let sizes: Result<Vec<usize>, String> =
+                    v.split(',').map(|n| number(&arg, n)).collect();
+                options.value_bytes = sizes?;
+                if options.value_bytes.contains(&0) || options.value_bytes.is_empty() {
+                    return Err("--value-bytes: sizes must be at least 1".into());
+                }
+            }
             name => match WORKLOADS.iter().find(|w| **w == name) {
                 Some(w) => options.workloads.push(w),
                 None => return Err(format!("unknown workload or flag {name:?}\n\n{USAGE}")),
@@ -202,6 +216,13 @@ mod tests {
             panic!("names parse");
         };
         assert_eq!(options.workloads, ["memory", "hot-key"]);
+        assert_eq!(options.value_bytes, [4096], "the memory workload's default");
+        let Ok(Command::Bench(options)) = parse_str("memory --value-bytes 64,100,65536") else {
+            panic!("value sizes parse");
+        };
+        assert_eq!(options.value_bytes, [64, 100, 65536]);
+        assert!(parse_str("memory --value-bytes 0").is_err());
+        assert!(parse_str("memory --value-bytes 1,x").is_err());
     }
 
     #[test]

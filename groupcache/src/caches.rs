@@ -1,16 +1,28 @@
 //! A byte-budgeted LRU cache with per-entry expiry, used for both the main and the hot cache.
+//!
+//! Layout: a slab of 32-byte [`Record`]s indexed by `u32` (expiry, LRU neighbours, where the
+//! bytes live), a `hashbrown::HashTable<u32>` of record indexes keyed by the key's xxh3 hash
+//! (a lookup compares the key bytes), and the key packed in a segment next to its value (see
+//! `segments`), so a small entry has no allocation of its own. `get` hands out the value as a
+//! slice of the segment's shared buffer: a reference count, no copy. Values too large to pack
+//! keep a buffer of their own, listed with their keys in a side list.
+//!
+//! Why: with an `lru::LruCache<Arc<str>, _>` node, its hash slot, the key's `Arc<str>` listed
+//! again by its segment, `bytes`' shared header and four allocations, every entry cost 247 bytes
+//! beyond its key and value: a replica with 100-byte values held 187,454 entries in a 64 MiB
+//! budget, and grew 520 bytes of resident memory per entry beyond key and value (issue 16;
+//! `BENCHMARKS.md`). An entry now costs 53 (see [`ENTRY_OVERHEAD`]).
 
 use std::mem::size_of;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use lru::LruCache;
+use hashbrown::HashTable;
 use metrics::Gauge;
 
 use crate::budget::{Budget, Side};
-use crate::segments::{Home, Place, Segments};
+use crate::segments::{Place, Segments};
 
 /// A cached value and when it stops being valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,41 +44,81 @@ pub(crate) struct Inserted {
     pub value: Bytes,
 }
 
-/// The node `lru` allocates per entry (its private `LruEntry<K, V>`): key, value, prev, next.
-const NODE: u64 = size_of::<(Arc<str>, Stored, *mut u8, *mut u8)>() as u64;
-/// One hash-table bucket (`lru`'s `KeyRef<K>` pointer and the `NonNull` node pointer) plus its
-/// control byte in hashbrown.
-const SLOT: u64 = size_of::<(*const Arc<str>, NonNull<u8>)>() as u64 + 1;
-/// The table doubles when 7/8 full, so just after growing it is 7/16 full: charge 16/7 buckets.
-const TABLE: u64 = (SLOT * 16).div_ceil(7);
-/// `bytes`' private `Shared` header (buffer pointer, capacity, refcount), allocated the first
-/// time a stored value is cloned.
-const SHARED: u64 = size_of::<(*mut u8, usize, AtomicUsize)>() as u64;
-/// The key's two reference counts (it is an `Arc<str>`, listed again by its segment) and its
-/// place in the segment's key list.
-const KEY: u64 = 2 * size_of::<usize>() as u64 + size_of::<Arc<str>>() as u64;
-/// Allocations per entry: node, key, value buffer, `Shared`. Each costs the allocator about
-/// 16 bytes (glibc: an 8-byte header, then rounding up to 16). A packed value has neither a
-/// buffer nor a `Shared` of its own; charging them anyway covers part of its segment's unused
-/// tail.
-const ALLOCATOR: u64 = 4 * 16;
+/// One entry, or a vacant place in the slab. A packed entry's bytes are the key's length
+/// (LEB128, one byte below 128), the key and the value, side by side in a segment.
+#[derive(Debug)]
+struct Record {
+    /// Unix time in nanoseconds after which the entry is gone; 0 = never.
+    expire: i64,
+    /// The more recently used neighbour in the LRU order ([`NIL`] at the front).
+    prev: u32,
+    /// The less recently used neighbour ([`NIL`] at the back); for a vacant record, the next
+    /// vacant one.
+    next: u32,
+    /// The segment the entry is packed in, or [`LARGE`], or [`VACANT`].
+    segment: u32,
+    /// Packed: the entry's index in its segment's list of records; [`LARGE`]: its index in
+    /// `Inner::large`.
+    slot: u32,
+    /// Packed: where its bytes start in the segment, and how many there are.
+    offset: u32,
+    len: u32,
+}
 
-/// Bytes charged per entry on top of key and value: the LRU node, the hash-table slot, allocator
-/// headers.
+/// No record: the end of a list.
+const NIL: u32 = u32::MAX;
+/// `Record::segment` of an entry whose value has a buffer of its own.
+const LARGE: u32 = u32::MAX;
+/// `Record::segment` of a vacant record.
+const VACANT: u32 = u32::MAX - 1;
+/// Record indexes stay below both markers.
+const MAX_RECORDS: usize = (u32::MAX - 2) as usize;
+
+/// A record: expiry 8, LRU neighbours 2 x 4, segment, slot, offset and length 4 x 4.
+const RECORD: u64 = size_of::<Record>() as u64;
+/// One hash-table bucket (a `u32` record index) plus its control byte in hashbrown. The table
+/// doubles when 7/8 full, so just after growing it is 7/16 full: charge 16/7 buckets.
+const TABLE: u64 = ((size_of::<u32>() as u64 + 1) * 16).div_ceil(7);
+/// The entry's record index in its segment's list, a `Vec<u32>` that may have grown to twice
+/// what it holds.
+const LIST: u64 = 2 * size_of::<u32>() as u64;
+
+/// Bytes charged per packed entry on top of its key, its value and its key's length prefix
+/// (one byte for keys under 128 bytes; [`charge`]).
 ///
-/// On 64-bit targets, 247 bytes: the node, 88 (`Arc<str>` 16, `Entry` 40, its home 12 padded to
-/// 16, two list pointers 16); the table, 39 (a 17-byte bucket at worst 7/16 load); the key's
-/// reference counts and its place in its segment's key list, 32; `Bytes`' shared header, 24; the
-/// allocator, 64 (four allocations at ~16 bytes each). Measured with glibc before values were packed, the
-/// process's resident memory grew by 0.95-1.02x the charged bytes for values of 0-64 bytes up to
-/// 0-10 KB (0.71x for empty values, which allocate neither a buffer nor `Shared`). Segments add
-/// at most a quarter of the packed bytes plus two segments (see `segments`).
-pub(crate) const ENTRY_OVERHEAD: u64 = NODE + TABLE + KEY + SHARED + ALLOCATOR;
+/// The same on every target: 52 bytes. The record, 32 (expiry, 8; LRU neighbours, segment,
+/// slot, offset and length, six `u32`); the hash table, 12 (a 5-byte bucket at worst 7/16
+/// load); the segment's list of records, 8 (a `u32` in a `Vec` at worst half full). No
+/// allocation of its own: the key and value are packed in a segment, whose one `Bytes` serves
+/// thousands of entries. With the one-byte prefix a 100-byte value with a short key is charged
+/// 53 bytes beyond key and value, where it was charged 247 (an `lru` node 88, its hash slot 39,
+/// the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`' shared
+/// header 24, four allocator headers 64). A `Bytes` per record would have cost 32 bytes more
+/// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused,
+/// not freed: the slab keeps its largest size, and vacant records are not charged. Segments add
+/// at most a quarter of the packed bytes plus two segments, and the open segment 40 bytes per
+/// entry packed into it (see `segments`).
+pub(crate) const ENTRY_OVERHEAD: u64 = RECORD + TABLE + LIST;
+
+/// An unpacked value's place in `Inner::large` (record index, key, value), in a `Vec` at worst
+/// half full.
+const LARGE_KEY: u64 = 2 * size_of::<Large>() as u64;
+/// `bytes`' private `Shared` header (buffer pointer, capacity, refcount), allocated the first
+/// time a value with a buffer of its own is cloned.
+const SHARED: u64 = size_of::<(*mut u8, usize, AtomicUsize)>() as u64;
+/// About 16 bytes per allocation (glibc: an 8-byte header, then rounding up to 16).
+const ALLOCATION: u64 = 16;
+
+/// Bytes charged per entry whose value is too large to pack (over 1/16 of a segment, at least
+/// 4 KiB): the record and its hash slot, its place in `Inner::large`, `bytes`' shared header,
+/// and three allocations (the value's buffer, the shared header, the key). On 64-bit targets
+/// 228 bytes, under 6 % of such a value.
+const LARGE_OVERHEAD: u64 = RECORD + TABLE + LARGE_KEY + SHARED + 3 * ALLOCATION;
 
 /// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
-/// The lock is held for the map operation, the copy of a packed value and the cleaner's moves
-/// (at most a quarter of a segment); removed values and let-go segment buffers are dropped after
-/// unlocking.
+/// The lock is held for the map operation, the copy of a packed value, the cleaner's moves (at
+/// most a quarter of a segment) and, once per segment filled, the copy of the segment closing
+/// (at most 1 MiB); removed values and let-go segment buffers are dropped after unlocking.
 pub(crate) struct Cache {
     inner: Mutex<Inner>,
     /// The budget this cache shares with the other side, and its side of it.
@@ -74,7 +126,7 @@ pub(crate) struct Cache {
     side: Side,
     /// The capacity of a segment, which decides which values are packed.
     segment_bytes: usize,
-    /// Copies of `Inner::bytes` and the map's length, stored while the lock is held.
+    /// Copies of `Inner::bytes` and the number of entries, stored while the lock is held.
     bytes: AtomicU64,
     items: AtomicU64,
     /// Gauges that get the same copies, also under the lock: the last value set is never stale.
@@ -82,7 +134,16 @@ pub(crate) struct Cache {
 }
 
 struct Inner {
-    map: LruCache<Arc<str>, Stored>,
+    /// Every record, by index; the vacant ones are linked from `vacant` through `next`.
+    records: Vec<Record>,
+    vacant: u32,
+    /// The entries' record indexes by their key's hash.
+    table: HashTable<u32>,
+    /// The most and the least recently used entries.
+    head: u32,
+    tail: u32,
+    /// The entries whose values are not packed.
+    large: Vec<Large>,
     bytes: u64,
     segments: Segments,
     /// Writes per stripe of keys (by key hash): `remove` and `insert` count in their key's
@@ -91,6 +152,9 @@ struct Inner {
     /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
     epoch: u64,
 }
+
+/// An entry whose value is not packed: its record's index, its key and its value.
+type Large = (u32, Box<[u8]>, Bytes);
 
 /// Stripes of write generations. More than [`RECENT`] writes to other keys of the same stripe
 /// while a load runs keep that load's value out of the cache (it is still returned; up to
@@ -133,22 +197,57 @@ pub(crate) struct Token {
     epoch: u64,
 }
 
-fn key_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 fn stripe(hash: u64) -> usize {
     (hash % STRIPES as u64) as usize
 }
 
-/// An entry and where its value's bytes live.
-struct Stored {
-    entry: Entry,
-    home: Home,
+/// The LEB128 encoding of a key's length, and how many of its bytes are used.
+fn length_prefix(len: usize) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut n = 0;
+    let mut rest = len as u64;
+    loop {
+        let byte = (rest & 0x7f) as u8;
+        rest >>= 7;
+        out[n] = byte | if rest > 0 { 0x80 } else { 0 };
+        n += 1;
+        if rest == 0 || n == out.len() {
+            return (out, n);
+        }
+    }
 }
 
-/// Entries taken out under the lock, dropped by the caller after unlocking.
-type Removed = Vec<(Arc<str>, Stored)>;
+/// A packed entry's key length and where its key starts, read from its prefix.
+#[inline]
+fn read_prefix(data: &[u8]) -> (usize, usize) {
+    let mut len = 0usize;
+    for (i, byte) in data.iter().take(10).enumerate() {
+        len |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (len, i + 1);
+        }
+    }
+    (0, data.len())
+}
+
+/// Unpacked values and their keys removed under the lock, dropped by the caller after
+/// unlocking; and how many entries were removed.
+#[derive(Default)]
+struct Removed {
+    values: Vec<Bytes>,
+    keys: Vec<Box<[u8]>>,
+    packed: usize,
+}
+
+impl Removed {
+    fn len(&self) -> usize {
+        self.values.len() + self.packed
+    }
+}
 
 impl Inner {
     fn since(&self, token: Token) -> Since {
@@ -172,10 +271,195 @@ impl Inner {
         writes.count += 1;
         writes.recent[(writes.count % RECENT as u64) as usize] = hash;
     }
+
+    /// The record of `key`, whose hash is `hash`.
+    #[inline]
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let (records, large, segments) = (&self.records, &self.large, &self.segments);
+        self.table
+            .find(hash, |&i| {
+                records
+                    .get(i as usize)
+                    .is_some_and(|r| key_of(r, segments, large) == key)
+            })
+            .copied()
+    }
+
+    /// The key of a live record.
+    fn key(&self, record: &Record) -> &[u8] {
+        key_of(record, &self.segments, &self.large)
+    }
+
+    /// The value of a live record: a slice of its segment's buffer, or its own buffer.
+    #[inline]
+    fn value(&self, record: &Record) -> Bytes {
+        if record.segment == LARGE {
+            return self
+                .large
+                .get(record.slot as usize)
+                .map_or_else(Bytes::new, |(_, _, value)| value.clone());
+        }
+        let all = record.len as usize;
+        (self.segments).slice(record.segment, record.offset, all, |packed| {
+            let (len, at) = read_prefix(packed);
+            at + len
+        })
+    }
+
+    /// A packed record's bytes.
+    #[cfg(test)]
+    fn packed(&self, record: &Record) -> &[u8] {
+        self.segments
+            .bytes(record.segment, record.offset, record.len as usize)
+    }
+
+    /// Takes `i` out of the LRU order.
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let record = &self.records[i as usize];
+            (record.prev, record.next)
+        };
+        match prev {
+            NIL => self.head = next,
+            prev => self.records[prev as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            next => self.records[next as usize].prev = prev,
+        }
+    }
+
+    /// Puts `i` at the front of the LRU order, as the most recently used.
+    fn push_front(&mut self, i: u32) {
+        let head = self.head;
+        let record = &mut self.records[i as usize];
+        record.prev = NIL;
+        record.next = head;
+        match head {
+            NIL => self.tail = i,
+            head => self.records[head as usize].prev = i,
+        }
+        self.head = i;
+    }
+
+    /// A record for a new entry, vacant or new; None when there are as many as indexes allow.
+    fn allocate(&mut self, expire: i64) -> Option<u32> {
+        let record = Record {
+            expire,
+            prev: NIL,
+            next: NIL,
+            segment: VACANT,
+            slot: 0,
+            offset: 0,
+            len: 0,
+        };
+        if self.vacant != NIL {
+            let i = self.vacant;
+            self.vacant = self.records[i as usize].next;
+            self.records[i as usize] = record;
+            return Some(i);
+        }
+        if self.records.len() >= MAX_RECORDS {
+            return None;
+        }
+        self.records.push(record);
+        u32::try_from(self.records.len() - 1).ok()
+    }
+
+    /// Takes the entry of record `i` (its key's hash `hash`) out of the table, the LRU order,
+    /// its segment and the budget; its value and key go to `removed`; returns its charge.
+    fn take(&mut self, i: u32, hash: u64, removed: &mut Removed) -> u64 {
+        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+        self.unlink(i);
+        let vacant = self.vacant;
+        let record = &mut self.records[i as usize];
+        let (segment, slot, offset, len) = (record.segment, record.slot, record.offset, record.len);
+        record.segment = VACANT;
+        record.next = vacant;
+        self.vacant = i;
+        let charged = if segment == LARGE {
+            let slot = slot as usize;
+            let (key, value) = if slot < self.large.len() {
+                let (_, key, value) = self.large.swap_remove(slot);
+                if let Some(&(moved, _, _)) = self.large.get(slot) {
+                    self.records[moved as usize].slot = slot as u32;
+                }
+                (key, value)
+            } else {
+                (Box::default(), Bytes::new())
+            };
+            let charged = large_charge(key.len(), value.len());
+            removed.keys.push(key);
+            removed.values.push(value);
+            charged
+        } else {
+            let place = Place {
+                segment,
+                slot,
+                offset,
+            };
+            self.unplace(i, place, len as usize);
+            removed.packed += 1;
+            u64::from(len) + ENTRY_OVERHEAD
+        };
+        self.bytes -= charged;
+        charged
+    }
+
+    /// Takes record `i`'s bytes off their place in a segment; the record that takes over its
+    /// slot in the segment's list gets the slot recorded.
+    fn unplace(&mut self, i: u32, place: Place, len: usize) {
+        if let Some((moved, slot)) = self.segments.release(i, place, len)
+            && let Some(record) = self.records.get_mut(moved as usize)
+        {
+            record.slot = slot;
+        }
+    }
+
+    /// Takes out the least recently used entry into `removed`; its key's hash and its charge.
+    /// Clears `kept` if it was record `newest`.
+    fn evict_lru(
+        &mut self,
+        removed: &mut Removed,
+        newest: u32,
+        kept: &mut bool,
+    ) -> Option<(u64, u64)> {
+        let i = self.tail;
+        let record = self.records.get(i as usize)?;
+        let hash = key_hash(self.key(record));
+        if i == newest {
+            *kept = false;
+        }
+        let charged = self.take(i, hash, removed);
+        Some((hash, charged))
+    }
 }
 
+/// The key of a live record (a function of the fields it reads, so that the table's closures
+/// can borrow them while the table is borrowed mutably).
+#[inline]
+fn key_of<'a>(record: &Record, segments: &'a Segments, large: &'a [Large]) -> &'a [u8] {
+    if record.segment == LARGE {
+        return large
+            .get(record.slot as usize)
+            .map_or(&[], |(_, key, _)| key);
+    }
+    let packed = segments.bytes(record.segment, record.offset, record.len as usize);
+    let (len, at) = read_prefix(packed);
+    packed.get(at..at + len).unwrap_or_default()
+}
+
+/// What a packed entry is charged: its key, its value, its key's length prefix and
+/// [`ENTRY_OVERHEAD`].
 fn charge(key: &str, value_len: usize) -> u64 {
-    (key.len() + value_len) as u64 + ENTRY_OVERHEAD
+    (length_prefix(key.len()).1 + key.len() + value_len) as u64 + ENTRY_OVERHEAD
+}
+
+/// What an entry whose value is not packed is charged.
+fn large_charge(key_len: usize, value_len: usize) -> u64 {
+    (key_len + value_len) as u64 + LARGE_OVERHEAD
 }
 
 /// `value` in a buffer of exactly its length. The only handle to such a buffer is kept without
@@ -205,7 +489,12 @@ impl Cache {
         Cache {
             segment_bytes: segments.segment_bytes(),
             inner: Mutex::new(Inner {
-                map: LruCache::unbounded(),
+                records: Vec::new(),
+                vacant: NIL,
+                table: HashTable::new(),
+                head: NIL,
+                tail: NIL,
+                large: Vec::new(),
                 bytes: 0,
                 segments,
                 generations: vec![Writes::default(); STRIPES].into_boxed_slice(),
@@ -228,19 +517,44 @@ impl Cache {
         self
     }
 
-    /// Returns a clone of the entry (a cheap Bytes clone) and marks it recently used.
-    /// An entry whose expire is non-zero and <= now_nanos is removed and None is returned.
-    pub(crate) fn get(&self, key: &str, now_nanos: i64) -> Option<Entry> {
-        let mut inner = self.lock();
-        match inner.map.get(key) {
-            None => return None,
-            Some(s) if s.entry.expire == 0 || s.entry.expire > now_nanos => {
-                return Some(s.entry.clone());
-            }
-            Some(_) => {}
+    /// Whether an entry with this key and a value of `value_len` bytes is packed into a
+    /// segment.
+    fn packs(&self, key_len: usize, value_len: usize) -> bool {
+        Segments::packs(self.segment_bytes, value_len)
+            && Segments::packs(self.segment_bytes, key_len)
+    }
+
+    /// What an entry with this key and a value of `value_len` bytes is charged.
+    fn charge(&self, key: &str, value_len: usize) -> u64 {
+        if self.packs(key.len(), value_len) {
+            charge(key, value_len)
+        } else {
+            large_charge(key.len(), value_len)
         }
-        let expired = inner.map.pop_entry(key);
-        let let_go = self.forget(&mut inner, expired.as_ref());
+    }
+
+    /// Returns the entry (its value a slice of the cache's buffer: a reference count, no copy)
+    /// and marks it recently used. An entry whose expire is non-zero and <= now_nanos is removed
+    /// and None is returned.
+    pub(crate) fn get(&self, key: &str, now_nanos: i64) -> Option<Entry> {
+        let hash = key_hash(key.as_bytes());
+        let mut inner = self.lock();
+        let i = inner.find(hash, key.as_bytes())?;
+        let record = &inner.records[i as usize];
+        if record.expire == 0 || record.expire > now_nanos {
+            let entry = Entry {
+                value: inner.value(record),
+                expire: record.expire,
+            };
+            if inner.head != i {
+                inner.unlink(i);
+                inner.push_front(i);
+            }
+            return Some(entry);
+        }
+        let mut expired = Removed::default();
+        inner.take(i, hash, &mut expired);
+        let let_go = self.forget(&mut inner);
         drop(inner);
         drop((expired, let_go));
         None
@@ -249,10 +563,10 @@ impl Cache {
     /// Inserts or replaces; then evicts least-recently-used entries until the charged bytes fit
     /// the budget. An entry larger than the whole budget is not stored and nothing is evicted for
     /// it, but an older value under the same key is removed so that it is not served stale.
-    /// A small value is copied into the open segment (see `segments`); a larger one is kept in
-    /// an exactly-sized allocation, so a small slice cannot pin a large network buffer: a value
-    /// that is the only handle to exactly its own buffer is kept as it is, anything else is
-    /// copied.
+    /// A small value is copied with its key into the open segment (see `segments`); a larger
+    /// one is kept in an exactly-sized allocation, so a small slice cannot pin a large network
+    /// buffer: a value that is the only handle to exactly its own buffer is kept as it is,
+    /// anything else is copied.
     ///
     /// An insert is a write: loads whose tokens were taken before it cannot store over it. The
     /// engine stores through [`insert_if`](Cache::insert_if) and [`write_if`](Cache::write_if).
@@ -264,7 +578,7 @@ impl Cache {
 
     /// The key's write generation now, for a later [`insert_if`](Cache::insert_if).
     pub(crate) fn token(&self, key: &str) -> Token {
-        let hash = key_hash(key);
+        let hash = key_hash(key.as_bytes());
         let inner = self.lock();
         Token {
             hash,
@@ -308,17 +622,40 @@ impl Cache {
         self.lock().epoch += 1;
     }
 
-    /// Every key held now, least recently used last.
-    pub(crate) fn keys(&self) -> Vec<Arc<str>> {
-        self.lock().map.iter().map(|(key, _)| key.clone()).collect()
+    /// Every key held now, least recently used last. Under the lock the keys are only copied
+    /// into one buffer; they become strings after unlocking.
+    pub(crate) fn keys(&self) -> Vec<Box<str>> {
+        let mut buffer = Vec::new();
+        let mut ends = Vec::new();
+        {
+            let inner = self.lock();
+            ends.reserve(inner.table.len());
+            let mut i = inner.head;
+            while let Some(record) = inner.records.get(i as usize) {
+                buffer.extend_from_slice(inner.key(record));
+                ends.push(buffer.len());
+                i = record.next;
+            }
+        }
+        let mut start = 0;
+        ends.into_iter()
+            .filter_map(|end| {
+                let key = buffer.get(start..end);
+                start = end;
+                // Keys were stored from `&str`s.
+                key.and_then(|key| std::str::from_utf8(key).ok())
+                    .map(Box::from)
+            })
+            .collect()
     }
 
     /// Makes each of `keys` still held expire at `deadline` at the latest.
-    pub(crate) fn cap_expiry(&self, keys: &[Arc<str>], deadline: i64) {
+    pub(crate) fn cap_expiry(&self, keys: &[Box<str>], deadline: i64) {
+        let hashes: Vec<u64> = keys.iter().map(|key| key_hash(key.as_bytes())).collect();
         let mut inner = self.lock();
-        for key in keys {
-            if let Some(stored) = inner.map.peek_mut(&**key) {
-                let expire = &mut stored.entry.expire;
+        for (key, &hash) in keys.iter().zip(&hashes) {
+            if let Some(i) = inner.find(hash, key.as_bytes()) {
+                let expire = &mut inner.records[i as usize].expire;
                 *expire = if *expire == 0 {
                     deadline
                 } else {
@@ -337,7 +674,7 @@ impl Cache {
         after_new_epoch: Option<i64>,
         write: bool,
     ) -> Result<Inserted, Bytes> {
-        let size = charge(key, entry.value.len());
+        let size = self.charge(key, entry.value.len());
         if size > self.budget.cap(self.side) {
             // Removing is always safe; for a write it is a write whatever the token says.
             self.remove_checked(key, token.filter(|_| !write));
@@ -346,17 +683,17 @@ impl Cache {
                 value: entry.value,
             });
         }
-        let hash = key_hash(key);
+        let hash = key_hash(key.as_bytes());
         let Entry { value, mut expire } = entry;
-        let packs = Segments::packs(self.segment_bytes, value.len());
-        let key: Arc<str> = Arc::from(key);
-        // The loader's buffer of a packed value is dropped after unlocking.
-        let (own, small) = if packs {
+        // The loader's buffer of a packed value is dropped after unlocking. An unpacked value's
+        // key gets its allocation before locking.
+        let (own, small) = if self.packs(key.len(), value.len()) {
             (None, value)
         } else {
-            (Some(exactly_sized(value)), Bytes::new())
+            let own = exactly_sized(value);
+            (Some((own, Box::<[u8]>::from(key.as_bytes()))), Bytes::new())
         };
-        let mut removed = Removed::new();
+        let mut removed = Removed::default();
         let mut guard = self.lock();
         let inner = &mut *guard;
         match (token.map(|token| inner.since(token)), after_new_epoch) {
@@ -364,41 +701,64 @@ impl Cache {
             (Some(Since::NewEpoch), Some(bounded)) => expire = bounded,
             (Some(Since::NewEpoch | Since::Written), _) => {
                 drop(guard);
-                return Err(own.unwrap_or(small));
+                return Err(own.map_or(small, |(own, _)| own));
             }
         }
         if write {
             inner.write(hash);
         }
-        // An older value goes first, so that the map keeps the key its segment lists.
-        if let Some((key, old)) = inner.map.pop_entry(&*key) {
-            Self::uncharge(inner, &key, &old);
-            removed.push((key, old));
+        if let Some(old) = inner.find(hash, key.as_bytes()) {
+            inner.take(old, hash, &mut removed);
         }
         let replaced = removed.len();
-        let (value, home) = match own {
-            Some(own) => (own, None),
+        let Some(i) = inner.allocate(expire) else {
+            // As many entries as record indexes: not stored, like an entry larger than the
+            // budget.
+            let let_go = self.forget(inner);
+            drop(guard);
+            drop((removed, let_go));
+            let value = own.map_or(small, |(own, _)| own);
+            return Ok(Inserted { evicted: 0, value });
+        };
+        let stored = match own {
+            Some((own, key)) => {
+                let slot = u32::try_from(inner.large.len()).unwrap_or(u32::MAX);
+                inner.large.push((i, key, own.clone()));
+                let record = &mut inner.records[i as usize];
+                (record.segment, record.slot) = (LARGE, slot);
+                own
+            }
             None => {
-                let (value, place) = inner.segments.pack(&key, &small);
-                (value, Some(place))
+                let (prefix, n) = length_prefix(key.len());
+                let parts: [&[u8]; 3] = [&prefix[..n], key.as_bytes(), &small];
+                let (data, place) = inner.segments.pack(i, &parts);
+                let value = data.slice(n + key.len()..);
+                let record = &mut inner.records[i as usize];
+                (record.segment, record.slot) = (place.segment, place.slot);
+                // Within a segment, at most 1 MiB.
+                (record.offset, record.len) = (place.offset, data.len() as u32);
+                value
             }
         };
-        let stored = value.clone();
-        let entry = Stored {
-            entry: Entry { value, expire },
-            home,
-        };
-        inner.map.push(Arc::clone(&key), entry);
+        inner.push_front(i);
+        {
+            let (records, large, segments) = (&inner.records, &inner.large, &inner.segments);
+            inner.table.insert_unique(hash, i, |&j| {
+                records
+                    .get(j as usize)
+                    .map_or(0, |r| key_hash(key_of(r, segments, large)))
+            });
+        }
         inner.bytes += size;
         // The new entry is the most recent, so it goes last: only when the other side holds
         // all the room but less than it.
+        let mut kept = true;
         let held = self
             .budget
             .fit(self.side, Some((hash, size)), inner.bytes, || {
-                Self::evict_lru(inner, &mut removed)
+                inner.evict_lru(&mut removed, i, &mut kept)
             });
         debug_assert_eq!(held, inner.bytes);
-        let kept = inner.map.contains(&*key);
         let moved = Self::clean(inner, self.segment_bytes);
         let let_go = inner.segments.take_let_go();
         self.publish(inner);
@@ -417,11 +777,12 @@ impl Cache {
         if !self.budget.wanted_back(self.side) {
             return 0;
         }
-        let mut removed = Removed::new();
+        let mut removed = Removed::default();
         let mut guard = self.lock();
         let inner = &mut *guard;
+        let mut kept = true;
         self.budget.fit(self.side, None, inner.bytes, || {
-            Self::evict_lru(inner, &mut removed)
+            inner.evict_lru(&mut removed, NIL, &mut kept)
         });
         let let_go = inner.segments.take_let_go();
         self.publish(inner);
@@ -429,16 +790,6 @@ impl Cache {
         let evicted = removed.len() as u64;
         drop((removed, let_go));
         evicted
-    }
-
-    /// Takes out the least recently used entry into `removed`; its key's hash and its charge.
-    fn evict_lru(inner: &mut Inner, removed: &mut Removed) -> Option<(u64, u64)> {
-        let (key, old) = inner.map.pop_lru()?;
-        let charged = charge(&key, old.entry.value.len());
-        Self::uncharge(inner, &key, &old);
-        let hash = key_hash(&key);
-        removed.push((key, old));
-        Some((hash, charged))
     }
 
     /// Removes the key; true if it was there. A remove is a write, whether the key was there or
@@ -449,16 +800,20 @@ impl Cache {
 
     /// `remove`, or with a token, a remove only if the token is current (and then no write).
     fn remove_checked(&self, key: &str, token: Option<Token>) -> bool {
+        let hash = key_hash(key.as_bytes());
         let mut inner = self.lock();
         match token {
             Some(token) if inner.since(token) != Since::Nothing => return false,
             Some(_) => {}
-            None => inner.write(key_hash(key)),
+            None => inner.write(hash),
         }
-        let removed = inner.map.pop_entry(key);
-        let let_go = self.forget(&mut inner, removed.as_ref());
+        let mut removed = Removed::default();
+        if let Some(i) = inner.find(hash, key.as_bytes()) {
+            inner.take(i, hash, &mut removed);
+        }
+        let let_go = self.forget(&mut inner);
         drop(inner);
-        let was_there = removed.is_some();
+        let was_there = removed.len() > 0;
         drop((removed, let_go));
         was_there
     }
@@ -479,12 +834,9 @@ impl Cache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Uncharges an entry just taken out of the map and publishes the new totals; returns the
-    /// segment buffers let go, to be dropped after unlocking.
-    fn forget(&self, inner: &mut Inner, gone: Option<&(Arc<str>, Stored)>) -> Vec<BytesMut> {
-        if let Some((key, stored)) = gone {
-            Self::uncharge(inner, key, stored);
-        }
+    /// Publishes the totals after entries left; returns the segment buffers let go, to be
+    /// dropped after unlocking.
+    fn forget(&self, inner: &mut Inner) -> Vec<BytesMut> {
         self.publish(inner);
         inner.segments.take_let_go()
     }
@@ -492,53 +844,46 @@ impl Cache {
     /// Moves values out of the segment the cleaner is emptying into the open one; returns the
     /// old handles, to be dropped after unlocking. It copies at most a quarter of a segment, and
     /// counts picking a segment (a scan over all of them) as a sixteenth. An insert adds at most
-    /// a sixteenth of a segment of dead space, and below 4/5 live every move frees at least a
-    /// quarter of what it copies, so the cleaner keeps up with steady traffic. An insert that
-    /// evicts more at once (for a large value) leaves dead space past the bound for a few
-    /// inserts.
+    /// an eighth of a segment of dead space (a key and a value of at most a sixteenth each), and
+    /// below 4/5 live every move frees at least a quarter of what it copies, so the cleaner
+    /// keeps up with steady traffic. An insert that evicts more at once (for a large value)
+    /// leaves dead space past the bound for a few inserts.
     fn clean(inner: &mut Inner, segment: usize) -> Vec<Bytes> {
         let mut moved = Vec::new();
         let mut allowance = segment / 4;
         while allowance > 0 {
-            let Some((key, picked)) = inner.segments.next_to_move() else {
+            let Some((i, picked)) = inner.segments.next_to_move() else {
                 break;
             };
             if picked {
                 allowance = allowance.saturating_sub(segment / 16);
             }
-            let stored = inner.map.peek_mut(&*key);
-            debug_assert!(stored.is_some(), "a key its segment lists is cached");
-            let Some(stored) = stored else { break };
-            let Some(place) = stored.home else { break };
-            let (value, new_place) = inner.segments.pack(&key, &stored.entry.value);
-            stored.home = Some(new_place);
-            let old = std::mem::replace(&mut stored.entry.value, value);
+            let record = inner.records.get(i as usize);
+            debug_assert!(
+                record.is_some_and(|r| r.segment != LARGE && r.segment != VACANT),
+                "a record its segment lists is packed"
+            );
+            let Some(record) = record.filter(|r| r.segment != LARGE && r.segment != VACANT) else {
+                break;
+            };
+            let place = Place {
+                segment: record.segment,
+                slot: record.slot,
+                offset: record.offset,
+            };
+            let old =
+                inner
+                    .segments
+                    .slice(record.segment, record.offset, record.len as usize, |_| 0);
+            let (_, new_place) = inner.segments.pack(i, &[&old]);
+            let record = &mut inner.records[i as usize];
+            (record.segment, record.slot) = (new_place.segment, new_place.slot);
+            record.offset = new_place.offset;
             allowance = allowance.saturating_sub(old.len());
-            Self::unplace(inner, &key, place, old.len());
+            inner.unplace(i, place, old.len());
             moved.push(old);
         }
         moved
-    }
-
-    /// Takes an entry just taken out of the map off the budget and off its segment.
-    fn uncharge(inner: &mut Inner, key: &str, stored: &Stored) {
-        let len = stored.entry.value.len();
-        inner.bytes -= charge(key, len);
-        if let Some(place) = stored.home {
-            Self::unplace(inner, key, place, len);
-        }
-    }
-
-    /// Takes a value off its place in a segment; the key that takes over its slot in the
-    /// segment's list gets the slot recorded.
-    fn unplace(inner: &mut Inner, key: &str, place: Place, len: usize) {
-        if let Some((moved, slot)) = inner.segments.release(key, place, len)
-            && let Some(Stored {
-                home: Some(home), ..
-            }) = inner.map.peek_mut(&*moved)
-        {
-            home.slot = slot;
-        }
     }
 
     /// Bytes of memory the cache's segments hold: those with live values, and the open one.
@@ -548,12 +893,13 @@ impl Cache {
     }
 
     fn publish(&self, inner: &Inner) {
+        let items = inner.table.len();
         self.budget.released(self.side, inner.bytes);
         self.bytes.store(inner.bytes, Ordering::Relaxed);
-        self.items.store(inner.map.len() as u64, Ordering::Relaxed);
-        if let Some((bytes, items)) = &self.gauges {
+        self.items.store(items as u64, Ordering::Relaxed);
+        if let Some((bytes, items_gauge)) = &self.gauges {
             bytes.set(inner.bytes as f64);
-            items.set(inner.map.len() as f64);
+            items_gauge.set(items as f64);
         }
     }
 }
@@ -644,30 +990,68 @@ pub(crate) mod tests {
         format!("{key}:").bytes().cycle().take(len).collect()
     }
 
-    /// Recomputes bytes and items from the content and checks the published counters agree.
+    /// Recomputes bytes and items from the content and checks the published counters agree:
+    /// every entry reachable from the LRU order is in the table under its key's hash, listed
+    /// at its place (its segment's list, or the keys of unpacked values), and charged exactly;
+    /// every other record is vacant.
     fn check_accounting(cache: &Cache) {
         let inner = cache.lock();
-        let bytes: u64 = inner
-            .map
-            .iter()
-            .map(|(k, s)| charge(k, s.entry.value.len()))
-            .sum();
-        assert_eq!(inner.bytes, bytes);
-        let packed: u64 = inner
-            .map
-            .iter()
-            .filter(|(_, s)| s.home.is_some())
-            .map(|(_, s)| s.entry.value.len() as u64)
-            .sum();
-        assert_eq!(inner.segments.live_bytes(), packed);
-        for (key, stored) in inner.map.iter() {
-            if let Some(place) = stored.home {
-                let listed = &inner.segments.keys(place.segment)[place.slot as usize];
-                assert_eq!(listed, key, "a value's place lists its key");
+        let mut bytes = 0;
+        let mut packed = 0;
+        let mut items = 0;
+        let (mut i, mut prev) = (inner.head, NIL);
+        while i != NIL {
+            let record = &inner.records[i as usize];
+            assert_eq!(record.prev, prev, "LRU links agree");
+            let key = inner.key(record);
+            let key_str = std::str::from_utf8(key).unwrap();
+            assert_eq!(inner.find(key_hash(key), key), Some(i), "found by its key");
+            let value = inner.value(record);
+            let value_len = value.len();
+            assert_eq!(
+                cache.packs(key.len(), value_len),
+                record.segment != LARGE,
+                "packed if and only if it packs"
+            );
+            if record.segment == LARGE {
+                assert_eq!(inner.large[record.slot as usize].0, i, "its key lists it");
+            } else {
+                assert_ne!(record.segment, VACANT);
+                let listed = inner.segments.records(record.segment)[record.slot as usize];
+                assert_eq!(listed, i, "a value's place lists its record");
+                assert_eq!(
+                    inner.packed(record).len(),
+                    record.len as usize,
+                    "its bytes are where it says"
+                );
+                packed += u64::from(record.len);
             }
+            bytes += cache.charge(key_str, value_len);
+            items += 1;
+            (prev, i) = (i, record.next);
         }
+        assert_eq!(inner.tail, prev);
+        assert_eq!(inner.bytes, bytes);
+        assert_eq!(inner.table.len(), items);
+        assert_eq!(inner.segments.live_bytes(), packed);
+        assert_eq!(
+            inner.large.len(),
+            inner.records.iter().filter(|r| r.segment == LARGE).count()
+        );
+        let mut vacant = 0;
+        let mut v = inner.vacant;
+        while v != NIL {
+            assert_eq!(inner.records[v as usize].segment, VACANT);
+            vacant += 1;
+            v = inner.records[v as usize].next;
+        }
+        assert_eq!(
+            vacant + items,
+            inner.records.len(),
+            "every record live or vacant"
+        );
         assert_eq!(cache.bytes(), bytes);
-        assert_eq!(cache.items(), inner.map.len() as u64);
+        assert_eq!(cache.items(), items as u64);
         assert!(bytes <= cache.budget.cap(cache.side));
     }
 
@@ -901,12 +1285,117 @@ pub(crate) mod tests {
         assert_eq!(gauges["hot_items"], 1.0);
     }
 
+    /// Issue 16's target: at most 96 bytes per entry beyond key and value for small values.
     #[test]
-    fn overhead_covers_the_real_structures() {
+    fn overhead_is_at_most_96_bytes_and_covers_the_real_structures() {
         assert_eq!(size_of::<Entry>(), 40);
+        assert_eq!(size_of::<Record>(), 32);
+        assert_eq!(ENTRY_OVERHEAD, 52);
         if size_of::<usize>() == 8 {
-            assert_eq!(ENTRY_OVERHEAD, 247);
+            assert_eq!(LARGE_OVERHEAD, 228);
         }
+        // A 100-byte value under a short key.
+        assert!(charge("user:12345", 100) - 110 <= 96);
+        assert_eq!(
+            charge("k", 0),
+            1 + 1 + ENTRY_OVERHEAD,
+            "the key's length prefix"
+        );
+        assert_eq!(charge(&"k".repeat(200), 0), 200 + 2 + ENTRY_OVERHEAD);
+        // What the structures hold after n inserts (no record vacant yet), at sizes just below
+        // and just after the table grows, is within what was charged: the records, the table's
+        // buckets and control bytes, the segments' record lists (4 `u32`s at least each).
+        let segment_bytes = Segments::for_budget(64 << 20).segment_bytes();
+        for n in [1usize, 7, 8, 9, 100, 1_000, 3_584, 3_585, 20_000] {
+            let cache = Cache::new(64 << 20);
+            for i in 0..n {
+                cache.insert(&format!("k{i}"), entry(100));
+            }
+            let inner = cache.lock();
+            assert_eq!(inner.records.len(), n);
+            let buckets = (inner.table.capacity() * 8 / 7).next_power_of_two();
+            let table = buckets * (size_of::<u32>() + 1);
+            let segments = (inner.segments.held_bytes() as usize).div_ceil(segment_bytes);
+            let lists = inner.segments.list_bytes();
+            let real = n * size_of::<Record>() + table + lists;
+            let charged = n as u64 * ENTRY_OVERHEAD + 16 * segments as u64;
+            assert!(
+                real as u64 <= charged,
+                "{n} entries: the structures hold {real} bytes, charged {charged}"
+            );
+            drop(inner);
+            check_accounting(&cache);
+        }
+    }
+
+    /// Random operations (inserts of packed and unpacked values under short and long keys,
+    /// replacements, gets, expiries, removes, cap_expiry) on a small cache: the accounting
+    /// holds after every one.
+    #[test]
+    fn the_accounting_holds_after_every_operation_of_a_random_sequence() {
+        let cache = Cache::new(256 << 10);
+        assert_eq!(cache.segment_bytes, 64 << 10);
+        let mut x: u64 = 0x0DDB_1A5E_5BAD_5EED;
+        let mut huge_key_small_value = false;
+        for n in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = match x % 7 {
+                0 => format!(
+                    "long-{}-{}",
+                    (x >> 8) % 40,
+                    "k".repeat(((x >> 3) % 300) as usize)
+                ),
+                // Keys over 1/16 of a segment: not packed, whatever the value.
+                1 if (x >> 5).is_multiple_of(4) => format!(
+                    "huge-{}-{}",
+                    (x >> 8) % 10,
+                    "h".repeat(4_090 + ((x >> 3) % 20) as usize)
+                ),
+                _ => format!("k{}", (x >> 8) % 300),
+            };
+            let now = (n / 100) as i64;
+            match (x >> 20) % 10 {
+                0 => {
+                    cache.remove(&key);
+                }
+                1 | 2 => {
+                    if let Some(e) = cache.get(&key, now) {
+                        assert_eq!(e.value, value_of(&key, e.value.len()), "{key}");
+                    }
+                }
+                3 => cache.cap_expiry(&[key.clone().into_boxed_str()], now + 3),
+                _ => {
+                    // Mostly small values, some over 1/16 of a segment (4 KiB).
+                    let len = match (x >> 28) % 8 {
+                        0 => 4_000 + ((x >> 32) % 3_000) as usize,
+                        1 => 0,
+                        _ => ((x >> 32) % 600) as usize,
+                    };
+                    let expire = if (x >> 40).is_multiple_of(3) {
+                        now + 2
+                    } else {
+                        0
+                    };
+                    let value = value_of(&key, len);
+                    cache.insert(&key, Entry { value, expire });
+                    huge_key_small_value |= key.len() > 4096
+                        && len <= 4096
+                        && cache
+                            .lock()
+                            .large
+                            .iter()
+                            .any(|(_, k, _)| **k == *key.as_bytes());
+                }
+            }
+            check_accounting(&cache);
+        }
+        assert!(cache.items() > 0);
+        assert!(
+            huge_key_small_value,
+            "a key too long to pack held with a small value"
+        );
     }
 
     #[test]
@@ -949,7 +1438,8 @@ pub(crate) mod tests {
     fn replacing_recharges() {
         let cache = Cache::new(1 << 20);
         cache.insert("k", entry(5_000));
-        assert_eq!(cache.bytes(), charge("k", 5_000));
+        assert!(!cache.packs(1, 5_000), "too large to pack in a 1 MiB cache");
+        assert_eq!(cache.bytes(), large_charge(1, 5_000));
         let evicted = cache.insert("k", entry(10)).evicted;
         assert_eq!(evicted, 0);
         assert_eq!(cache.bytes(), charge("k", 10));
@@ -1064,7 +1554,9 @@ pub(crate) mod tests {
         let cache = Cache::new(64 << 20);
         let a = cache.insert("a", entry(4096)).value;
         let b = cache.insert("b", entry(4096)).value;
-        assert_eq!(a.as_ptr().wrapping_add(4096), b.as_ptr());
+        // Each value follows its key and the key's one-byte length: b's value comes 2 bytes
+        // after a's.
+        assert_eq!(a.as_ptr().wrapping_add(4096 + 2), b.as_ptr());
         let got = cache.get("b", 0).map(|e| e.value);
         assert_eq!(got.as_ref().map(|v| v.as_ptr()), Some(b.as_ptr()));
         assert_eq!(got, Some(Bytes::from(vec![b'v'; 4096])));
@@ -1202,10 +1694,10 @@ pub(crate) mod tests {
 
     /// Keys of the same stripe as `key`, other than it.
     pub(crate) fn same_stripe(key: &str) -> impl Iterator<Item = String> {
-        let mine = stripe(key_hash(key));
+        let mine = stripe(key_hash(key.as_bytes()));
         (0..)
             .map(|i| format!("o{i}"))
-            .filter(move |other| stripe(key_hash(other)) == mine)
+            .filter(move |other| stripe(key_hash(other.as_bytes())) == mine)
     }
 
     /// Writes to other keys of the same stripe: up to `RECENT` are told apart by their hashes;
@@ -1247,7 +1739,7 @@ pub(crate) mod tests {
         soon.expire = 100;
         cache.insert("soon", soon);
         cache.insert("kept", entry(1));
-        let keys: Vec<Arc<str>> = vec!["forever".into(), "soon".into(), "gone".into()];
+        let keys: Vec<Box<str>> = vec!["forever".into(), "soon".into(), "gone".into()];
         cache.cap_expiry(&keys, 500);
         assert!(cache.get("forever", 499).is_some());
         assert!(cache.get("forever", 500).is_none());

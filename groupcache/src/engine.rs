@@ -45,10 +45,11 @@ impl<L: Loader> Groupcache<L> {
     /// Must be called within a tokio runtime: loads run in tasks of their own. Outside one, a
     /// miss fails with [`Error::NoRuntime`].
     ///
-    /// A [`Bytes`](bytes::Bytes) value of 512 bytes or more is usually a view into one of the
-    /// cache's segments (buffers of up to 1 MiB that hold many values side by side), and keeps
-    /// the whole segment alive while it is held. Handing it to a response is what it is for; to keep a
-    /// value long after the cache let it go, copy it (`Bytes::copy_from_slice`).
+    /// A [`Bytes`](bytes::Bytes) value up to 1/16 of a segment (64 KiB with the default
+    /// budget), however small, is a view into one of the cache's segments (buffers of up to
+    /// 1 MiB that hold many keys and values side by side), and keeps the whole segment alive
+    /// while it is held. Handing it to a response is what it is for; to keep a value long after
+    /// the cache let it go, copy it (`Bytes::copy_from_slice`).
     pub async fn get(&self, key: &str) -> Result<L::Value, Error> {
         let entry = self.inner.get(key, Caller::Local).await?;
         L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
@@ -840,7 +841,7 @@ impl<L: Loader> Inner<L> {
             // key list and the capping.
             self.main.supersede_all();
             let membership = self.peers.snapshot();
-            let moved: Vec<Arc<str>> = self
+            let moved: Vec<Box<str>> = self
                 .main
                 .keys()
                 .into_iter()

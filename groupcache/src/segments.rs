@@ -5,7 +5,9 @@
 //! with the server's short-lived buffers, and the allocator cannot give the holes between them
 //! back. With glibc, 4 KiB values stored between hyper's freed 8 KiB read buffers left a replica
 //! at 1.38x its budget (`BENCHMARKS.md`). Packed values sit next to each other, and a segment is
-//! retired as one block when its last value has left the cache.
+//! retired as one block when its last value has left the cache. Each value is packed with its
+//! key (see `caches`), so a small entry has no allocation of its own at all: with keys and values
+//! of their own, a 100-byte value cost 247 bytes beyond its key and value (issue 16).
 //!
 //! The price is dead space: evicted values in a segment that still holds live ones. When the
 //! segments hold more than 5/4 of their live bytes plus two segments, the cleaner takes the
@@ -23,9 +25,17 @@
 //! the cache does after unlocking. Values are copied with `BytesMut::split`, which hands out the
 //! front of the open segment as a refcounted `Bytes` without `unsafe`; `BytesMut::try_reclaim`
 //! takes a whole buffer back once no `Bytes` of it is left.
+//!
+//! A closed segment is one `Bytes`, and the cache's records say where in it their entries are
+//! (an offset and a length: 8 bytes, where a `Bytes` per entry took 32). The open segment hands
+//! out a `Bytes` per entry it packs (the insert returns it) and keeps them, 40 bytes per entry,
+//! until it closes; closing copies its bytes into a buffer of their own, one `Bytes`, and retires
+//! the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
+//! `unsafe`). The copy is one `memcpy` of a segment per segment filled, under the lock: at most
+//! 1 MiB, four times what the cleaner may copy on one insert, once per segment's worth of
+//! inserts.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -33,32 +43,32 @@ use bytes::{Bytes, BytesMut};
 const MAX_SEGMENT: usize = 1 << 20;
 /// The smallest segment, so that a small budget still packs 4 KiB values.
 const MIN_SEGMENT: usize = 64 << 10;
-/// Smaller values are not packed: the allocator's size classes keep them compact anyway (glibc:
-/// resident memory 0.95-1.02x the charged bytes for values up to 64 bytes), and a segment lists
-/// at most 2,048 keys.
-const MIN_PACKED: usize = 512;
 /// How many retired buffers wait to be reused.
 const RETIRED: usize = 2;
 
-/// Where a packed value lives: its segment, and its place in that segment's list of keys.
+/// Where a packed value lives: its segment, its place in that segment's list of records, and
+/// where its bytes start in the segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Place {
     /// The segment's index.
     pub segment: u32,
-    /// The value's index in the segment's list of keys.
+    /// The value's index in the segment's list of records.
     pub slot: u32,
+    /// The offset of its bytes in the segment.
+    pub offset: u32,
 }
-
-/// Where a cached value's bytes live: in a segment, or (None) in a buffer of its own.
-pub(crate) type Home = Option<Place>;
 
 /// One segment's bookkeeping.
 #[derive(Debug, Default)]
 struct Usage {
     /// Bytes of the cached values in it.
     live: usize,
-    /// The keys of the cached values in it, exactly: a value's `Place::slot` is its index here.
-    keys: Vec<Arc<str>>,
+    /// The cache's records (indexes into its slab) of the values in it, exactly: a value's
+    /// `Place::slot` is its index here. Four bytes per entry, where the key itself (an
+    /// `Arc<str>`, 16 bytes, and its allocation) used to be listed.
+    records: Vec<u32>,
+    /// The segment's bytes once it is closed.
+    data: Bytes,
     /// The unused end of the segment once it is closed: a handle on its buffer, to take the
     /// whole buffer back when it is retired.
     tail: BytesMut,
@@ -73,6 +83,10 @@ pub(crate) struct Segments {
     open: BytesMut,
     /// The open segment's index, once one is open.
     open_index: Option<u32>,
+    /// The open segment's bytes written so far, and what it has packed: the offset and the
+    /// handle of each packing, in order.
+    open_written: usize,
+    chunks: Vec<(u32, Bytes)>,
     /// Bookkeeping per segment index; the indexes in `free` are not in use.
     usage: Vec<Usage>,
     free: Vec<u32>,
@@ -99,6 +113,8 @@ impl Segments {
             segment,
             open: BytesMut::new(),
             open_index: None,
+            open_written: 0,
+            chunks: Vec::new(),
             usage: Vec::new(),
             free: Vec::new(),
             held: 0,
@@ -109,11 +125,13 @@ impl Segments {
         }
     }
 
-    /// Whether a value of `len` bytes is packed. Values over 1/16 of a segment get a buffer of
-    /// their own, so the unused tail of a segment, wasted when a value does not fit, stays
-    /// under 1/16 of it.
+    /// Whether a value (or a key) of `len` bytes is packed. Values over 1/16 of a segment get a
+    /// buffer of their own, so the unused tail of a segment, wasted when an entry does not fit,
+    /// stays under about 1/8 of it (a key and a value of at most 1/16 each). Every smaller
+    /// value is packed, the empty one included: in an allocation of its own, a small value cost
+    /// an allocation, `bytes`' shared header and the allocator's header, about 56 bytes.
     pub(crate) fn packs(segment: usize, len: usize) -> bool {
-        (MIN_PACKED..=segment / 16).contains(&len)
+        len <= segment / 16
     }
 
     /// Capacity of every segment.
@@ -121,46 +139,94 @@ impl Segments {
         self.segment
     }
 
-    /// Copies the value of `key` (one that `packs`) into the open segment, opening a new one
-    /// when it does not fit.
-    pub(crate) fn pack(&mut self, key: &Arc<str>, value: &[u8]) -> (Bytes, Place) {
-        debug_assert!(Self::packs(self.segment, value.len()));
+    /// Copies `parts`, one after the other, into the open segment (opening a new one when they
+    /// do not fit), for the cache's record `record`; their total must fit a segment.
+    pub(crate) fn pack(&mut self, record: u32, parts: &[&[u8]]) -> (Bytes, Place) {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        debug_assert!(len <= self.segment);
         let index = match self.open_index {
-            Some(index) if self.open.capacity() >= value.len() => index,
+            Some(index) if self.open.capacity() >= len => index,
             _ => self.open_segment(),
         };
-        self.open.extend_from_slice(value);
+        for part in parts {
+            self.open.extend_from_slice(part);
+        }
+        // Below a segment's size, which is at most 1 MiB.
+        let offset = u32::try_from(self.open_written).unwrap_or(u32::MAX);
+        self.open_written += len;
         let usage = &mut self.usage[index as usize];
-        usage.live += value.len();
-        // At most segment / MIN_PACKED = 2,048 keys.
-        let slot = u32::try_from(usage.keys.len()).unwrap_or(u32::MAX);
-        usage.keys.push(Arc::clone(key));
-        self.live += value.len() as u64;
+        usage.live += len;
+        // Fewer records than bytes in a segment (every packed entry has at least one byte).
+        let slot = u32::try_from(usage.records.len()).unwrap_or(u32::MAX);
+        usage.records.push(record);
+        self.live += len as u64;
         let place = Place {
             segment: index,
             slot,
+            offset,
         };
-        (self.open.split().freeze(), place)
+        let chunk = self.open.split().freeze();
+        self.chunks.push((offset, chunk.clone()));
+        (chunk, place)
     }
 
-    /// The value of `key`, `len` bytes at `place`, has left the cache or moved. The last key of
-    /// its segment takes its slot; that key and the slot are returned, for the caller to update
-    /// that value's place.
-    pub(crate) fn release(
-        &mut self,
-        key: &str,
-        place: Place,
+    /// The `len` bytes packed at `offset` in `segment`, borrowed.
+    #[inline]
+    pub(crate) fn bytes(&self, segment: u32, offset: u32, len: usize) -> &[u8] {
+        self.located(segment, offset, len)
+            .and_then(|(bytes, at)| bytes.get(at..at + len))
+            .unwrap_or_default()
+    }
+
+    /// The `len` bytes packed at `offset` in `segment` but the first `skip(bytes)`, as a slice
+    /// of the segment's buffer (a reference count, no copy).
+    #[inline]
+    pub(crate) fn slice(
+        &self,
+        segment: u32,
+        offset: u32,
         len: usize,
-    ) -> Option<(Arc<str>, u32)> {
+        skip: impl FnOnce(&[u8]) -> usize,
+    ) -> Bytes {
+        match self.located(segment, offset, len) {
+            Some((bytes, at)) if at + len <= bytes.len() => {
+                let skip = skip(&bytes[at..at + len]).min(len);
+                bytes.slice(at + skip..at + len)
+            }
+            _ => Bytes::new(),
+        }
+    }
+
+    /// The handle holding the bytes at `offset` in `segment`, and their offset in it: the
+    /// closed segment's bytes, or the open segment's chunk packed at `offset`.
+    #[inline]
+    fn located(&self, segment: u32, offset: u32, len: usize) -> Option<(&Bytes, usize)> {
+        if Some(segment) == self.open_index {
+            let at = self
+                .chunks
+                .binary_search_by_key(&offset, |&(start, _)| start)
+                .ok()?;
+            let (_, chunk) = self.chunks.get(at)?;
+            debug_assert_eq!(chunk.len(), len, "one chunk per packing");
+            return Some((chunk, 0));
+        }
+        let usage = self.usage.get(segment as usize)?;
+        Some((&usage.data, offset as usize))
+    }
+
+    /// The bytes of `record`, `len` of them at `place`, have left the cache or moved. The last
+    /// record of its segment takes its slot; that record and the slot are returned, for the
+    /// caller to update that record's place.
+    pub(crate) fn release(&mut self, record: u32, place: Place, len: usize) -> Option<(u32, u32)> {
         let usage = &mut self.usage[place.segment as usize];
         usage.live -= len;
         self.live -= len as u64;
         let slot = place.slot as usize;
-        debug_assert_eq!(usage.keys.get(slot).map(|k| &**k), Some(key));
+        debug_assert_eq!(usage.records.get(slot), Some(&record));
         let mut moved = None;
-        if slot < usage.keys.len() {
-            usage.keys.swap_remove(slot);
-            moved = usage.keys.get(slot).map(|k| (Arc::clone(k), place.slot));
+        if slot < usage.records.len() {
+            usage.records.swap_remove(slot);
+            moved = usage.records.get(slot).map(|&r| (r, place.slot));
         }
         if usage.live == 0 && Some(place.segment) != self.open_index {
             self.retire(place.segment);
@@ -168,10 +234,10 @@ impl Segments {
         moved
     }
 
-    /// The key of the next value the cleaner should move to the open segment, and whether
+    /// The record of the next value the cleaner should move to the open segment, and whether
     /// the cleaner has just picked its segment (a scan over all of them); None while the dead
     /// space is within bounds.
-    pub(crate) fn next_to_move(&mut self) -> Option<(Arc<str>, bool)> {
+    pub(crate) fn next_to_move(&mut self) -> Option<(u32, bool)> {
         let mut picked = false;
         if self.cleaning.is_none() {
             if self.held <= self.live + self.live / 4 + 2 * self.segment as u64 {
@@ -186,14 +252,17 @@ impl Segments {
             picked = true;
         }
         let index = self.cleaning?;
-        let key = self.usage[index as usize].keys.last().cloned();
-        // A segment with live values lists their keys; were it ever not so, stop cleaning it
+        let record = self.usage[index as usize].records.last().copied();
+        // A segment with live values lists their records; were it ever not so, stop cleaning it
         // rather than pick it again and again.
-        debug_assert!(key.is_some(), "segment {index} is live but lists no keys");
-        if key.is_none() {
+        debug_assert!(
+            record.is_some(),
+            "segment {index} is live but lists no records"
+        );
+        if record.is_none() {
             self.cleaning = None;
         }
-        Some((key?, picked))
+        Some((record?, picked))
     }
 
     /// The buffers let go since the last call, for the caller to drop after unlocking.
@@ -213,18 +282,48 @@ impl Segments {
         self.live
     }
 
-    /// The keys listed for the segment at `index`.
+    /// The records listed for the segment at `index`.
     #[cfg(test)]
-    pub(crate) fn keys(&self, index: u32) -> &[Arc<str>] {
-        &self.usage[index as usize].keys
+    pub(crate) fn records(&self, index: u32) -> &[u32] {
+        &self.usage[index as usize].records
     }
 
-    /// Closes the open segment (retiring it if nothing in it is live) and opens a new one.
+    /// The segments' record lists' capacity in bytes.
+    #[cfg(test)]
+    pub(crate) fn list_bytes(&self) -> usize {
+        self.usage
+            .iter()
+            .map(|u| u.records.capacity() * std::mem::size_of::<u32>())
+            .sum()
+    }
+
+    /// Closes the open segment and opens a new one. A closed segment with live values gets its
+    /// bytes copied into a buffer of its own, and the open buffer is retired; with none, it is
+    /// retired at once.
     fn open_segment(&mut self) -> u32 {
         if let Some(index) = self.open_index.take() {
-            self.usage[index as usize].tail = std::mem::take(&mut self.open);
+            let open = std::mem::take(&mut self.open);
+            let chunks = std::mem::take(&mut self.chunks);
+            self.open_written = 0;
             if self.usage[index as usize].live == 0 {
+                drop(chunks);
+                self.usage[index as usize].tail = open;
                 self.retire(index);
+            } else {
+                let written: usize = chunks.iter().map(|(_, chunk)| chunk.len()).sum();
+                let mut copy = self.buffer();
+                for (_, chunk) in &chunks {
+                    copy.extend_from_slice(chunk);
+                }
+                debug_assert!(copy.len() == written);
+                // The cache's handles on the open buffer go, so that it can be reused as soon
+                // as no reader holds any of its values.
+                drop(chunks);
+                let usage = &mut self.usage[index as usize];
+                usage.data = copy.split().freeze();
+                usage.tail = copy;
+                usage.records.shrink_to_fit();
+                self.wait_retired(open);
             }
         }
         let index = match self.free.pop() {
@@ -235,11 +334,7 @@ impl Segments {
                 u32::try_from(self.usage.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        let segment = self.segment;
-        let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(segment));
-        self.open = reusable
-            .and_then(|at| self.retired.remove(at))
-            .unwrap_or_else(|| BytesMut::with_capacity(segment));
+        self.open = self.buffer();
         self.open_index = Some(index);
         self.held += self.segment as u64;
         index
@@ -249,16 +344,39 @@ impl Segments {
     /// buffer waits among the retired ones.
     fn retire(&mut self, index: u32) {
         let usage = &mut self.usage[index as usize];
-        debug_assert!(usage.keys.is_empty());
-        if self.retired.len() == RETIRED {
-            self.let_go.extend(self.retired.pop_front());
-        }
-        self.retired.push_back(std::mem::take(&mut usage.tail));
+        debug_assert!(usage.records.is_empty());
+        // The tail shares the buffer, so this frees nothing under the lock.
+        usage.data = Bytes::new();
+        let tail = std::mem::take(&mut usage.tail);
+        self.wait_retired(tail);
         self.free.push(index);
         self.held -= self.segment as u64;
         if self.cleaning == Some(index) {
             self.cleaning = None;
         }
+    }
+
+    /// A buffer no segment uses any more waits among the retired ones; beyond [`RETIRED`], the
+    /// oldest is let go.
+    fn wait_retired(&mut self, buffer: BytesMut) {
+        if self.retired.len() == RETIRED {
+            self.let_go.extend(self.retired.pop_front());
+        }
+        self.retired.push_back(buffer);
+    }
+
+    /// An empty buffer of a segment's capacity: a retired one that no reader holds any more,
+    /// or a new one.
+    fn buffer(&mut self) -> BytesMut {
+        let segment = self.segment;
+        let reusable = self.retired.iter_mut().position(|b| b.try_reclaim(segment));
+        reusable
+            .and_then(|at| self.retired.remove(at))
+            .map(|mut buffer| {
+                buffer.clear();
+                buffer
+            })
+            .unwrap_or_else(|| BytesMut::with_capacity(segment))
     }
 }
 
@@ -268,6 +386,13 @@ mod tests {
     use std::collections::HashMap;
 
     const V: usize = MIN_SEGMENT / 16;
+    /// A small value.
+    const SMALL: usize = 512;
+
+    /// The record number of a key of the model, `k{n}`.
+    fn id(key: &str) -> u32 {
+        key[1..].parse().unwrap()
+    }
 
     /// Segments and the place of every value, kept up to date as the cache keeps them.
     struct Model {
@@ -289,15 +414,15 @@ mod tests {
         fn pack(&mut self, byte: u8, len: usize) -> (String, Bytes) {
             self.next += 1;
             let key = format!("k{}", self.next);
-            let (value, place) = self.s.pack(&Arc::from(key.as_str()), &vec![byte; len]);
+            let (value, place) = self.s.pack(id(&key), &[&vec![byte; len]]);
             self.places.insert(key.clone(), (place, len));
             (key, value)
         }
 
         fn release(&mut self, key: &str) {
             let (place, len) = self.places.remove(key).unwrap();
-            if let Some((moved, slot)) = self.s.release(key, place, len) {
-                self.places.get_mut(&*moved).unwrap().0.slot = slot;
+            if let Some((moved, slot)) = self.s.release(id(key), place, len) {
+                self.places.get_mut(&format!("k{moved}")).unwrap().0.slot = slot;
             }
         }
 
@@ -305,13 +430,15 @@ mod tests {
             self.places[key].0.segment
         }
 
-        /// Every listed key is at its place, and every value's place lists its key.
+        /// Every listed record is at its place, and every value's place lists its record.
         fn check(&self) {
-            for (key, (place, _)) in &self.places {
-                assert_eq!(&*self.s.keys(place.segment)[place.slot as usize], key);
+            for (key, (place, len)) in &self.places {
+                assert_eq!(self.s.records(place.segment)[place.slot as usize], id(key));
+                let bytes = self.s.bytes(place.segment, place.offset, *len);
+                assert_eq!(bytes.len(), *len, "{key}'s bytes are at its place");
             }
             let listed: usize = (0..self.s.usage.len())
-                .map(|i| self.s.keys(i as u32).len())
+                .map(|i| self.s.records(i as u32).len())
                 .sum();
             assert_eq!(listed, self.places.len());
         }
@@ -338,9 +465,10 @@ mod tests {
         assert_eq!(Segments::for_budget(64 << 20).segment, MAX_SEGMENT);
         assert_eq!(Segments::for_budget(u64::MAX).segment, MAX_SEGMENT);
         let packs = |len| Segments::packs(MAX_SEGMENT, len);
-        assert!(!packs(0));
-        assert!(!packs(MIN_PACKED - 1));
-        assert!(packs(MIN_PACKED));
+        // Small values are packed too, the empty one included: their keys are packed with them.
+        assert!(packs(0));
+        assert!(packs(1));
+        assert!(packs(SMALL));
         assert!(packs(4096));
         assert!(packs(64 << 10));
         assert!(!packs((64 << 10) + 1));
@@ -374,9 +502,7 @@ mod tests {
     #[test]
     fn keys_are_listed_exactly_whatever_the_order_of_release() {
         let mut m = Model::new();
-        let keys: Vec<String> = (0..100)
-            .map(|i| m.pack(i as u8, MIN_PACKED + i).0)
-            .collect();
+        let keys: Vec<String> = (0..100).map(|i| m.pack(i as u8, SMALL + i).0).collect();
         // Release every third key, from the middle out, then every other of the rest.
         for key in keys
             .iter()
@@ -423,7 +549,7 @@ mod tests {
     #[test]
     fn the_open_segment_stays_until_closed() {
         let mut m = Model::new();
-        let (key, _) = m.pack(1, MIN_PACKED);
+        let (key, _) = m.pack(1, SMALL);
         let index = m.segment(&key);
         m.release(&key);
         assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64, "still open");
@@ -442,53 +568,79 @@ mod tests {
     #[test]
     fn a_packed_value_outlives_its_segment_in_the_cache() {
         let mut m = Model::new();
-        let (key, value) = m.pack(b'r', MIN_PACKED);
+        let (key, value) = m.pack(b'r', SMALL);
         for other in m.close_open_segment() {
             m.release(&other);
         }
         let held = m.s.held_bytes();
         m.release(&key);
         assert_eq!(m.s.held_bytes(), held - MIN_SEGMENT as u64);
-        assert_eq!(&value[..], &[b'r'; MIN_PACKED][..]);
+        assert_eq!(&value[..], &[b'r'; SMALL][..]);
     }
 
     #[test]
     fn a_retired_segment_is_reused_once_no_reader_holds_it() {
         let mut m = Model::new();
-        // Segment A: 16 values; the 17th opens B.
+        let within = |start: *const u8, at: *const u8| {
+            (start as usize..start as usize + MIN_SEGMENT).contains(&(at as usize))
+        };
+        // Segment A: 16 values in its open buffer. A reader holds one of them when the 17th
+        // closes A (its bytes are copied into a buffer of their own) and opens B: B opens in
+        // new memory.
         let a: Vec<(String, Bytes)> = (0..16).map(|_| m.pack(1, V)).collect();
-        let b: Vec<(String, Bytes)> = (0..16).map(|_| m.pack(2, V)).collect();
         let a_start = a[0].1.as_ptr();
-        let b_start = b[0].1.as_ptr();
-        assert_ne!(a_start, b_start);
-        // A reader still holds a value of A when the next segment opens: new memory.
         let reader = a[0].1.clone();
-        for (key, _) in &a {
-            m.release(key);
-        }
-        drop(a);
-        let (_, c) = m.pack(3, V); // opens C
-        assert_ne!(c.as_ptr(), a_start, "new memory");
+        let a: Vec<String> = a.into_iter().map(|(key, _)| key).collect();
+        let (b0, b0_value) = m.pack(2, V);
+        assert_ne!(m.segment(&b0), m.segment(&a[0]));
+        let b_start = b0_value.as_ptr();
+        assert!(!within(a_start, b_start), "new memory");
+        // A's values were copied out of its open buffer, and read the same.
+        let (place, len) = m.places[&a[3]];
+        let copied = m.s.slice(place.segment, place.offset, len, |_| 0);
+        assert_eq!(&copied[..], &[1; V][..]);
+        assert!(!within(a_start, copied.as_ptr()));
+        let a_copy = copied.as_ptr().wrapping_sub(3 * V);
+        drop(copied);
         assert_eq!(&reader[..], &[1; V][..]);
-        // B is retired too, and the values of both are gone by the time D opens: it opens in
-        // the older retired buffer, A's, taken back whole.
-        for (key, _) in &b {
+        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64, "A's copy and B");
+        // Once no reader holds A's open buffer, it is the next buffer taken: for B's copy when
+        // B closes. B's open buffer, whose values nobody holds, is C's at once.
+        drop((reader, b0_value));
+        let b: Vec<String> = std::iter::once(b0)
+            .chain((1..16).map(|_| m.pack(2, V).0))
+            .collect();
+        let (c0, c0_value) = m.pack(3, V);
+        assert_ne!(m.segment(&c0), m.segment(&b[0]));
+        let (place, len) = m.places[&b[5]];
+        let b_copied = m.s.slice(place.segment, place.offset, len, |_| 0);
+        assert_eq!(
+            b_copied.as_ptr(),
+            a_start.wrapping_add(5 * V),
+            "in A's old buffer"
+        );
+        assert_eq!(&b_copied[..], &[2; V][..]);
+        drop(b_copied);
+        assert_eq!(c0_value.as_ptr(), b_start, "C opens in B's old buffer");
+        drop(c0_value);
+        // A's values all leave: A retires, and its copy's buffer takes C's copy when C closes.
+        for key in &a {
             m.release(key);
         }
-        drop((b, reader));
-        for _ in 1..16 {
-            m.pack(4, V);
-        }
-        let (_, d) = m.pack(5, V); // opens D
-        assert_eq!(d.as_ptr(), a_start);
-        assert_eq!(&d[..], &[5; V][..]);
-        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64, "C and D");
-        // Then B's.
-        for _ in 1..16 {
-            m.pack(6, V);
-        }
-        assert_eq!(m.pack(7, V).1.as_ptr(), b_start);
-        assert!(m.s.retired.is_empty(), "both reused");
+        assert_eq!(m.s.held_bytes(), 2 * MIN_SEGMENT as u64, "B's copy and C");
+        let c: Vec<String> = std::iter::once(c0)
+            .chain((1..16).map(|_| m.pack(4, V).0))
+            .collect();
+        m.pack(5, V);
+        let (place, len) = m.places[&c[1]];
+        let c_copied = m.s.slice(place.segment, place.offset, len, |_| 0);
+        assert_eq!(
+            c_copied.as_ptr(),
+            a_copy.wrapping_add(V),
+            "in A's copy's buffer"
+        );
+        assert_eq!(&c_copied[..], &[4; V][..]);
+        m.check();
     }
 
     #[test]
@@ -496,11 +648,18 @@ mod tests {
         let mut m = Model::new();
         let mut readers = Vec::new();
         let mut previous: Vec<(String, Bytes)> = Vec::new();
-        // Each round fills a segment, then retires the one before while a reader holds a value.
+        let mut copies = Vec::new();
+        // Each round fills a segment (the first value closes the one before, whose bytes are
+        // copied into a buffer of their own), then retires the one before while a reader holds
+        // its values, which are in that segment's open buffer.
         for _ in 0..5 {
             let values: Vec<_> = (0..16).map(|_| m.pack(1, V)).collect();
             let segment = m.segment(&values[0].0);
             assert!(values.iter().all(|(key, _)| m.segment(key) == segment));
+            if let Some((key, _)) = previous.first() {
+                let (place, len) = m.places[key];
+                copies.push(m.s.slice(place.segment, place.offset, len, |_| 0).as_ptr() as usize);
+            }
             for (key, value) in previous.drain(..) {
                 readers.push(value);
                 m.release(&key);
@@ -508,8 +667,16 @@ mod tests {
             assert!(m.s.retired.len() <= RETIRED);
             previous = values;
         }
-        assert_eq!(m.s.retired.len(), RETIRED, "4 retired");
-        assert_eq!(m.s.take_let_go().len(), 2, "the other 2 let go");
+        assert_eq!(m.s.retired.len(), RETIRED);
+        // Nobody reads the copies, so one buffer holds each closed segment's copy in turn; the
+        // readers hold the open buffers of rounds 0 to 3: those of rounds 0 to 2 were let go,
+        // round 3's waits with the copy buffer.
+        assert_eq!(copies.len(), 4);
+        assert!(
+            copies.windows(2).all(|w| w[0] == w[1]),
+            "one copy buffer: {copies:?}"
+        );
+        assert_eq!(m.s.take_let_go().len(), 3, "the other 3 let go");
         assert!(m.s.take_let_go().is_empty());
         assert!(readers.iter().all(|r| r[..] == [1; V][..]));
     }
@@ -533,17 +700,18 @@ mod tests {
         // 80 > 5/4 of 28 + 32: the emptiest closed segment (segment 2, 3 live) is emptied.
         let segment_2 = m.segment(&keys[45]);
         let mut moved = Vec::new();
-        while let Some((key, picked)) = m.s.next_to_move() {
+        while let Some((record, picked)) = m.s.next_to_move() {
+            let key = format!("k{record}");
             assert_eq!(picked, moved.is_empty(), "picked once");
             assert_eq!(m.segment(&key), segment_2);
             // The caller moves it: packs it anew, then releases the old place.
-            let (place, len) = m.places[&*key];
-            let (_, new_place) = m.s.pack(&key, &[0; V]);
-            m.places.insert(key.to_string(), (new_place, len));
-            if let Some((other, slot)) = m.s.release(&key, place, len) {
-                m.places.get_mut(&*other).unwrap().0.slot = slot;
+            let (place, len) = m.places[&key];
+            let (_, new_place) = m.s.pack(record, &[&[0; V]]);
+            m.places.insert(key.clone(), (new_place, len));
+            if let Some((other, slot)) = m.s.release(record, place, len) {
+                m.places.get_mut(&format!("k{other}")).unwrap().0.slot = slot;
             }
-            moved.push(key.to_string());
+            moved.push(key);
             m.check();
         }
         moved.sort();
