@@ -85,7 +85,7 @@ go-bare) runs one side alone, for profiling: its figures are not side by side.
 --value-bytes sets the memory workload's value sizes (default 4096), one case each.
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
-[--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff]` and `ceiling-server`
+[--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission]` and `ceiling-server`
 are the server processes the driver starts.";
 
 /// Parses the arguments after the program name.
@@ -162,12 +162,14 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
         batch_loader: false,
         coalesce_in_flight: 0,
         no_handoff: false,
+        admission: false,
     };
     while let Some(arg) = args.next() {
         let switch = match arg.as_str() {
             "--go-ring" => Some(&mut options.go_ring),
             "--batch-loader" => Some(&mut options.batch_loader),
             "--no-handoff" => Some(&mut options.no_handoff),
+            "--admission" => Some(&mut options.admission),
             _ => None,
         };
         if let Some(switch) = switch {
@@ -253,10 +255,11 @@ mod tests {
                 batch_loader: false,
                 coalesce_in_flight: 0,
                 no_handoff: false,
+                admission: false,
             }))
         );
         assert_eq!(
-            parse_str("replica --batch-loader --coalesce-in-flight 2 --no-handoff"),
+            parse_str("replica --batch-loader --coalesce-in-flight 2 --no-handoff --admission"),
             Ok(Command::Replica(ReplicaOptions {
                 value_bytes: 0,
                 load_ms: 0,
@@ -267,6 +270,7 @@ mod tests {
                 batch_loader: true,
                 coalesce_in_flight: 2,
                 no_handoff: true,
+                admission: true,
             }))
         );
         assert!(parse_str("replica --nope 1").is_err());

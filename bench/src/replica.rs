@@ -59,6 +59,8 @@ pub(crate) struct ReplicaOptions {
     /// The warm hand-off off (`Builder::handoff_timeout` zero), as in a ring older than
     /// `hot_max_age`.
     pub no_handoff: bool,
+    /// `Builder::admission`: TinyLFU admission on both caches.
+    pub admission: bool,
 }
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep.
@@ -125,6 +127,7 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         if options.no_handoff {
             builder = builder.handoff_timeout(Duration::ZERO);
         }
+        builder = builder.admission(options.admission);
         let cache = builder
             .coalesce_fetches(options.coalesce_in_flight)
             .build()?;

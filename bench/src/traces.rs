@@ -22,7 +22,8 @@
 //! scan pushed out. Its control ("scan control") replays the same Zipf requests without the scan
 //! keys: the drop it shows is the trace's own variation, not the scan's.
 //!
-//! Targets: this library with one budget of [`TOTAL`] (`--cache-bytes`), the same binary with
+//! Targets: this library with one budget of [`TOTAL`] (`--cache-bytes`), the same with TinyLFU
+//! admission on both caches (`--admission`, `Builder::admission`), the same binary with
 //! today's fixed split (caps 64 and 8 MiB, which add up to the same total), and golang/groupcache
 //! with the same total (`-cache-bytes`). Hit ratios and request counts do not depend on the
 //! machine's load, unlike timings.
@@ -64,6 +65,8 @@ const HOTSPOT_SHIFT: usize = 10_000;
 enum Target {
     /// This library, one budget.
     Shared,
+    /// This library, one budget, admission on.
+    Admission,
     /// This library, main and hot capped at 64 and 8 MiB (the split before issue 16).
     Fixed,
     /// golang/groupcache.
@@ -75,6 +78,7 @@ impl Target {
     fn column(self) -> (Kind, &'static str) {
         match self {
             Target::Shared => (Kind::Rust, ""),
+            Target::Admission => (Kind::Rust, ", admission"),
             Target::Fixed => (Kind::Rust, ", fixed 64/8"),
             Target::Go => (Kind::GoPooled, ""),
         }
@@ -132,7 +136,8 @@ impl Bench<'_> {
             let warm: Vec<_> = ranks[..WARM].iter().map(path).collect();
             let measured: Vec<_> = ranks[WARM..].iter().map(path).collect();
             for round in 0..self.options.rounds {
-                let mut targets = vec![Target::Shared, Target::Fixed, Target::Go];
+                let mut targets =
+                    vec![Target::Shared, Target::Admission, Target::Fixed, Target::Go];
                 if round % 2 == 1 {
                     targets.reverse();
                 }
@@ -219,7 +224,7 @@ impl Bench<'_> {
         ];
         let name = if scan { "scan" } else { "scan control" };
         for round in 0..self.options.rounds {
-            let mut targets = vec![Target::Shared, Target::Fixed, Target::Go];
+            let mut targets = vec![Target::Shared, Target::Admission, Target::Fixed, Target::Go];
             if round % 2 == 1 {
                 targets.reverse();
             }
@@ -288,7 +293,7 @@ impl Bench<'_> {
         for _ in 0..3 {
             let replica = match target {
                 Target::Go => start_replica(self.binaries, Kind::GoPooled, settings)?,
-                Target::Shared | Target::Fixed => {
+                Target::Shared | Target::Admission | Target::Fixed => {
                     let mut command = Command::new(&self.binaries.this);
                     command.arg("replica").args([
                         "--value-bytes",
@@ -296,7 +301,10 @@ impl Bench<'_> {
                         "--load-ms",
                         "0",
                     ]);
-                    if target == Target::Shared {
+                    if target == Target::Admission {
+                        command.arg("--admission");
+                    }
+                    if target != Target::Fixed {
                         command.args(["--cache-bytes", &TOTAL.to_string()]);
                     } else {
                         let caps = [(64u64 << 20).to_string(), (8u64 << 20).to_string()];

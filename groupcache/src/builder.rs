@@ -87,6 +87,8 @@ pub(crate) struct Config {
     pub(crate) max_batch_keys: usize,
     pub(crate) max_batch_bytes: usize,
     pub(crate) coalesce_in_flight: usize,
+    /// TinyLFU admission on both caches.
+    pub(crate) admission: bool,
 }
 
 impl<L: Loader> Builder<L> {
@@ -101,6 +103,7 @@ impl<L: Loader> Builder<L> {
                 max_key_bytes: 4096,
                 max_value_bytes: 16 << 20,
                 hot_promotion_requests: 2,
+                admission: false,
                 hot_max_age: Duration::from_secs(60),
                 owner_suspicion: Duration::from_secs(5),
                 handoff_timeout: Duration::ZERO,
@@ -211,6 +214,33 @@ impl<L: Loader> Builder<L> {
     /// which its fetched value is kept in the hot cache (default 2: one-off keys are never kept).
     pub fn hot_promotion_requests(mut self, requests: u32) -> Self {
         self.config.hot_promotion_requests = requests;
+        self
+    }
+
+    /// TinyLFU admission on both caches (default off): when a value needs room, it is kept only
+    /// if its key was asked for more often within the popularity window (60 s) than the key that
+    /// would be evicted first, so a scan or a burst of one-off keys leaves the keys that proved
+    /// themselves in place. A rejected value is still returned; its key is loaded (or fetched)
+    /// again when next asked for. Costs a sketch update per get, hits included. See the README's
+    /// "One budget" for when it wins.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(key.to_owned()))
+    /// #     }
+    /// # }
+    /// let cache = Groupcache::builder("rows", "http://10.0.0.1:8080", Db)
+    ///     .admission(true)
+    ///     .build()?;
+    /// # Ok::<(), groupcache_rs::Error>(())
+    /// ```
+    pub fn admission(mut self, on: bool) -> Self {
+        self.config.admission = on;
         self
     }
 

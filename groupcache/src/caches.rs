@@ -197,7 +197,13 @@ pub(crate) struct Token {
     epoch: u64,
 }
 
-fn key_hash(key: &[u8]) -> u64 {
+/// An admission test (TinyLFU, decided by the engine's popularity sketch): given the key of the
+/// entry that would be evicted first to make room, whether the entry being stored is worth it.
+pub(crate) type Admit<'a> = &'a dyn Fn(&[u8]) -> bool;
+
+/// A stable 64-bit hash of a key (never Rust's `Hash`): the caches' table and write stripes,
+/// and the popularity sketch, all use this one.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
@@ -420,6 +426,20 @@ impl Inner {
 
     /// Takes out the least recently used entry into `removed`; its key's hash and its charge.
     /// Clears `kept` if it was record `newest`.
+    /// Takes out the entry just stored at `newest` (with key hash `hash`): admission refused
+    /// it the room it needed.
+    fn evict_newest(
+        &mut self,
+        removed: &mut Removed,
+        newest: u32,
+        hash: u64,
+        kept: &mut bool,
+    ) -> Option<(u64, u64)> {
+        *kept = false;
+        let charged = self.take(newest, hash, removed);
+        Some((hash, charged))
+    }
+
     fn evict_lru(
         &mut self,
         removed: &mut Removed,
@@ -572,7 +592,7 @@ impl Cache {
     /// engine stores through [`insert_if`](Cache::insert_if) and [`write_if`](Cache::write_if).
     #[cfg(test)]
     pub(crate) fn insert(&self, key: &str, entry: Entry) -> Inserted {
-        self.insert_checked(key, entry, None, None, true)
+        self.insert_checked(key, entry, None, None, true, None)
             .unwrap_or_else(|value| Inserted { evicted: 0, value })
     }
 
@@ -601,8 +621,9 @@ impl Cache {
         entry: Entry,
         token: Token,
         after_new_epoch: Option<i64>,
+        admit: Option<Admit<'_>>,
     ) -> Result<Inserted, Bytes> {
-        self.insert_checked(key, entry, Some(token), after_new_epoch, false)
+        self.insert_checked(key, entry, Some(token), after_new_epoch, false, admit)
     }
 
     /// [`insert_if`](Cache::insert_if) for a write (a `set`): when it stores, it is a write, as
@@ -614,7 +635,7 @@ impl Cache {
         entry: Entry,
         token: Token,
     ) -> Result<Inserted, Bytes> {
-        self.insert_checked(key, entry, Some(token), None, true)
+        self.insert_checked(key, entry, Some(token), None, true, None)
     }
 
     /// Makes every token taken so far stale, e.g. when the keys this cache may hold change.
@@ -673,6 +694,7 @@ impl Cache {
         token: Option<Token>,
         after_new_epoch: Option<i64>,
         write: bool,
+        admit: Option<Admit<'_>>,
     ) -> Result<Inserted, Bytes> {
         let size = self.charge(key, entry.value.len());
         if size > self.budget.cap(self.side) {
@@ -753,9 +775,21 @@ impl Cache {
         // The new entry is the most recent, so it goes last: only when the other side holds
         // all the room but less than it.
         let mut kept = true;
+        // Admission is decided once, when the entry first needs room: against the entry that
+        // would go first.
+        let mut admit = admit;
         let held = self
             .budget
             .fit(self.side, Some((hash, size)), inner.bytes, || {
+                if let Some(admit) = admit.take()
+                    && inner.tail != i
+                    && inner
+                        .records
+                        .get(inner.tail as usize)
+                        .is_some_and(|victim| !admit(inner.key(victim)))
+                {
+                    return inner.evict_newest(&mut removed, i, hash, &mut kept);
+                }
                 inner.evict_lru(&mut removed, i, &mut kept)
             });
         debug_assert_eq!(held, inner.bytes);
@@ -1420,6 +1454,55 @@ pub(crate) mod tests {
         check_accounting(&cache);
     }
 
+    /// Admission (TinyLFU, decided by the engine's sketch): asked only when the entry needs
+    /// room, about the entry that would go first; refused, the new entry goes instead and every
+    /// old one stays; admitted, the least recently used goes as without admission.
+    #[test]
+    fn admission_is_asked_about_the_first_victim_and_a_refusal_keeps_every_entry() {
+        let per = charge("a", 100);
+        let cache = Cache::new(3 * per);
+        let token = |key: &str| cache.token(key);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let refuse = |victim: &[u8]| {
+            asked.borrow_mut().push(victim.to_vec());
+            false
+        };
+        for key in ["a", "b", "c"] {
+            let inserted = cache.insert_if(key, entry(100), token(key), None, Some(&refuse));
+            assert!(inserted.is_ok_and(|i| i.evicted == 0));
+        }
+        assert!(
+            asked.borrow().is_empty(),
+            "room to spare: nothing to decide"
+        );
+        assert!(cache.get("a", 0).is_some()); // b is the least recently used
+        let refused = cache.insert_if("d", entry(100), token("d"), None, Some(&refuse));
+        let refused = refused.expect("a refusal is not a stale token");
+        assert_eq!(refused.evicted, 0);
+        assert_eq!(refused.value.len(), 100, "the value is still handed back");
+        assert_eq!(
+            *asked.borrow(),
+            [b"b".to_vec()],
+            "asked about the first victim only"
+        );
+        assert!(cache.get("d", 0).is_none(), "refused");
+        for key in ["a", "b", "c"] {
+            assert!(cache.get(key, 0).is_some(), "{key} stays");
+        }
+        check_accounting(&cache);
+        let admit = |_: &[u8]| true;
+        let admitted = cache.insert_if("e", entry(100), token("e"), None, Some(&admit));
+        assert_eq!(admitted.map(|i| i.evicted), Ok(1));
+        assert!(cache.get("e", 0).is_some());
+        // The checks above used a, b, c in that order: a was the least recently used.
+        assert!(cache.get("a", 0).is_none(), "a was the least recently used");
+        check_accounting(&cache);
+        // A write is never refused.
+        cache.write_if("f", entry(100), token("f")).unwrap();
+        assert!(cache.get("f", 0).is_some());
+        check_accounting(&cache);
+    }
+
     #[test]
     fn bytes_never_exceed_the_budget() {
         let cache = Cache::new(10_000);
@@ -1659,15 +1742,15 @@ pub(crate) mod tests {
     fn a_token_is_stale_after_a_write_to_its_key_or_supersede_all() {
         let cache = Cache::new(1 << 20);
         let token = cache.token("k");
-        assert!(cache.insert_if("k", entry(10), token, None).is_ok());
+        assert!(cache.insert_if("k", entry(10), token, None, None).is_ok());
         assert!(
-            cache.insert_if("k", entry(11), token, None).is_ok(),
+            cache.insert_if("k", entry(11), token, None, None).is_ok(),
             "a load's store is no write"
         );
         cache.remove("k");
         assert_eq!(
             cache
-                .insert_if("k", entry(12), token, Some(1))
+                .insert_if("k", entry(12), token, Some(1), None)
                 .map(|i| i.value.len())
                 .map_err(|value| value.len()),
             Err(12),
@@ -1677,15 +1760,17 @@ pub(crate) mod tests {
         let token = cache.token("k");
         cache.insert("k", entry(13));
         assert!(
-            cache.insert_if("k", entry(14), token, None).is_err(),
+            cache.insert_if("k", entry(14), token, None, None).is_err(),
             "stale after an insert"
         );
         assert_eq!(cache.get("k", 0).map(|e| e.value.len()), Some(13));
         let token = cache.token("k");
         cache.supersede_all();
-        assert!(cache.insert_if("k", entry(15), token, None).is_err());
+        assert!(cache.insert_if("k", entry(15), token, None, None).is_err());
         assert!(
-            cache.insert_if("k", entry(15), token, Some(500)).is_ok(),
+            cache
+                .insert_if("k", entry(15), token, Some(500), None)
+                .is_ok(),
             "after a new epoch alone, stored with the expiry given"
         );
         assert!(cache.get("k", 499).is_some() && cache.get("k", 500).is_none());
@@ -1710,9 +1795,9 @@ pub(crate) mod tests {
         for other in &same[..RECENT] {
             cache.remove(other);
         }
-        assert!(cache.insert_if("k", entry(1), token, None).is_ok());
+        assert!(cache.insert_if("k", entry(1), token, None, None).is_ok());
         cache.remove(&same[RECENT]);
-        assert!(cache.insert_if("k", entry(2), token, None).is_err());
+        assert!(cache.insert_if("k", entry(2), token, None, None).is_err());
         for before in [true, false] {
             let token = cache.token("k");
             if before {
@@ -1725,7 +1810,7 @@ pub(crate) mod tests {
                 cache.remove("k");
             }
             assert!(
-                cache.insert_if("k", entry(3), token, None).is_err(),
+                cache.insert_if("k", entry(3), token, None, None).is_err(),
                 "a write to the key among others of its stripe (first: {before})"
             );
         }

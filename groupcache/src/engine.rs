@@ -381,11 +381,18 @@ impl<L: Loader> Inner<L> {
     pub(crate) fn start_get(&self, key: &str, caller: Caller) -> Result<Option<Entry>, Error> {
         self.check_key(key)?;
         self.metrics.get();
+        // Admission compares how often keys are asked for, hits and peers' requests included;
+        // without it the sketch only decides hot promotion, for which this replica's own misses
+        // are what count.
+        let admission = self.config.admission;
+        if admission {
+            self.popularity.record(key_hash(key));
+        }
         if let Some(entry) = self.cached(key) {
             return Ok(Some(entry));
         }
         self.metrics.load();
-        if caller == Caller::Local {
+        if caller == Caller::Local && !admission {
             self.popularity.record(key_hash(key));
         }
         Ok(None)
@@ -715,7 +722,11 @@ impl<L: Loader> Inner<L> {
                 // A ring change since the token was taken: the value is current, but this
                 // replica may no longer own the key, so it is kept only under the bound.
                 let bounded = self.bounded_expiry(entry.expire);
-                let inserted = match self.main.insert_if(key, entry, token, Some(bounded)) {
+                let admit = self.admission(key);
+                let admit = admit
+                    .as_ref()
+                    .map(|admit| admit as crate::caches::Admit<'_>);
+                let inserted = match self.main.insert_if(key, entry, token, Some(bounded), admit) {
                     Ok(inserted) => inserted,
                     Err(value) => return value,
                 };
@@ -725,7 +736,11 @@ impl<L: Loader> Inner<L> {
             }
             Store::Hot(token) => {
                 entry.expire = self.bounded_expiry(entry.expire);
-                let inserted = match self.hot.insert_if(key, entry, token, None) {
+                let admit = self.admission(key);
+                let admit = admit
+                    .as_ref()
+                    .map(|admit| admit as crate::caches::Admit<'_>);
+                let inserted = match self.hot.insert_if(key, entry, token, None, admit) {
                     Ok(inserted) => inserted,
                     Err(value) => return value,
                 };
@@ -734,6 +749,21 @@ impl<L: Loader> Inner<L> {
                 inserted.value
             }
         }
+    }
+
+    /// TinyLFU's admission test for storing `key`, if admission is on
+    /// ([`Builder::admission`](crate::Builder::admission)): when the store needs room, the key is
+    /// kept only if it was asked for more often, within the popularity window, than the entry
+    /// that would be evicted first. A scan's one-off keys are asked for once, so they do not push
+    /// out keys asked for twice or more.
+    fn admission(&self, key: &str) -> Option<impl Fn(&[u8]) -> bool + '_> {
+        if !self.config.admission {
+            return None;
+        }
+        let candidate = self.popularity.estimate(key_hash(key));
+        Some(move |victim: &[u8]| {
+            candidate > self.popularity.estimate(crate::caches::key_hash(victim))
+        })
     }
 
     /// Stores a value this replica owns (a local `set` or a peer's `PUT`); any load in flight
@@ -870,9 +900,9 @@ impl<L: Loader> Inner<L> {
 /// The popularity sketch's window: estimates are requests per this long.
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 
-/// A stable 64-bit hash of the key for the popularity sketch (never Rust's `Hash`).
+/// The key's hash for the popularity sketch: the caches' own (`caches::key_hash`).
 pub(crate) fn key_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    crate::caches::key_hash(key.as_bytes())
 }
 
 #[cfg(test)]
@@ -930,6 +960,43 @@ mod tests {
             .build()
             .unwrap();
         (cache, loader)
+    }
+
+    /// Issue 16's scan: keys asked for again and again, then a scan of one-off keys four times
+    /// the cache's size. With admission the scan's keys are refused once the cache is full (each
+    /// was asked for once, the entry it would evict more often) and the proven keys stay; without
+    /// it, LRU lets the scan push every one of them out.
+    #[tokio::test]
+    async fn with_admission_a_scan_of_one_off_keys_leaves_the_proven_keys_in_place() {
+        for admission in [true, false] {
+            let loader = Arc::new(Versioned::default());
+            let cache = Groupcache::builder("g", "http://127.0.0.1:1", loader.clone())
+                .cache_bytes(8_000)
+                .hot_cache_bytes(0)
+                .admission(admission)
+                .build()
+                .unwrap();
+            let proven: Vec<String> = (0..50).map(|i| format!("hot-{i}")).collect();
+            for _ in 0..3 {
+                for key in &proven {
+                    cache.get(key).await.unwrap();
+                }
+            }
+            assert_eq!(loader.runs.load(Ordering::SeqCst), 50, "each loaded once");
+            for i in 0..500 {
+                cache.get(&format!("scan-{i}")).await.unwrap();
+            }
+            let before = loader.runs.load(Ordering::SeqCst);
+            for key in &proven {
+                cache.get(key).await.unwrap();
+            }
+            let reloaded = loader.runs.load(Ordering::SeqCst) - before;
+            let expected = if admission { 0 } else { 50 };
+            assert_eq!(
+                reloaded, expected,
+                "admission {admission}: proven keys reloaded"
+            );
+        }
     }
 
     /// The hard interleaving: the load has checked that no write overtook it, then `remove` runs
