@@ -114,30 +114,14 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
                     .filter(|s| *s > 0.0 && s.is_finite())
                     .ok_or_else(|| format!("--secs: {v:?} is not a positive number"))?;
             }
-            "--concurrency" => {
-                let v = value(&arg)?;
-                let levels: Result<Vec<usize>, String> =
-                    v.split(',').map(|c| number(&arg, c)).collect();
-                options.concurrency = levels?;
-                if options.concurrency.contains(&0) || options.concurrency.is_empty() {
-                    return Err("--concurrency: levels must be at least 1".into());
-                }
-            }
+            "--concurrency" => options.concurrency = positive_list(&arg, &value(&arg)?, "levels")?,
             "--remote-requests" => {
                 options.remote_requests = number(&arg, &value(&arg)?)?.max(2);
             }
             "--json" => options.json = Some(PathBuf::from(value(&arg)?)),
             "--go-peer" => options.go_peer = Some(PathBuf::from(value(&arg)?)),
             "--only" => options.only = value(&arg)?.split(',').map(str::to_owned).collect(),
-            "--value-bytes" => {
-                let v = value(&arg)?;
-                let sizes: Result<Vec<usize>, String> =
-                    v.split(',').map(|n| number(&arg, n)).collect();
-                options.value_bytes = sizes?;
-                if options.value_bytes.contains(&0) || options.value_bytes.is_empty() {
-                    return Err("--value-bytes: sizes must be at least 1".into());
-                }
-            }
+            "--value-bytes" => options.value_bytes = positive_list(&arg, &value(&arg)?, "sizes")?,
             name => match WORKLOADS.iter().find(|w| **w == name) {
                 Some(w) => options.workloads.push(w),
                 None => return Err(format!("unknown workload or flag {name:?}\n\n{USAGE}")),
@@ -149,6 +133,18 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
     }
     options.workloads.dedup();
     Ok(Command::Bench(options))
+}
+
+/// A comma-separated list of numbers, each at least 1 (`what` names them in the error).
+fn positive_list(arg: &str, list: &str, what: &str) -> Result<Vec<usize>, String> {
+    let numbers = list
+        .split(',')
+        .map(|n| number(arg, n))
+        .collect::<Result<Vec<usize>, String>>()?;
+    if numbers.is_empty() || numbers.contains(&0) {
+        return Err(format!("{arg}: {what} must be at least 1"));
+    }
+    Ok(numbers)
 }
 
 fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptions, String> {
