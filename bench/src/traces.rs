@@ -73,6 +73,9 @@ enum Target {
     Go,
 }
 
+/// Every target, in the first round's order.
+const TARGETS: [Target; 4] = [Target::Shared, Target::Admission, Target::Fixed, Target::Go];
+
 impl Target {
     /// The report's column, and the suffix of its case.
     fn column(self) -> (Kind, &'static str) {
@@ -136,8 +139,7 @@ impl Bench<'_> {
             let warm: Vec<_> = ranks[..WARM].iter().map(path).collect();
             let measured: Vec<_> = ranks[WARM..].iter().map(path).collect();
             for round in 0..self.options.rounds {
-                let mut targets =
-                    vec![Target::Shared, Target::Admission, Target::Fixed, Target::Go];
+                let mut targets = TARGETS.to_vec();
                 if round % 2 == 1 {
                     targets.reverse();
                 }
@@ -224,7 +226,7 @@ impl Bench<'_> {
         ];
         let name = if scan { "scan" } else { "scan control" };
         for round in 0..self.options.rounds {
-            let mut targets = vec![Target::Shared, Target::Admission, Target::Fixed, Target::Go];
+            let mut targets = TARGETS.to_vec();
             if round % 2 == 1 {
                 targets.reverse();
             }
