@@ -74,32 +74,8 @@ fn cache_hits(c: &mut Criterion) {
     c.bench_function("get/main_hit", |b| b.iter(|| hit(&alone, black_box("key"))));
 
     // Hot cache: B asks A (over loopback HTTP) for a key A owns, twice, and keeps it.
-    let (a, b) = rt.block_on(async {
-        let mut replicas = Vec::new();
-        for _ in 0..2 {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind loopback");
-            let url = format!("http://{}", listener.local_addr().expect("local address"));
-            let cache = Groupcache::builder("bench", &url, Kilobyte)
-                .build()
-                .expect("valid configuration");
-            let app = axum::Router::new().merge(cache.router());
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            replicas.push((url, cache));
-        }
-        let urls: Vec<String> = replicas.iter().map(|(url, _)| url.clone()).collect();
-        for (_, cache) in &replicas {
-            cache.set_peers(&urls).expect("valid peers");
-        }
-        let b = replicas.pop().expect("two replicas").1;
-        let a = replicas.pop().expect("two replicas").1;
-        (a, b)
-    });
-    let key = (0..)
-        .map(|i| format!("key-{i}"))
-        .find(|k| b.owner(k) == a.self_url())
-        .expect("A owns some key");
+    let (a, b) = rt.block_on(pair(|builder| builder));
+    let key = owned_by(&a, &b);
     for _ in 0..2 {
         rt.block_on(b.get(&key)).expect("B fetches from A");
     }
@@ -108,6 +84,65 @@ fn cache_hits(c: &mut Criterion) {
         bench.iter(|| hit(&b, black_box(&key)))
     });
     drop(a);
+}
+
+/// Two replicas serving on loopback, each built by `configure`, with each other as peers.
+async fn pair(
+    configure: impl Fn(groupcache_rs::Builder<Kilobyte>) -> groupcache_rs::Builder<Kilobyte>,
+) -> (Groupcache<Kilobyte>, Groupcache<Kilobyte>) {
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let cache = configure(Groupcache::builder("bench", &url, Kilobyte))
+            .build()
+            .expect("valid configuration");
+        let app = axum::Router::new().merge(cache.router());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        replicas.push((url, cache));
+    }
+    let urls: Vec<String> = replicas.iter().map(|(url, _)| url.clone()).collect();
+    for (_, cache) in &replicas {
+        cache.set_peers(&urls).expect("valid peers");
+    }
+    let b = replicas.pop().expect("two replicas").1;
+    let a = replicas.pop().expect("two replicas").1;
+    (a, b)
+}
+
+/// A key `b`'s ring gives to `a`.
+fn owned_by(a: &Groupcache<Kilobyte>, b: &Groupcache<Kilobyte>) -> String {
+    (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| b.owner(k) == a.self_url())
+        .expect("A owns some key")
+}
+
+/// A remote get end to end: B asks A over loopback HTTP for a key A holds, and never keeps it.
+/// Both replicas run on one thread, so the time is the CPU both sides spend per get (client,
+/// server, cache and flight), which the cluster benchmark's `remote-get` measures under load.
+fn remote_gets(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("benchmark runtime");
+    let (a, b) = rt.block_on(pair(|builder| builder.hot_promotion_requests(u32::MAX)));
+    let key = owned_by(&a, &b);
+    rt.block_on(b.get(&key)).expect("B fetches from A");
+    assert_eq!(b.stats().hot_items, 0, "B does not keep the key");
+    c.bench_function("get/remote", |bench| {
+        bench.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(b.get(black_box(&key)).await.expect("B fetches from A"));
+                }
+                start.elapsed()
+            })
+        })
+    });
 }
 
 fn ring_lookups(c: &mut Criterion) {
@@ -171,5 +206,12 @@ fn protobuf(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, cache_hits, ring_lookups, flights, protobuf);
+criterion_group!(
+    benches,
+    cache_hits,
+    remote_gets,
+    ring_lookups,
+    flights,
+    protobuf
+);
 criterion_main!(benches);

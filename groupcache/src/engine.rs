@@ -356,20 +356,24 @@ impl<L: Loader> Inner<L> {
         let membership = self.peers.snapshot();
         let owner = membership.remote_owner(key).cloned();
         // `loads_deduped` is counted by the flight's task, which runs even if this caller gives up.
-        // The fetch is boxed: its future nests the flight, the pool and the hand-off, and an
-        // async fn that awaits `get` inline (an axum handler, say) otherwise passes rustc's
-        // default query depth (128) when its layout is computed, as the example's handlers did.
-        // A box per miss, beside the miss's flight and task.
+        // Each miss is boxed: its future nests a flight, the pool and the hand-off (5-11 KiB), and
+        // unboxed it made every `get` future, a hit's too, that large: copied into each axum
+        // handler's box and each flight's task, it cost a remote get 8 µs (BENCHMARKS.md). An async
+        // fn that awaits `get` inline (an axum handler, say) also passed rustc's default query
+        // depth (128) when its layout was computed, as the example's handlers did. One box per
+        // miss, beside the miss's flight and task.
         let (outcome, _) = match owner {
             Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
                 Box::pin(self.fetch(key, owner)).await
             }
-            Some(_) if caller == Caller::Local => self.load(key, self.hot_store(key), true).await,
+            Some(_) if caller == Caller::Local => {
+                Box::pin(self.load(key, self.hot_store(key), true)).await
+            }
             // A peer whose ring disagrees with this one's: served, never forwarded, bounded.
-            Some(_) => self.load(key, Store::Bounded(main), true).await,
+            Some(_) => Box::pin(self.load(key, Store::Bounded(main), true)).await,
             None => {
-                self.load(key, self.owned_store(&membership, main), true)
-                    .await
+                let store = self.owned_store(&membership, main);
+                Box::pin(self.load(key, store, true)).await
             }
         };
         outcome
@@ -533,7 +537,8 @@ impl<L: Loader> Inner<L> {
     /// Asks the owner once for everyone on this replica asking for `key` now.
     async fn fetch(self: &Arc<Self>, key: &str, owner: Arc<Member>) -> (Outcome<Entry>, bool) {
         if let Some(max_in_flight) = self.coalescing(&owner) {
-            return self.fetch_coalesced(key, owner, max_in_flight).await;
+            // Boxed: a batch's future is twice a single fetch's, and it would size every fetch.
+            return Box::pin(self.fetch_coalesced(key, owner, max_in_flight)).await;
         }
         let this = self.clone();
         let owned_key = key.to_owned();
@@ -572,12 +577,14 @@ impl<L: Loader> Inner<L> {
                     self.metrics.peer_error();
                     if !self.suspect(owner, &error) {
                         tracing::warn!(group = %self.group, peer = %owner.url, %error, "peer failed; loading locally");
-                        return self.load(key, self.hot_store(key), false).await.0;
+                        return Box::pin(self.load(key, self.hot_store(key), false)).await.0;
                     }
                 }
             }
         }
-        self.from_successor(key, hot, &superseded).await
+        // Boxed, as the fallback load above: the rare paths would size the flight's task, which
+        // every fetch copies into place.
+        Box::pin(self.from_successor(key, hot, &superseded)).await
     }
 
     /// A key whose owner is suspected down, from the key's successor on the ring: the same
@@ -960,6 +967,28 @@ mod tests {
             .build()
             .unwrap();
         (cache, loader)
+    }
+
+    /// Every `get` future, a hit's too, is as large as its largest path, and it is copied into
+    /// each axum handler's box; each fetch's flight task is copied into place. With the miss
+    /// paths inline they were 4.9 KiB and 11 KiB, and a remote get cost 8 µs more
+    /// (BENCHMARKS.md). The rare paths are boxed where they branch off.
+    #[tokio::test]
+    async fn a_get_and_a_fetch_do_not_carry_the_futures_of_their_rare_paths() {
+        let (cache, _) = single();
+        let inner = &cache.inner;
+        let member = inner.peers.snapshot().owner("k").cloned().unwrap();
+        let get = std::mem::size_of_val(&inner.get("k", Caller::Local));
+        assert!(get <= 256, "a get's future is {get} bytes");
+        let flight = std::mem::size_of_val(&inner.fetch("k", member.clone()));
+        assert!(flight <= 512, "a fetch's flight future is {flight} bytes");
+        // The task: the request to the owner and little more, not the successor's or a load's.
+        let ask = std::mem::size_of_val(&inner.ask(&member, "k"));
+        let task = std::mem::size_of_val(&inner.fetch_from("k", &member, Superseded::unset()));
+        assert!(
+            task <= ask + 256,
+            "a fetch's task is {task} bytes, its request {ask}"
+        );
     }
 
     /// Issue 16's scan: keys asked for again and again, then a scan of one-off keys four times

@@ -35,6 +35,12 @@ struct Call<T> {
 pub(crate) struct Superseded(Arc<AtomicBool>);
 
 impl Superseded {
+    /// A flag no write has set, for tests that call a flight's work directly.
+    #[cfg(test)]
+    pub(crate) fn unset() -> Self {
+        Superseded(Arc::new(AtomicBool::new(false)))
+    }
+
     pub(crate) fn get(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
@@ -59,7 +65,29 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return (Err(Error::NoRuntime), false);
         };
-        let (mut outcome, task) = {
+        let (mut outcome, started) = self.join_or_start(key, work, &runtime);
+        let result = match outcome.wait_for(Option::is_some).await {
+            Ok(done) => done.clone().unwrap_or(Err(Error::LoadAbandoned)),
+            // The task was dropped unfinished: only when the runtime shuts down.
+            Err(_) => Err(Error::LoadAbandoned),
+        };
+        (result, started)
+    }
+
+    /// The outcome to wait for: the call in flight for `key`, or a new one running `work` on
+    /// `runtime`; true if it is new. Not async, so the task is never held in `run`'s future,
+    /// which every caller boxes or spawns: it would double that future's size.
+    fn join_or_start<F, Fut>(
+        &self,
+        key: &str,
+        work: F,
+        runtime: &tokio::runtime::Handle,
+    ) -> (watch::Receiver<Option<Outcome<T>>>, bool)
+    where
+        F: FnOnce(Superseded) -> Fut,
+        Fut: Future<Output = Outcome<T>> + Send + 'static,
+    {
+        let (outcome, task) = {
             let mut calls = lock(&self.calls);
             match calls.get(key) {
                 Some(call) => (call.outcome.clone(), None),
@@ -98,12 +126,7 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         if let Some(task) = task {
             runtime.spawn(task);
         }
-        let result = match outcome.wait_for(Option::is_some).await {
-            Ok(done) => done.clone().unwrap_or(Err(Error::LoadAbandoned)),
-            // The task was dropped unfinished: only when the runtime shuts down.
-            Err(_) => Err(Error::LoadAbandoned),
-        };
-        (result, started)
+        (outcome, started)
     }
 
     /// Marks the call in flight for `key`, if any, as superseded by a newer write.

@@ -50,11 +50,10 @@ pub(crate) fn record_advert(peer: &Endpoint, response: &hyper::Response<hyper::b
 }
 
 /// Marks an answer of this router as coming from a replica that takes batch requests.
-pub(crate) async fn advertise(mut response: Response) -> Response {
+pub(crate) fn advertise(response: &mut Response) {
     response
         .headers_mut()
         .insert(BATCH_HEADER, HeaderValue::from_static("1"));
-    response
 }
 
 impl PeerClient {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use groupcache_rs_pb::{GetResponse, SetRequest};
 use http_body_util::Full;
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use prost::Message;
 
@@ -195,21 +195,35 @@ impl PeerClient {
         body: Bytes,
         header: Option<(&'static str, &'static str)>,
     ) -> Result<Answer, PeerError> {
-        let mut request = Request::builder().method(method.clone());
-        if let Some((name, value)) = header {
-            request = request.header(name, value);
-        }
-        if let Some(auth) = &self.auth {
-            let signature = auth.sign(method.as_str(), peer.authority.as_bytes(), &path, &body);
-            request = request.header(SIGNATURE_HEADER, signature);
-        }
-        if !body.is_empty() {
-            request = request.header(CONTENT_TYPE, PROTOBUF);
-        }
-        let request = request
-            .uri(path)
-            .body(Full::new(body))
-            .map_err(|e| PeerError::Request(format!("invalid request: {e}")))?;
+        let uri = hyper::Uri::try_from(path.as_str())
+            .map_err(|e| PeerError::Request(format!("invalid request path: {e}")))?;
+        let signature = match &self.auth {
+            Some(auth) => {
+                let signature = auth.sign(method.as_str(), peer.authority.as_bytes(), &path, &body);
+                Some(
+                    HeaderValue::try_from(signature)
+                        .map_err(|e| PeerError::Request(format!("invalid signature: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        // Built again, rather than copied, for the rare second try (`Connections::send`).
+        let request = || {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri.clone();
+            let headers = request.headers_mut();
+            if let Some((name, value)) = header {
+                headers.insert(name, HeaderValue::from_static(value));
+            }
+            if let Some(signature) = &signature {
+                headers.insert(SIGNATURE_HEADER, signature.clone());
+            }
+            if !body.is_empty() {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+            }
+            request
+        };
         let answer = self.connections.send(peer, request).await?;
         super::batch::record_advert(peer, &answer.response);
         Ok(answer)

@@ -145,34 +145,39 @@ impl Connections {
         }
     }
 
-    /// Sends `request` (its path only; the `Host` header is added here) on an idle connection to
-    /// the peer, or a new one. A request that an idle connection could not even send (the peer
-    /// had closed it) is sent again on a new connection.
+    /// Sends the request `request` builds (its path only; the `Host` header is added here) on an
+    /// idle connection to the peer, or a new one. A request that an idle connection could not
+    /// send, or that the peer closed the connection on unanswered, is sent again on a new
+    /// connection: `request` builds it again for that.
     pub(crate) async fn send(
         self: &Arc<Self>,
         endpoint: &Arc<Endpoint>,
-        mut request: Request<Full<Bytes>>,
+        request: impl Fn() -> Request<Full<Bytes>>,
     ) -> Result<Answer, PeerError> {
-        request
-            .headers_mut()
-            .insert(hyper::header::HOST, endpoint.authority.clone());
+        let with_host = || {
+            let mut request = request();
+            request
+                .headers_mut()
+                .insert(hyper::header::HOST, endpoint.authority.clone());
+            request
+        };
+        let mut request = with_host();
         if let Some(mut sender) = self.take_idle(endpoint)
             && sender.ready().await.is_ok()
         {
-            // Kept for a second try: a server closes an idle connection on its own schedule
-            // (`groupcache_rs::Server` after its header deadline, 10 s by default), and a request
-            // that went out as it did gets no answer. It was never read, so it goes again on a
-            // new connection; every peer request (get, peek, set, remove, batch) may be repeated.
-            // A dead peer refuses the new connection, so that still fails. Cloning costs a
-            // header map and a reference count on the body.
-            let again = copy(&request);
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.answer(endpoint, sender, response)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
+                    // A server closes an idle connection on its own schedule
+                    // (`groupcache_rs::Server` after its header deadline, 10 s by default), and a
+                    // request that went out as it did gets no answer. It was never read, so it
+                    // goes again, built anew, on a new connection; every peer request (get, peek,
+                    // set, remove, batch) may be repeated. A dead peer refuses the new
+                    // connection, so that still fails.
                     None => {
                         tracing::debug!(peer = endpoint.origin(), error = %error.error(), "a reused connection failed; trying a new one");
-                        request = again;
+                        request = with_host();
                     }
                 },
             }
@@ -307,16 +312,6 @@ where
 }
 
 /// hyper's Display says what failed; its source, when there is one, says why.
-/// A copy of `request` to send again.
-fn copy(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    copy
-}
-
 pub(crate) fn request_error(error: hyper::Error) -> PeerError {
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -381,7 +376,7 @@ mod tests {
         let connections = connections();
         for i in 0..50 {
             let answer = connections
-                .send(&endpoint, get(&format!("/k{i}")))
+                .send(&endpoint, || get(&format!("/k{i}")))
                 .await
                 .unwrap();
             assert_eq!(read(answer).await, "value");
@@ -397,7 +392,7 @@ mod tests {
         let connections = connections();
         for i in 0..20 {
             let answer = connections
-                .send(&endpoint, get(&format!("/k{i}")))
+                .send(&endpoint, || get(&format!("/k{i}")))
                 .await
                 .unwrap();
             assert_eq!(read(answer).await, "value");
@@ -441,7 +436,7 @@ mod tests {
         });
         let connections = connections();
         for path in ["/a", "/b", "/c"] {
-            let answer = connections.send(&endpoint, get(path)).await.unwrap();
+            let answer = connections.send(&endpoint, || get(path)).await.unwrap();
             assert_eq!(read(answer).await, "value", "{path}");
         }
         assert_eq!(
@@ -455,14 +450,14 @@ mod tests {
     async fn an_unread_answer_closes_its_connection_instead_of_returning_it() {
         let (endpoint, accepted) = peer("value", true).await;
         let connections = connections();
-        let answer = connections.send(&endpoint, get("/a")).await.unwrap();
+        let answer = connections.send(&endpoint, || get("/a")).await.unwrap();
         drop(answer);
-        let answer = connections.send(&endpoint, get("/b")).await.unwrap();
+        let answer = connections.send(&endpoint, || get("/b")).await.unwrap();
         assert_eq!(read(answer).await, "value");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert!(matches!(
             connections
-                .send(&endpoint, get("/c"))
+                .send(&endpoint, || get("/c"))
                 .await
                 .unwrap()
                 .read(2)
