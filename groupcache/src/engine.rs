@@ -350,11 +350,7 @@ impl<L: Loader> Inner<L> {
         if let Some(entry) = self.start_get(key, caller)? {
             return Ok(entry);
         }
-        // Taken before the ring is read: a ring change since makes the token stale (see
-        // `membership_changed`), so no value is stored as owned under a ring that is gone.
-        let main = self.main.token(key);
-        let membership = self.peers.snapshot();
-        let owner = membership.remote_owner(key).cloned();
+        let owner = self.peers.snapshot().remote_owner(key).cloned();
         // `loads_deduped` is counted by the flight's task, which runs even if this caller gives up.
         // Each miss is boxed: its future nests a flight, the pool and the hand-off (5-11 KiB), and
         // unboxed it made every `get` future, a hit's too, that large: copied into each axum
@@ -366,15 +362,10 @@ impl<L: Loader> Inner<L> {
             Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
                 Box::pin(self.fetch(key, owner)).await
             }
-            Some(_) if caller == Caller::Local => {
-                Box::pin(self.load(key, self.hot_store(key), true)).await
-            }
-            // A peer whose ring disagrees with this one's: served, never forwarded, bounded.
-            Some(_) => Box::pin(self.load(key, Store::Bounded(main), true)).await,
-            None => {
-                let store = self.owned_store(&membership, main);
-                Box::pin(self.load(key, store, true)).await
-            }
+            // Loaded here: into the hot cache for a key another replica owns that the wire cannot
+            // carry; for a peer whose ring disagrees with this one's, served, never forwarded,
+            // and bounded; as this replica's own otherwise (`load_store`).
+            _ => Box::pin(self.load(key, self.load_store(key, caller), true)).await,
         };
         outcome
     }
@@ -405,7 +396,9 @@ impl<L: Loader> Inner<L> {
     /// Where a load of `key` for `caller` stores its value, when this replica loads it: the
     /// choice `get` makes, for the keys a batch loads.
     pub(crate) fn load_store(&self, key: &str, caller: Caller) -> Store {
-        // Taken before the ring is read, as in `get`.
+        // Taken before the ring is read: a ring change since makes the token stale (see
+        // `membership_changed`), so no value is stored as owned under a ring that is gone. Taken
+        // only here, not for a fetch, which stores in the hot cache.
         let main = self.main.token(key);
         let membership = self.peers.snapshot();
         match membership.remote_owner(key) {
@@ -491,7 +484,11 @@ impl<L: Loader> Inner<L> {
         if let Some(entry) = self.peek(key) {
             return Ok(entry);
         }
-        if let Some(entry) = self.hand_off(key).await {
+        // Boxed only when there is a previous owner to peek: its future would otherwise size
+        // every load's task, which each load copies into place.
+        if let Some((previous, peek)) = self.handoff_source(key)
+            && let Some(entry) = Box::pin(self.hand_off(key, previous, peek)).await
+        {
             let value = self.store(key, entry.clone(), store);
             return Ok(Entry {
                 value,
@@ -633,25 +630,33 @@ impl<L: Loader> Inner<L> {
     /// A warm hand-off: the copy the key's previous owner holds in memory, if this replica owns
     /// the key under a ring younger than `hot_max_age` (before that, nobody else held it as its
     /// owner), the previous owner is not suspected, its peeks under this ring have not all missed
-    /// (`handoff.rs`), and it answers within `handoff_timeout`. The copy is stored as a load's
-    /// value would be: bounded, since the ring is young.
-    async fn hand_off(&self, key: &str) -> Option<Entry> {
-        let timeout = self.config.handoff_timeout;
-        if timeout.is_zero() || !protocol::can_carry(key) {
+    /// (`handoff.rs`), and it answers within `handoff_timeout` (see [`hand_off`](Self::hand_off)).
+    /// The copy is stored as a load's value would be: bounded, since the ring is young. This is
+    /// the member to peek, and the gate's ticket for the peek; `None` if there is none.
+    fn handoff_source(&self, key: &str) -> Option<(Arc<Member>, crate::handoff::Peek)> {
+        if self.config.handoff_timeout.is_zero() || !protocol::can_carry(key) {
             return None;
         }
-        let (previous, peek) = {
-            let membership = self.peers.snapshot();
-            let owned = membership.owner(key).is_some_and(|owner| owner.is_self);
-            if !owned || membership.age() >= self.config.hot_max_age {
-                return None;
-            }
-            let (previous, peek) = membership.handoff_peek(key, Instant::now())?;
-            if previous.is_suspected() {
-                return None;
-            }
-            (previous.clone(), peek)
-        };
+        let membership = self.peers.snapshot();
+        let owned = membership.owner(key).is_some_and(|owner| owner.is_self);
+        if !owned || membership.age() >= self.config.hot_max_age {
+            return None;
+        }
+        let (previous, peek) = membership.handoff_peek(key, Instant::now())?;
+        if previous.is_suspected() {
+            return None;
+        }
+        Some((previous.clone(), peek))
+    }
+
+    /// The hand-off's peek of `previous` (from [`handoff_source`](Self::handoff_source)), counted.
+    async fn hand_off(
+        &self,
+        key: &str,
+        previous: Arc<Member>,
+        peek: crate::handoff::Peek,
+    ) -> Option<Entry> {
+        let timeout = self.config.handoff_timeout;
         let path = self.key_path(&previous, key);
         let peeked = self.client.peek(&previous.endpoint, path, timeout).await;
         let entry = match peeked {
@@ -970,9 +975,9 @@ mod tests {
     }
 
     /// Every `get` future, a hit's too, is as large as its largest path, and it is copied into
-    /// each axum handler's box; each fetch's flight task is copied into place. With the miss
-    /// paths inline they were 4.9 KiB and 11 KiB, and a remote get cost 8 µs more
-    /// (BENCHMARKS.md). The rare paths are boxed where they branch off.
+    /// each axum handler's box; each fetch's and load's flight task is copied into place. With
+    /// the miss paths inline they were 4.9 KiB and 11 KiB (a load's task 2.1 KiB), and a remote
+    /// get cost 8 µs more (BENCHMARKS.md). The rare paths are boxed where they branch off.
     #[tokio::test]
     async fn a_get_and_a_fetch_do_not_carry_the_futures_of_their_rare_paths() {
         let (cache, _) = single();
@@ -988,6 +993,17 @@ mod tests {
         assert!(
             task <= ask + 256,
             "a fetch's task is {task} bytes, its request {ask}"
+        );
+        // A load's task: the loader's future and little more, not the hand-off's peek.
+        let load = std::mem::size_of_val(&inner.run_loader(
+            "k",
+            inner.hot_store("k"),
+            Superseded::unset(),
+        ));
+        let loader = std::mem::size_of_val(&inner.loader.load("k"));
+        assert!(
+            load <= loader + 512,
+            "a load's task is {load} bytes, its loader's future {loader}"
         );
     }
 

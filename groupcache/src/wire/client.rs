@@ -195,8 +195,6 @@ impl PeerClient {
         body: Bytes,
         header: Option<(&'static str, &'static str)>,
     ) -> Result<Answer, PeerError> {
-        let uri = hyper::Uri::try_from(path.as_str())
-            .map_err(|e| PeerError::Request(format!("invalid request path: {e}")))?;
         let signature = match &self.auth {
             Some(auth) => {
                 let signature = auth.sign(method.as_str(), peer.authority.as_bytes(), &path, &body);
@@ -207,6 +205,9 @@ impl PeerClient {
             }
             None => None,
         };
+        // From the `String` itself: no copy of the path.
+        let uri = hyper::Uri::try_from(path)
+            .map_err(|e| PeerError::Request(format!("invalid request path: {e}")))?;
         // Built again, rather than copied, for the rare second try (`Connections::send`).
         let request = || {
             let mut request = Request::new(Full::new(body.clone()));

@@ -7,8 +7,9 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use groupcache_rs_pb::{GetResponse, SetRequest};
@@ -87,16 +88,10 @@ impl<L: Loader> Clone for Served<L> {
 
 /// Serves one request, its answer marked as coming from a replica that takes batches. Marked
 /// here rather than by a middleware layer, which cost each remote get 3 µs of boxing and cloning
-/// (BENCHMARKS.md).
-async fn serve<L: Loader>(
-    State(served): State<Served<L>>,
-    method: Method,
-    OriginalUri(original): OriginalUri,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut response = respond(served, method, original, uri, headers, body).await;
+/// (BENCHMARKS.md). The request is taken whole: extracting its headers apart would clone them.
+async fn serve<L: Loader>(State(served): State<Served<L>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let mut response = respond(&served, &parts, body).await;
     super::batch::advertise(&mut response);
     response
 }
@@ -105,14 +100,13 @@ async fn serve<L: Loader>(
 /// headers alone) is checked and a concurrency slot is taken; only a `PUT` has a body, read under
 /// a size limit, a byte budget and a deadline, then checked against the digest the signature
 /// covers.
-async fn respond<L: Loader>(
-    served: Served<L>,
-    method: Method,
-    original: Uri,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Response {
+    let (method, uri, headers) = (parts.method.clone(), &parts.uri, &parts.headers);
+    // The path as the client sent it, before a nesting router stripped its prefix from `uri`.
+    let original = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or(uri, |original| &original.0);
     let inner = &served.cache.inner;
     let mut digest = None;
     if let Some(auth) = &inner.config.auth {
@@ -129,7 +123,7 @@ async fn respond<L: Loader>(
         inner.metrics.auth_nonces(auth.remembered_nonces());
         match verified {
             Ok(verified) => digest = Some(verified),
-            Err(refusal) => return refused(&served, original.path(), refusal),
+            Err(refusal) => return refused(served, original.path(), refusal),
         }
     }
     // Shed load rather than queue without bound: the requester falls back to a local load.
@@ -165,7 +159,7 @@ async fn respond<L: Loader>(
     // `PUT` and a batch carry a body.
     let carries_body = method == Method::PUT || batch;
     let (body, _budget) = if carries_body {
-        match read_body(&served, body).await {
+        match read_body(served, body).await {
             Ok((body, budget)) => (body, Some(budget)),
             Err(refused) => return refused,
         }
@@ -181,7 +175,7 @@ async fn respond<L: Loader>(
     if let Some(digest) = digest
         && let Err(refusal) = digest.matches(&body)
     {
-        return refused(&served, original.path(), refusal);
+        return refused(served, original.path(), refusal);
     }
     let peek = method == Method::GET && headers.contains_key(PEEK_HEADER);
     // A peek is no get: it is counted where it is sent (`groupcache_handoff_*_total`), so
