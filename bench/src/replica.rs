@@ -257,6 +257,12 @@ async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
         },
         "main_cache": { "bytes": s.main_bytes, "items": s.main_items, "hits": s.main_hits },
         "hot_cache": { "bytes": s.hot_bytes, "items": s.hot_items, "hits": s.hot_hits },
+        "budget": {
+            "main_target": s.main_target_bytes,
+            "hot_target": s.hot_target_bytes,
+            "main_ghost_hits": s.main_ghost_hits,
+            "hot_ghost_hits": s.hot_ghost_hits,
+        },
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

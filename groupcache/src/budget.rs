@@ -7,7 +7,8 @@
 //! more requests to peers per get (issue 16).
 //!
 //! How: each side has a target share of the total; a side may also use room the other leaves
-//! free. Each side remembers the keys it evicted recently (their hashes and charges only: its
+//! free. Until the budget is first full the sides grow as their keys come, and the target starts
+//! where they stand then. Each side remembers the keys it evicted recently (their hashes and charges only: its
 //! ghosts). A key that comes back to a side while its ghost is remembered would have been a hit
 //! had that side been larger, so that side's target grows by the key's charge, and more when the
 //! other side's ghosts outnumber its own (as ARC adapts its split). When a side below its target
@@ -79,6 +80,9 @@ struct State {
     used: [u64; 2],
     /// The main side's target; the hot side's is the rest of the total.
     main_target: u64,
+    /// Whether the two sides have ever needed more than the total. Until then the target is
+    /// only a placeholder: each side grows as its keys come.
+    filled: bool,
     /// A side below its target that had to evict because the other holds room beyond its own
     /// target: the other shrinks to its target when it next fits or trims.
     pressed: [bool; 2],
@@ -100,7 +104,9 @@ pub(crate) struct Split {
 impl Budget {
     /// A budget of `total` bytes; each side at most its cap (None: the whole total). The main
     /// side's first target is its cap, or 8/9 of the total when only the hot side's cap (or
-    /// neither) is given (today's default of 64 and 8 MiB); ghosts only where the split can move.
+    /// neither) is given (today's default of 64 and 8 MiB); it stands until the budget is first
+    /// full, when the target becomes the split of that moment (neither side below a ninth, and
+    /// within the caps). Ghosts only where the split can move.
     pub(crate) fn new(total: u64, main_cap: Option<u64>, hot_cap: Option<u64>) -> Budget {
         let caps = [
             main_cap.unwrap_or(total).min(total),
@@ -120,6 +126,7 @@ impl Budget {
             state: Mutex::new(State {
                 used: [0, 0],
                 main_target,
+                filled: false,
                 pressed: [false, false],
                 ghosts: [Ghosts::new(ghost_limit), Ghosts::new(ghost_limit)],
                 ghost_hits: [0, 0],
@@ -183,6 +190,23 @@ impl Budget {
             let step = charge.saturating_mul(ratio);
             self.move_target(&mut state, side, step);
         }
+        if !state.filled && held.saturating_add(state.used[other]) > self.total {
+            // The first time the budget is full: the split starts where demand put it, not at
+            // the first target. From the first target, a side below it took back at once all the
+            // other had grown into: a scan of one-off keys into main, the first to fill the
+            // budget in issue 16's scan trace, pushed the hot cache from 29 MiB down to its 8 MiB
+            // target, and the hit ratio after the scan fell 9 points.
+            // Neither side starts below a ninth (the hot cache's first share): a side that
+            // filled the budget alone leaves the other room to hold, and ghosts to learn from,
+            // keys that come back less often than its ghosts alone would remember.
+            state.filled = true;
+            let main_now = match side {
+                Side::Main => self.total - state.used[other].min(self.total),
+                Side::Hot => state.used[other],
+            };
+            let least = self.total / 9;
+            self.set_main_target(&mut state, main_now.clamp(least, self.total - least));
+        }
         let target = self.target(&state, side);
         let room = self.total - state.used[other].min(self.total);
         let mut allowed = self.caps[me].min(room);
@@ -243,13 +267,18 @@ impl Budget {
 
     /// Moves `step` bytes of target to `side`, within the caps.
     fn move_target(&self, state: &mut State, side: Side, step: u64) {
-        let lowest_main = self.total - self.caps[1];
-        let highest_main = self.caps[0].max(lowest_main);
-        state.main_target = match side {
+        let main_target = match side {
             Side::Main => state.main_target.saturating_add(step),
             Side::Hot => state.main_target.saturating_sub(step),
-        }
-        .clamp(lowest_main, highest_main);
+        };
+        self.set_main_target(state, main_target);
+    }
+
+    /// Sets the main side's target, within the caps.
+    fn set_main_target(&self, state: &mut State, main_target: u64) {
+        let lowest_main = self.total - self.caps[1];
+        let highest_main = self.caps[0].max(lowest_main);
+        state.main_target = main_target.clamp(lowest_main, highest_main);
     }
 
     /// Nothing under the lock can panic halfway through an update.

@@ -1112,6 +1112,13 @@ pub(crate) mod tests {
         assert!(hot.bytes() <= budget.cap(Side::Hot));
     }
 
+    /// Inserts 1,000-byte values under `{prefix}{i:03}` for each `i` of `keys`.
+    fn fill(cache: &Cache, prefix: &str, keys: std::ops::Range<usize>) {
+        for i in keys {
+            cache.insert(&format!("{prefix}{i:03}"), entry(1_000));
+        }
+    }
+
     /// A get, and on a miss an insert followed by the other cache's trim, as the engine stores;
     /// whether it hit.
     fn access(cache: &Cache, other: &Cache, key: &str, len: usize) -> bool {
@@ -1132,6 +1139,9 @@ pub(crate) mod tests {
         let (budget, main, hot) = shared(100 * per, None, None);
         let start = budget.split();
         assert_eq!(start.hot_target, 100 * per / 9);
+        // Main fills the budget alone: the split starts with all but a ninth on main's side.
+        fill(&main, "p", 0..101);
+        assert_eq!(budget.split().hot_target, 100 * per / 9);
         // Main's keys never come back while remembered (a loop over 300 keys); hot's loop over
         // 20 keys, twice its first target.
         let mut hot_hits = 0;
@@ -1180,7 +1190,19 @@ pub(crate) mod tests {
     fn room_borrowed_is_given_back() {
         let per = charge("k000", 1_000);
         let (budget, main, hot) = shared(90 * per, None, None);
-        for i in 0..90 {
+        // The budget is first full with 80 entries in main and 10 in hot: that is the split.
+        fill(&hot, "h", 0..10);
+        for i in 0..81 {
+            main.insert(&format!("k{i:03}"), entry(1_000));
+            check_shared(&budget, &main, &hot);
+        }
+        assert_eq!((main.items(), hot.items()), (80, 10));
+        assert_eq!(budget.split().main_target, 80 * per);
+        // Hot's entries leave; main grows into the room.
+        for i in 0..10 {
+            hot.remove(&format!("h{i:03}"));
+        }
+        for i in 81..91 {
             main.insert(&format!("k{i:03}"), entry(1_000));
         }
         assert_eq!(main.items(), 90, "main used the room hot left free");
@@ -1207,6 +1229,32 @@ pub(crate) mod tests {
             0,
             "main is at its target: nothing more to give"
         );
+    }
+
+    /// Issue 16's scan trace: the hot cache grew into room main left free, then a scan of
+    /// one-off keys into main filled the budget. The split starts where the two stood when the
+    /// budget was first full, so main makes room for the scan from its own entries and the hot
+    /// set stays; from the first target (8/9 main), main took back all the hot cache held beyond
+    /// its ninth.
+    #[test]
+    fn a_scan_that_first_fills_the_budget_does_not_push_out_the_hot_set() {
+        let per = charge("h000", 1_000);
+        let (budget, main, hot) = shared(100 * per, None, None);
+        fill(&hot, "h", 0..40);
+        fill(&main, "m", 0..30);
+        for i in 0..200 {
+            access(&main, &hot, &format!("s{i:03}"), 1_000);
+            check_shared(&budget, &main, &hot);
+            // The hot set is asked for all along.
+            let hot_key = format!("h{:03}", i % 40);
+            assert!(
+                hot.get(&hot_key, 0).is_some(),
+                "{hot_key} left the hot cache at scan key {i}"
+            );
+        }
+        assert_eq!(hot.items(), 40, "the hot set is whole");
+        assert_eq!(main.items(), 60, "main holds the rest, its newest entries");
+        assert_eq!(budget.split().main_target, 60 * per);
     }
 
     /// Random operations on both sides of a budget with caps: after every one, the accounting

@@ -204,15 +204,22 @@ async fn a_cancelled_leaders_load_and_panic_are_still_counted() {
     tokio::time::timeout(std::time::Duration::from_secs(10), counted)
         .await
         .expect("the abandoned load's panic is counted");
-    // The key is not stuck: the next get loads again (the test loader panics only once).
+    // The key is not stuck: a get loads again (the test loader panics only once). The panic is
+    // counted just before its flight lands, so a get may still join the landing flight and
+    // share its error; the one after cannot.
     gate.add_permits(1);
-    assert_eq!(
-        replica.cache.get("panic:cancelled").await.unwrap(),
-        loader.value_for("panic:cancelled")
-    );
+    let mut joined = 0;
+    let value = loop {
+        match replica.cache.get("panic:cancelled").await {
+            Ok(value) => break value,
+            Err(groupcache_rs::Error::LoaderPanicked(_)) if joined == 0 => joined += 1,
+            Err(error) => panic!("the key is stuck: {error}"),
+        }
+    };
+    assert_eq!(value, loader.value_for("panic:cancelled"));
     let stats = replica.cache.stats();
     assert_eq!(loader.loads.total(), 2);
-    assert_eq!((stats.loads, stats.loads_deduped), (2, 2));
+    assert_eq!((stats.loads, stats.loads_deduped), (2 + joined, 2));
     assert_eq!(stats.local_load_errors, 1);
     assert_eq!(stats.local_loads, 1);
 }
@@ -241,14 +248,16 @@ async fn a_get_that_drops_an_expired_entry_republishes_the_cache_gauges() {
     assert_eq!(m.gauge("groupcache_cache_bytes", &[("cache", "main")]), 0.0);
 }
 
-/// One budget for both caches: the hot cache grows into the room the main cache leaves free,
-/// gives it back when the main cache needs it, and every entry it gives back is counted as an
-/// eviction; the gauges and `stats()` agree and the two never hold more than the budget.
+/// One budget for both caches: the hot cache grows into the room the main cache leaves free; the
+/// split starts where the two stand when the budget is first full, and moves toward the main
+/// cache as its evicted keys come back (ghost hits). The hot cache gives back the room, and
+/// every entry it gives back is counted as an eviction; the gauges and `stats()` agree and the
+/// two never hold more than the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_budget_is_shared_and_what_the_hot_cache_gives_back_is_counted() {
     // About 30 entries of these keys and values (each charged about 75 bytes: 53 and its key and
     // value; 8,000 when an entry was charged 247 more): the hot cache's 20 fit while main is
-    // empty, main's 25 and hot's 20 do not fit together.
+    // empty, main's 15 and hot's 20 do not fit together.
     const BUDGET: u64 = 2_400;
     let loader = TestLoader::new();
     let (owner, _) = replica_with_recorder(&loader);
@@ -274,26 +283,31 @@ async fn one_budget_is_shared_and_what_the_hot_cache_gives_back_is_counted() {
     assert_eq!(grown.cache_bytes, BUDGET);
     assert_eq!(grown.hot_items, 20, "hot used the room main left free");
     assert!(grown.hot_bytes > grown.hot_target_bytes);
-    for i in 0..25 {
-        let key = key_owned_by(&cluster, 1, &format!("l{i}-"));
-        cluster[1].cache.get(&key).await.unwrap();
-        let stats = cluster[1].cache.stats();
-        assert!(stats.main_bytes + stats.hot_bytes <= BUDGET);
+    // Main's 15 keys, asked for again and again: the budget fills, then each key main evicts
+    // comes back while its ghost is remembered.
+    let owned: Vec<String> = (0..15)
+        .map(|i| key_owned_by(&cluster, 1, &format!("l{i}-")))
+        .collect();
+    for _ in 0..10 {
+        for key in &owned {
+            cluster[1].cache.get(key).await.unwrap();
+            let stats = cluster[1].cache.stats();
+            assert!(stats.main_bytes + stats.hot_bytes <= BUDGET);
+        }
     }
     let stats = cluster[1].cache.stats();
-    assert!(
-        stats.hot_bytes <= stats.hot_target_bytes,
-        "hot gave the room back"
-    );
-    assert!(stats.main_items > 20, "main took it: {}", stats.main_items);
+    assert!(stats.main_ghost_hits > 0);
+    assert_eq!(stats.main_items, 15, "main took what its keys need");
+    assert!(stats.hot_items < 20, "from the hot cache");
     let m = Reading::take(&snapshotter);
     assert_eq!(
         m.counter("groupcache_cache_evictions_total", &[("cache", "hot")]),
         20 - stats.hot_items
     );
-    assert!(
-        m.counter("groupcache_cache_evictions_total", &[("cache", "main")]) + stats.main_items
-            <= 25
+    assert_eq!(
+        m.counter("groupcache_cache_evictions_total", &[("cache", "main")]) + stats.main_items,
+        stats.local_loads,
+        "every load stored in main is held or counted as evicted"
     );
     for (cache, bytes, items) in [
         ("main", stats.main_bytes, stats.main_items),
