@@ -8,8 +8,8 @@
 //!
 //! How: each side has a target share of the total; a side may also use room the other leaves
 //! free. Until the budget is first full the sides grow as their keys come, and the target starts
-//! where they stand then. Each side remembers the keys it evicted recently (their hashes and charges only: its
-//! ghosts). A key that comes back to a side while its ghost is remembered would have been a hit
+//! where they stand then. Each side remembers the keys it evicted recently (their hashes and
+//! charges only: its ghosts). A key that comes back to a side while its ghost is remembered would have been a hit
 //! had that side been larger, so that side's target grows by the key's charge, and more when the
 //! other side's ghosts outnumber its own (as ARC adapts its split). When a side below its target
 //! needs room the other holds, it says so (it is pressed), and the other shrinks to its target on
@@ -191,11 +191,11 @@ impl Budget {
             self.move_target(&mut state, side, step);
         }
         if !state.filled && held.saturating_add(state.used[other]) > self.total {
-            // The first time the budget is full: the split starts where demand put it, not at
-            // the first target. From the first target, a side below it took back at once all the
-            // other had grown into: a scan of one-off keys into main, the first to fill the
-            // budget in issue 16's scan trace, pushed the hot cache from 29 MiB down to its 8 MiB
-            // target, and the hit ratio after the scan fell 9 points.
+            // The first time the budget is full, the split starts where demand put it. From the
+            // first target, a side below it took back at once all the other had grown into: in
+            // issue 16's scan trace a scan of one-off keys into main pushed the hot cache from
+            // 29 MiB down to its 8 MiB target, and the hit ratio after the scan fell 9 points.
+            //
             // Neither side starts below a ninth (the hot cache's first share): a side that
             // filled the budget alone leaves the other room to hold, and ghosts to learn from,
             // keys that come back less often than its ghosts alone would remember.

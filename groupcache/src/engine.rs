@@ -627,12 +627,13 @@ impl<L: Loader> Inner<L> {
         self.load(key, self.hot_store(key), false).await.0
     }
 
-    /// A warm hand-off: the copy the key's previous owner holds in memory, if this replica owns
-    /// the key under a ring younger than `hot_max_age` (before that, nobody else held it as its
-    /// owner), the previous owner is not suspected, its peeks under this ring have not all missed
-    /// (`handoff.rs`), and it answers within `handoff_timeout` (see [`hand_off`](Self::hand_off)).
-    /// The copy is stored as a load's value would be: bounded, since the ring is young. This is
-    /// the member to peek, and the gate's ticket for the peek; `None` if there is none.
+    /// Whom a warm hand-off of `key` peeks, with the gate's ticket for the peek; `None` if no
+    /// one. A warm hand-off is the copy the key's previous owner holds in memory; it is asked for
+    /// if this replica owns the key under a ring younger than `hot_max_age` (before that, nobody
+    /// else held it as its owner), the previous owner is not suspected, and its peeks under this
+    /// ring have not all missed (`handoff.rs`). It must answer within `handoff_timeout`
+    /// ([`hand_off`](Self::hand_off)). The copy is stored as a load's value would be: bounded,
+    /// since the ring is young.
     fn handoff_source(&self, key: &str) -> Option<(Arc<Member>, crate::handoff::Peek)> {
         if self.config.handoff_timeout.is_zero() || !protocol::can_carry(key) {
             return None;
@@ -660,10 +661,7 @@ impl<L: Loader> Inner<L> {
         let path = self.key_path(&previous, key);
         let peeked = self.client.peek(&previous.endpoint, path, timeout).await;
         let entry = match peeked {
-            Ok(Some(response)) => Some(Entry {
-                value: response.value.unwrap_or_default(),
-                expire: response.expire.unwrap_or(0),
-            }),
+            Ok(Some(response)) => Some(answered(response)),
             Ok(None) => None,
             Err(error) => {
                 let error = match error {
@@ -690,10 +688,7 @@ impl<L: Loader> Inner<L> {
         let path = self.key_path(peer, key);
         let fetched = self.client.get(&peer.endpoint, path).await;
         self.metrics.peer_request_duration.record(started.elapsed());
-        fetched.map(|response| Entry {
-            value: response.value.unwrap_or_default(),
-            expire: response.expire.unwrap_or(0),
-        })
+        fetched.map(answered)
     }
 
     /// A fetched value, kept in the hot cache if this replica asks for the key often.
@@ -913,6 +908,14 @@ impl<L: Loader> Inner<L> {
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The key's hash for the popularity sketch: the caches' own (`caches::key_hash`).
+/// A peer's answer as a cache entry.
+fn answered(response: groupcache_rs_pb::GetResponse) -> Entry {
+    Entry {
+        value: response.value.unwrap_or_default(),
+        expire: response.expire.unwrap_or(0),
+    }
+}
+
 pub(crate) fn key_hash(key: &str) -> u64 {
     crate::caches::key_hash(key.as_bytes())
 }
