@@ -338,43 +338,44 @@ mod tests {
         assert_eq!(len, 0, "nothing is left in flight");
     }
 
+    /// A call of `key` whose work reports that it started and then waits to be released before
+    /// it returns `value`: (started, release, the caller).
+    fn held_call(
+        flight: &Arc<Flight<u32>>,
+        key: &'static str,
+        value: u32,
+    ) -> (
+        Arc<Notify>,
+        Arc<Notify>,
+        tokio::task::JoinHandle<(Outcome<u32>, bool)>,
+    ) {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let caller = {
+            let (flight, started, release) = (flight.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                flight
+                    .run(key, |_| async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok(value)
+                    })
+                    .await
+            })
+        };
+        (started, release, caller)
+    }
+
     /// Issue 23: a caller that arrives after a write must not be handed the superseded call's
     /// older result. It starts a call of its own at once, while the old one still runs; the
     /// old call's callers get its result, and its end does not remove the new call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_supersede_a_new_caller_starts_afresh_and_the_old_callers_keep_theirs() {
         let flight = Arc::new(Flight::<u32>::new());
-        let started = Arc::new(Notify::new());
-        let release = Arc::new(Notify::new());
-        let old = {
-            let (flight, started, release) = (flight.clone(), started.clone(), release.clone());
-            tokio::spawn(async move {
-                flight
-                    .run("k", |_| async move {
-                        started.notify_one();
-                        release.notified().await;
-                        Ok(0)
-                    })
-                    .await
-            })
-        };
+        let (started, release, old) = held_call(&flight, "k", 0);
         started.notified().await;
         flight.supersede("k");
-        let new_started = Arc::new(Notify::new());
-        let new_release = Arc::new(Notify::new());
-        let new = {
-            let (flight, started, release) =
-                (flight.clone(), new_started.clone(), new_release.clone());
-            tokio::spawn(async move {
-                flight
-                    .run("k", |_| async move {
-                        started.notify_one();
-                        release.notified().await;
-                        Ok(1)
-                    })
-                    .await
-            })
-        };
+        let (new_started, new_release, new) = held_call(&flight, "k", 1);
         // The new call runs while the old one is held: it did not join it.
         new_started.notified().await;
         release.notify_one();
