@@ -338,17 +338,15 @@ mod tests {
         assert_eq!(len, 0, "nothing is left in flight");
     }
 
-    /// A call of `key` whose work reports that it started and then waits to be released before
-    /// it returns `value`: (started, release, the caller).
-    fn held_call(
-        flight: &Arc<Flight<u32>>,
-        key: &'static str,
-        value: u32,
-    ) -> (
-        Arc<Notify>,
-        Arc<Notify>,
-        tokio::task::JoinHandle<(Outcome<u32>, bool)>,
-    ) {
+    /// A call whose work reports that it started and then waits to be released.
+    struct HeldCall {
+        started: Arc<Notify>,
+        release: Arc<Notify>,
+        caller: tokio::task::JoinHandle<(Outcome<u32>, bool)>,
+    }
+
+    /// A held call of `key` that returns `value` once released.
+    fn held_call(flight: &Arc<Flight<u32>>, key: &'static str, value: u32) -> HeldCall {
         let started = Arc::new(Notify::new());
         let release = Arc::new(Notify::new());
         let caller = {
@@ -363,7 +361,11 @@ mod tests {
                     .await
             })
         };
-        (started, release, caller)
+        HeldCall {
+            started,
+            release,
+            caller,
+        }
     }
 
     /// Issue 23: a caller that arrives after a write must not be handed the superseded call's
@@ -372,21 +374,22 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_supersede_a_new_caller_starts_afresh_and_the_old_callers_keep_theirs() {
         let flight = Arc::new(Flight::<u32>::new());
-        let (started, release, old) = held_call(&flight, "k", 0);
-        started.notified().await;
+        let old = held_call(&flight, "k", 0);
+        old.started.notified().await;
         flight.supersede("k");
-        let (new_started, new_release, new) = held_call(&flight, "k", 1);
+        let new = held_call(&flight, "k", 1);
         // The new call runs while the old one is held: it did not join it.
-        new_started.notified().await;
-        release.notify_one();
-        assert_eq!(old.await.unwrap().0.unwrap(), 0, "the old callers' result");
+        new.started.notified().await;
+        old.release.notify_one();
+        let (outcome, _) = old.caller.await.unwrap();
+        assert_eq!(outcome.unwrap(), 0, "the old callers' result");
         assert_eq!(
             flight.len(),
             1,
             "the old call's end left the new one in place"
         );
-        new_release.notify_one();
-        let (outcome, started_it) = new.await.unwrap();
+        new.release.notify_one();
+        let (outcome, started_it) = new.caller.await.unwrap();
         assert_eq!((outcome.unwrap(), started_it), (1, true));
     }
 
