@@ -190,7 +190,13 @@ impl Network {
             "link", "add", &root_link, "type", "veth", "peer", "name", "host", "netns", &hub,
         ]);
         ip(&["-n", &hub, "link", "set", "host", "master", "br0", "up"]);
-        ip(&["addr", "add", &format!("{}/24", network.host), "dev", &root_link]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", network.host),
+            "dev",
+            &root_link,
+        ]);
         ip(&["link", "set", &root_link, "up"]);
         drop(lock); // the subnet is now visible to the next process's `free_subnet`
         network

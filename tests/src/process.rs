@@ -109,10 +109,7 @@ impl ProcessReplica {
 
     /// `POST /get_many`: `cache.get_many(keys)`, one result per key (the value as text, or the
     /// error's message); `Err` with the status and body when the request itself failed.
-    pub async fn get_many(
-        &self,
-        keys: &[String],
-    ) -> Result<Vec<Result<String, String>>, String> {
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Result<String, String>>, String> {
         #[derive(Deserialize)]
         #[serde(rename_all = "lowercase")]
         enum Answer {

@@ -126,9 +126,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--source" => options.source = Some(value.trim_end_matches('/').to_owned()),
             "--load-jitter-ms" => options.load_jitter = Duration::from_millis(number()?),
             "--go-compatible" => {
-                options.go_compatible = value
-                    .parse()
-                    .map_err(|e| format!("{flag} {value}: {e}"))?
+                options.go_compatible = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -175,7 +173,11 @@ impl LoaderState {
 struct SourceError(String);
 
 /// `GET {source}/{key}`: the key's version now.
-async fn read_source(source: &str, client: &reqwest::Client, key: &str) -> Result<u64, SourceError> {
+async fn read_source(
+    source: &str,
+    client: &reqwest::Client,
+    key: &str,
+) -> Result<u64, SourceError> {
     let fail = |error: &dyn std::fmt::Display| SourceError(format!("{source}/{key}: {error}"));
     let response = client
         .get(format!("{source}/{key}"))

@@ -346,7 +346,15 @@ pub fn check(history: &History, config: &Config) -> Report {
                         if excluded {
                             None
                         } else {
-                            fresh(read, key, *v, key_writes, bound, &history.events, &mut report)
+                            fresh(
+                                read,
+                                key,
+                                *v,
+                                key_writes,
+                                bound,
+                                &history.events,
+                                &mut report,
+                            )
                         }
                     })
                 }
@@ -522,13 +530,7 @@ fn overlaps(event: &Event, op: &Op) -> bool {
 }
 
 /// The writes `writes` and `read` cut to `key`, by start time, with the events overlapping them.
-fn sub_history(
-    read: &Op,
-    key: &str,
-    writes: &[&Op],
-    events: &[Event],
-    why: String,
-) -> SubHistory {
+fn sub_history(read: &Op, key: &str, writes: &[&Op], events: &[Event], why: String) -> SubHistory {
     let mut ops: Vec<Op> = writes.iter().map(|op| (*op).clone()).collect();
     let mut read = read.clone();
     if let OpKind::Read { results, .. } = &mut read.kind {
@@ -569,7 +571,7 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:>9.3}s .. {:>9.3}s  client {:>2} on {}: ",
+            "{:>10.4}s .. {:>10.4}s  client {:>2} on {}: ",
             self.start.as_secs_f64(),
             self.end.as_secs_f64(),
             self.client,
@@ -596,7 +598,7 @@ impl fmt::Display for Op {
                 tries,
             } => write!(
                 f,
-                "write {key} := v{version} (source at {:.3}s), then {call:?}: {} after {tries} \
+                "write {key} := v{version} (source at {:.4}s), then {call:?}: {} after {tries} \
                  tr{}",
                 source_done.as_secs_f64(),
                 match outcome {
@@ -612,10 +614,10 @@ impl fmt::Display for Op {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let end = match self.end {
-            Some(end) => format!("{:>9.3}s", end.as_secs_f64()),
-            None => "      end".to_owned(),
+            Some(end) => format!("{:>10.4}s", end.as_secs_f64()),
+            None => "        end".to_owned(),
         };
-        write!(f, "{:>9.3}s .. {end}  ", self.start.as_secs_f64())?;
+        write!(f, "{:>10.4}s .. {end}  ", self.start.as_secs_f64())?;
         match &self.kind {
             EventKind::Membership(what) => write!(f, "membership: {what}"),
             EventKind::Fault { replica, fault } => write!(f, "{replica} {fault:?}"),
@@ -766,7 +768,10 @@ mod tests {
         assert_eq!(report.violation_count(), 2);
         let shortest = &report.violations[&Class::StaleAfterAck].shortest;
         assert_eq!(shortest.ops.len(), 2, "the write and the read: {shortest}");
-        assert_eq!(shortest.ops[1].replica, "c", "the shorter of the two: {shortest}");
+        assert_eq!(
+            shortest.ops[1].replica, "c",
+            "the shorter of the two: {shortest}"
+        );
         assert_eq!(shortest.span(), ms(25));
         assert!(report.to_string().contains("StaleAfterAck: 2"), "{report}");
     }

@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::checker::{
-    Event, EventKind, History, Op, OpKind, ReadCall, ReadResult, WriteCall,
-};
+use super::checker::{Event, EventKind, History, Op, OpKind, ReadCall, ReadResult, WriteCall};
 use super::source::Source;
 use super::{value, version_of};
 use crate::go::GoPeer;
@@ -104,7 +102,9 @@ impl Targets {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Target>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A random one; writers only, if `writers`.

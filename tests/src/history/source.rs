@@ -90,7 +90,9 @@ impl Source {
             .route("/{key}", get(read))
             .with_state(store.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serving the source");
+            axum::serve(listener, app)
+                .await
+                .expect("serving the source");
         });
         Source {
             store,
