@@ -71,6 +71,11 @@ const KEYS: usize = 40;
 /// does.
 const OUTAGE: Duration = Duration::from_millis(2500);
 
+/// Faults in a run that repeats them: two in the default run, one per 15 s in a longer one.
+fn rounds() -> usize {
+    (secs().as_secs() / 15).max(2) as usize
+}
+
 fn secs() -> Duration {
     let secs = std::env::var("HISTORY_SECS")
         .ok()
@@ -358,25 +363,38 @@ async fn rolling_restart() {
 }
 
 /// An owner SIGKILLed under traffic; the others suspect it, send its keys to their successors,
-/// and discovery drops it after [`OUTAGE`].
+/// and discovery drops it after [`OUTAGE`]; then a replacement joins, as an orchestrator would
+/// start one. Each of [`rounds`] kills the oldest replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_killed() {
     let serial = serial().await;
     let source = memory_source().await;
-    let replicas: Vec<_> = (0..3).map(|_| start(&source, &[])).collect();
-    set_peers(&replicas, &urls(&replicas)).await;
-    let run = Run::start("owner SIGKILLed", serial, source, rust(&replicas));
-    run.at(1.0 / 3.0).await;
-    let victim = &replicas[2];
-    run.targets.remove(&victim.url);
-    let fault = run.recorder.begin(EventKind::Fault {
-        replica: victim.url.clone(),
-        fault: Fault::Killed,
-    });
-    victim.kill();
-    tokio::time::sleep(OUTAGE).await; // the outage, until discovery notices
-    set_peers(&replicas[..2], &urls(&replicas[..2])).await;
-    run.recorder.end(fault);
+    let mut live: Vec<_> = (0..3).map(|_| start(&source, &[])).collect();
+    set_peers(&live, &urls(&live)).await;
+    let run = Run::start("owner SIGKILLed", serial, source.clone(), rust(&live));
+    let rounds = rounds();
+    for round in 0..rounds {
+        run.at((round + 1) as f64 / (rounds + 1) as f64).await;
+        let victim = live.remove(0);
+        run.targets.remove(&victim.url);
+        let fault = run.recorder.begin(EventKind::Fault {
+            replica: victim.url.clone(),
+            fault: Fault::Killed,
+        });
+        victim.kill();
+        tokio::time::sleep(OUTAGE).await; // the outage, until discovery notices
+        set_peers(&live, &urls(&live)).await;
+        run.recorder.end(fault);
+        let replacement = start(&source, &[]);
+        let change = run
+            .recorder
+            .begin(EventKind::Membership("a replacement joins".into()));
+        live.push(replacement.clone());
+        set_peers(std::slice::from_ref(&replacement), &urls(&live)).await;
+        set_peers(&live, &urls(&live)).await;
+        run.recorder.end(change);
+        run.targets.add(Target::Rust(replacement));
+    }
     let report = run.finish(config()).await;
     assert!(
         report.writes_retried > 0,
@@ -385,7 +403,7 @@ async fn owner_killed() {
 }
 
 /// An owner frozen (SIGSTOP) for [`OUTAGE`], then resumed (SIGCONT): it accepts connections and
-/// answers nothing meanwhile, then serves what it held.
+/// answers nothing meanwhile, then serves what it held. Each of [`rounds`] freezes another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_frozen_and_resumed() {
     let serial = serial().await;
@@ -393,9 +411,10 @@ async fn owner_frozen_and_resumed() {
     let replicas: Vec<_> = (0..3).map(|_| start(&source, &[])).collect();
     set_peers(&replicas, &urls(&replicas)).await;
     let run = Run::start("owner frozen", serial, source, rust(&replicas));
-    for (i, fraction) in [1.0 / 3.0, 2.0 / 3.0].into_iter().enumerate() {
-        run.at(fraction).await;
-        let victim = &replicas[2 - i];
+    let rounds = rounds();
+    for round in 0..rounds {
+        run.at((round + 1) as f64 / (rounds + 1) as f64).await;
+        let victim = &replicas[round % replicas.len()];
         run.targets.remove(&victim.url);
         let fault = run.recorder.begin(EventKind::Fault {
             replica: victim.url.clone(),
@@ -414,8 +433,9 @@ async fn owner_frozen_and_resumed() {
     );
 }
 
-/// Replica 0 cut off from 1 and 2 for [`OUTAGE`] (network namespaces and nftables drop rules,
-/// as in `partition.rs`), then healed; the clients reach every replica throughout.
+/// One replica cut off from the other two for [`OUTAGE`] (network namespaces and nftables drop
+/// rules, as in `partition.rs`), then healed; the clients reach every replica throughout. Each of
+/// [`rounds`] cuts off another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition() {
     if !netns::available() {
@@ -438,15 +458,20 @@ async fn partition() {
         .collect();
     set_peers(&replicas, &urls(&replicas)).await;
     let run = Run::start("partition", serial, source, rust(&replicas));
-    run.at(1.0 / 3.0).await;
-    let fault = run.recorder.begin(EventKind::Fault {
-        replica: format!("{} | the others", replicas[0].url),
-        fault: Fault::Partitioned,
-    });
-    network.partition(&[0], &[1, 2]);
-    tokio::time::sleep(OUTAGE).await; // the partition itself
-    network.heal();
-    run.recorder.end(fault);
+    let rounds = rounds();
+    for round in 0..rounds {
+        run.at((round + 1) as f64 / (rounds + 1) as f64).await;
+        let alone = round % replicas.len();
+        let others: Vec<usize> = (0..replicas.len()).filter(|&i| i != alone).collect();
+        let fault = run.recorder.begin(EventKind::Fault {
+            replica: format!("{} | the others", replicas[alone].url),
+            fault: Fault::Partitioned,
+        });
+        network.partition(&[alone], &others);
+        tokio::time::sleep(OUTAGE).await; // the partition itself
+        network.heal();
+        run.recorder.end(fault);
+    }
     let report = run.finish(config()).await;
     assert!(
         report.writes_retried > 0,

@@ -429,6 +429,13 @@ fn fresh(
     let mut allowed: Option<(&Write<'_>, Rule)> = None;
     let mut source_newer = false;
     for w in newer {
+        // The source gives out versions in order, each between its write's start and
+        // `source_done`: once a write started after the read did, it and every later version
+        // ended after the read started, and the source held none of them at its start. Stopping
+        // here keeps the check linear in the writes near each read, not in all of the key's.
+        if w.op.start >= read.start {
+            break;
+        }
         source_newer |= w.source_done < read.start;
         if w.op.end >= read.start {
             continue; // not acknowledged when the read started: no requirement
