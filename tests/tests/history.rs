@@ -71,6 +71,16 @@ const KEYS: usize = 40;
 /// does.
 const OUTAGE: Duration = Duration::from_millis(2500);
 
+/// How long the rings disagree during a membership change: discovery tells one replica, then
+/// the others this much later, as a watch of the Kubernetes API reaches pods at different times.
+/// Writes in between are the ones a replica can miss.
+const DISCOVERY_LAG: Duration = Duration::from_millis(500);
+
+/// Waits [`DISCOVERY_LAG`]: the disagreement itself, which is what the scenario is about.
+async fn discovery_lag() {
+    tokio::time::sleep(DISCOVERY_LAG).await;
+}
+
 /// Faults in a run that repeats them: two in the default run, one per 15 s in a longer one.
 fn rounds() -> usize {
     (secs().as_secs() / 15).max(2) as usize
@@ -295,6 +305,7 @@ async fn scale_up() {
         let peers = urls(&replicas[..n]);
         // The new one first: its ring has everyone before anyone sends it a key.
         set_peers(&replicas[n - 1..n], &peers).await;
+        discovery_lag().await;
         set_peers(&replicas[..n - 1], &peers).await;
         run.recorder.end(change);
         run.targets.add(Target::Rust(replicas[n - 1].clone()));
@@ -317,6 +328,7 @@ async fn graceful_scale_down() {
         .recorder
         .begin(EventKind::Membership("4 -> 3 (SIGTERM)".into()));
     leave(leaving);
+    discovery_lag().await;
     set_peers(&replicas[..3], &urls(&replicas[..3])).await;
     run.recorder.end(change);
     run.targets.remove(&leaving.url);
@@ -349,10 +361,12 @@ async fn rolling_restart() {
         let mut with_new = urls(&live);
         with_new.extend([old.url.clone(), new.url.clone()]);
         set_peers(std::slice::from_ref(&new), &with_new).await;
+        discovery_lag().await;
         set_peers(&live, &with_new).await;
         old.set_peers(&with_new).await;
         run.targets.add(Target::Rust(new.clone()));
         leave(&old);
+        discovery_lag().await;
         live.push(new);
         set_peers(&live, &urls(&live)).await;
         run.recorder.end(change);
@@ -391,7 +405,8 @@ async fn owner_killed() {
             .begin(EventKind::Membership("a replacement joins".into()));
         live.push(replacement.clone());
         set_peers(std::slice::from_ref(&replacement), &urls(&live)).await;
-        set_peers(&live, &urls(&live)).await;
+        discovery_lag().await;
+        set_peers(&live[..live.len() - 1], &urls(&live)).await;
         run.recorder.end(change);
         run.targets.add(Target::Rust(replacement));
     }
