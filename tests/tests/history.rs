@@ -289,7 +289,8 @@ async fn steady() {
     );
 }
 
-/// 3 -> 4 -> 5: each new replica joins its own ring first, then the others add it.
+/// 3 -> 4 -> 5: each new replica joins its own ring first and serves clients at once; the others
+/// add it [`DISCOVERY_LAG`] later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_up() {
     let serial = serial().await;
@@ -305,10 +306,11 @@ async fn scale_up() {
         let peers = urls(&replicas[..n]);
         // The new one first: its ring has everyone before anyone sends it a key.
         set_peers(&replicas[n - 1..n], &peers).await;
+        // Ready, and serving clients, before the others' discovery has seen it.
+        run.targets.add(Target::Rust(replicas[n - 1].clone()));
         discovery_lag().await;
         set_peers(&replicas[..n - 1], &peers).await;
         run.recorder.end(change);
-        run.targets.add(Target::Rust(replicas[n - 1].clone()));
     }
     run.finish(config()).await;
 }
@@ -361,10 +363,10 @@ async fn rolling_restart() {
         let mut with_new = urls(&live);
         with_new.extend([old.url.clone(), new.url.clone()]);
         set_peers(std::slice::from_ref(&new), &with_new).await;
+        run.targets.add(Target::Rust(new.clone()));
         discovery_lag().await;
         set_peers(&live, &with_new).await;
         old.set_peers(&with_new).await;
-        run.targets.add(Target::Rust(new.clone()));
         leave(&old);
         discovery_lag().await;
         live.push(new);
@@ -405,10 +407,10 @@ async fn owner_killed() {
             .begin(EventKind::Membership("a replacement joins".into()));
         live.push(replacement.clone());
         set_peers(std::slice::from_ref(&replacement), &urls(&live)).await;
+        run.targets.add(Target::Rust(replacement));
         discovery_lag().await;
         set_peers(&live[..live.len() - 1], &urls(&live)).await;
         run.recorder.end(change);
-        run.targets.add(Target::Rust(replacement));
     }
     let report = run.finish(config()).await;
     assert!(

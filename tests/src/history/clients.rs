@@ -337,16 +337,20 @@ impl Client {
 
     async fn get(&mut self) -> Option<Op> {
         let target = self.targets.pick(&mut self.rng, false)?;
+        Some(self.get_on(target).await)
+    }
+
+    async fn get_on(&mut self, target: Target) -> Op {
         let key = self.key();
         let start = self.recorder.now();
         let result = target.get(&key).await;
-        Some(self.read(target, start, ReadCall::Get, vec![(key, result)]))
+        self.read(target, start, ReadCall::Get, vec![(key, result)])
     }
 
     async fn get_many(&mut self) -> Option<Op> {
         let target = self.targets.pick(&mut self.rng, false)?;
         let Target::Rust(replica) = &target else {
-            return self.get().await;
+            return Some(self.get_on(target).await);
         };
         let mut keys: Vec<String> = (0..self.workload.get_many_keys)
             .map(|_| self.key())
