@@ -501,10 +501,11 @@ async fn partition() {
 /// keys they own, are outside the promise: counted apart, checked only for reads from the future.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_and_rust_mixed() {
+    // In turn, before the build: it takes the CPU a running scenario's bounds are timed on.
+    let serial = serial().await;
     let Some(go_binary) = go::binary() else {
         return;
     };
-    let serial = serial().await;
     let source = memory_source().await;
     let rust_replicas: Vec<_> = (0..2)
         .map(|_| start(&source, &["--go-compatible", "true"]))
@@ -548,10 +549,11 @@ async fn go_and_rust_mixed() {
 /// loaders' `SELECT` are the database's, with its own timing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_source() {
+    // In turn, before initdb: it takes the CPU a running scenario's bounds are timed on.
+    let serial = serial().await;
     let Some(pg) = PgServer::start("history") else {
         return;
     };
-    let serial = serial().await;
     let source = Arc::new(Source::postgres(&pg.url, IpAddr::V4(Ipv4Addr::LOCALHOST)).await);
     let replicas: Vec<_> = (0..3).map(|_| start(&source, &[])).collect();
     set_peers(&replicas, &urls(&replicas)).await;
