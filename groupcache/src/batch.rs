@@ -89,6 +89,48 @@ struct Led {
     superseded: Superseded,
     /// Where its value goes, chosen (and its cache's token taken) when its flight started.
     store: Store,
+    /// Older flights of the same key, superseded by a write, merged into this one
+    /// ([`once_each`]): they get its outcome too.
+    also: Vec<oneshot::Sender<Outcome<Entry>>>,
+}
+
+impl Led {
+    /// Hands `outcome` to the key's flight, and to the older flights merged into it.
+    fn answer(self, outcome: Outcome<Entry>) {
+        for also in self.also {
+            let _ = also.send(outcome.clone());
+        }
+        // No receiver left is fine: everyone gave up.
+        let _ = self.outcome.send(outcome);
+    }
+}
+
+/// The led keys with each key once. A write takes a key's flight out of the map while it runs
+/// (`Flight::supersede`), so a new flight of the key can be led, and queued for the same batch,
+/// before the old one is answered; a batch must not carry a key twice (nor a loader's
+/// `load_many` see it twice). The flight a write has not superseded decides where the value
+/// goes; the superseded one gets the same answer, which is at least as new as the one it would
+/// have had.
+fn once_each(mut led: Vec<Led>) -> Vec<Led> {
+    // Only a superseded flight's key can have been led again: most batches stop here.
+    if !led.iter().any(|led| led.superseded.get()) {
+        return led;
+    }
+    led.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut once: Vec<Led> = Vec::with_capacity(led.len());
+    for mut next in led {
+        match once.last_mut() {
+            Some(kept) if kept.key == next.key => {
+                if kept.superseded.get() && !next.superseded.get() {
+                    std::mem::swap(kept, &mut next);
+                }
+                kept.also.push(next.outcome);
+                kept.also.append(&mut next.also);
+            }
+            _ => once.push(next),
+        }
+    }
+    once
 }
 
 type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + 'a>>;
@@ -229,6 +271,7 @@ impl<L: Loader> Inner<L> {
                         outcome,
                         superseded,
                         store: store(key),
+                        also: Vec::new(),
                     });
                     async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) }
                 });
@@ -271,11 +314,9 @@ impl<L: Loader> Inner<L> {
     /// loader has put its result. Mirrors `Inner::run_loader`, which does the same for one key.
     async fn load_batch(self: Arc<Self>, led: Vec<Led>) {
         let mut loading = Vec::with_capacity(led.len());
-        for led in led {
+        for led in once_each(led) {
             match self.peek(&led.key) {
-                Some(entry) => {
-                    let _ = led.outcome.send(Ok(entry));
-                }
+                Some(entry) => led.answer(Ok(entry)),
                 None => loading.push(led),
             }
         }
@@ -308,7 +349,7 @@ impl<L: Loader> Inner<L> {
                         None => Err(Error::NotLoaded),
                     },
                 };
-                let _ = led.outcome.send(outcome);
+                led.answer(outcome);
             }
         });
         futures_util::future::join(loader, futures_util::future::join_all(finishing)).await;
@@ -343,11 +384,9 @@ impl<L: Loader> Inner<L> {
     /// The owner's answer for the led keys, each handed to its flight as soon as it is known.
     async fn fetch_batch(self: Arc<Self>, owner: Arc<Member>, led: Vec<Led>) {
         let mut asking = Vec::with_capacity(led.len());
-        for led in led {
+        for led in once_each(led) {
             match self.peek(&led.key) {
-                Some(entry) => {
-                    let _ = led.outcome.send(Ok(entry));
-                }
+                Some(entry) => led.answer(Ok(entry)),
                 None => asking.push(led),
             }
         }
@@ -409,7 +448,7 @@ impl<L: Loader> Inner<L> {
             let owner = &owner;
             async move {
                 let outcome = this.settle(&led, owner, entry).await;
-                let _ = led.outcome.send(outcome);
+                led.answer(outcome);
             }
         });
         futures_util::future::join_all(settled).await;
@@ -563,6 +602,7 @@ impl<L: Loader> Inner<L> {
                     outcome,
                     superseded,
                     store: this.hot_store(key),
+                    also: Vec::new(),
                 });
                 drop(owners);
                 Either::Right(async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) })
@@ -582,8 +622,8 @@ impl<L: Loader> Inner<L> {
             if chunk.len() == 1 {
                 // One key alone takes the single get's path, as without coalescing.
                 for led in chunk {
-                    let outcome = self.fetch_from(&led.key, &owner, led.superseded).await;
-                    let _ = led.outcome.send(outcome);
+                    let outcome = (self.fetch_from(&led.key, &owner, led.superseded.clone())).await;
+                    led.answer(outcome);
                 }
             } else {
                 self.clone().fetch_batch(owner.clone(), chunk).await;
@@ -600,7 +640,7 @@ impl<L: Loader> Inner<L> {
         let settled = led.into_iter().map(|led| async move {
             let hot = self.hot_store(&led.key);
             let outcome = self.from_successor(&led.key, hot, &led.superseded).await;
-            let _ = led.outcome.send(outcome);
+            led.answer(outcome);
         });
         futures_util::future::join_all(settled).await;
     }
@@ -638,6 +678,56 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
+
+    /// A led key for `once_each`: its flight superseded or not, and the receiver of its answer.
+    fn led(key: &str, superseded: bool) -> (Led, oneshot::Receiver<Outcome<Entry>>) {
+        let flag = Superseded::unset();
+        if superseded {
+            flag.set_for_test();
+        }
+        let (outcome, receiver) = oneshot::channel();
+        let led = Led {
+            key: key.to_owned(),
+            outcome,
+            superseded: flag,
+            store: Store::Hot(crate::caches::Token::for_test(u64::from(superseded))),
+            also: Vec::new(),
+        };
+        (led, receiver)
+    }
+
+    /// Issue 23: a key whose flight a write superseded can be led again before the old flight
+    /// is answered; a batch carries it once, where the newer flight decides what is kept, and
+    /// both flights get the answer.
+    #[test]
+    fn a_key_led_twice_goes_once_and_both_flights_get_the_answer() {
+        let (old, old_answer) = led("k", true);
+        let (other, other_answer) = led("j", false);
+        let (new, new_answer) = led("k", false);
+        let once = once_each(vec![old, other, new]);
+        let keys: Vec<&str> = once.iter().map(|led| led.key.as_str()).collect();
+        assert_eq!(keys, ["j", "k"]);
+        let k = once.into_iter().find(|led| led.key == "k").unwrap();
+        assert!(!k.superseded.get(), "the newer flight decides what is kept");
+        assert!(matches!(k.store, Store::Hot(token) if token == crate::caches::Token::for_test(0)));
+        let answer = Entry {
+            value: bytes::Bytes::from_static(b"v"),
+            expire: 0,
+        };
+        k.answer(Ok(answer));
+        for mut receiver in [old_answer, new_answer] {
+            assert_eq!(receiver.try_recv().unwrap().unwrap().value, "v");
+        }
+        drop(other_answer);
+        // Without a superseded flight, nothing is touched (nor reordered).
+        let (b, _b) = led("b", false);
+        let (a, _a) = led("a", false);
+        let keys: Vec<String> = once_each(vec![b, a])
+            .into_iter()
+            .map(|led| led.key)
+            .collect();
+        assert_eq!(keys, ["b", "a"]);
+    }
 
     /// A batch loader: puts the first key's result at once, then waits for `release` before the
     /// rest; keys named `missing` get no result, a key named `panic` panics after the first.

@@ -89,6 +89,9 @@ pub(crate) struct Config {
     pub(crate) coalesce_in_flight: usize,
     /// TinyLFU admission on both caches.
     pub(crate) admission: bool,
+    /// The builder's ring mode: in `GoCompatible`, a peer not heard from yet may be a
+    /// golang/groupcache replica.
+    pub(crate) ring_mode: RingMode,
 }
 
 impl<L: Loader> Builder<L> {
@@ -104,6 +107,7 @@ impl<L: Loader> Builder<L> {
                 max_value_bytes: 16 << 20,
                 hot_promotion_requests: 2,
                 admission: false,
+                ring_mode: RingMode::default(),
                 hot_max_age: Duration::from_secs(60),
                 owner_suspicion: Duration::from_secs(5),
                 handoff_timeout: Duration::ZERO,
@@ -367,6 +371,7 @@ impl<L: Loader> Builder<L> {
     pub fn build(self) -> Result<Groupcache<L>, Error> {
         let budget = Arc::new(self.budget());
         let mut config = self.config;
+        config.ring_mode = self.ring_mode;
         config.handoff_timeout = self.handoff_timeout.unwrap_or(match self.ring_mode {
             RingMode::Balanced => Duration::from_millis(100),
             RingMode::GoCompatible => Duration::ZERO,
@@ -426,6 +431,7 @@ impl<L: Loader> Builder<L> {
             peers,
             metrics,
             coalescing: Default::default(),
+            recent_writes: crate::handoff::RecentWrites::new(config.hot_max_age),
             config,
             #[cfg(test)]
             pause: Default::default(),

@@ -197,6 +197,18 @@ pub(crate) struct Token {
     epoch: u64,
 }
 
+#[cfg(test)]
+impl Token {
+    /// A token to tell stores apart in tests that never reach a cache.
+    pub(crate) fn for_test(generation: u64) -> Token {
+        Token {
+            hash: 0,
+            generation,
+            epoch: 0,
+        }
+    }
+}
+
 /// An admission test (TinyLFU, decided by the engine's popularity sketch): given the key of the
 /// entry that would be evicted first to make room, whether the entry being stored is worth it.
 pub(crate) type Admit<'a> = &'a dyn Fn(&[u8]) -> bool;

@@ -58,9 +58,12 @@ impl<L: Loader> Groupcache<L> {
     /// Removes `key` everywhere: first on its owner, so no peer can fetch the old value again,
     /// then on every other replica, so no hot copy survives. The next `get` loads it once.
     ///
-    /// Every replica is tried; the first that could not be reached is returned as
-    /// [`Error::Peer`] (its copy, if any, expires from the hot cache within
-    /// [`Builder::hot_max_age`]). Replicas that owned the key in a ring this one replaced within
+    /// `Ok` means every member of this replica's ring was reached: no `get` that starts after it
+    /// returns, on any replica, answers the value from before the remove (not from a load
+    /// already in flight, a hot copy, a batch or a hand-off), so write the source of truth first,
+    /// then remove (README, "Writes and freshness"). Every replica is tried; the first that
+    /// could not be reached is returned as [`Error::Peer`] (its copy, if any, expires from the
+    /// hot cache within [`Builder::hot_max_age`]). Replicas that owned the key in a ring this one replaced within
     /// [`Builder::hot_max_age`] and have left are sent the remove too, in case they still serve
     /// it; those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
     /// reaches the same replicas.
@@ -79,7 +82,13 @@ impl<L: Loader> Groupcache<L> {
     }
 
     /// Stores `value` for `key` on its owner, expiring at `expires_at` if given, and drops every
-    /// other replica's hot copy. No loader runs.
+    /// other replica's copy. No loader runs.
+    ///
+    /// It reaches the same replicas as [`remove`](Groupcache::remove), in the same order (the
+    /// owner first, then every other member at once, and the key's recent owners that have
+    /// left), and every one is tried even when the owner fails: the first failure is returned
+    /// as [`Error::Peer`]. `Ok` promises what `remove`'s does: no `get` that starts after it, on
+    /// any replica, answers a value from before it (README, "Writes and freshness").
     ///
     /// ```
     /// # use groupcache_rs::{Groupcache, Loaded, Loader};
@@ -119,8 +128,11 @@ impl<L: Loader> Groupcache<L> {
         };
         let membership = inner.peers.snapshot();
         let owner = membership.remote_owner(key);
-        match owner {
-            None => inner.store_owned(key, entry),
+        let on_owner = match owner {
+            None => {
+                inner.store_owned(key, entry);
+                Ok(())
+            }
             Some(owner) => {
                 let request = SetRequest {
                     group: inner.group.clone(),
@@ -129,18 +141,21 @@ impl<L: Loader> Groupcache<L> {
                     expire: Some(entry.expire),
                 };
                 let path = inner.key_path(owner, key);
-                inner
-                    .client
-                    .set(&owner.endpoint, path, &request)
-                    .await
-                    .map_err(|source| Error::Peer {
+                let stored = inner.client.set(&owner.endpoint, path, &request).await;
+                inner.forget(key);
+                stored.map_err(|source| {
+                    tracing::warn!(group = %inner.group, peer = %owner.url, %source, "set failed on the key's owner");
+                    Error::Peer {
                         peer: owner.url.to_string(),
                         source,
-                    })?;
-                inner.forget(key);
+                    }
+                })
             }
-        }
-        inner.remove_on_all_but(&membership, owner, key).await
+        };
+        // Even when the owner failed: the other replicas' copies of the old value go, as a
+        // `remove`'s do, so what can still be read of it is at most the owner's.
+        let on_others = inner.remove_on_all_but(&membership, owner, key).await;
+        on_owner.and(on_others)
     }
 
     /// The axum router that serves this group to peers under the base path. Merge it into your
@@ -343,6 +358,8 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) pause: tests::PausePoint,
     /// Single fetches waiting to travel in one batch (`Builder::coalesce_fetches`).
     pub(crate) coalescing: crate::batch::Coalescing,
+    /// Keys written here lately, which the hand-off does not peek (`handoff.rs`).
+    pub(crate) recent_writes: crate::handoff::RecentWrites,
 }
 
 impl<L: Loader> Inner<L> {
@@ -604,38 +621,60 @@ impl<L: Loader> Inner<L> {
                     .await
                     .0;
             }
-            Some(successor) if !successor.is_suspected() => match self.ask(&successor, key).await {
-                Ok(entry) => {
-                    successor.trust();
-                    self.metrics.successor_load();
-                    return Ok(self.promote(key, entry, hot, superseded));
+            Some(successor) if !successor.is_suspected() && self.stands_in(&successor) => {
+                match self.ask(&successor, key).await {
+                    Ok(entry) => {
+                        successor.trust();
+                        self.metrics.successor_load();
+                        return Ok(self.promote(key, entry, hot, superseded));
+                    }
+                    Err(Failure::Loader(message)) => {
+                        return Err(Error::RemoteLoader {
+                            peer: successor.url.to_string(),
+                            message,
+                        });
+                    }
+                    Err(Failure::Peer(error)) => {
+                        self.metrics.peer_error();
+                        self.suspect(&successor, &error);
+                        tracing::warn!(group = %self.group, peer = %successor.url, %error, "successor failed; loading locally");
+                    }
                 }
-                Err(Failure::Loader(message)) => {
-                    return Err(Error::RemoteLoader {
-                        peer: successor.url.to_string(),
-                        message,
-                    });
-                }
-                Err(Failure::Peer(error)) => {
-                    self.metrics.peer_error();
-                    self.suspect(&successor, &error);
-                    tracing::warn!(group = %self.group, peer = %successor.url, %error, "successor failed; loading locally");
-                }
-            },
+            }
             _ => {}
         }
         self.load(key, self.hot_store(key), false).await.0
     }
 
+    /// Whether `peer` can stand in for a suspected owner: a groupcache-rs replica, which keeps
+    /// what it loads for another replica under the staleness bound and receives every write. A
+    /// golang/groupcache replica would keep it in its main cache without expiry and never drop
+    /// it on a write (it takes no `DELETE`), so this replica loads the key itself instead, as
+    /// golang/groupcache does. Known from its answers (the batch advert); in
+    /// [`RingMode::Balanced`](crate::RingMode::Balanced), a ring golang/groupcache cannot share,
+    /// a peer not heard from yet is taken for one of ours.
+    fn stands_in(&self, peer: &Member) -> bool {
+        let endpoint = &peer.endpoint;
+        endpoint.batches.load(std::sync::atomic::Ordering::Relaxed)
+            || (self.config.ring_mode == crate::RingMode::Balanced
+                && !endpoint.plain.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Whom a warm hand-off of `key` peeks, with the gate's ticket for the peek; `None` if no
     /// one. A warm hand-off is the copy the key's previous owner holds in memory; it is asked for
     /// if this replica owns the key under a ring younger than `hot_max_age` (before that, nobody
-    /// else held it as its owner), the previous owner is not suspected, and its peeks under this
-    /// ring have not all missed (`handoff.rs`). It must answer within `handoff_timeout`
+    /// else held it as its owner), the key was not written here within `hot_max_age`, the
+    /// previous owner is not suspected, and its peeks under this ring have not all missed
+    /// (`handoff.rs`). It must answer within `handoff_timeout`
     /// ([`hand_off`](Self::hand_off)). The copy is stored as a load's value would be: bounded,
     /// since the ring is young.
     fn handoff_source(&self, key: &str) -> Option<(Arc<Member>, crate::handoff::Peek)> {
         if self.config.handoff_timeout.is_zero() || !protocol::can_carry(key) {
+            return None;
+        }
+        // Written here lately: the owner had its share of the write first, and the previous
+        // owner may not have had its own yet (`RecentWrites`).
+        if self.recent_writes.written_recently(key_hash(key)) {
             return None;
         }
         let membership = self.peers.snapshot();
@@ -798,8 +837,12 @@ impl<L: Loader> Inner<L> {
         self.metrics.hot.evicted(self.hot.trim());
     }
 
-    /// Drops `key` from both caches and keeps loads in flight from caching an older value.
+    /// Drops `key` from both caches and keeps loads in flight from caching an older value or
+    /// handing it to anyone who asks from now on; the key's next miss here loads, without a
+    /// hand-off peek, for `hot_max_age` (`RecentWrites`).
     pub(crate) fn forget(&self, key: &str) {
+        // Before the flights let go: a load that starts once they have must see the write.
+        self.recent_writes.record(key_hash(key));
         self.loads.supersede(key);
         self.fetches.supersede(key);
         // The caches publish their sizes themselves.

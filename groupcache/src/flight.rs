@@ -41,6 +41,12 @@ impl Superseded {
         Superseded(Arc::new(AtomicBool::new(false)))
     }
 
+    /// Sets the flag as a write would, for tests that hold a flag of their own.
+    #[cfg(test)]
+    pub(crate) fn set_for_test(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
     pub(crate) fn get(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
@@ -129,9 +135,13 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         (outcome, started)
     }
 
-    /// Marks the call in flight for `key`, if any, as superseded by a newer write.
+    /// Marks the call in flight for `key`, if any, as superseded by a newer write, and takes it
+    /// out of the map: it still answers the callers that joined it (they asked before the write
+    /// finished, so its older value is theirs to have), but a caller that arrives from now on
+    /// starts a call of its own. Left joinable, it handed the value from before the write to
+    /// every `get` after it, and to every peer that fetched the key, until it ended.
     pub(crate) fn supersede(&self, key: &str) {
-        if let Some(call) = lock(&self.calls).get(key) {
+        if let Some(call) = lock(&self.calls).remove(key) {
             call.superseded.store(true, Ordering::Release);
         }
     }
@@ -326,6 +336,57 @@ mod tests {
         assert!(!started, "no work was started");
         assert!(matches!(again, Err(Error::NoRuntime)), "{again:?}");
         assert_eq!(len, 0, "nothing is left in flight");
+    }
+
+    /// Issue 23: a caller that arrives after a write must not be handed the superseded call's
+    /// older result. It starts a call of its own at once, while the old one still runs; the
+    /// old call's callers get its result, and its end does not remove the new call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_supersede_a_new_caller_starts_afresh_and_the_old_callers_keep_theirs() {
+        let flight = Arc::new(Flight::<u32>::new());
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let old = {
+            let (flight, started, release) = (flight.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                flight
+                    .run("k", |_| async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok(0)
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        flight.supersede("k");
+        let new_started = Arc::new(Notify::new());
+        let new_release = Arc::new(Notify::new());
+        let new = {
+            let (flight, started, release) =
+                (flight.clone(), new_started.clone(), new_release.clone());
+            tokio::spawn(async move {
+                flight
+                    .run("k", |_| async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok(1)
+                    })
+                    .await
+            })
+        };
+        // The new call runs while the old one is held: it did not join it.
+        new_started.notified().await;
+        release.notify_one();
+        assert_eq!(old.await.unwrap().0.unwrap(), 0, "the old callers' result");
+        assert_eq!(
+            flight.len(),
+            1,
+            "the old call's end left the new one in place"
+        );
+        new_release.notify_one();
+        let (outcome, started_it) = new.await.unwrap();
+        assert_eq!((outcome.unwrap(), started_it), (1, true));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,8 +21,9 @@
 //! the first misses proves the member (at a tenth of the peeks hitting, 16 misses in a row happen
 //! 19 % of the time; the moved keys asked for after that are reloaded, as without a hand-off).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Misses without a hit after which a member is not peeked again under this ring.
 pub(crate) const COLD_AFTER_MISSES: u32 = 16;
@@ -78,9 +79,114 @@ impl Drop for Peek {
     }
 }
 
+/// Slots in [`RecentWrites`]' table: 256 KiB, allocated at the first write. At 100 writes a
+/// second and a 60 s window, a tenth of the keys that move miss their peek for a slot another key
+/// was written in.
+const WRITE_SLOTS: usize = 1 << 16;
+
+/// The keys written on this replica lately, for the hand-off to leave alone.
+///
+/// A `remove` or `set` reaches the key's owner first and the other replicas after: until a
+/// previous owner (or a successor) has had its share, it still holds the value from before the
+/// write. A new owner's miss that peeked it in between stored that value again, after its own
+/// copy had gone, and served it for up to `hot_max_age` after the write returned `Ok`. So a key
+/// written on this replica within that window is loaded, not peeked: the previous owner had
+/// nothing newer to give than the source, and it may have something older.
+///
+/// A fixed table of write times by key hash, not a set of keys: memory stays 256 KiB whatever
+/// the write rate, and a collision only makes another key skip its peek (a load it would have
+/// run without the hand-off). Writes are recorded whatever the ring's age, since the ring may
+/// change just after one.
+pub(crate) struct RecentWrites {
+    /// Write times, as [`stamp`](Self::stamp)s.
+    slots: OnceLock<Box<[AtomicU32]>>,
+    epoch: Instant,
+    /// The window in milliseconds, rounded up.
+    window: u32,
+}
+
+impl RecentWrites {
+    /// Remembers writes for `window` (`hot_max_age`; at most 24 days are told apart).
+    pub(crate) fn new(window: Duration) -> Self {
+        let window = u32::try_from(window.as_millis() + 1).unwrap_or(u32::MAX / 2);
+        RecentWrites {
+            slots: OnceLock::new(),
+            epoch: Instant::now(),
+            window: window.min(u32::MAX / 2),
+        }
+    }
+
+    /// Records a write of the key with hash `hash`, now.
+    pub(crate) fn record(&self, hash: u64) {
+        let slots = self
+            .slots
+            .get_or_init(|| (0..WRITE_SLOTS).map(|_| AtomicU32::new(0)).collect());
+        slots[slot(hash)].store(self.stamp(), Ordering::Release);
+    }
+
+    /// Whether the key with hash `hash` (or another key in its slot) was written within the
+    /// window. Never says no too early; may say yes for a key written long ago (49 days apart,
+    /// the stamps wrap), which costs that key one peek.
+    pub(crate) fn written_recently(&self, hash: u64) -> bool {
+        let Some(slots) = self.slots.get() else {
+            return false;
+        };
+        let at = slots[slot(hash)].load(Ordering::Acquire);
+        self.stamp().wrapping_sub(at) <= self.window
+    }
+
+    /// Milliseconds since `epoch`, plus one more window: a slot never written (0) is a window
+    /// older than the first write can be. Wrapping.
+    fn stamp(&self) -> u32 {
+        let ms = self.epoch.elapsed().as_millis() as u64 + u64::from(self.window) + 1;
+        ms as u32
+    }
+}
+
+fn slot(hash: u64) -> usize {
+    // The top bits: the caches index their tables with the low ones.
+    (hash >> 48) as usize & (WRITE_SLOTS - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_counts_as_written_for_the_window_and_not_after() {
+        let writes = RecentWrites::new(Duration::from_secs(60));
+        assert!(!writes.written_recently(7 << 48), "nothing written yet");
+        writes.record(7 << 48);
+        assert!(writes.written_recently(7 << 48), "written just now");
+        assert!(
+            !writes.written_recently(8 << 48),
+            "a slot never written is not recent, even in the first window after the start"
+        );
+        // The same write, seen more than a window later: the epoch further back.
+        let old = RecentWrites {
+            epoch: writes.epoch - Duration::from_secs(61),
+            ..RecentWrites::new(Duration::from_secs(60))
+        };
+        old.slots
+            .get_or_init(|| (0..WRITE_SLOTS).map(|_| AtomicU32::new(0)).collect())[slot(7 << 48)]
+        .store(
+            writes.slots.get().unwrap()[slot(7 << 48)].load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        assert!(!old.written_recently(7 << 48), "61 s later");
+        let recent = RecentWrites {
+            epoch: writes.epoch - Duration::from_secs(59),
+            ..RecentWrites::new(Duration::from_secs(60))
+        };
+        recent
+            .slots
+            .get_or_init(|| (0..WRITE_SLOTS).map(|_| AtomicU32::new(0)).collect())[slot(7 << 48)]
+        .store(
+            writes.slots.get().unwrap()[slot(7 << 48)].load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        assert!(recent.written_recently(7 << 48), "59 s later");
+    }
 
     #[test]
     fn a_member_whose_peeks_all_miss_is_not_peeked_again() {

@@ -97,6 +97,10 @@ pub(crate) struct Membership {
     /// The rings this one replaced within the last `recent_for` (when it was built), newest
     /// first; those that have aged past it since are skipped where they are read.
     former: Vec<Former>,
+    /// The members of recent rings that fell past [`MAX_FORMER_RINGS`], each with the newest
+    /// time a ring of theirs retired: a write goes to every one of them that has left, since
+    /// which keys they owned is no longer known.
+    overflow: Vec<(Arc<Member>, Instant)>,
     /// How long a replaced ring's owners still count: they receive writes and hand off keys.
     recent_for: Duration,
     /// Whether peeking each member that could hand off a key is worth it, learnt under this
@@ -113,8 +117,10 @@ struct Former {
     retired: Instant,
 }
 
-/// Former rings kept at most, however fast the membership changes: a rolling deploy of a large
-/// cluster changes it twice per replica. Beyond this, the oldest are forgotten early.
+/// Former rings kept whole at most, however fast the membership changes: a rolling deploy of a
+/// large cluster changes it twice per replica. Beyond this, the oldest rings are dropped but
+/// their members are kept (`Membership::overflow`) until the rings would have aged out: writes
+/// must reach a departed owner for `recent_for`, however many changes came after it left.
 const MAX_FORMER_RINGS: usize = 16;
 
 impl Membership {
@@ -166,6 +172,15 @@ impl Membership {
                 && !departed.iter().any(|seen| seen.url == owner.url)
             {
                 departed.push(owner);
+            }
+        }
+        for (member, retired) in &self.overflow {
+            if now.saturating_duration_since(*retired) < self.recent_for
+                && !member.is_self
+                && !self.members.iter().any(|current| current.url == member.url)
+                && !departed.iter().any(|seen| seen.url == member.url)
+            {
+                departed.push(member);
             }
         }
         departed
@@ -385,25 +400,37 @@ impl Peers {
             members: current.members.clone(),
             retired: now,
         };
-        let still_recent = current
-            .former
-            .iter()
-            .filter(|former| now.duration_since(former.retired) < self.recent_for)
-            .map(|former| Former {
-                ring: former.ring.clone(),
-                members: former.members.clone(),
-                retired: former.retired,
-            });
-        let former = std::iter::once(retired)
-            .chain(still_recent)
-            .take(MAX_FORMER_RINGS)
+        let is_recent = |retired: Instant| now.duration_since(retired) < self.recent_for;
+        let mut former: Vec<Former> = std::iter::once(retired)
+            .chain(
+                current
+                    .former
+                    .iter()
+                    .filter(|former| is_recent(former.retired))
+                    .map(|former| Former {
+                        ring: former.ring.clone(),
+                        members: former.members.clone(),
+                        retired: former.retired,
+                    }),
+            )
             .collect();
-        self.current.store(Arc::new(Membership::new(
-            self.mode,
-            members,
-            former,
-            self.recent_for,
-        )));
+        let mut overflow: Vec<(Arc<Member>, Instant)> = current
+            .overflow
+            .iter()
+            .filter(|(_, retired)| is_recent(*retired))
+            .cloned()
+            .collect();
+        for dropped in former.drain(MAX_FORMER_RINGS.min(former.len())..) {
+            for member in dropped.members {
+                match overflow.iter_mut().find(|(kept, _)| kept.url == member.url) {
+                    Some((_, retired)) => *retired = (*retired).max(dropped.retired),
+                    None => overflow.push((member, dropped.retired)),
+                }
+            }
+        }
+        let mut next = Membership::new(self.mode, members, former, self.recent_for);
+        next.overflow = overflow;
+        self.current.store(Arc::new(next));
         tracing::info!(peers = count, "groupcache membership changed");
         Ok(true)
     }
@@ -431,6 +458,7 @@ impl Membership {
             members,
             built: Instant::now(),
             former,
+            overflow: Vec::new(),
             recent_for,
             peek_gates,
         }
@@ -474,6 +502,9 @@ pub(crate) struct Endpoint {
     /// ([`BATCH_HEADER`](crate::wire::protocol::BATCH_HEADER)); until one did, it gets single
     /// requests only (golang/groupcache would take a batch for a get of a key named `_batch`).
     pub(crate) batches: AtomicBool,
+    /// Whether the peer's last answer came without the advert: a golang/groupcache replica (or
+    /// a proxy that drops headers). With neither flag set, it has not answered yet.
+    pub(crate) plain: AtomicBool,
 }
 
 impl Endpoint {
@@ -526,6 +557,7 @@ impl Endpoint {
             authority: HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?,
             path,
             batches: AtomicBool::new(false),
+            plain: AtomicBool::new(false),
         })
     }
 }
@@ -592,6 +624,54 @@ mod tests {
         let snapshot = peers.snapshot();
         assert_eq!(snapshot.former.len(), MAX_FORMER_RINGS);
         assert_eq!(snapshot.departed_owners(&key, Instant::now()).len(), 1);
+    }
+
+    /// Issue 23's fast rolling deploy: more ring changes within the bound than rings are kept
+    /// whole. A replica that left in the first of them must still be sent every write until its
+    /// ring is `recent_for` old, and then no longer.
+    #[test]
+    fn writes_reach_a_departed_owner_for_the_whole_bound_however_many_changes_follow() {
+        let recent_for = Duration::from_secs(3600);
+        let peers = peers_remembering(recent_for);
+        let gone = "http://127.0.0.1:2";
+        peers.set([gone, "http://127.0.0.1:3"]).unwrap();
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|key| peers.snapshot().owner(key).is_some_and(|o| &*o.url == gone))
+            .unwrap();
+        peers.remove(gone).unwrap();
+        // A rolling deploy of others: two changes per replica, many more than the cap.
+        for i in 0..2 * MAX_FORMER_RINGS {
+            let url = format!("http://127.0.0.1:{}", 100 + i);
+            peers.add(&url).unwrap();
+            peers.remove(&url).unwrap();
+        }
+        let snapshot = peers.snapshot();
+        assert_eq!(snapshot.former.len(), MAX_FORMER_RINGS, "rings kept whole");
+        let departed: Vec<&str> = snapshot
+            .departed_owners(&key, Instant::now())
+            .iter()
+            .map(|member| &*member.url)
+            .collect();
+        assert!(
+            departed.contains(&gone),
+            "the owner that left first no longer gets writes: {departed:?}"
+        );
+        let later = Instant::now() + recent_for + Duration::from_secs(1);
+        assert!(
+            snapshot.departed_owners(&key, later).is_empty(),
+            "every ring has aged past the bound"
+        );
+        // It came back: a member again, not departed.
+        peers.add(gone).unwrap();
+        let snapshot = peers.snapshot();
+        assert!(
+            !snapshot
+                .departed_owners(&key, Instant::now())
+                .iter()
+                .any(|member| &*member.url == gone),
+            "a member again is sent writes as a member, not as departed"
+        );
     }
 
     #[test]

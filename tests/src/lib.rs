@@ -229,8 +229,11 @@ impl Loads {
 pub struct NoValue(pub String);
 
 /// The test loader: value `value:{key}#{generation}`; keys starting with `error:` fail, keys
-/// starting with `panic:` panic on their first load; an optional delay and an optional gate
+/// starting with `panic:` panic on their first load; an optional delay and optional gates
 /// (each load takes one permit) widen race windows without sleeping in the tests themselves.
+///
+/// Like a real loader, it reads the source (the generation) first and then takes its time: a
+/// write during the delay or the wait at a gate makes the load's value an old one.
 #[derive(Clone, Default)]
 pub struct TestLoader {
     /// Shared by every replica of a cluster.
@@ -241,6 +244,9 @@ pub struct TestLoader {
     pub delay: Duration,
     /// When set, a load waits for a permit.
     pub gate: Option<Arc<Semaphore>>,
+    /// When set, the first load of each key waits for a permit; later loads go at once. Holds
+    /// one load in flight while a test runs others past it.
+    pub gate_first: Option<Arc<Semaphore>>,
 }
 
 impl TestLoader {
@@ -267,11 +273,15 @@ impl Loader for TestLoader {
             *count
         };
         self.loads.total.fetch_add(1, Ordering::SeqCst);
+        let value = self.value_for(key);
         self.loads.started.send_modify(|started| *started += 1);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
         if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        if let Some(gate) = self.gate_first.as_ref().filter(|_| count == 1) {
             gate.acquire().await.expect("gate open").forget();
         }
         if key.starts_with("error:") {
@@ -280,6 +290,6 @@ impl Loader for TestLoader {
         if key.starts_with("panic:") && count == 1 {
             panic!("test loader panics on the first load of {key}");
         }
-        Ok(Loaded::new(self.value_for(key)))
+        Ok(Loaded::new(value))
     }
 }

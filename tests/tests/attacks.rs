@@ -208,8 +208,10 @@ async fn the_peer_port_survives_bodies_slowloris_heads_floods_and_replays() {
         replica.set_peers(&urls).await;
     }
     let target_addr = addr(&target.addr);
-    let honest_keys = keys_owned_by(&urls, &target.url, "honest-", 20_000);
-    let mut honest_keys = honest_keys.chunks(5_000).map(<[String]>::to_vec);
+    // Enough that the honest task never runs out while an attack is being set up: on a quick
+    // machine it answered 5,000 gets before 1,000 attacking connections were open.
+    let honest_keys = keys_owned_by(&urls, &target.url, "honest-", 200_000);
+    let mut honest_keys = honest_keys.chunks(50_000).map(<[String]>::to_vec);
     let mut figures = Vec::new();
 
     // 1. 1,000 connections, each declaring a 16 MiB PUT body and sending 64 KiB of it.

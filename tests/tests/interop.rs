@@ -732,3 +732,51 @@ async fn go_replicas_take_remove_and_set_for_a_get() {
     assert_eq!(rust.cache.get(&key).await.unwrap(), format!("go:{key}"));
     assert_eq!(go.get(&key).await, (200, go_value(&key)));
 }
+
+/// Issue 23's fifth finding: a golang/groupcache replica must not stand in for a suspected Rust
+/// owner. It would keep the key in its main cache without expiry and never drop it on a write
+/// (it serves a `DELETE` as a `GET`), so the Rust replica loads the key itself, bounded in its hot
+/// cache and dropped by its writes, as golang/groupcache would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_replica_is_not_asked_to_stand_in_for_a_suspected_rust_owner() {
+    let Some(binary) = go::binary() else { return };
+    let loader = TestLoader::new();
+    let go = GoPeer::start(binary);
+    let asker = Replica::start(go_compatible(&loader));
+    let mut owner = Replica::start(go_compatible(&loader));
+    let ring = [go.url.as_str(), asker.url.as_str(), owner.url.as_str()];
+    asker.cache.set_peers(ring).unwrap();
+    owner.cache.set_peers(ring).unwrap();
+    go.set_peers(&ring).await;
+    // A key of the Rust owner whose successor (its owner once the owner is gone) is Go.
+    let without_owner = Groupcache::builder(GROUP, asker.url.clone(), loader.clone())
+        .ring_mode(RingMode::GoCompatible)
+        .build()
+        .unwrap();
+    without_owner
+        .set_peers([go.url.as_str(), asker.url.as_str()])
+        .unwrap();
+    let key = (0..)
+        .map(|i| format!("standin-{i}"))
+        .find(|key| asker.cache.owner(key) == owner.url && without_owner.owner(key) == go.url)
+        .unwrap();
+    // The asker has heard from the Go replica: its answers carry no batch advert.
+    let go_key = key_owned(&asker.cache, &go.url, "go-");
+    assert_eq!(
+        asker.cache.get(&go_key).await.unwrap(),
+        format!("go:{go_key}")
+    );
+
+    owner.kill();
+    let value = asker.cache.get(&key).await.unwrap();
+    assert_eq!(value, loader.value_for(&key), "loaded by the asker itself");
+    assert_eq!(
+        go.loads().await.of(&key),
+        0,
+        "the Go replica was asked for it"
+    );
+    // The asker's own copy goes with its writes: the next get sees the source's new value.
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let _ = asker.cache.remove(&key).await; // the owner is down: reported, not ignored
+    assert_eq!(asker.cache.get(&key).await.unwrap(), loader.value_for(&key));
+}

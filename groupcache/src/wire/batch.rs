@@ -47,6 +47,9 @@ pub(crate) fn record_advert(peer: &Endpoint, response: &hyper::Response<hyper::b
     if peer.batches.load(Ordering::Relaxed) != batches {
         peer.batches.store(batches, Ordering::Relaxed);
     }
+    if peer.plain.load(Ordering::Relaxed) == batches {
+        peer.plain.store(!batches, Ordering::Relaxed);
+    }
 }
 
 /// Marks an answer of this router as coming from a replica that takes batch requests.

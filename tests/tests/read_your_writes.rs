@@ -1,0 +1,274 @@
+//! Read-your-writes, interleaving by interleaving (issue 23): after the source of truth changes
+//! and `remove` (or `set`) returns `Ok`, no `get` that starts then answers the old value, on the
+//! owner or on any replica, through a single get, a batch, a peer's batch, a coalesced fetch or a
+//! warm hand-off, and no hot cache keeps it.
+//!
+//! Each test holds the first load of a key at a gate after it has read the source (a load that
+//! read the old value and has not finished), writes, and reads again while it is held. The
+//! reads after the write must not wait for the held load: the bound on each is only there so
+//! that the old behaviour (joining the held load) fails instead of hanging.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use groupcache_rs::{Builder, Error, Groupcache, RingMode};
+use groupcache_tests::{GROUP, Replica, TestLoader, key_owned_by, start_cluster};
+use tokio::sync::Semaphore;
+
+/// How long a read after the write may take before the test calls it stuck behind the held
+/// load. A read that does not wait takes milliseconds.
+const STUCK: Duration = Duration::from_secs(10);
+
+/// A loader whose first load of each key waits at the returned gate.
+fn held_loader() -> (TestLoader, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = TestLoader {
+        gate_first: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    (loader, gate)
+}
+
+/// Every fetched value is kept in the hot cache, so a stale one would stay.
+fn promoting(loader: &TestLoader) -> impl FnMut(String) -> Builder<TestLoader> + '_ {
+    move |url| Groupcache::builder(GROUP, url, loader.clone()).hot_promotion_requests(1)
+}
+
+/// `read`, which must not wait for the held load.
+async fn unstuck<T>(what: &str, read: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STUCK, read)
+        .await
+        .unwrap_or_else(|_| panic!("{what} waited for the load the write overtook"))
+}
+
+/// Issue 23's first scenario: a load of the key on its owner has read the old value and not
+/// finished; the source changes and `remove` returns `Ok`. Every `get` after that, on the owner
+/// and through both peers, answers the new value without waiting for the old load, and when the
+/// old load ends no replica holds its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_after_a_remove_answers_the_new_value_while_the_old_load_is_still_running() {
+    let (loader, gate) = held_loader();
+    let cluster = start_cluster(3, promoting(&loader));
+    let key = key_owned_by(&cluster, 0, "held-");
+    let old = loader.value_for(&key);
+    // Replica 1 asks; the owner's load reads the source and waits.
+    let before = tokio::spawn({
+        let cache = cluster[1].cache.clone();
+        let key = key.clone();
+        async move { cache.get(&key).await }
+    });
+    loader.loads.started(1).await;
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let new = loader.value_for(&key);
+    cluster[2].cache.remove(&key).await.unwrap();
+
+    for (i, replica) in cluster.iter().enumerate() {
+        let value = unstuck(&format!("get on replica {i}"), replica.cache.get(&key)).await;
+        assert_eq!(
+            value.unwrap(),
+            new,
+            "replica {i} answered the removed value"
+        );
+    }
+    gate.add_permits(1);
+    assert_eq!(
+        before.await.unwrap().unwrap(),
+        old,
+        "a get from before the write has the value it loaded"
+    );
+    for (i, replica) in cluster.iter().enumerate() {
+        for _ in 0..3 {
+            assert_eq!(
+                replica.cache.get(&key).await.unwrap(),
+                new,
+                "replica {i} kept the old load's value"
+            );
+        }
+    }
+}
+
+/// The same through batches: `get_many` on the owner (its own `load_many`) and on the others
+/// (a batch to the owner, which serves it with its `load_many`) must not join the old load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_and_peer_batches_after_a_remove_answer_the_new_value() {
+    let (loader, gate) = held_loader();
+    let cluster = start_cluster(3, promoting(&loader));
+    let key = key_owned_by(&cluster, 0, "held-batch-");
+    // Every replica learns that the owner takes batches.
+    let warm = key_owned_by(&cluster, 0, "warm-");
+    gate.add_permits(1);
+    for replica in &cluster {
+        replica.cache.get(&warm).await.unwrap();
+    }
+    let before = tokio::spawn({
+        let cache = cluster[2].cache.clone();
+        let key = key.clone();
+        async move { cache.get_many(&[key]).await }
+    });
+    loader.loads.started(2).await;
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let new = loader.value_for(&key);
+    cluster[1].cache.remove(&key).await.unwrap();
+
+    for (i, replica) in cluster.iter().enumerate() {
+        let values = unstuck(
+            &format!("get_many on replica {i}"),
+            replica.cache.get_many(&[key.as_str(), warm.as_str()]),
+        )
+        .await;
+        assert_eq!(
+            values[0].as_ref().unwrap(),
+            &new,
+            "replica {i} answered the removed value"
+        );
+    }
+    gate.add_permits(1);
+    before.await.unwrap()[0].as_ref().unwrap();
+    for (i, replica) in cluster.iter().enumerate() {
+        assert_eq!(
+            replica.cache.get(&key).await.unwrap(),
+            new,
+            "replica {i} kept the old load's value"
+        );
+    }
+}
+
+/// The same through coalesced fetches (`Builder::coalesce_fetches`). Two requests may be in
+/// flight to the owner, so the read after the write is sent at once rather than queued behind
+/// the held one (which would make it wait, though for the new value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_fetches_after_a_remove_answer_the_new_value() {
+    let (loader, gate) = held_loader();
+    let cluster = start_cluster(3, |url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .hot_promotion_requests(1)
+            .coalesce_fetches(2)
+    });
+    let key = key_owned_by(&cluster, 0, "held-coalesced-");
+    let warm = key_owned_by(&cluster, 0, "warm-");
+    gate.add_permits(1);
+    for replica in &cluster {
+        replica.cache.get(&warm).await.unwrap();
+    }
+    let before = tokio::spawn({
+        let cache = cluster[1].cache.clone();
+        let key = key.clone();
+        async move { cache.get(&key).await }
+    });
+    loader.loads.started(2).await;
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let new = loader.value_for(&key);
+    cluster[2].cache.remove(&key).await.unwrap();
+    for (i, replica) in cluster.iter().enumerate() {
+        let value = unstuck(&format!("get on replica {i}"), replica.cache.get(&key)).await;
+        assert_eq!(
+            value.unwrap(),
+            new,
+            "replica {i} answered the removed value"
+        );
+    }
+    gate.add_permits(1);
+    before.await.unwrap().unwrap();
+    for (i, replica) in cluster.iter().enumerate() {
+        assert_eq!(
+            replica.cache.get(&key).await.unwrap(),
+            new,
+            "replica {i} kept the old load's value"
+        );
+    }
+}
+
+/// Issue 23's second scenario, step by step as a `remove` runs: the key's new owner (just
+/// joined) has had its `DELETE`, the previous owner not yet. A `get` on the new owner in between
+/// may answer either value, but must not store the previous owner's old copy: once the previous
+/// owner has had its `DELETE` too (the `remove` returned `Ok`), the new owner must answer the
+/// new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_between_the_owners_delete_and_the_previous_owners_does_not_bring_the_old_value_back()
+ {
+    let loader = TestLoader::new();
+    let configure = |url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .ring_mode(RingMode::Balanced)
+            .handoff_timeout(Duration::from_secs(2))
+    };
+    let previous = Replica::start(configure);
+    let other = Replica::start(configure);
+    let joining = Replica::start(configure);
+    let two = [previous.url.as_str(), other.url.as_str()];
+    let three = [
+        previous.url.as_str(),
+        other.url.as_str(),
+        joining.url.as_str(),
+    ];
+    for replica in [&previous, &other] {
+        replica.cache.set_peers(two).unwrap();
+    }
+    // A key the previous owner holds and the joining replica takes.
+    joining.cache.set_peers(three).unwrap();
+    let key = (0..)
+        .map(|i| format!("moving-{i}"))
+        .find(|key| {
+            previous.cache.owner(key) == previous.url && joining.cache.owner(key) == joining.url
+        })
+        .unwrap();
+    let old = loader.value_for(&key);
+    assert_eq!(previous.cache.get(&key).await.unwrap(), old);
+    for replica in [&previous, &other] {
+        replica.cache.set_peers(three).unwrap();
+    }
+    // The source changes; a remove reaches the owner first.
+    loader.generation.fetch_add(1, Ordering::SeqCst);
+    let new = loader.value_for(&key);
+    let http = groupcache_tests::http_client().build().unwrap();
+    let delete = |replica: &Replica<TestLoader>| {
+        let url = format!("{}/_groupcache/{GROUP}/{key}", replica.url);
+        let http = http.clone();
+        async move {
+            let status = http.delete(url).send().await.unwrap().status();
+            assert!(status.is_success(), "DELETE answered {status}");
+        }
+    };
+    delete(&joining).await;
+    // A get on the new owner, during the remove.
+    joining.cache.get(&key).await.unwrap();
+    // The rest of the remove: the others drop their copies; it would return `Ok` now.
+    delete(&previous).await;
+    delete(&other).await;
+    for replica in [&joining, &previous, &other] {
+        assert_eq!(
+            replica.cache.get(&key).await.unwrap(),
+            new,
+            "{} answered the removed value after the remove",
+            replica.url
+        );
+    }
+}
+
+/// Issue 23's fourth finding: a `set` whose owner cannot be reached still drops the other
+/// replicas' copies of the old value, as a `remove` does, and reports the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_that_fails_on_the_owner_still_drops_the_other_replicas_copies() {
+    let loader = TestLoader::new();
+    let mut cluster = start_cluster(3, promoting(&loader));
+    let key = key_owned_by(&cluster, 0, "set-down-");
+    for replica in &cluster[1..] {
+        replica.cache.get(&key).await.unwrap();
+        assert_eq!(replica.cache.stats().hot_items, 1);
+    }
+    cluster[0].kill();
+    let owner = cluster[0].url.clone();
+    match cluster[1].cache.set(&key, &"new".to_owned(), None).await {
+        Err(Error::Peer { peer, .. }) => assert_eq!(peer, owner),
+        other => panic!("expected the owner's failure, got {other:?}"),
+    }
+    for replica in &cluster[1..] {
+        assert_eq!(
+            replica.cache.stats().hot_items,
+            0,
+            "{} kept its copy of the old value",
+            replica.url
+        );
+    }
+}
