@@ -17,6 +17,10 @@
 //! Each runs for at least `HISTORY_SECS` seconds (default 8) and at least
 //! [`OPERATIONS`] operations, prints its figures (operations, reads checked, older reads allowed
 //! by rule, violations by class with the shortest history of each) and asserts zero violations.
+//! By hand, `HISTORY_KEYS` changes the number of keys (default [`KEYS`]; more keys, fewer writes
+//! of each), and `HISTORY_RETRY_MS` how long a failed write is retried (default 10 s; 0: never,
+//! which exercises the bound for failed writes, and fails the fault scenarios' check that writes
+//! were retried).
 //! The scenarios run one at a time: their bounds are about time, and two clusters sharing two
 //! cores would only stretch every load.
 
@@ -87,14 +91,16 @@ fn rounds() -> usize {
 }
 
 fn secs() -> Duration {
-    let secs = std::env::var("HISTORY_SECS")
-        .ok()
-        .map(|s| {
-            s.parse::<u64>()
-                .expect("HISTORY_SECS is a number of seconds")
-        })
-        .unwrap_or(8);
-    Duration::from_secs(secs)
+    Duration::from_secs(env_number("HISTORY_SECS", 8))
+}
+
+/// The environment variable `name` as a number, else `default`.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().map_or(default, |value| {
+        value
+            .parse()
+            .unwrap_or_else(|error| panic!("{name}={value:?}: {error}"))
+    })
 }
 
 /// One scenario at a time (see the module's documentation). An async lock: each test has a
@@ -107,13 +113,15 @@ async fn serial() -> MutexGuard<'static, ()> {
 
 fn workload() -> Workload {
     Workload {
-        keys: (0..KEYS).map(|i| format!("k{i}")).collect(),
+        keys: (0..env_number("HISTORY_KEYS", KEYS as u64))
+            .map(|i| format!("k{i}"))
+            .collect(),
         clients: 24,
         // get, get_many, write + remove, write + set
         weights: [70, 14, 8, 8],
         get_many_keys: 4,
         // Longer than any fault: a write ends acknowledged, as the README asks of users.
-        retry_for: Duration::from_secs(10),
+        retry_for: Duration::from_millis(env_number("HISTORY_RETRY_MS", 10_000)),
         seed: 0x23,
     }
 }
