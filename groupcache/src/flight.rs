@@ -338,54 +338,58 @@ mod tests {
         assert_eq!(len, 0, "nothing is left in flight");
     }
 
+    /// A call whose work reports that it started and then waits to be released.
+    struct HeldCall {
+        started: Arc<Notify>,
+        release: Arc<Notify>,
+        caller: tokio::task::JoinHandle<(Outcome<u32>, bool)>,
+    }
+
+    /// A held call of `key` that returns `value` once released.
+    fn held_call(flight: &Arc<Flight<u32>>, key: &'static str, value: u32) -> HeldCall {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let caller = {
+            let (flight, started, release) = (flight.clone(), started.clone(), release.clone());
+            tokio::spawn(async move {
+                flight
+                    .run(key, |_| async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok(value)
+                    })
+                    .await
+            })
+        };
+        HeldCall {
+            started,
+            release,
+            caller,
+        }
+    }
+
     /// Issue 23: a caller that arrives after a write must not be handed the superseded call's
     /// older result. It starts a call of its own at once, while the old one still runs; the
     /// old call's callers get its result, and its end does not remove the new call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_supersede_a_new_caller_starts_afresh_and_the_old_callers_keep_theirs() {
         let flight = Arc::new(Flight::<u32>::new());
-        let started = Arc::new(Notify::new());
-        let release = Arc::new(Notify::new());
-        let old = {
-            let (flight, started, release) = (flight.clone(), started.clone(), release.clone());
-            tokio::spawn(async move {
-                flight
-                    .run("k", |_| async move {
-                        started.notify_one();
-                        release.notified().await;
-                        Ok(0)
-                    })
-                    .await
-            })
-        };
-        started.notified().await;
+        let old = held_call(&flight, "k", 0);
+        old.started.notified().await;
         flight.supersede("k");
-        let new_started = Arc::new(Notify::new());
-        let new_release = Arc::new(Notify::new());
-        let new = {
-            let (flight, started, release) =
-                (flight.clone(), new_started.clone(), new_release.clone());
-            tokio::spawn(async move {
-                flight
-                    .run("k", |_| async move {
-                        started.notify_one();
-                        release.notified().await;
-                        Ok(1)
-                    })
-                    .await
-            })
-        };
+        let new = held_call(&flight, "k", 1);
         // The new call runs while the old one is held: it did not join it.
-        new_started.notified().await;
-        release.notify_one();
-        assert_eq!(old.await.unwrap().0.unwrap(), 0, "the old callers' result");
+        new.started.notified().await;
+        old.release.notify_one();
+        let (outcome, _) = old.caller.await.unwrap();
+        assert_eq!(outcome.unwrap(), 0, "the old callers' result");
         assert_eq!(
             flight.len(),
             1,
             "the old call's end left the new one in place"
         );
-        new_release.notify_one();
-        let (outcome, started_it) = new.await.unwrap();
+        new.release.notify_one();
+        let (outcome, started_it) = new.caller.await.unwrap();
         assert_eq!((outcome.unwrap(), started_it), (1, true));
     }
 

@@ -8,6 +8,8 @@
 //! reads after the write must not wait for the held load: the bound on each is only there so
 //! that the old behaviour (joining the held load) fails instead of hanging.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -42,29 +44,38 @@ async fn unstuck<T>(what: &str, read: impl std::future::Future<Output = T>) -> T
         .unwrap_or_else(|_| panic!("{what} waited for the load the write overtook"))
 }
 
-/// Issue 23's first scenario: a load of the key on its owner has read the old value and not
-/// finished; the source changes and `remove` returns `Ok`. Every `get` after that, on the owner
-/// and through both peers, answers the new value without waiting for the old load, and when the
-/// old load ends no replica holds its value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_get_after_a_remove_answers_the_new_value_while_the_old_load_is_still_running() {
-    let (loader, gate) = held_loader();
-    let cluster = start_cluster(3, promoting(&loader));
-    let key = key_owned_by(&cluster, 0, "held-");
-    let old = loader.value_for(&key);
-    // Replica 1 asks; the owner's load reads the source and waits.
-    let before = tokio::spawn({
-        let cache = cluster[1].cache.clone();
-        let key = key.clone();
-        async move { cache.get(&key).await }
-    });
-    loader.loads.started(1).await;
+/// A read's answer, to come.
+type Answer = Pin<Box<dyn Future<Output = Result<String, Error>> + Send>>;
+
+/// How a test reads one key on one replica.
+type Read = fn(Groupcache<TestLoader>, String) -> Answer;
+
+/// Issue 23's first scenario, read through `read`: replica 1 asks for `key`, whose owner is
+/// replica 0, and the owner's load reads the source and waits at `gate` (the `loads`-th load to
+/// start); the source changes and `remove` on replica 2 returns `Ok`. Every read on every
+/// replica after that answers the new value without waiting for the old load; the read from
+/// before the write gets the old value; and when the old load ends, no replica holds it.
+async fn a_read_after_a_remove_does_not_wait_for_the_load_it_overtook(
+    cluster: &[Replica<TestLoader>],
+    loader: &TestLoader,
+    gate: &Semaphore,
+    key: &str,
+    loads: usize,
+    read: Read,
+) {
+    let old = loader.value_for(key);
+    let before = tokio::spawn(read(cluster[1].cache.clone(), key.to_owned()));
+    loader.loads.started(loads).await;
     loader.generation.fetch_add(1, Ordering::SeqCst);
-    let new = loader.value_for(&key);
-    cluster[2].cache.remove(&key).await.unwrap();
+    let new = loader.value_for(key);
+    cluster[2].cache.remove(key).await.unwrap();
 
     for (i, replica) in cluster.iter().enumerate() {
-        let value = unstuck(&format!("get on replica {i}"), replica.cache.get(&key)).await;
+        let value = unstuck(
+            &format!("a read on replica {i}"),
+            read(replica.cache.clone(), key.to_owned()),
+        )
+        .await;
         assert_eq!(
             value.unwrap(),
             new,
@@ -75,12 +86,12 @@ async fn a_get_after_a_remove_answers_the_new_value_while_the_old_load_is_still_
     assert_eq!(
         before.await.unwrap().unwrap(),
         old,
-        "a get from before the write has the value it loaded"
+        "a read from before the write has the value it loaded"
     );
     for (i, replica) in cluster.iter().enumerate() {
         for _ in 0..3 {
             assert_eq!(
-                replica.cache.get(&key).await.unwrap(),
+                replica.cache.get(key).await.unwrap(),
                 new,
                 "replica {i} kept the old load's value"
             );
@@ -88,55 +99,56 @@ async fn a_get_after_a_remove_answers_the_new_value_while_the_old_load_is_still_
     }
 }
 
-/// The same through batches: `get_many` on the owner (its own `load_many`) and on the others
-/// (a batch to the owner, which serves it with its `load_many`) must not join the old load.
+fn single_get(cache: Groupcache<TestLoader>, key: String) -> Answer {
+    Box::pin(async move { cache.get(&key).await })
+}
+
+fn batch_get(cache: Groupcache<TestLoader>, key: String) -> Answer {
+    Box::pin(async move {
+        let mut values = cache.get_many(&[key]).await;
+        values.remove(0)
+    })
+}
+
+/// Every replica learns that the owner, replica 0, takes batches (the gate's first permit is
+/// for this key's load).
+async fn warm(cluster: &[Replica<TestLoader>], gate: &Semaphore) {
+    let warm = key_owned_by(cluster, 0, "warm-");
+    gate.add_permits(1);
+    for replica in cluster {
+        replica.cache.get(&warm).await.unwrap();
+    }
+}
+
+/// Single gets: on the owner (its own load) and through both peers (fetches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_after_a_remove_answers_the_new_value_while_the_old_load_is_still_running() {
+    let (loader, gate) = held_loader();
+    let cluster = start_cluster(3, promoting(&loader));
+    let key = key_owned_by(&cluster, 0, "held-");
+    a_read_after_a_remove_does_not_wait_for_the_load_it_overtook(
+        &cluster, &loader, &gate, &key, 1, single_get,
+    )
+    .await;
+}
+
+/// Batches: `get_many` on the owner (its own `load_many`) and on the others (a batch to the
+/// owner, which serves it with its `load_many`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_many_and_peer_batches_after_a_remove_answer_the_new_value() {
     let (loader, gate) = held_loader();
     let cluster = start_cluster(3, promoting(&loader));
+    warm(&cluster, &gate).await;
     let key = key_owned_by(&cluster, 0, "held-batch-");
-    // Every replica learns that the owner takes batches.
-    let warm = key_owned_by(&cluster, 0, "warm-");
-    gate.add_permits(1);
-    for replica in &cluster {
-        replica.cache.get(&warm).await.unwrap();
-    }
-    let before = tokio::spawn({
-        let cache = cluster[2].cache.clone();
-        let key = key.clone();
-        async move { cache.get_many(&[key]).await }
-    });
-    loader.loads.started(2).await;
-    loader.generation.fetch_add(1, Ordering::SeqCst);
-    let new = loader.value_for(&key);
-    cluster[1].cache.remove(&key).await.unwrap();
-
-    for (i, replica) in cluster.iter().enumerate() {
-        let values = unstuck(
-            &format!("get_many on replica {i}"),
-            replica.cache.get_many(&[key.as_str(), warm.as_str()]),
-        )
-        .await;
-        assert_eq!(
-            values[0].as_ref().unwrap(),
-            &new,
-            "replica {i} answered the removed value"
-        );
-    }
-    gate.add_permits(1);
-    before.await.unwrap()[0].as_ref().unwrap();
-    for (i, replica) in cluster.iter().enumerate() {
-        assert_eq!(
-            replica.cache.get(&key).await.unwrap(),
-            new,
-            "replica {i} kept the old load's value"
-        );
-    }
+    a_read_after_a_remove_does_not_wait_for_the_load_it_overtook(
+        &cluster, &loader, &gate, &key, 2, batch_get,
+    )
+    .await;
 }
 
-/// The same through coalesced fetches (`Builder::coalesce_fetches`). Two requests may be in
-/// flight to the owner, so the read after the write is sent at once rather than queued behind
-/// the held one (which would make it wait, though for the new value).
+/// Coalesced fetches (`Builder::coalesce_fetches`). Two requests may be in flight to the owner,
+/// so the read after the write is sent at once rather than queued behind the held one (which
+/// would make it wait, though for the new value).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_fetches_after_a_remove_answer_the_new_value() {
     let (loader, gate) = held_loader();
@@ -145,38 +157,12 @@ async fn coalesced_fetches_after_a_remove_answer_the_new_value() {
             .hot_promotion_requests(1)
             .coalesce_fetches(2)
     });
+    warm(&cluster, &gate).await;
     let key = key_owned_by(&cluster, 0, "held-coalesced-");
-    let warm = key_owned_by(&cluster, 0, "warm-");
-    gate.add_permits(1);
-    for replica in &cluster {
-        replica.cache.get(&warm).await.unwrap();
-    }
-    let before = tokio::spawn({
-        let cache = cluster[1].cache.clone();
-        let key = key.clone();
-        async move { cache.get(&key).await }
-    });
-    loader.loads.started(2).await;
-    loader.generation.fetch_add(1, Ordering::SeqCst);
-    let new = loader.value_for(&key);
-    cluster[2].cache.remove(&key).await.unwrap();
-    for (i, replica) in cluster.iter().enumerate() {
-        let value = unstuck(&format!("get on replica {i}"), replica.cache.get(&key)).await;
-        assert_eq!(
-            value.unwrap(),
-            new,
-            "replica {i} answered the removed value"
-        );
-    }
-    gate.add_permits(1);
-    before.await.unwrap().unwrap();
-    for (i, replica) in cluster.iter().enumerate() {
-        assert_eq!(
-            replica.cache.get(&key).await.unwrap(),
-            new,
-            "replica {i} kept the old load's value"
-        );
-    }
+    a_read_after_a_remove_does_not_wait_for_the_load_it_overtook(
+        &cluster, &loader, &gate, &key, 2, single_get,
+    )
+    .await;
 }
 
 /// Issue 23's second scenario, step by step as a `remove` runs: the key's new owner (just
