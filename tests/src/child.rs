@@ -88,11 +88,20 @@ impl ListeningChild {
     ///
     /// When `kill` cannot be run or fails (the process is gone).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `STOP`, `CONT`, ...) with `kill(1)`; does not wait.
+    ///
+    /// # Panics
+    ///
+    /// When `kill` cannot be run or fails (the process is gone).
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args([&format!("-{name}"), &self.pid.to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {} failed", self.pid);
+        assert!(status.success(), "kill -{name} {} failed", self.pid);
     }
 
     /// SIGKILLs the process (like a crash) and waits for it: when this returns, its port refuses

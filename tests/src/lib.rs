@@ -17,7 +17,9 @@ use tokio::sync::{Semaphore, oneshot, watch};
 pub mod child;
 pub mod delay_proxy;
 pub mod go;
+pub mod history;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 pub mod raw;
 

@@ -118,6 +118,10 @@ pub struct Node {
 pub struct Network {
     /// One per replica, in the order asked for.
     pub nodes: Vec<Node>,
+    /// The test process's own address on the bridge (in the root namespace): a server of the
+    /// test bound to it (a source of truth the replicas' loaders read) is reachable from every
+    /// replica, and a partition never cuts it.
+    pub host: Ipv4Addr,
     /// Every namespace created so far (the hub included), deleted on drop.
     created: Vec<String>,
     /// Namespaces that currently hold partition rules.
@@ -146,6 +150,7 @@ impl Network {
 
         let mut network = Network {
             nodes: Vec::new(),
+            host: Ipv4Addr::new(198, 18, subnet, 254),
             created: Vec::new(),
             partitioned: Vec::new(),
         };
@@ -185,8 +190,13 @@ impl Network {
             "link", "add", &root_link, "type", "veth", "peer", "name", "host", "netns", &hub,
         ]);
         ip(&["-n", &hub, "link", "set", "host", "master", "br0", "up"]);
-        let root_addr = Ipv4Addr::new(198, 18, subnet, 254);
-        ip(&["addr", "add", &format!("{root_addr}/24"), "dev", &root_link]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", network.host),
+            "dev",
+            &root_link,
+        ]);
         ip(&["link", "set", &root_link, "up"]);
         drop(lock); // the subnet is now visible to the next process's `free_subnet`
         network

@@ -83,6 +83,17 @@ impl ProcessReplica {
         );
     }
 
+    /// SIGSTOPs the process: it keeps its sockets, and the kernel keeps accepting connections
+    /// for it, but it answers nothing (a paused or swapping pod) until [`resume`](Self::resume).
+    pub fn freeze(&self) {
+        self.process.signal("STOP");
+    }
+
+    /// SIGCONTs a [frozen](Self::freeze) process.
+    pub fn resume(&self) {
+        self.process.signal("CONT");
+    }
+
     /// The control client (10 s timeout).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -94,6 +105,39 @@ impl ProcessReplica {
         let response = self.http.get(self.key_url("get", key)).send().await?;
         let status = response.status().as_u16();
         Ok((status, response.bytes().await?))
+    }
+
+    /// `POST /get_many`: `cache.get_many(keys)`, one result per key (the value as text, or the
+    /// error's message); `Err` with the status and body when the request itself failed.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Result<String, String>>, String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Answer {
+            Value(String),
+            Error(String),
+        }
+        let body = serde_json::to_vec(keys).expect("JSON");
+        let response = self
+            .http
+            .post(format!("{}/get_many", self.addr))
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| error.to_string())?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|error| error.to_string())?;
+        if status != 200 {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        let answers: Vec<Answer> = serde_json::from_slice(&body)
+            .map_err(|error| format!("{error}: {}", String::from_utf8_lossy(&body)))?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                Answer::Value(value) => Ok(value),
+                Answer::Error(error) => Err(error),
+            })
+            .collect())
     }
 
     /// `PUT /set/{key}`: `cache.set(key, value)`; the status.
@@ -228,11 +272,22 @@ fn escape(key: &str) -> String {
 /// The owner of every key in a ring of `urls` (the replica binary's default, balanced ring),
 /// computed in this process with an unserved cache.
 pub fn owners<S: AsRef<str>>(urls: &[S], keys: &[String]) -> Vec<String> {
+    owners_in(groupcache_rs::RingMode::Balanced, urls, keys)
+}
+
+/// The owner of every key in a ring of `urls` in `mode` (`GoCompatible` for a pool shared with Go
+/// replicas: `urls` in the order every replica is given them), computed in this process.
+pub fn owners_in<S: AsRef<str>>(
+    mode: groupcache_rs::RingMode,
+    urls: &[S],
+    keys: &[String],
+) -> Vec<String> {
     let ring = groupcache_rs::Groupcache::builder(
         crate::GROUP,
         urls[0].as_ref(),
         crate::TestLoader::new(),
     )
+    .ring_mode(mode)
     .build()
     .expect("a valid ring");
     ring.set_peers(urls.iter().map(AsRef::as_ref))

@@ -25,6 +25,12 @@
 // which it fails with the error "getter failed for <key>". With -value-bytes N
 // the value is "go:"+key padded with '.' (or cut) to exactly N bytes.
 //
+// With -source URL the getter reads the key's version from a source of truth
+// that changes (GET URL/KEY -> the version as decimal text, the history
+// checker's source in tests/src/history/source.rs) and returns KEY#VERSION, as
+// the Rust replica binary does with --source. It reads the source before its
+// -load-delay, so a slow load carries the version it started with.
+//
 // By default peers are asked through Go's http.DefaultTransport, which keeps
 // only 2 idle connections per peer. -max-idle-conns-per-host N gives the pool
 // a transport of its own that keeps N, golang/groupcache's best setting under
@@ -114,6 +120,7 @@ func main() {
 	valueBytes := flag.Int("value-bytes", 0, "pad (or cut) every value to exactly this many bytes (0: \"go:\"+key as it is)")
 	maxIdlePerHost := flag.Int("max-idle-conns-per-host", 0, "give the pool its own transport keeping this many idle connections per peer (0: http.DefaultTransport)")
 	exitOnEOF := flag.Bool("exit-on-stdin-eof", false, "shut down when stdin reaches end of file (the parent exited)")
+	source := flag.String("source", "", "read each key's version from this source of truth (GET URL/KEY) and return KEY#VERSION")
 	flag.Parse()
 
 	log.SetFlags(log.Lmicroseconds)
@@ -154,12 +161,23 @@ func main() {
 	p.group = groupcache.NewGroup(*groupName, *cacheBytes, groupcache.GetterFunc(
 		func(ctx context.Context, key string, dest groupcache.Sink) error {
 			p.loads.add(key)
+			var value []byte
+			if *source != "" {
+				version, err := readSource(ctx, strings.TrimSuffix(*source, "/"), key)
+				if err != nil {
+					return err
+				}
+				value = []byte(key + "#" + version)
+			}
 			if *loadDelay > 0 {
 				select {
 				case <-time.After(*loadDelay):
 				case <-ctx.Done():
 					return ctx.Err()
 				}
+			}
+			if value != nil {
+				return dest.SetBytes(value)
 			}
 			if strings.HasPrefix(key, "error:") {
 				return fmt.Errorf("getter failed for %s", key)
@@ -212,6 +230,32 @@ func main() {
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		log.Printf("shutdown: %v", err)
 	}
+}
+
+// readSource returns the version the source of truth holds for key now, as
+// decimal text.
+func readSource(ctx context.Context, source, key string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, source+"/"+key, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("reading the source: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("reading the source: %v", err)
+	}
+	version := strings.TrimSpace(string(body))
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("reading the source: %s: %s", resp.Status, version)
+	}
+	if _, err := strconv.ParseUint(version, 10, 64); err != nil {
+		return "", fmt.Errorf("reading the source: %q: %v", version, err)
+	}
+	return version, nil
 }
 
 // writeJSON writes v as a JSON response with the given status.

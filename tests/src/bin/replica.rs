@@ -5,11 +5,19 @@
 //! replica [--listen 127.0.0.1:0] [--self URL] [--load-ms N] [--value-bytes N] [--main-bytes N]
 //!         [--hot-bytes N] [--peer-timeout-ms N] [--connect-timeout-ms N] [--hot-max-age-ms N]
 //!         [--hot-promotion N] [--secret S] [--max-nonces N] [--header-timeout-ms N]
-//!         [--owner-suspicion-ms N]
+//!         [--owner-suspicion-ms N] [--source URL] [--load-jitter-ms N] [--go-compatible true]
 //! ```
 //!
 //! `--secret` turns peer authentication on (`--max-nonces`: its nonce store's bound);
 //! `--header-timeout-ms` is the server's header deadline.
+//!
+//! `--source URL` makes the loader read the key's version from a source of truth that changes
+//! (`GET {URL}/{key}`, see `groupcache_tests::history::source`) and answer
+//! `{key}#{version}`; it reads the source *first* and then takes its load time (`--load-ms`, plus
+//! up to `--load-jitter-ms` more), so a slow load carries the version it read at its start, as a
+//! slow query does: what a cache must not serve once a newer write is acknowledged. Without it,
+//! values are `value:{key}#{generation}` (below). `--go-compatible true` uses golang/groupcache's
+//! ring, to share a pool with Go replicas.
 //!
 //! Its first line on stdout is `listening URL ADDR`: the URL it is known by and the address it
 //! is bound to (the same but for `--self`). It exits when its stdin closes, so it never
@@ -17,6 +25,8 @@
 //! serves a small control interface:
 //!
 //! - `GET /get/{key}`: `cache.get(key)`, the value's bytes, or 500 with the error;
+//! - `POST /get_many` (a JSON array of keys): `cache.get_many(keys)`, a JSON array with one
+//!   `{"value": "..."}` or `{"error": "..."}` per key, in order;
 //! - `PUT /set/{key}` (body: the value) and `DELETE /remove/{key}`: `cache.set` and `cache.remove`;
 //! - `POST /peers` (a JSON array of URLs): `cache.set_peers`;
 //! - `POST /generation` (a number): the loader's values become `value:{key}#{generation}`, as if
@@ -39,7 +49,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
-use groupcache_rs::{Groupcache, Loaded, Loader};
+use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
 
 /// The group every process replica serves (the same as the in-process harness's).
 const GROUP: &str = "test";
@@ -60,6 +70,9 @@ struct Options {
     max_nonces: Option<usize>,
     header_timeout: Option<Duration>,
     owner_suspicion: Option<Duration>,
+    source: Option<String>,
+    load_jitter: Duration,
+    go_compatible: bool,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -78,6 +91,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         max_nonces: None,
         header_timeout: None,
         owner_suspicion: None,
+        source: None,
+        load_jitter: Duration::ZERO,
+        go_compatible: false,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -107,27 +123,77 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--owner-suspicion-ms" => {
                 options.owner_suspicion = Some(Duration::from_millis(number()?))
             }
+            "--source" => options.source = Some(value.trim_end_matches('/').to_owned()),
+            "--load-jitter-ms" => options.load_jitter = Duration::from_millis(number()?),
+            "--go-compatible" => {
+                options.go_compatible = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     Ok(options)
 }
 
-/// Values `value:{key}#{generation}`, padded with `.` to `value_bytes` when that is larger; every
-/// load is counted per key.
+/// Values `value:{key}#{generation}`, or `{key}#{version}` read from `--source`, padded with `.`
+/// to `value_bytes` when that is larger; every load is counted per key.
 struct ProcessLoader(Arc<LoaderState>);
 
 /// What the loader shares with the control interface.
 struct LoaderState {
     delay: Duration,
+    jitter: Duration,
+    /// Drives the jitter (splitmix64).
+    jitter_state: AtomicU64,
     value_bytes: usize,
     generation: AtomicU64,
     loads: Mutex<HashMap<String, u64>>,
+    source: Option<(String, reqwest::Client)>,
+}
+
+impl LoaderState {
+    /// One load's time: the delay plus a uniform share of the jitter.
+    fn load_time(&self) -> Duration {
+        if self.jitter.is_zero() {
+            return self.delay;
+        }
+        let mut z = self
+            .jitter_state
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let jitter_ms = self.jitter.as_millis() as u64;
+        self.delay + Duration::from_millis(z % (jitter_ms + 1))
+    }
+}
+
+/// The source of truth could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the source: {0}")]
+struct SourceError(String);
+
+/// `GET {source}/{key}`: the key's version now.
+async fn read_source(
+    source: &str,
+    client: &reqwest::Client,
+    key: &str,
+) -> Result<u64, SourceError> {
+    let fail = |error: &dyn std::fmt::Display| SourceError(format!("{source}/{key}: {error}"));
+    let response = client
+        .get(format!("{source}/{key}"))
+        .send()
+        .await
+        .map_err(|e| fail(&e))?;
+    if !response.status().is_success() {
+        return Err(fail(&response.status()));
+    }
+    let body = response.text().await.map_err(|e| fail(&e))?;
+    body.trim().parse().map_err(|e| fail(&e))
 }
 
 impl Loader for ProcessLoader {
     type Value = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = SourceError;
 
     async fn load(&self, key: &str) -> Result<Loaded<Bytes>, Self::Error> {
         let state = &self.0;
@@ -137,11 +203,23 @@ impl Loader for ProcessLoader {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .entry(key.to_owned())
             .or_default() += 1;
-        if !state.delay.is_zero() {
-            tokio::time::sleep(state.delay).await;
+        // With a source, the version is read before the load's time passes: a slow load carries
+        // the version it started with, which is what a stale read would expose.
+        let version = match &state.source {
+            Some((source, client)) => Some(read_source(source, client, key).await?),
+            None => None,
+        };
+        let delay = state.load_time();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
-        let generation = state.generation.load(Ordering::SeqCst);
-        let mut value = format!("value:{key}#{generation}").into_bytes();
+        let mut value = match version {
+            Some(version) => groupcache_tests::history::value(key, version).into_bytes(),
+            None => {
+                let generation = state.generation.load(Ordering::SeqCst);
+                format!("value:{key}#{generation}").into_bytes()
+            }
+        };
         if value.len() < state.value_bytes {
             value.resize(state.value_bytes, b'.');
         }
@@ -178,13 +256,29 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(&options.listen).await?;
         let bound = format!("http://{}", listener.local_addr()?);
         let self_url = options.self_url.clone().unwrap_or_else(|| bound.clone());
+        let source = match &options.source {
+            Some(url) => Some((
+                url.clone(),
+                groupcache_tests::http_client()
+                    .timeout(Duration::from_secs(10))
+                    .no_proxy()
+                    .build()?,
+            )),
+            None => None,
+        };
         let loader = Arc::new(LoaderState {
             delay: options.load,
+            jitter: options.load_jitter,
+            jitter_state: AtomicU64::new(u64::from(std::process::id())),
             value_bytes: options.value_bytes,
             generation: AtomicU64::new(0),
             loads: Mutex::default(),
+            source,
         });
         let mut builder = Groupcache::builder(GROUP, &self_url, ProcessLoader(loader.clone()));
+        if options.go_compatible {
+            builder = builder.ring_mode(RingMode::GoCompatible);
+        }
         if let Some(bytes) = options.main_bytes {
             builder = builder.main_cache_bytes(bytes);
         }
@@ -229,6 +323,7 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         });
         let app = Router::new()
             .route("/get/{*key}", get(get_value))
+            .route("/get_many", post(get_many))
             .route("/set/{*key}", put(set_value))
             .route("/remove/{*key}", axum::routing::delete(remove_value))
             .route("/peers", post(set_peers))
@@ -263,6 +358,28 @@ async fn get_value(State(app): State<App>, Path(key): Path<String>) -> Response 
         Ok(value) => value.into_response(),
         Err(error) => failed(StatusCode::INTERNAL_SERVER_ERROR, error),
     }
+}
+
+async fn get_many(State(app): State<App>, body: Bytes) -> Response {
+    let keys: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(keys) => keys,
+        Err(error) => return failed(StatusCode::BAD_REQUEST, error),
+    };
+    let results: Vec<serde_json::Value> = app
+        .cache
+        .get_many(&keys)
+        .await
+        .into_iter()
+        .map(|result| match result {
+            Ok(value) => serde_json::json!({ "value": String::from_utf8_lossy(&value) }),
+            Err(error) => serde_json::json!({ "error": error.to_string() }),
+        })
+        .collect();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Array(results).to_string(),
+    )
+        .into_response()
 }
 
 async fn set_value(State(app): State<App>, Path(key): Path<String>, body: Bytes) -> Response {
