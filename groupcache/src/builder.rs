@@ -432,6 +432,7 @@ impl<L: Loader> Builder<L> {
             metrics,
             coalescing: Default::default(),
             recent_writes: crate::handoff::RecentWrites::new(config.hot_max_age),
+            repairs: Default::default(),
             config,
             #[cfg(test)]
             pause: Default::default(),

@@ -16,6 +16,7 @@ use crate::loader::{Loaded, Loader, Value, now_nanos, to_unix_nanos};
 use crate::membership::{Member, Membership, Peers};
 use crate::metrics::{Metrics, Stats};
 use crate::popularity::Popularity;
+use crate::repairs::Queued;
 use crate::wire::client::{Failure, PeerClient};
 use crate::wire::protocol;
 
@@ -62,8 +63,10 @@ impl<L: Loader> Groupcache<L> {
     /// returns, on any replica, answers the value from before the remove (not from a load
     /// already in flight, a hot copy, a batch or a hand-off), so write the source of truth first,
     /// then remove (README, "Writes and freshness"). Every replica is tried; the first that
-    /// could not be reached is returned as [`Error::Peer`] (its copy, if any, expires from the
-    /// hot cache within [`Builder::hot_max_age`]). Replicas that owned the key in a ring this one replaced within
+    /// could not be reached is returned as [`Error::Peer`]. Its hot copy, if any, expires within
+    /// [`Builder::hot_max_age`]; every member that missed the remove is sent it again in the
+    /// background until it answers or leaves the ring, since the key's owner would otherwise
+    /// keep its copy. Replicas that owned the key in a ring this one replaced within
     /// [`Builder::hot_max_age`] and have left are sent the remove too, in case they still serve
     /// it; those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
     /// reaches the same replicas.
@@ -73,7 +76,7 @@ impl<L: Loader> Groupcache<L> {
         let membership = inner.peers.snapshot();
         let owner = membership.remote_owner(key);
         let on_owner = match owner {
-            Some(owner) => inner.remove_on(owner, key).await,
+            Some(owner) => inner.remove_on_member(owner, key).await,
             None => Ok(()),
         };
         inner.forget(key);
@@ -143,6 +146,9 @@ impl<L: Loader> Groupcache<L> {
                 let path = inner.key_path(owner, key);
                 let stored = inner.client.set(&owner.endpoint, path, &request).await;
                 inner.forget(key);
+                if stored.is_err() {
+                    inner.missed(owner, key);
+                }
                 stored.map_err(|source| {
                     tracing::warn!(group = %inner.group, peer = %owner.url, %source, "set failed on the key's owner");
                     Error::Peer {
@@ -360,6 +366,8 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) coalescing: crate::batch::Coalescing,
     /// Keys written here lately, which the hand-off does not peek (`handoff.rs`).
     pub(crate) recent_writes: crate::handoff::RecentWrites,
+    /// Writes that missed a member, to send it again (`repairs.rs`).
+    pub(crate) repairs: crate::repairs::Repairs,
 }
 
 impl<L: Loader> Inner<L> {
@@ -877,7 +885,7 @@ impl<L: Loader> Inner<L> {
     /// own discovery may lag); their failures are logged, not returned: a replica that crashed
     /// or drained cannot be reached, and would fail every remove until its ring is forgotten.
     async fn remove_on_all_but(
-        &self,
+        self: &Arc<Self>,
         membership: &Membership,
         owner: Option<&Arc<Member>>,
         key: &str,
@@ -885,13 +893,99 @@ impl<L: Loader> Inner<L> {
         let others = membership
             .others()
             .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
-        let results = futures_util::future::join_all(others.map(|peer| self.remove_on(peer, key)));
+        let results =
+            futures_util::future::join_all(others.map(|peer| self.remove_on_member(peer, key)));
         let departed = membership.departed_owners(key, Instant::now());
         let departed = futures_util::future::join_all(
             departed.into_iter().map(|peer| self.remove_on(peer, key)),
         );
         let (results, _departed) = futures_util::future::join(results, departed).await;
         results.into_iter().collect()
+    }
+
+    /// [`remove_on`](Self::remove_on) a member of the ring; if it misses the write, it is sent
+    /// the remove again until it answers (`repairs.rs`).
+    async fn remove_on_member(
+        self: &Arc<Self>,
+        peer: &Arc<Member>,
+        key: &str,
+    ) -> Result<(), Error> {
+        let removed = self.remove_on(peer, key).await;
+        if removed.is_err() {
+            self.missed(peer, key);
+        }
+        removed
+    }
+
+    /// `peer`, a member, missed a write of `key`: queues its repair, and starts the task that
+    /// sends `peer` its repairs if none runs.
+    fn missed(self: &Arc<Self>, peer: &Member, key: &str) {
+        match self.repairs.queue(&peer.url, key) {
+            Queued::Start => {
+                tokio::spawn(Self::repair(Arc::downgrade(self), peer.url.clone()));
+            }
+            Queued::Running => {}
+            Queued::Full => {
+                self.metrics.write_repair_dropped();
+                tracing::warn!(group = %self.group, peer = %peer.url, limit = crate::repairs::MAX_PENDING_REPAIRS, "too many writes wait for replicas that missed them; this one is not repaired");
+            }
+        }
+        self.metrics.write_repairs_pending(self.repairs.pending());
+    }
+
+    /// Sends `url` the removes of the keys it missed, until it has them all or is no longer a
+    /// member, pausing between rounds while it does not answer (from [`REPAIR_PAUSE`] up to
+    /// [`REPAIR_MAX_PAUSE`]). Holds the group weakly: a group dropped ends its repairs.
+    async fn repair(this: std::sync::Weak<Self>, url: Arc<str>) {
+        let mut pause = REPAIR_PAUSE;
+        loop {
+            tokio::time::sleep(pause).await;
+            let Some(this) = this.upgrade() else {
+                return;
+            };
+            let member = this
+                .peers
+                .snapshot()
+                .others()
+                .find(|member| member.url == url)
+                .cloned();
+            let Some(member) = member else {
+                // Gone from the ring: its entries are capped at `hot_max_age` on its side, and
+                // writes reach it as a departed owner while that lasts.
+                let dropped = this.repairs.drop_peer(&url);
+                this.metrics.write_repairs_pending(this.repairs.pending());
+                tracing::info!(group = %this.group, peer = %url, dropped, "a replica that missed writes left the ring; their repairs are dropped");
+                return;
+            };
+            loop {
+                let batch = this.repairs.next(&url, REPAIR_CONCURRENCY);
+                if batch.is_empty() {
+                    this.metrics.write_repairs_pending(this.repairs.pending());
+                    return;
+                }
+                let sent = futures_util::future::join_all(batch.iter().map(|(key, _)| {
+                    let path = this.key_path(&member, key);
+                    this.client.remove(&member.endpoint, path)
+                }))
+                .await;
+                let mut answered = true;
+                for ((key, miss), result) in batch.iter().zip(sent) {
+                    match result {
+                        Ok(()) => {
+                            this.repairs.answered(&url, key, *miss);
+                            this.metrics.write_repair();
+                        }
+                        Err(_) => answered = false,
+                    }
+                }
+                this.metrics.write_repairs_pending(this.repairs.pending());
+                if !answered {
+                    pause = (pause * 2).min(REPAIR_MAX_PAUSE);
+                    break;
+                }
+                pause = REPAIR_PAUSE;
+            }
+        }
     }
 
     /// The request path for `key` on `peer`.
@@ -946,6 +1040,18 @@ impl<L: Loader> Inner<L> {
         self.pause.pass().await;
     }
 }
+
+/// The first pause before a member that missed writes is sent them again, and after each round
+/// it answered.
+const REPAIR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest pause between rounds of repairs to a member that does not answer: once it does
+/// (a frozen process resumed, a partition healed), its old values go within this, plus the
+/// round that was waiting for it.
+const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Repairs sent to one member at once.
+const REPAIR_CONCURRENCY: usize = 32;
 
 /// The popularity sketch's window: estimates are requests per this long.
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);

@@ -73,6 +73,7 @@ mod loader;
 mod membership;
 mod metrics;
 mod popularity;
+mod repairs;
 mod ring;
 mod segments;
 mod wire;

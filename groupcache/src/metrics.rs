@@ -73,6 +73,13 @@ pub struct Stats {
     pub hot_bytes: u64,
     /// Entries in the hot cache now.
     pub hot_items: u64,
+    /// Removes sent again, and answered, to members that had missed a `remove` or `set` (see
+    /// [`Groupcache::remove`](crate::Groupcache::remove)).
+    pub write_repairs: u64,
+    /// Missed writes not repaired because too many were waiting already.
+    pub write_repairs_dropped: u64,
+    /// Missed writes waiting now for their members to answer.
+    pub write_repairs_pending: u64,
 }
 
 /// A counter kept both as an atomic (for [`Stats`]) and as a `metrics` handle.
@@ -145,6 +152,10 @@ pub(crate) struct Metrics {
     successor_loads: Count,
     handoff_hits: Count,
     handoff_misses: Count,
+    write_repairs: Count,
+    write_repairs_dropped: Count,
+    write_repairs_pending: Gauge,
+    write_repairs_pending_now: AtomicU64,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) peers: Gauge,
@@ -185,6 +196,10 @@ impl Metrics {
             successor_loads: Count::new("groupcache_successor_loads_total", &labels),
             handoff_hits: Count::new("groupcache_handoff_hits_total", &labels),
             handoff_misses: Count::new("groupcache_handoff_misses_total", &labels),
+            write_repairs: Count::new("groupcache_write_repairs_total", &labels),
+            write_repairs_dropped: Count::new("groupcache_write_repairs_dropped_total", &labels),
+            write_repairs_pending: metrics::gauge!("groupcache_write_repairs_pending", &labels),
+            write_repairs_pending_now: AtomicU64::new(0),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             peers: metrics::gauge!("groupcache_peers", &labels),
@@ -255,6 +270,20 @@ impl Metrics {
         }
     }
 
+    pub(crate) fn write_repair(&self) {
+        self.write_repairs.inc();
+    }
+
+    pub(crate) fn write_repair_dropped(&self) {
+        self.write_repairs_dropped.inc();
+    }
+
+    pub(crate) fn write_repairs_pending(&self, pending: usize) {
+        self.write_repairs_pending_now
+            .store(pending as u64, Ordering::Relaxed);
+        self.write_repairs_pending.set(pending as f64);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             gets: self.gets.get(),
@@ -279,6 +308,9 @@ impl Metrics {
             successor_loads: self.successor_loads.get(),
             handoff_hits: self.handoff_hits.get(),
             handoff_misses: self.handoff_misses.get(),
+            write_repairs: self.write_repairs.get(),
+            write_repairs_dropped: self.write_repairs_dropped.get(),
+            write_repairs_pending: self.write_repairs_pending_now.load(Ordering::Relaxed),
             ..Stats::default()
         }
     }
@@ -337,6 +369,18 @@ fn describe() {
     describe_counter!(
         "groupcache_handoff_misses_total",
         "Hand-off peeks that found nothing, followed by a load."
+    );
+    describe_counter!(
+        "groupcache_write_repairs_total",
+        "Removes sent again, and answered, to members that had missed a write."
+    );
+    describe_counter!(
+        "groupcache_write_repairs_dropped_total",
+        "Missed writes not repaired because too many were waiting."
+    );
+    describe_gauge!(
+        "groupcache_write_repairs_pending",
+        "Missed writes waiting for their members to answer."
     );
     describe_counter!(
         "groupcache_cache_evictions_total",

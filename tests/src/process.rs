@@ -85,8 +85,32 @@ impl ProcessReplica {
 
     /// SIGSTOPs the process: it keeps its sockets, and the kernel keeps accepting connections
     /// for it, but it answers nothing (a paused or swapping pod) until [`resume`](Self::resume).
+    ///
+    /// Returns once every thread of the process has stopped: the signal only asks, and a
+    /// thread running at that moment could still answer a request sent right after.
     pub fn freeze(&self) {
         self.process.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.pid);
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|threads| {
+                threads.flatten().all(|thread| {
+                    // `pid (name) S ...`: the state follows the name's closing parenthesis.
+                    std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                    })
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not stop after SIGSTOP",
+                self.url
+            );
+            std::thread::yield_now();
+        }
     }
 
     /// SIGCONTs a [frozen](Self::freeze) process.

@@ -258,3 +258,67 @@ async fn a_set_that_fails_on_the_owner_still_drops_the_other_replicas_copies() {
         );
     }
 }
+
+/// The helper's finding after the fixes above: a `remove` that cannot reach the key's owner (a
+/// frozen process, a partition) returns `Err`, and the owner, which cannot know it missed the
+/// write, kept the old value (without any bound, under a settled ring) and handed it to every
+/// replica once it answered again. The remover now sends the write again until the owner answers
+/// (`repairs.rs`), so the old value goes as soon as it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remove_that_missed_a_frozen_owner_reaches_it_once_it_answers() {
+    use groupcache_tests::process::{ProcessReplica, keys_owned_by, value_for};
+    const BINARY: &str = env!("CARGO_BIN_EXE_replica");
+    /// The repairs' longest pause (`REPAIR_MAX_PAUSE`, 1 s) and the round that waited for the
+    /// frozen owner, with room for a loaded machine.
+    const REPAIRED_WITHIN: Duration = Duration::from_secs(10);
+    let flags = ["--peer-timeout-ms", "500", "--owner-suspicion-ms", "1"];
+    let replicas: Vec<ProcessReplica> = (0..3)
+        .map(|_| ProcessReplica::start(BINARY, &flags))
+        .collect();
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    for replica in &replicas {
+        replica.set_peers(&urls).await;
+    }
+    let key = keys_owned_by(&urls, &replicas[0].url, "frozen-", 1).remove(0);
+    let old = value_for(&key, 0);
+    for replica in &replicas {
+        let (status, body) = replica.get(&key).await.unwrap();
+        assert_eq!((status, &body[..]), (200, old.as_bytes()));
+    }
+    // The source changes; the remove cannot reach the frozen owner.
+    for replica in &replicas {
+        replica.set_generation(1).await;
+    }
+    let new = value_for(&key, 1);
+    replicas[0].freeze();
+    let status = replicas[1].remove(&key).await.unwrap();
+    assert_eq!(
+        status, 500,
+        "the remove reports the owner it could not reach"
+    );
+    replicas[0].resume();
+
+    let deadline = tokio::time::Instant::now() + REPAIRED_WITHIN;
+    loop {
+        let (status, body) = replicas[0].get(&key).await.unwrap();
+        assert_eq!(status, 200);
+        if body == new.as_bytes() {
+            break;
+        }
+        assert_eq!(&body[..], old.as_bytes());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the owner still serves the removed value {REPAIRED_WITHIN:?} after it answers again"
+        );
+        tokio::task::yield_now().await;
+    }
+    for replica in &replicas {
+        let (status, body) = replica.get(&key).await.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (200, new.as_bytes()),
+            "{}",
+            replica.url
+        );
+    }
+}
