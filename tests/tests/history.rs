@@ -18,9 +18,8 @@
 //! [`OPERATIONS`] operations, prints its figures (operations, reads checked, older reads allowed
 //! by rule, violations by class with the shortest history of each) and asserts zero violations.
 //! By hand, `HISTORY_KEYS` changes the number of keys (default [`KEYS`]; more keys, fewer writes
-//! of each), and `HISTORY_RETRY_MS` how long a failed write is retried (default 10 s; 0: never,
-//! which exercises the bound for failed writes, and fails the fault scenarios' check that writes
-//! were retried).
+//! of each), and `HISTORY_RETRY_MS` how long a failed write is retried (default 0: never, so the
+//! bound for failed writes rests on the library's repairs alone).
 //! The scenarios run one at a time: their bounds are about time, and two clusters sharing two
 //! cores would only stretch every load.
 
@@ -120,8 +119,10 @@ fn workload() -> Workload {
         // get, get_many, write + remove, write + set
         weights: [70, 14, 8, 8],
         get_many_keys: 4,
-        // Longer than any fault: a write ends acknowledged, as the README asks of users.
-        retry_for: Duration::from_millis(env_number("HISTORY_RETRY_MS", 10_000)),
+        // Not retried: a write that fails stays failed, and the library's own repairs (a member
+        // that missed a write is sent it again once it answers) must keep what it left behind
+        // within the bound. `HISTORY_RETRY_MS` retries like a user after the README's advice.
+        retry_for: Duration::from_millis(env_number("HISTORY_RETRY_MS", 0)),
         seed: 0x23,
     }
 }
@@ -422,7 +423,7 @@ async fn owner_killed() {
     }
     let report = run.finish(config()).await;
     assert!(
-        report.writes_retried > 0,
+        report.writes_retried + report.writes_failed > 0,
         "writes met the dead owner:\n{report}"
     );
 }
@@ -453,7 +454,7 @@ async fn owner_frozen_and_resumed() {
     }
     let report = run.finish(config()).await;
     assert!(
-        report.writes_retried > 0,
+        report.writes_retried + report.writes_failed > 0,
         "writes met the frozen owner:\n{report}"
     );
 }
@@ -499,7 +500,7 @@ async fn partition() {
     }
     let report = run.finish(config()).await;
     assert!(
-        report.writes_retried > 0,
+        report.writes_retried + report.writes_failed > 0,
         "writes met the partition:\n{report}"
     );
 }
