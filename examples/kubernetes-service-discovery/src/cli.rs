@@ -500,12 +500,19 @@ mod tests {
             {"key": "a", "status": 200, "item": {"value": "x y"}},
             {"key": "b", "status": 200, "item": {"value": {"n": 1}}},
         ]});
-        assert_eq!(render(&many, 200, Some(&answer)).stdout, "a x y\nb {\"n\":1}\n");
+        assert_eq!(
+            render(&many, 200, Some(&answer)).stdout,
+            "a x y\nb {\"n\":1}\n"
+        );
         let put = parse(&["put", "k", "1"]).unwrap();
         let answer = json!({"item": {"value": 1}, "owner": "o", "stale_until": 1_800_000_000});
         let outcome = render(&put, 202, Some(&answer));
         assert_eq!(outcome.code, exit::OK);
-        assert!(outcome.stderr.contains("until 1800000000"), "{}", outcome.stderr);
+        assert!(
+            outcome.stderr.contains("until 1800000000"),
+            "{}",
+            outcome.stderr
+        );
     }
 
     #[test]

@@ -547,10 +547,20 @@ mod tests {
         let config = parse(&["--peer-listen", "0.0.0.0:8081"]).unwrap();
         let any: SocketAddr = "0.0.0.0:8081".parse().unwrap();
         assert_eq!(config.peer_listen, PeerListen::Own(any));
-        assert!(config.exposure_warning(any).unwrap().contains("WITHOUT AUTHENTICATION"));
+        assert!(
+            config
+                .exposure_warning(any)
+                .unwrap()
+                .contains("WITHOUT AUTHENTICATION")
+        );
         let shared = parse(&["--peer-listen", "shared"]).unwrap();
         assert_eq!(shared.peer_listen, PeerListen::Shared);
-        assert!(shared.exposure_warning(loopback).unwrap().contains("API's port"));
+        assert!(
+            shared
+                .exposure_warning(loopback)
+                .unwrap()
+                .contains("API's port")
+        );
         let signed = parse(&["--peer-listen", "shared", "--peer-secret-file", "s"]).unwrap();
         assert_eq!(signed.exposure_warning(any), None);
         assert!(parse(&["--peer-listen", "8081"]).is_err());
@@ -563,7 +573,10 @@ mod tests {
         assert_eq!(config.cache_bytes, groupcache_rs::DEFAULT_CACHE_BYTES);
         assert_eq!(config.hot_cache_bytes, None);
         let config = parse(&["--cache-bytes", "1000000", "--hot-cache-bytes", "0"]).unwrap();
-        assert_eq!((config.cache_bytes, config.hot_cache_bytes), (1_000_000, Some(0)));
+        assert_eq!(
+            (config.cache_bytes, config.hot_cache_bytes),
+            (1_000_000, Some(0))
+        );
     }
 
     #[test]
@@ -643,7 +656,9 @@ mod tests {
     #[test]
     fn discovery_follows_the_port_that_serves_the_peer_protocol() {
         assert_eq!(
-            parse(&["--peer-listen", "shared"]).unwrap().kube_port_name(),
+            parse(&["--peer-listen", "shared"])
+                .unwrap()
+                .kube_port_name(),
             "http"
         );
         let own_port = parse(&["--peer-listen", "0.0.0.0:8081"]).unwrap();

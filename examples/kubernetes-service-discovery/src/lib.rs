@@ -95,7 +95,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let postgres =
                 database::postgres::Postgres::connect(url, config.database_max_connections).await?;
             tracing::info!("connected to PostgreSQL; schema up to date");
-            tokio::spawn(postgres.clone().sweep_expired(config.database_sweep_interval));
+            tokio::spawn(
+                postgres
+                    .clone()
+                    .sweep_expired(config.database_sweep_interval),
+            );
             Database::postgres(postgres, config.item_ttl, replica.as_str())
         }
         None => Database::simulated(config.load_latency, config.item_ttl, replica.as_str()),

@@ -27,7 +27,19 @@ use crate::service::AppState;
 pub const BATCH_KEY: &str = "_batch";
 
 /// The methods `/items/{key}` serves for a key other than [`BATCH_KEY`] (its `Allow`).
-pub const ITEM_METHODS: &str = "GET, PUT, DELETE";
+pub const ITEM_METHODS: &str = "GET, HEAD, PUT, DELETE";
+
+/// The methods `/items/_batch` serves: those of a key, and the batch's `POST`.
+pub const BATCH_METHODS: &str = "GET, HEAD, PUT, DELETE, POST";
+
+/// 405 for `/items/{key}`, whose `Allow` depends on the key: `POST` is the batch's only.
+pub async fn method_not_allowed(key: Result<Path<String>, PathRejection>) -> Response {
+    if key.is_ok_and(|Path(key)| key == BATCH_KEY) {
+        super::method_not_allowed_for(BATCH_METHODS)
+    } else {
+        super::method_not_allowed_for(ITEM_METHODS)
+    }
+}
 
 /// Most keys in one batch. Its answer holds at most this many items of up to
 /// [`MAX_BODY_BYTES`](super::items::MAX_BODY_BYTES) each: 6.4 MiB.
@@ -132,8 +144,9 @@ fn parse_batch(body: &[u8]) -> Result<Vec<String>, Problem> {
         ));
     }
     if keys.len() > MAX_BATCH_KEYS {
+        // 400, not 413: the document states the limit (`maxItems`), so this is malformed input.
         return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::BAD_REQUEST,
             "too-many-keys",
             format!("{} keys; a batch has at most {MAX_BATCH_KEYS}", keys.len()),
         ));
@@ -186,8 +199,13 @@ mod tests {
             problem.detail
         );
         assert_eq!(kind(r#"{"keys": ["a", "a\u0000b"]}"#), (400, "invalid-key"));
-        assert_eq!(parse_batch(br#"{"keys": ["user:42", "a/b"]}"#).unwrap().len(), 2);
+        assert_eq!(
+            parse_batch(br#"{"keys": ["user:42", "a/b"]}"#)
+                .unwrap()
+                .len(),
+            2
+        );
         let too_many = serde_json::json!({ "keys": vec!["k"; MAX_BATCH_KEYS + 1] }).to_string();
-        assert_eq!(kind(&too_many), (413, "too-many-keys"));
+        assert_eq!(kind(&too_many), (400, "too-many-keys"));
     }
 }

@@ -105,11 +105,7 @@ pub fn check_key(key: &str) -> Result<(), Problem> {
         && !key.contains('\0')
         && key != "."
         && key != "..";
-    if valid {
-        Ok(())
-    } else {
-        Err(invalid_key())
-    }
+    if valid { Ok(()) } else { Err(invalid_key()) }
 }
 
 fn invalid_key() -> Problem {
@@ -295,7 +291,8 @@ fn parse_put(
         )
     };
     require_object(&body).map_err(invalid)?;
-    let body: PutBody = serde_json::from_slice(&body).map_err(|error| invalid(error.to_string()))?;
+    let body: PutBody =
+        serde_json::from_slice(&body).map_err(|error| invalid(error.to_string()))?;
     check_value(&body.value).map_err(invalid)?;
     let expires_at = expiry(body.ttl_seconds, body.expires_at, now)?;
     Ok(Row {
@@ -461,7 +458,16 @@ mod tests {
 
     #[test]
     fn keys() {
-        for good in ["a-Z_0", "user:42", "ada@example.com", "a b", "a/b", "é", "_batch", "..."] {
+        for good in [
+            "a-Z_0",
+            "user:42",
+            "ada@example.com",
+            "a b",
+            "a/b",
+            "é",
+            "_batch",
+            "...",
+        ] {
             assert!(check_key(good).is_ok(), "{good:?}");
         }
         assert!(check_key(&"é".repeat(MAX_KEY_LEN)).is_ok());
@@ -487,7 +493,10 @@ mod tests {
         assert_eq!(row.expires_at, Some(now + Duration::from_secs(60)));
         // Integers beyond 64 bits are kept exactly, as sent.
         let big = "123456789012345678901234567890";
-        assert_eq!(put(&format!(r#"{{"value": {big}}}"#)).unwrap().value.get(), big);
+        assert_eq!(
+            put(&format!(r#"{{"value": {big}}}"#)).unwrap().value.get(),
+            big
+        );
 
         let status = |body: &str| put(body).unwrap_err().status.as_u16();
         for malformed in [

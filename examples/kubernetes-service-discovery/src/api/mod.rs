@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
                 .put(items::put_item)
                 .delete(items::delete_item)
                 .post(batch::post_batch)
+                .fallback(batch::method_not_allowed)
                 // Larger bodies are refused before they are read whole.
                 .layer(DefaultBodyLimit::max(items::MAX_BODY_BYTES)),
         )

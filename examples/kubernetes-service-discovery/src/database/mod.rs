@@ -277,8 +277,9 @@ mod tests {
             .unwrap();
         let keys = ["plain", "gone", "written", "plain"];
         let batch = cache.get_many(&keys).await;
-        let view =
-            |item: Option<Item>| item.map(|item| (item.id, item.value.get().to_owned(), item.expires_at));
+        let view = |item: Option<Item>| {
+            item.map(|item| (item.id, item.value.get().to_owned(), item.expires_at))
+        };
         for (key, got) in keys.iter().zip(batch) {
             let single = db.load(key).await.unwrap().value;
             assert_eq!(view(got.unwrap().0), view(single.0), "{key}");

@@ -152,8 +152,9 @@ impl Postgres {
             .map_err(|e| DbError::Failed(format!("reading a row of items: {e}")))?
             .into_iter()
             .map(|(key, value, expires_at)| {
-                let value = serde_json::value::RawValue::from_string(value)
-                    .map_err(|e| DbError::Failed(format!("the value of {key:?} is not JSON: {e}")))?;
+                let value = serde_json::value::RawValue::from_string(value).map_err(|e| {
+                    DbError::Failed(format!("the value of {key:?} is not JSON: {e}"))
+                })?;
                 Ok((key, Row { value, expires_at }))
             })
             .collect()

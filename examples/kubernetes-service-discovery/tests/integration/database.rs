@@ -133,7 +133,7 @@ async fn item_selects_and_rows(db: &tokio_postgres::Client) -> (i64, i64) {
     let row = db
         .query_one(
             "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(rows), 0)::bigint \
-             FROM pg_stat_statements WHERE query LIKE 'SELECT key, value, expires_at FROM items%'",
+             FROM pg_stat_statements WHERE query LIKE 'SELECT key, value::text, expires_at FROM items%'",
             &[],
         )
         .await

@@ -3,6 +3,8 @@
 //! - `api`: the REST API of one replica and its OpenAPI document;
 //! - `cli`: `cachectl` against a running cluster;
 //! - `dashboard`: the Grafana dashboard against the replicas' `/metrics` and a real Prometheus;
+//! - `honest`: writes that miss a replica say so, metrics present from the start, the
+//!   simulated database keeps deletes, the README's local recipe runs as written;
 //! - `database`: three replicas on a real PostgreSQL of the test's own (`postgres`);
 //! - `discovery`: discovery against a fake Kubernetes API server (`fake_apiserver`);
 //! - `service`: the service binary as processes on loopback (`process`), with Prometheus,
@@ -16,6 +18,7 @@ mod dashboard;
 mod database;
 mod discovery;
 mod fake_apiserver;
+mod honest;
 mod postgres;
 mod process;
 mod service;
