@@ -5,6 +5,7 @@
 //! - `dashboard`: the Grafana dashboard against the replicas' `/metrics` and a real Prometheus;
 //! - `honest`: writes that miss a replica say so, metrics present from the start, the
 //!   simulated database keeps deletes, the README's local recipe runs as written;
+//! - `kubectl`: the fake Kubernetes API server checked by a real `kubectl` (client-go);
 //! - `database`: three replicas on a real PostgreSQL of the test's own (`postgres`);
 //! - `discovery`: discovery against a fake Kubernetes API server (`fake_apiserver`);
 //! - `service`: the service binary as processes on loopback (`process`), with Prometheus,
@@ -19,6 +20,7 @@ mod database;
 mod discovery;
 mod fake_apiserver;
 mod honest;
+mod kubectl;
 mod postgres;
 mod process;
 mod service;

@@ -389,7 +389,7 @@ pub(crate) fn require_tool(tool: &str) -> Option<PathBuf> {
         return found;
     }
     let install = "examples/kubernetes-service-discovery/scripts/install-test-deps.sh (as root; \
-                   Debian package `prometheus`)";
+                   Debian packages `prometheus` and `kubernetes-client`, PyPI's `schemathesis`)";
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("CI=true but `{tool}` is not on PATH. Install it with {install}.");
     }
