@@ -248,10 +248,10 @@ async fn kubectl_lists_and_watches_endpoint_slices_from_the_fake_api_server() {
     open.send_replace(true);
     let deadline = Instant::now() + PATIENCE;
     let status = loop {
-        if let Ok(event) = watcher.objects.try_recv() {
-            if event["type"] == "ERROR" {
-                break Some(event["object"].clone());
-            }
+        if let Ok(event) = watcher.objects.try_recv()
+            && event["type"] == "ERROR"
+        {
+            break Some(event["object"].clone());
         }
         let stderr = watcher.stderr();
         if stderr.contains("too old resource version") {
