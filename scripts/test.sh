@@ -17,13 +17,16 @@ fi
 # Prometheus and promtool, for the Kubernetes example's metrics tests; PostgreSQL, for its database
 # tests (each starts a server of its own with initdb and pg_ctl, on 127.0.0.1 and a free port,
 # which it can stop and start again; as root they run it as the `postgres` user).
+# kubectl (Debian's kubernetes-client where there is none) and schemathesis (PyPI), for its
+# checks of the fake Kubernetes API server, the kustomize overlays and the OpenAPI document.
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1 \
-    || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+    || ! command -v kubectl >/dev/null 2>&1 || ! command -v schemathesis >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
         examples/kubernetes-service-discovery/scripts/install-test-deps.sh
     else
-        echo "WARNING: the Kubernetes example's metrics and database tests need Prometheus," >&2
-        echo "WARNING: promtool and PostgreSQL:" >&2
+        echo "WARNING: the Kubernetes example's tests need Prometheus, promtool, PostgreSQL," >&2
+        echo "WARNING: kubectl and schemathesis:" >&2
         echo "WARNING:   sudo examples/kubernetes-service-discovery/scripts/install-test-deps.sh" >&2
     fi
 fi

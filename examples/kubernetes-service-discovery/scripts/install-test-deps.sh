@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the example's tests need: Prometheus and promtool (/usr/bin/prometheus,
-# /usr/bin/promtool) from Debian's `prometheus` package, and PostgreSQL (initdb, pg_ctl and
-# pg_stat_statements in /usr/lib/postgresql/*/bin) from Debian's `postgresql` package. The tests
+# /usr/bin/promtool) from Debian's `prometheus` package, PostgreSQL (initdb, pg_ctl and
+# pg_stat_statements in /usr/lib/postgresql/*/bin) from Debian's `postgresql` package, `kubectl`
+# from Debian's `kubernetes-client` package where the machine has none (it checks the fake API
+# server and builds the kustomize overlays), and schemathesis from PyPI (`pip install`). The tests
 # start their own Prometheus and PostgreSQL servers on free loopback ports with temporary
 # directories; they never use the packaged services, so those are stopped from starting here
 # (policy-rc.d) where that is possible.
@@ -9,9 +11,12 @@
 set -euo pipefail
 
 have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
-if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && have_postgres; then
+if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && have_postgres \
+    && command -v kubectl >/dev/null 2>&1 && command -v schemathesis >/dev/null 2>&1; then
     prometheus --version 2>&1 | head -n 1
     ls -d /usr/lib/postgresql/*/bin
+kubectl version --client 2>&1 | head -n 1
+schemathesis --version
     exit 0
 fi
 
@@ -34,8 +39,23 @@ fi
 cleanup() { if [ -n "$added_policy" ]; then $sudo rm -f "$policy"; fi; }
 trap cleanup EXIT
 
+packages="prometheus postgresql"
+if ! command -v kubectl >/dev/null 2>&1; then
+    packages="$packages kubernetes-client"
+fi
+if ! command -v schemathesis >/dev/null 2>&1 && ! command -v pip3 >/dev/null 2>&1; then
+    packages="$packages python3-pip"
+fi
 $sudo apt-get update -q
-$sudo apt-get install -y -q --no-install-recommends prometheus postgresql
+# shellcheck disable=SC2086 # a list of package names
+$sudo apt-get install -y -q --no-install-recommends $packages
+if ! command -v schemathesis >/dev/null 2>&1; then
+    # Debian's Python is "externally managed": pip needs leave to install beside it.
+    $sudo pip3 install --quiet schemathesis 2>/dev/null \
+        || $sudo pip3 install --quiet --break-system-packages schemathesis
+fi
 prometheus --version 2>&1 | head -n 1
 promtool --version 2>&1 | head -n 1
 ls -d /usr/lib/postgresql/*/bin
+kubectl version --client 2>&1 | head -n 1
+schemathesis --version

@@ -309,6 +309,25 @@ fn render(cli: &Cli, status: u16, json: Option<&Value>) -> Outcome {
     }
     let null = Value::Null;
     let json = json.unwrap_or(&null);
+    // 202: written, but some replica may answer the old value for a while: say so.
+    let stale = if status == 202 {
+        let until = json["stale_until"]
+            .as_u64()
+            .map_or_else(|| "it is evicted".to_owned(), |at| format!("{at} (unix)"));
+        format!(
+            "cachectl: warning: written to the database, but not every replica's cache was \
+             reached: some may answer the old value until {until} (HTTP 202)\n"
+        )
+    } else {
+        String::new()
+    };
+    let mut outcome = render_ok(cli, json);
+    outcome.stderr.insert_str(0, &stale);
+    outcome
+}
+
+/// The text (or JSON) of a successful answer.
+fn render_ok(cli: &Cli, json: &Value) -> Outcome {
     if cli.json {
         return Outcome::ok(if json.is_null() {
             String::new()
@@ -321,13 +340,7 @@ fn render(cli: &Cli, status: u16, json: Option<&Value>) -> Outcome {
         other => other.to_string(),
     };
     Outcome::ok(match &cli.command {
-        Command::Get { .. } => {
-            let value = &json["item"]["value"];
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-            )
-        }
+        Command::Get { .. } => format!("{}\n", raw_value(&json["item"]["value"])),
         Command::Put { key, .. } => {
             let expiry = match json["item"]["expires_at"].as_u64() {
                 Some(at) => format!(", expires at {at} (unix)"),
@@ -367,6 +380,15 @@ fn render(cli: &Cli, status: u16, json: Option<&Value>) -> Outcome {
     })
 }
 
+/// A value as `put` took it: a string as its raw text (what `put --string` stored), anything
+/// else as JSON.
+fn raw_value(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => serde_json::to_string_pretty(other).unwrap_or_else(|_| other.to_string()),
+    }
+}
+
 /// The answer of a batch: a line per key, on stdout for items, on stderr for the others.
 fn render_batch(cli: &Cli, answer: &Value) -> Outcome {
     let results = answer["results"]
@@ -392,7 +414,12 @@ fn render_batch(cli: &Cli, answer: &Value) -> Outcome {
         outcome.code = worse(outcome.code, code);
         if code == exit::OK {
             if !cli.json {
-                outcome.stdout += &format!("{key} {}\n", result["item"]["value"]);
+                // One line per key: strings raw, other values as compact JSON.
+                let value = match &result["item"]["value"] {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                outcome.stdout += &format!("{key} {value}\n");
             }
         } else {
             let detail = result["problem"]["detail"].as_str().unwrap_or("no details");
@@ -458,6 +485,34 @@ mod tests {
         );
         assert_eq!(many.body, Some(json!({"keys": ["a", "b/c"]})));
         assert!(parse(&["get"]).is_err(), "get needs a key");
+    }
+
+    /// `get` prints a string as the raw text `put --string` took, and says so when a write did
+    /// not reach every replica (202).
+    #[test]
+    fn strings_print_raw_and_incomplete_writes_warn() {
+        let get = parse(&["get", "banner"]).unwrap();
+        let answer = json!({"item": {"value": "maintenance at 22:00"}});
+        let outcome = render(&get, 200, Some(&answer));
+        assert_eq!(outcome.stdout, "maintenance at 22:00\n");
+        let many = parse(&["get", "a", "b"]).unwrap();
+        let answer = json!({"results": [
+            {"key": "a", "status": 200, "item": {"value": "x y"}},
+            {"key": "b", "status": 200, "item": {"value": {"n": 1}}},
+        ]});
+        assert_eq!(
+            render(&many, 200, Some(&answer)).stdout,
+            "a x y\nb {\"n\":1}\n"
+        );
+        let put = parse(&["put", "k", "1"]).unwrap();
+        let answer = json!({"item": {"value": 1}, "owner": "o", "stale_until": 1_800_000_000});
+        let outcome = render(&put, 202, Some(&answer));
+        assert_eq!(outcome.code, exit::OK);
+        assert!(
+            outcome.stderr.contains("until 1800000000"),
+            "{}",
+            outcome.stderr
+        );
     }
 
     #[test]

@@ -17,16 +17,20 @@ pub const PEER_PREFIX: &str = "/internal";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kubernetes-service-discovery", version)]
 pub struct Config {
-    /// Address and port to listen on (port 0 picks a free one). Without `--peer-listen`, it
-    /// serves the peer protocol too.
+    /// Address and port to listen on for the REST API, `/metrics` and the probes (port 0 picks
+    /// a free one).
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Address and port of a listener of its own for the groupcache peer protocol (port 0
-    /// picks a free one). When set, only this listener serves the peer routes under
-    /// `/internal`, and `--listen` serves the rest.
-    #[arg(long, env = "PEER_LISTEN_ADDR")]
-    pub peer_listen: Option<SocketAddr>,
+    /// Address and port of the listener of the groupcache peer protocol (port 0 picks a free
+    /// one): only it serves the peer routes under `/internal`. The default, on loopback, is
+    /// reachable from this machine only: replicas on other machines need a reachable address
+    /// (and `--peer-secret-file`, or the peer port kept private by a NetworkPolicy). `shared`
+    /// serves the peer protocol on `--listen` instead. Anyone who reaches the peer protocol can
+    /// read and overwrite the cache, so the service warns at start when it is reachable beyond
+    /// loopback, or shares the API's port, without peer authentication.
+    #[arg(long, env = "PEER_LISTEN_ADDR", default_value = "127.0.0.1:9080")]
+    pub peer_listen: PeerListen,
 
     /// mTLS on the peer port (needs `--peer-listen`, `--peer-tls-cert` and `--peer-tls-key`):
     /// the CA (PEM file) that every replica's certificate chains to. Replicas then reach each
@@ -34,7 +38,7 @@ pub struct Config {
     #[arg(
         long,
         env = "PEER_TLS_CA",
-        requires_all = ["peer_tls_cert", "peer_tls_key", "peer_listen"]
+        requires_all = ["peer_tls_cert", "peer_tls_key"]
     )]
     pub peer_tls_ca: Option<PathBuf>,
 
@@ -127,13 +131,21 @@ pub struct Config {
     #[arg(long, env = "ITEM_TTL", default_value = "5m", value_parser = parse_duration)]
     pub item_ttl: Duration,
 
-    /// Byte budget of the main cache (keys this replica owns).
-    #[arg(long, env = "CACHE_BYTES", default_value_t = groupcache_rs::DEFAULT_MAIN_CACHE_BYTES)]
+    /// Byte budget of the cache on this replica, shared by the main cache (keys this replica
+    /// owns) and the hot cache (popular keys owned by others), split as the workload asks: the
+    /// library's `cache_bytes`.
+    #[arg(long, env = "CACHE_BYTES", default_value_t = groupcache_rs::DEFAULT_CACHE_BYTES)]
     pub cache_bytes: u64,
 
-    /// Byte budget of the hot cache (popular keys owned by other replicas).
-    #[arg(long, env = "HOT_CACHE_BYTES", default_value_t = groupcache_rs::DEFAULT_HOT_CACHE_BYTES)]
-    pub hot_cache_bytes: u64,
+    /// Optional cap on the hot cache within `--cache-bytes` (0 turns it off). Unset: the one
+    /// budget decides the split.
+    #[arg(long, env = "HOT_CACHE_BYTES")]
+    pub hot_cache_bytes: Option<u64>,
+
+    /// How often each replica deletes expired rows from PostgreSQL (they are never served, but
+    /// would otherwise stay in the table for good).
+    #[arg(long, env = "DATABASE_SWEEP_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub database_sweep_interval: Duration,
 
     /// After SIGTERM, how long to keep serving while reporting not-ready, so that load
     /// balancers and the other replicas stop sending requests here first.
@@ -147,6 +159,38 @@ pub struct Config {
     /// Log lines as text or as JSON objects. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Where the peer protocol is served: a listener of its own, or the API's (`--listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerListen {
+    /// A listener of its own at this address.
+    Own(SocketAddr),
+    /// The API's listener (`--peer-listen shared`).
+    Shared,
+}
+
+impl std::str::FromStr for PeerListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "shared" {
+            return Ok(PeerListen::Shared);
+        }
+        text.parse().map(PeerListen::Own).map_err(|_| {
+            format!("{text:?}: expected an address and port (127.0.0.1:9080) or `shared`")
+        })
+    }
+}
+
+impl PeerListen {
+    /// The address of its own listener, if it has one.
+    pub fn own(self) -> Option<SocketAddr> {
+        match self {
+            PeerListen::Own(addr) => Some(addr),
+            PeerListen::Shared => None,
+        }
+    }
 }
 
 /// The log format.
@@ -217,18 +261,62 @@ impl Config {
     pub fn kube_port_name(&self) -> &str {
         match (&self.kube_port_name, self.peer_listen) {
             (Some(name), _) => name,
-            (None, Some(_)) => "peer",
-            (None, None) => "http",
+            (None, PeerListen::Own(_)) => "peer",
+            (None, PeerListen::Shared) => "http",
         }
     }
 
-    /// The peer TLS configuration, read from the files `--peer-tls-*` name, if set.
+    /// Why this start exposes the peer protocol, if it does: served without peer
+    /// authentication (`--peer-secret-file`) or mTLS beside the API on `--listen`, or on an
+    /// address beyond loopback. `peer_bound` is where the peer protocol listens.
+    pub fn exposure_warning(&self, peer_bound: SocketAddr) -> Option<String> {
+        if self.peer_secret_file.is_some() || self.peer_tls_ca.is_some() {
+            return None;
+        }
+        match self.peer_listen {
+            PeerListen::Shared => Some(format!(
+                "the peer protocol is served WITHOUT AUTHENTICATION on the API's port ({peer_bound}): \
+                 anyone who can send it requests can read and overwrite every cached item, \
+                 bypassing the database. Give it a port of its own (--peer-listen ADDR) that only \
+                 the replicas reach, and set --peer-secret-file"
+            )),
+            PeerListen::Own(_) if !peer_bound.ip().is_loopback() => Some(format!(
+                "the peer protocol listens WITHOUT AUTHENTICATION on {peer_bound}, beyond loopback: \
+                 anyone who reaches that port can read and overwrite every cached item. Set \
+                 --peer-secret-file (and keep the port private, e.g. with a NetworkPolicy)"
+            )),
+            PeerListen::Own(_) => None,
+        }
+    }
+
+    /// The cache's budget: `--cache-bytes` shared by both caches, and `--hot-cache-bytes` as a
+    /// cap on the hot one if given. Never both caps: setting both would fix the split.
+    pub fn apply_budget<L: groupcache_rs::Loader>(
+        &self,
+        builder: groupcache_rs::Builder<L>,
+    ) -> groupcache_rs::Builder<L> {
+        let builder = builder.cache_bytes(self.cache_bytes);
+        match self.hot_cache_bytes {
+            Some(cap) => builder.hot_cache_bytes(cap),
+            None => builder,
+        }
+    }
+
+    /// The peer TLS configuration, read from the files `--peer-tls-*` name, if set. It needs
+    /// the peer protocol on a port of its own (the API's port stays plain HTTP).
     pub fn peer_tls(&self) -> Result<Option<groupcache_rs::PeerTls>, Error> {
         let (Some(ca), Some(cert), Some(key)) =
             (&self.peer_tls_ca, &self.peer_tls_cert, &self.peer_tls_key)
         else {
             return Ok(None);
         };
+        if self.peer_listen == PeerListen::Shared {
+            return Err(Error::Config(
+                "--peer-tls-* needs the peer protocol on a port of its own, not \
+                 --peer-listen shared"
+                    .to_owned(),
+            ));
+        }
         let mut tls =
             groupcache_rs::PeerTls::new(&read(ca)?)?.identity(&read(cert)?, &read(key)?)?;
         if let Some(name) = &self.peer_tls_server_name {
@@ -445,12 +533,50 @@ mod tests {
         assert_eq!(config.kube_address_type, AddressType::IPv6);
     }
 
+    /// The default start serves the peer protocol on a loopback port of its own, and warns of
+    /// nothing; sharing the API's port, or listening beyond loopback, without authentication
+    /// warns.
     #[test]
-    fn peer_listener_is_optional() {
-        assert_eq!(parse(&[]).unwrap().peer_listen, None);
+    fn the_default_peer_listener_is_its_own_loopback_port() {
+        let default = parse(&[]).unwrap();
+        let loopback: SocketAddr = "127.0.0.1:9080".parse().unwrap();
+        assert_eq!(default.peer_listen, PeerListen::Own(loopback));
+        assert_eq!(default.exposure_warning(loopback), None);
+        assert_eq!(default.kube_port_name(), "peer");
+
         let config = parse(&["--peer-listen", "0.0.0.0:8081"]).unwrap();
-        assert_eq!(config.peer_listen, Some("0.0.0.0:8081".parse().unwrap()));
+        let any: SocketAddr = "0.0.0.0:8081".parse().unwrap();
+        assert_eq!(config.peer_listen, PeerListen::Own(any));
+        assert!(
+            config
+                .exposure_warning(any)
+                .unwrap()
+                .contains("WITHOUT AUTHENTICATION")
+        );
+        let shared = parse(&["--peer-listen", "shared"]).unwrap();
+        assert_eq!(shared.peer_listen, PeerListen::Shared);
+        assert!(
+            shared
+                .exposure_warning(loopback)
+                .unwrap()
+                .contains("API's port")
+        );
+        let signed = parse(&["--peer-listen", "shared", "--peer-secret-file", "s"]).unwrap();
+        assert_eq!(signed.exposure_warning(any), None);
         assert!(parse(&["--peer-listen", "8081"]).is_err());
+    }
+
+    /// `--cache-bytes` is the library's one budget, and no cap is set unless asked for.
+    #[test]
+    fn the_cache_uses_one_budget() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.cache_bytes, groupcache_rs::DEFAULT_CACHE_BYTES);
+        assert_eq!(config.hot_cache_bytes, None);
+        let config = parse(&["--cache-bytes", "1000000", "--hot-cache-bytes", "0"]).unwrap();
+        assert_eq!(
+            (config.cache_bytes, config.hot_cache_bytes),
+            (1_000_000, Some(0))
+        );
     }
 
     #[test]
@@ -466,7 +592,8 @@ mod tests {
             "key.pem",
         ];
         assert!(parse(&all).is_ok());
-        assert!(parse(&all[2..]).is_err(), "without --peer-listen");
+        let shared = parse(&[&["--peer-listen", "shared"], &all[2..]].concat()).unwrap();
+        assert!(shared.peer_tls().is_err(), "with --peer-listen shared");
         assert!(parse(&all[..6]).is_err(), "without --peer-tls-key");
         assert!(
             parse(&["--peer-tls-cert", "cert.pem"]).is_err(),
@@ -528,7 +655,12 @@ mod tests {
 
     #[test]
     fn discovery_follows_the_port_that_serves_the_peer_protocol() {
-        assert_eq!(parse(&[]).unwrap().kube_port_name(), "http");
+        assert_eq!(
+            parse(&["--peer-listen", "shared"])
+                .unwrap()
+                .kube_port_name(),
+            "http"
+        );
         let own_port = parse(&["--peer-listen", "0.0.0.0:8081"]).unwrap();
         assert_eq!(own_port.kube_port_name(), "peer");
         let named = parse(&["--peer-listen", "0.0.0.0:8081", "--kube-port-name", "gc"]).unwrap();

@@ -210,6 +210,16 @@ fn is_gone(error: &watcher::Error) -> bool {
 }
 
 /// A short label for the discovery error counter.
+/// Every `reason` [`error_reason`] gives, so that each series exists (at 0) from the start.
+pub(crate) const ERROR_REASONS: &[&str] = &[
+    "list",
+    "watch_start",
+    "gone",
+    "watch_event",
+    "watch_stream",
+    "no_resource_version",
+];
+
 fn error_reason(error: &watcher::Error) -> &'static str {
     match error {
         watcher::Error::InitialListFailed(_) => "list",

@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = metrics::install()?;
 
     let (listener, bound) = bind(config.listen).await?;
-    let peer_listener = match config.peer_listen {
+    let peer_listener = match config.peer_listen.own() {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
@@ -95,14 +95,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let postgres =
                 database::postgres::Postgres::connect(url, config.database_max_connections).await?;
             tracing::info!("connected to PostgreSQL; schema up to date");
+            tokio::spawn(
+                postgres
+                    .clone()
+                    .sweep_expired(config.database_sweep_interval),
+            );
             Database::postgres(postgres, config.item_ttl, replica.as_str())
         }
         None => Database::simulated(config.load_latency, config.item_ttl, replica.as_str()),
     };
     let peer_tls = config.peer_tls()?;
-    let mut builder = Groupcache::builder(&config.group, peer_url(&self_base), database.clone())
-        .main_cache_bytes(config.cache_bytes)
-        .hot_cache_bytes(config.hot_cache_bytes);
+    let builder = Groupcache::builder(&config.group, peer_url(&self_base), database.clone())
+        // The API refuses longer keys itself, with problem details (and the same limit).
+        .max_key_bytes(api::items::MAX_KEY_BYTES);
+    let mut builder = config.apply_budget(builder);
     if let Some(tls) = &peer_tls {
         builder = builder.peer_tls(tls.clone());
     }
@@ -112,6 +118,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         builder = builder.peer_auth(auth);
     }
     let cache = builder.build()?;
+    if let Some(warning) = config.exposure_warning(peer_bound) {
+        // Loud: on stderr as well as in the log, where a person starting it by hand looks.
+        eprintln!("WARNING: {warning}");
+        tracing::warn!("{warning}");
+    }
 
     let readiness = Arc::new(Readiness::default());
     let (peers_tx, peers_rx) = watch::channel(None::<PeerSet>);

@@ -74,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(crate::api::no_route)
         .method_not_allowed_fallback(crate::api::method_not_allowed)
+        // Applied to each route and the fallbacks, after routing: `MatchedPath` is known.
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .with_state(state)
 }
 

@@ -1,11 +1,11 @@
 //! Read-only views of this replica's ring and counters, for the CLI and for people: who owns a
 //! key, the peers, the stats.
 
-use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::Response;
 use serde::Serialize;
 
-use super::items::check_key;
+use super::items::Key;
 use super::json;
 use crate::service::AppState;
 
@@ -20,10 +20,7 @@ struct Owner<'a> {
 }
 
 /// `GET /admin/owner/{key}`.
-pub async fn owner(State(state): State<AppState>, Path(key): Path<String>) -> Response {
-    if let Err(problem) = check_key(&key) {
-        return problem.into_response();
-    }
+pub async fn owner(State(state): State<AppState>, Key(key): Key) -> Response {
     let owner = state.cache.owner(&key);
     json(&Owner {
         key: &key,

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,21 @@ use crate::service::AppState;
 
 /// The last segment of the batch's path, `POST /items/_batch`.
 pub const BATCH_KEY: &str = "_batch";
+
+/// The methods `/items/{key}` serves for a key other than [`BATCH_KEY`] (its `Allow`).
+pub const ITEM_METHODS: &str = "GET, HEAD, PUT, DELETE";
+
+/// The methods `/items/_batch` serves: those of a key, and the batch's `POST`.
+pub const BATCH_METHODS: &str = "GET, HEAD, PUT, DELETE, POST";
+
+/// 405 for `/items/{key}`, whose `Allow` depends on the key: `POST` is the batch's only.
+pub async fn method_not_allowed(key: Result<Path<String>, PathRejection>) -> Response {
+    if key.is_ok_and(|Path(key)| key == BATCH_KEY) {
+        super::method_not_allowed_for(BATCH_METHODS)
+    } else {
+        super::method_not_allowed_for(ITEM_METHODS)
+    }
+}
 
 /// Most keys in one batch. Its answer holds at most this many items of up to
 /// [`MAX_BODY_BYTES`](super::items::MAX_BODY_BYTES) each: 6.4 MiB.
@@ -61,12 +76,13 @@ struct KeyResult<'a> {
 /// `POST /items/{key}`: the batch for `_batch`, 405 for any other key.
 pub async fn post_batch(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if key != BATCH_KEY {
-        return super::method_not_allowed().await.into_response();
+    if !key.is_ok_and(|Path(key)| key == BATCH_KEY) {
+        // Any other key: the path serves GET, PUT and DELETE.
+        return super::method_not_allowed_for(ITEM_METHODS);
     }
     let keys = match json_body(&headers, body).and_then(|body| parse_batch(&body)) {
         Ok(keys) => keys,
@@ -110,13 +126,16 @@ pub async fn post_batch(
 
 /// The keys of a batch's body: `{"keys": [...]}`, 1 to [`MAX_BATCH_KEYS`] valid keys.
 fn parse_batch(body: &[u8]) -> Result<Vec<String>, Problem> {
-    let BatchBody { keys } = serde_json::from_slice(body).map_err(|error| {
+    let invalid = |why: String| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-body",
-            format!("expected {{\"keys\": [\"key\", ...]}}: {error}"),
+            format!("expected {{\"keys\": [\"key\", ...]}}: {why}"),
         )
-    })?;
+    };
+    super::items::require_object(body).map_err(invalid)?;
+    let BatchBody { keys } =
+        serde_json::from_slice(body).map_err(|error| invalid(error.to_string()))?;
     if keys.is_empty() {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
@@ -125,8 +144,9 @@ fn parse_batch(body: &[u8]) -> Result<Vec<String>, Problem> {
         ));
     }
     if keys.len() > MAX_BATCH_KEYS {
+        // 400, not 413: the document states the limit (`maxItems`), so this is malformed input.
         return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::BAD_REQUEST,
             "too-many-keys",
             format!("{} keys; a batch has at most {MAX_BATCH_KEYS}", keys.len()),
         ));
@@ -169,7 +189,8 @@ mod tests {
         ] {
             assert_eq!(kind(malformed), (400, "invalid-body"), "{malformed}");
         }
-        let long = format!(r#"{{"keys": ["a", "{}"]}}"#, "k".repeat(129));
+        assert_eq!(kind(r#"[["a"]]"#), (400, "invalid-body"));
+        let long = format!(r#"{{"keys": ["a", "{}"]}}"#, "k".repeat(1025));
         assert_eq!(kind(&long), (400, "invalid-key"));
         let problem = parse_batch(long.as_bytes()).unwrap_err();
         assert!(
@@ -177,8 +198,14 @@ mod tests {
             "{}",
             problem.detail
         );
-        assert_eq!(kind(r#"{"keys": ["a", "a/b"]}"#), (400, "invalid-key"));
+        assert_eq!(kind(r#"{"keys": ["a", "a\u0000b"]}"#), (400, "invalid-key"));
+        assert_eq!(
+            parse_batch(br#"{"keys": ["user:42", "a/b"]}"#)
+                .unwrap()
+                .len(),
+            2
+        );
         let too_many = serde_json::json!({ "keys": vec!["k"; MAX_BATCH_KEYS + 1] }).to_string();
-        assert_eq!(kind(&too_many), (413, "too-many-keys"));
+        assert_eq!(kind(&too_many), (400, "too-many-keys"));
     }
 }

@@ -5,22 +5,30 @@
 //! Every input is checked before anything is written: a bad key, body or expiry is a 4xx and
 //! changes nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use groupcache_rs::Json;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 
 use super::problem::Problem;
 use crate::database::{Cached, DbError, Item, Row, WriteError};
 use crate::service::AppState;
 
-/// Longest key the service accepts (characters `A-Z a-z 0-9 _ -`).
-pub const MAX_KEY_LEN: usize = 128;
+/// Longest key the service accepts, in characters. A character is at most 4 bytes in UTF-8, so
+/// every key accepted fits the cache's key limit ([`MAX_KEY_BYTES`]); the limit is in characters
+/// because that is what the OpenAPI document (JSON Schema's `maxLength`) can state.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// The cache's key limit, in bytes (the library's default, set explicitly by [`crate::run`]).
+pub const MAX_KEY_BYTES: usize = 4 * MAX_KEY_LEN;
 
 /// Largest `PUT` (or batch) body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -38,38 +46,98 @@ struct ItemResponse<'a> {
     owner: String,
 }
 
-/// The body of `PUT /items/{key}`.
+/// The answer of a `PUT` or `DELETE` whose cache step did not reach every replica (202): the
+/// database has the write, but some replicas may answer the old value until `stale_until`.
+#[derive(Debug, Serialize)]
+struct Incomplete<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<&'a Item>,
+    key: &'a str,
+    /// This replica's name.
+    served_by: &'a str,
+    /// The key's owner in this replica's ring (its peer URL).
+    owner: String,
+    /// Unix seconds until which a replica may still answer the old value; `null`: until the
+    /// entry is evicted (`--item-ttl 0s`).
+    stale_until: Option<u64>,
+    /// Why.
+    detail: String,
+}
+
+/// The body of `PUT /items/{key}`. `value` is kept as sent, so that numbers of any size are
+/// stored exactly (PostgreSQL's `jsonb` keeps them as `numeric`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
-    value: serde_json::Value,
+    value: Box<RawValue>,
+    #[serde(default, deserialize_with = "whole_seconds")]
     ttl_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "whole_seconds")]
     expires_at: Option<u64>,
 }
 
-/// Checks a key from the path: 1 to [`MAX_KEY_LEN`] characters of `A-Z a-z 0-9 _ -`.
+/// A number of seconds: a non-negative whole number, `269` or `269.0` alike (JSON Schema's
+/// `integer`); `null`, fractions and negative numbers are refused.
+fn whole_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        // Below 2^64, a whole f64 converts exactly.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(D::Error::custom(format!(
+            "{number} is not a whole number of seconds from 0 to 2^64 - 1"
+        ))),
+    }
+}
+
+/// Checks a key from the path: 1 to [`MAX_KEY_LEN`] characters, none of them NUL (PostgreSQL's
+/// `text` cannot hold it), and not `.` or `..` (HTTP clients resolve those as path steps, so
+/// such a key could not be asked for reliably).
 pub fn check_key(key: &str) -> Result<(), Problem> {
     let valid = !key.is_empty()
-        && key.len() <= MAX_KEY_LEN
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if valid {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-key",
-            format!("keys are 1 to {MAX_KEY_LEN} characters of A-Z a-z 0-9 _ -"),
-        ))
+        && key.chars().count() <= MAX_KEY_LEN
+        && !key.contains('\0')
+        && key != "."
+        && key != "..";
+    if valid { Ok(()) } else { Err(invalid_key()) }
+}
+
+fn invalid_key() -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-key",
+        format!(
+            "keys are 1 to {MAX_KEY_LEN} characters of UTF-8 text (percent-encoded in the path), \
+             without NUL, and not . or .."
+        ),
+    )
+}
+
+/// The `{key}` of a path, checked ([`check_key`]): a key that is not UTF-8 or breaks the rules is
+/// refused with problem details (400 `invalid-key`).
+#[derive(Debug)]
+pub struct Key(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Key, Problem> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| invalid_key())?;
+        check_key(&key)?;
+        Ok(Key(key))
     }
 }
 
 /// `GET /items/{key}`.
-pub async fn get_item(State(state): State<AppState>, Path(key): Path<String>) -> Response {
-    if let Err(problem) = check_key(&key) {
-        return problem.into_response();
-    }
+pub async fn get_item(State(state): State<AppState>, Key(key): Key) -> Response {
     match read_outcome(&key, state.cache.get(&key).await) {
         Ok(item) => respond(&state, StatusCode::OK, &item),
         Err(problem) => problem.into_response(),
@@ -105,57 +173,104 @@ pub(crate) fn read_outcome(
 /// unix seconds}` (or neither: no expiry).
 pub async fn put_item(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    Key(key): Key,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let row = match check_key(&key).and_then(|()| parse_put(&headers, body, SystemTime::now())) {
+    let row = match parse_put(&headers, body, SystemTime::now()) {
         Ok(row) => row,
         Err(problem) => return problem.into_response(),
     };
-    let expiry = state.database.cache_expiry(row.expires_at);
+    let expiry = state.database.written_expiry(row.expires_at);
     // The cache step runs once the database has the row, before the commit, under the key's
-    // lock: from here on, a failure only delays what the replicas see.
+    // lock: from here on, a failure only delays what the replicas see, and the answer says so.
+    let reached_all = AtomicBool::new(true);
     let cache_step = |item: Item| async {
         if let Err(error) = state.cache.set(&key, &Json(Some(item)), expiry).await {
             tracing::warn!(key, %error, "written to the database, but not to the cache");
-            forget(&state, &key).await;
+            reached_all.store(forget(&state, &key).await, Ordering::Relaxed);
         }
     };
     match state.database.put(&key, row, cache_step).await {
-        Ok(item) => respond(&state, StatusCode::OK, &item),
+        Ok(item) if reached_all.into_inner() => respond(&state, StatusCode::OK, &item),
+        Ok(item) => incomplete(&state, "put", &key, Some(&item), expiry),
         Err(error) => write_error(&state, &key, &error).await,
     }
 }
 
-/// `DELETE /items/{key}`: 204, or 404 if there was no such item.
-pub async fn delete_item(State(state): State<AppState>, Path(key): Path<String>) -> Response {
-    if let Err(problem) = check_key(&key) {
-        return problem.into_response();
-    }
+/// `DELETE /items/{key}`: 204, or 404 if there was no such item; 202 if the cache step did not
+/// reach every replica.
+pub async fn delete_item(State(state): State<AppState>, Key(key): Key) -> Response {
     // Even if there was no row: a stale cached copy goes too. The cache holds "no such item"
     // rather than nothing, so the next reads cost no query (and, with the simulated database,
     // do not reload the owner's own copy of the row).
-    let expiry = state.database.cache_expiry(None);
+    let expiry = state.database.written_expiry(None);
+    let reached_all = AtomicBool::new(true);
     let cache_step = || async {
         if let Err(error) = state.cache.set(&key, &Json(None), expiry).await {
             tracing::warn!(key, %error, "deleted in the database, but not in the cache");
-            forget(&state, &key).await;
+            reached_all.store(forget(&state, &key).await, Ordering::Relaxed);
         }
     };
-    match state.database.delete(&key, cache_step).await {
+    let result = state.database.delete(&key, cache_step).await;
+    match result {
+        Ok(existed) if !reached_all.into_inner() => {
+            let response = incomplete(&state, "delete", &key, None, expiry);
+            if existed {
+                response
+            } else {
+                // No row: still a 404, but the stale copies are worth a log line (above).
+                not_found(&key).into_response()
+            }
+        }
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&key).into_response(),
         Err(error) => write_error(&state, &key, &error).await,
     }
 }
 
-/// Removes `key` from every replica's cache, logging a failure (the copies left expire with their
-/// TTL, hot copies within the hot cache's maximum age).
-async fn forget(state: &AppState, key: &str) {
-    if let Err(error) = state.cache.remove(key).await {
-        tracing::warn!(key, %error, "removing from the cache failed on some replica");
+/// Removes `key` from every replica's cache; returns whether every replica was reached (the
+/// copies left expire with their TTL, hot copies within the hot cache's maximum age).
+async fn forget(state: &AppState, key: &str) -> bool {
+    match state.cache.remove(key).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(key, %error, "removing from the cache failed on some replica");
+            false
+        }
     }
+}
+
+/// 202: the database has the write, but its cache step did not reach every replica, which may
+/// answer the old value until the entry it holds expires (the cache TTL, or the item's expiry).
+fn incomplete(
+    state: &AppState,
+    op: &'static str,
+    key: &str,
+    item: Option<&Item>,
+    expiry: Option<SystemTime>,
+) -> Response {
+    crate::metrics::write_incomplete(op);
+    // An entry cached before this write lived at most the cache TTL from its load; with no TTL,
+    // until evicted.
+    let stale_until = state
+        .database
+        .cache_expiry(None)
+        .or(expiry)
+        .map(crate::database::unix_seconds);
+    let body = Incomplete {
+        item,
+        key,
+        served_by: &state.replica,
+        owner: state.cache.owner(key),
+        stale_until,
+        detail: "the database has the write, but not every replica's cache could be reached: \
+                 some may answer the old value until stale_until"
+            .to_owned(),
+    };
+    let mut response = super::json(&body);
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
 }
 
 /// Checks the content type, size and shape of a `PUT` body, and turns its expiry into a time.
@@ -165,21 +280,56 @@ fn parse_put(
     now: SystemTime,
 ) -> Result<Row, Problem> {
     let body = json_body(headers, body)?;
-    let body: PutBody = serde_json::from_slice(&body).map_err(|error| {
+    let invalid = |why: String| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-body",
             format!(
                 "expected {{\"value\": any JSON, optional \"ttl_seconds\" or \"expires_at\"}}: \
-                 {error}"
+                 {why}"
             ),
         )
-    })?;
+    };
+    require_object(&body).map_err(invalid)?;
+    let body: PutBody =
+        serde_json::from_slice(&body).map_err(|error| invalid(error.to_string()))?;
+    check_value(&body.value).map_err(invalid)?;
     let expires_at = expiry(body.ttl_seconds, body.expires_at, now)?;
     Ok(Row {
         value: body.value,
         expires_at,
     })
+}
+
+/// Refuses a body that is not a JSON object: serde reads a struct from an array too (`[1]`), and
+/// the document promises an object.
+pub(crate) fn require_object(body: &[u8]) -> Result<(), String> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err("the body must be a JSON object".to_owned()),
+    }
+}
+
+/// The rules of a value that every backend can store: no NUL in any string or member name
+/// (PostgreSQL's `jsonb` refuses `\u0000`), nested at most 128 deep (serde_json's limit), and
+/// numbers within a double's range.
+fn check_value(value: &RawValue) -> Result<(), String> {
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(members) => members
+                .iter()
+                .any(|(name, value)| name.contains('\0') || has_nul(value)),
+            _ => false,
+        }
+    }
+    let parsed: serde_json::Value =
+        serde_json::from_str(value.get()).map_err(|error| error.to_string())?;
+    if has_nul(&parsed) {
+        return Err("strings in value may not contain NUL (\\u0000)".to_owned());
+    }
+    Ok(())
 }
 
 /// The body of a request that must be JSON (`Content-Type: application/json`) of at most
@@ -308,9 +458,21 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert!(check_key("a-Z_0").is_ok());
-        assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
-        for bad in ["", "a b", "a/b", "é", &"k".repeat(MAX_KEY_LEN + 1)] {
+        for good in [
+            "a-Z_0",
+            "user:42",
+            "ada@example.com",
+            "a b",
+            "a/b",
+            "é",
+            "_batch",
+            "...",
+        ] {
+            assert!(check_key(good).is_ok(), "{good:?}");
+        }
+        assert!(check_key(&"é".repeat(MAX_KEY_LEN)).is_ok());
+        assert!("é".repeat(MAX_KEY_LEN).len() <= MAX_KEY_BYTES);
+        for bad in ["", ".", "..", "a\0b", &"k".repeat(MAX_KEY_LEN + 1)] {
             assert_eq!(check_key(bad).unwrap_err().kind, "invalid-key", "{bad:?}");
         }
     }
@@ -319,18 +481,36 @@ mod tests {
     fn put_bodies_and_expiries() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let row = put(r#"{"value": {"a": [1, 2]}}"#).unwrap();
-        assert_eq!(row.value, serde_json::json!({"a": [1, 2]}));
+        assert_eq!(row.value.get(), r#"{"a": [1, 2]}"#);
         assert_eq!(row.expires_at, None);
         let row = put(r#"{"value": 1, "ttl_seconds": 60}"#).unwrap();
         assert_eq!(row.expires_at, Some(now + Duration::from_secs(60)));
         let row = put(r#"{"value": "x", "expires_at": 1000060}"#).unwrap();
         assert_eq!(row.expires_at, Some(now + Duration::from_secs(60)));
 
+        // Whole numbers of seconds may be written as 269.0 (JSON Schema's `integer` allows it).
+        let row = put(r#"{"value": 1, "ttl_seconds": 60.0}"#).unwrap();
+        assert_eq!(row.expires_at, Some(now + Duration::from_secs(60)));
+        // Integers beyond 64 bits are kept exactly, as sent.
+        let big = "123456789012345678901234567890";
+        assert_eq!(
+            put(&format!(r#"{{"value": {big}}}"#)).unwrap().value.get(),
+            big
+        );
+
         let status = |body: &str| put(body).unwrap_err().status.as_u16();
         for malformed in [
             "",
             "{",
             "[]",
+            r#"[{"value": 1}]"#,
+            "null",
+            r#"[1, null, null]"#,
+            r#"{"value": 1, "ttl_seconds": null}"#,
+            r#"{"value": 1, "expires_at": null}"#,
+            r#"{"value": "a\u0000b"}"#,
+            r#"{"value": {"a\u0000": 1}}"#,
+            r#"{"value": [{"x": ["\u0000"]}]}"#,
             r#"{"ttl_seconds": 5}"#,
             r#"{"value": 1, "extra": 2}"#,
             r#"{"value": 1, "ttl_seconds": -1}"#,

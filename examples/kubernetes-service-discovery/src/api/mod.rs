@@ -43,6 +43,7 @@ pub fn routes() -> Router<AppState> {
                 .put(items::put_item)
                 .delete(items::delete_item)
                 .post(batch::post_batch)
+                .fallback(batch::method_not_allowed)
                 // Larger bodies are refused before they are read whole.
                 .layer(DefaultBodyLimit::max(items::MAX_BODY_BYTES)),
         )
@@ -64,13 +65,27 @@ pub async fn no_route() -> Problem {
     )
 }
 
-/// 405 for methods a path does not serve.
+/// 405 for methods a path does not serve (axum's method router adds the `Allow` header).
 pub async fn method_not_allowed() -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         "this path does not serve that method; see /openapi.json",
     )
+}
+
+/// 405 with `Allow: allow`, for a handler that refuses a method itself.
+pub fn method_not_allowed_for(allow: &'static str) -> Response {
+    let mut response = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("this path serves {allow}; see /openapi.json"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, axum::http::HeaderValue::from_static(allow));
+    response
 }
 
 /// `value` as an `application/json` response.

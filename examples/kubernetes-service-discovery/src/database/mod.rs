@@ -22,13 +22,16 @@ use serde::{Deserialize, Serialize};
 use self::postgres::Postgres;
 use self::simulated::Simulated;
 
+/// A JSON value kept as its text, so that numbers of any size and precision pass through exactly.
+pub type JsonText = Box<serde_json::value::RawValue>;
+
 /// One item, as cached and as served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Item {
     /// Its key.
     pub id: String,
-    /// Its content: any JSON value.
-    pub value: serde_json::Value,
+    /// Its content: any JSON value, as stored.
+    pub value: JsonText,
     /// When it expires, in seconds since the Unix epoch; `None`: never.
     pub expires_at: Option<u64>,
     /// The replica that read it from the database, or wrote it: for a key read cold, its owner.
@@ -42,10 +45,10 @@ pub struct Item {
 pub type Cached = Json<Option<Item>>;
 
 /// A row of the `items` table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Row {
-    /// The `value` column.
-    pub value: serde_json::Value,
+    /// The `value` column (JSON text).
+    pub value: JsonText,
     /// The `expires_at` column.
     pub expires_at: Option<SystemTime>,
 }
@@ -175,6 +178,18 @@ impl Database {
         }
     }
 
+    /// When the cache must drop what a write (`PUT`, or `DELETE`'s "no such item") stores for a
+    /// row expiring at `expires_at`. PostgreSQL: as [`cache_expiry`](Self::cache_expiry). The
+    /// simulated database: the row's own expiry only, because the key's owner would reload it
+    /// from its own table, which never saw a write made through another replica (a deleted key
+    /// would come back); such entries last until evicted or the replica restarts.
+    pub fn written_expiry(&self, expires_at: Option<SystemTime>) -> Option<SystemTime> {
+        match self.backend {
+            Backend::Simulated(_) => expires_at,
+            Backend::Postgres(_) => self.cache_expiry(expires_at),
+        }
+    }
+
     /// What the cache holds for `key`, whose row is `row` (`None`: no unexpired row), and until
     /// when.
     fn loaded(&self, key: &str, row: Option<&Row>) -> Loaded<Cached> {
@@ -252,7 +267,8 @@ mod tests {
         let db = Database::simulated(Duration::ZERO, Duration::ZERO, "replica-0");
         db.delete("gone", || async {}).await.unwrap();
         let row = Row {
-            value: serde_json::json!({ "written": true }),
+            value: serde_json::value::to_raw_value(&serde_json::json!({ "written": true }))
+                .unwrap(),
             expires_at: None,
         };
         db.put("written", row, |_| async {}).await.unwrap();
@@ -261,14 +277,15 @@ mod tests {
             .unwrap();
         let keys = ["plain", "gone", "written", "plain"];
         let batch = cache.get_many(&keys).await;
-        let view = |item: Option<Item>| item.map(|item| (item.id, item.value, item.expires_at));
+        let view = |item: Option<Item>| {
+            item.map(|item| (item.id, item.value.get().to_owned(), item.expires_at))
+        };
         for (key, got) in keys.iter().zip(batch) {
             let single = db.load(key).await.unwrap().value;
             assert_eq!(view(got.unwrap().0), view(single.0), "{key}");
         }
-        assert_eq!(
-            db.load("gone").await.unwrap().value,
-            Json(None),
+        assert!(
+            db.load("gone").await.unwrap().value.0.is_none(),
             "a deleted row loads as none"
         );
     }

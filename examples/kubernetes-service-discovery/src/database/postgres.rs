@@ -19,22 +19,34 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATION_LOCK: i64 = 0x6772_6f75_7063_6163; // "groupcac"
 
 /// The schema, one step per version, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE items (
-        key text PRIMARY KEY,
-        value jsonb NOT NULL,
-        expires_at timestamptz,
-        updated_at timestamptz NOT NULL DEFAULT now()
-    )",
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE items (
+            key text PRIMARY KEY,
+            value jsonb NOT NULL,
+            expires_at timestamptz,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )",
+    ),
+    // For the sweep of expired rows.
+    (
+        2,
+        "CREATE INDEX items_expires_at ON items (expires_at) WHERE expires_at IS NOT NULL",
+    ),
+];
+
+/// Deletes up to 1,000 expired rows. The outer condition is checked again on each row once it is
+/// locked, so a row a concurrent `PUT` has just renewed is kept.
+const SWEEP_EXPIRED: &str = "DELETE FROM items WHERE key IN \
+     (SELECT key FROM items WHERE expires_at <= now() LIMIT 1000) AND expires_at <= now()";
 
 /// The statement behind every cache miss: with one key (`Loader::load`), or with all the keys of
 /// a batch an owner loads (`Loader::load_many`).
-const SELECT_ITEMS: &str = "SELECT key, value, expires_at FROM items \
+const SELECT_ITEMS: &str = "SELECT key, value::text, expires_at FROM items \
      WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > now())";
 
-const UPSERT_ITEM: &str = "INSERT INTO items (key, value, expires_at) VALUES ($1, $2, $3) \
+const UPSERT_ITEM: &str = "INSERT INTO items (key, value, expires_at) VALUES ($1, $2::text::jsonb, $3) \
      ON CONFLICT (key) DO UPDATE \
      SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at, updated_at = now()";
 
@@ -132,12 +144,20 @@ impl Postgres {
         rows.iter()
             .map(|row| {
                 let key: String = row.try_get(0)?;
-                let value: serde_json::Value = row.try_get(1)?;
+                let value: String = row.try_get(1)?;
                 let expires_at: Option<SystemTime> = row.try_get(2)?;
+                Ok((key, value, expires_at))
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| DbError::Failed(format!("reading a row of items: {e}")))?
+            .into_iter()
+            .map(|(key, value, expires_at)| {
+                let value = serde_json::value::RawValue::from_string(value).map_err(|e| {
+                    DbError::Failed(format!("the value of {key:?} is not JSON: {e}"))
+                })?;
                 Ok((key, Row { value, expires_at }))
             })
-            .collect::<Result<_, tokio_postgres::Error>>()
-            .map_err(|e| DbError::Failed(format!("reading a row of items: {e}")))
+            .collect()
     }
 
     /// In one transaction: takes the key's lock, upserts its row (`None`: deletes it), runs
@@ -164,7 +184,7 @@ impl Postgres {
             match row {
                 Some(row) => {
                     let statement = tx.prepare_cached(UPSERT_ITEM).await?;
-                    tx.execute(&statement, &[&key, &row.value, &row.expires_at])
+                    tx.execute(&statement, &[&key, &row.value.get(), &row.expires_at])
                         .await
                         .map(|_| true)
                 }
@@ -180,6 +200,37 @@ impl Postgres {
         then(existed).await;
         within(tx.commit()).await.map_err(WriteError::Unconfirmed)?;
         Ok(existed)
+    }
+
+    /// Every `every`, deletes the rows that have expired (reads never return them, but they
+    /// would stay in the table), 1,000 at a time until none is left. Runs for as long as the
+    /// process; failures are logged and retried at the next turn. Every replica runs it: the
+    /// deletes are idempotent, and cheap when there is nothing to delete.
+    pub async fn sweep_expired(self, every: Duration) {
+        let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            loop {
+                match self.sweep_once().await {
+                    Ok(0) => break,
+                    Ok(deleted) => tracing::debug!(deleted, "deleted expired rows"),
+                    Err(error) => {
+                        tracing::warn!(%error, "deleting expired rows failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sweep_once(&self) -> Result<u64, DbError> {
+        let client = self.client().await?;
+        within(async {
+            let statement = client.prepare_cached(SWEEP_EXPIRED).await?;
+            client.execute(&statement, &[]).await
+        })
+        .await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {

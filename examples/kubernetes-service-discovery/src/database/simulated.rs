@@ -39,7 +39,7 @@ impl Simulated {
                 let row = match written.get(key) {
                     Some(row) => row.clone()?,
                     None => Row {
-                        value: serde_json::json!({ "name": format!("item {key}") }),
+                        value: default_value(key),
                         expires_at: None,
                     },
                 };
@@ -75,4 +75,11 @@ impl Simulated {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The value of a key never written: `{"name": "item KEY"}`.
+fn default_value(key: &str) -> super::JsonText {
+    let value = serde_json::json!({ "name": format!("item {key}") });
+    // Serialising a map of strings cannot fail; `null` if it ever did.
+    serde_json::value::to_raw_value(&value).unwrap_or_default()
 }

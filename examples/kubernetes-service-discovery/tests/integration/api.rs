@@ -88,7 +88,7 @@ async fn items_round_trip_and_bad_input_changes_nothing() {
     assert_eq!(get.2["item"]["value"], json!({"n": 1}));
 
     // Each refused, and k1 is still what it was.
-    let long_key = "k".repeat(129);
+    let long_key = "k".repeat(1025);
     let huge = json!({"value": "x".repeat(MAX_BODY_BYTES)});
     let deep = format!("{{\"value\": {}1{}}}", "[".repeat(200), "]".repeat(200));
     let refused: Vec<(&str, Body, u16, &str)> = vec![
@@ -98,7 +98,36 @@ async fn items_round_trip_and_bad_input_changes_nothing() {
             400,
             "invalid-key",
         ),
-        ("a%20b", json_body(&json!({"value": 2})), 400, "invalid-key"),
+        ("a%00b", json_body(&json!({"value": 2})), 400, "invalid-key"),
+        // Not UTF-8: problem details too, not axum's text.
+        ("%FF", json_body(&json!({"value": 2})), 400, "invalid-key"),
+        // A NUL in a value: refused before writing, as PostgreSQL would refuse it.
+        (
+            "k1",
+            json_body(&json!({"value": "a\u{0}b"})),
+            400,
+            "invalid-body",
+        ),
+        (
+            "k1",
+            json_body(&json!({"value": {"a\u{0}": 1}})),
+            400,
+            "invalid-body",
+        ),
+        // Arrays and null where the document says an object and a number.
+        (
+            "k1",
+            json_body(&json!([2, null, null])),
+            400,
+            "invalid-body",
+        ),
+        ("k1", json_body(&json!(null)), 400, "invalid-body"),
+        (
+            "k1",
+            json_body(&json!({"value": 2, "ttl_seconds": null})),
+            400,
+            "invalid-body",
+        ),
         (
             "k1",
             Some(("text/plain", b"{\"value\": 2}".to_vec())),
@@ -155,7 +184,7 @@ async fn items_round_trip_and_bad_input_changes_nothing() {
         "invalid-key",
     );
     assert_problem(
-        &send(&http, "DELETE", &url("a.b"), None).await,
+        &send(&http, "DELETE", &url("%FF%FE"), None).await,
         400,
         "invalid-key",
     );
@@ -165,6 +194,50 @@ async fn items_round_trip_and_bad_input_changes_nothing() {
         json!({"n": 1}),
         "a refused write changed k1"
     );
+
+    // Keys are whatever a path segment carries: `user:42`, e-mail addresses, slashes, text.
+    for key in [
+        "user:42",
+        "ada@example.com",
+        "a%2Fb%20c",
+        "%C3%A9t%C3%A9",
+        "_batch",
+    ] {
+        let put = send(&http, "PUT", &url(key), json_body(&json!({"value": key}))).await;
+        assert_eq!(put.0, 200, "{key}: {}", put.2);
+        let get = send(&http, "GET", &url(key), None).await;
+        assert_eq!(
+            (get.0, &get.2["item"]["value"]),
+            (200, &json!(key)),
+            "{key}"
+        );
+    }
+    // A whole number of seconds written as 269.0 is what the schema's `integer` allows; an
+    // integer beyond 64 bits comes back exactly as sent.
+    let put = send(
+        &http,
+        "PUT",
+        &url("k4"),
+        Some((
+            "application/json",
+            br#"{"value": [123456789012345678901234567890], "ttl_seconds": 269.0}"#.to_vec(),
+        )),
+    )
+    .await;
+    assert_eq!(put.0, 200, "{}", put.2);
+    let raw = http
+        .get(url("k4"))
+        .send()
+        .await
+        .expect("GET k4")
+        .text()
+        .await
+        .expect("a body");
+    assert!(raw.contains("[123456789012345678901234567890]"), "{raw}");
+    // A 405 says what the path allows.
+    let post = http.post(url("k1")).send().await.expect("POST");
+    assert_eq!(post.status().as_u16(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD, PUT, DELETE");
 
     // Expiry: absolute, reported as given; relative, and the item is gone once it passes.
     let now = std::time::SystemTime::now()
@@ -279,9 +352,10 @@ async fn batch_reads_answer_each_key_and_bad_batches_read_nothing() {
     let before = gets(send(&http, "GET", &stats_url, None).await.2);
     let too_many: Vec<String> = (0..=MAX_BATCH_KEYS).map(|i| format!("k{i}")).collect();
     let refused: Vec<(Body, u16, &str)> = vec![
-        (batch(json!(too_many)), 413, "too-many-keys"),
-        (batch(json!(["k1", "k".repeat(129)])), 400, "invalid-key"),
-        (batch(json!(["k1", "a/b"])), 400, "invalid-key"),
+        (batch(json!(too_many)), 400, "too-many-keys"),
+        (batch(json!(["k1", "k".repeat(1025)])), 400, "invalid-key"),
+        (batch(json!(["k1", "a\u{0}b"])), 400, "invalid-key"),
+        (batch(json!([["k1"]])), 400, "invalid-body"),
         (batch(json!([])), 400, "invalid-body"),
         (batch(json!("k1")), 400, "invalid-body"),
         (
@@ -372,6 +446,18 @@ async fn openapi_document_matches_the_routes_served() {
                 );
             } else {
                 assert_problem(&answer, 405, "method-not-allowed");
+                let allow = http
+                    .request(
+                        Method::from_bytes(method.as_bytes()).expect("a method"),
+                        &url,
+                    )
+                    .send()
+                    .await
+                    .expect("an answer");
+                assert!(
+                    allow.headers().contains_key("allow"),
+                    "{method} {path}: 405 without Allow"
+                );
             }
             assert!(Instant::now() < deadline);
         }

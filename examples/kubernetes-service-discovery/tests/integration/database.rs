@@ -133,7 +133,7 @@ async fn item_selects_and_rows(db: &tokio_postgres::Client) -> (i64, i64) {
     let row = db
         .query_one(
             "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(rows), 0)::bigint \
-             FROM pg_stat_statements WHERE query LIKE 'SELECT key, value, expires_at FROM items%'",
+             FROM pg_stat_statements WHERE query LIKE 'SELECT key, value::text, expires_at FROM items%'",
             &[],
         )
         .await
@@ -569,4 +569,49 @@ async fn racing_writes_of_a_key_reach_the_cache_in_the_database_order() {
             "replica {i} disagrees with PostgreSQL"
         );
     }
+}
+
+/// Expired rows are deleted from PostgreSQL (reads never return them, but they would stay in the
+/// table for good), and a row that has not expired is kept.
+#[tokio::test]
+async fn expired_rows_are_swept_from_the_table() {
+    let Some(pg) = PgServer::start("sweep") else {
+        return;
+    };
+    let dir = TempDir::new("pg-sweep");
+    let replica = crate::process::Replica::start(
+        "replica",
+        &["--database-url", &pg.url, "--database-sweep-interval", "1s"],
+        dir.path(),
+    )
+    .await;
+    let http = http();
+    let db = pg.client().await;
+    let put = |key: &'static str, body: Value| {
+        let http = http.clone();
+        let url = format!("{}/items/{key}", replica.url);
+        async move {
+            let answer = send(
+                &http,
+                "PUT",
+                &url,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+            assert_eq!(answer.0, 200, "{}", answer.2);
+        }
+    };
+    put("short", json!({"value": 1, "ttl_seconds": 1})).await;
+    put("long", json!({"value": 2, "ttl_seconds": 3600})).await;
+    put("forever", json!({"value": 3})).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while row(&db, "short").await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired row was not deleted within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(row(&db, "long").await, Some(json!(2)));
+    assert_eq!(row(&db, "forever").await, Some(json!(3)));
 }

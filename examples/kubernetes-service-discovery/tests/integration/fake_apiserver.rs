@@ -66,6 +66,11 @@ struct State {
     watch_requests: usize,
     failed_requests: usize,
     gone_sent: usize,
+    /// While set and `false`, watch requests wait before they are served (a slow network
+    /// between a client's list and its watch, during which the server can compact).
+    watch_gate: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Watch requests waiting at the gate.
+    held_watches: usize,
 }
 
 /// The fake server. Stops when dropped.
@@ -99,6 +104,17 @@ impl FakeApiServer {
             .route(
                 "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
                 get(endpoint_slices),
+            )
+            // API discovery, as `kubectl` asks for it before naming a resource.
+            .route("/api", get(|| async { discovery_json(&api_versions()) }))
+            .route(
+                "/api/v1",
+                get(|| async { discovery_json(&core_resources()) }),
+            )
+            .route("/apis", get(|| async { discovery_json(&api_groups()) }))
+            .route(
+                "/apis/discovery.k8s.io/v1",
+                get(|| async { discovery_json(&discovery_resources()) }),
             )
             .fallback(|| async {
                 status_response(
@@ -198,6 +214,18 @@ impl FakeApiServer {
         state
             .watches
             .retain(|watch| !watch.bookmarks || watch.events.send(Ok(line.clone())).is_ok());
+    }
+
+    /// Holds every watch request until the returned sender sends `true` (or is dropped).
+    pub(crate) fn hold_watches(&self) -> tokio::sync::watch::Sender<bool> {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        self.state().watch_gate = Some(gate);
+        open
+    }
+
+    /// Watch requests waiting at the gate of [`FakeApiServer::hold_watches`].
+    pub(crate) fn held_watches(&self) -> usize {
+        self.state().held_watches
     }
 
     /// Forgets the history: watches from any version before now get 410 Gone.
@@ -387,6 +415,46 @@ fn status_json(code: StatusCode, reason: &str, message: &str) -> Value {
     })
 }
 
+fn discovery_json(body: &Value) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+fn api_versions() -> Value {
+    json!({ "kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [] })
+}
+
+fn core_resources() -> Value {
+    json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [] })
+}
+
+fn api_groups() -> Value {
+    let version = json!({ "groupVersion": "discovery.k8s.io/v1", "version": "v1" });
+    json!({
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [{
+            "name": "discovery.k8s.io",
+            "versions": [version],
+            "preferredVersion": version,
+        }],
+    })
+}
+
+fn discovery_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "discovery.k8s.io/v1",
+        "resources": [{
+            "name": "endpointslices",
+            "singularName": "endpointslice",
+            "namespaced": true,
+            "kind": "EndpointSlice",
+            "verbs": ["get", "list", "watch"],
+        }],
+    })
+}
+
 fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
     json_response(code, &status_json(code, reason, message))
 }
@@ -409,6 +477,18 @@ async fn endpoint_slices(
         reqwest::Url::parse(&format!("http://query/?{}", query.unwrap_or_default()))
             .map(|url| url.query_pairs().into_owned().collect())
             .unwrap_or_default();
+    let is_watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let gate = if is_watch {
+        lock(&state).watch_gate.clone()
+    } else {
+        None
+    };
+    if let Some(mut gate) = gate {
+        lock(&state).held_watches += 1;
+        // A dropped sender opens the gate too.
+        let _ = gate.wait_for(|open| *open).await;
+        lock(&state).held_watches -= 1;
+    }
     let mut state = lock(&state);
     if state.failing {
         state.failed_requests += 1;
@@ -422,7 +502,7 @@ async fn endpoint_slices(
         Ok(selector) => selector,
         Err(message) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message),
     };
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    if is_watch {
         watch(&mut state, namespace, selector, &query)
     } else {
         list(&mut state, &namespace, &selector, &query)

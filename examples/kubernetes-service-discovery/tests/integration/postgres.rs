@@ -232,7 +232,7 @@ impl PgServer {
         client
             .query_one(
                 "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
-                 WHERE query LIKE 'SELECT key, value, expires_at FROM items%'",
+                 WHERE query LIKE 'SELECT key, value::text, expires_at FROM items%'",
                 &[],
             )
             .await

@@ -198,8 +198,16 @@ impl Replica {
     ) -> Replica {
         let mut command = Command::new(BINARY);
         command.args(["--listen", &format!("127.0.0.1:{port}")]);
-        if let Some(peer_port) = peer_port {
-            command.args(["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
+        // Without a peer port of its own, on the main port (`shared`): the default port of
+        // its own (127.0.0.1:9080) would be one for all the tests' replicas.
+        match peer_port {
+            Some(peer_port) => {
+                command.args(["--peer-listen", &format!("127.0.0.1:{peer_port}")]);
+            }
+            None if !args.iter().any(|arg| arg == "--peer-listen") => {
+                command.args(["--peer-listen", "shared"]);
+            }
+            None => {}
         }
         command
             .args(args)
@@ -209,7 +217,8 @@ impl Replica {
             .env_remove("PEERS")
             .env_remove("KUBE_SERVICE")
             .env_remove("POD_IP")
-            .env_remove("SELF_URL");
+            .env_remove("SELF_URL")
+            .env_remove("PEER_LISTEN_ADDR");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -380,7 +389,7 @@ pub(crate) fn require_tool(tool: &str) -> Option<PathBuf> {
         return found;
     }
     let install = "examples/kubernetes-service-discovery/scripts/install-test-deps.sh (as root; \
-                   Debian package `prometheus`)";
+                   Debian packages `prometheus` and `kubernetes-client`, PyPI's `schemathesis`)";
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("CI=true but `{tool}` is not on PATH. Install it with {install}.");
     }

@@ -102,7 +102,7 @@ async fn prometheus_scrapes_counters_that_match_the_traffic() {
     // A malformed key is refused before the cache: it must not count as a get.
     let (status, _) = get(
         &http,
-        &format!("{}/items/not%20valid", cluster.replicas[0].url),
+        &format!("{}/items/not%00valid", cluster.replicas[0].url),
     )
     .await;
     assert_eq!(status, 400);
