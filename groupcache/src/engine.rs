@@ -880,10 +880,11 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Removes `key` from every peer but `owner` (and this replica), all at once; the first
-    /// failure, after all were tried. The key's owners in recent rings that are no longer
-    /// members are sent the remove as well, since one that left may still serve its copy (its
-    /// own discovery may lag); their failures are logged, not returned: a replica that crashed
-    /// or drained cannot be reached, and would fail every remove until its ring is forgotten.
+    /// failure, after all were tried. The members of recent rings that are no longer members are
+    /// sent the remove as well, since one that left may still serve a copy (as the key's former
+    /// owner while its own discovery lags, or from its hot cache to its own clients through its
+    /// drain); their failures are logged, not returned: a replica that crashed or drained cannot
+    /// be reached, and would fail every remove until its ring is forgotten.
     async fn remove_on_all_but(
         self: &Arc<Self>,
         membership: &Membership,
@@ -895,7 +896,7 @@ impl<L: Loader> Inner<L> {
             .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
         let results =
             futures_util::future::join_all(others.map(|peer| self.remove_on_member(peer, key)));
-        let departed = membership.departed_owners(key, Instant::now());
+        let departed = membership.departed(Instant::now());
         let departed = futures_util::future::join_all(
             departed.into_iter().map(|peer| self.remove_on(peer, key)),
         );
@@ -951,7 +952,7 @@ impl<L: Loader> Inner<L> {
                 .cloned();
             let Some(member) = member else {
                 // Gone from the ring: its entries are capped at `hot_max_age` on its side, and
-                // writes reach it as a departed owner while that lasts.
+                // writes reach it as a replica that left while that lasts.
                 let dropped = this.repairs.drop_peer(&url);
                 this.metrics.write_repairs_pending(this.repairs.pending());
                 tracing::info!(group = %this.group, peer = %url, dropped, "a replica that missed writes left the ring; their repairs are dropped");

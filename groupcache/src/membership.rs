@@ -98,8 +98,7 @@ pub(crate) struct Membership {
     /// first; those that have aged past it since are skipped where they are read.
     former: Vec<Former>,
     /// The members of recent rings that fell past [`MAX_FORMER_RINGS`], each with the newest
-    /// time a ring of theirs retired: a write goes to every one of them that has left, since
-    /// which keys they owned is no longer known.
+    /// time a ring of theirs retired: a write goes to every one of them that has left.
     overflow: Vec<(Arc<Member>, Instant)>,
     /// How long a replaced ring's owners still count: they receive writes and hand off keys.
     recent_for: Duration,
@@ -120,7 +119,7 @@ struct Former {
 /// Former rings kept whole at most, however fast the membership changes: a rolling deploy of a
 /// large cluster changes it twice per replica. Beyond this, the oldest rings are dropped but
 /// their members are kept (`Membership::overflow`) until the rings would have aged out: writes
-/// must reach a departed owner for `recent_for`, however many changes came after it left.
+/// must reach a replica that left for `recent_for`, however many changes came after it left.
 const MAX_FORMER_RINGS: usize = 16;
 
 impl Membership {
@@ -156,22 +155,18 @@ impl Membership {
         })
     }
 
-    /// Owners of `key` in the rings this one replaced recently (before `now`) that are no longer
-    /// members (nor this replica), once each. A former owner that is still a member is among
-    /// [`others`](Membership::others).
-    pub(crate) fn departed_owners(&self, key: &str, now: Instant) -> Vec<&Arc<Member>> {
+    /// Members of the rings this one replaced recently (before `now`) that are no longer
+    /// members (nor this replica), once each. Every write goes to them too, whatever the key:
+    /// one that left may still serve copies (as a key's former owner, or from its hot cache to
+    /// its own clients through its drain) until its discovery or its drain ends.
+    pub(crate) fn departed(&self, now: Instant) -> Vec<&Arc<Member>> {
         let mut departed: Vec<&Arc<Member>> = Vec::new();
-        for former in self.recent(now) {
-            let owner = former
-                .ring
-                .owner(key.as_bytes())
-                .and_then(|i| former.members.get(i));
-            if let Some(owner) = owner
-                && !owner.is_self
-                && !self.members.iter().any(|member| member.url == owner.url)
-                && !departed.iter().any(|seen| seen.url == owner.url)
+        for member in self.recent(now).flat_map(|former| &former.members) {
+            if !member.is_self
+                && !self.members.iter().any(|current| current.url == member.url)
+                && !departed.iter().any(|seen| seen.url == member.url)
             {
-                departed.push(owner);
+                departed.push(member);
             }
         }
         for (member, retired) in &self.overflow {
@@ -582,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn departed_owners_are_the_recent_rings_owners_that_left() {
+    fn departed_members_are_the_recent_rings_members_that_left() {
         let peers = peers();
         let (two, three) = ("http://127.0.0.1:2", "http://127.0.0.1:3");
         peers.set([two, three]).unwrap();
@@ -591,30 +586,28 @@ mod tests {
             .map(|i| format!("k{i}"))
             .find(|key| before.owner(key).is_some_and(|owner| &*owner.url == two))
             .unwrap();
-        let other = (0..)
-            .map(|i| format!("k{i}"))
-            .find(|key| before.owner(key).is_some_and(|owner| &*owner.url == three))
-            .unwrap();
         peers.remove(two).unwrap();
         let after = peers.snapshot();
         let departed: Vec<&str> = after
-            .departed_owners(&key, Instant::now())
+            .departed(Instant::now())
             .iter()
             .map(|m| &*m.url)
             .collect();
-        assert_eq!(departed, [two]);
+        assert_eq!(
+            departed,
+            [two],
+            "whatever the key: it may hold hot copies of any"
+        );
         assert!(
-            after.departed_owners(&other, Instant::now()).is_empty(),
+            !after
+                .departed(Instant::now())
+                .iter()
+                .any(|member| &*member.url == three),
             "3 is still a member"
         );
         // A member that comes back is a member again, not departed.
         peers.add(two).unwrap();
-        assert!(
-            peers
-                .snapshot()
-                .departed_owners(&key, Instant::now())
-                .is_empty()
-        );
+        assert!(peers.snapshot().departed(Instant::now()).is_empty());
         // Each ring is remembered once; the chain never grows past its cap.
         for _ in 0..2 * MAX_FORMER_RINGS {
             peers.remove(two).unwrap();
@@ -623,7 +616,7 @@ mod tests {
         peers.remove(two).unwrap();
         let snapshot = peers.snapshot();
         assert_eq!(snapshot.former.len(), MAX_FORMER_RINGS);
-        assert_eq!(snapshot.departed_owners(&key, Instant::now()).len(), 1);
+        assert_eq!(snapshot.departed(Instant::now()).len(), 1);
     }
 
     /// Issue 23's fast rolling deploy: more ring changes within the bound than rings are kept
@@ -649,7 +642,7 @@ mod tests {
         let snapshot = peers.snapshot();
         assert_eq!(snapshot.former.len(), MAX_FORMER_RINGS, "rings kept whole");
         let departed: Vec<&str> = snapshot
-            .departed_owners(&key, Instant::now())
+            .departed(Instant::now())
             .iter()
             .map(|member| &*member.url)
             .collect();
@@ -659,7 +652,7 @@ mod tests {
         );
         let later = Instant::now() + recent_for + Duration::from_secs(1);
         assert!(
-            snapshot.departed_owners(&key, later).is_empty(),
+            snapshot.departed(later).is_empty(),
             "every ring has aged past the bound"
         );
         // It came back: a member again, not departed.
@@ -667,7 +660,7 @@ mod tests {
         let snapshot = peers.snapshot();
         assert!(
             !snapshot
-                .departed_owners(&key, Instant::now())
+                .departed(Instant::now())
                 .iter()
                 .any(|member| &*member.url == gone),
             "a member again is sent writes as a member, not as departed"
@@ -704,7 +697,7 @@ mod tests {
             "it still owns a key"
         );
         assert!(
-            snapshot.departed_owners(&key, Instant::now()).is_empty(),
+            snapshot.departed(Instant::now()).is_empty(),
             "it sends no writes to itself"
         );
         // Discovery still lists it (its endpoint is not yet marked unready): it stays out.
@@ -749,15 +742,12 @@ mod tests {
         let after = peers.snapshot();
         let now = Instant::now();
         let url = |member: Option<&Arc<Member>>| member.map(|m| m.url.to_string());
-        assert_eq!(after.departed_owners(&key, now).len(), 1);
+        assert_eq!(after.departed(now).len(), 1);
         assert_eq!(url(after.previous_owner(&key, now)).as_deref(), Some(two));
         let just_within = now + recent_for - Duration::from_millis(1);
-        assert_eq!(after.departed_owners(&key, just_within).len(), 1);
+        assert_eq!(after.departed(just_within).len(), 1);
         let past = after.built + recent_for;
-        assert!(
-            after.departed_owners(&key, past).is_empty(),
-            "still written to"
-        );
+        assert!(after.departed(past).is_empty(), "still written to");
         assert_ne!(
             url(after.previous_owner(&key, past)).as_deref(),
             Some(two),
