@@ -254,8 +254,9 @@ impl Traffic {
             // get, get_many, write + remove, write + set
             weights: [50, 10, 20, 20],
             get_many_keys: 4,
-            // Longer than a killed owner's outage: every write ends acknowledged.
-            retry_for: Duration::from_secs(10),
+            // Longer than a killed owner's outage (4.7 s here) with room for a slow machine:
+            // every write ends acknowledged.
+            retry_for: Duration::from_secs(30),
             seed: 0x23,
         };
         Traffic {
@@ -279,8 +280,9 @@ impl Traffic {
 }
 
 /// Checks the history in `recorder` and prints it: zero violations, no read that failed (every
-/// get, the traffic's and the sweeps', answered), every write acknowledged.
-fn check(name: &str, recorder: &Recorder) -> Report {
+/// get, the traffic's and the sweeps', answered), every write acknowledged, at least `min_writes`
+/// of them.
+fn check(name: &str, recorder: &Recorder, min_writes: usize) -> Report {
     let history = recorder.history();
     let config = Config {
         hot_max_age: HOT_MAX_AGE,
@@ -300,7 +302,7 @@ fn check(name: &str, recorder: &Recorder) -> Report {
     );
     assert_eq!(report.read_errors, 0, "{name}: a get failed:\n{report}");
     assert!(
-        report.writes_failed == 0 && report.writes > 100,
+        report.writes_failed == 0 && report.writes >= min_writes,
         "{name}: every write should be acknowledged, and there should be many:\n{report}"
     );
     report
@@ -350,7 +352,7 @@ async fn a_scale_up_from_3_to_4_under_traffic_reloads_at_most_a_tenth_of_the_mov
         started.elapsed(),
         sweep_failures.len(),
     );
-    check("scale-up 3 -> 4", &recorder);
+    check("scale-up 3 -> 4", &recorder, 200);
     assert!(sweep_failures.is_empty(), "{sweep_failures:?}");
     assert!(moved > KEYS as u64 / 8, "test setup: {moved} keys moved");
     assert!(
@@ -384,6 +386,9 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
     let three = urls(&survivors);
     let started = Instant::now();
     let change = recorder.begin(EventKind::Membership("4 -> 3 (SIGTERM)".into()));
+    // Until the clients leave it, it serves them from outside every ring: writes need not
+    // reach it (the README's "a replica the caller's ring does not list can miss the write").
+    let drain = recorder.begin(EventKind::Draining(leaving.url.clone()));
     tokio::task::block_in_place(|| leaving.terminate_and_wait_left());
     for replica in &survivors {
         replica.set_peers(&three).await;
@@ -393,6 +398,7 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
     let sweep_failures = sweep(&survivors[0], &keys, &recorder).await;
     traffic.flowing(200).await;
     targets.remove(&leaving.url);
+    recorder.end(drain);
     traffic.stop().await;
     let loads = loads(&replicas).await;
     let reloads = unwritten(&loads, &keys) - warm;
@@ -412,7 +418,7 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
         written(&loads, &keys),
         sweep_failures.len(),
     );
-    check("scale-down 4 -> 3", &recorder);
+    check("scale-down 4 -> 3", &recorder, 200);
     assert!(sweep_failures.is_empty(), "{sweep_failures:?}");
     assert!(moved > KEYS as u64 / 8, "test setup: {moved} keys moved");
     assert!(
@@ -463,6 +469,7 @@ async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tent
             "step {step}: {} leaves (SIGTERM)",
             old.url
         )));
+        let drain = recorder.begin(EventKind::Draining(old.url.clone()));
         tokio::task::block_in_place(|| old.terminate_and_wait_left());
         let without = urls(&live);
         for replica in &live {
@@ -472,6 +479,7 @@ async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tent
         sweep_failures.extend(sweep(&live[1], &keys, &recorder).await);
         traffic.flowing(100).await;
         targets.remove(&old.url);
+        recorder.end(drain);
         let stats = old.stats().await;
         gone_loads += unwritten(&loads(std::slice::from_ref(&old)).await, &keys);
         hits += stats.handoff_hits;
@@ -495,7 +503,7 @@ async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tent
         started.elapsed(),
         sweep_failures.len(),
     );
-    check("rolling restart", &recorder);
+    check("rolling restart", &recorder, 200);
     assert!(
         sweep_failures.is_empty(),
         "{:?}",
@@ -584,7 +592,9 @@ async fn an_owner_killed_under_traffic_costs_at_most_1_1_loads_per_key_and_no_er
         its_keys.len(),
         written(&loads_during, &its_keys),
     );
-    let report = check("owner SIGKILLed", &recorder);
+    // Few writes: while the owner is dead, each write of its keys is retried until discovery
+    // drops it (the outage is most of the run).
+    let report = check("owner SIGKILLed", &recorder, 20);
     assert!(
         report.writes_retried > 0,
         "writes met the dead owner:\n{report}"
