@@ -55,6 +55,12 @@ const VALUE_BYTES: usize = 1024;
 const ENTRY_OVERHEAD: u64 = 53;
 /// The loader's time per load: long enough that concurrent gets of a popular key share a load.
 const LOAD_MS: u64 = 5;
+/// The written keys' loads take longer: a write lands while a load of its key, started by the
+/// get sent with it, is in flight, and the get sent once it returned comes well before that
+/// load ends.
+const WRITTEN_LOAD_MS: u64 = 20;
+/// The written keys' prefix.
+const WRITTEN_PREFIX: &str = "soak-w";
 
 /// Keys that are only read: their value is always the loader's. The first [`POPULAR_KEYS`] get
 /// most of the traffic, so they are promoted to hot caches and would show a herd at once.
@@ -174,6 +180,19 @@ impl Tally {
     fn explain(&mut self, category: &'static str) {
         *self.explained.entry(category).or_default() += 1;
     }
+
+    /// Adds `other`'s counts to this one's.
+    fn absorb(&mut self, other: Tally) {
+        self.gets += other.gets;
+        self.sets += other.sets;
+        self.removes += other.removes;
+        self.get_micros.extend(other.get_micros);
+        self.write_micros.extend(other.write_micros);
+        for (category, n) in other.explained {
+            *self.explained.entry(category).or_default() += n;
+        }
+        self.unexplained.extend(other.unexplained);
+    }
 }
 
 async fn drive(task: usize, seed: u64, shared: Arc<Shared>, deadline: Instant) -> Tally {
@@ -204,8 +223,13 @@ async fn drive(task: usize, seed: u64, shared: Arc<Shared>, deadline: Instant) -
 }
 
 async fn get(shared: &Shared, task: usize, rng: &mut Rng, tally: &mut Tally, k: usize) {
-    let key = &shared.keys[k];
     let member = shared.pick(rng);
+    get_from(shared, task, member, tally, k).await;
+}
+
+/// A get of the `k`th key from `member`, recorded.
+async fn get_from(shared: &Shared, task: usize, member: Arc<Member>, tally: &mut Tally, k: usize) {
+    let key = &shared.keys[k];
     let leaving = shared.leaving.load(Ordering::SeqCst);
     let start = shared.recorder.now();
     let started = Instant::now();
@@ -251,19 +275,58 @@ async fn get(shared: &Shared, task: usize, rng: &mut Rng, tally: &mut Tally, k: 
     });
 }
 
-/// A write of `key`, as a write-through application makes one: the source of truth first, then
-/// `set` (the new version's value) or `remove`.
-async fn write(shared: &Shared, task: usize, rng: &mut Rng, tally: &mut Tally, k: usize, set: bool) {
+/// Two writes of the `k`th key, a `remove` then a `set` or `remove`, with a get of it on each
+/// side of the second: one sent before it, which starts a load (the first write removed the
+/// key) that the second write overtakes, and one once the second returned, which must not be
+/// answered by that load (nor by any copy from before the write).
+async fn write(
+    shared: &Shared,
+    task: usize,
+    rng: &mut Rng,
+    tally: &mut Tally,
+    k: usize,
+    set: bool,
+) {
+    let key = &shared.keys[k];
+    write_once(shared, task, shared.pick(rng), tally, k, false).await;
+    let reads = shared.source.reads(key);
+    let mut probe = Tally::default();
+    {
+        let before = get_from(shared, task, shared.pick(rng), &mut probe, k);
+        tokio::pin!(before);
+        // The second write starts once the get's load has read the source (the version from
+        // before the write), so that it lands while that load is in flight; or once the get
+        // returned, if another get had loaded the key meanwhile.
+        let answered = tokio::select! {
+            () = &mut before => true,
+            () = shared.source.read_since(key, reads) => false,
+        };
+        let second = write_once(shared, task, shared.pick(rng), tally, k, set);
+        if answered {
+            second.await;
+        } else {
+            tokio::join!(before, second);
+        }
+    }
+    tally.absorb(probe);
+    get_from(shared, task, shared.pick(rng), tally, k).await;
+}
+
+/// A write of the `k`th key, as a write-through application makes one: the source of truth
+/// first, then `set` (the new version's value) or `remove`.
+async fn write_once(
+    shared: &Shared,
+    task: usize,
+    member: Arc<Member>,
+    tally: &mut Tally,
+    k: usize,
+    set: bool,
+) {
     let key = &shared.keys[k];
     let _gate = shared.write_gate.read().await;
-    let member = shared.pick(rng);
     let replica = &member.replica;
     let start = shared.recorder.now();
-    let version = shared
-        .source
-        .bump(key)
-        .await
-        .expect("the in-memory source");
+    let version = shared.source.bump(key).await.expect("the in-memory source");
     let source_done = shared.recorder.now();
     // Through the control client directly, for the error's text (keys need no escaping).
     let (call, request) = if set {
@@ -335,6 +398,8 @@ fn replica_flags(source: &str) -> Vec<String> {
         ("--hot-bytes", HOT_BYTES.to_string()),
         ("--load-ms", LOAD_MS.to_string()),
         ("--source", source.to_owned()),
+        ("--slow-keys", WRITTEN_PREFIX.to_owned()),
+        ("--slow-load-ms", WRITTEN_LOAD_MS.to_string()),
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_owned(), value])
@@ -443,9 +508,10 @@ async fn change_membership(
                 let mut all = base_urls.clone();
                 all.push(member.replica.url.clone());
                 // From its own ring's change to the last of the others': the rings disagree.
-                let change = shared
-                    .recorder
-                    .begin(EventKind::Membership(format!("{} joins", member.replica.url)));
+                let change = shared.recorder.begin(EventKind::Membership(format!(
+                    "{} joins",
+                    member.replica.url
+                )));
                 member.replica.set_peers(&all).await;
                 {
                     let _no_writes = shared.write_gate.write().await;
@@ -579,7 +645,7 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
 
     let keys: Vec<String> = (0..READ_KEYS)
         .map(|i| format!("soak-r{i}"))
-        .chain((0..WRITE_KEYS).map(|i| format!("soak-w{i}")))
+        .chain((0..WRITE_KEYS).map(|i| format!("{WRITTEN_PREFIX}{i}")))
         .collect();
     // No main cache ever evicts: a replica's main cache only holds keys it owns in some ring,
     // and with rendezvous hashing a key a base replica owns with the fourth replica present is
@@ -638,16 +704,7 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
     }
     let mut tally = Tally::default();
     while let Some(done) = drivers.join_next().await {
-        let done = done.expect("a driver task");
-        tally.gets += done.gets;
-        tally.sets += done.sets;
-        tally.removes += done.removes;
-        tally.get_micros.extend(done.get_micros);
-        tally.write_micros.extend(done.write_micros);
-        for (category, n) in done.explained {
-            *tally.explained.entry(category).or_default() += n;
-        }
-        tally.unexplained.extend(done.unexplained);
+        tally.absorb(done.expect("a driver task"));
     }
     let changes = changer.await.expect("the membership changer");
     let ran = started.elapsed();

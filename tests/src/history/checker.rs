@@ -914,8 +914,8 @@ mod tests {
         let report = checked(
             vec![
                 write(150, 160, "k", 1, Ok(())),
-                version("d", 170, 175, "k", 0),  // on the drained replica: allowed
-                version("b", 170, 175, "k", 0),  // elsewhere: strict
+                version("d", 170, 175, "k", 0), // on the drained replica: allowed
+                version("b", 170, 175, "k", 0), // elsewhere: strict
                 version("d", 2000, 2005, "k", 0), // past the bound
                 // A write after the drain is strict on it too (it no longer serves clients, but
                 // a read that began before its end is held to what was acknowledged before).

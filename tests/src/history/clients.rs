@@ -77,7 +77,10 @@ async fn go_get(peer: &GoPeer, key: &str) -> Result<(u16, Vec<u8>), reqwest::Err
 /// `--value-bytes`, for tests whose values must weigh something), else [`ReadResult::Garbage`].
 /// For tests that read the cluster themselves and record into a [`Recorder`].
 pub fn read_result(key: &str, body: &[u8]) -> ReadResult {
-    let unpadded = body.iter().rposition(|&b| b != b'.').map_or(0, |last| last + 1);
+    let unpadded = body
+        .iter()
+        .rposition(|&b| b != b'.')
+        .map_or(0, |last| last + 1);
     match version_of(key, &body[..unpadded]) {
         Some(version) => ReadResult::Version(version),
         None => ReadResult::Garbage(String::from_utf8_lossy(&body[..body.len().min(80)]).into()),
@@ -482,7 +485,10 @@ mod tests {
             read_result("k2", padded.as_bytes()),
             ReadResult::Garbage(_)
         ));
-        assert!(matches!(read_result("k1", b"k1#..."), ReadResult::Garbage(_)));
+        assert!(matches!(
+            read_result("k1", b"k1#..."),
+            ReadResult::Garbage(_)
+        ));
         assert!(matches!(read_result("k1", b"...."), ReadResult::Garbage(_)));
     }
 }
