@@ -301,9 +301,16 @@ impl Traffic {
 }
 
 /// Checks the history in `recorder` and prints it: zero violations, no read that failed (every
-/// get, the traffic's and the sweeps', answered), every write acknowledged, at least `min_writes`
-/// of them.
-fn check(name: &str, recorder: &Recorder, min_writes: usize) -> Report {
+/// get, the traffic's and the sweeps', answered) but those in flight on a replica when it was
+/// killed (`killed`: its URL and when, by the recorder's clock; a client may have picked it just
+/// before the test took it out of the targets), every write acknowledged, at least
+/// `min_writes` of them.
+fn check(
+    name: &str,
+    recorder: &Recorder,
+    min_writes: usize,
+    killed: &[(String, Duration)],
+) -> Report {
     let history = recorder.history();
     let config = Config {
         hot_max_age: HOT_MAX_AGE,
@@ -321,7 +328,29 @@ fn check(name: &str, recorder: &Recorder, min_writes: usize) -> Report {
         0,
         "{name}: the history breaks the promise (see its report above)"
     );
-    assert_eq!(report.read_errors, 0, "{name}: a get failed:\n{report}");
+    let in_flight_at_a_kill = |op: &Op| {
+        killed
+            .iter()
+            .any(|(url, at)| op.replica == *url && op.start <= *at && *at <= op.end)
+    };
+    let errors: Vec<String> = history
+        .ops
+        .iter()
+        .filter(|op| match &op.kind {
+            OpKind::Read { results, .. } => results
+                .iter()
+                .any(|(_, result)| matches!(result, ReadResult::Error(_))),
+            OpKind::Write { .. } => false,
+        })
+        .filter(|op| !in_flight_at_a_kill(op))
+        .map(|op| op.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name}: {} gets failed: {:#?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
     assert!(
         report.writes_failed == 0 && report.writes >= min_writes,
         "{name}: every write should be acknowledged, and there should be many:\n{report}"
@@ -373,7 +402,7 @@ async fn a_scale_up_from_3_to_4_under_traffic_reloads_at_most_a_tenth_of_the_mov
         started.elapsed(),
         sweep_failures.len(),
     );
-    check("scale-up 3 -> 4", &recorder, 200);
+    check("scale-up 3 -> 4", &recorder, 200, &[]);
     assert!(sweep_failures.is_empty(), "{sweep_failures:?}");
     assert!(moved > KEYS as u64 / 8, "test setup: {moved} keys moved");
     assert!(
@@ -439,7 +468,7 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
         written(&loads, &keys),
         sweep_failures.len(),
     );
-    check("scale-down 4 -> 3", &recorder, 200);
+    check("scale-down 4 -> 3", &recorder, 200, &[]);
     assert!(sweep_failures.is_empty(), "{sweep_failures:?}");
     assert!(moved > KEYS as u64 / 8, "test setup: {moved} keys moved");
     assert!(
@@ -469,6 +498,7 @@ async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tent
     let mut sweep_failures = Vec::new();
     let mut gone_loads = 0;
     let mut hits = 0;
+    let mut killed = Vec::new();
     for step in 0..3 {
         let old = live.remove(0);
         let new = start(&source, &[]);
@@ -507,6 +537,7 @@ async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tent
         let stats = old.stats().await;
         gone_loads += unwritten(&loads(std::slice::from_ref(&old)).await, &keys);
         hits += stats.handoff_hits;
+        killed.push((old.url.clone(), recorder.now()));
         old.kill(); // the drain ends
         println!(
             "step {step}: {:.1?} since the restart began",
@@ -527,7 +558,7 @@ async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tent
         started.elapsed(),
         sweep_failures.len(),
     );
-    check("rolling restart", &recorder, 200);
+    check("rolling restart", &recorder, 200, &killed);
     assert!(
         sweep_failures.is_empty(),
         "{:?}",
@@ -630,7 +661,7 @@ async fn an_owner_killed_under_traffic_costs_at_most_1_1_loads_per_key_and_no_er
     );
     // Few writes: while the owner is dead, each write of its keys is retried until discovery
     // drops it (the outage is most of the run).
-    let report = check("owner SIGKILLed", &recorder, 20);
+    let report = check("owner SIGKILLed", &recorder, 20, &[]);
     assert!(
         report.writes_retried > 0,
         "writes met the dead owner:\n{report}"
