@@ -13,16 +13,32 @@
 //!   (at most 1.1) until discovery drops it, with hot caches too small for its share, and no
 //!   caller error.
 //!
+//! Writes run throughout (issue 23): the loaders read a source of truth that changes
+//! (`groupcache_tests::history::source`), writer clients (`groupcache_tests::history::clients`)
+//! increment the version of [`WRITTEN_KEYS`] of the keys in the source, then `remove` or `set` them,
+//! and every get, the traffic's and the sweeps', is recorded with the writes and the membership
+//! changes, and the whole history is checked (`groupcache_tests::history::checker`): a read that
+//! starts after a write was acknowledged while every ring agreed returns that write's version or a
+//! newer one; a write that overlapped a membership change or the kill may be missed only within
+//! the bound. A `remove` makes the key's owner load it again, so the reload ratios count the keys
+//! that are never written only, and the written keys' loads are printed apart.
+//!
 //! The in-process versions, without traffic, are in `membership.rs`; the soak (`soak.rs`) mixes
 //! joins, leaves and kills with writes under looser bounds. Every figure is printed (run with
 //! `--nocapture`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use groupcache_tests::process::{ProcessReplica, owners, value_for};
+use groupcache_tests::history::checker::{
+    self, Config, EventKind, Fault, Op, OpKind, ReadCall, ReadResult, Report,
+};
+use groupcache_tests::history::clients::{self, Clients, Recorder, Target, Targets, Workload};
+use groupcache_tests::history::source::Source;
+use groupcache_tests::process::{ProcessReplica, owners};
 use tokio::task::JoinSet;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_replica");
@@ -33,18 +49,50 @@ const KEYS: usize = 20_000;
 const VALUE_BYTES: usize = 1024;
 /// The loader's time per load.
 const LOAD_MS: u64 = 1;
-/// Concurrent clients of the steady traffic.
+/// Concurrent clients of the steady traffic's gets, over every key.
 const CLIENTS: usize = 2;
+/// The first this many keys of each test are written, by [`WRITERS`] clients that also read
+/// them: few, so that writes meet loads and reads of the same key all the time. Their names
+/// start with [`WRITTEN_PREFIX`], and their loads take [`WRITTEN_LOAD_MS`]: long enough that
+/// writes land while loads of their key are in flight (a load that read the source before a
+/// write must not answer a read that starts after it), while the many other keys load quickly.
+const WRITTEN_KEYS: usize = 10;
+const WRITTEN_PREFIX: &str = "w-";
+const WRITTEN_LOAD_MS: u64 = 20;
+const WRITERS: usize = 8;
 /// Gets in flight at once while the test itself asks for every key.
 const SWEEP_CONCURRENCY: usize = 64;
-/// Bounds on every traffic loop, whatever happens.
+/// The recorded client id of the sweeps' gets (the traffic's clients are numbered from 0).
+const SWEEPER: usize = 99;
+/// How long to wait for the traffic to make progress, whatever happens.
 const TRAFFIC_LIMIT: Duration = Duration::from_secs(120);
-const TRAFFIC_MAX_GETS: u64 = 2_000_000;
+/// The replicas' `hot_max_age`, the builder's default (the replica binary is not told one): the
+/// bound within which a read may miss a write that overlapped a membership change or the kill.
+const HOT_MAX_AGE: Duration = Duration::from_secs(60);
+/// Added to the bound: a load that read the source just before a write stores its value a load
+/// later, and the test's clock reads operations' ends late on a loaded machine.
+const SLACK: Duration = Duration::from_secs(1);
 
-fn start(extra: &[&str]) -> Arc<ProcessReplica> {
+async fn memory_source() -> Arc<Source> {
+    Arc::new(Source::memory(IpAddr::V4(Ipv4Addr::LOCALHOST)).await)
+}
+
+fn start(source: &Source, extra: &[&str]) -> Arc<ProcessReplica> {
     let value_bytes = VALUE_BYTES.to_string();
     let load_ms = LOAD_MS.to_string();
-    let mut flags = vec!["--value-bytes", &value_bytes, "--load-ms", &load_ms];
+    let written_load_ms = WRITTEN_LOAD_MS.to_string();
+    let mut flags = vec![
+        "--value-bytes",
+        &value_bytes,
+        "--load-ms",
+        &load_ms,
+        "--source",
+        source.url(),
+        "--slow-keys",
+        WRITTEN_PREFIX,
+        "--slow-load-ms",
+        &written_load_ms,
+    ];
     flags.extend_from_slice(extra);
     Arc::new(ProcessReplica::start(BINARY, &flags))
 }
@@ -53,37 +101,58 @@ fn urls(replicas: &[Arc<ProcessReplica>]) -> Vec<String> {
     replicas.iter().map(|r| r.url.clone()).collect()
 }
 
-/// What the loader returns for `key` (the source of truth never changes in these tests).
-fn expected(key: &str) -> Vec<u8> {
-    let mut value = value_for(key, 0).into_bytes();
-    value.resize(VALUE_BYTES.max(value.len()), b'.');
-    value
+/// One get, recorded in `recorder`: `None` if it returned a value of `key` (whether it was fresh
+/// is the checker's to say), else what went wrong.
+async fn recorded_get(replica: &ProcessReplica, key: &str, recorder: &Recorder) -> Option<String> {
+    let start = recorder.now();
+    let answer = replica.get(key).await;
+    let end = recorder.now();
+    let (result, failure) = match answer {
+        Ok((200, body)) => match clients::read_result(key, &body) {
+            ReadResult::Version(v) => (ReadResult::Version(v), None),
+            other => (
+                other,
+                Some(format!(
+                    "{key} on {}: a wrong value {:?}",
+                    replica.url,
+                    String::from_utf8_lossy(&body[..body.len().min(40)])
+                )),
+            ),
+        },
+        Ok((status, body)) => {
+            let error = format!("{status} {}", String::from_utf8_lossy(&body));
+            (ReadResult::Error(error.clone()), Some(error))
+        }
+        Err(error) => (
+            ReadResult::Error(error.to_string()),
+            Some(error.to_string()),
+        ),
+    };
+    recorder.record(Op {
+        client: SWEEPER,
+        replica: replica.url.clone(),
+        start,
+        end,
+        kind: OpKind::Read {
+            call: ReadCall::Get,
+            results: vec![(key.to_owned(), result)],
+        },
+    });
+    failure.map(|failure| format!("{key} on {}: {failure}", replica.url))
 }
 
-/// One get, checked: `None` if it returned the loader's value, else what went wrong.
-async fn checked_get(replica: &ProcessReplica, key: &str) -> Option<String> {
-    match replica.get(key).await {
-        Ok((200, body)) if body[..] == expected(key)[..] => None,
-        Ok((200, body)) => Some(format!(
-            "{key} on {}: a wrong value {:?}",
-            replica.url,
-            String::from_utf8_lossy(&body[..body.len().min(40)])
-        )),
-        Ok((status, body)) => Some(format!(
-            "{key} on {}: {status} {}",
-            replica.url,
-            String::from_utf8_lossy(&body)
-        )),
-        Err(error) => Some(format!("{key} on {}: {error}", replica.url)),
-    }
-}
-
-/// Gets every key from `replica`, [`SWEEP_CONCURRENCY`] at a time; the failures.
-async fn sweep(replica: &Arc<ProcessReplica>, keys: &Arc<Vec<String>>) -> Vec<String> {
+/// Gets every key from `replica`, [`SWEEP_CONCURRENCY`] at a time, recording each in `recorder`;
+/// the failures.
+async fn sweep(
+    replica: &Arc<ProcessReplica>,
+    keys: &Arc<Vec<String>>,
+    recorder: &Arc<Recorder>,
+) -> Vec<String> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for _ in 0..SWEEP_CONCURRENCY {
         let (replica, keys, next) = (replica.clone(), keys.clone(), next.clone());
+        let recorder = recorder.clone();
         tasks.spawn(async move {
             let mut failures = Vec::new();
             loop {
@@ -91,7 +160,7 @@ async fn sweep(replica: &Arc<ProcessReplica>, keys: &Arc<Vec<String>>) -> Vec<St
                 let Some(key) = keys.get(i) else {
                     return failures;
                 };
-                failures.extend(checked_get(&replica, key).await);
+                failures.extend(recorded_get(&replica, key, &recorder).await);
             }
         });
     }
@@ -117,99 +186,180 @@ fn total(loads: &HashMap<String, u64>) -> u64 {
     loads.values().sum()
 }
 
-/// Makes `replicas` one cluster and warms it with [`KEYS`] keys named `{prefix}{i}`, each
-/// loaded once by its owner: the keys, and the loads so far.
-async fn warm_cluster(replicas: &[Arc<ProcessReplica>], prefix: &str) -> (Arc<Vec<String>>, u64) {
+/// Loads of the keys never written: those that only a membership change can make reload.
+fn unwritten(loads: &HashMap<String, u64>, keys: &[String]) -> u64 {
+    total(loads) - written(loads, keys)
+}
+
+/// Loads of the written keys (the first [`WRITTEN_KEYS`] of `keys`).
+fn written(loads: &HashMap<String, u64>, keys: &[String]) -> u64 {
+    keys[..WRITTEN_KEYS]
+        .iter()
+        .map(|key| loads.get(key).copied().unwrap_or(0))
+        .sum()
+}
+
+/// How many of `keys`, less the written ones, `url` owns in a ring of `ring`.
+fn moved_to(ring: &[String], keys: &[String], url: &str) -> u64 {
+    owners(ring, &keys[WRITTEN_KEYS..])
+        .iter()
+        .filter(|owner| *owner == url)
+        .count() as u64
+}
+
+/// Makes `replicas` one cluster and warms it with [`KEYS`] keys named `{prefix}{i}` (the written
+/// ones `{WRITTEN_PREFIX}{prefix}{i}`), each
+/// loaded once by its owner, recording the gets in `recorder`: the keys, and the loads of the
+/// keys never written so far.
+async fn warm_cluster(
+    replicas: &[Arc<ProcessReplica>],
+    prefix: &str,
+    recorder: &Arc<Recorder>,
+) -> (Arc<Vec<String>>, u64) {
     let all = urls(replicas);
     for replica in replicas {
         replica.set_peers(&all).await;
     }
-    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("{prefix}{i}")).collect());
-    let failures = sweep(&replicas[0], &keys).await;
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..KEYS)
+            .map(|i| match i < WRITTEN_KEYS {
+                true => format!("{WRITTEN_PREFIX}{prefix}{i}"),
+                false => format!("{prefix}{i}"),
+            })
+            .collect(),
+    );
+    let failures = sweep(&replicas[0], &keys, recorder).await;
     assert!(
         failures.is_empty(),
         "warming: {:?}",
         &failures[..3.min(failures.len())]
     );
-    let warm = total(&loads(replicas).await);
-    assert_eq!(warm, KEYS as u64, "each key loaded once, by its owner");
+    let loads = loads(replicas).await;
+    assert_eq!(
+        total(&loads),
+        KEYS as u64,
+        "each key loaded once, by its owner"
+    );
+    let warm = unwritten(&loads, &keys);
     (keys, warm)
 }
 
-/// splitmix64: a small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n as u64) as usize
-    }
-}
-
-/// Steady traffic: [`CLIENTS`] clients, each getting a random key from a random replica of
-/// `targets` (which the test changes as the membership does), one get at a time, every answer
-/// checked.
+/// Steady traffic, recorded: [`CLIENTS`] clients, each getting a random key from a random
+/// replica of the targets (which the test changes as the membership does), one get at a time;
+/// and [`WRITERS`] clients reading and writing the [`WRITTEN_KEYS`] (write the source, then
+/// `remove` or `set`, retried on another replica until `Ok`).
 struct Traffic {
-    stop: Arc<AtomicBool>,
-    gets: Arc<AtomicU64>,
-    clients: JoinSet<Vec<String>>,
+    recorder: Arc<Recorder>,
+    readers: Clients,
+    writers: Clients,
 }
 
 impl Traffic {
-    fn start(targets: Arc<Mutex<Vec<Arc<ProcessReplica>>>>, keys: Arc<Vec<String>>) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let gets = Arc::new(AtomicU64::new(0));
-        let mut clients = JoinSet::new();
-        for client in 0..CLIENTS {
-            let (targets, keys) = (targets.clone(), keys.clone());
-            let (stop, gets) = (stop.clone(), gets.clone());
-            clients.spawn(async move {
-                let mut rng = Rng(0x5EED + client as u64);
-                let deadline = Instant::now() + TRAFFIC_LIMIT;
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed)
-                    && Instant::now() < deadline
-                    && gets.fetch_add(1, Ordering::Relaxed) < TRAFFIC_MAX_GETS
-                {
-                    let replica = {
-                        let targets = targets.lock().unwrap();
-                        targets[rng.below(targets.len())].clone()
-                    };
-                    let key = &keys[rng.below(keys.len())];
-                    failures.extend(checked_get(&replica, key).await);
-                }
-                failures
-            });
-        }
+    fn start(
+        targets: Arc<Targets>,
+        keys: &[String],
+        source: &Arc<Source>,
+        recorder: &Arc<Recorder>,
+    ) -> Traffic {
+        let readers = Workload {
+            keys: keys.to_vec(),
+            clients: CLIENTS,
+            weights: [1, 0, 0, 0],
+            get_many_keys: 1,
+            retry_for: Duration::ZERO,
+            seed: 0x5EED,
+        };
+        let writers = Workload {
+            keys: keys[..WRITTEN_KEYS].to_vec(),
+            clients: WRITERS,
+            // get, get_many, write + remove, write + set
+            weights: [50, 10, 20, 20],
+            get_many_keys: 4,
+            // Longer than a killed owner's outage (4.7 s here) with room for a slow machine:
+            // every write ends acknowledged.
+            retry_for: Duration::from_secs(30),
+            seed: 0x23,
+        };
         Traffic {
-            stop,
-            gets,
-            clients,
+            recorder: recorder.clone(),
+            readers: Clients::start(&readers, targets.clone(), source.clone(), recorder.clone()),
+            writers: Clients::start(&writers, targets, source.clone(), recorder.clone()),
         }
     }
 
-    /// Waits until the clients have sent `n` more gets: traffic is flowing.
-    async fn flowing(&self, n: u64) {
-        let target = self.gets.load(Ordering::Relaxed) + n;
-        let deadline = Instant::now() + TRAFFIC_LIMIT;
-        while self.gets.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "the traffic stalled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    /// Waits until the clients have recorded `n` more operations: traffic is flowing.
+    async fn flowing(&self, n: usize) {
+        let target = self.recorder.operations() + n;
+        self.recorder.wait_operations(target, TRAFFIC_LIMIT).await;
     }
 
-    /// Stops the clients; the gets they sent and their failures.
-    async fn stop(mut self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        while let Some(done) = self.clients.join_next().await {
-            failures.extend(done.expect("a traffic client"));
-        }
-        (self.gets.load(Ordering::Relaxed), failures)
+    /// Stops the clients (a write finishes its retries).
+    async fn stop(self) {
+        self.readers.stop().await;
+        self.writers.stop().await;
     }
+}
+
+/// Checks the history in `recorder` and prints it: zero violations, no read that failed (every
+/// get, the traffic's and the sweeps', answered) but those in flight on a replica when it was
+/// killed (`killed`: its URL and when, by the recorder's clock; a client may have picked it just
+/// before the test took it out of the targets), every write acknowledged, at least
+/// `min_writes` of them.
+fn check(
+    name: &str,
+    recorder: &Recorder,
+    min_writes: usize,
+    killed: &[(String, Duration)],
+) -> Report {
+    let history = recorder.history();
+    let config = Config {
+        hot_max_age: HOT_MAX_AGE,
+        slack: SLACK,
+        ..Config::default()
+    };
+    let report = checker::check(&history, &config);
+    println!("{name}: the history, hot_max_age {HOT_MAX_AGE:?} + slack {SLACK:?}");
+    for event in &history.events {
+        println!("  event {event}");
+    }
+    print!("{report}");
+    assert_eq!(
+        report.violation_count(),
+        0,
+        "{name}: the history breaks the promise (see its report above)"
+    );
+    let in_flight_at_a_kill = |op: &Op| {
+        killed
+            .iter()
+            .any(|(url, at)| op.replica == *url && op.start <= *at && *at <= op.end)
+    };
+    let errors: Vec<String> = history
+        .ops
+        .iter()
+        .filter(|op| match &op.kind {
+            OpKind::Read { results, .. } => results
+                .iter()
+                .any(|(_, result)| matches!(result, ReadResult::Error(_))),
+            OpKind::Write { .. } => false,
+        })
+        .filter(|op| !in_flight_at_a_kill(op))
+        .map(|op| op.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name}: {} gets failed: {:#?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert!(
+        report.writes_failed == 0 && report.writes >= min_writes,
+        "{name}: every write should be acknowledged, and there should be many:\n{report}"
+    );
+    report
+}
+
+fn targets(replicas: &[Arc<ProcessReplica>]) -> Arc<Targets> {
+    Targets::new(replicas.iter().cloned().map(Target::Rust).collect())
 }
 
 /// Issue 17's "cold after every join", as processes under traffic: 6,043 moved keys were all
@@ -217,43 +367,43 @@ impl Traffic {
 /// others add it; every key is asked for afterwards, so every moved key is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_up_from_3_to_4_under_traffic_reloads_at_most_a_tenth_of_the_moved_keys() {
-    let replicas: Vec<Arc<ProcessReplica>> = (0..4).map(|_| start(&[])).collect();
+    let source = memory_source().await;
+    let recorder = Recorder::new();
+    let replicas: Vec<Arc<ProcessReplica>> = (0..4).map(|_| start(&source, &[])).collect();
     let four = urls(&replicas);
-    let (keys, warm) = warm_cluster(&replicas[..3], "up-").await;
+    let (keys, warm) = warm_cluster(&replicas[..3], "up-", &recorder).await;
 
-    let targets = Arc::new(Mutex::new(replicas[..3].to_vec()));
-    let traffic = Traffic::start(targets.clone(), keys.clone());
+    let targets = targets(&replicas[..3]);
+    let traffic = Traffic::start(targets.clone(), &keys, &source, &recorder);
     traffic.flowing(200).await;
     let started = Instant::now();
+    let change = recorder.begin(EventKind::Membership("3 -> 4".into()));
     for replica in replicas.iter().rev() {
         replica.set_peers(&four).await;
     }
-    targets.lock().unwrap().push(replicas[3].clone());
-    let sweep_failures = sweep(&replicas[1], &keys).await;
+    recorder.end(change);
+    targets.add(Target::Rust(replicas[3].clone()));
+    let sweep_failures = sweep(&replicas[1], &keys, &recorder).await;
     traffic.flowing(200).await;
-    let (gets, failures) = traffic.stop().await;
+    traffic.stop().await;
 
-    let moved = owners(&four, &keys)
-        .iter()
-        .filter(|owner| **owner == replicas[3].url)
-        .count() as u64;
-    let reloads = total(&loads(&replicas).await) - warm;
+    let moved = moved_to(&four, &keys, &replicas[3].url);
+    let loads = loads(&replicas).await;
+    let reloads = unwritten(&loads, &keys) - warm;
     let new = replicas[3].stats().await;
     println!(
-        "scale-up 3 -> 4, {KEYS} warm keys: {moved} moved, {reloads} reloaded ({:.1} %); hand-off \
-         hits {}, misses {}; {gets} traffic gets and {KEYS} swept in {:.1?} after the join, \
-         failed: {} + {}",
+        "scale-up 3 -> 4, {KEYS} warm keys: {moved} unwritten keys moved, {reloads} reloaded \
+         ({:.1} %); {WRITTEN_KEYS} written keys loaded {} times; hand-off hits {}, misses {}; \
+         {KEYS} swept in {:.1?} after the join, failed: {}",
         100.0 * reloads as f64 / moved as f64,
+        written(&loads, &keys),
         new.handoff_hits,
         new.handoff_misses,
         started.elapsed(),
-        failures.len(),
         sweep_failures.len(),
     );
-    assert!(
-        failures.is_empty() && sweep_failures.is_empty(),
-        "{failures:?} {sweep_failures:?}"
-    );
+    check("scale-up 3 -> 4", &recorder, 200, &[]);
+    assert!(sweep_failures.is_empty(), "{sweep_failures:?}");
     assert!(moved > KEYS as u64 / 8, "test setup: {moved} keys moved");
     assert!(
         reloads * 10 <= moved,
@@ -268,12 +418,14 @@ async fn a_scale_up_from_3_to_4_under_traffic_reloads_at_most_a_tenth_of_the_mov
 /// dies. Before the hand-off, every key it owned was loaded again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of_the_moved_keys() {
-    let replicas: Vec<Arc<ProcessReplica>> = (0..4).map(|_| start(&[])).collect();
+    let source = memory_source().await;
+    let recorder = Recorder::new();
+    let replicas: Vec<Arc<ProcessReplica>> = (0..4).map(|_| start(&source, &[])).collect();
     let four = urls(&replicas);
-    let (keys, warm) = warm_cluster(&replicas, "down-").await;
+    let (keys, warm) = warm_cluster(&replicas, "down-", &recorder).await;
 
-    let targets = Arc::new(Mutex::new(replicas.clone()));
-    let traffic = Traffic::start(targets.clone(), keys.clone());
+    let targets = targets(&replicas);
+    let traffic = Traffic::start(targets.clone(), &keys, &source, &recorder);
     traffic.flowing(200).await;
     let leaving = replicas[1].clone();
     let survivors: Vec<Arc<ProcessReplica>> = replicas
@@ -283,42 +435,41 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
         .collect();
     let three = urls(&survivors);
     let started = Instant::now();
+    let change = recorder.begin(EventKind::Membership("4 -> 3 (SIGTERM)".into()));
+    // Until the clients leave it, it serves them from outside every ring: writes need not
+    // reach it (the README's "a replica the caller's ring does not list can miss the write").
+    let drain = recorder.begin(EventKind::Draining(leaving.url.clone()));
     tokio::task::block_in_place(|| leaving.terminate_and_wait_left());
     for replica in &survivors {
         replica.set_peers(&three).await;
     }
+    recorder.end(change);
     // The drain: the traffic still reaches the leaving replica meanwhile.
-    let sweep_failures = sweep(&survivors[0], &keys).await;
+    let sweep_failures = sweep(&survivors[0], &keys, &recorder).await;
     traffic.flowing(200).await;
-    targets
-        .lock()
-        .unwrap()
-        .retain(|r| !Arc::ptr_eq(r, &leaving));
-    let (gets, failures) = traffic.stop().await;
-    let reloads = total(&loads(&replicas).await) - warm;
+    targets.remove(&leaving.url);
+    recorder.end(drain);
+    traffic.stop().await;
+    let loads = loads(&replicas).await;
+    let reloads = unwritten(&loads, &keys) - warm;
     leaving.kill(); // the drain ends
     let drained = started.elapsed();
 
-    let moved = owners(&four, &keys)
-        .iter()
-        .filter(|owner| **owner == leaving.url)
-        .count() as u64;
+    let moved = moved_to(&four, &keys, &leaving.url);
     let mut hits = 0;
     for replica in &survivors {
         hits += replica.stats().await.handoff_hits;
     }
     println!(
-        "scale-down 4 -> 3 by SIGTERM, {KEYS} warm keys: {moved} moved, {reloads} reloaded \
-         ({:.1} %); hand-off hits {hits}; {gets} traffic gets and {KEYS} swept in a drain of \
-         {drained:.1?}, failed: {} + {}",
+        "scale-down 4 -> 3 by SIGTERM, {KEYS} warm keys: {moved} unwritten keys moved, \
+         {reloads} reloaded ({:.1} %); {WRITTEN_KEYS} written keys loaded {} times; hand-off \
+         hits {hits}; {KEYS} swept in a drain of {drained:.1?}, failed: {}",
         100.0 * reloads as f64 / moved as f64,
-        failures.len(),
+        written(&loads, &keys),
         sweep_failures.len(),
     );
-    assert!(
-        failures.is_empty() && sweep_failures.is_empty(),
-        "{failures:?} {sweep_failures:?}"
-    );
+    check("scale-down 4 -> 3", &recorder, 200, &[]);
+    assert!(sweep_failures.is_empty(), "{sweep_failures:?}");
     assert!(moved > KEYS as u64 / 8, "test setup: {moved} keys moved");
     assert!(
         reloads * 10 <= moved,
@@ -335,72 +486,88 @@ async fn a_graceful_scale_down_from_4_to_3_by_sigterm_reloads_at_most_a_tenth_of
 /// one gave away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tenth_of_the_keys() {
-    let mut live: Vec<Arc<ProcessReplica>> = (0..3).map(|_| start(&[])).collect();
-    let (keys, warm) = warm_cluster(&live, "roll-").await;
+    let source = memory_source().await;
+    let recorder = Recorder::new();
+    let mut live: Vec<Arc<ProcessReplica>> = (0..3).map(|_| start(&source, &[])).collect();
+    let (keys, warm) = warm_cluster(&live, "roll-", &recorder).await;
 
-    let targets = Arc::new(Mutex::new(live.clone()));
-    let traffic = Traffic::start(targets.clone(), keys.clone());
+    let targets = targets(&live);
+    let traffic = Traffic::start(targets.clone(), &keys, &source, &recorder);
     traffic.flowing(200).await;
     let started = Instant::now();
     let mut sweep_failures = Vec::new();
     let mut gone_loads = 0;
     let mut hits = 0;
+    let mut killed = Vec::new();
     for step in 0..3 {
         let old = live.remove(0);
-        let new = start(&[]);
+        let new = start(&source, &[]);
         live.push(new.clone());
         let with_old: Vec<String> = std::iter::once(old.url.clone())
             .chain(urls(&live))
             .collect();
         // The new replica joins: its own ring first, then everyone's, the old one's last.
+        let join = recorder.begin(EventKind::Membership(format!(
+            "step {step}: {} joins",
+            new.url
+        )));
         for replica in live.iter().rev().chain([&old]) {
             replica.set_peers(&with_old).await;
         }
-        targets.lock().unwrap().push(new.clone());
-        sweep_failures.extend(sweep(&live[0], &keys).await);
+        recorder.end(join);
+        targets.add(Target::Rust(new.clone()));
+        sweep_failures.extend(sweep(&live[0], &keys, &recorder).await);
         // The old one is told to stop: it leaves its own ring, discovery drops it from the
         // others', and it drains.
+        let leave = recorder.begin(EventKind::Membership(format!(
+            "step {step}: {} leaves (SIGTERM)",
+            old.url
+        )));
+        let drain = recorder.begin(EventKind::Draining(old.url.clone()));
         tokio::task::block_in_place(|| old.terminate_and_wait_left());
         let without = urls(&live);
         for replica in &live {
             replica.set_peers(&without).await;
         }
-        sweep_failures.extend(sweep(&live[1], &keys).await);
+        recorder.end(leave);
+        sweep_failures.extend(sweep(&live[1], &keys, &recorder).await);
         traffic.flowing(100).await;
-        targets.lock().unwrap().retain(|r| !Arc::ptr_eq(r, &old));
+        targets.remove(&old.url);
+        recorder.end(drain);
         let stats = old.stats().await;
-        gone_loads += total(&loads(std::slice::from_ref(&old)).await);
+        gone_loads += unwritten(&loads(std::slice::from_ref(&old)).await, &keys);
         hits += stats.handoff_hits;
+        killed.push((old.url.clone(), recorder.now()));
         old.kill(); // the drain ends
         println!(
             "step {step}: {:.1?} since the restart began",
             started.elapsed()
         );
     }
-    let (gets, failures) = traffic.stop().await;
+    traffic.stop().await;
     for replica in &live {
         hits += replica.stats().await.handoff_hits;
     }
-    let reloads = gone_loads + total(&loads(&live).await) - warm;
+    let reloads = gone_loads + unwritten(&loads(&live).await, &keys) - warm;
+    let unwritten_keys = (KEYS - WRITTEN_KEYS) as u64;
     println!(
-        "rolling restart of 3 replicas under traffic, {KEYS} warm keys: {reloads} reloaded \
-         ({:.1} %); hand-off hits {hits}; {gets} traffic gets and 6 sweeps of every key in \
-         {:.1?}, failed: {} + {}",
-        100.0 * reloads as f64 / KEYS as f64,
+        "rolling restart of 3 replicas under traffic, {KEYS} warm keys: {reloads} of the \
+         {unwritten_keys} unwritten reloaded ({:.1} %); hand-off hits {hits}; 6 sweeps of every \
+         key in {:.1?}, failed: {}",
+        100.0 * reloads as f64 / unwritten_keys as f64,
         started.elapsed(),
-        failures.len(),
         sweep_failures.len(),
     );
+    check("rolling restart", &recorder, 200, &killed);
     assert!(
-        failures.is_empty() && sweep_failures.is_empty(),
-        "{:?} {:?}",
-        &failures[..3.min(failures.len())],
+        sweep_failures.is_empty(),
+        "{:?}",
         &sweep_failures[..3.min(sweep_failures.len())]
     );
     assert!(hits > 0, "test setup: nothing was handed off");
     assert!(
-        reloads * 10 <= KEYS as u64,
-        "{reloads} of {KEYS} keys reloaded over a rolling restart"
+        reloads * 10 <= unwritten_keys,
+        "{reloads} of {unwritten_keys} keys reloaded over a rolling restart"
     );
 }
 
@@ -411,26 +578,39 @@ async fn a_rolling_restart_of_every_replica_under_traffic_reloads_at_most_a_tent
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_killed_under_traffic_costs_at_most_1_1_loads_per_key_and_no_errors() {
     const ITS_KEYS: usize = 3_000;
-    const GETS_PER_KEY: u64 = 6;
-    let replicas: Vec<Arc<ProcessReplica>> =
-        (0..3).map(|_| start(&["--hot-bytes", "1048576"])).collect();
+    const GETS_PER_KEY: usize = 6;
+    let source = memory_source().await;
+    let recorder = Recorder::new();
+    let replicas: Vec<Arc<ProcessReplica>> = (0..3)
+        .map(|_| start(&source, &["--hot-bytes", "1048576"]))
+        .collect();
     let all = urls(&replicas);
     for replica in &replicas {
         replica.set_peers(&all).await;
     }
     let (dead, survivors) = (replicas[2].clone(), replicas[..2].to_vec());
-    let candidates: Vec<String> = (0..ITS_KEYS * 4).map(|i| format!("dead-{i}")).collect();
-    let its_keys: Arc<Vec<String>> = Arc::new(
+    // Its keys among `n` named `{prefix}{i}`.
+    let its = |prefix: &str, n: usize| -> Vec<String> {
+        let candidates: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
         candidates
             .iter()
             .zip(owners(&all, &candidates))
             .filter(|(_, owner)| *owner == dead.url)
             .map(|(key, _)| key.clone())
-            .take(ITS_KEYS)
-            .collect(),
+            .collect()
+    };
+    // The written keys first.
+    let mut its_keys = its(&format!("{WRITTEN_PREFIX}dead-"), WRITTEN_KEYS * 8);
+    its_keys.truncate(WRITTEN_KEYS);
+    assert_eq!(its_keys.len(), WRITTEN_KEYS, "test setup");
+    its_keys.extend(
+        its("dead-", ITS_KEYS * 4)
+            .into_iter()
+            .take(ITS_KEYS - WRITTEN_KEYS),
     );
+    let its_keys = Arc::new(its_keys);
     assert!(its_keys.len() >= ITS_KEYS * 9 / 10, "test setup");
-    let failures = sweep(&survivors[0], &its_keys).await;
+    let failures = sweep(&survivors[0], &its_keys, &recorder).await;
     assert!(
         failures.is_empty(),
         "warming: {:?}",
@@ -442,22 +622,29 @@ async fn an_owner_killed_under_traffic_costs_at_most_1_1_loads_per_key_and_no_er
         "the owner loaded its keys"
     );
 
-    let targets = Arc::new(Mutex::new(survivors.clone()));
-    let traffic = Traffic::start(targets, its_keys.clone());
+    let traffic = Traffic::start(targets(&survivors), &its_keys, &source, &recorder);
     traffic.flowing(200).await;
+    let fault = recorder.begin(EventKind::Fault {
+        replica: dead.url.clone(),
+        fault: Fault::Killed,
+    });
     dead.kill();
     let killed = Instant::now();
-    traffic.flowing(GETS_PER_KEY * its_keys.len() as u64).await;
+    traffic.flowing(GETS_PER_KEY * its_keys.len()).await;
     let outage = killed.elapsed();
-    let during = total(&loads(&survivors).await);
+    let loads_during = loads(&survivors).await;
+    let during = unwritten(&loads_during, &its_keys);
     // Discovery drops it.
     let two = urls(&survivors);
     for replica in &survivors {
         replica.set_peers(&two).await;
     }
-    let (gets, failures) = traffic.stop().await;
+    recorder.end(fault);
+    // Writes after discovery dropped it are strict again: some of them, checked.
+    traffic.flowing(2_000).await;
+    traffic.stop().await;
 
-    let per_key = during as f64 / its_keys.len() as f64;
+    let per_key = during as f64 / (its_keys.len() - WRITTEN_KEYS) as f64;
     let mut suspicions = Vec::new();
     let mut successor_loads = Vec::new();
     for replica in &survivors {
@@ -466,16 +653,18 @@ async fn an_owner_killed_under_traffic_costs_at_most_1_1_loads_per_key_and_no_er
         successor_loads.push(stats.successor_loads);
     }
     println!(
-        "owner killed: {} of its keys asked {gets} times from 2 survivors over {outage:.1?} of \
-         outage: {during} loads ({per_key:.3} per key); suspicions {suspicions:?}, successor \
-         loads {successor_loads:?}; failed {}",
+        "owner killed: {} of its keys asked from 2 survivors over {outage:.1?} of outage: \
+         {during} loads of the unwritten ({per_key:.3} per key), {} of the {WRITTEN_KEYS} \
+         written; suspicions {suspicions:?}, successor loads {successor_loads:?}",
         its_keys.len(),
-        failures.len()
+        written(&loads_during, &its_keys),
     );
+    // Few writes: while the owner is dead, each write of its keys is retried until discovery
+    // drops it (the outage is most of the run).
+    let report = check("owner SIGKILLed", &recorder, 20, &[]);
     assert!(
-        failures.is_empty(),
-        "{:?}",
-        &failures[..5.min(failures.len())]
+        report.writes_retried > 0,
+        "writes met the dead owner:\n{report}"
     );
     assert!(
         per_key <= 1.1,

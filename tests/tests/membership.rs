@@ -4,12 +4,18 @@
 //! Rings are set by hand so that they disagree the way they do while discovery propagates. The
 //! bound is a duration, so these tests wait it out; every wait is a small multiple of `BOUND`.
 
-use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use groupcache_rs::Groupcache;
+use groupcache_tests::history::checker::{
+    self, Config, EventKind, Op, OpKind, ReadCall, ReadResult, WriteCall,
+};
+use groupcache_tests::history::clients::{self, Recorder};
+use groupcache_tests::history::source::Source;
+use groupcache_tests::history::{self};
 use groupcache_tests::{GROUP, Replica, TestLoader, owner_index, start_cluster};
 use tokio::task::JoinSet;
 
@@ -418,62 +424,70 @@ async fn a_rolling_restart_reloads_at_most_a_tenth_of_the_keys() {
     assert!(reloads * 10 <= KEYS, "{reloads} of {KEYS} keys reloaded");
 }
 
-/// The source of truth of the writes test: each key's current value, written by the test before
-/// it sets or removes the key in the cache (a write-through application).
-#[derive(Clone, Default)]
-struct Source(Arc<Mutex<HashMap<String, String>>>);
+/// The writes test's loader: each key's value is [`history::value`]`(key, version)` at the
+/// version the source of truth holds when the load starts (a write-through application's
+/// reads); the load then takes [`Versions::LOAD`], as a slow query does, so that writes land
+/// while loads of their key are in flight: a load that read the source before a write must not
+/// answer a read that starts after the write was acknowledged.
+#[derive(Clone)]
+struct Versions(Arc<Source>);
 
-impl groupcache_rs::Loader for Source {
+impl Versions {
+    /// A load's time: long enough for several writes of other keys, and one of its own, to
+    /// land meanwhile.
+    const LOAD: Duration = Duration::from_millis(5);
+}
+
+impl groupcache_rs::Loader for Versions {
     type Value = String;
     type Error = std::convert::Infallible;
 
     async fn load(&self, key: &str) -> Result<groupcache_rs::Loaded<String>, Self::Error> {
-        let rows = self.0.lock().unwrap();
-        let value = rows.get(key).cloned().unwrap_or_else(|| format!("{key}:0"));
-        Ok(groupcache_rs::Loaded::new(value))
+        let version = self
+            .0
+            .version(key)
+            .await
+            .expect("the in-memory source always answers");
+        // The load's own time, after it read the source: what a stale read would expose.
+        tokio::time::sleep(Self::LOAD).await;
+        Ok(groupcache_rs::Loaded::new(history::value(key, version)))
     }
 }
 
-/// One write of a key: the value it makes current, and when it returned (`None` while in
-/// flight, or if it failed).
-struct Written {
-    value: String,
-    done: Option<Instant>,
-}
-
-/// One read: which replica, which key, when it started, what it returned.
-struct Read {
-    replica: usize,
-    key: usize,
-    started: Instant,
-    value: String,
-}
-
-/// Issue 17's "writes during membership changes: no value served past the documented bound".
-/// Sets and removes (each after writing the source of truth) run while a fourth replica joins
-/// (its own ring first, the others `LAG` later) and leaves (the others' rings first, its own
-/// `Groupcache::leave` `LAG` later, then it goes on serving its clients for a while, as through a
-/// drain); readers ask every replica. Every read must return the key's latest write, or a value
-/// that was superseded less than the bound before the read started.
+/// Issue 17's "writes during membership changes: no value served past the documented bound",
+/// checked by the history checker (issue 23). Writes (each increments the key's version in the
+/// source of truth, then `set`s the new value or `remove`s the key) run while a fourth replica
+/// joins (its own ring first, the others `LAG` later) and leaves (the others' rings first, its
+/// own `Groupcache::leave` `LAG` later, then it goes on serving its clients for a while, as
+/// through a drain); readers ask every replica. Every operation and both membership changes are
+/// recorded, and the checker holds the history to the README's promise: a read that starts
+/// after an acknowledged write made while every ring agreed returns that write's version or a
+/// newer one (strict); only a write that overlapped a membership change may be missing, within
+/// the bound.
 ///
-/// It fails if a write misses a replica that keeps the old value longer: if `remove`/`set` did
-/// not reach departed owners (the leaving replica, whose own ring still names it the owner for
-/// `LAG`, serves the old value from main until its entries are capped), if the entries a replica
-/// keeps after a ring change took its keys away were not capped (the draining replica, which no
-/// write reaches once the others' rings that had it are older than the bound, serves unbounded
-/// the keys not written meanwhile), or if values loaded under a young
-/// ring were kept unbounded (the joining replica, which writes miss for `LAG`).
+/// Besides a stale read after an acknowledged write, it fails if a write misses a replica that
+/// keeps the old value longer than the bound: if `remove`/`set` did not reach departed owners (the
+/// leaving replica, whose own ring still names it the owner for `LAG`, serves the old value from
+/// main until its entries are capped), if the entries a replica keeps after a ring change took
+/// its keys away were not capped (the draining replica, which no write reaches once the others'
+/// rings that had it are older than the bound, serves unbounded the keys not written meanwhile),
+/// or if values loaded under a young ring were kept unbounded (the joining replica, which writes
+/// miss for `LAG`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_a_join_and_a_leave_are_never_served_stale_past_the_bound() {
     const KEYS: usize = 40;
+    const READERS: usize = 16;
     const LAG: Duration = Duration::from_millis(150);
-    /// Only the measurement's own delay: a read's start is taken before it is sent and a
-    /// write's end after it returned, so the check already leans towards passing.
-    const SLACK: Duration = Duration::from_millis(20);
-    let source = Source::default();
-    let replicas: Vec<Replica<Source>> = (0..5)
+    /// A load's time (a value that read the source just before a write is stored that much
+    /// after it), and the measurement's own delay: a read's start is taken before it is sent
+    /// and a write's end after it returned, so the check already leans towards passing. Less
+    /// than `LAG`, so that a write that missed the leaving replica shows past the bound.
+    const SLACK: Duration = Duration::from_millis(20).saturating_add(Versions::LOAD);
+    let source = Arc::new(Source::memory(IpAddr::V4(Ipv4Addr::LOCALHOST)).await);
+    let loader = Versions(source.clone());
+    let replicas: Vec<Replica<Versions>> = (0..5)
         .map(|_| {
-            Replica::start(|url| Groupcache::builder(GROUP, url, source.clone()).hot_max_age(BOUND))
+            Replica::start(|url| Groupcache::builder(GROUP, url, loader.clone()).hot_max_age(BOUND))
         })
         .collect();
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
@@ -483,31 +497,26 @@ async fn writes_during_a_join_and_a_leave_are_never_served_stale_past_the_bound(
     for replica in &replicas[..3] {
         replica.cache.set_peers(three).unwrap();
     }
-    let caches: Vec<Groupcache<Source>> = replicas.iter().map(|r| r.cache.clone()).collect();
+    let caches: Vec<Groupcache<Versions>> = replicas.iter().map(|r| r.cache.clone()).collect();
     let keys: Vec<String> = (0..KEYS).map(|i| format!("w{i}")).collect();
-    let start = Instant::now();
-    let log: Arc<Vec<Mutex<Vec<Written>>>> = Arc::new(
-        keys.iter()
-            .map(|key| {
-                Mutex::new(vec![Written {
-                    value: format!("{key}:0"),
-                    done: Some(start),
-                }])
-            })
-            .collect(),
-    );
-    // Which replicas the clients use: the three, then the fourth from its join to the end.
+    let recorder = Recorder::new();
+    // Which replicas the clients use: the three, then the fourth from its join until it has
+    // drained.
     let members = Arc::new(AtomicUsize::new(3));
     let stop = Arc::new(AtomicBool::new(false));
     // While set, odd keys are not written: the leaving replica keeps what it holds of them.
     let quiet = Arc::new(AtomicBool::new(false));
 
     let writer = tokio::spawn({
-        let (caches, keys, log, source) =
-            (caches.clone(), keys.clone(), log.clone(), source.clone());
+        let (caches, keys, urls, source, recorder) = (
+            caches.clone(),
+            keys.clone(),
+            urls.clone(),
+            source.clone(),
+            recorder.clone(),
+        );
         let (members, stop, quiet) = (members.clone(), stop.clone(), quiet.clone());
         async move {
-            let mut errors = Vec::new();
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) && n < 1_000_000 {
                 n += 1;
@@ -515,65 +524,84 @@ async fn writes_during_a_join_and_a_leave_are_never_served_stale_past_the_bound(
                 if quiet.load(Ordering::SeqCst) {
                     k &= !1;
                 }
-                let cache = &caches[n % members.load(Ordering::SeqCst)];
-                let value = format!("{}:{n}", keys[k]);
-                // Logged before it starts: a read may see it as soon as the source has it.
-                let index = {
-                    let mut log = log[k].lock().unwrap();
-                    log.push(Written {
-                        value: value.clone(),
-                        done: None,
-                    });
-                    log.len() - 1
-                };
-                let row = value.clone();
-                source.0.lock().unwrap().insert(keys[k].clone(), row);
-                let result = if n.is_multiple_of(2) {
-                    cache.set(&keys[k], &value, None).await
+                let (key, r) = (&keys[k], n % members.load(Ordering::SeqCst));
+                let start = recorder.now();
+                let version = source.bump(key).await.expect("the in-memory source");
+                let source_done = recorder.now();
+                let (call, result) = if n.is_multiple_of(2) {
+                    let value = history::value(key, version);
+                    (WriteCall::Set, caches[r].set(key, &value, None).await)
                 } else {
-                    cache.remove(&keys[k]).await
+                    (WriteCall::Remove, caches[r].remove(key).await)
                 };
-                match result {
-                    Ok(()) => log[k].lock().unwrap()[index].done = Some(Instant::now()),
-                    Err(error) => errors.push(format!("write {n} of {}: {error}", keys[k])),
-                }
-            }
-            (n, errors)
-        }
-    });
-    let mut readers = JoinSet::new();
-    for reader in 0..2 {
-        let (caches, keys) = (caches.clone(), keys.clone());
-        let (members, stop) = (members.clone(), stop.clone());
-        readers.spawn(async move {
-            let mut reads = Vec::new();
-            let mut n = reader;
-            while !stop.load(Ordering::SeqCst) && reads.len() < 1_000_000 {
-                n += 1;
-                let (replica, key) = (n % members.load(Ordering::SeqCst), (n * 13 / 4) % KEYS);
-                let started = Instant::now();
-                let value = caches[replica].get(&keys[key]).await.unwrap();
-                reads.push(Read {
-                    replica,
-                    key,
-                    started,
-                    value,
+                recorder.record(Op {
+                    client: 0,
+                    replica: urls[r].clone(),
+                    start,
+                    end: recorder.now(),
+                    kind: OpKind::Write {
+                        key: key.clone(),
+                        version,
+                        call,
+                        source_done,
+                        outcome: result.map_err(|error| error.to_string()),
+                        tries: 1,
+                    },
                 });
             }
-            reads
+        }
+    });
+    // Many: a read of a key just removed waits for its load.
+    let mut readers = JoinSet::new();
+    for reader in 0..READERS {
+        let (caches, keys, urls, recorder) =
+            (caches.clone(), keys.clone(), urls.clone(), recorder.clone());
+        let (members, stop) = (members.clone(), stop.clone());
+        readers.spawn(async move {
+            let mut n = reader;
+            while !stop.load(Ordering::SeqCst) && n < 1_000_000 {
+                n += 1;
+                // The start is taken before the replica is chosen: a read on a replica that has
+                // just stopped being a member starts before the event that ended its membership.
+                let start = recorder.now();
+                let (r, key) = (
+                    n % members.load(Ordering::SeqCst),
+                    &keys[(n * 13 / 4) % KEYS],
+                );
+                let result = match caches[r].get(key).await {
+                    Ok(value) => clients::read_result(key, value.as_bytes()),
+                    Err(error) => ReadResult::Error(error.to_string()),
+                };
+                recorder.record(Op {
+                    client: 1 + reader,
+                    replica: urls[r].clone(),
+                    start,
+                    end: recorder.now(),
+                    kind: OpKind::Read {
+                        call: ReadCall::Get,
+                        results: vec![(key.clone(), result)],
+                    },
+                });
+            }
         });
     }
 
     // Settled rings, so owners keep their values unbounded; then the join.
     tokio::time::sleep(2 * BOUND).await;
+    let join = recorder.begin(EventKind::Membership("3 -> 4 (join)".into()));
     replicas[3].cache.set_peers(four).unwrap();
     members.store(4, Ordering::SeqCst);
     tokio::time::sleep(LAG).await;
     for replica in &replicas[..3] {
         replica.cache.set_peers(four).unwrap();
     }
-    // Its ring settles; then it leaves: the others first, its own ring `LAG` later.
+    recorder.end(join);
+    // Its ring settles, every ring agreeing (strict); then it leaves: the others first, its own
+    // ring `LAG` later.
     tokio::time::sleep(2 * BOUND).await;
+    let leave = recorder.begin(EventKind::Membership(
+        "4 -> 3 (leave, drain), then a fifth joins".into(),
+    ));
     quiet.store(true, Ordering::SeqCst);
     for replica in &replicas[..3] {
         replica.cache.set_peers(three).unwrap();
@@ -590,57 +618,44 @@ async fn writes_during_a_join_and_a_leave_are_never_served_stale_past_the_bound(
     }
     quiet.store(false, Ordering::SeqCst);
     tokio::time::sleep(2 * BOUND).await;
+    // The drain ends: the clients leave the fourth, whose ring is not the others' (a write that
+    // no longer reaches it is one it could have missed), and the event with it.
+    members.store(3, Ordering::SeqCst);
+    recorder.end(leave);
+    // Every ring in use agrees again: strict once more.
+    tokio::time::sleep(2 * BOUND).await;
     stop.store(true, Ordering::SeqCst);
-    let (writes, write_errors) = writer.await.unwrap();
-    let mut reads = Vec::new();
+    writer.await.unwrap();
     while let Some(done) = readers.join_next().await {
-        reads.extend(done.unwrap());
+        done.unwrap();
     }
 
-    let mut stale = Vec::new();
-    let mut served_old = 0;
-    for read in &reads {
-        let log = log[read.key].lock().unwrap();
-        let Some(i) = log.iter().position(|w| w.value == read.value) else {
-            stale.push(format!(
-                "{} returned {:?}, never written",
-                read.replica, read.value
-            ));
-            continue;
-        };
-        let Some(done) = log.get(i + 1).and_then(|next| next.done) else {
-            continue; // the latest write, or the next one was in flight
-        };
-        if read.started > done {
-            served_old += 1;
-        }
-        if read.started > done + BOUND + SLACK {
-            stale.push(format!(
-                "replica {} served {:?} {:?} after it was overwritten (at {:?})",
-                read.replica,
-                read.value,
-                read.started - done,
-                done - start
-            ));
-        }
+    let history = recorder.history();
+    let config = Config {
+        hot_max_age: BOUND,
+        slack: SLACK,
+        ..Config::default()
+    };
+    let report = checker::check(&history, &config);
+    let by_d = history
+        .ops
+        .iter()
+        .filter(|op| op.replica == urls[3] && matches!(op.kind, OpKind::Read { .. }))
+        .count();
+    println!("writes during a join and a leave ({by_d} reads from the fourth):");
+    for event in &history.events {
+        println!("  event {event}");
     }
-    let by_d = reads.iter().filter(|r| r.replica == 3).count();
-    println!(
-        "writes during a join and a leave: {writes} writes, {} reads ({by_d} from the fourth); \
-         {served_old} served a superseded value within the bound, {} past it",
-        reads.len(),
-        stale.len()
+    print!("{report}");
+    assert_eq!(
+        report.violation_count(),
+        0,
+        "the history breaks the promise (see its report above)"
     );
+    assert_eq!(report.writes_failed, 0, "every write reached every ring");
+    assert_eq!(report.read_errors, 0, "every get answered");
     assert!(
-        write_errors.is_empty(),
-        "{:?}",
-        &write_errors[..write_errors.len().min(5)]
-    );
-    assert!(by_d > 0 && writes > 100, "test setup: too little traffic");
-    assert!(
-        stale.is_empty(),
-        "{} stale reads: {:#?}",
-        stale.len(),
-        &stale[..stale.len().min(10)]
+        by_d > 0 && report.writes > 100 && report.fresh > 5000,
+        "test setup: too little traffic:\n{report}"
     );
 }

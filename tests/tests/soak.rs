@@ -2,10 +2,17 @@
 //! joins and leaves every few seconds (leaving gracefully, or killed first, like a crash), for a
 //! bounded time. It proves, over the whole run:
 //!
-//! - no unexplained errors: every `get` returns 200 and a value the cache may serve (exactly the
-//!   loader's value for keys that are only read; for written keys, see [`WriteLog`]); the only
-//!   errors are those of requests sent to, or `set`/`remove` calls that needed, the replica that
-//!   was leaving at that moment;
+//! - read-your-writes (issue 23): the loaders read a source of truth that changes
+//!   (`groupcache_tests::history::source`); a write increments the key's version there, then
+//!   `remove`s the key or `set`s the new version's value; every get and write is recorded with the
+//!   membership changes, and the whole history is checked (`groupcache_tests::history::checker`):
+//!   a get that starts after a write was acknowledged while every ring agreed returns that
+//!   write's version or a newer one, a write that failed or overlapped a membership change may be
+//!   missed only within the bound (`hot_max_age`, the default 60 s here, so for the rest of a
+//!   short run), and no get returns a version that was never written (the keys that are only read
+//!   stay at version 0);
+//! - no unexplained errors: every `get` returns 200; the only errors are those of requests sent
+//!   to, or `set`/`remove` calls that needed, the replica that was leaving at that moment;
 //! - resident memory stays within the budgets: each replica's growth over its idle start is at
 //!   most [`RSS_FACTOR`] times its main and hot budgets plus [`RSS_OVERHEAD`];
 //! - loads per key stay bounded: at most one per key, plus one per `remove` of it, plus two per
@@ -20,10 +27,17 @@
 //! ```
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use groupcache_tests::history::checker::{
+    self, Config, EventKind, Fault, Op, OpKind, ReadCall, ReadResult, WriteCall,
+};
+use groupcache_tests::history::clients::{self, Recorder};
+use groupcache_tests::history::source::Source;
+use groupcache_tests::history::{self};
 use groupcache_tests::process::{ProcessReplica, ProcessStats, owners};
 use tokio::sync::RwLock;
 use tokio::task::JoinSet;
@@ -41,13 +55,19 @@ const VALUE_BYTES: usize = 1024;
 const ENTRY_OVERHEAD: u64 = 53;
 /// The loader's time per load: long enough that concurrent gets of a popular key share a load.
 const LOAD_MS: u64 = 5;
+/// The written keys' loads take longer: a write lands while a load of its key, started by the
+/// get sent with it, is in flight, and the get sent once it returned comes well before that
+/// load ends.
+const WRITTEN_LOAD_MS: u64 = 20;
+/// The written keys' prefix.
+const WRITTEN_PREFIX: &str = "soak-w";
 
 /// Keys that are only read: their value is always the loader's. The first [`POPULAR_KEYS`] get
 /// most of the traffic, so they are promoted to hot caches and would show a herd at once.
 const READ_KEYS: usize = 15_000;
 const POPULAR_KEYS: usize = 2_000;
-/// Keys that are also set and removed, each by one driver task only (so its writes are
-/// sequential and their order is known).
+/// Keys that are also set and removed, each by one driver task only (so the writes of a key never
+/// overlap: a `set` of an older version cannot land after a newer one).
 const WRITE_KEYS: usize = 1_000;
 /// Concurrent driver tasks.
 const TASKS: usize = 8;
@@ -67,102 +87,18 @@ const RSS_FACTOR: f64 = 1.3;
 /// growth beyond the cached bytes was 3 to 5 MiB (20 s and 300 s runs).
 const RSS_OVERHEAD: u64 = 8 << 20;
 
-/// A value as the cache holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Val {
-    /// The loader's value (generation 0, never changed): a fresh load.
-    Loader,
-    /// What the `set` with this version wrote.
-    Set(u64),
-}
-
 fn padded(mut value: String) -> String {
     let pad = VALUE_BYTES.saturating_sub(value.len());
     value.extend(std::iter::repeat_n('.', pad));
     value
 }
 
-fn loader_value(key: &str) -> String {
-    padded(format!("value:{key}#0"))
-}
-
-fn set_value(key: &str, version: u64) -> String {
-    padded(format!("set:{key}:{version}"))
-}
-
-/// Which value `body` is, if it is one of `key`'s.
-fn parse_value(key: &str, body: &[u8]) -> Option<Val> {
-    let body = std::str::from_utf8(body).ok()?;
-    if body == loader_value(key) {
-        return Some(Val::Loader);
-    }
-    let version = body
-        .strip_prefix(&format!("set:{key}:"))?
-        .trim_end_matches('.')
-        .parse()
-        .ok()?;
-    (body == set_value(key, version)).then_some(Val::Set(version))
-}
-
-/// The writes of one written key, in order (one task writes it, one write at a time).
-///
-/// A `get` may return: the value of the last write that had succeeded when the get started (the
-/// loader's if none, or if it was a remove); the value of any later write that started before
-/// the get ended, or that failed (a failed `set` may have reached the owner; a failed `remove`
-/// may have dropped the owner's copy); and the loader's value once a membership change has begun
-/// since that last successful write started (the key's new owner loads it: `set` fills a cache,
-/// it does not write the source of truth). Nothing older: every successful write replaced the
-/// owner's copy and dropped every other live replica's, and peer lists change while no write is
-/// in flight, so every successful write reached every replica of every ring.
-#[derive(Default)]
-struct WriteLog {
-    writes: Vec<Write>,
-    /// Index of the last write that succeeded.
-    last_ok: Option<usize>,
-}
-
-struct Write {
-    val: Val,
-    /// `None` while in flight.
-    ok: Option<bool>,
-    /// [`Shared::transitions`] when it started.
-    transitions: u64,
-}
-
-/// What a get saw of a key's writes when it started.
-#[derive(Clone, Copy)]
-struct LogMark {
-    len: usize,
-    last_ok: Option<usize>,
-}
-
-impl WriteLog {
-    fn mark(&self) -> LogMark {
-        LogMark {
-            len: self.writes.len(),
-            last_ok: self.last_ok,
-        }
-    }
-
-    /// Whether a get that started at `start` and ended now (with `transitions` then) may return
-    /// `val`.
-    fn allows(&self, start: LogMark, transitions: u64, val: Val) -> bool {
-        let (base, base_val) = match start.last_ok {
-            Some(i) => (i + 1, self.writes[i].val),
-            None => (0, Val::Loader),
-        };
-        if val == base_val {
-            return true;
-        }
-        if self.writes[base..].iter().any(|write| write.val == val) {
-            return true;
-        }
-        val == Val::Loader
-            && start
-                .last_ok
-                .is_some_and(|i| transitions != self.writes[i].transitions)
-    }
-}
+/// The replicas' `hot_max_age`, the builder's default (the replica binary is not told one): the
+/// bound within which a get may miss a write that failed or overlapped a membership change.
+const HOT_MAX_AGE: Duration = Duration::from_secs(60);
+/// Added to the bound: a load that read the source just before a write stores its value a load
+/// later, and the test's clock reads operations' ends late on a loaded machine.
+const SLACK: Duration = Duration::from_secs(1);
 
 /// A replica with its fate.
 struct Member {
@@ -181,13 +117,15 @@ struct Shared {
     /// Writes hold it shared; a change of peer lists holds it exclusively, so no write is in
     /// flight while the replicas' rings disagree.
     write_gate: RwLock<()>,
-    /// Odd while a membership change is in progress; bumped at its start and at its end.
-    transitions: AtomicU64,
+    /// The source of truth the loaders read and the writes write.
+    source: Arc<Source>,
+    /// Every get and write, and every membership change, for the checker.
+    recorder: Arc<Recorder>,
     /// Odd while a replica is leaving (from the first peer-list update or the kill, whichever
     /// comes first, to when both are done).
     leaving: AtomicU64,
-    /// Per written key (indexed from 0 at `READ_KEYS`).
-    logs: Vec<Mutex<WriteLog>>,
+    /// Per written key (indexed from 0 at `READ_KEYS`): `remove`s of it, tried.
+    removes: Vec<AtomicU64>,
     /// Per key: gets that overlapped a leave.
     leave_gets: Vec<AtomicU64>,
 }
@@ -242,6 +180,19 @@ impl Tally {
     fn explain(&mut self, category: &'static str) {
         *self.explained.entry(category).or_default() += 1;
     }
+
+    /// Adds `other`'s counts to this one's.
+    fn absorb(&mut self, other: Tally) {
+        self.gets += other.gets;
+        self.sets += other.sets;
+        self.removes += other.removes;
+        self.get_micros.extend(other.get_micros);
+        self.write_micros.extend(other.write_micros);
+        for (category, n) in other.explained {
+            *self.explained.entry(category).or_default() += n;
+        }
+        self.unexplained.extend(other.unexplained);
+    }
 }
 
 async fn drive(task: usize, seed: u64, shared: Arc<Shared>, deadline: Instant) -> Tally {
@@ -255,7 +206,7 @@ async fn drive(task: usize, seed: u64, shared: Arc<Shared>, deadline: Instant) -
         let roll = rng.below(100);
         if roll < 10 {
             let k = own[rng.below(own.len())];
-            write(&shared, &mut rng, &mut tally, k, roll < 5).await;
+            write(&shared, task, &mut rng, &mut tally, k, roll < 5).await;
         } else {
             // Half the traffic on the popular keys, a third spread over every read key (so the
             // main caches fill up to near their budgets even in a short run), the rest on the
@@ -265,104 +216,129 @@ async fn drive(task: usize, seed: u64, shared: Arc<Shared>, deadline: Instant) -
                 55..90 => rng.below(READ_KEYS),
                 _ => READ_KEYS + rng.below(WRITE_KEYS),
             };
-            get(&shared, &mut rng, &mut tally, k).await;
+            get(&shared, task, &mut rng, &mut tally, k).await;
         }
     }
     tally
 }
 
-async fn get(shared: &Shared, rng: &mut Rng, tally: &mut Tally, k: usize) {
-    let key = &shared.keys[k];
+async fn get(shared: &Shared, task: usize, rng: &mut Rng, tally: &mut Tally, k: usize) {
     let member = shared.pick(rng);
-    let mark = (k >= READ_KEYS).then(|| shared.logs[k - READ_KEYS].lock().unwrap().mark());
+    get_from(shared, task, member, tally, k).await;
+}
+
+/// A get of the `k`th key from `member`, recorded.
+async fn get_from(shared: &Shared, task: usize, member: Arc<Member>, tally: &mut Tally, k: usize) {
+    let key = &shared.keys[k];
     let leaving = shared.leaving.load(Ordering::SeqCst);
+    let start = shared.recorder.now();
     let started = Instant::now();
-    let result = member.replica.get(key).await;
+    let answer = member.replica.get(key).await;
     let elapsed = started.elapsed();
+    let end = shared.recorder.now();
     if leaving % 2 == 1 || shared.leaving.load(Ordering::SeqCst) != leaving {
         shared.leave_gets[k].fetch_add(1, Ordering::Relaxed);
     }
     tally.gets += 1;
-    let (status, body) = match result {
-        Ok(answer) => answer,
-        Err(_) if member.departing.load(Ordering::SeqCst) => {
-            return tally.explain("get sent to a replica as it was killed");
+    // Whether the value is one the cache may serve is the checker's to say; errors are told
+    // apart here.
+    let result = match answer {
+        Ok((200, body)) => clients::read_result(key, &body),
+        Ok((status, body)) => {
+            let body = String::from_utf8_lossy(&body);
+            let error = format!("get({key}) on {}: {status} {body}", member.replica.url);
+            tally.unexplained.push(error.clone());
+            ReadResult::Error(error)
         }
         Err(error) => {
             let error = format!("get({key}) on {}: {error}", member.replica.url);
-            return tally.unexplained.push(error);
+            if member.departing.load(Ordering::SeqCst) {
+                tally.explain("get sent to a replica as it was killed");
+            } else {
+                tally.unexplained.push(error.clone());
+            }
+            ReadResult::Error(error)
         }
     };
-    tally.get_micros.push(elapsed.as_micros() as u32);
-    if status != 200 {
-        let body = String::from_utf8_lossy(&body);
-        let error = format!("get({key}) on {}: {status} {body}", member.replica.url);
-        return tally.unexplained.push(error);
+    if !matches!(result, ReadResult::Error(_)) {
+        tally.get_micros.push(elapsed.as_micros() as u32);
     }
-    let val = parse_value(key, &body);
-    let ok = match (val, mark) {
-        (None, _) => false,
-        (Some(val), None) => val == Val::Loader,
-        (Some(val), Some(mark)) => {
-            let transitions = shared.transitions.load(Ordering::SeqCst);
-            let log = shared.logs[k - READ_KEYS].lock().unwrap();
-            log.allows(mark, transitions, val)
-        }
-    };
-    if !ok {
-        let shown: String = String::from_utf8_lossy(&body).chars().take(60).collect();
-        let history = (k >= READ_KEYS).then(|| {
-            let log = shared.logs[k - READ_KEYS].lock().unwrap();
-            let writes: Vec<String> = log
-                .writes
-                .iter()
-                .map(|w| format!("{:?}/{:?}/t{}", w.val, w.ok, w.transitions))
-                .collect();
-            format!(
-                "writes {writes:?}, at start {:?}",
-                mark.map(|m| (m.len, m.last_ok))
-            )
-        });
-        tally.unexplained.push(format!(
-            "get({key}) on {} returned {shown:?}...: not a value it may serve ({history:?})",
-            member.replica.url
-        ));
-    }
+    shared.recorder.record(Op {
+        client: task,
+        replica: member.replica.url.clone(),
+        start,
+        end,
+        kind: OpKind::Read {
+            call: ReadCall::Get,
+            results: vec![(key.clone(), result)],
+        },
+    });
 }
 
-async fn write(shared: &Shared, rng: &mut Rng, tally: &mut Tally, k: usize, set: bool) {
+/// Two writes of the `k`th key, a `remove` then a `set` or `remove`, with a get of it on each
+/// side of the second: one sent before it, which starts a load (the first write removed the
+/// key) that the second write overtakes, and one once the second returned, which must not be
+/// answered by that load (nor by any copy from before the write).
+async fn write(
+    shared: &Shared,
+    task: usize,
+    rng: &mut Rng,
+    tally: &mut Tally,
+    k: usize,
+    set: bool,
+) {
+    let key = &shared.keys[k];
+    write_once(shared, task, shared.pick(rng), tally, k, false).await;
+    let reads = shared.source.reads(key);
+    let mut probe = Tally::default();
+    {
+        let before = get_from(shared, task, shared.pick(rng), &mut probe, k);
+        tokio::pin!(before);
+        // The second write starts once the get's load has read the source (the version from
+        // before the write), so that it lands while that load is in flight; or once the get
+        // returned, if another get had loaded the key meanwhile.
+        let answered = tokio::select! {
+            () = &mut before => true,
+            () = shared.source.read_since(key, reads) => false,
+        };
+        let second = write_once(shared, task, shared.pick(rng), tally, k, set);
+        if answered {
+            second.await;
+        } else {
+            tokio::join!(before, second);
+        }
+    }
+    tally.absorb(probe);
+    get_from(shared, task, shared.pick(rng), tally, k).await;
+}
+
+/// A write of the `k`th key, as a write-through application makes one: the source of truth
+/// first, then `set` (the new version's value) or `remove`.
+async fn write_once(
+    shared: &Shared,
+    task: usize,
+    member: Arc<Member>,
+    tally: &mut Tally,
+    k: usize,
+    set: bool,
+) {
     let key = &shared.keys[k];
     let _gate = shared.write_gate.read().await;
-    let member = shared.pick(rng);
-    let log = &shared.logs[k - READ_KEYS];
-    let (index, val) = {
-        let mut log = log.lock().unwrap();
-        let val = if set {
-            Val::Set(log.writes.len() as u64 + 1)
-        } else {
-            Val::Loader
-        };
-        log.writes.push(Write {
-            val,
-            ok: None,
-            transitions: shared.transitions.load(Ordering::SeqCst),
-        });
-        (log.writes.len() - 1, val)
-    };
     let replica = &member.replica;
+    let start = shared.recorder.now();
+    let version = shared.source.bump(key).await.expect("the in-memory source");
+    let source_done = shared.recorder.now();
     // Through the control client directly, for the error's text (keys need no escaping).
-    let request = match val {
-        Val::Set(version) => {
-            tally.sets += 1;
-            let url = format!("{}/set/{key}", replica.url);
-            replica.http().put(url).body(set_value(key, version))
-        }
-        Val::Loader => {
-            tally.removes += 1;
-            replica
-                .http()
-                .delete(format!("{}/remove/{key}", replica.url))
-        }
+    let (call, request) = if set {
+        tally.sets += 1;
+        let url = format!("{}/set/{key}", replica.url);
+        let value = padded(history::value(key, version));
+        (WriteCall::Set, replica.http().put(url).body(value))
+    } else {
+        tally.removes += 1;
+        shared.removes[k - READ_KEYS].fetch_add(1, Ordering::Relaxed);
+        let url = format!("{}/remove/{key}", replica.url);
+        (WriteCall::Remove, replica.http().delete(url))
     };
     let started = Instant::now();
     let result = match request.send().await {
@@ -372,47 +348,66 @@ async fn write(shared: &Shared, rng: &mut Rng, tally: &mut Tally, k: usize, set:
         }
         Err(error) => Err(error),
     };
+    let end = shared.recorder.now();
     tally
         .write_micros
         .push(started.elapsed().as_micros() as u32);
     let what = if set { "set" } else { "remove" };
-    let ok = matches!(result, Ok((200, _)));
-    match result {
-        Ok((200, _)) => {}
-        Err(_) if member.departing.load(Ordering::SeqCst) => {
-            tally.explain("set/remove sent to a replica as it was killed")
+    let outcome = match result {
+        Ok((200, _)) => Ok(()),
+        Err(error) => {
+            if member.departing.load(Ordering::SeqCst) {
+                tally.explain("set/remove sent to a replica as it was killed");
+            } else {
+                let error = format!("{what}({key}) on {}: {error}", replica.url);
+                tally.unexplained.push(error);
+            }
+            Err(error.to_string())
         }
-        Ok((500, body)) if shared.names_departing_peer(&body) => {
-            tally.explain("set/remove met the replica that was leaving")
+        Ok((status, body)) => {
+            if status == 500 && shared.names_departing_peer(&body) {
+                tally.explain("set/remove met the replica that was leaving");
+            } else {
+                let error = format!("{what}({key}) on {}: {status} {body}", replica.url);
+                tally.unexplained.push(error);
+            }
+            Err(format!("{status} {body}"))
         }
-        Ok((status, body)) => tally
-            .unexplained
-            .push(format!("{what}({key}) on {}: {status} {body}", replica.url)),
-        Err(error) => tally
-            .unexplained
-            .push(format!("{what}({key}) on {}: {error}", replica.url)),
-    }
-    let mut log = log.lock().unwrap();
-    log.writes[index].ok = Some(ok);
-    if ok {
-        log.last_ok = Some(index);
-    }
+    };
+    shared.recorder.record(Op {
+        client: task,
+        replica: replica.url.clone(),
+        start,
+        end,
+        kind: OpKind::Write {
+            key: key.clone(),
+            version,
+            call,
+            source_done,
+            outcome,
+            tries: 1,
+        },
+    });
 }
 
-fn replica_flags() -> Vec<String> {
+/// The flags of a replica whose loader reads the source of truth at `source`.
+fn replica_flags(source: &str) -> Vec<String> {
     [
-        ("--value-bytes", VALUE_BYTES as u64),
-        ("--main-bytes", MAIN_BYTES),
-        ("--hot-bytes", HOT_BYTES),
-        ("--load-ms", LOAD_MS),
+        ("--value-bytes", VALUE_BYTES.to_string()),
+        ("--main-bytes", MAIN_BYTES.to_string()),
+        ("--hot-bytes", HOT_BYTES.to_string()),
+        ("--load-ms", LOAD_MS.to_string()),
+        ("--source", source.to_owned()),
+        ("--slow-keys", WRITTEN_PREFIX.to_owned()),
+        ("--slow-load-ms", WRITTEN_LOAD_MS.to_string()),
     ]
-    .iter()
-    .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_owned(), value])
     .collect()
 }
 
-fn start_replica() -> ProcessReplica {
-    let flags = replica_flags();
+fn start_replica(source: &str) -> ProcessReplica {
+    let flags = replica_flags(source);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     ProcessReplica::start(BINARY, &flags)
 }
@@ -493,8 +488,8 @@ async fn change_membership(
         next += CHANGE_EVERY;
         match fourth.take() {
             None => {
-                shared.transitions.fetch_add(1, Ordering::SeqCst);
-                let replica = tokio::task::spawn_blocking(start_replica)
+                let source = shared.source.url().to_owned();
+                let replica = tokio::task::spawn_blocking(move || start_replica(&source))
                     .await
                     .expect("starting a replica");
                 let member = Arc::new(Member {
@@ -512,6 +507,11 @@ async fn change_membership(
                     .insert(member.replica.url.clone(), member.clone());
                 let mut all = base_urls.clone();
                 all.push(member.replica.url.clone());
+                // From its own ring's change to the last of the others': the rings disagree.
+                let change = shared.recorder.begin(EventKind::Membership(format!(
+                    "{} joins",
+                    member.replica.url
+                )));
                 member.replica.set_peers(&all).await;
                 {
                     let _no_writes = shared.write_gate.write().await;
@@ -519,8 +519,8 @@ async fn change_membership(
                         replica.replica.set_peers(&all).await;
                     }
                 }
+                shared.recorder.end(change);
                 shared.live.lock().unwrap().push(member.clone());
-                shared.transitions.fetch_add(1, Ordering::SeqCst);
                 changes.joins += 1;
                 fourth = Some((member, memory));
             }
@@ -555,7 +555,16 @@ async fn leave(
     crash: bool,
 ) -> (String, ProcessStats, Memory) {
     let base_urls: Vec<String> = base.iter().map(|m| m.replica.url.clone()).collect();
-    shared.transitions.fetch_add(1, Ordering::SeqCst);
+    let url = member.replica.url.clone();
+    // A graceful leave is a membership change; a crash is a kill, until discovery drops it.
+    let event = shared.recorder.begin(if crash {
+        EventKind::Fault {
+            replica: url,
+            fault: Fault::Killed,
+        }
+    } else {
+        EventKind::Membership(format!("{url} leaves"))
+    });
     shared.leaving.fetch_add(1, Ordering::SeqCst);
     member.departing.store(true, Ordering::SeqCst);
     shared
@@ -581,7 +590,7 @@ async fn leave(
         update().await;
     }
     shared.leaving.fetch_add(1, Ordering::SeqCst);
-    shared.transitions.fetch_add(1, Ordering::SeqCst);
+    shared.recorder.end(event);
     (member.replica.url.clone(), last, memory)
 }
 
@@ -612,10 +621,11 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
                 .unwrap()
                 .as_nanos() as u64
         });
+    let source = Arc::new(Source::memory(IpAddr::V4(Ipv4Addr::LOCALHOST)).await);
     let base: Vec<Arc<Member>> = (0..3)
         .map(|_| {
             Arc::new(Member {
-                replica: start_replica(),
+                replica: start_replica(source.url()),
                 departing: AtomicBool::new(false),
             })
         })
@@ -635,7 +645,7 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
 
     let keys: Vec<String> = (0..READ_KEYS)
         .map(|i| format!("soak-r{i}"))
-        .chain((0..WRITE_KEYS).map(|i| format!("soak-w{i}")))
+        .chain((0..WRITE_KEYS).map(|i| format!("{WRITTEN_PREFIX}{i}")))
         .collect();
     // No main cache ever evicts: a replica's main cache only holds keys it owns in some ring,
     // and with rendezvous hashing a key a base replica owns with the fourth replica present is
@@ -665,9 +675,10 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
                 .collect(),
         ),
         write_gate: RwLock::new(()),
-        transitions: AtomicU64::new(0),
+        source: source.clone(),
+        recorder: Recorder::new(),
         leaving: AtomicU64::new(0),
-        logs: (0..WRITE_KEYS).map(|_| Mutex::default()).collect(),
+        removes: (0..WRITE_KEYS).map(|_| AtomicU64::new(0)).collect(),
         leave_gets: (0..keys.len()).map(|_| AtomicU64::new(0)).collect(),
     });
 
@@ -693,16 +704,7 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
     }
     let mut tally = Tally::default();
     while let Some(done) = drivers.join_next().await {
-        let done = done.expect("a driver task");
-        tally.gets += done.gets;
-        tally.sets += done.sets;
-        tally.removes += done.removes;
-        tally.get_micros.extend(done.get_micros);
-        tally.write_micros.extend(done.write_micros);
-        for (category, n) in done.explained {
-            *tally.explained.entry(category).or_default() += n;
-        }
-        tally.unexplained.extend(done.unexplained);
+        tally.absorb(done.expect("a driver task"));
     }
     let changes = changer.await.expect("the membership changer");
     let ran = started.elapsed();
@@ -740,8 +742,7 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
             if k < READ_KEYS {
                 return 0;
             }
-            let log = shared.logs[k - READ_KEYS].lock().unwrap();
-            log.writes.iter().filter(|w| w.val == Val::Loader).count() as u64
+            shared.removes[k - READ_KEYS].load(Ordering::SeqCst)
         })
         .collect();
     let mut over = Vec::new();
@@ -853,6 +854,29 @@ async fn three_replicas_and_a_fourth_coming_and_going_serve_correct_values_withi
         over.len()
     );
     eprintln!("{report}");
+
+    // The history: a `leave` in progress at the deadline ended before the drivers did.
+    let history = shared.recorder.history();
+    let config = Config {
+        hot_max_age: HOT_MAX_AGE,
+        slack: SLACK,
+        ..Config::default()
+    };
+    let checked = checker::check(&history, &config);
+    eprintln!("soak history, hot_max_age {HOT_MAX_AGE:?} + slack {SLACK:?}:");
+    for event in &history.events {
+        eprintln!("  event {event}");
+    }
+    eprint!("{checked}");
+    assert_eq!(
+        checked.violation_count(),
+        0,
+        "the history breaks the promise (see its report above)"
+    );
+    assert!(
+        checked.writes > 100 && checked.reads_checked > 10_000,
+        "test setup: too little was checked:\n{checked}"
+    );
 
     assert!(
         tally.unexplained.is_empty(),

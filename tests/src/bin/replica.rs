@@ -6,6 +6,7 @@
 //!         [--hot-bytes N] [--peer-timeout-ms N] [--connect-timeout-ms N] [--hot-max-age-ms N]
 //!         [--hot-promotion N] [--secret S] [--max-nonces N] [--header-timeout-ms N]
 //!         [--owner-suspicion-ms N] [--source URL] [--load-jitter-ms N] [--go-compatible true]
+//!         [--slow-keys PREFIX --slow-load-ms N]
 //! ```
 //!
 //! `--secret` turns peer authentication on (`--max-nonces`: its nonce store's bound);
@@ -15,7 +16,10 @@
 //! (`GET {URL}/{key}`, see `groupcache_tests::history::source`) and answer
 //! `{key}#{version}`; it reads the source *first* and then takes its load time (`--load-ms`, plus
 //! up to `--load-jitter-ms` more), so a slow load carries the version it read at its start, as a
-//! slow query does: what a cache must not serve once a newer write is acknowledged. Without it,
+//! slow query does: what a cache must not serve once a newer write is acknowledged.
+//! `--slow-keys PREFIX` with `--slow-load-ms N`: the loads of the keys that start with `PREFIX`
+//! take `N` ms instead (plus the jitter), so that a test whose many keys must load quickly can
+//! still have writes land while loads of its written keys are in flight. Without it,
 //! values are `value:{key}#{generation}` (below). `--go-compatible true` uses golang/groupcache's
 //! ring, to share a pool with Go replicas.
 //!
@@ -73,6 +77,8 @@ struct Options {
     source: Option<String>,
     load_jitter: Duration,
     go_compatible: bool,
+    slow_keys: Option<String>,
+    slow_load: Duration,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -94,6 +100,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         source: None,
         load_jitter: Duration::ZERO,
         go_compatible: false,
+        slow_keys: None,
+        slow_load: Duration::ZERO,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -125,6 +133,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             }
             "--source" => options.source = Some(value.trim_end_matches('/').to_owned()),
             "--load-jitter-ms" => options.load_jitter = Duration::from_millis(number()?),
+            "--slow-keys" => options.slow_keys = Some(value.clone()),
+            "--slow-load-ms" => options.slow_load = Duration::from_millis(number()?),
             "--go-compatible" => {
                 options.go_compatible = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?
             }
@@ -141,6 +151,9 @@ struct ProcessLoader(Arc<LoaderState>);
 /// What the loader shares with the control interface.
 struct LoaderState {
     delay: Duration,
+    /// Keys with this prefix take `slow_delay` instead of `delay`.
+    slow_keys: Option<String>,
+    slow_delay: Duration,
     jitter: Duration,
     /// Drives the jitter (splitmix64).
     jitter_state: AtomicU64,
@@ -151,10 +164,15 @@ struct LoaderState {
 }
 
 impl LoaderState {
-    /// One load's time: the delay plus a uniform share of the jitter.
-    fn load_time(&self) -> Duration {
+    /// One load's time for `key`: its delay plus a uniform share of the jitter.
+    fn load_time(&self, key: &str) -> Duration {
+        let slow = self
+            .slow_keys
+            .as_deref()
+            .is_some_and(|prefix| key.starts_with(prefix));
+        let delay = if slow { self.slow_delay } else { self.delay };
         if self.jitter.is_zero() {
-            return self.delay;
+            return delay;
         }
         let mut z = self
             .jitter_state
@@ -163,7 +181,7 @@ impl LoaderState {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         let jitter_ms = self.jitter.as_millis() as u64;
-        self.delay + Duration::from_millis(z % (jitter_ms + 1))
+        delay + Duration::from_millis(z % (jitter_ms + 1))
     }
 }
 
@@ -209,7 +227,7 @@ impl Loader for ProcessLoader {
             Some((source, client)) => Some(read_source(source, client, key).await?),
             None => None,
         };
-        let delay = state.load_time();
+        let delay = state.load_time(key);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -268,6 +286,8 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         };
         let loader = Arc::new(LoaderState {
             delay: options.load,
+            slow_keys: options.slow_keys.clone(),
+            slow_delay: options.slow_load,
             jitter: options.load_jitter,
             jitter_state: AtomicU64::new(u64::from(std::process::id())),
             value_bytes: options.value_bytes,

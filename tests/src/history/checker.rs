@@ -19,6 +19,13 @@
 //!    time later, and the machine schedules late). A read after that older than the write is
 //!    [`Class::StalePastBound`].
 //!
+//! A replica that has left every other replica's ring but still serves its own clients (a
+//! graceful leave's drain), announced as [`EventKind::Draining`], is one that writes need not
+//! reach: the README's "a replica the caller's ring does not list can miss the write". A write
+//! that overlapped its drain may be missing, within the bound, from the reads *on it*
+//! ([`Rule::ReplicaDraining`]); for the reads on every other replica the write stays strict (none
+//! of them fetches from the drained replica: a written key is not peeked).
+//!
 //! A read older than the newest version the source held when the read started is an *older
 //! read*; the checker names the rule that allowed each ([`Rule`]): the newer write had not been
 //! acknowledged yet when the read started ([`Rule::WriteInFlight`]), or the newest newer write
@@ -130,6 +137,10 @@ pub struct Event {
 pub enum EventKind {
     /// A membership change: from the first replica's ring change to the last one's.
     Membership(String),
+    /// A replica out of every other replica's ring that still serves its own clients (its
+    /// drain), by URL: from when it left to when the clients stopped using it. It disturbs only
+    /// the writes it overlapped, and only for the reads on it.
+    Draining(String),
     /// A replica that could not be reached.
     Fault {
         /// Its URL.
@@ -178,6 +189,9 @@ pub enum Rule {
     ReplicaFrozen,
     /// A partition overlapped the newer write, within the bound.
     ReplicaPartitioned,
+    /// The read ran on a draining replica, whose drain overlapped the newer write, within the
+    /// bound.
+    ReplicaDraining,
 }
 
 /// A class of violation.
@@ -425,7 +439,7 @@ fn fresh(
         .map(|w| w.op)
         .collect();
     let mut strict: Option<&Write<'_>> = None;
-    let mut past_bound: Option<&Write<'_>> = None;
+    let mut past_bound: Option<(&Write<'_>, Rule)> = None;
     let mut allowed: Option<(&Write<'_>, Rule)> = None;
     let mut source_newer = false;
     for w in newer {
@@ -440,7 +454,8 @@ fn fresh(
         if w.op.end >= read.start {
             continue; // not acknowledged when the read started: no requirement
         }
-        match w.disturbed {
+        let disturbed = w.disturbed.or_else(|| drained(read, w.op, events));
+        match disturbed {
             None => {
                 debug_assert!(w.ok);
                 // Of several, the latest shows the shortest sub-history.
@@ -448,9 +463,9 @@ fn fresh(
                     strict = Some(w);
                 }
             }
-            Some(_) if read.start > w.op.end + bound => {
-                if past_bound.is_none_or(|s| s.op.start < w.op.start) {
-                    past_bound = Some(w);
+            Some(rule) if read.start > w.op.end + bound => {
+                if past_bound.is_none_or(|(s, _)| s.op.start < w.op.start) {
+                    past_bound = Some((w, rule));
                 }
             }
             Some(rule) => {
@@ -478,7 +493,7 @@ fn fresh(
             ),
         ));
     }
-    if let Some(w) = past_bound {
+    if let Some((w, rule)) = past_bound {
         return Some(cited(
             w,
             Class::StalePastBound,
@@ -488,7 +503,7 @@ fn fresh(
                 read.replica,
                 read.start - w.op.end,
                 w.version,
-                w.disturbed.expect("a disturbed write")
+                rule
             ),
         ));
     }
@@ -507,7 +522,8 @@ fn fresh(
     None
 }
 
-/// Why a replica could have missed the write `op`, or `None` if every replica received it.
+/// Why a replica could have missed the write `op`, or `None` if every replica received it
+/// (every one in a ring: see [`drained`] for the others).
 fn disturbance(op: &Op, ok: bool, events: &[Event]) -> Option<Rule> {
     if !ok {
         return Some(Rule::WriteFailed);
@@ -516,6 +532,7 @@ fn disturbance(op: &Op, ok: bool, events: &[Event]) -> Option<Rule> {
     let mut rule = None;
     for event in overlapping {
         let this = match &event.kind {
+            EventKind::Draining(_) => continue,
             EventKind::Fault { fault, .. } => match fault {
                 Fault::Killed => Rule::ReplicaKilled,
                 Fault::Frozen => Rule::ReplicaFrozen,
@@ -530,6 +547,14 @@ fn disturbance(op: &Op, ok: bool, events: &[Event]) -> Option<Rule> {
         });
     }
     rule
+}
+
+/// [`Rule::ReplicaDraining`] if `read` ran on a replica whose drain overlapped the write `op`.
+fn drained(read: &Op, op: &Op, events: &[Event]) -> Option<Rule> {
+    events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Draining(r) if *r == read.replica) && overlaps(e, op))
+        .then_some(Rule::ReplicaDraining)
 }
 
 fn overlaps(event: &Event, op: &Op) -> bool {
@@ -627,6 +652,7 @@ impl fmt::Display for Event {
         write!(f, "{:>10.4}s .. {end}  ", self.start.as_secs_f64())?;
         match &self.kind {
             EventKind::Membership(what) => write!(f, "membership: {what}"),
+            EventKind::Draining(replica) => write!(f, "{replica} draining, out of every ring"),
             EventKind::Fault { replica, fault } => write!(f, "{replica} {fault:?}"),
         }
     }
@@ -876,6 +902,33 @@ mod tests {
             vec![],
         );
         assert_eq!(report.count(Class::StaleAfterAck), 2, "{report}");
+    }
+
+    #[test]
+    fn a_drain_allows_older_reads_within_the_bound_on_the_draining_replica_only() {
+        let drain = Event {
+            kind: EventKind::Draining("d".into()),
+            start: ms(100),
+            end: Some(ms(300)),
+        };
+        let report = checked(
+            vec![
+                write(150, 160, "k", 1, Ok(())),
+                version("d", 170, 175, "k", 0), // on the drained replica: allowed
+                version("b", 170, 175, "k", 0), // elsewhere: strict
+                version("d", 2000, 2005, "k", 0), // past the bound
+                // A write after the drain is strict on it too (it no longer serves clients, but
+                // a read that began before its end is held to what was acknowledged before).
+                write(400, 410, "j", 1, Ok(())),
+                version("d", 420, 425, "j", 0),
+            ],
+            vec![drain],
+        );
+        assert_eq!(report.allowed(Rule::ReplicaDraining), 1, "{report}");
+        assert_eq!(report.count(Class::StaleAfterAck), 2, "{report}");
+        assert_eq!(report.count(Class::StalePastBound), 1, "{report}");
+        let past = &report.violations[&Class::StalePastBound].shortest;
+        assert!(past.why.contains("ReplicaDraining"), "{past}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Target {
             Target::Go(peer) => go_get(peer, key).await,
         };
         match answer {
-            Ok((200, body)) => parse(key, &body),
+            Ok((200, body)) => read_result(key, &body),
             Ok((status, body)) => {
                 ReadResult::Error(format!("{status}: {}", String::from_utf8_lossy(&body)))
             }
@@ -72,8 +72,16 @@ async fn go_get(peer: &GoPeer, key: &str) -> Result<(u16, Vec<u8>), reqwest::Err
     Ok((status, response.bytes().await?.to_vec()))
 }
 
-fn parse(key: &str, body: &[u8]) -> ReadResult {
-    match version_of(key, body) {
+/// What a read of `key` that answered `body` returned: [`ReadResult::Version`] if `body` is
+/// [`value`]`(key, version)`, maybe padded with `.` (the replica binary pads what it loads to
+/// `--value-bytes`, for tests whose values must weigh something), else [`ReadResult::Garbage`].
+/// For tests that read the cluster themselves and record into a [`Recorder`].
+pub fn read_result(key: &str, body: &[u8]) -> ReadResult {
+    let unpadded = body
+        .iter()
+        .rposition(|&b| b != b'.')
+        .map_or(0, |last| last + 1);
+    match version_of(key, &body[..unpadded]) {
         Some(version) => ReadResult::Version(version),
         None => ReadResult::Garbage(String::from_utf8_lossy(&body[..body.len().min(80)]).into()),
     }
@@ -364,7 +372,7 @@ impl Client {
                 .zip(results)
                 .map(|(key, result)| {
                     let result = match result {
-                        Ok(value) => parse(key, value.as_bytes()),
+                        Ok(value) => read_result(key, value.as_bytes()),
                         Err(error) => ReadResult::Error(error),
                     };
                     (key.clone(), result)
@@ -460,5 +468,27 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_result_takes_padded_values_and_nothing_else() {
+        let padded = format!("{:.<1024}", value("k1", 7));
+        assert_eq!(padded.len(), 1024);
+        assert_eq!(read_result("k1", padded.as_bytes()), ReadResult::Version(7));
+        assert_eq!(read_result("k1", b"k1#7"), ReadResult::Version(7));
+        assert!(matches!(
+            read_result("k2", padded.as_bytes()),
+            ReadResult::Garbage(_)
+        ));
+        assert!(matches!(
+            read_result("k1", b"k1#..."),
+            ReadResult::Garbage(_)
+        ));
+        assert!(matches!(read_result("k1", b"...."), ReadResult::Garbage(_)));
     }
 }

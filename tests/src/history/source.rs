@@ -17,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Where the versions live.
@@ -30,9 +31,20 @@ enum Store {
     },
 }
 
+/// How often each key was read over HTTP, and a signal on every read: a test waits on it for a
+/// load to have read the source (so that a write it then makes lands while that load, carrying
+/// the version from before it, is still in flight), never on a sleep.
+#[derive(Default)]
+struct Served {
+    reads: Mutex<HashMap<String, u64>>,
+    /// The reads of every key together.
+    signal: watch::Sender<u64>,
+}
+
 /// A source of truth served over HTTP; stops serving when dropped.
 pub struct Source {
     store: Arc<Store>,
+    served: Arc<Served>,
     url: String,
     server: JoinHandle<()>,
 }
@@ -86,9 +98,10 @@ impl Source {
             .await
             .unwrap_or_else(|error| panic!("binding the source on {bind}: {error}"));
         let addr = listener.local_addr().expect("the source's address");
+        let served = Arc::new(Served::default());
         let app = Router::new()
             .route("/{key}", get(read))
-            .with_state(store.clone());
+            .with_state((store.clone(), served.clone()));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .await
@@ -96,6 +109,7 @@ impl Source {
         });
         Source {
             store,
+            served,
             url: format!("http://{addr}"),
             server,
         }
@@ -130,6 +144,20 @@ impl Source {
                 Ok(row.get::<_, i64>(0) as u64)
             }
         }
+    }
+
+    /// How many times `key` was read over HTTP (by loaders) so far.
+    pub fn reads(&self, key: &str) -> u64 {
+        self.served.reads_of(key)
+    }
+
+    /// Waits until `key` has been read over HTTP more than `seen` times (see [`reads`]).
+    ///
+    /// [`reads`]: Source::reads
+    pub async fn read_since(&self, key: &str, seen: u64) {
+        let mut signal = self.served.signal.subscribe();
+        // The sender lives as long as `self`: the wait ends only with its condition.
+        let _ = signal.wait_for(|_| self.served.reads_of(key) > seen).await;
     }
 
     /// `key`'s version now.
@@ -174,9 +202,50 @@ impl Drop for Source {
     }
 }
 
-async fn read(State(store): State<Arc<Store>>, Path(key): Path<String>) -> Response {
-    match store.version(&key).await {
+impl Served {
+    fn reads_of(&self, key: &str) -> u64 {
+        let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        reads.get(key).copied().unwrap_or(0)
+    }
+}
+
+async fn read(
+    State((store, served)): State<(Arc<Store>, Arc<Served>)>,
+    Path(key): Path<String>,
+) -> Response {
+    let answer = store.version(&key).await;
+    // Counted once the version is read: a waiter that wakes knows which version the reader got.
+    *served
+        .reads
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default() += 1;
+    served.signal.send_modify(|n| *n += 1);
+    match answer {
         Ok(version) => version.to_string().into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[tokio::test]
+    async fn reads_over_http_are_counted_per_key_and_signalled() {
+        let source = Source::memory(IpAddr::V4(Ipv4Addr::LOCALHOST)).await;
+        source.bump("k").await.unwrap();
+        let seen = source.reads("k");
+        assert_eq!(seen, 0);
+        let waiting = source.read_since("k", seen);
+        let body = async {
+            let url = format!("{}/k", source.url());
+            reqwest::get(url).await.unwrap().text().await.unwrap()
+        };
+        let ((), body) = tokio::join!(waiting, body);
+        assert_eq!(body, "1");
+        assert_eq!((source.reads("k"), source.reads("j")), (1, 0));
     }
 }
