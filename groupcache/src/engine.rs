@@ -66,9 +66,9 @@ impl<L: Loader> Groupcache<L> {
     /// could not be reached is returned as [`Error::Peer`]. Its hot copy, if any, expires within
     /// [`Builder::hot_max_age`]; every member that missed the remove is sent it again in the
     /// background until it answers or leaves the ring, since the key's owner would otherwise
-    /// keep its copy. Replicas that owned the key in a ring this one replaced within
-    /// [`Builder::hot_max_age`] and have left are sent the remove too, in case they still serve
-    /// it; those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
+    /// keep its copy. Replicas that left this replica's ring within [`Builder::hot_max_age`]
+    /// are sent the remove too, in case they still serve a copy (as the key's former owner, or
+    /// through their drain); those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
     /// reaches the same replicas.
     pub async fn remove(&self, key: &str) -> Result<(), Error> {
         let inner = &self.inner;
@@ -88,8 +88,8 @@ impl<L: Loader> Groupcache<L> {
     /// other replica's copy. No loader runs.
     ///
     /// It reaches the same replicas as [`remove`](Groupcache::remove), in the same order (the
-    /// owner first, then every other member at once, and the key's recent owners that have
-    /// left), and every one is tried even when the owner fails: the first failure is returned
+    /// owner first, then every other member at once, and the replicas that left the ring
+    /// lately), and every one is tried even when the owner fails: the first failure is returned
     /// as [`Error::Peer`]. `Ok` promises what `remove`'s does: no `get` that starts after it, on
     /// any replica, answers a value from before it (README, "Writes and freshness").
     ///
