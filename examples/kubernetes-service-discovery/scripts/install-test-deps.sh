@@ -15,8 +15,8 @@ if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 
     && command -v kubectl >/dev/null 2>&1 && command -v schemathesis >/dev/null 2>&1; then
     prometheus --version 2>&1 | head -n 1
     ls -d /usr/lib/postgresql/*/bin
-kubectl version --client 2>&1 | head -n 1
-schemathesis --version
+    kubectl version --client 2>&1 | head -n 1
+    schemathesis --version
     exit 0
 fi
 
