@@ -50,6 +50,39 @@ fn kubectl(kubectl: &Path, config: &Path, dir: &Path, args: &[&str]) -> Command 
     command
 }
 
+/// `kubectl get endpointslices -l SELECTOR -w` printing JSON watch events (its stderr in
+/// `{name}.stderr`), once it has printed the three slices it lists first.
+async fn watch(tool: &Path, config: &Path, dir: &Path, selector: &str, name: &str) -> Watcher {
+    let args = [
+        "get",
+        "endpointslices",
+        "-l",
+        selector,
+        "-w",
+        "-o",
+        "json",
+        "--output-watch-events",
+    ];
+    let mut watcher = Watcher::spawn(
+        kubectl(tool, config, dir, &args),
+        dir.join(format!("{name}.stderr")),
+    );
+    for _ in 0..3 {
+        assert_eq!(watcher.next().await["type"], "ADDED");
+    }
+    watcher
+}
+
+/// Waits until `done` holds, within [`PATIENCE`]; fails with `why` otherwise. The fake API
+/// server counts requests as they arrive, but signals nothing: this looks every 20 ms.
+async fn until(done: impl Fn() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A running `kubectl get -w`: its stdout parsed as the JSON objects it prints, as they come.
 struct Watcher {
     child: Child,
@@ -172,36 +205,12 @@ async fn kubectl_lists_and_watches_endpoint_slices_from_the_fake_api_server() {
 
     // A list, then a watch from the list's resourceVersion: the change made after the list
     // arrives as MODIFIED.
-    let mut watcher = Watcher::spawn(
-        kubectl(
-            &tool,
-            &config,
-            dir.path(),
-            &[
-                "get",
-                "endpointslices",
-                "-l",
-                &selector,
-                "-w",
-                "-o",
-                "json",
-                "--output-watch-events",
-            ],
-        ),
-        dir.path().join("watch.stderr"),
-    );
-    for _ in 0..3 {
-        assert_eq!(watcher.next().await["type"], "ADDED");
-    }
-    let deadline = Instant::now() + PATIENCE;
-    while api.watch_requests() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "kubectl never watched: {}",
-            api.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut watcher = watch(&tool, &config, dir.path(), &selector, "watch").await;
+    until(
+        || api.watch_requests() >= 1,
+        || format!("kubectl never watched: {}", api.describe()),
+    )
+    .await;
     api.apply(slice("shop-peers-c", &[("10.0.0.3", true)]));
     let event = watcher.next().await;
     assert_eq!(event["type"], "MODIFIED", "{event}");
@@ -213,36 +222,12 @@ async fn kubectl_lists_and_watches_endpoint_slices_from_the_fake_api_server() {
     // client-go decodes as an `Expired` Status.
     let open = api.hold_watches();
     let watches_before = api.watch_requests();
-    let mut watcher = Watcher::spawn(
-        kubectl(
-            &tool,
-            &config,
-            dir.path(),
-            &[
-                "get",
-                "endpointslices",
-                "-l",
-                &selector,
-                "-w",
-                "-o",
-                "json",
-                "--output-watch-events",
-            ],
-        ),
-        dir.path().join("gone.stderr"),
-    );
-    for _ in 0..3 {
-        assert_eq!(watcher.next().await["type"], "ADDED");
-    }
-    let deadline = Instant::now() + PATIENCE;
-    while api.held_watches() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "kubectl never watched: {}",
-            api.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let watcher = watch(&tool, &config, dir.path(), &selector, "gone").await;
+    until(
+        || api.held_watches() >= 1,
+        || format!("kubectl never watched: {}", api.describe()),
+    )
+    .await;
     api.apply(slice("shop-peers-d", &[("10.0.0.4", true)]));
     api.compact();
     open.send_replace(true);
