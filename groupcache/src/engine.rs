@@ -850,7 +850,10 @@ impl<L: Loader> Inner<L> {
     /// hand-off peek, for `hot_max_age` (`RecentWrites`).
     pub(crate) fn forget(&self, key: &str) {
         // Before the flights let go: a load that starts once they have must see the write.
-        self.recent_writes.record(key_hash(key));
+        // Without the hand-off nothing reads it, and its table is never allocated.
+        if !self.config.handoff_timeout.is_zero() {
+            self.recent_writes.record(key_hash(key));
+        }
         self.loads.supersede(key);
         self.fetches.supersede(key);
         // The caches publish their sizes themselves.
