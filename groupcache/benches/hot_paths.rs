@@ -33,6 +33,13 @@ mod flight;
 /// The error type `flight` knows as `crate::Error`.
 use groupcache_rs::Error;
 
+/// The lock helper `flight` knows as `crate::lock`, as the library's `lib.rs` has it.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Answers every key with the same 1 KiB value, at once.
 struct Kilobyte;
 

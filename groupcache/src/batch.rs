@@ -14,7 +14,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -27,6 +27,7 @@ use crate::caches::Entry;
 use crate::engine::{Caller, Groupcache, Inner, Store, key_hash};
 use crate::flight::{Flight, Outcome, Superseded, panic_message};
 use crate::loader::{Loaded, Results, to_unix_nanos};
+use crate::lock;
 use crate::membership::Member;
 use crate::wire::client::Failure;
 use crate::wire::protocol::{self, BATCH_KEY};
@@ -662,13 +663,6 @@ impl<L: Loader> Inner<L> {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding this lock.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use crate::Error;
+use crate::lock;
 
 /// The shared result of one piece of work.
 pub(crate) type Outcome<T> = Result<T, Error>;
@@ -170,13 +171,6 @@ impl<T> Drop for Landing<T> {
             calls.remove(&self.key);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding this lock, but a poisoned map is still consistent.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

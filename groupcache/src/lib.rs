@@ -93,6 +93,15 @@ pub use wire::{
     DEFAULT_MAX_REMEMBERED_NONCES, MIN_SECRET_BYTES, PeerAuth, SIGNATURE_HEADER, Server,
 };
 
+/// Locks `mutex`, poisoned or not. Nothing the library runs under its locks panics, and a panic
+/// elsewhere leaves the data they guard consistent: a poisoned lock must not turn every later
+/// call into a panic.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -16,6 +16,7 @@ use hyper::http::uri::{Authority, Scheme};
 
 use crate::Error;
 use crate::handoff::{Peek, PeekGate};
+use crate::lock;
 use crate::ring::{Ring, RingMode};
 use crate::wire::protocol;
 
@@ -78,12 +79,6 @@ impl Member {
         *until = None;
         self.maybe_suspected.store(false, Ordering::Release);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A consistent view of the cluster.

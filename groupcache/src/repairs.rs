@@ -15,7 +15,9 @@
 //! Storage only: the engine starts and runs the tasks; this holds what they still have to send.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::lock;
 
 /// Keys waiting for a member, across all members. Beyond this a missed write is not repaired
 /// (counted and logged): a member down for long, with writes still coming, would otherwise
@@ -122,13 +124,6 @@ impl Repairs {
     pub(crate) fn pending(&self) -> usize {
         lock(&self.pending).len
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding this lock.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
