@@ -23,7 +23,7 @@ use prost::Message;
 // Their unit tests come along unused: a benchmark is not built with the test harness. Their
 // public items are public in the library, not in this benchmark.
 #[allow(dead_code, unused_imports, unreachable_pub)]
-#[path = "../src/ring.rs"]
+#[path = "../src/cluster/ring.rs"]
 mod ring;
 
 #[allow(dead_code, unused_imports, unreachable_pub)]

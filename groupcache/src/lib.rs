@@ -61,32 +61,30 @@
 //! - `builder`, `loader`, `error`, `metrics`: configuration, the loader trait and value codecs,
 //!   typed errors, and the metrics.
 
-mod batch;
 mod budget;
-mod builder;
 mod caches;
-mod engine;
+mod cluster;
 mod error;
 mod flight;
+mod group;
 mod handoff;
 mod loader;
-mod membership;
 mod metrics;
 mod popularity;
-mod repairs;
-mod ring;
 mod segments;
 mod wire;
 
-pub use builder::{
-    Builder, DEFAULT_CACHE_BYTES, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES,
-    DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_KEYS,
-};
-pub use engine::Groupcache;
+pub use cluster::Cluster;
+pub use cluster::builder::ClusterBuilder;
+pub use cluster::config::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_KEYS};
+pub use cluster::ring::RingMode;
 pub use error::{Error, PeerError};
+pub use group::Groupcache;
+pub use group::builder::{
+    Builder, DEFAULT_CACHE_BYTES, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES,
+};
 pub use loader::{CodecError, Json, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, Value};
 pub use metrics::Stats;
-pub use ring::RingMode;
 #[cfg(feature = "tls")]
 pub use wire::PeerTls;
 pub use wire::{

@@ -144,11 +144,6 @@ pub(crate) struct Metrics {
     local_loads: Count,
     local_load_errors: Count,
     server_requests: Count,
-    /// By the refusal's reason.
-    peer_auth_failures: Vec<(&'static str, Count)>,
-    pub(crate) auth_nonces: Gauge,
-    auth_nonces_now: AtomicU64,
-    peer_suspicions: Count,
     successor_loads: Count,
     handoff_hits: Count,
     handoff_misses: Count,
@@ -158,15 +153,13 @@ pub(crate) struct Metrics {
     write_repairs_pending_now: AtomicU64,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
-    pub(crate) peers: Gauge,
     pub(crate) load_duration: Histogram,
     pub(crate) peer_request_duration: Histogram,
 }
 
 impl Metrics {
-    /// The metrics of `group`, with a series of `groupcache_peer_auth_failures_total` for each
-    /// of the `refusals` (reasons).
-    pub(crate) fn new(group: &str, refusals: &[&'static str]) -> Self {
+    /// The metrics of `group`.
+    pub(crate) fn new(group: &str) -> Self {
         describe();
         let labels = [("group", group.to_owned())];
         let main_labels = [("group", group.to_owned()), ("cache", "main".to_owned())];
@@ -182,17 +175,6 @@ impl Metrics {
             local_loads: Count::new("groupcache_local_loads_total", &labels),
             local_load_errors: Count::new("groupcache_local_load_errors_total", &labels),
             server_requests: Count::new("groupcache_server_requests_total", &labels),
-            peer_auth_failures: refusals
-                .iter()
-                .map(|&reason| {
-                    let labels = [("group", group.to_owned()), ("reason", reason.to_owned())];
-                    let count = Count::new("groupcache_peer_auth_failures_total", &labels);
-                    (reason, count)
-                })
-                .collect(),
-            auth_nonces: metrics::gauge!("groupcache_auth_nonces", &labels),
-            auth_nonces_now: AtomicU64::new(0),
-            peer_suspicions: Count::new("groupcache_peer_suspicions_total", &labels),
             successor_loads: Count::new("groupcache_successor_loads_total", &labels),
             handoff_hits: Count::new("groupcache_handoff_hits_total", &labels),
             handoff_misses: Count::new("groupcache_handoff_misses_total", &labels),
@@ -202,7 +184,6 @@ impl Metrics {
             write_repairs_pending_now: AtomicU64::new(0),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
-            peers: metrics::gauge!("groupcache_peers", &labels),
             load_duration: metrics::histogram!("groupcache_load_duration_seconds", &labels),
             peer_request_duration: metrics::histogram!(
                 "groupcache_peer_request_duration_seconds",
@@ -240,22 +221,6 @@ impl Metrics {
     }
     pub(crate) fn server_request(&self) {
         self.server_requests.inc();
-    }
-
-    pub(crate) fn peer_auth_failure(&self, reason: &'static str) {
-        if let Some((_, count)) = self.peer_auth_failures.iter().find(|(r, _)| *r == reason) {
-            count.inc();
-        }
-    }
-
-    pub(crate) fn auth_nonces(&self, remembered: usize) {
-        self.auth_nonces_now
-            .store(remembered as u64, Ordering::Relaxed);
-        self.auth_nonces.set(remembered as f64);
-    }
-
-    pub(crate) fn peer_suspicion(&self) {
-        self.peer_suspicions.inc();
     }
 
     pub(crate) fn successor_load(&self) {
@@ -296,6 +261,68 @@ impl Metrics {
             local_loads: self.local_loads.get(),
             local_load_errors: self.local_load_errors.get(),
             server_requests: self.server_requests.get(),
+            successor_loads: self.successor_loads.get(),
+            handoff_hits: self.handoff_hits.get(),
+            handoff_misses: self.handoff_misses.get(),
+            write_repairs: self.write_repairs.get(),
+            write_repairs_dropped: self.write_repairs_dropped.get(),
+            write_repairs_pending: self.write_repairs_pending_now.load(Ordering::Relaxed),
+            ..Stats::default()
+        }
+    }
+}
+
+/// The metrics of the replica as a whole, whatever the group: labelled without a group, so
+/// they are not repeated per group.
+pub(crate) struct ClusterMetrics {
+    /// By the refusal's reason.
+    peer_auth_failures: Vec<(&'static str, Count)>,
+    auth_nonces: Gauge,
+    auth_nonces_now: AtomicU64,
+    peer_suspicions: Count,
+    pub(crate) peers: Gauge,
+}
+
+impl ClusterMetrics {
+    /// The replica's metrics, with a series of `groupcache_peer_auth_failures_total` for each of
+    /// the `refusals` (reasons).
+    pub(crate) fn new(refusals: &[&'static str]) -> Self {
+        describe();
+        ClusterMetrics {
+            peer_auth_failures: refusals
+                .iter()
+                .map(|&reason| {
+                    let labels = [("reason", reason.to_owned())];
+                    let count = Count::new("groupcache_peer_auth_failures_total", &labels);
+                    (reason, count)
+                })
+                .collect(),
+            auth_nonces: metrics::gauge!("groupcache_auth_nonces"),
+            auth_nonces_now: AtomicU64::new(0),
+            peer_suspicions: Count::new("groupcache_peer_suspicions_total", &[]),
+            peers: metrics::gauge!("groupcache_peers"),
+        }
+    }
+
+    pub(crate) fn peer_auth_failure(&self, reason: &'static str) {
+        if let Some((_, count)) = self.peer_auth_failures.iter().find(|(r, _)| *r == reason) {
+            count.inc();
+        }
+    }
+
+    pub(crate) fn auth_nonces(&self, remembered: usize) {
+        self.auth_nonces_now
+            .store(remembered as u64, Ordering::Relaxed);
+        self.auth_nonces.set(remembered as f64);
+    }
+
+    pub(crate) fn peer_suspicion(&self) {
+        self.peer_suspicions.inc();
+    }
+
+    /// The replica-wide fields of [`Stats`] filled in.
+    pub(crate) fn fill(&self, stats: Stats) -> Stats {
+        Stats {
             peer_auth_failures: self.peer_auth_failures.iter().map(|(_, c)| c.get()).sum(),
             peer_auth_replays: self
                 .peer_auth_failures
@@ -305,13 +332,7 @@ impl Metrics {
                 .sum(),
             auth_nonces: self.auth_nonces_now.load(Ordering::Relaxed),
             peer_suspicions: self.peer_suspicions.get(),
-            successor_loads: self.successor_loads.get(),
-            handoff_hits: self.handoff_hits.get(),
-            handoff_misses: self.handoff_misses.get(),
-            write_repairs: self.write_repairs.get(),
-            write_repairs_dropped: self.write_repairs_dropped.get(),
-            write_repairs_pending: self.write_repairs_pending_now.load(Ordering::Relaxed),
-            ..Stats::default()
+            ..stats
         }
     }
 }

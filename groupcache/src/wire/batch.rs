@@ -1,4 +1,5 @@
-//! The batch extension of the peer protocol, both sides: `POST {base}{group}/_batch` with a
+//! The batch extension of the peer protocol, its format only (the asking side is in `client.rs`,
+//! the serving side in `router.rs`): `POST {base}{group}/_batch` with a
 //! `BatchRequest` of keys, answered with one length-delimited `BatchEntry` per key in the
 //! request's order.
 //!
@@ -12,94 +13,21 @@
 //! views into it, so a large answer is not held twice.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use bytes::Bytes;
 use groupcache_rs_pb::{BatchEntry, BatchRequest};
-use hyper::Method;
-use hyper::header::CONTENT_TYPE;
 use prost::Message;
 
-use super::client::{Failure, PeerClient, error_message};
-use super::pool::{ReadError, request_error};
-use super::protocol::{BATCH_HEADER, PROTOBUF};
-use super::router::text;
-use crate::engine::Inner;
-use crate::membership::Endpoint;
-use crate::{Error, Loader, PeerError};
+use crate::caches::Entry;
+use crate::flight::Outcome;
+use crate::{Error, PeerError};
 
 /// Longest error message carried per key, in bytes, as for a single request's error body.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Room per entry for everything but the value: framing, expiry and at most one message.
 const ENTRY_OVERHEAD: usize = MAX_MESSAGE_BYTES + 32;
-
-/// Records whether the peer's answer advertised the batch protocol. Every answer counts, so a
-/// peer replaced by one that does not batch (a golang/groupcache binary at the same URL) is
-/// asked singly again after its first answer.
-pub(crate) fn record_advert(peer: &Endpoint, response: &hyper::Response<hyper::body::Incoming>) {
-    let batches = response.headers().contains_key(BATCH_HEADER);
-    // Stored only when it changes: every request to the peer reads this endpoint, and a store
-    // per answer would bounce its cache line between the cores.
-    if peer.batches.load(Ordering::Relaxed) != batches {
-        peer.batches.store(batches, Ordering::Relaxed);
-    }
-    if peer.plain.load(Ordering::Relaxed) == batches {
-        peer.plain.store(!batches, Ordering::Relaxed);
-    }
-}
-
-/// Marks an answer of this router as coming from a replica that takes batch requests.
-pub(crate) fn advertise(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(BATCH_HEADER, HeaderValue::from_static("1"));
-}
-
-impl PeerClient {
-    /// `POST {base}{group}/_batch`: one entry per key of `request`, in its order.
-    pub(crate) async fn batch(
-        &self,
-        peer: &Arc<Endpoint>,
-        path: String,
-        request: &BatchRequest,
-    ) -> Result<Vec<BatchEntry>, Failure> {
-        let value_bytes = request.max_answer_bytes.unwrap_or(0);
-        let limit = usize::try_from(value_bytes)
-            .unwrap_or(usize::MAX)
-            .saturating_add(request.keys.len().saturating_mul(ENTRY_OVERHEAD));
-        let body = Bytes::from(request.encode_to_vec());
-        let exchange = async {
-            let answer = self.send(Method::POST, peer, path, body, None).await?;
-            let status = answer.response.status();
-            if !status.is_success() {
-                let message = error_message(answer).await;
-                return Err(PeerError::Status {
-                    status: status.as_u16(),
-                    message,
-                });
-            }
-            let content_type = answer.response.headers().get(CONTENT_TYPE);
-            if content_type.is_none_or(|value| value != PROTOBUF) {
-                return Err(PeerError::Malformed(format!(
-                    "batch answer of content type {content_type:?}, expected {PROTOBUF}"
-                )));
-            }
-            let body = answer.read(limit).await.map_err(|error| match error {
-                ReadError::TooLarge => PeerError::TooLarge { limit },
-                ReadError::Failed(error) => request_error(error),
-            })?;
-            decode_answer(body, request.keys.len())
-        };
-        tokio::time::timeout(self.timeout(), exchange)
-            .await
-            .unwrap_or(Err(PeerError::Timeout))
-            .map_err(Failure::Peer)
-    }
-}
 
 /// Exactly `keys` entries, each a view into `body`.
 pub(crate) fn decode_answer(mut body: Bytes, keys: usize) -> Result<Vec<BatchEntry>, PeerError> {
@@ -187,25 +115,9 @@ pub(crate) fn parse_request(
     Ok(request)
 }
 
-/// Answers a peer's batch from this replica's caches and flights; never forwarded again.
-pub(crate) async fn answer<L: Loader>(inner: &Arc<Inner<L>>, body: &[u8]) -> Response {
-    let config = &inner.config;
-    let request = match parse_request(
-        body,
-        &inner.group,
-        config.max_batch_keys,
-        config.max_key_bytes,
-    ) {
-        Ok(request) => request,
-        Err(Refused { status, message }) => return text(status, &message),
-    };
-    let mut room = request
-        .max_answer_bytes
-        .map_or(config.max_batch_bytes, |asked| {
-            usize::try_from(asked).unwrap_or(usize::MAX)
-        })
-        .min(config.max_batch_bytes);
-    let results = inner.serve_batch(&request.keys).await;
+/// The answer to a batch: one length-delimited `BatchEntry` per result, in order, with at most
+/// `room` bytes of values (the rest `skipped`, to be asked for one by one).
+pub(crate) fn encode_answer(results: Vec<Outcome<Entry>>, mut room: usize) -> Vec<u8> {
     let mut encoded = Vec::new();
     for result in results {
         let entry = match result {
@@ -235,7 +147,20 @@ pub(crate) async fn answer<L: Loader>(inner: &Arc<Inner<L>>, body: &[u8]) -> Res
         // Writing into a Vec cannot fail.
         let _ = entry.encode_length_delimited(&mut encoded);
     }
-    ([(header::CONTENT_TYPE, PROTOBUF)], encoded).into_response()
+    encoded
+}
+
+/// The most bytes of values an answer to `limit` may carry: `max_bytes` as asked, within
+/// `limit`, the owner's own.
+pub(crate) fn answer_room(asked: Option<u64>, limit: usize) -> usize {
+    asked
+        .map_or(limit, |asked| usize::try_from(asked).unwrap_or(usize::MAX))
+        .min(limit)
+}
+
+/// Room per entry a requester allows for everything but the values, `keys` of them.
+pub(crate) fn answer_overhead(keys: usize) -> usize {
+    keys.saturating_mul(ENTRY_OVERHEAD)
 }
 
 /// `message`, cut at a character boundary to at most [`MAX_MESSAGE_BYTES`].

@@ -3,20 +3,22 @@
 //! [`router`](super::router).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use groupcache_rs_pb::{GetResponse, SetRequest};
+use groupcache_rs_pb::{BatchEntry, BatchRequest, GetResponse, SetRequest};
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use prost::Message;
 
 use super::auth::{PeerAuth, SIGNATURE_HEADER};
+use super::batch;
 use super::pool::{Answer, Connections, ReadError, request_error};
-use super::protocol::{ERROR_KIND, LOADER_ERROR, PEEK, PEEK_HEADER, PROTOBUF};
+use super::protocol::{BATCH_HEADER, ERROR_KIND, LOADER_ERROR, PEEK, PEEK_HEADER, PROTOBUF};
 use crate::PeerError;
-use crate::membership::Endpoint;
+use crate::cluster::membership::Endpoint;
 
 /// How a request to a peer failed.
 #[derive(Debug)]
@@ -226,7 +228,7 @@ impl PeerClient {
             request
         };
         let answer = self.connections.send(peer, request).await?;
-        super::batch::record_advert(peer, &answer.response);
+        record_advert(peer, &answer.response);
         Ok(answer)
     }
 
@@ -240,4 +242,61 @@ impl PeerClient {
 pub(super) async fn error_message(answer: Answer) -> String {
     let message = answer.read_prefix(1024).await;
     String::from_utf8_lossy(&message).trim_end().to_owned()
+}
+
+/// Records whether the peer's answer advertised the batch protocol. Every answer counts, so a
+/// peer replaced by one that does not batch (a golang/groupcache binary at the same URL) is
+/// asked singly again after its first answer.
+pub(crate) fn record_advert(peer: &Endpoint, response: &hyper::Response<hyper::body::Incoming>) {
+    let batches = response.headers().contains_key(BATCH_HEADER);
+    // Stored only when it changes: every request to the peer reads this endpoint, and a store
+    // per answer would bounce its cache line between the cores.
+    if peer.batches.load(Ordering::Relaxed) != batches {
+        peer.batches.store(batches, Ordering::Relaxed);
+    }
+    if peer.plain.load(Ordering::Relaxed) == batches {
+        peer.plain.store(!batches, Ordering::Relaxed);
+    }
+}
+
+impl PeerClient {
+    /// `POST {base}{group}/_batch`: one entry per key of `request`, in its order.
+    pub(crate) async fn batch(
+        &self,
+        peer: &Arc<Endpoint>,
+        path: String,
+        request: &BatchRequest,
+    ) -> Result<Vec<BatchEntry>, Failure> {
+        let value_bytes = request.max_answer_bytes.unwrap_or(0);
+        let limit = usize::try_from(value_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(batch::answer_overhead(request.keys.len()));
+        let body = Bytes::from(request.encode_to_vec());
+        let exchange = async {
+            let answer = self.send(Method::POST, peer, path, body, None).await?;
+            let status = answer.response.status();
+            if !status.is_success() {
+                let message = error_message(answer).await;
+                return Err(PeerError::Status {
+                    status: status.as_u16(),
+                    message,
+                });
+            }
+            let content_type = answer.response.headers().get(CONTENT_TYPE);
+            if content_type.is_none_or(|value| value != PROTOBUF) {
+                return Err(PeerError::Malformed(format!(
+                    "batch answer of content type {content_type:?}, expected {PROTOBUF}"
+                )));
+            }
+            let body = answer.read(limit).await.map_err(|error| match error {
+                ReadError::TooLarge => PeerError::TooLarge { limit },
+                ReadError::Failed(error) => request_error(error),
+            })?;
+            batch::decode_answer(body, request.keys.len())
+        };
+        tokio::time::timeout(self.timeout(), exchange)
+            .await
+            .unwrap_or(Err(PeerError::Timeout))
+            .map_err(Failure::Peer)
+    }
 }

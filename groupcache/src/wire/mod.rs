@@ -2,10 +2,11 @@
 //!
 //! - [`protocol`]: golang/groupcache's HTTP protocol, owned in one place: key escaping, request
 //!   paths and their parsing, content type and error headers;
-//! - [`batch`]: many keys in one request, both sides (an extension Go peers do not speak);
+//! - [`batch`]: the format of many keys in one request (an extension Go peers do not speak);
 //! - [`client`]: asking a peer for a value, setting or removing one;
 //! - [`pool`]: keep-alive HTTP/1.1 connections to peers, over TCP or rustls;
-//! - [`router`]: the axum router that serves peers' requests;
+//! - [`router`]: the axum router that serves peers' requests, for every group of the cluster;
+//! - [`limits`]: the peer port's limits on work in progress, shared fairly by the groups;
 //! - [`server`]: the peer port's accept loop, with the limits a port open to the network needs;
 //! - [`auth`]: HMAC signatures on peer requests;
 //! - `nonces`: the bounded store of accepted nonces that refuses replays;
@@ -14,6 +15,7 @@
 pub(crate) mod auth;
 pub(crate) mod batch;
 pub(crate) mod client;
+pub(crate) mod limits;
 pub(crate) mod nonces;
 pub(crate) mod pool;
 pub(crate) mod protocol;

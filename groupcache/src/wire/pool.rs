@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::PeerError;
-use crate::membership::Endpoint;
+use crate::cluster::membership::Endpoint;
 
 /// Idle connections kept per peer; more concurrent requests than this open connections that are
 /// closed when done.

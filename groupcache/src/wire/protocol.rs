@@ -64,15 +64,21 @@ pub(crate) fn can_carry(key: &str) -> bool {
     key != "." && key != ".."
 }
 
-/// The request path up to the escaped key, for a peer mounted at `mount` (its URL's own path,
-/// empty or `/prefix` without a trailing slash): `{mount}{base_path}{escaped group}/`.
-pub(crate) fn key_prefix(mount: &str, base_path: &str, group: &str) -> String {
-    format!("{mount}{base_path}{}/", escape(group))
+/// The request path up to the group, for a peer mounted at `mount` (its URL's own path, empty
+/// or `/prefix` without a trailing slash): `{mount}{base_path}`, the same for every group.
+pub(crate) fn groups_prefix(mount: &str, base_path: &str) -> String {
+    format!("{mount}{base_path}")
 }
 
-/// The request path for `key` under a [`key_prefix`].
-pub(crate) fn key_path(key_prefix: &str, key: &str) -> String {
-    format!("{key_prefix}{}", escape(key))
+/// A group's part of its request paths: `{escaped group}/`.
+pub(crate) fn group_segment(group: &str) -> String {
+    format!("{}/", escape(group))
+}
+
+/// The request path for `key` of the group whose [`group_segment`] is `group`, on a peer whose
+/// [`groups_prefix`] is `prefix`.
+pub(crate) fn key_path(prefix: &str, group: &str, key: &str) -> String {
+    format!("{prefix}{group}{}", escape(key))
 }
 
 /// Splits `{base}{group}/{key}` and percent-decodes both parts (`+` stays `+`, as in Go's server).
@@ -120,10 +126,16 @@ mod tests {
 
     #[test]
     fn key_paths_put_the_mount_before_the_base_and_escape_group_and_key() {
-        let prefix = key_prefix("/internal", "/_groupcache/", "a group");
-        assert_eq!(prefix, "/internal/_groupcache/a%20group/");
+        let (prefix, group) = (
+            groups_prefix("/internal", "/_groupcache/"),
+            group_segment("a group"),
+        );
         assert_eq!(
-            key_path(&prefix, "x/y"),
+            format!("{prefix}{group}"),
+            "/internal/_groupcache/a%20group/"
+        );
+        assert_eq!(
+            key_path(&prefix, &group, "x/y"),
             "/internal/_groupcache/a%20group/x%2Fy"
         );
         assert_eq!(
@@ -136,7 +148,7 @@ mod tests {
         /// Whatever a group and key contain, what the client escapes the router decodes back.
         #[test]
         fn escaped_paths_decode_to_the_same_group_and_key(group in "[^/]{1,20}", key in any::<String>()) {
-            let path = key_path(&key_prefix("", "/_groupcache/", &group), &key);
+            let path = key_path(&groups_prefix("", "/_groupcache/"), &group_segment(&group), &key);
             prop_assert_eq!(parse_path(&path, "/_groupcache/"), Some((group, key)));
         }
 

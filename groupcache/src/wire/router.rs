@@ -5,6 +5,9 @@
 //! A request that arrives here is never forwarded to another peer: the replica answers from its
 //! caches or loads the value itself, so replicas whose rings disagree cannot forward in a loop.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{OriginalUri, Request, State};
@@ -16,138 +19,140 @@ use groupcache_rs_pb::{GetResponse, SetRequest};
 use http_body_util::BodyExt;
 use prost::Message;
 
-use std::sync::Arc;
-
-use tokio::sync::{Semaphore, SemaphorePermit};
-
 use super::auth::SIGNATURE_HEADER;
-use super::protocol::{BATCH_KEY, ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, parse_path};
+use super::batch::{Refused, answer_room, encode_answer, parse_request};
+use super::limits::{Held, Share};
+use super::protocol::{
+    BATCH_HEADER, BATCH_KEY, ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, parse_path,
+};
+use crate::Error;
 use crate::caches::Entry;
-use crate::membership::Endpoint;
-use crate::{Error, Groupcache, Loader};
+use crate::cluster::groups::Served;
+use crate::cluster::membership::Endpoint;
+use crate::cluster::{Cluster, ClusterInner};
 
-pub(crate) fn router<L: Loader, S: Clone + Send + Sync + 'static>(
-    cache: Groupcache<L>,
+impl Cluster {
+    /// The axum router that serves every group of this cluster to peers, at
+    /// `{base_path}{group}/{key}`: a request for a group this replica does not serve gets 404,
+    /// as golang/groupcache answers. Serve it once, on the port peers reach (e.g. with
+    /// [`Server`](crate::Server)); merge it into your app, or nest it under a prefix and include
+    /// that prefix in every peer URL. Groups added or dropped later are served or not from then
+    /// on, without a new router.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), groupcache_rs::Error> {
+    /// // Peers list this replica as `http://10.0.0.1:8080/internal`, prefix included.
+    /// let cluster = groupcache_rs::Cluster::builder("http://10.0.0.1:8080/internal").build()?;
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/healthz", axum::routing::get(|| async { "ok" }))
+    ///     .nest("/internal", cluster.router());
+    /// # Ok(()) }
+    /// ```
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        router(&self.inner, None)
+    }
+}
+
+/// The router of `cluster`, holding `keep` (a group's registration) for as long as it lives.
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(
+    cluster: &Arc<ClusterInner>,
+    keep: Option<Arc<dyn Any + Send + Sync>>,
 ) -> Router<S> {
-    let base = cache.inner.config.base_path.clone();
-    // The body carries a value only in a PUT; leave room for the message's framing.
-    let body_limit = cache.inner.config.max_value_bytes.saturating_add(4096);
-    // At least one body of the largest size fits, whatever the budget.
-    let body_bytes = cache
-        .inner
-        .config
-        .max_buffered_peer_bytes
-        .max(body_limit)
-        .min(Semaphore::MAX_PERMITS);
-    let slots = Arc::new(Semaphore::new(
-        cache.inner.config.max_concurrent_peer_requests,
-    ));
+    let base = cluster.config.base_path.clone();
     // Signatures name the replica they are meant for, as its peers know it: by its URL.
-    let authority: Arc<[u8]> = Endpoint::parse(&cache.inner.self_url)
+    let authority: Arc<[u8]> = Endpoint::parse(&cluster.self_url)
         .map(|endpoint| endpoint.authority.as_bytes().into())
         .unwrap_or_default();
-    let handler = get(serve::<L>)
-        .put(serve::<L>)
-        .delete(serve::<L>)
-        .post(serve::<L>);
+    let handler = get(serve).put(serve).delete(serve).post(serve);
     Router::new()
         .route(&format!("{base}{{*rest}}"), handler.clone())
         .route(&base, handler)
-        .with_state(Served {
+        .with_state(Port {
             authority,
-            cache,
-            slots,
-            body_limit,
-            body_bytes: Arc::new(Semaphore::new(body_bytes)),
+            cluster: cluster.clone(),
+            // The body carries a value only in a PUT; leave room for the message's framing.
+            body_limit: cluster.config.max_value_bytes.saturating_add(4096),
+            _keep: keep,
         })
 }
 
-/// The router's state: the cache, and how many more peer requests it may serve at once.
-struct Served<L: Loader> {
+/// The router's state: the cluster, whose groups and limits it serves.
+#[derive(Clone)]
+struct Port {
     /// This replica's `host:port`, which a signature must name.
     authority: Arc<[u8]>,
-    cache: Groupcache<L>,
-    slots: Arc<Semaphore>,
+    cluster: Arc<ClusterInner>,
     /// Largest `PUT` body read.
     body_limit: usize,
-    /// Bytes of `PUT` bodies being read or decoded, at most.
-    body_bytes: Arc<Semaphore>,
-}
-
-impl<L: Loader> Clone for Served<L> {
-    fn clone(&self) -> Self {
-        Served {
-            authority: self.authority.clone(),
-            cache: self.cache.clone(),
-            slots: self.slots.clone(),
-            body_limit: self.body_limit,
-            body_bytes: self.body_bytes.clone(),
-        }
-    }
+    /// Keeps a group served while this router lives (`Groupcache::router`).
+    _keep: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// Serves one request, its answer marked as coming from a replica that takes batches. Marked
 /// here rather than by a middleware layer, which cost each remote get 3 µs of boxing and cloning
 /// (BENCHMARKS.md). The request is taken whole: extracting its headers apart would clone them.
-async fn serve<L: Loader>(State(served): State<Served<L>>, request: Request) -> Response {
+async fn serve(State(port): State<Port>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let mut response = respond(&served, &parts, body).await;
-    super::batch::advertise(&mut response);
+    let mut response = respond(&port, &parts, body).await;
+    advertise(&mut response);
     response
 }
 
 /// The answer to one request. Nothing is read from the body before the signature (from the
-/// headers alone) is checked and a concurrency slot is taken; only a `PUT` has a body, read under
-/// a size limit, a byte budget and a deadline, then checked against the digest the signature
-/// covers.
-async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Response {
+/// headers alone) is checked, the group found and a concurrency slot taken from the group's fair
+/// share; only a `PUT` and a batch have a body, read under a size limit, a byte budget and a
+/// deadline, then checked against the digest the signature covers.
+async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     let (method, uri, headers) = (parts.method.clone(), &parts.uri, &parts.headers);
     // The path as the client sent it, before a nesting router stripped its prefix from `uri`.
     let original = parts
         .extensions
         .get::<OriginalUri>()
         .map_or(uri, |original| &original.0);
-    let inner = &served.cache.inner;
+    let cluster = &port.cluster;
     let mut digest = None;
-    if let Some(auth) = &inner.config.auth {
+    if let Some(auth) = &cluster.config.auth {
         // The client signed the path it sent: the full one, before any nesting stripped a prefix.
         let signature = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
-        let verified = auth.verify(
-            signature,
-            method.as_str(),
-            &served.authority,
-            original.path(),
-        );
-        inner.metrics.auth_nonces(auth.remembered_nonces());
+        let verified = auth.verify(signature, method.as_str(), &port.authority, original.path());
+        cluster.metrics.auth_nonces(auth.remembered_nonces());
         match verified {
             Ok(verified) => digest = Some(verified),
-            Err(refusal) => return refused(served, original.path(), refusal),
+            Err(refusal) => return refused(port, original.path(), refusal),
         }
     }
-    // Shed load rather than queue without bound: the requester falls back to a local load.
-    let Ok(_slot) = served.slots.try_acquire() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded: too many concurrent peer requests",
-        );
-    };
     // Inside a nested router, `Uri` has the application's prefix stripped.
-    let Some((group, key)) = parse_path(uri.path(), &inner.config.base_path) else {
+    let Some((group_name, key)) = parse_path(uri.path(), &cluster.config.base_path) else {
         return text(
             StatusCode::BAD_REQUEST,
             "bad request: expected {base}{group}/{key}, percent-encoded UTF-8",
         );
     };
-    if group != inner.group {
-        return text(StatusCode::NOT_FOUND, &format!("no such group: {group}"));
-    }
-    if key.len() > inner.config.max_key_bytes {
-        let limit = inner.config.max_key_bytes;
+    let Some((registered, groups)) = cluster.groups.lookup(&group_name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!("no such group: {group_name}"),
+        );
+    };
+    let group = registered.group;
+    let share: &Share = &registered.share;
+    // Shed load rather than queue without bound: the requester falls back to a local load.
+    let Some(_slot) = cluster.limits.slot(share, groups) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded: too many concurrent peer requests",
+        );
+    };
+    let max_key_bytes = group.max_key_bytes();
+    if key.len() > max_key_bytes {
         return text(
             StatusCode::BAD_REQUEST,
-            &format!("key is {} bytes, over the limit of {limit}", key.len()),
+            &format!(
+                "key is {} bytes, over the limit of {max_key_bytes}",
+                key.len()
+            ),
         );
     }
     // A `POST` is only a batch: any other is refused before its body, like any other method.
@@ -159,7 +164,7 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
     // `PUT` and a batch carry a body.
     let carries_body = method == Method::PUT || batch;
     let (body, _budget) = if carries_body {
-        match read_body(served, body).await {
+        match read_body(port, share, groups, body).await {
             Ok((body, budget)) => (body, Some(budget)),
             Err(refused) => return refused,
         }
@@ -175,16 +180,16 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
     if let Some(digest) = digest
         && let Err(refusal) = digest.matches(&body)
     {
-        return refused(served, original.path(), refusal);
+        return refused(port, original.path(), refusal);
     }
     let peek = method == Method::GET && headers.contains_key(PEEK_HEADER);
     // A peek is no get: it is counted where it is sent (`groupcache_handoff_*_total`), so
     // `server_requests` stays the gets served to peers, as in golang/groupcache.
     if !peek {
-        inner.metrics.server_request();
+        group.count_server_request();
     }
     match method {
-        Method::GET if peek => match inner.serve_peek(&key) {
+        Method::GET if peek => match group.serve_peek(&key) {
             Some(entry) => protobuf(GetResponse {
                 value: Some(entry.value),
                 minute_qps: None,
@@ -192,7 +197,7 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
             }),
             None => text(StatusCode::NOT_FOUND, "not cached"),
         },
-        Method::GET => match inner.serve_get(&key).await {
+        Method::GET => match group.serve_get(&key).await {
             Ok((entry, minute_qps)) => protobuf(GetResponse {
                 value: Some(entry.value),
                 minute_qps: Some(minute_qps),
@@ -215,7 +220,7 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
                     value: request.value.unwrap_or_default(),
                     expire: request.expire.unwrap_or(0),
                 };
-                inner.store_owned(&key, entry);
+                group.serve_set(&key, entry);
                 StatusCode::OK.into_response()
             }
             Err(error) => text(
@@ -223,23 +228,41 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
                 &format!("malformed SetRequest: {error}"),
             ),
         },
-        Method::POST if key == BATCH_KEY => super::batch::answer(inner, &body).await,
+        Method::POST if key == BATCH_KEY => answer_batch(port, group, &group_name, &body).await,
         Method::DELETE => {
-            inner.forget(&key);
+            group.serve_remove(&key);
             StatusCode::OK.into_response()
         }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
 }
 
+/// Answers a peer's batch for `group` from its caches and flights; never forwarded again.
+async fn answer_batch(port: &Port, group: Arc<dyn Served>, name: &str, body: &[u8]) -> Response {
+    let config = &port.cluster.config;
+    let request = match parse_request(body, name, config.max_batch_keys, group.max_key_bytes()) {
+        Ok(request) => request,
+        Err(Refused { status, message }) => return text(status, &message),
+    };
+    let room = answer_room(request.max_answer_bytes, config.max_batch_bytes);
+    let results = group.serve_batch(request.keys).await;
+    (
+        [(header::CONTENT_TYPE, PROTOBUF)],
+        encode_answer(results, room),
+    )
+        .into_response()
+}
+
 /// Reads a `PUT`'s (or a batch's) body: of a declared length within the limit, within the budget of bytes all
 /// bodies being read may take (503 past it, as for the concurrency limit), and within the peer
 /// timeout; with the budget's share it holds.
-async fn read_body<L: Loader>(
-    served: &Served<L>,
+async fn read_body<'a>(
+    port: &'a Port,
+    share: &'a Share,
+    groups: usize,
     body: Body,
-) -> Result<(Bytes, SemaphorePermit<'_>), Response> {
-    let limit = served.body_limit;
+) -> Result<(Bytes, Held<'a>), Response> {
+    let limit = port.body_limit;
     let Some(length) = body.size_hint().exact() else {
         return Err(text(
             StatusCode::LENGTH_REQUIRED,
@@ -255,17 +278,13 @@ async fn read_body<L: Loader>(
             ));
         }
     };
-    let Ok(budget) = u32::try_from(length)
-        .ok()
-        .and_then(|length| served.body_bytes.try_acquire_many(length).ok())
-        .ok_or(())
-    else {
+    let Some(budget) = port.cluster.limits.bytes(share, length, groups) else {
         return Err(text(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded: too many bytes of bodies being read",
         ));
     };
-    let deadline = served.cache.inner.config.peer_timeout;
+    let deadline = port.cluster.config.peer_timeout;
     let collected = http_body_util::Limited::new(body, limit).collect();
     match tokio::time::timeout(deadline, collected).await {
         Ok(Ok(collected)) => Ok((collected.to_bytes(), budget)),
@@ -281,17 +300,16 @@ async fn read_body<L: Loader>(
 }
 
 /// A 401 for a request whose signature (or body) does not verify, counted and logged.
-fn refused<L: Loader>(served: &Served<L>, path: &str, refusal: super::auth::Refusal) -> Response {
-    let inner = &served.cache.inner;
-    inner.metrics.peer_auth_failure(refusal.reason());
-    tracing::warn!(group = %inner.group, path, %refusal, "refused a peer request");
+fn refused(port: &Port, path: &str, refusal: super::auth::Refusal) -> Response {
+    port.cluster.metrics.peer_auth_failure(refusal.reason());
+    tracing::warn!(path, %refusal, "refused a peer request");
     text(
         StatusCode::UNAUTHORIZED,
         &format!("unauthorized: {refusal}"),
     )
 }
 
-pub(super) fn text(status: StatusCode, message: &str) -> Response {
+fn text(status: StatusCode, message: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -302,4 +320,11 @@ pub(super) fn text(status: StatusCode, message: &str) -> Response {
 
 fn protobuf(message: GetResponse) -> Response {
     ([(header::CONTENT_TYPE, PROTOBUF)], message.encode_to_vec()).into_response()
+}
+
+/// Marks an answer of this router as coming from a replica that takes batch requests.
+pub(crate) fn advertise(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(BATCH_HEADER, HeaderValue::from_static("1"));
 }

@@ -14,10 +14,10 @@ use hyper::Uri;
 use hyper::header::HeaderValue;
 use hyper::http::uri::{Authority, Scheme};
 
+use super::ring::{Ring, RingMode};
 use crate::Error;
 use crate::handoff::{Peek, PeekGate};
 use crate::lock;
-use crate::ring::{Ring, RingMode};
 use crate::wire::protocol;
 
 /// One replica of the cluster, this one included.
@@ -27,8 +27,8 @@ pub(crate) struct Member {
     pub(crate) url: Arc<str>,
     /// Where requests to it go.
     pub(crate) endpoint: Arc<Endpoint>,
-    /// The request path up to the escaped key: `{url's path}{base_path}{escaped group}/`.
-    pub(crate) key_prefix: String,
+    /// The request path up to the group: `{url's path}{base_path}`.
+    pub(crate) path: String,
     /// Whether this member is the local replica.
     pub(crate) is_self: bool,
     /// Until when this replica treats it as down (after a connect failure or a timeout).
@@ -40,11 +40,11 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    fn new(url: Arc<str>, endpoint: Endpoint, key_prefix: String, is_self: bool) -> Member {
+    fn new(url: Arc<str>, endpoint: Endpoint, path: String, is_self: bool) -> Member {
         Member {
             url,
             endpoint: Arc::new(endpoint),
-            key_prefix,
+            path,
             is_self,
             suspected_until: Mutex::new(None),
             maybe_suspected: AtomicBool::new(false),
@@ -219,7 +219,6 @@ pub(crate) struct Peers {
     self_url: Arc<str>,
     mode: RingMode,
     base_path: String,
-    group: String,
     current: ArcSwap<Membership>,
     /// How long a replaced ring's owners still receive writes.
     recent_for: Duration,
@@ -237,17 +236,15 @@ impl Peers {
         self_url: &str,
         mode: RingMode,
         base_path: &str,
-        group: &str,
         recent_for: Duration,
     ) -> Result<Self, Error> {
         let (self_url, endpoint) = parse_url(self_url)?;
-        let key_prefix = protocol::key_prefix(&endpoint.path, base_path, group);
-        let me = Arc::new(Member::new(self_url.clone(), endpoint, key_prefix, true));
+        let path = protocol::groups_prefix(&endpoint.path, base_path);
+        let me = Arc::new(Member::new(self_url.clone(), endpoint, path, true));
         Ok(Peers {
             self_url,
             mode,
             base_path: base_path.to_owned(),
-            group: group.to_owned(),
             current: ArcSwap::from_pointee(Membership::new(mode, vec![me], Vec::new(), recent_for)),
             recent_for,
             changing: Mutex::new(()),
@@ -367,9 +364,9 @@ impl Peers {
     }
 
     fn member(&self, url: Arc<str>, endpoint: Endpoint) -> Arc<Member> {
-        let key_prefix = protocol::key_prefix(&endpoint.path, &self.base_path, &self.group);
+        let path = protocol::groups_prefix(&endpoint.path, &self.base_path);
         let is_self = url == self.self_url;
-        Arc::new(Member::new(url, endpoint, key_prefix, is_self))
+        Arc::new(Member::new(url, endpoint, path, is_self))
     }
 
     /// Applies `edit` to the member list and publishes a new snapshot if it reports a change.
@@ -565,7 +562,6 @@ mod tests {
             "http://127.0.0.1:1",
             RingMode::GoCompatible,
             "/_groupcache/",
-            "g",
             recent_for,
         )
         .unwrap()
@@ -861,7 +857,7 @@ mod tests {
         let snapshot = peers.snapshot();
         assert_eq!(snapshot.others().count(), 2);
         let member = snapshot.others().next().unwrap();
-        assert_eq!(member.key_prefix, "/_groupcache/g/");
+        assert_eq!(member.path, "/_groupcache/");
         assert_eq!(member.endpoint.path, "");
     }
 

@@ -1,349 +1,32 @@
-//! The engine: the public [`Groupcache`] handle and a key's journey through the caches, the ring,
-//! the flights and the wire, read top to bottom in [`Inner::get`].
+//! A key's journey through the caches, the ring, the flights and the wire, read top to bottom in
+//! [`Inner::get`]: the engine of one group, behind its public handle (`group/mod.rs`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use groupcache_rs_pb::SetRequest;
 
-use crate::builder::{Builder, Config};
+use super::config::Config;
+use super::led::Coalescing;
+use super::store::{Caller, Store};
 use crate::caches::{Cache, Entry, Token};
+use crate::cluster::ClusterInner;
+use crate::cluster::membership::{Member, Membership};
 use crate::error::Error;
 use crate::flight::{Flight, Outcome, Superseded};
 use crate::loader::{Loaded, Loader, Value, now_nanos, to_unix_nanos};
-use crate::membership::{Member, Membership, Peers};
-use crate::metrics::{Metrics, Stats};
+use crate::metrics::Metrics;
 use crate::popularity::Popularity;
-use crate::repairs::Queued;
-use crate::wire::client::{Failure, PeerClient};
+use crate::wire::client::Failure;
 use crate::wire::protocol;
 
-/// One group's share of a distributed cache on this replica. Cheap to clone: clones share
-/// everything.
-pub struct Groupcache<L: Loader> {
-    pub(crate) inner: Arc<Inner<L>>,
-}
-
-impl<L: Loader> Clone for Groupcache<L> {
-    fn clone(&self) -> Self {
-        Groupcache {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<L: Loader> Groupcache<L> {
-    /// Starts a builder for `group`, served by this replica at `self_url` (the exact URL the other
-    /// replicas list it under, e.g. `http://10.0.0.1:8080`), filled by `loader`.
-    pub fn builder(group: impl Into<String>, self_url: impl Into<String>, loader: L) -> Builder<L> {
-        Builder::new(group.into(), self_url.into(), loader)
-    }
-
-    /// The value of `key`, from a cache, from its owner, or from the loader.
-    ///
-    /// Must be called within a tokio runtime: loads run in tasks of their own. Outside one, a
-    /// miss fails with [`Error::NoRuntime`].
-    ///
-    /// A [`Bytes`](bytes::Bytes) value up to 1/16 of a segment (64 KiB with the default
-    /// budget), however small, is a view into one of the cache's segments (buffers of up to
-    /// 1 MiB that hold many keys and values side by side), and keeps the whole segment alive
-    /// while it is held. Handing it to a response is what it is for; to keep a value long after
-    /// the cache let it go, copy it (`Bytes::copy_from_slice`).
-    pub async fn get(&self, key: &str) -> Result<L::Value, Error> {
-        let entry = self.inner.get(key, Caller::Local).await?;
-        L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
-    }
-
-    /// Removes `key` everywhere: first on its owner, so no peer can fetch the old value again,
-    /// then on every other replica, so no hot copy survives. The next `get` loads it once.
-    ///
-    /// `Ok` means every member of this replica's ring was reached: no `get` that starts after it
-    /// returns, on any replica, answers the value from before the remove (not from a load
-    /// already in flight, a hot copy, a batch or a hand-off), so write the source of truth first,
-    /// then remove (README, "Writes and freshness"). Every replica is tried; the first that
-    /// could not be reached is returned as [`Error::Peer`]. Its hot copy, if any, expires within
-    /// [`Builder::hot_max_age`]; every member that missed the remove is sent it again in the
-    /// background until it answers or leaves the ring, since the key's owner would otherwise
-    /// keep its copy. Replicas that left this replica's ring within [`Builder::hot_max_age`]
-    /// are sent the remove too, in case they still serve a copy (as the key's former owner, or
-    /// through their drain); those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
-    /// reaches the same replicas.
-    pub async fn remove(&self, key: &str) -> Result<(), Error> {
-        let inner = &self.inner;
-        inner.check_key(key)?;
-        let membership = inner.peers.snapshot();
-        let owner = membership.remote_owner(key);
-        let on_owner = match owner {
-            Some(owner) => inner.remove_on_member(owner, key).await,
-            None => Ok(()),
-        };
-        inner.forget(key);
-        let on_others = inner.remove_on_all_but(&membership, owner, key).await;
-        on_owner.and(on_others)
-    }
-
-    /// Stores `value` for `key` on its owner, expiring at `expires_at` if given, and drops every
-    /// other replica's copy. No loader runs.
-    ///
-    /// It reaches the same replicas as [`remove`](Groupcache::remove), in the same order (the
-    /// owner first, then every other member at once, and the replicas that left the ring
-    /// lately), and every one is tried even when the owner fails: the first failure is returned
-    /// as [`Error::Peer`]. `Ok` promises what `remove`'s does: no `get` that starts after it, on
-    /// any replica, answers a value from before it (README, "Writes and freshness").
-    ///
-    /// ```
-    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
-    /// # struct Db;
-    /// # impl Loader for Db {
-    /// #     type Value = String;
-    /// #     type Error = std::io::Error;
-    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
-    /// #         Ok(Loaded::new(format!("row for {key}")))
-    /// #     }
-    /// # }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), groupcache_rs::Error> {
-    /// use std::time::{Duration, SystemTime};
-    ///
-    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
-    /// let in_a_minute = SystemTime::now() + Duration::from_secs(60);
-    /// cache.set("42", &"written, not loaded".to_owned(), Some(in_a_minute)).await?;
-    /// assert_eq!(cache.get("42").await?, "written, not loaded");
-    ///
-    /// cache.remove("42").await?;
-    /// assert_eq!(cache.get("42").await?, "row for 42"); // loaded again, once
-    /// # Ok(()) }
-    /// ```
-    pub async fn set(
-        &self,
-        key: &str,
-        value: &L::Value,
-        expires_at: Option<SystemTime>,
-    ) -> Result<(), Error> {
-        let inner = &self.inner;
-        inner.check_key(key)?;
-        let value = value.encode().map_err(|e| Error::Codec(Arc::new(e)))?;
-        let entry = Entry {
-            value,
-            expire: to_unix_nanos(expires_at),
-        };
-        let membership = inner.peers.snapshot();
-        let owner = membership.remote_owner(key);
-        let on_owner = match owner {
-            None => {
-                inner.store_owned(key, entry);
-                Ok(())
-            }
-            Some(owner) => {
-                let request = SetRequest {
-                    group: inner.group.clone(),
-                    key: key.to_owned(),
-                    value: Some(entry.value),
-                    expire: Some(entry.expire),
-                };
-                let path = inner.key_path(owner, key);
-                let stored = inner.client.set(&owner.endpoint, path, &request).await;
-                inner.forget(key);
-                if stored.is_err() {
-                    inner.missed(owner, key);
-                }
-                stored.map_err(|source| {
-                    tracing::warn!(group = %inner.group, peer = %owner.url, %source, "set failed on the key's owner");
-                    Error::Peer {
-                        peer: owner.url.to_string(),
-                        source,
-                    }
-                })
-            }
-        };
-        // Even when the owner failed: the other replicas' copies of the old value go, as a
-        // `remove`'s do, so what can still be read of it is at most the owner's.
-        let on_others = inner.remove_on_all_but(&membership, owner, key).await;
-        on_owner.and(on_others)
-    }
-
-    /// The axum router that serves this group to peers under the base path. Merge it into your
-    /// app, or nest it under a prefix and include that prefix in every peer URL.
-    ///
-    /// ```
-    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
-    /// # struct Db;
-    /// # impl Loader for Db {
-    /// #     type Value = String;
-    /// #     type Error = std::io::Error;
-    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
-    /// #         Ok(Loaded::new(format!("row for {key}")))
-    /// #     }
-    /// # }
-    /// # fn main() -> Result<(), groupcache_rs::Error> {
-    /// // Peers list this replica as `http://10.0.0.1:8080/internal`, prefix included.
-    /// let cache = Groupcache::builder("rows", "http://10.0.0.1:8080/internal", Db).build()?;
-    /// let app: axum::Router = axum::Router::new()
-    ///     .route("/healthz", axum::routing::get(|| async { "ok" }))
-    ///     .nest("/internal", cache.router());
-    /// # Ok(()) }
-    /// ```
-    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
-        crate::wire::router::router(self.clone())
-    }
-
-    /// Adds a peer; returns false if it was already a member. Idempotent.
-    pub fn add_peer(&self, url: &str) -> Result<bool, Error> {
-        self.inner.membership_changed(self.inner.peers.add(url))
-    }
-
-    /// Removes a peer; returns false if it was not a member. This replica cannot remove itself
-    /// this way (see [`leave`](Groupcache::leave)).
-    pub fn remove_peer(&self, url: &str) -> Result<bool, Error> {
-        self.inner.membership_changed(self.inner.peers.remove(url))
-    }
-
-    /// Replaces the set of peers (this replica is added if missing, unless it has
-    /// [left](Groupcache::leave)); returns whether it changed.
-    /// The order matters only in [`RingMode::GoCompatible`](crate::RingMode::GoCompatible), for golang/groupcache's rare hash
-    /// collisions: give every replica the same list in the same order.
-    pub fn set_peers<I, S>(&self, urls: I) -> Result<bool, Error>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        self.inner.membership_changed(self.inner.peers.set(urls))
-    }
-
-    /// Takes this replica out of its own ring for the rest of its life, the first step of a
-    /// graceful shutdown: call it on SIGTERM, keep serving through the drain, then exit.
-    ///
-    /// From then on it owns no key: its own `get`s go to the other members' owners, and its
-    /// `remove`s and `set`s reach them. It still answers the peers whose discovery has not
-    /// dropped it yet (from its caches, or by loading, as for any peer whose ring disagrees)
-    /// and the new owners' hand-off peeks, from what it holds: its entries stay for at most
-    /// [`hot_max_age`](Builder::hot_max_age), as after any ring change that took keys away.
-    /// Peer lists given later (`set_peers`, `add_peer`) keep it out. Alone in its ring, it
-    /// stays its only member. Returns whether the ring changed.
-    ///
-    /// ```
-    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
-    /// # struct Db;
-    /// # impl Loader for Db {
-    /// #     type Value = String;
-    /// #     type Error = std::io::Error;
-    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
-    /// #         Ok(Loaded::new(format!("row for {key}")))
-    /// #     }
-    /// # }
-    /// # fn main() -> Result<(), groupcache_rs::Error> {
-    /// let (me, other) = ("http://10.0.0.1:8080", "http://10.0.0.2:8080");
-    /// let cache = Groupcache::builder("rows", me, Db).build()?;
-    /// cache.set_peers([me, other])?;
-    /// assert!(cache.leave()); // on SIGTERM
-    /// assert_eq!(cache.peers(), [other]);
-    /// cache.set_peers([me, other])?; // discovery lags: this replica stays out
-    /// assert_eq!(cache.owner("any key"), other);
-    /// # Ok(()) }
-    /// ```
-    pub fn leave(&self) -> bool {
-        let left = self.inner.peers.leave();
-        if left {
-            tracing::info!(group = %self.inner.group, "left the ring: serving peers until the drain ends");
-        }
-        matches!(self.inner.membership_changed(Ok(left)), Ok(true))
-    }
-
-    /// The URL of the replica that owns `key` in this replica's ring (possibly this one).
-    pub fn owner(&self, key: &str) -> String {
-        match self.inner.peers.snapshot().owner(key) {
-            Some(owner) => owner.url.to_string(),
-            None => self.inner.self_url.clone(),
-        }
-    }
-
-    /// The current members, this replica included (unless it has [left](Groupcache::leave)).
-    pub fn peers(&self) -> Vec<String> {
-        self.inner.peers.urls()
-    }
-
-    /// The group's name.
-    pub fn name(&self) -> &str {
-        &self.inner.group
-    }
-
-    /// This replica's URL, as the ring knows it.
-    pub fn self_url(&self) -> &str {
-        &self.inner.self_url
-    }
-
-    /// This replica's counters and cache sizes.
-    ///
-    /// ```
-    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
-    /// # struct Db;
-    /// # impl Loader for Db {
-    /// #     type Value = String;
-    /// #     type Error = std::io::Error;
-    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
-    /// #         Ok(Loaded::new(format!("row for {key}")))
-    /// #     }
-    /// # }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), groupcache_rs::Error> {
-    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
-    /// cache.get("42").await?; // a miss: this replica owns every key, so it loads
-    /// cache.get("42").await?; // a main-cache hit
-    /// let stats = cache.stats();
-    /// assert_eq!((stats.gets, stats.local_loads, stats.main_hits), (2, 1, 1));
-    /// # Ok(()) }
-    /// ```
-    pub fn stats(&self) -> Stats {
-        let inner = &self.inner;
-        let split = inner.budget.split();
-        Stats {
-            cache_bytes: split.total,
-            main_target_bytes: split.main_target,
-            hot_target_bytes: split.hot_target,
-            main_ghost_hits: split.main_ghost_hits,
-            hot_ghost_hits: split.hot_ghost_hits,
-            main_bytes: inner.main.bytes(),
-            main_items: inner.main.items(),
-            hot_bytes: inner.hot.bytes(),
-            hot_items: inner.hot.items(),
-            ..inner.metrics.snapshot()
-        }
-    }
-}
-
-/// Who asked for a key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Caller {
-    /// This replica's application.
-    Local,
-    /// Another replica, through the router: never forwarded again.
-    Peer,
-}
-
-/// Which cache a loaded value goes to, with that cache's [`Token`] for the key taken before the
-/// value was asked for: a `remove` or `set` of the key since then keeps the value out.
-///
-/// A value is kept without an age bound only where every replica sends the key's writes: on its
-/// owner, under a ring that has been current for at least `hot_max_age` (the time discovery is
-/// assumed to take to bring every replica to the same ring). Anything else (a peer's request for
-/// a key this replica does not own, a value loaded or set just after a ring change) is served
-/// for at most `hot_max_age`, so a write this replica missed is seen within that bound.
-#[derive(Clone, Copy)]
-pub(crate) enum Store {
-    /// This replica owns the key under a settled ring.
-    Main(Token),
-    /// The main cache, expiring within `hot_max_age`: a key this replica does not own under its
-    /// current ring, or owns under a ring too recent to know that others send it the writes.
-    Bounded(Token),
-    /// Owned by another replica, fetched from it: the hot cache, with a bounded age.
-    Hot(Token),
-}
-
+/// One group on this replica: its loader, caches and flights, over its cluster's peers.
 pub(crate) struct Inner<L: Loader> {
     pub(crate) group: String,
-    pub(crate) self_url: String,
+    /// The group's part of its request paths (`protocol::group_segment`).
+    pub(crate) path: String,
+    pub(crate) cluster: Arc<ClusterInner>,
     pub(crate) loader: L,
     pub(crate) config: Config,
     pub(crate) main: Cache,
@@ -356,18 +39,16 @@ pub(crate) struct Inner<L: Loader> {
     /// Requests to owners, shared by local callers only: a peer's request never waits on one,
     /// so two replicas with different rings cannot wait on each other.
     pub(crate) fetches: Flight<Entry>,
-    pub(crate) peers: Peers,
-    pub(crate) client: PeerClient,
     pub(crate) metrics: Metrics,
     /// A test's pause point just before a load stores its value.
     #[cfg(test)]
     pub(crate) pause: tests::PausePoint,
     /// Single fetches waiting to travel in one batch (`Builder::coalesce_fetches`).
-    pub(crate) coalescing: crate::batch::Coalescing,
+    pub(crate) coalescing: Coalescing,
     /// Keys written here lately, which the hand-off does not peek (`handoff.rs`).
     pub(crate) recent_writes: crate::handoff::RecentWrites,
     /// Writes that missed a member, to send it again (`repairs.rs`).
-    pub(crate) repairs: crate::repairs::Repairs,
+    pub(crate) repairs: super::repairs::Repairs,
 }
 
 impl<L: Loader> Inner<L> {
@@ -375,7 +56,7 @@ impl<L: Loader> Inner<L> {
         if let Some(entry) = self.start_get(key, caller)? {
             return Ok(entry);
         }
-        let owner = self.peers.snapshot().remote_owner(key).cloned();
+        let owner = self.cluster.peers.snapshot().remote_owner(key).cloned();
         // `loads_deduped` is counted by the flight's task, which runs even if this caller gives up.
         // Each miss is boxed: its future nests a flight, the pool and the hand-off (5-11 KiB), and
         // unboxed it made every `get` future, a hit's too, that large: copied into each axum
@@ -425,7 +106,7 @@ impl<L: Loader> Inner<L> {
         // `membership_changed`), so no value is stored as owned under a ring that is gone. Taken
         // only here, not for a fetch, which stores in the hot cache.
         let main = self.main.token(key);
-        let membership = self.peers.snapshot();
+        let membership = self.cluster.peers.snapshot();
         match membership.remote_owner(key) {
             Some(_) if caller == Caller::Local => self.hot_store(key),
             Some(_) => Store::Bounded(main),
@@ -434,8 +115,8 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Where a value of a key this replica owns under `membership` goes.
-    fn owned_store(&self, membership: &Membership, token: Token) -> Store {
-        if membership.age() >= self.config.hot_max_age {
+    pub(crate) fn owned_store(&self, membership: &Membership, token: Token) -> Store {
+        if membership.age() >= self.cluster.config.hot_max_age {
             Store::Main(token)
         } else {
             Store::Bounded(token)
@@ -443,8 +124,8 @@ impl<L: Loader> Inner<L> {
     }
 
     /// The latest expiry of a value whose age is bounded, stored now.
-    fn bounded_expiry(&self, expire: i64) -> i64 {
-        let max_age = i64::try_from(self.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
+    pub(crate) fn bounded_expiry(&self, expire: i64) -> i64 {
+        let max_age = i64::try_from(self.cluster.config.hot_max_age.as_nanos()).unwrap_or(i64::MAX);
         let deadline = now_nanos().saturating_add(max_age);
         if expire == 0 {
             deadline
@@ -621,7 +302,7 @@ impl<L: Loader> Inner<L> {
         hot: Store,
         superseded: &Superseded,
     ) -> Outcome<Entry> {
-        let successor = self.peers.snapshot().successor(key).cloned();
+        let successor = self.cluster.peers.snapshot().successor(key).cloned();
         match successor {
             Some(successor) if successor.is_self => {
                 return self
@@ -664,7 +345,7 @@ impl<L: Loader> Inner<L> {
     fn stands_in(&self, peer: &Member) -> bool {
         let endpoint = &peer.endpoint;
         endpoint.batches.load(std::sync::atomic::Ordering::Relaxed)
-            || (self.config.ring_mode == crate::RingMode::Balanced
+            || (self.cluster.config.ring_mode == crate::RingMode::Balanced
                 && !endpoint.plain.load(std::sync::atomic::Ordering::Relaxed))
     }
 
@@ -677,7 +358,7 @@ impl<L: Loader> Inner<L> {
     /// ([`hand_off`](Self::hand_off)). The copy is stored as a load's value would be: bounded,
     /// since the ring is young.
     fn handoff_source(&self, key: &str) -> Option<(Arc<Member>, crate::handoff::Peek)> {
-        if self.config.handoff_timeout.is_zero() || !protocol::can_carry(key) {
+        if self.cluster.config.handoff_timeout.is_zero() || !protocol::can_carry(key) {
             return None;
         }
         // Written here lately: the owner had its share of the write first, and the previous
@@ -685,9 +366,9 @@ impl<L: Loader> Inner<L> {
         if self.recent_writes.written_recently(key_hash(key)) {
             return None;
         }
-        let membership = self.peers.snapshot();
+        let membership = self.cluster.peers.snapshot();
         let owned = membership.owner(key).is_some_and(|owner| owner.is_self);
-        if !owned || membership.age() >= self.config.hot_max_age {
+        if !owned || membership.age() >= self.cluster.config.hot_max_age {
             return None;
         }
         let (previous, peek) = membership.handoff_peek(key, Instant::now())?;
@@ -704,9 +385,13 @@ impl<L: Loader> Inner<L> {
         previous: Arc<Member>,
         peek: crate::handoff::Peek,
     ) -> Option<Entry> {
-        let timeout = self.config.handoff_timeout;
+        let timeout = self.cluster.config.handoff_timeout;
         let path = self.key_path(&previous, key);
-        let peeked = self.client.peek(&previous.endpoint, path, timeout).await;
+        let peeked = self
+            .cluster
+            .client
+            .peek(&previous.endpoint, path, timeout)
+            .await;
         let entry = match peeked {
             Ok(Some(response)) => Some(answered(response)),
             Ok(None) => None,
@@ -724,16 +409,11 @@ impl<L: Loader> Inner<L> {
         entry
     }
 
-    /// A peer's peek: the value if this replica holds it in memory. Never loads.
-    pub(crate) fn serve_peek(&self, key: &str) -> Option<Entry> {
-        self.peek(key)
-    }
-
     /// One `GET` of `key` from `peer`, timed.
     async fn ask(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
         let started = Instant::now();
         let path = self.key_path(peer, key);
-        let fetched = self.client.get(&peer.endpoint, path).await;
+        let fetched = self.cluster.client.get(&peer.endpoint, path).await;
         self.metrics.peer_request_duration.record(started.elapsed());
         fetched.map(answered)
     }
@@ -755,12 +435,12 @@ impl<L: Loader> Inner<L> {
             error,
             crate::PeerError::Request(_) | crate::PeerError::Timeout
         );
-        if !down || self.config.owner_suspicion.is_zero() {
+        if !down || self.cluster.config.owner_suspicion.is_zero() {
             return false;
         }
-        if peer.suspect(self.config.owner_suspicion) {
-            self.metrics.peer_suspicion();
-            tracing::warn!(group = %self.group, peer = %peer.url, %error, suspected_for = ?self.config.owner_suspicion, "peer suspected down; its keys go to their successors");
+        if peer.suspect(self.cluster.config.owner_suspicion) {
+            self.cluster.metrics.peer_suspicion();
+            tracing::warn!(group = %self.group, peer = %peer.url, %error, suspected_for = ?self.cluster.config.owner_suspicion, "peer suspected down; its keys go to their successors");
         }
         true
     }
@@ -820,181 +500,9 @@ impl<L: Loader> Inner<L> {
         })
     }
 
-    /// Stores a value this replica owns (a local `set` or a peer's `PUT`); any load in flight
-    /// for the key is superseded and no older hot copy remains.
-    ///
-    /// Bounded as a load would be (see [`Store`]): a peer whose ring disagrees may `PUT` a key
-    /// this replica does not own.
-    pub(crate) fn store_owned(&self, key: &str, entry: Entry) {
-        self.forget(key);
-        let inserted = loop {
-            // Stale only after a ring change or a write to the key since: decide again.
-            let token = self.main.token(key);
-            let membership = self.peers.snapshot();
-            let mut entry = entry.clone();
-            if membership.remote_owner(key).is_some()
-                || !matches!(self.owned_store(&membership, token), Store::Main(_))
-            {
-                entry.expire = self.bounded_expiry(entry.expire);
-            }
-            if let Ok(inserted) = self.main.write_if(key, entry, token) {
-                break inserted;
-            }
-        };
-        self.metrics.main.evicted(inserted.evicted);
-        self.metrics.hot.evicted(self.hot.trim());
-    }
-
-    /// Drops `key` from both caches and keeps loads in flight from caching an older value or
-    /// handing it to anyone who asks from now on; the key's next miss here loads, without a
-    /// hand-off peek, for `hot_max_age` (`RecentWrites`).
-    pub(crate) fn forget(&self, key: &str) {
-        // Before the flights let go: a load that starts once they have must see the write.
-        // Without the hand-off nothing reads it, and its table is never allocated.
-        if !self.config.handoff_timeout.is_zero() {
-            self.recent_writes.record(key_hash(key));
-        }
-        self.loads.supersede(key);
-        self.fetches.supersede(key);
-        // The caches publish their sizes themselves.
-        self.main.remove(key);
-        self.hot.remove(key);
-    }
-
-    /// A peer's `GET`: the value and this replica's request rate for the key (per minute).
-    pub(crate) async fn serve_get(self: &Arc<Self>, key: &str) -> Result<(Entry, f64), Error> {
-        // Read, not recorded: the sketch counts this replica's own demand, which decides hot
-        // promotion; peers' requests would make keys it never asked for look popular.
-        let requests = self.popularity.estimate(key_hash(key));
-        let entry = self.get(key, Caller::Peer).await?;
-        let window = POPULARITY_WINDOW.as_secs_f64() / 60.0;
-        Ok((entry, f64::from(requests) / window))
-    }
-
-    async fn remove_on(&self, peer: &Member, key: &str) -> Result<(), Error> {
-        let path = self.key_path(peer, key);
-        self.client.remove(&peer.endpoint, path).await.map_err(|source| {
-            tracing::warn!(group = %self.group, peer = %peer.url, %source, "remove failed on peer");
-            Error::Peer {
-                peer: peer.url.to_string(),
-                source,
-            }
-        })
-    }
-
-    /// Removes `key` from every peer but `owner` (and this replica), all at once; the first
-    /// failure, after all were tried. The members of recent rings that are no longer members are
-    /// sent the remove as well, since one that left may still serve a copy (as the key's former
-    /// owner while its own discovery lags, or from its hot cache to its own clients through its
-    /// drain); their failures are logged, not returned: a replica that crashed or drained cannot
-    /// be reached, and would fail every remove until its ring is forgotten.
-    async fn remove_on_all_but(
-        self: &Arc<Self>,
-        membership: &Membership,
-        owner: Option<&Arc<Member>>,
-        key: &str,
-    ) -> Result<(), Error> {
-        let others = membership
-            .others()
-            .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
-        let results =
-            futures_util::future::join_all(others.map(|peer| self.remove_on_member(peer, key)));
-        let departed = membership.departed(Instant::now());
-        let departed = futures_util::future::join_all(
-            departed.into_iter().map(|peer| self.remove_on(peer, key)),
-        );
-        let (results, _departed) = futures_util::future::join(results, departed).await;
-        results.into_iter().collect()
-    }
-
-    /// [`remove_on`](Self::remove_on) a member of the ring; if it misses the write, it is sent
-    /// the remove again until it answers (`repairs.rs`).
-    async fn remove_on_member(
-        self: &Arc<Self>,
-        peer: &Arc<Member>,
-        key: &str,
-    ) -> Result<(), Error> {
-        let removed = self.remove_on(peer, key).await;
-        if removed.is_err() {
-            self.missed(peer, key);
-        }
-        removed
-    }
-
-    /// `peer`, a member, missed a write of `key`: queues its repair, and starts the task that
-    /// sends `peer` its repairs if none runs.
-    fn missed(self: &Arc<Self>, peer: &Member, key: &str) {
-        match self.repairs.queue(&peer.url, key) {
-            Queued::Start => {
-                tokio::spawn(Self::repair(Arc::downgrade(self), peer.url.clone()));
-            }
-            Queued::Running => {}
-            Queued::Full => {
-                self.metrics.write_repair_dropped();
-                tracing::warn!(group = %self.group, peer = %peer.url, limit = crate::repairs::MAX_PENDING_REPAIRS, "too many writes wait for replicas that missed them; this one is not repaired");
-            }
-        }
-        self.metrics.write_repairs_pending(self.repairs.pending());
-    }
-
-    /// Sends `url` the removes of the keys it missed, until it has them all or is no longer a
-    /// member, pausing between rounds while it does not answer (from [`REPAIR_PAUSE`] up to
-    /// [`REPAIR_MAX_PAUSE`]). Holds the group weakly: a group dropped ends its repairs.
-    async fn repair(this: std::sync::Weak<Self>, url: Arc<str>) {
-        let mut pause = REPAIR_PAUSE;
-        loop {
-            tokio::time::sleep(pause).await;
-            let Some(this) = this.upgrade() else {
-                return;
-            };
-            let member = this
-                .peers
-                .snapshot()
-                .others()
-                .find(|member| member.url == url)
-                .cloned();
-            let Some(member) = member else {
-                // Gone from the ring: its entries are capped at `hot_max_age` on its side, and
-                // writes reach it as a replica that left while that lasts.
-                let dropped = this.repairs.drop_peer(&url);
-                this.metrics.write_repairs_pending(this.repairs.pending());
-                tracing::info!(group = %this.group, peer = %url, dropped, "a replica that missed writes left the ring; their repairs are dropped");
-                return;
-            };
-            loop {
-                let batch = this.repairs.next(&url, REPAIR_CONCURRENCY);
-                if batch.is_empty() {
-                    this.metrics.write_repairs_pending(this.repairs.pending());
-                    return;
-                }
-                let sent = futures_util::future::join_all(batch.iter().map(|(key, _)| {
-                    let path = this.key_path(&member, key);
-                    this.client.remove(&member.endpoint, path)
-                }))
-                .await;
-                let mut answered = true;
-                for ((key, miss), result) in batch.iter().zip(sent) {
-                    match result {
-                        Ok(()) => {
-                            this.repairs.answered(&url, key, *miss);
-                            this.metrics.write_repair();
-                        }
-                        Err(_) => answered = false,
-                    }
-                }
-                this.metrics.write_repairs_pending(this.repairs.pending());
-                if !answered {
-                    pause = (pause * 2).min(REPAIR_MAX_PAUSE);
-                    break;
-                }
-                pause = REPAIR_PAUSE;
-            }
-        }
-    }
-
-    /// The request path for `key` on `peer`.
-    fn key_path(&self, peer: &Member, key: &str) -> String {
-        protocol::key_path(&peer.key_prefix, key)
+    /// The request path for `key` of this group on `peer`.
+    pub(crate) fn key_path(&self, peer: &Member, key: &str) -> String {
+        protocol::key_path(&peer.path, &self.path, key)
     }
 
     pub(crate) fn check_key(&self, key: &str) -> Result<(), Error> {
@@ -1007,35 +515,6 @@ impl<L: Loader> Inner<L> {
         }
         Ok(())
     }
-
-    fn membership_changed(&self, changed: Result<bool, Error>) -> Result<bool, Error> {
-        if let Ok(true) = changed {
-            // Loads that read the old ring store nothing as owned now; then main entries this
-            // replica no longer owns are served for at most `hot_max_age` (they stay in main, where
-            // the new owner may still find them, rather than push the hot cache's keys out).
-            // After `supersede_all`, no entry for a key this ring gives another owner can enter
-            // main unbounded, so capping what is there now is enough. Scanning costs one pass
-            // over main's keys and a ring lookup per key, outside the cache's lock but for the
-            // key list and the capping.
-            self.main.supersede_all();
-            let membership = self.peers.snapshot();
-            let moved: Vec<Box<str>> = self
-                .main
-                .keys()
-                .into_iter()
-                .filter(|key| membership.remote_owner(key).is_some())
-                .collect();
-            self.main.cap_expiry(&moved, self.bounded_expiry(0));
-            self.metrics.peers.set(membership.len() as f64);
-            // Connections to peers that left are closed now rather than when they time out.
-            self.client.retain_connections(|origin| {
-                membership
-                    .others()
-                    .any(|peer| peer.endpoint.origin() == origin)
-            });
-        }
-        changed
-    }
 }
 
 #[cfg(test)]
@@ -1045,22 +524,9 @@ impl<L: Loader> Inner<L> {
     }
 }
 
-/// The first pause before a member that missed writes is sent them again, and after each round
-/// it answered.
-const REPAIR_PAUSE: Duration = Duration::from_millis(100);
-
-/// The longest pause between rounds of repairs to a member that does not answer: once it does
-/// (a frozen process resumed, a partition healed), its old values go within this, plus the
-/// round that was waiting for it.
-const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
-
-/// Repairs sent to one member at once.
-const REPAIR_CONCURRENCY: usize = 32;
-
 /// The popularity sketch's window: estimates are requests per this long.
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
 
-/// The key's hash for the popularity sketch: the caches' own (`caches::key_hash`).
 /// A peer's answer as a cache entry.
 fn answered(response: groupcache_rs_pb::GetResponse) -> Entry {
     Entry {
@@ -1069,6 +535,7 @@ fn answered(response: groupcache_rs_pb::GetResponse) -> Entry {
     }
 }
 
+/// The key's hash for the popularity sketch: the caches' own (`caches::key_hash`).
 pub(crate) fn key_hash(key: &str) -> u64 {
     crate::caches::key_hash(key.as_bytes())
 }
@@ -1076,6 +543,7 @@ pub(crate) fn key_hash(key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Groupcache;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::sync::Notify;
@@ -1138,7 +606,7 @@ mod tests {
     async fn a_get_and_a_fetch_do_not_carry_the_futures_of_their_rare_paths() {
         let (cache, _) = single();
         let inner = &cache.inner;
-        let member = inner.peers.snapshot().owner("k").cloned().unwrap();
+        let member = inner.cluster.peers.snapshot().owner("k").cloned().unwrap();
         let get = std::mem::size_of_val(&inner.get("k", Caller::Local));
         assert!(get <= 256, "a get's future is {get} bytes");
         let flight = std::mem::size_of_val(&inner.fetch("k", member.clone()));
@@ -1238,7 +706,7 @@ mod tests {
             .hot_max_age(BOUND)
             .build()
             .unwrap();
-        let ring = crate::ring::Ring::new(crate::RingMode::default(), &[me, other]);
+        let ring = crate::cluster::ring::Ring::new(crate::RingMode::default(), &[me, other]);
         let key = (0..)
             .map(|i| format!("k{i}"))
             .find(|key| ring.owner(key.as_bytes()) == Some(1))

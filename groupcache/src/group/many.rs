@@ -19,16 +19,18 @@ use std::task::Poll;
 use std::time::Instant;
 
 use futures_util::FutureExt;
-use futures_util::future::Either;
 use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use tokio::sync::oneshot;
 
+use super::Groupcache;
+use super::journey::{Inner, key_hash};
+use super::led::{Led, once_each};
+use super::store::{Caller, Store};
 use crate::caches::Entry;
-use crate::engine::{Caller, Groupcache, Inner, Store, key_hash};
-use crate::flight::{Flight, Outcome, Superseded, panic_message};
+use crate::cluster::membership::Member;
+use crate::flight::{Flight, Outcome, panic_message};
 use crate::loader::{Loaded, Results, to_unix_nanos};
 use crate::lock;
-use crate::membership::Member;
 use crate::wire::client::Failure;
 use crate::wire::protocol::{self, BATCH_KEY};
 use crate::{Error, Loader, PeerError, Value};
@@ -83,57 +85,6 @@ impl<L: Loader> Groupcache<L> {
     }
 }
 
-/// A key whose fetch flight a `get_many` leads: where its outcome goes.
-struct Led {
-    key: String,
-    outcome: oneshot::Sender<Outcome<Entry>>,
-    superseded: Superseded,
-    /// Where its value goes, chosen (and its cache's token taken) when its flight started.
-    store: Store,
-    /// Older flights of the same key, superseded by a write, merged into this one
-    /// ([`once_each`]): they get its outcome too.
-    also: Vec<oneshot::Sender<Outcome<Entry>>>,
-}
-
-impl Led {
-    /// Hands `outcome` to the key's flight, and to the older flights merged into it.
-    fn answer(self, outcome: Outcome<Entry>) {
-        for also in self.also {
-            let _ = also.send(outcome.clone());
-        }
-        // No receiver left is fine: everyone gave up.
-        let _ = self.outcome.send(outcome);
-    }
-}
-
-/// The led keys with each key once. A write takes a key's flight out of the map while it runs
-/// (`Flight::supersede`), so a new flight of the key can be led, and queued for the same batch,
-/// before the old one is answered; a batch must not carry a key twice (nor a loader's
-/// `load_many` see it twice). The flight a write has not superseded decides where the value
-/// goes; the superseded one gets the same answer, which is at least as new as the one it would
-/// have had.
-fn once_each(mut led: Vec<Led>) -> Vec<Led> {
-    // Only a superseded flight's key can have been led again: most batches stop here.
-    if !led.iter().any(|led| led.superseded.get()) {
-        return led;
-    }
-    led.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut once: Vec<Led> = Vec::with_capacity(led.len());
-    for mut next in led {
-        match once.last_mut() {
-            Some(kept) if kept.key == next.key => {
-                if kept.superseded.get() && !next.superseded.get() {
-                    std::mem::swap(kept, &mut next);
-                }
-                kept.also.push(next.outcome);
-                kept.also.append(&mut next.also);
-            }
-            _ => once.push(next),
-        }
-    }
-    once
-}
-
 type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + 'a>>;
 
 impl<L: Loader> Inner<L> {
@@ -144,7 +95,7 @@ impl<L: Loader> Inner<L> {
         let mut owned = Vec::new();
         let mut by_owner: HashMap<Arc<str>, (Arc<Member>, Vec<usize>)> = HashMap::new();
         {
-            let membership = self.peers.snapshot();
+            let membership = self.cluster.peers.snapshot();
             for (index, &key) in keys.iter().enumerate() {
                 let owner = membership.remote_owner(key);
                 if owner.is_none() {
@@ -176,7 +127,7 @@ impl<L: Loader> Inner<L> {
         );
         let mut batches = Vec::new();
         for (owner, indexes) in by_owner.into_values() {
-            for chunk in indexes.chunks(self.config.max_batch_keys) {
+            for chunk in indexes.chunks(self.cluster.config.max_batch_keys) {
                 let chunk = chunk.to_vec();
                 let owner = owner.clone();
                 batches.push(async move {
@@ -224,7 +175,11 @@ impl<L: Loader> Inner<L> {
 
     /// Loads `keys`, all owned here or asked for by a peer, through their load flights, with one
     /// [`Loader::load_many`] for the keys this call leads. Mirrors `Inner::get` for such keys.
-    async fn load_many(self: &Arc<Self>, keys: &[&str], caller: Caller) -> Vec<Outcome<Entry>> {
+    pub(crate) async fn load_many(
+        self: &Arc<Self>,
+        keys: &[&str],
+        caller: Caller,
+    ) -> Vec<Outcome<Entry>> {
         let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
         let mut loading = Vec::new();
         for (index, &key) in keys.iter().enumerate() {
@@ -383,7 +338,7 @@ impl<L: Loader> Inner<L> {
     }
 
     /// The owner's answer for the led keys, each handed to its flight as soon as it is known.
-    async fn fetch_batch(self: Arc<Self>, owner: Arc<Member>, led: Vec<Led>) {
+    pub(crate) async fn fetch_batch(self: Arc<Self>, owner: Arc<Member>, led: Vec<Led>) {
         let mut asking = Vec::with_capacity(led.len());
         for led in once_each(led) {
             match self.peek(&led.key) {
@@ -401,11 +356,15 @@ impl<L: Loader> Inner<L> {
         let request = BatchRequest {
             group: Some(self.group.clone()),
             keys: asking.iter().map(|led| led.key.clone()).collect(),
-            max_answer_bytes: Some(self.config.max_batch_bytes as u64),
+            max_answer_bytes: Some(self.cluster.config.max_batch_bytes as u64),
         };
-        let path = protocol::key_path(&owner.key_prefix, BATCH_KEY);
+        let path = self.key_path(&owner, BATCH_KEY);
         let started = Instant::now();
-        let answer = self.client.batch(&owner.endpoint, path, &request).await;
+        let answer = self
+            .cluster
+            .client
+            .batch(&owner.endpoint, path, &request)
+            .await;
         self.metrics.peer_request_duration.record(started.elapsed());
         drop(request);
         let entries = match answer {
@@ -494,148 +453,6 @@ impl<L: Loader> Inner<L> {
         Ok(entry)
     }
 
-    /// A peer's batch: each key as a peer's single `GET` is answered (from the caches, or loaded
-    /// here, never forwarded), with one `load_many` for the keys to load.
-    pub(crate) async fn serve_batch(self: &Arc<Self>, keys: &[String]) -> Vec<Outcome<Entry>> {
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.load_many(&keys, Caller::Peer).await
-    }
-}
-
-/// Coalesced fetches (`Builder::coalesce_fetches`), by owner URL: the requests in flight to each
-/// owner and the fetches waiting for one of them to return.
-#[derive(Default)]
-pub(crate) struct Coalescing {
-    owners: Mutex<HashMap<Arc<str>, Waiting>>,
-}
-
-/// One owner's coalesced fetches.
-#[derive(Default)]
-struct Waiting {
-    /// Requests in flight, at most the configured number.
-    in_flight: usize,
-    /// Fetches that found every request slot taken: the next request to return takes them.
-    queue: Vec<Led>,
-}
-
-/// A request slot to an owner, given back if its sender panics: the last sender's fetches
-/// waiting then end with [`Error::LoadAbandoned`] instead of waiting for a sender forever.
-struct Slot<'a> {
-    coalescing: &'a Coalescing,
-    owner: &'a Arc<str>,
-    held: bool,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if !self.held {
-            return;
-        }
-        // Another sender takes the queue; without one, it is dropped (after unlocking).
-        let abandoned = give_back(&mut lock(&self.coalescing.owners), self.owner);
-        drop(abandoned);
-    }
-}
-
-/// Gives a request slot to `owner` back; when it was the last, the owner's entry goes, with
-/// whatever still waits in its queue.
-fn give_back(owners: &mut HashMap<Arc<str>, Waiting>, owner: &Arc<str>) -> Option<Waiting> {
-    match owners.get_mut(owner) {
-        Some(waiting) if waiting.in_flight > 1 => {
-            waiting.in_flight -= 1;
-            None
-        }
-        _ => owners.remove(owner),
-    }
-}
-
-impl<L: Loader> Inner<L> {
-    /// How many requests may be in flight to `owner` before its fetches coalesce, if coalescing
-    /// is on and the owner takes batches.
-    pub(crate) fn coalescing(&self, owner: &Member) -> Option<usize> {
-        let in_flight = self.config.coalesce_in_flight;
-        (in_flight > 0 && owner.endpoint.batches.load(Ordering::Relaxed)).then_some(in_flight)
-    }
-
-    /// A single `get`'s fetch flight under coalescing: it goes at once if fewer than
-    /// `max_in_flight` requests to the owner are in flight; otherwise it waits for one of them to
-    /// return and travels with every other fetch waiting then, in one batch. No timer: a lone
-    /// fetch never waits, and fetches wait only as long as the owner takes to answer.
-    pub(crate) async fn fetch_coalesced(
-        self: &Arc<Self>,
-        key: &str,
-        owner: Arc<Member>,
-        max_in_flight: usize,
-    ) -> (Outcome<Entry>, bool) {
-        let this = self.clone();
-        self.fetches
-            .run(key, move |superseded| {
-                // The check and the slot's take, or the push, under one lock, as is a sender's
-                // look at the queue when its request returns (`next_chunk`): a fetch is either
-                // sent or in a queue that a sender still in flight will take.
-                let mut owners = lock(&this.coalescing.owners);
-                this.metrics.load_deduped();
-                let waiting = owners.entry(owner.url.clone()).or_default();
-                if waiting.in_flight < max_in_flight {
-                    waiting.in_flight += 1;
-                    drop(owners);
-                    let key = key.to_owned();
-                    // This flight's own task sends it: no task of its own, so a lone fetch costs
-                    // what it costs without coalescing.
-                    return Either::Left(async move {
-                        let mut slot = Slot {
-                            coalescing: &this.coalescing,
-                            owner: &owner.url,
-                            held: true,
-                        };
-                        let outcome = this.fetch_from(&key, &owner, superseded).await;
-                        if let Some(chunk) = this.next_chunk(&mut slot) {
-                            // The slot goes with the fetches that waited.
-                            slot.held = false;
-                            tokio::spawn(this.clone().send_coalesced(owner.clone(), chunk));
-                        }
-                        outcome
-                    });
-                }
-                let (outcome, receiver) = oneshot::channel();
-                waiting.queue.push(Led {
-                    key: key.to_owned(),
-                    outcome,
-                    superseded,
-                    store: this.hot_store(key),
-                    also: Vec::new(),
-                });
-                drop(owners);
-                Either::Right(async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) })
-            })
-            .await
-    }
-
-    /// Holds a request slot to `owner`: sends `chunk`, then, while fetches are waiting, sends
-    /// them (up to `max_batch_keys` at a time) as each request returns.
-    async fn send_coalesced(self: Arc<Self>, owner: Arc<Member>, mut chunk: Vec<Led>) {
-        let mut slot = Slot {
-            coalescing: &self.coalescing,
-            owner: &owner.url,
-            held: true,
-        };
-        loop {
-            if chunk.len() == 1 {
-                // One key alone takes the single get's path, as without coalescing.
-                for led in chunk {
-                    let outcome = (self.fetch_from(&led.key, &owner, led.superseded.clone())).await;
-                    led.answer(outcome);
-                }
-            } else {
-                self.clone().fetch_batch(owner.clone(), chunk).await;
-            }
-            match self.next_chunk(&mut slot) {
-                Some(next) => chunk = next,
-                None => return,
-            }
-        }
-    }
-
     /// Keys whose owner is suspected down, each from its successor (`Inner::from_successor`).
     async fn from_successors(self: &Arc<Self>, led: Vec<Led>) {
         let settled = led.into_iter().map(|led| async move {
@@ -644,24 +461,6 @@ impl<L: Loader> Inner<L> {
             led.answer(outcome);
         });
         futures_util::future::join_all(settled).await;
-    }
-
-    /// When a request returns: the fetches waiting for its slot (up to `max_batch_keys`), or
-    /// none, and then the slot is given back, under the lock fetches queue under.
-    fn next_chunk(&self, slot: &mut Slot<'_>) -> Option<Vec<Led>> {
-        let mut owners = lock(&self.coalescing.owners);
-        match owners.get_mut(slot.owner) {
-            Some(waiting) if !waiting.queue.is_empty() => {
-                let take = waiting.queue.len().min(self.config.max_batch_keys);
-                Some(waiting.queue.drain(..take).collect())
-            }
-            _ => {
-                // An empty queue: nothing is dropped with the entry.
-                give_back(&mut owners, slot.owner);
-                slot.held = false;
-                None
-            }
-        }
     }
 }
 
@@ -672,56 +471,6 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-
-    /// A led key for `once_each`: its flight superseded or not, and the receiver of its answer.
-    fn led(key: &str, superseded: bool) -> (Led, oneshot::Receiver<Outcome<Entry>>) {
-        let flag = Superseded::unset();
-        if superseded {
-            flag.set_for_test();
-        }
-        let (outcome, receiver) = oneshot::channel();
-        let led = Led {
-            key: key.to_owned(),
-            outcome,
-            superseded: flag,
-            store: Store::Hot(crate::caches::Token::for_test(u64::from(superseded))),
-            also: Vec::new(),
-        };
-        (led, receiver)
-    }
-
-    /// Issue 23: a key whose flight a write superseded can be led again before the old flight
-    /// is answered; a batch carries it once, where the newer flight decides what is kept, and
-    /// both flights get the answer.
-    #[test]
-    fn a_key_led_twice_goes_once_and_both_flights_get_the_answer() {
-        let (old, old_answer) = led("k", true);
-        let (other, other_answer) = led("j", false);
-        let (new, new_answer) = led("k", false);
-        let once = once_each(vec![old, other, new]);
-        let keys: Vec<&str> = once.iter().map(|led| led.key.as_str()).collect();
-        assert_eq!(keys, ["j", "k"]);
-        let k = once.into_iter().find(|led| led.key == "k").unwrap();
-        assert!(!k.superseded.get(), "the newer flight decides what is kept");
-        assert!(matches!(k.store, Store::Hot(token) if token == crate::caches::Token::for_test(0)));
-        let answer = Entry {
-            value: bytes::Bytes::from_static(b"v"),
-            expire: 0,
-        };
-        k.answer(Ok(answer));
-        for mut receiver in [old_answer, new_answer] {
-            assert_eq!(receiver.try_recv().unwrap().unwrap().value, "v");
-        }
-        drop(other_answer);
-        // Without a superseded flight, nothing is touched (nor reordered).
-        let (b, _b) = led("b", false);
-        let (a, _a) = led("a", false);
-        let keys: Vec<String> = once_each(vec![b, a])
-            .into_iter()
-            .map(|led| led.key)
-            .collect();
-        assert_eq!(keys, ["b", "a"]);
-    }
 
     /// A batch loader: puts the first key's result at once, then waits for `release` before the
     /// rest; keys named `missing` get no result, a key named `panic` panics after the first.

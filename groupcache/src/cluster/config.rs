@@ -1,0 +1,56 @@
+//! The settings a [`Cluster`](crate::Cluster) holds for every group it serves: the wire, the
+//! peer port's limits, and the staleness bound that ring changes keep. Set through
+//! [`ClusterBuilder`](crate::ClusterBuilder); a group's own settings are in `group/config.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ring::RingMode;
+use crate::wire::PeerAuth;
+
+/// Default [`ClusterBuilder::max_batch_keys`](crate::ClusterBuilder::max_batch_keys): 1024 keys
+/// per batch request.
+pub const DEFAULT_MAX_BATCH_KEYS: usize = 1024;
+/// Default [`ClusterBuilder::max_batch_bytes`](crate::ClusterBuilder::max_batch_bytes): 16 MiB of
+/// values per batch answer.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Settings the read path, the write path and the router consult, whatever the group.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterConfig {
+    pub(crate) base_path: String,
+    pub(crate) peer_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) hot_max_age: Duration,
+    pub(crate) owner_suspicion: Duration,
+    /// Zero: no warm hand-off.
+    pub(crate) handoff_timeout: Duration,
+    pub(crate) auth: Option<Arc<PeerAuth>>,
+    pub(crate) max_concurrent_peer_requests: usize,
+    pub(crate) max_buffered_peer_bytes: usize,
+    pub(crate) max_batch_keys: usize,
+    pub(crate) max_batch_bytes: usize,
+    /// In `GoCompatible`, a peer not heard from yet may be a golang/groupcache replica.
+    pub(crate) ring_mode: RingMode,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            base_path: "/_groupcache/".to_owned(),
+            peer_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            max_value_bytes: 16 << 20,
+            hot_max_age: Duration::from_secs(60),
+            owner_suspicion: Duration::from_secs(5),
+            handoff_timeout: Duration::ZERO,
+            auth: None,
+            max_concurrent_peer_requests: 1024,
+            max_buffered_peer_bytes: 64 << 20,
+            max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            ring_mode: RingMode::default(),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Coalesced fetches ([`Builder::coalesce_fetches`](crate::Builder::coalesce_fetches)): single
+//! gets of keys owned by one peer, gathered while every request slot to it is taken and sent
+//! together in one batch when a request returns. No timer: a lone fetch goes at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::future::Either;
+use tokio::sync::oneshot;
+
+use super::journey::Inner;
+use super::led::{Led, Slot, give_back};
+use crate::caches::Entry;
+use crate::cluster::membership::Member;
+use crate::error::Error;
+use crate::flight::Outcome;
+use crate::loader::Loader;
+use crate::lock;
+
+impl<L: Loader> Inner<L> {
+    /// How many requests may be in flight to `owner` before its fetches coalesce, if coalescing
+    /// is on and the owner takes batches.
+    pub(crate) fn coalescing(&self, owner: &Member) -> Option<usize> {
+        let in_flight = self.config.coalesce_in_flight;
+        (in_flight > 0 && owner.endpoint.batches.load(Ordering::Relaxed)).then_some(in_flight)
+    }
+
+    /// A single `get`'s fetch flight under coalescing: it goes at once if fewer than
+    /// `max_in_flight` requests to the owner are in flight; otherwise it waits for one of them to
+    /// return and travels with every other fetch waiting then, in one batch. No timer: a lone
+    /// fetch never waits, and fetches wait only as long as the owner takes to answer.
+    pub(crate) async fn fetch_coalesced(
+        self: &Arc<Self>,
+        key: &str,
+        owner: Arc<Member>,
+        max_in_flight: usize,
+    ) -> (Outcome<Entry>, bool) {
+        let this = self.clone();
+        self.fetches
+            .run(key, move |superseded| {
+                // The check and the slot's take, or the push, under one lock, as is a sender's
+                // look at the queue when its request returns (`next_chunk`): a fetch is either
+                // sent or in a queue that a sender still in flight will take.
+                let mut owners = lock(&this.coalescing.owners);
+                this.metrics.load_deduped();
+                let waiting = owners.entry(owner.url.clone()).or_default();
+                if waiting.in_flight < max_in_flight {
+                    waiting.in_flight += 1;
+                    drop(owners);
+                    let key = key.to_owned();
+                    // This flight's own task sends it: no task of its own, so a lone fetch costs
+                    // what it costs without coalescing.
+                    return Either::Left(async move {
+                        let mut slot = Slot {
+                            coalescing: &this.coalescing,
+                            owner: &owner.url,
+                            held: true,
+                        };
+                        let outcome = this.fetch_from(&key, &owner, superseded).await;
+                        if let Some(chunk) = this.next_chunk(&mut slot) {
+                            // The slot goes with the fetches that waited.
+                            slot.held = false;
+                            tokio::spawn(this.clone().send_coalesced(owner.clone(), chunk));
+                        }
+                        outcome
+                    });
+                }
+                let (outcome, receiver) = oneshot::channel();
+                waiting.queue.push(Led {
+                    key: key.to_owned(),
+                    outcome,
+                    superseded,
+                    store: this.hot_store(key),
+                    also: Vec::new(),
+                });
+                drop(owners);
+                Either::Right(async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) })
+            })
+            .await
+    }
+
+    /// Holds a request slot to `owner`: sends `chunk`, then, while fetches are waiting, sends
+    /// them (up to `max_batch_keys` at a time) as each request returns.
+    async fn send_coalesced(self: Arc<Self>, owner: Arc<Member>, mut chunk: Vec<Led>) {
+        let mut slot = Slot {
+            coalescing: &self.coalescing,
+            owner: &owner.url,
+            held: true,
+        };
+        loop {
+            if chunk.len() == 1 {
+                // One key alone takes the single get's path, as without coalescing.
+                for led in chunk {
+                    let outcome = (self.fetch_from(&led.key, &owner, led.superseded.clone())).await;
+                    led.answer(outcome);
+                }
+            } else {
+                self.clone().fetch_batch(owner.clone(), chunk).await;
+            }
+            match self.next_chunk(&mut slot) {
+                Some(next) => chunk = next,
+                None => return,
+            }
+        }
+    }
+
+    /// When a request returns: the fetches waiting for its slot (up to `max_batch_keys`), or
+    /// none, and then the slot is given back, under the lock fetches queue under.
+    fn next_chunk(&self, slot: &mut Slot<'_>) -> Option<Vec<Led>> {
+        let mut owners = lock(&self.coalescing.owners);
+        match owners.get_mut(slot.owner) {
+            Some(waiting) if !waiting.queue.is_empty() => {
+                let take = waiting.queue.len().min(self.cluster.config.max_batch_keys);
+                Some(waiting.queue.drain(..take).collect())
+            }
+            _ => {
+                // An empty queue: nothing is dropped with the entry.
+                give_back(&mut owners, slot.owner);
+                slot.held = false;
+                None
+            }
+        }
+    }
+}

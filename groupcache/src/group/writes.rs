@@ -1,0 +1,261 @@
+//! A group's writes: `remove` and `set` reach the key's owner first, then every other replica
+//! and the replicas that left the ring lately; a member that missed one is sent it again in the
+//! background until it answers (the queue is `repairs.rs`). Peers' writes land in
+//! [`Inner::store_owned`] and [`Inner::forget`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use groupcache_rs_pb::SetRequest;
+
+use super::journey::{Inner, key_hash};
+use super::repairs::{MAX_PENDING_REPAIRS, Queued};
+use super::store::Store;
+use crate::caches::Entry;
+use crate::cluster::membership::{Member, Membership};
+use crate::error::Error;
+use crate::loader::{Loader, to_unix_nanos};
+
+impl<L: Loader> Inner<L> {
+    /// [`Groupcache::remove`](crate::Groupcache::remove): the owner first, then every other
+    /// replica.
+    pub(crate) async fn remove(self: &Arc<Self>, key: &str) -> Result<(), Error> {
+        self.check_key(key)?;
+        let membership = self.cluster.peers.snapshot();
+        let owner = membership.remote_owner(key);
+        let on_owner = match owner {
+            Some(owner) => self.remove_on_member(owner, key).await,
+            None => Ok(()),
+        };
+        self.forget(key);
+        let on_others = self.remove_on_all_but(&membership, owner, key).await;
+        on_owner.and(on_others)
+    }
+
+    /// [`Groupcache::set`](crate::Groupcache::set) of an encoded `value`.
+    pub(crate) async fn set(
+        self: &Arc<Self>,
+        key: &str,
+        value: Bytes,
+        expires_at: Option<SystemTime>,
+    ) -> Result<(), Error> {
+        self.check_key(key)?;
+        let entry = Entry {
+            value,
+            expire: to_unix_nanos(expires_at),
+        };
+        let membership = self.cluster.peers.snapshot();
+        let owner = membership.remote_owner(key);
+        let on_owner = match owner {
+            None => {
+                self.store_owned(key, entry);
+                Ok(())
+            }
+            Some(owner) => {
+                let request = SetRequest {
+                    group: self.group.clone(),
+                    key: key.to_owned(),
+                    value: Some(entry.value),
+                    expire: Some(entry.expire),
+                };
+                let path = self.key_path(owner, key);
+                let stored = self
+                    .cluster
+                    .client
+                    .set(&owner.endpoint, path, &request)
+                    .await;
+                self.forget(key);
+                if stored.is_err() {
+                    self.missed(owner, key);
+                }
+                stored.map_err(|source| {
+                    tracing::warn!(group = %self.group, peer = %owner.url, %source, "set failed on the key's owner");
+                    Error::Peer {
+                        peer: owner.url.to_string(),
+                        source,
+                    }
+                })
+            }
+        };
+        // Even when the owner failed: the other replicas' copies of the old value go, as a
+        // `remove`'s do, so what can still be read of it is at most the owner's.
+        let on_others = self.remove_on_all_but(&membership, owner, key).await;
+        on_owner.and(on_others)
+    }
+
+    /// Stores a value this replica owns (a local `set` or a peer's `PUT`); any load in flight
+    /// for the key is superseded and no older hot copy remains.
+    ///
+    /// Bounded as a load would be (see [`Store`]): a peer whose ring disagrees may `PUT` a key
+    /// this replica does not own.
+    pub(crate) fn store_owned(&self, key: &str, entry: Entry) {
+        self.forget(key);
+        let inserted = loop {
+            // Stale only after a ring change or a write to the key since: decide again.
+            let token = self.main.token(key);
+            let membership = self.cluster.peers.snapshot();
+            let mut entry = entry.clone();
+            if membership.remote_owner(key).is_some()
+                || !matches!(self.owned_store(&membership, token), Store::Main(_))
+            {
+                entry.expire = self.bounded_expiry(entry.expire);
+            }
+            if let Ok(inserted) = self.main.write_if(key, entry, token) {
+                break inserted;
+            }
+        };
+        self.metrics.main.evicted(inserted.evicted);
+        self.metrics.hot.evicted(self.hot.trim());
+    }
+
+    /// Drops `key` from both caches and keeps loads in flight from caching an older value or
+    /// handing it to anyone who asks from now on; the key's next miss here loads, without a
+    /// hand-off peek, for `hot_max_age` (`RecentWrites`).
+    pub(crate) fn forget(&self, key: &str) {
+        // Before the flights let go: a load that starts once they have must see the write.
+        // Without the hand-off nothing reads it, and its table is never allocated.
+        if !self.cluster.config.handoff_timeout.is_zero() {
+            self.recent_writes.record(key_hash(key));
+        }
+        self.loads.supersede(key);
+        self.fetches.supersede(key);
+        // The caches publish their sizes themselves.
+        self.main.remove(key);
+        self.hot.remove(key);
+    }
+
+    async fn remove_on(&self, peer: &Member, key: &str) -> Result<(), Error> {
+        let path = self.key_path(peer, key);
+        self.cluster.client.remove(&peer.endpoint, path).await.map_err(|source| {
+            tracing::warn!(group = %self.group, peer = %peer.url, %source, "remove failed on peer");
+            Error::Peer {
+                peer: peer.url.to_string(),
+                source,
+            }
+        })
+    }
+
+    /// Removes `key` from every peer but `owner` (and this replica), all at once; the first
+    /// failure, after all were tried. The members of recent rings that are no longer members are
+    /// sent the remove as well, since one that left may still serve a copy (as the key's former
+    /// owner while its own discovery lags, or from its hot cache to its own clients through its
+    /// drain); their failures are logged, not returned: a replica that crashed or drained cannot
+    /// be reached, and would fail every remove until its ring is forgotten.
+    async fn remove_on_all_but(
+        self: &Arc<Self>,
+        membership: &Membership,
+        owner: Option<&Arc<Member>>,
+        key: &str,
+    ) -> Result<(), Error> {
+        let others = membership
+            .others()
+            .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
+        let results =
+            futures_util::future::join_all(others.map(|peer| self.remove_on_member(peer, key)));
+        let departed = membership.departed(Instant::now());
+        let departed = futures_util::future::join_all(
+            departed.into_iter().map(|peer| self.remove_on(peer, key)),
+        );
+        let (results, _departed) = futures_util::future::join(results, departed).await;
+        results.into_iter().collect()
+    }
+
+    /// [`remove_on`](Self::remove_on) a member of the ring; if it misses the write, it is sent
+    /// the remove again until it answers (`repairs.rs`).
+    async fn remove_on_member(
+        self: &Arc<Self>,
+        peer: &Arc<Member>,
+        key: &str,
+    ) -> Result<(), Error> {
+        let removed = self.remove_on(peer, key).await;
+        if removed.is_err() {
+            self.missed(peer, key);
+        }
+        removed
+    }
+
+    /// `peer`, a member, missed a write of `key`: queues its repair, and starts the task that
+    /// sends `peer` its repairs if none runs.
+    fn missed(self: &Arc<Self>, peer: &Member, key: &str) {
+        match self.repairs.queue(&peer.url, key) {
+            Queued::Start => {
+                tokio::spawn(Self::repair(Arc::downgrade(self), peer.url.clone()));
+            }
+            Queued::Running => {}
+            Queued::Full => {
+                self.metrics.write_repair_dropped();
+                tracing::warn!(group = %self.group, peer = %peer.url, limit = MAX_PENDING_REPAIRS, "too many writes wait for replicas that missed them; this one is not repaired");
+            }
+        }
+        self.metrics.write_repairs_pending(self.repairs.pending());
+    }
+
+    /// Sends `url` the removes of the keys it missed, until it has them all or is no longer a
+    /// member, pausing between rounds while it does not answer (from [`REPAIR_PAUSE`] up to
+    /// [`REPAIR_MAX_PAUSE`]). Holds the group weakly: a group dropped ends its repairs.
+    async fn repair(this: std::sync::Weak<Self>, url: Arc<str>) {
+        let mut pause = REPAIR_PAUSE;
+        loop {
+            tokio::time::sleep(pause).await;
+            let Some(this) = this.upgrade() else {
+                return;
+            };
+            let member = this
+                .cluster
+                .peers
+                .snapshot()
+                .others()
+                .find(|member| member.url == url)
+                .cloned();
+            let Some(member) = member else {
+                // Gone from the ring: its entries are capped at `hot_max_age` on its side, and
+                // writes reach it as a replica that left while that lasts.
+                let dropped = this.repairs.drop_peer(&url);
+                this.metrics.write_repairs_pending(this.repairs.pending());
+                tracing::info!(group = %this.group, peer = %url, dropped, "a replica that missed writes left the ring; their repairs are dropped");
+                return;
+            };
+            loop {
+                let batch = this.repairs.next(&url, REPAIR_CONCURRENCY);
+                if batch.is_empty() {
+                    this.metrics.write_repairs_pending(this.repairs.pending());
+                    return;
+                }
+                let sent = futures_util::future::join_all(batch.iter().map(|(key, _)| {
+                    let path = this.key_path(&member, key);
+                    this.cluster.client.remove(&member.endpoint, path)
+                }))
+                .await;
+                let mut answered = true;
+                for ((key, miss), result) in batch.iter().zip(sent) {
+                    match result {
+                        Ok(()) => {
+                            this.repairs.answered(&url, key, *miss);
+                            this.metrics.write_repair();
+                        }
+                        Err(_) => answered = false,
+                    }
+                }
+                this.metrics.write_repairs_pending(this.repairs.pending());
+                if !answered {
+                    pause = (pause * 2).min(REPAIR_MAX_PAUSE);
+                    break;
+                }
+                pause = REPAIR_PAUSE;
+            }
+        }
+    }
+}
+
+/// The first pause before a member that missed writes is sent them again, and after each round
+/// it answered.
+const REPAIR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest pause between rounds of repairs to a member that does not answer: once it does
+/// (a frozen process resumed, a partition healed), its old values go within this, plus the
+/// round that was waiting for it.
+const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Repairs sent to one member at once.
+const REPAIR_CONCURRENCY: usize = 32;
