@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::replica::ReplicaOptions;
-
 /// Every workload, in the order `all` runs them.
 pub(crate) const WORKLOADS: [&str; 10] = [
     "ceiling",
@@ -68,6 +66,32 @@ impl Default for BenchOptions {
             value_bytes: vec![4096],
         }
     }
+}
+
+/// The Rust replica's settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ReplicaOptions {
+    /// Every value is padded (or cut) to exactly this many bytes; 0 keeps `rs:{key}`.
+    pub value_bytes: usize,
+    /// How long the loader sleeps.
+    pub load_ms: u64,
+    /// The budget main and hot share; None: the library's default.
+    pub cache_bytes: Option<u64>,
+    /// The main cache's cap.
+    pub main_bytes: Option<u64>,
+    /// The hot cache's cap.
+    pub hot_bytes: Option<u64>,
+    /// golang/groupcache's ring instead of the balanced default.
+    pub go_ring: bool,
+    /// A `load_many` that loads all its keys in one sleep (see `replica.rs`).
+    pub batch_loader: bool,
+    /// `Builder::coalesce_fetches`, requests in flight per owner (0: off).
+    pub coalesce_in_flight: usize,
+    /// The warm hand-off off (`Builder::handoff_timeout` zero), as in a ring older than
+    /// `hot_max_age`.
+    pub no_handoff: bool,
+    /// `Builder::admission`: TinyLFU admission on both caches.
+    pub admission: bool,
 }
 
 /// How to call the program.
@@ -148,18 +172,7 @@ fn positive_list(arg: &str, list: &str, what: &str) -> Result<Vec<usize>, String
 }
 
 fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptions, String> {
-    let mut options = ReplicaOptions {
-        value_bytes: 0,
-        load_ms: 0,
-        cache_bytes: None,
-        main_bytes: None,
-        hot_bytes: None,
-        go_ring: false,
-        batch_loader: false,
-        coalesce_in_flight: 0,
-        no_handoff: false,
-        admission: false,
-    };
+    let mut options = ReplicaOptions::default();
     while let Some(arg) = args.next() {
         let switch = match arg.as_str() {
             "--go-ring" => Some(&mut options.go_ring),
@@ -244,29 +257,19 @@ mod tests {
             Ok(Command::Replica(ReplicaOptions {
                 value_bytes: 1024,
                 load_ms: 50,
-                cache_bytes: None,
                 main_bytes: Some(99),
-                hot_bytes: None,
                 go_ring: true,
-                batch_loader: false,
-                coalesce_in_flight: 0,
-                no_handoff: false,
-                admission: false,
+                ..ReplicaOptions::default()
             }))
         );
         assert_eq!(
             parse_str("replica --batch-loader --coalesce-in-flight 2 --no-handoff --admission"),
             Ok(Command::Replica(ReplicaOptions {
-                value_bytes: 0,
-                load_ms: 0,
-                cache_bytes: None,
-                main_bytes: None,
-                hot_bytes: None,
-                go_ring: false,
                 batch_loader: true,
                 coalesce_in_flight: 2,
                 no_handoff: true,
                 admission: true,
+                ..ReplicaOptions::default()
             }))
         );
         assert!(parse_str("replica --nope 1").is_err());

@@ -1,4 +1,5 @@
-//! Issue 14's workloads, and the replica's side of them.
+//! Issue 14's workloads, the driver's side. The Rust replica's side (`POST /many` and the batch
+//! loader) is in `replica.rs`, the Go peer's in `tests/interop/go-peer`.
 //!
 //! - `batch`: replica A of 3 is asked for 100 or 1,000 keys it does not own (so they are spread
 //!   over the 2 other replicas), warm (in their owners' main caches) or cold (nowhere yet, a
@@ -10,26 +11,16 @@
 //!   connections, with `Builder::coalesce_fetches` off and at 1, 2 and 4 requests in flight per owner, side
 //!   by side.
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::StreamExt;
-use groupcache_rs::{Groupcache, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results};
 use serde::Deserialize;
 
 use crate::cluster::{Cluster, Kind, Settings, Stats};
 use crate::http;
-use crate::load::Limit;
-use crate::replica::{BenchLoader, value_for};
 use crate::report::{Better, Report, Verdict};
 use crate::workloads::{
-    BUDGET, Bench, VALUE_BYTES, check_body, connect, expect_all, get_path, keys, keys_owned_by,
-    remote_pairs, run_once, servers_cpu_us,
+    BUDGET, Bench, VALUE_BYTES, expect_all, get_path, keys, keys_owned_by, load_average,
+    remote_run, run_once,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -42,84 +33,6 @@ const SIZES: [usize; 2] = [100, 1_000];
 const IN_FLIGHT: [usize; 4] = [0, 1, 2, 4];
 /// Connections of the coalescing runs: where it should help (16, 64) and where it costs (1, 4).
 const LEVELS: [usize; 4] = [1, 4, 16, 64];
-
-/// Calls of the replica's `load_many` (one replica per process).
-static LOAD_MANY_CALLS: AtomicU64 = AtomicU64::new(0);
-
-/// Calls of the replica's `load_many` so far, for `/stats`.
-pub(crate) fn load_many_calls() -> u64 {
-    LOAD_MANY_CALLS.load(Ordering::Relaxed)
-}
-
-/// The bench loader's `load_many`: with `batch`, one sleep of the loader's latency for all the
-/// keys (a `WHERE id = ANY($1)` query); without, the library's default (each key's `load`, at
-/// most `LOAD_MANY_CONCURRENCY` at once). Every call is counted.
-pub(crate) async fn load_many(
-    loader: &BenchLoader,
-    batch: bool,
-    keys: &[String],
-    results: &Results<Bytes, Infallible>,
-) {
-    LOAD_MANY_CALLS.fetch_add(1, Ordering::Relaxed);
-    if !batch {
-        futures_util::stream::iter(keys.iter().enumerate())
-            .for_each_concurrent(LOAD_MANY_CONCURRENCY, |(index, key)| async move {
-                results.put(index, loader.load(key).await);
-            })
-            .await;
-        return;
-    }
-    if !loader.delay.is_zero() {
-        tokio::time::sleep(loader.delay).await;
-    }
-    for (index, key) in keys.iter().enumerate() {
-        let value = Bytes::from(value_for("rs:", key, loader.value_bytes));
-        results.put(index, Ok(Loaded::new(value)));
-    }
-}
-
-/// `POST /many` (a JSON array of keys): one `get_many` of them, or with `?singles` one `get` per
-/// key, all at once; answers what [`Many`] holds, the wall time measured here.
-pub(crate) async fn many(
-    State(cache): State<Groupcache<BenchLoader>>,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let keys: Vec<String> = match serde_json::from_slice(&body) {
-        Ok(keys) => keys,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    let started = Instant::now();
-    let values = if uri.query() == Some("singles") {
-        futures_util::future::join_all(keys.iter().map(|key| cache.get(key))).await
-    } else {
-        cache.get_many(&keys).await
-    };
-    let micros = started.elapsed().as_micros() as u64;
-    let (mut ok, mut errors, mut bytes, mut first_error) = (0u64, 0u64, 0u64, String::new());
-    for value in &values {
-        match value {
-            Ok(value) => {
-                ok += 1;
-                bytes += value.len() as u64;
-            }
-            Err(error) => {
-                errors += 1;
-                if first_error.is_empty() {
-                    first_error = error.to_string();
-                }
-            }
-        }
-    }
-    let json = serde_json::json!({
-        "ok": ok, "errors": errors, "bytes": bytes, "micros": micros, "first_error": first_error,
-    });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json.to_string(),
-    )
-        .into_response()
-}
 
 /// What `/many` answers, in both languages.
 #[derive(Debug, Deserialize)]
@@ -263,7 +176,7 @@ impl Bench<'_> {
                     round + 1,
                     self.options.rounds,
                     window_name(window),
-                    crate::workloads::load_average()
+                    load_average()
                 );
                 let settings = Settings {
                     value_bytes: VALUE_BYTES,
@@ -292,26 +205,9 @@ impl Bench<'_> {
         count: usize,
         window: usize,
     ) -> Result<()> {
-        let targets = cluster.addrs();
         let warm_keys = keys(&format!("co{c}w-"), 200);
         let keys = keys(&format!("co{c}-"), count);
-        let fill: Vec<_> = warm_keys
-            .iter()
-            .chain(&keys)
-            .map(|k| (cluster.owner(k), get_path(k)))
-            .collect();
-        let filled = run_once(&targets, 64, fill).await;
-        expect_all(&filled, warm_keys.len() + keys.len(), VALUE_BYTES, "fill")?;
-        let mut pool = connect(&targets, c).await?;
-        let warm = remote_pairs(cluster, &warm_keys);
-        pool.run(std::sync::Arc::new(warm), Limit::Exhausted).await;
-        let before = cluster.stats().await?;
-        let cpu_before = servers_cpu_us(&cluster.pids());
-        let source = std::sync::Arc::new(remote_pairs(cluster, &keys));
-        let mut outcome = pool.run(source, Limit::Exhausted).await;
-        outcome.server_cpu_us = servers_cpu_us(&cluster.pids()).saturating_sub(cpu_before);
-        let after = cluster.stats().await?;
-        check_body(&outcome, VALUE_BYTES)?;
+        let (outcome, before, after) = remote_run(cluster, c, &warm_keys, &keys).await?;
         let peer_requests = delta(&before, &after, |s| s.stats.server_requests);
         let case = format!("c={c} {}", window_name(window));
         self.record_run("coalesce", &case, Kind::Rust, &outcome);

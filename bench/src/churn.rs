@@ -16,13 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
-
-use crate::cluster::{Kind, Process, Settings, Stats, start_replica};
+use crate::cluster::{Kind, Process, Settings, owners, set_peers, start_replica, stats_of, urls};
 use crate::http;
 use crate::load::{Limit, Pool, Sequence, Source, Uniform};
-use crate::replica::GROUP;
 use crate::report::Better;
 use crate::workloads::Bench;
 
@@ -41,59 +37,10 @@ const SETTINGS: Settings = Settings {
 };
 const CONCURRENCY: usize = 16;
 
-/// A loader for the driver's copy of a ring, which never loads.
-struct NoLoader;
-
-impl Loader for NoLoader {
-    type Value = Bytes;
-    type Error = std::convert::Infallible;
-
-    async fn load(&self, _key: &str) -> std::result::Result<Loaded<Bytes>, Self::Error> {
-        Ok(Loaded::new(Bytes::new()))
-    }
-}
-
-/// The owner of each key in a ring of `urls`, as replicas of `kind` compute it.
-fn owners(kind: Kind, urls: &[String], keys: &[String]) -> Result<Vec<String>> {
-    let mode = match kind {
-        Kind::Rust => RingMode::Balanced,
-        _ => RingMode::GoCompatible,
-    };
-    let ring = Groupcache::builder(GROUP, &urls[0], NoLoader)
-        .ring_mode(mode)
-        .build()
-        .map_err(|e| format!("ring: {e}"))?;
-    ring.set_peers(urls).map_err(|e| format!("ring: {e}"))?;
-    Ok(keys.iter().map(|key| ring.owner(key)).collect())
-}
-
-async fn set_peers(replicas: &[&Process], urls: &[String]) -> Result<()> {
-    let body = serde_json::to_string(urls).map_err(|e| e.to_string())?;
-    for replica in replicas {
-        let request = http::post_json_request("/peers", &body);
-        let (status, _) = http::call(replica.addr, &request)
-            .await
-            .map_err(|e| format!("peers of {}: {e}", replica.url))?;
-        if status != 200 {
-            return Err(format!("peers of {}: status {status}", replica.url));
-        }
-    }
-    Ok(())
-}
-
+/// Loader runs on `replicas`, all together.
 async fn loads(replicas: &[&Process]) -> Result<u64> {
-    let mut total = 0;
-    for replica in replicas {
-        let (status, body) = http::call(replica.addr, &http::get_request("/stats"))
-            .await
-            .map_err(|e| format!("stats of {}: {e}", replica.url))?;
-        if status != 200 {
-            return Err(format!("stats of {}: status {status}", replica.url));
-        }
-        let stats: Stats = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        total += stats.stats.local_loads;
-    }
-    Ok(total)
+    let stats = stats_of(replicas).await?;
+    Ok(stats.iter().map(|s| s.stats.local_loads).sum())
 }
 
 fn requests(keys: &[String], targets: usize) -> Vec<(usize, Vec<u8>)> {
@@ -142,10 +89,6 @@ async fn dip<F: std::future::Future<Output = Result<()>>>(
     ))
 }
 
-fn urls(replicas: &[&Process]) -> Vec<String> {
-    replicas.iter().map(|r| r.url.clone()).collect()
-}
-
 impl Bench<'_> {
     /// The churn workloads (see the module's documentation).
     pub(crate) async fn churn(&mut self) -> Result<()> {
@@ -158,8 +101,8 @@ impl Bench<'_> {
             }
             for kind in kinds {
                 eprintln!("[churn] round {} {}", round + 1, kind.name());
-                self.churn_join(kind, &keys, secs).await?;
-                self.churn_leave(kind, &keys, secs).await?;
+                self.churn_resize(kind, &keys, secs, true).await?;
+                self.churn_resize(kind, &keys, secs, false).await?;
                 self.churn_rolling(kind, &keys).await?;
                 self.churn_kill(kind, &keys, secs).await?;
             }
@@ -178,50 +121,37 @@ impl Bench<'_> {
         }
     }
 
-    async fn churn_join(&mut self, kind: Kind, keys: &[String], secs: Duration) -> Result<()> {
+    /// `join` (`joins`: a fourth replica joins three) or `leave` (one of four leaves gracefully):
+    /// the three that stay take the traffic while the fourth's keys move.
+    async fn churn_resize(
+        &mut self,
+        kind: Kind,
+        keys: &[String],
+        secs: Duration,
+        joins: bool,
+    ) -> Result<()> {
         let procs: Vec<Process> = (0..4)
             .map(|_| start_replica(self.binaries, kind, SETTINGS))
             .collect::<Result<_>>()?;
         let all: Vec<&Process> = procs.iter().collect();
         let (three, four) = (urls(&all[..3]), urls(&all));
-        set_peers(&all[..3], &three).await?;
-        let targets: Vec<SocketAddr> = all[..3].iter().map(|p| p.addr).collect();
-        let mut errors = sweep(&targets[..1], keys).await?;
-        let warm = loads(&all).await?;
         let reversed: Vec<&Process> = all.iter().rev().copied().collect();
-        let (ratio, dip_errors) = dip(&targets, keys, secs, set_peers(&reversed, &four)).await?;
-        errors += dip_errors + sweep(&targets[1..2], keys).await?;
-        let reloads = loads(&all).await? - warm;
-        let moved = owners(kind, &four, keys)?
-            .iter()
-            .filter(|o| **o == all[3].url)
-            .count();
-        self.churn_record(
-            "join 3->4",
-            kind,
-            &[
-                (
-                    "reloads per moved key",
-                    reloads as f64 / moved.max(1) as f64,
-                ),
-                ("errors", errors as f64),
-                ("throughput during/before", ratio),
-            ],
-        );
-        Ok(())
-    }
-
-    async fn churn_leave(&mut self, kind: Kind, keys: &[String], secs: Duration) -> Result<()> {
-        let procs: Vec<Process> = (0..4)
-            .map(|_| start_replica(self.binaries, kind, SETTINGS))
-            .collect::<Result<_>>()?;
-        let all: Vec<&Process> = procs.iter().collect();
-        let (three, four) = (urls(&all[..3]), urls(&all));
-        set_peers(&all, &four).await?;
+        // Who is told which peer list, before and as the change: a joining replica learns its
+        // peer list first, then the others; a leaving one is dropped from the others' lists.
+        let (case, (start, start_urls), (change, change_urls)) = if joins {
+            ("join 3->4", (&all[..3], &three), (&reversed[..], &four))
+        } else {
+            (
+                "graceful leave 4->3",
+                (&all[..], &four),
+                (&all[..3], &three),
+            )
+        };
+        set_peers(start, start_urls).await?;
         let targets: Vec<SocketAddr> = all[..3].iter().map(|p| p.addr).collect();
         let mut errors = sweep(&targets[..1], keys).await?;
         let warm = loads(&all).await?;
-        let (ratio, dip_errors) = dip(&targets, keys, secs, set_peers(&all[..3], &three)).await?;
+        let (ratio, dip_errors) = dip(&targets, keys, secs, set_peers(change, change_urls)).await?;
         errors += dip_errors + sweep(&targets[1..2], keys).await?;
         let reloads = loads(&all).await? - warm;
         let moved = owners(kind, &four, keys)?
@@ -229,7 +159,7 @@ impl Bench<'_> {
             .filter(|o| **o == all[3].url)
             .count();
         self.churn_record(
-            "graceful leave 4->3",
+            case,
             kind,
             &[
                 (

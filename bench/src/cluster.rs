@@ -1,18 +1,20 @@
 //! Replicas as processes: Rust replicas and the ceiling from this binary, Go replicas from the Go
 //! test peer. Every process is killed when its handle is dropped, and exits by itself when its
-//! stdin (a pipe from this process) closes, so none outlives a driver that was killed.
+//! stdin (a pipe from this process) closes, so none outlives a driver that was killed. Starting
+//! one is the integration tests' helper (`tests/src/child.rs`, compiled into this binary as
+//! `crate::child`).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use groupcache_rs::{Groupcache, Loaded, Loader, RingMode};
 use serde::Deserialize;
 
+use crate::child::ListeningChild;
 use crate::http;
-use crate::replica::GROUP;
+use crate::shared::GROUP;
 
 /// What a target is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,13 +90,10 @@ impl Binaries {
     }
 }
 
-/// A running server process.
+/// A running server process; killed (and waited for) when dropped.
 pub(crate) struct Process {
-    child: Child,
-    /// Closing it tells our own servers to exit.
-    _stdin: Option<ChildStdin>,
-    /// Kept open so the process never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
+    /// The process, its stdin (closing it tells our own servers to exit) and stdout held open.
+    child: ListeningChild,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its URL, as peers list it.
@@ -102,47 +101,28 @@ pub(crate) struct Process {
 }
 
 impl Process {
-    pub(crate) fn start(mut command: Command) -> Result<Process, String> {
+    /// Starts `command` and waits for its `listening http://ADDR` line.
+    pub(crate) fn start(command: Command) -> Result<Process, String> {
         let program = format!("{command:?}");
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("starting {program}: {e}"))?;
-        let stdin = child.stdin.take();
-        let Some(stdout) = child.stdout.take() else {
-            let _ = child.kill();
-            return Err(format!("{program}: no stdout"));
+        let child = ListeningChild::try_spawn(command, true)?;
+        let addr = child
+            .url
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            // Dropping the child kills it.
+            return Err(format!(
+                "{program} did not announce its address: {:?}",
+                child.url
+            ));
         };
-        let mut stdout = BufReader::new(stdout);
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line);
-        let url = match read {
-            Ok(_) => line.trim().strip_prefix("listening ").map(str::to_owned),
-            Err(_) => None,
-        };
-        let addr = url
-            .as_deref()
-            .and_then(|url| url.strip_prefix("http://"))
-            .and_then(|addr| addr.parse().ok());
-        let (Some(url), Some(addr)) = (url, addr) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{program} did not announce its address: {line:?}"));
-        };
-        Ok(Process {
-            child,
-            _stdin: stdin,
-            _stdout: stdout,
-            addr,
-            url,
-        })
+        let url = child.url.clone();
+        Ok(Process { child, addr, url })
     }
 
     /// Its process id, for reading its memory.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid
     }
 
     /// Resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
@@ -159,13 +139,6 @@ impl Process {
                 .ok_or_else(|| format!("{path}: no {name}"))
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -211,32 +184,10 @@ impl Cluster {
 
     /// Gives each of `replicas` (of `kind`) the full peer list.
     pub(crate) async fn join(replicas: Vec<Process>, kind: Kind) -> Result<Cluster, String> {
-        let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
-        let body = serde_json::to_string(&urls).map_err(|e| e.to_string())?;
-        for replica in &replicas {
-            let request = http::post_json_request("/peers", &body);
-            let (status, answer) = http::call(replica.addr, &request)
-                .await
-                .map_err(|e| format!("setting peers on {}: {e}", replica.url))?;
-            if status != 200 {
-                let answer = String::from_utf8_lossy(&answer);
-                return Err(format!(
-                    "setting peers on {}: {status} {answer}",
-                    replica.url
-                ));
-            }
-        }
-        // Rust replicas use the balanced ring (the default); Go's ring is Go's.
-        let mode = match kind {
-            Kind::Rust => RingMode::Balanced,
-            _ => RingMode::GoCompatible,
-        };
-        let first = urls.first().copied().unwrap_or("http://127.0.0.1:1");
-        let ring = Groupcache::builder(GROUP, first, NoLoader)
-            .ring_mode(mode)
-            .build()
-            .map_err(|e| format!("ring: {e}"))?;
-        ring.set_peers(&urls).map_err(|e| format!("ring: {e}"))?;
+        let refs: Vec<&Process> = replicas.iter().collect();
+        let urls = urls(&refs);
+        set_peers(&refs, &urls).await?;
+        let ring = ring(kind, &urls)?;
         Ok(Cluster { replicas, ring })
     }
 
@@ -261,21 +212,72 @@ impl Cluster {
 
     /// Every replica's counters, in order.
     pub(crate) async fn stats(&self) -> Result<Vec<Stats>, String> {
-        let mut all = Vec::with_capacity(self.replicas.len());
-        for replica in &self.replicas {
-            let request = http::get_request("/stats");
-            let (status, body) = http::call(replica.addr, &request)
-                .await
-                .map_err(|e| format!("stats of {}: {e}", replica.url))?;
-            if status != 200 {
-                return Err(format!("stats of {}: status {status}", replica.url));
-            }
-            let stats: Stats = serde_json::from_slice(&body)
-                .map_err(|e| format!("stats of {}: {e}", replica.url))?;
-            all.push(stats);
-        }
-        Ok(all)
+        stats_of(&self.replicas.iter().collect::<Vec<_>>()).await
     }
+}
+
+/// The URLs of `replicas`, in order.
+pub(crate) fn urls(replicas: &[&Process]) -> Vec<String> {
+    replicas.iter().map(|r| r.url.clone()).collect()
+}
+
+/// Gives each of `replicas` the peer list `urls` (`POST /peers`).
+pub(crate) async fn set_peers(replicas: &[&Process], urls: &[String]) -> Result<(), String> {
+    let body = serde_json::to_string(urls).map_err(|e| e.to_string())?;
+    for replica in replicas {
+        let request = http::post_json_request("/peers", &body);
+        let (status, answer) = http::call(replica.addr, &request)
+            .await
+            .map_err(|e| format!("setting peers on {}: {e}", replica.url))?;
+        if status != 200 {
+            let answer = String::from_utf8_lossy(&answer);
+            return Err(format!(
+                "setting peers on {}: {status} {answer}",
+                replica.url
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The counters of each of `replicas`, in order (`GET /stats`).
+pub(crate) async fn stats_of(replicas: &[&Process]) -> Result<Vec<Stats>, String> {
+    let mut all = Vec::with_capacity(replicas.len());
+    for replica in replicas {
+        let request = http::get_request("/stats");
+        let (status, body) = http::call(replica.addr, &request)
+            .await
+            .map_err(|e| format!("stats of {}: {e}", replica.url))?;
+        if status != 200 {
+            return Err(format!("stats of {}: status {status}", replica.url));
+        }
+        let stats: Stats =
+            serde_json::from_slice(&body).map_err(|e| format!("stats of {}: {e}", replica.url))?;
+        all.push(stats);
+    }
+    Ok(all)
+}
+
+/// A ring of `urls` as replicas of `kind` build it, to find owners: Rust replicas use the
+/// balanced ring (the default); Go's ring is Go's.
+fn ring(kind: Kind, urls: &[String]) -> Result<Groupcache<NoLoader>, String> {
+    let mode = match kind {
+        Kind::Rust => RingMode::Balanced,
+        _ => RingMode::GoCompatible,
+    };
+    let first = urls.first().map_or("http://127.0.0.1:1", String::as_str);
+    let ring = Groupcache::builder(GROUP, first, NoLoader)
+        .ring_mode(mode)
+        .build()
+        .map_err(|e| format!("ring: {e}"))?;
+    ring.set_peers(urls).map_err(|e| format!("ring: {e}"))?;
+    Ok(ring)
+}
+
+/// The owner (its URL) of each of `keys` in a ring of `urls`, as replicas of `kind` compute it.
+pub(crate) fn owners(kind: Kind, urls: &[String], keys: &[String]) -> Result<Vec<String>, String> {
+    let ring = ring(kind, urls)?;
+    Ok(keys.iter().map(|key| ring.owner(key)).collect())
 }
 
 pub(crate) fn start_replica(
@@ -390,7 +392,7 @@ pub(crate) struct CacheStats {
     pub hits: u64,
 }
 
-/// A loader for the driver's copy of the ring, which never loads.
+/// A loader for the driver's copies of the ring, which never loads.
 struct NoLoader;
 
 impl Loader for NoLoader {

@@ -12,12 +12,20 @@
 
 mod args;
 mod batch;
+// The integration tests' child-process helper, compiled here too: one copy, and no dependency on
+// the tests crate (whose TLS, PostgreSQL and HTTP-client dependencies would be built into this
+// binary, and whose `tls` feature of the library would change what is measured). The bench uses
+// `try_spawn`, `url` and `pid` only, hence the allowances for the rest.
+#[path = "../../tests/src/child.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod child;
 mod churn;
 mod cluster;
 mod http;
 mod load;
 mod replica;
 mod report;
+mod shared;
 mod traces;
 mod workloads;
 

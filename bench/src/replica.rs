@@ -10,6 +10,10 @@
 //! - `GET /stats` gives the counters as the Go peer names them;
 //! - `GET /healthz` answers `ok`.
 //!
+//! A Rust replica also answers `POST /many` (issue 14's batch workload, driven from `batch.rs`):
+//! one `get_many` of a JSON array of keys, or with `?singles` one `get` per key; and its loader's
+//! `load_many` is the batch loader that workload measures, counted in `/stats`.
+//!
 //! Both exit when their stdin closes, so they never outlive the driver. A replica serves through
 //! `groupcache_rs::Server`, as the README recommends for the peer port; the ceiling through
 //! `axum::serve`, the bare minimum. The ceiling answers `GET /static` at once, and
@@ -20,56 +24,32 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use groupcache_rs::{Groupcache, Loaded, Loader, Results, RingMode};
+use futures_util::StreamExt;
+use groupcache_rs::{Groupcache, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, RingMode};
 
-/// The group every benchmark replica serves, in both languages.
-pub(crate) const GROUP: &str = "bench";
-
-/// The loader's latency in the cold-storm workload, and the ceiling's wait on `/storm/{key}`.
-pub(crate) const STORM_LOAD: Duration = Duration::from_millis(50);
-
-/// The Rust replica's settings.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ReplicaOptions {
-    /// Every value is padded (or cut) to exactly this many bytes; 0 keeps `rs:{key}`.
-    pub value_bytes: usize,
-    /// How long the loader sleeps.
-    pub load_ms: u64,
-    /// The budget main and hot share; None: the library's default.
-    pub cache_bytes: Option<u64>,
-    /// The main cache's cap.
-    pub main_bytes: Option<u64>,
-    /// The hot cache's cap.
-    pub hot_bytes: Option<u64>,
-    /// golang/groupcache's ring instead of the balanced default.
-    pub go_ring: bool,
-    /// A `load_many` that loads all its keys in one sleep (see `batch.rs`).
-    pub batch_loader: bool,
-    /// `Builder::coalesce_fetches`, requests in flight per owner (0: off).
-    pub coalesce_in_flight: usize,
-    /// The warm hand-off off (`Builder::handoff_timeout` zero), as in a ring older than
-    /// `hot_max_age`.
-    pub no_handoff: bool,
-    /// `Builder::admission`: TinyLFU admission on both caches.
-    pub admission: bool,
-}
+use crate::args::ReplicaOptions;
+use crate::shared::{GROUP, STORM_LOAD};
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep.
-pub(crate) struct BenchLoader {
-    pub(crate) value_bytes: usize,
-    pub(crate) delay: Duration,
-    /// Whether `load_many` is the batch loader of `batch.rs`.
+struct BenchLoader {
+    value_bytes: usize,
+    delay: Duration,
+    /// Whether `load_many` is the batch loader (see [`BenchLoader::load_many`]).
     batch: bool,
 }
+
+/// Calls of the replica's `load_many` (one replica per process).
+static LOAD_MANY_CALLS: AtomicU64 = AtomicU64::new(0);
 
 impl Loader for BenchLoader {
     type Value = Bytes;
@@ -86,14 +66,32 @@ impl Loader for BenchLoader {
         ))))
     }
 
+    /// With `batch`, one sleep of the loader's latency for all the keys (a
+    /// `WHERE id = ANY($1)` query); without, the library's default (each key's `load`, at most
+    /// `LOAD_MANY_CONCURRENCY` at once). Every call is counted.
     async fn load_many(&self, keys: &[String], results: &Results<Bytes, Infallible>) {
-        crate::batch::load_many(self, self.batch, keys, results).await;
+        LOAD_MANY_CALLS.fetch_add(1, Ordering::Relaxed);
+        if !self.batch {
+            futures_util::stream::iter(keys.iter().enumerate())
+                .for_each_concurrent(LOAD_MANY_CONCURRENCY, |(index, key)| async move {
+                    results.put(index, self.load(key).await);
+                })
+                .await;
+            return;
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        for (index, key) in keys.iter().enumerate() {
+            let value = Bytes::from(value_for("rs:", key, self.value_bytes));
+            results.put(index, Ok(Loaded::new(value)));
+        }
     }
 }
 
 /// `{prefix}{key}` padded with `.` or cut to exactly `n` bytes (as it is when `n` is 0), the same
 /// rule as the Go peer's `-value-bytes`.
-pub(crate) fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
+fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
     let mut value = format!("{prefix}{key}").into_bytes();
     if n > 0 {
         value.resize(n, b'.');
@@ -135,7 +133,7 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
             .route("/get/{*key}", get(get_value))
             .route("/peers", post(set_peers))
             .route("/stats", get(stats))
-            .route("/many", post(crate::batch::many))
+            .route("/many", post(many))
             .route("/healthz", get(|| async { "ok" }))
             .merge(cache.router())
             .with_state(cache);
@@ -237,6 +235,46 @@ async fn set_peers(State(cache): State<Groupcache<BenchLoader>>, body: Bytes) ->
     }
 }
 
+/// `POST /many` (a JSON array of keys): one `get_many` of them, or with `?singles` one `get` per
+/// key, all at once; answers how many came back (`ok`, `errors`, `bytes`, the first error) and
+/// the wall time measured here (`micros`), as the Go peer does.
+async fn many(State(cache): State<Groupcache<BenchLoader>>, uri: Uri, body: Bytes) -> Response {
+    let keys: Vec<String> = match serde_json::from_slice(&body) {
+        Ok(keys) => keys,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let started = Instant::now();
+    let values = if uri.query() == Some("singles") {
+        futures_util::future::join_all(keys.iter().map(|key| cache.get(key))).await
+    } else {
+        cache.get_many(&keys).await
+    };
+    let micros = started.elapsed().as_micros() as u64;
+    let (mut ok, mut errors, mut bytes, mut first_error) = (0u64, 0u64, 0u64, String::new());
+    for value in &values {
+        match value {
+            Ok(value) => {
+                ok += 1;
+                bytes += value.len() as u64;
+            }
+            Err(error) => {
+                errors += 1;
+                if first_error.is_empty() {
+                    first_error = error.to_string();
+                }
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "ok": ok, "errors": errors, "bytes": bytes, "micros": micros, "first_error": first_error,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response()
+}
+
 /// The counters under the Go peer's names (`GET /stats` of `tests/interop/go-peer`).
 async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
     let s = cache.stats();
@@ -252,7 +290,7 @@ async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
             "local_loads": s.local_loads,
             "local_load_errs": s.local_load_errors,
             "server_requests": s.server_requests,
-            "load_many_calls": crate::batch::load_many_calls(),
+            "load_many_calls": LOAD_MANY_CALLS.load(Ordering::Relaxed),
             "handoff_peeks": s.handoff_hits + s.handoff_misses,
         },
         "main_cache": { "bytes": s.main_bytes, "items": s.main_items, "hits": s.main_hits },

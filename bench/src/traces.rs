@@ -32,7 +32,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use crate::cluster::{Cluster, Kind, Process, Settings, Stats, start_replica};
-use crate::load::{Limit, Sequence, mix};
+use crate::load::{Limit, Outcome, Pool, Sequence, mix};
 use crate::report::Better;
 use crate::workloads::{Bench, check_body, connect, get_path, note_errors};
 
@@ -139,43 +139,13 @@ impl Bench<'_> {
             let warm: Vec<_> = ranks[..WARM].iter().map(path).collect();
             let measured: Vec<_> = ranks[WARM..].iter().map(path).collect();
             for round in 0..self.options.rounds {
-                let mut targets = TARGETS.to_vec();
-                if round % 2 == 1 {
-                    targets.reverse();
-                }
-                for target in targets {
-                    let (kind, suffix) = target.column();
-                    let only = &self.options.only;
-                    if !only.is_empty() && !only.iter().any(|o| o == kind.name()) {
-                        continue;
-                    }
-                    let case = format!("{name}{suffix}");
-                    eprintln!(
-                        "[traces] {case} round {}/{} {}",
-                        round + 1,
-                        self.options.rounds,
-                        kind.name()
-                    );
-                    let cluster = self.trace_cluster(target).await?;
-                    let mut pool = connect(&cluster.addrs(), CONCURRENCY).await?;
-                    let filled = pool
-                        .run(
-                            Arc::new(Sequence {
-                                requests: warm.clone(),
-                            }),
-                            Limit::Exhausted,
-                        )
-                        .await;
+                for target in self.trace_targets(round) {
+                    let (kind, case, cluster, mut pool) =
+                        self.trace_start(&name, round, target).await?;
+                    let filled = run_all(&mut pool, &warm).await;
                     check_body(&filled, VALUE)?;
                     let before = cluster.stats().await?;
-                    let outcome = pool
-                        .run(
-                            Arc::new(Sequence {
-                                requests: measured.clone(),
-                            }),
-                            Limit::Exhausted,
-                        )
-                        .await;
+                    let outcome = run_all(&mut pool, &measured).await;
                     let after = cluster.stats().await?;
                     check_body(&outcome, VALUE)?;
                     note_errors(self.report, "traces", &case, kind, &outcome);
@@ -226,35 +196,12 @@ impl Bench<'_> {
         ];
         let name = if scan { "scan" } else { "scan control" };
         for round in 0..self.options.rounds {
-            let mut targets = TARGETS.to_vec();
-            if round % 2 == 1 {
-                targets.reverse();
-            }
-            for target in targets {
-                let (kind, suffix) = target.column();
-                let only = &self.options.only;
-                if !only.is_empty() && !only.iter().any(|o| o == kind.name()) {
-                    continue;
-                }
-                let case = format!("{name}{suffix}");
-                eprintln!(
-                    "[traces] {case} round {}/{}",
-                    round + 1,
-                    self.options.rounds
-                );
-                let cluster = self.trace_cluster(target).await?;
-                let mut pool = connect(&cluster.addrs(), CONCURRENCY).await?;
+            for target in self.trace_targets(round) {
+                let (kind, case, cluster, mut pool) = self.trace_start(name, round, target).await?;
                 let mut ratios = Vec::new();
                 for (i, requests) in phases.iter().enumerate() {
                     let before = cluster.stats().await?;
-                    let outcome = pool
-                        .run(
-                            Arc::new(Sequence {
-                                requests: requests.clone(),
-                            }),
-                            Limit::Exhausted,
-                        )
-                        .await;
+                    let outcome = run_all(&mut pool, requests).await;
                     let after = cluster.stats().await?;
                     check_body(&outcome, VALUE)?;
                     note_errors(self.report, "traces", &case, kind, &outcome);
@@ -279,6 +226,39 @@ impl Bench<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The targets `--only` selects, in round `round`'s order (see `Bench::order`).
+    fn trace_targets(&self, round: usize) -> Vec<Target> {
+        let mut targets: Vec<Target> = TARGETS
+            .into_iter()
+            .filter(|target| self.selected(target.column().0))
+            .collect();
+        if round % 2 == 1 {
+            targets.reverse();
+        }
+        targets
+    }
+
+    /// Round `round` of trace `name` on `target`: its column and case, a fresh cluster, and the
+    /// load generator's connections to it.
+    async fn trace_start(
+        &self,
+        name: &str,
+        round: usize,
+        target: Target,
+    ) -> Result<(Kind, String, Cluster, Pool), String> {
+        let (kind, suffix) = target.column();
+        let case = format!("{name}{suffix}");
+        eprintln!(
+            "[traces] {case} round {}/{} {}",
+            round + 1,
+            self.options.rounds,
+            kind.name()
+        );
+        let cluster = self.trace_cluster(target).await?;
+        let pool = connect(&cluster.addrs(), CONCURRENCY).await?;
+        Ok((kind, case, cluster, pool))
     }
 
     /// Three replicas of `target`, each with [`TOTAL`] bytes in all.
@@ -320,6 +300,14 @@ impl Bench<'_> {
         let kind = target.column().0;
         Cluster::join(replicas, kind).await
     }
+}
+
+/// Every request of `requests` once, on `pool`'s connections.
+async fn run_all(pool: &mut Pool, requests: &[(usize, Vec<u8>)]) -> Outcome {
+    let source = Arc::new(Sequence {
+        requests: requests.to_vec(),
+    });
+    pool.run(source, Limit::Exhausted).await
 }
 
 /// Counts of the measured requests.

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::args::BenchOptions;
-use crate::cluster::{Binaries, Cluster, Kind, Settings, start_server};
+use crate::cluster::{Binaries, Cluster, Kind, Settings, Stats, start_server};
 use crate::http::{self, Conn};
 use crate::load::{self, Limit, Outcome, Pool, Sequence, Source, Uniform};
-use crate::replica::STORM_LOAD;
 use crate::report::{Better, Report};
+use crate::shared::STORM_LOAD;
 
 /// Value size of the throughput workloads.
 pub(crate) const VALUE_BYTES: usize = 1024;
@@ -44,16 +44,21 @@ impl Bench<'_> {
 
     /// `kinds` (those selected) in round `round`'s order: forwards, then backwards, and so on.
     pub(crate) fn order(&self, kinds: &[Kind], round: usize) -> Vec<Kind> {
-        let only = &self.options.only;
         let mut order: Vec<Kind> = kinds
             .iter()
             .copied()
-            .filter(|k| only.is_empty() || only.iter().any(|o| o == k.name()))
+            .filter(|&k| self.selected(k))
             .collect();
         if round % 2 == 1 {
             order.reverse();
         }
         order
+    }
+
+    /// Whether `--only` (empty: every kind) selects `kind`.
+    pub(crate) fn selected(&self, kind: Kind) -> bool {
+        let only = &self.options.only;
+        only.is_empty() || only.iter().any(|o| o == kind.name())
     }
 
     pub(crate) fn progress(&self, workload: &str, round: usize, kind: Kind) {
@@ -190,33 +195,13 @@ impl Bench<'_> {
                     continue;
                 }
                 let cluster = self.cluster(kind, 3, VALUE_BYTES, 0).await?;
-                let targets = cluster.addrs();
                 for &c in &self.options.concurrency.clone() {
                     let case = format!("c={c}");
                     // Fresh keys per run: a warm-up set, then the measured set.
                     let warm_keys = keys(&format!("rg{c}w-"), 1_000);
                     let keys = keys(&format!("rg{c}-"), measured);
-                    let fill: Vec<_> = warm_keys
-                        .iter()
-                        .chain(&keys)
-                        .map(|k| (cluster.owner(k), get_path(k)))
-                        .collect();
-                    let filled = run_once(&targets, 64, fill).await;
-                    expect_all(&filled, warm_keys.len() + keys.len(), VALUE_BYTES, "fill")?;
-                    let mut pool = connect(&targets, c).await?;
-                    pool.run(
-                        Arc::new(remote_pairs(&cluster, &warm_keys)),
-                        Limit::Exhausted,
-                    )
-                    .await;
-                    let before = cluster.stats().await?;
-                    let source = Arc::new(remote_pairs(&cluster, &keys));
-                    let cpu_before = servers_cpu_us(&cluster.pids());
-                    let mut outcome = pool.run(source, Limit::Exhausted).await;
-                    outcome.server_cpu_us =
-                        servers_cpu_us(&cluster.pids()).saturating_sub(cpu_before);
-                    let after = cluster.stats().await?;
-                    check_body(&outcome, VALUE_BYTES)?;
+                    let (outcome, before, after) =
+                        remote_run(&cluster, c, &warm_keys, &keys).await?;
                     let fetches: u64 = after
                         .iter()
                         .zip(&before)
@@ -473,6 +458,37 @@ pub(crate) fn remote_pairs(cluster: &Cluster, keys: &[String]) -> Sequence {
         }
     }
     Sequence { requests }
+}
+
+/// remote-get's measured run on `cluster` (see `Bench::remote_get`): the owners load
+/// `warm_keys` and `keys`, then `c` connections ask each replica that does not own them for
+/// `warm_keys` (a warm-up) and, measured, for `keys`. The outcome, with the servers' CPU, and
+/// every replica's counters before and after it.
+pub(crate) async fn remote_run(
+    cluster: &Cluster,
+    c: usize,
+    warm_keys: &[String],
+    keys: &[String],
+) -> Result<(Outcome, Vec<Stats>, Vec<Stats>)> {
+    let targets = cluster.addrs();
+    let fill: Vec<_> = warm_keys
+        .iter()
+        .chain(keys)
+        .map(|k| (cluster.owner(k), get_path(k)))
+        .collect();
+    let filled = run_once(&targets, 64, fill).await;
+    expect_all(&filled, warm_keys.len() + keys.len(), VALUE_BYTES, "fill")?;
+    let mut pool = connect(&targets, c).await?;
+    pool.run(Arc::new(remote_pairs(cluster, warm_keys)), Limit::Exhausted)
+        .await;
+    let before = cluster.stats().await?;
+    let source = Arc::new(remote_pairs(cluster, keys));
+    let cpu_before = servers_cpu_us(&cluster.pids());
+    let mut outcome = pool.run(source, Limit::Exhausted).await;
+    outcome.server_cpu_us = servers_cpu_us(&cluster.pids()).saturating_sub(cpu_before);
+    let after = cluster.stats().await?;
+    check_body(&outcome, VALUE_BYTES)?;
+    Ok((outcome, before, after))
 }
 
 pub(crate) async fn connect(targets: &[SocketAddr], concurrency: usize) -> Result<Pool> {

@@ -1,5 +1,7 @@
 //! A child process that announces where it listens: the one helper behind the Go peer
-//! ([`crate::go::GoPeer`]) and the replica processes ([`crate::process::ProcessReplica`]).
+//! (`go::GoPeer`), the replica processes (`process::ProcessReplica`) and the benchmark's server
+//! processes (`bench/src/cluster.rs`, which compiles this file as its own module: it uses only
+//! `std`, and links nothing outside this file).
 //!
 //! The child prints `listening {url}` on stdout once its socket is bound; [`ListeningChild::spawn`]
 //! blocks until then. The child is SIGKILLed when the handle is dropped, so it never outlives the
@@ -31,7 +33,16 @@ impl ListeningChild {
     /// # Panics
     ///
     /// When the command cannot start, or exits (or prints anything else) before listening.
-    pub fn spawn(mut command: Command, pipe_stdin: bool) -> ListeningChild {
+    pub fn spawn(command: Command, pipe_stdin: bool) -> ListeningChild {
+        ListeningChild::try_spawn(command, pipe_stdin).unwrap_or_else(|message| panic!("{message}"))
+    }
+
+    /// [`ListeningChild::spawn`], answering what went wrong instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// When the command cannot start, or exits (or prints anything else) before listening.
+    pub fn try_spawn(mut command: Command, pipe_stdin: bool) -> Result<ListeningChild, String> {
         let mut child = command
             .stdin(if pipe_stdin {
                 Stdio::piped()
@@ -41,9 +52,14 @@ impl ListeningChild {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|error| panic!("starting {command:?}: {error}"));
+            .map_err(|error| format!("starting {command:?}: {error}"))?;
         let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{command:?}: no stdout"));
+        };
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
         // Blocks until the child has bound its socket (or exits: EOF, an empty line).
         let read = stdout.read_line(&mut line);
@@ -56,16 +72,18 @@ impl ListeningChild {
         if url.is_empty() {
             let _ = child.kill();
             let status = child.wait();
-            panic!("{command:?} did not start: read {read:?}, line {line:?}, exit {status:?}");
+            return Err(format!(
+                "{command:?} did not start: read {read:?}, line {line:?}, exit {status:?}"
+            ));
         }
-        ListeningChild {
+        Ok(ListeningChild {
             addr: words.next().unwrap_or(&url).to_owned(),
             url,
             pid: child.id(),
             child: Mutex::new(Some(child)),
             _stdin: stdin,
             stdout: Mutex::new(stdout),
-        }
+        })
     }
 
     /// Blocks until the child prints its next line on stdout, and returns it trimmed; `None` once
