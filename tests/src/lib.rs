@@ -42,8 +42,7 @@ pub struct Replica<L: Loader> {
     pub url: String,
     /// The bare `http://127.0.0.1:port`.
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl<L: Loader> Replica<L> {
@@ -73,8 +72,7 @@ impl<L: Loader> Replica<L> {
         server: Option<groupcache_rs::Server>,
         configure: impl FnOnce(String) -> Builder<L>,
     ) -> Self {
-        let _ = http_client(); // a crypto provider for the tests' own plain clients
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let listener = bind();
         let addr = listener.local_addr().expect("local addr");
         let url = format!("{scheme}://{addr}{prefix}");
         let cache = configure(url.clone())
@@ -85,7 +83,44 @@ impl<L: Loader> Replica<L> {
         } else {
             axum::Router::new().nest(prefix, cache.router())
         };
+        Replica {
+            cache,
+            url,
+            addr,
+            serving: Serving::start(listener, app, server),
+        }
+    }
+
+    /// Stops serving and closes every connection, like a killed process.
+    pub fn kill(&mut self) {
+        self.serving.stop();
+    }
+}
+
+/// A loopback listener on a free port (and a crypto provider for the tests' own plain clients).
+fn bind() -> std::net::TcpListener {
+    let _ = http_client();
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback")
+}
+
+/// A router served from a thread with a runtime of its own, until stopped or dropped.
+pub struct Serving {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl Serving {
+    /// Serves `app` on `listener` (with `server`'s limits, or axum's plain loop).
+    pub fn start(
+        listener: std::net::TcpListener,
+        app: axum::Router,
+        server: Option<groupcache_rs::Server>,
+    ) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -93,11 +128,17 @@ impl<L: Loader> Replica<L> {
                 .build()
                 .expect("replica runtime");
             runtime.block_on(async move {
+                use axum::serve::ListenerExt;
                 listener.set_nonblocking(true).expect("nonblocking");
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                 let serving = async move {
                     match server {
-                        None => axum::serve(listener, app).await,
+                        None => {
+                            let listener = listener.tap_io(move |_| {
+                                counted.fetch_add(1, Ordering::SeqCst);
+                            });
+                            axum::serve(listener, app).await
+                        }
                         Some(server) => server.serve(listener, app).await,
                     }
                 };
@@ -108,17 +149,15 @@ impl<L: Loader> Replica<L> {
             });
             // Dropping the runtime here drops every connection task: the replica is gone.
         });
-        Replica {
-            cache,
-            url,
-            addr,
+        Serving {
             stop: Some(stop),
             thread: Some(thread),
+            accepted,
         }
     }
 
     /// Stops serving and closes every connection, like a killed process.
-    pub fn kill(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -128,9 +167,56 @@ impl<L: Loader> Replica<L> {
     }
 }
 
-impl<L: Loader> Drop for Replica<L> {
+impl Drop for Serving {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
+    }
+}
+
+/// A running replica of a [`Cluster`](groupcache_rs::Cluster), whose groups a test builds on
+/// it: the cluster's one router serves them all.
+pub struct ClusterReplica {
+    /// The replica's cluster.
+    pub cluster: groupcache_rs::Cluster,
+    /// The URL peers reach it at.
+    pub url: String,
+    /// The bare `http://127.0.0.1:port`.
+    pub addr: SocketAddr,
+    /// Its server, with the count of connections it accepted.
+    pub serving: Serving,
+}
+
+impl ClusterReplica {
+    /// Starts a replica whose cluster `configure` sets up, serving the cluster's router.
+    pub fn start(
+        configure: impl FnOnce(groupcache_rs::ClusterBuilder) -> groupcache_rs::ClusterBuilder,
+    ) -> Self {
+        let listener = bind();
+        let addr = listener.local_addr().expect("local addr");
+        let url = format!("http://{addr}");
+        let cluster = configure(groupcache_rs::Cluster::builder(&url))
+            .build()
+            .expect("valid test configuration");
+        let app = axum::Router::new().merge(cluster.router());
+        ClusterReplica {
+            serving: Serving::start(listener, app, None),
+            cluster,
+            url,
+            addr,
+        }
+    }
+
+    /// Starts `n` replicas and tells each about all of them.
+    pub fn start_cluster(
+        n: usize,
+        configure: impl Fn(groupcache_rs::ClusterBuilder) -> groupcache_rs::ClusterBuilder,
+    ) -> Vec<ClusterReplica> {
+        let replicas: Vec<_> = (0..n).map(|_| ClusterReplica::start(&configure)).collect();
+        let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+        for replica in &replicas {
+            replica.cluster.set_peers(&urls).expect("valid peer URLs");
+        }
+        replicas
     }
 }
 

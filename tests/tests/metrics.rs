@@ -336,3 +336,56 @@ async fn one_budget_is_shared_and_what_the_hot_cache_gives_back_is_counted() {
         );
     }
 }
+
+/// Two groups on one cluster: each group's metrics carry its own `group` label, and the
+/// replica-wide ones (peers, suspicions, auth refusals, nonces) appear once, without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_keeps_its_label_and_replica_wide_metrics_are_not_repeated_per_group() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (loader, other) = (TestLoader::new(), TestLoader::new());
+    let (cluster, first, second) = metrics::with_local_recorder(&recorder, || {
+        let cluster = groupcache_rs::Cluster::builder("http://127.0.0.1:1")
+            .build()
+            .unwrap();
+        let first = cluster.group(GROUP, loader.clone()).build().unwrap();
+        let second = cluster.group("second", other.clone()).build().unwrap();
+        (cluster, first, second)
+    });
+    cluster
+        .set_peers(["http://127.0.0.1:1", "http://127.0.0.1:2"])
+        .unwrap();
+    let mine = groupcache_tests::keys_owned(&first, "http://127.0.0.1:1", "k-")
+        .next()
+        .unwrap();
+    first.get(&mine).await.unwrap();
+    for _ in 0..3 {
+        second.get(&mine).await.unwrap();
+    }
+
+    let m = Reading::take(&snapshotter);
+    assert_eq!(m.counter("groupcache_gets_total", &[]), 1);
+    let second_gets = m.labelled("groupcache_gets_total", &[("group", "second")]);
+    assert!(
+        matches!(second_gets, DebugValue::Counter(3)),
+        "{second_gets:?}"
+    );
+    assert_eq!(m.replica_gauge("groupcache_peers"), 2.0);
+    for name in [
+        "groupcache_peers",
+        "groupcache_peer_suspicions_total",
+        "groupcache_auth_nonces",
+        "groupcache_peer_auth_failures_total",
+    ] {
+        let series: Vec<_> = m.0.iter().filter(|(key, _)| key.name() == name).collect();
+        assert!(!series.is_empty(), "no {name}");
+        assert!(
+            series
+                .iter()
+                .all(|(key, _)| key.labels().all(|label| label.key() != "group")),
+            "{name} is labelled by group: {series:?}"
+        );
+    }
+    let peers = m.0.iter().filter(|(k, _)| k.name() == "groupcache_peers");
+    assert_eq!(peers.count(), 1, "one peers gauge for the replica");
+}

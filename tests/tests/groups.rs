@@ -1,0 +1,248 @@
+//! Many groups over one cluster (issue 24): one ring, one connection pool and one router for
+//! every group, groups added and dropped while requests are in flight, and the peer port's
+//! limits shared fairly by the groups.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use groupcache_rs::{Error, Groupcache, Loaded, Loader};
+use groupcache_rs_pb::GetResponse;
+use groupcache_tests::{ClusterReplica, TestLoader, http_client};
+use prost::Message;
+use tokio::sync::{Semaphore, mpsc};
+
+/// A second loader with a value type of its own: the key's bytes reversed, each load counted.
+#[derive(Clone, Default)]
+struct Reversed {
+    loads: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Loader for Reversed {
+    type Value = Vec<u8>;
+    type Error = std::io::Error;
+
+    async fn load(&self, key: &str) -> Result<Loaded<Vec<u8>>, Self::Error> {
+        *self
+            .loads
+            .lock()
+            .expect("loads lock")
+            .entry(key.to_owned())
+            .or_default() += 1;
+        Ok(Loaded::new(key.bytes().rev().collect()))
+    }
+}
+
+/// A peer's `GET` of `key` in `group` on `replica`: the status and, on 200, the value.
+async fn peer_get(replica: &ClusterReplica, group: &str, key: &str) -> (u16, Vec<u8>) {
+    let url = format!("{}/_groupcache/{group}/{key}", replica.url);
+    let answer = http_client()
+        .build()
+        .expect("client")
+        .get(url)
+        .send()
+        .await
+        .expect("the replica answers");
+    let status = answer.status().as_u16();
+    let body = answer.bytes().await.expect("body");
+    if status != 200 {
+        return (status, body.to_vec());
+    }
+    let value = GetResponse::decode(body)
+        .expect("a GetResponse")
+        .value
+        .unwrap_or_default();
+    (status, value.to_vec())
+}
+
+/// Two groups of different value types on three replicas: every key of each group is loaded
+/// once in the cluster and read alike everywhere, and both groups' requests travel over one
+/// connection pool per replica: asked one after another, each replica accepts at most one
+/// connection from each peer (per-group pools would open one per group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_share_one_ring_one_connection_pool_and_one_router() {
+    let replicas =
+        ClusterReplica::start_cluster(3, |cluster| cluster.handoff_timeout(Duration::ZERO));
+    let users_loader = TestLoader::new();
+    let reversed_loader = Reversed::default();
+    let users: Vec<Groupcache<TestLoader>> = replicas
+        .iter()
+        .map(|r| {
+            r.cluster
+                .group("users", users_loader.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let reversed: Vec<Groupcache<Reversed>> = replicas
+        .iter()
+        .map(|r| {
+            r.cluster
+                .group("reversed", reversed_loader.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(replicas[0].cluster.groups(), ["reversed", "users"]);
+
+    let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        for i in 0..replicas.len() {
+            assert_eq!(
+                users[i].get(key).await.unwrap(),
+                users_loader.value_for(key)
+            );
+            let expected: Vec<u8> = key.bytes().rev().collect();
+            assert_eq!(reversed[i].get(key).await.unwrap(), expected);
+        }
+    }
+    for key in &keys {
+        assert_eq!(users_loader.loads.of(key), 1, "users/{key} loads");
+        let loads = reversed_loader.loads.lock().unwrap().get(key).copied();
+        assert_eq!(loads, Some(1), "reversed/{key} loads");
+    }
+    // Both groups asked every owner, one request at a time.
+    for replica in &replicas {
+        let accepted = replica
+            .serving
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=2).contains(&accepted),
+            "{} accepted {accepted} connections from its 2 peers",
+            replica.url
+        );
+    }
+    // The ring is the cluster's: a key has one owner whatever the group.
+    for key in &keys {
+        assert_eq!(users[1].owner(key), reversed[1].owner(key));
+    }
+}
+
+/// A group dropped while a peer's request for it is in flight: that request is answered, later
+/// ones get 404 (as for a group never built), and the name can be built again. A second group
+/// of a name in use is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_group_answers_what_it_has_then_404s_and_its_name_is_free_again() {
+    let replica = ClusterReplica::start(|cluster| cluster);
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let slow = replica
+        .cluster
+        .group("slow", loader.clone())
+        .build()
+        .unwrap();
+    let twice = replica.cluster.group("slow", TestLoader::new()).build();
+    assert!(matches!(twice, Err(Error::Config(_))), "{twice:?}");
+
+    let (status, body) = peer_get(&replica, "never-built", "k").await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("no such group"));
+
+    let url = replica.url.clone();
+    let in_flight = tokio::spawn(async move {
+        let answer = http_client()
+            .build()
+            .expect("client")
+            .get(format!("{url}/_groupcache/slow/k"))
+            .send()
+            .await
+            .expect("answered");
+        (
+            answer.status().as_u16(),
+            answer.bytes().await.expect("body"),
+        )
+    });
+    loader.loads.started(1).await;
+    drop(slow);
+    assert!(replica.cluster.groups().is_empty());
+    assert_eq!(peer_get(&replica, "slow", "other").await.0, 404);
+
+    gate.add_permits(1);
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the request in flight is answered");
+    let value = GetResponse::decode(body).unwrap().value.unwrap_or_default();
+    assert_eq!(value, loader.value_for("k").as_bytes());
+
+    let again = TestLoader::new();
+    let _slow = replica
+        .cluster
+        .group("slow", again.clone())
+        .build()
+        .unwrap();
+    let (status, value) = peer_get(&replica, "slow", "k").await;
+    assert_eq!((status, value), (200, again.value_for("k").into_bytes()));
+}
+
+/// One group flooded by its peers (its loads stuck) holds its reserved share of the replica's
+/// concurrency limit and the open half, no more: the rest of its requests are refused (503) at
+/// once, and the other group is still served. With the limit not shared fairly, the flood took
+/// every slot and the other group's peers got 503 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_groups_flood_leaves_the_other_group_its_share_of_the_limit() {
+    // 8 slots, 2 groups: 2 reserved for each, 4 open to either.
+    let replica = ClusterReplica::start(|cluster| cluster.max_concurrent_peer_requests(8));
+    let gate = Arc::new(Semaphore::new(0));
+    let flood_loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let _flood = replica
+        .cluster
+        .group("flood", flood_loader.clone())
+        .build()
+        .unwrap();
+    let calm_loader = TestLoader::new();
+    let _calm = replica
+        .cluster
+        .group("calm", calm_loader.clone())
+        .build()
+        .unwrap();
+
+    let (statuses, mut answered) = mpsc::unbounded_channel();
+    let client = http_client().build().expect("client");
+    for i in 0..12 {
+        let (client, statuses) = (client.clone(), statuses.clone());
+        let url = format!("{}/_groupcache/flood/k{i}", replica.url);
+        tokio::spawn(async move {
+            let status = client.get(url).send().await.map(|a| a.status().as_u16());
+            let _ = statuses.send(status.unwrap_or(0));
+        });
+    }
+    // 6 admitted, stuck at the gate; 6 refused at once.
+    flood_loader.loads.started(6).await;
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        let status = tokio::time::timeout(Duration::from_secs(10), answered.recv())
+            .await
+            .expect("the flood's excess is refused at once")
+            .expect("senders live");
+        refused.push(status);
+    }
+    assert_eq!(refused, [503; 6]);
+    assert_eq!(
+        flood_loader.loads.total(),
+        6,
+        "the flood holds 6 of the 8 slots"
+    );
+
+    // The calm group: its two reserved slots, at once.
+    let (a, b) = tokio::join!(
+        peer_get(&replica, "calm", "a"),
+        peer_get(&replica, "calm", "b")
+    );
+    assert_eq!(a, (200, calm_loader.value_for("a").into_bytes()));
+    assert_eq!(b, (200, calm_loader.value_for("b").into_bytes()));
+
+    gate.add_permits(6);
+    for _ in 0..6 {
+        let status = tokio::time::timeout(Duration::from_secs(10), answered.recv())
+            .await
+            .expect("the flood's admitted requests finish")
+            .expect("senders live");
+        assert_eq!(status, 200);
+    }
+}
