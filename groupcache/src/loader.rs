@@ -118,6 +118,14 @@ type Slot<V, E> = Mutex<Option<oneshot::Sender<LoadResult<V, E>>>>;
 /// One key's result from a loader.
 pub(crate) type LoadResult<V, E> = Result<Loaded<V>, E>;
 
+impl<V, E> std::fmt::Debug for Results<V, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Results")
+            .field("keys", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<V, E> Results<V, E> {
     /// Results for `count` keys, and where each one arrives.
     pub(crate) fn new(count: usize) -> (Self, Vec<oneshot::Receiver<LoadResult<V, E>>>) {

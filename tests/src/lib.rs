@@ -4,6 +4,9 @@
 //! [`Replica::kill`] closes its listener and every open connection at once, as a crashed process
 //! would.
 
+// A test harness, not an API: its handles (replicas, child processes, servers) need no `Debug`.
+#![allow(missing_debug_implementations)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -174,7 +174,7 @@ mod tests {
     fn unquote(s: &str) -> Option<(Vec<u8>, &str)> {
         let body = s.strip_prefix('"')?;
         let mut chars = body.char_indices();
-        let hex = |chars: &mut std::str::CharIndices, n| {
+        let hex = |chars: &mut std::str::CharIndices<'_>, n| {
             (0..n).try_fold(0, |v, _| Some(v * 16 + chars.next()?.1.to_digit(16)?))
         };
         let (mut out, mut buf) = (Vec::new(), [0; 4]);
