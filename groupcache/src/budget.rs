@@ -30,8 +30,10 @@
 //! capped at 0, or caps that add up to the total) keeps no ghosts.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::prehashed::Prehashed;
 
 /// One of the two caches sharing a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,26 +341,6 @@ impl Ghosts {
 
     fn len(&self) -> u64 {
         self.live.len() as u64
-    }
-}
-
-/// Keys that are already hashes (xxh3) are used as they are.
-#[derive(Debug, Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 

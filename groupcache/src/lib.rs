@@ -71,6 +71,7 @@ mod handoff;
 mod loader;
 mod metrics;
 mod popularity;
+mod prehashed;
 mod segments;
 mod wire;
 

@@ -195,15 +195,29 @@ impl<L: Loader> Inner<L> {
         if let Some((previous, peek)) = self.handoff_source(key)
             && let Some(entry) = Box::pin(self.hand_off(key, previous, peek)).await
         {
-            let value = self.store(key, entry.clone(), store);
-            return Ok(Entry {
-                value,
-                expire: entry.expire,
-            });
+            return Ok(self.keep(key, entry, store));
         }
         let started = Instant::now();
         let loaded = self.loader.load(key).await;
         self.metrics.load_duration.record(started.elapsed());
+        let entry = self.loaded_entry(key, loaded)?;
+        // A write already overtook this load: skip the copy into the cache. Only a shortcut: the
+        // store's token, checked under the cache's lock, is what keeps a later write's value.
+        if superseded.get() {
+            return Ok(entry);
+        }
+        #[cfg(test)]
+        self.pause_point().await;
+        Ok(self.keep(key, entry, store))
+    }
+
+    /// A loader's result for `key`, counted and encoded: for a single load and for each key of
+    /// a `load_many`.
+    pub(crate) fn loaded_entry(
+        &self,
+        key: &str,
+        loaded: Result<Loaded<L::Value>, L::Error>,
+    ) -> Outcome<Entry> {
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
@@ -218,23 +232,17 @@ impl<L: Loader> Inner<L> {
         // Without the loader's own handle, a `Bytes` value is the only handle to its buffer, and
         // the cache can keep that buffer instead of copying it.
         drop(value);
-        let expire = to_unix_nanos(expires_at);
-        // A write already overtook this load: skip the copy into the cache. Only a shortcut: the
-        // store's token, checked under the cache's lock, is what keeps a later write's value.
-        if superseded.get() {
-            return Ok(Entry {
-                value: bytes,
-                expire,
-            });
-        }
-        #[cfg(test)]
-        self.pause_point().await;
-        let entry = Entry {
+        Ok(Entry {
             value: bytes,
-            expire,
-        };
+            expire: to_unix_nanos(expires_at),
+        })
+    }
+
+    /// [`store`](Self::store)s `entry`; the entry as the cache holds it.
+    pub(crate) fn keep(&self, key: &str, entry: Entry, store: Store) -> Entry {
+        let expire = entry.expire;
         let value = self.store(key, entry, store);
-        Ok(Entry { value, expire })
+        Entry { value, expire }
     }
 
     /// Asks the owner once for everyone on this replica asking for `key` now.
@@ -393,7 +401,7 @@ impl<L: Loader> Inner<L> {
             .peek(&previous.endpoint, path, timeout)
             .await;
         let entry = match peeked {
-            Ok(Some(response)) => Some(answered(response)),
+            Ok(Some(response)) => Some(Entry::from(response)),
             Ok(None) => None,
             Err(error) => {
                 let error = match error {
@@ -415,11 +423,17 @@ impl<L: Loader> Inner<L> {
         let path = self.key_path(peer, key);
         let fetched = self.cluster.client.get(&peer.endpoint, path).await;
         self.metrics.peer_request_duration.record(started.elapsed());
-        fetched.map(answered)
+        fetched.map(Entry::from)
     }
 
     /// A fetched value, kept in the hot cache if this replica asks for the key often.
-    fn promote(&self, key: &str, entry: Entry, hot: Store, superseded: &Superseded) -> Entry {
+    pub(crate) fn promote(
+        &self,
+        key: &str,
+        entry: Entry,
+        hot: Store,
+        superseded: &Superseded,
+    ) -> Entry {
         let requests = self.popularity.estimate(key_hash(key));
         if !superseded.get() && requests >= self.config.hot_promotion_requests {
             let _ = self.store(key, entry.clone(), hot);
@@ -526,14 +540,6 @@ impl<L: Loader> Inner<L> {
 
 /// The popularity sketch's window: estimates are requests per this long.
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);
-
-/// A peer's answer as a cache entry.
-fn answered(response: groupcache_rs_pb::GetResponse) -> Entry {
-    Entry {
-        value: response.value.unwrap_or_default(),
-        expire: response.expire.unwrap_or(0),
-    }
-}
 
 /// The key's hash for the popularity sketch: the caches' own (`caches::key_hash`).
 pub(crate) fn key_hash(key: &str) -> u64 {

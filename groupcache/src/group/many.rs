@@ -23,13 +23,13 @@ use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use tokio::sync::oneshot;
 
 use super::Groupcache;
-use super::journey::{Inner, key_hash};
+use super::journey::Inner;
 use super::led::{Led, once_each};
 use super::store::{Caller, Store};
 use crate::caches::Entry;
 use crate::cluster::membership::Member;
 use crate::flight::{Flight, Outcome, panic_message};
-use crate::loader::{Loaded, Results, to_unix_nanos};
+use crate::loader::Results;
 use crate::lock;
 use crate::wire::client::Failure;
 use crate::wire::protocol::{self, BATCH_KEY};
@@ -296,7 +296,14 @@ impl<L: Loader> Inner<L> {
             let (this, panicked) = (&self, &panicked);
             async move {
                 let outcome = match arriving.await {
-                    Ok(loaded) => this.finish_load(&led, loaded),
+                    Ok(loaded) => this.loaded_entry(&led.key, loaded).map(|entry| {
+                        // Overtaken by a write: answered, not kept (as a single load).
+                        if led.superseded.get() {
+                            entry
+                        } else {
+                            this.keep(&led.key, entry, led.store)
+                        }
+                    }),
                     Err(_) => match lock(panicked).clone() {
                         Some(message) => {
                             this.metrics.local_load_error();
@@ -309,32 +316,6 @@ impl<L: Loader> Inner<L> {
             }
         });
         futures_util::future::join(loader, futures_util::future::join_all(finishing)).await;
-    }
-
-    /// One key's loader result, encoded and kept in the main cache unless superseded.
-    fn finish_load(&self, led: &Led, loaded: Result<Loaded<L::Value>, L::Error>) -> Outcome<Entry> {
-        let key = led.key.as_str();
-        let Loaded { value, expires_at } = match loaded {
-            Ok(loaded) => loaded,
-            Err(error) => {
-                self.metrics.local_load_error();
-                tracing::debug!(group = %self.group, key, %error, "loader failed");
-                return Err(Error::Loader(Arc::new(error)));
-            }
-        };
-        self.metrics.local_load();
-        let bytes = value.encode().map_err(|e| Error::Codec(Arc::new(e)))?;
-        drop(value);
-        let entry = Entry {
-            value: bytes,
-            expire: to_unix_nanos(expires_at),
-        };
-        if led.superseded.get() {
-            return Ok(entry);
-        }
-        let expire = entry.expire;
-        let value = self.store(key, entry, led.store);
-        Ok(Entry { value, expire })
     }
 
     /// The owner's answer for the led keys, each handed to its flight as soon as it is known.
@@ -442,15 +423,8 @@ impl<L: Loader> Inner<L> {
             return self.fetch_from(key, owner, led.superseded.clone()).await;
         }
         self.metrics.peer_load();
-        let entry = Entry {
-            value: entry.value.unwrap_or_default(),
-            expire: entry.expire.unwrap_or(0),
-        };
-        let requests = self.popularity.estimate(key_hash(key));
-        if !led.superseded.get() && requests >= self.config.hot_promotion_requests {
-            let _ = self.store(key, entry.clone(), led.store);
-        }
-        Ok(entry)
+        let entry = Entry::from(entry);
+        Ok(self.promote(key, entry, led.store, &led.superseded))
     }
 
     /// Keys whose owner is suspected down, each from its successor (`Inner::from_successor`).
@@ -471,6 +445,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
+    use crate::loader::Loaded;
 
     /// A batch loader: puts the first key's result at once, then waits for `release` before the
     /// rest; keys named `missing` get no result, a key named `panic` panics after the first.

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use prost::Message;
 
+use super::protocol::expire_field;
 use crate::caches::Entry;
 use crate::flight::Outcome;
 use crate::{Error, PeerError};
@@ -125,7 +126,7 @@ pub(crate) fn encode_answer(results: Vec<Outcome<Entry>>, mut room: usize) -> Ve
                 room -= entry.value.len();
                 BatchEntry {
                     value: Some(entry.value),
-                    expire: (entry.expire != 0).then_some(entry.expire),
+                    expire: expire_field(entry.expire),
                     ..BatchEntry::default()
                 }
             }

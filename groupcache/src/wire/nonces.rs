@@ -23,8 +23,10 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
-use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+use crate::lock;
+use crate::prehashed::Prehashed;
 
 /// Independently locked parts of the store.
 pub(crate) const SHARDS: usize = 16;
@@ -219,33 +221,6 @@ impl Shard {
         *oldest = Bucket::default();
         self.len -= dropped;
         dropped
-    }
-}
-
-fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // Nothing panics while holding a shard's lock, but a poisoned shard is still consistent.
-    shard
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The set's hasher: its keys are already keyed hashes.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.0 = value as u64;
     }
 }
 

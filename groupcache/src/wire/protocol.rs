@@ -15,7 +15,10 @@
 
 use std::fmt;
 
+use groupcache_rs_pb::{BatchEntry, GetResponse, SetRequest};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use crate::caches::Entry;
 
 /// golang/groupcache's content type, for `GetResponse` answers and `SetRequest` bodies.
 pub(crate) const PROTOBUF: &str = "application/x-protobuf";
@@ -93,6 +96,37 @@ pub(crate) fn parse_path(path: &str, base: &str) -> Option<(String, String)> {
             .map(|s| s.into_owned())
     };
     Some((decode(group)?, decode(key)?))
+}
+
+/// A value and its expiry as every message carries them (`value`, `expire`: Unix nanoseconds,
+/// absent for none), converted in one place.
+macro_rules! entry_from {
+    ($($message:ty),*) => {$(
+        impl From<$message> for Entry {
+            fn from(message: $message) -> Entry {
+                Entry {
+                    value: message.value.unwrap_or_default(),
+                    expire: message.expire.unwrap_or(0),
+                }
+            }
+        }
+    )*};
+}
+
+entry_from!(GetResponse, SetRequest, BatchEntry);
+
+/// An entry's expiry as a message carries it: absent for none.
+pub(crate) fn expire_field(expire: i64) -> Option<i64> {
+    (expire != 0).then_some(expire)
+}
+
+/// The answer to a `GET` (or a peek, without a request rate).
+pub(crate) fn get_response(entry: Entry, minute_qps: Option<f64>) -> GetResponse {
+    GetResponse {
+        value: Some(entry.value),
+        minute_qps,
+        expire: expire_field(entry.expire),
+    }
 }
 
 #[cfg(test)]

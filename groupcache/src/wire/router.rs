@@ -23,7 +23,8 @@ use super::auth::SIGNATURE_HEADER;
 use super::batch::{Refused, answer_room, encode_answer, parse_request};
 use super::limits::{Held, Share};
 use super::protocol::{
-    BATCH_HEADER, BATCH_KEY, ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, parse_path,
+    BATCH_HEADER, BATCH_KEY, ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, get_response,
+    parse_path,
 };
 use crate::Error;
 use crate::caches::Entry;
@@ -190,19 +191,11 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     }
     match method {
         Method::GET if peek => match group.serve_peek(&key) {
-            Some(entry) => protobuf(GetResponse {
-                value: Some(entry.value),
-                minute_qps: None,
-                expire: (entry.expire != 0).then_some(entry.expire),
-            }),
+            Some(entry) => protobuf(get_response(entry, None)),
             None => text(StatusCode::NOT_FOUND, "not cached"),
         },
         Method::GET => match group.serve_get(&key).await {
-            Ok((entry, minute_qps)) => protobuf(GetResponse {
-                value: Some(entry.value),
-                minute_qps: Some(minute_qps),
-                expire: (entry.expire != 0).then_some(entry.expire),
-            }),
+            Ok((entry, minute_qps)) => protobuf(get_response(entry, Some(minute_qps))),
             Err(error) => {
                 let loader_error = matches!(error, Error::Loader(_) | Error::LoaderPanicked(_));
                 let mut response = text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string());
@@ -216,11 +209,7 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
         },
         Method::PUT => match SetRequest::decode(body.as_ref()) {
             Ok(request) => {
-                let entry = Entry {
-                    value: request.value.unwrap_or_default(),
-                    expire: request.expire.unwrap_or(0),
-                };
-                group.serve_set(&key, entry);
+                group.serve_set(&key, Entry::from(request));
                 StatusCode::OK.into_response()
             }
             Err(error) => text(
