@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use groupcache_rs::{Builder, Groupcache, Loaded, Loader};
+use groupcache_rs::{Builder, Cluster, ClusterBuilder, Groupcache, Loaded, Loader};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 pub mod child;
@@ -85,29 +85,7 @@ impl<L: Loader> Replica<L> {
         } else {
             axum::Router::new().nest(prefix, cache.router())
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("replica runtime");
-            runtime.block_on(async move {
-                listener.set_nonblocking(true).expect("nonblocking");
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                let serving = async move {
-                    match server {
-                        None => axum::serve(listener, app).await,
-                        Some(server) => server.serve(listener, app).await,
-                    }
-                };
-                tokio::select! {
-                    result = serving => result.expect("serve"),
-                    _ = stopped => {}
-                }
-            });
-            // Dropping the runtime here drops every connection task: the replica is gone.
-        });
+        let (stop, thread) = serve(listener, app, server);
         Replica {
             cache,
             url,
@@ -129,6 +107,90 @@ impl<L: Loader> Replica<L> {
 }
 
 impl<L: Loader> Drop for Replica<L> {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Serves `app` on `listener` from a thread with a runtime of its own, until the sender returned
+/// is used or dropped; then the thread ends, and with its runtime every connection.
+fn serve(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    server: Option<groupcache_rs::Server>,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("replica runtime");
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let serving = async move {
+                match server {
+                    None => axum::serve(listener, app).await,
+                    Some(server) => server.serve(listener, app).await,
+                }
+            };
+            tokio::select! {
+                result = serving => result.expect("serve"),
+                _ = stopped => {}
+            }
+        });
+        // Dropping the runtime here drops every connection task: the replica is gone.
+    });
+    (stop, thread)
+}
+
+/// A running replica of a [`Cluster`] of several groups: its router ([`Cluster::router`]) serves
+/// every group built on `cluster`, before or after the start.
+pub struct ClusterReplica {
+    /// The cluster; build its groups with [`Cluster::group`].
+    pub cluster: Cluster,
+    /// The URL peers reach it at: `http://127.0.0.1:port`.
+    pub url: String,
+    /// The bare address.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ClusterReplica {
+    /// Starts a replica whose cluster `configure` builds from its URL, its router merged at the
+    /// root.
+    pub fn start(configure: impl FnOnce(String) -> ClusterBuilder) -> Self {
+        let _ = http_client(); // a crypto provider for the tests' own plain clients
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let url = format!("http://{addr}");
+        let cluster = configure(url.clone())
+            .build()
+            .expect("valid test configuration");
+        let (stop, thread) = serve(listener, cluster.router(), None);
+        ClusterReplica {
+            cluster,
+            url,
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops serving and closes every connection, like a killed process.
+    pub fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("replica thread");
+        }
+    }
+}
+
+impl Drop for ClusterReplica {
     fn drop(&mut self) {
         self.kill();
     }
