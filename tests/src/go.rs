@@ -142,8 +142,9 @@ impl GoPeer {
         Self::start_with(binary, &[])
     }
 
-    /// Starts a peer with extra flags (see main.go: `-self URL`, `-group NAME`, `-load-delay 50ms`,
-    /// `-base-path P`, `-log-requests`); a flag given here overrides the defaults.
+    /// Starts a peer with extra flags (see main.go: `-self URL`, `-group NAME`, `-groups A,B`,
+    /// `-load-delay 50ms`, `-base-path P`, `-log-requests`); a flag given here overrides the
+    /// defaults.
     ///
     /// Returns once the peer is listening: it prints its URL as soon as its socket is bound.
     pub fn start_with(binary: &Path, flags: &[&str]) -> GoPeer {
@@ -194,20 +195,41 @@ impl GoPeer {
     /// `GET /get?key=`: the status and body of the Go peer's `group.Get(key)` (the value on 200,
     /// the error text on 500).
     pub async fn get(&self, key: &str) -> (u16, Vec<u8>) {
+        self.get_from(None, key).await
+    }
+
+    /// `GET /get?key=&group=`: as [`get`](Self::get), in the group `group` of a peer started with
+    /// `-groups` (whose getter returns `go:{group}:{key}`).
+    pub async fn get_in(&self, group: &str, key: &str) -> (u16, Vec<u8>) {
+        self.get_from(Some(group), key).await
+    }
+
+    async fn get_from(&self, group: Option<&str>, key: &str) -> (u16, Vec<u8>) {
+        let mut url = self.control_url("get", key);
+        if let Some(group) = group {
+            url.query_pairs_mut().append_pair("group", group);
+        }
         let response = self
             .http
-            .get(self.control_url("get", key))
+            .get(url)
             .send()
             .await
-            .unwrap_or_else(|error| panic!("GET /get?key={key:?}: {error}"));
+            .unwrap_or_else(|error| panic!("GET /get?key={key:?} in {group:?}: {error}"));
         let status = response.status().as_u16();
         let body = response.bytes().await.expect("body of /get");
         (status, body.to_vec())
     }
 
-    /// `GET /loads`: the Go getter's invocations on this peer.
+    /// `GET /loads`: the Go getter's invocations on this peer (of its first group).
     pub async fn loads(&self) -> GoLoads {
         self.json(&format!("{}/loads", self.url)).await
+    }
+
+    /// `GET /loads?group=`: the getter's invocations in the group `group` on this peer.
+    pub async fn loads_in(&self, group: &str) -> GoLoads {
+        let mut url = reqwest::Url::parse(&format!("{}/loads", self.url)).expect("peer URL");
+        url.query_pairs_mut().append_pair("group", group);
+        self.json(url.as_str()).await
     }
 
     /// `GET /stats`: the group's `Stats`.
@@ -215,6 +237,13 @@ impl GoPeer {
         self.json::<StatsResponse>(&format!("{}/stats", self.url))
             .await
             .stats
+    }
+
+    /// `GET /stats?group=`: the `Stats` of the group `group`.
+    pub async fn stats_in(&self, group: &str) -> GoStats {
+        let mut url = reqwest::Url::parse(&format!("{}/stats", self.url)).expect("peer URL");
+        url.query_pairs_mut().append_pair("group", group);
+        self.json::<StatsResponse>(url.as_str()).await.stats
     }
 
     /// `GET /owner?key=`: which peer golang/groupcache's ring picks for `key`.

@@ -3,19 +3,23 @@
 //!
 //! The two loaders tell the languages apart: a Rust replica loads `value:{key}#0`
 //! ([`TestLoader`]), a Go replica loads `go:{key}`. So a value read on one side carries the name
-//! of the side that loaded it, and its exact bytes are compared with that side's loader.
+//! of the side that loaded it, and its exact bytes are compared with that side's loader. With
+//! several groups (a Go peer started with `-groups`, Rust replicas on a [`Cluster`]), the values
+//! also name the group: `go:{group}:{key}` and `rust:{group}:{key}`.
 //!
 //! Every test returns early (with a loud `SKIPPED` on stderr) when Go is not installed, and fails
 //! instead when `CI=true`: see `groupcache_tests::go`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use groupcache_rs::{Builder, Groupcache, RingMode};
+use bytes::Bytes;
+use groupcache_rs::{Builder, Groupcache, Loaded, Loader, RingMode, Value};
 use groupcache_tests::go::{self, GoPeer};
-use groupcache_tests::{GROUP, NoValue, Replica, TestLoader, key_owned};
+use groupcache_tests::{ClusterReplica, GROUP, NoValue, Replica, TestLoader, key_owned};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
@@ -779,4 +783,275 @@ async fn a_go_replica_is_not_asked_to_stand_in_for_a_suspected_rust_owner() {
     loader.generation.fetch_add(1, Ordering::SeqCst);
     let _ = asker.cache.remove(&key).await; // the owner is down: reported, not ignored
     assert_eq!(asker.cache.get(&key).await.unwrap(), loader.value_for(&key));
+}
+
+/// The two groups of the many-groups test, served by every replica, Go and Rust.
+const GROUPS: [&str; 2] = ["alpha", "beta"];
+
+/// The many-groups test's Rust loader: it loads `rust:{group}:{key}` (a Go replica started with
+/// `-groups` loads `go:{group}:{key}`), as a value of type `V`, and counts its loads per key.
+struct Tagged<V> {
+    group: &'static str,
+    loads: Arc<Mutex<HashMap<String, u64>>>,
+    delay: Duration,
+    value: PhantomData<fn() -> V>,
+}
+
+impl<V> Tagged<V> {
+    fn new(group: &'static str, delay: Duration) -> Self {
+        Tagged {
+            group,
+            loads: Arc::default(),
+            delay,
+            value: PhantomData,
+        }
+    }
+
+    fn loads(&self) -> HashMap<String, u64> {
+        self.loads.lock().unwrap().clone()
+    }
+}
+
+impl<V> Clone for Tagged<V> {
+    fn clone(&self) -> Self {
+        Tagged {
+            group: self.group,
+            loads: self.loads.clone(),
+            delay: self.delay,
+            value: PhantomData,
+        }
+    }
+}
+
+impl<V: Value + From<String>> Loader for Tagged<V> {
+    type Value = V;
+    type Error = NoValue;
+
+    async fn load(&self, key: &str) -> Result<Loaded<V>, NoValue> {
+        *self
+            .loads
+            .lock()
+            .unwrap()
+            .entry(key.to_owned())
+            .or_default() += 1;
+        // Slow, so the gets of a key from all four replicas overlap while it loads.
+        tokio::time::sleep(self.delay).await;
+        Ok(Loaded::new(V::from(format!("rust:{}:{key}", self.group))))
+    }
+}
+
+/// Two Go replicas serving both groups on one `HTTPPool`, two Rust replicas serving them on one
+/// [`Cluster`] each, in one ring. Replicas 0 and 1 are the Rust ones, 2 and 3 the Go ones.
+struct TwoGroups {
+    gos: [GoPeer; 2],
+    rusts: [ClusterReplica; 2],
+    alpha: [Groupcache<Tagged<String>>; 2],
+    beta: [Groupcache<Tagged<Bytes>>; 2],
+}
+
+impl TwoGroups {
+    fn url(&self, replica: usize) -> &str {
+        match replica {
+            0 | 1 => &self.rusts[replica].url,
+            _ => &self.gos[replica - 2].url,
+        }
+    }
+
+    /// A user's get of `key` in `GROUPS[group]` on `replica`: the value's bytes or the error.
+    async fn get(&self, replica: usize, group: usize, key: &str) -> Result<Vec<u8>, String> {
+        let value = match (replica, group) {
+            (0 | 1, 0) => self.alpha[replica].get(key).await.map(String::into_bytes),
+            (0 | 1, _) => self.beta[replica].get(key).await.map(Vec::from),
+            _ => {
+                return match self.gos[replica - 2].get_in(GROUPS[group], key).await {
+                    (200, body) => Ok(body),
+                    (status, body) => Err(format!("{status} {}", String::from_utf8_lossy(&body))),
+                };
+            }
+        };
+        value.map_err(|error| error.to_string())
+    }
+
+    /// The bytes every replica must return for `key` in `GROUPS[group]`: its owner's loader's.
+    fn expected(&self, group: usize, key: &str) -> Vec<u8> {
+        let owner = self.rusts[0].cluster.owner(key);
+        let language = match self.rusts.iter().any(|r| r.url == owner) {
+            true => "rust",
+            false => "go",
+        };
+        format!("{language}:{}:{key}", GROUPS[group]).into_bytes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_on_go_pools_and_rust_clusters_load_each_key_once_with_the_same_bytes() {
+    let Some(binary) = go::binary() else { return };
+    let delay = Duration::from_millis(20);
+    let go_flags = ["-groups", &GROUPS.join(","), "-load-delay", "20ms"];
+    let gos = [(); 2].map(|_| GoPeer::start_with(binary, &go_flags));
+    // GoCompatible, whose default turns the hand-off off: golang/groupcache has none.
+    let rusts = [(); 2].map(|_| {
+        ClusterReplica::start(|cluster| cluster.ring_mode(RingMode::GoCompatible))
+    });
+    let alpha_loaders = [(); 2].map(|_| Tagged::<String>::new(GROUPS[0], delay));
+    let beta_loaders = [(); 2].map(|_| Tagged::<Bytes>::new(GROUPS[1], delay));
+    let alpha = [0, 1].map(|i| {
+        let group = rusts[i].cluster.group(GROUPS[0], alpha_loaders[i].clone());
+        group.build().unwrap()
+    });
+    let beta = [0, 1].map(|i| {
+        let group = rusts[i].cluster.group(GROUPS[1], beta_loaders[i].clone());
+        group.build().unwrap()
+    });
+    for rust in &rusts {
+        assert_eq!(rust.cluster.groups(), GROUPS);
+    }
+    // Interleaved, the same list in the same order everywhere (Go's collision rule).
+    let ring = [&rusts[0].url, &gos[0].url, &rusts[1].url, &gos[1].url];
+    for rust in &rusts {
+        rust.cluster.set_peers(ring).unwrap();
+    }
+    for go in &gos {
+        go.set_peers(&ring).await;
+    }
+    let cluster = Arc::new(TwoGroups {
+        gos,
+        rusts,
+        alpha,
+        beta,
+    });
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..300)
+            .map(|i| match i % 3 {
+                0 => format!("key-{i}"),
+                1 => format!("ключ-{i}"),
+                _ => format!("user:{i}/profile"),
+            })
+            .collect(),
+    );
+    let owners: HashMap<String, usize> = keys
+        .iter()
+        .map(|key| {
+            let owner = cluster.rusts[0].cluster.owner(key);
+            (
+                key.clone(),
+                (0..4).find(|&r| cluster.url(r) == owner).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        owners
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        4,
+        "every replica owns keys"
+    );
+
+    // Two gets of every key of both groups from every replica; the eight gets of a key in a
+    // group are next to each other in the queue, so they run at once (64 at a time in all).
+    let gets: Arc<Vec<(usize, usize, usize)>> = Arc::new(
+        (0..keys.len())
+            .flat_map(|key| (0..2).flat_map(move |group| (0..8).map(move |n| (key, group, n % 4))))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..64 {
+        let (cluster, keys, gets, next) =
+            (cluster.clone(), keys.clone(), gets.clone(), next.clone());
+        workers.spawn(async move {
+            let mut results = Vec::new();
+            while let Some(&(key, group, replica)) = gets.get(next.fetch_add(1, Ordering::Relaxed))
+            {
+                let value = cluster.get(replica, group, &keys[key]).await;
+                results.push((key, group, replica, value));
+            }
+            results
+        });
+    }
+    // Every replica's bytes, by group and key.
+    let mut seen: HashMap<(usize, usize), Vec<Vec<u8>>> = HashMap::new();
+    while let Some(results) = workers.join_next().await {
+        for (i, group, replica, value) in results.unwrap() {
+            let key = &keys[i];
+            let value = value.unwrap_or_else(|e| {
+                panic!("get {key:?} in {} on replica {replica}: {e}", GROUPS[group])
+            });
+            assert_eq!(
+                String::from_utf8_lossy(&value),
+                String::from_utf8_lossy(&cluster.expected(group, key)),
+                "{key:?} in {} from replica {replica} (owner {})",
+                GROUPS[group],
+                owners[key]
+            );
+            seen.entry((group, i)).or_default().push(value);
+        }
+    }
+    assert_eq!(seen.len(), 2 * keys.len());
+    for i in 0..keys.len() {
+        let (alpha, beta) = (&seen[&(0, i)], &seen[&(1, i)]);
+        assert_eq!((alpha.len(), beta.len()), (8, 8));
+        assert!(
+            alpha.iter().all(|v| *v == alpha[0]) && beta.iter().all(|v| *v == beta[0]),
+            "the same bytes from every replica"
+        );
+        assert_ne!(
+            alpha[0], beta[0],
+            "{:?}: the groups' values differ",
+            keys[i]
+        );
+    }
+
+    // Exactly one load of each key of each group in the whole mixed cluster, on its owner.
+    let cluster = &*cluster;
+    for (group, name) in GROUPS.into_iter().enumerate() {
+        let rust_loads = match group {
+            0 => alpha_loaders.each_ref().map(Tagged::loads),
+            _ => beta_loaders.each_ref().map(Tagged::loads),
+        };
+        let go_loads = [
+            cluster.gos[0].loads_in(name).await,
+            cluster.gos[1].loads_in(name).await,
+        ];
+        let loads = |replica: usize, key: &str| match replica {
+            0 | 1 => rust_loads[replica].get(key).copied().unwrap_or(0),
+            _ => go_loads[replica - 2].of(key),
+        };
+        for key in keys.iter() {
+            let per_replica: Vec<u64> = (0..4).map(|r| loads(r, key)).collect();
+            let expected: Vec<u64> = (0..4).map(|r| u64::from(r == owners[key])).collect();
+            assert_eq!(
+                per_replica, expected,
+                "loads of {key:?} in {name} by replica"
+            );
+        }
+        let total: u64 = rust_loads.iter().flat_map(HashMap::values).sum::<u64>()
+            + go_loads.iter().map(|l| l.total).sum::<u64>();
+        println!(
+            "{name}: {total} loads of {} keys, {:.2} loads per key",
+            keys.len(),
+            total as f64 / keys.len() as f64
+        );
+        assert_eq!(total, keys.len() as u64, "{name}: loads of other keys");
+        // Both groups crossed the wire both ways: every replica served its peers in each.
+        for go in &cluster.gos {
+            let stats = go.stats_in(name).await;
+            assert_eq!((stats.peer_errors, stats.local_load_errs), (0, 0), "{name}");
+            assert!(stats.server_requests > 0, "{name}: {stats:?}");
+        }
+    }
+    for (alpha, beta) in cluster.alpha.iter().zip(&cluster.beta) {
+        let (alpha, beta) = (alpha.stats(), beta.stats());
+        assert_eq!((alpha.peer_errors, beta.peer_errors), (0, 0));
+        assert!(alpha.server_requests > 0 && beta.server_requests > 0);
+    }
+
+    // A group no replica serves: the same 404 from golang/groupcache's pool and from our router.
+    for replica in 0..4 {
+        let url = format!("{}/_groupcache/gamma/key-0", cluster.url(replica));
+        let response = cluster.gos[0].http().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{url}");
+        assert_eq!(response.text().await.unwrap(), "no such group: gamma\n");
+    }
 }

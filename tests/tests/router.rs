@@ -1,9 +1,12 @@
 //! The router as a peer sees it: real HTTP requests, golang/groupcache's wire format, and clear 4xx
 //! answers to bad input.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
 use groupcache_rs::Groupcache;
 use groupcache_rs_pb::{GetResponse, SetRequest};
-use groupcache_tests::{GROUP, Replica, TestLoader, key_owned};
+use groupcache_tests::{ClusterReplica, GROUP, Replica, TestLoader, key_owned};
 use prost::Message;
 
 fn replica(loader: &TestLoader) -> Replica<TestLoader> {
@@ -201,4 +204,78 @@ async fn a_peer_sending_garbage_or_too_much_is_survived_with_a_local_load() {
         );
         assert_eq!(replica.cache.stats().peer_errors, 1, "{answer}");
     }
+}
+
+/// `GET {base}{group}/{key}` on `url`: the status, and the value (status 200) or the error text.
+async fn get_in(url: &str, group: &str, key: &str) -> (u16, String) {
+    let response = reqwest::get(format!("{url}/_groupcache/{group}/{key}"))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.bytes().await.unwrap();
+    match status {
+        200 => {
+            let value = GetResponse::decode(body).unwrap().value.unwrap();
+            (status, String::from_utf8(value.into()).unwrap())
+        }
+        _ => (status, String::from_utf8_lossy(&body).into_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_router_serves_each_group_until_its_last_handle_is_dropped() {
+    let replica = ClusterReplica::start(|cluster| cluster);
+    let url = replica.url.as_str();
+    // Two loaders whose values differ, so an answer from the wrong group shows.
+    let a_loader = TestLoader::new();
+    let b_loader = TestLoader {
+        generation: Arc::new(AtomicUsize::new(1)),
+        ..TestLoader::new()
+    };
+    let a = replica
+        .cluster
+        .group("a", a_loader.clone())
+        .build()
+        .unwrap();
+    let b = replica
+        .cluster
+        .group("b", b_loader.clone())
+        .build()
+        .unwrap();
+    assert_eq!(replica.cluster.groups(), ["a", "b"]);
+    assert_eq!(get_in(url, "a", "k").await, (200, a_loader.value_for("k")));
+    assert_eq!(get_in(url, "b", "k").await, (200, b_loader.value_for("k")));
+    assert_ne!(a_loader.value_for("k"), b_loader.value_for("k"));
+    let unknown = (404, "no such group: c\n".to_owned());
+    assert_eq!(get_in(url, "c", "k").await, unknown);
+
+    // A clone and a router from the group keep it served; the last of them takes it out.
+    let (clone, router) = (b.clone(), b.router::<()>());
+    drop(b);
+    assert_eq!(get_in(url, "b", "k").await, (200, b_loader.value_for("k")));
+    drop(clone);
+    assert_eq!(get_in(url, "b", "k").await, (200, b_loader.value_for("k")));
+    drop(router);
+    assert_eq!(replica.cluster.groups(), ["a"]);
+    assert_eq!(
+        get_in(url, "b", "k").await,
+        (404, "no such group: b\n".to_owned())
+    );
+    assert_eq!(
+        b_loader.loads.of("k"),
+        1,
+        "served from its cache until dropped"
+    );
+    // The other group is untouched.
+    assert_eq!(get_in(url, "a", "k").await, (200, a_loader.value_for("k")));
+    assert_eq!(a.stats().server_requests, 2);
+
+    // The name may be used again: a new group, with an empty cache and its own loader.
+    let again = TestLoader {
+        generation: Arc::new(AtomicUsize::new(2)),
+        ..TestLoader::new()
+    };
+    let _b = replica.cluster.group("b", again.clone()).build().unwrap();
+    assert_eq!(get_in(url, "b", "k").await, (200, again.value_for("k")));
+    assert_eq!((again.loads.of("k"), b_loader.loads.of("k")), (1, 1));
 }

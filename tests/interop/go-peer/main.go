@@ -1,9 +1,9 @@
 // Command go-peer is a golang/groupcache replica used as a test oracle by the
 // interoperability tests of groupcache for Rust.
 //
-// It runs one groupcache.HTTPPool and one Group on its own ServeMux, and adds a
-// few JSON control endpoints so a test harness can wire up a ring, drive gets
-// and read counters:
+// It runs one groupcache.HTTPPool and one Group (-group NAME), or several
+// (-groups A,B,...), on its own ServeMux, and adds a few JSON control endpoints
+// so a test harness can wire up a ring, drive gets and read counters:
 //
 //	POST /peers         JSON array of peer URLs -> pool.Set(urls...) (order kept)
 //	GET  /peers         the peer list last set, as a JSON array
@@ -18,12 +18,19 @@
 //	GET  /owner?key=K   the peer the ring picks for K (see handleOwner)
 //	GET  /healthz       200 "ok"
 //
+// /get, /get/K, /many, /loads and /stats act on the group named by the query
+// parameter group=NAME, by default the first of -groups (or the -group); an
+// unknown name is a 404. /owner needs none: the ring is the pool's, shared by
+// every group.
+//
 // The groupcache protocol itself is served under -base-path (default
 // "/_groupcache/"), exactly as golang/groupcache's HTTPPool serves it.
 //
 // The getter returns "go:"+key, except for keys starting with "error:", for
-// which it fails with the error "getter failed for <key>". With -value-bytes N
-// the value is "go:"+key padded with '.' (or cut) to exactly N bytes.
+// which it fails with the error "getter failed for <key>". With -groups, each
+// group's getter returns "go:"+group+":"+key instead, so the groups' values
+// differ for the same key. With -value-bytes N the value is padded with '.'
+// (or cut) to exactly N bytes.
 //
 // With -source URL the getter reads the key's version from a source of truth
 // that changes (GET URL/KEY -> the version as decimal text, the history
@@ -98,21 +105,67 @@ func (c *loadCounter) snapshot() map[string]interface{} {
 	return map[string]interface{}{"total": c.total, "per_key": perKey}
 }
 
-// peer holds the state shared by the control handlers.
-type peer struct {
-	self  string
-	pool  *groupcache.HTTPPool
+// served is one group of the pool and its getter's counters.
+type served struct {
 	group *groupcache.Group
 	loads *loadCounter
+}
+
+// peer holds the state shared by the control handlers.
+type peer struct {
+	self   string
+	pool   *groupcache.HTTPPool
+	groups map[string]*served
+	first  string // the group a control request without ?group= acts on
 
 	mu    sync.Mutex
 	peers []string // the list last passed to pool.Set, in order
+}
+
+// getterOptions configure every group's getter.
+type getterOptions struct {
+	source     string
+	loadDelay  time.Duration
+	valueBytes int
+}
+
+// newGetter returns the getter of a group: it counts each invocation in loads
+// and returns "go:"+label (padded or cut per -value-bytes), where label is the
+// key, prefixed with the group's name and ":" when the peer serves several.
+func newGetter(prefix string, loads *loadCounter, opts getterOptions) groupcache.Getter {
+	return groupcache.GetterFunc(func(ctx context.Context, key string, dest groupcache.Sink) error {
+		loads.add(key)
+		label := prefix + key
+		var value []byte
+		if opts.source != "" {
+			version, err := readSource(ctx, strings.TrimSuffix(opts.source, "/"), key)
+			if err != nil {
+				return err
+			}
+			value = []byte(label + "#" + version)
+		}
+		if opts.loadDelay > 0 {
+			select {
+			case <-time.After(opts.loadDelay):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if value != nil {
+			return dest.SetBytes(value)
+		}
+		if strings.HasPrefix(key, "error:") {
+			return fmt.Errorf("getter failed for %s", key)
+		}
+		return dest.SetBytes(valueFor(label, opts.valueBytes))
+	})
 }
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
 	self := flag.String("self", "", "this replica's URL in the peer list (default: http://<bound address>)")
 	groupName := flag.String("group", "interop", "group name")
+	groupNames := flag.String("groups", "", "comma-separated names of several groups served on the one pool, each getter returning \"go:\"+GROUP+\":\"+KEY (overrides -group)")
 	cacheBytes := flag.Int64("cache-bytes", 64<<20, "group cache size in bytes")
 	loadDelay := flag.Duration("load-delay", 0, "how long the getter sleeps before returning")
 	basePath := flag.String("base-path", "/_groupcache/", "HTTP path prefix of the groupcache protocol (must end in /)")
@@ -131,6 +184,18 @@ func main() {
 	if *valueBytes < 0 || *maxIdlePerHost < 0 {
 		log.Fatalf("-value-bytes and -max-idle-conns-per-host must not be negative")
 	}
+	// The groups, and the prefix of their values: none for the single -group.
+	names, prefixed := []string{*groupName}, false
+	if *groupNames != "" {
+		names, prefixed = strings.Split(*groupNames, ","), true
+		seen := make(map[string]bool, len(names))
+		for _, name := range names {
+			if name == "" || seen[name] {
+				log.Fatalf("-groups: empty or repeated group name in %q", *groupNames)
+			}
+			seen[name] = true
+		}
+	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -143,8 +208,9 @@ func main() {
 	}
 
 	p := &peer{
-		self:  *self,
-		loads: &loadCounter{perKey: make(map[string]int64)},
+		self:   *self,
+		groups: make(map[string]*served, len(names)),
+		first:  names[0],
 	}
 	// NewHTTPPoolOpts registers the pool as the PeerPicker but, unlike
 	// NewHTTPPool, does not register an HTTP handler: we mount it below.
@@ -158,32 +224,18 @@ func main() {
 		transport.MaxIdleConnsPerHost = *maxIdlePerHost
 		p.pool.Transport = func(context.Context) http.RoundTripper { return transport }
 	}
-	p.group = groupcache.NewGroup(*groupName, *cacheBytes, groupcache.GetterFunc(
-		func(ctx context.Context, key string, dest groupcache.Sink) error {
-			p.loads.add(key)
-			var value []byte
-			if *source != "" {
-				version, err := readSource(ctx, strings.TrimSuffix(*source, "/"), key)
-				if err != nil {
-					return err
-				}
-				value = []byte(key + "#" + version)
-			}
-			if *loadDelay > 0 {
-				select {
-				case <-time.After(*loadDelay):
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			if value != nil {
-				return dest.SetBytes(value)
-			}
-			if strings.HasPrefix(key, "error:") {
-				return fmt.Errorf("getter failed for %s", key)
-			}
-			return dest.SetBytes(valueFor(key, *valueBytes))
-		}))
+	opts := getterOptions{source: *source, loadDelay: *loadDelay, valueBytes: *valueBytes}
+	for _, name := range names {
+		prefix := ""
+		if prefixed {
+			prefix = name + ":"
+		}
+		loads := &loadCounter{perKey: make(map[string]int64)}
+		p.groups[name] = &served{
+			group: groupcache.NewGroup(name, *cacheBytes, newGetter(prefix, loads, opts)),
+			loads: loads,
+		}
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle(*basePath, p.pool)
@@ -295,13 +347,17 @@ func (p *peer) handlePeers(w http.ResponseWriter, r *http.Request) {
 // handleGet performs a user-facing group.Get. The key is taken from the query
 // string (?key=...); the raw value bytes are the body.
 func (p *peer) handleGet(w http.ResponseWriter, r *http.Request) {
+	g := p.groupOf(w, r)
+	if g == nil {
+		return
+	}
 	q := r.URL.Query()
 	if _, ok := q["key"]; !ok {
 		http.Error(w, "missing key parameter", http.StatusBadRequest)
 		return
 	}
 	var value []byte
-	if err := p.group.Get(r.Context(), q.Get("key"), groupcache.AllocatingByteSliceSink(&value)); err != nil {
+	if err := g.group.Get(r.Context(), q.Get("key"), groupcache.AllocatingByteSliceSink(&value)); err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
@@ -314,9 +370,13 @@ func (p *peer) handleGet(w http.ResponseWriter, r *http.Request) {
 // handleGetPath performs a user-facing group.Get of the key after "/get/" in
 // the (decoded) path, answering with the value bytes and their length.
 func (p *peer) handleGetPath(w http.ResponseWriter, r *http.Request) {
+	g := p.groupOf(w, r)
+	if g == nil {
+		return
+	}
 	key := strings.TrimPrefix(r.URL.Path, "/get/")
 	var value []byte
-	if err := p.group.Get(r.Context(), key, groupcache.AllocatingByteSliceSink(&value)); err != nil {
+	if err := g.group.Get(r.Context(), key, groupcache.AllocatingByteSliceSink(&value)); err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
@@ -336,6 +396,10 @@ func (p *peer) handleMany(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	g := p.groupOf(w, r)
+	if g == nil {
+		return
+	}
 	var keys []string
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&keys); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "want a JSON array of keys: " + err.Error()})
@@ -350,7 +414,7 @@ func (p *peer) handleMany(w http.ResponseWriter, r *http.Request) {
 		go func(i int, key string) {
 			defer wg.Done()
 			var value []byte
-			errs[i] = p.group.Get(r.Context(), key, groupcache.AllocatingByteSliceSink(&value))
+			errs[i] = g.group.Get(r.Context(), key, groupcache.AllocatingByteSliceSink(&value))
 			sizes[i] = len(value)
 		}(i, key)
 	}
@@ -386,10 +450,11 @@ func handleStatic(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// valueFor is the getter's value for key: "go:"+key, padded with '.' or cut to
-// exactly n bytes when n > 0.
-func valueFor(key string, n int) []byte {
-	value := []byte("go:" + key)
+// valueFor is the getter's value for label (the key, with its group's prefix
+// under -groups): "go:"+label, padded with '.' or cut to exactly n bytes when
+// n > 0.
+func valueFor(label string, n int) []byte {
+	value := []byte("go:" + label)
 	if n <= 0 {
 		return value
 	}
@@ -399,8 +464,25 @@ func valueFor(key string, n int) []byte {
 	return append(value, bytes.Repeat([]byte("."), n-len(value))...)
 }
 
+// groupOf returns the group a control request names with ?group= (by default
+// the first), or answers 404 and returns nil when the peer has no such group.
+func (p *peer) groupOf(w http.ResponseWriter, r *http.Request) *served {
+	name := p.first
+	if q := r.URL.Query(); q.Has("group") {
+		name = q.Get("group")
+	}
+	g, ok := p.groups[name]
+	if !ok {
+		http.Error(w, "no such group: "+name, http.StatusNotFound)
+		return nil
+	}
+	return g
+}
+
 func (p *peer) handleLoads(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, p.loads.snapshot())
+	if g := p.groupOf(w, r); g != nil {
+		writeJSON(w, http.StatusOK, g.loads.snapshot())
+	}
 }
 
 // cacheStatsJSON converts groupcache.CacheStats to a JSON-ready map.
@@ -416,9 +498,13 @@ func cacheStatsJSON(s groupcache.CacheStats) map[string]int64 {
 
 // handleStats reports the group's Stats (read atomically) and its cache stats.
 func (p *peer) handleStats(w http.ResponseWriter, r *http.Request) {
-	s := &p.group.Stats
+	g := p.groupOf(w, r)
+	if g == nil {
+		return
+	}
+	s := &g.group.Stats
 	writeJSON(w, http.StatusOK, map[string]interface{}{
-		"group": p.group.Name(),
+		"group": g.group.Name(),
 		"stats": map[string]int64{
 			"gets":            s.Gets.Get(),
 			"cache_hits":      s.CacheHits.Get(),
@@ -430,8 +516,8 @@ func (p *peer) handleStats(w http.ResponseWriter, r *http.Request) {
 			"local_load_errs": s.LocalLoadErrs.Get(),
 			"server_requests": s.ServerRequests.Get(),
 		},
-		"main_cache": cacheStatsJSON(p.group.CacheStats(groupcache.MainCache)),
-		"hot_cache":  cacheStatsJSON(p.group.CacheStats(groupcache.HotCache)),
+		"main_cache": cacheStatsJSON(g.group.CacheStats(groupcache.MainCache)),
+		"hot_cache":  cacheStatsJSON(g.group.CacheStats(groupcache.HotCache)),
 	})
 }
 
