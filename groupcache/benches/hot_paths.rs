@@ -140,16 +140,81 @@ fn remote_gets(c: &mut Criterion) {
     rt.block_on(b.get(&key)).expect("B fetches from A");
     assert_eq!(b.stats().hot_items, 0, "B does not keep the key");
     c.bench_function("get/remote", |bench| {
-        bench.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(b.get(black_box(&key)).await.expect("B fetches from A"));
-                }
-                start.elapsed()
-            })
-        })
+        bench.iter_custom(|iters| timed_gets(&rt, &b, &key, iters))
     });
+    drop((a, b));
+
+    // The same with ten groups on each replica's cluster, the get in one of them: the router's
+    // dispatch by name and the shared limits, against one group's.
+    let (a, b, _others) = rt.block_on(cluster_pair(10));
+    let key = owned_by(&a, &b);
+    rt.block_on(b.get(&key)).expect("B fetches from A");
+    c.bench_function("get/remote_10_groups", |bench| {
+        bench.iter_custom(|iters| timed_gets(&rt, &b, &key, iters))
+    });
+}
+
+/// `iters` gets of `key` on `cache`, one after another, timed.
+fn timed_gets(
+    rt: &tokio::runtime::Runtime,
+    cache: &Groupcache<Kilobyte>,
+    key: &str,
+    iters: u64,
+) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(cache.get(black_box(key)).await.expect("B fetches from A"));
+        }
+        start.elapsed()
+    })
+}
+
+/// Two replicas whose clusters serve `groups` groups (`g0`, `g1`, ...) through one router each;
+/// the handles of `g0` (which never keeps fetched values hot) on each, and the other groups'
+/// handles, which keep them served.
+async fn cluster_pair(
+    groups: usize,
+) -> (
+    Groupcache<Kilobyte>,
+    Groupcache<Kilobyte>,
+    Vec<Groupcache<Kilobyte>>,
+) {
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let cluster = groupcache_rs::Cluster::builder(&url)
+            .build()
+            .expect("valid configuration");
+        let handles: Vec<Groupcache<Kilobyte>> = (0..groups)
+            .map(|i| {
+                cluster
+                    .group(format!("g{i}"), Kilobyte)
+                    .hot_promotion_requests(u32::MAX)
+                    .build()
+                    .expect("valid configuration")
+            })
+            .collect();
+        let app = axum::Router::new().merge(cluster.router());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        replicas.push((url, cluster, handles));
+    }
+    let urls: Vec<String> = replicas.iter().map(|(url, _, _)| url.clone()).collect();
+    for (_, cluster, _) in &replicas {
+        cluster.set_peers(&urls).expect("valid peers");
+    }
+    let mut others = Vec::new();
+    let mut firsts = Vec::new();
+    for (_, _, mut handles) in replicas {
+        firsts.push(handles.remove(0));
+        others.append(&mut handles);
+    }
+    let b = firsts.pop().expect("two replicas");
+    let a = firsts.pop().expect("two replicas");
+    (a, b, others)
 }
 
 fn ring_lookups(c: &mut Criterion) {

@@ -35,31 +35,39 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Several groups (profiles, thumbnails, pages), each with its own loader, value type and budget,
+//! share one [`Cluster`]: one peer list, ring, connection pool and router per replica.
+//! `Groupcache::builder` is a cluster of one group; see [`Cluster`] for many.
+//!
 //! # A key's journey
 //!
-//! [`Groupcache::get`] (`engine.rs`, `Inner::get`, read top to bottom) looks in the main cache,
-//! then the hot cache. On a miss it asks the ring (`membership.rs`, `ring.rs`) for the owner. If
-//! that is this replica, or the request came from a peer (peers' requests are never forwarded
-//! again), it joins the key's *load* flight, which runs the loader once and fills the main cache.
-//! Otherwise it joins the key's *fetch* flight, which asks the owner over HTTP (`wire/client.rs`),
-//! keeps the value in the hot cache if this replica asks for the key often (`popularity.rs`); if
-//! the owner cannot be reached it is suspected for a while and the key's successor on the ring
-//! is asked instead (loading locally only if that fails too). Membership changes and the
-//! staleness bound they keep are in the README's "Membership changes". Flights (`flight.rs`) run
-//! in tasks of their own, so cancelled callers and panicking loaders harm no one.
+//! [`Groupcache::get`] (`group/journey.rs`, `Inner::get`, read top to bottom) looks in the main
+//! cache, then the hot cache. On a miss it asks the cluster's ring (`cluster/membership.rs`,
+//! `cluster/ring.rs`) for the owner. If that is this replica, or the request came from a peer
+//! (peers' requests are never forwarded again), it joins the key's *load* flight, which runs the
+//! loader once and fills the main cache. Otherwise it joins the key's *fetch* flight, which asks
+//! the owner over HTTP (`wire/client.rs`), keeps the value in the hot cache if this replica asks
+//! for the key often (`popularity.rs`); if the owner cannot be reached it is suspected for a
+//! while and the key's successor on the ring is asked instead (loading locally only if that fails
+//! too). Membership changes and the staleness bound they keep are in the README's "Membership
+//! changes". Flights (`flight.rs`) run in tasks of their own, so cancelled callers and panicking
+//! loaders harm no one.
 //!
 //! # Modules
 //!
-//! - `engine`: the public handle and the key's journey; `batch`: many keys' journeys at once
-//!   ([`Groupcache::get_many`]), through the same flights;
-//! - storage, which never reaches up into the engine: `ring`, `flight`, `popularity`, `caches`,
-//!   `segments`;
-//! - `membership`: the peer list and the ring as one snapshot; peer URLs are parsed here;
-//!   `handoff`: whether a new owner's miss peeks the previous owner first;
-//! - `wire/`: golang/groupcache's HTTP protocol (`protocol`), the batch extension, the client, the
-//!   connection pool, the router, the server, peer authentication, the nonce store and TLS;
-//! - `builder`, `loader`, `error`, `metrics`: configuration, the loader trait and value codecs,
-//!   typed errors, and the metrics.
+//! - `cluster/`: the [`Cluster`] handle, its settings, the groups it serves by name, the
+//!   membership and the ring;
+//! - `group/`: the [`Groupcache`] handle of one group and its settings; `journey` (one key's get),
+//!   `many` ([`Groupcache::get_many`]), `coalesce` and `led` (fetches gathered into batches),
+//!   `writes` and `repairs` (`remove`, `set`), `served` (what a group answers its peers);
+//! - storage, which never reaches up into a group or the cluster: `flight`, `popularity`,
+//!   `caches`, `segments`, `budget`, `prehashed`; `handoff`: whether a new owner's miss peeks the
+//!   previous owner first;
+//! - `wire/`: golang/groupcache's HTTP protocol (`protocol`), the batch format, the client, the
+//!   connection pool, the router, the peer port's limits, the server, peer authentication, the
+//!   nonce store and TLS;
+//! - `loader`, `error`, `metrics`: the loader trait and value codecs, typed errors, and the
+//!   metrics.
 
 mod budget;
 mod caches;

@@ -890,9 +890,8 @@ async fn two_groups_on_go_pools_and_rust_clusters_load_each_key_once_with_the_sa
     let go_flags = ["-groups", &GROUPS.join(","), "-load-delay", "20ms"];
     let gos = [(); 2].map(|_| GoPeer::start_with(binary, &go_flags));
     // GoCompatible, whose default turns the hand-off off: golang/groupcache has none.
-    let rusts = [(); 2].map(|_| {
-        ClusterReplica::start(|cluster| cluster.ring_mode(RingMode::GoCompatible))
-    });
+    let rusts =
+        [(); 2].map(|_| ClusterReplica::start(|cluster| cluster.ring_mode(RingMode::GoCompatible)));
     let alpha_loaders = [(); 2].map(|_| Tagged::<String>::new(GROUPS[0], delay));
     let beta_loaders = [(); 2].map(|_| Tagged::<Bytes>::new(GROUPS[1], delay));
     let alpha = [0, 1].map(|i| {

@@ -105,9 +105,9 @@ impl<L: Loader> Groupcache<L> {
     /// already in flight, a hot copy, a batch or a hand-off), so write the source of truth first,
     /// then remove (README, "Writes and freshness"). Every replica is tried; the first that
     /// could not be reached is returned as [`Error::Peer`]. Its hot copy, if any, expires within
-    /// [`Builder::hot_max_age`]; every member that missed the remove is sent it again in the
+    /// [`ClusterBuilder::hot_max_age`](crate::ClusterBuilder::hot_max_age); every member that missed the remove is sent it again in the
     /// background until it answers or leaves the ring, since the key's owner would otherwise
-    /// keep its copy. Replicas that left this replica's ring within [`Builder::hot_max_age`]
+    /// keep its copy. Replicas that left this replica's ring within [`ClusterBuilder::hot_max_age`](crate::ClusterBuilder::hot_max_age)
     /// are sent the remove too, in case they still serve a copy (as the key's former owner, or
     /// through their drain); those that cannot be reached are logged, not returned. [`set`](Groupcache::set)
     /// reaches the same replicas.
@@ -215,7 +215,7 @@ impl<L: Loader> Groupcache<L> {
     /// `remove`s and `set`s reach them. It still answers the peers whose discovery has not
     /// dropped it yet (from its caches, or by loading, as for any peer whose ring disagrees)
     /// and the new owners' hand-off peeks, from what it holds: its entries stay for at most
-    /// [`hot_max_age`](Builder::hot_max_age), as after any ring change that took keys away.
+    /// [`hot_max_age`](crate::ClusterBuilder::hot_max_age), as after any ring change that took keys away.
     /// Peer lists given later (`set_peers`, `add_peer`) keep it out. Alone in its ring, it
     /// stays its only member. Returns whether the ring changed.
     ///
