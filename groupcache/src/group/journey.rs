@@ -52,10 +52,26 @@ pub(crate) struct Inner<L: Loader> {
 }
 
 impl<L: Loader> Inner<L> {
+    /// [`Groupcache::get`](crate::Groupcache::get): the journey, then the value decoded.
+    /// A hit is answered in this future itself, without the miss's: one small state machine
+    /// for the common case.
+    pub(crate) async fn get_value(self: &Arc<Self>, key: &str) -> Result<L::Value, Error> {
+        let entry = match self.start_get(key, Caller::Local)? {
+            Some(entry) => entry,
+            None => self.miss(key, Caller::Local).await?,
+        };
+        L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
+    }
+
     pub(crate) async fn get(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
-        if let Some(entry) = self.start_get(key, caller)? {
-            return Ok(entry);
+        match self.start_get(key, caller)? {
+            Some(entry) => Ok(entry),
+            None => self.miss(key, caller).await,
         }
+    }
+
+    /// A get that missed both caches: fetched from the key's owner, or loaded here.
+    async fn miss(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
         let owner = self.cluster.peers.snapshot().remote_owner(key).cloned();
         // `loads_deduped` is counted by the flight's task, which runs even if this caller gives up.
         // Each miss is boxed: its future nests a flight, the pool and the hand-off (5-11 KiB), and

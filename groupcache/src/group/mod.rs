@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use journey::Inner;
-use store::Caller;
 
 use crate::cluster::Cluster;
 use crate::error::Error;
@@ -92,9 +91,16 @@ impl<L: Loader> Groupcache<L> {
     /// 1 MiB that hold many keys and values side by side), and keeps the whole segment alive
     /// while it is held. Handing it to a response is what it is for; to keep a value long after
     /// the cache let it go, copy it (`Bytes::copy_from_slice`).
-    pub async fn get(&self, key: &str) -> Result<L::Value, Error> {
-        let entry = self.inner.get(key, Caller::Local).await?;
-        L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
+    //
+    // Not an `async fn`: its future would be a second one around the journey's, in another
+    // module and so another codegen unit, where the two cannot be merged, and a hit cost 12 %
+    // more (BENCHMARKS.md, issue 24). The journey's own future is the whole get.
+    #[inline]
+    pub fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Future<Output = Result<L::Value, Error>> + Send + 'a {
+        self.inner.get_value(key)
     }
 
     /// Removes `key` everywhere: first on its owner, so no peer can fetch the old value again,
