@@ -141,9 +141,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     // Ready once the first peer list is in the ring.
     let ready = readiness.clone();
-    tokio::spawn(discovery::apply_peers(cluster.clone(), peers_rx, move || {
-        ready.set_discovered();
-    }));
+    tokio::spawn(discovery::apply_peers(
+        cluster.clone(),
+        peers_rx,
+        move || {
+            ready.set_discovered();
+        },
+    ));
 
     let app = service::router(AppState {
         cache,

@@ -83,7 +83,14 @@ mod tests {
         for good in ["user", "a b", "a/b", "é", "..."] {
             assert!(valid_category(good), "{good:?}");
         }
-        for bad in ["", ".", "..", "a\0b", "user:42", &"k".repeat(MAX_KEY_LEN + 1)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a\0b",
+            "user:42",
+            &"k".repeat(MAX_KEY_LEN + 1),
+        ] {
             assert!(!valid_category(bad), "{bad:?}");
         }
     }

@@ -183,11 +183,9 @@ pub(crate) fn read_outcome(
 /// refuses, 503 when the database query failed (nothing cached: the next read tries again).
 pub(crate) fn read_failed(key: &str, error: groupcache_rs::Error) -> Problem {
     match error {
-        error @ groupcache_rs::Error::KeyTooLarge { .. } => Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-key",
-            error.to_string(),
-        ),
+        error @ groupcache_rs::Error::KeyTooLarge { .. } => {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid-key", error.to_string())
+        }
         error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. }) => {
             tracing::warn!(key, %error, "loading from the database failed");
             Problem::unavailable("the database query failed; try again")
@@ -326,7 +324,9 @@ fn incomplete(
     let stale_until = bounds
         .into_iter()
         .filter(|(missed, _)| *missed)
-        .try_fold(UNIX_EPOCH, |latest, (_, bound)| bound.map(|at| latest.max(at)))
+        .try_fold(UNIX_EPOCH, |latest, (_, bound)| {
+            bound.map(|at| latest.max(at))
+        })
         .map(crate::database::unix_seconds);
     let body = Incomplete {
         item,

@@ -1,8 +1,8 @@
 //! Answers the handlers share: JSON bodies, and 405 with the methods a path serves.
 
+use axum::http::StatusCode;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::problem::Problem;

@@ -90,17 +90,7 @@ fn group_filters_only_the_per_group_series() {
 
 /// The `groupcache_*` names an expression refers to.
 fn series(expr: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(start) = rest.find("groupcache_") {
-        let tail = &rest[start..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        names.insert(tail[..end].to_owned());
-        rest = &tail[end..];
-    }
-    names
+    selectors(expr).into_iter().map(|(name, _)| name).collect()
 }
 
 #[tokio::test]

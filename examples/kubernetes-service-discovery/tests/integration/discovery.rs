@@ -351,7 +351,11 @@ async fn discovered_peers_become_the_cache_ring() {
     ));
     h.expect(&["10.0.0.2", "10.0.0.5"]).await;
     until_ring(urls(&["10.0.0.1", "10.0.0.2", "10.0.0.5"])).await;
-    assert_eq!(categories.peers(), cache.peers(), "one ring for both groups");
+    assert_eq!(
+        categories.peers(),
+        cache.peers(),
+        "one ring for both groups"
+    );
     assert_eq!(cluster.groups(), ["categories", "items"]);
     assert!(!applying.is_finished());
 }
