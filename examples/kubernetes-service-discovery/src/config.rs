@@ -7,7 +7,14 @@ use std::time::Duration;
 use axum::http::Uri;
 use clap::{Parser, ValueEnum};
 
-use crate::Error;
+use crate::error::Error;
+
+/// The group of category summaries (`GET /categories/{category}`), beside `--group`'s items on
+/// the same cluster.
+pub const CATEGORY_GROUP: &str = "categories";
+
+/// Default `--category-cache-bytes`: 8 MiB. A summary is a few hundred bytes.
+pub const DEFAULT_CATEGORY_CACHE_BYTES: u64 = 8 << 20;
 
 /// Where the service's routes of the groupcache peer protocol are nested. Peer URLs include it.
 pub const PEER_PREFIX: &str = "/internal";
@@ -107,7 +114,8 @@ pub struct Config {
     #[arg(long, env = "KUBE_ADDRESS_TYPE", value_enum, default_value_t = AddressType::IPv4)]
     pub kube_address_type: AddressType,
 
-    /// The groupcache group: the same on every replica.
+    /// The items' groupcache group: the same on every replica. The category summaries are the
+    /// group `categories`, on the same cluster (so not this name).
     #[arg(long, env = "GROUP_NAME", default_value = "items")]
     pub group: String,
 
@@ -141,6 +149,16 @@ pub struct Config {
     /// budget decides the split.
     #[arg(long, env = "HOT_CACHE_BYTES")]
     pub hot_cache_bytes: Option<u64>,
+
+    /// Byte budget of the category summaries' cache on this replica, apart from the items'
+    /// `--cache-bytes`: each group has its own, and the replica's cache memory is their sum.
+    #[arg(long, env = "CATEGORY_CACHE_BYTES", default_value_t = DEFAULT_CATEGORY_CACHE_BYTES)]
+    pub category_cache_bytes: u64,
+
+    /// Optional cap on the category summaries' hot cache within `--category-cache-bytes` (0
+    /// turns it off).
+    #[arg(long, env = "CATEGORY_HOT_CACHE_BYTES")]
+    pub category_hot_cache_bytes: Option<u64>,
 
     /// How often each replica deletes expired rows from PostgreSQL (they are never served, but
     /// would otherwise stay in the table for good).
@@ -189,6 +207,31 @@ impl PeerListen {
         match self {
             PeerListen::Own(addr) => Some(addr),
             PeerListen::Shared => None,
+        }
+    }
+}
+
+/// A group's byte budget on this replica. Each group has its own: the replica's cache memory is
+/// the sum of its groups' budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Shared by the group's main and hot cache, split as the workload asks.
+    pub cache_bytes: u64,
+    /// An optional cap on the hot cache within it.
+    pub hot_cache_bytes: Option<u64>,
+}
+
+impl Budget {
+    /// Sets the budget on a group's builder: `cache_bytes` shared by both caches, and the hot
+    /// cap if given. Never both caps: setting both would fix the split.
+    pub fn apply<L: groupcache_rs::Loader, C>(
+        self,
+        builder: groupcache_rs::Builder<L, C>,
+    ) -> groupcache_rs::Builder<L, C> {
+        let builder = builder.cache_bytes(self.cache_bytes);
+        match self.hot_cache_bytes {
+            Some(cap) => builder.hot_cache_bytes(cap),
+            None => builder,
         }
     }
 }
@@ -289,16 +332,20 @@ impl Config {
         }
     }
 
-    /// The cache's budget: `--cache-bytes` shared by both caches, and `--hot-cache-bytes` as a
-    /// cap on the hot one if given. Never both caps: setting both would fix the split.
-    pub fn apply_budget<L: groupcache_rs::Loader>(
-        &self,
-        builder: groupcache_rs::Builder<L>,
-    ) -> groupcache_rs::Builder<L> {
-        let builder = builder.cache_bytes(self.cache_bytes);
-        match self.hot_cache_bytes {
-            Some(cap) => builder.hot_cache_bytes(cap),
-            None => builder,
+    /// The items' budget: `--cache-bytes` and `--hot-cache-bytes`.
+    pub fn item_budget(&self) -> Budget {
+        Budget {
+            cache_bytes: self.cache_bytes,
+            hot_cache_bytes: self.hot_cache_bytes,
+        }
+    }
+
+    /// The category summaries' budget: `--category-cache-bytes` and
+    /// `--category-hot-cache-bytes`.
+    pub fn category_budget(&self) -> Budget {
+        Budget {
+            cache_bytes: self.category_cache_bytes,
+            hot_cache_bytes: self.category_hot_cache_bytes,
         }
     }
 
@@ -566,16 +613,46 @@ mod tests {
         assert!(parse(&["--peer-listen", "8081"]).is_err());
     }
 
-    /// `--cache-bytes` is the library's one budget, and no cap is set unless asked for.
+    /// `--cache-bytes` is the library's one budget, and no cap is set unless asked for; the
+    /// category summaries have a budget of their own.
     #[test]
-    fn the_cache_uses_one_budget() {
+    fn each_group_has_one_budget() {
         let config = parse(&[]).unwrap();
-        assert_eq!(config.cache_bytes, groupcache_rs::DEFAULT_CACHE_BYTES);
-        assert_eq!(config.hot_cache_bytes, None);
-        let config = parse(&["--cache-bytes", "1000000", "--hot-cache-bytes", "0"]).unwrap();
+        assert_eq!(
+            config.item_budget(),
+            Budget {
+                cache_bytes: groupcache_rs::DEFAULT_CACHE_BYTES,
+                hot_cache_bytes: None
+            }
+        );
+        assert_eq!(
+            config.category_budget(),
+            Budget {
+                cache_bytes: DEFAULT_CATEGORY_CACHE_BYTES,
+                hot_cache_bytes: None
+            }
+        );
+        let config = parse(&[
+            "--cache-bytes",
+            "1000000",
+            "--hot-cache-bytes",
+            "0",
+            "--category-cache-bytes",
+            "2000",
+            "--category-hot-cache-bytes",
+            "500",
+        ])
+        .unwrap();
         assert_eq!(
             (config.cache_bytes, config.hot_cache_bytes),
             (1_000_000, Some(0))
+        );
+        assert_eq!(
+            config.category_budget(),
+            Budget {
+                cache_bytes: 2000,
+                hot_cache_bytes: Some(500)
+            }
         );
     }
 

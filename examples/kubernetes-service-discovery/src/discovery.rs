@@ -3,7 +3,8 @@
 //!
 //! Discovery publishes complete peer sets on a [`tokio::sync::watch`] channel: `None` until the
 //! first complete set is known, then `Some(urls)` every time the set changes. The application
-//! hands each set to [`groupcache_rs::Groupcache::set_peers`] (see [`apply_peers`]).
+//! hands each set to [`groupcache_rs::Cluster::set_peers`] (see [`apply_peers`]): one cluster, whose
+//! ring every group of this replica uses.
 //!
 //! The Kubernetes watcher never gives up: API errors, dropped watches and `410 Gone` (the watch's
 //! resource version was compacted away) are logged and retried with a capped exponential backoff,
@@ -15,7 +16,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use groupcache_rs::{Groupcache, Loader};
+use groupcache_rs::Cluster;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -173,10 +174,10 @@ fn publish(peers: &watch::Sender<Option<PeerSet>>, set: PeerSet) {
     });
 }
 
-/// Applies every published peer set to the cache, for as long as `peers` is open; calls
-/// `on_first` once the first set is in the ring.
-pub async fn apply_peers<L: Loader>(
-    cache: Groupcache<L>,
+/// Applies every published peer set to the cluster (the ring of every group on it), for as long
+/// as `peers` is open; calls `on_first` once the first set is in the ring.
+pub async fn apply_peers(
+    cluster: Cluster,
     mut peers: watch::Receiver<Option<PeerSet>>,
     on_first: impl FnOnce() + Send,
 ) {
@@ -184,11 +185,11 @@ pub async fn apply_peers<L: Loader>(
     loop {
         let set = peers.borrow_and_update().clone();
         if let Some(set) = set {
-            let before: PeerSet = cache.peers().into_iter().collect();
-            match cache.set_peers(&set) {
+            let before: PeerSet = cluster.peers().into_iter().collect();
+            match cluster.set_peers(&set) {
                 Ok(false) => {}
                 Ok(true) => {
-                    let now: PeerSet = cache.peers().into_iter().collect();
+                    let now: PeerSet = cluster.peers().into_iter().collect();
                     let added: Vec<&String> = now.difference(&before).collect();
                     let removed: Vec<&String> = before.difference(&now).collect();
                     tracing::info!(peers = now.len(), ?added, ?removed, "peers changed");
@@ -209,17 +210,8 @@ fn is_gone(error: &watcher::Error) -> bool {
     matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
-/// A short label for the discovery error counter.
-/// Every `reason` [`error_reason`] gives, so that each series exists (at 0) from the start.
-pub(crate) const ERROR_REASONS: &[&str] = &[
-    "list",
-    "watch_start",
-    "gone",
-    "watch_event",
-    "watch_stream",
-    "no_resource_version",
-];
-
+/// A short label for the discovery error counter: one of
+/// [`DISCOVERY_ERROR_REASONS`](crate::metrics::DISCOVERY_ERROR_REASONS).
 fn error_reason(error: &watcher::Error) -> &'static str {
     match error {
         watcher::Error::InitialListFailed(_) => "list",

@@ -9,10 +9,13 @@
 //!   a simulated database;
 //! - [`discovery`]: the peer set, from a watch on the EndpointSlices of a headless Service or
 //!   from a static list;
+//! - [`state`]: what the handlers share (the two groups' caches, the database, readiness);
 //! - [`service`]: the routes (the API, `/metrics`, `/healthz`, `/readyz`, and the peer
 //!   protocol under [`config::PEER_PREFIX`], on the same port or one of its own) and graceful
 //!   shutdown;
-//! - [`run`]: all of it together, as the binary runs it.
+//! - [`error`]: why the service could not start or stopped;
+//! - [`run`]: all of it together, as the binary runs it: one groupcache [`Cluster`] with two
+//!   groups, `items` and `categories`, fed by one discovery and served by one peer router.
 
 #![warn(missing_docs)]
 
@@ -21,57 +24,27 @@ pub mod cli;
 pub mod config;
 pub mod database;
 pub mod discovery;
+pub mod error;
 pub mod metrics;
 pub mod service;
+pub mod state;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use groupcache_rs::Groupcache;
+use groupcache_rs::Cluster;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, Discovery, peer_url};
+use crate::api::items::MAX_KEY_BYTES;
+use crate::config::{CATEGORY_GROUP, Config, Discovery, peer_url};
 use crate::database::Database;
+use crate::database::categories::Categories;
 use crate::discovery::{Backoff, KubeDiscovery, PeerSet};
-use crate::service::{AppState, Readiness, Shutdown};
-
-/// Why the service could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A flag or environment variable has an unusable value.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// The database could not be reached or migrated at start.
-    #[error("database: {0}")]
-    Database(#[from] database::DbError),
-    /// The cache could not be built.
-    #[error("groupcache: {0}")]
-    Cache(#[from] groupcache_rs::Error),
-    /// The Prometheus recorder could not be installed.
-    #[error("metrics exporter: {0}")]
-    Metrics(String),
-    /// No Kubernetes client configuration was found (in a pod: the service account).
-    #[error("Kubernetes client: {0}")]
-    Kube(#[from] kube::Error),
-    /// A listen address (`--listen` or `--peer-listen`) could not be bound.
-    #[error("binding {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The HTTP server failed.
-    #[error("serving: {0}")]
-    Serve(#[source] std::io::Error),
-    /// Signal handlers could not be installed.
-    #[error("installing signal handlers: {0}")]
-    Signal(#[source] std::io::Error),
-}
+pub use crate::error::Error;
+use crate::service::Shutdown;
+use crate::state::{AppState, Readiness};
 
 /// Runs the service until SIGTERM or SIGINT. Call it inside a multi-threaded tokio runtime.
 pub async fn run(config: Config) -> Result<(), Error> {
@@ -104,20 +77,29 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         None => Database::simulated(config.load_latency, config.item_ttl, replica.as_str()),
     };
+    // One cluster: the ring, the peer client, authentication and TLS, shared by both groups.
     let peer_tls = config.peer_tls()?;
-    let builder = Groupcache::builder(&config.group, peer_url(&self_base), database.clone())
-        // The API refuses longer keys itself, with problem details (and the same limit).
-        .max_key_bytes(api::items::MAX_KEY_BYTES);
-    let mut builder = config.apply_budget(builder);
+    let mut cluster = Cluster::builder(peer_url(&self_base));
     if let Some(tls) = &peer_tls {
-        builder = builder.peer_tls(tls.clone());
+        cluster = cluster.peer_tls(tls.clone());
     }
     let peer_auth = config.peer_auth()?;
     let peer_auth_on = peer_auth.is_some();
     if let Some(auth) = peer_auth {
-        builder = builder.peer_auth(auth);
+        cluster = cluster.peer_auth(auth);
     }
-    let cache = builder.build()?;
+    let cluster = cluster.build()?;
+    // Two groups, each with its own loader, value type and budget: the replica's cache memory is
+    // the sum of the two. The API refuses longer keys itself, with problem details (and the same
+    // limit).
+    let items = cluster
+        .group(&config.group, database.clone())
+        .max_key_bytes(MAX_KEY_BYTES);
+    let cache = config.item_budget().apply(items).build()?;
+    let categories = cluster
+        .group(CATEGORY_GROUP, Categories::new(database.clone()))
+        .max_key_bytes(MAX_KEY_BYTES);
+    let categories = config.category_budget().apply(categories).build()?;
     if let Some(warning) = config.exposure_warning(peer_bound) {
         // Loud: on stderr as well as in the log, where a person starting it by hand looks.
         eprintln!("WARNING: {warning}");
@@ -159,18 +141,24 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     // Ready once the first peer list is in the ring.
     let ready = readiness.clone();
-    tokio::spawn(discovery::apply_peers(cache.clone(), peers_rx, move || {
-        ready.set_discovered();
-    }));
+    tokio::spawn(discovery::apply_peers(
+        cluster.clone(),
+        peers_rx,
+        move || {
+            ready.set_discovered();
+        },
+    ));
 
     let app = service::router(AppState {
-        cache: cache.clone(),
+        cache,
+        categories,
         database,
         metrics,
         readiness: readiness.clone(),
         replica: Arc::from(replica.as_str()),
     });
-    let peer_app = service::peer_router(&cache);
+    // One peer router for every group of the cluster.
+    let peer_app = service::peer_router(&cluster);
     // `groupcache_rs::Server` on both ports, for its header-read deadline (slowloris); on the peer
     // port with mTLS when configured (clap allows TLS only with a peer port of its own).
     let server = groupcache_rs::Server::new();
@@ -192,8 +180,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         peer_listen = %peer_bound,
         peer_tls = peer_tls.is_some(),
         peer_auth = peer_auth_on,
-        self_url = %cache.self_url(),
-        group = %config.group,
+        self_url = %cluster.self_url(),
+        groups = ?cluster.groups(),
         replica,
         "listening"
     );
@@ -207,7 +195,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // still answers peers (their gets, and the hand-off peeks of its keys' new owners) through
     // the drain.
     service::serve(servers, readiness, shutdown, move || {
-        cache.leave();
+        cluster.leave();
     })
     .await
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Histogram buckets for the `*_seconds` metrics, from a cache hit on a peer to a slow load.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -24,7 +24,7 @@ pub fn install() -> Result<PrometheusHandle, Error> {
         "Errors of the EndpointSlice watch, each followed by a retry."
     );
     // Present from the start, so that `rate()` and alerts see a 0 rather than no series.
-    for reason in crate::discovery::ERROR_REASONS {
+    for reason in DISCOVERY_ERROR_REASONS {
         metrics::counter!(DISCOVERY_ERRORS, "reason" => *reason).absolute(0);
     }
     metrics::describe_counter!(
@@ -54,6 +54,17 @@ pub fn install() -> Result<PrometheusHandle, Error> {
     });
     Ok(handle)
 }
+
+/// Every `reason` of the discovery error counter (the EndpointSlice watch's kinds of failure), so
+/// that each series exists (at 0) from the start.
+pub(crate) const DISCOVERY_ERROR_REASONS: &[&str] = &[
+    "list",
+    "watch_start",
+    "gone",
+    "watch_event",
+    "watch_stream",
+    "no_resource_version",
+];
 
 const DISCOVERY_ERRORS: &str = "peer_discovery_errors_total";
 const WRITES_INCOMPLETE: &str = "item_writes_incomplete_total";

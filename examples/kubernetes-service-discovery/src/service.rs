@@ -3,7 +3,6 @@
 //! shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -11,58 +10,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use groupcache_rs::Groupcache;
-use metrics_exporter_prometheus::PrometheusHandle;
+use groupcache_rs::Cluster;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::Error;
 use crate::config::PEER_PREFIX;
-use crate::database::Database;
-
-/// What `/readyz` reports.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    discovered: AtomicBool,
-    draining: AtomicBool,
-}
-
-impl Readiness {
-    /// Discovery has produced its first complete peer set.
-    pub fn set_discovered(&self) {
-        self.discovered.store(true, Ordering::Release);
-    }
-
-    /// Shutdown has begun: report not-ready so that traffic moves elsewhere.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
-    fn state(&self) -> Result<(), &'static str> {
-        if self.draining.load(Ordering::Acquire) {
-            Err("shutting down")
-        } else if !self.discovered.load(Ordering::Acquire) {
-            Err("waiting for the first peer list")
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// Everything the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// The cache.
-    pub cache: Groupcache<Database>,
-    /// The database behind it, for writes.
-    pub database: Database,
-    /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
-    /// Readiness flags.
-    pub readiness: Arc<Readiness>,
-    /// This replica's name in responses.
-    pub replica: Arc<str>,
-}
+use crate::error::Error;
+use crate::state::{AppState, Readiness};
 
 /// The app's own routes: the [`api`](crate::api) (`/items/{key}`, `/admin/...`,
 /// `/openapi.json`), `/metrics`, `/healthz` and `/readyz`, with problem details for unknown paths
@@ -79,9 +33,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The groupcache peer protocol, nested under [`PEER_PREFIX`].
-pub fn peer_router(cache: &Groupcache<Database>) -> Router {
-    Router::new().nest(PEER_PREFIX, cache.router())
+/// The groupcache peer protocol of every group of `cluster`, nested under [`PEER_PREFIX`]: one
+/// router, whatever the number of groups.
+pub fn peer_router(cluster: &Cluster) -> Router {
+    Router::new().nest(PEER_PREFIX, cluster.router())
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {

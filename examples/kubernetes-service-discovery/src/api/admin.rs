@@ -1,13 +1,16 @@
 //! Read-only views of this replica's ring and counters, for the CLI and for people: who owns a
-//! key, the peers, the stats.
+//! key, the peers, the stats (of either group).
 
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use groupcache_rs::{Groupcache, Loader};
 use serde::Serialize;
 
 use super::items::Key;
-use super::json;
-use crate::service::AppState;
+use super::problem::Problem;
+use super::respond::json;
+use crate::state::AppState;
 
 #[derive(Serialize)]
 struct Owner<'a> {
@@ -72,11 +75,29 @@ struct Stats<'a> {
     hot_items: u64,
 }
 
-/// `GET /admin/stats`.
-pub async fn stats(State(state): State<AppState>) -> Response {
-    let s = state.cache.stats();
+/// `GET /admin/stats`: the items' group, or with `?cache=categories` the category summaries'.
+pub async fn stats(State(state): State<AppState>, uri: Uri) -> Response {
+    let cache = uri
+        .query()
+        .into_iter()
+        .flat_map(|query| query.split('&'))
+        .find_map(|pair| pair.strip_prefix("cache="));
+    match cache {
+        None | Some("items") => stats_of(&state, &state.cache),
+        Some("categories") => stats_of(&state, &state.categories),
+        Some(_) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-cache",
+            "cache is items (the default) or categories",
+        )
+        .into_response(),
+    }
+}
+
+fn stats_of<L: Loader>(state: &AppState, cache: &Groupcache<L>) -> Response {
+    let s = cache.stats();
     json(&Stats {
-        group: state.cache.name(),
+        group: cache.name(),
         served_by: &state.replica,
         gets: s.gets,
         main_hits: s.main_hits,

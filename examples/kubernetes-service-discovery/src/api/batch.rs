@@ -18,10 +18,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::items::{check_key, json_body, read_outcome};
+use super::items::{check_key, json_body, read_outcome, require_object};
 use super::problem::Problem;
+use super::respond::{json, method_not_allowed_for};
 use crate::database::Item;
-use crate::service::AppState;
+use crate::state::AppState;
 
 /// The last segment of the batch's path, `POST /items/_batch`.
 pub const BATCH_KEY: &str = "_batch";
@@ -35,9 +36,9 @@ pub const BATCH_METHODS: &str = "GET, HEAD, PUT, DELETE, POST";
 /// 405 for `/items/{key}`, whose `Allow` depends on the key: `POST` is the batch's only.
 pub async fn method_not_allowed(key: Result<Path<String>, PathRejection>) -> Response {
     if key.is_ok_and(|Path(key)| key == BATCH_KEY) {
-        super::method_not_allowed_for(BATCH_METHODS)
+        method_not_allowed_for(BATCH_METHODS)
     } else {
-        super::method_not_allowed_for(ITEM_METHODS)
+        method_not_allowed_for(ITEM_METHODS)
     }
 }
 
@@ -82,7 +83,7 @@ pub async fn post_batch(
 ) -> Response {
     if !key.is_ok_and(|Path(key)| key == BATCH_KEY) {
         // Any other key: the path serves GET, PUT and DELETE.
-        return super::method_not_allowed_for(ITEM_METHODS);
+        return method_not_allowed_for(ITEM_METHODS);
     }
     let keys = match json_body(&headers, body).and_then(|body| parse_batch(&body)) {
         Ok(keys) => keys,
@@ -118,7 +119,7 @@ pub async fn post_batch(
             }
         })
         .collect();
-    super::json(&BatchResponse {
+    json(&BatchResponse {
         results,
         served_by: &state.replica,
     })
@@ -133,7 +134,7 @@ fn parse_batch(body: &[u8]) -> Result<Vec<String>, Problem> {
             format!("expected {{\"keys\": [\"key\", ...]}}: {why}"),
         )
     };
-    super::items::require_object(body).map_err(invalid)?;
+    require_object(body).map_err(invalid)?;
     let BatchBody { keys } =
         serde_json::from_slice(body).map_err(|error| invalid(error.to_string()))?;
     if keys.is_empty() {

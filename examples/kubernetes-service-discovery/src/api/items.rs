@@ -2,6 +2,9 @@
 //! and then to the cache (`set`, on the key's owner; every other replica drops its hot copy), so
 //! that every replica answers the new value.
 //!
+//! Once the database has a write, the item's category summary (the `categories` group, see
+//! `database::categories`) is removed from every replica, so that the next read counts again.
+//!
 //! Every input is checked before anything is written: a bad key, body or expiry is a 4xx and
 //! changes nothing.
 
@@ -14,13 +17,15 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use groupcache_rs::Json;
+use groupcache_rs::{Groupcache, Json, Loader};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use super::problem::Problem;
+use super::respond::json;
+use crate::database::categories::category_of;
 use crate::database::{Cached, DbError, Item, Row, WriteError};
-use crate::service::AppState;
+use crate::state::AppState;
 
 /// Longest key the service accepts, in characters. A character is at most 4 bytes in UTF-8, so
 /// every key accepted fits the cache's key limit ([`MAX_KEY_BYTES`]); the limit is in characters
@@ -100,12 +105,20 @@ fn whole_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u6
 /// `text` cannot hold it), and not `.` or `..` (HTTP clients resolve those as path steps, so
 /// such a key could not be asked for reliably).
 pub fn check_key(key: &str) -> Result<(), Problem> {
-    let valid = !key.is_empty()
+    if valid_key(key) {
+        Ok(())
+    } else {
+        Err(invalid_key())
+    }
+}
+
+/// Whether `key` keeps the rules of [`check_key`].
+pub(crate) fn valid_key(key: &str) -> bool {
+    !key.is_empty()
         && key.chars().count() <= MAX_KEY_LEN
         && !key.contains('\0')
         && key != "."
-        && key != "..";
-    if valid { Ok(()) } else { Err(invalid_key()) }
+        && key != ".."
 }
 
 fn invalid_key() -> Problem {
@@ -127,12 +140,20 @@ pub struct Key(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for Key {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Key, Problem> {
-        let Path(key) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| invalid_key())?;
-        check_key(&key)?;
-        Ok(Key(key))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Key, Problem> {
+        path_param(parts, valid_key, invalid_key).await.map(Key)
+    }
+}
+
+/// The one parameter of a path, refused with `invalid()` if it is not UTF-8 or not `valid`.
+pub(crate) async fn path_param(
+    parts: &mut Parts,
+    valid: fn(&str) -> bool,
+    invalid: fn() -> Problem,
+) -> Result<String, Problem> {
+    match Path::<String>::from_request_parts(parts, &()).await {
+        Ok(Path(value)) if valid(&value) => Ok(value),
+        _ => Err(invalid()),
     }
 }
 
@@ -154,18 +175,22 @@ pub(crate) fn read_outcome(
     match read {
         Ok(Json(Some(item))) => Ok(item),
         Ok(Json(None)) => Err(not_found(key)),
-        Err(error @ groupcache_rs::Error::KeyTooLarge { .. }) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-key",
-            error.to_string(),
-        )),
-        Err(
-            error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. }),
-        ) => {
-            tracing::warn!(key, %error, "loading from the database failed");
-            Err(Problem::unavailable("the database query failed; try again"))
+        Err(error) => Err(read_failed(key, error)),
+    }
+}
+
+/// What a failed read of `key` through a cache (either group) answers: 400 for a key the cache
+/// refuses, 503 when the database query failed (nothing cached: the next read tries again).
+pub(crate) fn read_failed(key: &str, error: groupcache_rs::Error) -> Problem {
+    match error {
+        error @ groupcache_rs::Error::KeyTooLarge { .. } => {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid-key", error.to_string())
         }
-        Err(error) => Err(Problem::internal("get failed", &error)),
+        error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. }) => {
+            tracing::warn!(key, %error, "loading from the database failed");
+            Problem::unavailable("the database query failed; try again")
+        }
+        error => Problem::internal("get failed", &error),
     }
 }
 
@@ -188,12 +213,17 @@ pub async fn put_item(
     let cache_step = |item: Item| async {
         if let Err(error) = state.cache.set(&key, &Json(Some(item)), expiry).await {
             tracing::warn!(key, %error, "written to the database, but not to the cache");
-            reached_all.store(forget(&state, &key).await, Ordering::Relaxed);
+            reached_all.store(forget(&state.cache, &key).await, Ordering::Relaxed);
         }
     };
-    match state.database.put(&key, row, cache_step).await {
-        Ok(item) if reached_all.into_inner() => respond(&state, StatusCode::OK, &item),
-        Ok(item) => incomplete(&state, "put", &key, Some(&item), expiry),
+    let result = state.database.put(&key, row, cache_step).await;
+    let missed = Missed {
+        items: !reached_all.into_inner(),
+        category: !forget_category(&state, &key, &result).await,
+    };
+    match result {
+        Ok(item) if !missed.any() => respond(&state, StatusCode::OK, &item),
+        Ok(item) => incomplete(&state, "put", &key, Some(&item), expiry, missed),
         Err(error) => write_error(&state, &key, &error).await,
     }
 }
@@ -209,13 +239,17 @@ pub async fn delete_item(State(state): State<AppState>, Key(key): Key) -> Respon
     let cache_step = || async {
         if let Err(error) = state.cache.set(&key, &Json(None), expiry).await {
             tracing::warn!(key, %error, "deleted in the database, but not in the cache");
-            reached_all.store(forget(&state, &key).await, Ordering::Relaxed);
+            reached_all.store(forget(&state.cache, &key).await, Ordering::Relaxed);
         }
     };
     let result = state.database.delete(&key, cache_step).await;
+    let missed = Missed {
+        items: !reached_all.into_inner(),
+        category: !forget_category(&state, &key, &result).await,
+    };
     match result {
-        Ok(existed) if !reached_all.into_inner() => {
-            let response = incomplete(&state, "delete", &key, None, expiry);
+        Ok(existed) if missed.any() => {
+            let response = incomplete(&state, "delete", &key, None, expiry, missed);
             if existed {
                 response
             } else {
@@ -229,34 +263,70 @@ pub async fn delete_item(State(state): State<AppState>, Key(key): Key) -> Respon
     }
 }
 
-/// Removes `key` from every replica's cache; returns whether every replica was reached (the
-/// copies left expire with their TTL, hot copies within the hot cache's maximum age).
-async fn forget(state: &AppState, key: &str) -> bool {
-    match state.cache.remove(key).await {
+/// Removes `key` from every replica's `cache` (either group); returns whether every replica was
+/// reached (the copies left expire with their TTL, hot copies within the hot cache's maximum
+/// age).
+async fn forget<L: Loader>(cache: &Groupcache<L>, key: &str) -> bool {
+    match cache.remove(key).await {
         Ok(()) => true,
         Err(error) => {
-            tracing::warn!(key, %error, "removing from the cache failed on some replica");
+            let group = cache.name();
+            tracing::warn!(group, key, %error, "removing from the cache failed on some replica");
             false
         }
     }
 }
 
+/// After a write of `key` that the database may have (committed, or not confirmed): removes the
+/// summary of the key's category from every replica, so that the next read of it counts again.
+/// After the commit, not before: a count in flight, which may have read the table before it, is
+/// superseded by the remove, and any count started later sees the write. Returns whether every
+/// replica was reached (true for a write that changed nothing, or a key without a category).
+async fn forget_category<T>(state: &AppState, key: &str, write: &Result<T, WriteError>) -> bool {
+    match (category_of(key), write) {
+        (None, _) | (_, Err(WriteError::NotWritten(_))) => true,
+        (Some(category), _) => forget(&state.categories, category).await,
+    }
+}
+
+/// Which caches a write's cache step did not reach on every replica.
+#[derive(Debug, Clone, Copy)]
+struct Missed {
+    /// The item itself.
+    items: bool,
+    /// Its category's summary.
+    category: bool,
+}
+
+impl Missed {
+    fn any(self) -> bool {
+        self.items || self.category
+    }
+}
+
 /// 202: the database has the write, but its cache step did not reach every replica, which may
-/// answer the old value until the entry it holds expires (the cache TTL, or the item's expiry).
+/// answer the old value (or the old count of its category) until the entry it holds expires (the
+/// cache TTL, or the item's expiry).
 fn incomplete(
     state: &AppState,
     op: &'static str,
     key: &str,
     item: Option<&Item>,
     expiry: Option<SystemTime>,
+    missed: Missed,
 ) -> Response {
     crate::metrics::write_incomplete(op);
     // An entry cached before this write lived at most the cache TTL from its load; with no TTL,
-    // until evicted.
-    let stale_until = state
-        .database
-        .cache_expiry(None)
-        .or(expiry)
+    // until evicted (an item: or until its expiry). The later bound of the caches missed; none
+    // (`null`) if either has none.
+    let ttl = state.database.cache_expiry(None);
+    let bounds = [(missed.items, ttl.or(expiry)), (missed.category, ttl)];
+    let stale_until = bounds
+        .into_iter()
+        .filter(|(missed, _)| *missed)
+        .try_fold(UNIX_EPOCH, |latest, (_, bound)| {
+            bound.map(|at| latest.max(at))
+        })
         .map(crate::database::unix_seconds);
     let body = Incomplete {
         item,
@@ -268,7 +338,7 @@ fn incomplete(
                  some may answer the old value until stale_until"
             .to_owned(),
     };
-    let mut response = super::json(&body);
+    let mut response = json(&body);
     *response.status_mut() = StatusCode::ACCEPTED;
     response
 }
@@ -422,7 +492,7 @@ async fn write_error(state: &AppState, key: &str, error: &WriteError) -> Respons
     tracing::warn!(key, %error, "database write failed");
     if let WriteError::Unconfirmed(_) = error {
         // The cache may hold what the database did not keep: the next read loads the truth.
-        forget(state, key).await;
+        forget(&state.cache, key).await;
         return Problem::unavailable(
             "the database did not confirm the write; read the item to see whether it was saved",
         )

@@ -1,20 +1,21 @@
-//! The REST API: items (`/items/{key}`, and many at once: `POST /items/_batch`), admin views (`/admin/...`) and the OpenAPI document that
+//! The REST API: items (`/items/{key}`, and many at once: `POST /items/_batch`), category
+//! summaries (`/categories/{category}`), admin views (`/admin/...`) and the OpenAPI document that
 //! describes them all (`/openapi.json`, committed as `openapi.json` beside `Cargo.toml`).
 
 pub mod admin;
 pub mod batch;
+pub mod categories;
 pub mod items;
 pub mod problem;
+pub mod respond;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Serialize;
 
 use self::problem::Problem;
-use crate::service::AppState;
+use crate::state::AppState;
 
 /// The OpenAPI document of every route but the peer protocol's.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -31,6 +32,7 @@ pub const PATHS: &[&str] = &[
     "/readyz",
     // Served by the `/items/{key}` route's `POST`, so that `_batch` stays a key for the others.
     "/items/_batch",
+    "/categories/{category}",
 ];
 
 /// The API's routes. `/metrics`, `/healthz` and `/readyz` are added by
@@ -54,6 +56,7 @@ pub fn routes() -> Router<AppState> {
             PATHS[4],
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route(PATHS[9], get(categories::get_category))
 }
 
 /// 404 for paths no route serves.
@@ -72,26 +75,4 @@ pub async fn method_not_allowed() -> Problem {
         "method-not-allowed",
         "this path does not serve that method; see /openapi.json",
     )
-}
-
-/// 405 with `Allow: allow`, for a handler that refuses a method itself.
-pub fn method_not_allowed_for(allow: &'static str) -> Response {
-    let mut response = Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        format!("this path serves {allow}; see /openapi.json"),
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, axum::http::HeaderValue::from_static(allow));
-    response
-}
-
-/// `value` as an `application/json` response.
-pub(crate) fn json<T: Serialize>(value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(error) => Problem::internal("serialising a response", &error).into_response(),
-    }
 }

@@ -9,84 +9,21 @@
 //! owner must load (its own keys of a `get_many`, or a peer's batch), so a batch costs one query
 //! on each owner rather than one per key.
 
+pub mod categories;
 pub mod postgres;
 pub mod simulated;
+pub mod types;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use groupcache_rs::{Json, Loaded, Loader, Results};
-use serde::{Deserialize, Serialize};
 
 use self::postgres::Postgres;
 use self::simulated::Simulated;
-
-/// A JSON value kept as its text, so that numbers of any size and precision pass through exactly.
-pub type JsonText = Box<serde_json::value::RawValue>;
-
-/// One item, as cached and as served.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Item {
-    /// Its key.
-    pub id: String,
-    /// Its content: any JSON value, as stored.
-    pub value: JsonText,
-    /// When it expires, in seconds since the Unix epoch; `None`: never.
-    pub expires_at: Option<u64>,
-    /// The replica that read it from the database, or wrote it: for a key read cold, its owner.
-    pub loaded_by: String,
-    /// When it was read or written, in milliseconds since the Unix epoch.
-    pub loaded_at_unix_ms: u64,
-}
-
-/// What the cache holds for a key: the item, or `None` when the database has no (unexpired) row,
-/// so that a missing key costs one query too rather than one per request.
-pub type Cached = Json<Option<Item>>;
-
-/// A row of the `items` table.
-#[derive(Debug, Clone)]
-pub struct Row {
-    /// The `value` column (JSON text).
-    pub value: JsonText,
-    /// The `expires_at` column.
-    pub expires_at: Option<SystemTime>,
-}
-
-/// Why the database did not answer.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum DbError {
-    /// It cannot be reached, or did not answer in time: try again later (HTTP 503).
-    #[error("the database is unavailable: {0}")]
-    Unavailable(String),
-    /// It answered with an error, or a row the service cannot read.
-    #[error("the database failed: {0}")]
-    Failed(String),
-}
-
-/// Why a write failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum WriteError {
-    /// Before anything was written, or rolled back: nothing changed, and the cache step did not
-    /// run.
-    #[error("{0}")]
-    NotWritten(DbError),
-    /// The cache step ran, but the commit was not confirmed: the row may or may not have been
-    /// written. Drop the key from the cache, so that the next read loads whichever it is.
-    #[error("commit not confirmed: {0}")]
-    Unconfirmed(DbError),
-}
-
-impl WriteError {
-    /// The database's error.
-    pub fn db_error(&self) -> &DbError {
-        match self {
-            WriteError::NotWritten(error) | WriteError::Unconfirmed(error) => error,
-        }
-    }
-}
+pub use self::types::{Cached, Count, DbError, Item, JsonText, Row, WriteError, unix_seconds};
+use self::types::{earliest, unix_millis};
 
 /// Which database stores the items.
 #[derive(Clone)]
@@ -134,6 +71,31 @@ impl Database {
         }
     }
 
+    /// `SELECT count(*), min(expires_at) ... WHERE starts_with(key, $1)`: the unexpired rows
+    /// whose key starts with `prefix`. The simulated database counts the rows written through
+    /// this replica only (its implicit rows are endless).
+    pub async fn count(&self, prefix: &str) -> Result<Count, DbError> {
+        match &self.backend {
+            Backend::Simulated(db) => Ok(db.count(prefix).await),
+            Backend::Postgres(db) => db.count(prefix).await,
+        }
+    }
+
+    /// This replica's name, in what its loaders load.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// `value`, loaded now from rows that expire at `expires_at`, as the cache should hold it:
+    /// until [`cache_expiry`](Self::cache_expiry).
+    pub fn loaded<V>(&self, value: V, expires_at: Option<SystemTime>) -> Loaded<V> {
+        let loaded = Loaded::new(value);
+        match self.cache_expiry(expires_at) {
+            Some(at) => loaded.expire_at(at),
+            None => loaded,
+        }
+    }
+
     /// Inserts or replaces `key`'s row, then runs `cache_step` with the item as the cache should
     /// now hold it, then commits; returns the item.
     ///
@@ -172,10 +134,7 @@ impl Database {
     /// that and the cache TTL.
     pub fn cache_expiry(&self, expires_at: Option<SystemTime>) -> Option<SystemTime> {
         let ttl = (!self.ttl.is_zero()).then(|| SystemTime::now() + self.ttl);
-        match (expires_at, ttl) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(expires_at, ttl)
     }
 
     /// When the cache must drop what a write (`PUT`, or `DELETE`'s "no such item") stores for a
@@ -192,13 +151,9 @@ impl Database {
 
     /// What the cache holds for `key`, whose row is `row` (`None`: no unexpired row), and until
     /// when.
-    fn loaded(&self, key: &str, row: Option<&Row>) -> Loaded<Cached> {
-        let expiry = self.cache_expiry(row.and_then(|row| row.expires_at));
-        let loaded = Loaded::new(Json(row.map(|row| self.item(key, row))));
-        match expiry {
-            Some(at) => loaded.expire_at(at),
-            None => loaded,
-        }
+    fn loaded_item(&self, key: &str, row: Option<&Row>) -> Loaded<Cached> {
+        let item = Json(row.map(|row| self.item(key, row)));
+        self.loaded(item, row.and_then(|row| row.expires_at))
     }
 
     fn item(&self, key: &str, row: &Row) -> Item {
@@ -221,7 +176,7 @@ impl Loader for Database {
     async fn load(&self, key: &str) -> Result<Loaded<Cached>, DbError> {
         tracing::debug!(key, "querying the database");
         let rows = self.fetch(&[key.to_owned()]).await?;
-        Ok(self.loaded(key, rows.get(key)))
+        Ok(self.loaded_item(key, rows.get(key)))
     }
 
     /// One query for all of `keys`: a key without a row gets what [`load`](Self::load) gives
@@ -232,7 +187,7 @@ impl Loader for Database {
         match self.fetch(keys).await {
             Ok(rows) => {
                 for (index, key) in keys.iter().enumerate() {
-                    results.put(index, Ok(self.loaded(key, rows.get(key))));
+                    results.put(index, Ok(self.loaded_item(key, rows.get(key))));
                 }
             }
             Err(error) => {
@@ -242,16 +197,6 @@ impl Loader for Database {
             }
         }
     }
-}
-
-/// Seconds since the Unix epoch (0 before it).
-pub fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn unix_millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

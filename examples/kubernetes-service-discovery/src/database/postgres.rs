@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use super::{DbError, Row, WriteError};
+use super::types::{Count, DbError, Row, WriteError};
 
 /// How long a statement, or getting a connection, may take before the request fails as
 /// unavailable (503) rather than hanging on a database that stopped answering.
@@ -45,6 +45,11 @@ const SWEEP_EXPIRED: &str = "DELETE FROM items WHERE key IN \
 /// a batch an owner loads (`Loader::load_many`).
 const SELECT_ITEMS: &str = "SELECT key, value::text, expires_at FROM items \
      WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > now())";
+
+/// The statement behind a category's summary (`$1`: the category and its separator,
+/// `user:`): how many live rows, and when the first of them expires.
+const COUNT_ITEMS: &str = "SELECT count(*), min(expires_at) FROM items \
+     WHERE starts_with(key, $1) AND (expires_at IS NULL OR expires_at > now())";
 
 const UPSERT_ITEM: &str = "INSERT INTO items (key, value, expires_at) VALUES ($1, $2::text::jsonb, $3) \
      ON CONFLICT (key) DO UPDATE \
@@ -158,6 +163,24 @@ impl Postgres {
                 Ok((key, Row { value, expires_at }))
             })
             .collect()
+    }
+
+    /// The unexpired rows whose key starts with `prefix`, in one statement.
+    pub async fn count(&self, prefix: &str) -> Result<Count, DbError> {
+        let client = self.client().await?;
+        let row = within(async {
+            let statement = client.prepare_cached(COUNT_ITEMS).await?;
+            client.query_one(&statement, &[&prefix]).await
+        })
+        .await?;
+        let read = || -> Result<Count, tokio_postgres::Error> {
+            let items: i64 = row.try_get(0)?;
+            Ok(Count {
+                items: u64::try_from(items).unwrap_or_default(),
+                next_expiry: row.try_get(1)?,
+            })
+        };
+        read().map_err(|e| DbError::Failed(format!("reading a count of items: {e}")))
     }
 
     /// In one transaction: takes the key's lock, upserts its row (`None`: deletes it), runs

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use super::Row;
+use super::types::{Count, JsonText, Row, earliest};
 
 /// The simulated table.
 #[derive(Debug)]
@@ -49,6 +49,25 @@ impl Simulated {
             .collect()
     }
 
+    /// The live rows written here whose key starts with `prefix`, after the latency. The
+    /// implicit rows of keys never written are not counted: there is no end to them.
+    pub async fn count(&self, prefix: &str) -> Count {
+        tokio::time::sleep(self.latency).await;
+        let now = SystemTime::now();
+        let mut count = Count::default();
+        let written = self.table();
+        let live = written
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .filter_map(|(_, row)| row.as_ref())
+            .filter(|row| row.expires_at.is_none_or(|at| at > now));
+        for row in live {
+            count.items += 1;
+            count.next_expiry = earliest(count.next_expiry, row.expires_at);
+        }
+        count
+    }
+
     /// Writes `key`'s row (`None`: deletes it) after the latency, then runs `then` with whether
     /// it had a live row; writes run one at a time, `then` included, as under PostgreSQL's row
     /// lock.
@@ -78,7 +97,7 @@ impl Simulated {
 }
 
 /// The value of a key never written: `{"name": "item KEY"}`.
-fn default_value(key: &str) -> super::JsonText {
+fn default_value(key: &str) -> JsonText {
     let value = serde_json::json!({ "name": format!("item {key}") });
     // Serialising a map of strings cannot fail; `null` if it ever did.
     serde_json::value::to_raw_value(&value).unwrap_or_default()

@@ -1,6 +1,6 @@
 //! The REST API of one replica (simulated database): items round trip, one at a time and in a
-//! batch, bad input is refused with problem details and changes nothing, and the OpenAPI document
-//! matches the routes served.
+//! batch, category summaries follow the writes, bad input is refused with problem details and
+//! changes nothing, and the OpenAPI document matches the routes served.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -388,6 +388,92 @@ async fn batch_reads_answer_each_key_and_bad_batches_read_nothing() {
     assert_eq!(after, before, "a refused batch read keys");
 }
 
+/// The second group: `GET /categories/{category}` counts the category's live items, the writes
+/// of its items (`PUT`, `DELETE`, of keys `{category}:...`) keep the cached count fresh, and
+/// `/admin/stats?cache=categories` shows the group's own counters.
+#[tokio::test]
+async fn category_summaries_follow_the_writes_of_their_items() {
+    let dir = TempDir::new("api-categories");
+    let replica = Replica::start("replica", &["--load-latency", "0ms"], dir.path()).await;
+    let http = http();
+    let category = |name: &str| format!("{}/categories/{name}", replica.url);
+    let item = |key: &str| format!("{}/items/{key}", replica.url);
+    let count = |answer: (u16, String, Value)| {
+        assert_eq!(
+            (answer.0, &answer.1[..]),
+            (200, "application/json"),
+            "{}",
+            answer.2
+        );
+        // Alone, the replica owns every category: it counted them, and it answers.
+        let owner = answer.2["owner"].as_str().expect("an owner");
+        assert_eq!(answer.2["served_by"], owner.trim_end_matches("/internal"));
+        assert_eq!(answer.2["category"]["loaded_by"], answer.2["served_by"]);
+        answer.2["category"]["items"].as_u64().expect("a count")
+    };
+    // Nothing written yet: the simulated database counts the rows written, not its implicit ones.
+    assert_eq!(count(send(&http, "GET", &category("user"), None).await), 0);
+    let summary = send(&http, "GET", &category("user"), None).await.2;
+    assert_eq!(summary["category"]["name"], "user");
+
+    let put = |key: &'static str| {
+        let http = http.clone();
+        let url = item(key);
+        async move {
+            send(&http, "PUT", &url, json_body(&json!({"value": 1})))
+                .await
+                .0
+        }
+    };
+    for key in ["user:1", "user:2", "user:2", "team:1", "username"] {
+        assert_eq!(put(key).await, 200, "{key}");
+    }
+    // Fresh after the writes, though the count of 0 was cached.
+    assert_eq!(count(send(&http, "GET", &category("user"), None).await), 2);
+    assert_eq!(count(send(&http, "GET", &category("team"), None).await), 1);
+    let delete = send(&http, "DELETE", &item("user:1"), None).await;
+    assert_eq!(delete.0, 204, "{}", delete.2);
+    assert_eq!(count(send(&http, "GET", &category("user"), None).await), 1);
+    // A refused write changes nothing.
+    let refused = send(
+        &http,
+        "PUT",
+        &item("user:3"),
+        json_body(&json!({"ttl_seconds": 5})),
+    )
+    .await;
+    assert_problem(&refused, 400, "invalid-body");
+    assert_eq!(count(send(&http, "GET", &category("user"), None).await), 1);
+
+    for bad in ["user:42", "a%00b", "%FF", &"k".repeat(1025)] {
+        assert_problem(
+            &send(&http, "GET", &category(bad), None).await,
+            400,
+            "invalid-key",
+        );
+    }
+    assert_problem(
+        &send(&http, "PUT", &category("user"), None).await,
+        405,
+        "method-not-allowed",
+    );
+
+    // Each group has its own counters: the categories' gets are the reads above.
+    let stats = |query: &str| {
+        let http = http.clone();
+        let url = format!("{}/admin/stats{query}", replica.url);
+        async move { send(&http, "GET", &url, None).await }
+    };
+    let categories = stats("?cache=categories").await;
+    assert_eq!(categories.0, 200, "{}", categories.2);
+    assert_eq!(categories.2["group"], "categories");
+    assert_eq!(categories.2["gets"], 6, "{}", categories.2);
+    let items = stats("").await;
+    assert_eq!(items.2["group"], "items");
+    assert_eq!(stats("?cache=items").await.2["group"], "items");
+    assert_problem(&stats("?cache=nope").await, 400, "invalid-cache");
+}
+
 #[tokio::test]
 async fn openapi_document_matches_the_routes_served() {
     let dir = TempDir::new("api-openapi");
@@ -427,7 +513,9 @@ async fn openapi_document_matches_the_routes_served() {
     };
     let deadline = Instant::now() + PATIENCE;
     for path in paths.keys() {
-        let concrete = path.replace("{key}", "some-key");
+        let concrete = path
+            .replace("{key}", "some-key")
+            .replace("{category}", "some-category");
         let url = format!("{}{concrete}", replica.url);
         for method in METHODS {
             let is_documented = paths.iter().any(|(template, item)| {

@@ -1,5 +1,6 @@
 //! The committed Grafana dashboard queries only series the replicas export, in PromQL that a real
-//! Prometheus accepts.
+//! Prometheus accepts: per-group series filtered by the `group` variable (both groups of the
+//! service offered), replica-wide ones without a `group` label.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,19 +34,63 @@ fn expressions(dashboard: &Value) -> Vec<String> {
     exprs
 }
 
-/// The `groupcache_*` names an expression refers to.
-fn series(expr: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+/// The metrics of the replica as a whole, for all its groups: they have no `group` label.
+const REPLICA_WIDE: &[&str] = &[
+    "groupcache_peers",
+    "groupcache_peer_suspicions_total",
+    "groupcache_peer_auth_failures_total",
+    "groupcache_auth_nonces",
+];
+
+/// Each `groupcache_*` selector of an expression: the name and its label matchers (empty
+/// without braces).
+fn selectors(expr: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
     let mut rest = expr;
     while let Some(start) = rest.find("groupcache_") {
         let tail = &rest[start..];
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
-        names.insert(tail[..end].to_owned());
+        let matchers = match tail[end..].strip_prefix('{') {
+            Some(inner) => inner[..inner.find('}').unwrap_or(inner.len())].to_owned(),
+            None => String::new(),
+        };
+        found.push((tail[..end].to_owned(), matchers));
         rest = &tail[end..];
     }
-    names
+    found
+}
+
+/// Per-group series follow the `group` variable; replica-wide ones cannot (no such label).
+#[test]
+fn group_filters_only_the_per_group_series() {
+    let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard parses");
+    for expr in expressions(&dashboard) {
+        if expr.starts_with("label_values(") {
+            continue;
+        }
+        for (name, matchers) in selectors(&expr) {
+            // Histograms' series are named after their metric.
+            let metric = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            if REPLICA_WIDE.contains(&metric) {
+                assert!(!matchers.contains("group"), "{name} has no group: {expr}");
+            } else {
+                assert!(
+                    matchers.contains("group=~\"$group\""),
+                    "{name} is per group: {expr}"
+                );
+            }
+        }
+    }
+}
+
+/// The `groupcache_*` names an expression refers to.
+fn series(expr: &str) -> BTreeSet<String> {
+    selectors(expr).into_iter().map(|(name, _)| name).collect()
 }
 
 #[tokio::test]
@@ -64,8 +109,10 @@ async fn the_grafana_dashboard_queries_series_the_replicas_export() {
     let http = http();
     for key in 0..12 {
         for replica in &cluster.replicas {
-            let (status, body) = get(&http, &format!("{}/items/d{key}", replica.url)).await;
-            assert_eq!(status, 200, "{body}");
+            for path in ["items/d", "categories/c"] {
+                let (status, body) = get(&http, &format!("{}/{path}{key}", replica.url)).await;
+                assert_eq!(status, 200, "{body}");
+            }
         }
     }
     let (status, metrics) = get(&http, &format!("{}/metrics", cluster.replicas[0].url)).await;
@@ -110,13 +157,19 @@ async fn the_grafana_dashboard_queries_series_the_replicas_export() {
     }
     for expr in &exprs {
         if expr.starts_with("label_values(") {
-            // Grafana's function, not PromQL: its series must have the label.
+            // Grafana's function, not PromQL: its series must have the label, and the `group`
+            // variable offers both groups.
             let results = prometheus.query(&http, "groupcache_gets_total").await;
             assert!(
                 results
                     .iter()
                     .all(|(labels, _)| labels["group"].is_string())
             );
+            let groups: BTreeSet<&str> = results
+                .iter()
+                .filter_map(|(labels, _)| labels["group"].as_str())
+                .collect();
+            assert_eq!(groups, BTreeSet::from(["categories", "items"]));
             continue;
         }
         // `query` asserts that Prometheus accepted it (HTTP 200).

@@ -1,6 +1,7 @@
 //! The service on a real PostgreSQL (a server of the test's own, see `postgres`): cold keys cost
 //! one `SELECT` each in the whole cluster, counted by PostgreSQL, and a batch of cold keys one
-//! `ANY($1)` query per owner; writes through any replica are
+//! `ANY($1)` query per owner; a category's summary (the second group) one count, and writes of
+//! its items are counted again; writes through any replica are
 //! read back from every replica; with the database down, cached keys are still served, writes
 //! fail with 503 and change nothing, and once it is back writes succeed without a restart.
 
@@ -115,6 +116,92 @@ async fn cold_keys_cost_one_select_each_in_the_whole_cluster() {
         i64::from(KEYS),
         "warm reads queried"
     );
+}
+
+/// The second group, `categories`, on the same cluster: a category's summary read through every
+/// replica at once costs one count query in the whole cluster, run by its owner; a write of one
+/// of its items through any replica (a new item, a deleted one, one expiring) makes every
+/// replica answer the new count, at the cost of one more count each time.
+#[tokio::test]
+async fn a_category_is_counted_once_and_fresh_after_every_write() {
+    let Some(pg) = PgServer::start("categories") else {
+        return;
+    };
+    let dir = TempDir::new("pg-categories");
+    let cluster = cluster(&pg, &dir).await;
+    let db = pg.client().await;
+    let http = http();
+    insert_rows(&db, "fruit:", 5).await;
+    insert_rows(&db, "fruitcake-", 3).await;
+    db.execute("SELECT pg_stat_statements_reset()", &[])
+        .await
+        .expect("reset pg_stat_statements");
+
+    // Every replica, four times over, all at once; every answer the same count, by the owner.
+    let read_all = || {
+        let reads = (0..REPLICAS * 4).map(|i| {
+            let url = format!("{}/categories/fruit", cluster.replicas[i % REPLICAS].url);
+            let http = http.clone();
+            async move { send(&http, "GET", &url, None).await }
+        });
+        join_all(reads)
+    };
+    let counts = |answers: Vec<(u16, String, Value)>| {
+        let mut seen = std::collections::BTreeSet::new();
+        for (status, _, body) in answers {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["category"]["name"], "fruit", "{body}");
+            assert_eq!(
+                body["owner"]
+                    .as_str()
+                    .map(|owner| owner.trim_end_matches("/internal")),
+                body["category"]["loaded_by"].as_str(),
+                "counted by a replica other than the category's owner: {body}"
+            );
+            seen.insert(body["category"]["items"].as_u64().expect("a count"));
+        }
+        assert_eq!(seen.len(), 1, "the replicas disagree: {seen:?}");
+        seen.pop_first().expect("one count")
+    };
+    assert_eq!(counts(read_all().await), 5);
+    assert_eq!(
+        PgServer::category_counts(&db).await,
+        1,
+        "one count query, cluster-wide"
+    );
+
+    // Writes through each replica in turn; every replica answers the new count at once.
+    let writes: [(&str, &str, Option<Value>, u64); 4] = [
+        ("PUT", "fruit:new", Some(json!({ "value": "kiwi" })), 6),
+        ("DELETE", "fruit:0", None, 5),
+        // A new value for an item it has: the same count, counted again.
+        ("PUT", "fruit:1", Some(json!({ "value": "fig" })), 5),
+        // An item expiring soon counts until it expires.
+        (
+            "PUT",
+            "fruit:soon",
+            Some(json!({ "value": "plum", "ttl_seconds": 2 })),
+            6,
+        ),
+    ];
+    for (i, (method, key, body, expected)) in writes.into_iter().enumerate() {
+        let writer = &cluster.replicas[i % REPLICAS];
+        let body = body.map(|body| ("application/json", body.to_string().into_bytes()));
+        let write = send(&http, method, &format!("{}/items/{key}", writer.url), body).await;
+        assert!(matches!(write.0, 200 | 204), "{method} {key}: {}", write.2);
+        assert_eq!(counts(read_all().await), expected, "after {method} {key}");
+        assert_eq!(
+            PgServer::category_counts(&db).await,
+            i as i64 + 2,
+            "one count per write, cluster-wide"
+        );
+    }
+    // The summary lived no longer than its first item: once that expired, it is counted again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(counts(read_all().await), 5, "after fruit:soon expired");
+    assert_eq!(PgServer::category_counts(&db).await, 6);
+    // Keys that only start with the name (`fruitcake-`) were never in it; items were read apart.
+    assert_eq!(PgServer::item_selects(&db).await, 0);
 }
 
 /// The owner of `key` (its peer URL, as `Replica::peer_url`) in `replica`'s ring.

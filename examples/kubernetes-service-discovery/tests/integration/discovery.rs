@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::fake_apiserver::{FakeApiServer, endpoint_slice};
-use groupcache_rs::Groupcache;
+use groupcache_rs::{Cluster, Groupcache};
 use kubernetes_service_discovery::config::AddressType;
 use kubernetes_service_discovery::database::Database;
+use kubernetes_service_discovery::database::categories::Categories;
 use kubernetes_service_discovery::discovery::{
     Backoff, KubeDiscovery, PeerSet, apply_peers, watch_endpoint_slices,
 };
@@ -303,6 +304,7 @@ async fn bookmarks_keep_a_quiet_watch_resumable_after_compaction() {
     h.expect(&["10.0.0.2"]).await;
 }
 
+/// Discovery feeds the one cluster: both groups on it (items and categories) use its ring.
 #[tokio::test]
 async fn discovered_peers_become_the_cache_ring() {
     let api = FakeApiServer::start().await;
@@ -313,10 +315,16 @@ async fn discovered_peers_become_the_cache_ring() {
     let mut h = Harness::start(api).await;
     let me = "http://10.0.0.1:8080/internal";
     let database = Database::simulated(Duration::ZERO, Duration::ZERO, "test");
-    let cache = Groupcache::builder("items", me, database)
+    let cluster = Cluster::builder(me).build().expect("cluster");
+    let cache = cluster
+        .group("items", database.clone())
         .build()
-        .expect("cache");
-    let applying = tokio::spawn(apply_peers(cache.clone(), h.peers.clone(), || {}));
+        .expect("items");
+    let categories = cluster
+        .group("categories", Categories::new(database))
+        .build()
+        .expect("categories");
+    let applying = tokio::spawn(apply_peers(cluster.clone(), h.peers.clone(), || {}));
 
     let ring = |cache: &Groupcache<Database>| cache.peers().into_iter().collect::<BTreeSet<_>>();
     let until_ring = |expected: PeerSet| {
@@ -343,5 +351,11 @@ async fn discovered_peers_become_the_cache_ring() {
     ));
     h.expect(&["10.0.0.2", "10.0.0.5"]).await;
     until_ring(urls(&["10.0.0.1", "10.0.0.2", "10.0.0.5"])).await;
+    assert_eq!(
+        categories.peers(),
+        cache.peers(),
+        "one ring for both groups"
+    );
+    assert_eq!(cluster.groups(), ["categories", "items"]);
     assert!(!applying.is_finished());
 }

@@ -229,11 +229,21 @@ impl PgServer {
     /// How many times PostgreSQL ran the replicas' item `SELECT` since the last reset
     /// (`pg_stat_statements`, normalised per statement).
     pub(crate) async fn item_selects(client: &tokio_postgres::Client) -> i64 {
+        Self::calls(client, "SELECT key, value::text, expires_at FROM items%").await
+    }
+
+    /// The category counts (the `categories` group's loads) run since the last reset.
+    pub(crate) async fn category_counts(client: &tokio_postgres::Client) -> i64 {
+        Self::calls(client, "SELECT count(*), min(expires_at) FROM items%").await
+    }
+
+    /// The calls of the statements `LIKE pattern` since the last reset of `pg_stat_statements`.
+    async fn calls(client: &tokio_postgres::Client, pattern: &str) -> i64 {
         client
             .query_one(
                 "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
-                 WHERE query LIKE 'SELECT key, value::text, expires_at FROM items%'",
-                &[],
+                 WHERE query LIKE $1",
+                &[&pattern],
             )
             .await
             .expect("read pg_stat_statements")

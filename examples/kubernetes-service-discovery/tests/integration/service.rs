@@ -20,6 +20,9 @@ const KEYS: usize = 24;
 const ROUNDS: usize = 4;
 const LOADS: &str = "groupcache_local_loads_total{group=\"items\"}";
 const SERVED_TO_PEERS: &str = "groupcache_server_requests_total{group=\"items\"}";
+/// The size of the replica's ring: one gauge for all its groups, without a `group` label (the
+/// space ends the name).
+const PEERS_GAUGE: &str = "groupcache_peers ";
 
 /// A metric summed over the cluster's replicas (0 where a replica does not show it).
 async fn total(http: &reqwest::Client, cluster: &Cluster, metric: &str) -> f64 {
@@ -137,8 +140,9 @@ async fn prometheus_scrapes_counters_that_match_the_traffic() {
             ),
             0.0,
         ),
-        (format!("min(groupcache_peers{g})"), 3.0),
-        (format!("max(groupcache_peers{g})"), 3.0),
+        // The ring's size is the replica's, not a group's: no `group` label.
+        ("min(groupcache_peers)".to_owned(), 3.0),
+        ("max(groupcache_peers)".to_owned(), 3.0),
     ];
     // And per replica: its gets are the requests the test sent it plus those it served to peers.
     let per_instance = format!(
@@ -513,7 +517,7 @@ async fn kubernetes_mode_replicas_find_each_other_through_endpoint_slices() {
             Start::Ready
         ));
     }
-    let peers_gauge = "groupcache_peers{group=\"items\"}";
+    let peers_gauge = PEERS_GAUGE;
     for replica in &replicas {
         let deadline = Instant::now() + PATIENCE;
         while replica.metric(&http, peers_gauge).await != Some(3.0) {
@@ -607,7 +611,8 @@ async fn peer_authentication_from_a_secret_file() {
         0.0,
         "signed requests failed"
     );
-    let failures = "groupcache_peer_auth_failures_total{group=\"items\",reason=\"missing\"}";
+    // Replica-wide, like the ring: no `group` label.
+    let failures = "groupcache_peer_auth_failures_total{reason=\"missing\"}";
     assert_eq!(total(&http, &cluster, failures).await, 0.0);
 
     // Unsigned requests to the peer port: refused, counted, and no load.
@@ -630,11 +635,7 @@ async fn peer_authentication_from_a_secret_file() {
 /// Waits (bounded) until `replica`'s `groupcache_peers` gauge reads `n`.
 async fn wait_for_peers(http: &reqwest::Client, replica: &Replica, n: f64) {
     let deadline = Instant::now() + PATIENCE;
-    while replica
-        .metric(http, "groupcache_peers{group=\"items\"}")
-        .await
-        != Some(n)
-    {
+    while replica.metric(http, PEERS_GAUGE).await != Some(n) {
         assert!(
             Instant::now() < deadline,
             "{} never had {n} members in its ring",
