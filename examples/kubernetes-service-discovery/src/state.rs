@@ -55,3 +55,12 @@ pub struct AppState {
     /// This replica's name in responses.
     pub replica: Arc<str>,
 }
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("cache", &self.cache)
+            .field("categories", &self.categories)
+            .finish_non_exhaustive()
+    }
+}

@@ -44,6 +44,12 @@ pub struct Categories {
     database: Database,
 }
 
+impl std::fmt::Debug for Categories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Categories").finish_non_exhaustive()
+    }
+}
+
 impl Categories {
     /// Summaries of the items in `database`.
     pub fn new(database: Database) -> Self {

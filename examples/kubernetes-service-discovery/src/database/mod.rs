@@ -42,6 +42,15 @@ pub struct Database {
     replica: Arc<str>,
 }
 
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("ttl", &self.ttl)
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Database {
     /// The simulated database: answers after `latency`; every key exists until deleted. Entries
     /// are cached for `ttl` at most (zero: until evicted). `replica` names this replica in the

@@ -68,6 +68,12 @@ pub struct Postgres {
     pool: Pool,
 }
 
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres").finish_non_exhaustive()
+    }
+}
+
 impl Postgres {
     /// Connects to `url` (`postgres://user:password@host:port/dbname?sslmode=...`) with up to
     /// `max_connections`, and migrates the schema. Fails if the database cannot be reached now.
