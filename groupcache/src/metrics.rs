@@ -2,16 +2,20 @@
 //! process, e.g. by the demo that runs three replicas in one process) and through the `metrics`
 //! facade, labelled with the group, for whatever exporter the application installs.
 //!
-//! Handles are registered when the [`Groupcache`](crate::Groupcache) is built, so install the
-//! exporter (the global recorder) before building it.
+//! Handles are registered when the [`Cluster`](crate::Cluster) and each
+//! [`Groupcache`](crate::Groupcache) are built, so install the exporter (the global recorder)
+//! before building them. A group's metrics are labelled with its name; the replica's
+//! ([`ClusterMetrics`]) are not, so they are not repeated per group.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
-/// A snapshot of one replica's counters for its group.
+/// A snapshot of one replica's counters for one group.
 ///
-/// The field meanings follow golang/groupcache's `Stats`.
+/// The field meanings follow golang/groupcache's `Stats`. The fields about peers as a whole
+/// (`peer_auth_failures`, `peer_auth_replays`, `auth_nonces`, `peer_suspicions`) are the
+/// replica's, shared by every group of its [`Cluster`](crate::Cluster).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
