@@ -101,6 +101,11 @@ pub enum PeerError {
     /// The peer's body is not a valid message.
     #[error("malformed response: {0}")]
     Malformed(String),
+    /// The peer stopped answering while the request waited: the failure detector suspected it
+    /// (no answer, heartbeats included, within
+    /// [`failure_detection`](crate::ClusterBuilder::failure_detection)).
+    #[error("the peer stopped answering")]
+    Unresponsive,
     /// The peer's value is larger than the configured limit; the rest was not read.
     #[error("value over the limit of {limit} bytes")]
     TooLarge {

@@ -84,6 +84,9 @@ pub struct Stats {
     pub write_repairs_dropped: u64,
     /// Missed writes waiting now for their members to answer.
     pub write_repairs_pending: u64,
+    /// Removes (of a `remove` or `set`) that replicas which left the ring did not answer, sent
+    /// in the background because they had not answered lately either.
+    pub departed_write_failures: u64,
 }
 
 /// A counter kept both as an atomic (for [`Stats`]) and as a `metrics` handle.
@@ -155,6 +158,7 @@ pub(crate) struct Metrics {
     write_repairs_dropped: Count,
     write_repairs_pending: Gauge,
     write_repairs_pending_now: AtomicU64,
+    departed_write_failures: Count,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) load_duration: Histogram,
@@ -186,6 +190,10 @@ impl Metrics {
             write_repairs_dropped: Count::new("groupcache_write_repairs_dropped_total", &labels),
             write_repairs_pending: metrics::gauge!("groupcache_write_repairs_pending", &labels),
             write_repairs_pending_now: AtomicU64::new(0),
+            departed_write_failures: Count::new(
+                "groupcache_departed_write_failures_total",
+                &labels,
+            ),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             load_duration: metrics::histogram!("groupcache_load_duration_seconds", &labels),
@@ -243,6 +251,10 @@ impl Metrics {
         self.write_repairs.inc();
     }
 
+    pub(crate) fn departed_write_failure(&self) {
+        self.departed_write_failures.inc();
+    }
+
     pub(crate) fn write_repair_dropped(&self) {
         self.write_repairs_dropped.inc();
     }
@@ -271,6 +283,7 @@ impl Metrics {
             write_repairs: self.write_repairs.get(),
             write_repairs_dropped: self.write_repairs_dropped.get(),
             write_repairs_pending: self.write_repairs_pending_now.load(Ordering::Relaxed),
+            departed_write_failures: self.departed_write_failures.get(),
             ..Stats::default()
         }
     }
@@ -402,6 +415,10 @@ fn describe() {
     describe_counter!(
         "groupcache_write_repairs_dropped_total",
         "Missed writes not repaired because too many were waiting."
+    );
+    describe_counter!(
+        "groupcache_departed_write_failures_total",
+        "Removes that replicas which left the ring did not answer, sent in the background."
     );
     describe_gauge!(
         "groupcache_write_repairs_pending",

@@ -116,6 +116,24 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a peer may stay silent before it is suspected down (default 1 s; zero turns the
+    /// failure detector off). Every peer that speaks this library is sent a heartbeat (a signed
+    /// `GET` of the base path, answered at once, before any load) when nothing was heard from it
+    /// for a quarter of this; a peer that answered nothing, heartbeats included, for this long is
+    /// suspected for [`owner_suspicion`](Self::owner_suspicion), and the requests waiting on it
+    /// leave at once for each key's successor, rather than wait out
+    /// [`peer_timeout`](Self::peer_timeout). The next answered heartbeat trusts it again. A
+    /// timeout of a peer whose heartbeats are answered (a slow load) does not make it suspected.
+    /// golang/groupcache peers are sent no heartbeats and keep the old behaviour: suspected
+    /// after a connect failure or a timeout.
+    ///
+    /// A busy peer costs nothing: any answer counts. An idle one costs 4 heartbeats a second
+    /// (with the default), each a few microseconds on both sides.
+    pub fn failure_detection(mut self, silence: Duration) -> Self {
+        self.config.failure_detection = silence;
+        self
+    }
+
     /// Longest wait for a warm hand-off (default 100 ms with [`RingMode::Balanced`], off with
     /// [`RingMode::GoCompatible`]; zero turns it off). Within
     /// [`hot_max_age`](Self::hot_max_age) of a ring change, a replica's miss of a key it owns
@@ -235,6 +253,7 @@ impl ClusterBuilder {
         Ok(Cluster {
             inner: Arc::new(ClusterInner {
                 limits,
+                liveness_started: Default::default(),
                 self_url: peers.self_url().to_string(),
                 peers,
                 client,

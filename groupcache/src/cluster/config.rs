@@ -24,6 +24,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) max_value_bytes: usize,
     pub(crate) hot_max_age: Duration,
     pub(crate) owner_suspicion: Duration,
+    /// How long a peer may stay silent, heartbeats unanswered, before it is suspected; zero: no
+    /// heartbeats (`liveness.rs`).
+    pub(crate) failure_detection: Duration,
     /// Zero: no warm hand-off.
     pub(crate) handoff_timeout: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
@@ -44,6 +47,7 @@ impl Default for ClusterConfig {
             max_value_bytes: 16 << 20,
             hot_max_age: Duration::from_secs(60),
             owner_suspicion: Duration::from_secs(5),
+            failure_detection: Duration::from_secs(1),
             handoff_timeout: Duration::ZERO,
             auth: None,
             max_concurrent_peer_requests: 1024,

@@ -5,7 +5,7 @@
 //! A peer URL is checked and parsed once, here, when it joins: into the exact string the ring
 //! hashes and the [`Endpoint`] the connection pool dials.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,11 @@ pub(crate) struct Member {
     /// member, so a member never suspected costs no lock and no clock read per request. Written
     /// under the lock only.
     maybe_suspected: AtomicBool,
+    /// Woken when the member becomes suspected: requests waiting on it leave at once
+    /// ([`until_suspected`](Member::until_suspected)).
+    suspicion: tokio::sync::Notify,
+    /// Whether a heartbeat to it is in flight (`liveness.rs`): one at a time.
+    pub(crate) heartbeat_in_flight: AtomicBool,
 }
 
 impl Member {
@@ -48,6 +53,24 @@ impl Member {
             is_self,
             suspected_until: Mutex::new(None),
             maybe_suspected: AtomicBool::new(false),
+            suspicion: tokio::sync::Notify::new(),
+            heartbeat_in_flight: AtomicBool::new(false),
+        }
+    }
+
+    /// Completes once this member is suspected (at once if it is now): raced against a request
+    /// to it, so that a request waiting on a member that stopped answering leaves for the key's
+    /// successor when the failure detector notices, not when the request times out.
+    pub(crate) async fn until_suspected(&self) {
+        loop {
+            let notified = self.suspicion.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a suspicion between the two still wakes it.
+            notified.as_mut().enable();
+            if self.is_suspected() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -67,6 +90,10 @@ impl Member {
         let already = until.is_some_and(|until| now < until);
         *until = Some(now + duration);
         self.maybe_suspected.store(true, Ordering::Release);
+        drop(until);
+        if !already {
+            self.suspicion.notify_waiters();
+        }
         !already
     }
 
@@ -492,9 +519,41 @@ pub(crate) struct Endpoint {
     /// Whether the peer's last answer came without the advert: a golang/groupcache replica (or
     /// a proxy that drops headers). With neither flag set, it has not answered yet.
     pub(crate) plain: AtomicBool,
+    /// When the peer last answered anything (milliseconds since [`epoch`], 0: never): the
+    /// failure detector's evidence that it is alive.
+    heard: AtomicU64,
+}
+
+/// The process's reference instant for [`Endpoint::heard`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`], at least 1.
+fn millis_now() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl Endpoint {
+    /// The peer answered (anything): it is alive now.
+    pub(crate) fn heard(&self) {
+        let now = millis_now();
+        // Stored only when it moved: every answer passes here, and a store per answer would
+        // bounce the cache line between the cores.
+        if self.heard.load(Ordering::Relaxed) != now {
+            self.heard.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// How long since the peer last answered; `None` if it never has.
+    pub(crate) fn silent_for(&self) -> Option<Duration> {
+        match self.heard.load(Ordering::Relaxed) {
+            0 => None,
+            heard => Some(Duration::from_millis(millis_now().saturating_sub(heard))),
+        }
+    }
+
     /// `scheme://authority`.
     pub(crate) fn origin(&self) -> &str {
         &self.origin
@@ -545,6 +604,7 @@ impl Endpoint {
             path,
             batches: AtomicBool::new(false),
             plain: AtomicBool::new(false),
+            heard: AtomicU64::new(0),
         })
     }
 }

@@ -10,6 +10,7 @@
 pub(crate) mod builder;
 pub(crate) mod config;
 pub(crate) mod groups;
+mod liveness;
 pub(crate) mod membership;
 pub(crate) mod ring;
 
@@ -92,11 +93,14 @@ pub(crate) struct ClusterInner {
     pub(crate) metrics: ClusterMetrics,
     pub(crate) groups: Groups,
     pub(crate) limits: Limits,
+    /// Whether the failure detector's loop runs (`liveness.rs`).
+    pub(crate) liveness_started: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
     /// Adds a peer; returns false if it was already a member. Idempotent.
     pub fn add_peer(&self, url: &str) -> Result<bool, Error> {
+        self.inner.watch_liveness();
         self.inner.membership_changed(self.inner.peers.add(url))
     }
 
@@ -115,6 +119,7 @@ impl Cluster {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        self.inner.watch_liveness();
         self.inner.membership_changed(self.inner.peers.set(urls))
     }
 

@@ -331,6 +331,8 @@ cluster_settings! {
     hot_max_age(age: Duration);
     /// [`ClusterBuilder::owner_suspicion`].
     owner_suspicion(duration: Duration);
+    /// [`ClusterBuilder::failure_detection`].
+    failure_detection(silence: Duration);
     /// [`ClusterBuilder::handoff_timeout`]: the warm hand-off.
     handoff_timeout(timeout: Duration);
     /// [`ClusterBuilder::max_concurrent_peer_requests`].

@@ -437,7 +437,8 @@ impl<L: Loader> Inner<L> {
     async fn ask(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
         let started = Instant::now();
         let path = self.key_path(peer, key);
-        let fetched = self.cluster.client.get(&peer.endpoint, path).await;
+        let request = self.cluster.client.get(&peer.endpoint, path);
+        let fetched = until_unresponsive(&self.cluster, peer, request).await;
         self.metrics.peer_request_duration.record(started.elapsed());
         fetched.map(Entry::from)
     }
@@ -457,22 +458,18 @@ impl<L: Loader> Inner<L> {
         entry
     }
 
-    /// Suspects `peer` if `error` says it is down (it could not be reached, or did not answer
-    /// in time) and suspicion is on; whether it is suspected now. An error status or a malformed
-    /// answer comes from a replica that is up, which keeps its keys.
+    /// Suspects `peer` if `error` says it is down (it could not be reached, it stopped answering,
+    /// or it did not answer in time while the failure detector heard nothing else from it either)
+    /// and suspicion is on; whether it is suspected now. An error status or a malformed answer
+    /// comes from a replica that is up, which keeps its keys; so does a timeout of a peer whose
+    /// heartbeats are answered: a slow load, not a dead owner.
     pub(crate) fn suspect(&self, peer: &Member, error: &crate::PeerError) -> bool {
-        let down = matches!(
-            error,
-            crate::PeerError::Request(_) | crate::PeerError::Timeout
-        );
-        if !down || self.cluster.config.owner_suspicion.is_zero() {
-            return false;
-        }
-        if peer.suspect(self.cluster.config.owner_suspicion) {
-            self.cluster.metrics.peer_suspicion();
-            tracing::warn!(group = %self.group, peer = %peer.url, %error, suspected_for = ?self.cluster.config.owner_suspicion, "peer suspected down; its keys go to their successors");
-        }
-        true
+        let down = match error {
+            crate::PeerError::Request(_) | crate::PeerError::Unresponsive => true,
+            crate::PeerError::Timeout => !self.cluster.heard_lately(peer),
+            _ => false,
+        };
+        down && self.cluster.suspect_member(peer, error)
     }
 
     /// Caches the entry unless the key was written since the store's token was taken; returns the
@@ -551,6 +548,25 @@ impl<L: Loader> Inner<L> {
 impl<L: Loader> Inner<L> {
     async fn pause_point(&self) {
         self.pause.pass().await;
+    }
+}
+
+/// `request` to `peer`, or [`PeerError::Unresponsive`](crate::PeerError::Unresponsive) as soon as
+/// the failure detector suspects `peer` (at once if it is suspected already): a request waiting on
+/// a peer that stopped answering leaves for the key's successor within the detection time.
+pub(crate) async fn until_unresponsive<T>(
+    cluster: &Arc<ClusterInner>,
+    peer: &Member,
+    request: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    if cluster.config.failure_detection.is_zero() {
+        return request.await;
+    }
+    cluster.watch_liveness();
+    tokio::select! {
+        biased;
+        answered = request => answered,
+        () = peer.until_suspected() => Err(Failure::Peer(crate::PeerError::Unresponsive)),
     }
 }
 

@@ -23,7 +23,7 @@ use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use tokio::sync::oneshot;
 
 use super::Groupcache;
-use super::journey::Inner;
+use super::journey::{Inner, until_unresponsive};
 use super::led::{Led, once_each};
 use super::store::{Caller, Store};
 use crate::caches::Entry;
@@ -341,11 +341,8 @@ impl<L: Loader> Inner<L> {
         };
         let path = self.key_path(&owner, BATCH_KEY);
         let started = Instant::now();
-        let answer = self
-            .cluster
-            .client
-            .batch(&owner.endpoint, path, &request)
-            .await;
+        let answer = self.cluster.client.batch(&owner.endpoint, path, &request);
+        let answer = until_unresponsive(&self.cluster, &owner, answer).await;
         self.metrics.peer_request_duration.record(started.elapsed());
         drop(request);
         let entries = match answer {

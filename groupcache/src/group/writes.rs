@@ -60,11 +60,12 @@ impl<L: Loader> Inner<L> {
                     expire: Some(entry.expire),
                 };
                 let path = self.key_path(owner, key);
-                let stored = self
-                    .cluster
-                    .client
-                    .set(&owner.endpoint, path, &request)
-                    .await;
+                // An owner suspected down is not waited for: it gets the write as a repair.
+                let stored = if owner.is_suspected() {
+                    Err(crate::PeerError::Unresponsive)
+                } else {
+                    self.cluster.client.set(&owner.endpoint, path, &request).await
+                };
                 self.forget(key);
                 if stored.is_err() {
                     self.missed(owner, key);
@@ -141,7 +142,10 @@ impl<L: Loader> Inner<L> {
     /// sent the remove as well, since one that left may still serve a copy (as the key's former
     /// owner while its own discovery lags, or from its hot cache to its own clients through its
     /// drain); their failures are logged, not returned: a replica that crashed or drained cannot
-    /// be reached, and would fail every remove until its ring is forgotten.
+    /// be reached, and would fail every remove until its ring is forgotten. With the failure
+    /// detector on, only those heard from within its detection time are waited for (a draining
+    /// replica answers); the others are sent the remove in the background, so an address that
+    /// drops packets never delays a write.
     async fn remove_on_all_but(
         self: &Arc<Self>,
         membership: &Membership,
@@ -153,22 +157,49 @@ impl<L: Loader> Inner<L> {
             .filter(|peer| owner.is_none_or(|owner| !Arc::ptr_eq(owner, peer)));
         let results =
             futures_util::future::join_all(others.map(|peer| self.remove_on_member(peer, key)));
-        let departed = membership.departed(Instant::now());
+        let detection_off = self.cluster.config.failure_detection.is_zero();
+        let (awaited, silent): (Vec<&Arc<Member>>, Vec<&Arc<Member>>) = membership
+            .departed(Instant::now())
+            .into_iter()
+            .partition(|peer| detection_off || self.cluster.heard_lately(peer));
+        if !silent.is_empty() {
+            let silent: Vec<Arc<Member>> = silent.into_iter().cloned().collect();
+            tokio::spawn(Self::remove_on_departed(self.clone(), silent, key.to_owned()));
+        }
         let departed = futures_util::future::join_all(
-            departed.into_iter().map(|peer| self.remove_on(peer, key)),
+            awaited.into_iter().map(|peer| self.remove_on(peer, key)),
         );
         let (results, _departed) = futures_util::future::join(results, departed).await;
         results.into_iter().collect()
     }
 
+    /// The remove of `key` on replicas that left the ring and have not answered lately, in the
+    /// background; failures counted.
+    async fn remove_on_departed(self: Arc<Self>, peers: Vec<Arc<Member>>, key: String) {
+        let sent = peers.iter().map(|peer| self.remove_on(peer, &key));
+        for result in futures_util::future::join_all(sent).await {
+            if result.is_err() {
+                self.metrics.departed_write_failure();
+            }
+        }
+    }
+
     /// [`remove_on`](Self::remove_on) a member of the ring; if it misses the write, it is sent
-    /// the remove again until it answers (`repairs.rs`).
+    /// the remove again until it answers (`repairs.rs`). A member suspected down is not waited
+    /// for: it has missed the write, and gets it as a repair once it answers again.
     async fn remove_on_member(
         self: &Arc<Self>,
         peer: &Arc<Member>,
         key: &str,
     ) -> Result<(), Error> {
-        let removed = self.remove_on(peer, key).await;
+        let removed = if peer.is_suspected() {
+            Err(Error::Peer {
+                peer: peer.url.to_string(),
+                source: crate::PeerError::Unresponsive,
+            })
+        } else {
+            self.remove_on(peer, key).await
+        };
         if removed.is_err() {
             self.missed(peer, key);
         }

@@ -16,7 +16,9 @@ use prost::Message;
 use super::auth::{PeerAuth, SIGNATURE_HEADER};
 use super::batch;
 use super::pool::{Answer, Connections, ReadError, request_error};
-use super::protocol::{BATCH_HEADER, ERROR_KIND, LOADER_ERROR, PEEK, PEEK_HEADER, PROTOBUF};
+use super::protocol::{
+    BATCH_HEADER, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, PEEK, PEEK_HEADER, PROTOBUF,
+};
 use crate::PeerError;
 use crate::cluster::membership::Endpoint;
 
@@ -143,6 +145,33 @@ impl PeerClient {
             .unwrap_or(Err(Failure::Peer(PeerError::Timeout)))
     }
 
+    /// A heartbeat ([`HEARTBEAT_HEADER`]): whether the peer answers within `timeout`.
+    pub(crate) async fn heartbeat(
+        &self,
+        peer: &Arc<Endpoint>,
+        path: String,
+        timeout: Duration,
+    ) -> Result<(), PeerError> {
+        let exchange = async {
+            let answer = self
+                .send(Method::GET, peer, path, Bytes::new(), Some((HEARTBEAT_HEADER, "1")))
+                .await?;
+            let status = answer.response.status();
+            let _ = answer.read_prefix(64).await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(PeerError::Status {
+                    status: status.as_u16(),
+                    message: "heartbeat refused".to_owned(),
+                })
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(PeerError::Timeout))
+    }
+
     /// `DELETE`: drop the key from the peer's caches.
     pub(crate) async fn remove(&self, peer: &Arc<Endpoint>, path: String) -> Result<(), PeerError> {
         self.expect_success(Method::DELETE, peer, path, Bytes::new())
@@ -248,6 +277,7 @@ pub(super) async fn error_message(answer: Answer) -> String {
 /// peer replaced by one that does not batch (a golang/groupcache binary at the same URL) is
 /// asked singly again after its first answer.
 pub(crate) fn record_advert(peer: &Endpoint, response: &hyper::Response<hyper::body::Incoming>) {
+    peer.heard();
     let batches = response.headers().contains_key(BATCH_HEADER);
     // Stored only when it changes: every request to the peer reads this endpoint, and a store
     // per answer would bounce its cache line between the cores.

@@ -36,6 +36,12 @@ pub(crate) const LOADER_ERROR: &str = "loader";
 /// sent it (see `Builder::handoff_timeout`). Signed, like every request, when auth is on.
 pub(crate) const PEEK_HEADER: &str = "groupcache-peek";
 
+/// On a `GET` of the base path itself (value `1`): a heartbeat of the failure detector
+/// (`cluster/liveness.rs`), answered 200 at once, before any group, slot or load. Signed like
+/// every request when auth is on. Sent only to peers that advertise batches (this library):
+/// golang/groupcache would answer 400, and its replicas keep the old behaviour.
+pub(crate) const HEARTBEAT_HEADER: &str = "groupcache-heartbeat";
+
 /// The [`PEEK_HEADER`] value.
 pub(crate) const PEEK: &str = "1";
 

@@ -23,7 +23,8 @@ use super::auth::SIGNATURE_HEADER;
 use super::batch::{Refused, answer_room, encode_answer, parse_request};
 use super::limits::{Held, Share};
 use super::protocol::{
-    BATCH_HEADER, BATCH_KEY, ERROR_KIND, LOADER_ERROR, PEEK_HEADER, PROTOBUF, get_response,
+    BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, PEEK_HEADER, PROTOBUF,
+    get_response,
     parse_path,
 };
 use crate::Error;
@@ -123,6 +124,11 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             Ok(verified) => digest = Some(verified),
             Err(refusal) => return refused(port, original.path(), refusal),
         }
+    }
+    // A heartbeat: this replica is alive, whatever its groups and loads (no slot is taken, so a
+    // replica busy with slow loads still answers, and is not taken for dead).
+    if method == Method::GET && headers.contains_key(HEARTBEAT_HEADER) && body.is_end_stream() {
+        return text(StatusCode::OK, "alive");
     }
     // Inside a nested router, `Uri` has the application's prefix stripped.
     let Some((group_name, key)) = parse_path(uri.path(), &cluster.config.base_path) else {

@@ -1,0 +1,115 @@
+//! The failure detector: heartbeats to the peers that speak this library, so that a replica
+//! learns within [`failure_detection`](crate::ClusterBuilder::failure_detection) that a peer
+//! stopped answering (frozen, paused, black-holed), and the requests waiting on it leave for each
+//! key's successor (`Member::until_suspected`) instead of waiting out `peer_timeout`.
+//!
+//! Any answer is evidence of life (`Endpoint::heard`): a peer that answers requests is sent no
+//! heartbeat. One heartbeat per peer is in flight at a time, sent when nothing was heard from it
+//! for a quarter of the detection time. A peer silent for the whole detection time, its latest
+//! heartbeat unanswered, is suspected; the next heartbeat it answers trusts it again. A peer that
+//! is slow to load but answers heartbeats (the router answers them before any slot or load) is
+//! never suspected. golang/groupcache peers cannot answer heartbeats and are never sent one.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::ClusterInner;
+use super::membership::Member;
+
+impl ClusterInner {
+    /// Starts the detector once, if it is on and a tokio runtime is at hand (it is started again
+    /// from the next request or ring change otherwise).
+    pub(crate) fn watch_liveness(self: &Arc<Self>) {
+        if self.config.failure_detection.is_zero()
+            || self.liveness_started.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.liveness_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(heartbeats(Arc::downgrade(self)));
+    }
+
+    /// Suspects `member` for `owner_suspicion`, counted and logged once per suspicion; whether
+    /// it is suspected now.
+    pub(crate) fn suspect_member(&self, member: &Member, why: &dyn std::fmt::Display) -> bool {
+        let duration = self.config.owner_suspicion;
+        if duration.is_zero() {
+            return false;
+        }
+        if member.suspect(duration) {
+            self.metrics.peer_suspicion();
+            tracing::warn!(peer = %member.url, %why, suspected_for = ?duration, "peer suspected down; its keys go to their successors");
+        }
+        true
+    }
+
+    /// Whether `member` answered anything within the detection time: alive, however slow its
+    /// loads. Always false with the detector off.
+    pub(crate) fn heard_lately(&self, member: &Member) -> bool {
+        let detection = self.config.failure_detection;
+        !detection.is_zero()
+            && member
+                .endpoint
+                .silent_for()
+                .is_some_and(|silent| silent < detection)
+    }
+}
+
+/// The detector's loop: every quarter of the detection time, a heartbeat to each peer of ours
+/// not heard from for that long. Holds the cluster weakly: a cluster dropped ends it.
+async fn heartbeats(cluster: Weak<ClusterInner>) {
+    loop {
+        let interval = {
+            let Some(cluster) = cluster.upgrade() else {
+                return;
+            };
+            let detection = cluster.config.failure_detection;
+            let interval = (detection / 4).max(Duration::from_millis(10));
+            let membership = cluster.peers.snapshot();
+            for member in membership.others() {
+                // Ours only: a golang/groupcache peer would answer 400, and never batches.
+                let ours = member.endpoint.batches.load(Ordering::Relaxed);
+                let quiet = member
+                    .endpoint
+                    .silent_for()
+                    .is_some_and(|silent| silent >= interval);
+                if ours && quiet && !member.heartbeat_in_flight.swap(true, Ordering::AcqRel) {
+                    tokio::spawn(heartbeat(cluster.clone(), member.clone()));
+                }
+            }
+            interval
+        };
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One heartbeat to `member`: trusted again if it answers; suspected if it does not and nothing
+/// else was heard from it for the detection time.
+async fn heartbeat(cluster: Arc<ClusterInner>, member: Arc<Member>) {
+    let detection = cluster.config.failure_detection;
+    let answered = cluster
+        .client
+        .heartbeat(&member.endpoint, member.path.clone(), detection)
+        .await;
+    member.heartbeat_in_flight.store(false, Ordering::Release);
+    match answered {
+        Ok(()) => {
+            if member.is_suspected() {
+                tracing::info!(peer = %member.url, "peer answers again: trusted");
+            }
+            member.trust();
+        }
+        Err(error) => {
+            let silent = member.endpoint.silent_for().unwrap_or(Duration::MAX);
+            if silent >= detection {
+                cluster.suspect_member(&member, &format_args!("no answer for {silent:?}: {error}"));
+            }
+        }
+    }
+}
