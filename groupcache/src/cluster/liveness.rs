@@ -21,8 +21,7 @@ impl ClusterInner {
     /// Starts the detector once, if it is on and a tokio runtime is at hand (it is started again
     /// from the next request or ring change otherwise).
     pub(crate) fn watch_liveness(self: &Arc<Self>) {
-        if self.config.failure_detection.is_zero()
-            || self.liveness_started.load(Ordering::Relaxed)
+        if self.config.failure_detection.is_zero() || self.liveness_started.load(Ordering::Relaxed)
         {
             return;
         }

@@ -532,7 +532,9 @@ fn epoch() -> Instant {
 
 /// Milliseconds since [`epoch`], at least 1.
 fn millis_now() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(epoch().elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Endpoint {

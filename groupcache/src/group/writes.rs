@@ -64,7 +64,10 @@ impl<L: Loader> Inner<L> {
                 let stored = if owner.is_suspected() {
                     Err(crate::PeerError::Unresponsive)
                 } else {
-                    self.cluster.client.set(&owner.endpoint, path, &request).await
+                    self.cluster
+                        .client
+                        .set(&owner.endpoint, path, &request)
+                        .await
                 };
                 self.forget(key);
                 if stored.is_err() {
@@ -164,7 +167,11 @@ impl<L: Loader> Inner<L> {
             .partition(|peer| detection_off || self.cluster.heard_lately(peer));
         if !silent.is_empty() {
             let silent: Vec<Arc<Member>> = silent.into_iter().cloned().collect();
-            tokio::spawn(Self::remove_on_departed(self.clone(), silent, key.to_owned()));
+            tokio::spawn(Self::remove_on_departed(
+                self.clone(),
+                silent,
+                key.to_owned(),
+            ));
         }
         let departed = futures_util::future::join_all(
             awaited.into_iter().map(|peer| self.remove_on(peer, key)),

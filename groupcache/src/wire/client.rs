@@ -154,7 +154,13 @@ impl PeerClient {
     ) -> Result<(), PeerError> {
         let exchange = async {
             let answer = self
-                .send(Method::GET, peer, path, Bytes::new(), Some((HEARTBEAT_HEADER, "1")))
+                .send(
+                    Method::GET,
+                    peer,
+                    path,
+                    Bytes::new(),
+                    Some((HEARTBEAT_HEADER, "1")),
+                )
                 .await?;
             let status = answer.response.status();
             let _ = answer.read_prefix(64).await;

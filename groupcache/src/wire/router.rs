@@ -24,8 +24,7 @@ use super::batch::{Refused, answer_room, encode_answer, parse_request};
 use super::limits::{Held, Share};
 use super::protocol::{
     BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, PEEK_HEADER, PROTOBUF,
-    get_response,
-    parse_path,
+    get_response, parse_path,
 };
 use crate::Error;
 use crate::caches::Entry;

@@ -5,7 +5,7 @@
 //! replica [--listen 127.0.0.1:0] [--self URL] [--load-ms N] [--value-bytes N] [--main-bytes N]
 //!         [--hot-bytes N] [--peer-timeout-ms N] [--connect-timeout-ms N] [--hot-max-age-ms N]
 //!         [--hot-promotion N] [--secret S] [--max-nonces N] [--header-timeout-ms N]
-//!         [--owner-suspicion-ms N] [--source URL] [--load-jitter-ms N] [--go-compatible true]
+//!         [--owner-suspicion-ms N] [--failure-detection-ms N] [--source URL] [--load-jitter-ms N] [--go-compatible true]
 //!         [--slow-keys PREFIX --slow-load-ms N]
 //! ```
 //!
@@ -74,6 +74,7 @@ struct Options {
     max_nonces: Option<usize>,
     header_timeout: Option<Duration>,
     owner_suspicion: Option<Duration>,
+    failure_detection: Option<Duration>,
     source: Option<String>,
     load_jitter: Duration,
     go_compatible: bool,
@@ -97,6 +98,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         max_nonces: None,
         header_timeout: None,
         owner_suspicion: None,
+        failure_detection: None,
         source: None,
         load_jitter: Duration::ZERO,
         go_compatible: false,
@@ -130,6 +132,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             }
             "--owner-suspicion-ms" => {
                 options.owner_suspicion = Some(Duration::from_millis(number()?))
+            }
+            "--failure-detection-ms" => {
+                options.failure_detection = Some(Duration::from_millis(number()?))
             }
             "--source" => options.source = Some(value.trim_end_matches('/').to_owned()),
             "--load-jitter-ms" => options.load_jitter = Duration::from_millis(number()?),
@@ -326,6 +331,9 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(suspicion) = options.owner_suspicion {
             builder = builder.owner_suspicion(suspicion);
+        }
+        if let Some(silence) = options.failure_detection {
+            builder = builder.failure_detection(silence);
         }
         let cache = builder.build()?;
         // Installed before `listening` is printed: a SIGTERM from then on is never the default
