@@ -74,6 +74,10 @@ pub struct BatchRequest {
     /// [`BatchEntry::skipped`], to be asked for one by one.
     #[prost(uint64, optional, tag = "3")]
     pub max_answer_bytes: Option<u64>,
+    /// The longest the requester waits for the answer, in milliseconds: the owner answers by
+    /// then, and marks the keys still loading [`BatchEntry::pending`]. Absent: no limit.
+    #[prost(uint64, optional, tag = "4")]
+    pub max_wait_ms: Option<u64>,
 }
 
 /// One key's answer in a batch: a value (with its expiry), the owner's loader error, another
@@ -95,6 +99,10 @@ pub struct BatchEntry {
     /// The answer had no room for this value: ask for it on its own.
     #[prost(bool, optional, tag = "5")]
     pub skipped: Option<bool>,
+    /// Still loading when the requester's wait ([`BatchRequest::max_wait_ms`]) ran out: the load
+    /// goes on, ask again.
+    #[prost(bool, optional, tag = "6")]
+    pub pending: Option<bool>,
 }
 
 #[cfg(test)]

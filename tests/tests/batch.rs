@@ -351,6 +351,7 @@ async fn hostile_batches_get_4xx_and_load_nothing() {
             group: Some(GROUP.into()),
             keys,
             max_answer_bytes: None,
+            max_wait_ms: None,
         }
         .encode_to_vec()
     };

@@ -38,8 +38,13 @@ pub(crate) trait Served: Send + Sync + 'static {
     fn serve_set(&self, key: &str, entry: Entry);
     /// A peer's `DELETE`.
     fn serve_remove(&self, key: &str);
-    /// A peer's batch: one outcome per key, in order.
-    fn serve_batch(self: Arc<Self>, keys: Vec<String>) -> Boxed<'static, Vec<Outcome<Entry>>>;
+    /// A peer's batch: one outcome per key, in order; `None` for a key still loading after
+    /// `max_wait` (the load goes on).
+    fn serve_batch(
+        self: Arc<Self>,
+        keys: Vec<String>,
+        max_wait: Option<std::time::Duration>,
+    ) -> Boxed<'static, Vec<Option<Outcome<Entry>>>>;
     /// The ring changed to `membership`: what the group holds as owned is reconsidered.
     fn ring_changed(&self, membership: &Membership);
 }

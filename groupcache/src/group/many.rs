@@ -85,6 +85,10 @@ impl<L: Loader> Groupcache<L> {
     }
 }
 
+/// Batch requests for the same keys to one owner, at most: the keys still pending after the last
+/// round are loaded here, as after a failed request.
+const BATCH_ROUNDS: usize = 4;
+
 type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + 'a>>;
 
 impl<L: Loader> Inner<L> {
@@ -167,10 +171,13 @@ impl<L: Loader> Inner<L> {
     ) -> Vec<Outcome<Entry>> {
         let this = self.clone();
         let store = |key: &str| self.hot_store(key);
-        self.join_flights(&self.fetches, keys, store, move |led| {
+        self.join_flights(&self.fetches, keys, store, None, move |led| {
             tokio::spawn(this.fetch_batch(owner, led));
         })
         .await
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or(Err(Error::LoadAbandoned)))
+        .collect()
     }
 
     /// Loads `keys`, all owned here or asked for by a peer, through their load flights, with one
@@ -180,6 +187,21 @@ impl<L: Loader> Inner<L> {
         keys: &[&str],
         caller: Caller,
     ) -> Vec<Outcome<Entry>> {
+        self.load_many_by(keys, caller, None)
+            .await
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Err(Error::LoadAbandoned)))
+            .collect()
+    }
+
+    /// [`load_many`](Self::load_many), answering by `deadline` if given: a key still loading then
+    /// is `None` (its load goes on, in its flight's task, for whoever asks next).
+    pub(crate) async fn load_many_by(
+        self: &Arc<Self>,
+        keys: &[&str],
+        caller: Caller,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Vec<Option<Outcome<Entry>>> {
         let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
         let mut loading = Vec::new();
         for (index, &key) in keys.iter().enumerate() {
@@ -192,28 +214,27 @@ impl<L: Loader> Inner<L> {
         let this = self.clone();
         let store = |key: &str| self.load_store(key, caller);
         let loaded = self
-            .join_flights(&self.loads, &loading_keys, store, move |led| {
+            .join_flights(&self.loads, &loading_keys, store, deadline, move |led| {
                 tokio::spawn(this.load_batch(led));
             })
             .await;
         for (&index, outcome) in loading.iter().zip(loaded) {
-            results[index] = Some(outcome);
+            results[index] = outcome;
         }
         results
-            .into_iter()
-            .map(|result| result.unwrap_or(Err(Error::LoadAbandoned)))
-            .collect()
     }
 
     /// Joins `flight` for each of `keys` and hands the keys this call leads to `lead` (which
-    /// must answer each of them, in a task of its own); the outcome of every key, in order.
+    /// must answer each of them, in a task of its own); the outcome of every key, in order, or
+    /// `None` for a key not answered by `deadline`.
     async fn join_flights(
         &self,
         flight: &Flight<Entry>,
         keys: &[&str],
         store: impl Fn(&str) -> Store + Sync,
+        deadline: Option<tokio::time::Instant>,
         lead: impl FnOnce(Vec<Led>),
-    ) -> Vec<Outcome<Entry>> {
+    ) -> Vec<Option<Outcome<Entry>>> {
         let led = Arc::new(Mutex::new(Vec::new()));
         let mut joined: Vec<Joined<'_>> = keys
             .iter()
@@ -254,14 +275,18 @@ impl<L: Loader> Inner<L> {
         }
         let mut outcomes = Vec::with_capacity(keys.len());
         for (flight, done) in joined.into_iter().zip(done) {
-            let (outcome, started) = match done {
-                Some(done) => done,
-                None => flight.await,
+            let done = match (done, deadline) {
+                (Some(done), _) => Some(done),
+                (None, None) => Some(flight.await),
+                // Dropping the flight's future leaves its work running in its task.
+                (None, Some(deadline)) => tokio::time::timeout_at(deadline, flight).await.ok(),
             };
-            if started {
-                self.metrics.load_deduped();
-            }
-            outcomes.push(outcome);
+            outcomes.push(done.map(|(outcome, started)| {
+                if started {
+                    self.metrics.load_deduped();
+                }
+                outcome
+            }));
         }
         outcomes
     }
@@ -319,6 +344,12 @@ impl<L: Loader> Inner<L> {
     }
 
     /// The owner's answer for the led keys, each handed to its flight as soon as it is known.
+    ///
+    /// The owner is told how long this replica waits (`max_wait_ms`, three quarters of
+    /// `peer_timeout`), and answers by then, marking the keys still loading `pending`: those are
+    /// asked for again, in another batch, while the owner answers and for at most
+    /// [`BATCH_ROUNDS`] rounds. So a batch whose loads take longer than `peer_timeout` (1,024
+    /// cold keys at 320 ms each) is loaded once, by the owner, and never makes it suspected.
     pub(crate) async fn fetch_batch(self: Arc<Self>, owner: Arc<Member>, led: Vec<Led>) {
         let mut asking = Vec::with_capacity(led.len());
         for led in once_each(led) {
@@ -327,22 +358,60 @@ impl<L: Loader> Inner<L> {
                 None => asking.push(led),
             }
         }
-        if asking.is_empty() {
-            return;
+        for round in 1..=BATCH_ROUNDS {
+            if asking.is_empty() {
+                return;
+            }
+            if owner.is_suspected() {
+                self.from_successors(asking).await;
+                return;
+            }
+            let Some(entries) = self.ask_batch(&owner, &asking).await else {
+                self.from_successors(asking).await;
+                return;
+            };
+            let mut pending = Vec::new();
+            let mut settling = Vec::with_capacity(asking.len());
+            for (led, entry) in asking.into_iter().zip(entries) {
+                match entry {
+                    Some(entry) if entry.pending == Some(true) && round < BATCH_ROUNDS => {
+                        pending.push(led)
+                    }
+                    entry => settling.push((led, entry)),
+                }
+            }
+            let settled = settling.into_iter().map(|(led, entry)| {
+                let this = &self;
+                let owner = &owner;
+                async move {
+                    let outcome = this.settle(&led, owner, entry).await;
+                    led.answer(outcome);
+                }
+            });
+            futures_util::future::join_all(settled).await;
+            asking = pending;
         }
-        if owner.is_suspected() {
-            self.from_successors(asking).await;
-            return;
-        }
+    }
+
+    /// One batch request for `asking` to `owner`: an entry per key (`None`: the request failed,
+    /// load it here), or `None` if the owner is suspected down now (ask the successors).
+    async fn ask_batch(
+        &self,
+        owner: &Arc<Member>,
+        asking: &[Led],
+    ) -> Option<Vec<Option<BatchEntry>>> {
+        let config = &self.cluster.config;
+        let max_wait = config.peer_timeout * 3 / 4;
         let request = BatchRequest {
             group: Some(self.group.clone()),
             keys: asking.iter().map(|led| led.key.clone()).collect(),
-            max_answer_bytes: Some(self.cluster.config.max_batch_bytes as u64),
+            max_answer_bytes: Some(config.max_batch_bytes as u64),
+            max_wait_ms: Some(u64::try_from(max_wait.as_millis()).unwrap_or(u64::MAX)),
         };
-        let path = self.key_path(&owner, BATCH_KEY);
+        let path = self.key_path(owner, BATCH_KEY);
         let started = Instant::now();
         let answer = self.cluster.client.batch(&owner.endpoint, path, &request);
-        let answer = until_unresponsive(&self.cluster, &owner, answer).await;
+        let answer = until_unresponsive(&self.cluster, owner, answer).await;
         self.metrics.peer_request_duration.record(started.elapsed());
         drop(request);
         let entries = match answer {
@@ -365,9 +434,8 @@ impl<L: Loader> Inner<L> {
                 // As a single fetch does: an owner that is down hands its keys to their
                 // successors, which every replica picks alike, rather than have each asker
                 // load them.
-                if self.suspect(&owner, &error) {
-                    self.from_successors(asking).await;
-                    return;
+                if self.suspect(owner, &error) {
+                    return None;
                 }
                 tracing::warn!(group = %self.group, peer = %owner.url, %error, keys = asking.len(), "batch to peer failed; loading its keys locally");
                 vec![None; asking.len()]
@@ -381,15 +449,7 @@ impl<L: Loader> Inner<L> {
                 vec![Some(entry); asking.len()]
             }
         };
-        let settled = asking.into_iter().zip(entries).map(|(led, entry)| {
-            let this = &self;
-            let owner = &owner;
-            async move {
-                let outcome = this.settle(&led, owner, entry).await;
-                led.answer(outcome);
-            }
-        });
-        futures_util::future::join_all(settled).await;
+        Some(entries)
     }
 
     /// One key's outcome from its batch entry (`None`: the batch failed), as `fetch_from` has it
@@ -413,6 +473,11 @@ impl<L: Loader> Inner<L> {
         if let Some(error) = entry.error {
             self.metrics.peer_error();
             tracing::warn!(group = %self.group, peer = %owner.url, key, %error, "peer failed a batched key; loading it locally");
+            return self.load(key, self.hot_store(key), false).await.0;
+        }
+        if entry.pending == Some(true) {
+            // Still loading on the owner after the last round: as after a failed request.
+            tracing::warn!(group = %self.group, peer = %owner.url, key, "peer still loading a batched key after every round; loading it locally");
             return self.load(key, self.hot_store(key), false).await.0;
         }
         if entry.skipped == Some(true) {

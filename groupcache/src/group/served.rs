@@ -45,12 +45,17 @@ impl<L: Loader> Served for Inner<L> {
         self.forget(key);
     }
 
-    fn serve_batch(self: Arc<Self>, keys: Vec<String>) -> Boxed<'static, Vec<Outcome<Entry>>> {
+    fn serve_batch(
+        self: Arc<Self>,
+        keys: Vec<String>,
+        max_wait: Option<std::time::Duration>,
+    ) -> Boxed<'static, Vec<Option<Outcome<Entry>>>> {
         // Each key as a peer's single `GET` is answered (from the caches, or loaded here, never
-        // forwarded), with one `load_many` for the keys to load.
+        // forwarded), with one `load_many` for the keys to load, by the asker's deadline.
+        let deadline = max_wait.map(|wait| tokio::time::Instant::now() + wait);
         Box::pin(async move {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            self.load_many(&keys, Caller::Peer).await
+            self.load_many_by(&keys, Caller::Peer, deadline).await
         })
     }
 

@@ -117,10 +117,19 @@ pub(crate) fn parse_request(
 }
 
 /// The answer to a batch: one length-delimited `BatchEntry` per result, in order, with at most
-/// `room` bytes of values (the rest `skipped`, to be asked for one by one).
-pub(crate) fn encode_answer(results: Vec<Outcome<Entry>>, mut room: usize) -> Vec<u8> {
+/// `room` bytes of values (the rest `skipped`, to be asked for one by one); `None`: `pending`.
+pub(crate) fn encode_answer(results: Vec<Option<Outcome<Entry>>>, mut room: usize) -> Vec<u8> {
     let mut encoded = Vec::new();
     for result in results {
+        let Some(result) = result else {
+            // Still loading by the asker's deadline: it asks again.
+            let pending = BatchEntry {
+                pending: Some(true),
+                ..BatchEntry::default()
+            };
+            let _ = pending.encode_length_delimited(&mut encoded);
+            continue;
+        };
         let entry = match result {
             Ok(entry) if entry.value.len() <= room => {
                 room -= entry.value.len();
@@ -185,6 +194,7 @@ mod tests {
             group: Some("g".into()),
             keys: keys.iter().map(|&k| k.to_owned()).collect(),
             max_answer_bytes: None,
+            max_wait_ms: None,
         }
         .encode_to_vec()
     }

@@ -7,6 +7,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
@@ -239,7 +240,13 @@ async fn answer_batch(port: &Port, group: Arc<dyn Served>, name: &str, body: &[u
         Err(Refused { status, message }) => return text(status, &message),
     };
     let room = answer_room(request.max_answer_bytes, config.max_batch_bytes);
-    let results = group.serve_batch(request.keys).await;
+    // The asker's wait, a little less (the answer must travel back), within the peer timeout.
+    let max_wait = request.max_wait_ms.map(|ms| {
+        Duration::from_millis(ms)
+            .min(config.peer_timeout)
+            .mul_f64(0.9)
+    });
+    let results = group.serve_batch(request.keys, max_wait).await;
     (
         [(header::CONTENT_TYPE, PROTOBUF)],
         encode_answer(results, room),
