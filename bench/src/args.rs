@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 10] = [
+pub(crate) const WORKLOADS: [&str; 11] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -14,6 +14,7 @@ pub(crate) const WORKLOADS: [&str; 10] = [
     "coalesce",
     "churn",
     "traces",
+    "groups-flood",
 ];
 
 /// What to do.
@@ -50,6 +51,14 @@ pub(crate) struct BenchOptions {
     pub only: Vec<String>,
     /// Value sizes of the memory workload, in bytes.
     pub value_bytes: Vec<usize>,
+    /// groups-flood: how long the flood group's loader takes.
+    pub flood_load_ms: u64,
+    /// groups-flood: the flood's connections, each with one request in flight.
+    pub flood_connections: usize,
+    /// groups-flood: the replica's `max_concurrent_peer_requests`; None: the library's default.
+    pub max_peer_requests: Option<usize>,
+    /// groups-flood: how long a flood connection waits after a 503 before it asks again.
+    pub flood_pause_ms: u64,
 }
 
 impl Default for BenchOptions {
@@ -64,6 +73,10 @@ impl Default for BenchOptions {
             go_peer: None,
             only: Vec::new(),
             value_bytes: vec![4096],
+            flood_load_ms: 3_000,
+            flood_connections: 2_000,
+            max_peer_requests: None,
+            flood_pause_ms: 0,
         }
     }
 }
@@ -92,25 +105,36 @@ pub(crate) struct ReplicaOptions {
     pub no_handoff: bool,
     /// `Builder::admission`: TinyLFU admission on both caches.
     pub admission: bool,
+    /// groups-flood: 0, the benchmark group alone (the rest of this struct applies); 1 or 2,
+    /// one `Cluster` serving the calm group, and with 2 the flood group too, whose keys
+    /// ([`FLOOD_KEYS`](crate::shared::FLOOD_KEYS)) alone take `load_ms` to load.
+    pub groups: usize,
+    /// groups-flood: `ClusterBuilder::max_concurrent_peer_requests`; None: the default.
+    pub max_peer_requests: Option<usize>,
 }
 
 /// How to call the program.
 pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
-                        [--value-bytes 64,100,4096]
+                        [--value-bytes 64,100,4096] [--flood-load-ms N] [--flood N]
+                        [--max-peer-requests N] [--flood-pause-ms N]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
-churn, traces; `all` runs every one
+churn, traces, groups-flood; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
 go-bare) runs one side alone, for profiling: its figures are not side by side.
 --value-bytes sets the memory workload's value sizes (default 4096), one case each.
+groups-flood: --flood-load-ms is the flood group's loader latency (default 3000), --flood its
+connections (default 2000), --max-peer-requests the replica's limit (default: the library's),
+--flood-pause-ms a flood connection's wait after a 503 (default 0: it asks again at once).
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
-[--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission]` and `ceiling-server`
-are the server processes the driver starts.";
+[--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission]
+[--groups 1|2] [--max-peer-requests N]` and `ceiling-server` are the server processes the driver
+starts.";
 
 /// Parses the arguments after the program name.
 pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
@@ -146,6 +170,12 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
             "--go-peer" => options.go_peer = Some(PathBuf::from(value(&arg)?)),
             "--only" => options.only = value(&arg)?.split(',').map(str::to_owned).collect(),
             "--value-bytes" => options.value_bytes = positive_list(&arg, &value(&arg)?, "sizes")?,
+            "--flood-load-ms" => options.flood_load_ms = number(&arg, &value(&arg)?)? as u64,
+            "--flood-pause-ms" => options.flood_pause_ms = number(&arg, &value(&arg)?)? as u64,
+            "--flood" => options.flood_connections = number(&arg, &value(&arg)?)?.max(1),
+            "--max-peer-requests" => {
+                options.max_peer_requests = Some(number(&arg, &value(&arg)?)?.max(1));
+            }
             name => match WORKLOADS.iter().find(|w| **w == name) {
                 Some(w) => options.workloads.push(w),
                 None => return Err(format!("unknown workload or flag {name:?}\n\n{USAGE}")),
@@ -193,6 +223,8 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--main-bytes" => options.main_bytes = Some(number(&arg, &value)? as u64),
             "--hot-bytes" => options.hot_bytes = Some(number(&arg, &value)? as u64),
             "--coalesce-in-flight" => options.coalesce_in_flight = number(&arg, &value)?,
+            "--groups" => options.groups = number(&arg, &value)?.min(2),
+            "--max-peer-requests" => options.max_peer_requests = Some(number(&arg, &value)?),
             _ => return Err(format!("replica: unknown flag {arg:?}")),
         }
     }
@@ -234,6 +266,21 @@ mod tests {
         assert_eq!(options.value_bytes, [64, 100, 65536]);
         assert!(parse_str("memory --value-bytes 0").is_err());
         assert!(parse_str("memory --value-bytes 1,x").is_err());
+        let Ok(Command::Bench(options)) = parse_str(
+            "groups-flood --flood-load-ms 500 --flood 100 --max-peer-requests 64 --flood-pause-ms 5",
+        ) else {
+            panic!("the flood's flags parse");
+        };
+        assert_eq!(options.workloads, ["groups-flood"]);
+        assert_eq!(
+            (
+                options.flood_load_ms,
+                options.flood_connections,
+                options.max_peer_requests,
+                options.flood_pause_ms
+            ),
+            (500, 100, Some(64), 5)
+        );
     }
 
     #[test]
@@ -269,6 +316,15 @@ mod tests {
                 coalesce_in_flight: 2,
                 no_handoff: true,
                 admission: true,
+                ..ReplicaOptions::default()
+            }))
+        );
+        assert_eq!(
+            parse_str("replica --groups 2 --load-ms 3000 --max-peer-requests 64"),
+            Ok(Command::Replica(ReplicaOptions {
+                load_ms: 3000,
+                groups: 2,
+                max_peer_requests: Some(64),
                 ..ReplicaOptions::default()
             }))
         );

@@ -68,6 +68,8 @@ pub(crate) struct Outcome {
     pub ok: u64,
     /// Requests answered otherwise, or failed.
     pub errors: u64,
+    /// Of the `errors`, those answered 503 (refused by a limit).
+    pub unavailable: u64,
     /// The first failure, for the report.
     pub first_error: Option<String>,
     /// From the first request to the last answer.
@@ -147,6 +149,7 @@ struct Worker {
     conns: Vec<Conn>,
     ok: u64,
     errors: u64,
+    unavailable: u64,
     first_error: Option<String>,
     latencies_us: Vec<u32>,
     body_bytes: u64,
@@ -189,6 +192,7 @@ impl Pool {
             let worker = joined.unwrap_or_else(|e| panic!("load worker failed: {e}"));
             outcome.ok += worker.ok;
             outcome.errors += worker.errors;
+            outcome.unavailable += worker.unavailable;
             outcome.body_bytes += worker.body_bytes;
             if outcome.first_error.is_none() {
                 outcome.first_error = worker.first_error;
@@ -213,6 +217,7 @@ async fn work(
         conns: Vec::new(),
         ok: 0,
         errors: 0,
+        unavailable: 0,
         first_error: None,
         latencies_us: Vec::with_capacity(1 << 14),
         body_bytes: 0,
@@ -240,11 +245,14 @@ async fn work(
                 worker.body_bytes += response.body.len() as u64;
                 None
             }
-            Ok(response) => Some(format!(
-                "status {}: {}",
-                response.status,
-                String::from_utf8_lossy(&response.body[..response.body.len().min(200)])
-            )),
+            Ok(response) => {
+                worker.unavailable += u64::from(response.status == 503);
+                Some(format!(
+                    "status {}: {}",
+                    response.status,
+                    String::from_utf8_lossy(&response.body[..response.body.len().min(200)])
+                ))
+            }
             Err(error) => {
                 // The connection is unusable: replace it.
                 let addr = conn.addr();

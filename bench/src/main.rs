@@ -21,6 +21,7 @@ mod batch;
 mod child;
 mod churn;
 mod cluster;
+mod flood;
 mod http;
 mod load;
 mod replica;
@@ -93,6 +94,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "coalesce" => bench.coalesce().await?,
                 "churn" => bench.churn().await?,
                 "traces" => bench.traces().await?,
+                "groups-flood" => bench.groups_flood().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();
@@ -102,6 +104,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
     })?;
     let mut verdicts = report::verdicts(&report, &options.concurrency);
     verdicts.extend(batch::verdicts(&report));
+    verdicts.extend(flood::verdicts(&report));
     println!("{}", report.table());
     println!("targets:\n{}", report::verdict_lines(&verdicts));
     for (workload, start, end) in &report.load {

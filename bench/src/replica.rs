@@ -14,6 +14,9 @@
 //! one `get_many` of a JSON array of keys, or with `?singles` one `get` per key; and its loader's
 //! `load_many` is the batch loader that workload measures, counted in `/stats`.
 //!
+//! A Rust replica started with `--groups 1|2` is groups-flood's instead (`flood.rs`): one
+//! `Cluster` serving the calm group and the flood group (see [`run_groups_replica`]).
+//!
 //! Both exit when their stdin closes, so they never outlive the driver. A replica serves through
 //! `groupcache_rs::Server`, as the README recommends for the peer port; the ceiling through
 //! `axum::serve`, the bare minimum. The ceiling answers `GET /static` at once, and
@@ -35,15 +38,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use groupcache_rs::{Groupcache, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, RingMode};
+use groupcache_rs::{
+    Cluster, Groupcache, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, RingMode,
+};
 
 use crate::args::ReplicaOptions;
-use crate::shared::{GROUP, STORM_LOAD};
+use crate::shared::{CALM, FLOOD, FLOOD_KEYS, GROUP, STORM_LOAD};
 
-/// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep.
+/// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep
+/// (for keys that start with `delayed`; the others load at once).
 struct BenchLoader {
     value_bytes: usize,
     delay: Duration,
+    /// The keys that take `delay`; "" is every key.
+    delayed: &'static str,
     /// Whether `load_many` is the batch loader (see [`BenchLoader::load_many`]).
     batch: bool,
 }
@@ -56,7 +64,7 @@ impl Loader for BenchLoader {
     type Error = Infallible;
 
     async fn load(&self, key: &str) -> Result<Loaded<Bytes>, Infallible> {
-        if !self.delay.is_zero() {
+        if !self.delay.is_zero() && key.starts_with(self.delayed) {
             tokio::time::sleep(self.delay).await;
         }
         Ok(Loaded::new(Bytes::from(value_for(
@@ -101,10 +109,14 @@ fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
 
 /// Runs a replica until stdin closes.
 pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
+    if options.groups > 0 {
+        return run_groups_replica(options);
+    }
     serve_on_loopback(|listener, url| async move {
         let loader = BenchLoader {
             value_bytes: options.value_bytes,
             delay: Duration::from_millis(options.load_ms),
+            delayed: "",
             batch: options.batch_loader,
         };
         let mode = if options.go_ring {
@@ -141,6 +153,59 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         groupcache_rs::Server::new().serve(listener, app).await?;
         Ok(())
     })
+}
+
+/// groups-flood's replica (`--groups 1|2`): one `Cluster`, alone in its ring, serving the calm
+/// group and, with 2, the flood group, through its one router, under one set of peer-port
+/// limits. Both groups' loaders take `--load-ms` for the flood's keys only, so the calm keys load
+/// at once wherever they are asked. `GET /stats` answers each group's counters.
+fn run_groups_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
+    serve_on_loopback(|listener, url| async move {
+        let mut builder = Cluster::builder(&url);
+        if let Some(requests) = options.max_peer_requests {
+            builder = builder.max_concurrent_peer_requests(requests);
+        }
+        let cluster = builder.build()?;
+        let names = [CALM, FLOOD];
+        let mut groups = Vec::with_capacity(options.groups);
+        for name in &names[..options.groups] {
+            let loader = BenchLoader {
+                value_bytes: options.value_bytes,
+                delay: Duration::from_millis(options.load_ms),
+                delayed: FLOOD_KEYS,
+                batch: false,
+            };
+            groups.push(cluster.group(*name, loader).build()?);
+        }
+        let app = Router::new()
+            .route("/stats", get(group_stats))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(Arc::new(groups))
+            .merge(cluster.router());
+        groupcache_rs::Server::new().serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// `GET /stats` of groups-flood's replica: each group's counters, by name.
+async fn group_stats(State(groups): State<Arc<Vec<Groupcache<BenchLoader>>>>) -> Response {
+    let json: serde_json::Map<String, serde_json::Value> = groups
+        .iter()
+        .map(|group| {
+            let s = group.stats();
+            let counters = serde_json::json!({
+                "gets": s.gets,
+                "server_requests": s.server_requests,
+                "local_loads": s.local_loads,
+            });
+            (group.name().to_owned(), counters)
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Object(json).to_string(),
+    )
+        .into_response()
 }
 
 /// The ceiling's fixed body.

@@ -9,3 +9,10 @@ pub(crate) const GROUP: &str = "bench";
 
 /// The loader's latency in the cold-storm workload, and the ceiling's wait on `/storm/{key}`.
 pub(crate) const STORM_LOAD: Duration = Duration::from_millis(50);
+
+/// groups-flood: the group whose requests are measured.
+pub(crate) const CALM: &str = "calm";
+/// groups-flood: the group whose requests flood the replica.
+pub(crate) const FLOOD: &str = "flood";
+/// groups-flood: the keys the loader takes `--load-ms` over; every other key loads at once.
+pub(crate) const FLOOD_KEYS: &str = "flood-";

@@ -23,7 +23,7 @@ pub(crate) const BUDGET: u64 = 64 << 20;
 /// counts keys and values only, at 64-byte values (about 900,000 entries).
 const MEMORY_KEYS: usize = 1_500_000;
 /// Untimed load before every timed run, so connections and caches are warm.
-const WARM_UP: Duration = Duration::from_millis(500);
+pub(crate) const WARM_UP: Duration = Duration::from_millis(500);
 
 type Result<T> = std::result::Result<T, String>;
 

@@ -8,7 +8,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// What one group's requests hold of each limit now.
+/// What one group's requests hold of each limit's reserved share now (what they hold beyond it
+/// is the open part's).
 #[derive(Debug, Default)]
 pub(crate) struct Share {
     slots: AtomicUsize,
@@ -30,22 +31,18 @@ pub(crate) struct Limits {
     bytes: Pool,
 }
 
-/// A part of a limit, given back when dropped.
+/// A part of a limit, given back when dropped: of the group's reserved share, or of the open
+/// part.
 #[must_use]
 #[derive(Debug)]
 pub(crate) struct Held<'a> {
-    pool: &'a Pool,
-    held: &'a AtomicUsize,
+    from: &'a AtomicUsize,
     amount: usize,
-    open: bool,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if self.open {
-            self.pool.open.fetch_sub(self.amount, Ordering::AcqRel);
-        }
-        self.held.fetch_sub(self.amount, Ordering::AcqRel);
+        self.from.fetch_sub(self.amount, Ordering::AcqRel);
     }
 }
 
@@ -57,8 +54,14 @@ impl Pool {
         }
     }
 
-    /// `amount` for a group holding `held`, one of `groups`; `None` if it does not fit.
-    fn take<'a>(&'a self, held: &'a AtomicUsize, amount: usize, groups: usize) -> Option<Held<'a>> {
+    /// `amount` for a group whose reserved share holds `reserved_held`, one of `groups`: from
+    /// its reserved share while that has room, else from the open part; `None` if neither has.
+    fn take<'a>(
+        &'a self,
+        reserved_held: &'a AtomicUsize,
+        amount: usize,
+        groups: usize,
+    ) -> Option<Held<'a>> {
         let (reserved, open_limit) = match groups {
             0 | 1 => (0, self.limit),
             groups => {
@@ -66,28 +69,13 @@ impl Pool {
                 (reserved, self.limit - reserved * groups)
             }
         };
-        let before = held.fetch_add(amount, Ordering::AcqRel);
-        // Within the group's reserved share: what it holds in all, open part included, is below
-        // its share, so its reserved parts never add up to more than the share.
-        if before.saturating_add(amount) <= reserved {
-            return Some(Held {
-                pool: self,
-                held,
-                amount,
-                open: false,
-            });
+        for (from, limit) in [(reserved_held, reserved), (&self.open, open_limit)] {
+            let before = from.fetch_add(amount, Ordering::AcqRel);
+            if before.saturating_add(amount) <= limit {
+                return Some(Held { from, amount });
+            }
+            from.fetch_sub(amount, Ordering::AcqRel);
         }
-        let open_before = self.open.fetch_add(amount, Ordering::AcqRel);
-        if open_before.saturating_add(amount) <= open_limit {
-            return Some(Held {
-                pool: self,
-                held,
-                amount,
-                open: true,
-            });
-        }
-        self.open.fetch_sub(amount, Ordering::AcqRel);
-        held.fetch_sub(amount, Ordering::AcqRel);
         None
     }
 }
@@ -148,19 +136,33 @@ mod tests {
     }
 
     #[test]
+    fn a_group_takes_its_reserved_share_again_once_given_back() {
+        let limits = Limits::new(8, 0);
+        let share = Share::default();
+        // Reserved 2, open 4: the group fills both.
+        let mut held: Vec<_> = std::iter::from_fn(|| limits.slot(&share, 2)).collect();
+        assert_eq!(held.len(), 6);
+        // The first two were the reserved ones; given back, they are taken again.
+        held.drain(..2);
+        let again: Vec<_> = std::iter::from_fn(|| limits.slot(&share, 2)).collect();
+        assert_eq!(again.len(), 2, "the reserved share is the group's again");
+    }
+
+    #[test]
     fn bytes_are_shared_like_slots_and_given_back() {
         let limits = Limits::new(0, 100);
         let (a, b) = (Share::default(), Share::default());
         // Reserved: 100 / 4 = 25 per group; open: 50.
         let reserved = limits.bytes(&a, 20, 2).unwrap();
         let open = limits.bytes(&a, 50, 2).unwrap();
+        let rest = limits.bytes(&a, 5, 2).expect("the rest of a's reserve");
         assert!(
             limits.bytes(&a, 1, 2).is_none(),
             "a's reserve and the open part are taken"
         );
         let kept = limits.bytes(&b, 25, 2).expect("b's reserve is untouched");
         assert!(limits.bytes(&b, 1, 2).is_none());
-        drop((reserved, open, kept));
+        drop((reserved, open, rest, kept));
         assert!(limits.bytes(&b, 50, 2).is_some(), "all given back");
     }
 }
