@@ -132,7 +132,8 @@ impl ProcessReplica {
     }
 
     /// `POST /get_many`: `cache.get_many(keys)`, one result per key (the value as text, or the
-    /// error's message); `Err` with the status and body when the request itself failed.
+    /// error's message); `Err` with the status and body when the request itself failed. Waits up
+    /// to a minute: a cold batch may take longer than one peer request.
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Result<String, String>>, String> {
         #[derive(Deserialize)]
         #[serde(rename_all = "lowercase")]
@@ -144,6 +145,7 @@ impl ProcessReplica {
         let response = self
             .http
             .post(format!("{}/get_many", self.addr))
+            .timeout(Duration::from_secs(60))
             .body(body)
             .send()
             .await

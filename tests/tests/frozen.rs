@@ -263,3 +263,54 @@ async fn a_slow_owner_that_answers_heartbeats_is_not_taken_for_dead() {
     let owner = replicas[1].stats().await;
     assert_eq!(owner.loads_per_key.get(&mine), Some(&1));
 }
+
+/// A cold batch longer than `peer_timeout`: 1,024 keys of one owner at 320 ms per load (32 at a
+/// time: 10.24 s, against a 10 s `peer_timeout`). The owner answers what it has by the asker's
+/// deadline, marks the rest pending, and is asked again for those: every key loaded once, by the
+/// owner, which is never suspected. Before, the batch timed out, the owner was suspected, and its
+/// successor loaded the whole batch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_batch_longer_than_the_peer_timeout_is_loaded_once() {
+    let replicas: Vec<ProcessReplica> = (0..2)
+        .map(|_| ProcessReplica::start(BINARY, &["--load-ms", "320"]))
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for replica in &replicas {
+        replica.set_peers(&urls).await;
+    }
+    let asker = &replicas[0];
+    // Heard from, so that batches go to it (it advertises them) and heartbeats too.
+    let warm = (0..)
+        .map(|i| format!("warm-{i}"))
+        .find(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
+        .expect("a key of the owner's");
+    assert_eq!(asker.get(&warm).await.expect("warm").0, 200);
+
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("cold-{i}"))
+        .filter(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
+        .take(1024)
+        .collect();
+    let started = Instant::now();
+    let values = asker.get_many(&keys).await.expect("the batch is answered");
+    eprintln!("1,024 cold keys at 320 ms each in {:?}", started.elapsed());
+    for (key, value) in keys.iter().zip(&values) {
+        let value = value.as_ref().unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert!(
+            value.starts_with(&format!("value:{key}#")),
+            "{key}: {value}"
+        );
+    }
+    let (asker_stats, owner_stats) = (asker.stats().await, replicas[1].stats().await);
+    assert_eq!(asker_stats.peer_suspicions, 0, "the owner was suspected");
+    let asker_loads = keys
+        .iter()
+        .filter(|k| asker_stats.loads_per_key.contains_key(*k))
+        .count();
+    assert_eq!(asker_loads, 0, "keys loaded on the asker");
+    let loads: u64 = keys
+        .iter()
+        .map(|k| owner_stats.loads_per_key.get(k).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(loads, 1024, "loads on the owner, 1.00 per key");
+}
