@@ -687,3 +687,65 @@ async fn a_get_and_a_get_many_in_flight_join_each_other() {
     }
     assert_eq!(asker_loader.loads.total(), 1, "only the asker's own probe");
 }
+
+/// Issue 25: a coalesced batch's keys that then need a local load (here: the owner refuses a
+/// key longer than its limit, so the asker loads it, and its loader hangs) no longer hold the
+/// request slot that queued fetches to that owner wait for. Before, every later fetch to the
+/// owner waited behind the hung load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_local_load_after_a_coalesced_batch_does_not_hold_the_owners_slot() {
+    let gate = Arc::new(Semaphore::new(0));
+    let asker_loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let owner_loader = TestLoader {
+        delay: Duration::from_millis(300),
+        ..TestLoader::new()
+    };
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, asker_loader.clone()).coalesce_fetches(1)
+    });
+    let owner = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, owner_loader.clone()).max_key_bytes(8)
+    });
+    let cluster = [asker, owner];
+    connect(&cluster);
+    let (asker, owner) = (&cluster[0], &cluster[1]);
+    let short = |i: usize| key_owned(&asker.cache, &owner.url, &format!("k{i}-"));
+    // The owner has answered once: it takes batches.
+    asker.cache.get(&short(0)).await.unwrap();
+
+    // One fetch in flight, holding the one slot; two queue behind it and travel as a batch,
+    // which the owner refuses (one key is over its limit): the long key is loaded here, and
+    // hangs at the gate.
+    let first = tokio::spawn({
+        let (cache, key) = (asker.cache.clone(), short(1));
+        async move { cache.get(&key).await }
+    });
+    owner_loader.loads.started(2).await;
+    let long = key_owned(&asker.cache, &owner.url, "a-key-longer-than-8-");
+    let queued: Vec<_> = [long, short(2)]
+        .into_iter()
+        .map(|key| {
+            let cache = asker.cache.clone();
+            tokio::spawn(async move { cache.get(&key).await })
+        })
+        .collect();
+    first.await.unwrap().unwrap();
+    asker_loader.loads.started(1).await;
+
+    // A later fetch to the same owner is not stuck behind the hung load.
+    let later = short(3);
+    let fetched = tokio::time::timeout(Duration::from_secs(5), asker.cache.get(&later)).await;
+    assert_eq!(
+        fetched
+            .expect("a later fetch waited for the hung load")
+            .unwrap(),
+        owner_loader.value_for(&later)
+    );
+    gate.add_permits(1);
+    for queued in queued {
+        queued.await.unwrap().unwrap();
+    }
+}

@@ -80,7 +80,7 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Holds a request slot to `owner`: sends `chunk`, then, while fetches are waiting, sends
-    /// them (up to `max_batch_keys` at a time) as each request returns.
+    /// them (up to `max_batch_keys` at a time) as each request's answer arrives.
     async fn send_coalesced(self: Arc<Self>, owner: Arc<Member>, mut chunk: Vec<Led>) {
         let mut slot = Slot {
             coalescing: &self.coalescing,
@@ -95,7 +95,15 @@ impl<L: Loader> Inner<L> {
                     led.answer(outcome);
                 }
             } else {
-                self.clone().fetch_batch(owner.clone(), chunk).await;
+                // The slot goes on as soon as the owner's answer (or failure) is known: keys
+                // that then need their successor or a local load take that time in the batch's
+                // own task, not in the slot that queued fetches wait for.
+                let (answered, known) = oneshot::channel();
+                let batch = self
+                    .clone()
+                    .fetch_batch(owner.clone(), chunk, Some(answered));
+                tokio::spawn(batch);
+                let _ = known.await;
             }
             match self.next_chunk(&mut slot) {
                 Some(next) => chunk = next,

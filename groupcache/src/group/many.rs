@@ -172,7 +172,7 @@ impl<L: Loader> Inner<L> {
         let this = self.clone();
         let store = |key: &str| self.hot_store(key);
         self.join_flights(&self.fetches, keys, store, None, move |led| {
-            tokio::spawn(this.fetch_batch(owner, led));
+            tokio::spawn(this.fetch_batch(owner, led, None));
         })
         .await
         .into_iter()
@@ -350,7 +350,15 @@ impl<L: Loader> Inner<L> {
     /// asked for again, in another batch, while the owner answers and for at most
     /// [`BATCH_ROUNDS`] rounds. So a batch whose loads take longer than `peer_timeout` (1,024
     /// cold keys at 320 ms each) is loaded once, by the owner, and never makes it suspected.
-    pub(crate) async fn fetch_batch(self: Arc<Self>, owner: Arc<Member>, led: Vec<Led>) {
+    ///
+    /// `answered` is told when the owner's first answer (or its failure) is known: coalescing
+    /// hands its request slot on then.
+    pub(crate) async fn fetch_batch(
+        self: Arc<Self>,
+        owner: Arc<Member>,
+        led: Vec<Led>,
+        mut answered: Option<oneshot::Sender<()>>,
+    ) {
         let mut asking = Vec::with_capacity(led.len());
         for led in once_each(led) {
             match self.peek(&led.key) {
@@ -366,7 +374,11 @@ impl<L: Loader> Inner<L> {
                 self.from_successors(asking).await;
                 return;
             }
-            let Some(entries) = self.ask_batch(&owner, &asking).await else {
+            let entries = self.ask_batch(&owner, &asking).await;
+            if let Some(answered) = answered.take() {
+                let _ = answered.send(());
+            }
+            let Some(entries) = entries else {
                 self.from_successors(asking).await;
                 return;
             };
