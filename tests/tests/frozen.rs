@@ -385,3 +385,72 @@ async fn a_cold_batch_longer_than_the_peer_timeout_is_loaded_once() {
         .sum();
     assert_eq!(loads, 1024, "loads on the owner, 1.00 per key");
 }
+
+/// `remove`s while a replica that left the ring drops every packet (its address black-holed, as a
+/// node that lost its network is): they do not wait for it. Before, every remove waited out the
+/// connect timeout, or `peer_timeout` on a pooled connection, for a replica whose answer was
+/// never returned anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removes_do_not_wait_for_a_departed_replica_that_drops_packets() {
+    if !netns::available() {
+        return;
+    }
+    let mut network = Network::new(3);
+    let replicas: Vec<ProcessReplica> = network
+        .nodes
+        .iter()
+        .map(|node| {
+            let listen = format!("{}:7070", node.addr);
+            ProcessReplica::start_in_netns(&node.netns, BINARY, &["--listen", &listen])
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for replica in &replicas {
+        replica.set_peers(&urls).await;
+    }
+    let writer = &replicas[0];
+    // Every peer has answered: connections pooled, heard from.
+    for i in 0..30 {
+        assert_eq!(writer.get(&format!("warm-{i}")).await.expect("warm").0, 200);
+    }
+    // Replica 2 leaves the others' rings: a departed replica, still sent every write.
+    for replica in &replicas[..2] {
+        replica.set_peers(&urls[..2]).await;
+    }
+    let removes = |prefix: &'static str| async move {
+        let mut latencies = Vec::new();
+        for i in 0..200 {
+            let started = Instant::now();
+            let status = writer
+                .remove(&format!("{prefix}{i}"))
+                .await
+                .expect("remove");
+            assert_eq!(status, 200, "remove {prefix}{i}");
+            latencies.push(started.elapsed());
+        }
+        latencies.sort_unstable();
+        latencies
+    };
+    let control = removes("control-").await;
+    network.partition(&[2], &[0, 1]);
+    let holed = removes("holed-").await;
+    network.heal();
+    let p99 = |latencies: &[Duration]| latencies[latencies.len() * 99 / 100 - 1];
+    eprintln!(
+        "remove p99 {:?} with the departed replica answering, {:?} with it black-holed (max {:?})",
+        p99(&control),
+        p99(&holed),
+        holed[holed.len() - 1]
+    );
+    assert!(
+        p99(&holed) <= p99(&control) * 3 + Duration::from_millis(50),
+        "remove p99 {:?} against {:?}",
+        p99(&holed),
+        p99(&control)
+    );
+    assert!(
+        holed[holed.len() - 1] <= Duration::from_millis(2500),
+        "a remove waited {:?} for the departed replica",
+        holed[holed.len() - 1]
+    );
+}

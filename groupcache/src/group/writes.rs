@@ -9,13 +9,14 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use groupcache_rs_pb::SetRequest;
 
-use super::journey::{Inner, key_hash};
+use super::journey::{Inner, key_hash, until_unresponsive};
 use super::repairs::{MAX_PENDING_REPAIRS, Queued};
 use super::store::Store;
 use crate::caches::Entry;
 use crate::cluster::membership::{Member, Membership};
 use crate::error::Error;
 use crate::loader::{Loader, to_unix_nanos};
+use crate::wire::client::Failure;
 
 impl<L: Loader> Inner<L> {
     /// [`Groupcache::remove`](crate::Groupcache::remove): the owner first, then every other
@@ -129,9 +130,19 @@ impl<L: Loader> Inner<L> {
         self.hot.remove(key);
     }
 
+    /// A `DELETE` of `key` on `peer`, given up as soon as the failure detector suspects it.
     async fn remove_on(&self, peer: &Member, key: &str) -> Result<(), Error> {
         let path = self.key_path(peer, key);
-        self.cluster.client.remove(&peer.endpoint, path).await.map_err(|source| {
+        let removed = async {
+            let removed = self.cluster.client.remove(&peer.endpoint, path).await;
+            removed.map_err(Failure::Peer)
+        };
+        let removed = until_unresponsive(&self.cluster, peer, removed).await;
+        removed.map_err(|failure| match failure {
+            Failure::Peer(error) => error,
+            Failure::Loader(message) => crate::PeerError::Request(message),
+        })
+        .map_err(|source| {
             tracing::warn!(group = %self.group, peer = %peer.url, %source, "remove failed on peer");
             Error::Peer {
                 peer: peer.url.to_string(),
@@ -173,9 +184,23 @@ impl<L: Loader> Inner<L> {
                 key.to_owned(),
             ));
         }
-        let departed = futures_util::future::join_all(
-            awaited.into_iter().map(|peer| self.remove_on(peer, key)),
-        );
+        // Waited for at most the detection time: one that stops answering now is left to its
+        // task, as the silent ones are.
+        let departed = futures_util::future::join_all(awaited.into_iter().map(|peer| {
+            let remove = tokio::spawn(Self::remove_on_departed(
+                self.clone(),
+                vec![peer.clone()],
+                key.to_owned(),
+            ));
+            let detection = self.cluster.config.failure_detection;
+            async move {
+                if detection.is_zero() {
+                    let _ = remove.await;
+                } else {
+                    let _ = tokio::time::timeout(detection, remove).await;
+                }
+            }
+        }));
         let (results, _departed) = futures_util::future::join(results, departed).await;
         results.into_iter().collect()
     }
