@@ -454,3 +454,53 @@ async fn removes_do_not_wait_for_a_departed_replica_that_drops_packets() {
         holed[holed.len() - 1]
     );
 }
+
+/// A slow link (300 ms each way, through a delay proxy) to an owner whose load takes 1.5 s, both
+/// longer than a quarter of the detection time and the load longer than all of it: the owner is
+/// alive, answers its heartbeats through the same link, and is never taken for dead. Its value is
+/// loaded once, by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_to_a_slow_owner_is_not_taken_for_dead() {
+    use groupcache_rs::Groupcache;
+    use groupcache_tests::delay_proxy::DelayProxy;
+    use groupcache_tests::{GROUP, Replica, TestLoader, key_owned};
+
+    let proxy = DelayProxy::bind().await.expect("bind the proxy");
+    let owner_loader = TestLoader {
+        delay: Duration::from_millis(1500),
+        ..TestLoader::new()
+    };
+    let owner = Replica::start(|_| Groupcache::builder(GROUP, proxy.url(), owner_loader.clone()));
+    proxy.set_target(owner.addr);
+    let asker_loader = TestLoader::new();
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, asker_loader.clone()).peer_timeout(Duration::from_secs(5))
+    });
+    let urls = [proxy.url(), asker.url.clone()];
+    owner.cache.set_peers(&urls).unwrap();
+    asker.cache.set_peers(&urls).unwrap();
+    // Heard from once at full speed: from then on it is sent heartbeats when quiet.
+    let warm = key_owned(&asker.cache, &proxy.url(), "warm-");
+    asker.cache.get(&warm).await.unwrap();
+
+    proxy.set_delay(Duration::from_millis(300));
+    let key = key_owned(&asker.cache, &proxy.url(), "slow-");
+    let started = Instant::now();
+    let value = asker.cache.get(&key).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(value, owner_loader.value_for(&key), "the owner's value");
+    assert!(
+        took >= Duration::from_millis(2100),
+        "{took:?}: not through the slow link"
+    );
+    let stats = asker.cache.stats();
+    assert_eq!(
+        stats.peer_suspicions, 0,
+        "the slow owner was taken for dead"
+    );
+    assert_eq!(
+        (stats.peer_errors, stats.local_loads, stats.successor_loads),
+        (0, 0, 0)
+    );
+    assert_eq!(owner_loader.loads.of(&key), 1);
+}
