@@ -290,6 +290,12 @@ mod tests {
             panic!("the flood's flags parse");
         };
         assert_eq!(options.workloads, ["groups-flood"]);
+        let Ok(Command::Bench(options)) = parse_str("freeze black-hole --fault-secs 2.5") else {
+            panic!("the fault workloads parse");
+        };
+        assert_eq!(options.workloads, ["freeze", "black-hole"]);
+        assert_eq!(options.fault_secs, 2.5);
+        assert!(parse_str("freeze --fault-secs 0").is_err());
         assert_eq!(
             (
                 options.flood_load_ms,
@@ -343,6 +349,14 @@ mod tests {
                 load_ms: 3000,
                 groups: 2,
                 max_peer_requests: Some(64),
+                ..ReplicaOptions::default()
+            }))
+        );
+        assert_eq!(
+            parse_str("replica --listen 198.18.0.1 --hot-bytes 0"),
+            Ok(Command::Replica(ReplicaOptions {
+                listen: Some(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+                hot_bytes: Some(0),
                 ..ReplicaOptions::default()
             }))
         );

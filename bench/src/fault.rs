@@ -202,8 +202,7 @@ impl Bench<'_> {
         let control_rate = served_rate(&control, window);
         let rate = served_rate(&during, window);
         let mut add = |metric, better, value| {
-            self.report
-                .add(workload, CASE, metric, better, kind, value);
+            self.report.add(workload, CASE, metric, better, kind, value);
         };
         use Better::{Higher, Lower};
         add("control req/s", Higher, control_rate);
@@ -241,9 +240,19 @@ pub(crate) fn verdicts(report: &Report) -> Vec<Verdict> {
     for fault in [Fault::Freeze, Fault::BlackHole] {
         let workload = fault.workload();
         let targets: [(&str, &str, f64, bool); 4] = [
-            (SERVED, ">= 70 % of the control's requests served", 70.0, true),
+            (
+                SERVED,
+                ">= 70 % of the control's requests served",
+                70.0,
+                true,
+            ),
             (P99, "p99 <= 1.5 s", 1.5e6, false),
-            (LOADS, "<= 1.1 loads per key of the faulted owner's", 1.1, false),
+            (
+                LOADS,
+                "<= 1.1 loads per key of the faulted owner's",
+                1.1,
+                false,
+            ),
             (ERRORS, "0 errors", 0.0, false),
         ];
         for (metric, words, bound, at_least) in targets {
@@ -290,8 +299,12 @@ mod tests {
             (Kind::Rust, 85.0, 4_000.0, 1.0, 0.0),
             (Kind::GoPooled, 0.2, 10e6, 0.0, 0.0),
         ] {
-            for (metric, value) in [(SERVED, served), (P99, p99), (LOADS, loads), (ERRORS, errors)]
-            {
+            for (metric, value) in [
+                (SERVED, served),
+                (P99, p99),
+                (LOADS, loads),
+                (ERRORS, errors),
+            ] {
                 report.add("freeze", CASE, metric, Better::Lower, kind, value);
             }
         }
@@ -299,7 +312,11 @@ mod tests {
         assert_eq!(lines.len(), 8);
         assert!(lines[..4].iter().all(|v| v.met == Some(true)), "{lines:?}");
         assert!(lines[0].detail.contains("Go 0.2 %"), "{}", lines[0].detail);
-        assert!(lines[1].detail.contains("Go 10.000 s"), "{}", lines[1].detail);
+        assert!(
+            lines[1].detail.contains("Go 10.000 s"),
+            "{}",
+            lines[1].detail
+        );
         assert!(lines[4..].iter().all(|v| v.met.is_none()), "black-hole");
     }
 
