@@ -290,12 +290,6 @@ mod tests {
             panic!("the flood's flags parse");
         };
         assert_eq!(options.workloads, ["groups-flood"]);
-        let Ok(Command::Bench(options)) = parse_str("freeze black-hole --fault-secs 2.5") else {
-            panic!("the fault workloads parse");
-        };
-        assert_eq!(options.workloads, ["freeze", "black-hole"]);
-        assert_eq!(options.fault_secs, 2.5);
-        assert!(parse_str("freeze --fault-secs 0").is_err());
         assert_eq!(
             (
                 options.flood_load_ms,
@@ -305,6 +299,12 @@ mod tests {
             ),
             (500, 100, Some(64), 5)
         );
+        let Ok(Command::Bench(options)) = parse_str("freeze black-hole --fault-secs 2.5") else {
+            panic!("the fault workloads parse");
+        };
+        assert_eq!(options.workloads, ["freeze", "black-hole"]);
+        assert_eq!(options.fault_secs, 2.5);
+        assert!(parse_str("freeze --fault-secs 0").is_err());
     }
 
     #[test]
