@@ -1,9 +1,10 @@
 //! Command-line parsing, by hand: a few flags do not need a parser crate.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 11] = [
+pub(crate) const WORKLOADS: [&str; 13] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -15,6 +16,8 @@ pub(crate) const WORKLOADS: [&str; 11] = [
     "churn",
     "traces",
     "groups-flood",
+    "freeze",
+    "black-hole",
 ];
 
 /// What to do.
@@ -59,6 +62,8 @@ pub(crate) struct BenchOptions {
     pub max_peer_requests: Option<usize>,
     /// groups-flood: how long a flood connection waits after a 503 before it asks again.
     pub flood_pause_ms: u64,
+    /// freeze, black-hole: how long the fault lasts, and the control window too.
+    pub fault_secs: f64,
 }
 
 impl Default for BenchOptions {
@@ -77,6 +82,7 @@ impl Default for BenchOptions {
             flood_connections: 2_000,
             max_peer_requests: None,
             flood_pause_ms: 0,
+            fault_secs: 10.0,
         }
     }
 }
@@ -111,6 +117,9 @@ pub(crate) struct ReplicaOptions {
     pub groups: usize,
     /// groups-flood: `ClusterBuilder::max_concurrent_peer_requests`; None: the default.
     pub max_peer_requests: Option<usize>,
+    /// The address to listen on (a free port); None: 127.0.0.1. black-hole's replicas listen
+    /// on their network namespace's address.
+    pub listen: Option<Ipv4Addr>,
 }
 
 /// How to call the program.
@@ -118,10 +127,10 @@ pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
                         [--value-bytes 64,100,4096] [--flood-load-ms N] [--flood N]
-                        [--max-peer-requests N] [--flood-pause-ms N]
+                        [--max-peer-requests N] [--flood-pause-ms N] [--fault-secs S]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
-churn, traces, groups-flood; `all` runs every one
+churn, traces, groups-flood, freeze, black-hole; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
@@ -130,10 +139,12 @@ go-bare) runs one side alone, for profiling: its figures are not side by side.
 groups-flood: --flood-load-ms is the flood group's loader latency (default 3000), --flood its
 connections (default 2000), --max-peer-requests the replica's limit (default: the library's),
 --flood-pause-ms a flood connection's wait after a 503 (default 0: it asks again at once).
+freeze and black-hole: one of three owners frozen (SIGSTOP) or black-holed (nftables drop, in
+network namespaces: root only) for --fault-secs (default 10), after a control window as long.
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
 [--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission]
-[--groups 1|2] [--max-peer-requests N]` and `ceiling-server` are the server processes the driver
+[--groups 1|2] [--max-peer-requests N] [--listen IP]` and `ceiling-server` are the server processes the driver
 starts.";
 
 /// Parses the arguments after the program name.
@@ -154,14 +165,8 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
         match arg.as_str() {
             "all" => options.workloads.extend(WORKLOADS.iter().skip(1)),
             "--rounds" => options.rounds = number(&arg, &value(&arg)?)?.max(1),
-            "--secs" => {
-                let v = value(&arg)?;
-                options.secs = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| *s > 0.0 && s.is_finite())
-                    .ok_or_else(|| format!("--secs: {v:?} is not a positive number"))?;
-            }
+            "--secs" => options.secs = seconds(&arg, &value(&arg)?)?,
+            "--fault-secs" => options.fault_secs = seconds(&arg, &value(&arg)?)?,
             "--concurrency" => options.concurrency = positive_list(&arg, &value(&arg)?, "levels")?,
             "--remote-requests" => {
                 options.remote_requests = number(&arg, &value(&arg)?)?.max(2);
@@ -187,6 +192,15 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
     }
     options.workloads.dedup();
     Ok(Command::Bench(options))
+}
+
+/// A positive, finite number of seconds.
+fn seconds(arg: &str, value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && s.is_finite())
+        .ok_or_else(|| format!("{arg}: {value:?} is not a positive number"))
 }
 
 /// A comma-separated list of numbers, each at least 1 (`what` names them in the error).
@@ -225,6 +239,10 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--coalesce-in-flight" => options.coalesce_in_flight = number(&arg, &value)?,
             "--groups" => options.groups = number(&arg, &value)?.min(2),
             "--max-peer-requests" => options.max_peer_requests = Some(number(&arg, &value)?),
+            "--listen" => {
+                let ip = value.parse().map_err(|_| format!("--listen: {value:?}"))?;
+                options.listen = Some(ip);
+            }
             _ => return Err(format!("replica: unknown flag {arg:?}")),
         }
     }
@@ -281,6 +299,12 @@ mod tests {
             ),
             (500, 100, Some(64), 5)
         );
+        let Ok(Command::Bench(options)) = parse_str("freeze black-hole --fault-secs 2.5") else {
+            panic!("the fault workloads parse");
+        };
+        assert_eq!(options.workloads, ["freeze", "black-hole"]);
+        assert_eq!(options.fault_secs, 2.5);
+        assert!(parse_str("freeze --fault-secs 0").is_err());
     }
 
     #[test]
@@ -325,6 +349,14 @@ mod tests {
                 load_ms: 3000,
                 groups: 2,
                 max_peer_requests: Some(64),
+                ..ReplicaOptions::default()
+            }))
+        );
+        assert_eq!(
+            parse_str("replica --listen 198.18.0.1 --hot-bytes 0"),
+            Ok(Command::Replica(ReplicaOptions {
+                listen: Some(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+                hot_bytes: Some(0),
                 ..ReplicaOptions::default()
             }))
         );

@@ -102,6 +102,7 @@ impl Bench<'_> {
                     // than `hot_max_age` and an owner's single loads may peek a previous owner
                     // first (batches do not); `peeks` counts them.
                     no_handoff: false,
+                    no_hot_cache: false,
                 };
                 let cluster = Cluster::start(self.binaries, kind, 3, settings).await?;
                 // A replica batches to a peer only once an answer of it advertised batches.
@@ -185,6 +186,7 @@ impl Bench<'_> {
                     batch_loader: false,
                     coalesce_in_flight: window,
                     no_handoff: false,
+                    no_hot_cache: false,
                 };
                 let cluster = Cluster::start(self.binaries, Kind::Rust, 3, settings).await?;
                 for c in LEVELS {

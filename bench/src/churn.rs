@@ -34,11 +34,12 @@ const SETTINGS: Settings = Settings {
     coalesce_in_flight: 0,
     // The hand-off is what the churn workloads measure.
     no_handoff: false,
+    no_hot_cache: false,
 };
 const CONCURRENCY: usize = 16;
 
 /// Loader runs on `replicas`, all together.
-async fn loads(replicas: &[&Process]) -> Result<u64> {
+pub(crate) async fn loads(replicas: &[&Process]) -> Result<u64> {
     let stats = stats_of(replicas).await?;
     Ok(stats.iter().map(|s| s.stats.local_loads).sum())
 }

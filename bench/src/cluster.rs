@@ -4,7 +4,7 @@
 //! one is the integration tests' helper (`tests/src/child.rs`, compiled into this binary as
 //! `crate::child`).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -125,6 +125,11 @@ impl Process {
         self.child.pid
     }
 
+    /// Sends it signal `name` (`STOP`, `CONT`) with `kill`.
+    pub(crate) fn signal(&self, name: &str) {
+        self.child.signal(name);
+    }
+
     /// Resident memory now and at its peak, in bytes (`VmRSS`, `VmHWM`).
     pub(crate) fn memory(&self) -> Result<(u64, u64), String> {
         let path = format!("/proc/{}/status", self.pid());
@@ -157,6 +162,8 @@ pub(crate) struct Settings {
     pub coalesce_in_flight: usize,
     /// Rust only: the warm hand-off off, as in a ring older than `hot_max_age`.
     pub no_handoff: bool,
+    /// Rust only: no hot cache (`--hot-bytes 0`); golang/groupcache's cannot be turned off.
+    pub no_hot_cache: bool,
 }
 
 /// Replicas of one kind that know each other.
@@ -285,6 +292,19 @@ pub(crate) fn start_replica(
     kind: Kind,
     settings: Settings,
 ) -> Result<Process, String> {
+    Process::start(replica_command(binaries, kind, settings, LOOPBACK))
+}
+
+/// Where replicas listen unless told otherwise.
+pub(crate) const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// The command that starts a replica of `kind` listening on `host` (a free port).
+pub(crate) fn replica_command(
+    binaries: &Binaries,
+    kind: Kind,
+    settings: Settings,
+    host: Ipv4Addr,
+) -> Command {
     let mut command;
     match kind {
         Kind::Rust => {
@@ -305,12 +325,18 @@ pub(crate) fn start_replica(
             if settings.no_handoff {
                 command.arg("--no-handoff");
             }
+            if settings.no_hot_cache {
+                command.args(["--hot-bytes", "0"]);
+            }
+            if host != LOOPBACK {
+                command.args(["--listen", &host.to_string()]);
+            }
         }
         Kind::GoPooled | Kind::GoDefault | Kind::GoBare => {
             command = Command::new(&binaries.go_peer);
             command.args([
                 "-listen",
-                "127.0.0.1:0",
+                &format!("{host}:0"),
                 "-group",
                 GROUP,
                 "-value-bytes",
@@ -330,7 +356,7 @@ pub(crate) fn start_replica(
             command.arg("ceiling-server");
         }
     }
-    Process::start(command)
+    command
 }
 
 /// A single server process of `kind` with default settings (for the ceilings).
@@ -342,6 +368,7 @@ pub(crate) fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, S
         batch_loader: false,
         coalesce_in_flight: 0,
         no_handoff: false,
+        no_hot_cache: false,
     };
     start_replica(binaries, kind, settings)
 }

@@ -24,9 +24,16 @@ pub(crate) struct Uniform {
     pub requests: Vec<(usize, Vec<u8>)>,
 }
 
+impl Uniform {
+    /// The index in `requests` of the `seq`-th request of a run.
+    pub(crate) fn index(&self, seq: u64) -> usize {
+        (mix(seq) % self.requests.len().max(1) as u64) as usize
+    }
+}
+
 impl Source for Uniform {
     fn request(&self, seq: u64) -> Option<(usize, &[u8])> {
-        let i = (mix(seq) % self.requests.len() as u64) as usize;
+        let i = self.index(seq);
         self.requests.get(i).map(|(t, r)| (*t, r.as_slice()))
     }
 }
@@ -70,6 +77,8 @@ pub(crate) struct Outcome {
     pub errors: u64,
     /// Of the `errors`, those answered 503 (refused by a limit).
     pub unavailable: u64,
+    /// Of the `ok`, those answered after a [`Limit::Time`] had passed (sent before it).
+    pub late: u64,
     /// The first failure, for the report.
     pub first_error: Option<String>,
     /// From the first request to the last answer.
@@ -150,6 +159,7 @@ struct Worker {
     ok: u64,
     errors: u64,
     unavailable: u64,
+    late: u64,
     first_error: Option<String>,
     latencies_us: Vec<u32>,
     body_bytes: u64,
@@ -193,6 +203,7 @@ impl Pool {
             outcome.ok += worker.ok;
             outcome.errors += worker.errors;
             outcome.unavailable += worker.unavailable;
+            outcome.late += worker.late;
             outcome.body_bytes += worker.body_bytes;
             if outcome.first_error.is_none() {
                 outcome.first_error = worker.first_error;
@@ -218,6 +229,7 @@ async fn work(
         ok: 0,
         errors: 0,
         unavailable: 0,
+        late: 0,
         first_error: None,
         latencies_us: Vec::with_capacity(1 << 14),
         body_bytes: 0,
@@ -242,6 +254,7 @@ async fn work(
                     .latencies_us
                     .push(u32::try_from(micros).unwrap_or(u32::MAX));
                 worker.ok += 1;
+                worker.late += u64::from(deadline.is_some_and(|d| Instant::now() > d));
                 worker.body_bytes += response.body.len() as u64;
                 None
             }

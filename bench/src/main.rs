@@ -21,9 +21,14 @@ mod batch;
 mod child;
 mod churn;
 mod cluster;
+mod fault;
 mod flood;
 mod http;
 mod load;
+// The partition tests' network namespaces (std only), for black-hole: one copy.
+#[path = "../../tests/src/netns.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod netns;
 mod replica;
 mod report;
 mod shared;
@@ -35,6 +40,7 @@ use std::process::ExitCode;
 
 use args::{BenchOptions, Command};
 use cluster::Binaries;
+use fault::Fault;
 use report::Report;
 use workloads::{Bench, load_average};
 
@@ -95,6 +101,8 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "churn" => bench.churn().await?,
                 "traces" => bench.traces().await?,
                 "groups-flood" => bench.groups_flood().await?,
+                "freeze" => bench.fault(Fault::Freeze).await?,
+                "black-hole" => bench.fault(Fault::BlackHole).await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();
@@ -105,6 +113,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
     let mut verdicts = report::verdicts(&report, &options.concurrency);
     verdicts.extend(batch::verdicts(&report));
     verdicts.extend(flood::verdicts(&report));
+    verdicts.extend(fault::verdicts(&report));
     println!("{}", report.table());
     println!("targets:\n{}", report::verdict_lines(&verdicts));
     for (workload, start, end) in &report.load {

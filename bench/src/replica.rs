@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -112,7 +113,7 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
     if options.groups > 0 {
         return run_groups_replica(options);
     }
-    serve_on_loopback(|listener, url| async move {
+    serve_on(options.listen, |listener, url| async move {
         let loader = BenchLoader {
             value_bytes: options.value_bytes,
             delay: Duration::from_millis(options.load_ms),
@@ -160,7 +161,7 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
 /// limits. Both groups' loaders take `--load-ms` for the flood's keys only, so the calm keys load
 /// at once wherever they are asked. `GET /stats` answers each group's counters.
 fn run_groups_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
-    serve_on_loopback(|listener, url| async move {
+    serve_on(options.listen, |listener, url| async move {
         let mut builder = Cluster::builder(&url);
         if let Some(requests) = options.max_peer_requests {
             builder = builder.max_concurrent_peer_requests(requests);
@@ -217,7 +218,7 @@ type Deadlines = Arc<Mutex<HashMap<String, tokio::time::Instant>>>;
 /// The ceiling: a bare axum server that answers `GET /static` with a fixed 1 KiB body, and
 /// `GET /storm/{key}` with the same body once the key's deadline has come.
 pub(crate) fn run_ceiling() -> Result<(), Box<dyn std::error::Error>> {
-    serve_on_loopback(|listener, _url| async move {
+    serve_on(None, |listener, _url| async move {
         let app = Router::new()
             .route("/static", get(|| async { static_body() }))
             .route("/storm/{key}", get(storm_body))
@@ -246,9 +247,10 @@ async fn storm_body(State(deadlines): State<Deadlines>, Path(key): Path<String>)
     static_body()
 }
 
-/// Binds a free loopback port, announces its URL on stdout (the driver waits for that line),
-/// arranges to exit when the driver goes away, and runs `serve` on a fresh runtime.
-fn serve_on_loopback<F, Fut>(serve: F) -> Result<(), Box<dyn std::error::Error>>
+/// Binds a free port of `host` (None: loopback), announces its URL on stdout (the driver waits
+/// for that line), arranges to exit when the driver goes away, and runs `serve` on a fresh
+/// runtime.
+fn serve_on<F, Fut>(host: Option<Ipv4Addr>, serve: F) -> Result<(), Box<dyn std::error::Error>>
 where
     F: FnOnce(tokio::net::TcpListener, String) -> Fut,
     Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
@@ -257,7 +259,8 @@ where
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let host = host.unwrap_or(Ipv4Addr::LOCALHOST);
+        let listener = tokio::net::TcpListener::bind((host, 0)).await?;
         let url = format!("http://{}", listener.local_addr()?);
         announce(&url)?;
         exit_when_stdin_closes();

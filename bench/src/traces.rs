@@ -270,6 +270,7 @@ impl Bench<'_> {
             batch_loader: false,
             coalesce_in_flight: 0,
             no_handoff: false,
+            no_hot_cache: false,
         };
         let mut replicas = Vec::with_capacity(3);
         for _ in 0..3 {

@@ -401,6 +401,7 @@ impl Bench<'_> {
             batch_loader: false,
             coalesce_in_flight: 0,
             no_handoff: false,
+            no_hot_cache: false,
         };
         Cluster::start(self.binaries, kind, n, settings).await
     }

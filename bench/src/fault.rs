@@ -1,0 +1,335 @@
+//! freeze and black-hole (issue 25, item 8): one of three owners stops answering under traffic,
+//! Rust and golang/groupcache side by side, with the same traffic without the fault as the
+//! control.
+//!
+//! Per target and round, on three fresh replicas (1 KiB values, a 1 ms loader, 64 MiB main
+//! cache; the Rust replicas with the library's defaults, failure detection included, but no hot
+//! cache, so that every get of the faulted owner's keys reaches an owner or a successor;
+//! golang/groupcache's hot cache cannot be turned off and stays on):
+//!
+//! 1. every one of [`KEYS`] keys is loaded once by its owner (asked of the owner itself);
+//! 2. [`CONCURRENCY`] closed-loop connections of the load generator ask the two healthy replicas
+//!    for uniformly random keys of all owners (each key of either replica): a warm-up, then the
+//!    control window of `--fault-secs` (default 10 s);
+//! 3. the third replica is faulted for another window as long, under the same traffic, and then
+//!    restored: `freeze` SIGSTOPs it then SIGCONTs it (a paused or CPU-starved pod: its kernel
+//!    still accepts connections); `black-hole` runs each replica in a network namespace of its
+//!    own and drops every packet between the third and the others with nftables, connections
+//!    already open included (a node that lost power or its network), then deletes the rules.
+//!
+//! Figures of the faulted window: requests answered within it against the control's (%), p50, p99
+//! and max latency (of the requests sent in the window, answered in it or after the fault was
+//! lifted), errors, and loads per key of the faulted owner's keys asked in the window (the
+//! healthy replicas' loader runs over those keys: healthy owners' keys stay in their main
+//! caches).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::churn::loads;
+use crate::cluster::{Cluster, Kind, LOOPBACK, Process, Settings, replica_command};
+use crate::load::{Limit, Outcome, Uniform};
+use crate::netns::{self, Network};
+use crate::report::{Better, Report, Verdict};
+use crate::workloads::{
+    BUDGET, Bench, VALUE_BYTES, WARM_UP, connect, expect_all, get_path, keys, run_once,
+};
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Keys asked, of all three owners.
+const KEYS: usize = 20_000;
+/// The load generator's connections, each to either healthy replica at random: about 16 in
+/// flight on each.
+const CONCURRENCY: usize = 32;
+/// The replica that is faulted; the others are asked.
+const FAULTED: usize = 2;
+/// The case every figure is recorded under.
+const CASE: &str = "1 of 3 owners";
+const SETTINGS: Settings = Settings {
+    value_bytes: VALUE_BYTES,
+    load_ms: 1,
+    cache_bytes: BUDGET,
+    batch_loader: false,
+    coalesce_in_flight: 0,
+    no_handoff: false,
+    no_hot_cache: true,
+};
+
+/// What happens to the faulted owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// SIGSTOP, then SIGCONT.
+    Freeze,
+    /// nftables drop between it and the other replicas, then the rules deleted.
+    BlackHole,
+}
+
+impl Fault {
+    /// The workload's name.
+    fn workload(self) -> &'static str {
+        match self {
+            Fault::Freeze => "freeze",
+            Fault::BlackHole => "black-hole",
+        }
+    }
+}
+
+/// Three replicas, and for a black hole the namespaces they run in.
+struct Faulty {
+    // Dropped first: the replicas die before their namespaces are deleted.
+    cluster: Cluster,
+    network: Option<Network>,
+}
+
+impl Faulty {
+    async fn start(bench: &Bench<'_>, fault: Fault, kind: Kind) -> Result<Faulty> {
+        let network = (fault == Fault::BlackHole).then(|| Network::new(3));
+        let mut replicas = Vec::with_capacity(3);
+        for i in 0..3 {
+            let node = network.as_ref().map(|n| &n.nodes[i]);
+            let host = node.map_or(LOOPBACK, |node| node.addr);
+            let command = replica_command(bench.binaries, kind, SETTINGS, host);
+            let command = match node {
+                Some(node) => in_netns(&command, &node.netns),
+                None => command,
+            };
+            replicas.push(Process::start(command)?);
+        }
+        let cluster = Cluster::join(replicas, kind).await?;
+        Ok(Faulty { cluster, network })
+    }
+
+    fn begin(&mut self) {
+        match &mut self.network {
+            None => self.cluster.replicas[FAULTED].signal("STOP"),
+            Some(network) => network.partition(&[FAULTED], &[0, 1]),
+        }
+    }
+
+    fn end(&mut self) {
+        match &mut self.network {
+            None => self.cluster.replicas[FAULTED].signal("CONT"),
+            Some(network) => network.heal(),
+        }
+    }
+}
+
+/// `command`, run in network namespace `netns` (`ip netns exec` execs it: same process).
+fn in_netns(command: &Command, netns: &str) -> Command {
+    let mut wrapped = Command::new("ip");
+    wrapped
+        .args(["netns", "exec", netns])
+        .arg(command.get_program())
+        .args(command.get_args());
+    wrapped
+}
+
+/// Answers within the window of `outcome`, per second of `window`.
+fn served_rate(outcome: &Outcome, window: Duration) -> f64 {
+    outcome.ok.saturating_sub(outcome.late) as f64 / window.as_secs_f64()
+}
+
+/// The distinct keys (indices into the key list) the first `sent` requests of a run of
+/// `source` asked for, where request `i` of the source asks for key `i / 2`.
+fn asked(source: &Uniform, sent: u64) -> HashSet<usize> {
+    (0..sent).map(|seq| source.index(seq) / 2).collect()
+}
+
+impl Bench<'_> {
+    /// freeze or black-hole: see the module's documentation.
+    pub(crate) async fn fault(&mut self, fault: Fault) -> Result<()> {
+        let workload = fault.workload();
+        if fault == Fault::BlackHole && !netns::available() {
+            self.report.notes.push(format!(
+                "{workload}: skipped, network namespaces are not available (root, ip and nft)"
+            ));
+            return Ok(());
+        }
+        for round in 0..self.options.rounds {
+            for kind in self.order(&[Kind::Rust, Kind::GoPooled], round) {
+                self.progress(workload, round, kind);
+                self.fault_round(fault, kind).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fault_round(&mut self, fault: Fault, kind: Kind) -> Result<()> {
+        let workload = fault.workload();
+        let window = Duration::from_secs_f64(self.options.fault_secs);
+        let mut faulty = Faulty::start(self, fault, kind).await?;
+        let cluster = &faulty.cluster;
+        let keys = keys("fault-", KEYS);
+        let fill: Vec<_> = keys
+            .iter()
+            .map(|k| (cluster.owner(k), get_path(k)))
+            .collect();
+        let filled = run_once(&cluster.addrs(), CONCURRENCY, fill).await;
+        expect_all(&filled, KEYS, VALUE_BYTES, &format!("{workload} warm-up"))?;
+        let faulted_keys: Vec<bool> = keys.iter().map(|k| cluster.owner(k) == FAULTED).collect();
+
+        let healthy: Vec<&Process> = cluster.replicas[..FAULTED].iter().collect();
+        let targets: Vec<SocketAddr> = healthy.iter().map(|p| p.addr).collect();
+        // Request 2i asks replica 0 for key i, request 2i + 1 replica 1.
+        let source = Arc::new(Uniform {
+            requests: keys
+                .iter()
+                .flat_map(|k| [(0, get_path(k)), (1, get_path(k))])
+                .collect(),
+        });
+        let mut pool = connect(&targets, CONCURRENCY).await?;
+        pool.run(source.clone(), Limit::Time(WARM_UP)).await;
+        let control = pool.run(source.clone(), Limit::Time(window)).await;
+        let before = loads(&healthy).await?;
+
+        faulty.begin();
+        let lift = async {
+            tokio::time::sleep(window).await;
+            faulty.end();
+        };
+        let (during, ()) = tokio::join!(pool.run(source.clone(), Limit::Time(window)), lift);
+        let healthy: Vec<&Process> = faulty.cluster.replicas[..FAULTED].iter().collect();
+        let reloads = loads(&healthy).await?.saturating_sub(before);
+
+        let orphans = asked(&source, during.ok + during.errors)
+            .into_iter()
+            .filter(|&i| faulted_keys[i])
+            .count();
+        let control_rate = served_rate(&control, window);
+        let rate = served_rate(&during, window);
+        let mut add = |metric, better, value| {
+            self.report.add(workload, CASE, metric, better, kind, value);
+        };
+        use Better::{Higher, Lower};
+        add("control req/s", Higher, control_rate);
+        add("faulted req/s", Higher, rate);
+        add(SERVED, Higher, rate / control_rate.max(1e-9) * 100.0);
+        add("control p99 us", Lower, control.quantile_us(0.99));
+        add("p50 us", Lower, during.quantile_us(0.5));
+        add(P99, Lower, during.quantile_us(0.99));
+        add("max us", Lower, during.quantile_us(1.0));
+        add(ERRORS, Lower, during.errors as f64);
+        add("control errors", Lower, control.errors as f64);
+        add("faulted owner's keys asked", Higher, orphans as f64);
+        add(LOADS, Lower, reloads as f64 / orphans.max(1) as f64);
+        for (outcome, phase) in [(&control, "control"), (&during, "fault")] {
+            if let Some(error) = &outcome.first_error {
+                self.report.notes.push(format!(
+                    "{workload} {} {phase}: {} errors, first: {error}",
+                    kind.name(),
+                    outcome.errors
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+const SERVED: &str = "served % of control";
+const P99: &str = "p99 us";
+const ERRORS: &str = "errors";
+const LOADS: &str = "loads per faulted key";
+
+/// The issue's targets, from the Rust medians of each fault measured (Go's beside them).
+pub(crate) fn verdicts(report: &Report) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for fault in [Fault::Freeze, Fault::BlackHole] {
+        let workload = fault.workload();
+        let targets: [(&str, &str, f64, bool); 4] = [
+            (
+                SERVED,
+                ">= 70 % of the control's requests served",
+                70.0,
+                true,
+            ),
+            (P99, "p99 <= 1.5 s", 1.5e6, false),
+            (
+                LOADS,
+                "<= 1.1 loads per key of the faulted owner's",
+                1.1,
+                false,
+            ),
+            (ERRORS, "0 errors", 0.0, false),
+        ];
+        for (metric, words, bound, at_least) in targets {
+            let row = report.row(workload, CASE, metric);
+            let median = |kind| row.and_then(|r| r.median(kind));
+            let (met, detail) = match median(Kind::Rust) {
+                Some(rust) => {
+                    let met = if at_least {
+                        rust >= bound
+                    } else {
+                        rust <= bound
+                    };
+                    let figure = |v: f64| match metric {
+                        SERVED => format!("{v:.1} %"),
+                        P99 => format!("{:.3} s", v / 1e6),
+                        LOADS => format!("{v:.3}"),
+                        _ => format!("{v:.0}"),
+                    };
+                    let go = median(Kind::GoPooled)
+                        .map_or(String::new(), |go| format!(" (Go {})", figure(go)));
+                    (Some(met), format!("Rust {}{go}", figure(rust)))
+                }
+                None => (None, "not measured".to_owned()),
+            };
+            out.push(Verdict {
+                target: format!("{workload}: one of three owners faulted: {words}"),
+                met,
+                detail,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_read_the_rust_medians() {
+        let mut report = Report::default();
+        assert!(verdicts(&report).iter().all(|v| v.met.is_none()));
+        for (kind, served, p99, loads, errors) in [
+            (Kind::Rust, 85.0, 4_000.0, 1.0, 0.0),
+            (Kind::GoPooled, 0.2, 10e6, 0.0, 0.0),
+        ] {
+            for (metric, value) in [
+                (SERVED, served),
+                (P99, p99),
+                (LOADS, loads),
+                (ERRORS, errors),
+            ] {
+                report.add("freeze", CASE, metric, Better::Lower, kind, value);
+            }
+        }
+        let lines = verdicts(&report);
+        assert_eq!(lines.len(), 8);
+        assert!(lines[..4].iter().all(|v| v.met == Some(true)), "{lines:?}");
+        assert!(lines[0].detail.contains("Go 0.2 %"), "{}", lines[0].detail);
+        assert!(
+            lines[1].detail.contains("Go 10.000 s"),
+            "{}",
+            lines[1].detail
+        );
+        assert!(lines[4..].iter().all(|v| v.met.is_none()), "black-hole");
+    }
+
+    #[test]
+    fn keys_asked_are_halves_of_request_indices() {
+        let source = Uniform {
+            requests: (0..10).map(|i| (i % 2, vec![i as u8])).collect(),
+        };
+        let asked = asked(&source, 1_000);
+        assert_eq!(asked.len(), 5, "{asked:?}");
+        assert!(asked.iter().all(|&k| k < 5));
+        let command = in_netns(&Command::new("/bin/true"), "ns");
+        let args: Vec<_> = command.get_args().collect();
+        assert_eq!(args, ["netns", "exec", "ns", "/bin/true"]);
+    }
+}
