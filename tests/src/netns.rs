@@ -108,7 +108,7 @@ fn effective_uid() -> Option<u32> {
 /// One replica's namespace.
 #[derive(Debug, Clone)]
 pub struct Node {
-    /// The namespace's name, for [`crate::process::ProcessReplica::start_in_netns`].
+    /// The namespace's name, for `ProcessReplica::start_in_netns` (`tests/src/process.rs`).
     pub netns: String,
     /// Its address on the shared bridge; replicas listen on it.
     pub addr: Ipv4Addr,
