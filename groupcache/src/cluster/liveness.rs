@@ -31,7 +31,8 @@ impl ClusterInner {
         if self.liveness_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        runtime.spawn(heartbeats(Arc::downgrade(self)));
+        let running = Running(Arc::downgrade(self));
+        runtime.spawn(heartbeats(Arc::downgrade(self), running));
     }
 
     /// Suspects `member` for `owner_suspicion`, counted and logged once per suspicion; whether
@@ -60,9 +61,22 @@ impl ClusterInner {
     }
 }
 
+/// Marks the detector stopped when its task ends, however it ends: a runtime shut down drops it,
+/// and the next request or ring change starts it again on the runtime then at hand (a cluster
+/// built in one runtime and used in another keeps its detector).
+struct Running(Weak<ClusterInner>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.0.upgrade() {
+            cluster.liveness_started.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// The detector's loop: every quarter of the detection time, a heartbeat to each peer of ours
 /// not heard from for that long. Holds the cluster weakly: a cluster dropped ends it.
-async fn heartbeats(cluster: Weak<ClusterInner>) {
+async fn heartbeats(cluster: Weak<ClusterInner>, _running: Running) {
     loop {
         let interval = {
             let Some(cluster) = cluster.upgrade() else {
@@ -110,5 +124,55 @@ async fn heartbeat(cluster: Arc<ClusterInner>, member: Arc<Member>) {
                 cluster.suspect_member(&member, &format_args!("no answer for {silent:?}: {error}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::Cluster;
+
+    /// A cluster whose first runtime is gone: the detector starts again on the next one.
+    #[test]
+    fn the_detector_starts_again_on_another_runtime() {
+        let cluster = Cluster::builder("http://127.0.0.1:1").build().unwrap();
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        first.block_on(async {
+            cluster
+                .set_peers(["http://127.0.0.1:1", "http://127.0.0.1:2"])
+                .unwrap();
+            assert!(
+                cluster
+                    .inner
+                    .liveness_started
+                    .load(std::sync::atomic::Ordering::Acquire)
+            );
+        });
+        drop(first);
+        assert!(
+            !cluster
+                .inner
+                .liveness_started
+                .load(std::sync::atomic::Ordering::Acquire),
+            "the detector's task died with its runtime"
+        );
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        second.block_on(async {
+            cluster.inner.watch_liveness();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(
+                cluster
+                    .inner
+                    .liveness_started
+                    .load(std::sync::atomic::Ordering::Acquire)
+            );
+        });
     }
 }
