@@ -136,6 +136,19 @@ mod tests {
     }
 
     #[test]
+    fn half_the_limit_is_reserved_in_equal_shares_whatever_the_number_of_groups() {
+        // 24 slots, 4 groups: 3 reserved for each (24 / 8), 12 open.
+        let limits = Limits::new(24, 0);
+        let shares: Vec<Share> = (0..4).map(|_| Share::default()).collect();
+        let flood: Vec<_> = std::iter::from_fn(|| limits.slot(&shares[0], 4)).collect();
+        assert_eq!(flood.len(), 15, "its 3 and the open 12");
+        for share in &shares[1..] {
+            let held: Vec<_> = std::iter::from_fn(|| limits.slot(share, 4)).collect();
+            assert_eq!(held.len(), 3);
+        }
+    }
+
+    #[test]
     fn a_group_takes_its_reserved_share_again_once_given_back() {
         let limits = Limits::new(8, 0);
         let share = Share::default();
