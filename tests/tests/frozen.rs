@@ -504,3 +504,35 @@ async fn a_slow_link_to_a_slow_owner_is_not_taken_for_dead() {
     );
     assert_eq!(owner_loader.loads.of(&key), 1);
 }
+
+/// A single get of a key whose load (2 s) takes longer than `peer_timeout` (1 s): the owner says
+/// it is still loading before the asker gives up, and is asked again; the key is loaded once, by
+/// the owner, which is never suspected. Before, the asker timed out and loaded the key itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_longer_than_the_peer_timeout_is_waited_for_not_loaded_twice() {
+    let flags = ["--load-ms", "2000", "--peer-timeout-ms", "1000"];
+    let replicas: Vec<ProcessReplica> = (0..2)
+        .map(|_| ProcessReplica::start(BINARY, &flags))
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for replica in &replicas {
+        replica.set_peers(&urls).await;
+    }
+    let key = (0..)
+        .map(|i| format!("long-{i}"))
+        .find(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
+        .expect("a key of the owner's");
+    let asker = &replicas[0];
+    let (status, value) = asker.get(&key).await.expect("the get is answered");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&value).starts_with(&format!("value:{key}#")));
+    let (asker_stats, owner_stats) = (asker.stats().await, replicas[1].stats().await);
+    assert_eq!(
+        asker_stats.loads_per_key.get(&key),
+        None,
+        "loaded on the asker too"
+    );
+    assert_eq!(owner_stats.loads_per_key.get(&key), Some(&1));
+    assert_eq!(asker_stats.peer_suspicions, 0);
+    assert_eq!(asker_stats.peer_errors, 0);
+}

@@ -438,13 +438,24 @@ impl<L: Loader> Inner<L> {
     }
 
     /// One `GET` of `key` from `peer`, timed.
+    ///
+    /// The peer is told how long this replica waits (three quarters of `peer_timeout`); if its
+    /// load is not done by then it says so, and is asked again, for at most [`PEER_ROUNDS`]
+    /// rounds: a load longer than `peer_timeout` is waited for, and loaded once, by the owner.
     async fn ask(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
-        let started = Instant::now();
-        let path = self.key_path(peer, key);
-        let request = self.cluster.client.get(&peer.endpoint, path);
-        let fetched = until_unresponsive(&self.cluster, peer, request).await;
-        self.metrics.peer_request_duration.record(started.elapsed());
-        fetched.map(Entry::from)
+        let max_wait = self.cluster.config.peer_timeout * 3 / 4;
+        for _ in 0..PEER_ROUNDS {
+            let started = Instant::now();
+            let path = self.key_path(peer, key);
+            let request = self.cluster.client.get(&peer.endpoint, path, max_wait);
+            let fetched = until_unresponsive(&self.cluster, peer, request).await;
+            self.metrics.peer_request_duration.record(started.elapsed());
+            if let Some(response) = fetched? {
+                return Ok(Entry::from(response));
+            }
+        }
+        // Still loading after every round: as after a timeout.
+        Err(Failure::Peer(crate::PeerError::Timeout))
     }
 
     /// A fetched value, kept in the hot cache if this replica asks for the key often.
@@ -573,6 +584,10 @@ pub(crate) async fn until_unresponsive<T>(
         () = peer.until_suspected() => Err(Failure::Peer(crate::PeerError::Unresponsive)),
     }
 }
+
+/// Requests for the same key (or batch) to one peer that answers "still loading", at most; then
+/// it is loaded here, as after a timeout.
+pub(crate) const PEER_ROUNDS: usize = 4;
 
 /// The popularity sketch's window: estimates are requests per this long.
 pub(crate) const POPULARITY_WINDOW: Duration = Duration::from_secs(60);

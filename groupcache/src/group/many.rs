@@ -23,7 +23,7 @@ use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use tokio::sync::oneshot;
 
 use super::Groupcache;
-use super::journey::{Inner, until_unresponsive};
+use super::journey::{Inner, PEER_ROUNDS, until_unresponsive};
 use super::led::{Led, once_each};
 use super::store::{Caller, Store};
 use crate::caches::Entry;
@@ -84,10 +84,6 @@ impl<L: Loader> Groupcache<L> {
             .collect()
     }
 }
-
-/// Batch requests for the same keys to one owner, at most: the keys still pending after the last
-/// round are loaded here, as after a failed request.
-const BATCH_ROUNDS: usize = 4;
 
 type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + 'a>>;
 
@@ -348,7 +344,7 @@ impl<L: Loader> Inner<L> {
     /// The owner is told how long this replica waits (`max_wait_ms`, three quarters of
     /// `peer_timeout`), and answers by then, marking the keys still loading `pending`: those are
     /// asked for again, in another batch, while the owner answers and for at most
-    /// [`BATCH_ROUNDS`] rounds. So a batch whose loads take longer than `peer_timeout` (1,024
+    /// [`PEER_ROUNDS`] rounds. So a batch whose loads take longer than `peer_timeout` (1,024
     /// cold keys at 320 ms each) is loaded once, by the owner, and never makes it suspected.
     ///
     /// `answered` is told when the owner's first answer (or its failure) is known: coalescing
@@ -366,7 +362,7 @@ impl<L: Loader> Inner<L> {
                 None => asking.push(led),
             }
         }
-        for round in 1..=BATCH_ROUNDS {
+        for round in 1..=PEER_ROUNDS {
             if asking.is_empty() {
                 return;
             }
@@ -386,7 +382,7 @@ impl<L: Loader> Inner<L> {
             let mut settling = Vec::with_capacity(asking.len());
             for (led, entry) in asking.into_iter().zip(entries) {
                 match entry {
-                    Some(entry) if entry.pending == Some(true) && round < BATCH_ROUNDS => {
+                    Some(entry) if entry.pending == Some(true) && round < PEER_ROUNDS => {
                         pending.push(led)
                     }
                     entry => settling.push((led, entry)),

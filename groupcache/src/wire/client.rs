@@ -17,7 +17,8 @@ use super::auth::{PeerAuth, SIGNATURE_HEADER};
 use super::batch;
 use super::pool::{Answer, Connections, ReadError, request_error};
 use super::protocol::{
-    BATCH_HEADER, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, PEEK, PEEK_HEADER, PROTOBUF,
+    BATCH_HEADER, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER, PEEK, PEEK_HEADER,
+    PENDING, PROTOBUF,
 };
 use crate::PeerError;
 use crate::cluster::membership::Endpoint;
@@ -60,17 +61,17 @@ impl PeerClient {
         self.connections.retain(keep);
     }
 
-    /// `GET`: the owner's value.
+    /// `GET`: the owner's value, or `None` if it is still loading after `max_wait` (which the
+    /// owner is told, [`MAX_WAIT_HEADER`]): ask again.
     pub(crate) async fn get(
         &self,
         peer: &Arc<Endpoint>,
         path: String,
-    ) -> Result<GetResponse, Failure> {
-        let answer = self.get_as(peer, path, false, self.timeout).await?;
-        answer.ok_or(Failure::Peer(PeerError::Status {
-            status: 404,
-            message: "not found".to_owned(),
-        }))
+        max_wait: Duration,
+    ) -> Result<Option<GetResponse>, Failure> {
+        let millis = u64::try_from(max_wait.as_millis()).unwrap_or(u64::MAX);
+        let header = (MAX_WAIT_HEADER, HeaderValue::from(millis));
+        self.get_as(peer, path, Some(header), self.timeout).await
     }
 
     /// A peek ([`PEEK_HEADER`]): the peer's value if it holds it in memory, `None` if not; the
@@ -81,26 +82,35 @@ impl PeerClient {
         path: String,
         timeout: Duration,
     ) -> Result<Option<GetResponse>, Failure> {
-        self.get_as(peer, path, true, timeout).await
+        let header = (PEEK_HEADER, HeaderValue::from_static(PEEK));
+        self.get_as(peer, path, Some(header), timeout).await
     }
 
-    /// `get` and `peek`; `None` for a peek's 404.
+    /// `get` and `peek` (with `header`, which says which); `None` for a peek's 404 and for a
+    /// get still loading on the owner ([`PENDING`]).
     async fn get_as(
         &self,
         peer: &Arc<Endpoint>,
         path: String,
-        peek: bool,
+        header: Option<(&'static str, HeaderValue)>,
         timeout: Duration,
     ) -> Result<Option<GetResponse>, Failure> {
+        let peek = header
+            .as_ref()
+            .is_some_and(|(name, _)| *name == PEEK_HEADER);
         let exchange = async {
-            let header = peek.then_some((PEEK_HEADER, PEEK));
             let answer = self
                 .send(Method::GET, peer, path, Bytes::new(), header)
                 .await
                 .map_err(Failure::Peer)?;
             let response = &answer.response;
             let status = response.status();
-            if peek && status == StatusCode::NOT_FOUND {
+            let pending = status == StatusCode::ACCEPTED
+                && response
+                    .headers()
+                    .get(ERROR_KIND)
+                    .is_some_and(|kind| kind == PENDING);
+            if (peek && status == StatusCode::NOT_FOUND) || pending {
                 let _ = answer.read_prefix(1024).await;
                 return Ok(None);
             }
@@ -159,7 +169,7 @@ impl PeerClient {
                     peer,
                     path,
                     Bytes::new(),
-                    Some((HEARTBEAT_HEADER, "1")),
+                    Some((HEARTBEAT_HEADER, HeaderValue::from_static("1"))),
                 )
                 .await?;
             let status = answer.response.status();
@@ -230,7 +240,7 @@ impl PeerClient {
         peer: &Arc<Endpoint>,
         path: String,
         body: Bytes,
-        header: Option<(&'static str, &'static str)>,
+        header: Option<(&'static str, HeaderValue)>,
     ) -> Result<Answer, PeerError> {
         let signature = match &self.auth {
             Some(auth) => {
@@ -251,8 +261,8 @@ impl PeerClient {
             *request.method_mut() = method.clone();
             *request.uri_mut() = uri.clone();
             let headers = request.headers_mut();
-            if let Some((name, value)) = header {
-                headers.insert(name, HeaderValue::from_static(value));
+            if let Some((name, value)) = &header {
+                headers.insert(*name, value.clone());
             }
             if let Some(signature) = &signature {
                 headers.insert(SIGNATURE_HEADER, signature.clone());

@@ -42,6 +42,16 @@ pub(crate) const PEEK_HEADER: &str = "groupcache-peek";
 /// golang/groupcache would answer 400, and its replicas keep the old behaviour.
 pub(crate) const HEARTBEAT_HEADER: &str = "groupcache-heartbeat";
 
+/// On a `GET` (milliseconds): how long the asker waits. An owner whose load of the key is not
+/// done by a little less than that answers 202 with [`ERROR_KIND`]: [`PENDING`] instead, and
+/// the asker asks again (the load goes on, in its flight's task): a load longer than the peer
+/// timeout is not taken for a dead owner, nor loaded again by the asker. golang/groupcache
+/// ignores it. Not covered by the signature (it can only make the asker ask again).
+pub(crate) const MAX_WAIT_HEADER: &str = "groupcache-max-wait-ms";
+
+/// The [`ERROR_KIND`] of a get still loading by the asker's [`MAX_WAIT_HEADER`].
+pub(crate) const PENDING: &str = "pending";
+
 /// The [`PEEK_HEADER`] value.
 pub(crate) const PEEK: &str = "1";
 

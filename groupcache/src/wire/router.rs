@@ -24,8 +24,8 @@ use super::auth::SIGNATURE_HEADER;
 use super::batch::{Refused, answer_room, encode_answer, parse_request};
 use super::limits::{Held, Share};
 use super::protocol::{
-    BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, PEEK_HEADER, PROTOBUF,
-    get_response, parse_path,
+    BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER,
+    PEEK_HEADER, PENDING, PROTOBUF, get_response, parse_path,
 };
 use crate::Error;
 use crate::caches::Entry;
@@ -200,9 +200,16 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             Some(entry) => protobuf(get_response(entry, None)),
             None => text(StatusCode::NOT_FOUND, "not cached"),
         },
-        Method::GET => match group.serve_get(&key).await {
-            Ok((entry, minute_qps)) => protobuf(get_response(entry, Some(minute_qps))),
-            Err(error) => {
+        Method::GET => match serve_get(port, headers, group, &key).await {
+            None => {
+                let mut response = text(StatusCode::ACCEPTED, "still loading: ask again");
+                response
+                    .headers_mut()
+                    .insert(ERROR_KIND, HeaderValue::from_static(PENDING));
+                response
+            }
+            Some(Ok((entry, minute_qps))) => protobuf(get_response(entry, Some(minute_qps))),
+            Some(Err(error)) => {
                 let loader_error = matches!(error, Error::Loader(_) | Error::LoaderPanicked(_));
                 let mut response = text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string());
                 if loader_error {
@@ -229,6 +236,31 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             StatusCode::OK.into_response()
         }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    }
+}
+
+/// A peer's get of `key` from `group`, by a little less than the wait the asker sent
+/// ([`MAX_WAIT_HEADER`], within the peer timeout); `None` if the load is not done by then (it
+/// goes on, in its flight's task).
+async fn serve_get(
+    port: &Port,
+    headers: &axum::http::HeaderMap,
+    group: Arc<dyn Served>,
+    key: &str,
+) -> Option<Result<(Entry, f64), Error>> {
+    let max_wait = headers
+        .get(MAX_WAIT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .map(|ms| {
+            Duration::from_millis(ms)
+                .min(port.cluster.config.peer_timeout)
+                .mul_f64(0.9)
+        });
+    let served = group.serve_get(key);
+    match max_wait {
+        Some(wait) => tokio::time::timeout(wait, served).await.ok(),
+        None => Some(served.await),
     }
 }
 
