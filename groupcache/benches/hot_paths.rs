@@ -278,10 +278,57 @@ fn protobuf(c: &mut Criterion) {
     });
 }
 
+/// What a heartbeat of the failure detector costs the replica that answers it: one `GET` of the
+/// base path with the heartbeat header, over one keep-alive connection, answered by the router
+/// before any group, slot or load (the client here is a bare socket, so the time is the server's
+/// and the loopback's). An idle replica among 100 answers 4 x 99 of them a second.
+fn heartbeats(c: &mut Criterion) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("benchmark runtime");
+    let (mut socket, _cache) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let cache = Groupcache::builder("bench", format!("http://{addr}"), Kilobyte)
+            .build()
+            .expect("valid configuration");
+        let app = axum::Router::new().merge(cache.router());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        (socket, cache)
+    });
+    let request = b"GET /_groupcache/ HTTP/1.1\r\nhost: bench\r\ngroupcache-heartbeat: 1\r\n\r\n";
+    let mut answer = vec![0; 4096];
+    c.bench_function("heartbeat/answered", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    socket.write_all(request).await.expect("send");
+                    // The whole answer is one small segment: headers and "alive\n".
+                    let mut read = 0;
+                    while !answer[..read].ends_with(b"alive\n") {
+                        let n = socket.read(&mut answer[read..]).await.expect("read");
+                        assert!(n > 0, "the server closed the connection");
+                        read += n;
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
 criterion_group!(
     benches,
     cache_hits,
     remote_gets,
+    heartbeats,
     ring_lookups,
     flights,
     protobuf
