@@ -93,31 +93,17 @@ fn cache_hits(c: &mut Criterion) {
     drop(a);
 }
 
-/// Two replicas serving on loopback, each built by `configure`, with each other as peers.
+/// Two replicas serving on loopback, each one group built by `configure`, with each other as
+/// peers.
 async fn pair(
-    configure: impl Fn(groupcache_rs::Builder<Kilobyte>) -> groupcache_rs::Builder<Kilobyte>,
+    configure: impl Fn(GroupBuilder) -> GroupBuilder,
 ) -> (Groupcache<Kilobyte>, Groupcache<Kilobyte>) {
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let cache = configure(Groupcache::builder("bench", &url, Kilobyte))
-            .build()
-            .expect("valid configuration");
-        let app = axum::Router::new().merge(cache.router());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        replicas.push((url, cache));
-    }
-    let urls: Vec<String> = replicas.iter().map(|(url, _)| url.clone()).collect();
-    for (_, cache) in &replicas {
-        cache.set_peers(&urls).expect("valid peers");
-    }
-    let b = replicas.pop().expect("two replicas").1;
-    let a = replicas.pop().expect("two replicas").1;
+    let (a, b, _) = cluster_pair(1, configure).await;
     (a, b)
 }
+
+/// A group's builder on a cluster.
+type GroupBuilder = groupcache_rs::Builder<Kilobyte, groupcache_rs::Cluster>;
 
 /// A key `b`'s ring gives to `a`.
 fn owned_by(a: &Groupcache<Kilobyte>, b: &Groupcache<Kilobyte>) -> String {
@@ -146,7 +132,9 @@ fn remote_gets(c: &mut Criterion) {
 
     // The same with ten groups on each replica's cluster, the get in one of them: the router's
     // dispatch by name and the shared limits, against one group's.
-    let (a, b, _others) = rt.block_on(cluster_pair(10));
+    let (a, b, _others) = rt.block_on(cluster_pair(10, |group| {
+        group.hot_promotion_requests(u32::MAX)
+    }));
     let key = owned_by(&a, &b);
     rt.block_on(b.get(&key)).expect("B fetches from A");
     c.bench_function("get/remote_10_groups", |bench| {
@@ -170,11 +158,12 @@ fn timed_gets(
     })
 }
 
-/// Two replicas whose clusters serve `groups` groups (`g0`, `g1`, ...) through one router each;
-/// the handles of `g0` (which never keeps fetched values hot) on each, and the other groups'
+/// Two replicas whose clusters serve `groups` groups (`g0`, `g1`, ...), each built by
+/// `configure`, through one router each; the handles of `g0` on each, and the other groups'
 /// handles, which keep them served.
 async fn cluster_pair(
     groups: usize,
+    configure: impl Fn(GroupBuilder) -> GroupBuilder,
 ) -> (
     Groupcache<Kilobyte>,
     Groupcache<Kilobyte>,
@@ -191,9 +180,7 @@ async fn cluster_pair(
             .expect("valid configuration");
         let handles: Vec<Groupcache<Kilobyte>> = (0..groups)
             .map(|i| {
-                cluster
-                    .group(format!("g{i}"), Kilobyte)
-                    .hot_promotion_requests(u32::MAX)
+                configure(cluster.group(format!("g{i}"), Kilobyte))
                     .build()
                     .expect("valid configuration")
             })

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use groupcache_tests::netns::{self, Network};
-use groupcache_tests::process::{ProcessReplica, owners};
+use groupcache_tests::process::{ProcessReplica, keys_owned_by, owners};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_replica");
 
@@ -85,6 +85,24 @@ async fn traffic(
         all.asked.extend(phase.asked);
     }
     all
+}
+
+/// Two process replicas started with `flags`, each with both in its ring; and their URLs.
+async fn pair(flags: &[&str]) -> (Vec<ProcessReplica>, Vec<String>) {
+    let replicas: Vec<ProcessReplica> = (0..2)
+        .map(|_| ProcessReplica::start(BINARY, flags))
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for replica in &replicas {
+        replica.set_peers(&urls).await;
+    }
+    (replicas, urls)
+}
+
+/// `n` keys starting with `prefix` that the second of `urls` owns.
+fn owned_by_second(urls: &[String], prefix: &str, n: usize) -> Vec<String> {
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    keys_owned_by(&urls, urls[1], prefix, n)
 }
 
 /// Loads per key on the replicas, summed.
@@ -217,10 +235,8 @@ impl Scenario {
     async fn trusted_again(&self) -> Duration {
         let healed = Instant::now();
         let asker = &self.healthy()[0];
-        let fresh = (0..)
-            .map(|i| format!("fresh-{i}"))
-            .filter(|key| owners(&self.urls, std::slice::from_ref(key))[0] == self.urls[2]);
-        for key in fresh.take(100) {
+        let urls: Vec<&str> = self.urls.iter().map(String::as_str).collect();
+        for key in keys_owned_by(&urls, &self.urls[2], "fresh-", 100) {
             let peer_loads = asker.stats().await.peer_loads;
             let (status, _) = asker.get(&key).await.expect("get after the fault");
             assert_eq!(status, 200);
@@ -296,23 +312,11 @@ async fn a_black_holed_owner_costs_the_healthy_replicas_about_a_second() {
 /// it is never suspected, and its keys are loaded once, by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_owner_that_answers_heartbeats_is_not_taken_for_dead() {
-    let replicas: Vec<ProcessReplica> = (0..2)
-        .map(|_| ProcessReplica::start(BINARY, &["--load-ms", "3000"]))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    for replica in &replicas {
-        replica.set_peers(&urls).await;
-    }
+    let (replicas, urls) = pair(&["--load-ms", "3000"]).await;
     // The owner must have answered once to be sent heartbeats: a key of the asker's own first.
-    let mine = (0..)
-        .map(|i| format!("own-{i}"))
-        .find(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
-        .expect("a key of the owner's");
+    let mine = owned_by_second(&urls, "own-", 1).remove(0);
     let asker = &replicas[0];
-    let warm = (0..)
-        .map(|i| format!("warm-{i}"))
-        .find(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
-        .expect("a key of the owner's");
+    let warm = owned_by_second(&urls, "warm-", 1).remove(0);
     assert_eq!(asker.get(&warm).await.expect("warm").0, 200);
 
     let started = Instant::now();
@@ -342,26 +346,13 @@ async fn a_slow_owner_that_answers_heartbeats_is_not_taken_for_dead() {
 /// successor loaded the whole batch again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_batch_longer_than_the_peer_timeout_is_loaded_once() {
-    let replicas: Vec<ProcessReplica> = (0..2)
-        .map(|_| ProcessReplica::start(BINARY, &["--load-ms", "320"]))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    for replica in &replicas {
-        replica.set_peers(&urls).await;
-    }
+    let (replicas, urls) = pair(&["--load-ms", "320"]).await;
     let asker = &replicas[0];
     // Heard from, so that batches go to it (it advertises them) and heartbeats too.
-    let warm = (0..)
-        .map(|i| format!("warm-{i}"))
-        .find(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
-        .expect("a key of the owner's");
+    let warm = owned_by_second(&urls, "warm-", 1).remove(0);
     assert_eq!(asker.get(&warm).await.expect("warm").0, 200);
 
-    let keys: Vec<String> = (0..)
-        .map(|i| format!("cold-{i}"))
-        .filter(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
-        .take(1024)
-        .collect();
+    let keys: Vec<String> = owned_by_second(&urls, "cold-", 1024);
     let started = Instant::now();
     let values = asker.get_many(&keys).await.expect("the batch is answered");
     eprintln!("1,024 cold keys at 320 ms each in {:?}", started.elapsed());
@@ -511,17 +502,8 @@ async fn a_slow_link_to_a_slow_owner_is_not_taken_for_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_longer_than_the_peer_timeout_is_waited_for_not_loaded_twice() {
     let flags = ["--load-ms", "2000", "--peer-timeout-ms", "1000"];
-    let replicas: Vec<ProcessReplica> = (0..2)
-        .map(|_| ProcessReplica::start(BINARY, &flags))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    for replica in &replicas {
-        replica.set_peers(&urls).await;
-    }
-    let key = (0..)
-        .map(|i| format!("long-{i}"))
-        .find(|key| owners(&urls, std::slice::from_ref(key))[0] == urls[1])
-        .expect("a key of the owner's");
+    let (replicas, urls) = pair(&flags).await;
+    let key = owned_by_second(&urls, "long-", 1).remove(0);
     let asker = &replicas[0];
     let (status, value) = asker.get(&key).await.expect("the get is answered");
     assert_eq!(status, 200);
