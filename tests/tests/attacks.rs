@@ -117,10 +117,9 @@ impl Honest {
                     latencies.lock().unwrap().push(started.elapsed());
                     match answer {
                         Ok((200, body)) if body == expected => {}
-                        Ok((status, body)) => failures.push(format!(
-                            "{key}: {status}, {} bytes",
-                            body.len()
-                        )),
+                        Ok((status, body)) => {
+                            failures.push(format!("{key}: {status}, {} bytes", body.len()))
+                        }
                         Err(error) => failures.push(format!("{key}: {error}")),
                     }
                     count.send_modify(|n| *n += 1);
@@ -652,7 +651,10 @@ async fn slow_readers(auth: bool) -> String {
     assert!(p99 < Duration::from_millis(50), "{figure}: honest p99");
     // The target: the stalled answers are bounded by `Server::max_unsent_bytes`
     // (default 32 MiB); with the connections' buffers, within 64 MiB.
-    assert!(growth < 64 * MIB, "{figure}: resident memory grew by {growth} bytes");
+    assert!(
+        growth < 64 * MIB,
+        "{figure}: resident memory grew by {growth} bytes"
+    );
     figure
 }
 

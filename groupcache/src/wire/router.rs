@@ -128,24 +128,24 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
     }
     // Shed load rather than queue without bound: the requester falls back to a local load.
     let Ok(_slot) = served.slots.try_acquire() else {
-        return text(
+        return closing(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded: too many concurrent peer requests",
         );
     };
     // Inside a nested router, `Uri` has the application's prefix stripped.
     let Some((group, key)) = parse_path(uri.path(), &inner.config.base_path) else {
-        return text(
+        return closing(
             StatusCode::BAD_REQUEST,
             "bad request: expected {base}{group}/{key}, percent-encoded UTF-8",
         );
     };
     if group != inner.group {
-        return text(StatusCode::NOT_FOUND, &format!("no such group: {group}"));
+        return closing(StatusCode::NOT_FOUND, &format!("no such group: {group}"));
     }
     if key.len() > inner.config.max_key_bytes {
         let limit = inner.config.max_key_bytes;
-        return text(
+        return closing(
             StatusCode::BAD_REQUEST,
             &format!("key is {} bytes, over the limit of {limit}", key.len()),
         );
@@ -153,7 +153,11 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
     // A `POST` is only a batch: any other is refused before its body, like any other method.
     let batch = method == Method::POST && key == BATCH_KEY;
     if !(batch || matches!(method, Method::GET | Method::PUT | Method::DELETE)) {
-        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
     }
     // The budget's share is held until the body is dropped, at the end of the request. Only a
     // `PUT` and a batch carry a body.
@@ -167,7 +171,7 @@ async fn respond<L: Loader>(served: &Served<L>, parts: &Parts, body: Body) -> Re
         (Bytes::new(), None)
     } else {
         // golang/groupcache sends none; a body here can only cost memory.
-        return text(
+        return closing(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("a {method} carries no body"),
         );
@@ -241,7 +245,7 @@ async fn read_body<L: Loader>(
 ) -> Result<(Bytes, SemaphorePermit<'_>), Response> {
     let limit = served.body_limit;
     let Some(length) = body.size_hint().exact() else {
-        return Err(text(
+        return Err(closing(
             StatusCode::LENGTH_REQUIRED,
             "a PUT needs a Content-Length",
         ));
@@ -249,7 +253,7 @@ async fn read_body<L: Loader>(
     let length = match usize::try_from(length) {
         Ok(length) if length <= limit => length,
         _ => {
-            return Err(text(
+            return Err(closing(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("body of {length} bytes, over the limit of {limit}"),
             ));
@@ -260,7 +264,7 @@ async fn read_body<L: Loader>(
         .and_then(|length| served.body_bytes.try_acquire_many(length).ok())
         .ok_or(())
     else {
-        return Err(text(
+        return Err(closing(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded: too many bytes of bodies being read",
         ));
@@ -269,11 +273,11 @@ async fn read_body<L: Loader>(
     let collected = http_body_util::Limited::new(body, limit).collect();
     match tokio::time::timeout(deadline, collected).await {
         Ok(Ok(collected)) => Ok((collected.to_bytes(), budget)),
-        Ok(Err(error)) => Err(text(
+        Ok(Err(error)) => Err(closing(
             StatusCode::BAD_REQUEST,
             &format!("body could not be read: {error}"),
         )),
-        Err(_) => Err(text(
+        Err(_) => Err(closing(
             StatusCode::REQUEST_TIMEOUT,
             &format!("body not received within {deadline:?}"),
         )),
@@ -285,10 +289,20 @@ fn refused<L: Loader>(served: &Served<L>, path: &str, refusal: super::auth::Refu
     let inner = &served.cache.inner;
     inner.metrics.peer_auth_failure(refusal.reason());
     tracing::warn!(group = %inner.group, path, %refusal, "refused a peer request");
-    text(
+    closing(
         StatusCode::UNAUTHORIZED,
         &format!("unauthorized: {refusal}"),
     )
+}
+
+/// A refusal: [`text`] that closes the connection once written, so a client whose requests are
+/// refused (unsigned, say, pipelined and never read) cannot keep the connection for more.
+fn closing(status: StatusCode, message: &str) -> Response {
+    let mut response = text(status, message);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 pub(super) fn text(status: StatusCode, message: &str) -> Response {
