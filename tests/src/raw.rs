@@ -50,3 +50,21 @@ pub async fn answer(socket: &mut TcpStream, patience: Duration) -> (u16, String)
         .unwrap_or(0);
     (status, text)
 }
+
+/// Like [`send`], on a socket whose receive buffer is asked to be `receive_buffer` bytes (the
+/// kernel may round it): a client that never reads stops the server's writes sooner, and its
+/// unread answers cost the kernel little.
+pub async fn send_unread(
+    addr: SocketAddr,
+    head: &str,
+    receive_buffer: u32,
+) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_recv_buffer_size(receive_buffer)?;
+    let mut socket = socket.connect(addr).await?;
+    socket.write_all(head.as_bytes()).await?;
+    Ok(socket)
+}

@@ -132,13 +132,13 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     }
     // Inside a nested router, `Uri` has the application's prefix stripped.
     let Some((group_name, key)) = parse_path(uri.path(), &cluster.config.base_path) else {
-        return text(
+        return closing(
             StatusCode::BAD_REQUEST,
             "bad request: expected {base}{group}/{key}, percent-encoded UTF-8",
         );
     };
     let Some((registered, groups)) = cluster.groups.lookup(&group_name) else {
-        return text(
+        return closing(
             StatusCode::NOT_FOUND,
             &format!("no such group: {group_name}"),
         );
@@ -147,14 +147,14 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     let share: &Share = &registered.share;
     // Shed load rather than queue without bound: the requester falls back to a local load.
     let Some(_slot) = cluster.limits.slot(share, groups) else {
-        return text(
+        return closing(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded: too many concurrent peer requests",
         );
     };
     let max_key_bytes = group.max_key_bytes();
     if key.len() > max_key_bytes {
-        return text(
+        return closing(
             StatusCode::BAD_REQUEST,
             &format!(
                 "key is {} bytes, over the limit of {max_key_bytes}",
@@ -165,7 +165,7 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     // A `POST` is only a batch: any other is refused before its body, like any other method.
     let batch = method == Method::POST && key == BATCH_KEY;
     if !(batch || matches!(method, Method::GET | Method::PUT | Method::DELETE)) {
-        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        return closing(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     // The budget's share is held until the body is dropped, at the end of the request. Only a
     // `PUT` and a batch carry a body.
@@ -179,7 +179,7 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
         (Bytes::new(), None)
     } else {
         // golang/groupcache sends none; a body here can only cost memory.
-        return text(
+        return closing(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("a {method} carries no body"),
         );
@@ -269,7 +269,7 @@ async fn answer_batch(port: &Port, group: Arc<dyn Served>, name: &str, body: &[u
     let config = &port.cluster.config;
     let request = match parse_request(body, name, config.max_batch_keys, group.max_key_bytes()) {
         Ok(request) => request,
-        Err(Refused { status, message }) => return text(status, &message),
+        Err(Refused { status, message }) => return closing(status, &message),
     };
     let room = answer_room(request.max_answer_bytes, config.max_batch_bytes);
     // The asker's wait, a little less (the answer must travel back), within the peer timeout.
@@ -297,7 +297,7 @@ async fn read_body<'a>(
 ) -> Result<(Bytes, Held<'a>), Response> {
     let limit = port.body_limit;
     let Some(length) = body.size_hint().exact() else {
-        return Err(text(
+        return Err(closing(
             StatusCode::LENGTH_REQUIRED,
             "a PUT needs a Content-Length",
         ));
@@ -305,14 +305,14 @@ async fn read_body<'a>(
     let length = match usize::try_from(length) {
         Ok(length) if length <= limit => length,
         _ => {
-            return Err(text(
+            return Err(closing(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("body of {length} bytes, over the limit of {limit}"),
             ));
         }
     };
     let Some(budget) = port.cluster.limits.bytes(share, length, groups) else {
-        return Err(text(
+        return Err(closing(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded: too many bytes of bodies being read",
         ));
@@ -321,11 +321,11 @@ async fn read_body<'a>(
     let collected = http_body_util::Limited::new(body, limit).collect();
     match tokio::time::timeout(deadline, collected).await {
         Ok(Ok(collected)) => Ok((collected.to_bytes(), budget)),
-        Ok(Err(error)) => Err(text(
+        Ok(Err(error)) => Err(closing(
             StatusCode::BAD_REQUEST,
             &format!("body could not be read: {error}"),
         )),
-        Err(_) => Err(text(
+        Err(_) => Err(closing(
             StatusCode::REQUEST_TIMEOUT,
             &format!("body not received within {deadline:?}"),
         )),
@@ -336,10 +336,20 @@ async fn read_body<'a>(
 fn refused(port: &Port, path: &str, refusal: super::auth::Refusal) -> Response {
     port.cluster.metrics.peer_auth_failure(refusal.reason());
     tracing::warn!(path, %refusal, "refused a peer request");
-    text(
+    closing(
         StatusCode::UNAUTHORIZED,
         &format!("unauthorized: {refusal}"),
     )
+}
+
+/// A refusal: [`text`] that closes the connection once written, so a client whose requests are
+/// refused (unsigned, say, pipelined and never read) cannot keep the connection for more.
+fn closing(status: StatusCode, message: &str) -> Response {
+    let mut response = text(status, message);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn text(status: StatusCode, message: &str) -> Response {

@@ -1,30 +1,41 @@
 //! Serving the peer port with the limits a port open to the network needs: a deadline for reading
 //! request headers (slowloris), a deadline for the TLS handshake, a bound on open connections and
-//! on each one's read buffer (so headers cannot grow without bound), and TLS when configured.
+//! on each one's read buffer (so headers cannot grow without bound), a deadline for writing
+//! answers and a budget of answers waiting for slow readers, a connection lifetime, and TLS when
+//! configured.
 //!
 //! `axum::serve` offers neither a header deadline nor TLS; this is that loop, on hyper's HTTP/1.1
 //! server. Use it for the port peers reach; your own routes may be merged into the same router.
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 
 /// Serves a router with connection limits.
 ///
 /// ```no_run
 /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+/// use std::time::Duration;
+///
 /// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
 /// groupcache_rs::Server::new()
-///     .header_read_timeout(std::time::Duration::from_secs(5))
+///     .header_read_timeout(Duration::from_secs(5))
+///     .write_timeout(Duration::from_secs(5))
+///     .max_unsent_bytes(16 << 20)
+///     .max_connection_lifetime(Some(Duration::from_secs(300)))
 ///     .serve(listener, app)
 ///     .await
 /// # }
@@ -33,6 +44,9 @@ use tokio::task::JoinSet;
 #[must_use]
 pub struct Server {
     header_read_timeout: Duration,
+    write_timeout: Duration,
+    max_unsent_bytes: usize,
+    max_connection_lifetime: Option<Duration>,
     max_connections: usize,
     max_header_bytes: usize,
     #[cfg(feature = "tls")]
@@ -43,6 +57,9 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut debug = f.debug_struct("Server");
         debug.field("header_read_timeout", &self.header_read_timeout);
+        debug.field("write_timeout", &self.write_timeout);
+        debug.field("max_unsent_bytes", &self.max_unsent_bytes);
+        debug.field("max_connection_lifetime", &self.max_connection_lifetime);
         debug.field("max_connections", &self.max_connections);
         debug.field("max_header_bytes", &self.max_header_bytes);
         #[cfg(feature = "tls")]
@@ -58,11 +75,15 @@ impl Default for Server {
 }
 
 impl Server {
-    /// Plain HTTP/1.1 with a 10 s header deadline, at most 4096 connections and 16 KiB of
-    /// buffered request head per connection.
+    /// Plain HTTP/1.1 with a 10 s header deadline, a 10 s write deadline, 32 MiB of answers
+    /// waiting for slow readers, connections closed after 10 minutes, at most 4096 connections
+    /// and 16 KiB of buffered request head per connection.
     pub fn new() -> Self {
         Server {
             header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_unsent_bytes: 32 << 20,
+            max_connection_lifetime: Some(Duration::from_secs(600)),
             max_connections: 4096,
             max_header_bytes: 16 << 10,
             #[cfg(feature = "tls")]
@@ -74,6 +95,53 @@ impl Server {
     /// handshake; a connection that is slower is closed.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Longest time an answer may wait for its client to read it (default 10 s). The clock starts
+    /// when the connection's socket first accepts no more bytes and stops once everything the
+    /// connection had to send is written; a connection past it is closed. A client that never
+    /// reads, or reads a byte now and then, cannot hold a connection and its answers for longer.
+    ///
+    /// ```
+    /// let server = groupcache_rs::Server::new().write_timeout(std::time::Duration::from_secs(5));
+    /// # let _ = server;
+    /// ```
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Most bytes of answers, over all connections, that may wait for clients that do not read
+    /// them (default 32 MiB). An answer is counted once its socket accepts no more, until it is
+    /// written; a connection whose answer would take the count past the bound is closed at once,
+    /// and its bytes freed. So clients that stop reading (pipelining requests they never read,
+    /// say) pin at most this much, however many connections they open, while honest peers, which
+    /// read their answers as they come, are not refused. Keep it above your largest value, or an
+    /// answer too large for the socket's buffer is cut whenever it has to wait.
+    ///
+    /// ```
+    /// let server = groupcache_rs::Server::new().max_unsent_bytes(64 << 20);
+    /// # let _ = server;
+    /// ```
+    pub fn max_unsent_bytes(mut self, bytes: usize) -> Self {
+        self.max_unsent_bytes = bytes;
+        self
+    }
+
+    /// Longest time a connection stays open (default 10 minutes; `None`: no limit). Past it the
+    /// server finishes the request in progress, if any, and closes the connection; peers open a
+    /// new one. Bounds what any one connection can hold, whatever it does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let server = groupcache_rs::Server::new()
+    ///     .max_connection_lifetime(Some(Duration::from_secs(300)));
+    /// # let _ = server;
+    /// ```
+    pub fn max_connection_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_connection_lifetime = lifetime;
         self
     }
 
@@ -138,6 +206,10 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let this = Arc::new(self);
+        let unsent = Arc::new(Unsent {
+            bytes: AtomicUsize::new(0),
+            limit: this.max_unsent_bytes,
+        });
         let open = Arc::new(Semaphore::new(this.max_connections));
         let (stop, stopped) = watch::channel(false);
         let mut connections = JoinSet::new();
@@ -172,6 +244,7 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let (this, app, stopped) = (this.clone(), app.clone(), stopped.clone());
+            let stream = Deadlined::new(stream, this.write_timeout, unsent.clone());
             connections.spawn(async move {
                 this.connection(stream, app, stopped).await;
                 drop(slot);
@@ -185,7 +258,7 @@ impl Server {
 
     async fn connection(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: Deadlined<tokio::net::TcpStream>,
         app: Router,
         #[cfg_attr(not(feature = "tls"), allow(unused_mut))] mut stopped: watch::Receiver<bool>,
     ) {
@@ -225,6 +298,13 @@ impl Server {
             .max_buf_size(self.max_header_bytes);
         let connection = http.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
+        let lifetime = self.max_connection_lifetime;
+        let expired = async move {
+            match lifetime {
+                Some(lifetime) => tokio::time::sleep(lifetime).await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             result = connection.as_mut() => result,
             // `true` is the only value ever sent, and an error means the server is gone: stop.
@@ -232,9 +312,173 @@ impl Server {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
+            // The request in progress, if any, is finished, its answer within the write
+            // deadline.
+            () = expired => {
+                tracing::debug!("connection closed at the end of its lifetime");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
         };
         if let Err(error) = result {
             tracing::debug!(%error, "connection ended with an error");
+        }
+    }
+}
+
+/// Bytes of answers waiting for clients that do not read them, over all connections of a server.
+struct Unsent {
+    bytes: AtomicUsize,
+    limit: usize,
+}
+
+/// A connection's stream with a deadline on writing answers, its waiting bytes counted in
+/// [`Unsent`]. hyper flushes the stream once it has written everything it holds: that ends the
+/// wait. A write the socket does not take starts it, and counts the bytes offered.
+struct Deadlined<I> {
+    io: I,
+    timeout: Duration,
+    /// Created at the first wait and reused.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether a wait is in progress, `deadline` set for it.
+    waiting: bool,
+    /// Bytes counted in `unsent` for this connection.
+    counted: usize,
+    unsent: Arc<Unsent>,
+}
+
+impl<I> Deadlined<I> {
+    fn new(io: I, timeout: Duration, unsent: Arc<Unsent>) -> Self {
+        Deadlined {
+            io,
+            timeout,
+            deadline: None,
+            waiting: false,
+            counted: 0,
+            unsent,
+        }
+    }
+
+    /// The socket took nothing of `offered` bytes: counts them, and starts the deadline if no
+    /// wait is in progress. An error when the bytes waiting over the server pass its bound, or
+    /// once the deadline has passed: the connection is closed.
+    fn wait<T>(&mut self, cx: &mut Context<'_>, offered: usize) -> Poll<io::Result<T>> {
+        if offered > self.counted {
+            let more = offered - self.counted;
+            self.counted = offered;
+            let total = self.unsent.bytes.fetch_add(more, Ordering::Relaxed) + more;
+            if total > self.unsent.limit {
+                tracing::debug!(
+                    waiting = total,
+                    "closed a connection: answers waiting for readers over the bound"
+                );
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "answers waiting for slow readers over the server's bound",
+                )));
+            }
+        }
+        let timeout = self.timeout;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !self.waiting {
+            self.waiting = true;
+            deadline.as_mut().reset(Instant::now() + timeout);
+        }
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::debug!("closed a connection: its answer was not read in time");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "answer not read within the write deadline",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Everything was written: the wait, if any, is over.
+    fn written(&mut self) {
+        self.waiting = false;
+        self.uncount();
+    }
+
+    fn uncount(&mut self) {
+        if self.counted > 0 {
+            self.unsent.bytes.fetch_sub(self.counted, Ordering::Relaxed);
+            self.counted = 0;
+        }
+    }
+}
+
+impl<I> Drop for Deadlined<I> {
+    fn drop(&mut self) {
+        self.uncount();
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Deadlined<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Deadlined<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Pending => self.wait(cx, buf.len()),
+            ready => ready,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => {
+                let offered = bufs.iter().map(|buf| buf.len()).sum();
+                self.wait(cx, offered)
+            }
+            ready => ready,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.written();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let counted = self.counted;
+                self.wait(cx, counted)
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_shutdown(cx) {
+            Poll::Pending => {
+                let counted = self.counted;
+                self.wait(cx, counted)
+            }
+            ready => ready,
         }
     }
 }
