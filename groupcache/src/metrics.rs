@@ -14,7 +14,8 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 /// A snapshot of one replica's counters for one group.
 ///
 /// The field meanings follow golang/groupcache's `Stats`. The fields about peers as a whole
-/// (`peer_auth_failures`, `peer_auth_replays`, `auth_nonces`, `peer_suspicions`) are the
+/// (`peer_auth_failures`, `peer_auth_replays`, `auth_nonces`, `peer_suspicions`,
+/// `peer_requests_waiting`, `peer_requests_shed`) are the
 /// replica's, shared by every group of its [`Cluster`](crate::Cluster).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -50,6 +51,12 @@ pub struct Stats {
     /// Owners suspected down after a connect failure or timeout (their keys then go to their
     /// successor on the ring for a while).
     pub peer_suspicions: u64,
+    /// Peer requests that waited for one of the replica's
+    /// [`max_concurrent_peer_requests`](crate::ClusterBuilder::max_concurrent_peer_requests)
+    /// slots now ([`peer_admission_wait`](crate::ClusterBuilder::peer_admission_wait)).
+    pub peer_requests_waiting: u64,
+    /// Peer requests refused (503) for want of a slot, after waiting or with too many waiting.
+    pub peer_requests_shed: u64,
     /// Values fetched from a suspected owner's successor instead.
     pub successor_loads: u64,
     /// Misses of a key this replica just became the owner of, answered by the previous owner's
@@ -298,6 +305,8 @@ pub(crate) struct ClusterMetrics {
     auth_nonces_now: AtomicU64,
     peer_suspicions: Count,
     pub(crate) peers: Gauge,
+    peer_requests_shed: Count,
+    peer_requests_waiting: Gauge,
 }
 
 impl ClusterMetrics {
@@ -318,7 +327,19 @@ impl ClusterMetrics {
             auth_nonces_now: AtomicU64::new(0),
             peer_suspicions: Count::new("groupcache_peer_suspicions_total", &[]),
             peers: metrics::gauge!("groupcache_peers"),
+            peer_requests_shed: Count::new("groupcache_peer_requests_shed_total", &[]),
+            peer_requests_waiting: metrics::gauge!("groupcache_peer_requests_waiting"),
         }
+    }
+
+    /// A peer request refused for want of a slot.
+    pub(crate) fn peer_request_shed(&self) {
+        self.peer_requests_shed.inc();
+    }
+
+    /// One more (`1.0`) or one fewer (`-1.0`) peer request waiting for a slot.
+    pub(crate) fn peer_requests_waiting(&self, change: f64) {
+        self.peer_requests_waiting.increment(change);
     }
 
     pub(crate) fn peer_auth_failure(&self, reason: &'static str) {
@@ -349,6 +370,7 @@ impl ClusterMetrics {
                 .sum(),
             auth_nonces: self.auth_nonces_now.load(Ordering::Relaxed),
             peer_suspicions: self.peer_suspicions.get(),
+            peer_requests_shed: self.peer_requests_shed.get(),
             ..stats
         }
     }
@@ -391,6 +413,14 @@ fn describe() {
     describe_gauge!(
         "groupcache_auth_nonces",
         "Accepted nonces remembered to refuse their replays."
+    );
+    describe_counter!(
+        "groupcache_peer_requests_shed_total",
+        "Peer requests refused (503) for want of a concurrency slot."
+    );
+    describe_gauge!(
+        "groupcache_peer_requests_waiting",
+        "Peer requests waiting for a concurrency slot."
     );
     describe_counter!(
         "groupcache_peer_suspicions_total",

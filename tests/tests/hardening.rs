@@ -198,25 +198,78 @@ async fn a_captured_signed_request_cannot_be_replayed() {
     );
 }
 
+/// Every slot taken (one, here, held by a stuck load): the next peer request waits for the slot
+/// rather than being refused at once, and is served when the slot is given back. Refused at once
+/// before (503): its sender loaded the key itself, and a sender asking again at once kept the
+/// router busy refusing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_concurrent_peer_requests_are_shed_with_503() {
+async fn a_peer_request_waits_for_a_busy_slot_and_is_served_once_given_back() {
     let gate = Arc::new(Semaphore::new(0));
     let loader = TestLoader {
         gate: Some(gate.clone()),
         ..TestLoader::new()
     };
     let owner = Replica::start(|url| {
-        Groupcache::builder(GROUP, url, loader.clone()).max_concurrent_peer_requests(1)
+        Groupcache::builder(GROUP, url, loader.clone())
+            .max_concurrent_peer_requests(1)
+            .peer_admission_wait(Duration::from_secs(60))
+    });
+    let get = |key: &str| {
+        let url = format!("{}/_groupcache/{GROUP}/{key}", owner.url);
+        tokio::spawn(async move { reqwest::get(url).await.map(|answer| answer.status()) })
+    };
+    let busy = get("slow");
+    loader.loads.started(1).await;
+    let waiting = get("other");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while owner.cache.stats().peer_requests_waiting < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the second request waits for the slot (it was refused at once before)");
+    assert_eq!(loader.loads.total(), 1, "the waiting request holds no slot");
+    gate.add_permits(2);
+    assert_eq!(busy.await.unwrap().unwrap(), 200);
+    assert_eq!(waiting.await.unwrap().unwrap(), 200, "served, not shed");
+    let stats = owner.cache.stats();
+    assert_eq!(
+        (stats.peer_requests_waiting, stats.peer_requests_shed),
+        (0, 0)
+    );
+    assert_eq!(loader.loads.total(), 2);
+}
+
+/// A request that finds no slot within its admission wait is shed with 503 (its sender loads
+/// locally) and counted; with no wait, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_request_is_shed_with_503_once_its_admission_wait_runs_out() {
+    let gate = Arc::new(Semaphore::new(0));
+    let loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let wait = Duration::from_millis(200);
+    let owner = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone())
+            .max_concurrent_peer_requests(1)
+            .peer_admission_wait(wait)
     });
     let busy = tokio::spawn({
         let url = format!("{}/_groupcache/{GROUP}/slow", owner.url);
         async move { reqwest::get(url).await.unwrap().status() }
     });
     loader.loads.started(1).await;
+    let started = Instant::now();
     let shed = reqwest::get(format!("{}/_groupcache/{GROUP}/other", owner.url))
         .await
         .unwrap();
     assert_eq!(shed.status(), 503);
+    assert!(
+        started.elapsed() >= wait,
+        "it waited {wait:?} for a slot first"
+    );
+    assert_eq!(owner.cache.stats().peer_requests_shed, 1);
     gate.add_permits(1);
     assert_eq!(busy.await.unwrap(), 200);
     assert_eq!(

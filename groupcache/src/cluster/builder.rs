@@ -149,12 +149,26 @@ impl ClusterBuilder {
         self
     }
 
-    /// Peer requests the router serves at once, all groups together (default 1024); more are
-    /// answered 503 at once, and their senders load locally, rather than queue without bound.
-    /// With several groups, half of it is reserved in equal shares, one per group, so one
-    /// group's flood leaves the others their share.
+    /// Peer requests the router serves at once, all groups together (default 1024); more wait
+    /// for a slot (see [`peer_admission_wait`](Self::peer_admission_wait)), then are answered
+    /// 503, and their senders load locally, rather than queue without bound. With several
+    /// groups, half of it is reserved in equal shares, one per group, so one group's flood
+    /// leaves the others their share.
     pub fn max_concurrent_peer_requests(mut self, requests: usize) -> Self {
         self.config.max_concurrent_peer_requests = requests;
+        self
+    }
+
+    /// How long a peer request that finds every slot of
+    /// [`max_concurrent_peer_requests`](Self::max_concurrent_peer_requests) taken waits for one
+    /// (default 1 s, and never longer than a little less than the wait its sender states): the
+    /// first slot given back that the request's group may take goes to it. At most four requests
+    /// per slot wait; one that finds no room, or no slot in time, is answered 503 and its sender
+    /// loads locally. Zero refuses at once. Waiting costs a request no CPU, where refusing at
+    /// once let peers that ask again at once take the router's turns from every other request
+    /// (BENCHMARKS.md, `groups-flood`).
+    pub fn peer_admission_wait(mut self, wait: Duration) -> Self {
+        self.config.peer_admission_wait = wait;
         self
     }
 

@@ -31,6 +31,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) handoff_timeout: Duration,
     pub(crate) auth: Option<Arc<PeerAuth>>,
     pub(crate) max_concurrent_peer_requests: usize,
+    /// How long a peer request waits for a slot before it is refused; zero: refused at once.
+    pub(crate) peer_admission_wait: Duration,
     pub(crate) max_buffered_peer_bytes: usize,
     pub(crate) max_batch_keys: usize,
     pub(crate) max_batch_bytes: usize,
@@ -51,6 +53,7 @@ impl Default for ClusterConfig {
             handoff_timeout: Duration::ZERO,
             auth: None,
             max_concurrent_peer_requests: 1024,
+            peer_admission_wait: Duration::from_secs(1),
             max_buffered_peer_bytes: 64 << 20,
             max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,

@@ -337,6 +337,8 @@ cluster_settings! {
     handoff_timeout(timeout: Duration);
     /// [`ClusterBuilder::max_concurrent_peer_requests`].
     max_concurrent_peer_requests(requests: usize);
+    /// [`ClusterBuilder::peer_admission_wait`].
+    peer_admission_wait(wait: Duration);
     /// [`ClusterBuilder::max_buffered_peer_bytes`].
     max_buffered_peer_bytes(bytes: usize);
     /// [`ClusterBuilder::max_batch_keys`].

@@ -311,6 +311,7 @@ impl<L: Loader> Groupcache<L> {
             main_items: inner.main.items(),
             hot_bytes: inner.hot.bytes(),
             hot_items: inner.hot.items(),
+            peer_requests_waiting: inner.cluster.limits.waiting() as u64,
             ..inner.cluster.metrics.fill(inner.metrics.snapshot())
         }
     }

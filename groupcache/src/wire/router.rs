@@ -7,7 +7,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
@@ -145,8 +145,26 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     };
     let group = registered.group;
     let share: &Share = &registered.share;
-    // Shed load rather than queue without bound: the requester falls back to a local load.
-    let Some(_slot) = cluster.limits.slot(share, groups) else {
+    // The asker's stated wait (a single get's), a little less: the answer must travel back.
+    let started = Instant::now();
+    let max_wait = headers
+        .get(MAX_WAIT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .map(|ms| {
+            Duration::from_millis(ms)
+                .min(cluster.config.peer_timeout)
+                .mul_f64(0.9)
+        });
+    // Wait a bounded time for a slot in a bounded crowd, then shed load rather than queue
+    // without bound: the requester falls back to a local load.
+    let admission = cluster.config.peer_admission_wait;
+    let admission = max_wait.map_or(admission, |wait| wait.min(admission));
+    let Some(_slot) = cluster
+        .limits
+        .admit(share, groups, admission, &cluster.metrics)
+        .await
+    else {
         return closing(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded: too many concurrent peer requests",
@@ -200,7 +218,13 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             Some(entry) => protobuf(get_response(entry, None)),
             None => text(StatusCode::NOT_FOUND, "not cached"),
         },
-        Method::GET => match serve_get(port, headers, group, &key).await {
+        Method::GET => match serve_get(
+            group,
+            &key,
+            max_wait.map(|wait| wait.saturating_sub(started.elapsed())),
+        )
+        .await
+        {
             None => {
                 let mut response = text(StatusCode::ACCEPTED, "still loading: ask again");
                 response
@@ -239,24 +263,13 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     }
 }
 
-/// A peer's get of `key` from `group`, by a little less than the wait the asker sent
-/// ([`MAX_WAIT_HEADER`], within the peer timeout); `None` if the load is not done by then (it
-/// goes on, in its flight's task).
+/// A peer's get of `key` from `group`, within `max_wait` if the asker stated one; `None` if the
+/// load is not done by then (it goes on, in its flight's task).
 async fn serve_get(
-    port: &Port,
-    headers: &axum::http::HeaderMap,
     group: Arc<dyn Served>,
     key: &str,
+    max_wait: Option<Duration>,
 ) -> Option<Result<(Entry, f64), Error>> {
-    let max_wait = headers
-        .get(MAX_WAIT_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok())
-        .map(|ms| {
-            Duration::from_millis(ms)
-                .min(port.cluster.config.peer_timeout)
-                .mul_f64(0.9)
-        });
     let served = group.serve_get(key);
     match max_wait {
         Some(wait) => tokio::time::timeout(wait, served).await.ok(),
