@@ -62,6 +62,8 @@ pub(crate) struct BenchOptions {
     pub max_peer_requests: Option<usize>,
     /// groups-flood: how long a flood connection waits after a 503 before it asks again.
     pub flood_pause_ms: u64,
+    /// groups-flood: the replica's `peer_admission_wait` in ms; None: the library's default.
+    pub admission_wait_ms: Option<u64>,
     /// freeze, black-hole: how long the fault lasts, and the control window too.
     pub fault_secs: f64,
 }
@@ -82,6 +84,7 @@ impl Default for BenchOptions {
             flood_connections: 2_000,
             max_peer_requests: None,
             flood_pause_ms: 0,
+            admission_wait_ms: None,
             fault_secs: 10.0,
         }
     }
@@ -117,6 +120,8 @@ pub(crate) struct ReplicaOptions {
     pub groups: usize,
     /// groups-flood: `ClusterBuilder::max_concurrent_peer_requests`; None: the default.
     pub max_peer_requests: Option<usize>,
+    /// groups-flood: `ClusterBuilder::peer_admission_wait` in ms; None: the default.
+    pub admission_wait_ms: Option<u64>,
     /// The address to listen on (a free port); None: 127.0.0.1. black-hole's replicas listen
     /// on their network namespace's address.
     pub listen: Option<Ipv4Addr>,
@@ -127,7 +132,8 @@ pub(crate) const USAGE: &str = "\
 usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency 16,64]
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
                         [--value-bytes 64,100,4096] [--flood-load-ms N] [--flood N]
-                        [--max-peer-requests N] [--flood-pause-ms N] [--fault-secs S]
+                        [--max-peer-requests N] [--flood-pause-ms N] [--admission-wait-ms N]
+                        [--fault-secs S]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
 churn, traces, groups-flood, freeze, black-hole; `all` runs every one
@@ -139,6 +145,7 @@ go-bare) runs one side alone, for profiling: its figures are not side by side.
 groups-flood: --flood-load-ms is the flood group's loader latency (default 3000), --flood its
 connections (default 2000), --max-peer-requests the replica's limit (default: the library's),
 --flood-pause-ms a flood connection's wait after a 503 (default 0: it asks again at once).
+--admission-wait-ms the replica's peer_admission_wait (default the library's; 0: 503 at once).
 freeze and black-hole: one of three owners frozen (SIGSTOP) or black-holed (nftables drop, in
 network namespaces: root only) for --fault-secs (default 10), after a control window as long.
 
@@ -177,6 +184,9 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
             "--value-bytes" => options.value_bytes = positive_list(&arg, &value(&arg)?, "sizes")?,
             "--flood-load-ms" => options.flood_load_ms = number(&arg, &value(&arg)?)? as u64,
             "--flood-pause-ms" => options.flood_pause_ms = number(&arg, &value(&arg)?)? as u64,
+            "--admission-wait-ms" => {
+                options.admission_wait_ms = Some(number(&arg, &value(&arg)?)? as u64);
+            }
             "--flood" => options.flood_connections = number(&arg, &value(&arg)?)?.max(1),
             "--max-peer-requests" => {
                 options.max_peer_requests = Some(number(&arg, &value(&arg)?)?.max(1));
@@ -239,6 +249,9 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--coalesce-in-flight" => options.coalesce_in_flight = number(&arg, &value)?,
             "--groups" => options.groups = number(&arg, &value)?.min(2),
             "--max-peer-requests" => options.max_peer_requests = Some(number(&arg, &value)?),
+            "--admission-wait-ms" => {
+                options.admission_wait_ms = Some(number(&arg, &value)? as u64);
+            }
             "--listen" => {
                 let ip = value.parse().map_err(|_| format!("--listen: {value:?}"))?;
                 options.listen = Some(ip);

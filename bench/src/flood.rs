@@ -236,6 +236,9 @@ impl Bench<'_> {
         if let Some(requests) = options.max_peer_requests {
             command.args(["--max-peer-requests", &requests.to_string()]);
         }
+        if let Some(ms) = options.admission_wait_ms {
+            command.args(["--admission-wait-ms", &ms.to_string()]);
+        }
         let replica = Process::start(command)?;
         let addr: [SocketAddr; 1] = [replica.addr];
         let calm: Vec<_> = keys("calm-", CALM_KEYS)

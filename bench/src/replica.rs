@@ -166,6 +166,9 @@ fn run_groups_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error
         if let Some(requests) = options.max_peer_requests {
             builder = builder.max_concurrent_peer_requests(requests);
         }
+        if let Some(ms) = options.admission_wait_ms {
+            builder = builder.peer_admission_wait(Duration::from_millis(ms));
+        }
         let cluster = builder.build()?;
         let names = [CALM, FLOOD];
         let mut groups = Vec::with_capacity(options.groups);

@@ -376,6 +376,8 @@ async fn each_group_keeps_its_label_and_replica_wide_metrics_are_not_repeated_pe
         "groupcache_peer_suspicions_total",
         "groupcache_auth_nonces",
         "groupcache_peer_auth_failures_total",
+        "groupcache_peer_requests_waiting",
+        "groupcache_peer_requests_shed_total",
     ] {
         let series: Vec<_> = m.0.iter().filter(|(key, _)| key.name() == name).collect();
         assert!(!series.is_empty(), "no {name}");

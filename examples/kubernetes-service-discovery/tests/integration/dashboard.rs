@@ -40,6 +40,8 @@ const REPLICA_WIDE: &[&str] = &[
     "groupcache_peer_suspicions_total",
     "groupcache_peer_auth_failures_total",
     "groupcache_auth_nonces",
+    "groupcache_peer_requests_waiting",
+    "groupcache_peer_requests_shed_total",
 ];
 
 /// Each `groupcache_*` selector of an expression: the name and its label matchers (empty
