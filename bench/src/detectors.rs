@@ -6,7 +6,8 @@
 //! time (`tokio::time::sleep`, so a little more), a heartbeat sent on a tick when nothing was
 //! heard for that quarter and none is in flight, given up after the detection time. The peer
 //! answers after a one-way delay, its own pauses and a one-way delay back; network stalls hold
-//! every message sent during them. The same trace of answers and give-ups is fed to:
+//! every message sent during them. A variant schedule sends on every quiet tick
+//! ([`Schedule::quiet`]). The same trace of answers and give-ups is fed to:
 //!
 //! - the library's rule, re-implemented here because it runs inline in async code against the
 //!   real clock, crate-private (`liveness.rs` `heartbeat`, `membership.rs` `Endpoint::heard` and
@@ -451,9 +452,10 @@ struct PhiConfig {
     acceptable_pause: f64,
 }
 
-/// The detectors compared: the library's at its default and at a shorter detection time, phi
-/// at Akka's threshold and below, Akka's 100 ms minimum deviation, no acceptable pause (Akka's
-/// 3 s would put detection past 3 s, far from the second).
+/// The detectors compared: the library's rule at its default and at a shorter detection time,
+/// phi at Akka's threshold and below with Akka's 100 ms minimum deviation and a few acceptable
+/// pauses (Akka's cluster default, 3 s, would put detection past 3 s, far from the issue's
+/// second), each on the library's schedule or on every quiet tick.
 enum Detector {
     FixedSilence(Schedule),
     Phi(PhiConfig, Schedule),
