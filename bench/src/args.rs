@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 13] = [
+pub(crate) const WORKLOADS: [&str; 14] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -18,6 +18,7 @@ pub(crate) const WORKLOADS: [&str; 13] = [
     "groups-flood",
     "freeze",
     "black-hole",
+    "detectors",
 ];
 
 /// What to do.
@@ -136,7 +137,7 @@ usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency
                         [--fault-secs S]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
-churn, traces, groups-flood, freeze, black-hole; `all` runs every one
+churn, traces, groups-flood, freeze, black-hole, detectors; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
@@ -148,6 +149,7 @@ connections (default 2000), --max-peer-requests the replica's limit (default: th
 --admission-wait-ms the replica's peer_admission_wait (default the library's; 0: 503 at once).
 freeze and black-hole: one of three owners frozen (SIGSTOP) or black-holed (nftables drop, in
 network namespaces: root only) for --fault-secs (default 10), after a control window as long.
+detectors: the failure detector against phi accrual, simulated (no process, no Go peer).
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
 [--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission]

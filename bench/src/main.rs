@@ -21,6 +21,7 @@ mod batch;
 mod child;
 mod churn;
 mod cluster;
+mod detectors;
 mod fault;
 mod flood;
 mod http;
@@ -71,6 +72,11 @@ fn main() -> ExitCode {
 }
 
 fn bench(options: &BenchOptions) -> Result<(), String> {
+    // A simulation: alone, it needs neither the Go peer nor a runtime.
+    if options.workloads == ["detectors"] {
+        println!("{}", detectors::run());
+        return Ok(());
+    }
     let binaries = Binaries::prepare(options.go_peer.clone())?;
     // The load generator runs on one thread, so it never takes more than one core from the
     // servers it measures, whichever language they are written in.
@@ -103,6 +109,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "groups-flood" => bench.groups_flood().await?,
                 "freeze" => bench.fault(Fault::Freeze).await?,
                 "black-hole" => bench.fault(Fault::BlackHole).await?,
+                "detectors" => println!("{}", detectors::run()),
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();
