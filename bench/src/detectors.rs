@@ -221,16 +221,23 @@ fn millis(t: f64) -> u64 {
 struct Schedule {
     /// `failure_detection`.
     detection: f64,
-    /// A heartbeat goes when the silence reaches this share of the tick interval: 1 in the
-    /// library. Silence counts from the last answer, a round trip after the last heartbeat left,
-    /// and the loop wakes within a millisecond of its interval, so with round trips above that
-    /// millisecond a heartbeat goes every other tick; 0.5 is the variant that sends on every
-    /// quiet tick.
+    /// A heartbeat goes when the silence reaches this share of the tick interval: 0.5 in the
+    /// library, so one goes on every quiet tick. It was 1 until 2026-12-06 (`BEFORE`): silence
+    /// counts from the last answer, a round trip after the last heartbeat left, and the loop
+    /// wakes within a millisecond of its interval, so with round trips above that millisecond a
+    /// heartbeat went every other tick, and a freeze took up to 1.5 s to detect.
     quiet: f64,
 }
 
 /// The library's schedule at its default detection time.
 const LIBRARY: Schedule = Schedule {
+    detection: DETECTION,
+    quiet: 0.5,
+};
+
+/// The library's schedule until 2026-12-06: a heartbeat on a tick only when the silence reached
+/// the whole interval (every other tick with round trips above a millisecond).
+const BEFORE: Schedule = Schedule {
     detection: DETECTION,
     quiet: 1.0,
 };
@@ -468,9 +475,9 @@ impl Detector {
                 "fixed silence {} ms{}",
                 (schedule.detection * 1000.0).round(),
                 if schedule.quiet < 1.0 {
-                    ", every tick"
-                } else {
                     ""
+                } else {
+                    ", every other tick (before)"
                 }
             ),
             Detector::Phi(c, schedule) => format!(
@@ -479,9 +486,9 @@ impl Detector {
                 (c.min_std * 1000.0).round(),
                 (c.acceptable_pause * 1000.0).round(),
                 if schedule.quiet < 1.0 {
-                    ", every tick"
-                } else {
                     ""
+                } else {
+                    ", every other tick (before)"
                 }
             ),
         }
@@ -503,8 +510,8 @@ impl Detector {
 }
 
 fn detectors() -> Vec<Detector> {
-    // Every quiet tick: the steady stream phi is designed for, and the library's schedule
-    // without its every-other-tick beat (see `Schedule::quiet`).
+    // Every quiet tick, the library's schedule: the steady stream phi is designed for (see
+    // `Schedule::quiet`).
     let every_tick = |detection| Schedule {
         detection,
         quiet: 0.5,
@@ -521,20 +528,20 @@ fn detectors() -> Vec<Detector> {
     };
     vec![
         Detector::FixedSilence(LIBRARY),
+        Detector::FixedSilence(every_tick(0.7)),
+        Detector::FixedSilence(BEFORE),
         Detector::FixedSilence(Schedule {
             detection: 0.7,
             quiet: 1.0,
         }),
-        Detector::FixedSilence(every_tick(DETECTION)),
-        Detector::FixedSilence(every_tick(0.7)),
+        phi(8.0, 0.0, BEFORE),
+        phi(3.0, 0.0, BEFORE),
+        phi(8.0, 0.1, BEFORE),
+        phi(8.0, 0.3, BEFORE),
+        phi(8.0, 0.5, BEFORE),
         phi(8.0, 0.0, LIBRARY),
-        phi(3.0, 0.0, LIBRARY),
-        phi(8.0, 0.1, LIBRARY),
-        phi(8.0, 0.3, LIBRARY),
-        phi(8.0, 0.5, LIBRARY),
-        phi(8.0, 0.0, every_tick(DETECTION)),
-        phi(8.0, 0.2, every_tick(DETECTION)),
-        phi(8.0, 0.4, every_tick(DETECTION)),
+        phi(8.0, 0.2, LIBRARY),
+        phi(8.0, 0.4, LIBRARY),
     ]
 }
 
@@ -615,8 +622,8 @@ pub(crate) fn run() -> String {
     }
     // What the two 1 s schedules send an idle peer (each scenario's rates in detector order).
     for (quiet, label) in [
-        (1.0, "heartbeats/s, 1 s"),
-        (0.5, "heartbeats/s, 1 s every tick"),
+        (1.0, "heartbeats/s, 1 s, every other tick (before)"),
+        (0.5, "heartbeats/s, 1 s (the library's)"),
     ] {
         let _ = write!(out, "{label:<48}");
         for (_, rate) in rates.iter().filter(|(q, _)| *q == quiet) {

@@ -118,8 +118,8 @@ impl ClusterBuilder {
 
     /// How long a peer may stay silent before it is suspected down (default 1 s; zero turns the
     /// failure detector off). Every peer that speaks this library is sent a heartbeat (a signed
-    /// `GET` of the base path, answered at once, before any load) when nothing was heard from it
-    /// for a quarter of this; a peer that answered nothing, heartbeats included, for this long is
+    /// `GET` of the base path, answered at once, before any load) every quarter of this while
+    /// nothing was heard from it for an eighth; a peer that answered nothing, heartbeats included, for this long is
     /// suspected for [`owner_suspicion`](Self::owner_suspicion), and the requests waiting on it
     /// leave at once for each key's successor, rather than wait out
     /// [`peer_timeout`](Self::peer_timeout). The next answered heartbeat trusts it again. A

@@ -4,8 +4,8 @@
 //! key's successor (`Member::until_suspected`) instead of waiting out `peer_timeout`.
 //!
 //! Any answer is evidence of life (`Endpoint::heard`): a peer that answers requests is sent no
-//! heartbeat. One heartbeat per peer is in flight at a time, sent when nothing was heard from it
-//! for a quarter of the detection time. A peer silent for the whole detection time, its latest
+//! heartbeat. One heartbeat per peer is in flight at a time, sent every quarter of the detection
+//! time while nothing was heard from it for an eighth. A peer silent for the whole detection time, its latest
 //! heartbeat unanswered, is suspected; the next heartbeat it answers trusts it again. A peer that
 //! is slow to load but answers heartbeats (the router answers them before any slot or load) is
 //! never suspected. golang/groupcache peers cannot answer heartbeats and are never sent one.
@@ -75,7 +75,7 @@ impl Drop for Running {
 }
 
 /// The detector's loop: every quarter of the detection time, a heartbeat to each peer of ours
-/// not heard from for that long. Holds the cluster weakly: a cluster dropped ends it.
+/// not heard from for half that long. Holds the cluster weakly: a cluster dropped ends it.
 async fn heartbeats(cluster: Weak<ClusterInner>, _running: Running) {
     loop {
         let interval = {
@@ -88,10 +88,15 @@ async fn heartbeats(cluster: Weak<ClusterInner>, _running: Running) {
             for member in membership.others() {
                 // Ours only: a golang/groupcache peer would answer 400, and never batches.
                 let ours = member.endpoint.batches.load(Ordering::Relaxed);
+                // Half the interval, not all of it: silence counts from the last answer, a
+                // round trip after the heartbeat left, and this loop wakes a little after its
+                // interval, so "a whole interval" skipped every other tick for a peer more than
+                // a millisecond away, and a freeze took up to 1.5 s to detect, not about 1 s
+                // (BENCHMARKS.md, `detectors`).
                 let quiet = member
                     .endpoint
                     .silent_for()
-                    .is_some_and(|silent| silent >= interval);
+                    .is_some_and(|silent| silent >= interval / 2);
                 if ours && quiet && !member.heartbeat_in_flight.swap(true, Ordering::AcqRel) {
                     tokio::spawn(heartbeat(cluster.clone(), member.clone()));
                 }
