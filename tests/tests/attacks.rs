@@ -675,3 +675,64 @@ async fn slow_readers_pin_neither_memory_nor_connections() {
     slow_readers(false).await;
     slow_readers(true).await;
 }
+
+/// A batch body decoded whole before its keys were counted: 4 MiB of one-byte keys became 1.4
+/// million `String`s (about 80 MB) before the 413. Now the keys are counted while the body is
+/// scanned, and a body longer than the largest honest batch (`max_batch_keys` keys of
+/// `max_key_bytes`) is refused before a byte of it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_tiny_keys_are_refused_before_they_are_decoded() {
+    let target = ProcessReplica::start(BINARY, &["--peer-timeout-ms", "3000"]);
+    let target_addr = addr(&target.addr);
+    let baseline = resident(target.pid);
+    let (stop, stopped) = watch::channel(false);
+    let peak = sample_peak(target.pid, stopped);
+    // The largest body the default limits admit for a batch: 1024 keys of 4096 bytes, framed.
+    let limit = 1024 * (4096 + 11);
+    // Each key: tag 2 as length-delimited (0x12), length 1, one byte.
+    let body: Vec<u8> = [0x12, 1, b'k'].repeat(limit / 3);
+    let head = |length: usize| {
+        format!(
+            "POST /_groupcache/{GROUP}/_batch HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(
+            raw::send(target_addr, &head(body.len()), &body)
+                .await
+                .expect("send"),
+        );
+    }
+    for socket in &mut sockets {
+        let (status, text) = raw::answer(socket, PATIENCE).await;
+        assert_eq!(status, 413, "too many keys: {text}");
+    }
+    // A body declared longer than any batch: refused before it is sent (the old limit, 16 MiB
+    // and 4 KiB, read it all, or waited the peer timeout for it).
+    let started = Instant::now();
+    let mut long = raw::send(target_addr, &head(16 * MIB as usize), b"")
+        .await
+        .expect("send");
+    let (status, text) = raw::answer(&mut long, PATIENCE).await;
+    assert_eq!(status, 413, "longer than any batch: {text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once"
+    );
+    // Honest gets are answered.
+    for i in 0..20 {
+        let url = format!("http://{target_addr}/_groupcache/{GROUP}/batch-{i}");
+        let response = target.http().get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let _ = stop.send(true);
+    let growth = peak.await.unwrap().saturating_sub(baseline);
+    println!(
+        "attack: 4 batches of {} one-byte keys: +{} KiB resident at the peak",
+        body.len() / 3,
+        growth >> 10
+    );
+    // The four bodies (4 x 4 MiB), read before the scan, and little more.
+    assert!(growth < 40 * MIB, "resident memory grew by {growth} bytes");
+}

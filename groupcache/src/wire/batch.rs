@@ -64,6 +64,74 @@ fn refused(status: StatusCode, message: String) -> Refused {
     Refused { status, message }
 }
 
+/// The longest body a batch request for `group` can have: `max_keys` keys of `max_key_bytes`
+/// each, with their framing, the group's name and the two numbers. Anything longer is refused
+/// before it is read.
+pub(crate) fn batch_body_limit(max_keys: usize, max_key_bytes: usize, group: &str) -> usize {
+    // A field's tag and length prefix take at most 1 + 10 bytes; a number field 1 + 10.
+    const FRAMING: usize = 11;
+    max_keys
+        .saturating_mul(max_key_bytes.saturating_add(FRAMING))
+        .saturating_add(group.len() + 3 * FRAMING)
+}
+
+/// Counts the keys of a `BatchRequest` body and checks their lengths without decoding it, so
+/// that a body of many tiny keys is refused before it becomes as many `String`s (16 MiB of
+/// one-byte keys decoded to about 380 MB).
+fn check_keys(mut body: &[u8], max_keys: usize, max_key_bytes: usize) -> Result<(), Refused> {
+    use prost::encoding::decode_varint;
+    let malformed = |what: &str| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("malformed BatchRequest: {what}"),
+        )
+    };
+    let mut keys = 0usize;
+    while !body.is_empty() {
+        let key = decode_varint(&mut body).map_err(|_| malformed("a field's tag"))?;
+        let (tag, wire_type) = (key >> 3, key & 7);
+        match wire_type {
+            // Varint: `max_answer_bytes`, `max_wait_ms` (or an unknown field).
+            0 => {
+                decode_varint(&mut body).map_err(|_| malformed("a number"))?;
+            }
+            // Fixed 64 and 32 bits: unknown fields, skipped.
+            1 | 5 => {
+                let width = if wire_type == 1 { 8 } else { 4 };
+                body = body
+                    .get(width..)
+                    .ok_or_else(|| malformed("a fixed field"))?;
+            }
+            // Length-delimited: the group's name, a key (tag 2), or an unknown field.
+            2 => {
+                let length = decode_varint(&mut body).map_err(|_| malformed("a length"))?;
+                let length = usize::try_from(length)
+                    .ok()
+                    .filter(|&length| length <= body.len())
+                    .ok_or_else(|| malformed("a field longer than the body"))?;
+                if tag == 2 {
+                    keys += 1;
+                    if keys > max_keys {
+                        return Err(refused(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("more than {max_keys} keys in a batch, over the limit"),
+                        ));
+                    }
+                    if length > max_key_bytes {
+                        return Err(refused(
+                            StatusCode::BAD_REQUEST,
+                            format!("key is {length} bytes, over the limit of {max_key_bytes}"),
+                        ));
+                    }
+                }
+                body = &body[length..];
+            }
+            _ => return Err(malformed("a group field (wire type 3 or 4)")),
+        }
+    }
+    Ok(())
+}
+
 /// The keys of a batch request for `group`: at most `max_keys`, each at most `max_key_bytes`
 /// long, none twice.
 pub(crate) fn parse_request(
@@ -72,6 +140,7 @@ pub(crate) fn parse_request(
     max_keys: usize,
     max_key_bytes: usize,
 ) -> Result<BatchRequest, Refused> {
+    check_keys(body, max_keys, max_key_bytes)?;
     let request = BatchRequest::decode(body).map_err(|error| {
         refused(
             StatusCode::BAD_REQUEST,
@@ -197,6 +266,58 @@ mod tests {
             max_wait_ms: None,
         }
         .encode_to_vec()
+    }
+
+    /// The key count is checked while the body is scanned, before it is decoded: a body with
+    /// one key too many is refused 413 even though what follows is garbage that decoding would
+    /// have failed on (400, after decoding every key before it: the finding's 380 MB).
+    #[test]
+    fn too_many_keys_are_refused_before_the_body_is_decoded() {
+        let keys: Vec<String> = (0..5).map(|i| i.to_string()).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut body = request(&keys);
+        body.extend_from_slice(&[0xff; 16]);
+        let refused = parse_request(&body, "g", 4, 8).unwrap_err();
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{refused:?}");
+        // Within the count, the garbage is what refuses it.
+        let refused = parse_request(&body, "g", 5, 8).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{refused:?}");
+    }
+
+    /// Unknown fields of every wire type a scan can meet are skipped, as decoding skips them.
+    #[test]
+    fn the_scan_skips_unknown_fields_as_decoding_does() {
+        let mut body = request(&["a", "b"]);
+        // Field 9: varint; 10: fixed64; 11: bytes; 12: fixed32.
+        body.extend_from_slice(&[9 << 3, 0x96, 0x01]);
+        body.extend_from_slice(&[(10 << 3) | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        body.extend_from_slice(&[(11 << 3) | 2, 3, b'x', b'y', b'z']);
+        body.extend_from_slice(&[(12 << 3) | 5, 1, 2, 3, 4]);
+        let parsed = parse_request(&body, "g", 2, 8).unwrap();
+        assert_eq!(parsed.keys, ["a", "b"]);
+        // A length past the end is malformed, not read past the body.
+        let truncated = [(11 << 3) | 2, 200, b'x'];
+        let refused = parse_request(&truncated, "g", 2, 8).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    }
+
+    /// The body limit admits the largest honest batch: the most keys of the longest length,
+    /// with the group and both numbers.
+    #[test]
+    fn the_largest_honest_batch_fits_the_body_limit() {
+        for (max_keys, max_key_bytes) in [(1024, 4096), (3, 1), (1, 300), (0, 10)] {
+            let keys = vec!["k".repeat(max_key_bytes); max_keys];
+            let body = BatchRequest {
+                group: Some("a-group-name".into()),
+                keys,
+                max_answer_bytes: Some(u64::MAX),
+                max_wait_ms: Some(u64::MAX),
+            }
+            .encode_to_vec();
+            let limit = batch_body_limit(max_keys, max_key_bytes, "a-group-name");
+            assert!(body.len() <= limit, "{} > {limit}", body.len());
+            assert!(limit < body.len() + 64 + 11 * max_keys, "and not much more");
+        }
     }
 
     #[test]

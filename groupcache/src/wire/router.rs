@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use prost::Message;
 
 use super::auth::SIGNATURE_HEADER;
-use super::batch::{Refused, answer_room, encode_answer, parse_request};
+use super::batch::{Refused, answer_room, batch_body_limit, encode_answer, parse_request};
 use super::limits::{Held, Share};
 use super::protocol::{
     BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER,
@@ -189,7 +189,15 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     // `PUT` and a batch carry a body.
     let carries_body = method == Method::PUT || batch;
     let (body, _budget) = if carries_body {
-        match read_body(port, share, groups, body).await {
+        // A batch body holds at most `max_batch_keys` keys of at most `max_key_bytes`: longer
+        // ones are refused before a byte is read, not decoded first.
+        let limit = if batch {
+            batch_body_limit(cluster.config.max_batch_keys, max_key_bytes, &group_name)
+                .min(port.body_limit)
+        } else {
+            port.body_limit
+        };
+        match read_body(port, share, groups, body, limit).await {
             Ok((body, budget)) => (body, Some(budget)),
             Err(refused) => return refused,
         }
@@ -307,8 +315,8 @@ async fn read_body<'a>(
     share: &'a Share,
     groups: usize,
     body: Body,
+    limit: usize,
 ) -> Result<(Bytes, Held<'a>), Response> {
-    let limit = port.body_limit;
     let Some(length) = body.size_hint().exact() else {
         return Err(closing(
             StatusCode::LENGTH_REQUIRED,
