@@ -90,6 +90,16 @@ pub enum PeerError {
     /// The peer did not answer within the peer request timeout.
     #[error("timed out")]
     Timeout,
+    /// The peer did not accept a connection within the connect timeout: a peer that drops
+    /// packets, or one whose listen queue is full for a moment (a burst of connections to a busy
+    /// replica). Taken for a dead peer only if nothing else was heard from it lately.
+    #[error("connecting to {origin}: timed out after {after:?}")]
+    ConnectTimeout {
+        /// The peer's `scheme://authority`.
+        origin: String,
+        /// The connect timeout.
+        after: std::time::Duration,
+    },
     /// The peer answered with an unexpected status.
     #[error("status {status}: {message}")]
     Status {

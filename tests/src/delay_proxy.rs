@@ -40,6 +40,8 @@ pub struct DelayProxy {
     addr: SocketAddr,
     delay_ms: Arc<AtomicU64>,
     target: watch::Sender<Option<SocketAddr>>,
+    /// Whether the proxy accepts connections now (see [`set_accepting`](Self::set_accepting)).
+    accept_now: watch::Sender<bool>,
     /// Owns every connection's task: aborting it drops them all.
     accepting: JoinHandle<()>,
 }
@@ -48,17 +50,40 @@ impl DelayProxy {
     /// Binds `127.0.0.1:0` with no target yet and no delay. Connections accepted before
     /// [`set_target`](Self::set_target) wait for it. Must be called within a tokio runtime.
     pub async fn bind() -> std::io::Result<DelayProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::bind_with_backlog(1024).await
+    }
+
+    /// As [`bind`](Self::bind), with a listen queue of `backlog` connections: with
+    /// [`set_accepting`](Self::set_accepting) off, connections past it are not answered (their
+    /// SYNs dropped), as a busy server's are.
+    pub async fn bind_with_backlog(backlog: u32) -> std::io::Result<DelayProxy> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = socket.listen(backlog)?;
         let addr = listener.local_addr()?;
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (target, _) = watch::channel(None);
-        let accepting = tokio::spawn(accept(listener, target.subscribe(), delay_ms.clone()));
+        let (accept_now, accept_now_rx) = watch::channel(true);
+        let accepting = tokio::spawn(accept(
+            listener,
+            target.subscribe(),
+            accept_now_rx,
+            delay_ms.clone(),
+        ));
         Ok(DelayProxy {
             addr,
             delay_ms,
             target,
+            accept_now,
             accepting,
         })
+    }
+
+    /// Stops (`false`) or resumes accepting connections. Connections already accepted go on;
+    /// new ones wait in the listen queue, and once it is full the kernel drops their SYNs, so
+    /// connecting times out: a replica too busy to accept, or a burst larger than its backlog.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.accept_now.send_replace(accepting);
     }
 
     /// Binds `127.0.0.1:0` and forwards to `target` with no delay.
@@ -105,11 +130,20 @@ impl Drop for DelayProxy {
 async fn accept(
     listener: TcpListener,
     target: watch::Receiver<Option<SocketAddr>>,
+    mut accept_now: watch::Receiver<bool>,
     delay_ms: Arc<AtomicU64>,
 ) {
     let mut connections = JoinSet::new();
     loop {
-        let Ok((client, _)) = listener.accept().await else {
+        if accept_now.wait_for(|&accepting| accepting).await.is_err() {
+            return; // the proxy is gone
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Turned off while waiting: stop accepting at once.
+            _ = accept_now.wait_for(|&accepting| !accepting) => continue,
+        };
+        let Ok((client, _)) = accepted else {
             // Out of file descriptors, say: try again rather than stop proxying.
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;

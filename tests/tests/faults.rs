@@ -454,3 +454,63 @@ async fn latency_above_the_peer_timeout_falls_back_in_time_and_recovers() {
     let stats = asker.cache.stats();
     assert_eq!((stats.peer_errors, stats.peer_suspicions), (1, 1));
 }
+
+/// A peer too busy to accept new connections for a moment (its listen queue full: the kernel
+/// drops the SYNs of a burst larger than its backlog, and connecting times out) while it answers
+/// on the connections it has: not taken for dead. A connect timeout used to suspect it, and a
+/// healthy owner's keys went to its successor for `owner_suspicion` (the flaky
+/// `a_dead_owners_keys_are_loaded_about_once…` in membership.rs: a burst of 300 fetches to the
+/// successor on a loaded machine). A peer never heard from is still suspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_accept_for_a_moment_but_answers_is_not_suspected() {
+    let proxy = DelayProxy::bind_with_backlog(1)
+        .await
+        .expect("bind the proxy");
+    let owner_loader = TestLoader::new();
+    let owner = Replica::start(|_| Groupcache::builder(GROUP, proxy.url(), owner_loader.clone()));
+    proxy.set_target(owner.addr);
+    let loader = TestLoader::new();
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).connect_timeout(Duration::from_millis(200))
+    });
+    let urls = [proxy.url(), asker.url.clone()];
+    owner.cache.set_peers(&urls).unwrap();
+    asker.cache.set_peers(&urls).unwrap();
+    let key = |prefix| key_owned(&asker.cache, &proxy.url(), prefix);
+
+    // Heard: one answer, on a connection the asker keeps.
+    let first = key("heard-");
+    assert_eq!(
+        asker.cache.get(&first).await.unwrap(),
+        owner_loader.value_for(&first)
+    );
+    // The owner stops accepting; its listen queue (a backlog of 1: two connections) is filled.
+    proxy.set_accepting(false);
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let connect = tokio::net::TcpStream::connect(proxy.addr());
+        if let Ok(Ok(socket)) = tokio::time::timeout(Duration::from_millis(100), connect).await {
+            queued.push(socket);
+        }
+    }
+    // Two gets at once: one on the kept connection, one that must connect and times out.
+    let (a, b) = (key("busy-a-"), key("busy-b-"));
+    let (got_a, got_b) = tokio::join!(asker.cache.get(&a), asker.cache.get(&b));
+    assert_eq!(got_a.unwrap(), loader_value(&owner_loader, &loader, &a));
+    assert_eq!(got_b.unwrap(), loader_value(&owner_loader, &loader, &b));
+    assert_eq!(
+        asker.cache.stats().peer_suspicions,
+        0,
+        "an owner heard a moment ago is not suspected for a connect timeout"
+    );
+    drop(queued);
+    proxy.set_accepting(true);
+}
+
+/// `key`'s value from either loader (both give the same bytes: the owner's answer or the
+/// asker's own load after a failed fetch).
+fn loader_value(owner: &TestLoader, asker: &TestLoader, key: &str) -> String {
+    let value = owner.value_for(key);
+    assert_eq!(value, asker.value_for(key), "the loaders agree");
+    value
+}

@@ -474,14 +474,18 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Suspects `peer` if `error` says it is down (it could not be reached, it stopped answering,
-    /// or it did not answer in time while the failure detector heard nothing else from it either)
-    /// and suspicion is on; whether it is suspected now. An error status or a malformed answer
-    /// comes from a replica that is up, which keeps its keys; so does a timeout of a peer whose
-    /// heartbeats are answered: a slow load, not a dead owner.
+    /// or it did not answer or accept a connection in time while the failure detector heard
+    /// nothing else from it either) and suspicion is on; whether it is suspected now. An error
+    /// status or a malformed answer comes from a replica that is up, which keeps its keys; so
+    /// does a timeout of a peer whose heartbeats are answered: a slow load, or a listen queue
+    /// full for a moment (a burst of new connections to a busy replica drops SYNs, and the
+    /// retransmission comes after the 1 s connect timeout), not a dead owner.
     pub(crate) fn suspect(&self, peer: &Member, error: &crate::PeerError) -> bool {
         let down = match error {
             crate::PeerError::Request(_) | crate::PeerError::Unresponsive => true,
-            crate::PeerError::Timeout => !self.cluster.heard_lately(peer),
+            crate::PeerError::Timeout | crate::PeerError::ConnectTimeout { .. } => {
+                !self.cluster.heard_lately(peer)
+            }
             _ => false,
         };
         down && self.cluster.suspect_member(peer, error)

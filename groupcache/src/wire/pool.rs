@@ -246,11 +246,9 @@ impl Connections {
         };
         tokio::time::timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|_| {
-                PeerError::Request(format!(
-                    "connecting to {}: timed out after {:?}",
-                    endpoint.origin, self.connect_timeout
-                ))
+            .map_err(|_| PeerError::ConnectTimeout {
+                origin: endpoint.origin.clone(),
+                after: self.connect_timeout,
             })?
     }
 
