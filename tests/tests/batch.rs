@@ -749,3 +749,81 @@ async fn a_hung_local_load_after_a_coalesced_batch_does_not_hold_the_owners_slot
         queued.await.unwrap().unwrap();
     }
 }
+
+/// Issue 25, item 5b: a queued fetch never waits longer than `peer_timeout` in all. The owner's
+/// one request slot is held by a fetch whose load hangs there (the owner answers "pending" and is
+/// asked again, round after round); a fetch queued behind it gives up on the owner when its own
+/// `peer_timeout` has passed, counted from when it started, and loads the key here, as a request
+/// that timed out does, without the owner being suspected. Before, it waited for the slot (every
+/// round of the hung request, 3 s) and then for a batch of its own (3 s more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_fetch_gives_up_on_a_busy_owner_within_peer_timeout() {
+    const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+    let gate = Arc::new(Semaphore::new(0));
+    let asker_loader = TestLoader::new();
+    let owner_loader = TestLoader {
+        gate: Some(gate.clone()),
+        ..TestLoader::new()
+    };
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, asker_loader.clone())
+            .coalesce_fetches(1)
+            .peer_timeout(PEER_TIMEOUT)
+    });
+    let owner = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, owner_loader.clone()).peer_timeout(PEER_TIMEOUT)
+    });
+    let cluster = [asker, owner];
+    connect(&cluster);
+    let (asker, owner) = (&cluster[0], &cluster[1]);
+    let key = |i: usize| key_owned(&asker.cache, &owner.url, &format!("q{i}-"));
+    // The owner has answered once: it takes batches, so fetches to it coalesce.
+    gate.add_permits(1);
+    asker.cache.get(&key(0)).await.unwrap();
+
+    // The one slot: a fetch whose load hangs on the owner.
+    let holder = tokio::spawn({
+        let (cache, key) = (asker.cache.clone(), key(1));
+        async move { cache.get(&key).await }
+    });
+    owner_loader.loads.started(2).await;
+
+    // A fetch that finds the slot taken, and queues.
+    let queued = key(2);
+    let started = std::time::Instant::now();
+    let value = tokio::time::timeout(PEER_TIMEOUT * 3, asker.cache.get(&queued))
+        .await
+        .expect("the queued fetch waited past three peer_timeouts")
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(value, asker_loader.value_for(&queued));
+    assert!(
+        elapsed >= PEER_TIMEOUT && elapsed < PEER_TIMEOUT + Duration::from_millis(500),
+        "the queued fetch took {elapsed:?}, not about peer_timeout ({PEER_TIMEOUT:?})"
+    );
+    assert_eq!(asker_loader.loads.of(&queued), 1, "loaded here once");
+    let stats = asker.cache.stats();
+    assert_eq!(
+        (stats.peer_errors, stats.peer_suspicions),
+        (0, 0),
+        "a queueing deadline is not the owner's failure"
+    );
+
+    // The owner answers again: the hung fetch completes, and the queued key, given up on, is not
+    // sent to it after all.
+    gate.add_permits(1);
+    assert_eq!(
+        holder.await.unwrap().unwrap(),
+        owner_loader.value_for(&key(1))
+    );
+    assert_eq!(owner_loader.loads.of(&queued), 0, "the owner never loaded it");
+    // A later fetch goes straight to the owner, which was not suspected.
+    gate.add_permits(1);
+    let later = key(3);
+    assert_eq!(
+        asker.cache.get(&later).await.unwrap(),
+        owner_loader.value_for(&later)
+    );
+    assert_eq!(owner_loader.loads.of(&later), 1);
+    assert_eq!(asker_loader.loads.of(&later), 0);
+}

@@ -13,7 +13,7 @@ use super::led::{Led, Slot, give_back};
 use crate::caches::Entry;
 use crate::cluster::membership::Member;
 use crate::error::Error;
-use crate::flight::Outcome;
+use crate::flight::{Outcome, Superseded};
 use crate::loader::Loader;
 use crate::lock;
 
@@ -69,14 +69,44 @@ impl<L: Loader> Inner<L> {
                 waiting.queue.push(Led {
                     key: key.to_owned(),
                     outcome,
-                    superseded,
+                    superseded: superseded.clone(),
                     store: this.hot_store(key),
                     also: Vec::new(),
                 });
                 drop(owners);
-                Either::Right(async move { receiver.await.unwrap_or(Err(Error::LoadAbandoned)) })
+                // The wait for a slot, the batch it travels in and that batch's rounds are one
+                // request to the owner, bounded by one `peer_timeout` from now: a slot held by
+                // slow, unrelated loads must not hold this fetch for their rounds and then for
+                // its own batch's.
+                let deadline = tokio::time::Instant::now() + this.cluster.config.peer_timeout;
+                let key = key.to_owned();
+                Either::Right(async move {
+                    match tokio::time::timeout_at(deadline, receiver).await {
+                        Ok(answer) => answer.unwrap_or(Err(Error::LoadAbandoned)),
+                        Err(_) => Box::pin(this.queued_too_long(&key, &owner, &superseded)).await,
+                    }
+                })
             })
             .await
+    }
+
+    /// A queued fetch whose `peer_timeout` passed before its owner answered: as a request that
+    /// timed out, the key is loaded here (or asked of its successor if the owner is suspected by
+    /// now), and the owner, whose slot was merely busy, is not suspected for it. Its place in the
+    /// queue or the batch stays; whoever answers it finds no one waiting, and a batch that takes
+    /// it later finds the value loaded here and does not ask for it.
+    async fn queued_too_long(
+        self: &Arc<Self>,
+        key: &str,
+        owner: &Member,
+        superseded: &Superseded,
+    ) -> Outcome<Entry> {
+        tracing::debug!(group = %self.group, peer = %owner.url, key, "queued fetch waited peer_timeout; loading locally");
+        let hot = self.hot_store(key);
+        if owner.is_suspected() {
+            return self.from_successor(key, hot, superseded).await;
+        }
+        self.load(key, hot, false).await.0
     }
 
     /// Holds a request slot to `owner`: sends `chunk`, then, while fetches are waiting, sends
