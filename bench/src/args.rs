@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 14] = [
+pub(crate) const WORKLOADS: [&str; 15] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -19,6 +19,7 @@ pub(crate) const WORKLOADS: [&str; 14] = [
     "freeze",
     "black-hole",
     "detectors",
+    "pauses",
 ];
 
 /// What to do.
@@ -115,6 +116,8 @@ pub(crate) struct ReplicaOptions {
     pub no_handoff: bool,
     /// `Builder::admission`: TinyLFU admission on both caches.
     pub admission: bool,
+    /// `Builder::hedge_fetches` (`--hedge on|off`); None: the library's default.
+    pub hedge: Option<bool>,
     /// groups-flood: 0, the benchmark group alone (the rest of this struct applies); 1 or 2,
     /// one `Cluster` serving the calm group, and with 2 the flood group too, whose keys
     /// ([`FLOOD_KEYS`](crate::shared::FLOOD_KEYS)) alone take `load_ms` to load.
@@ -137,7 +140,7 @@ usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency
                         [--fault-secs S]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
-churn, traces, groups-flood, freeze, black-hole, detectors; `all` runs every one
+churn, traces, groups-flood, freeze, black-hole, detectors, pauses; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
@@ -150,9 +153,11 @@ connections (default 2000), --max-peer-requests the replica's limit (default: th
 freeze and black-hole: one of three owners frozen (SIGSTOP) or black-holed (nftables drop, in
 network namespaces: root only) for --fault-secs (default 10), after a control window as long.
 detectors: the failure detector against phi accrual, simulated (no process, no Go peer).
+pauses: Rust only, hedging off and on, one of three owners paused for 100-400 ms at a time, and
+the same without pauses, for --fault-secs each.
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
-[--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission]
+[--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission] [--hedge on|off]
 [--groups 1|2] [--max-peer-requests N] [--listen IP]` and `ceiling-server` are the server processes the driver
 starts.";
 
@@ -249,6 +254,7 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--main-bytes" => options.main_bytes = Some(number(&arg, &value)? as u64),
             "--hot-bytes" => options.hot_bytes = Some(number(&arg, &value)? as u64),
             "--coalesce-in-flight" => options.coalesce_in_flight = number(&arg, &value)?,
+            "--hedge" => options.hedge = Some(value == "on"),
             "--groups" => options.groups = number(&arg, &value)?.min(2),
             "--max-peer-requests" => options.max_peer_requests = Some(number(&arg, &value)?),
             "--admission-wait-ms" => {

@@ -405,6 +405,8 @@ pub(crate) struct Counters {
     pub load_many_calls: u64,
     /// Rust only: warm hand-off peeks sent (hits and misses).
     pub handoff_peeks: u64,
+    /// Rust only: fetches hedged to the key's successor (`Builder::hedge_fetches`).
+    pub hedges: u64,
 }
 
 /// One cache's size.

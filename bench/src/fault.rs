@@ -30,12 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::churn::loads;
-use crate::cluster::{Cluster, Kind, LOOPBACK, Process, Settings, replica_command};
+use crate::cluster::{Cluster, Kind, LOOPBACK, Process, Settings, replica_command, stats_of};
 use crate::load::{Limit, Outcome, Uniform};
 use crate::netns::{self, Network};
 use crate::report::{Better, Report, Verdict};
 use crate::workloads::{
     BUDGET, Bench, VALUE_BYTES, WARM_UP, connect, expect_all, get_path, keys, run_once,
+    servers_cpu_us,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -224,6 +225,148 @@ impl Bench<'_> {
                     outcome.errors
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// pauses (issue 25, item 4): does hedging pay? Rust only, three fresh replicas per case and
+/// round, hedging off and on (`--hedge`), in the same order alternated by round, under
+/// freeze's traffic (uniformly random keys of all owners from [`CONCURRENCY`] connections to
+/// the two healthy replicas, 1 ms loader, no hot cache) for `--fault-secs`:
+///
+/// - `pauses`: the third replica is SIGSTOPped for [`PAUSES_MS`] in turn, each followed by
+///   [`RUNNING_MS`] running: stalls shorter than the failure detection (1 s), which never make
+///   it suspected, so without hedging its keys wait each stall out;
+/// - `healthy`: no pause, for hedging's cost where it cannot help.
+///
+/// Figures: p50, p99 and max latency, requests answered per second, loads per key of the paused
+/// owner's keys asked (the healthy replicas' loader runs over them: hedges' loads by the
+/// successor; in `healthy`, over every key asked), peer requests (every replica's
+/// `server_requests`), hedges, and the three replicas' CPU time per answered request.
+pub(crate) const PAUSES_MS: [u64; 4] = [100, 250, 400, 150];
+/// How long the paused replica runs between pauses.
+pub(crate) const RUNNING_MS: u64 = 600;
+
+impl Bench<'_> {
+    /// pauses: see [`PAUSES_MS`].
+    pub(crate) async fn pauses(&mut self) -> Result<()> {
+        for round in 0..self.options.rounds {
+            let mut order = [false, true];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for paused in [true, false] {
+                for hedge in order {
+                    let case = match (paused, hedge) {
+                        (true, false) => "pauses, hedging off",
+                        (true, true) => "pauses, hedging on",
+                        (false, false) => "healthy, hedging off",
+                        (false, true) => "healthy, hedging on",
+                    };
+                    eprintln!(
+                        "pauses: round {} of {}, {case}",
+                        round + 1,
+                        self.options.rounds
+                    );
+                    self.pauses_round(case, paused, hedge).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn pauses_round(&mut self, case: &str, paused: bool, hedge: bool) -> Result<()> {
+        const WORKLOAD: &str = "pauses";
+        let window = Duration::from_secs_f64(self.options.fault_secs);
+        let mut replicas = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let mut command = replica_command(self.binaries, Kind::Rust, SETTINGS, LOOPBACK);
+            command.args(["--hedge", if hedge { "on" } else { "off" }]);
+            replicas.push(Process::start(command)?);
+        }
+        let cluster = Cluster::join(replicas, Kind::Rust).await?;
+        let keys = keys("pauses-", KEYS);
+        let fill: Vec<_> = keys
+            .iter()
+            .map(|k| (cluster.owner(k), get_path(k)))
+            .collect();
+        let filled = run_once(&cluster.addrs(), CONCURRENCY, fill).await;
+        expect_all(&filled, KEYS, VALUE_BYTES, "pauses warm-up")?;
+        let faulted_keys: Vec<bool> = keys.iter().map(|k| cluster.owner(k) == FAULTED).collect();
+        let all: Vec<&Process> = cluster.replicas.iter().collect();
+        let healthy: Vec<&Process> = cluster.replicas[..FAULTED].iter().collect();
+        let targets: Vec<SocketAddr> = healthy.iter().map(|p| p.addr).collect();
+        let source = Arc::new(Uniform {
+            requests: keys
+                .iter()
+                .flat_map(|k| [(0, get_path(k)), (1, get_path(k))])
+                .collect(),
+        });
+        let mut pool = connect(&targets, CONCURRENCY).await?;
+        pool.run(source.clone(), Limit::Time(WARM_UP)).await;
+
+        let stats_before = stats_of(&all).await?;
+        let loads_before = loads(&healthy).await?;
+        let cpu_before = servers_cpu_us(&cluster.pids());
+        let faulted = &cluster.replicas[FAULTED];
+        let pausing = async {
+            if !paused {
+                return;
+            }
+            let end = tokio::time::Instant::now() + window;
+            for &pause in PAUSES_MS.iter().cycle() {
+                let now = tokio::time::Instant::now();
+                if now >= end {
+                    break;
+                }
+                faulted.signal("STOP");
+                tokio::time::sleep_until((now + Duration::from_millis(pause)).min(end)).await;
+                faulted.signal("CONT");
+                tokio::time::sleep(Duration::from_millis(RUNNING_MS)).await;
+            }
+        };
+        let (during, ()) = tokio::join!(pool.run(source.clone(), Limit::Time(window)), pausing);
+        let cpu_us = servers_cpu_us(&cluster.pids()).saturating_sub(cpu_before);
+        let reloads = loads(&healthy).await?.saturating_sub(loads_before);
+        let stats_after = stats_of(&all).await?;
+        let total = |stats: &[crate::cluster::Stats], f: fn(&crate::cluster::Stats) -> u64| {
+            stats.iter().map(f).sum::<u64>()
+        };
+        let requests = total(&stats_after, |s| s.stats.server_requests)
+            .saturating_sub(total(&stats_before, |s| s.stats.server_requests));
+        let hedges = total(&stats_after, |s| s.stats.hedges)
+            .saturating_sub(total(&stats_before, |s| s.stats.hedges));
+
+        let asked: Vec<usize> = asked(&source, during.ok + during.errors)
+            .into_iter()
+            .filter(|&i| !paused || faulted_keys[i])
+            .collect();
+        let answered = during.ok.max(1) as f64;
+        let mut add = |metric, better, value| {
+            self.report
+                .add(WORKLOAD, case, metric, better, Kind::Rust, value);
+        };
+        use Better::{Higher, Lower};
+        add("req/s", Higher, served_rate(&during, window));
+        add("p50 us", Lower, during.quantile_us(0.5));
+        add(P99, Lower, during.quantile_us(0.99));
+        add("max us", Lower, during.quantile_us(1.0));
+        add(ERRORS, Lower, during.errors as f64);
+        add("keys asked", Higher, asked.len() as f64);
+        add(
+            "extra loads per key",
+            Lower,
+            reloads as f64 / asked.len().max(1) as f64,
+        );
+        add("peer requests per get", Lower, requests as f64 / answered);
+        add("hedges", Lower, hedges as f64);
+        add("cpu us per get", Lower, cpu_us as f64 / answered);
+        if let Some(error) = &during.first_error {
+            self.report.notes.push(format!(
+                "pauses {case}: {} errors, first: {error}",
+                during.errors
+            ));
         }
         Ok(())
     }

@@ -110,6 +110,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "freeze" => bench.fault(Fault::Freeze).await?,
                 "black-hole" => bench.fault(Fault::BlackHole).await?,
                 "detectors" => println!("{}", detectors::run()),
+                "pauses" => bench.pauses().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();

@@ -139,6 +139,9 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
             builder = builder.handoff_timeout(Duration::ZERO);
         }
         builder = builder.admission(options.admission);
+        if let Some(on) = options.hedge {
+            builder = builder.hedge_fetches(on);
+        }
         let cache = builder
             .coalesce_fetches(options.coalesce_in_flight)
             .build()?;
@@ -363,6 +366,7 @@ async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
             "server_requests": s.server_requests,
             "load_many_calls": LOAD_MANY_CALLS.load(Ordering::Relaxed),
             "handoff_peeks": s.handoff_hits + s.handoff_misses,
+            "hedges": s.hedges,
         },
         "main_cache": { "bytes": s.main_bytes, "items": s.main_items, "hits": s.main_hits },
         "hot_cache": { "bytes": s.hot_bytes, "items": s.hot_items, "hits": s.hot_hits },

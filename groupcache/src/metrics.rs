@@ -57,8 +57,14 @@ pub struct Stats {
     pub peer_requests_waiting: u64,
     /// Peer requests refused (503) for want of a slot, after waiting or with too many waiting.
     pub peer_requests_shed: u64,
-    /// Values fetched from a suspected owner's successor instead.
+    /// Values fetched from a suspected owner's successor instead, or from the successor a hedge
+    /// asked.
     pub successor_loads: u64,
+    /// Fetches hedged: the owner answered nothing for longer than its answers usually take, and
+    /// the key's successor was asked too ([`Builder::hedge_fetches`](crate::Builder::hedge_fetches)).
+    pub hedges: u64,
+    /// Hedged fetches the successor answered first.
+    pub hedge_wins: u64,
     /// Misses of a key this replica just became the owner of, answered by the previous owner's
     /// copy (a warm hand-off) instead of the loader.
     pub handoff_hits: u64,
@@ -159,6 +165,8 @@ pub(crate) struct Metrics {
     local_load_errors: Count,
     server_requests: Count,
     successor_loads: Count,
+    hedges: Count,
+    hedge_wins: Count,
     handoff_hits: Count,
     handoff_misses: Count,
     write_repairs: Count,
@@ -191,6 +199,8 @@ impl Metrics {
             local_load_errors: Count::new("groupcache_local_load_errors_total", &labels),
             server_requests: Count::new("groupcache_server_requests_total", &labels),
             successor_loads: Count::new("groupcache_successor_loads_total", &labels),
+            hedges: Count::new("groupcache_hedges_total", &labels),
+            hedge_wins: Count::new("groupcache_hedge_wins_total", &labels),
             handoff_hits: Count::new("groupcache_handoff_hits_total", &labels),
             handoff_misses: Count::new("groupcache_handoff_misses_total", &labels),
             write_repairs: Count::new("groupcache_write_repairs_total", &labels),
@@ -246,6 +256,14 @@ impl Metrics {
         self.successor_loads.inc();
     }
 
+    pub(crate) fn hedge(&self) {
+        self.hedges.inc();
+    }
+
+    pub(crate) fn hedge_won(&self) {
+        self.hedge_wins.inc();
+    }
+
     pub(crate) fn handoff(&self, hit: bool) {
         if hit {
             self.handoff_hits.inc();
@@ -285,6 +303,8 @@ impl Metrics {
             local_load_errors: self.local_load_errors.get(),
             server_requests: self.server_requests.get(),
             successor_loads: self.successor_loads.get(),
+            hedges: self.hedges.get(),
+            hedge_wins: self.hedge_wins.get(),
             handoff_hits: self.handoff_hits.get(),
             handoff_misses: self.handoff_misses.get(),
             write_repairs: self.write_repairs.get(),
@@ -429,6 +449,14 @@ fn describe() {
     describe_counter!(
         "groupcache_successor_loads_total",
         "Values fetched from a suspected owner's successor."
+    );
+    describe_counter!(
+        "groupcache_hedges_total",
+        "Fetches also asked of the key's successor because the owner stalled."
+    );
+    describe_counter!(
+        "groupcache_hedge_wins_total",
+        "Hedged fetches the successor answered first."
     );
     describe_counter!(
         "groupcache_handoff_hits_total",

@@ -816,7 +816,11 @@ async fn a_queued_fetch_gives_up_on_a_busy_owner_within_peer_timeout() {
         holder.await.unwrap().unwrap(),
         owner_loader.value_for(&key(1))
     );
-    assert_eq!(owner_loader.loads.of(&queued), 0, "the owner never loaded it");
+    assert_eq!(
+        owner_loader.loads.of(&queued),
+        0,
+        "the owner never loaded it"
+    );
     // A later fetch goes straight to the owner, which was not suspected.
     gate.add_permits(1);
     let later = key(3);

@@ -522,6 +522,8 @@ pub(crate) struct Endpoint {
     /// When the peer last answered anything (milliseconds since [`epoch`], 0: never): the
     /// failure detector's evidence that it is alive.
     heard: AtomicU64,
+    /// How long its answers to fetches take: when a fetch to it is hedged (`group/hedge.rs`).
+    pub(crate) latency: super::latency::Latency,
 }
 
 /// The process's reference instant for [`Endpoint::heard`].
@@ -607,6 +609,7 @@ impl Endpoint {
             batches: AtomicBool::new(false),
             plain: AtomicBool::new(false),
             heard: AtomicU64::new(0),
+            latency: Default::default(),
         })
     }
 }

@@ -10,6 +10,7 @@
 pub(crate) mod builder;
 pub(crate) mod config;
 pub(crate) mod groups;
+pub(crate) mod latency;
 mod liveness;
 pub(crate) mod membership;
 pub(crate) mod ring;

@@ -243,6 +243,23 @@ impl<L: Loader, C> Builder<L, C> {
         self
     }
 
+    /// Hedges fetches whose owner stalls (default off): when the owner has answered nothing, to
+    /// any request, for longer than its answers usually take (the mean plus four deviations of
+    /// its answer times, at least 20 ms, at most half the
+    /// [`failure_detection`](crate::ClusterBuilder::failure_detection)), the key's successor on
+    /// the ring is asked too and the first answer is taken. Every replica picks the same
+    /// successor, which loads the key once for all of them and keeps it under the staleness
+    /// bound, so the source sees at most one extra load per key. An owner that answers other
+    /// requests meanwhile is alive, its load merely slow: no hedge. Never to a
+    /// golang/groupcache successor; single fetches only (not `get_many`'s batches). Counted in
+    /// [`Stats::hedges`](crate::Stats::hedges) and [`Stats::hedge_wins`](crate::Stats::hedge_wins).
+    ///
+    /// See BENCHMARKS.md ("Hedging (issue 25, item 4)") for what it gains and costs.
+    pub fn hedge_fetches(mut self, on: bool) -> Self {
+        self.config.hedge = on;
+        self
+    }
+
     /// Builds the group on `cluster` and registers it with the cluster's router.
     fn build_on(self, cluster: Cluster) -> Result<Groupcache<L>, Error> {
         if self.group.is_empty() {

@@ -10,6 +10,8 @@ pub(crate) struct Config {
     /// TinyLFU admission on both caches.
     pub(crate) admission: bool,
     pub(crate) coalesce_in_flight: usize,
+    /// Fetches hedged to the key's successor when the owner stalls (`hedge.rs`).
+    pub(crate) hedge: bool,
 }
 
 impl Default for Config {
@@ -19,6 +21,7 @@ impl Default for Config {
             hot_promotion_requests: 2,
             admission: false,
             coalesce_in_flight: 0,
+            hedge: false,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use super::config::Config;
+use super::hedge::Answered;
 use super::led::Coalescing;
 use super::store::{Caller, Store};
 use crate::caches::{Cache, Entry, Token};
@@ -292,12 +293,19 @@ impl<L: Loader> Inner<L> {
             return Ok(entry);
         }
         if !owner.is_suspected() {
-            match self.ask(owner, key).await {
-                Ok(entry) => {
+            match self.ask_owner(owner, key).await {
+                Ok((entry, Answered::Owner)) => {
                     owner.trust();
                     self.metrics.peer_load();
                     return Ok(self.promote(key, entry, hot, &superseded));
                 }
+                Ok((entry, Answered::Successor(successor))) => {
+                    successor.trust();
+                    self.metrics.successor_load();
+                    return Ok(self.promote(key, entry, hot, &superseded));
+                }
+                // Loaded here, as the key's successor, and kept as such.
+                Ok((entry, Answered::Here)) => return Ok(entry),
                 Err(Failure::Loader(message)) => {
                     return Err(Error::RemoteLoader {
                         peer: owner.url.to_string(),
@@ -370,7 +378,7 @@ impl<L: Loader> Inner<L> {
     /// golang/groupcache does. Known from its answers (the batch advert); in
     /// [`RingMode::Balanced`](crate::RingMode::Balanced), a ring golang/groupcache cannot share,
     /// a peer not heard from yet is taken for one of ours.
-    fn stands_in(&self, peer: &Member) -> bool {
+    pub(crate) fn stands_in(&self, peer: &Member) -> bool {
         let endpoint = &peer.endpoint;
         endpoint.batches.load(std::sync::atomic::Ordering::Relaxed)
             || (self.cluster.config.ring_mode == crate::RingMode::Balanced
@@ -442,15 +450,21 @@ impl<L: Loader> Inner<L> {
     /// The peer is told how long this replica waits (three quarters of `peer_timeout`); if its
     /// load is not done by then it says so, and is asked again, for at most [`PEER_ROUNDS`]
     /// rounds: a load longer than `peer_timeout` is waited for, and loaded once, by the owner.
-    async fn ask(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
+    pub(crate) async fn ask(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
         let max_wait = self.cluster.config.peer_timeout * 3 / 4;
-        for _ in 0..PEER_ROUNDS {
+        for round in 0..PEER_ROUNDS {
             let started = Instant::now();
             let path = self.key_path(peer, key);
             let request = self.cluster.client.get(&peer.endpoint, path, max_wait);
             let fetched = until_unresponsive(&self.cluster, peer, request).await;
-            self.metrics.peer_request_duration.record(started.elapsed());
+            let took = started.elapsed();
+            self.metrics.peer_request_duration.record(took);
             if let Some(response) = fetched? {
+                // The hedge's estimate: answers at the first ask only; a later round follows a
+                // "pending" answer, a load longer than any hedge delay.
+                if round == 0 {
+                    peer.endpoint.latency.record(took);
+                }
                 return Ok(Entry::from(response));
             }
         }

@@ -5,6 +5,7 @@
 //!
 //! - `journey`: one key's get, from the caches to its owner or the loader;
 //! - `many`: many keys at once ([`Groupcache::get_many`]), through the same flights;
+//! - `hedge`: a fetch whose owner stalls asked of the key's successor too;
 //! - `coalesce`: single fetches to one owner gathered into batches (`led`: what a batch
 //!   carries, and the queues where fetches wait);
 //! - `store`: who asked for a key, and which cache its value goes to;
@@ -16,6 +17,7 @@
 pub(crate) mod builder;
 mod coalesce;
 pub(crate) mod config;
+mod hedge;
 pub(crate) mod journey;
 mod led;
 mod many;
