@@ -351,7 +351,17 @@ impl Bench<'_> {
         add("req/s", Higher, served_rate(&during, window));
         add("p50 us", Lower, during.quantile_us(0.5));
         add(P99, Lower, during.quantile_us(0.99));
+        add("p99.9 us", Lower, during.quantile_us(0.999));
         add("max us", Lower, during.quantile_us(1.0));
+        // The closed loop lets each connection stall on one paused key at a time, so a pause
+        // shows in few requests: these count them, and how long they took in all.
+        let slow = during.latencies_us.iter().filter(|&&us| us >= 50_000);
+        add("gets >= 50 ms", Lower, slow.clone().count() as f64);
+        add(
+            "s waited in gets >= 50 ms",
+            Lower,
+            slow.map(|&us| f64::from(us)).sum::<f64>() / 1e6,
+        );
         add(ERRORS, Lower, during.errors as f64);
         add("keys asked", Higher, asked.len() as f64);
         add(

@@ -50,7 +50,7 @@ impl<L: Loader> Inner<L> {
     /// The key from `owner`, hedged if hedging is on and the owner has answered before.
     pub(crate) async fn ask_owner(
         self: &Arc<Self>,
-        owner: &Member,
+        owner: &Arc<Member>,
         key: &str,
     ) -> Result<(Entry, Answered), Failure> {
         match self.hedge_delay(owner) {
@@ -86,12 +86,18 @@ impl<L: Loader> Inner<L> {
 
     async fn ask_hedged(
         self: &Arc<Self>,
-        owner: &Member,
+        owner: &Arc<Member>,
         key: &str,
         delay: Duration,
     ) -> Result<(Entry, Answered), Failure> {
-        let asked = self.ask(owner, key);
-        tokio::pin!(asked);
+        // Owned, so that when the hedge wins the owner's request can finish in a task of its
+        // own rather than be dropped: dropping it closes its connection, and reconnecting to an
+        // owner that just stalled (every hedged request at once, when it resumes) costs more
+        // than the answer; the answer also still counts in its latency estimate.
+        let mut asked = Box::pin({
+            let (this, owner, key) = (self.clone(), owner.clone(), key.to_owned());
+            async move { this.ask(&owner, &key).await }
+        });
         let sent = Instant::now();
         let window_ends = sent + self.hedge_window();
         let mut hedge_at = sent + delay;
@@ -129,7 +135,10 @@ impl<L: Loader> Inner<L> {
                 },
             },
             hedge = &mut hedged => match hedge {
-                Ok(won) => Ok(self.hedge_won(won)),
+                Ok(won) => {
+                    tokio::spawn(asked);
+                    Ok(self.hedge_won(won))
+                }
                 // The successor failed: the owner's answer is still the one that counts.
                 Err(_) => asked.await.map(|entry| (entry, Answered::Owner)),
             },

@@ -285,7 +285,7 @@ impl<L: Loader> Inner<L> {
     pub(crate) async fn fetch_from(
         self: &Arc<Self>,
         key: &str,
-        owner: &Member,
+        owner: &Arc<Member>,
         superseded: Superseded,
     ) -> Outcome<Entry> {
         let hot = self.hot_store(key);
