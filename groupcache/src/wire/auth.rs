@@ -264,6 +264,7 @@ impl PeerAuth {
             .first_use(signature.nonce, signature.timestamp, now)
             .map_err(|unaccepted| match unaccepted {
                 Unaccepted::Replayed => Refusal::Replayed,
+                Unaccepted::Expired => Refusal::Stale,
                 Unaccepted::WindowShrunk => Refusal::WindowShrunk,
             })?;
         Ok(signature.digest)
@@ -423,6 +424,32 @@ mod tests {
             auth.verify(Some(&header), "GET", A, "/_groupcache/g/k"),
             Err(Refusal::Replayed)
         );
+    }
+
+    /// Issue 26's target: a captured request replayed at every instant of its window, while a
+    /// request whose clock read a second later was checked between the replay's reading of the
+    /// clock and its nonce check (so its sweep ran first): refused every time, as a replay or as
+    /// stale, never accepted.
+    #[test]
+    fn a_replayed_request_is_refused_at_every_instant_of_the_window() {
+        let auth = auth(b"0123456789abcdef");
+        let signed_at = unix_seconds(SystemTime::now());
+        let captured = auth.sign_at("GET", A, "/_groupcache/g/k", b"", signed_at);
+        assert!(
+            auth.verify_at(Some(&captured), "GET", A, "/_groupcache/g/k", signed_at)
+                .is_ok()
+        );
+        for at in signed_at - 30..=signed_at + 31 {
+            let other = auth.sign_at("GET", A, "/_groupcache/g/other", b"", at + 1);
+            let verified = auth.verify_at(Some(&other), "GET", A, "/_groupcache/g/other", at + 1);
+            assert!(verified.is_ok(), "{verified:?}");
+            let replayed = auth.verify_at(Some(&captured), "GET", A, "/_groupcache/g/k", at);
+            assert!(
+                matches!(replayed, Err(Refusal::Replayed | Refusal::Stale)),
+                "{} s after signing: {replayed:?}",
+                at - signed_at
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,15 @@
 //! whose second has left the window is dropped whole; no request ever scans the store. The store
 //! is split into [`SHARDS`] shards by hash, each with its own lock and its share of the bound.
 //!
+//! **Decided under the shard's lock.** Whether a timestamp is still within the window and whether
+//! its nonce was seen are decided together, under the lock of the nonce's shard, against what
+//! that shard has dropped: each shard keeps the latest second it may have forgotten nonces of
+//! (`expired`), raised by every sweep and every bucket reused. The caller's clock is read before
+//! the lock, and another request whose clock reads later can sweep in between; a replay whose
+//! bucket that sweep emptied is then refused by `expired` rather than accepted once as it leaves
+//! the window (issue 26), and a request whose clock was read long before (a stalled thread)
+//! cannot drop a later second's live bucket that shares its slot.
+//!
 //! **The bound, and why it refuses no honest peer.** Only requests whose signature verified reach
 //! the store (a forger cannot add to it, and a replay is refused before it is added), so it holds
 //! at most the honest traffic of one window: `rate * (window + 1 s)` nonces. When a shard is full
@@ -36,6 +45,9 @@ pub(crate) const SHARDS: usize = 16;
 pub(crate) enum Unaccepted {
     /// Seen before within the window.
     Replayed,
+    /// Out of the window by this shard's clock: its second's nonces may have been dropped, by a
+    /// sweep on a clock read later than the caller's.
+    Expired,
     /// The store is full and its window has shrunk past this timestamp.
     WindowShrunk,
 }
@@ -59,12 +71,25 @@ struct Shard {
     len: usize,
     /// Timestamps up to this one are refused: their nonces may have been dropped to make room.
     floor: i64,
+    /// Timestamps up to this one are out of the window: their nonces may have been dropped when
+    /// their second expired (by the latest sweep's clock, which may be ahead of a caller's) or its
+    /// bucket was reused for a later second.
+    expired: i64,
 }
 
-#[derive(Default)]
 struct Bucket {
+    /// `i64::MIN` while empty.
     second: i64,
     nonces: HashSet<u128, BuildHasherDefault<Prehashed>>,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            second: i64::MIN,
+            nonces: HashSet::default(),
+        }
+    }
 }
 
 impl NonceStore {
@@ -79,6 +104,7 @@ impl NonceStore {
                     buckets: (0..buckets).map(|_| Bucket::default()).collect(),
                     len: 0,
                     floor: i64::MIN,
+                    expired: i64::MIN,
                 })
             })
             .collect();
@@ -103,7 +129,9 @@ impl NonceStore {
     }
 
     /// Records `nonce` of a verified request signed at `timestamp`, at time `now` (both unix
-    /// seconds; the caller has checked that `timestamp` is within the window of `now`).
+    /// seconds; the caller has checked that `timestamp` is within the window of `now`, read
+    /// before this call: other requests may have swept the store on later clocks since, which
+    /// the shard's lock decides against).
     pub(crate) fn first_use(
         &self,
         nonce: &str,
@@ -131,11 +159,15 @@ impl NonceStore {
         let mut shard = lock(shard);
         let dropped = 0;
         let slot = timestamp.rem_euclid(shard.buckets.len() as i64) as usize;
-        let result = if timestamp <= shard.floor {
+        let occupant = shard.buckets[slot].second;
+        let result = if timestamp <= shard.expired || occupant > timestamp {
+            // Expired by a later clock than `now`, or the slot already serves a later second: it
+            // is `2 * window + 2` seconds later, so `timestamp` is out of the window of the
+            // clock that accepted it.
+            Err(Unaccepted::Expired)
+        } else if timestamp <= shard.floor {
             Err(Unaccepted::WindowShrunk)
-        } else if shard.buckets[slot].second == timestamp
-            && shard.buckets[slot].nonces.contains(&hash)
-        {
+        } else if occupant == timestamp && shard.buckets[slot].nonces.contains(&hash) {
             Err(Unaccepted::Replayed)
         } else {
             Ok(())
@@ -156,13 +188,16 @@ impl NonceStore {
             }
             let bucket = &mut shard.buckets[slot];
             if bucket.second != timestamp {
-                // Its second has left the window (no two live seconds share a slot).
+                // Its (earlier) second has left the window (no two live seconds share a slot);
+                // its nonces are forgotten, so its timestamps are refused from now on.
                 let stale = bucket.nonces.len();
+                let second = bucket.second;
                 *bucket = Bucket {
                     second: timestamp,
                     nonces: HashSet::default(),
                 };
                 shard.len -= stale;
+                shard.expired = shard.expired.max(second);
                 evicted += stale;
             }
             shard.buckets[slot].nonces.insert(hash);
@@ -193,8 +228,11 @@ impl NonceStore {
 }
 
 impl Shard {
-    /// Drops the buckets whose second has left the window; how many nonces.
+    /// Drops the buckets whose second has left the window by `now`, and refuses their seconds
+    /// from then on; how many nonces.
     fn expire(&mut self, now: i64, window: i64) -> usize {
+        let last = now.saturating_sub(window).saturating_sub(1);
+        self.expired = self.expired.max(last);
         let mut dropped = 0;
         for bucket in self.buckets.iter_mut() {
             if !bucket.nonces.is_empty() && bucket.second.saturating_add(window) < now {
@@ -273,8 +311,65 @@ mod tests {
             );
         }
         // The same nonce with another timestamp is another signed request; its MAC decides.
-        assert_eq!(store.first_use(&nonce(1), NOW - 1, NOW), Ok(()));
+        assert_eq!(store.first_use(&nonce(1), NOW + 1, NOW + 30), Ok(()));
         assert_eq!(store.len(), 3);
+    }
+
+    /// The replay of a request, its clock read at every instant of the window, while another
+    /// request whose clock reads one to three seconds later swept the store in between (it read
+    /// the clock after the replay did, and got to the store first): refused every time.
+    /// Before the replay check was decided under the shard's lock, the sweep emptied the
+    /// timestamp's bucket as the replay's clock still put it in the window: accepted once.
+    #[test]
+    fn a_replay_is_refused_at_every_instant_of_the_window_whatever_sweeps_in_between() {
+        let window = 30;
+        for ahead in 1..=3 {
+            for at in NOW - window..=NOW + window {
+                let store = NonceStore::new(window as u64, 1 << 10);
+                assert_eq!(store.first_use(&nonce(1), NOW, NOW), Ok(()));
+                // Another request, clock read later, sweeps first.
+                let later = at + ahead;
+                assert_eq!(store.first_use(&nonce(2), later, later), Ok(()));
+                assert!(
+                    store.first_use(&nonce(1), NOW, at).is_err(),
+                    "replay accepted at {} s into the window, swept {ahead} s later",
+                    at - NOW
+                );
+            }
+        }
+    }
+
+    /// The same replayed again and again as the clock runs through the window, the sweeps in
+    /// order: never accepted.
+    #[test]
+    fn a_replay_is_refused_as_the_clock_runs_through_the_window() {
+        let window = 30;
+        let store = NonceStore::new(window as u64, 1 << 10);
+        assert_eq!(store.first_use(&nonce(1), NOW, NOW - window), Ok(()));
+        for (i, at) in (NOW - window..=NOW + window).enumerate() {
+            store.first_use(&nonce(1000 + i), at, at).unwrap();
+            assert!(store.first_use(&nonce(1), NOW, at).is_err(), "at {at}");
+        }
+    }
+
+    /// A request whose clock was read long before it reached the store (a stalled thread) names
+    /// a second that shares its bucket with a live, later second: it must not drop that second's
+    /// nonces (their replays would then be accepted).
+    #[test]
+    fn a_stale_clock_never_drops_a_live_second() {
+        let window = 30;
+        let store = NonceStore::new(window as u64, 1 << 10);
+        // 2 * window + 2 buckets: NOW and NOW + 62 share one.
+        let later = NOW + 2 * window + 2;
+        assert_eq!(store.first_use(&nonce(1), later, later), Ok(()));
+        assert!(
+            store.first_use(&nonce(2), NOW, NOW).is_err(),
+            "from a stalled clock"
+        );
+        assert_eq!(
+            store.first_use(&nonce(1), later, later),
+            Err(Unaccepted::Replayed)
+        );
     }
 
     #[test]
