@@ -1,6 +1,15 @@
 //! Optional peer authentication: every peer request carries an HMAC-SHA256 signature over its
-//! method, its destination (the authority, `host:port`, and the full path), a timestamp, a nonce
-//! and the SHA-256 of its body, made with a secret the replicas share.
+//! method, its destination (the authority, `host:port`, and the full path), a timestamp, a nonce,
+//! the SHA-256 of its body and, for a peek, that it is one ([`PEEK_HEADER`]), made with a secret
+//! the replicas share.
+//!
+//! **The peek flag and rolling upgrades.** A peek's signature covers one more line, `peek`; any
+//! other request's signature is the same as before the flag was signed (still `v2`), so gets,
+//! sets, removes, batches and heartbeats keep verifying between replicas of either version
+//! during a rolling upgrade. Only peeks between an old and a new replica are refused then (401,
+//! `reason="bad_signature"`): the new owner loads those keys itself, as when the previous owner
+//! holds nothing. Without the flag signed, whoever could alter a request in flight could make a
+//! peek (never loads) a get (loads) or the reverse.
 //!
 //! The receiver checks the signature in constant time against every accepted secret (so secrets
 //! can be rotated without downtime), against its own authority (from its URL, not the request's
@@ -14,9 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
+use hyper::header::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use super::nonces::{NonceStore, Unaccepted};
+#[cfg(doc)]
+use super::protocol::PEEK_HEADER;
+use super::throttle::Throttle;
 use crate::Error;
 
 /// The request header that carries the signature.
@@ -47,6 +60,8 @@ pub struct PeerAuth {
     window: Duration,
     nonces: Nonces,
     seen: NonceStore,
+    /// Refusals logged: at most one line per reason a second.
+    logged: Throttle<{ Refusal::ALL.len() }>,
 }
 
 impl std::fmt::Debug for PeerAuth {
@@ -92,6 +107,11 @@ impl Refusal {
         }
     }
 
+    /// Its place in [`ALL`](Self::ALL).
+    fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every refusal, for registering the metric's series.
     pub(crate) const ALL: [Refusal; 7] = [
         Refusal::Missing,
@@ -133,6 +153,7 @@ impl PeerAuth {
             window: Duration::from_secs(30),
             nonces: Nonces::default(),
             seen: NonceStore::new(30, DEFAULT_MAX_REMEMBERED_NONCES),
+            logged: Throttle::new(),
         })
     }
 
@@ -179,11 +200,30 @@ impl PeerAuth {
         self.seen.len()
     }
 
+    /// Whether to log this refusal now: at most one line per reason a second, so a flood of
+    /// refused requests cannot flood the logs (the metric still counts every one). `Some` with
+    /// how many of this reason went unlogged since the last line.
+    pub(crate) fn log_refusal(&self, refusal: Refusal) -> Option<u64> {
+        self.logged.admit(refusal.index())
+    }
+
     /// The header value for a request to `authority` (the peer's `host:port`, as in its URL and
-    /// the `Host` header) at `path` (the full path, as sent).
-    pub(crate) fn sign(&self, method: &str, authority: &[u8], path: &str, body: &[u8]) -> String {
+    /// the `Host` header) at `path` (the full path, as sent), a peek or not ([`PEEK_HEADER`]),
+    /// with a body of `digest`. Each call takes a fresh nonce: a request sent again must be
+    /// signed again, or the peer refuses it as a replay of the first.
+    pub(crate) fn sign(
+        &self,
+        method: &str,
+        authority: &[u8],
+        path: &str,
+        peek: bool,
+        digest: &BodyDigest,
+    ) -> HeaderValue {
         let now = unix_seconds(SystemTime::now());
-        self.sign_at(method, authority, path, body, now)
+        let signature = self.sign_at(method, authority, path, peek, digest, now);
+        // Visible ASCII only (`v2`, digits, hex), which a header value always takes; were it
+        // ever refused, an empty signature goes instead, which the peer refuses (malformed).
+        HeaderValue::try_from(signature).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// [`sign`](Self::sign) at `timestamp` (unix seconds).
@@ -192,18 +232,19 @@ impl PeerAuth {
         method: &str,
         authority: &[u8],
         path: &str,
-        body: &[u8],
+        peek: bool,
+        digest: &BodyDigest,
         timestamp: i64,
     ) -> String {
         let nonce = self.nonces.fresh();
-        let digest = BodyDigest::of(body);
         let signed = Signed {
             method,
             authority,
             path,
+            peek,
             timestamp,
             nonce: &nonce,
-            digest: &digest,
+            digest,
         };
         let mac = signed.mac(&self.signing).finalize().into_bytes();
         format!(
@@ -214,17 +255,19 @@ impl PeerAuth {
     }
 
     /// Checks a request's header value against this replica's own `authority` and the request's
-    /// method and full path, before any body is read. On success, the body's declared digest,
-    /// which the body read later must [match](BodyDigest::matches).
+    /// method, full path and whether it carries [`PEEK_HEADER`] (`peek`), before any body is
+    /// read. On success, the body's declared digest, which the body read later must
+    /// [match](BodyDigest::matches).
     pub(crate) fn verify(
         &self,
         header: Option<&str>,
         method: &str,
         authority: &[u8],
         path: &str,
+        peek: bool,
     ) -> Result<BodyDigest, Refusal> {
         let now = unix_seconds(SystemTime::now());
-        self.verify_at(header, method, authority, path, now)
+        self.verify_at(header, method, authority, path, peek, now)
     }
 
     /// [`verify`](Self::verify) at `now` (unix seconds).
@@ -234,6 +277,7 @@ impl PeerAuth {
         method: &str,
         authority: &[u8],
         path: &str,
+        peek: bool,
         now: i64,
     ) -> Result<BodyDigest, Refusal> {
         let header = header.ok_or(Refusal::Missing)?;
@@ -248,6 +292,7 @@ impl PeerAuth {
             method,
             authority,
             path,
+            peek,
             timestamp: signature.timestamp,
             nonce: signature.nonce,
             digest: &signature.digest,
@@ -286,6 +331,8 @@ struct Signed<'a> {
     method: &'a str,
     authority: &'a [u8],
     path: &'a str,
+    /// Whether the request carries [`PEEK_HEADER`].
+    peek: bool,
     timestamp: i64,
     nonce: &'a str,
     digest: &'a BodyDigest,
@@ -294,7 +341,9 @@ struct Signed<'a> {
 impl Signed<'_> {
     /// The MAC: `v2`, method, authority, path, timestamp, nonce and the body's SHA-256, one per
     /// line, so no field can be shifted into another (none may contain a line break: hyper
-    /// refuses them in methods, authorities and paths; the others are numbers and hex).
+    /// refuses them in methods, authorities and paths; the others are numbers and hex); then,
+    /// for a peek only, a line `peek`. Only a peek's MAC differs from the one replicas made
+    /// before the flag was signed, so the other requests verify across a rolling upgrade.
     fn mac(&self, secret: &[u8]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
@@ -309,6 +358,9 @@ impl Signed<'_> {
         ] {
             mac.update(part);
             mac.update(b"\n");
+        }
+        if self.peek {
+            mac.update(b"peek\n");
         }
         mac
     }
@@ -406,8 +458,12 @@ mod tests {
         #[test]
         fn arbitrary_signature_headers_are_refused(header in any::<String>()) {
             let auth = PeerAuth::new(b"0123456789abcdef".to_vec()).unwrap();
-            prop_assert!(auth.verify(Some(&header), "GET", A, "/p").is_err());
+            prop_assert!(auth.verify(Some(&header), "GET", A, "/p", false).is_err());
         }
+    }
+
+    fn now() -> i64 {
+        unix_seconds(SystemTime::now())
     }
 
     fn auth(secret: &[u8]) -> PeerAuth {
@@ -417,11 +473,18 @@ mod tests {
     #[test]
     fn a_signed_request_verifies_once() {
         let auth = auth(b"0123456789abcdef");
-        let header = auth.sign("GET", A, "/_groupcache/g/k", b"");
-        let digest = auth.verify(Some(&header), "GET", A, "/_groupcache/g/k");
+        let header = auth.sign_at(
+            "GET",
+            A,
+            "/_groupcache/g/k",
+            false,
+            &BodyDigest::of(b""),
+            now(),
+        );
+        let digest = auth.verify(Some(&header), "GET", A, "/_groupcache/g/k", false);
         assert_eq!(digest, Ok(BodyDigest::of(b"")));
         assert_eq!(
-            auth.verify(Some(&header), "GET", A, "/_groupcache/g/k"),
+            auth.verify(Some(&header), "GET", A, "/_groupcache/g/k", false),
             Err(Refusal::Replayed)
         );
     }
@@ -434,16 +497,44 @@ mod tests {
     fn a_replayed_request_is_refused_at_every_instant_of_the_window() {
         let auth = auth(b"0123456789abcdef");
         let signed_at = unix_seconds(SystemTime::now());
-        let captured = auth.sign_at("GET", A, "/_groupcache/g/k", b"", signed_at);
+        let captured = auth.sign_at(
+            "GET",
+            A,
+            "/_groupcache/g/k",
+            false,
+            &BodyDigest::of(b""),
+            signed_at,
+        );
         assert!(
-            auth.verify_at(Some(&captured), "GET", A, "/_groupcache/g/k", signed_at)
-                .is_ok()
+            auth.verify_at(
+                Some(&captured),
+                "GET",
+                A,
+                "/_groupcache/g/k",
+                false,
+                signed_at
+            )
+            .is_ok()
         );
         for at in signed_at - 30..=signed_at + 31 {
-            let other = auth.sign_at("GET", A, "/_groupcache/g/other", b"", at + 1);
-            let verified = auth.verify_at(Some(&other), "GET", A, "/_groupcache/g/other", at + 1);
+            let other = auth.sign_at(
+                "GET",
+                A,
+                "/_groupcache/g/other",
+                false,
+                &BodyDigest::of(b""),
+                at + 1,
+            );
+            let verified = auth.verify_at(
+                Some(&other),
+                "GET",
+                A,
+                "/_groupcache/g/other",
+                false,
+                at + 1,
+            );
             assert!(verified.is_ok(), "{verified:?}");
-            let replayed = auth.verify_at(Some(&captured), "GET", A, "/_groupcache/g/k", at);
+            let replayed = auth.verify_at(Some(&captured), "GET", A, "/_groupcache/g/k", false, at);
             assert!(
                 matches!(replayed, Err(Refusal::Replayed | Refusal::Stale)),
                 "{} s after signing: {replayed:?}",
@@ -455,7 +546,14 @@ mod tests {
     #[test]
     fn any_changed_field_breaks_the_signature() {
         let auth = auth(b"0123456789abcdef");
-        let header = auth.sign("PUT", A, "/_groupcache/g/k", b"body");
+        let header = auth.sign_at(
+            "PUT",
+            A,
+            "/_groupcache/g/k",
+            false,
+            &BodyDigest::of(b"body"),
+            now(),
+        );
         for (method, authority, path) in [
             ("GET", A, "/_groupcache/g/k"),
             ("PUT", A, "/_groupcache/g/other"),
@@ -465,7 +563,7 @@ mod tests {
             ("PUT", b"10.0.0.1:8081", "/_groupcache/g/k"),
         ] {
             assert_eq!(
-                auth.verify(Some(&header), method, authority, path),
+                auth.verify(Some(&header), method, authority, path, false),
                 Err(Refusal::BadSignature),
                 "{method} {authority:?} {path}"
             );
@@ -473,12 +571,12 @@ mod tests {
         for (from, to) in [("t=", "t=1"), ("d=", "d=00"), ("n=", "n=00")] {
             let tampered = header.replacen(from, to, 1);
             assert_ne!(
-                auth.verify(Some(&tampered), "PUT", A, "/_groupcache/g/k"),
+                auth.verify(Some(&tampered), "PUT", A, "/_groupcache/g/k", false),
                 Ok(BodyDigest::of(b"body")),
                 "{tampered}"
             );
         }
-        let digest = auth.verify(Some(&header), "PUT", A, "/_groupcache/g/k");
+        let digest = auth.verify(Some(&header), "PUT", A, "/_groupcache/g/k", false);
         let digest = digest.expect("the untampered request verifies");
         assert_eq!(digest.matches(b"body"), Ok(()));
         assert_eq!(digest.matches(b"bodY"), Err(Refusal::BodyMismatch));
@@ -495,8 +593,8 @@ mod tests {
         let mut headers = Vec::new();
         for i in 0..1000 {
             let at = now + i / 100;
-            let header = auth.sign_at("GET", A, "/p", b"", at);
-            let verified = auth.verify_at(Some(&header), "GET", A, "/p", at);
+            let header = auth.sign_at("GET", A, "/p", false, &BodyDigest::of(b""), at);
+            let verified = auth.verify_at(Some(&header), "GET", A, "/p", false, at);
             assert!(verified.is_ok(), "{i}: {verified:?}");
             assert!(auth.remembered_nonces() <= 480);
             headers.push(header);
@@ -506,7 +604,7 @@ mod tests {
         for header in &headers {
             assert!(
                 matches!(
-                    auth.verify_at(Some(header), "GET", A, "/p", at),
+                    auth.verify_at(Some(header), "GET", A, "/p", false, at),
                     Err(Refusal::Replayed | Refusal::WindowShrunk)
                 ),
                 "a replay is refused whether or not its nonce is still remembered"
@@ -514,28 +612,179 @@ mod tests {
         }
     }
 
+    /// Whether a request is a peek is signed: the header added to or taken from a signed request
+    /// in flight breaks its signature.
+    #[test]
+    fn the_peek_flag_is_signed() {
+        let auth = auth(b"0123456789abcdef");
+        let path = "/_groupcache/g/k";
+        let digest = BodyDigest::of(b"");
+        let peek = auth.sign_at("GET", A, path, true, &digest, now());
+        let get = auth.sign_at("GET", A, path, false, &digest, now());
+        assert_eq!(
+            auth.verify(Some(&peek), "GET", A, path, false),
+            Err(Refusal::BadSignature),
+            "a peek made a get"
+        );
+        assert_eq!(
+            auth.verify(Some(&get), "GET", A, path, true),
+            Err(Refusal::BadSignature),
+            "a get made a peek"
+        );
+        assert_eq!(auth.verify(Some(&peek), "GET", A, path, true), Ok(digest));
+        assert_eq!(auth.verify(Some(&get), "GET", A, path, false), Ok(digest));
+    }
+
+    /// Rolling upgrades: a request that is not a peek is signed exactly as before the peek flag
+    /// was (the MAC of the seven lines alone), so replicas of either version verify each other's
+    /// gets, sets, removes, batches and heartbeats.
+    #[test]
+    fn requests_other_than_peeks_are_signed_as_before_the_peek_flag() {
+        let secret = b"0123456789abcdef";
+        let auth = auth(secret);
+        let digest = BodyDigest::of(b"body");
+        let header = auth.sign_at("PUT", A, "/_groupcache/g/k", false, &digest, 1_800_000_000);
+        let signature = Signature::parse(&header).expect("well formed");
+        let mut before = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap();
+        let lines = format!(
+            "v2\nPUT\n10.0.0.1:8080\n/_groupcache/g/k\n1800000000\n{}\n{}\n",
+            signature.nonce,
+            hex(&digest.0)
+        );
+        before.update(lines.as_bytes());
+        assert_eq!(before.finalize().into_bytes().as_slice(), signature.mac);
+    }
+
+    #[test]
+    fn refusals_are_indexed_in_the_order_of_all() {
+        for (i, refusal) in Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(refusal.index(), i, "{refusal:?}");
+        }
+    }
+
+    /// A request that a reused connection failed to carry goes again on a new one
+    /// (`Connections::send`); the peer may have received and checked the first (its nonce
+    /// remembered) before the connection died unanswered. The second is signed afresh: accepted,
+    /// not refused as a replay (which counted `reason="replayed"`, the alarm).
+    #[tokio::test]
+    async fn a_request_sent_again_is_signed_afresh_not_refused_as_a_replay() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        use crate::cluster::membership::Endpoint;
+        use crate::wire::client::PeerClient;
+        use crate::wire::pool::Connections;
+
+        let secret = b"0123456789abcdef";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let endpoint = Arc::new(Endpoint::parse(&url).unwrap());
+        // The receiving replica's check, with its own nonce store.
+        let receiver = Arc::new(auth(secret));
+        let verdicts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (checker, seen, counter) = (receiver.clone(), verdicts.clone(), accepted.clone());
+        let authority = endpoint.authority.as_bytes().to_vec();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let first_connection = counter.fetch_add(1, Ordering::SeqCst) == 0;
+                let (checker, seen, authority) = (checker.clone(), seen.clone(), authority.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut answered = 0;
+                    let mut buffer = [0; 1024];
+                    while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+                        head.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let request = String::from_utf8_lossy(&head[..end]).into_owned();
+                            head.drain(..end + 4);
+                            let path = request.split(' ').nth(1).unwrap_or_default().to_owned();
+                            let signature = request.lines().find_map(|line| {
+                                line.strip_prefix(&format!("{SIGNATURE_HEADER}: "))
+                            });
+                            let verdict =
+                                checker.verify(signature, "GET", &authority, &path, false);
+                            seen.lock().unwrap().push((path, verdict));
+                            if first_connection && answered == 1 {
+                                return; // the second request on it: checked, then closed unanswered
+                            }
+                            let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                            stream.write_all(answer).await.unwrap();
+                            answered += 1;
+                        }
+                    }
+                });
+            }
+        });
+        let connections = Connections::new(
+            Duration::from_secs(1),
+            #[cfg(feature = "tls")]
+            None,
+        );
+        let client = PeerClient::new(
+            connections,
+            Duration::from_secs(5),
+            1 << 20,
+            Some(Arc::new(auth(secret))),
+        );
+        for path in ["/_groupcache/g/a", "/_groupcache/g/b", "/_groupcache/g/c"] {
+            let heard = client
+                .heartbeat(&endpoint, path.to_owned(), Duration::from_secs(5))
+                .await;
+            assert!(heard.is_err(), "a 404 is no heartbeat's answer");
+        }
+        let verdicts = verdicts.lock().unwrap();
+        let paths: Vec<&str> = verdicts.iter().map(|(path, ..)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/_groupcache/g/a",
+                "/_groupcache/g/b",
+                "/_groupcache/g/b",
+                "/_groupcache/g/c"
+            ],
+            "/b sent twice: on the kept connection, then on a new one"
+        );
+        for (path, verdict) in verdicts.iter() {
+            assert!(verdict.is_ok(), "{path}: {verdict:?}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
     #[test]
     fn other_secrets_fail_and_accepted_ones_rotate() {
         let old = auth(b"old secret 0123456");
         let new = auth(b"new secret 0123456");
-        let header = old.sign("GET", A, "/p", b"");
+        let header = old.sign_at("GET", A, "/p", false, &BodyDigest::of(b""), now());
         assert_eq!(
-            new.verify(Some(&header), "GET", A, "/p"),
+            new.verify(Some(&header), "GET", A, "/p", false),
             Err(Refusal::BadSignature)
         );
         let rotating = PeerAuth::new(b"new secret 0123456".to_vec())
             .unwrap()
             .accept(b"old secret 0123456".to_vec())
             .unwrap();
-        assert!(rotating.verify(Some(&header), "GET", A, "/p").is_ok());
-        let header = new.sign("GET", A, "/p", b"");
-        assert!(rotating.verify(Some(&header), "GET", A, "/p").is_ok());
+        assert!(
+            rotating
+                .verify(Some(&header), "GET", A, "/p", false)
+                .is_ok()
+        );
+        let header = new.sign_at("GET", A, "/p", false, &BodyDigest::of(b""), now());
+        assert!(
+            rotating
+                .verify(Some(&header), "GET", A, "/p", false)
+                .is_ok()
+        );
     }
 
     #[test]
     fn missing_malformed_and_stale_headers_are_refused() {
         let auth = auth(b"0123456789abcdef");
-        assert_eq!(auth.verify(None, "GET", A, "/p"), Err(Refusal::Missing));
+        assert_eq!(
+            auth.verify(None, "GET", A, "/p", false),
+            Err(Refusal::Missing)
+        );
         let d = hex(&BodyDigest::of(b"").0);
         let s = hex(&[0; 32]);
         for bad in [
@@ -550,7 +799,7 @@ mod tests {
             format!("v2 t=1 n=0123456789abcdef d={d} s={s} extra"),
         ] {
             assert_eq!(
-                auth.verify(Some(&bad), "GET", A, "/p"),
+                auth.verify(Some(&bad), "GET", A, "/p", false),
                 Err(Refusal::Malformed),
                 "{bad:?}"
             );
@@ -562,6 +811,7 @@ mod tests {
             method: "GET",
             authority: A,
             path: "/p",
+            peek: false,
             timestamp: past,
             nonce,
             digest: &digest,
@@ -569,7 +819,7 @@ mod tests {
         let mac = signed.mac(b"0123456789abcdef").finalize().into_bytes();
         let stale = format!("v2 t={past} n={nonce} d={d} s={}", hex(&mac));
         assert_eq!(
-            auth.verify(Some(&stale), "GET", A, "/p"),
+            auth.verify(Some(&stale), "GET", A, "/p", false),
             Err(Refusal::Stale)
         );
     }

@@ -13,7 +13,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use prost::Message;
 
-use super::auth::{PeerAuth, SIGNATURE_HEADER};
+use super::auth::{BodyDigest, PeerAuth, SIGNATURE_HEADER};
 use super::batch;
 use super::pool::{Answer, Connections, ReadError, request_error};
 use super::protocol::{
@@ -233,7 +233,9 @@ impl PeerClient {
 
     /// Sends one request, signed if authentication is on. The signature covers the peer's
     /// authority (its `Host` header) and the path exactly as they go on the wire, which is what
-    /// the receiving router checks against its own URL.
+    /// the receiving router checks against its own URL, and whether it is a peek. A request sent
+    /// again (`Connections::send`) is signed again, with a fresh nonce: the peer may have
+    /// received the first, and would refuse the second as its replay.
     pub(super) async fn send(
         &self,
         method: Method,
@@ -242,16 +244,10 @@ impl PeerClient {
         body: Bytes,
         header: Option<(&'static str, HeaderValue)>,
     ) -> Result<Answer, PeerError> {
-        let signature = match &self.auth {
-            Some(auth) => {
-                let signature = auth.sign(method.as_str(), peer.authority.as_bytes(), &path, &body);
-                Some(
-                    HeaderValue::try_from(signature)
-                        .map_err(|e| PeerError::Request(format!("invalid signature: {e}")))?,
-                )
-            }
-            None => None,
-        };
+        let peek = header
+            .as_ref()
+            .is_some_and(|(name, _)| *name == PEEK_HEADER);
+        let signing = self.auth.as_ref().map(|auth| (auth, BodyDigest::of(&body)));
         // From the `String` itself: no copy of the path.
         let uri = hyper::Uri::try_from(path)
             .map_err(|e| PeerError::Request(format!("invalid request path: {e}")))?;
@@ -264,8 +260,10 @@ impl PeerClient {
             if let Some((name, value)) = &header {
                 headers.insert(*name, value.clone());
             }
-            if let Some(signature) = &signature {
-                headers.insert(SIGNATURE_HEADER, signature.clone());
+            if let Some((auth, digest)) = &signing {
+                let authority = peer.authority.as_bytes();
+                let signature = auth.sign(method.as_str(), authority, uri.path(), peek, digest);
+                headers.insert(SIGNATURE_HEADER, signature);
             }
             if !body.is_empty() {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));

@@ -10,6 +10,7 @@
 //! - [`server`]: the peer port's accept loop, with the limits a port open to the network needs;
 //! - [`auth`]: HMAC signatures on peer requests;
 //! - `nonces`: the bounded store of accepted nonces that refuses replays;
+//! - `throttle`: at most one log line per reason a second, for the router's refusals;
 //! - `tls` (feature `tls`): rustls configuration for both sides.
 
 pub(crate) mod auth;
@@ -21,6 +22,7 @@ pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod router;
 pub(crate) mod server;
+pub(crate) mod throttle;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
 

@@ -20,7 +20,7 @@ use groupcache_rs_pb::{GetResponse, SetRequest};
 use http_body_util::BodyExt;
 use prost::Message;
 
-use super::auth::SIGNATURE_HEADER;
+use super::auth::{PeerAuth, Refusal, SIGNATURE_HEADER};
 use super::batch::{Refused, answer_room, batch_body_limit, encode_answer, parse_request};
 use super::limits::{Held, Share};
 use super::protocol::{
@@ -118,11 +118,14 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
         let signature = headers
             .get(SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok());
-        let verified = auth.verify(signature, method.as_str(), &port.authority, original.path());
+        // Whether it is a peek is signed too: the same test as below, whatever the method.
+        let peek = headers.contains_key(PEEK_HEADER);
+        let path = original.path();
+        let verified = auth.verify(signature, method.as_str(), &port.authority, path, peek);
         cluster.metrics.auth_nonces(auth.remembered_nonces());
         match verified {
             Ok(verified) => digest = Some(verified),
-            Err(refusal) => return refused(port, original.path(), refusal),
+            Err(refusal) => return refused(port, auth, path, refusal),
         }
     }
     // A heartbeat: this replica is alive, whatever its groups and loads (no slot is taken, so a
@@ -211,9 +214,10 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
         );
     };
     if let Some(digest) = digest
+        && let Some(auth) = &cluster.config.auth
         && let Err(refusal) = digest.matches(&body)
     {
-        return refused(port, original.path(), refusal);
+        return refused(port, auth, original.path(), refusal);
     }
     let peek = method == Method::GET && headers.contains_key(PEEK_HEADER);
     // A peek is no get: it is counted where it is sent (`groupcache_handoff_*_total`), so
@@ -353,10 +357,13 @@ async fn read_body<'a>(
     }
 }
 
-/// A 401 for a request whose signature (or body) does not verify, counted and logged.
-fn refused(port: &Port, path: &str, refusal: super::auth::Refusal) -> Response {
+/// A 401 for a request whose signature (or body) does not verify: counted, and logged at most
+/// once a second per reason (a flood of them would flood the logs), with how many went unlogged.
+fn refused(port: &Port, auth: &PeerAuth, path: &str, refusal: Refusal) -> Response {
     port.cluster.metrics.peer_auth_failure(refusal.reason());
-    tracing::warn!(path, %refusal, "refused a peer request");
+    if let Some(unlogged) = auth.log_refusal(refusal) {
+        tracing::warn!(path, %refusal, unlogged, "refused a peer request (one line per reason a second)");
+    }
     closing(
         StatusCode::UNAUTHORIZED,
         &format!("unauthorized: {refusal}"),
