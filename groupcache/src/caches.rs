@@ -1,11 +1,12 @@
 //! A byte-budgeted LRU cache with per-entry expiry, used for both the main and the hot cache.
 //!
 //! Layout: a slab of 32-byte [`Record`]s indexed by `u32` (expiry, LRU neighbours, where the
-//! bytes live), a `hashbrown::HashTable<u32>` of record indexes keyed by the key's xxh3 hash
-//! (a lookup compares the key bytes), and the key packed in a segment next to its value (see
-//! `segments`), so a small entry has no allocation of its own. `get` hands out the value as a
-//! slice of the segment's shared buffer: a reference count, no copy. Values too large to pack
-//! keep a buffer of their own, listed with their keys in a side list.
+//! bytes live), a `hashbrown::HashTable<u32>` of record indexes keyed by the key's hash (xxh3
+//! with a per-process random secret, `keyed`; a lookup compares the key bytes), and the key
+//! packed in a segment next to its value (see `segments`), so a small entry has no allocation of
+//! its own. `get` hands out the value as a slice of the segment's shared buffer: a reference
+//! count, no copy. Values too large to pack keep a buffer of their own, listed with their keys
+//! in a side list.
 //!
 //! Why: with an `lru::LruCache<Arc<str>, _>` node, its hash slot, the key's `Arc<str>` listed
 //! again by its segment, `bytes`' shared header and four allocations, every entry cost 247 bytes
@@ -213,10 +214,13 @@ impl Token {
 /// entry that would be evicted first to make room, whether the entry being stored is worth it.
 pub(crate) type Admit<'a> = &'a dyn Fn(&[u8]) -> bool;
 
-/// A stable 64-bit hash of a key (never Rust's `Hash`): the caches' table and write stripes,
-/// and the popularity sketch, all use this one.
+/// The 64-bit hash of a key within this process (never Rust's `Hash`): the caches' table and
+/// write stripes, the budget's ghosts, the popularity sketch and the recent writes all use this
+/// one. Keyed with the process's random secret ([`keyed`](crate::keyed)), so that keys from the
+/// network cannot be chosen to collide.
+#[inline]
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
+    crate::keyed::key_hash(key)
 }
 
 fn stripe(hash: u64) -> usize {

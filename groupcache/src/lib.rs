@@ -76,6 +76,7 @@ mod error;
 mod flight;
 mod group;
 mod handoff;
+mod keyed;
 mod loader;
 mod metrics;
 mod popularity;
