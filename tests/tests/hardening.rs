@@ -142,6 +142,103 @@ async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
     (url, receiver)
 }
 
+/// Whether a request is a peek is signed (issue 26): a captured get made a peek, or a captured
+/// peek made a get (which would load), is refused, and the untampered request still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peek_header_added_or_removed_in_flight_breaks_the_signature() {
+    let loader = TestLoader::new();
+    let (target_url, mut captured) = recorder().await;
+    let target = Replica::start(|_| {
+        Groupcache::builder(GROUP, target_url.as_str(), loader.clone()).peer_auth(auth(SECRET))
+    });
+    let asker = Replica::start(|url| {
+        Groupcache::builder(GROUP, url, loader.clone()).peer_auth(auth(SECRET))
+    });
+    let both = [target_url.as_str(), asker.url.as_str()];
+    asker.cache.set_peers(both).unwrap();
+    let get_key = key_owned(&asker.cache, &target_url, "tamper-get-");
+    let peek_key = key_owned(&asker.cache, &target_url, "tamper-peek-");
+    let signature_of = |head: &str| {
+        head.lines()
+            .find_map(|line| line.strip_prefix(&format!("{SIGNATURE_HEADER}: ")))
+            .expect("the request was signed")
+            .to_owned()
+    };
+    let peeks = |head: &str| head.to_ascii_lowercase().contains("groupcache-peek:");
+    let patience = Duration::from_secs(5);
+
+    // A get, captured: delivered as a peek it is refused; as sent, accepted.
+    asker.cache.get(&get_key).await.unwrap();
+    let head = tokio::time::timeout(patience, captured.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!peeks(&head), "{head}");
+    let signature = signature_of(&head);
+    let url = format!("{}/_groupcache/{GROUP}/{get_key}", target.url);
+    let send = |peek: bool| {
+        let request = reqwest::Client::new()
+            .get(&url)
+            .header(SIGNATURE_HEADER, &signature);
+        let request = if peek {
+            request.header("groupcache-peek", "1")
+        } else {
+            request
+        };
+        request.send()
+    };
+    assert_eq!(send(true).await.unwrap().status(), 401, "a get made a peek");
+    assert_eq!(target.cache.stats().peer_auth_failures, 1);
+    assert_eq!(
+        send(false).await.unwrap().status(),
+        200,
+        "the get as signed"
+    );
+
+    // A peek, captured: `peek_key`'s owner leaves, the asker owns it under a young ring and
+    // peeks the previous owner (the recorder) before loading it.
+    asker.cache.set_peers([asker.url.as_str()]).unwrap();
+    asker.cache.get(&peek_key).await.unwrap();
+    let head = loop {
+        let head = tokio::time::timeout(patience, captured.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if peeks(&head) {
+            break head;
+        }
+    };
+    let signature = signature_of(&head);
+    let loads = loader.loads.of(&peek_key);
+    let url = format!("{}/_groupcache/{GROUP}/{peek_key}", target.url);
+    let stripped = reqwest::Client::new()
+        .get(&url)
+        .header(SIGNATURE_HEADER, &signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stripped.status(), 401, "a peek made a get");
+    assert_eq!(target.cache.stats().peer_auth_failures, 2);
+    assert_eq!(
+        loader.loads.of(&peek_key),
+        loads,
+        "the target never loaded it"
+    );
+    let as_sent = reqwest::Client::new()
+        .get(&url)
+        .header(SIGNATURE_HEADER, &signature)
+        .header("groupcache-peek", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        as_sent.status(),
+        404,
+        "the peek as signed: not cached, not loaded"
+    );
+    assert_eq!(loader.loads.of(&peek_key), loads);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_signed_request_cannot_be_replayed() {
     let loader = TestLoader::new();
