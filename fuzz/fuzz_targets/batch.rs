@@ -82,7 +82,12 @@ fn harness() -> &'static Harness {
 
 /// The request if the router must take it, by an independent reading of the rules.
 fn acceptable(data: &[u8]) -> Option<BatchRequest> {
-    if data.len() > MAX_VALUE_BYTES + 4096 {
+    // A batch body is at most the largest honest batch: `MAX_BATCH_KEYS` keys of
+    // `MAX_KEY_BYTES`, each framed in at most 11 bytes, the group's name and two numbers framed
+    // the same (unknown fields past that make a well-formed body too long); and, as every body,
+    // at most the router's limit.
+    let batch_limit = MAX_BATCH_KEYS * (MAX_KEY_BYTES + 11) + GROUP.len() + 3 * 11;
+    if data.len() > batch_limit.min(MAX_VALUE_BYTES + 4096) {
         return None;
     }
     let request = BatchRequest::decode(data).ok()?;

@@ -79,55 +79,46 @@ pub(crate) fn batch_body_limit(max_keys: usize, max_key_bytes: usize, group: &st
 /// that a body of many tiny keys is refused before it becomes as many `String`s (16 MiB of
 /// one-byte keys decoded to about 380 MB).
 fn check_keys(mut body: &[u8], max_keys: usize, max_key_bytes: usize) -> Result<(), Refused> {
-    use prost::encoding::decode_varint;
-    let malformed = |what: &str| {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    // prost's own field reader, so that a body is refused here only where decoding would
+    // refuse it too (or where the checks after decoding would).
+    let malformed = |error: prost::DecodeError| {
         refused(
             StatusCode::BAD_REQUEST,
-            format!("malformed BatchRequest: {what}"),
+            format!("malformed BatchRequest: {error}"),
         )
     };
     let mut keys = 0usize;
     while !body.is_empty() {
-        let key = decode_varint(&mut body).map_err(|_| malformed("a field's tag"))?;
-        let (tag, wire_type) = (key >> 3, key & 7);
-        match wire_type {
-            // Varint: `max_answer_bytes`, `max_wait_ms` (or an unknown field).
-            0 => {
-                decode_varint(&mut body).map_err(|_| malformed("a number"))?;
-            }
-            // Fixed 64 and 32 bits: unknown fields, skipped.
-            1 | 5 => {
-                let width = if wire_type == 1 { 8 } else { 4 };
-                body = body
-                    .get(width..)
-                    .ok_or_else(|| malformed("a fixed field"))?;
-            }
-            // Length-delimited: the group's name, a key (tag 2), or an unknown field.
-            2 => {
-                let length = decode_varint(&mut body).map_err(|_| malformed("a length"))?;
-                let length = usize::try_from(length)
-                    .ok()
-                    .filter(|&length| length <= body.len())
-                    .ok_or_else(|| malformed("a field longer than the body"))?;
-                if tag == 2 {
-                    keys += 1;
-                    if keys > max_keys {
-                        return Err(refused(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!("more than {max_keys} keys in a batch, over the limit"),
-                        ));
-                    }
-                    if length > max_key_bytes {
-                        return Err(refused(
-                            StatusCode::BAD_REQUEST,
-                            format!("key is {length} bytes, over the limit of {max_key_bytes}"),
-                        ));
-                    }
-                }
-                body = &body[length..];
-            }
-            _ => return Err(malformed("a group field (wire type 3 or 4)")),
+        let (tag, wire_type) = decode_key(&mut body).map_err(malformed)?;
+        if tag != 2 || wire_type != WireType::LengthDelimited {
+            skip_field(wire_type, tag, &mut body, DecodeContext::default()).map_err(malformed)?;
+            continue;
         }
+        keys += 1;
+        if keys > max_keys {
+            return Err(refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("more than {max_keys} keys in a batch, over the limit"),
+            ));
+        }
+        let length = decode_varint(&mut body).map_err(malformed)?;
+        let length = usize::try_from(length)
+            .ok()
+            .filter(|&length| length <= body.len())
+            .ok_or_else(|| {
+                refused(
+                    StatusCode::BAD_REQUEST,
+                    "malformed BatchRequest: a key longer than the body".to_owned(),
+                )
+            })?;
+        if length > max_key_bytes {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                format!("key is {length} bytes, over the limit of {max_key_bytes}"),
+            ));
+        }
+        body = &body[length..];
     }
     Ok(())
 }
@@ -293,6 +284,8 @@ mod tests {
         body.extend_from_slice(&[(10 << 3) | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
         body.extend_from_slice(&[(11 << 3) | 2, 3, b'x', b'y', b'z']);
         body.extend_from_slice(&[(12 << 3) | 5, 1, 2, 3, 4]);
+        // Field 13: a group (wire types 3 and 4) around a varint field, as decoding skips it.
+        body.extend_from_slice(&[(13 << 3) | 3, 1 << 3, 5, (13 << 3) | 4]);
         let parsed = parse_request(&body, "g", 2, 8).unwrap();
         assert_eq!(parsed.keys, ["a", "b"]);
         // A length past the end is malformed, not read past the body.
