@@ -292,6 +292,15 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(60);
 
+    /// Limits of one slot, one group's share of them, and metrics to count in.
+    fn one_slot() -> (Limits, Share, ClusterMetrics) {
+        (
+            Limits::new(1, 0),
+            Share::default(),
+            ClusterMetrics::new(&[]),
+        )
+    }
+
     /// Waits until `n` requests wait for a slot (a signal, not a sleep).
     async fn until_waiting(limits: &Limits, n: usize) {
         while limits.waiting() < n {
@@ -301,11 +310,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_waits_for_the_slot_given_back() {
-        let (limits, share, metrics) = (
-            Limits::new(1, 0),
-            Share::default(),
-            ClusterMetrics::new(&[]),
-        );
+        let (limits, share, metrics) = one_slot();
         let held = limits.slot(&share, 1).unwrap();
         let waiter = limits.admit(&share, 1, LONG, &metrics);
         let given_back = async {
@@ -320,11 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_is_refused_once_its_wait_runs_out_or_at_once_with_none() {
-        let (limits, share, metrics) = (
-            Limits::new(1, 0),
-            Share::default(),
-            ClusterMetrics::new(&[]),
-        );
+        let (limits, share, metrics) = one_slot();
         let _held = limits.slot(&share, 1).unwrap();
         let wait = Duration::from_millis(20);
         let started = std::time::Instant::now();
@@ -341,11 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_four_requests_per_slot_wait_and_the_next_is_refused_at_once() {
-        let (limits, share, metrics) = (
-            Limits::new(1, 0),
-            Share::default(),
-            ClusterMetrics::new(&[]),
-        );
+        let (limits, share, metrics) = one_slot();
         let held = limits.slot(&share, 1).unwrap();
         let mut waiters: Vec<_> = (0..4)
             .map(|_| Box::pin(limits.admit(&share, 1, LONG, &metrics)))
