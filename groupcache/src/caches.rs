@@ -473,6 +473,20 @@ impl Inner {
     }
 }
 
+/// The keys copied into `buffer`, each ending at its place in `ends`, as strings.
+fn split_keys(buffer: &[u8], ends: Vec<usize>) -> Vec<Box<str>> {
+    let mut start = 0;
+    ends.into_iter()
+        .filter_map(|end| {
+            let key = buffer.get(start..end);
+            start = end;
+            // Keys were stored from `&str`s.
+            key.and_then(|key| std::str::from_utf8(key).ok())
+                .map(Box::from)
+        })
+        .collect()
+}
+
 /// The key of a live record (a function of the fields it reads, so that the table's closures
 /// can borrow them while the table is borrowed mutably).
 #[inline]
@@ -661,6 +675,7 @@ impl Cache {
 
     /// Every key held now, least recently used last. Under the lock the keys are only copied
     /// into one buffer; they become strings after unlocking.
+    #[cfg(test)]
     pub(crate) fn keys(&self) -> Vec<Box<str>> {
         let mut buffer = Vec::new();
         let mut ends = Vec::new();
@@ -674,16 +689,32 @@ impl Cache {
                 i = record.next;
             }
         }
-        let mut start = 0;
-        ends.into_iter()
-            .filter_map(|end| {
-                let key = buffer.get(start..end);
-                start = end;
-                // Keys were stored from `&str`s.
-                key.and_then(|key| std::str::from_utf8(key).ok())
-                    .map(Box::from)
-            })
-            .collect()
+        split_keys(&buffer, ends)
+    }
+
+    /// Up to `max` keys held now, in the order of their records from the `start`th on, and the
+    /// record to go on from (`None` past the last): a walk over every key in parts, each under
+    /// the lock for a moment only, so that gets are not held up by a walk over a large cache.
+    /// An entry keeps its record until it is removed, so a walk meets every key held from its
+    /// start to its end; one inserted meanwhile may be met or not.
+    pub(crate) fn keys_from(&self, start: usize, max: usize) -> (Vec<Box<str>>, Option<usize>) {
+        let mut buffer = Vec::new();
+        let mut ends = Vec::with_capacity(max.min(4096));
+        let next = {
+            let inner = self.lock();
+            let mut i = start;
+            while ends.len() < max
+                && let Some(record) = inner.records.get(i)
+            {
+                if record.segment != VACANT {
+                    buffer.extend_from_slice(inner.key(record));
+                    ends.push(buffer.len());
+                }
+                i += 1;
+            }
+            (i < inner.records.len()).then_some(i)
+        };
+        (split_keys(&buffer, ends), next)
     }
 
     /// Makes each of `keys` still held expire at `deadline` at the latest.
@@ -1847,6 +1878,50 @@ pub(crate) mod tests {
         (0..)
             .map(|i| format!("o{i}"))
             .filter(move |other| stripe(key_hash(other.as_bytes())) == mine)
+    }
+
+    /// A walk in parts meets every key held from its start to its end, once, whatever is
+    /// removed or inserted between its parts (an entry keeps its record while it is held).
+    #[test]
+    fn a_walk_in_parts_meets_every_key_held_throughout() {
+        let cache = Cache::new(1 << 20);
+        for i in 0..100 {
+            cache.insert(&format!("k{i}"), entry(8));
+        }
+        // Vacant records in the middle, from removes before the walk.
+        for i in (0..100).step_by(7) {
+            cache.remove(&format!("k{i}"));
+        }
+        let held: std::collections::BTreeSet<String> = (0..100)
+            .filter(|i| i % 7 != 0)
+            .map(|i| format!("k{i}"))
+            .collect();
+        let mut met = Vec::new();
+        let (mut next, mut parts) = (Some(0), 0_usize);
+        while let Some(start) = next {
+            let (keys, after) = cache.keys_from(start, 10);
+            assert!(keys.len() <= 10);
+            met.extend(keys.into_iter().map(String::from));
+            next = after;
+            parts += 1;
+            // Between parts: new keys (into vacant records, or new ones) and a removal of a key
+            // not held throughout.
+            cache.insert(&format!("new{parts}"), entry(8));
+            cache.remove(&format!("new{}", parts.saturating_sub(1)));
+        }
+        assert!(parts >= 9, "{parts} parts of at most 10 keys");
+        let mut unique = met.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), met.len(), "no key met twice: {met:?}");
+        let met: std::collections::BTreeSet<String> = met.into_iter().collect();
+        assert!(
+            held.is_subset(&met),
+            "missed: {:?}",
+            held.difference(&met).collect::<Vec<_>>()
+        );
+        // Parts of every size, and past the end: nothing.
+        assert_eq!(cache.keys_from(usize::MAX / 2, 10), (Vec::new(), None));
     }
 
     /// Writes to other keys of the same stripe: up to `RECENT` are told apart by their hashes;
