@@ -164,24 +164,9 @@ impl Bench<'_> {
         let window = Duration::from_secs_f64(self.options.fault_secs);
         let mut faulty = Faulty::start(self, fault, kind).await?;
         let cluster = &faulty.cluster;
-        let keys = keys("fault-", KEYS);
-        let fill: Vec<_> = keys
-            .iter()
-            .map(|k| (cluster.owner(k), get_path(k)))
-            .collect();
-        let filled = run_once(&cluster.addrs(), CONCURRENCY, fill).await;
-        expect_all(&filled, KEYS, VALUE_BYTES, &format!("{workload} warm-up"))?;
-        let faulted_keys: Vec<bool> = keys.iter().map(|k| cluster.owner(k) == FAULTED).collect();
-
+        let (faulted_keys, source) = warm(cluster, "fault-", workload).await?;
         let healthy: Vec<&Process> = cluster.replicas[..FAULTED].iter().collect();
         let targets: Vec<SocketAddr> = healthy.iter().map(|p| p.addr).collect();
-        // Request 2i asks replica 0 for key i, request 2i + 1 replica 1.
-        let source = Arc::new(Uniform {
-            requests: keys
-                .iter()
-                .flat_map(|k| [(0, get_path(k)), (1, get_path(k))])
-                .collect(),
-        });
         let mut pool = connect(&targets, CONCURRENCY).await?;
         pool.run(source.clone(), Limit::Time(WARM_UP)).await;
         let control = pool.run(source.clone(), Limit::Time(window)).await;
@@ -286,23 +271,10 @@ impl Bench<'_> {
             replicas.push(Process::start(command)?);
         }
         let cluster = Cluster::join(replicas, Kind::Rust).await?;
-        let keys = keys("pauses-", KEYS);
-        let fill: Vec<_> = keys
-            .iter()
-            .map(|k| (cluster.owner(k), get_path(k)))
-            .collect();
-        let filled = run_once(&cluster.addrs(), CONCURRENCY, fill).await;
-        expect_all(&filled, KEYS, VALUE_BYTES, "pauses warm-up")?;
-        let faulted_keys: Vec<bool> = keys.iter().map(|k| cluster.owner(k) == FAULTED).collect();
+        let (faulted_keys, source) = warm(&cluster, "pauses-", WORKLOAD).await?;
         let all: Vec<&Process> = cluster.replicas.iter().collect();
         let healthy: Vec<&Process> = cluster.replicas[..FAULTED].iter().collect();
         let targets: Vec<SocketAddr> = healthy.iter().map(|p| p.addr).collect();
-        let source = Arc::new(Uniform {
-            requests: keys
-                .iter()
-                .flat_map(|k| [(0, get_path(k)), (1, get_path(k))])
-                .collect(),
-        });
         let mut pool = connect(&targets, CONCURRENCY).await?;
         pool.run(source.clone(), Limit::Time(WARM_UP)).await;
 
@@ -438,6 +410,31 @@ pub(crate) fn verdicts(report: &Report) -> Vec<Verdict> {
         }
     }
     out
+}
+
+/// Loads `KEYS` keys named `prefix…` once on their owners; which of them the faulted replica
+/// owns, and the traffic of both healthy replicas over all of them: request 2i asks replica 0
+/// for key i, request 2i + 1 replica 1.
+async fn warm(
+    cluster: &Cluster,
+    prefix: &str,
+    workload: &str,
+) -> Result<(Vec<bool>, Arc<Uniform>)> {
+    let keys = keys(prefix, KEYS);
+    let fill: Vec<_> = keys
+        .iter()
+        .map(|k| (cluster.owner(k), get_path(k)))
+        .collect();
+    let filled = run_once(&cluster.addrs(), CONCURRENCY, fill).await;
+    expect_all(&filled, KEYS, VALUE_BYTES, &format!("{workload} warm-up"))?;
+    let faulted_keys = keys.iter().map(|k| cluster.owner(k) == FAULTED).collect();
+    let source = Arc::new(Uniform {
+        requests: keys
+            .iter()
+            .flat_map(|k| [(0, get_path(k)), (1, get_path(k))])
+            .collect(),
+    });
+    Ok((faulted_keys, source))
 }
 
 #[cfg(test)]

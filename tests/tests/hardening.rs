@@ -142,6 +142,14 @@ async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
     (url, receiver)
 }
 
+/// The signature header's value in a captured request head.
+fn signature_in(head: &str) -> String {
+    head.lines()
+        .find_map(|line| line.strip_prefix(&format!("{SIGNATURE_HEADER}: ")))
+        .expect("the request was signed")
+        .to_owned()
+}
+
 /// Whether a request is a peek is signed (issue 26): a captured get made a peek, or a captured
 /// peek made a get (which would load), is refused, and the untampered request still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,12 +166,6 @@ async fn a_peek_header_added_or_removed_in_flight_breaks_the_signature() {
     asker.cache.set_peers(both).unwrap();
     let get_key = key_owned(&asker.cache, &target_url, "tamper-get-");
     let peek_key = key_owned(&asker.cache, &target_url, "tamper-peek-");
-    let signature_of = |head: &str| {
-        head.lines()
-            .find_map(|line| line.strip_prefix(&format!("{SIGNATURE_HEADER}: ")))
-            .expect("the request was signed")
-            .to_owned()
-    };
     let peeks = |head: &str| head.to_ascii_lowercase().contains("groupcache-peek:");
     let patience = Duration::from_secs(5);
 
@@ -174,7 +176,7 @@ async fn a_peek_header_added_or_removed_in_flight_breaks_the_signature() {
         .unwrap()
         .unwrap();
     assert!(!peeks(&head), "{head}");
-    let signature = signature_of(&head);
+    let signature = signature_in(&head);
     let url = format!("{}/_groupcache/{GROUP}/{get_key}", target.url);
     let send = |peek: bool| {
         let request = reqwest::Client::new()
@@ -208,7 +210,7 @@ async fn a_peek_header_added_or_removed_in_flight_breaks_the_signature() {
             break head;
         }
     };
-    let signature = signature_of(&head);
+    let signature = signature_in(&head);
     let loads = loader.loads.of(&peek_key);
     let url = format!("{}/_groupcache/{GROUP}/{peek_key}", target.url);
     let stripped = reqwest::Client::new()
@@ -261,11 +263,7 @@ async fn a_captured_signed_request_cannot_be_replayed() {
     let key = key_owned(&asker.cache, &target_url, "replay-");
     asker.cache.get(&key).await.unwrap();
     let head = captured.recv().await.unwrap();
-    let signature = head
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{SIGNATURE_HEADER}: ")))
-        .expect("the request was signed")
-        .to_owned();
+    let signature = signature_in(&head);
     let send = |replica: &Replica<TestLoader>| {
         reqwest::Client::new()
             .get(format!("{}/_groupcache/{GROUP}/{key}", replica.url))
