@@ -266,19 +266,13 @@ async fn a_set_that_fails_on_the_owner_still_drops_the_other_replicas_copies() {
 /// (`repairs.rs`), so the old value goes as soon as it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remove_that_missed_a_frozen_owner_reaches_it_once_it_answers() {
-    use groupcache_tests::process::{ProcessReplica, keys_owned_by, value_for};
-    const BINARY: &str = env!("CARGO_BIN_EXE_replica");
+    use groupcache_tests::process::{keys_owned_by, value_for};
     /// The repairs' longest pause (`REPAIR_MAX_PAUSE`, 1 s) and the round that waited for the
     /// frozen owner, with room for a loaded machine.
     const REPAIRED_WITHIN: Duration = Duration::from_secs(10);
     let flags = ["--peer-timeout-ms", "500", "--owner-suspicion-ms", "1"];
-    let replicas: Vec<ProcessReplica> = (0..3)
-        .map(|_| ProcessReplica::start(BINARY, &flags))
-        .collect();
+    let replicas = three_replicas(&flags).await;
     let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
-    for replica in &replicas {
-        replica.set_peers(&urls).await;
-    }
     let key = keys_owned_by(&urls, &replicas[0].url, "frozen-", 1).remove(0);
     let old = value_for(&key, 0);
     for replica in &replicas {
@@ -321,4 +315,111 @@ async fn a_remove_that_missed_a_frozen_owner_reaches_it_once_it_answers() {
             replica.url
         );
     }
+}
+
+/// What a repair leaves behind: between the moment the owner that missed a remove answers again
+/// and the moment its repair lands, another replica can fetch the old value from it and keep it
+/// as a hot copy for `hot_max_age`. The repair now removes the key on every other member once the
+/// owner has it, so that copy goes with the owner's.
+///
+/// Made deterministic without timing: the remover suspects the owner (a fetch that timed out
+/// while the owner was frozen, suspicion for a minute, no failure detector), so its remove skips
+/// the owner, healthy again, altogether; the remover is then frozen before its first repair round
+/// (100 ms after the write), another replica fetches the old value from the owner, and the
+/// remover resumes. `hot_max_age` is a minute: only the repair's removes can end that copy within
+/// the test's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_fetched_from_an_owner_before_its_repair_landed_go_with_the_repair() {
+    use groupcache_tests::process::{keys_owned_by, value_for};
+    /// Far below `hot_max_age`, with room for a loaded machine.
+    const GONE_WITHIN: Duration = Duration::from_secs(10);
+    let flags = [
+        "--peer-timeout-ms",
+        "300",
+        "--owner-suspicion-ms",
+        "60000",
+        "--failure-detection-ms",
+        "0",
+        "--hot-promotion",
+        "1",
+        "--hot-max-age-ms",
+        "60000",
+    ];
+    let replicas = three_replicas(&flags).await;
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    let (owner, remover, reader) = (&replicas[0], &replicas[1], &replicas[2]);
+    let mut keys = keys_owned_by(&urls, &owner.url, "repaired-", 4).into_iter();
+    let Some(probe) = keys.next() else {
+        panic!("no key owned by the owner");
+    };
+    // The remover suspects the owner: its fetch times out while the owner is frozen.
+    owner.freeze();
+    let (status, _) = remover.get(&probe).await.unwrap();
+    assert_eq!(
+        status, 200,
+        "loaded by the remover itself once the owner timed out"
+    );
+    owner.resume();
+
+    // The remover's first repair round comes 100 ms after its write: freezing it in between
+    // can miss on a loaded machine, so each key is a fresh try.
+    let mut tries = 0;
+    let key = loop {
+        let Some(key) = keys.next() else {
+            panic!("the remover's repair always came before it was frozen ({tries} tries)");
+        };
+        tries += 1;
+        let generation = tries;
+        let old = value_for(&key, generation - 1);
+        for replica in &replicas {
+            replica.set_generation(generation - 1).await;
+        }
+        let (status, body) = reader.get(&key).await.unwrap();
+        assert_eq!((status, &body[..]), (200, old.as_bytes()));
+        for replica in &replicas {
+            replica.set_generation(generation).await;
+        }
+        let status = remover.remove(&key).await.unwrap();
+        remover.freeze();
+        assert_eq!(status, 500, "the remove reports the suspected owner");
+        let (status, body) = reader.get(&key).await.unwrap();
+        assert_eq!(status, 200);
+        if body == old.as_bytes() {
+            break (key, generation);
+        }
+        // The repair landed before the freeze: the reader fetched the new value.
+        remover.resume();
+    };
+    let (key, generation) = key;
+    let new = value_for(&key, generation);
+    remover.resume();
+    let deadline = tokio::time::Instant::now() + GONE_WITHIN;
+    loop {
+        let (status, body) = reader.get(&key).await.unwrap();
+        assert_eq!(status, 200);
+        if body == new.as_bytes() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} still serves the copy it fetched before the repair, {GONE_WITHIN:?} after the \
+             remover resumed",
+            reader.url
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three replica processes started with `flags`, each with the three of them as its peers.
+async fn three_replicas(flags: &[&str]) -> Vec<groupcache_tests::process::ProcessReplica> {
+    use groupcache_tests::process::ProcessReplica;
+    const BINARY: &str = env!("CARGO_BIN_EXE_replica");
+    let replicas: Vec<ProcessReplica> = (0..3)
+        .map(|_| ProcessReplica::start(BINARY, flags))
+        .collect();
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    for replica in &replicas {
+        replica.set_peers(&urls).await;
+    }
+    replicas
 }

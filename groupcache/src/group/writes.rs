@@ -255,12 +255,21 @@ impl<L: Loader> Inner<L> {
     }
 
     /// Sends `url` the removes of the keys it missed, until it has them all or is no longer a
-    /// member, pausing between rounds while it does not answer (from [`REPAIR_PAUSE`] up to
-    /// [`REPAIR_MAX_PAUSE`]). Holds the group weakly: a group dropped ends its repairs.
+    /// member. While it does not answer, the rounds pause (from [`REPAIR_PAUSE`] up to
+    /// [`REPAIR_MAX_PAUSE`]), and a round follows as soon as it is heard from again (the failure
+    /// detector's heartbeats probe it): a healed partition or a resumed process gets its repairs
+    /// within a heartbeat, not a pause and a round that waited on a dead connection. Each key it
+    /// takes is then removed here and on every other member as well ([`Self::after_repair`]).
+    /// Holds the group weakly: a group dropped ends its repairs.
     async fn repair(this: std::sync::Weak<Self>, url: Arc<str>) {
         let mut pause = REPAIR_PAUSE;
+        // Set while the member does not answer: it, and when its round failed.
+        let mut unanswered: Option<(Arc<Member>, Instant)> = None;
         loop {
-            tokio::time::sleep(pause).await;
+            match &unanswered {
+                Some((member, failed_at)) => until_heard(member, *failed_at, pause).await,
+                None => tokio::time::sleep(pause).await,
+            }
             let Some(this) = this.upgrade() else {
                 return;
             };
@@ -285,39 +294,111 @@ impl<L: Loader> Inner<L> {
                     this.metrics.write_repairs_pending(this.repairs.pending());
                     return;
                 }
+                // Given up as soon as the detector suspects the member (at once while it is
+                // suspected): the next round waits for it to be heard from instead.
                 let sent = futures_util::future::join_all(batch.iter().map(|(key, _)| {
                     let path = this.key_path(&member, key);
-                    this.cluster.client.remove(&member.endpoint, path)
+                    let remove = async {
+                        let removed = this.cluster.client.remove(&member.endpoint, path).await;
+                        removed.map_err(Failure::Peer)
+                    };
+                    until_unresponsive(&this.cluster, &member, remove)
                 }))
                 .await;
                 let mut answered = true;
+                let mut taken = Vec::new();
                 for ((key, miss), result) in batch.iter().zip(sent) {
                     match result {
                         Ok(()) => {
                             this.repairs.answered(&url, key, *miss);
                             this.metrics.write_repair();
+                            taken.push(key.as_str());
                         }
                         Err(_) => answered = false,
                     }
                 }
+                this.after_repair(&member, &taken).await;
                 this.metrics.write_repairs_pending(this.repairs.pending());
                 if !answered {
                     pause = (pause * 2).min(REPAIR_MAX_PAUSE);
+                    unanswered = Some((member.clone(), Instant::now()));
                     break;
                 }
                 pause = REPAIR_PAUSE;
             }
         }
     }
+
+    /// `repaired` took the removes of `keys` late: every replica that fetched one it owns from
+    /// it before then (it answered again, but had not had its repair yet) holds that old value
+    /// as a hot copy, for up to `hot_max_age`. Those copies go now, here and on every other
+    /// member, so that what a failed write leaves behind ends with its repair. Best effort: a
+    /// member that misses this holds a copy for `hot_max_age` at most, and is not repaired for
+    /// it (its copy is not the owner's, which has the write now).
+    async fn after_repair(self: &Arc<Self>, repaired: &Member, keys: &[&str]) {
+        if keys.is_empty() {
+            return;
+        }
+        let membership = self.cluster.peers.snapshot();
+        let others: Vec<&Arc<Member>> = membership
+            .others()
+            .filter(|member| member.url != repaired.url && !member.is_suspected())
+            .collect();
+        // Copies are fetched from a key's owner only: the keys it does not own left none.
+        let owned = keys.iter().filter(|key| {
+            membership
+                .remote_owner(key)
+                .is_some_and(|owner| owner.url == repaired.url)
+        });
+        let mut removes = Vec::new();
+        for key in owned {
+            self.forget(key);
+            removes.extend(others.iter().map(|peer| self.remove_on(peer, key)));
+        }
+        let failed = futures_util::future::join_all(removes)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        if failed > 0 {
+            tracing::debug!(group = %self.group, peer = %repaired.url, failed, "copies taken from a repaired replica were not all removed; they expire within hot_max_age");
+        }
+    }
 }
+
+/// Waits until `member` is heard from after `failed_at` (its round failed then) and trusted, or
+/// until `pause` after it, whichever comes first; at least [`REPAIR_POLL`]. Polled: it runs only
+/// while a member that missed writes does not answer, and a heartbeat's answer is what it waits
+/// for.
+async fn until_heard(member: &Member, failed_at: Instant, pause: Duration) {
+    let deadline = failed_at + pause.max(REPAIR_POLL);
+    loop {
+        let now = Instant::now();
+        let wait = REPAIR_POLL.min(deadline.saturating_duration_since(now));
+        if wait.is_zero() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        let heard_since = member
+            .endpoint
+            .silent_for()
+            .is_some_and(|silent| silent < failed_at.elapsed());
+        if heard_since && !member.is_suspected() {
+            return;
+        }
+    }
+}
+
+/// How often a member that does not answer is checked for an answer since (a heartbeat's):
+/// the longest a repair waits once it answers again, beyond the heartbeat itself.
+const REPAIR_POLL: Duration = Duration::from_millis(50);
 
 /// The first pause before a member that missed writes is sent them again, and after each round
 /// it answered.
 const REPAIR_PAUSE: Duration = Duration::from_millis(100);
 
-/// The longest pause between rounds of repairs to a member that does not answer: once it does
-/// (a frozen process resumed, a partition healed), its old values go within this, plus the
-/// round that was waiting for it.
+/// The longest pause between rounds of repairs to a member that does not answer, where nothing
+/// else shows that it answers again (the failure detector off: no heartbeats).
 const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Repairs sent to one member at once.

@@ -14,10 +14,14 @@
 //! 3. **The bound.** A write that was *disturbed*, so some replica could have missed it (it
 //!    returned `Err`; a replica was killed, frozen or partitioned while it ran; a membership change
 //!    was in progress, so rings disagreed), may be missing from a read that starts at most
-//!    `hot_max_age + slack` after the write ended, the README's bound `B` plus the slack the test
-//!    states (a load that read the source just before the write may store its value a load's
-//!    time later, and the machine schedules late). A read after that older than the write is
-//!    [`Class::StalePastBound`].
+//!    `hot_max_age + slack` after the write *settled*, the README's bound `B` plus the slack the
+//!    test states (a load that read the source just before the write may store its value a
+//!    load's time later, and the machine schedules late). A write settles when it ends, or, if a
+//!    replica was frozen or partitioned while it ran, when the last of those faults is over: the
+//!    README's "until then it serves the old value to whoever still reaches it", a replica that
+//!    missed the write gets it as a repair only once it answers again (a fault that lasts to the
+//!    end of the history does not count: that replica never answers again). A read after that
+//!    older than the write is [`Class::StalePastBound`].
 //!
 //! A replica that has left every other replica's ring but still serves its own clients (a
 //! graceful leave's drain), announced as [`EventKind::Draining`], is one that writes need not
@@ -260,7 +264,8 @@ pub struct Report {
     pub fresh: usize,
     /// Checked reads older than the source at their start, by the rule that allowed them.
     pub older_allowed: BTreeMap<Rule, usize>,
-    /// The latest an older read allowed by the bound came after its write ended.
+    /// The latest an older read allowed by the bound came after its write settled (ended, or
+    /// the freeze or partition during it was over).
     pub latest_within_bound: Duration,
     /// Violations by class.
     pub violations: BTreeMap<Class, Violations>,
@@ -291,6 +296,8 @@ struct Write<'a> {
     ok: bool,
     /// Why a replica could have missed it, if it could have.
     disturbed: Option<Rule>,
+    /// When the bound starts: its end, or the end of the last freeze or partition during it.
+    settled: Duration,
 }
 
 /// Checks `history` under `config`.
@@ -319,6 +326,7 @@ pub fn check(history: &History, config: &Config) -> Report {
                     source_done: *source_done,
                     ok: outcome.is_ok(),
                     disturbed: disturbance(op, outcome.is_ok(), &history.events),
+                    settled: settled(op, &history.events),
                 });
             }
         }
@@ -463,7 +471,7 @@ fn fresh(
                     strict = Some(w);
                 }
             }
-            Some(rule) if read.start > w.op.end + bound => {
+            Some(rule) if read.start > w.settled + bound => {
                 if past_bound.is_none_or(|(s, _)| s.op.start < w.op.start) {
                     past_bound = Some((w, rule));
                 }
@@ -498,12 +506,13 @@ fn fresh(
             w,
             Class::StalePastBound,
             format!(
-                "{key} read as version {v} on {}, {:?} after the write of version {} ended \
-                 ({:?}): past the bound {bound:?}",
+                "{key} read as version {v} on {}, {:?} after the write of version {} settled \
+                 ({:?}; it ended {:?} before the read): past the bound {bound:?}",
                 read.replica,
-                read.start - w.op.end,
+                read.start - w.settled,
                 w.version,
-                rule
+                rule,
+                read.start - w.op.end
             ),
         ));
     }
@@ -512,7 +521,7 @@ fn fresh(
             *report.older_allowed.entry(rule).or_default() += 1;
             report.latest_within_bound = report
                 .latest_within_bound
-                .max(read.start.saturating_sub(w.op.end));
+                .max(read.start.saturating_sub(w.settled));
         }
         None if source_newer => {
             *report.older_allowed.entry(Rule::WriteInFlight).or_default() += 1;
@@ -547,6 +556,23 @@ fn disturbance(op: &Op, ok: bool, events: &[Event]) -> Option<Rule> {
         });
     }
     rule
+}
+
+/// When the bound of a disturbed write `op` starts: its end, or the end of the last freeze or
+/// partition that overlapped it, whichever is later. A killed replica answers nothing again, and
+/// a fault not over by the end of the history never answers again within it: neither moves it.
+fn settled(op: &Op, events: &[Event]) -> Duration {
+    events
+        .iter()
+        .filter(|e| overlaps(e, op))
+        .filter_map(|e| match &e.kind {
+            EventKind::Fault {
+                fault: Fault::Frozen | Fault::Partitioned,
+                ..
+            } => e.end,
+            _ => None,
+        })
+        .fold(op.end, Duration::max)
 }
 
 /// [`Rule::ReplicaDraining`] if `read` ran on a replica whose drain overlapped the write `op`.
@@ -697,7 +723,7 @@ impl fmt::Display for Report {
             {
                 write!(
                     f,
-                    " (by the bound: the latest {:?} after its write)",
+                    " (by the bound: the latest {:?} after its write settled)",
                     self.latest_within_bound
                 )?;
             }
@@ -888,6 +914,50 @@ mod tests {
         assert_eq!(report.count(Class::StaleAfterAck), 1, "{report}");
         let past = &report.violations[&Class::StalePastBound].shortest;
         assert_eq!(past.events.len(), 1, "the freeze is cited: {past}");
+    }
+
+    /// A replica partitioned (or frozen) while a write ran misses it, and serves the old value
+    /// to whoever reaches it until it answers again and gets the write as a repair: the bound
+    /// counts from the end of that fault. A killed replica never answers again: its bound counts
+    /// from the write's end.
+    #[test]
+    fn the_bound_of_a_write_that_met_a_partition_counts_from_its_healing() {
+        let met = |fault, end| Event {
+            kind: EventKind::Fault {
+                replica: "c".into(),
+                fault,
+            },
+            start: ms(5),
+            end,
+        };
+        let reads_after = |key: &'static str| {
+            [
+                write(10, 20, key, 1, Err("unreachable".into())),
+                version("b", 3000 + 1100, 3000 + 1105, key, 0), // at the bound after healing
+                version("b", 3000 + 1101, 3000 + 1105, key, 0), // past it
+            ]
+        };
+        let partitioned = checked(
+            reads_after("k").to_vec(),
+            vec![met(Fault::Partitioned, Some(ms(3000)))],
+        );
+        assert_eq!(partitioned.allowed(Rule::WriteFailed), 1, "{partitioned}");
+        assert_eq!(partitioned.count(Class::StalePastBound), 1, "{partitioned}");
+        assert_eq!(partitioned.latest_within_bound, ms(1100));
+        let frozen = checked(
+            reads_after("k").to_vec(),
+            vec![met(Fault::Frozen, Some(ms(3000)))],
+        );
+        assert_eq!(frozen.allowed(Rule::WriteFailed), 1, "{frozen}");
+        for (fault, end) in [(Fault::Killed, Some(ms(3000))), (Fault::Partitioned, None)] {
+            let report = checked(reads_after("k").to_vec(), vec![met(fault, end)]);
+            assert_eq!(
+                report.count(Class::StalePastBound),
+                2,
+                "both reads past the write's own bound: {report}"
+            );
+            assert_eq!(report.allowed(Rule::WriteFailed), 0, "{report}");
+        }
     }
 
     #[test]
