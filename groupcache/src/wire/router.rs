@@ -16,7 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use groupcache_rs_pb::{GetResponse, SetRequest};
+use groupcache_rs_pb::SetRequest;
 use http_body_util::BodyExt;
 use prost::Message;
 
@@ -25,7 +25,7 @@ use super::batch::{Refused, answer_room, batch_body_limit, encode_answer, parse_
 use super::limits::{Held, Share};
 use super::protocol::{
     BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER,
-    PEEK_HEADER, PENDING, PROTOBUF, get_response, parse_path,
+    PEEK_HEADER, PENDING, PROTOBUF, encoded_get_response, parse_path,
 };
 use crate::Error;
 use crate::caches::Entry;
@@ -227,7 +227,7 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     }
     match method {
         Method::GET if peek => match group.serve_peek(&key) {
-            Some(entry) => protobuf(get_response(entry, None)),
+            Some(entry) => protobuf(encoded_get_response(entry, None)),
             None => text(StatusCode::NOT_FOUND, "not cached"),
         },
         Method::GET => match serve_get(
@@ -244,7 +244,9 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
                     .insert(ERROR_KIND, HeaderValue::from_static(PENDING));
                 response
             }
-            Some(Ok((entry, minute_qps))) => protobuf(get_response(entry, Some(minute_qps))),
+            Some(Ok((entry, minute_qps))) => {
+                protobuf(encoded_get_response(entry, Some(minute_qps)))
+            }
             Some(Err(error)) => {
                 let loader_error = matches!(error, Error::Loader(_) | Error::LoaderPanicked(_));
                 let mut response = text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string());
@@ -389,8 +391,54 @@ fn text(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn protobuf(message: GetResponse) -> Response {
-    ([(header::CONTENT_TYPE, PROTOBUF)], message.encode_to_vec()).into_response()
+/// An encoded `GetResponse`, sent in its parts (`encoded_get_response`).
+fn protobuf(parts: Vec<Bytes>) -> Response {
+    let body = match <[Bytes; 1]>::try_from(parts) {
+        Ok([whole]) => Body::from(whole),
+        Err(parts) => Body::new(InParts::new(parts)),
+    };
+    ([(header::CONTENT_TYPE, PROTOBUF)], body).into_response()
+}
+
+/// A body of several buffers sent one after the other, its length known (hyper sends a
+/// `Content-Length`, as for one buffer) and each buffer written as it is, without a copy.
+struct InParts {
+    parts: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl InParts {
+    fn new(parts: Vec<Bytes>) -> Self {
+        let remaining = parts.iter().map(|part| part.len() as u64).sum();
+        InParts {
+            parts: parts.into(),
+            remaining,
+        }
+    }
+}
+
+impl HttpBody for InParts {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let part = self.parts.pop_front();
+        if let Some(part) = &part {
+            self.remaining -= part.len() as u64;
+        }
+        std::task::Poll::Ready(part.map(|part| Ok(hyper::body::Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// Marks an answer of this router as coming from a replica that takes batch requests.
