@@ -8,7 +8,8 @@
 //! - a `remove` during the partition reports the replica it could not reach, takes effect at once
 //!   on its own side, and its other side's hot copies stop being served within the documented
 //!   bound, `hot_max_age` after the remove, the partition having healed in between;
-//! - after the heal, the cluster converges: every replica serves the owners' values again.
+//! - after the heal, the cluster converges: every replica serves the owners' values again;
+//! - a `set` given up during the partition is not delivered once it heals (over a newer write).
 //!
 //! It needs root, iproute2 and nftables; without them it is skipped loudly (a failure with
 //! `CI=true`).
@@ -493,4 +494,126 @@ async fn both_sides_answer_and_removed_values_expire_within_hot_max_age_after_he
         test_started.elapsed(),
         warm = warmed - test_started,
     );
+}
+
+/// A `set` that a partition held back must not land once the partition heals, after a newer
+/// write. The asker gives up on the owner at its peer timeout and drops the connection; closed
+/// gracefully, the kernel keeps the unacknowledged request and sends it again, backing off (0.2,
+/// 0.4, 0.8 s ...), until the owner takes it: once healed, the owner stored the old value over
+/// the newer one that had been acknowledged since (the history checker's partition scenario
+/// caught it in CI: a read after an acknowledged `set` returned the value of a `set` that had
+/// failed three seconds before). Peer connections are now closed with a reset, which discards
+/// what the kernel still holds.
+///
+/// The heal comes after the request's second try (0.6 s after it was sent) and before its third
+/// (1.4 s): the newer write lands first, and the old request, were it still queued, after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_given_up_during_a_partition_does_not_land_after_it_heals() {
+    if !netns::available() {
+        return;
+    }
+    /// The asker's peer timeout: it gives up on the `set` this long after sending it.
+    const GIVE_UP: Duration = Duration::from_millis(400);
+    /// From the `set`'s start to the heal: after the give-up and the request's second try.
+    const HEAL_AFTER: Duration = Duration::from_millis(800);
+    /// Watched for this long after the newer write: past the request's third and fourth tries.
+    const WATCH: Duration = Duration::from_secs(4);
+    let mut network = Network::new(2);
+    let give_up = GIVE_UP.as_millis().to_string();
+    let replicas: Vec<ProcessReplica> = network
+        .nodes
+        .iter()
+        .map(|node| {
+            let listen = format!("{}:{PORT}", node.addr);
+            let args = [
+                "--listen",
+                &listen,
+                "--peer-timeout-ms",
+                &give_up,
+                "--connect-timeout-ms",
+                "250",
+                // The owner keeps what it stores for the whole test.
+                "--hot-max-age-ms",
+                "60000",
+                // Neither suspicion nor heartbeats: the newer write goes to the owner at once.
+                "--owner-suspicion-ms",
+                "1",
+                "--failure-detection-ms",
+                "0",
+            ];
+            ProcessReplica::start_in_netns(&node.netns, BINARY, &args)
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for replica in &replicas {
+        replica.set_peers(&urls).await;
+    }
+    let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let (owner, asker) = (&replicas[0], &replicas[1]);
+    let key = keys_owned_by(&url_refs, &owner.url, "late-set-", 1).remove(0);
+    // A connection from the asker to the owner, open and idle: the `set` goes on it.
+    let (status, _) = asker.get(&key).await.unwrap();
+    assert_eq!(status, 200);
+
+    network.partition(&[0], &[1]);
+    let started = Instant::now();
+    let status = asker.set(&key, b"old").await.unwrap();
+    assert_eq!(status, 500, "the owner could not be reached");
+    // What the asker gave up on is gone from its kernel: no connection to the owner still holds
+    // bytes to send (closed gracefully, one would, in FIN-WAIT-1, and send them once healed).
+    let owner_port = format!("{}:{PORT}", network.nodes[0].addr);
+    loop {
+        let queued = unsent_to(&network.nodes[1].netns, &owner_port);
+        if queued.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < HEAL_AFTER,
+            "the asker's kernel still holds the given-up request for the owner: {queued:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() < HEAL_AFTER,
+        "the set gave up after {:?}, past the heal's time",
+        started.elapsed()
+    );
+    tokio::time::sleep(HEAL_AFTER.saturating_sub(started.elapsed())).await;
+    network.heal();
+    let status = asker.set(&key, b"new").await.unwrap();
+    assert_eq!(status, 200, "the newer write reaches the owner");
+
+    let watched = Instant::now();
+    while watched.elapsed() < WATCH {
+        let (status, body) = owner.get(&key).await.unwrap();
+        assert_eq!(status, 200);
+        assert_ne!(
+            &body[..],
+            b"old",
+            "the set given up {:?} before reached the owner after the newer write",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The connections in network namespace `netns` to `peer` (`address:port`) whose send queue is
+/// not empty, as `ss` lists them (state, send queue).
+fn unsent_to(netns: &str, peer: &str) -> Vec<(String, u64)> {
+    let filter = format!("dst {peer}");
+    let listed = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "ss", "-tnH", &filter])
+        .output()
+        .expect("ss runs in the namespace");
+    assert!(listed.status.success(), "ss failed: {listed:?}");
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut columns = line.split_whitespace();
+            let state = columns.next()?.to_owned();
+            let _received = columns.next()?;
+            let unsent: u64 = columns.next()?.parse().ok()?;
+            (unsent > 0).then_some((state, unsent))
+        })
+        .collect()
 }

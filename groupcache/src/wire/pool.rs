@@ -239,6 +239,14 @@ impl Connections {
                     PeerError::Request(format!("connecting to {}: {e}", endpoint.origin))
                 })?;
             let _ = tcp.set_nodelay(true);
+            // Closed with a reset, not a FIN: a connection is closed early only when its request
+            // was given up (a timeout, a caller gone), and a graceful close would leave the kernel
+            // sending that request until the peer takes it. A `set` held back by a partition
+            // then landed once it healed, over a newer write acknowledged meanwhile. A reset
+            // discards it. An idle connection has nothing queued, so its close loses nothing.
+            if let Err(error) = tcp.set_zero_linger() {
+                tracing::debug!(%error, peer = endpoint.origin(), "SO_LINGER not set");
+            }
             if endpoint.tls {
                 return self.handshake_tls(endpoint, tcp).await;
             }
