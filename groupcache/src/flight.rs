@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::Error;
 use crate::lock;
@@ -131,7 +132,9 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         // guard must be able to take the lock.
         let started = task.is_some();
         if let Some(task) = task {
-            runtime.spawn(task);
+            // In the span of the caller that started it: its fetch or load is part of that
+            // caller's trace (the others wait for it, in their own).
+            runtime.spawn(task.in_current_span());
         }
         (outcome, started)
     }

@@ -82,6 +82,7 @@ mod metrics;
 mod popularity;
 mod prehashed;
 mod segments;
+pub mod trace;
 mod wire;
 
 pub use cluster::Cluster;
@@ -95,6 +96,9 @@ pub use group::builder::{
 };
 pub use loader::{CodecError, Json, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, Value};
 pub use metrics::Stats;
+pub use trace::TraceContext;
+#[cfg(feature = "opentelemetry")]
+pub use trace::W3cTraceContext;
 #[cfg(feature = "tls")]
 pub use wire::PeerTls;
 pub use wire::{

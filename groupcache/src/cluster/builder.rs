@@ -9,6 +9,7 @@ use super::ring::RingMode;
 use super::{Cluster, ClusterInner, groups::Groups};
 use crate::Error;
 use crate::metrics::ClusterMetrics;
+use crate::trace::{TraceContext, Traced};
 use crate::wire::PeerAuth;
 use crate::wire::auth::Refusal;
 use crate::wire::client::PeerClient;
@@ -135,6 +136,18 @@ impl ClusterBuilder {
         self
     }
 
+    /// Carries the current span's context in every peer request (get, batch, peek, write,
+    /// heartbeat) and gives the span of each request this replica serves its parent from them,
+    /// so that a trace goes from the asker's `get` through the owner's load (see [`trace`]).
+    /// Default: none, and nothing is added to requests. With the `opentelemetry` feature,
+    /// [`W3cTraceContext`](crate::W3cTraceContext) sends W3C `traceparent`.
+    ///
+    /// [`trace`]: crate::trace
+    pub fn trace_context(mut self, context: impl TraceContext) -> Self {
+        self.config.trace_context = Some(Traced(Arc::new(context)));
+        self
+    }
+
     /// Longest wait for a warm hand-off (default 100 ms with [`RingMode::Balanced`], off with
     /// [`RingMode::GoCompatible`]; zero turns it off). Within
     /// [`hot_max_age`](Self::hot_max_age) of a ring change, a replica's miss of a key it owns
@@ -258,6 +271,7 @@ impl ClusterBuilder {
             config.peer_timeout,
             config.max_value_bytes,
             config.auth.clone(),
+            config.trace_context.clone(),
         );
         // A body carries a value only in a `PUT`; leave room for the message's framing. At least
         // one body of the largest size fits, whatever the budget.

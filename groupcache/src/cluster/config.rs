@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ring::RingMode;
+use crate::trace::Traced;
 use crate::wire::PeerAuth;
 
 /// Default [`ClusterBuilder::max_batch_keys`](crate::ClusterBuilder::max_batch_keys): 1024 keys
@@ -38,6 +39,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) max_batch_bytes: usize,
     /// In `GoCompatible`, a peer not heard from yet may be a golang/groupcache replica.
     pub(crate) ring_mode: RingMode,
+    /// Carries spans' context between replicas (`trace.rs`); none: nothing is sent.
+    pub(crate) trace_context: Option<Traced>,
 }
 
 impl Default for ClusterConfig {
@@ -58,6 +61,7 @@ impl Default for ClusterConfig {
             max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             ring_mode: RingMode::default(),
+            trace_context: None,
         }
     }
 }

@@ -379,4 +379,10 @@ impl<L: Loader> Builder<L, ClusterBuilder> {
         self.cluster = self.cluster.peer_tls(tls);
         self
     }
+
+    /// [`ClusterBuilder::trace_context`].
+    pub fn trace_context(mut self, context: impl crate::TraceContext) -> Self {
+        self.cluster = self.cluster.trace_context(context);
+        self
+    }
 }

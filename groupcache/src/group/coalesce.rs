@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::future::Either;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use super::journey::Inner;
 use super::led::{Led, Slot, give_back};
@@ -16,6 +17,7 @@ use crate::error::Error;
 use crate::flight::{Outcome, Superseded};
 use crate::loader::Loader;
 use crate::lock;
+use crate::trace;
 
 impl<L: Loader> Inner<L> {
     /// How many requests may be in flight to `owner` before its fetches coalesce, if coalescing
@@ -60,7 +62,8 @@ impl<L: Loader> Inner<L> {
                         if let Some(chunk) = this.next_chunk(&mut slot) {
                             // The slot goes with the fetches that waited.
                             slot.held = false;
-                            tokio::spawn(this.clone().send_coalesced(owner.clone(), chunk));
+                            let send = this.clone().send_coalesced(owner.clone(), chunk);
+                            tokio::spawn(send.in_current_span());
                         }
                         outcome
                     });
@@ -81,7 +84,10 @@ impl<L: Loader> Inner<L> {
                 let deadline = tokio::time::Instant::now() + this.cluster.config.peer_timeout;
                 let key = key.to_owned();
                 Either::Right(async move {
-                    match tokio::time::timeout_at(deadline, receiver).await {
+                    // The batch that carries it is the trace of the fetch whose slot sends it.
+                    let span = tracing::info_span!(trace::COALESCE_WAIT, group = %this.group, peer = %owner.url);
+                    let answered = tokio::time::timeout_at(deadline, receiver).instrument(span);
+                    match answered.await {
                         Ok(answer) => answer.unwrap_or(Err(Error::LoadAbandoned)),
                         Err(_) => Box::pin(this.queued_too_long(&key, &owner, &superseded)).await,
                     }
@@ -132,7 +138,7 @@ impl<L: Loader> Inner<L> {
                 let batch = self
                     .clone()
                     .fetch_batch(owner.clone(), chunk, Some(answered));
-                tokio::spawn(batch);
+                tokio::spawn(batch.in_current_span());
                 let _ = known.await;
             }
             match self.next_chunk(&mut slot) {

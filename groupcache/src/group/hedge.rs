@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::journey::Inner;
+use super::journey::{Asked, Inner};
 use super::store::Store;
 use crate::caches::Entry;
 use crate::cluster::membership::Member;
@@ -57,7 +57,7 @@ impl<L: Loader> Inner<L> {
             // Boxed: the race and the successor's request would size every fetch's task.
             Some(delay) => Box::pin(self.ask_hedged(owner, key, delay)).await,
             None => self
-                .ask(owner, key)
+                .ask(owner, key, Asked::Owner)
                 .await
                 .map(|entry| (entry, Answered::Owner)),
         }
@@ -96,7 +96,7 @@ impl<L: Loader> Inner<L> {
         // than the answer; the answer also still counts in its latency estimate.
         let mut asked = Box::pin({
             let (this, owner, key) = (self.clone(), owner.clone(), key.to_owned());
-            async move { this.ask(&owner, &key).await }
+            async move { this.ask(&owner, &key, Asked::Owner).await }
         });
         let sent = Instant::now();
         let window_ends = sent + self.hedge_window();
@@ -174,7 +174,7 @@ impl<L: Loader> Inner<L> {
                 Err(error) => Err(Failure::Loader(error.to_string())),
             };
         }
-        let entry = self.ask(successor, key).await?;
+        let entry = self.ask(successor, key, Asked::Successor).await?;
         Ok((entry, Answered::Successor(successor.clone())))
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::config::Config;
 use super::hedge::Answered;
@@ -19,6 +21,7 @@ use crate::flight::{Flight, Outcome, Superseded};
 use crate::loader::{Loaded, Loader, Value, now_nanos, to_unix_nanos};
 use crate::metrics::Metrics;
 use crate::popularity::Popularity;
+use crate::trace;
 use crate::wire::client::Failure;
 use crate::wire::protocol;
 
@@ -85,15 +88,25 @@ impl<L: Loader> Inner<L> {
         // fn that awaits `get` inline (an axum handler, say) also passed rustc's default query
         // depth (128) when its layout was computed, as the example's handlers did. One box per
         // miss, beside the miss's flight and task.
-        let (outcome, _) = match owner {
-            Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
-                Box::pin(self.fetch(key, owner)).await
+        let span = tracing::info_span!(
+            trace::GET,
+            group = %self.group,
+            owner = owner.as_ref().map_or("self", |owner| &*owner.url),
+            outcome = Empty,
+        );
+        let miss = async {
+            match owner {
+                Some(owner) if caller == Caller::Local && protocol::can_carry(key) => {
+                    Box::pin(self.fetch(key, owner)).await
+                }
+                // Loaded here: into the hot cache for a key another replica owns that the wire
+                // cannot carry; for a peer whose ring disagrees with this one's, served, never
+                // forwarded, and bounded; as this replica's own otherwise (`load_store`).
+                _ => Box::pin(self.load(key, self.load_store(key, caller), true)).await,
             }
-            // Loaded here: into the hot cache for a key another replica owns that the wire cannot
-            // carry; for a peer whose ring disagrees with this one's, served, never forwarded,
-            // and bounded; as this replica's own otherwise (`load_store`).
-            _ => Box::pin(self.load(key, self.load_store(key, caller), true)).await,
         };
+        let (outcome, _) = miss.instrument(span.clone()).await;
+        trace::record_outcome(&span, &outcome);
         outcome
     }
 
@@ -219,9 +232,12 @@ impl<L: Loader> Inner<L> {
             return Ok(self.keep(key, entry, store));
         }
         let started = Instant::now();
-        let loaded = self.loader.load(key).await;
+        let span = tracing::info_span!(trace::LOAD, group = %self.group, keys = 1, outcome = Empty, bytes = Empty);
+        let loaded = self.loader.load(key).instrument(span.clone()).await;
         self.metrics.load_duration.record(started.elapsed());
-        let entry = self.loaded_entry(key, loaded)?;
+        let entry = self.loaded_entry(key, loaded);
+        trace::record_entry(&span, &entry);
+        let entry = entry?;
         // A write already overtook this load: skip the copy into the cache. Only a shortcut: the
         // store's token, checked under the cache's lock, is what keeps a later write's value.
         if superseded.get() {
@@ -293,7 +309,8 @@ impl<L: Loader> Inner<L> {
             return Ok(entry);
         }
         if !owner.is_suspected() {
-            match self.ask_owner(owner, key).await {
+            let asked = self.ask_owner(owner, key).await;
+            match asked {
                 Ok((entry, Answered::Owner)) => {
                     owner.trust();
                     self.metrics.peer_load();
@@ -347,7 +364,8 @@ impl<L: Loader> Inner<L> {
                     .0;
             }
             Some(successor) if !successor.is_suspected() && self.stands_in(&successor) => {
-                match self.ask(&successor, key).await {
+                let asked = self.ask(&successor, key, Asked::Successor).await;
+                match asked {
                     Ok(entry) => {
                         successor.trust();
                         self.metrics.successor_load();
@@ -423,11 +441,22 @@ impl<L: Loader> Inner<L> {
     ) -> Option<Entry> {
         let timeout = self.cluster.config.handoff_timeout;
         let path = self.key_path(&previous, key);
+        let span = tracing::info_span!(trace::PEEK, group = %self.group, peer = %previous.url, outcome = Empty, bytes = Empty);
         let peeked = self
             .cluster
             .client
             .peek(&previous.endpoint, path, timeout)
+            .instrument(span.clone())
             .await;
+        match &peeked {
+            Ok(Some(response)) => trace::record_bytes(
+                &span,
+                "found",
+                response.value.as_ref().map_or(0, |v| v.len()),
+            ),
+            Ok(None) => trace::record_bytes(&span, "not cached", 0),
+            Err(_) => trace::record_bytes(&span, "error", 0),
+        }
         let entry = match peeked {
             Ok(Some(response)) => Some(Entry::from(response)),
             Ok(None) => None,
@@ -445,12 +474,32 @@ impl<L: Loader> Inner<L> {
         entry
     }
 
-    /// One `GET` of `key` from `peer`, timed.
+    /// One `GET` of `key` from `peer`, timed, in a span of its own ([`trace::FETCH`] for the
+    /// key's owner, [`trace::SUCCESSOR`] for its successor).
+    pub(crate) async fn ask(&self, peer: &Member, key: &str, to: Asked) -> Result<Entry, Failure> {
+        let span = match to {
+            Asked::Owner => {
+                tracing::info_span!(trace::FETCH, group = %self.group, peer = %peer.url, keys = 1, outcome = Empty, bytes = Empty)
+            }
+            Asked::Successor => {
+                tracing::info_span!(trace::SUCCESSOR, group = %self.group, peer = %peer.url, outcome = Empty, bytes = Empty)
+            }
+        };
+        async {
+            let asked = self.ask_untraced(peer, key).await;
+            trace::record_asked(&tracing::Span::current(), asked.as_ref());
+            asked
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// [`ask`](Self::ask), outside its span.
     ///
     /// The peer is told how long this replica waits (three quarters of `peer_timeout`); if its
     /// load is not done by then it says so, and is asked again, for at most [`PEER_ROUNDS`]
     /// rounds: a load longer than `peer_timeout` is waited for, and loaded once, by the owner.
-    pub(crate) async fn ask(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
+    async fn ask_untraced(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
         let max_wait = self.cluster.config.peer_timeout * 3 / 4;
         for round in 0..PEER_ROUNDS {
             let started = Instant::now();
@@ -603,6 +652,13 @@ pub(crate) async fn until_unresponsive<T>(
     }
 }
 
+/// Whom [`Inner::ask`] asks: the key's owner, or its successor standing in for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Asked {
+    Owner,
+    Successor,
+}
+
 /// Requests for the same key (or batch) to one peer that answers "still loading", at most; then
 /// it is loaded here, as after a timeout.
 pub(crate) const PEER_ROUNDS: usize = 4;
@@ -690,7 +746,7 @@ mod tests {
         let flight = std::mem::size_of_val(&inner.fetch("k", member.clone()));
         assert!(flight <= 512, "a fetch's flight future is {flight} bytes");
         // The task: the request to the owner and little more, not the successor's or a load's.
-        let ask = std::mem::size_of_val(&inner.ask(&member, "k"));
+        let ask = std::mem::size_of_val(&inner.ask(&member, "k", Asked::Owner));
         let task = std::mem::size_of_val(&inner.fetch_from("k", &member, Superseded::unset()));
         assert!(
             task <= ask + 256,

@@ -21,6 +21,8 @@ use std::time::Instant;
 use futures_util::FutureExt;
 use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::Groupcache;
 use super::journey::{Inner, PEER_ROUNDS, until_unresponsive};
@@ -31,6 +33,7 @@ use crate::cluster::membership::Member;
 use crate::flight::{Flight, Outcome, panic_message};
 use crate::loader::Results;
 use crate::lock;
+use crate::trace;
 use crate::wire::client::Failure;
 use crate::wire::protocol::{self, BATCH_KEY};
 use crate::{Error, Loader, PeerError, Value};
@@ -89,6 +92,11 @@ type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + '
 
 impl<L: Loader> Inner<L> {
     async fn get_many(self: &Arc<Self>, keys: &[&str]) -> Vec<Outcome<Entry>> {
+        let span = tracing::info_span!(trace::GET_MANY, group = %self.group, keys = keys.len());
+        self.get_many_traced(keys).instrument(span).await
+    }
+
+    async fn get_many_traced(self: &Arc<Self>, keys: &[&str]) -> Vec<Outcome<Entry>> {
         let mut results: Vec<Option<Outcome<Entry>>> = vec![None; keys.len()];
         // Keys that take `Inner::get` as they are; keys owned here; keys by batching owner.
         let mut singles = Vec::new();
@@ -168,7 +176,7 @@ impl<L: Loader> Inner<L> {
         let this = self.clone();
         let store = |key: &str| self.hot_store(key);
         self.join_flights(&self.fetches, keys, store, None, move |led| {
-            tokio::spawn(this.fetch_batch(owner, led, None));
+            tokio::spawn(this.fetch_batch(owner, led, None).in_current_span());
         })
         .await
         .into_iter()
@@ -211,7 +219,7 @@ impl<L: Loader> Inner<L> {
         let store = |key: &str| self.load_store(key, caller);
         let loaded = self
             .join_flights(&self.loads, &loading_keys, store, deadline, move |led| {
-                tokio::spawn(this.load_batch(led));
+                tokio::spawn(this.load_batch(led).in_current_span());
             })
             .await;
         for (&index, outcome) in loading.iter().zip(loaded) {
@@ -304,8 +312,10 @@ impl<L: Loader> Inner<L> {
         let (results, arriving) = Results::new(keys.len());
         let panicked: Mutex<Option<String>> = Mutex::new(None);
         let started = Instant::now();
+        let span = tracing::info_span!(trace::LOAD, group = %self.group, keys = keys.len(), outcome = Empty, bytes = Empty);
         let loader = async {
-            let run = AssertUnwindSafe(self.loader.load_many(&keys, &results)).catch_unwind();
+            let load_many = self.loader.load_many(&keys, &results).instrument(span);
+            let run = AssertUnwindSafe(load_many).catch_unwind();
             if let Err(panic) = run.await {
                 *lock(&panicked) = Some(panic_message(panic.as_ref()));
             }
@@ -419,7 +429,21 @@ impl<L: Loader> Inner<L> {
         let path = self.key_path(owner, BATCH_KEY);
         let started = Instant::now();
         let answer = self.cluster.client.batch(&owner.endpoint, path, &request);
-        let answer = until_unresponsive(&self.cluster, owner, answer).await;
+        let span = tracing::info_span!(trace::FETCH, group = %self.group, peer = %owner.url, keys = asking.len(), outcome = Empty, bytes = Empty);
+        let answer = until_unresponsive(&self.cluster, owner, answer)
+            .instrument(span.clone())
+            .await;
+        match &answer {
+            Ok(entries) => {
+                let bytes = entries
+                    .iter()
+                    .filter_map(|entry| entry.value.as_ref())
+                    .map(|value| value.len())
+                    .sum();
+                trace::record_bytes(&span, "ok", bytes);
+            }
+            Err(_) => trace::record_bytes(&span, "error", 0),
+        }
         self.metrics.peer_request_duration.record(started.elapsed());
         drop(request);
         let entries = match answer {

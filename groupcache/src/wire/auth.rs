@@ -727,6 +727,7 @@ mod tests {
             Duration::from_secs(5),
             1 << 20,
             Some(Arc::new(auth(secret))),
+            None,
         );
         for path in ["/_groupcache/g/a", "/_groupcache/g/b", "/_groupcache/g/c"] {
             let heard = client

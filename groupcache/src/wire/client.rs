@@ -22,6 +22,7 @@ use super::protocol::{
 };
 use crate::PeerError;
 use crate::cluster::membership::Endpoint;
+use crate::trace::Traced;
 
 /// How a request to a peer failed.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(crate) struct PeerClient {
     timeout: Duration,
     max_value_bytes: usize,
     auth: Option<Arc<PeerAuth>>,
+    /// Adds the current span's context to each request (`trace.rs`).
+    trace: Option<Traced>,
 }
 
 impl PeerClient {
@@ -47,12 +50,14 @@ impl PeerClient {
         timeout: Duration,
         max_value_bytes: usize,
         auth: Option<Arc<PeerAuth>>,
+        trace: Option<Traced>,
     ) -> Self {
         PeerClient {
             connections: Arc::new(connections),
             timeout,
             max_value_bytes,
             auth,
+            trace,
         }
     }
 
@@ -267,6 +272,9 @@ impl PeerClient {
             }
             if !body.is_empty() {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+            }
+            if let Some(trace) = &self.trace {
+                trace.0.inject(&tracing::Span::current(), headers);
             }
             request
         };

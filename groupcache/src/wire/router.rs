@@ -19,6 +19,8 @@ use axum::routing::get;
 use groupcache_rs_pb::SetRequest;
 use http_body_util::BodyExt;
 use prost::Message;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::auth::{PeerAuth, Refusal, SIGNATURE_HEADER};
 use super::batch::{Refused, answer_room, batch_body_limit, encode_answer, parse_request};
@@ -93,11 +95,39 @@ struct Port {
 /// Serves one request, its answer marked as coming from a replica that takes batches. Marked
 /// here rather than by a middleware layer, which cost each remote get 3 µs of boxing and cloning
 /// (BENCHMARKS.md). The request is taken whole: extracting its headers apart would clone them.
+///
+/// In a [`SERVE`](crate::trace::SERVE) span, whose parent is the asker's span when the cluster
+/// carries trace context (`trace.rs`).
 async fn serve(State(port): State<Port>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let mut response = respond(&port, &parts, body).await;
+    let span = tracing::info_span!(
+        crate::trace::SERVE,
+        group = Empty,
+        kind = kind(&parts),
+        status = Empty,
+    );
+    if let Some(trace) = &port.cluster.config.trace_context
+        && !span.is_disabled()
+    {
+        trace.0.extract(&parts.headers, &span);
+    }
+    let mut response = respond(&port, &parts, body).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
     advertise(&mut response);
     response
+}
+
+/// What a peer's request asks for, for its span.
+fn kind(parts: &Parts) -> &'static str {
+    match parts.method {
+        Method::GET if parts.headers.contains_key(HEARTBEAT_HEADER) => "heartbeat",
+        Method::GET if parts.headers.contains_key(PEEK_HEADER) => "peek",
+        Method::GET => "get",
+        Method::POST => "batch",
+        Method::PUT => "set",
+        Method::DELETE => "remove",
+        _ => "other",
+    }
 }
 
 /// The answer to one request. Nothing is read from the body before the signature (from the
@@ -146,6 +176,7 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             &format!("no such group: {group_name}"),
         );
     };
+    tracing::Span::current().record("group", &*group_name);
     let group = registered.group;
     let share: &Share = &registered.share;
     // The asker's stated wait (a single get's), a little less: the answer must travel back.
