@@ -7,14 +7,17 @@ use std::sync::Arc;
 use super::journey::{Inner, POPULARITY_WINDOW, key_hash};
 use super::store::Caller;
 use crate::caches::Entry;
-use crate::cluster::groups::{Boxed, Served};
+use crate::cluster::groups::{BatchAnswer, Boxed, Served};
 use crate::cluster::membership::Membership;
 use crate::error::Error;
-use crate::flight::Outcome;
 use crate::loader::Loader;
 
 /// Main's keys walked at once after a ring change (see `ring_changed`).
 const RING_WALK_KEYS: usize = 1024;
+
+/// Keys of a batch's first part while no value size is known (nothing in main, nothing seen in
+/// the batch yet): the parts after it are sized from its values.
+const FIRST_PART_KEYS: usize = 16;
 
 impl<L: Loader> Served for Inner<L> {
     fn max_key_bytes(&self) -> usize {
@@ -52,13 +55,15 @@ impl<L: Loader> Served for Inner<L> {
         self: Arc<Self>,
         keys: Vec<String>,
         max_wait: Option<std::time::Duration>,
-    ) -> Boxed<'static, Vec<Option<Outcome<Entry>>>> {
+        cap: usize,
+        room: usize,
+    ) -> Boxed<'static, Vec<BatchAnswer>> {
         // Each key as a peer's single `GET` is answered (from the caches, or loaded here, never
-        // forwarded), with one `load_many` for the keys to load, by the asker's deadline.
+        // forwarded), by the asker's deadline.
         let deadline = max_wait.map(|wait| tokio::time::Instant::now() + wait);
         Box::pin(async move {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            self.load_many_by(&keys, Caller::Peer, deadline).await
+            self.answer_within(&keys, deadline, cap, room).await
         })
     }
 
@@ -86,5 +91,66 @@ impl<L: Loader> Served for Inner<L> {
                 self.main.cap_expiry(&moved, deadline);
             }
         }
+    }
+}
+
+impl<L: Loader> Inner<L> {
+    /// A peer's batch of `keys`, answered within `room` bytes of values (see
+    /// [`Served::serve_batch`]). The keys are loaded in order, in parts of about as many as the
+    /// room left holds at the values' mean size, each part with one `load_many` and within
+    /// `deadline`: a batch never has more than a part's values loading beyond its room, where
+    /// loading every key at once held all their values until the last was in (1,024 of 256 KiB:
+    /// 256 MiB for an answer of 16). A value that does not fit is let go at once, its key asked
+    /// for again (owned here, it is found cached then, if the cache kept it).
+    async fn answer_within(
+        self: &Arc<Self>,
+        keys: &[&str],
+        deadline: Option<tokio::time::Instant>,
+        cap: usize,
+        mut room: usize,
+    ) -> Vec<BatchAnswer> {
+        let mut answers = Vec::with_capacity(keys.len());
+        // The values seen so far, for the parts' size.
+        let (mut seen, mut seen_bytes) = (0usize, 0usize);
+        while answers.len() < keys.len()
+            && deadline.is_none_or(|deadline| tokio::time::Instant::now() < deadline)
+        {
+            let mean = match (seen, self.main.items()) {
+                (0, 0) => None,
+                (0, items) => {
+                    Some(usize::try_from(self.main.bytes() / items).unwrap_or(usize::MAX))
+                }
+                (seen, _) => Some(seen_bytes / seen),
+            };
+            let part = match mean {
+                None if room > 0 => FIRST_PART_KEYS,
+                // No room left for a value of the mean size (an empty value still fits).
+                Some(mean) if room >= mean => (room / mean.max(1)).max(1),
+                _ => break,
+            };
+            let start = answers.len();
+            let part = &keys[start..start + part.min(keys.len() - start)];
+            for outcome in self.load_many_by(part, Caller::Peer, deadline).await {
+                answers.push(match outcome {
+                    None => BatchAnswer::AskAgain,
+                    Some(Ok(entry)) => {
+                        let bytes = entry.value.len();
+                        seen += 1;
+                        seen_bytes = seen_bytes.saturating_add(bytes);
+                        if bytes > cap {
+                            BatchAnswer::Alone
+                        } else if bytes <= room {
+                            room -= bytes;
+                            BatchAnswer::Done(Ok(entry))
+                        } else {
+                            BatchAnswer::AskAgain
+                        }
+                    }
+                    Some(Err(error)) => BatchAnswer::Done(Err(error)),
+                });
+            }
+        }
+        answers.resize_with(keys.len(), || BatchAnswer::AskAgain);
+        answers
     }
 }
