@@ -154,3 +154,74 @@ impl<L: Loader> Inner<L> {
         answers
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::Groupcache;
+    use crate::loader::Loaded;
+
+    /// Values of 1,000 bytes, `big` of 5,000; loads counted.
+    #[derive(Default)]
+    struct Sized(AtomicUsize);
+
+    impl Loader for Arc<Sized> {
+        type Value = Vec<u8>;
+        type Error = std::io::Error;
+
+        async fn load(&self, key: &str) -> Result<Loaded<Vec<u8>>, Self::Error> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let bytes = if key == "big" { 5000 } else { 1000 };
+            Ok(Loaded::new(vec![b'v'; bytes]))
+        }
+    }
+
+    fn counts(answers: &[BatchAnswer]) -> (usize, usize, usize) {
+        let count = |f: fn(&BatchAnswer) -> bool| answers.iter().filter(|a| f(a)).count();
+        (
+            count(|a| matches!(a, BatchAnswer::Done(Ok(_)))),
+            count(|a| matches!(a, BatchAnswer::AskAgain)),
+            count(|a| matches!(a, BatchAnswer::Alone)),
+        )
+    }
+
+    /// A batch of more values than its room loads a first part, keeps what fits, and answers
+    /// the rest "ask again" without loading them; asked again, the keys loaded but not sent
+    /// come from the cache, in parts sized from the values seen; a value over the cap is
+    /// answered "alone".
+    #[tokio::test]
+    async fn a_batch_loads_in_parts_within_its_room_and_asks_again_for_the_rest() {
+        let loader = Arc::new(Sized::default());
+        let cache = Groupcache::builder("g", "http://127.0.0.1:1", loader.clone())
+            .build()
+            .unwrap();
+        let inner = cache.inner.clone();
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let answers = inner
+            .clone()
+            .serve_batch(keys.clone(), None, 4000, 3500)
+            .await;
+        assert_eq!(counts(&answers), (3, 37, 0), "three values fit in 3,500 bytes");
+        assert!(matches!(answers[..3], [BatchAnswer::Done(Ok(_)), ..]));
+        assert_eq!(
+            loader.0.load(Ordering::SeqCst),
+            FIRST_PART_KEYS,
+            "a first part loaded, none of the keys after it"
+        );
+        // Asked again for the rest: the part loaded before is cached, and fills the room.
+        let answers = inner
+            .clone()
+            .serve_batch(keys[3..].to_vec(), None, 4000, 4000)
+            .await;
+        assert_eq!(counts(&answers), (4, 33, 0), "four values fill 4,000 bytes");
+        assert_eq!(loader.0.load(Ordering::SeqCst), FIRST_PART_KEYS, "no load");
+        let answers = inner
+            .clone()
+            .serve_batch(vec!["big".into(), "k39".into()], None, 4000, 4000)
+            .await;
+        assert_eq!(counts(&answers), (1, 0, 1), "big over the cap, k39 within it");
+        assert!(matches!(answers[0], BatchAnswer::Alone));
+    }
+}

@@ -177,7 +177,7 @@ mod tests {
     fn body(budget: &Arc<AnswerBudget>) -> AnswerBody {
         let mut reserved = budget.reserve(1000);
         reserved.keep(6);
-        let parts = ["ab", "cd", "ef"].map(Bytes::from_static).to_vec();
+        let parts = [&b"ab"[..], b"cd", b"ef"].map(Bytes::from_static).to_vec();
         AnswerBody::new(parts, reserved)
     }
 
