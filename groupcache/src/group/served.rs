@@ -203,7 +203,11 @@ mod tests {
             .clone()
             .serve_batch(keys.clone(), None, 4000, 3500)
             .await;
-        assert_eq!(counts(&answers), (3, 37, 0), "three values fit in 3,500 bytes");
+        assert_eq!(
+            counts(&answers),
+            (3, 37, 0),
+            "three values fit in 3,500 bytes"
+        );
         assert!(matches!(answers[..3], [BatchAnswer::Done(Ok(_)), ..]));
         assert_eq!(
             loader.0.load(Ordering::SeqCst),
@@ -221,7 +225,11 @@ mod tests {
             .clone()
             .serve_batch(vec!["big".into(), "k39".into()], None, 4000, 4000)
             .await;
-        assert_eq!(counts(&answers), (1, 0, 1), "big over the cap, k39 within it");
+        assert_eq!(
+            counts(&answers),
+            (1, 0, 1),
+            "big over the cap, k39 within it"
+        );
         assert!(matches!(answers[0], BatchAnswer::Alone));
     }
 }
