@@ -503,7 +503,8 @@ impl<L: Loader> Inner<L> {
             return self.load(key, self.hot_store(key), false).await.0;
         }
         if entry.skipped == Some(true) {
-            // No room in the answer: this key on its own, still within its flight.
+            // Larger than any answer the owner sends: this key on its own, still within its
+            // flight.
             return self.fetch_from(key, owner, led.superseded.clone()).await;
         }
         self.metrics.peer_load();

@@ -8,9 +8,11 @@
 //! [`BATCH_HEADER`], which every answer of this library's router does.
 //!
 //! The answer is framed rather than one message, and its values are bounded by the requester's
-//! `max_answer_bytes` (and the owner's own limit): values past it are answered `skipped` and asked
-//! for one by one. The requester reads the body once into one buffer, and the decoded values are
-//! views into it, so a large answer is not held twice.
+//! `max_answer_bytes` (and the owner's own limit, and what is left of its budget of answers in
+//! flight, `answers.rs`): keys past it are answered `pending`, to be asked for again, and a value
+//! larger than any answer `skipped`, to be asked for on its own. The owner sends the values as
+//! they are, between their framing, not copied into one buffer; the requester reads the body once
+//! into one buffer, and the decoded values are views into it, so a large answer is not held twice.
 
 use std::collections::HashSet;
 
