@@ -3,7 +3,7 @@
 //!
 //! A batch takes a slot like any request, yet its answer carries many values: without a bound
 //! of their own, concurrent batches of large values held far more than the peer port's other
-//! limits (four batches of 1,024 values of 256 KiB: +807 MiB resident, SECURITY.md). Each
+//! limits (four batches of 1,024 values of 256 KiB at once: +807 MiB resident, SECURITY.md). Each
 //! answer takes its room from this budget before the owner loads anything, keeps the part its
 //! values fill once they are in, and gives that back when its body is gone. The body is the
 //! values themselves (views shared with the caches), not a copy of them.
