@@ -112,8 +112,11 @@ impl<L: Loader> Inner<L> {
         let mut answers = Vec::with_capacity(keys.len());
         // The values seen so far, for the parts' size.
         let (mut seen, mut seen_bytes) = (0usize, 0usize);
+        // The first part is always asked for (what it finds cached is answered, whatever the
+        // deadline); a part after it only before the deadline.
         while answers.len() < keys.len()
-            && deadline.is_none_or(|deadline| tokio::time::Instant::now() < deadline)
+            && (answers.is_empty()
+                || deadline.is_none_or(|deadline| tokio::time::Instant::now() < deadline))
         {
             let mean = match (seen, self.main.items()) {
                 (0, 0) => None,
