@@ -70,8 +70,9 @@ pub struct BatchRequest {
     /// The keys, each at most once.
     #[prost(string, repeated, tag = "2")]
     pub keys: Vec<String>,
-    /// The most answer bytes the requester reads; entries past it are answered
-    /// [`BatchEntry::skipped`], to be asked for one by one.
+    /// The most bytes of values the requester reads in the answer; the owner answers the keys
+    /// past it (or past its own limit) [`BatchEntry::pending`], to be asked for again, and a value
+    /// larger than either [`BatchEntry::skipped`], to be asked for on its own.
     #[prost(uint64, optional, tag = "3")]
     pub max_answer_bytes: Option<u64>,
     /// The longest the requester waits for the answer, in milliseconds: the owner answers by
@@ -81,7 +82,7 @@ pub struct BatchRequest {
 }
 
 /// One key's answer in a batch: a value (with its expiry), the owner's loader error, another
-/// failure, or a skip (the answer had no room left for it).
+/// failure, a skip (the value is larger than any answer carries), or "ask again".
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BatchEntry {
     /// The value's bytes, when there is one.
@@ -96,11 +97,12 @@ pub struct BatchEntry {
     /// The owner could not answer this key for another reason: its message.
     #[prost(string, optional, tag = "4")]
     pub error: Option<String>,
-    /// The answer had no room for this value: ask for it on its own.
+    /// The value is larger than any answer carries: ask for it on its own.
     #[prost(bool, optional, tag = "5")]
     pub skipped: Option<bool>,
-    /// Still loading when the requester's wait ([`BatchRequest::max_wait_ms`]) ran out: the load
-    /// goes on, ask again.
+    /// Not in this answer: still loading when the requester's wait
+    /// ([`BatchRequest::max_wait_ms`]) ran out (the load goes on), or past the answer's room.
+    /// Ask again.
     #[prost(bool, optional, tag = "6")]
     pub pending: Option<bool>,
 }

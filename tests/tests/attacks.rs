@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use groupcache_tests::process::{ProcessReplica, keys_owned_by, value_for};
-use groupcache_tests::raw;
+use groupcache_tests::{TestLoader, raw};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -737,4 +737,150 @@ async fn batches_of_tiny_keys_are_refused_before_they_are_decoded() {
     );
     // The four bodies (4 x 4 MiB), read before the scan, and little more.
     assert!(growth < 40 * MIB, "resident memory grew by {growth} bytes");
+}
+
+/// Values of the batch attacks: 256 KiB, as in the finding.
+const BATCH_VALUE_BYTES: usize = 256 << 10;
+/// Keys per batch: the most a batch may carry (the default `max_batch_keys`).
+const BATCH_KEYS: usize = 1024;
+/// The replica's cache budget (the default `cache_bytes`).
+const CACHE_BUDGET: u64 = 72 * MIB;
+/// What resident memory may grow by, beyond the cache budget: the finding's target.
+const BATCH_MARGIN: u64 = 64 * MIB;
+
+/// The value the replica binary loads for `key`, padded to `BATCH_VALUE_BYTES`.
+fn padded_value(key: &str) -> String {
+    let mut value = value_for(key, 0);
+    value.extend(std::iter::repeat_n('.', BATCH_VALUE_BYTES - value.len()));
+    value
+}
+
+/// An owner answered a batch's keys all at once: an honest `get_many` of 1,024 values of 256
+/// KiB had it hold every loaded value until the last was in, then copy 16 MiB of them into an
+/// answer (about 290 MB resident, on a replica of 72 MiB). Now its answers are cut to the
+/// room it has, the keys that did not fit answered "ask again": every value still reaches the
+/// caller, and the owner's memory stays within its budget and 64 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_batch_of_large_values_stays_within_the_owners_budget() {
+    let value_bytes = BATCH_VALUE_BYTES.to_string();
+    let target = ProcessReplica::start(BINARY, &["--value-bytes", value_bytes.as_str()]);
+    // The asker in this process (a replica's control port sends no answer of 256 MiB): its own
+    // loads give short values, so a key it loaded rather than had from the owner shows.
+    let asker_url = "http://127.0.0.1:1";
+    let asker = groupcache_rs::Groupcache::builder(GROUP, asker_url, TestLoader::new())
+        .build()
+        .expect("a cache");
+    let urls = [target.url.as_str(), asker_url];
+    target.set_peers(&urls).await;
+    asker.set_peers(urls).expect("valid peer URLs");
+    let keys = keys_owned_by(&urls, &target.url, "large-", BATCH_KEYS + 1);
+    // A first get, so that the asker knows the owner takes batches.
+    let first = asker.get(&keys[BATCH_KEYS]).await.expect("a first get");
+    assert!(first == padded_value(&keys[BATCH_KEYS]));
+    let keys = &keys[..BATCH_KEYS];
+    let before = target.stats().await;
+    let baseline = resident(target.pid);
+    let (stop, stopped) = watch::channel(false);
+    let peak = sample_peak(target.pid, stopped);
+    let values = asker.get_many(keys).await;
+    let _ = stop.send(true);
+    let growth = peak.await.unwrap().saturating_sub(baseline);
+    assert_eq!(values.len(), keys.len());
+    let wrong: Vec<String> = keys
+        .iter()
+        .zip(&values)
+        .filter_map(|(key, value)| match value {
+            Ok(value) if *value == padded_value(key) => None,
+            Ok(value) => Some(format!("{key}: a wrong value of {} bytes", value.len())),
+            Err(error) => Some(format!("{key}: {error:?}")),
+        })
+        .collect();
+    let after = target.stats().await;
+    println!(
+        "attack: honest get_many of {BATCH_KEYS} values of 256 KiB: +{} KiB resident on the \
+         owner at the peak, {} values wrong or missing; {} requests to the owner, {} loads there",
+        growth >> 10,
+        wrong.len(),
+        after.server_requests - before.server_requests,
+        after.local_loads - before.local_loads,
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} wrong: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let bound = CACHE_BUDGET + BATCH_MARGIN;
+    assert!(
+        growth < bound,
+        "resident memory grew by {growth} bytes, over {bound}"
+    );
+}
+
+/// Batches of 1,024 keys of 256 KiB each, sent at once on raw connections and asking for
+/// answers of any size: each took a slot and held every value it loaded (four: +807 MiB). Now
+/// every answer takes its room from the replica's budget of batch answers, more than it holds
+/// here; what does not fit is answered "ask again", unloaded. Honest gets are answered
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_hostile_batches_stay_within_the_budget() {
+    use prost::Message;
+    // More than the budget of answers in flight holds (32 MiB: eight of 4 MiB).
+    const BATCHES: usize = 12;
+    let value_bytes = BATCH_VALUE_BYTES.to_string();
+    let target = ProcessReplica::start(BINARY, &["--value-bytes", value_bytes.as_str()]);
+    let target_addr = addr(&target.addr);
+    let baseline = resident(target.pid);
+    let (stop, stopped) = watch::channel(false);
+    let peak = sample_peak(target.pid, stopped);
+    let mut sockets = Vec::new();
+    for batch in 0..BATCHES {
+        let request = groupcache_rs_pb::BatchRequest {
+            group: Some(GROUP.into()),
+            keys: (0..BATCH_KEYS)
+                .map(|i| format!("hostile-{batch}-{i}"))
+                .collect(),
+            max_answer_bytes: Some(u64::MAX),
+            max_wait_ms: None,
+        }
+        .encode_to_vec();
+        let head = format!(
+            "POST /_groupcache/{GROUP}/_batch HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            request.len()
+        );
+        sockets.push(raw::send(target_addr, &head, &request).await.expect("send"));
+    }
+    // Honest gets are answered while the batches are served.
+    for i in 0..20 {
+        let key = format!("honest-{i}");
+        let url = format!("http://{target_addr}/_groupcache/{GROUP}/{key}");
+        let response = target.http().get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        let answer = groupcache_rs_pb::GetResponse::decode(body).expect("a GetResponse");
+        let value = answer.value.unwrap_or_default();
+        assert!(
+            value == padded_value(&key).as_bytes(),
+            "{key}: a wrong value"
+        );
+    }
+    let mut answered = 0;
+    for socket in &mut sockets {
+        let (status, text) = raw::answer(socket, PATIENCE).await;
+        assert_eq!(status, 200, "{}", &text[..text.len().min(200)]);
+        answered += text.len();
+    }
+    let _ = stop.send(true);
+    let growth = peak.await.unwrap().saturating_sub(baseline);
+    println!(
+        "attack: {BATCHES} batches of {BATCH_KEYS} values of 256 KiB at once: {} KiB answered, \
+         +{} KiB resident at the peak",
+        answered >> 10,
+        growth >> 10
+    );
+    let bound = CACHE_BUDGET + BATCH_MARGIN;
+    assert!(
+        growth < bound,
+        "resident memory grew by {growth} bytes, over {bound}"
+    );
 }

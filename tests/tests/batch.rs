@@ -130,6 +130,93 @@ async fn owners_get_batches_of_at_most_max_batch_keys() {
     assert_eq!(cluster[1].cache.stats().server_requests - before, 3);
 }
 
+/// An owner's answer carries at most `max_batch_bytes` of values and answers the keys past it
+/// "ask again": a `get_many` of more values than one answer carries takes several rounds, each
+/// answering some keys, and gets every value from the owner (none loaded on the asker, none
+/// loaded twice), however many rounds that takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_values_than_an_answer_carries_come_in_rounds_from_the_owner() {
+    let loader = TestLoader::new();
+    // Values of about 16 bytes: ten to an answer.
+    let cluster = start_cluster(2, |url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_batch_bytes(170)
+    });
+    introduce(&cluster).await;
+    let asker = &cluster[0].cache;
+    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "rounds-")
+        .take(100)
+        .collect();
+    let before = (
+        cluster[1].cache.stats().server_requests,
+        asker.stats().local_loads,
+    );
+    let values = asker.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(&values) {
+        assert_eq!(value.as_ref().unwrap(), &loader.value_for(key));
+        assert_eq!(loader.loads.of(key), 1, "{key} loaded more than once");
+    }
+    let requests = cluster[1].cache.stats().server_requests - before.0;
+    assert!(
+        (10..=20).contains(&requests),
+        "{requests} batches for 100 values of which ten fit an answer"
+    );
+    assert_eq!(
+        asker.stats().local_loads,
+        before.1,
+        "none loaded on the asker"
+    );
+}
+
+/// An owner whose budget of batch answers in flight is taken (here: none at all) answers every
+/// key "ask again" and loads nothing; its asker asks again for 4 rounds that answer nothing, then
+/// loads the keys itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_without_room_for_answers_loads_nothing_and_its_asker_loads_locally() {
+    use groupcache_rs_pb::{BatchEntry, BatchRequest};
+    use prost::Message;
+
+    let loader = TestLoader::new();
+    let cluster = start_cluster(2, |url| {
+        Groupcache::builder(GROUP, url, loader.clone()).max_batch_answer_bytes(0)
+    });
+    introduce(&cluster).await;
+    let asker = &cluster[0].cache;
+    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "no-room-")
+        .take(5)
+        .collect();
+    let body = BatchRequest {
+        group: Some(GROUP.into()),
+        keys: keys.clone(),
+        max_answer_bytes: None,
+        max_wait_ms: None,
+    }
+    .encode_to_vec();
+    let client = groupcache_tests::http_client().build().unwrap();
+    let answer = client
+        .post(format!("{}/_groupcache/{GROUP}/_batch", cluster[1].url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let mut rest = answer.bytes().await.unwrap();
+    for key in &keys {
+        let entry = BatchEntry::decode_length_delimited(&mut rest).unwrap();
+        assert_eq!(entry.pending, Some(true), "{key}: ask again");
+        assert_eq!(loader.loads.of(key), 0, "{key} loaded");
+    }
+    let before = (
+        cluster[1].cache.stats().server_requests,
+        asker.stats().local_loads,
+    );
+    let values = asker.get_many(&keys).await;
+    for (key, value) in keys.iter().zip(&values) {
+        assert_eq!(value.as_ref().unwrap(), &loader.value_for(key));
+    }
+    assert_eq!(cluster[1].cache.stats().server_requests - before.0, 4);
+    assert_eq!(asker.stats().local_loads - before.1, 5);
+}
+
 /// From every replica at once, a `get_many` of all keys and a single `get` of each: every key is
 /// loaded exactly once cluster-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

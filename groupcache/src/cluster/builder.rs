@@ -11,6 +11,7 @@ use crate::Error;
 use crate::metrics::ClusterMetrics;
 use crate::trace::{TraceContext, Traced};
 use crate::wire::PeerAuth;
+use crate::wire::answers::AnswerBudget;
 use crate::wire::auth::Refusal;
 use crate::wire::client::PeerClient;
 use crate::wire::limits::Limits;
@@ -206,11 +207,26 @@ impl ClusterBuilder {
     }
 
     /// Most value bytes in one batch answer (default
-    /// [`DEFAULT_MAX_BATCH_BYTES`](crate::DEFAULT_MAX_BATCH_BYTES)), both read and sent: the
-    /// requester tells the owner its limit, and the owner fills an answer up to the smaller of
-    /// the two; the values that do not fit are fetched one by one.
+    /// [`DEFAULT_MAX_BATCH_BYTES`](crate::DEFAULT_MAX_BATCH_BYTES), 4 MiB), both read and sent:
+    /// the requester tells the owner its limit, and the owner fills an answer up to the smaller
+    /// of the two (and what is left of
+    /// [`max_batch_answer_bytes`](Self::max_batch_answer_bytes)). The keys past it are asked
+    /// for again, in the next answer; a value larger than this is fetched on its own.
     pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
         self.config.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Bytes of values all the batch answers this replica builds or sends hold at once, all
+    /// groups together (default half of
+    /// [`max_buffered_peer_bytes`](Self::max_buffered_peer_bytes): 32 MiB). Each answer takes
+    /// its room (up to [`max_batch_bytes`](Self::max_batch_bytes)) from it before its keys are
+    /// loaded, loads them in parts that fit the room, keeps what its values fill, and gives
+    /// that back once its body is written or dropped. An answer that finds none left answers
+    /// every key "ask again", loading nothing; so concurrent batches, honest or not, hold about
+    /// this much, however many keys and however large their values.
+    pub fn max_batch_answer_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_batch_answer_bytes = Some(bytes);
         self
     }
 
@@ -279,9 +295,15 @@ impl ClusterBuilder {
             .max_buffered_peer_bytes
             .max(config.max_value_bytes.saturating_add(4096));
         let limits = Limits::new(config.max_concurrent_peer_requests, body_bytes);
+        let answers = AnswerBudget::new(
+            config
+                .max_batch_answer_bytes
+                .unwrap_or(config.max_buffered_peer_bytes / 2),
+        );
         Ok(Cluster {
             inner: Arc::new(ClusterInner {
                 limits,
+                answers,
                 liveness_started: Default::default(),
                 self_url: peers.self_url().to_string(),
                 peers,

@@ -12,9 +12,9 @@ use crate::wire::PeerAuth;
 /// Default [`ClusterBuilder::max_batch_keys`](crate::ClusterBuilder::max_batch_keys): 1024 keys
 /// per batch request.
 pub const DEFAULT_MAX_BATCH_KEYS: usize = 1024;
-/// Default [`ClusterBuilder::max_batch_bytes`](crate::ClusterBuilder::max_batch_bytes): 16 MiB of
+/// Default [`ClusterBuilder::max_batch_bytes`](crate::ClusterBuilder::max_batch_bytes): 4 MiB of
 /// values per batch answer.
-pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Settings the read path, the write path and the router consult, whatever the group.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub(crate) struct ClusterConfig {
     pub(crate) max_buffered_peer_bytes: usize,
     pub(crate) max_batch_keys: usize,
     pub(crate) max_batch_bytes: usize,
+    /// Bytes of values all batch answers hold at once; `None`: half of `max_buffered_peer_bytes`.
+    pub(crate) max_batch_answer_bytes: Option<usize>,
     /// In `GoCompatible`, a peer not heard from yet may be a golang/groupcache replica.
     pub(crate) ring_mode: RingMode,
     /// Carries spans' context between replicas (`trace.rs`); none: nothing is sent.
@@ -60,6 +62,7 @@ impl Default for ClusterConfig {
             max_buffered_peer_bytes: 64 << 20,
             max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_batch_answer_bytes: None,
             ring_mode: RingMode::default(),
             trace_context: None,
         }

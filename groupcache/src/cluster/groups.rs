@@ -38,15 +38,32 @@ pub(crate) trait Served: Send + Sync + 'static {
     fn serve_set(&self, key: &str, entry: Entry);
     /// A peer's `DELETE`.
     fn serve_remove(&self, key: &str);
-    /// A peer's batch: one outcome per key, in order; `None` for a key still loading after
-    /// `max_wait` (the load goes on).
+    /// A peer's batch: one answer per key, in order, whose values take at most `room` bytes
+    /// together; a value over `cap` (the most any answer carries) is to be asked for alone.
+    /// Keys are loaded in parts sized to the room left, so a batch holds about `room` bytes of
+    /// values however many keys it names; the keys past it, and those still loading after
+    /// `max_wait` (the load goes on), are to be asked for again.
     fn serve_batch(
         self: Arc<Self>,
         keys: Vec<String>,
         max_wait: Option<std::time::Duration>,
-    ) -> Boxed<'static, Vec<Option<Outcome<Entry>>>>;
+        cap: usize,
+        room: usize,
+    ) -> Boxed<'static, Vec<BatchAnswer>>;
     /// The ring changed to `membership`: what the group holds as owned is reconsidered.
     fn ring_changed(&self, membership: &Membership);
+}
+
+/// One key's answer in a batch an owner serves ([`Served::serve_batch`]).
+#[derive(Debug)]
+pub(crate) enum BatchAnswer {
+    /// Its value, or why there is none.
+    Done(Outcome<Entry>),
+    /// Not answered in this answer (no room left, or still loading by the asker's deadline):
+    /// ask again, in another batch.
+    AskAgain,
+    /// Larger than any answer carries: ask for it on its own.
+    Alone,
 }
 
 /// A group as the registry holds it.

@@ -23,6 +23,7 @@ use membership::Peers;
 
 use crate::Error;
 use crate::metrics::ClusterMetrics;
+use crate::wire::answers::AnswerBudget;
 use crate::wire::client::PeerClient;
 use crate::wire::limits::Limits;
 
@@ -94,6 +95,8 @@ pub(crate) struct ClusterInner {
     pub(crate) metrics: ClusterMetrics,
     pub(crate) groups: Groups,
     pub(crate) limits: Limits,
+    /// Bytes of values the batch answers being built or sent hold (`wire/answers.rs`).
+    pub(crate) answers: Arc<AnswerBudget>,
     /// Whether the failure detector's loop runs (`liveness.rs`).
     pub(crate) liveness_started: std::sync::atomic::AtomicBool,
 }

@@ -362,6 +362,8 @@ cluster_settings! {
     max_batch_keys(keys: usize);
     /// [`ClusterBuilder::max_batch_bytes`].
     max_batch_bytes(bytes: usize);
+    /// [`ClusterBuilder::max_batch_answer_bytes`].
+    max_batch_answer_bytes(bytes: usize);
     /// [`ClusterBuilder::peer_auth`].
     peer_auth(auth: PeerAuth);
 }

@@ -353,9 +353,13 @@ impl<L: Loader> Inner<L> {
     ///
     /// The owner is told how long this replica waits (`max_wait_ms`, three quarters of
     /// `peer_timeout`), and answers by then, marking the keys still loading `pending`: those are
-    /// asked for again, in another batch, while the owner answers and for at most
-    /// [`PEER_ROUNDS`] rounds. So a batch whose loads take longer than `peer_timeout` (1,024
-    /// cold keys at 320 ms each) is loaded once, by the owner, and never makes it suspected.
+    /// asked for again, in another batch, while the owner answers. So a batch whose loads take
+    /// longer than `peer_timeout` (1,024 cold keys at 320 ms each) is loaded once, by the owner,
+    /// and never makes it suspected. The owner also answers `pending` the keys past its
+    /// answer's room (`max_batch_bytes`, or less when its budget of answers in flight is
+    /// short): a batch of more values than one answer carries takes as many rounds as it needs,
+    /// each answering some keys. Only rounds that answer none are counted, [`PEER_ROUNDS`] at
+    /// most; after the last, the keys left are loaded here.
     ///
     /// `answered` is told when the owner's first answer (or its failure) is known: coalescing
     /// hands its request slot on then.
@@ -372,7 +376,10 @@ impl<L: Loader> Inner<L> {
                 None => asking.push(led),
             }
         }
-        for round in 1..=PEER_ROUNDS {
+        // Rounds that answered no key; a round that answers some makes progress, and there are
+        // at most as many of those as keys.
+        let mut idle = 0;
+        loop {
             if asking.is_empty() {
                 return;
             }
@@ -388,14 +395,21 @@ impl<L: Loader> Inner<L> {
                 self.from_successors(asking).await;
                 return;
             };
+            let is_pending = |entry: &Option<BatchEntry>| {
+                entry
+                    .as_ref()
+                    .is_some_and(|entry| entry.pending == Some(true))
+            };
+            if entries.iter().all(is_pending) {
+                idle += 1;
+            }
             let mut pending = Vec::new();
             let mut settling = Vec::with_capacity(asking.len());
             for (led, entry) in asking.into_iter().zip(entries) {
-                match entry {
-                    Some(entry) if entry.pending == Some(true) && round < PEER_ROUNDS => {
-                        pending.push(led)
-                    }
-                    entry => settling.push((led, entry)),
+                if is_pending(&entry) && idle < PEER_ROUNDS {
+                    pending.push(led);
+                } else {
+                    settling.push((led, entry));
                 }
             }
             let settled = settling.into_iter().map(|(led, entry)| {
@@ -513,7 +527,8 @@ impl<L: Loader> Inner<L> {
             return self.load(key, self.hot_store(key), false).await.0;
         }
         if entry.skipped == Some(true) {
-            // No room in the answer: this key on its own, still within its flight.
+            // Larger than any answer the owner sends: this key on its own, still within its
+            // flight.
             return self.fetch_from(key, owner, led.superseded.clone()).await;
         }
         self.metrics.peer_load();

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use super::journey::{Inner, POPULARITY_WINDOW, key_hash};
 use super::store::Caller;
 use crate::caches::Entry;
-use crate::cluster::groups::{Boxed, Served};
+use crate::cluster::groups::{BatchAnswer, Boxed, Served};
 use crate::cluster::membership::Membership;
 use crate::error::Error;
-use crate::flight::Outcome;
 use crate::loader::Loader;
 
 /// Main's keys walked at once after a ring change (see `ring_changed`).
 const RING_WALK_KEYS: usize = 1024;
+
+/// Keys of a batch's first part while no value size is known (nothing in main, nothing seen in
+/// the batch yet): the parts after it are sized from its values.
+const FIRST_PART_KEYS: usize = 16;
 
 impl<L: Loader> Served for Inner<L> {
     fn max_key_bytes(&self) -> usize {
@@ -52,13 +55,15 @@ impl<L: Loader> Served for Inner<L> {
         self: Arc<Self>,
         keys: Vec<String>,
         max_wait: Option<std::time::Duration>,
-    ) -> Boxed<'static, Vec<Option<Outcome<Entry>>>> {
+        cap: usize,
+        room: usize,
+    ) -> Boxed<'static, Vec<BatchAnswer>> {
         // Each key as a peer's single `GET` is answered (from the caches, or loaded here, never
-        // forwarded), with one `load_many` for the keys to load, by the asker's deadline.
+        // forwarded), by the asker's deadline.
         let deadline = max_wait.map(|wait| tokio::time::Instant::now() + wait);
         Box::pin(async move {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            self.load_many_by(&keys, Caller::Peer, deadline).await
+            self.answer_within(&keys, deadline, cap, room).await
         })
     }
 
@@ -86,5 +91,148 @@ impl<L: Loader> Served for Inner<L> {
                 self.main.cap_expiry(&moved, deadline);
             }
         }
+    }
+}
+
+impl<L: Loader> Inner<L> {
+    /// A peer's batch of `keys`, answered within `room` bytes of values (see
+    /// [`Served::serve_batch`]). The keys are loaded in order, in parts of about as many as the
+    /// room left holds at the values' mean size, each part with one `load_many` and within
+    /// `deadline`: a batch never has more than a part's values loading beyond its room, where
+    /// loading every key at once held all their values until the last was in (1,024 of 256 KiB:
+    /// 256 MiB for an answer of 16). A value that does not fit is let go at once, its key asked
+    /// for again (owned here, it is found cached then, if the cache kept it).
+    async fn answer_within(
+        self: &Arc<Self>,
+        keys: &[&str],
+        deadline: Option<tokio::time::Instant>,
+        cap: usize,
+        mut room: usize,
+    ) -> Vec<BatchAnswer> {
+        let mut answers = Vec::with_capacity(keys.len());
+        // The values seen so far, for the parts' size.
+        let (mut seen, mut seen_bytes) = (0usize, 0usize);
+        // The first part is always asked for (what it finds cached is answered, whatever the
+        // deadline); a part after it only before the deadline.
+        while answers.len() < keys.len()
+            && (answers.is_empty()
+                || deadline.is_none_or(|deadline| tokio::time::Instant::now() < deadline))
+        {
+            let mean = match (seen, self.main.items()) {
+                (0, 0) => None,
+                (0, items) => {
+                    Some(usize::try_from(self.main.bytes() / items).unwrap_or(usize::MAX))
+                }
+                (seen, _) => Some(seen_bytes / seen),
+            };
+            let part = match mean {
+                None if room > 0 => FIRST_PART_KEYS,
+                // No room left for a value of the mean size (an empty value still fits).
+                Some(mean) if room >= mean => (room / mean.max(1)).max(1),
+                _ => break,
+            };
+            let start = answers.len();
+            let part = &keys[start..start + part.min(keys.len() - start)];
+            for outcome in self.load_many_by(part, Caller::Peer, deadline).await {
+                answers.push(match outcome {
+                    None => BatchAnswer::AskAgain,
+                    Some(Ok(entry)) => {
+                        let bytes = entry.value.len();
+                        seen += 1;
+                        seen_bytes = seen_bytes.saturating_add(bytes);
+                        if bytes > cap {
+                            BatchAnswer::Alone
+                        } else if bytes <= room {
+                            room -= bytes;
+                            BatchAnswer::Done(Ok(entry))
+                        } else {
+                            BatchAnswer::AskAgain
+                        }
+                    }
+                    Some(Err(error)) => BatchAnswer::Done(Err(error)),
+                });
+            }
+        }
+        answers.resize_with(keys.len(), || BatchAnswer::AskAgain);
+        answers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::Groupcache;
+    use crate::loader::Loaded;
+
+    /// Values of 1,000 bytes, `big` of 5,000; loads counted.
+    #[derive(Default)]
+    struct Sized(AtomicUsize);
+
+    impl Loader for Arc<Sized> {
+        type Value = Vec<u8>;
+        type Error = std::io::Error;
+
+        async fn load(&self, key: &str) -> Result<Loaded<Vec<u8>>, Self::Error> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let bytes = if key == "big" { 5000 } else { 1000 };
+            Ok(Loaded::new(vec![b'v'; bytes]))
+        }
+    }
+
+    fn counts(answers: &[BatchAnswer]) -> (usize, usize, usize) {
+        let count = |f: fn(&BatchAnswer) -> bool| answers.iter().filter(|a| f(a)).count();
+        (
+            count(|a| matches!(a, BatchAnswer::Done(Ok(_)))),
+            count(|a| matches!(a, BatchAnswer::AskAgain)),
+            count(|a| matches!(a, BatchAnswer::Alone)),
+        )
+    }
+
+    /// A batch of more values than its room loads a first part, keeps what fits, and answers
+    /// the rest "ask again" without loading them; asked again, the keys loaded but not sent
+    /// come from the cache, in parts sized from the values seen; a value over the cap is
+    /// answered "alone".
+    #[tokio::test]
+    async fn a_batch_loads_in_parts_within_its_room_and_asks_again_for_the_rest() {
+        let loader = Arc::new(Sized::default());
+        let cache = Groupcache::builder("g", "http://127.0.0.1:1", loader.clone())
+            .build()
+            .unwrap();
+        let inner = cache.inner.clone();
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let answers = inner
+            .clone()
+            .serve_batch(keys.clone(), None, 4000, 3500)
+            .await;
+        assert_eq!(
+            counts(&answers),
+            (3, 37, 0),
+            "three values fit in 3,500 bytes"
+        );
+        assert!(matches!(answers[..3], [BatchAnswer::Done(Ok(_)), ..]));
+        assert_eq!(
+            loader.0.load(Ordering::SeqCst),
+            FIRST_PART_KEYS,
+            "a first part loaded, none of the keys after it"
+        );
+        // Asked again for the rest: the part loaded before is cached, and fills the room.
+        let answers = inner
+            .clone()
+            .serve_batch(keys[3..].to_vec(), None, 4000, 4000)
+            .await;
+        assert_eq!(counts(&answers), (4, 33, 0), "four values fill 4,000 bytes");
+        assert_eq!(loader.0.load(Ordering::SeqCst), FIRST_PART_KEYS, "no load");
+        let answers = inner
+            .clone()
+            .serve_batch(vec!["big".into(), "k39".into()], None, 4000, 4000)
+            .await;
+        assert_eq!(
+            counts(&answers),
+            (1, 0, 1),
+            "big over the cap, k39 within it"
+        );
+        assert!(matches!(answers[0], BatchAnswer::Alone));
     }
 }

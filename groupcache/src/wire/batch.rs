@@ -8,9 +8,11 @@
 //! [`BATCH_HEADER`], which every answer of this library's router does.
 //!
 //! The answer is framed rather than one message, and its values are bounded by the requester's
-//! `max_answer_bytes` (and the owner's own limit): values past it are answered `skipped` and asked
-//! for one by one. The requester reads the body once into one buffer, and the decoded values are
-//! views into it, so a large answer is not held twice.
+//! `max_answer_bytes` (and the owner's own limit, and what is left of its budget of answers in
+//! flight, `answers.rs`): keys past it are answered `pending`, to be asked for again, and a value
+//! larger than any answer `skipped`, to be asked for on its own. The owner sends the values as
+//! they are, between their framing, not copied into one buffer; the requester reads the body once
+//! into one buffer, and the decoded values are views into it, so a large answer is not held twice.
 
 use std::collections::HashSet;
 
@@ -20,8 +22,7 @@ use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use prost::Message;
 
 use super::protocol::expire_field;
-use crate::caches::Entry;
-use crate::flight::Outcome;
+use crate::cluster::groups::BatchAnswer::{self, Done};
 use crate::{Error, PeerError};
 
 /// Longest error message carried per key, in bytes, as for a single request's error body.
@@ -176,48 +177,67 @@ pub(crate) fn parse_request(
     Ok(request)
 }
 
-/// The answer to a batch: one length-delimited `BatchEntry` per result, in order, with at most
-/// `room` bytes of values (the rest `skipped`, to be asked for one by one); `None`: `pending`.
-pub(crate) fn encode_answer(results: Vec<Option<Outcome<Entry>>>, mut room: usize) -> Vec<u8> {
-    let mut encoded = Vec::new();
-    for result in results {
-        let Some(result) = result else {
-            // Still loading by the asker's deadline: it asks again.
-            let pending = BatchEntry {
+/// The answer to a batch: one length-delimited `BatchEntry` per key, in order, as the parts of
+/// a body (the values themselves, shared with the caches, between the framing around them);
+/// with the bytes of values it carries. The owner has already kept the values within the
+/// answer's room (`Served::serve_batch`).
+pub(crate) fn answer_parts(answers: Vec<BatchAnswer>) -> (Vec<Bytes>, usize) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let mut parts = Vec::new();
+    let mut framing = Vec::new();
+    let mut values = 0;
+    for answer in answers {
+        let entry = match answer {
+            // Not answered now (still loading by the asker's deadline, or no room left in this
+            // answer): the asker asks again.
+            BatchAnswer::AskAgain => BatchEntry {
                 pending: Some(true),
                 ..BatchEntry::default()
-            };
-            let _ = pending.encode_length_delimited(&mut encoded);
-            continue;
-        };
-        let entry = match result {
-            Ok(entry) if entry.value.len() <= room => {
-                room -= entry.value.len();
-                BatchEntry {
-                    value: Some(entry.value),
-                    expire: expire_field(entry.expire),
-                    ..BatchEntry::default()
-                }
-            }
-            Ok(_) => BatchEntry {
+            },
+            BatchAnswer::Alone => BatchEntry {
                 skipped: Some(true),
                 ..BatchEntry::default()
             },
-            Err(error @ (Error::Loader(_) | Error::LoaderPanicked(_) | Error::NotLoaded)) => {
+            BatchAnswer::Done(Ok(entry)) => {
+                let value = entry.value;
+                let expire = BatchEntry {
+                    expire: expire_field(entry.expire),
+                    ..BatchEntry::default()
+                };
+                // The entry as prost would write it (fields in tag order: the value, then its
+                // expiry), with the value not copied: a part of its own.
+                let length = 1
+                    + prost::encoding::encoded_len_varint(value.len() as u64)
+                    + value.len()
+                    + expire.encoded_len();
+                encode_varint(length as u64, &mut framing);
+                encode_key(1, WireType::LengthDelimited, &mut framing);
+                encode_varint(value.len() as u64, &mut framing);
+                parts.push(Bytes::from(std::mem::take(&mut framing)));
+                values += value.len();
+                parts.push(value);
+                // Writing into a Vec cannot fail.
+                let _ = expire.encode(&mut framing);
+                continue;
+            }
+            Done(Err(error @ (Error::Loader(_) | Error::LoaderPanicked(_) | Error::NotLoaded))) => {
                 BatchEntry {
                     loader_error: Some(bounded(error.to_string())),
                     ..BatchEntry::default()
                 }
             }
-            Err(error) => BatchEntry {
+            Done(Err(error)) => BatchEntry {
                 error: Some(bounded(error.to_string())),
                 ..BatchEntry::default()
             },
         };
         // Writing into a Vec cannot fail.
-        let _ = entry.encode_length_delimited(&mut encoded);
+        let _ = entry.encode_length_delimited(&mut framing);
     }
-    encoded
+    if !framing.is_empty() {
+        parts.push(Bytes::from(framing));
+    }
+    (parts, values)
 }
 
 /// The most bytes of values an answer to `limit` may carry: `max_bytes` as asked, within
@@ -363,6 +383,72 @@ mod tests {
         );
         // A length prefix claiming far more than is there allocates nothing.
         assert!(decode_answer(Bytes::from_static(&[0xff, 0xff, 0xff, 0x7f]), 1).is_err());
+    }
+
+    /// The parts of an answer, put together, are what prost writes for its entries: the values
+    /// (not copied) between their framing.
+    #[test]
+    fn answer_parts_are_the_entries_as_prost_writes_them() {
+        use crate::caches::Entry;
+        let value = Bytes::from(vec![7u8; 300]);
+        let answers = vec![
+            Done(Ok(Entry {
+                value: value.clone(),
+                expire: 1_700_000_000_000_000_000,
+            })),
+            BatchAnswer::AskAgain,
+            Done(Ok(Entry {
+                value: Bytes::from_static(b"v"),
+                expire: 0,
+            })),
+            BatchAnswer::Alone,
+            Done(Err(Error::NotLoaded)),
+            Done(Ok(Entry {
+                value: Bytes::new(),
+                expire: 5,
+            })),
+        ];
+        let expected = [
+            BatchEntry {
+                value: Some(value.clone()),
+                expire: Some(1_700_000_000_000_000_000),
+                ..BatchEntry::default()
+            },
+            BatchEntry {
+                pending: Some(true),
+                ..BatchEntry::default()
+            },
+            BatchEntry {
+                value: Some(Bytes::from_static(b"v")),
+                ..BatchEntry::default()
+            },
+            BatchEntry {
+                skipped: Some(true),
+                ..BatchEntry::default()
+            },
+            BatchEntry {
+                loader_error: Some(Error::NotLoaded.to_string()),
+                ..BatchEntry::default()
+            },
+            BatchEntry {
+                value: Some(Bytes::new()),
+                expire: Some(5),
+                ..BatchEntry::default()
+            },
+        ];
+        let mut encoded = Vec::new();
+        for entry in &expected {
+            entry.encode_length_delimited(&mut encoded).unwrap();
+        }
+        let (parts, values) = answer_parts(answers);
+        assert_eq!(values, 301);
+        assert!(
+            parts.iter().any(|part| part.as_ptr() == value.as_ptr()),
+            "the value is sent as it is, not copied"
+        );
+        assert_eq!(parts.concat(), encoded);
+        let decoded = decode_answer(Bytes::from(parts.concat()), expected.len()).unwrap();
+        assert_eq!(decoded, expected);
     }
 
     #[test]

@@ -7,12 +7,14 @@
 //! - [`pool`]: keep-alive HTTP/1.1 connections to peers, over TCP or rustls;
 //! - [`router`]: the axum router that serves peers' requests, for every group of the cluster;
 //! - [`limits`]: the peer port's limits on work in progress, shared fairly by the groups;
+//! - `answers`: the budget of bytes batch answers hold in flight, and the body that holds it;
 //! - [`server`]: the peer port's accept loop, with the limits a port open to the network needs;
 //! - [`auth`]: HMAC signatures on peer requests;
 //! - `nonces`: the bounded store of accepted nonces that refuses replays;
 //! - `throttle`: at most one log line per reason a second, for the router's refusals;
 //! - `tls` (feature `tls`): rustls configuration for both sides.
 
+pub(crate) mod answers;
 pub(crate) mod auth;
 pub(crate) mod batch;
 pub(crate) mod client;

@@ -22,8 +22,9 @@ use prost::Message;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
+use super::answers::AnswerBody;
 use super::auth::{PeerAuth, Refusal, SIGNATURE_HEADER};
-use super::batch::{Refused, answer_room, batch_body_limit, encode_answer, parse_request};
+use super::batch::{Refused, answer_parts, answer_room, batch_body_limit, parse_request};
 use super::limits::{Held, Share};
 use super::protocol::{
     BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER,
@@ -31,7 +32,7 @@ use super::protocol::{
 };
 use crate::Error;
 use crate::caches::Entry;
-use crate::cluster::groups::Served;
+use crate::cluster::groups::{BatchAnswer, Served};
 use crate::cluster::membership::Endpoint;
 use crate::cluster::{Cluster, ClusterInner};
 
@@ -329,17 +330,32 @@ async fn answer_batch(port: &Port, group: Arc<dyn Served>, name: &str, body: &[u
         Ok(request) => request,
         Err(Refused { status, message }) => return closing(status, &message),
     };
-    let room = answer_room(request.max_answer_bytes, config.max_batch_bytes);
+    let cap = answer_room(request.max_answer_bytes, config.max_batch_bytes);
     // The asker's wait, a little less (the answer must travel back), within the peer timeout.
     let max_wait = request.max_wait_ms.map(|ms| {
         Duration::from_millis(ms)
             .min(config.peer_timeout)
             .mul_f64(0.9)
     });
-    let results = group.serve_batch(request.keys, max_wait).await;
+    // The answer's room, taken from the replica's budget of answers in flight before anything
+    // is loaded; none left: every key is asked again, nothing loaded.
+    let mut reserved = port.cluster.answers.reserve(cap);
+    let answers = if cap == 0 {
+        // No room in any answer: every key on its own.
+        request.keys.iter().map(|_| BatchAnswer::Alone).collect()
+    } else if reserved.amount() == 0 {
+        request.keys.iter().map(|_| BatchAnswer::AskAgain).collect()
+    } else {
+        group
+            .serve_batch(request.keys, max_wait, cap, reserved.amount())
+            .await
+    };
+    let (parts, values) = answer_parts(answers);
+    // What the values take is held until the body has been written or dropped.
+    reserved.keep(values);
     (
         [(header::CONTENT_TYPE, PROTOBUF)],
-        encode_answer(results, room),
+        Body::new(AnswerBody::new(parts, reserved)),
     )
         .into_response()
 }
