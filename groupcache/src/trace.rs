@@ -33,8 +33,8 @@ pub const LOAD: &str = "groupcache.load";
 /// A fetch waiting for a request slot to its owner (`Builder::coalesce_fetches`; fields `group`,
 /// `peer`).
 pub const COALESCE_WAIT: &str = "groupcache.coalesce_wait";
-/// A peer's request served by this replica (fields `group`, `kind`: get, peek, batch, set,
-/// remove or heartbeat; `status`).
+/// A peer's request served by this replica (fields `group`, `kind`: get, peek, batch, set or
+/// remove; `status`). Heartbeats make none.
 pub const SERVE: &str = "groupcache.serve";
 
 /// Carries a span's context in a peer request's headers, and gives the serving replica's span

@@ -177,6 +177,13 @@ pub struct Config {
     /// Log lines as text or as JSON objects. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Export traces over OTLP/HTTP to this collector (e.g. `http://otel-collector:4318`; the
+    /// standard variable, with `OTEL_EXPORTER_OTLP_PROTOCOL` choosing `http/protobuf`, the
+    /// default, or `http/json`). Peer requests then carry W3C `traceparent`, so a request's
+    /// trace goes through the key's owner and its load. Unset: no traces.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Where the peer protocol is served: a listener of its own, or the API's (`--listen`).

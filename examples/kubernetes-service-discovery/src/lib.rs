@@ -83,6 +83,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(tls) = &peer_tls {
         cluster = cluster.peer_tls(tls.clone());
     }
+    if config.otlp_endpoint.is_some() {
+        cluster = cluster.trace_context(groupcache_rs::W3cTraceContext);
+    }
     let peer_auth = config.peer_auth()?;
     let peer_auth_on = peer_auth.is_some();
     if let Some(auth) = peer_auth {

@@ -89,7 +89,18 @@ pub async fn track_http(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await;
+    // The request's span: the root of its trace, or a child of the caller's `traceparent`.
+    let span =
+        tracing::info_span!("http.request", method, route = %route, status = tracing::field::Empty);
+    if !span.is_disabled() {
+        groupcache_rs::TraceContext::extract(
+            &groupcache_rs::W3cTraceContext,
+            request.headers(),
+            &span,
+        );
+    }
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("status", response.status().as_u16());
     let status = response.status().as_u16().to_string();
     metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
