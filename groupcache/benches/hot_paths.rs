@@ -169,13 +169,26 @@ async fn cluster_pair(
     Groupcache<Kilobyte>,
     Vec<Groupcache<Kilobyte>>,
 ) {
+    cluster_pair_with(groups, |cluster| cluster, configure).await
+}
+
+/// [`cluster_pair`] with each cluster's builder passed through `cluster` first.
+async fn cluster_pair_with(
+    groups: usize,
+    cluster: impl Fn(groupcache_rs::ClusterBuilder) -> groupcache_rs::ClusterBuilder,
+    configure: impl Fn(GroupBuilder) -> GroupBuilder,
+) -> (
+    Groupcache<Kilobyte>,
+    Groupcache<Kilobyte>,
+    Vec<Groupcache<Kilobyte>>,
+) {
     let mut replicas = Vec::new();
     for _ in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let cluster = groupcache_rs::Cluster::builder(&url)
+        let cluster = cluster(groupcache_rs::Cluster::builder(&url))
             .build()
             .expect("valid configuration");
         let handles: Vec<Groupcache<Kilobyte>> = (0..groups)
@@ -311,6 +324,87 @@ fn heartbeats(c: &mut Criterion) {
     });
 }
 
+/// What the spans cost (issue 28): a main hit and a remote get under a `tracing` subscriber at
+/// INFO (formatting into a sink), and under the OpenTelemetry layer exporting (into memory,
+/// cleared between samples) with peer requests carrying W3C trace context. Without a subscriber
+/// the figures are `get/main_hit` and `get/remote`. Needs `--features opentelemetry`.
+#[cfg(feature = "opentelemetry")]
+fn traced(c: &mut Criterion) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("benchmark runtime");
+    let _guard = rt.enter();
+    let alone = Groupcache::builder("bench", "http://127.0.0.1:1", Kilobyte)
+        .build()
+        .expect("valid configuration");
+    rt.block_on(alone.get("key")).expect("first get loads");
+
+    let info = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+        .with(tracing_subscriber::filter::LevelFilter::INFO);
+    let (a, b) = rt.block_on(pair(|builder| builder.hot_promotion_requests(u32::MAX)));
+    let key = owned_by(&a, &b);
+    tracing::subscriber::with_default(info, || {
+        rt.block_on(b.get(&key)).expect("B fetches from A");
+        c.bench_function("get/main_hit_info", |bench| {
+            bench.iter(|| hit(&alone, black_box("key")))
+        });
+        c.bench_function("get/remote_info", |bench| {
+            bench.iter_custom(|iters| timed_gets(&rt, &b, &key, iters))
+        });
+    });
+    drop((a, b));
+
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let otel = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+    let (a, b, _) = rt.block_on(cluster_pair_with(
+        1,
+        |cluster| cluster.trace_context(groupcache_rs::W3cTraceContext),
+        |group| group.hot_promotion_requests(u32::MAX),
+    ));
+    let key = owned_by(&a, &b);
+    tracing::subscriber::with_default(otel, || {
+        rt.block_on(b.get(&key)).expect("B fetches from A");
+        c.bench_function("get/main_hit_otel", |bench| {
+            bench.iter(|| hit(&alone, black_box("key")))
+        });
+        c.bench_function("get/remote_otel", |bench| {
+            bench.iter_custom(|iters| {
+                let took = timed_gets(&rt, &b, &key, iters);
+                exporter.reset();
+                took
+            })
+        });
+    });
+    assert!(
+        exporter.get_finished_spans().is_ok(),
+        "the exporter took the spans"
+    );
+}
+
+#[cfg(feature = "opentelemetry")]
+criterion_group!(
+    benches,
+    cache_hits,
+    remote_gets,
+    traced,
+    heartbeats,
+    ring_lookups,
+    flights,
+    protobuf
+);
+#[cfg(not(feature = "opentelemetry"))]
 criterion_group!(
     benches,
     cache_hits,
