@@ -228,10 +228,29 @@ impl Segments {
             usage.records.swap_remove(slot);
             moved = usage.records.get(slot).map(|&r| (r, place.slot));
         }
+        // A closed segment's list was cut to its length; one whose values mostly left keeps
+        // no more than twice what it lists (halving is amortized over the quarter released).
+        if Some(place.segment) != self.open_index
+            && usage.records.capacity() > 16
+            && usage.records.len() < usage.records.capacity() / 4
+        {
+            usage.records.shrink_to(usage.records.len() * 2);
+        }
         if usage.live == 0 && Some(place.segment) != self.open_index {
             self.retire(place.segment);
         }
         moved
+    }
+
+    /// Record `record` now lists the value at `place` (its record moved in the cache's slab).
+    pub(crate) fn relist(&mut self, place: Place, record: u32) {
+        if let Some(listed) = self
+            .usage
+            .get_mut(place.segment as usize)
+            .and_then(|usage| usage.records.get_mut(place.slot as usize))
+        {
+            *listed = record;
+        }
     }
 
     /// The record of the next value the cleaner should move to the open segment, and whether
@@ -345,6 +364,9 @@ impl Segments {
     fn retire(&mut self, index: u32) {
         let usage = &mut self.usage[index as usize];
         debug_assert!(usage.records.is_empty());
+        // The list of a segment of many small values may be large; the next segment to open
+        // here grows its own.
+        usage.records = Vec::new();
         // The tail shares the buffer, so this frees nothing under the lock.
         usage.data = Bytes::new();
         let tail = std::mem::take(&mut usage.tail);
