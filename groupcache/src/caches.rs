@@ -113,8 +113,10 @@ const LIST: u64 = 2 * size_of::<u32>() as u64;
 /// 53 bytes beyond key and value, where it was charged 247 (an `lru` node 88, its hash slot 39,
 /// the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`' shared
 /// header 24, four allocator headers 64). A `Bytes` per record would have cost 32 bytes more
-/// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused,
-/// not freed: the slab keeps its largest size, and vacant records are not charged. Segments add
+/// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused;
+/// vacant records are not charged, and once three quarters of the slab (or of the table) are
+/// vacant, it is cut to twice its entries (`release_vacant`), so what the charges leave out stays
+/// within a factor of what they count. Segments add
 /// at most a quarter of the packed bytes plus two segments, and the open segment 40 bytes per
 /// entry packed into it (see `segments`).
 pub(crate) const ENTRY_OVERHEAD: u64 = RECORD + TABLE + LIST;
