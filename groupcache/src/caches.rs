@@ -114,9 +114,9 @@ const LIST: u64 = 2 * size_of::<u32>() as u64;
 /// the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`' shared
 /// header 24, four allocator headers 64). A `Bytes` per record would have cost 32 bytes more
 /// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused;
-/// vacant records are not charged, and once three quarters of the slab (or of the table) are
-/// vacant, it is cut to twice its entries (`release_vacant`), so what the charges leave out stays
-/// within a factor of what they count. Segments add
+/// vacant records are not charged, and once half the slab (three quarters of the table) is
+/// vacant, it is cut down (`release_vacant`), so what the charges leave out stays within a
+/// factor of what they count. Segments add
 /// at most a quarter of the packed bytes plus two segments, and the open segment 40 bytes per
 /// entry packed into it (see `segments`).
 pub(crate) const ENTRY_OVERHEAD: u64 = RECORD + TABLE + LIST;
@@ -405,17 +405,20 @@ impl Inner {
         u32::try_from(self.records.len() - 1).ok()
     }
 
-    /// Gives back what the slab, the hash table and the list of unpacked values hold beyond
-    /// twice what their entries need, once their entries fill less than a quarter of them:
-    /// after a phase of many small entries, vacant records are not charged, and kept they
-    /// would hold memory beyond the budget (40-70 MB per cache, issue 26). Each step is O(n)
-    /// under the lock, as the table's own growth is; it comes only after three quarters of
-    /// the places were vacated, so its work is amortized over the entries that left, as
-    /// growing is over those that came. The slab waits while a walk is in progress.
+    /// Gives back what the structures hold beyond their entries' needs: vacant records are
+    /// not charged, and after a phase of many small entries they held memory beyond the budget
+    /// (40-70 MB per cache, issue 26). Once half the slab is vacant it is cut to 5/4 of its
+    /// entries (a vacant record costs 32 bytes, a fifth of a 100-byte entry's charge); the
+    /// hash table and the list of unpacked values, once a quarter full, to twice their entries
+    /// (a table's size is a power of two: at a quarter full, halving it is the next step).
+    /// Each step is O(n) under the lock, as the table's own growth is, and comes only after a
+    /// constant share of the places was vacated since the last, so its work is amortized over
+    /// the entries that left, as growing is over those that came. The slab waits while a walk
+    /// is in progress.
     fn release_vacant(&mut self) {
         let live = self.table.len();
-        if self.walks == 0 && self.records.len() > KEPT_RECORDS && live < self.records.len() / 4 {
-            self.compact((2 * live).max(KEPT_RECORDS));
+        if self.walks == 0 && self.records.len() > KEPT_RECORDS && live < self.records.len() / 2 {
+            self.compact((live + live / 4).max(KEPT_RECORDS));
         }
         if self.table.capacity() > KEPT_RECORDS && live < self.table.capacity() / 4 {
             let (records, large, segments) = (&self.records, &self.large, &self.segments);
@@ -431,7 +434,7 @@ impl Inner {
     }
 
     /// Moves the entries of records `keep` and on into vacant records below it, and cuts the
-    /// slab to `keep` records; `keep` is at least twice the entries, so there is room below.
+    /// slab to `keep` records; `keep` is at least the entries, so there is room below.
     fn compact(&mut self, keep: usize) {
         let mut hole = 0;
         for from in keep..self.records.len() {
