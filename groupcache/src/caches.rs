@@ -116,9 +116,9 @@ const LIST: u64 = 2 * size_of::<u32>() as u64;
 /// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused;
 /// vacant records are not charged, and once half the slab (three quarters of the table) is
 /// vacant, it is cut down (`release_vacant`), so what the charges leave out stays within a
-/// factor of what they count. Segments add
-/// at most a quarter of the packed bytes plus two segments, and the open segment 40 bytes per
-/// entry packed into it (see `segments`).
+/// factor of what they count. Segments add at most a quarter of the packed bytes plus two
+/// segments, and the open segment 40 bytes per entry packed into it, at most a quarter of a
+/// segment (see `segments`).
 pub(crate) const ENTRY_OVERHEAD: u64 = RECORD + TABLE + LIST;
 
 /// An unpacked value's place in `Inner::large` (record index, key, value), in a `Vec` at worst

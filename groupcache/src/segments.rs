@@ -29,11 +29,13 @@
 //! A closed segment is one `Bytes`, and the cache's records say where in it their entries are
 //! (an offset and a length: 8 bytes, where a `Bytes` per entry took 32). The open segment hands
 //! out a `Bytes` per entry it packs (the insert returns it) and keeps them, 40 bytes per entry,
-//! until it closes; closing copies its bytes into a buffer of their own, one `Bytes`, and retires
-//! the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
+//! until it closes; closing copies its bytes into a buffer of their own, one `Bytes`, and
+//! retires the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
 //! `unsafe`). The copy is one `memcpy` of a segment per segment filled, under the lock: at most
 //! 1 MiB, four times what the cleaner may copy on one insert, once per segment's worth of
-//! inserts.
+//! inserts. A segment closes early once its handles take a quarter of a segment: entries of a
+//! few bytes had handles taking up to 40 times the segment's memory, uncharged (issue 26). Such
+//! a segment, less than half written, is copied into a buffer of its size.
 
 use std::collections::VecDeque;
 
@@ -45,6 +47,12 @@ const MAX_SEGMENT: usize = 1 << 20;
 const MIN_SEGMENT: usize = 64 << 10;
 /// How many retired buffers wait to be reused.
 const RETIRED: usize = 2;
+/// The open segment's handle on one packing: its offset and its `Bytes`.
+const HANDLE: usize = std::mem::size_of::<(u32, Bytes)>();
+/// The open segment's handles take at most this fraction (1/n) of a segment: with them it is
+/// closed early. Entries of a few bytes (empty keys and values: one) would otherwise have their
+/// handles take 40 times the segment's bytes, uncharged (issue 26).
+const HANDLES_SHARE: usize = 4;
 
 /// Where a packed value lives: its segment, its place in that segment's list of records, and
 /// where its bytes start in the segment.
@@ -72,6 +80,9 @@ struct Usage {
     /// The unused end of the segment once it is closed: a handle on its buffer, to take the
     /// whole buffer back when it is retired.
     tail: BytesMut,
+    /// The bytes of memory the segment holds: a segment's capacity, or less for one closed
+    /// early, less than half written, whose bytes were copied into a buffer of their size.
+    size: usize,
 }
 
 /// The segments of one cache.
@@ -145,7 +156,12 @@ impl Segments {
         let len: usize = parts.iter().map(|part| part.len()).sum();
         debug_assert!(len <= self.segment);
         let index = match self.open_index {
-            Some(index) if self.open.capacity() >= len => index,
+            Some(index)
+                if self.open.capacity() >= len
+                    && (self.chunks.len() + 1) * HANDLE <= self.segment / HANDLES_SHARE =>
+            {
+                index
+            }
             _ => self.open_segment(),
         };
         for part in parts {
@@ -330,7 +346,19 @@ impl Segments {
                 self.retire(index);
             } else {
                 let written: usize = chunks.iter().map(|(_, chunk)| chunk.len()).sum();
-                let mut copy = self.buffer();
+                // Closed early for its handles, a segment of small entries is copied into a
+                // buffer of its size: a segment's capacity would hold it mostly empty.
+                let size = if written <= self.segment / 2 {
+                    written
+                } else {
+                    self.segment
+                };
+                let mut copy = if size < self.segment {
+                    BytesMut::with_capacity(size)
+                } else {
+                    self.buffer()
+                };
+                self.held -= (self.segment - size) as u64;
                 for (_, chunk) in &chunks {
                     copy.extend_from_slice(chunk);
                 }
@@ -341,6 +369,7 @@ impl Segments {
                 let usage = &mut self.usage[index as usize];
                 usage.data = copy.split().freeze();
                 usage.tail = copy;
+                usage.size = size;
                 usage.records.shrink_to_fit();
                 self.wait_retired(open);
             }
@@ -355,6 +384,7 @@ impl Segments {
         };
         self.open = self.buffer();
         self.open_index = Some(index);
+        self.usage[index as usize].size = self.segment;
         self.held += self.segment as u64;
         index
     }
@@ -370,9 +400,15 @@ impl Segments {
         // The tail shares the buffer, so this frees nothing under the lock.
         usage.data = Bytes::new();
         let tail = std::mem::take(&mut usage.tail);
-        self.wait_retired(tail);
+        let size = usage.size;
+        if size == self.segment {
+            self.wait_retired(tail);
+        } else {
+            // Too small to open a segment in.
+            self.let_go.push(tail);
+        }
         self.free.push(index);
-        self.held -= self.segment as u64;
+        self.held -= size as u64;
         if self.cleaning == Some(index) {
             self.cleaning = None;
         }
@@ -701,6 +737,32 @@ mod tests {
         assert_eq!(m.s.take_let_go().len(), 3, "the other 3 let go");
         assert!(m.s.take_let_go().is_empty());
         assert!(readers.iter().all(|r| r[..] == [1; V][..]));
+    }
+
+    /// The open segment keeps a handle (40 bytes) per value packed into it; values of one byte
+    /// would have their handles take 40 times the segment's memory, uncharged. The handles stay
+    /// within a quarter of a segment, and a segment closed early for them holds only its bytes
+    /// (issue 26, finding 6).
+    #[test]
+    fn the_open_segments_handles_stay_within_a_quarter_of_a_segment() {
+        let mut m = Model::new();
+        let mut keys = Vec::new();
+        for _ in 0..100_000 {
+            keys.push(m.pack(1, 1).0);
+            let handles = m.s.chunks.capacity() * HANDLE;
+            assert!(handles <= MIN_SEGMENT / 2, "{handles} bytes of handles");
+        }
+        let (held, live) = (m.s.held_bytes(), m.s.live_bytes());
+        assert!(
+            held <= live + 2 * MIN_SEGMENT as u64,
+            "{held} held for {live}"
+        );
+        m.check();
+        // Small segments retire as the others do, and the accounting ends at the open one.
+        for key in &keys {
+            m.release(key);
+        }
+        assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64);
     }
 
     #[test]
