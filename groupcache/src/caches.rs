@@ -437,6 +437,7 @@ impl Inner {
     /// slab to `keep` records; `keep` is at least the entries, so there is room below.
     fn compact(&mut self, keep: usize) {
         let mut hole = 0;
+        let mut moved_all = true;
         for from in keep..self.records.len() {
             if self.records[from].segment == VACANT {
                 continue;
@@ -446,15 +447,19 @@ impl Inner {
             }
             if hole >= keep {
                 debug_assert!(false, "no vacant record below {keep}");
-                return;
+                moved_all = false;
+                break;
             }
             // Both below `MAX_RECORDS`.
             self.relocate(from as u32, hole as u32);
         }
-        self.records.truncate(keep);
-        self.records.shrink_to(keep);
+        if moved_all {
+            self.records.truncate(keep);
+            self.records.shrink_to(keep);
+        }
+        // The vacant records taken and left are linked anew (vacant first, lowest first).
         self.vacant = NIL;
-        for i in (0..keep).rev() {
+        for i in (0..self.records.len()).rev() {
             if self.records[i].segment == VACANT {
                 self.records[i].next = self.vacant;
                 self.vacant = i as u32;
