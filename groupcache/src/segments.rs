@@ -33,9 +33,9 @@
 //! retires the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
 //! `unsafe`). The copy is one `memcpy` of a segment per segment filled, under the lock: at most
 //! 1 MiB, four times what the cleaner may copy on one insert, once per segment's worth of
-//! inserts. A segment closes early once its handles take a quarter of a segment: entries of a
-//! few bytes had handles taking up to 40 times the segment's memory, uncharged (issue 26). Such
-//! a segment, less than half written, is copied into a buffer of its size.
+//! inserts. A segment closes early once its handles take a quarter of a segment (entries under
+//! 160 bytes in a 1 MiB segment): entries of a few bytes had handles taking up to 40 times the
+//! segment's memory, uncharged (issue 26). Such a segment is copied into a buffer of its size.
 
 use std::collections::VecDeque;
 
@@ -81,7 +81,7 @@ struct Usage {
     /// whole buffer back when it is retired.
     tail: BytesMut,
     /// The bytes of memory the segment holds: a segment's capacity, or less for one closed
-    /// early, less than half written, whose bytes were copied into a buffer of their size.
+    /// early, whose bytes were copied into a buffer of their size.
     size: usize,
 }
 
@@ -347,12 +347,11 @@ impl Segments {
             } else {
                 let written: usize = chunks.iter().map(|(_, chunk)| chunk.len()).sum();
                 // Closed early for its handles, a segment of small entries is copied into a
-                // buffer of its size: a segment's capacity would hold it mostly empty.
-                let size = if written <= self.segment / 2 {
-                    written
-                } else {
-                    self.segment
-                };
+                // buffer of its size: in a segment's capacity its unused end would count as
+                // dead space, and past the cleaner's bound (at entries under 160 bytes) the
+                // cleaner would move values on every insert, into segments closed early again.
+                let early = (chunks.len() + 1) * HANDLE > self.segment / HANDLES_SHARE;
+                let size = if early { written } else { self.segment };
                 let mut copy = if size < self.segment {
                     BytesMut::with_capacity(size)
                 } else {
@@ -763,6 +762,13 @@ mod tests {
             m.release(key);
         }
         assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64);
+        // Entries of 100 bytes close segments early too, three quarters written: that is no
+        // dead space for the cleaner to move.
+        let mut m = Model::new();
+        for _ in 0..10_000 {
+            m.pack(2, 100);
+        }
+        assert_eq!(m.s.next_to_move(), None, "nothing to clean");
     }
 
     #[test]
