@@ -44,7 +44,7 @@ use groupcache_rs::{
 };
 
 use crate::args::ReplicaOptions;
-use crate::shared::{CALM, FLOOD, FLOOD_KEYS, GROUP, STORM_LOAD};
+use crate::shared::{CALM, FLOOD, FLOOD_KEYS, GROUP, STORM_LOAD, TINY_BYTES, TINY_KEYS};
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep
 /// (for keys that start with `delayed`; the others load at once).
@@ -71,7 +71,7 @@ impl Loader for BenchLoader {
         Ok(Loaded::new(Bytes::from(value_for(
             "rs:",
             key,
-            self.value_bytes,
+            self.size_for(key),
         ))))
     }
 
@@ -92,8 +92,19 @@ impl Loader for BenchLoader {
             tokio::time::sleep(self.delay).await;
         }
         for (index, key) in keys.iter().enumerate() {
-            let value = Bytes::from(value_for("rs:", key, self.value_bytes));
+            let value = Bytes::from(value_for("rs:", key, self.size_for(key)));
             results.put(index, Ok(Loaded::new(value)));
+        }
+    }
+}
+
+impl BenchLoader {
+    /// The size of `key`'s value: [`TINY_BYTES`] for the memory workload's tiny keys.
+    fn size_for(&self, key: &str) -> usize {
+        if key.starts_with(TINY_KEYS) {
+            TINY_BYTES
+        } else {
+            self.value_bytes
         }
     }
 }

@@ -16,3 +16,10 @@ pub(crate) const CALM: &str = "calm";
 pub(crate) const FLOOD: &str = "flood";
 /// groups-flood: the keys the loader takes `--load-ms` over; every other key loads at once.
 pub(crate) const FLOOD_KEYS: &str = "flood-";
+
+/// memory: the keys of the phase change's tiny entries, which the Rust replica's loader answers
+/// with [`TINY_BYTES`] bytes whatever its `--value-bytes` (a crawler asking for keys that do not
+/// exist, answered with a short negative answer).
+pub(crate) const TINY_KEYS: &str = "tiny-";
+/// memory: the size of a tiny entry's value.
+pub(crate) const TINY_BYTES: usize = 8;

@@ -12,7 +12,7 @@ use crate::cluster::{Binaries, Cluster, Kind, Settings, Stats, start_server};
 use crate::http::{self, Conn};
 use crate::load::{self, Limit, Outcome, Pool, Sequence, Source, Uniform};
 use crate::report::{Better, Report};
-use crate::shared::STORM_LOAD;
+use crate::shared::{STORM_LOAD, TINY_BYTES, TINY_KEYS};
 
 /// Value size of the throughput workloads.
 pub(crate) const VALUE_BYTES: usize = 1024;
@@ -356,6 +356,82 @@ impl Bench<'_> {
                         cpu as f64 / count as f64,
                     );
                 }
+            }
+            if self.selected(Kind::Rust) {
+                self.memory_phases(value, &all_keys).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// memory's phase change, Rust only (the Go peer's values all have one size): one replica
+    /// with a 64 MiB main budget asked [`MEMORY_KEYS`] keys with [`TINY_BYTES`]-byte values (a
+    /// crawler's negative answers: about 1.3 million entries fill the budget), then `keys` with
+    /// values of `value` bytes, which push every tiny entry out; its resident memory against
+    /// the budget after each phase. Before issue 26 the slab, the hash table and the ghosts
+    /// kept their size after the tiny phase, uncharged.
+    async fn memory_phases(&mut self, value: usize, keys_sized: &[String]) -> Result<()> {
+        let case = format!("phase change: {TINY_BYTES} B, then {value} B values");
+        let tiny = keys(TINY_KEYS, MEMORY_KEYS);
+        for round in 0..self.options.rounds {
+            self.progress("memory phases", round, Kind::Rust);
+            let cluster = self.cluster(Kind::Rust, 1, value, 0).await?;
+            let replica = &cluster.replicas[0];
+            let mut pool = connect(&[replica.addr], 16).await?;
+            let health = vec![(0, http::get_request("/healthz"))];
+            pool.run(Arc::new(Sequence { requests: health }), Limit::Exhausted)
+                .await;
+            let (base, _) = replica.memory()?;
+            let phases: [(&[String], usize, [&'static str; 3]); 2] = [
+                (
+                    &tiny,
+                    TINY_BYTES,
+                    [
+                        "rss growth / budget after tiny",
+                        "cache's own MiB after tiny",
+                        "entries held after tiny",
+                    ],
+                ),
+                (
+                    keys_sized,
+                    value,
+                    [
+                        "rss growth / budget after sized",
+                        "cache's own MiB after sized",
+                        "entries held after sized",
+                    ],
+                ),
+            ];
+            for (asked, len, [growth_metric, own_metric, held_metric]) in phases {
+                let requests = asked.iter().map(|k| (0, get_path(k))).collect();
+                let done = pool
+                    .run(Arc::new(Sequence { requests }), Limit::Exhausted)
+                    .await;
+                expect_all(&done, asked.len(), len, "memory phase")?;
+                let (rss, _) = replica.memory()?;
+                let stats = cluster.stats().await?;
+                let mib = |b: u64| b as f64 / f64::from(1 << 20);
+                let growth = mib(rss.saturating_sub(base)) / mib(BUDGET);
+                let main = &stats[0].main_cache;
+                let (own, held) = (mib(main.bytes), main.items as f64);
+                let report = &mut *self.report;
+                report.add(
+                    "memory",
+                    &case,
+                    growth_metric,
+                    Better::Lower,
+                    Kind::Rust,
+                    growth,
+                );
+                report.add("memory", &case, own_metric, Better::Lower, Kind::Rust, own);
+                report.add(
+                    "memory",
+                    &case,
+                    held_metric,
+                    Better::Higher,
+                    Kind::Rust,
+                    held,
+                );
             }
         }
         Ok(())

@@ -20,14 +20,17 @@
 //! never hold more than the total. Each cache takes the budget's lock inside its own; the budget
 //! never takes a cache's lock, so the two cannot deadlock.
 //!
-//! Ghosts cost memory that is not charged: each side remembers evicted entries whose charges add
-//! up to at most an eighth of the total, about 70 bytes per ghost (a queue slot of 16 bytes, at
-//! most half full, and a hash-table slot of 17 bytes at 7/16 load). With 1 KiB values that is
-//! 0.7 % of the total per side; with 100-byte values and short keys (a charge of about 163
-//! bytes), 5.4 %; with 64-byte values, 6.9 %; with empty values and keys (the smallest charge,
-//! 53 bytes), 16.5 %. Smaller entries (issue 16) made the ghosts' share larger for small values:
-//! a ghost costs more than an eighth of a small entry's charge. A split that cannot move (a side
-//! capped at 0, or caps that add up to the total) keeps no ghosts.
+//! Ghosts cost memory that is not charged, so it is bounded: each side remembers evicted entries
+//! whose charges add up to at most an eighth of the total, and at most as many as fit in a
+//! thirty-second of the total at the worst cost of a ghost, 110 bytes (a queue slot of 16 bytes
+//! at most half full, a map entry of 17 bytes at hashbrown's worst load under removes, 7/32).
+//! Measured by the structures' capacity (`ghosts_memory_stays_within_its_share_and_is_released`),
+//! ghosts of the smallest entries (a charge of 53 bytes) take 2.2 % of the total per side, of
+//! 100-byte values with short keys 2.2 %, of 1 KiB values 0.4 %. Without the second bound they
+//! took 12 %, 3.8 % and 0.4 % (measured the same way), and the structures never shrank: when the
+//! ghosts of large entries replace those of many small ones, the queue and the map now give back
+//! what they hold beyond twice what they use. A split that cannot move (a side capped at 0, or
+//! caps that add up to the total) keeps no ghosts.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -62,6 +65,19 @@ impl Side {
 
 /// Ghosts describe evicted entries charged at most this fraction (1/n) of the total, per side.
 const GHOST_FRACTION: u64 = 8;
+
+/// The ghosts' memory (their structures' capacity) is at most this fraction (1/n) of the total,
+/// per side.
+const GHOST_MEMORY: u64 = 32;
+
+/// The most memory one ghost takes: its queue slot (16 bytes) in a queue at worst half full,
+/// and its map entry (16 bytes and a control byte) at hashbrown's worst load under removes,
+/// 7/32 (a map full of removed places doubles when just over half its 7/8 is live): 110 bytes.
+const GHOST_BYTES: u64 = 2 * 16 + (17 * 32u64).div_ceil(7);
+
+/// Ghosts a side may remember whatever the total (18 KiB at most), so that a small budget's
+/// split still moves.
+const LEAST_GHOSTS: usize = 256;
 
 /// A ghost's hit moves the target by its charge times the other side's ghosts per own ghost, at
 /// most this many times its charge, so one hit cannot swing the split across the budget.
@@ -122,6 +138,13 @@ impl Budget {
         .clamp(lowest_main, caps[0].max(lowest_main));
         let movable = caps[0] > 0 && caps[1] > 0 && caps[0].saturating_add(caps[1]) > total;
         let ghost_limit = if movable { total / GHOST_FRACTION } else { 0 };
+        let ghost_count = if movable {
+            usize::try_from(total / GHOST_MEMORY / GHOST_BYTES)
+                .unwrap_or(usize::MAX)
+                .max(LEAST_GHOSTS)
+        } else {
+            0
+        };
         Budget {
             total,
             caps,
@@ -130,7 +153,10 @@ impl Budget {
                 main_target,
                 filled: false,
                 pressed: [false, false],
-                ghosts: [Ghosts::new(ghost_limit), Ghosts::new(ghost_limit)],
+                ghosts: [
+                    Ghosts::new(ghost_limit, ghost_count),
+                    Ghosts::new(ghost_limit, ghost_count),
+                ],
                 ghost_hits: [0, 0],
             }),
         }
@@ -166,6 +192,12 @@ impl Budget {
         let state = self.lock();
         let ghosts = &state.ghosts[side.index()];
         (ghosts.len(), ghosts.described)
+    }
+
+    /// Bytes of memory `side`'s ghosts hold, by their structures' capacity.
+    #[cfg(test)]
+    pub(crate) fn ghost_memory(&self, side: Side) -> u64 {
+        self.lock().ghosts[side.index()].memory()
     }
 
     /// The bytes `side` may hold now that it holds `held` (an entry just added included): the
@@ -290,7 +322,7 @@ impl Budget {
 }
 
 /// Recently evicted entries of one side: key hashes and charges, oldest first, describing at
-/// most `limit` charged bytes.
+/// most `limit` charged bytes, and at most `most` of them.
 #[derive(Debug)]
 struct Ghosts {
     /// (hash, sequence number, charge), oldest first; an entry whose sequence number is no
@@ -299,17 +331,35 @@ struct Ghosts {
     live: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
     described: u64,
     limit: u64,
+    most: usize,
     next: u32,
 }
 
+/// Below this many slots the ghosts' structures are not shrunk.
+const GHOSTS_KEPT: usize = 64;
+
 impl Ghosts {
-    fn new(limit: u64) -> Ghosts {
+    fn new(limit: u64, most: usize) -> Ghosts {
         Ghosts {
             order: VecDeque::new(),
             live: HashMap::default(),
             described: 0,
             limit,
+            most,
             next: 0,
+        }
+    }
+
+    /// Gives back what the queue and the map hold beyond twice what they use, once they use
+    /// less than a quarter: after the ghosts of many small entries gave way to fewer of larger
+    /// ones. Shrinking the map rehashes its entries; it takes three quarters of them leaving
+    /// to come again, so the work is amortized over them.
+    fn release_vacant(&mut self) {
+        if self.order.capacity() > GHOSTS_KEPT && self.order.len() < self.order.capacity() / 4 {
+            self.order.shrink_to(self.order.len() * 2);
+        }
+        if self.live.capacity() > GHOSTS_KEPT && self.live.len() < self.live.capacity() / 4 {
+            self.live.shrink_to(self.live.len() * 2);
         }
     }
 
@@ -323,7 +373,7 @@ impl Ghosts {
         self.order.push_back((hash, seq, charge));
         self.live.insert(hash, seq);
         self.described += u64::from(charge);
-        while self.described > self.limit {
+        while self.described > self.limit || self.order.len() > self.most {
             let Some((hash, seq, charge)) = self.order.pop_front() else {
                 break;
             };
@@ -332,15 +382,28 @@ impl Ghosts {
                 self.live.remove(&hash);
             }
         }
+        self.release_vacant();
     }
 
     /// Whether `hash` is remembered; it is forgotten (the key is back).
     fn hit(&mut self, hash: u64) -> bool {
-        self.live.remove(&hash).is_some()
+        let hit = self.live.remove(&hash).is_some();
+        self.release_vacant();
+        hit
     }
 
     fn len(&self) -> u64 {
         self.live.len() as u64
+    }
+
+    /// Bytes of memory held, by capacity: the queue's slots, and the map's buckets (hashbrown
+    /// keeps 8/7 buckets per entry it has room for, each with a control byte).
+    #[cfg(test)]
+    fn memory(&self) -> u64 {
+        let queue = self.order.capacity() * std::mem::size_of::<(u64, u32, u32)>();
+        let buckets = (self.live.capacity() * 8).div_ceil(7);
+        let map = buckets * (std::mem::size_of::<(u64, u32)>() + 1);
+        (queue + map) as u64
     }
 }
 
@@ -390,6 +453,53 @@ mod tests {
             10
         );
         assert_eq!(budget.held(), 10);
+    }
+
+    /// Ghosts of the smallest entries cost at most [`GHOST_MEMORY`] of the total each side, and
+    /// once larger entries' ghosts take their place the memory of the many small ones is
+    /// released (issue 26, finding 6: 16.5 % of the budget at small entries, never released).
+    #[test]
+    fn ghosts_memory_stays_within_its_share_and_is_released() {
+        const TOTAL: u64 = 8 << 20;
+        let budget = Budget::new(TOTAL, None, None);
+        let mut next = 0u64;
+        budget.fit(Side::Main, None, 1 << 40, || {
+            next += 1;
+            (next < 1_000_000).then_some((next, 53))
+        });
+        let memory = budget.ghost_memory(Side::Main);
+        println!(
+            "ghosts of 53-byte entries: {memory} bytes, {:.2} % of the total, {:.1} bytes each",
+            memory as f64 * 100.0 / TOTAL as f64,
+            memory as f64 / budget.ghosts(Side::Main).0 as f64
+        );
+        assert!(memory <= TOTAL / GHOST_MEMORY, "{memory} bytes");
+        budget.fit(Side::Main, None, 1 << 40, || {
+            next += 1;
+            (next < 1_010_000).then_some((next, 4_200))
+        });
+        let (count, described) = budget.ghosts(Side::Main);
+        assert!(described <= TOTAL / GHOST_FRACTION);
+        let memory = budget.ghost_memory(Side::Main);
+        assert!(
+            memory <= 4 * GHOST_BYTES * count + 4096,
+            "{memory} bytes for {count} ghosts"
+        );
+        // The figures the README gives, for 100-byte and 1 KiB values with short keys.
+        for charge in [163, 1_087] {
+            let budget = Budget::new(TOTAL, None, None);
+            let mut next = 0u64;
+            budget.fit(Side::Main, None, 1 << 40, || {
+                next += 1;
+                (next < 1_000_000).then_some((next, charge))
+            });
+            let memory = budget.ghost_memory(Side::Main);
+            println!(
+                "ghosts of {charge}-byte entries: {:.2} % of the total",
+                memory as f64 * 100.0 / TOTAL as f64
+            );
+            assert!(memory <= TOTAL / GHOST_MEMORY);
+        }
     }
 
     #[test]

@@ -66,6 +66,21 @@ struct Record {
     len: u32,
 }
 
+impl Record {
+    /// A vacant record, linked to nothing.
+    fn vacant() -> Record {
+        Record {
+            expire: 0,
+            prev: NIL,
+            next: NIL,
+            segment: VACANT,
+            slot: 0,
+            offset: 0,
+            len: 0,
+        }
+    }
+}
+
 /// No record: the end of a list.
 const NIL: u32 = u32::MAX;
 /// `Record::segment` of an entry whose value has a buffer of its own.
@@ -74,6 +89,9 @@ const LARGE: u32 = u32::MAX;
 const VACANT: u32 = u32::MAX - 1;
 /// Record indexes stay below both markers.
 const MAX_RECORDS: usize = (u32::MAX - 2) as usize;
+/// Below this many records (32 KiB) or hash-table places the slab and the table are left as
+/// they are.
+const KEPT_RECORDS: usize = 1024;
 
 /// A record: expiry 8, LRU neighbours 2 x 4, segment, slot, offset and length 4 x 4.
 const RECORD: u64 = size_of::<Record>() as u64;
@@ -95,10 +113,12 @@ const LIST: u64 = 2 * size_of::<u32>() as u64;
 /// 53 bytes beyond key and value, where it was charged 247 (an `lru` node 88, its hash slot 39,
 /// the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`' shared
 /// header 24, four allocator headers 64). A `Bytes` per record would have cost 32 bytes more
-/// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused,
-/// not freed: the slab keeps its largest size, and vacant records are not charged. Segments add
-/// at most a quarter of the packed bytes plus two segments, and the open segment 40 bytes per
-/// entry packed into it (see `segments`).
+/// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused;
+/// vacant records are not charged, and once half the slab (three quarters of the table) is
+/// vacant, it is cut down (`release_vacant`), so what the charges leave out stays within a
+/// factor of what they count. Segments add at most a quarter of the packed bytes plus two
+/// segments, and the open segment 40 bytes per entry packed into it, at most a quarter of a
+/// segment (see `segments`).
 pub(crate) const ENTRY_OVERHEAD: u64 = RECORD + TABLE + LIST;
 
 /// An unpacked value's place in `Inner::large` (record index, key, value), in a `Vec` at worst
@@ -152,6 +172,8 @@ struct Inner {
     generations: Box<[Writes]>,
     /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
     epoch: u64,
+    /// Walks over the keys in progress ([`Walk`]): while there are any, no record moves.
+    walks: usize,
 }
 
 /// An entry whose value is not packed: its record's index, its key and its value.
@@ -368,12 +390,7 @@ impl Inner {
     fn allocate(&mut self, expire: i64) -> Option<u32> {
         let record = Record {
             expire,
-            prev: NIL,
-            next: NIL,
-            segment: VACANT,
-            slot: 0,
-            offset: 0,
-            len: 0,
+            ..Record::vacant()
         };
         if self.vacant != NIL {
             let i = self.vacant;
@@ -386,6 +403,99 @@ impl Inner {
         }
         self.records.push(record);
         u32::try_from(self.records.len() - 1).ok()
+    }
+
+    /// Gives back what the structures hold beyond their entries' needs: vacant records are
+    /// not charged, and after a phase of many small entries they held memory beyond the budget
+    /// (40-70 MB per cache, issue 26). Once half the slab is vacant it is cut to 5/4 of its
+    /// entries (a vacant record costs 32 bytes, a fifth of a 100-byte entry's charge); the
+    /// hash table and the list of unpacked values, once a quarter full, to twice their entries
+    /// (a table's size is a power of two: at a quarter full, halving it is the next step).
+    /// Each step is O(n) under the lock, as the table's own growth is, and comes only after a
+    /// constant share of the places was vacated since the last, so its work is amortized over
+    /// the entries that left, as growing is over those that came. The slab waits while a walk
+    /// is in progress.
+    fn release_vacant(&mut self) {
+        let live = self.table.len();
+        if self.walks == 0 && self.records.len() > KEPT_RECORDS && live < self.records.len() / 2 {
+            self.compact((live + live / 4).max(KEPT_RECORDS));
+        }
+        if self.table.capacity() > KEPT_RECORDS && live < self.table.capacity() / 4 {
+            let (records, large, segments) = (&self.records, &self.large, &self.segments);
+            self.table.shrink_to(2 * live, |&j| {
+                records
+                    .get(j as usize)
+                    .map_or(0, |r| key_hash(key_of(r, segments, large)))
+            });
+        }
+        if self.large.capacity() > 16 && self.large.len() < self.large.capacity() / 4 {
+            self.large.shrink_to(2 * self.large.len());
+        }
+    }
+
+    /// Moves the entries of records `keep` and on into vacant records below it, and cuts the
+    /// slab to `keep` records; `keep` is at least the entries, so there is room below.
+    fn compact(&mut self, keep: usize) {
+        let mut hole = 0;
+        let mut moved_all = true;
+        for from in keep..self.records.len() {
+            if self.records[from].segment == VACANT {
+                continue;
+            }
+            while self.records.get(hole).is_some_and(|r| r.segment != VACANT) {
+                hole += 1;
+            }
+            if hole >= keep {
+                debug_assert!(false, "no vacant record below {keep}");
+                moved_all = false;
+                break;
+            }
+            // Both below `MAX_RECORDS`.
+            self.relocate(from as u32, hole as u32);
+        }
+        if moved_all {
+            self.records.truncate(keep);
+            self.records.shrink_to(keep);
+        }
+        // The vacant records taken and left are linked anew (vacant first, lowest first).
+        self.vacant = NIL;
+        for i in (0..self.records.len()).rev() {
+            if self.records[i].segment == VACANT {
+                self.records[i].next = self.vacant;
+                self.vacant = i as u32;
+            }
+        }
+    }
+
+    /// Moves the entry of record `from` into the vacant record `to`: its place in the table,
+    /// the LRU order and its segment's list (or the list of unpacked values) follow it.
+    fn relocate(&mut self, from: u32, to: u32) {
+        let record = std::mem::replace(&mut self.records[from as usize], Record::vacant());
+        let hash = key_hash(key_of(&record, &self.segments, &self.large));
+        if let Some(listed) = self.table.find_mut(hash, |&j| j == from) {
+            *listed = to;
+        }
+        match record.prev {
+            NIL => self.head = to,
+            prev => self.records[prev as usize].next = to,
+        }
+        match record.next {
+            NIL => self.tail = to,
+            next => self.records[next as usize].prev = to,
+        }
+        if record.segment == LARGE {
+            if let Some(listed) = self.large.get_mut(record.slot as usize) {
+                listed.0 = to;
+            }
+        } else {
+            let place = Place {
+                segment: record.segment,
+                slot: record.slot,
+                offset: record.offset,
+            };
+            self.segments.relist(place, to);
+        }
+        self.records[to as usize] = record;
     }
 
     /// Takes the entry of record `i` (its key's hash `hash`) out of the table, the LRU order,
@@ -549,6 +659,7 @@ impl Cache {
                 segments,
                 generations: vec![Writes::default(); STRIPES].into_boxed_slice(),
                 epoch: 0,
+                walks: 0,
             }),
             budget,
             side,
@@ -604,9 +715,9 @@ impl Cache {
         }
         let mut expired = Removed::default();
         inner.take(i, hash, &mut expired);
-        let let_go = self.forget(&mut inner);
+        let freed = self.settle(&mut inner);
         drop(inner);
-        drop((expired, let_go));
+        drop((expired, freed));
         None
     }
 
@@ -692,29 +803,12 @@ impl Cache {
         split_keys(&buffer, ends)
     }
 
-    /// Up to `max` keys held now, in the order of their records from the `start`th on, and the
-    /// record to go on from (`None` past the last): a walk over every key in parts, each under
-    /// the lock for a moment only, so that gets are not held up by a walk over a large cache.
-    /// An entry keeps its record until it is removed, so a walk meets every key held from its
-    /// start to its end; one inserted meanwhile may be met or not.
-    pub(crate) fn keys_from(&self, start: usize, max: usize) -> (Vec<Box<str>>, Option<usize>) {
-        let mut buffer = Vec::new();
-        let mut ends = Vec::with_capacity(max.min(4096));
-        let next = {
-            let inner = self.lock();
-            let mut i = start;
-            while ends.len() < max
-                && let Some(record) = inner.records.get(i)
-            {
-                if record.segment != VACANT {
-                    buffer.extend_from_slice(inner.key(record));
-                    ends.push(buffer.len());
-                }
-                i += 1;
-            }
-            (i < inner.records.len()).then_some(i)
-        };
-        (split_keys(&buffer, ends), next)
+    /// Starts a walk over the keys in parts ([`Walk::keys_from`]). While it lasts, no entry
+    /// moves to another record: the slab is compacted (see `release_vacant`) only once no walk
+    /// is in progress.
+    pub(crate) fn walk(&self) -> Walk<'_> {
+        self.lock().walks += 1;
+        Walk { cache: self }
     }
 
     /// Makes each of `keys` still held expire at `deadline` at the latest.
@@ -783,9 +877,9 @@ impl Cache {
         let Some(i) = inner.allocate(expire) else {
             // As many entries as record indexes: not stored, like an entry larger than the
             // budget.
-            let let_go = self.forget(inner);
+            let freed = self.settle(inner);
             drop(guard);
-            drop((removed, let_go));
+            drop((removed, freed));
             let value = own.map_or(small, |(own, _)| own);
             return Ok(Inserted { evicted: 0, value });
         };
@@ -840,12 +934,10 @@ impl Cache {
                 inner.evict_lru(&mut removed, i, &mut kept)
             });
         debug_assert_eq!(held, inner.bytes);
-        let moved = Self::clean(inner, self.segment_bytes);
-        let let_go = inner.segments.take_let_go();
-        self.publish(inner);
+        let freed = self.settle(inner);
         drop(guard);
         let evicted = (removed.len() - replaced - usize::from(!kept)) as u64;
-        drop((removed, moved, let_go));
+        drop((removed, freed));
         Ok(Inserted {
             evicted,
             value: stored,
@@ -865,11 +957,10 @@ impl Cache {
         self.budget.fit(self.side, None, inner.bytes, || {
             inner.evict_lru(&mut removed, NIL, &mut kept)
         });
-        let let_go = inner.segments.take_let_go();
-        self.publish(inner);
+        let freed = self.settle(inner);
         drop(guard);
         let evicted = removed.len() as u64;
-        drop((removed, let_go));
+        drop((removed, freed));
         evicted
     }
 
@@ -892,10 +983,10 @@ impl Cache {
         if let Some(i) = inner.find(hash, key.as_bytes()) {
             inner.take(i, hash, &mut removed);
         }
-        let let_go = self.forget(&mut inner);
+        let freed = self.settle(&mut inner);
         drop(inner);
         let was_there = removed.len() > 0;
-        drop((removed, let_go));
+        drop((removed, freed));
         was_there
     }
 
@@ -915,11 +1006,16 @@ impl Cache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Publishes the totals after entries left; returns the segment buffers let go, to be
-    /// dropped after unlocking.
-    fn forget(&self, inner: &mut Inner) -> Vec<BytesMut> {
+    /// After entries came or left, on every path that frees bytes (an insert's evictions, a
+    /// remove, an expiry, a trim): the cleaner's moves, the release of vacant structures, and
+    /// the totals published. Returns the moved values' old handles and the segment buffers let
+    /// go, to be dropped after unlocking. The cleaner ran on inserts only: removes and expiry
+    /// left dead segments until the next insert.
+    fn settle(&self, inner: &mut Inner) -> (Vec<Bytes>, Vec<BytesMut>) {
+        let moved = Self::clean(inner, self.segment_bytes);
+        inner.release_vacant();
         self.publish(inner);
-        inner.segments.take_let_go()
+        (moved, inner.segments.take_let_go())
     }
 
     /// Moves values out of the segment the cleaner is emptying into the open one; returns the
@@ -982,6 +1078,48 @@ impl Cache {
             bytes.set(inner.bytes as f64);
             items_gauge.set(items as f64);
         }
+    }
+}
+
+/// A walk over a cache's keys in parts, from [`Cache::walk`]: records stay where they are until
+/// it is dropped.
+pub(crate) struct Walk<'a> {
+    cache: &'a Cache,
+}
+
+impl Walk<'_> {
+    /// Up to `max` keys held now, in the order of their records from the `start`th on, and the
+    /// record to go on from (`None` past the last): a walk over every key in parts, each under
+    /// the lock for a moment only, so that gets are not held up by a walk over a large cache.
+    /// An entry keeps its record until it is removed while the walk lasts, so a walk meets
+    /// every key held from its start to its end; one inserted meanwhile may be met or not.
+    pub(crate) fn keys_from(&self, start: usize, max: usize) -> (Vec<Box<str>>, Option<usize>) {
+        let mut buffer = Vec::new();
+        let mut ends = Vec::with_capacity(max.min(4096));
+        let next = {
+            let inner = self.cache.lock();
+            let mut i = start;
+            while ends.len() < max
+                && let Some(record) = inner.records.get(i)
+            {
+                if record.segment != VACANT {
+                    buffer.extend_from_slice(inner.key(record));
+                    ends.push(buffer.len());
+                }
+                i += 1;
+            }
+            (i < inner.records.len()).then_some(i)
+        };
+        (split_keys(&buffer, ends), next)
+    }
+}
+
+impl Drop for Walk<'_> {
+    /// The walk is over: a compaction it held back may run now.
+    fn drop(&mut self) {
+        let mut inner = self.cache.lock();
+        inner.walks -= 1;
+        inner.release_vacant();
     }
 }
 
@@ -1742,6 +1880,121 @@ pub(crate) mod tests {
         check_accounting(&cache);
     }
 
+    /// Bytes of memory the cache's structures hold beyond the segments: the record slab, the
+    /// hash table, the list of unpacked values and the segments' lists of records, by their
+    /// capacity (what is allocated, not what is used).
+    fn structure_bytes(cache: &Cache) -> usize {
+        let inner = cache.lock();
+        inner.records.capacity() * size_of::<Record>()
+            + inner.table.allocation_size()
+            + inner.large.capacity() * size_of::<Large>()
+            + inner.segments.list_bytes()
+    }
+
+    /// What the structures may hold for `entries` packed entries: each at most four times
+    /// [`ENTRY_OVERHEAD`], and a floor for a small cache.
+    fn structure_bound(entries: usize) -> usize {
+        4 * entries * ENTRY_OVERHEAD as usize + (256 << 10)
+    }
+
+    /// 60,000 entries of 1-byte values, then `then` to make them leave.
+    fn tiny_phase(cache: &Cache, expire: i64) {
+        for i in 0..60_000 {
+            let mut e = entry(1);
+            e.expire = expire;
+            cache.insert(&format!("t{i}"), e);
+        }
+        assert_eq!(cache.items(), 60_000, "the tiny entries fit");
+        assert!(structure_bytes(cache) > structure_bound(60_000 / 16));
+    }
+
+    /// A phase of tiny entries leaves nothing behind once they have left, whichever way they
+    /// left: the slab, the table and the lists are released down to what the entries held
+    /// afterwards need (issue 26, finding 6: 40-70 MB per cache stayed behind).
+    #[test]
+    fn a_phase_of_tiny_entries_leaves_no_vacant_structures_behind() {
+        // Pushed out by 4 KiB entries: 2,000 of them overfill the 4 MiB budget.
+        let cache = Cache::new(4 << 20);
+        tiny_phase(&cache, 0);
+        for i in 0..2_000 {
+            cache.insert(&format!("b{i}"), entry(4096));
+        }
+        assert!(cache.get("t0", 0).is_none() && cache.get("t59999", 0).is_none());
+        let held = cache.items() as usize;
+        let (bytes, bound) = (structure_bytes(&cache), structure_bound(held));
+        assert!(bytes <= bound, "after 4 KiB entries: {bytes} > {bound}");
+        check_accounting(&cache);
+
+        // Removed.
+        let cache = Cache::new(4 << 20);
+        tiny_phase(&cache, 0);
+        for i in 0..60_000 {
+            cache.remove(&format!("t{i}"));
+        }
+        let (bytes, bound) = (structure_bytes(&cache), structure_bound(0));
+        assert!(bytes <= bound, "after removes: {bytes} > {bound}");
+        check_accounting(&cache);
+
+        // Expired, dropped by the gets that found them so.
+        let cache = Cache::new(4 << 20);
+        tiny_phase(&cache, 1_000);
+        for i in 0..60_000 {
+            assert!(cache.get(&format!("t{i}"), 1_000).is_none());
+        }
+        let (bytes, bound) = (structure_bytes(&cache), structure_bound(0));
+        assert!(bytes <= bound, "after expiry: {bytes} > {bound}");
+        check_accounting(&cache);
+
+        // Values too large to pack, removed: their list is released too.
+        let cache = Cache::new(4 << 20);
+        for i in 0..900 {
+            cache.insert(&format!("l{i}"), entry(4097));
+        }
+        assert!(cache.lock().large.capacity() >= 900);
+        for i in 0..900 {
+            cache.remove(&format!("l{i}"));
+        }
+        let listed = cache.lock().large.capacity();
+        assert!(listed <= 64, "{listed} places kept for no large value");
+        check_accounting(&cache);
+    }
+
+    /// Whether the segments' dead space is within the cleaner's bound.
+    fn within_bound(cache: &Cache) -> bool {
+        let inner = cache.lock();
+        let (held, live) = (inner.segments.held_bytes(), inner.segments.live_bytes());
+        held <= live + live / 4 + 2 * cache.segment_bytes as u64
+    }
+
+    /// The cleaner runs wherever bytes leave, not only on inserts: removing or expiring half of
+    /// every segment's entries leaves the dead space within its bound without another insert
+    /// (issue 26, finding 6).
+    #[test]
+    fn the_cleaner_runs_when_entries_are_removed_or_expire() {
+        for expiry in [false, true] {
+            let cache = Cache::new(4 << 20);
+            let keys: Vec<String> = (0..900).map(|i| format!("k{i}")).collect();
+            for (i, key) in keys.iter().enumerate() {
+                let expire = if expiry && i % 2 == 1 { 1_000 } else { 0 };
+                let value = value_of(key, 4096);
+                cache.insert(key, Entry { value, expire });
+            }
+            for key in keys.iter().skip(1).step_by(2) {
+                if expiry {
+                    assert!(cache.get(key, 1_000).is_none());
+                } else {
+                    assert!(cache.remove(key));
+                }
+            }
+            assert!(within_bound(&cache), "expiry: {expiry}");
+            check_accounting(&cache);
+            for key in keys.iter().step_by(2) {
+                let got = cache.get(key, 0).map(|e| e.value);
+                assert_eq!(got, Some(value_of(key, 4096)), "{key}");
+            }
+        }
+    }
+
     /// A large value evicts every other packed value at once; the cleaner then brings the dead
     /// space back within its bound over the following inserts.
     #[test]
@@ -1898,8 +2151,9 @@ pub(crate) mod tests {
             .collect();
         let mut met = Vec::new();
         let (mut next, mut parts) = (Some(0), 0_usize);
+        let walk = cache.walk();
         while let Some(start) = next {
-            let (keys, after) = cache.keys_from(start, 10);
+            let (keys, after) = walk.keys_from(start, 10);
             assert!(keys.len() <= 10);
             met.extend(keys.into_iter().map(String::from));
             next = after;
@@ -1921,7 +2175,42 @@ pub(crate) mod tests {
             held.difference(&met).collect::<Vec<_>>()
         );
         // Parts of every size, and past the end: nothing.
-        assert_eq!(cache.keys_from(usize::MAX / 2, 10), (Vec::new(), None));
+        assert_eq!(walk.keys_from(usize::MAX / 2, 10), (Vec::new(), None));
+    }
+
+    /// Removes during a walk that leave the slab mostly vacant do not move the entries held
+    /// throughout (compacted, the slab would move the last records into the first ones, behind
+    /// the walk): the walk meets them all, and the slab is compacted once it is over.
+    #[test]
+    fn a_walk_holds_back_the_compaction_of_the_slab() {
+        let cache = Cache::new(4 << 20);
+        for i in 0..8_000 {
+            cache.insert(&format!("k{i}"), entry(8));
+        }
+        let walk = cache.walk();
+        let (mut met, mut next) = (Vec::new(), Some(0));
+        while let Some(start) = next {
+            let (keys, after) = walk.keys_from(start, 1_000);
+            if start == 0 {
+                // The first part met the first records; the keys of all but the last 500 leave.
+                for i in 0..7_500 {
+                    cache.remove(&format!("k{i}"));
+                }
+            }
+            met.extend(keys.into_iter().map(String::from));
+            next = after;
+        }
+        let met: std::collections::BTreeSet<String> = met.into_iter().collect();
+        for i in 7_500..8_000 {
+            assert!(met.contains(&format!("k{i}")), "k{i} not met");
+        }
+        assert_eq!(cache.lock().records.len(), 8_000, "held back while walking");
+        drop(walk);
+        assert_eq!(cache.lock().records.len(), KEPT_RECORDS, "compacted after");
+        check_accounting(&cache);
+        for i in 7_500..8_000 {
+            assert!(cache.get(&format!("k{i}"), 0).is_some(), "k{i}");
+        }
     }
 
     /// Writes to other keys of the same stripe: up to `RECENT` are told apart by their hashes;

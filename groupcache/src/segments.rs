@@ -29,11 +29,13 @@
 //! A closed segment is one `Bytes`, and the cache's records say where in it their entries are
 //! (an offset and a length: 8 bytes, where a `Bytes` per entry took 32). The open segment hands
 //! out a `Bytes` per entry it packs (the insert returns it) and keeps them, 40 bytes per entry,
-//! until it closes; closing copies its bytes into a buffer of their own, one `Bytes`, and retires
-//! the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
+//! until it closes; closing copies its bytes into a buffer of their own, one `Bytes`, and
+//! retires the open buffer (the chunks handed out cannot be joined back into one `Bytes` without
 //! `unsafe`). The copy is one `memcpy` of a segment per segment filled, under the lock: at most
 //! 1 MiB, four times what the cleaner may copy on one insert, once per segment's worth of
-//! inserts.
+//! inserts. A segment closes early once its handles take a quarter of a segment (entries under
+//! 160 bytes in a 1 MiB segment): entries of a few bytes had handles taking up to 40 times the
+//! segment's memory, uncharged (issue 26). Such a segment is copied into a buffer of its size.
 
 use std::collections::VecDeque;
 
@@ -45,6 +47,12 @@ const MAX_SEGMENT: usize = 1 << 20;
 const MIN_SEGMENT: usize = 64 << 10;
 /// How many retired buffers wait to be reused.
 const RETIRED: usize = 2;
+/// The open segment's handle on one packing: its offset and its `Bytes`.
+const HANDLE: usize = std::mem::size_of::<(u32, Bytes)>();
+/// The open segment's handles take at most this fraction (1/n) of a segment: with them it is
+/// closed early. Entries of a few bytes (empty keys and values: one) would otherwise have their
+/// handles take 40 times the segment's bytes, uncharged (issue 26).
+const HANDLES_SHARE: usize = 4;
 
 /// Where a packed value lives: its segment, its place in that segment's list of records, and
 /// where its bytes start in the segment.
@@ -72,6 +80,9 @@ struct Usage {
     /// The unused end of the segment once it is closed: a handle on its buffer, to take the
     /// whole buffer back when it is retired.
     tail: BytesMut,
+    /// The bytes of memory the segment holds: a segment's capacity, or less for one closed
+    /// early, whose bytes were copied into a buffer of their size.
+    size: usize,
 }
 
 /// The segments of one cache.
@@ -145,7 +156,12 @@ impl Segments {
         let len: usize = parts.iter().map(|part| part.len()).sum();
         debug_assert!(len <= self.segment);
         let index = match self.open_index {
-            Some(index) if self.open.capacity() >= len => index,
+            Some(index)
+                if self.open.capacity() >= len
+                    && (self.chunks.len() + 1) * HANDLE <= self.segment / HANDLES_SHARE =>
+            {
+                index
+            }
             _ => self.open_segment(),
         };
         for part in parts {
@@ -228,10 +244,29 @@ impl Segments {
             usage.records.swap_remove(slot);
             moved = usage.records.get(slot).map(|&r| (r, place.slot));
         }
+        // A closed segment's list was cut to its length; one whose values mostly left keeps
+        // no more than twice what it lists (halving is amortized over the quarter released).
+        if Some(place.segment) != self.open_index
+            && usage.records.capacity() > 16
+            && usage.records.len() < usage.records.capacity() / 4
+        {
+            usage.records.shrink_to(usage.records.len() * 2);
+        }
         if usage.live == 0 && Some(place.segment) != self.open_index {
             self.retire(place.segment);
         }
         moved
+    }
+
+    /// Record `record` now lists the value at `place` (its record moved in the cache's slab).
+    pub(crate) fn relist(&mut self, place: Place, record: u32) {
+        if let Some(listed) = self
+            .usage
+            .get_mut(place.segment as usize)
+            .and_then(|usage| usage.records.get_mut(place.slot as usize))
+        {
+            *listed = record;
+        }
     }
 
     /// The record of the next value the cleaner should move to the open segment, and whether
@@ -311,7 +346,18 @@ impl Segments {
                 self.retire(index);
             } else {
                 let written: usize = chunks.iter().map(|(_, chunk)| chunk.len()).sum();
-                let mut copy = self.buffer();
+                // Closed early for its handles, a segment of small entries is copied into a
+                // buffer of its size: in a segment's capacity its unused end would count as
+                // dead space, and past the cleaner's bound (at entries under 160 bytes) the
+                // cleaner would move values on every insert, into segments closed early again.
+                let early = (chunks.len() + 1) * HANDLE > self.segment / HANDLES_SHARE;
+                let size = if early { written } else { self.segment };
+                let mut copy = if size < self.segment {
+                    BytesMut::with_capacity(size)
+                } else {
+                    self.buffer()
+                };
+                self.held -= (self.segment - size) as u64;
                 for (_, chunk) in &chunks {
                     copy.extend_from_slice(chunk);
                 }
@@ -322,6 +368,7 @@ impl Segments {
                 let usage = &mut self.usage[index as usize];
                 usage.data = copy.split().freeze();
                 usage.tail = copy;
+                usage.size = size;
                 usage.records.shrink_to_fit();
                 self.wait_retired(open);
             }
@@ -336,6 +383,7 @@ impl Segments {
         };
         self.open = self.buffer();
         self.open_index = Some(index);
+        self.usage[index as usize].size = self.segment;
         self.held += self.segment as u64;
         index
     }
@@ -345,12 +393,21 @@ impl Segments {
     fn retire(&mut self, index: u32) {
         let usage = &mut self.usage[index as usize];
         debug_assert!(usage.records.is_empty());
+        // The list of a segment of many small values may be large; the next segment to open
+        // here grows its own.
+        usage.records = Vec::new();
         // The tail shares the buffer, so this frees nothing under the lock.
         usage.data = Bytes::new();
         let tail = std::mem::take(&mut usage.tail);
-        self.wait_retired(tail);
+        let size = usage.size;
+        if size == self.segment {
+            self.wait_retired(tail);
+        } else {
+            // Too small to open a segment in.
+            self.let_go.push(tail);
+        }
         self.free.push(index);
-        self.held -= self.segment as u64;
+        self.held -= size as u64;
         if self.cleaning == Some(index) {
             self.cleaning = None;
         }
@@ -679,6 +736,39 @@ mod tests {
         assert_eq!(m.s.take_let_go().len(), 3, "the other 3 let go");
         assert!(m.s.take_let_go().is_empty());
         assert!(readers.iter().all(|r| r[..] == [1; V][..]));
+    }
+
+    /// The open segment keeps a handle (40 bytes) per value packed into it; values of one byte
+    /// would have their handles take 40 times the segment's memory, uncharged. The handles stay
+    /// within a quarter of a segment, and a segment closed early for them holds only its bytes
+    /// (issue 26, finding 6).
+    #[test]
+    fn the_open_segments_handles_stay_within_a_quarter_of_a_segment() {
+        let mut m = Model::new();
+        let mut keys = Vec::new();
+        for _ in 0..100_000 {
+            keys.push(m.pack(1, 1).0);
+            let handles = m.s.chunks.capacity() * HANDLE;
+            assert!(handles <= MIN_SEGMENT / 2, "{handles} bytes of handles");
+        }
+        let (held, live) = (m.s.held_bytes(), m.s.live_bytes());
+        assert!(
+            held <= live + 2 * MIN_SEGMENT as u64,
+            "{held} held for {live}"
+        );
+        m.check();
+        // Small segments retire as the others do, and the accounting ends at the open one.
+        for key in &keys {
+            m.release(key);
+        }
+        assert_eq!(m.s.held_bytes(), MIN_SEGMENT as u64);
+        // Entries of 100 bytes close segments early too, three quarters written: that is no
+        // dead space for the cleaner to move.
+        let mut m = Model::new();
+        for _ in 0..10_000 {
+            m.pack(2, 100);
+        }
+        assert_eq!(m.s.next_to_move(), None, "nothing to clean");
     }
 
     #[test]

@@ -80,8 +80,9 @@ impl<L: Loader> Served for Inner<L> {
         self.main.supersede_all();
         let deadline = self.bounded_expiry(0);
         let mut next = Some(0);
+        let walk = self.main.walk();
         while let Some(start) = next {
-            let (keys, after) = self.main.keys_from(start, RING_WALK_KEYS);
+            let (keys, after) = walk.keys_from(start, RING_WALK_KEYS);
             next = after;
             let moved: Vec<Box<str>> = keys
                 .into_iter()
