@@ -45,8 +45,9 @@ pub(crate) trait Served: Send + Sync + 'static {
         keys: Vec<String>,
         max_wait: Option<std::time::Duration>,
     ) -> Boxed<'static, Vec<Option<Outcome<Entry>>>>;
-    /// The ring changed to `membership`: what the group holds as owned is reconsidered.
-    fn ring_changed(&self, membership: &Membership);
+    /// The ring changed to `membership`: what the group holds as owned is reconsidered (loads
+    /// under the old ring superseded at once, main's entries walked in the background).
+    fn ring_changed(self: Arc<Self>, membership: Arc<Membership>);
 }
 
 /// A group as the registry holds it.
