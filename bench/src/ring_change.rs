@@ -156,7 +156,7 @@ async fn window(secs: Duration, changes: bool) -> Result<Window> {
                 gets_ns.push(start.elapsed().as_nanos() as u64);
                 errors += u64::from(got.is_err());
                 // A closed loop on a worker thread: let the runtime's other work in now and then.
-                if seq % 1024 == 0 {
+                if seq.is_multiple_of(1024) {
                     tokio::task::yield_now().await;
                 }
             }
