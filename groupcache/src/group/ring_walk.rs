@@ -12,22 +12,26 @@
 //! lap and the walk never starts over. A key is capped at the earliest deadline among the
 //! changes in the walk whose ring takes it away, as walks one after the other would do.
 
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::journey::Inner;
 use crate::cluster::membership::Membership;
 use crate::loader::Loader;
 use crate::lock;
 
-/// Main's keys walked at once.
-const RING_WALK_KEYS: usize = 1024;
+/// Main's keys walked at once. A part holds main's lock about 35 ns a key (copying the keys,
+/// then capping those moved): at 1,024 a get that met a part waited up to 40 µs, and gets' p99.9
+/// during ring changes was 4.9x that without them; at 128 it is the same (`groupcache-bench
+/// ring-change`, BENCHMARKS.md).
+const RING_WALK_KEYS: usize = 128;
 
 /// A group's walk over main, shared by the ring changes it has not finished.
 #[derive(Default)]
 pub(crate) struct RingWalk {
     state: Mutex<Walk>,
-    /// Woken when a walk ends (for tests, which wait for it).
-    ended: Condvar,
+    /// Woken when a walk ends, for tests, which wait for it.
+    #[cfg(test)]
+    ended: std::sync::Condvar,
     /// A test's pause point before each part.
     #[cfg(test)]
     pub(crate) pause: tests::WalkPause,
@@ -146,6 +150,7 @@ impl<L: Loader> Inner<L> {
         });
         if walk.changes.is_empty() {
             walk.walking = false;
+            #[cfg(test)]
             self.ring_walk.ended.notify_all();
             return false;
         }
