@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 15] = [
+pub(crate) const WORKLOADS: [&str; 16] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -20,6 +20,7 @@ pub(crate) const WORKLOADS: [&str; 15] = [
     "black-hole",
     "detectors",
     "pauses",
+    "ring-change",
 ];
 
 /// What to do.
@@ -140,7 +141,7 @@ usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency
                         [--fault-secs S]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
-churn, traces, groups-flood, freeze, black-hole, detectors, pauses; `all` runs every one
+churn, traces, groups-flood, freeze, black-hole, detectors, pauses, ring-change; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
@@ -155,6 +156,8 @@ network namespaces: root only) for --fault-secs (default 10), after a control wi
 detectors: the failure detector against phi accrual, simulated (no process, no Go peer).
 pauses: Rust only, hedging off and on, one of three owners paused for 100-400 ms at a time, and
 the same without pauses, for --fault-secs each.
+ring-change: Rust only, in process: one replica holding 400,000 entries, a client's gets with 10
+ring changes over --secs and without, side by side.
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
 [--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission] [--hedge on|off]

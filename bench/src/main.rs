@@ -32,6 +32,7 @@ mod load;
 mod netns;
 mod replica;
 mod report;
+mod ring_change;
 mod shared;
 mod traces;
 mod workloads;
@@ -77,6 +78,16 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
         println!("{}", detectors::run());
         return Ok(());
     }
+    // In process: alone, it needs no binary.
+    if options.workloads == ["ring-change"] {
+        let mut report = Report::default();
+        ring_change::run(options, &mut report)?;
+        println!("{}", report.table());
+        for note in &report.notes {
+            println!("note: {note}");
+        }
+        return Ok(());
+    }
     let binaries = Binaries::prepare(options.go_peer.clone())?;
     // The load generator runs on one thread, so it never takes more than one core from the
     // servers it measures, whichever language they are written in.
@@ -111,6 +122,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "black-hole" => bench.fault(Fault::BlackHole).await?,
                 "detectors" => println!("{}", detectors::run()),
                 "pauses" => bench.pauses().await?,
+                "ring-change" => ring_change::run(options, bench.report)?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();

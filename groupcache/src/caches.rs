@@ -172,7 +172,8 @@ struct Inner {
     generations: Box<[Writes]>,
     /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
     epoch: u64,
-    /// Walks over the keys in progress ([`Walk`]): while there are any, no record moves.
+    /// Walks over the keys in progress ([`Cache::begin_walk`]): while there are any, no record
+    /// moves.
     walks: usize,
 }
 
@@ -803,12 +804,45 @@ impl Cache {
         split_keys(&buffer, ends)
     }
 
-    /// Starts a walk over the keys in parts ([`Walk::keys_from`]). While it lasts, no entry
-    /// moves to another record: the slab is compacted (see `release_vacant`) only once no walk
-    /// is in progress.
-    pub(crate) fn walk(&self) -> Walk<'_> {
+    /// Starts a walk over the keys in parts ([`keys_from`](Self::keys_from)), until
+    /// [`end_walk`](Self::end_walk): while any walk lasts, no entry moves to another record (the
+    /// slab is compacted, see `release_vacant`, only once none is in progress). Not a guard: the
+    /// ring change's walk runs on a thread of its own that holds the group weakly between parts.
+    pub(crate) fn begin_walk(&self) {
         self.lock().walks += 1;
-        Walk { cache: self }
+    }
+
+    /// Ends a walk [`begin_walk`](Self::begin_walk) started: a compaction it held back may run.
+    pub(crate) fn end_walk(&self) {
+        let mut inner = self.lock();
+        inner.walks -= 1;
+        inner.release_vacant();
+    }
+
+    /// Up to `max` keys held now, in the order of their records from the `start`th on, and the
+    /// record to go on from (`None` past the last): a walk over every key in parts, each under
+    /// the lock for a moment only, so that gets are not held up by a walk over a large cache.
+    /// Within a walk ([`begin_walk`](Self::begin_walk)) an entry keeps its record until it is
+    /// removed, so a walk meets every key held from its start to its end; one inserted
+    /// meanwhile may be met or not.
+    pub(crate) fn keys_from(&self, start: usize, max: usize) -> (Vec<Box<str>>, Option<usize>) {
+        let mut buffer = Vec::new();
+        let mut ends = Vec::with_capacity(max.min(4096));
+        let next = {
+            let inner = self.lock();
+            let mut i = start;
+            while ends.len() < max
+                && let Some(record) = inner.records.get(i)
+            {
+                if record.segment != VACANT {
+                    buffer.extend_from_slice(inner.key(record));
+                    ends.push(buffer.len());
+                }
+                i += 1;
+            }
+            (i < inner.records.len()).then_some(i)
+        };
+        (split_keys(&buffer, ends), next)
     }
 
     /// Makes each of `keys` still held expire at `deadline` at the latest.
@@ -1078,48 +1112,6 @@ impl Cache {
             bytes.set(inner.bytes as f64);
             items_gauge.set(items as f64);
         }
-    }
-}
-
-/// A walk over a cache's keys in parts, from [`Cache::walk`]: records stay where they are until
-/// it is dropped.
-pub(crate) struct Walk<'a> {
-    cache: &'a Cache,
-}
-
-impl Walk<'_> {
-    /// Up to `max` keys held now, in the order of their records from the `start`th on, and the
-    /// record to go on from (`None` past the last): a walk over every key in parts, each under
-    /// the lock for a moment only, so that gets are not held up by a walk over a large cache.
-    /// An entry keeps its record until it is removed while the walk lasts, so a walk meets
-    /// every key held from its start to its end; one inserted meanwhile may be met or not.
-    pub(crate) fn keys_from(&self, start: usize, max: usize) -> (Vec<Box<str>>, Option<usize>) {
-        let mut buffer = Vec::new();
-        let mut ends = Vec::with_capacity(max.min(4096));
-        let next = {
-            let inner = self.cache.lock();
-            let mut i = start;
-            while ends.len() < max
-                && let Some(record) = inner.records.get(i)
-            {
-                if record.segment != VACANT {
-                    buffer.extend_from_slice(inner.key(record));
-                    ends.push(buffer.len());
-                }
-                i += 1;
-            }
-            (i < inner.records.len()).then_some(i)
-        };
-        (split_keys(&buffer, ends), next)
-    }
-}
-
-impl Drop for Walk<'_> {
-    /// The walk is over: a compaction it held back may run now.
-    fn drop(&mut self) {
-        let mut inner = self.cache.lock();
-        inner.walks -= 1;
-        inner.release_vacant();
     }
 }
 
@@ -2151,9 +2143,9 @@ pub(crate) mod tests {
             .collect();
         let mut met = Vec::new();
         let (mut next, mut parts) = (Some(0), 0_usize);
-        let walk = cache.walk();
+        cache.begin_walk();
         while let Some(start) = next {
-            let (keys, after) = walk.keys_from(start, 10);
+            let (keys, after) = cache.keys_from(start, 10);
             assert!(keys.len() <= 10);
             met.extend(keys.into_iter().map(String::from));
             next = after;
@@ -2175,7 +2167,8 @@ pub(crate) mod tests {
             held.difference(&met).collect::<Vec<_>>()
         );
         // Parts of every size, and past the end: nothing.
-        assert_eq!(walk.keys_from(usize::MAX / 2, 10), (Vec::new(), None));
+        assert_eq!(cache.keys_from(usize::MAX / 2, 10), (Vec::new(), None));
+        cache.end_walk();
     }
 
     /// Removes during a walk that leave the slab mostly vacant do not move the entries held
@@ -2187,10 +2180,10 @@ pub(crate) mod tests {
         for i in 0..8_000 {
             cache.insert(&format!("k{i}"), entry(8));
         }
-        let walk = cache.walk();
+        cache.begin_walk();
         let (mut met, mut next) = (Vec::new(), Some(0));
         while let Some(start) = next {
-            let (keys, after) = walk.keys_from(start, 1_000);
+            let (keys, after) = cache.keys_from(start, 1_000);
             if start == 0 {
                 // The first part met the first records; the keys of all but the last 500 leave.
                 for i in 0..7_500 {
@@ -2205,7 +2198,7 @@ pub(crate) mod tests {
             assert!(met.contains(&format!("k{i}")), "k{i} not met");
         }
         assert_eq!(cache.lock().records.len(), 8_000, "held back while walking");
-        drop(walk);
+        cache.end_walk();
         assert_eq!(cache.lock().records.len(), KEPT_RECORDS, "compacted after");
         check_accounting(&cache);
         for i in 7_500..8_000 {

@@ -50,8 +50,9 @@ pub(crate) trait Served: Send + Sync + 'static {
         cap: usize,
         room: usize,
     ) -> Boxed<'static, Vec<BatchAnswer>>;
-    /// The ring changed to `membership`: what the group holds as owned is reconsidered.
-    fn ring_changed(&self, membership: &Membership);
+    /// The ring changed to `membership`: what the group holds as owned is reconsidered (loads
+    /// under the old ring superseded at once, main's entries walked in the background).
+    fn ring_changed(self: Arc<Self>, membership: Arc<Membership>);
 }
 
 /// One key's answer in a batch an owner serves ([`Served::serve_batch`]).

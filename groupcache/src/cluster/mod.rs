@@ -188,9 +188,9 @@ impl ClusterInner {
     /// gauge follows, and connections to peers that left are closed.
     pub(crate) fn membership_changed(&self, changed: Result<bool, Error>) -> Result<bool, Error> {
         if let Ok(true) = changed {
-            let membership = self.peers.snapshot();
+            let membership = arc_swap::Guard::into_inner(self.peers.snapshot());
             for group in self.groups.all() {
-                group.ring_changed(&membership);
+                group.ring_changed(membership.clone());
             }
             self.metrics.peers.set(membership.len() as f64);
             // Connections to peers that left are closed now rather than when they time out.

@@ -284,6 +284,7 @@ impl<L: Loader, C> Builder<L, C> {
             coalescing: Default::default(),
             recent_writes: crate::handoff::RecentWrites::new(shared.config.hot_max_age),
             repairs: Default::default(),
+            ring_walk: Default::default(),
             config: self.config,
             cluster: Arc::clone(shared),
             #[cfg(test)]

@@ -53,6 +53,8 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) recent_writes: crate::handoff::RecentWrites,
     /// Writes that missed a member, to send it again (`repairs.rs`).
     pub(crate) repairs: super::repairs::Repairs,
+    /// The walk over main after ring changes (`ring_walk.rs`).
+    pub(crate) ring_walk: super::ring_walk::RingWalk,
 }
 
 impl<L: Loader> Inner<L> {

@@ -22,6 +22,7 @@ pub(crate) mod journey;
 mod led;
 mod many;
 mod repairs;
+mod ring_walk;
 mod served;
 mod store;
 mod writes;

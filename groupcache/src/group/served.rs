@@ -12,9 +12,6 @@ use crate::cluster::membership::Membership;
 use crate::error::Error;
 use crate::loader::Loader;
 
-/// Main's keys walked at once after a ring change (see `ring_changed`).
-const RING_WALK_KEYS: usize = 1024;
-
 /// Keys of a batch's first part while no value size is known (nothing in main, nothing seen in
 /// the batch yet): the parts after it are sized from its values.
 const FIRST_PART_KEYS: usize = 16;
@@ -67,31 +64,15 @@ impl<L: Loader> Served for Inner<L> {
         })
     }
 
-    fn ring_changed(&self, membership: &Membership) {
-        // Loads that read the old ring store nothing as owned now; then main entries this
-        // replica no longer owns are served for at most `hot_max_age` (they stay in main, where
-        // the new owner may still find them, rather than push the hot cache's keys out).
-        // After `supersede_all`, no entry for a key this ring gives another owner can enter
-        // main unbounded, so capping what is there now is enough. The walk goes over main's
-        // keys in parts of `RING_WALK_KEYS`, each under the cache's lock for a moment (copying
-        // the keys) and again for the capping, the ring lookups outside it: a get waits for one
-        // part at most, not for the whole cache (a replica of 400,000 entries held its lock
-        // for up to 130 ms). Every part caps at the same deadline, that of the change.
+    fn ring_changed(self: Arc<Self>, membership: Arc<Membership>) {
+        // Loads that read the old ring store nothing as owned now, before `set_peers` returns;
+        // then main entries this replica no longer owns are served for at most `hot_max_age`
+        // (they stay in main, where the new owner may still find them, rather than push the hot
+        // cache's keys out). After `supersede_all`, no entry for a key this ring gives another
+        // owner can enter main unbounded, so capping what is there now is enough: the walk over
+        // main does it, off the caller's thread (`ring_walk.rs`).
         self.main.supersede_all();
-        let deadline = self.bounded_expiry(0);
-        let mut next = Some(0);
-        let walk = self.main.walk();
-        while let Some(start) = next {
-            let (keys, after) = walk.keys_from(start, RING_WALK_KEYS);
-            next = after;
-            let moved: Vec<Box<str>> = keys
-                .into_iter()
-                .filter(|key| membership.remote_owner(key).is_some())
-                .collect();
-            if !moved.is_empty() {
-                self.main.cap_expiry(&moved, deadline);
-            }
-        }
+        self.walk_main(membership);
     }
 }
 
