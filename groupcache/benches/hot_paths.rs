@@ -366,8 +366,14 @@ fn traced(c: &mut Criterion) {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let otel = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+    // As the README advises: no per-poll timing (`busy_ns`, `idle_ns`), no thread or source
+    // location attributes, which the layer adds to every span by default.
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bench"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false);
+    let otel = tracing_subscriber::registry().with(layer);
     let (a, b, _) = rt.block_on(cluster_pair_with(
         1,
         |cluster| cluster.trace_context(groupcache_rs::W3cTraceContext),

@@ -54,7 +54,12 @@ fn init_logging(config: &Config) -> Option<opentelemetry_sdk::trace::SdkTracerPr
     };
     let traces = tracer.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("kubernetes-service-discovery"))
+        // No per-poll timing, thread or source attributes: each costs every span (BENCHMARKS.md).
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("kubernetes-service-discovery"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
     });
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     match config.log_format {
