@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::journey::{Asked, Inner};
+use super::journey::Inner;
 use super::store::Store;
+use super::store::{Answered, Asked};
 use crate::caches::Entry;
 use crate::cluster::membership::Member;
 use crate::loader::Loader;
@@ -35,16 +36,6 @@ use crate::wire::client::Failure;
 /// The shortest hedge delay, whatever the owner's answers took: below it, a scheduler's or a
 /// busy core's hiccup would send hedges for owners that are merely a little late.
 pub(crate) const HEDGE_FLOOR: Duration = Duration::from_millis(20);
-
-/// Who answered a fetch.
-pub(crate) enum Answered {
-    /// The key's owner.
-    Owner,
-    /// The successor a hedge asked.
-    Successor(Arc<Member>),
-    /// This replica, the successor, loaded it for the hedge (kept already).
-    Here,
-}
 
 impl<L: Loader> Inner<L> {
     /// The key from `owner`, hedged if hedging is on and the owner has answered before.

@@ -10,9 +10,8 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::config::Config;
-use super::hedge::Answered;
 use super::led::Coalescing;
-use super::store::{Caller, Store};
+use super::store::{Answered, Asked, Caller, Store};
 use crate::caches::{Cache, Entry, Token};
 use crate::cluster::ClusterInner;
 use crate::cluster::membership::{Member, Membership};
@@ -652,13 +651,6 @@ pub(crate) async fn until_unresponsive<T>(
         answered = request => answered,
         () = peer.until_suspected() => Err(Failure::Peer(crate::PeerError::Unresponsive)),
     }
-}
-
-/// Whom [`Inner::ask`] asks: the key's owner, or its successor standing in for it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Asked {
-    Owner,
-    Successor,
 }
 
 /// Requests for the same key (or batch) to one peer that answers "still loading", at most; then

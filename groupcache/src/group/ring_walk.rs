@@ -7,16 +7,17 @@
 //! parts of [`RING_WALK_KEYS`], each under the cache's lock for a moment (copying the keys) and
 //! again for the capping, the ring lookups outside it.
 //!
+//! State and parts only: the engine starts the walk and runs its parts (`served.rs`).
+//!
 //! Successive changes share one walk: a change that comes while one runs joins it at its
 //! cursor and goes once round main from there, so each change meets every key held throughout its
 //! lap and the walk never starts over. A key is capped at the earliest deadline among the
 //! changes in the walk whose ring takes it away, as walks one after the other would do.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
-use super::journey::Inner;
+use crate::caches::Cache;
 use crate::cluster::membership::Membership;
-use crate::loader::Loader;
 use crate::lock;
 
 /// Main's keys walked at once. A part holds main's lock about 35 ns a key (copying the keys,
@@ -75,15 +76,14 @@ impl Change {
     }
 }
 
-impl<L: Loader> Inner<L> {
-    /// The ring changed to `membership` (its loads are superseded already): the entries it
-    /// takes away from this replica are capped at now + `hot_max_age`, by the walk over main,
-    /// which this change starts or joins. Returns without waiting for it.
-    pub(crate) fn walk_main(self: &Arc<Self>, membership: Arc<Membership>) {
-        // The deadline is the change's, however late the walk reaches an entry.
-        let deadline = self.bounded_expiry(0);
+impl RingWalk {
+    /// Adds a ring change (`membership`, capping at `deadline`) to the walk, and starts the walk
+    /// over `main` if none runs: then the caller runs [`part`](Self::part) until it returns
+    /// false (on a thread of its own). False: the walking thread takes the change in at its next
+    /// part.
+    pub(crate) fn join(&self, main: &Cache, membership: Arc<Membership>, deadline: i64) -> bool {
         let start = {
-            let mut walk = lock(&self.ring_walk.state);
+            let mut walk = lock(&self.state);
             walk.changes.push(Change {
                 membership,
                 deadline,
@@ -92,27 +92,20 @@ impl<L: Loader> Inner<L> {
             });
             !std::mem::replace(&mut walk.walking, true)
         };
-        if !start {
-            return; // the walking thread takes this change in at its next part
+        if start {
+            // No record moves while the walk lasts (its cursor is a record's place): ended
+            // with it.
+            main.begin_walk();
         }
-        // No record moves while the walk lasts (its cursor is a record's place): ended with it.
-        self.main.begin_walk();
-        let group = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("groupcache-ring-walk".to_owned())
-            .spawn(move || walk_parts(&group));
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "no thread for a ring change's walk over main: walked by the caller");
-            walk_parts(&Arc::downgrade(self));
-        }
+        start
     }
 
-    /// One part of the walk; whether there is more.
-    fn walk_part(&self) -> bool {
+    /// One part of the walk over `main`; whether there is more.
+    pub(crate) fn part(&self, main: &Cache) -> bool {
         #[cfg(test)]
-        self.ring_walk.pause.pass();
+        self.pause.pass();
         let (from, changes) = {
-            let mut walk = lock(&self.ring_walk.state);
+            let mut walk = lock(&self.state);
             let from = walk.cursor;
             for change in &mut walk.changes {
                 change.start.get_or_insert(from);
@@ -124,7 +117,7 @@ impl<L: Loader> Inner<L> {
                 .collect();
             (from, changes)
         };
-        let (keys, next) = self.main.keys_from(from, RING_WALK_KEYS);
+        let (keys, next) = main.keys_from(from, RING_WALK_KEYS);
         // Keys by the deadline they are capped at: one for a single change, few otherwise.
         let mut capped: Vec<(i64, Vec<Box<str>>)> = Vec::new();
         for key in keys {
@@ -140,9 +133,9 @@ impl<L: Loader> Inner<L> {
             }
         }
         for (deadline, keys) in &capped {
-            self.main.cap_expiry(keys, *deadline);
+            main.cap_expiry(keys, *deadline);
         }
-        let mut walk = lock(&self.ring_walk.state);
+        let mut walk = lock(&self.state);
         walk.cursor = next.unwrap_or(0);
         // This part's changes are the first `changes.len()`: later ones were added after them.
         let mut part = 0;
@@ -152,9 +145,9 @@ impl<L: Loader> Inner<L> {
         });
         if walk.changes.is_empty() {
             walk.walking = false;
-            self.main.end_walk();
+            main.end_walk();
             #[cfg(test)]
-            self.ring_walk.ended.notify_all();
+            self.ended.notify_all();
             return false;
         }
         true
@@ -162,23 +155,15 @@ impl<L: Loader> Inner<L> {
 
     /// Waits until no walk runs: every ring change so far has capped what it took away.
     #[cfg(test)]
-    pub(crate) fn ring_walk_done(&self) {
-        let mut walk = lock(&self.ring_walk.state);
+    pub(crate) fn wait_done(&self) {
+        let mut walk = lock(&self.state);
         while walk.walking {
             walk = self
-                .ring_walk
                 .ended
                 .wait(walk)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
-}
-
-/// Walks until every change's lap is done, or the group is dropped (its caches with it).
-fn walk_parts<L: Loader>(group: &Weak<Inner<L>>) {
-    while let Some(group) = group.upgrade()
-        && group.walk_part()
-    {}
 }
 
 #[cfg(test)]
@@ -190,7 +175,7 @@ pub(crate) mod tests {
     use crate::Groupcache;
     use crate::caches::Entry;
     use crate::cluster::ring::Ring;
-    use crate::loader::{Loaded, now_nanos};
+    use crate::loader::{Loaded, Loader, now_nanos};
 
     /// Where a test holds the walk, before a part: `arm` it, and the next part to start reports
     /// `reached` and waits for `resume`. The walk runs on a thread of its own, so this blocks.
@@ -293,7 +278,7 @@ pub(crate) mod tests {
         );
         resume.send(()).unwrap();
         changer.join().unwrap();
-        cache.inner.ring_walk_done();
+        cache.inner.ring_walk.wait_done();
         let mut moved = 0;
         for key in &keys {
             let away = owned_by(&[ME, OTHER], key) == 1;
@@ -328,7 +313,7 @@ pub(crate) mod tests {
         cache.set_peers([ME, THIRD]).unwrap();
         resume.send(()).unwrap();
         first.join().unwrap();
-        cache.inner.ring_walk_done();
+        cache.inner.ring_walk.wait_done();
         for key in &keys {
             let away = owned_by(&[ME, OTHER], key) == 1 || owned_by(&[ME, THIRD], key) == 1;
             assert_eq!(
@@ -361,7 +346,7 @@ pub(crate) mod tests {
         }
         resume_second.send(()).unwrap();
         changer.join().unwrap();
-        cache.inner.ring_walk_done();
+        cache.inner.ring_walk.wait_done();
         for key in kept {
             let away = owned_by(&[ME, OTHER], key) == 1;
             assert_eq!(unbounded(&cache, key), !away, "{key}");
@@ -384,7 +369,7 @@ pub(crate) mod tests {
                 });
             }
         });
-        cache.inner.ring_walk_done();
+        cache.inner.ring_walk.wait_done();
         for key in &keys {
             // Rendezvous: a ring with both peers takes a key away iff one with either does.
             let away = owned_by(&[ME, OTHER], key) == 1 || owned_by(&[ME, THIRD], key) == 1;

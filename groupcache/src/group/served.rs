@@ -72,7 +72,7 @@ impl<L: Loader> Served for Inner<L> {
         // owner can enter main unbounded, so capping what is there now is enough: the walk over
         // main does it, off the caller's thread (`ring_walk.rs`).
         self.main.supersede_all();
-        self.walk_main(membership);
+        Self::walk_main(&self, membership);
     }
 }
 
@@ -138,6 +138,34 @@ impl<L: Loader> Inner<L> {
         answers.resize_with(keys.len(), || BatchAnswer::AskAgain);
         answers
     }
+}
+
+impl<L: Loader> Inner<L> {
+    /// The ring changed to `membership` (its loads are superseded already): the entries it
+    /// takes away from this replica are capped at now + `hot_max_age`, by the walk over main
+    /// (`ring_walk.rs`), which this change starts or joins. Returns without waiting for it.
+    fn walk_main(self: &Arc<Self>, membership: Arc<Membership>) {
+        // The deadline is the change's, however late the walk reaches an entry.
+        let deadline = self.bounded_expiry(0);
+        if !self.ring_walk.join(&self.main, membership, deadline) {
+            return; // the walking thread takes this change in at its next part
+        }
+        let group = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("groupcache-ring-walk".to_owned())
+            .spawn(move || walk_parts(&group));
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no thread for a ring change's walk over main: walked by the caller");
+            walk_parts(&Arc::downgrade(self));
+        }
+    }
+}
+
+/// Walks until every change's lap is done, or the group is dropped (its caches with it).
+fn walk_parts<L: Loader>(group: &std::sync::Weak<Inner<L>>) {
+    while let Some(group) = group.upgrade()
+        && group.ring_walk.part(&group.main)
+    {}
 }
 
 #[cfg(test)]

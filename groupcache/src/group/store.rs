@@ -1,7 +1,28 @@
 //! Who asked for a key ([`Caller`]) and which cache its value goes to ([`Store`]): the two
-//! choices a key's journey (`journey.rs`) makes, and every batch with it.
+//! choices a key's journey (`journey.rs`) makes, and every batch with it; whom a fetch asks
+//! ([`Asked`]) and who answered it ([`Answered`]).
+
+use std::sync::Arc;
 
 use crate::caches::Token;
+use crate::cluster::membership::Member;
+
+/// Whom `Inner::ask` asks: the key's owner, or its successor standing in for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Asked {
+    Owner,
+    Successor,
+}
+
+/// Who answered a fetch.
+pub(crate) enum Answered {
+    /// The key's owner.
+    Owner,
+    /// The successor a hedge asked.
+    Successor(Arc<Member>),
+    /// This replica, the successor, loaded it for the hedge (kept already).
+    Here,
+}
 
 /// Who asked for a key.
 #[derive(Clone, Copy, PartialEq, Eq)]
