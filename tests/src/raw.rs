@@ -7,11 +7,21 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Connects to `addr`, sends `head` and `body`, and leaves the connection open, unfinished.
+/// Connects to `addr`, sends `head` and `body` (as much of it as the server takes before it
+/// closes), and leaves the connection open, unfinished.
 pub async fn send(addr: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<TcpStream> {
     let mut socket = TcpStream::connect(addr).await?;
     socket.write_all(head.as_bytes()).await?;
-    socket.write_all(body).await?;
+    match socket.write_all(body).await {
+        // The server answered from the head and closed before the whole body was sent (it
+        // refuses, and a refusal closes the connection): its answer is still there to read.
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) => {}
+        written => written?,
+    }
     Ok(socket)
 }
 
