@@ -27,6 +27,24 @@ async fn introduce(cluster: &[Replica<TestLoader>]) -> HashSet<String> {
     probes
 }
 
+/// Two replicas loading through `loader`, each group built by `configure`, introduced to each
+/// other (`introduce`); and `n` keys the second owns, named from `prefix`, for the first to ask.
+async fn pair_and_keys(
+    loader: &TestLoader,
+    configure: impl Fn(groupcache_rs::Builder<TestLoader>) -> groupcache_rs::Builder<TestLoader>,
+    prefix: &str,
+    n: usize,
+) -> (Vec<Replica<TestLoader>>, Vec<String>) {
+    let cluster = start_cluster(2, |url| {
+        configure(Groupcache::builder(GROUP, url, loader.clone()))
+    });
+    introduce(&cluster).await;
+    let keys = groupcache_tests::keys_owned(&cluster[0].cache, &cluster[1].url, prefix)
+        .take(n)
+        .collect();
+    (cluster, keys)
+}
+
 /// Waits until `done` holds (at most 10 s), yielding in between: for counters with no signal.
 async fn until(done: impl Fn() -> bool) {
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -116,14 +134,9 @@ async fn a_thousand_keys_over_five_replicas_make_one_request_per_owner_in_go_mod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_get_batches_of_at_most_max_batch_keys() {
     let loader = TestLoader::new();
-    let cluster = start_cluster(2, |url| {
-        Groupcache::builder(GROUP, url, loader.clone()).max_batch_keys(10)
-    });
-    introduce(&cluster).await;
+    let (cluster, keys) =
+        pair_and_keys(&loader, |group| group.max_batch_keys(10), "capped-", 25).await;
     let asker = &cluster[0].cache;
-    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "capped-")
-        .take(25)
-        .collect();
     let before = cluster[1].cache.stats().server_requests;
     let values = asker.get_many(&keys).await;
     assert!(values.iter().all(Result::is_ok));
@@ -138,14 +151,9 @@ async fn owners_get_batches_of_at_most_max_batch_keys() {
 async fn more_values_than_an_answer_carries_come_in_rounds_from_the_owner() {
     let loader = TestLoader::new();
     // Values of about 16 bytes: ten to an answer.
-    let cluster = start_cluster(2, |url| {
-        Groupcache::builder(GROUP, url, loader.clone()).max_batch_bytes(170)
-    });
-    introduce(&cluster).await;
+    let (cluster, keys) =
+        pair_and_keys(&loader, |group| group.max_batch_bytes(170), "rounds-", 100).await;
     let asker = &cluster[0].cache;
-    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "rounds-")
-        .take(100)
-        .collect();
     let before = (
         cluster[1].cache.stats().server_requests,
         asker.stats().local_loads,
@@ -176,14 +184,14 @@ async fn an_owner_without_room_for_answers_loads_nothing_and_its_asker_loads_loc
     use prost::Message;
 
     let loader = TestLoader::new();
-    let cluster = start_cluster(2, |url| {
-        Groupcache::builder(GROUP, url, loader.clone()).max_batch_answer_bytes(0)
-    });
-    introduce(&cluster).await;
+    let (cluster, keys) = pair_and_keys(
+        &loader,
+        |group| group.max_batch_answer_bytes(0),
+        "no-room-",
+        5,
+    )
+    .await;
     let asker = &cluster[0].cache;
-    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "no-room-")
-        .take(5)
-        .collect();
     let body = BatchRequest {
         group: Some(GROUP.into()),
         keys: keys.clone(),
@@ -618,14 +626,14 @@ async fn coalesced_single_gets_travel_in_one_batch() {
             gate: Some(gate.clone()),
             ..TestLoader::new()
         };
-        let cluster = start_cluster(2, |url| {
-            Groupcache::builder(GROUP, url, loader.clone()).coalesce_fetches(in_flight)
-        });
-        introduce(&cluster).await;
+        let (cluster, keys) = pair_and_keys(
+            &loader,
+            |group| group.coalesce_fetches(in_flight),
+            "co-",
+            40,
+        )
+        .await;
         let asker = &cluster[0].cache;
-        let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, "co-")
-            .take(40)
-            .collect();
         let (before, deduped) = (
             cluster[1].cache.stats().server_requests,
             asker.stats().loads_deduped,
@@ -662,15 +670,10 @@ async fn coalesced_single_gets_travel_in_one_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_batch_falls_back_to_single_requests_not_local_loads() {
     let loader = TestLoader::new();
-    let cluster = start_cluster(2, |url| {
-        Groupcache::builder(GROUP, url, loader.clone()).max_value_bytes(1024)
-    });
-    introduce(&cluster).await;
-    let asker = &cluster[0].cache;
     let prefix = "k".repeat(100);
-    let keys: Vec<String> = groupcache_tests::keys_owned(asker, &cluster[1].url, &prefix)
-        .take(60)
-        .collect();
+    let (cluster, keys) =
+        pair_and_keys(&loader, |group| group.max_value_bytes(1024), &prefix, 60).await;
+    let asker = &cluster[0].cache;
     let before = cluster[1].cache.stats().server_requests;
     let values = asker.get_many(&keys).await;
     for (key, value) in keys.iter().zip(values) {

@@ -176,6 +176,19 @@ impl Trace {
     }
 }
 
+/// Two such replicas, an owner and an asker, each with both as its peers.
+fn pair(loader: &TestLoader) -> (Replica<TestLoader>, Replica<TestLoader>) {
+    let (owner, asker) = (replica(loader), replica(loader));
+    for replica in [&owner, &asker] {
+        replica
+            .cache
+            .cluster()
+            .set_peers([&owner.url, &asker.url])
+            .unwrap();
+    }
+    (owner, asker)
+}
+
 /// A key owned by `owner` in `cache`'s ring, long enough that finding it in a span is no
 /// coincidence.
 fn key<L: Loader>(cache: &Groupcache<L>, owner: &str, scenario: &str) -> String {
@@ -185,14 +198,7 @@ fn key<L: Loader>(cache: &Groupcache<L>, owner: &str, scenario: &str) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_get_is_one_trace_from_the_asker_to_the_owners_load() {
     let loader = TestLoader::new();
-    let (owner, asker) = (replica(&loader), replica(&loader));
-    for replica in [&owner, &asker] {
-        replica
-            .cache
-            .cluster()
-            .set_peers([&owner.url, &asker.url])
-            .unwrap();
-    }
+    let (owner, asker) = pair(&loader);
     let key = key(&asker.cache, &owner.url, "single");
     let expected = [
         (trace::GET, 2),
@@ -230,14 +236,7 @@ async fn a_single_get_is_one_trace_from_the_asker_to_the_owners_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_one_trace_from_get_many_to_the_owners_load_many() {
     let loader = TestLoader::new();
-    let (owner, asker) = (replica(&loader), replica(&loader));
-    for replica in [&owner, &asker] {
-        replica
-            .cache
-            .cluster()
-            .set_peers([&owner.url, &asker.url])
-            .unwrap();
-    }
+    let (owner, asker) = pair(&loader);
     let keys: Vec<String> = (0..4)
         .map(|i| key(&asker.cache, &owner.url, &format!("batch{i}")))
         .collect();

@@ -252,6 +252,25 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// `set_peers(peers)` on a thread of its own, its walk held before its second part (the
+    /// first done): the thread, and what resumes the walk.
+    fn held_before_second_part(
+        cache: &Groupcache<Keyed>,
+        peers: [&'static str; 2],
+    ) -> (std::thread::JoinHandle<bool>, Sender<()>) {
+        let (reached, resume) = cache.inner.ring_walk.pause.arm();
+        let changer = std::thread::spawn({
+            let cache = cache.clone();
+            move || cache.set_peers(peers).unwrap()
+        });
+        reached.recv_timeout(FAILED).expect("the walk starts");
+        // Armed again before the first part runs: the walk stops before the second.
+        let (second, resume_second) = cache.inner.ring_walk.pause.arm();
+        resume.send(()).unwrap();
+        second.recv_timeout(FAILED).expect("the walk's second part");
+        (changer, resume_second)
+    }
+
     /// Finding 7 of issue 26: `set_peers` walked main itself, holding up its caller (130 ms on a
     /// replica of 400,000 entries). It returns while the walk is held before its first part;
     /// once the walk ends, every entry the ring took away is capped, and no other.
@@ -298,18 +317,8 @@ pub(crate) mod tests {
     #[test]
     fn a_change_during_a_walk_joins_it_and_both_cap_what_they_take_away() {
         let (cache, keys) = filled(3 * RING_WALK_KEYS + 10);
-        // Held before the second part: the first has walked records 0..1024 for ring 1 only.
-        let (reached, resume) = cache.inner.ring_walk.pause.arm();
-        let first = std::thread::spawn({
-            let cache = cache.clone();
-            move || cache.set_peers([ME, OTHER]).unwrap()
-        });
-        reached.recv_timeout(FAILED).expect("the walk starts");
-        // Armed again before the first part runs: the walk stops before the second.
-        let (second, resume_second) = cache.inner.ring_walk.pause.arm();
-        resume.send(()).unwrap();
-        second.recv_timeout(FAILED).expect("the walk's second part");
-        let resume = resume_second;
+        // Held before the second part: the first has walked its records for ring 1 only.
+        let (first, resume) = held_before_second_part(&cache, [ME, OTHER]);
         cache.set_peers([ME, THIRD]).unwrap();
         resume.send(()).unwrap();
         first.join().unwrap();
@@ -330,15 +339,7 @@ pub(crate) mod tests {
     #[test]
     fn removes_during_a_walk_do_not_move_entries_out_of_its_way() {
         let (cache, keys) = filled(8_000);
-        let (reached, resume) = cache.inner.ring_walk.pause.arm();
-        let changer = std::thread::spawn({
-            let cache = cache.clone();
-            move || cache.set_peers([ME, OTHER]).unwrap()
-        });
-        reached.recv_timeout(FAILED).expect("the walk starts");
-        let (second, resume_second) = cache.inner.ring_walk.pause.arm();
-        resume.send(()).unwrap();
-        second.recv_timeout(FAILED).expect("the walk's second part");
+        let (changer, resume_second) = held_before_second_part(&cache, [ME, OTHER]);
         // All but the last 500 keys leave: the slab is mostly vacant.
         let (gone, kept) = keys.split_at(7_500);
         for key in gone {
