@@ -40,6 +40,14 @@ pub struct GetResponse {
     /// When the value expires, in Unix nanoseconds; absent or 0 means never (mailgun/groupcache v2).
     #[prost(int64, optional, tag = "3")]
     pub expire: Option<i64>,
+    /// From when a get refreshes the value ahead of its expiry, in Unix nanoseconds; absent or 0
+    /// means never (groupcache-rs; golang/groupcache ignores it).
+    #[prost(int64, optional, tag = "4")]
+    pub refresh: Option<i64>,
+    /// The owner's source has no such key: a negative answer, kept until `expire` like a value
+    /// (groupcache-rs; sent only with a 404 answer, which golang/groupcache takes for an error).
+    #[prost(bool, optional, tag = "5")]
+    pub not_found: Option<bool>,
 }
 
 /// Stores a value on its owner (mailgun/groupcache v2's `PUT`).
@@ -105,6 +113,13 @@ pub struct BatchEntry {
     /// Ask again.
     #[prost(bool, optional, tag = "6")]
     pub pending: Option<bool>,
+    /// From when a get refreshes the value ahead of its expiry, in Unix nanoseconds; absent or 0
+    /// means never.
+    #[prost(int64, optional, tag = "7")]
+    pub refresh: Option<i64>,
+    /// The owner's source has no such key (a negative answer, kept until `expire`).
+    #[prost(bool, optional, tag = "8")]
+    pub not_found: Option<bool>,
 }
 
 #[cfg(test)]
@@ -133,7 +148,7 @@ mod tests {
             group in any::<String>(),
             key in any::<String>(),
         ) {
-            let response = GetResponse { value: value.clone().map(Bytes::from), minute_qps, expire };
+            let response = GetResponse { value: value.clone().map(Bytes::from), minute_qps, expire, ..Default::default() };
             prop_assert_eq!(GetResponse::decode(response.encode_to_vec().as_slice()).unwrap(), response);
             let request = SetRequest { group, key, value: value.map(Bytes::from), expire };
             prop_assert_eq!(SetRequest::decode(request.encode_to_vec().as_slice()).unwrap(), request);
@@ -163,6 +178,7 @@ mod tests {
             value: Some(Bytes::from_static(b"v")),
             minute_qps: Some(1.5),
             expire: Some(1_700_000_000_000_000_000),
+            ..Default::default()
         };
         // 0x11 = field 2, wire type 1 (64-bit); 1.5f64 little-endian; 0x18 = field 3, varint.
         assert_eq!(

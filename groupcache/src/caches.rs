@@ -1,6 +1,6 @@
 //! A byte-budgeted LRU cache with per-entry expiry, used for both the main and the hot cache.
 //!
-//! Layout: a slab of 32-byte [`Record`]s indexed by `u32` (expiry, LRU neighbours, where the
+//! Layout: a slab of 40-byte [`Record`]s indexed by `u32` (expiry, kind and refresh time, LRU neighbours, where the
 //! bytes live), a `hashbrown::HashTable<u32>` of record indexes keyed by the key's hash (xxh3
 //! with a per-process random secret, `keyed`; a lookup compares the key bytes), and the key
 //! packed in a segment next to its value (see `segments`), so a small entry has no allocation of
@@ -12,10 +12,10 @@
 //! again by its segment, `bytes`' shared header and four allocations, every entry cost 247 bytes
 //! beyond its key and value: a replica with 100-byte values held 187,454 entries in a 64 MiB
 //! budget, and grew 520 bytes of resident memory per entry beyond key and value (issue 16;
-//! `BENCHMARKS.md`). An entry now costs 53 (see [`ENTRY_OVERHEAD`]).
+//! `BENCHMARKS.md`). An entry now costs 61 (see [`ENTRY_OVERHEAD`]).
 
 use std::mem::size_of;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::{Bytes, BytesMut};
@@ -28,11 +28,72 @@ use crate::segments::{Place, Segments};
 /// A cached value and when it stops being valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
-    /// The cached bytes.
+    /// The cached bytes: the value's, or for a [`Kind::Failed`] entry the loader's message.
     pub value: Bytes,
     /// Unix time in nanoseconds after which the entry is gone; 0 = never (the wire's convention).
     pub expire: i64,
+    /// Unix time in nanoseconds from which a get answers it and refreshes it in the background
+    /// (refresh ahead); 0 = never.
+    pub refresh: i64,
+    /// What the entry says about its key.
+    pub kind: Kind,
 }
+
+impl Entry {
+    /// A value, expiring at `expire`, never refreshed ahead.
+    pub(crate) fn value(value: Bytes, expire: i64) -> Entry {
+        Entry {
+            value,
+            expire,
+            refresh: 0,
+            kind: Kind::Value,
+        }
+    }
+
+    /// Whether a get at `now` refreshes it ahead of its expiry.
+    #[inline]
+    pub(crate) fn refresh_due(&self, now: i64) -> bool {
+        self.refresh != 0 && self.refresh <= now
+    }
+}
+
+/// What an entry says about its key: a value, that the source has no such key (a negative
+/// answer, kept for a short while so a storm of misses costs the source one query per key), or
+/// that its load failed (kept only if errors are cached, the message in the value's place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Kind {
+    #[default]
+    Value,
+    NotFound,
+    Failed,
+}
+
+impl Kind {
+    /// The kind and the refresh time in one `u64` (`Record::meta`): the kind in the top two bits,
+    /// the time below (Unix nanoseconds stay under 2^62 until 2116). Packed so that a record
+    /// stays 40 bytes: a separate kind would have padded it to 48.
+    fn pack(self, refresh: i64) -> u64 {
+        let kind = match self {
+            Kind::Value => 0u64,
+            Kind::NotFound => 1,
+            Kind::Failed => 2,
+        };
+        (kind << 62) | (refresh.clamp(0, META_TIME) as u64)
+    }
+
+    /// What [`pack`](Self::pack) packed.
+    fn unpack(meta: u64) -> (Kind, i64) {
+        let kind = match meta >> 62 {
+            0 => Kind::Value,
+            1 => Kind::NotFound,
+            _ => Kind::Failed,
+        };
+        (kind, (meta & META_TIME as u64) as i64)
+    }
+}
+
+/// The largest refresh time a record keeps (2^62 - 1 nanoseconds: the year 2116).
+const META_TIME: i64 = (1 << 62) - 1;
 
 /// What `insert` did, so the caller can update metrics without the cache knowing about them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -51,6 +112,8 @@ pub(crate) struct Inserted {
 struct Record {
     /// Unix time in nanoseconds after which the entry is gone; 0 = never.
     expire: i64,
+    /// The entry's [`Kind`] and refresh time ([`Kind::pack`]).
+    meta: u64,
     /// The more recently used neighbour in the LRU order ([`NIL`] at the front).
     prev: u32,
     /// The less recently used neighbour ([`NIL`] at the back); for a vacant record, the next
@@ -71,6 +134,7 @@ impl Record {
     fn vacant() -> Record {
         Record {
             expire: 0,
+            meta: 0,
             prev: NIL,
             next: NIL,
             segment: VACANT,
@@ -93,7 +157,8 @@ const MAX_RECORDS: usize = (u32::MAX - 2) as usize;
 /// they are.
 const KEPT_RECORDS: usize = 1024;
 
-/// A record: expiry 8, LRU neighbours 2 x 4, segment, slot, offset and length 4 x 4.
+/// A record: expiry 8, kind and refresh time 8, LRU neighbours 2 x 4, segment, slot, offset and
+/// length 4 x 4.
 const RECORD: u64 = size_of::<Record>() as u64;
 /// One hash-table bucket (a `u32` record index) plus its control byte in hashbrown. The table
 /// doubles when 7/8 full, so just after growing it is 7/16 full: charge 16/7 buckets.
@@ -105,15 +170,17 @@ const LIST: u64 = 2 * size_of::<u32>() as u64;
 /// Bytes charged per packed entry on top of its key, its value and its key's length prefix
 /// (one byte for keys under 128 bytes; [`charge`]).
 ///
-/// The same on every target: 52 bytes. The record, 32 (expiry, 8; LRU neighbours, segment,
-/// slot, offset and length, six `u32`); the hash table, 12 (a 5-byte bucket at worst 7/16
-/// load); the segment's list of records, 8 (a `u32` in a `Vec` at worst half full). No
-/// allocation of its own: the key and value are packed in a segment, whose one `Bytes` serves
-/// thousands of entries. With the one-byte prefix a 100-byte value with a short key is charged
-/// 53 bytes beyond key and value, where it was charged 247 (an `lru` node 88, its hash slot 39,
-/// the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`' shared
-/// header 24, four allocator headers 64). A `Bytes` per record would have cost 32 bytes more
-/// (77 in all); the segment's offset and length cost 8. Records of evicted entries are reused;
+/// The same on every target: 60 bytes. The record, 40 (expiry, 8; kind and refresh time, 8;
+/// LRU neighbours, segment, slot, offset and length, six `u32`); the hash table, 12 (a 5-byte
+/// bucket at worst 7/16 load); the segment's list of records, 8 (a `u32` in a `Vec` at worst
+/// half full). No allocation of its own: the key and value are packed in a segment, whose one
+/// `Bytes` serves thousands of entries. With the one-byte prefix a 100-byte value with a short
+/// key is charged 61 bytes beyond key and value, where it was charged 247 (an `lru` node 88, its
+/// hash slot 39, the key's `Arc<str>` counts and its place in the segment's key list 32, `bytes`'
+/// shared header 24, four allocator headers 64). A `Bytes` per record would have cost 32 bytes
+/// more; the segment's offset and length cost 8. The kind and refresh time (negative answers,
+/// refresh ahead, issue 27) cost 8: packed into one word, as a separate kind would have padded
+/// the record to 48. Records of evicted entries are reused;
 /// vacant records are not charged, and once half the slab (three quarters of the table) is
 /// vacant, it is cut down (`release_vacant`), so what the charges leave out stays within a
 /// factor of what they count. Segments add at most a quarter of the packed bytes plus two
@@ -133,7 +200,7 @@ const ALLOCATION: u64 = 16;
 /// Bytes charged per entry whose value is too large to pack (over 1/16 of a segment, at least
 /// 4 KiB): the record and its hash slot, its place in `Inner::large`, `bytes`' shared header,
 /// and three allocations (the value's buffer, the shared header, the key). On 64-bit targets
-/// 228 bytes, under 6 % of such a value.
+/// 236 bytes, under 6 % of such a value.
 const LARGE_OVERHEAD: u64 = RECORD + TABLE + LARGE_KEY + SHARED + 3 * ALLOCATION;
 
 /// A thread-safe (`Send + Sync`) LRU cache bounded by the bytes it holds, not by its entry count.
@@ -147,6 +214,8 @@ pub(crate) struct Cache {
     side: Side,
     /// The capacity of a segment, which decides which values are packed.
     segment_bytes: usize,
+    /// How long after their expiry entries are kept for [`Cache::stale`], in nanoseconds.
+    keep_expired: AtomicI64,
     /// Copies of `Inner::bytes` and the number of entries, stored while the lock is held.
     bytes: AtomicU64,
     items: AtomicU64,
@@ -172,6 +241,9 @@ struct Inner {
     generations: Box<[Writes]>,
     /// Bumped by [`Cache::supersede_all`]: every token taken before it is stale.
     epoch: u64,
+    /// Bumped by [`Cache::purge`]: every token taken before it is stale, as after a write of
+    /// its key.
+    purges: u64,
     /// Walks over the keys in progress ([`Cache::begin_walk`]): while there are any, no record
     /// moves.
     walks: usize,
@@ -219,6 +291,7 @@ pub(crate) struct Token {
     hash: u64,
     generation: u64,
     epoch: u64,
+    purges: u64,
 }
 
 #[cfg(test)]
@@ -229,6 +302,7 @@ impl Token {
             hash: 0,
             generation,
             epoch: 0,
+            purges: 0,
         }
     }
 }
@@ -296,6 +370,9 @@ impl Removed {
 
 impl Inner {
     fn since(&self, token: Token) -> Since {
+        if token.purges != self.purges {
+            return Since::Written;
+        }
         let writes = &self.generations[stripe(token.hash)];
         let since = writes.count - token.generation;
         let told_apart = since <= RECENT as u64
@@ -333,6 +410,18 @@ impl Inner {
     /// The key of a live record.
     fn key(&self, record: &Record) -> &[u8] {
         key_of(record, &self.segments, &self.large)
+    }
+
+    /// A live record's entry.
+    #[inline]
+    fn entry(&self, record: &Record) -> Entry {
+        let (kind, refresh) = Kind::unpack(record.meta);
+        Entry {
+            value: self.value(record),
+            expire: record.expire,
+            refresh,
+            kind,
+        }
     }
 
     /// The value of a live record: a slice of its segment's buffer, or its own buffer.
@@ -388,9 +477,10 @@ impl Inner {
     }
 
     /// A record for a new entry, vacant or new; None when there are as many as indexes allow.
-    fn allocate(&mut self, expire: i64) -> Option<u32> {
+    fn allocate(&mut self, expire: i64, meta: u64) -> Option<u32> {
         let record = Record {
             expire,
+            meta,
             ..Record::vacant()
         };
         if self.vacant != NIL {
@@ -660,10 +750,12 @@ impl Cache {
                 segments,
                 generations: vec![Writes::default(); STRIPES].into_boxed_slice(),
                 epoch: 0,
+                purges: 0,
                 walks: 0,
             }),
             budget,
             side,
+            keep_expired: AtomicI64::new(0),
             bytes: AtomicU64::new(0),
             items: AtomicU64::new(0),
             gauges: None,
@@ -696,23 +788,25 @@ impl Cache {
     }
 
     /// Returns the entry (its value a slice of the cache's buffer: a reference count, no copy)
-    /// and marks it recently used. An entry whose expire is non-zero and <= now_nanos is removed
-    /// and None is returned.
+    /// and marks it recently used. An entry whose expire is non-zero and <= now_nanos is not
+    /// returned; it is removed, unless it expired less than the time
+    /// [`keep_expired`](Cache::keep_expired) sets ago (then [`stale`](Cache::stale) finds it).
     pub(crate) fn get(&self, key: &str, now_nanos: i64) -> Option<Entry> {
         let hash = key_hash(key.as_bytes());
         let mut inner = self.lock();
         let i = inner.find(hash, key.as_bytes())?;
         let record = &inner.records[i as usize];
         if record.expire == 0 || record.expire > now_nanos {
-            let entry = Entry {
-                value: inner.value(record),
-                expire: record.expire,
-            };
+            let entry = inner.entry(record);
             if inner.head != i {
                 inner.unlink(i);
                 inner.push_front(i);
             }
             return Some(entry);
+        }
+        let kept_for = self.keep_expired.load(Ordering::Relaxed);
+        if kept_for > 0 && record.expire.saturating_add(kept_for) > now_nanos {
+            return None;
         }
         let mut expired = Removed::default();
         inner.take(i, hash, &mut expired);
@@ -720,6 +814,26 @@ impl Cache {
         drop(inner);
         drop((expired, freed));
         None
+    }
+
+    /// The entry of `key` even if it expired, as long as it expired less than the time
+    /// [`keep_expired`](Cache::keep_expired) sets before `now_nanos` (stale on error); not
+    /// marked as used.
+    pub(crate) fn stale(&self, key: &str, now_nanos: i64) -> Option<Entry> {
+        let hash = key_hash(key.as_bytes());
+        let inner = self.lock();
+        let i = inner.find(hash, key.as_bytes())?;
+        let record = &inner.records[i as usize];
+        let kept_for = self.keep_expired.load(Ordering::Relaxed);
+        let fresh = record.expire == 0 || record.expire > now_nanos;
+        (fresh || record.expire.saturating_add(kept_for) > now_nanos).then(|| inner.entry(record))
+    }
+
+    /// Keeps entries for `nanos` after they expire, for [`stale`](Cache::stale): a `get` does
+    /// not return them, and does not remove them before then. 0 (the default) removes an
+    /// expired entry at the first `get` that finds it.
+    pub(crate) fn keep_expired(&self, nanos: i64) {
+        self.keep_expired.store(nanos.max(0), Ordering::Relaxed);
     }
 
     /// Inserts or replaces; then evicts least-recently-used entries until the charged bytes fit
@@ -746,6 +860,7 @@ impl Cache {
             hash,
             generation: inner.generations[stripe(hash)].count,
             epoch: inner.epoch,
+            purges: inner.purges,
         }
     }
 
@@ -778,6 +893,29 @@ impl Cache {
         token: Token,
     ) -> Result<Inserted, Bytes> {
         self.insert_checked(key, entry, Some(token), None, true, None)
+    }
+
+    /// Empties the cache at once (a purge of its group): every entry goes, and every token
+    /// taken before is stale as after a write of its key, so no load or fetch that started
+    /// before stores after. O(1) under the lock, whatever the entries: the structures are
+    /// swapped for empty ones, and the old ones are dropped after unlocking (a slab, a table
+    /// and the segments: a few frees; one per value too large to pack). Walks in progress see
+    /// an empty cache and end.
+    pub(crate) fn purge(&self) {
+        let fresh = Segments::for_budget(self.budget.cap(self.side));
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.purges += 1;
+        let old = (
+            std::mem::take(&mut inner.records),
+            std::mem::replace(&mut inner.table, HashTable::new()),
+            std::mem::take(&mut inner.large),
+            std::mem::replace(&mut inner.segments, fresh),
+        );
+        (inner.vacant, inner.head, inner.tail, inner.bytes) = (NIL, NIL, NIL, 0);
+        self.publish(inner);
+        drop(guard);
+        drop(old);
     }
 
     /// Makes every token taken so far stale, e.g. when the keys this cache may hold change.
@@ -881,7 +1019,12 @@ impl Cache {
             });
         }
         let hash = key_hash(key.as_bytes());
-        let Entry { value, mut expire } = entry;
+        let Entry {
+            value,
+            mut expire,
+            refresh,
+            kind,
+        } = entry;
         // The loader's buffer of a packed value is dropped after unlocking. An unpacked value's
         // key gets its allocation before locking.
         let (own, small) = if self.packs(key.len(), value.len()) {
@@ -908,7 +1051,7 @@ impl Cache {
             inner.take(old, hash, &mut removed);
         }
         let replaced = removed.len();
-        let Some(i) = inner.allocate(expire) else {
+        let Some(i) = inner.allocate(expire, kind.pack(refresh)) else {
             // As many entries as record indexes: not stored, like an entry larger than the
             // budget.
             let freed = self.settle(inner);
@@ -1149,13 +1292,7 @@ pub(crate) mod tests {
         let (cache, read) = published();
         assert_eq!(read(), (0.0, 0.0));
         cache.insert("a", entry(10));
-        cache.insert(
-            "b",
-            Entry {
-                value: Bytes::from_static(b"soon gone"),
-                expire: 100,
-            },
-        );
+        cache.insert("b", Entry::value(Bytes::from_static(b"soon gone"), 100));
         assert_eq!(read(), (cache.bytes() as f64, 2.0));
         assert!(cache.get("b", 99).is_some());
         assert!(cache.get("b", 100).is_none(), "expired");
@@ -1190,10 +1327,7 @@ pub(crate) mod tests {
     }
 
     fn entry(len: usize) -> Entry {
-        Entry {
-            value: Bytes::from(vec![b'v'; len]),
-            expire: 0,
-        }
+        Entry::value(Bytes::from(vec![b'v'; len]), 0)
     }
 
     /// `key:` repeated to `len` bytes, so a value that moved can be checked.
@@ -1547,11 +1681,11 @@ pub(crate) mod tests {
     /// Issue 16's target: at most 96 bytes per entry beyond key and value for small values.
     #[test]
     fn overhead_is_at_most_96_bytes_and_covers_the_real_structures() {
-        assert_eq!(size_of::<Entry>(), 40);
-        assert_eq!(size_of::<Record>(), 32);
-        assert_eq!(ENTRY_OVERHEAD, 52);
+        assert_eq!(size_of::<Entry>(), 56);
+        assert_eq!(size_of::<Record>(), 40);
+        assert_eq!(ENTRY_OVERHEAD, 60);
         if size_of::<usize>() == 8 {
-            assert_eq!(LARGE_OVERHEAD, 228);
+            assert_eq!(LARGE_OVERHEAD, 236);
         }
         // A 100-byte value under a short key.
         assert!(charge("user:12345", 100) - 110 <= 96);
@@ -1638,7 +1772,7 @@ pub(crate) mod tests {
                         0
                     };
                     let value = value_of(&key, len);
-                    cache.insert(&key, Entry { value, expire });
+                    cache.insert(&key, Entry::value(value, expire));
                     huge_key_small_value |= key.len() > 4096
                         && len <= 4096
                         && cache
@@ -1818,7 +1952,7 @@ pub(crate) mod tests {
         let range = big.as_ptr_range();
         let cache = Cache::new(1 << 20);
         let value = big.slice(1_000..1_100);
-        cache.insert("k", Entry { value, expire: 0 });
+        cache.insert("k", Entry::value(value, 0));
         let stored = cache.get("k", 0).map(|e| e.value).unwrap_or_default();
         assert_eq!(stored, big.slice(1_000..1_100));
         assert!(!range.contains(&stored.as_ptr()));
@@ -1826,7 +1960,7 @@ pub(crate) mod tests {
         // Even when the slice is the last handle to its buffer.
         let value = big.slice(2_000..2_100);
         drop(big);
-        let inserted = cache.insert("k", Entry { value, expire: 0 });
+        let inserted = cache.insert("k", Entry::value(value, 0));
         assert!(!range.contains(&inserted.value.as_ptr()));
     }
 
@@ -1836,14 +1970,14 @@ pub(crate) mod tests {
         assert!(!Segments::packs(cache.segment_bytes, 8192));
         let value = Bytes::from(vec![7u8; 8192]);
         let at = value.as_ptr();
-        let inserted = cache.insert("k", Entry { value, expire: 0 });
+        let inserted = cache.insert("k", Entry::value(value, 0));
         assert_eq!(inserted.value.as_ptr(), at, "handed back without a copy");
         assert_eq!(cache.get("k", 0).map(|e| e.value.as_ptr()), Some(at));
 
         // A shared value is copied, so the cache never holds a buffer someone else may slice.
         let shared = Bytes::from(vec![8u8; 8192]);
         let value = shared.clone();
-        let inserted = cache.insert("s", Entry { value, expire: 0 });
+        let inserted = cache.insert("s", Entry::value(value, 0));
         assert_ne!(inserted.value.as_ptr(), shared.as_ptr());
         // So is a unique buffer with spare capacity.
         let mut spare = Vec::with_capacity(16384);
@@ -1851,7 +1985,7 @@ pub(crate) mod tests {
         let spare = Bytes::from(spare);
         let at = spare.as_ptr();
         let value = spare;
-        let inserted = cache.insert("v", Entry { value, expire: 0 });
+        let inserted = cache.insert("v", Entry::value(value, 0));
         assert_ne!(inserted.value.as_ptr(), at);
         assert_eq!(inserted.value.len(), 8192);
         check_accounting(&cache);
@@ -1969,7 +2103,7 @@ pub(crate) mod tests {
             for (i, key) in keys.iter().enumerate() {
                 let expire = if expiry && i % 2 == 1 { 1_000 } else { 0 };
                 let value = value_of(key, 4096);
-                cache.insert(key, Entry { value, expire });
+                cache.insert(key, Entry::value(value, expire));
             }
             for key in keys.iter().skip(1).step_by(2) {
                 if expiry {
@@ -1995,13 +2129,7 @@ pub(crate) mod tests {
         let cache = Cache::new(BUDGET);
         let keys: Vec<String> = (0..900).map(|i| format!("k{i}")).collect();
         for key in &keys {
-            cache.insert(
-                key,
-                Entry {
-                    value: value_of(key, 4096),
-                    expire: 0,
-                },
-            );
+            cache.insert(key, Entry::value(value_of(key, 4096), 0));
         }
         // Read the even keys, so the odd ones are the least recently used, then evict them.
         for key in keys.iter().step_by(2) {
@@ -2025,13 +2153,7 @@ pub(crate) mod tests {
                 "still past the bound after {inserts} inserts"
             );
             let key = format!("new{inserts}");
-            cache.insert(
-                &key,
-                Entry {
-                    value: value_of(&key, 4096),
-                    expire: 0,
-                },
-            );
+            cache.insert(&key, Entry::value(value_of(&key, 4096), 0));
         }
         println!("back within the bound after {inserts} inserts");
         check_accounting(&cache);
@@ -2066,7 +2188,7 @@ pub(crate) mod tests {
                 Some(e) => assert_eq!(e.value, value_of(&key, e.value.len()), "{key}"),
                 None => {
                     let value = value_of(&key, 1 + (x % 4096) as usize);
-                    cache.insert(&key, Entry { value, expire: 0 });
+                    cache.insert(&key, Entry::value(value, 0));
                 }
             }
             if n > 20_000 {

@@ -20,6 +20,32 @@ pub enum Error {
         /// The owner's error message.
         message: String,
     },
+    /// The source has no such key: the loader said so ([`Loader::is_not_found`](crate::Loader::is_not_found)),
+    /// here or on the key's owner. The answer is cached for
+    /// [`not_found_ttl`](crate::Builder::not_found_ttl), on every replica alike.
+    ///
+    /// ```
+    /// # async fn handler(cache: groupcache_rs::Groupcache<impl groupcache_rs::Loader<Value = String>>) -> Option<String> {
+    /// match cache.get("42").await {
+    ///     Ok(row) => Some(row),
+    ///     Err(groupcache_rs::Error::NotFound) => None, // a 404, say
+    ///     Err(_) => None,                               // a 503
+    /// }
+    /// # }
+    /// ```
+    #[error("no such key")]
+    NotFound,
+    /// The key's load failed a moment ago and its error is cached
+    /// ([`cache_errors`](crate::Builder::cache_errors)): its message, without a new load.
+    #[error("loader failed recently: {message}")]
+    LoaderFailedRecently {
+        /// The loader's error message.
+        message: String,
+    },
+    /// The loader's circuit breaker is open after a run of failures
+    /// ([`circuit_breaker`](crate::Builder::circuit_breaker)): the load was not tried.
+    #[error("the source is failing: loads are paused for a moment (circuit breaker open)")]
+    CircuitOpen,
     /// The loader panicked. Every caller waiting for that load gets this; the key is not stuck.
     #[error("loader panicked: {0}")]
     LoaderPanicked(String),
@@ -61,6 +87,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the source could not give the value now (a loader error, here or on the owner, a
+    /// panic, an open circuit, an owner that could not be asked): what a stale value may stand
+    /// in for (`Builder::max_stale`). A negative answer, a bad key or a codec error is no such
+    /// failure.
+    pub(crate) fn is_source_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Loader(_)
+                | Error::RemoteLoader { .. }
+                | Error::LoaderPanicked(_)
+                | Error::NotLoaded
+                | Error::LoadAbandoned
+                | Error::LoaderFailedRecently { .. }
+                | Error::CircuitOpen
+                | Error::Peer { .. }
+        )
+    }
+
     /// The loader's own error, if this is a [`Error::Loader`] of type `E`.
     ///
     /// ```

@@ -150,6 +150,14 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         }
     }
 
+    /// [`supersede`](Self::supersede) for every key in flight (a purge of the group).
+    pub(crate) fn supersede_all(&self) {
+        let calls = std::mem::take(&mut *lock(&self.calls));
+        for call in calls.into_values() {
+            call.superseded.store(true, Ordering::Release);
+        }
+    }
+
     /// Number of keys in flight.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -90,10 +90,12 @@ pub use cluster::builder::ClusterBuilder;
 pub use cluster::config::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_KEYS};
 pub use cluster::ring::RingMode;
 pub use error::{Error, PeerError};
+pub use group::Freshness;
 pub use group::Groupcache;
 pub use group::builder::{
     Builder, DEFAULT_CACHE_BYTES, DEFAULT_HOT_CACHE_BYTES, DEFAULT_MAIN_CACHE_BYTES,
 };
+pub use group::config::{DEFAULT_MAX_CONCURRENT_LOADS, DEFAULT_NOT_FOUND_TTL};
 pub use loader::{CodecError, Json, LOAD_MANY_CONCURRENCY, Loaded, Loader, Results, Value};
 pub use metrics::Stats;
 pub use trace::TraceContext;

@@ -45,6 +45,49 @@ pub trait Loader: Send + Sync + 'static {
         key: &str,
     ) -> impl Future<Output = Result<Loaded<Self::Value>, Self::Error>> + Send;
 
+    /// Whether `error` says that the source has no such key (a row that does not exist), rather
+    /// than that the load failed. The default: never.
+    ///
+    /// Such an answer is a *negative answer*: the key's owner keeps it for
+    /// [`not_found_ttl`](crate::Builder::not_found_ttl) and every replica's `get` returns
+    /// [`Error::NotFound`](crate::Error::NotFound) meanwhile, without asking the source again,
+    /// so a storm of requests for ids that do not exist costs the source one query per key,
+    /// not one per request. `remove` and `set` replace it as they do a value.
+    ///
+    /// ```
+    /// use groupcache_rs::{Loaded, Loader};
+    ///
+    /// struct Users;
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum UserError {
+    ///     #[error("no user {0}")]
+    ///     NoSuchUser(String),
+    ///     #[error("database: {0}")]
+    ///     Database(String),
+    /// }
+    ///
+    /// impl Loader for Users {
+    ///     type Value = String;
+    ///     type Error = UserError;
+    ///
+    ///     async fn load(&self, key: &str) -> Result<Loaded<String>, UserError> {
+    ///         match key {
+    ///             "1" => Ok(Loaded::new("alice".to_owned())),
+    ///             _ => Err(UserError::NoSuchUser(key.to_owned())),
+    ///         }
+    ///     }
+    ///
+    ///     fn is_not_found(&self, error: &UserError) -> bool {
+    ///         matches!(error, UserError::NoSuchUser(_))
+    ///     }
+    /// }
+    /// ```
+    fn is_not_found(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Loads many keys at once: on the owner, for the keys of a peer's batch or of a local
     /// [`get_many`](crate::Groupcache::get_many) that it must load. Put each key's result in
     /// `results` under the key's index as soon as it is known: the waiters for that key are
@@ -153,13 +196,30 @@ impl<V, E> Results<V, E> {
     }
 }
 
-/// A loaded value and, optionally, when it expires.
+/// A loaded value and, optionally, when it expires and when it is refreshed ahead of that.
+///
+/// ```
+/// use groupcache_rs::Loaded;
+/// use std::time::Duration;
+///
+/// // Served for 10 minutes at most; a get after 8 minutes answers at once and has the key's
+/// // owner load it again in the background, once for the whole cluster.
+/// let loaded = Loaded::new("value")
+///     .expire_after(Duration::from_secs(600))
+///     .refresh_after(Duration::from_secs(480));
+/// assert!(loaded.refresh_at < loaded.expires_at);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded<V> {
     /// The value.
     pub value: V,
     /// When every cached copy stops being served; `None` keeps it until evicted or removed.
     pub expires_at: Option<SystemTime>,
+    /// When a get starts answering the value *and* refreshing it in the background (refresh
+    /// ahead, or stale-while-revalidate): the key's owner loads it again, once for the whole
+    /// cluster, while every get still answers the cached value at once. `None`: the group's
+    /// [`refresh_after`](crate::Builder::refresh_after), if set.
+    pub refresh_at: Option<SystemTime>,
 }
 
 impl<V> Loaded<V> {
@@ -168,7 +228,19 @@ impl<V> Loaded<V> {
         Loaded {
             value,
             expires_at: None,
+            refresh_at: None,
         }
+    }
+
+    /// Refreshed ahead from `at` on (see [`refresh_at`](Self::refresh_at)).
+    pub fn refresh_at(mut self, at: SystemTime) -> Self {
+        self.refresh_at = Some(at);
+        self
+    }
+
+    /// Refreshed ahead from `after` from now on.
+    pub fn refresh_after(self, after: Duration) -> Self {
+        self.refresh_at(SystemTime::now() + after)
     }
 
     /// Expires at `at`.

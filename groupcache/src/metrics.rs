@@ -100,6 +100,25 @@ pub struct Stats {
     /// Removes (of a `remove` or `set`) that replicas which left the ring did not answer, sent
     /// in the background because they had not answered lately either.
     pub departed_write_failures: u64,
+    /// Runs of this replica's loader that said the key does not exist (negative answers, kept
+    /// for [`not_found_ttl`](crate::Builder::not_found_ttl)); also counted in `local_loads`.
+    pub not_found_loads: u64,
+    /// Refreshes ahead started by this replica's gets (on the owner: loads; elsewhere: requests
+    /// to the owner for the refreshed value).
+    pub refreshes: u64,
+    /// Gets answered with a value past its expiry because its load failed
+    /// ([`max_stale`](crate::Builder::max_stale)).
+    pub stale_served: u64,
+    /// Loads that waited for one of the group's
+    /// [`max_concurrent_loads`](crate::Builder::max_concurrent_loads) turns now.
+    pub loads_waiting: u64,
+    /// Loads not tried because the loader's circuit was open
+    /// ([`circuit_breaker`](crate::Builder::circuit_breaker)).
+    pub loads_short_circuited: u64,
+    /// Whether the loader's circuit is open now (1) or closed (0).
+    pub circuit_open: u64,
+    /// Purges of the group this replica applied, its own or its peers'.
+    pub purges: u64,
 }
 
 /// A counter kept both as an atomic (for [`Stats`]) and as a `metrics` handle.
@@ -174,6 +193,15 @@ pub(crate) struct Metrics {
     write_repairs_pending: Gauge,
     write_repairs_pending_now: AtomicU64,
     departed_write_failures: Count,
+    not_found_loads: Count,
+    refreshes: Count,
+    stale_served: Count,
+    loads_short_circuited: Count,
+    purges: Count,
+    loads_waiting: Gauge,
+    loads_waiting_now: AtomicU64,
+    circuit_open: Gauge,
+    circuit_open_now: AtomicU64,
     pub(crate) main: CacheMetrics,
     pub(crate) hot: CacheMetrics,
     pub(crate) load_duration: Histogram,
@@ -211,6 +239,15 @@ impl Metrics {
                 "groupcache_departed_write_failures_total",
                 &labels,
             ),
+            not_found_loads: Count::new("groupcache_not_found_loads_total", &labels),
+            refreshes: Count::new("groupcache_refreshes_total", &labels),
+            stale_served: Count::new("groupcache_stale_served_total", &labels),
+            loads_short_circuited: Count::new("groupcache_loads_short_circuited_total", &labels),
+            purges: Count::new("groupcache_purges_total", &labels),
+            loads_waiting: metrics::gauge!("groupcache_loads_waiting", &labels),
+            loads_waiting_now: AtomicU64::new(0),
+            circuit_open: metrics::gauge!("groupcache_loader_circuit_open", &labels),
+            circuit_open_now: AtomicU64::new(0),
             main: CacheMetrics::new(group, "main"),
             hot: CacheMetrics::new(group, "hot"),
             load_duration: metrics::histogram!("groupcache_load_duration_seconds", &labels),
@@ -290,6 +327,46 @@ impl Metrics {
         self.write_repairs_pending.set(pending as f64);
     }
 
+    pub(crate) fn not_found_load(&self) {
+        self.not_found_loads.inc();
+    }
+
+    pub(crate) fn refresh(&self) {
+        self.refreshes.inc();
+    }
+
+    pub(crate) fn stale_served(&self) {
+        self.stale_served.inc();
+    }
+
+    pub(crate) fn load_short_circuited(&self) {
+        self.loads_short_circuited.inc();
+    }
+
+    pub(crate) fn purge(&self) {
+        self.purges.inc();
+    }
+
+    /// Loads waiting for a turn now: `by` more (or fewer, negative).
+    pub(crate) fn loads_waiting(&self, by: i64) {
+        let now = if by >= 0 {
+            self.loads_waiting_now
+                .fetch_add(by as u64, Ordering::Relaxed)
+                + by as u64
+        } else {
+            self.loads_waiting_now
+                .fetch_sub(by.unsigned_abs(), Ordering::Relaxed)
+                .saturating_sub(by.unsigned_abs())
+        };
+        self.loads_waiting.set(now as f64);
+    }
+
+    pub(crate) fn circuit_open(&self, open: bool) {
+        self.circuit_open_now
+            .store(u64::from(open), Ordering::Relaxed);
+        self.circuit_open.set(f64::from(u8::from(open)));
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             gets: self.gets.get(),
@@ -311,6 +388,13 @@ impl Metrics {
             write_repairs_dropped: self.write_repairs_dropped.get(),
             write_repairs_pending: self.write_repairs_pending_now.load(Ordering::Relaxed),
             departed_write_failures: self.departed_write_failures.get(),
+            not_found_loads: self.not_found_loads.get(),
+            refreshes: self.refreshes.get(),
+            stale_served: self.stale_served.get(),
+            loads_waiting: self.loads_waiting_now.load(Ordering::Relaxed),
+            loads_short_circuited: self.loads_short_circuited.get(),
+            circuit_open: self.circuit_open_now.load(Ordering::Relaxed),
+            purges: self.purges.get(),
             ..Stats::default()
         }
     }
@@ -400,6 +484,34 @@ impl ClusterMetrics {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!("groupcache_gets_total", "Gets, local or from peers.");
+    describe_counter!(
+        "groupcache_not_found_loads_total",
+        "Loads whose loader said the key does not exist (negative answers)."
+    );
+    describe_counter!(
+        "groupcache_refreshes_total",
+        "Refreshes ahead started by this replica's gets."
+    );
+    describe_counter!(
+        "groupcache_stale_served_total",
+        "Gets answered with a value past its expiry because its load failed."
+    );
+    describe_counter!(
+        "groupcache_loads_short_circuited_total",
+        "Loads not tried because the loader's circuit breaker was open."
+    );
+    describe_counter!(
+        "groupcache_purges_total",
+        "Purges of the group applied by this replica."
+    );
+    describe_gauge!(
+        "groupcache_loads_waiting",
+        "Loads waiting for a turn under max_concurrent_loads."
+    );
+    describe_gauge!(
+        "groupcache_loader_circuit_open",
+        "1 while the loader's circuit breaker is open, 0 while closed."
+    );
     describe_counter!("groupcache_cache_hits_total", "Gets answered by a cache.");
     describe_counter!("groupcache_loads_total", "Gets that missed both caches.");
     describe_counter!(

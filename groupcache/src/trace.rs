@@ -28,6 +28,9 @@ pub const FETCH: &str = "groupcache.fetch";
 pub const SUCCESSOR: &str = "groupcache.successor";
 /// A warm hand-off's peek at a key's previous owner (fields `group`, `peer`, `outcome`).
 pub const PEEK: &str = "groupcache.peek";
+/// A request to the key's owner for the refreshed value of a copy due for refresh ahead (in
+/// the background, a trace of its own).
+pub const REFRESH: &str = "groupcache.refresh";
 /// A run of the group's loader on this replica (fields `group`, `keys`, `outcome`, `bytes`).
 pub const LOAD: &str = "groupcache.load";
 /// A fetch waiting for a request slot to its owner (`Builder::coalesce_fetches`; fields `group`,

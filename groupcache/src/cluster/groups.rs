@@ -31,13 +31,20 @@ pub(crate) trait Served: Send + Sync + 'static {
     /// Counts a peer's get or batch in the group's `server_requests`.
     fn count_server_request(&self);
     /// A peer's `GET`: the value and this replica's request rate for the key (per minute).
-    fn serve_get<'a>(self: Arc<Self>, key: &'a str) -> Boxed<'a, Result<(Entry, f64), Error>>;
+    fn serve_get<'a>(
+        self: Arc<Self>,
+        key: &'a str,
+        refresh: bool,
+    ) -> Boxed<'a, Result<(Entry, f64), Error>>;
     /// A peer's peek: the value if this replica holds it in memory. Never loads.
     fn serve_peek(&self, key: &str) -> Option<Entry>;
     /// A peer's `PUT`.
     fn serve_set(&self, key: &str, entry: Entry);
     /// A peer's `DELETE`.
     fn serve_remove(&self, key: &str);
+    /// A peer's purge of the group: both caches emptied, or only the hot one (`hot_only`, the
+    /// purge's second wave).
+    fn serve_purge(&self, hot_only: bool);
     /// A peer's batch: one answer per key, in order, whose values take at most `room` bytes
     /// together; a value over `cap` (the most any answer carries) is to be asked for alone.
     /// Keys are loaded in parts sized to the room left, so a batch holds about `room` bytes of

@@ -260,6 +260,92 @@ impl<L: Loader, C> Builder<L, C> {
         self
     }
 
+    /// How long a negative answer is kept (default [`DEFAULT_NOT_FOUND_TTL`](crate::DEFAULT_NOT_FOUND_TTL), 5 s): a key the
+    /// loader says does not exist ([`Loader::is_not_found`]) is answered
+    /// [`Error::NotFound`] by every replica for this long, the source not asked again; hot
+    /// copies on other replicas are bounded by `hot_max_age` as values are. Zero keeps none
+    /// (every get asks the source again, as before negative caching).
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # use std::time::Duration;
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, std::io::Error> {
+    /// #         Ok(Loaded::new(key.to_owned()))
+    /// #     }
+    /// # }
+    /// let cache = Groupcache::builder("users", "http://10.0.0.1:8080", Db)
+    ///     .not_found_ttl(Duration::from_secs(30))
+    ///     .cache_errors(Duration::from_millis(500))
+    ///     .refresh_after(Duration::from_secs(50))
+    ///     .max_stale(Duration::from_secs(300))
+    ///     .max_concurrent_loads(64)
+    ///     .circuit_breaker(10, Duration::from_secs(2))
+    ///     .build()?;
+    /// # Ok::<(), groupcache_rs::Error>(())
+    /// ```
+    pub fn not_found_ttl(mut self, ttl: Duration) -> Self {
+        self.config.not_found_ttl = ttl;
+        self
+    }
+
+    /// Keeps a failed load's error for `ttl` on the key's owner (default zero: errors are not
+    /// kept, and the next get loads again). Meanwhile gets of the key, on every replica, fail
+    /// with its message ([`Error::LoaderFailedRecently`] here, [`Error::RemoteLoader`] on other
+    /// replicas) without a load: a source that fails under load is not asked again by every
+    /// request. A `remove` or `set` of the key ends it.
+    pub fn cache_errors(mut self, ttl: Duration) -> Self {
+        self.config.error_ttl = ttl;
+        self
+    }
+
+    /// Refreshes values `after` their load (default: only values whose loader set
+    /// [`Loaded::refresh_at`](crate::Loaded::refresh_at)): a get of a value past its refresh
+    /// time answers it at once and has the key's owner load it again in the background, once
+    /// for the whole cluster, whichever replicas ask. The refreshed value replaces the old one
+    /// only if no `remove` or `set` of the key happened since the refresh started. Values that
+    /// expire before `after` are not refreshed.
+    pub fn refresh_after(mut self, after: Duration) -> Self {
+        self.config.refresh_after = Some(after);
+        self
+    }
+
+    /// Serves a value up to `max_stale` past its expiry when its load fails (default zero:
+    /// never). When the source fails (an error, or an open
+    /// [`circuit_breaker`](Self::circuit_breaker)) and this replica, or the key's owner, holds
+    /// a value that expired less than `max_stale` ago, `get` returns that value instead of the
+    /// error: counted in [`Stats::stale_served`](crate::Stats::stale_served), and marked in
+    /// [`Groupcache::get_with_freshness`]. The trade: an outage of the source shows as old data
+    /// rather than as errors, and expired entries stay in memory (within the budget) for
+    /// `max_stale`.
+    pub fn max_stale(mut self, max_stale: Duration) -> Self {
+        self.config.max_stale = max_stale;
+        self
+    }
+
+    /// At most `loads` loader calls at once for this group on this replica (default
+    /// [`DEFAULT_MAX_CONCURRENT_LOADS`](crate::DEFAULT_MAX_CONCURRENT_LOADS)): the rest wait their turn, none is refused. A
+    /// [`load_many`](Loader::load_many) is one call. Zero is taken as one.
+    pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
+        self.config.max_concurrent_loads = loads.max(1);
+        self
+    }
+
+    /// A circuit breaker on the loader (default off): after `failures` failed loads in a row
+    /// (errors and panics; negative answers are no failure), loads fail at once with
+    /// [`Error::CircuitOpen`] (or serve stale values, [`max_stale`](Self::max_stale)) for
+    /// `open_for`; then one load is let through as a probe, which closes the circuit if it
+    /// succeeds and opens it again if not. Its state is the gauge
+    /// `groupcache_loader_circuit_open`. Off by default because a loader's errors for a few bad
+    /// keys look like a failing source to it: turn it on where errors mean the source is down.
+    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.config.breaker = (failures > 0).then_some((failures, open_for));
+        self
+    }
+
     /// Builds the group on `cluster` and registers it with the cluster's router.
     fn build_on(self, cluster: Cluster) -> Result<Groupcache<L>, Error> {
         if self.group.is_empty() {
@@ -268,7 +354,13 @@ impl<L: Loader, C> Builder<L, C> {
         let budget = Arc::new(self.budget());
         let metrics = Metrics::new(&self.group);
         let shared = &cluster.inner;
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|this| Inner {
+            this: this.clone(),
+            source: super::source::Source::new(
+                self.config.max_concurrent_loads,
+                self.config.breaker,
+            ),
+            refreshing: Default::default(),
             main: Cache::sharing(Arc::clone(&budget), Side::Main)
                 .publish_to(metrics.main.bytes.clone(), metrics.main.items.clone()),
             hot: Cache::sharing(Arc::clone(&budget), Side::Hot)
@@ -290,6 +382,10 @@ impl<L: Loader, C> Builder<L, C> {
             #[cfg(test)]
             pause: Default::default(),
         });
+        // Stale on error needs expired entries kept that long.
+        let keep_expired = super::journey::nanos(inner.config.max_stale);
+        inner.main.keep_expired(keep_expired);
+        inner.hot.keep_expired(keep_expired);
         let id = shared.groups.add(&self.group, inner.clone())?;
         Ok(Groupcache {
             inner,

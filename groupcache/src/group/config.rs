@@ -2,6 +2,19 @@
 //! keeps `config.rs` beside `builder.rs`). The cluster's own settings, shared by its groups, are
 //! in `cluster/config.rs`.
 
+use std::time::Duration;
+
+/// Default [`Builder::not_found_ttl`](crate::Builder::not_found_ttl): 5 s, short enough that a
+/// row inserted after a miss is seen soon, long enough that a storm of requests for missing ids
+/// costs the source one query per key every 5 s.
+pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(5);
+
+/// Default [`Builder::max_concurrent_loads`](crate::Builder::max_concurrent_loads): 256 loader
+/// calls at once per group on a replica; the rest queue (an unmeasured bound, as
+/// [`LOAD_MANY_CONCURRENCY`](crate::LOAD_MANY_CONCURRENCY): more than a database pool serves at
+/// once, so it never queues a healthy source, and a bound on what a storm of misses puts on it).
+pub const DEFAULT_MAX_CONCURRENT_LOADS: usize = 256;
+
 /// Settings of one group.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -12,6 +25,21 @@ pub(crate) struct Config {
     pub(crate) coalesce_in_flight: usize,
     /// Fetches hedged to the key's successor when the owner stalls (`hedge.rs`).
     pub(crate) hedge: bool,
+    /// How long a negative answer is kept (`Builder::not_found_ttl`); zero keeps none.
+    pub(crate) not_found_ttl: Duration,
+    /// How long a failed load's error is kept on the owner (`Builder::cache_errors`); zero keeps
+    /// none.
+    pub(crate) error_ttl: Duration,
+    /// The refresh time of values loaded without one (`Builder::refresh_after`).
+    pub(crate) refresh_after: Option<Duration>,
+    /// How long after its expiry a value may still be served when its load fails
+    /// (`Builder::max_stale`); zero serves none.
+    pub(crate) max_stale: Duration,
+    /// Loader calls at once (`Builder::max_concurrent_loads`).
+    pub(crate) max_concurrent_loads: usize,
+    /// Failures in a row that open the loader's circuit, and for how long
+    /// (`Builder::circuit_breaker`); `None`: no breaker.
+    pub(crate) breaker: Option<(u32, Duration)>,
 }
 
 impl Default for Config {
@@ -22,6 +50,12 @@ impl Default for Config {
             admission: false,
             coalesce_in_flight: 0,
             hedge: false,
+            not_found_ttl: DEFAULT_NOT_FOUND_TTL,
+            error_ttl: Duration::ZERO,
+            refresh_after: None,
+            max_stale: Duration::ZERO,
+            max_concurrent_loads: DEFAULT_MAX_CONCURRENT_LOADS,
+            breaker: None,
         }
     }
 }

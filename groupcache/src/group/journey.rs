@@ -12,7 +12,7 @@ use tracing::field::Empty;
 use super::config::Config;
 use super::led::Coalescing;
 use super::store::{Answered, Asked, Caller, Store};
-use crate::caches::{Cache, Entry, Token};
+use crate::caches::{Cache, Entry, Kind, Token};
 use crate::cluster::ClusterInner;
 use crate::cluster::membership::{Member, Membership};
 use crate::error::Error;
@@ -54,6 +54,12 @@ pub(crate) struct Inner<L: Loader> {
     pub(crate) repairs: super::repairs::Repairs,
     /// The walk over main after ring changes (`ring_walk.rs`).
     pub(crate) ring_walk: super::ring_walk::RingWalk,
+    /// The loader's turns and circuit breaker (`source.rs`).
+    pub(crate) source: super::source::Source,
+    /// Keys being refreshed ahead from this replica (`refresh.rs`).
+    pub(crate) refreshing: super::refresh::Refreshing,
+    /// This group, for the background work a `&self` method starts (a refresh ahead).
+    pub(crate) this: std::sync::Weak<Inner<L>>,
 }
 
 impl<L: Loader> Inner<L> {
@@ -68,7 +74,7 @@ impl<L: Loader> Inner<L> {
             Some(entry) => entry,
             None => Box::pin(self.miss(key, Caller::Local)).await?,
         };
-        L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
+        value_of(entry)
     }
 
     pub(crate) async fn get(self: &Arc<Self>, key: &str, caller: Caller) -> Result<Entry, Error> {
@@ -107,8 +113,31 @@ impl<L: Loader> Inner<L> {
             }
         };
         let (outcome, _) = miss.instrument(span.clone()).await;
+        let outcome = self.or_stale(key, outcome);
         trace::record_outcome(&span, &outcome);
         outcome
+    }
+
+    /// A failed get's `outcome`, or the value this replica still holds for `key` if it expired
+    /// less than `max_stale` ago (stale on error, `Builder::max_stale`); counted.
+    pub(crate) fn or_stale(&self, key: &str, outcome: Outcome<Entry>) -> Outcome<Entry> {
+        let error = match outcome {
+            Err(error) if !self.config.max_stale.is_zero() && error.is_source_failure() => error,
+            outcome => return outcome,
+        };
+        let now = now_nanos();
+        match self
+            .main
+            .stale(key, now)
+            .or_else(|| self.hot.stale(key, now))
+        {
+            Some(entry) if entry.kind == Kind::Value => {
+                self.metrics.stale_served();
+                tracing::debug!(group = %self.group, %error, "load failed; serving a stale value");
+                Ok(entry)
+            }
+            _ => Err(error),
+        }
     }
 
     /// A get's first steps, for `get` and every key of a batch: the key checked and counted, and
@@ -174,15 +203,22 @@ impl<L: Loader> Inner<L> {
         Store::Hot(self.hot.token(key))
     }
 
-    /// A main or hot cache hit, counted.
+    /// A main or hot cache hit, counted; a value past its refresh time is refreshed in the
+    /// background (`refresh.rs`).
     pub(crate) fn cached(&self, key: &str) -> Option<Entry> {
         let now = now_nanos();
         if let Some(entry) = self.main.get(key, now) {
             self.metrics.main_hit();
+            if entry.refresh_due(now) {
+                self.refresh_ahead(key, false);
+            }
             return Some(entry);
         }
         let entry = self.hot.get(key, now)?;
         self.metrics.hot_hit();
+        if entry.refresh_due(now) {
+            self.refresh_ahead(key, true);
+        }
         Some(entry)
     }
 
@@ -200,6 +236,19 @@ impl<L: Loader> Inner<L> {
         store: Store,
         deduped: bool,
     ) -> (Outcome<Entry>, bool) {
+        self.load_as(key, store, deduped, false).await
+    }
+
+    /// [`load`](Self::load); `refresh`: a refresh ahead, which loads without looking in the
+    /// caches (they hold the value being refreshed) or peeking a previous owner. A get that
+    /// joins a refresh's flight gets the refreshed value.
+    pub(crate) async fn load_as(
+        self: &Arc<Self>,
+        key: &str,
+        store: Store,
+        deduped: bool,
+        refresh: bool,
+    ) -> (Outcome<Entry>, bool) {
         let this = self.clone();
         let owned_key = key.to_owned();
         self.loads
@@ -208,7 +257,8 @@ impl<L: Loader> Inner<L> {
                 if deduped {
                     this.metrics.load_deduped();
                 }
-                let loaded = AssertUnwindSafe(this.run_loader(&owned_key, store, superseded));
+                let loaded =
+                    AssertUnwindSafe(this.run_loader(&owned_key, store, superseded, refresh));
                 match loaded.catch_unwind().await {
                     Ok(outcome) => outcome,
                     Err(panic) => {
@@ -221,24 +271,46 @@ impl<L: Loader> Inner<L> {
             .await
     }
 
-    async fn run_loader(&self, key: &str, store: Store, superseded: Superseded) -> Outcome<Entry> {
-        if let Some(entry) = self.peek(key) {
-            return Ok(entry);
+    /// `refresh`: a refresh ahead, which neither looks in the caches (they hold the value being
+    /// refreshed) nor peeks a previous owner.
+    async fn run_loader(
+        &self,
+        key: &str,
+        store: Store,
+        superseded: Superseded,
+        refresh: bool,
+    ) -> Outcome<Entry> {
+        if !refresh {
+            if let Some(entry) = self.peek(key) {
+                return Ok(entry);
+            }
+            // Boxed only when there is a previous owner to peek: its future would otherwise
+            // size every load's task, which each load copies into place.
+            if let Some((previous, peek)) = self.handoff_source(key)
+                && let Some(entry) = Box::pin(self.hand_off(key, previous, peek)).await
+            {
+                return Ok(self.keep(key, entry, store));
+            }
         }
-        // Boxed only when there is a previous owner to peek: its future would otherwise size
-        // every load's task, which each load copies into place.
-        if let Some((previous, peek)) = self.handoff_source(key)
-            && let Some(entry) = Box::pin(self.hand_off(key, previous, peek)).await
-        {
-            return Ok(self.keep(key, entry, store));
-        }
+        // The loader in its turn (`source.rs`): queued behind `max_concurrent_loads` others, or
+        // refused at once while the circuit is open.
+        let turn = self.source.turn(&self.metrics).await?;
         let started = Instant::now();
         let span = tracing::info_span!(trace::LOAD, group = %self.group, keys = 1, outcome = Empty, bytes = Empty);
         let loaded = self.loader.load(key).instrument(span.clone()).await;
         self.metrics.load_duration.record(started.elapsed());
+        turn.done(self.loaded_well(&loaded), &self.metrics);
         let entry = self.loaded_entry(key, loaded);
         trace::record_entry(&span, &entry);
-        let entry = entry?;
+        let entry = match entry {
+            Err(error) => {
+                if !superseded.get() {
+                    self.keep_failure(key, &error, store);
+                }
+                return Err(error);
+            }
+            Ok(entry) => entry,
+        };
         // A write already overtook this load: skip the copy into the cache. Only a shortcut: the
         // store's token, checked under the cache's lock, is what keeps a later write's value.
         if superseded.get() {
@@ -258,6 +330,17 @@ impl<L: Loader> Inner<L> {
     ) -> Outcome<Entry> {
         let loaded = match loaded {
             Ok(loaded) => loaded,
+            Err(error) if self.loader.is_not_found(&error) => {
+                self.metrics.local_load();
+                self.metrics.not_found_load();
+                return Ok(Entry {
+                    value: bytes::Bytes::new(),
+                    // Zero keeps none: expired as it is made, so never stored.
+                    expire: now_nanos().saturating_add(nanos(self.config.not_found_ttl)),
+                    refresh: 0,
+                    kind: Kind::NotFound,
+                });
+            }
             Err(error) => {
                 self.metrics.local_load_error();
                 tracing::debug!(group = %self.group, key, %error, "loader failed");
@@ -265,22 +348,71 @@ impl<L: Loader> Inner<L> {
             }
         };
         self.metrics.local_load();
-        let Loaded { value, expires_at } = loaded;
+        let Loaded {
+            value,
+            expires_at,
+            refresh_at,
+        } = loaded;
         let bytes = value.encode().map_err(|e| Error::Codec(Arc::new(e)))?;
         // Without the loader's own handle, a `Bytes` value is the only handle to its buffer, and
         // the cache can keep that buffer instead of copying it.
         drop(value);
+        let expire = to_unix_nanos(expires_at);
+        let refresh = match (refresh_at, self.config.refresh_after) {
+            (Some(at), _) => to_unix_nanos(Some(at)),
+            (None, Some(after)) => now_nanos().saturating_add(nanos(after)),
+            (None, None) => 0,
+        };
         Ok(Entry {
             value: bytes,
-            expire: to_unix_nanos(expires_at),
+            expire,
+            // A refresh time at or past the expiry is none: the value expires first.
+            refresh: if expire != 0 && refresh >= expire {
+                0
+            } else {
+                refresh
+            },
+            kind: Kind::Value,
         })
+    }
+
+    /// Whether a loader call went well for the circuit breaker: a value or a negative answer.
+    pub(crate) fn loaded_well(&self, loaded: &Result<Loaded<L::Value>, L::Error>) -> bool {
+        match loaded {
+            Ok(_) => true,
+            Err(error) => self.loader.is_not_found(error),
+        }
+    }
+
+    /// Keeps a failed load's error for `cache_errors` (if set), where its value would have
+    /// gone: gets of the key answer it without a load until it expires.
+    pub(crate) fn keep_failure(&self, key: &str, error: &Error, store: Store) {
+        let ttl = self.config.error_ttl;
+        let Error::Loader(source) = error else {
+            return;
+        };
+        if ttl.is_zero() {
+            return;
+        }
+        let failed = Entry {
+            value: bytes::Bytes::from(source.to_string()),
+            expire: now_nanos().saturating_add(nanos(ttl)),
+            refresh: 0,
+            kind: Kind::Failed,
+        };
+        self.store(key, failed, store);
     }
 
     /// [`store`](Self::store)s `entry`; the entry as the cache holds it.
     pub(crate) fn keep(&self, key: &str, entry: Entry, store: Store) -> Entry {
-        let expire = entry.expire;
+        let (expire, refresh, kind) = (entry.expire, entry.refresh, entry.kind);
         let value = self.store(key, entry, store);
-        Entry { value, expire }
+        Entry {
+            value,
+            expire,
+            refresh,
+            kind,
+        }
     }
 
     /// Asks the owner once for everyone on this replica asking for `key` now.
@@ -485,9 +617,13 @@ impl<L: Loader> Inner<L> {
             Asked::Successor => {
                 tracing::info_span!(trace::SUCCESSOR, group = %self.group, peer = %peer.url, outcome = Empty, bytes = Empty)
             }
+            Asked::Refresh => {
+                tracing::info_span!(trace::REFRESH, group = %self.group, peer = %peer.url, outcome = Empty, bytes = Empty)
+            }
         };
+        let refresh = matches!(to, Asked::Refresh);
         async {
-            let asked = self.ask_untraced(peer, key).await;
+            let asked = self.ask_untraced(peer, key, refresh).await;
             trace::record_asked(&tracing::Span::current(), asked.as_ref());
             asked
         }
@@ -500,12 +636,20 @@ impl<L: Loader> Inner<L> {
     /// The peer is told how long this replica waits (three quarters of `peer_timeout`); if its
     /// load is not done by then it says so, and is asked again, for at most [`PEER_ROUNDS`]
     /// rounds: a load longer than `peer_timeout` is waited for, and loaded once, by the owner.
-    async fn ask_untraced(&self, peer: &Member, key: &str) -> Result<Entry, Failure> {
+    async fn ask_untraced(
+        &self,
+        peer: &Member,
+        key: &str,
+        refresh: bool,
+    ) -> Result<Entry, Failure> {
         let max_wait = self.cluster.config.peer_timeout * 3 / 4;
         for round in 0..PEER_ROUNDS {
             let started = Instant::now();
             let path = self.key_path(peer, key);
-            let request = self.cluster.client.get(&peer.endpoint, path, max_wait);
+            let request = self
+                .cluster
+                .client
+                .get(&peer.endpoint, path, max_wait, refresh);
             let fetched = until_unresponsive(&self.cluster, peer, request).await;
             let took = started.elapsed();
             self.metrics.peer_request_duration.record(took);
@@ -558,6 +702,11 @@ impl<L: Loader> Inner<L> {
     /// Caches the entry unless the key was written since the store's token was taken; returns the
     /// value as the cache holds it (or as given, if not kept).
     pub(crate) fn store(&self, key: &str, mut entry: Entry, store: Store) -> bytes::Bytes {
+        // Expired already: a negative answer kept for no time, or a stale value an owner served
+        // after its load failed. Answered, never kept.
+        if entry.expire != 0 && entry.expire <= now_nanos() {
+            return entry.value;
+        }
         match store {
             Store::Main(token) | Store::Bounded(token) => {
                 if let Store::Bounded(_) = store {
@@ -650,6 +799,23 @@ pub(crate) async fn until_unresponsive<T>(
         biased;
         answered = request => answered,
         () = peer.until_suspected() => Err(Failure::Peer(crate::PeerError::Unresponsive)),
+    }
+}
+
+/// `duration` in nanoseconds, saturated.
+pub(crate) fn nanos(duration: Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// What a get answers for `entry`: its value decoded, or the error a negative answer or a
+/// cached failure stands for.
+pub(crate) fn value_of<V: Value>(entry: Entry) -> Result<V, Error> {
+    match entry.kind {
+        Kind::Value => V::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e))),
+        Kind::NotFound => Err(Error::NotFound),
+        Kind::Failed => Err(Error::LoaderFailedRecently {
+            message: String::from_utf8_lossy(&entry.value).into_owned(),
+        }),
     }
 }
 
@@ -751,6 +917,7 @@ mod tests {
             "k",
             inner.hot_store("k"),
             Superseded::unset(),
+            false,
         ));
         let loader = std::mem::size_of_val(&inner.loader.load("k"));
         assert!(

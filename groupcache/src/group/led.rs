@@ -148,10 +148,7 @@ mod tests {
         let k = once.into_iter().find(|led| led.key == "k").unwrap();
         assert!(!k.superseded.get(), "the newer flight decides what is kept");
         assert!(matches!(k.store, Store::Hot(token) if token == crate::caches::Token::for_test(0)));
-        let answer = Entry {
-            value: bytes::Bytes::from_static(b"v"),
-            expire: 0,
-        };
+        let answer = Entry::value(bytes::Bytes::from_static(b"v"), 0);
         k.answer(Ok(answer));
         for mut receiver in [old_answer, new_answer] {
             assert_eq!(receiver.try_recv().unwrap().unwrap().value, "v");

@@ -36,7 +36,7 @@ use crate::lock;
 use crate::trace;
 use crate::wire::client::Failure;
 use crate::wire::protocol::{self, BATCH_KEY};
-use crate::{Error, Loader, PeerError, Value};
+use crate::{Error, Loader, PeerError};
 
 impl<L: Loader> Groupcache<L> {
     /// The values of `keys`, one result per key in the same order, each on its own: one key's
@@ -79,11 +79,7 @@ impl<L: Loader> Groupcache<L> {
         let entries = self.inner.get_many(&keys).await;
         entries
             .into_iter()
-            .map(|entry| {
-                entry.and_then(|entry| {
-                    L::Value::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)))
-                })
-            })
+            .map(|entry| entry.and_then(super::journey::value_of))
             .collect()
     }
 }
@@ -160,9 +156,10 @@ impl<L: Loader> Inner<L> {
                 results[index] = Some(outcome);
             }
         }
-        results
-            .into_iter()
-            .map(|result| result.unwrap_or(Err(Error::LoadAbandoned)))
+        // A key whose load failed is answered a stale value, as a single get's (`or_stale`).
+        keys.iter()
+            .zip(results)
+            .map(|(key, result)| self.or_stale(key, result.unwrap_or(Err(Error::LoadAbandoned))))
             .collect()
     }
 
@@ -311,42 +308,74 @@ impl<L: Loader> Inner<L> {
         let keys: Vec<String> = loading.iter().map(|led| led.key.clone()).collect();
         let (results, arriving) = Results::new(keys.len());
         let panicked: Mutex<Option<String>> = Mutex::new(None);
+        let short_circuited: Mutex<Option<Error>> = Mutex::new(None);
         let started = Instant::now();
         let span = tracing::info_span!(trace::LOAD, group = %self.group, keys = keys.len(), outcome = Empty, bytes = Empty);
+        // Whether every key's load went well, for the circuit breaker.
+        let well = std::sync::atomic::AtomicBool::new(true);
         let loader = async {
-            let load_many = self.loader.load_many(&keys, &results).instrument(span);
-            let run = AssertUnwindSafe(load_many).catch_unwind();
-            if let Err(panic) = run.await {
-                *lock(&panicked) = Some(panic_message(panic.as_ref()));
+            // One turn for the call (`source.rs`); with the circuit open no key is loaded, and
+            // each fails with the breaker's error.
+            match self.source.turn(&self.metrics).await {
+                Ok(turn) => {
+                    let load_many = self.loader.load_many(&keys, &results).instrument(span);
+                    let run = AssertUnwindSafe(load_many).catch_unwind();
+                    if let Err(panic) = run.await {
+                        *lock(&panicked) = Some(panic_message(panic.as_ref()));
+                    }
+                    self.metrics.load_duration.record(started.elapsed());
+                    // Keys without a result fail now, not when the last key is in.
+                    drop(results);
+                    Some(turn)
+                }
+                Err(error) => {
+                    *lock(&short_circuited) = Some(error);
+                    drop(results);
+                    None
+                }
             }
-            self.metrics.load_duration.record(started.elapsed());
-            // Keys without a result fail now, not when the last key is in.
-            drop(results);
         };
         let finishing = loading.into_iter().zip(arriving).map(|(led, arriving)| {
-            let (this, panicked) = (&self, &panicked);
+            let (this, panicked, short_circuited, well) =
+                (&self, &panicked, &short_circuited, &well);
             async move {
                 let outcome = match arriving.await {
-                    Ok(loaded) => this.loaded_entry(&led.key, loaded).map(|entry| {
-                        // Overtaken by a write: answered, not kept (as a single load).
-                        if led.superseded.get() {
-                            entry
-                        } else {
-                            this.keep(&led.key, entry, led.store)
+                    Ok(loaded) => {
+                        if !this.loaded_well(&loaded) {
+                            well.store(false, std::sync::atomic::Ordering::Relaxed);
                         }
-                    }),
-                    Err(_) => match lock(panicked).clone() {
-                        Some(message) => {
+                        match this.loaded_entry(&led.key, loaded) {
+                            // Overtaken by a write: answered, not kept (as a single load).
+                            Ok(entry) if led.superseded.get() => Ok(entry),
+                            Ok(entry) => Ok(this.keep(&led.key, entry, led.store)),
+                            Err(error) => {
+                                if !led.superseded.get() {
+                                    this.keep_failure(&led.key, &error, led.store);
+                                }
+                                Err(error)
+                            }
+                        }
+                    }
+                    Err(_) => match (lock(panicked).clone(), lock(short_circuited).clone()) {
+                        (Some(message), _) => {
                             this.metrics.local_load_error();
                             Err(Error::LoaderPanicked(message))
                         }
-                        None => Err(Error::NotLoaded),
+                        (None, Some(error)) => Err(error),
+                        (None, None) => Err(Error::NotLoaded),
                     },
                 };
                 led.answer(outcome);
             }
         });
-        futures_util::future::join(loader, futures_util::future::join_all(finishing)).await;
+        let (turn, ()) = futures_util::future::join(loader, async {
+            futures_util::future::join_all(finishing).await;
+        })
+        .await;
+        if let Some(turn) = turn {
+            let well = well.load(std::sync::atomic::Ordering::Relaxed) && lock(&panicked).is_none();
+            turn.done(well, &self.metrics);
+        }
     }
 
     /// The owner's answer for the led keys, each handed to its flight as soon as it is known.

@@ -21,9 +21,12 @@ mod hedge;
 pub(crate) mod journey;
 mod led;
 mod many;
+mod purge;
+mod refresh;
 mod repairs;
 mod ring_walk;
 mod served;
+mod source;
 mod store;
 mod writes;
 
@@ -33,6 +36,17 @@ use std::time::SystemTime;
 use journey::Inner;
 
 use crate::cluster::Cluster;
+
+/// Whether [`Groupcache::get_with_freshness`] answered a current value or a stale one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Freshness {
+    /// Within its expiry.
+    Fresh,
+    /// Past its expiry (by less than [`Builder::max_stale`](crate::Builder::max_stale)),
+    /// served because its load failed.
+    Stale,
+}
 use crate::error::Error;
 use crate::loader::{Loader, Value};
 use crate::metrics::Stats;
@@ -106,6 +120,37 @@ impl<L: Loader> Groupcache<L> {
         self.inner.get_value(key)
     }
 
+    /// [`get`](Self::get), and whether the value is fresh or a stale one served because its
+    /// load failed ([`Builder::max_stale`](crate::Builder::max_stale)).
+    ///
+    /// ```
+    /// # use groupcache_rs::{Freshness, Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), groupcache_rs::Error> {
+    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
+    /// let (row, freshness) = cache.get_with_freshness("42").await?;
+    /// assert_eq!((row.as_str(), freshness), ("row for 42", Freshness::Fresh));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with_freshness(&self, key: &str) -> Result<(L::Value, Freshness), Error> {
+        let entry = self.inner.get(key, store::Caller::Local).await?;
+        let stale = entry.expire != 0 && entry.expire <= crate::loader::now_nanos();
+        let freshness = if stale {
+            Freshness::Stale
+        } else {
+            Freshness::Fresh
+        };
+        Ok((journey::value_of(entry)?, freshness))
+    }
+
     /// Removes `key` everywhere: first on its owner, so no peer can fetch the old value again,
     /// then on every other replica, so no hot copy survives. The next `get` loads it once.
     ///
@@ -122,6 +167,40 @@ impl<L: Loader> Groupcache<L> {
     /// reaches the same replicas.
     pub async fn remove(&self, key: &str) -> Result<(), Error> {
         self.inner.remove(key).await
+    }
+
+    /// Empties the group on every replica: every value loaded or set before the call is gone,
+    /// negative answers and cached errors too, and the next get of each key loads it once.
+    ///
+    /// `Ok` promises what [`remove`](Groupcache::remove)'s does, for every key at once: no
+    /// `get` that starts after it, on any replica, answers a value from before it (not from a
+    /// load or fetch in flight, a hot copy or a batch). Each replica empties its caches in O(1)
+    /// (whatever they hold, the structures are swapped for empty ones), without a pause in
+    /// gets. Every member is tried; the first that could not be reached is returned as
+    /// [`Error::Peer`], and is sent the purge again in the background until it answers or
+    /// leaves the ring (until then it may serve what it held, as after a missed `remove`).
+    /// golang/groupcache replicas have no purge: the call fails for them.
+    ///
+    /// ```
+    /// # use groupcache_rs::{Groupcache, Loaded, Loader};
+    /// # struct Db;
+    /// # impl Loader for Db {
+    /// #     type Value = String;
+    /// #     type Error = std::io::Error;
+    /// #     async fn load(&self, key: &str) -> Result<Loaded<String>, Self::Error> {
+    /// #         Ok(Loaded::new(format!("row for {key}")))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), groupcache_rs::Error> {
+    /// let cache = Groupcache::builder("rows", "http://127.0.0.1:8080", Db).build()?;
+    /// cache.get("42").await?;
+    /// cache.purge().await?;
+    /// assert_eq!(cache.stats().main_items, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn purge(&self) -> Result<(), Error> {
+        self.inner.purge().await
     }
 
     /// Stores `value` for `key` on its owner, expiring at `expires_at` if given, and drops every

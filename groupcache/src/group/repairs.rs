@@ -24,10 +24,12 @@ use crate::lock;
 /// make the queue grow without end.
 pub(crate) const MAX_PENDING_REPAIRS: usize = 65_536;
 
-/// The keys each member has missed.
+/// The keys each member has missed, and the members that missed a purge.
 #[derive(Default)]
 pub(crate) struct Repairs {
     pending: Mutex<Pending>,
+    /// Members a task sends a purge they missed (`purge.rs`).
+    purges: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 #[derive(Default)]
@@ -56,6 +58,16 @@ pub(crate) enum Queued {
 pub(crate) type Repair = (String, u64);
 
 impl Repairs {
+    /// `peer` missed a purge: whether no task sends it one yet (the caller starts one).
+    pub(crate) fn queue_purge(&self, peer: &Arc<str>) -> bool {
+        lock(&self.purges).insert(peer.clone())
+    }
+
+    /// `peer` took its purge, or left the ring: a later miss starts a new task.
+    pub(crate) fn purge_done(&self, peer: &Arc<str>) {
+        lock(&self.purges).remove(peer);
+    }
+
     /// Queues `key` for `peer`, which missed a write of it.
     pub(crate) fn queue(&self, peer: &Arc<str>, key: &str) -> Queued {
         let mut pending = lock(&self.pending);

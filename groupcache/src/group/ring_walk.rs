@@ -231,7 +231,7 @@ pub(crate) mod tests {
         let keys: Vec<String> = (0..keys).map(|i| format!("k{i}")).collect();
         for key in &keys {
             let value = key.clone().into();
-            cache.inner.main.insert(key, Entry { value, expire: 0 });
+            cache.inner.main.insert(key, Entry::value(value, 0));
         }
         (cache, keys)
     }

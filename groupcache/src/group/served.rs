@@ -25,12 +25,20 @@ impl<L: Loader> Served for Inner<L> {
         self.metrics.server_request();
     }
 
-    fn serve_get<'a>(self: Arc<Self>, key: &'a str) -> Boxed<'a, Result<(Entry, f64), Error>> {
+    fn serve_get<'a>(
+        self: Arc<Self>,
+        key: &'a str,
+        refresh: bool,
+    ) -> Boxed<'a, Result<(Entry, f64), Error>> {
         Box::pin(async move {
             // Read, not recorded: the sketch counts this replica's own demand, which decides hot
             // promotion; peers' requests would make keys it never asked for look popular.
             let requests = self.popularity.estimate(key_hash(key));
-            let entry = self.get(key, Caller::Peer).await?;
+            let entry = if refresh {
+                self.serve_refresh(key).await?
+            } else {
+                self.get(key, Caller::Peer).await?
+            };
             let window = POPULARITY_WINDOW.as_secs_f64() / 60.0;
             Ok((entry, f64::from(requests) / window))
         })
@@ -46,6 +54,10 @@ impl<L: Loader> Served for Inner<L> {
 
     fn serve_remove(&self, key: &str) {
         self.forget(key);
+    }
+
+    fn serve_purge(&self, hot_only: bool) {
+        self.purge_here(hot_only);
     }
 
     fn serve_batch(

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use crate::caches::Token;
 use crate::cluster::membership::Member;
 
-/// Whom `Inner::ask` asks: the key's owner, or its successor standing in for it.
+/// Whom `Inner::ask` asks: the key's owner, or its successor standing in for it; or the owner
+/// for the refreshed value of a copy due for refresh (`refresh.rs`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Asked {
     Owner,
     Successor,
+    Refresh,
 }
 
 /// Who answered a fetch.

@@ -42,10 +42,7 @@ impl<L: Loader> Inner<L> {
         expires_at: Option<SystemTime>,
     ) -> Result<(), Error> {
         self.check_key(key)?;
-        let entry = Entry {
-            value,
-            expire: to_unix_nanos(expires_at),
-        };
+        let entry = Entry::value(value, to_unix_nanos(expires_at));
         let membership = self.cluster.peers.snapshot();
         let owner = membership.remote_owner(key);
         let on_owner = match owner {
@@ -370,7 +367,7 @@ impl<L: Loader> Inner<L> {
 /// until `pause` after it, whichever comes first; at least [`REPAIR_POLL`]. Polled: it runs only
 /// while a member that missed writes does not answer, and a heartbeat's answer is what it waits
 /// for.
-async fn until_heard(member: &Member, failed_at: Instant, pause: Duration) {
+pub(crate) async fn until_heard(member: &Member, failed_at: Instant, pause: Duration) {
     let deadline = failed_at + pause.max(REPAIR_POLL);
     loop {
         let now = Instant::now();
@@ -395,11 +392,11 @@ const REPAIR_POLL: Duration = Duration::from_millis(50);
 
 /// The first pause before a member that missed writes is sent them again, and after each round
 /// it answered.
-const REPAIR_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const REPAIR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The longest pause between rounds of repairs to a member that does not answer, where nothing
 /// else shows that it answers again (the failure detector off: no heartbeats).
-const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Repairs sent to one member at once.
 const REPAIR_CONCURRENCY: usize = 32;

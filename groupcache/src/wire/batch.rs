@@ -22,6 +22,7 @@ use groupcache_rs_pb::{BatchEntry, BatchRequest};
 use prost::Message;
 
 use super::protocol::expire_field;
+use crate::caches::Kind;
 use crate::cluster::groups::BatchAnswer::{self, Done};
 use crate::{Error, PeerError};
 
@@ -198,10 +199,22 @@ pub(crate) fn answer_parts(answers: Vec<BatchAnswer>) -> (Vec<Bytes>, usize) {
                 skipped: Some(true),
                 ..BatchEntry::default()
             },
+            BatchAnswer::Done(Ok(entry)) if entry.kind == Kind::NotFound => BatchEntry {
+                expire: expire_field(entry.expire),
+                refresh: expire_field(entry.refresh),
+                not_found: Some(true),
+                ..BatchEntry::default()
+            },
+            // A failed load's message, cached on the owner: a loader error, as when it failed.
+            BatchAnswer::Done(Ok(entry)) if entry.kind == Kind::Failed => BatchEntry {
+                loader_error: Some(bounded(String::from_utf8_lossy(&entry.value).into_owned())),
+                ..BatchEntry::default()
+            },
             BatchAnswer::Done(Ok(entry)) => {
                 let value = entry.value;
                 let expire = BatchEntry {
                     expire: expire_field(entry.expire),
+                    refresh: expire_field(entry.refresh),
                     ..BatchEntry::default()
                 };
                 // The entry as prost would write it (fields in tag order: the value, then its
@@ -392,21 +405,12 @@ mod tests {
         use crate::caches::Entry;
         let value = Bytes::from(vec![7u8; 300]);
         let answers = vec![
-            Done(Ok(Entry {
-                value: value.clone(),
-                expire: 1_700_000_000_000_000_000,
-            })),
+            Done(Ok(Entry::value(value.clone(), 1_700_000_000_000_000_000))),
             BatchAnswer::AskAgain,
-            Done(Ok(Entry {
-                value: Bytes::from_static(b"v"),
-                expire: 0,
-            })),
+            Done(Ok(Entry::value(Bytes::from_static(b"v"), 0))),
             BatchAnswer::Alone,
             Done(Err(Error::NotLoaded)),
-            Done(Ok(Entry {
-                value: Bytes::new(),
-                expire: 5,
-            })),
+            Done(Ok(Entry::value(Bytes::new(), 5))),
         ];
         let expected = [
             BatchEntry {

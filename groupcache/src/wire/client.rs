@@ -17,8 +17,8 @@ use super::auth::{BodyDigest, PeerAuth, SIGNATURE_HEADER};
 use super::batch;
 use super::pool::{Answer, Connections, ReadError, request_error};
 use super::protocol::{
-    BATCH_HEADER, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER, PEEK, PEEK_HEADER,
-    PENDING, PROTOBUF,
+    BATCH_HEADER, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER, NOT_FOUND, PEEK,
+    PEEK_HEADER, PENDING, PROTOBUF, REFRESH_HEADER,
 };
 use crate::PeerError;
 use crate::cluster::membership::Endpoint;
@@ -67,16 +67,24 @@ impl PeerClient {
     }
 
     /// `GET`: the owner's value, or `None` if it is still loading after `max_wait` (which the
-    /// owner is told, [`MAX_WAIT_HEADER`]): ask again.
+    /// owner is told, [`MAX_WAIT_HEADER`]): ask again. `refresh`: this replica holds a copy due
+    /// for refresh ([`REFRESH_HEADER`]), and wants the refreshed value.
     pub(crate) async fn get(
         &self,
         peer: &Arc<Endpoint>,
         path: String,
         max_wait: Duration,
+        refresh: bool,
     ) -> Result<Option<GetResponse>, Failure> {
         let millis = u64::try_from(max_wait.as_millis()).unwrap_or(u64::MAX);
-        let header = (MAX_WAIT_HEADER, HeaderValue::from(millis));
-        self.get_as(peer, path, Some(header), self.timeout).await
+        let wait = (MAX_WAIT_HEADER, HeaderValue::from(millis));
+        if refresh {
+            let refresh = (REFRESH_HEADER, HeaderValue::from_static("1"));
+            return self
+                .get_as(peer, path, &[wait, refresh], self.timeout)
+                .await;
+        }
+        self.get_as(peer, path, &[wait], self.timeout).await
     }
 
     /// A peek ([`PEEK_HEADER`]): the peer's value if it holds it in memory, `None` if not; the
@@ -88,38 +96,37 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Option<GetResponse>, Failure> {
         let header = (PEEK_HEADER, HeaderValue::from_static(PEEK));
-        self.get_as(peer, path, Some(header), timeout).await
+        self.get_as(peer, path, &[header], timeout).await
     }
 
-    /// `get` and `peek` (with `header`, which says which); `None` for a peek's 404 and for a
-    /// get still loading on the owner ([`PENDING`]).
+    /// `get` and `peek` (with `headers`, which say which); `None` for a peek's 404 and for a
+    /// get still loading on the owner ([`PENDING`]). A negative answer (a 404 marked
+    /// [`NOT_FOUND`]) is a `GetResponse` with `not_found` set.
     async fn get_as(
         &self,
         peer: &Arc<Endpoint>,
         path: String,
-        header: Option<(&'static str, HeaderValue)>,
+        headers: &[(&'static str, HeaderValue)],
         timeout: Duration,
     ) -> Result<Option<GetResponse>, Failure> {
-        let peek = header
-            .as_ref()
-            .is_some_and(|(name, _)| *name == PEEK_HEADER);
+        let peek = headers.iter().any(|(name, _)| *name == PEEK_HEADER);
         let exchange = async {
             let answer = self
-                .send(Method::GET, peer, path, Bytes::new(), header)
+                .send(Method::GET, peer, path, Bytes::new(), headers)
                 .await
                 .map_err(Failure::Peer)?;
             let response = &answer.response;
             let status = response.status();
-            let pending = status == StatusCode::ACCEPTED
-                && response
-                    .headers()
-                    .get(ERROR_KIND)
-                    .is_some_and(|kind| kind == PENDING);
-            if (peek && status == StatusCode::NOT_FOUND) || pending {
+            let kind = response.headers().get(ERROR_KIND);
+            let pending =
+                status == StatusCode::ACCEPTED && kind.is_some_and(|kind| kind == PENDING);
+            let not_found =
+                status == StatusCode::NOT_FOUND && kind.is_some_and(|kind| kind == NOT_FOUND);
+            if (peek && status == StatusCode::NOT_FOUND && !not_found) || pending {
                 let _ = answer.read_prefix(1024).await;
                 return Ok(None);
             }
-            if status.is_success() {
+            if status.is_success() || not_found {
                 let content_type = response.headers().get(CONTENT_TYPE);
                 if content_type.is_none_or(|value| value != PROTOBUF) {
                     let found = content_type
@@ -136,9 +143,18 @@ impl PeerClient {
                     }),
                     ReadError::Failed(error) => Failure::Peer(request_error(error)),
                 })?;
-                return GetResponse::decode(body)
-                    .map(Some)
-                    .map_err(|e| Failure::Peer(PeerError::Malformed(e.to_string())));
+                return match GetResponse::decode(body) {
+                    Ok(response) if not_found => Ok(Some(GetResponse {
+                        value: None,
+                        not_found: Some(true),
+                        ..response
+                    })),
+                    Ok(response) => Ok(Some(GetResponse {
+                        not_found: None,
+                        ..response
+                    })),
+                    Err(e) => Err(Failure::Peer(PeerError::Malformed(e.to_string()))),
+                };
             }
             let is_loader_error = status == StatusCode::INTERNAL_SERVER_ERROR
                 && response
@@ -174,7 +190,7 @@ impl PeerClient {
                     peer,
                     path,
                     Bytes::new(),
-                    Some((HEARTBEAT_HEADER, HeaderValue::from_static("1"))),
+                    &[(HEARTBEAT_HEADER, HeaderValue::from_static("1"))],
                 )
                 .await?;
             let status = answer.response.status();
@@ -210,6 +226,14 @@ impl PeerClient {
         self.expect_success(Method::PUT, peer, path, body).await
     }
 
+    /// `POST` of a purge ([`PURGE_KEY`](super::protocol::PURGE_KEY) or
+    /// [`PURGE_HOT_KEY`](super::protocol::PURGE_HOT_KEY) at `path`): the peer empties the
+    /// group's caches.
+    pub(crate) async fn purge(&self, peer: &Arc<Endpoint>, path: String) -> Result<(), PeerError> {
+        self.expect_success(Method::POST, peer, path, Bytes::new())
+            .await
+    }
+
     async fn expect_success(
         &self,
         method: Method,
@@ -218,7 +242,7 @@ impl PeerClient {
         body: Bytes,
     ) -> Result<(), PeerError> {
         let exchange = async {
-            let answer = self.send(method, peer, path, body, None).await?;
+            let answer = self.send(method, peer, path, body, &[]).await?;
             let status = answer.response.status();
             if status.is_success() {
                 // Read to the end, so the connection can carry the next request.
@@ -247,11 +271,9 @@ impl PeerClient {
         peer: &Arc<Endpoint>,
         path: String,
         body: Bytes,
-        header: Option<(&'static str, HeaderValue)>,
+        extra: &[(&'static str, HeaderValue)],
     ) -> Result<Answer, PeerError> {
-        let peek = header
-            .as_ref()
-            .is_some_and(|(name, _)| *name == PEEK_HEADER);
+        let peek = extra.iter().any(|(name, _)| *name == PEEK_HEADER);
         let signing = self.auth.as_ref().map(|auth| (auth, BodyDigest::of(&body)));
         // From the `String` itself: no copy of the path.
         let uri = hyper::Uri::try_from(path)
@@ -262,7 +284,7 @@ impl PeerClient {
             *request.method_mut() = method.clone();
             *request.uri_mut() = uri.clone();
             let headers = request.headers_mut();
-            if let Some((name, value)) = &header {
+            for (name, value) in extra {
                 headers.insert(*name, value.clone());
             }
             if let Some((auth, digest)) = &signing {
@@ -325,7 +347,7 @@ impl PeerClient {
             .saturating_add(batch::answer_overhead(request.keys.len()));
         let body = Bytes::from(request.encode_to_vec());
         let exchange = async {
-            let answer = self.send(Method::POST, peer, path, body, None).await?;
+            let answer = self.send(Method::POST, peer, path, body, &[]).await?;
             let status = answer.response.status();
             if !status.is_success() {
                 let message = error_message(answer).await;

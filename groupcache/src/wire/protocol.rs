@@ -20,7 +20,7 @@ use groupcache_rs_pb::{BatchEntry, GetResponse, SetRequest};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use prost::Message as _;
 
-use crate::caches::Entry;
+use crate::caches::{Entry, Kind};
 
 /// golang/groupcache's content type, for `GetResponse` answers and `SetRequest` bodies.
 pub(crate) const PROTOBUF: &str = "application/x-protobuf";
@@ -54,6 +54,17 @@ pub(crate) const MAX_WAIT_HEADER: &str = "groupcache-max-wait-ms";
 /// The [`ERROR_KIND`] of a get still loading by the asker's [`MAX_WAIT_HEADER`].
 pub(crate) const PENDING: &str = "pending";
 
+/// The [`ERROR_KIND`] of a negative answer: a 404 whose body is a `GetResponse` with
+/// `not_found` set and the answer's expiry. golang/groupcache takes it for an error and loads
+/// the key itself, as it would after its own owner's loader failed.
+pub(crate) const NOT_FOUND: &str = "not-found";
+
+/// On a `GET` (value `1`): the asker holds a copy whose refresh time passed. The owner answers
+/// with the value refreshed, joining the key's one refresh (or starting it), instead of the
+/// copy it may hold; a value not yet due is answered at once. golang/groupcache ignores it. Not
+/// covered by the signature: it can only make the owner refresh a value already due.
+pub(crate) const REFRESH_HEADER: &str = "groupcache-refresh";
+
 /// The [`PEEK_HEADER`] value.
 pub(crate) const PEEK: &str = "1";
 
@@ -61,6 +72,16 @@ pub(crate) const PEEK: &str = "1";
 /// from a `GET` of a key named `_batch`, which still works. The body is a `BatchRequest`; the
 /// answer is one length-delimited `BatchEntry` per key, in the request's order.
 pub(crate) const BATCH_KEY: &str = "_batch";
+
+/// The last segment of a purge's path, `POST {base}{group}/_purge`: the replica empties both
+/// of the group's caches and supersedes its loads and fetches in flight
+/// (`Groupcache::purge`). Signed like every request. Never sent to golang/groupcache, which
+/// would take it for a get of the key `_purge`.
+pub(crate) const PURGE_KEY: &str = "_purge";
+
+/// `POST {base}{group}/_purge_hot`: the purge's second wave, the hot cache and the fetches in
+/// flight only (copies fetched from owners the first wave had not reached yet).
+pub(crate) const PURGE_HOT_KEY: &str = "_purge_hot";
 
 /// Set (`1`) on every answer of this library's router: the peer takes batch requests.
 /// golang/groupcache peers do not send it, so they only ever get single requests.
@@ -117,7 +138,8 @@ pub(crate) fn parse_path(path: &str, base: &str) -> Option<(String, String)> {
 }
 
 /// A value and its expiry as every message carries them (`value`, `expire`: Unix nanoseconds,
-/// absent for none), converted in one place.
+/// absent for none), and, in the answers to gets, its refresh time and whether it is a negative
+/// answer: converted in one place.
 macro_rules! entry_from {
     ($($message:ty),*) => {$(
         impl From<$message> for Entry {
@@ -125,25 +147,41 @@ macro_rules! entry_from {
                 Entry {
                     value: message.value.unwrap_or_default(),
                     expire: message.expire.unwrap_or(0),
+                    refresh: message.refresh.unwrap_or(0).max(0),
+                    kind: if message.not_found == Some(true) { Kind::NotFound } else { Kind::Value },
                 }
             }
         }
     )*};
 }
 
-entry_from!(GetResponse, SetRequest, BatchEntry);
+entry_from!(GetResponse, BatchEntry);
+
+impl From<SetRequest> for Entry {
+    fn from(message: SetRequest) -> Entry {
+        Entry::value(
+            message.value.unwrap_or_default(),
+            message.expire.unwrap_or(0),
+        )
+    }
+}
 
 /// An entry's expiry as a message carries it: absent for none.
 pub(crate) fn expire_field(expire: i64) -> Option<i64> {
     (expire != 0).then_some(expire)
 }
 
-/// The answer to a `GET` (or a peek, without a request rate).
+/// The answer to a `GET` (or a peek, without a request rate). A negative answer is sent with a
+/// 404 ([`NOT_FOUND`]), so a golang/groupcache asker takes it for an error, as it would its own
+/// owner's; a failed load's cached message with a 500 ([`LOADER_ERROR`]), as text.
 pub(crate) fn get_response(entry: Entry, minute_qps: Option<f64>) -> GetResponse {
+    let not_found = entry.kind == Kind::NotFound;
     GetResponse {
-        value: Some(entry.value),
+        value: (!not_found).then_some(entry.value),
         minute_qps,
         expire: expire_field(entry.expire),
+        refresh: expire_field(entry.refresh),
+        not_found: not_found.then_some(true),
     }
 }
 
@@ -156,7 +194,7 @@ pub(crate) const ANSWER_IN_PARTS_BYTES: usize = 4096;
 /// fields before and after it, so an answer waiting for a slow reader holds no second copy of a
 /// value the cache holds anyway, and a remote get copies 64 KiB less per 64 KiB value.
 pub(crate) fn encoded_get_response(entry: Entry, minute_qps: Option<f64>) -> Vec<Bytes> {
-    if entry.value.len() < ANSWER_IN_PARTS_BYTES {
+    if entry.value.len() < ANSWER_IN_PARTS_BYTES || entry.kind != Kind::Value {
         return vec![Bytes::from(get_response(entry, minute_qps).encode_to_vec())];
     }
     // prost writes the fields in tag order: the value (1), then the rate (2) and the expiry (3).
@@ -167,6 +205,8 @@ pub(crate) fn encoded_get_response(entry: Entry, minute_qps: Option<f64>) -> Vec
         value: None,
         minute_qps,
         expire: expire_field(entry.expire),
+        refresh: expire_field(entry.refresh),
+        not_found: None,
     };
     vec![
         Bytes::from(head),
@@ -190,7 +230,7 @@ mod tests {
             expire in prop_oneof![Just(0i64), any::<i64>()],
         ) {
             let value = Bytes::from(vec![7u8; len]);
-            let entry = Entry { value: value.clone(), expire };
+            let entry = Entry::value(value.clone(), expire);
             let parts = encoded_get_response(entry.clone(), minute_qps);
             let whole: Vec<u8> = parts.iter().flat_map(|part| part.iter().copied()).collect();
             prop_assert_eq!(whole, get_response(entry, minute_qps).encode_to_vec());

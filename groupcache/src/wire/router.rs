@@ -28,10 +28,11 @@ use super::batch::{Refused, answer_parts, answer_room, batch_body_limit, parse_r
 use super::limits::{Held, Share};
 use super::protocol::{
     BATCH_HEADER, BATCH_KEY, ERROR_KIND, HEARTBEAT_HEADER, LOADER_ERROR, MAX_WAIT_HEADER,
-    PEEK_HEADER, PENDING, PROTOBUF, encoded_get_response, parse_path,
+    NOT_FOUND, PEEK_HEADER, PENDING, PROTOBUF, PURGE_HOT_KEY, PURGE_KEY, REFRESH_HEADER,
+    encoded_get_response, parse_path,
 };
 use crate::Error;
-use crate::caches::Entry;
+use crate::caches::{Entry, Kind};
 use crate::cluster::groups::{BatchAnswer, Served};
 use crate::cluster::membership::Endpoint;
 use crate::cluster::{Cluster, ClusterInner};
@@ -126,7 +127,8 @@ fn kind(parts: &Parts) -> &'static str {
         Method::GET if parts.headers.contains_key(HEARTBEAT_HEADER) => "heartbeat",
         Method::GET if parts.headers.contains_key(PEEK_HEADER) => "peek",
         Method::GET => "get",
-        Method::POST => "batch",
+        Method::POST if parts.uri.path().ends_with(BATCH_KEY) => "batch",
+        Method::POST => "purge",
         Method::PUT => "set",
         Method::DELETE => "remove",
         _ => "other",
@@ -217,9 +219,11 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             ),
         );
     }
-    // A `POST` is only a batch: any other is refused before its body, like any other method.
+    // A `POST` is only a batch or a purge: any other is refused before its body, like any
+    // other method.
     let batch = method == Method::POST && key == BATCH_KEY;
-    if !(batch || matches!(method, Method::GET | Method::PUT | Method::DELETE)) {
+    let purge = method == Method::POST && (key == PURGE_KEY || key == PURGE_HOT_KEY);
+    if !(batch || purge || matches!(method, Method::GET | Method::PUT | Method::DELETE)) {
         return closing(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
     // The budget's share is held until the body is dropped, at the end of the request. Only a
@@ -261,12 +265,13 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
     }
     match method {
         Method::GET if peek => match group.serve_peek(&key) {
-            Some(entry) => protobuf(encoded_get_response(entry, None)),
+            Some(entry) => answer(entry, None),
             None => text(StatusCode::NOT_FOUND, "not cached"),
         },
         Method::GET => match serve_get(
             group,
             &key,
+            headers.contains_key(REFRESH_HEADER),
             max_wait.map(|wait| wait.saturating_sub(started.elapsed())),
         )
         .await
@@ -278,9 +283,7 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
                     .insert(ERROR_KIND, HeaderValue::from_static(PENDING));
                 response
             }
-            Some(Ok((entry, minute_qps))) => {
-                protobuf(encoded_get_response(entry, Some(minute_qps)))
-            }
+            Some(Ok((entry, minute_qps))) => answer(entry, Some(minute_qps)),
             Some(Err(error)) => {
                 let loader_error = matches!(error, Error::Loader(_) | Error::LoaderPanicked(_));
                 let mut response = text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string());
@@ -303,6 +306,10 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             ),
         },
         Method::POST if key == BATCH_KEY => answer_batch(port, group, &group_name, &body).await,
+        Method::POST => {
+            group.serve_purge(key == PURGE_HOT_KEY);
+            StatusCode::OK.into_response()
+        }
         Method::DELETE => {
             group.serve_remove(&key);
             StatusCode::OK.into_response()
@@ -316,9 +323,10 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
 async fn serve_get(
     group: Arc<dyn Served>,
     key: &str,
+    refresh: bool,
     max_wait: Option<Duration>,
 ) -> Option<Result<(Entry, f64), Error>> {
-    let served = group.serve_get(key);
+    let served = group.serve_get(key, refresh);
     match max_wait {
         Some(wait) => tokio::time::timeout(wait, served).await.ok(),
         None => Some(served.await),
@@ -438,6 +446,30 @@ fn text(status: StatusCode, message: &str) -> Response {
         format!("{message}\n"),
     )
         .into_response()
+}
+
+/// The answer to a get or a peek that found `entry`: a value (200), a negative answer (404,
+/// [`NOT_FOUND`]) or a failed load's cached message (500, [`LOADER_ERROR`]).
+fn answer(entry: Entry, minute_qps: Option<f64>) -> Response {
+    match entry.kind {
+        Kind::Value => protobuf(encoded_get_response(entry, minute_qps)),
+        Kind::NotFound => {
+            let mut response = protobuf(encoded_get_response(entry, minute_qps));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            response
+                .headers_mut()
+                .insert(ERROR_KIND, HeaderValue::from_static(NOT_FOUND));
+            response
+        }
+        Kind::Failed => {
+            let message = String::from_utf8_lossy(&entry.value);
+            let mut response = text(StatusCode::INTERNAL_SERVER_ERROR, &message);
+            response
+                .headers_mut()
+                .insert(ERROR_KIND, HeaderValue::from_static(LOADER_ERROR));
+            response
+        }
+    }
 }
 
 /// An encoded `GetResponse`, sent in its parts (`encoded_get_response`).
