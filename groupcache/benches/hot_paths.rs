@@ -267,7 +267,7 @@ fn protobuf(c: &mut Criterion) {
     let response = GetResponse {
         value: Some(Bytes::from(vec![b'v'; 1024])),
         minute_qps: Some(12.0),
-        expire: None,
+        ..GetResponse::default()
     };
     c.bench_function("protobuf/encode_1k", |b| {
         b.iter(|| black_box(&response).encode_to_vec())

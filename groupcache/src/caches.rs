@@ -1918,6 +1918,85 @@ pub(crate) mod tests {
         assert_eq!((cache.bytes(), cache.items()), (0, 0));
     }
 
+    /// A record keeps an entry's kind and refresh time exactly (up to 2116), whatever the
+    /// kind.
+    #[test]
+    fn kind_and_refresh_time_survive_the_record() {
+        let cache = Cache::new(1 << 20);
+        let now = 1_765_000_000_000_000_000i64;
+        for (key, kind, refresh) in [
+            ("v", Kind::Value, 0),
+            ("r", Kind::Value, now),
+            ("n", Kind::NotFound, 0),
+            ("f", Kind::Failed, now + 1),
+            ("max", Kind::NotFound, META_TIME),
+        ] {
+            let entry = Entry {
+                value: Bytes::from_static(b"x"),
+                expire: 0,
+                refresh,
+                kind,
+            };
+            cache.insert(key, entry.clone());
+            assert_eq!(cache.get(key, now), Some(entry), "{key}");
+        }
+    }
+
+    /// With `keep_expired`, an expired entry is no hit but `stale` finds it until that long
+    /// after its expiry; without, the first get drops it.
+    #[test]
+    fn expired_entries_are_kept_for_stale_only_as_long_as_asked() {
+        let cache = Cache::new(1 << 20);
+        cache.keep_expired(100);
+        cache.insert("k", Entry::value(Bytes::from_static(b"v"), 1_000));
+        assert!(cache.get("k", 1_000).is_none(), "expired: no hit");
+        assert_eq!(
+            cache.stale("k", 1_050).map(|e| e.value),
+            Some(Bytes::from_static(b"v"))
+        );
+        assert!(cache.stale("k", 1_100).is_none(), "past the window");
+        assert!(cache.get("k", 1_100).is_none());
+        assert_eq!(cache.items(), 0, "dropped once past the window");
+        let plain = Cache::new(1 << 20);
+        plain.insert("k", Entry::value(Bytes::from_static(b"v"), 1_000));
+        assert!(plain.get("k", 1_000).is_none());
+        assert!(
+            plain.stale("k", 1_000).is_none(),
+            "dropped at the first get"
+        );
+    }
+
+    /// A purge empties the cache, its charge and gauges with it, and makes every token taken
+    /// before it stale, even for a store that tolerates a new epoch.
+    #[test]
+    fn a_purge_empties_the_cache_and_refuses_tokens_taken_before_it() {
+        let cache = Cache::new(1 << 20);
+        for i in 0..1000 {
+            cache.insert(
+                &format!("k{i}"),
+                entry(if i % 100 == 0 { 100_000 } else { 100 }),
+            );
+        }
+        let before = cache.token("late");
+        cache.purge();
+        assert_eq!((cache.items(), cache.bytes()), (0, 0));
+        assert!(cache.get("k1", 0).is_none());
+        assert!(
+            cache
+                .insert_if("late", entry(10), before, Some(5), None)
+                .is_err(),
+            "a load that started before the purge stored after it"
+        );
+        let after = cache.token("late");
+        assert!(
+            cache
+                .insert_if("late", entry(10), after, None, None)
+                .is_ok()
+        );
+        assert_eq!(cache.items(), 1);
+        check_accounting(&cache);
+    }
+
     #[test]
     fn expired_entries_are_dropped_and_uncharged() {
         let cache = Cache::new(1 << 20);
