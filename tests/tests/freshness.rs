@@ -187,6 +187,32 @@ async fn a_storm_of_missing_keys_costs_the_source_one_query_per_key() {
     }
 }
 
+/// A batch carries negative answers too: `get_many` of missing keys owned by other replicas
+/// answers `Error::NotFound` for each, one query per key, and again from the caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_answers_missing_keys_not_found_through_batches() {
+    let source = Source::new();
+    let replicas = cluster(rows(&source), |builder| {
+        builder.not_found_ttl(Duration::from_secs(60))
+    });
+    let keys: Vec<String> = (0..30).map(|i| format!("batch-ghost-{i}")).collect();
+    for key in keys.iter().step_by(2) {
+        source.delete(key);
+    }
+    for _ in 0..3 {
+        for (key, answer) in keys.iter().zip(replicas[0].cache.get_many(&keys).await) {
+            if source.missing.lock().unwrap().contains(key) {
+                assert!(matches!(answer, Err(Error::NotFound)), "{key}: {answer:?}");
+            } else {
+                assert_eq!(answer.unwrap(), source.value(key));
+            }
+        }
+    }
+    for key in &keys {
+        assert_eq!(source.queries(key), 1, "{key}");
+    }
+}
+
 /// A negative answer is replaced by `set` and dropped by `remove` on every replica, as a value
 /// is: a row inserted after the miss is seen once removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

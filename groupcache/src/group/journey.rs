@@ -394,6 +394,13 @@ impl<L: Loader> Inner<L> {
         if ttl.is_zero() {
             return;
         }
+        // A value kept for stale serving would be replaced by the error: stale on error wins.
+        let now = now_nanos();
+        if !self.config.max_stale.is_zero()
+            && (self.main.stale(key, now).is_some() || self.hot.stale(key, now).is_some())
+        {
+            return;
+        }
         let failed = Entry {
             value: bytes::Bytes::from(source.to_string()),
             expire: now_nanos().saturating_add(nanos(ttl)),
