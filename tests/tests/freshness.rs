@@ -515,38 +515,53 @@ async fn loads_beyond_the_limit_wait_their_turn_and_none_is_refused() {
     assert_eq!(source.total_queries(), 12);
 }
 
-/// Item 5's breaker: after three failures in a row, loads fail at once without a query; after
-/// `open_for` one probe goes, and once the source answers the circuit is closed. Combined with
-/// `max_stale`, a key held stale is served while the circuit is open.
+/// Item 5's breaker: after three failures in a row, loads fail at once without a query; the
+/// other replicas' gets of the owner's keys fail too, without loading the keys themselves
+/// (which would bypass the breaker); after `open_for` one probe goes, and once the source
+/// answers the circuit is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_circuit_fails_fast_and_one_probe_closes_it() {
+async fn an_open_circuit_fails_fast_everywhere_and_one_probe_closes_it() {
     const OPEN_FOR: Duration = Duration::from_millis(300);
     let source = Source::new();
-    let replica = Replica::start(|url| {
-        Groupcache::builder(GROUP, url, rows(&source)).circuit_breaker(3, OPEN_FOR)
+    let replicas = cluster(rows(&source), |builder| {
+        builder.circuit_breaker(3, OPEN_FOR)
     });
+    let owner = &replicas[0];
+    let keys: Vec<String> = groupcache_tests::keys_owned(&owner.cache, &owner.url, "breaker-")
+        .take(20)
+        .collect();
     source.down.store(true, Ordering::SeqCst);
-    for i in 0..3 {
-        assert!(matches!(
-            replica.cache.get(&format!("k{i}")).await,
-            Err(Error::Loader(_))
-        ));
+    for key in &keys[..3] {
+        assert!(matches!(owner.cache.get(key).await, Err(Error::Loader(_))));
     }
-    for i in 3..13 {
+    for key in &keys[3..13] {
         assert!(matches!(
-            replica.cache.get(&format!("k{i}")).await,
+            owner.cache.get(key).await,
             Err(Error::CircuitOpen)
         ));
     }
-    assert_eq!(source.total_queries(), 3, "no query while open");
-    let stats = replica.cache.stats();
-    assert_eq!((stats.circuit_open, stats.loads_short_circuited), (1, 10));
+    for key in &keys[13..] {
+        assert!(matches!(
+            replicas[1].cache.get(key).await,
+            Err(Error::RemoteLoader { message, .. }) if message.contains("circuit")
+        ));
+    }
+    assert_eq!(
+        source.total_queries(),
+        3,
+        "no query while open, on any replica"
+    );
+    let stats = owner.cache.stats();
+    assert_eq!((stats.circuit_open, stats.loads_short_circuited), (1, 17));
     tokio::time::sleep(OPEN_FOR + Duration::from_millis(50)).await;
     source.down.store(false, Ordering::SeqCst);
-    assert_eq!(replica.cache.get("probe").await.unwrap(), "probe@0");
-    assert_eq!(replica.cache.stats().circuit_open, 0);
-    for i in 0..5 {
-        replica.cache.get(&format!("k{i}")).await.unwrap();
+    assert_eq!(
+        owner.cache.get(&keys[0]).await.unwrap(),
+        source.value(&keys[0])
+    );
+    assert_eq!(owner.cache.stats().circuit_open, 0);
+    for key in &keys[1..5] {
+        replicas[1].cache.get(key).await.unwrap();
     }
-    assert_eq!(source.total_queries(), 9);
+    assert_eq!(source.total_queries(), 8);
 }

@@ -328,7 +328,9 @@ impl<L: Loader, C> Builder<L, C> {
 
     /// At most `loads` loader calls at once for this group on this replica (default
     /// [`DEFAULT_MAX_CONCURRENT_LOADS`](crate::DEFAULT_MAX_CONCURRENT_LOADS)): the rest wait their turn, none is refused. A
-    /// [`load_many`](Loader::load_many) is one call. Zero is taken as one.
+    /// [`load_many`](Loader::load_many) is one call. Zero is taken as one. A loader that gets
+    /// other keys of its own group holds its turn while it waits for them: keep such nesting
+    /// shallower than the limit.
     pub fn max_concurrent_loads(mut self, loads: usize) -> Self {
         self.config.max_concurrent_loads = loads.max(1);
         self

@@ -233,12 +233,15 @@ pub(crate) fn answer_parts(answers: Vec<BatchAnswer>) -> (Vec<Bytes>, usize) {
                 let _ = expire.encode(&mut framing);
                 continue;
             }
-            Done(Err(error @ (Error::Loader(_) | Error::LoaderPanicked(_) | Error::NotLoaded))) => {
-                BatchEntry {
-                    loader_error: Some(bounded(error.to_string())),
-                    ..BatchEntry::default()
-                }
-            }
+            Done(Err(
+                error @ (Error::Loader(_)
+                | Error::LoaderPanicked(_)
+                | Error::NotLoaded
+                | Error::CircuitOpen),
+            )) => BatchEntry {
+                loader_error: Some(bounded(error.to_string())),
+                ..BatchEntry::default()
+            },
             Done(Err(error)) => BatchEntry {
                 error: Some(bounded(error.to_string())),
                 ..BatchEntry::default()

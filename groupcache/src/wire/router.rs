@@ -285,7 +285,12 @@ async fn respond(port: &Port, parts: &Parts, body: Body) -> Response {
             }
             Some(Ok((entry, minute_qps))) => answer(entry, Some(minute_qps)),
             Some(Err(error)) => {
-                let loader_error = matches!(error, Error::Loader(_) | Error::LoaderPanicked(_));
+                // An open circuit is the owner's verdict on its source: the asker must not load
+                // the key itself (which would bypass the breaker), as after a loader error.
+                let loader_error = matches!(
+                    error,
+                    Error::Loader(_) | Error::LoaderPanicked(_) | Error::CircuitOpen
+                );
                 let mut response = text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string());
                 if loader_error {
                     response
