@@ -60,12 +60,14 @@ impl<L: Loader> Inner<L> {
     /// A hit of `key` (in the hot cache if `hot`) past its refresh time: refreshes it in the
     /// background, unless a refresh of it runs already. Returns at once.
     pub(crate) fn refresh_ahead(&self, key: &str, hot: bool) {
+        // The set first: every get of a key due for refresh passes here until its refresh
+        // ends, and only the first goes further.
+        let Some(slot) = self.refreshing.start(key_hash(key)) else {
+            return;
+        };
         let (Some(this), Ok(runtime)) =
             (self.this.upgrade(), tokio::runtime::Handle::try_current())
         else {
-            return;
-        };
-        let Some(slot) = self.refreshing.start(key_hash(key)) else {
             return;
         };
         self.metrics.refresh();
