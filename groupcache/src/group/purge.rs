@@ -15,10 +15,9 @@
 //! the call fails for them.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::journey::{Inner, until_unresponsive};
-use super::writes::{REPAIR_MAX_PAUSE, REPAIR_PAUSE, until_heard};
+use super::writes::RepairRounds;
 use crate::cluster::membership::Member;
 use crate::error::Error;
 use crate::loader::Loader;
@@ -114,20 +113,13 @@ impl<L: Loader> Inner<L> {
     /// Sends the purge to `url` until it answers (then the second wave to everyone) or leaves
     /// the ring; rounds follow its recovery as a missed write's repairs do.
     async fn repair_purge(this: std::sync::Weak<Self>, url: Arc<str>) {
-        let mut pause = REPAIR_PAUSE;
-        let mut unanswered: Option<(Arc<Member>, Instant)> = None;
+        let mut rounds = RepairRounds::default();
         loop {
-            match &unanswered {
-                Some((member, failed_at)) => until_heard(member, *failed_at, pause).await,
-                None => tokio::time::sleep(pause).await,
-            }
+            rounds.wait().await;
             let Some(this) = this.upgrade() else {
                 return;
             };
-            let member = (this.cluster.peers.snapshot().others())
-                .find(|member| member.url == url)
-                .cloned();
-            let Some(member) = member else {
+            let Some(member) = this.member(&url) else {
                 this.repairs.purge_done(&url);
                 return;
             };
@@ -137,8 +129,7 @@ impl<L: Loader> Inner<L> {
                 let _ = this.purge_hot_everywhere().await;
                 return;
             }
-            pause = (pause * 2).min(REPAIR_MAX_PAUSE);
-            unanswered = Some((member, Instant::now()));
+            rounds.unanswered(member);
         }
     }
 }

@@ -259,25 +259,13 @@ impl<L: Loader> Inner<L> {
     /// takes is then removed here and on every other member as well ([`Self::after_repair`]).
     /// Holds the group weakly: a group dropped ends its repairs.
     async fn repair(this: std::sync::Weak<Self>, url: Arc<str>) {
-        let mut pause = REPAIR_PAUSE;
-        // Set while the member does not answer: it, and when its round failed.
-        let mut unanswered: Option<(Arc<Member>, Instant)> = None;
+        let mut rounds = RepairRounds::default();
         loop {
-            match &unanswered {
-                Some((member, failed_at)) => until_heard(member, *failed_at, pause).await,
-                None => tokio::time::sleep(pause).await,
-            }
+            rounds.wait().await;
             let Some(this) = this.upgrade() else {
                 return;
             };
-            let member = this
-                .cluster
-                .peers
-                .snapshot()
-                .others()
-                .find(|member| member.url == url)
-                .cloned();
-            let Some(member) = member else {
+            let Some(member) = this.member(&url) else {
                 // Gone from the ring: its entries are capped at `hot_max_age` on its side, and
                 // writes reach it as a replica that left while that lasts.
                 let dropped = this.repairs.drop_peer(&url);
@@ -317,13 +305,19 @@ impl<L: Loader> Inner<L> {
                 this.after_repair(&member, &taken).await;
                 this.metrics.write_repairs_pending(this.repairs.pending());
                 if !answered {
-                    pause = (pause * 2).min(REPAIR_MAX_PAUSE);
-                    unanswered = Some((member.clone(), Instant::now()));
+                    rounds.unanswered(member.clone());
                     break;
                 }
-                pause = REPAIR_PAUSE;
+                rounds.answered();
             }
         }
+    }
+
+    /// The member of this replica's ring at `url`, if it still is one.
+    pub(crate) fn member(&self, url: &str) -> Option<Arc<Member>> {
+        (self.cluster.peers.snapshot().others())
+            .find(|member| &*member.url == url)
+            .cloned()
     }
 
     /// `repaired` took the removes of `keys` late: every replica that fetched one it owns from
@@ -367,7 +361,40 @@ impl<L: Loader> Inner<L> {
 /// until `pause` after it, whichever comes first; at least [`REPAIR_POLL`]. Polled: it runs only
 /// while a member that missed writes does not answer, and a heartbeat's answer is what it waits
 /// for.
-pub(crate) async fn until_heard(member: &Member, failed_at: Instant, pause: Duration) {
+/// When the next round of repairs to a member goes: after a pause that grows while the member
+/// does not answer (from [`REPAIR_PAUSE`] up to [`REPAIR_MAX_PAUSE`]), or as soon as it is heard
+/// from again.
+#[derive(Default)]
+pub(crate) struct RepairRounds {
+    /// Set while the member does not answer: it, when its round failed, and the pause.
+    unanswered: Option<(Arc<Member>, Instant, Duration)>,
+}
+
+impl RepairRounds {
+    /// Waits for the next round.
+    pub(crate) async fn wait(&self) {
+        match &self.unanswered {
+            Some((member, failed_at, pause)) => until_heard(member, *failed_at, *pause).await,
+            None => tokio::time::sleep(REPAIR_PAUSE).await,
+        }
+    }
+
+    /// `member` did not answer this round: the next waits for it, longer each time.
+    pub(crate) fn unanswered(&mut self, member: Arc<Member>) {
+        let pause = self
+            .unanswered
+            .as_ref()
+            .map_or(REPAIR_PAUSE, |(_, _, pause)| *pause);
+        self.unanswered = Some((member, Instant::now(), (pause * 2).min(REPAIR_MAX_PAUSE)));
+    }
+
+    /// The member answered: the next round after the first pause.
+    pub(crate) fn answered(&mut self) {
+        self.unanswered = None;
+    }
+}
+
+async fn until_heard(member: &Member, failed_at: Instant, pause: Duration) {
     let deadline = failed_at + pause.max(REPAIR_POLL);
     loop {
         let now = Instant::now();
@@ -392,11 +419,11 @@ const REPAIR_POLL: Duration = Duration::from_millis(50);
 
 /// The first pause before a member that missed writes is sent them again, and after each round
 /// it answered.
-pub(crate) const REPAIR_PAUSE: Duration = Duration::from_millis(100);
+const REPAIR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The longest pause between rounds of repairs to a member that does not answer, where nothing
 /// else shows that it answers again (the failure detector off: no heartbeats).
-pub(crate) const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
+const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Repairs sent to one member at once.
 const REPAIR_CONCURRENCY: usize = 32;
