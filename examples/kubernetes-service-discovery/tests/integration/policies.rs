@@ -6,6 +6,8 @@
 //! - `DELETE /items` with the admin token empties every replica's items cache: the next reads
 //!   load again (one query per key) and nothing from before is served; without the token, or
 //!   with another, it is refused and changes nothing; a replica without a token refuses it;
+//! - an item read in the last `--item-refresh-ahead` of its TTL is answered from the cache and
+//!   reloaded in the background, once for the cluster;
 //! - with PostgreSQL stopped, items past their cache TTL are still served, marked
 //!   `Warning: 110`, from every replica; an item past its own expiry is not; once PostgreSQL is
 //!   back, reads are fresh again without a restart.
@@ -266,6 +268,64 @@ async fn delete_items_as_admin_empties_every_replica_and_anyone_else_is_refused(
         "one query per key, cluster-wide"
     );
     assert!(stat(&http, &cluster, "purges").await >= REPLICAS as u64);
+}
+
+#[tokio::test]
+async fn an_item_read_in_its_refresh_window_is_reloaded_once_in_the_background() {
+    let Some(pg) = PgServer::start("refresh") else {
+        return;
+    };
+    let dir = TempDir::new("pg-refresh");
+    let cluster = cluster(
+        &pg,
+        &dir,
+        &["--item-ttl", "3s", "--item-refresh-ahead", "2s"],
+    )
+    .await;
+    let db = pg.client().await;
+    let http = http();
+    db.execute(
+        "INSERT INTO items (key, value) VALUES ('r', '\"before\"')",
+        &[],
+    )
+    .await
+    .expect("insert the row");
+    reset_statements(&db).await;
+    let url = |replica: usize| format!("{}/items/r", cluster.replicas[replica].url);
+    let value = |answer: (u16, Option<String>, Value)| {
+        assert_eq!(answer.0, 200, "{}", answer.2);
+        answer.2["item"]["value"].clone()
+    };
+    for replica in 0..REPLICAS {
+        assert_eq!(value(get(&http, &url(replica)).await), json!("before"));
+    }
+    db.execute("UPDATE items SET value = '\"after\"' WHERE key = 'r'", &[])
+        .await
+        .expect("update the row");
+
+    // In the window (from 1 s to 3 s after the load): the cached item is answered at once, and
+    // its owner reloads it in the background; the other replicas answer either meanwhile.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(value(get(&http, &url(0)).await), json!("before"));
+    let deadline = Instant::now() + PATIENCE;
+    for replica in 0..REPLICAS {
+        while value(get(&http, &url(replica)).await) != json!("after") {
+            assert!(
+                Instant::now() < deadline,
+                "never refreshed on replica {replica}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        PgServer::item_selects(&db).await,
+        2,
+        "one reload, cluster-wide"
+    );
+    assert!(
+        stat(&http, &cluster, "refreshes").await >= 1,
+        "reloaded by expiry, not ahead of it"
+    );
 }
 
 /// A replica without `--admin-token-file` refuses every purge, with or without a token.
