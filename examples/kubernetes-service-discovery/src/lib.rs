@@ -63,6 +63,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .replica_name
         .clone()
         .unwrap_or_else(|| self_base.clone());
+    // Checked before the database is reached: a bad flag fails the start at once.
+    let refresh_ahead = config.item_refresh_ahead()?;
+    let admin_token = config.admin_token()?.map(Arc::new);
     let database = match &config.database_url {
         Some(url) => {
             let postgres =
@@ -77,8 +80,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         None => Database::simulated(config.load_latency, config.item_ttl, replica.as_str()),
     };
-    let database = database.refresh_ahead(config.item_refresh_ahead()?);
-    let admin_token = config.admin_token()?.map(Arc::new);
+    let database = database.refresh_ahead(refresh_ahead);
     // One cluster: the ring, the peer client, authentication and TLS, shared by both groups.
     let peer_tls = config.peer_tls()?;
     let mut cluster = Cluster::builder(peer_url(&self_base));

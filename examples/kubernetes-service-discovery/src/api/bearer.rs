@@ -47,42 +47,61 @@ impl AdminToken {
     }
 }
 
-/// Lets an admin request through, or answers why not: 403 when this replica has no token
-/// (nobody is admin), 401 with `WWW-Authenticate: Bearer` when the request bears none or
-/// another one (RFC 6750).
-pub fn require_admin(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = token else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this replica has no admin token (--admin-token-file): admin requests are refused",
-        )
-        .into_response());
-    };
+/// Why an admin request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// This replica has no admin token: nobody is admin (403).
+    NoToken,
+    /// The request bears no bearer token (401).
+    Missing,
+    /// It bears another one (401).
+    Wrong,
+}
+
+/// Lets an admin request through, or says why not.
+pub fn require_admin(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), Refused> {
+    let token = token.ok_or(Refused::NoToken)?;
     let presented = headers
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
-    match presented {
-        Some(presented) if token.matches(presented) => Ok(()),
-        presented => {
-            let (challenge, detail) = match presented {
-                None => (
-                    r#"Bearer realm="admin""#,
-                    "send the admin token as Authorization: Bearer TOKEN",
-                ),
-                Some(_) => (
-                    r#"Bearer realm="admin", error="invalid_token""#,
-                    "the bearer token is not the admin token",
-                ),
-            };
-            let mut response =
-                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-            Err(response)
-        }
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .ok_or(Refused::Missing)?;
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(Refused::Wrong)
+    }
+}
+
+/// 403 when this replica has no token, 401 with `WWW-Authenticate: Bearer` when the request
+/// bears none or another one (RFC 6750).
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let (challenge, detail) = match self {
+            Refused::NoToken => {
+                return Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this replica has no admin token (--admin-token-file): admin requests are \
+                     refused",
+                )
+                .into_response();
+            }
+            Refused::Missing => (
+                r#"Bearer realm="admin""#,
+                "send the admin token as Authorization: Bearer TOKEN",
+            ),
+            Refused::Wrong => (
+                r#"Bearer realm="admin", error="invalid_token""#,
+                "the bearer token is not the admin token",
+            ),
+        };
+        let mut response =
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+        response
     }
 }
 
@@ -101,7 +120,13 @@ mod tests {
         let token = AdminToken::new(b"0123456789abcdef").unwrap();
         assert!(require_admin(Some(&token), &bearing("Bearer 0123456789abcdef")).is_ok());
         let status = |token: Option<&AdminToken>, headers: &HeaderMap| {
-            require_admin(token, headers).unwrap_err().status().as_u16()
+            let refused = require_admin(token, headers).unwrap_err();
+            let response = refused.into_response();
+            assert_eq!(
+                response.headers().contains_key(header::WWW_AUTHENTICATE),
+                refused != Refused::NoToken
+            );
+            response.status().as_u16()
         };
         assert_eq!(status(Some(&token), &HeaderMap::new()), 401);
         for wrong in [

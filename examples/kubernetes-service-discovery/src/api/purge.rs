@@ -28,7 +28,7 @@ struct IncompletePurge<'a> {
 /// anyone but an admin.
 pub async fn purge_items(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(refused) = require_admin(state.admin_token.as_deref(), &headers) {
-        return refused;
+        return refused.into_response();
     }
     match state.cache.purge().await {
         Ok(()) => {

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::api::send;
+use crate::cli::cachectl;
 use crate::database::{insert_rows, put_body};
 use crate::postgres::PgServer;
 use crate::process::{Cluster, PATIENCE, PeerPort, Replica, TempDir, http};
@@ -268,6 +269,29 @@ async fn delete_items_as_admin_empties_every_replica_and_anyone_else_is_refused(
         "one query per key, cluster-wide"
     );
     assert!(stat(&http, &cluster, "purges").await >= REPLICAS as u64);
+
+    // `cachectl purge` does the same with the token's file, and is refused (exit 2) without.
+    let server = cluster.replicas[2].url.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        let refused = cachectl(&server, &["purge"]);
+        let purged = cachectl(&server, &["purge", "--admin-token-file", &token_file]);
+        (refused, purged)
+    })
+    .await
+    .expect("cachectl");
+    assert_eq!(
+        run.0.code, 2,
+        "cachectl purge without the token: {}",
+        run.0.stderr
+    );
+    assert_eq!(run.1.code, 0, "cachectl purge: {}", run.1.stderr);
+    let (status, _, body) = get(&http, &url(0, "p-0")).await;
+    assert_eq!((status, &body["item"]["value"]), (200, &json!({ "n": 0 })));
+    assert_eq!(
+        PgServer::item_selects(&db).await,
+        keys.len() as i64 + 1,
+        "not loaded again after cachectl purge"
+    );
 }
 
 #[tokio::test]
