@@ -50,21 +50,22 @@ impl AdminToken {
 /// Why an admin request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// The request bears no bearer token (401), whether or not this replica has one: the
+    /// challenge says what to send.
+    Missing,
     /// This replica has no admin token: nobody is admin (403).
     NoToken,
-    /// The request bears no bearer token (401).
-    Missing,
     /// It bears another one (401).
     Wrong,
 }
 
 /// Lets an admin request through, or says why not.
 pub fn require_admin(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<(), Refused> {
-    let token = token.ok_or(Refused::NoToken)?;
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
         .ok_or(Refused::Missing)?;
+    let token = token.ok_or(Refused::NoToken)?;
     if token.matches(presented) {
         Ok(())
     } else {
@@ -72,8 +73,8 @@ pub fn require_admin(token: Option<&AdminToken>, headers: &HeaderMap) -> Result<
     }
 }
 
-/// 403 when this replica has no token, 401 with `WWW-Authenticate: Bearer` when the request
-/// bears none or another one (RFC 6750).
+/// 401 with `WWW-Authenticate: Bearer` when the request bears no token or another one (RFC
+/// 6750), 403 when it bears one and this replica has none.
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         let (challenge, detail) = match self {
@@ -139,6 +140,7 @@ mod tests {
             assert_eq!(status(Some(&token), &bearing(wrong)), 401, "{wrong}");
         }
         assert_eq!(status(None, &bearing("Bearer 0123456789abcdef")), 403);
+        assert_eq!(status(None, &HeaderMap::new()), 401);
         assert!(AdminToken::new(b"short").is_err());
         assert!(AdminToken::new(b"0123456789 abcdef").is_err());
     }
