@@ -1,5 +1,6 @@
-//! `cachectl`, the command line for a running cluster: read, write and delete items, and look at
-//! a replica's ring and counters, through any replica's REST API.
+//! `cachectl`, the command line for a running cluster: read, write and delete items, look at a
+//! replica's ring and counters, and purge the items cache (an admin), through any replica's REST
+//! API.
 //!
 //! Exit codes, for scripts:
 //!
@@ -57,6 +58,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// A file holding the admin token, sent as `Authorization: Bearer` (`purge` needs it).
+    #[arg(long, env = "CACHECTL_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
     /// The longest wait for an answer (`500ms`, `5s`).
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
@@ -106,6 +111,9 @@ pub enum Command {
     Peers,
     /// Print the replica's cache counters.
     Stats,
+    /// Empty the items cache on every replica (the database is untouched): every key is loaded
+    /// again by its next read. Needs the admin token (`--admin-token-file`).
+    Purge,
 }
 
 /// What a command printed and how it ended.
@@ -155,6 +163,20 @@ pub async fn run(cli: &Cli) -> Outcome {
     };
     let url = format!("{}{}", cli.server.trim_end_matches('/'), request.path);
     let mut builder = client.request(request.method, &url);
+    if let Some(path) = &cli.admin_token_file {
+        match std::fs::read(path) {
+            Ok(token) => {
+                let token = String::from_utf8_lossy(token.trim_ascii()).into_owned();
+                builder = builder.bearer_auth(token);
+            }
+            Err(error) => {
+                return Outcome::fail(
+                    exit::USAGE,
+                    format!("cachectl: reading {}: {error}\n", path.display()),
+                );
+            }
+        }
+    }
     if let Some(body) = request.body {
         builder = builder
             .header("content-type", "application/json")
@@ -213,6 +235,11 @@ fn request(cli: &Cli) -> Result<Request, String> {
         Command::Owner { key } => get(format!("/admin/owner/{}", escape(key))),
         Command::Peers => get("/admin/peers".to_owned()),
         Command::Stats => get("/admin/stats".to_owned()),
+        Command::Purge => Request {
+            method: reqwest::Method::DELETE,
+            path: "/items".to_owned(),
+            body: None,
+        },
         Command::Delete { key } => Request {
             method: reqwest::Method::DELETE,
             path: item(key),
@@ -309,8 +336,12 @@ fn render(cli: &Cli, status: u16, json: Option<&Value>) -> Outcome {
     }
     let null = Value::Null;
     let json = json.unwrap_or(&null);
-    // 202: written, but some replica may answer the old value for a while: say so.
-    let stale = if status == 202 {
+    // 202: written (or purged), but some replica may answer the old value for a while: say so.
+    let stale = if status == 202 && matches!(cli.command, Command::Purge) {
+        "cachectl: warning: not every replica could be reached: it is sent the purge again, and \
+         may answer items from before until it gets it (HTTP 202)\n"
+            .to_owned()
+    } else if status == 202 {
         let until = json["stale_until"]
             .as_u64()
             .map_or_else(|| "it is evicted".to_owned(), |at| format!("{at} (unix)"));
@@ -349,6 +380,7 @@ fn render_ok(cli: &Cli, json: &Value) -> Outcome {
             format!("stored {key}{expiry}; owner {}\n", text(&json["owner"]))
         }
         Command::Delete { key } => format!("deleted {key}\n"),
+        Command::Purge => "purged the items cache on every replica\n".to_owned(),
         Command::Owner { key } => {
             let whose = if json["is_self"] == true {
                 "this replica"
@@ -513,6 +545,26 @@ mod tests {
             "{}",
             outcome.stderr
         );
+    }
+
+    #[test]
+    fn purges() {
+        let cli = parse(&["purge", "--admin-token-file", "token"]).unwrap();
+        let purge = request(&cli).unwrap();
+        assert_eq!(
+            (purge.method, &purge.path[..]),
+            (reqwest::Method::DELETE, "/items")
+        );
+        let done = render(&cli, 204, None);
+        assert_eq!(
+            (done.code, &done.stdout[..]),
+            (exit::OK, "purged the items cache on every replica\n")
+        );
+        let partial = render(&cli, 202, Some(&json!({"detail": "d", "served_by": "r"})));
+        assert_eq!(partial.code, exit::OK);
+        assert!(partial.stderr.contains("purge again"), "{}", partial.stderr);
+        let refused = render(&cli, 401, Some(&json!({"detail": "no token"})));
+        assert_eq!(refused.code, exit::USAGE);
     }
 
     #[test]

@@ -134,10 +134,45 @@ pub struct Config {
     #[arg(long, env = "LOAD_LATENCY", default_value = "100ms", value_parser = parse_duration)]
     pub load_latency: Duration,
 
-    /// How long a loaded item (or the absence of one) stays cached at most (`0s`: until evicted;
-    /// an item's own expiry comes first).
+    /// How long a loaded item (or a deleted one's absence) stays cached at most (`0s`: until
+    /// evicted; an item's own expiry comes first).
     #[arg(long, env = "ITEM_TTL", default_value = "5m", value_parser = parse_duration)]
     pub item_ttl: Duration,
+
+    /// How long the absence of an item a read found without a row is cached (a negative
+    /// answer, on every replica): asking for it again meanwhile costs no query, and a row
+    /// inserted behind the service's back is seen after this at most. `0s`: not cached.
+    #[arg(long, env = "NOT_FOUND_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub not_found_ttl: Duration,
+
+    /// Refresh ahead: in the last WINDOW of a loaded item's `--item-ttl`, a get answers the
+    /// cached item at once and has the key's owner reload it in the background, once for the
+    /// whole cluster, so that a key read all the time never misses. Default: a fifth of
+    /// `--item-ttl`; shorter than it; `0s` turns it off.
+    #[arg(long, env = "ITEM_REFRESH_AHEAD", value_parser = parse_duration)]
+    pub item_refresh_ahead: Option<Duration>,
+
+    /// Stale on error: while the database cannot be read (down, restarting, or the read
+    /// circuit breaker open), an item up to this long past its cache TTL is still served, with
+    /// `Warning: 110`, instead of a 503; never past the item's own expiry. `0s`: never.
+    #[arg(long, env = "ITEM_MAX_STALE", default_value = "5m", value_parser = parse_duration)]
+    pub item_max_stale: Duration,
+
+    /// A circuit breaker on each group's database reads: after this many failed loads in a row
+    /// on a replica, its loads fail at once (or serve stale items) for `--load-breaker-open`,
+    /// then one is let through to probe the database. `0`: off.
+    #[arg(long, env = "LOAD_BREAKER_FAILURES", default_value_t = 5)]
+    pub load_breaker_failures: u32,
+
+    /// How long the read circuit breaker stays open before it probes the database again.
+    #[arg(long, env = "LOAD_BREAKER_OPEN", default_value = "2s", value_parser = parse_duration)]
+    pub load_breaker_open: Duration,
+
+    /// A file holding the admin token (at least 16 bytes; whitespace around it is ignored):
+    /// `DELETE /items`, which empties every replica's items cache, requires it as
+    /// `Authorization: Bearer TOKEN`. Unset: purging is refused (403).
+    #[arg(long, env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Byte budget of the cache on this replica, shared by the main cache (keys this replica
     /// owns) and the hot cache (popular keys owned by others), split as the workload asks: the
@@ -238,6 +273,30 @@ impl Budget {
         let builder = builder.cache_bytes(self.cache_bytes);
         match self.hot_cache_bytes {
             Some(cap) => builder.hot_cache_bytes(cap),
+            None => builder,
+        }
+    }
+}
+
+/// How a group's loads are bounded on this replica: the source protection of its loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// At most this many loader calls at once (`None`: the library's default).
+    pub max_concurrent: Option<usize>,
+    /// The circuit breaker: failed loads in a row that open it (0: off), and for how long.
+    pub breaker: (u32, Duration),
+}
+
+impl LoadLimits {
+    /// Sets the limits on a group's builder.
+    pub fn apply<L: groupcache_rs::Loader, C>(
+        self,
+        builder: groupcache_rs::Builder<L, C>,
+    ) -> groupcache_rs::Builder<L, C> {
+        let (failures, open_for) = self.breaker;
+        let builder = builder.circuit_breaker(failures, open_for);
+        match self.max_concurrent {
+            Some(loads) => builder.max_concurrent_loads(loads),
             None => builder,
         }
     }
@@ -354,6 +413,56 @@ impl Config {
             cache_bytes: self.category_cache_bytes,
             hot_cache_bytes: self.category_hot_cache_bytes,
         }
+    }
+
+    /// `--item-refresh-ahead`, or a fifth of `--item-ttl` by default (zero without a TTL).
+    pub fn item_refresh_ahead(&self) -> Result<Duration, Error> {
+        match self.item_refresh_ahead {
+            None => Ok(self.item_ttl / 5),
+            Some(window) if !window.is_zero() && window >= self.item_ttl => {
+                Err(Error::Config(format!(
+                    "--item-refresh-ahead {window:?} must be shorter than --item-ttl {:?} \
+                     (0s turns it off)",
+                    self.item_ttl
+                )))
+            }
+            Some(window) => Ok(window),
+        }
+    }
+
+    /// How the items' loads are bounded: with PostgreSQL, at most a connection pool's worth
+    /// at once on this replica, so that a storm of misses waits its turn in the cache rather
+    /// than for a connection (where a wait over 5 s is a 503); and the circuit breaker.
+    pub fn item_loads(&self) -> LoadLimits {
+        LoadLimits {
+            max_concurrent: self
+                .database_url
+                .as_ref()
+                .map(|_| self.database_max_connections.max(1)),
+            breaker: (self.load_breaker_failures, self.load_breaker_open),
+        }
+    }
+
+    /// How the category counts are bounded: as the items' loads, with a quarter of the pool
+    /// (at least one connection), since a count scans rows where an item read looks up one.
+    pub fn category_loads(&self) -> LoadLimits {
+        LoadLimits {
+            max_concurrent: self
+                .database_url
+                .as_ref()
+                .map(|_| (self.database_max_connections / 4).max(1)),
+            ..self.item_loads()
+        }
+    }
+
+    /// The admin token in `--admin-token-file`, if set.
+    pub fn admin_token(&self) -> Result<Option<crate::api::bearer::AdminToken>, Error> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        crate::api::bearer::AdminToken::new(read(path)?.trim_ascii())
+            .map(Some)
+            .map_err(|why| Error::Config(format!("{}: {why}", path.display())))
     }
 
     /// The peer TLS configuration, read from the files `--peer-tls-*` name, if set. It needs
@@ -661,6 +770,40 @@ mod tests {
                 hot_cache_bytes: Some(500)
             }
         );
+    }
+
+    /// Refresh ahead is on by default, a fifth of the TTL; a window as long as the TTL is
+    /// refused; reads with PostgreSQL take at most the pool, counts a quarter of it.
+    #[test]
+    fn item_policies_follow_the_ttl_and_the_pool() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(
+            config.item_refresh_ahead().unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(config.not_found_ttl, groupcache_rs::DEFAULT_NOT_FOUND_TTL);
+        assert_eq!(config.item_max_stale, Duration::from_secs(300));
+        let config = parse(&["--item-ttl", "10s", "--item-refresh-ahead", "3s"]).unwrap();
+        assert_eq!(config.item_refresh_ahead().unwrap(), Duration::from_secs(3));
+        let config = parse(&["--item-ttl", "10s", "--item-refresh-ahead", "10s"]).unwrap();
+        assert!(config.item_refresh_ahead().is_err());
+        let config = parse(&["--item-ttl", "10s", "--item-refresh-ahead", "0s"]).unwrap();
+        assert_eq!(config.item_refresh_ahead().unwrap(), Duration::ZERO);
+        let config = parse(&["--item-ttl", "0s"]).unwrap();
+        assert_eq!(config.item_refresh_ahead().unwrap(), Duration::ZERO);
+
+        let simulated = parse(&[]).unwrap();
+        assert_eq!(simulated.item_loads().max_concurrent, None);
+        let postgres = parse(&[
+            "--database-url",
+            "postgres://h/db",
+            "--database-max-connections",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(postgres.item_loads().max_concurrent, Some(10));
+        assert_eq!(postgres.category_loads().max_concurrent, Some(2));
+        assert_eq!(postgres.item_loads().breaker, (5, Duration::from_secs(2)));
     }
 
     #[test]

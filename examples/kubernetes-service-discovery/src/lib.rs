@@ -63,6 +63,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .replica_name
         .clone()
         .unwrap_or_else(|| self_base.clone());
+    // Checked before the database is reached: a bad flag fails the start at once.
+    let refresh_ahead = config.item_refresh_ahead()?;
+    let admin_token = config.admin_token()?.map(Arc::new);
     let database = match &config.database_url {
         Some(url) => {
             let postgres =
@@ -77,6 +80,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         None => Database::simulated(config.load_latency, config.item_ttl, replica.as_str()),
     };
+    let database = database.refresh_ahead(refresh_ahead);
     // One cluster: the ring, the peer client, authentication and TLS, shared by both groups.
     let peer_tls = config.peer_tls()?;
     let mut cluster = Cluster::builder(peer_url(&self_base));
@@ -92,16 +96,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
         cluster = cluster.peer_auth(auth);
     }
     let cluster = cluster.build()?;
-    // Two groups, each with its own loader, value type and budget: the replica's cache memory is
-    // the sum of the two. The API refuses longer keys itself, with problem details (and the same
-    // limit).
+    // Two groups, each with its own loader, value type, budget and load limits: the replica's
+    // cache memory is the sum of the two. The API refuses longer keys itself, with problem
+    // details (and the same limit). Items missing from the database are negative answers, kept
+    // briefly; an item whose reload fails is served stale for a while (the refresh ahead is the
+    // loader's: `Database::refresh_ahead`).
     let items = cluster
         .group(&config.group, database.clone())
-        .max_key_bytes(MAX_KEY_BYTES);
+        .max_key_bytes(MAX_KEY_BYTES)
+        .not_found_ttl(config.not_found_ttl)
+        .max_stale(config.item_max_stale);
+    let items = config.item_loads().apply(items);
     let cache = config.item_budget().apply(items).build()?;
     let categories = cluster
         .group(CATEGORY_GROUP, Categories::new(database.clone()))
         .max_key_bytes(MAX_KEY_BYTES);
+    let categories = config.category_loads().apply(categories);
     let categories = config.category_budget().apply(categories).build()?;
     if let Some(warning) = config.exposure_warning(peer_bound) {
         // Loud: on stderr as well as in the log, where a person starting it by hand looks.
@@ -159,6 +169,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         metrics,
         readiness: readiness.clone(),
         replica: Arc::from(replica.as_str()),
+        admin_token,
     });
     // One peer router for every group of the cluster.
     let peer_app = service::peer_router(&cluster);

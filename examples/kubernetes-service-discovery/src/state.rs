@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use groupcache_rs::Groupcache;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::api::bearer::AdminToken;
 use crate::database::Database;
 use crate::database::categories::Categories;
 
@@ -54,6 +55,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// This replica's name in responses.
     pub replica: Arc<str>,
+    /// What admin requests (`DELETE /items`) must bear; none: they are refused.
+    pub admin_token: Option<Arc<AdminToken>>,
 }
 
 impl std::fmt::Debug for AppState {

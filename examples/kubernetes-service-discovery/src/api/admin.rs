@@ -73,6 +73,13 @@ struct Stats<'a> {
     main_items: u64,
     hot_bytes: u64,
     hot_items: u64,
+    not_found_loads: u64,
+    refreshes: u64,
+    stale_served: u64,
+    loads_waiting: u64,
+    loads_short_circuited: u64,
+    circuit_open: u64,
+    purges: u64,
 }
 
 /// `GET /admin/stats`: the items' group, or with `?cache=categories` the category summaries'.
@@ -114,5 +121,12 @@ fn stats_of<L: Loader>(state: &AppState, cache: &Groupcache<L>) -> Response {
         main_items: s.main_items,
         hot_bytes: s.hot_bytes,
         hot_items: s.hot_items,
+        not_found_loads: s.not_found_loads,
+        refreshes: s.refreshes,
+        stale_served: s.stale_served,
+        loads_waiting: s.loads_waiting,
+        loads_short_circuited: s.loads_short_circuited,
+        circuit_open: s.circuit_open,
+        purges: s.purges,
     })
 }

@@ -7,6 +7,10 @@
 //!
 //! Every input is checked before anything is written: a bad key, body or expiry is a 4xx and
 //! changes nothing.
+//!
+//! A read of a key without a row is the cache's negative answer (`Error::NotFound`, kept for
+//! `--not-found-ttl`): 404. While the database cannot be read, an item past its cache TTL (by
+//! less than `--item-max-stale`) is still answered, marked [`STALE_WARNING`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,16 +19,16 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use groupcache_rs::{Groupcache, Json, Loader};
+use groupcache_rs::{Freshness, Groupcache, Json, Loader};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use super::problem::Problem;
 use super::respond::json;
 use crate::database::categories::category_of;
-use crate::database::{Cached, DbError, Item, Row, WriteError};
+use crate::database::{Cached, DbError, Item, Row, WriteError, unix_seconds};
 use crate::state::AppState;
 
 /// Longest key the service accepts, in characters. A character is at most 4 bytes in UTF-8, so
@@ -40,6 +44,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Longest expiry, from now: ten years (`ttl_seconds`, or `expires_at` that far ahead).
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// The `Warning` of an item served past its cache TTL because the database could not be read
+/// (RFC 7234's "Response is Stale"): it may have changed since.
+pub const STALE_WARNING: &str = "110 - \"Response is Stale\"";
 
 /// The answer of `GET` and `PUT /items/{key}`.
 #[derive(Debug, Serialize)]
@@ -157,24 +165,45 @@ pub(crate) async fn path_param(
     }
 }
 
-/// `GET /items/{key}`.
+/// `GET /items/{key}`: the item, with [`STALE_WARNING`] if it is served stale.
 pub async fn get_item(State(state): State<AppState>, Key(key): Key) -> Response {
-    match read_outcome(&key, state.cache.get(&key).await) {
-        Ok(item) => respond(&state, StatusCode::OK, &item),
+    let read = state.cache.get_with_freshness(&key).await;
+    let freshness = read
+        .as_ref()
+        .map_or(Freshness::Fresh, |(_, freshness)| *freshness);
+    match read_outcome(&key, read.map(|(item, _)| item)) {
+        Ok(item) => {
+            let mut response = respond(&state, StatusCode::OK, &item);
+            if freshness == Freshness::Stale {
+                response
+                    .headers_mut()
+                    .insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+            }
+            response
+        }
         Err(problem) => problem.into_response(),
     }
 }
 
 /// What a read of `key` through the cache answers, as `GET /items/{key}` sends it and as each
-/// key of a batch (`POST /items/_batch`) gets it: the item, or a problem (404: no such item; 503:
-/// the database failed, nothing cached; ...).
+/// key of a batch (`POST /items/_batch`) gets it: the item, or a problem (404: no such item,
+/// deleted, or past its own expiry; 503: the database failed, nothing cached; ...).
 pub(crate) fn read_outcome(
     key: &str,
     read: Result<Cached, groupcache_rs::Error>,
 ) -> Result<Item, Problem> {
     match read {
+        // A stale item (`--item-max-stale`) may be past its own expiry, which needs no database
+        // to tell: expired by a whole second at least (`expires_at` is rounded down).
+        Ok(Json(Some(item)))
+            if item
+                .expires_at
+                .is_some_and(|at| at < unix_seconds(SystemTime::now())) =>
+        {
+            Err(not_found(key))
+        }
         Ok(Json(Some(item))) => Ok(item),
-        Ok(Json(None)) => Err(not_found(key)),
+        Ok(Json(None)) | Err(groupcache_rs::Error::NotFound) => Err(not_found(key)),
         Err(error) => Err(read_failed(key, error)),
     }
 }
@@ -189,6 +218,10 @@ pub(crate) fn read_failed(key: &str, error: groupcache_rs::Error) -> Problem {
         error @ (groupcache_rs::Error::Loader(_) | groupcache_rs::Error::RemoteLoader { .. }) => {
             tracing::warn!(key, %error, "loading from the database failed");
             Problem::unavailable("the database query failed; try again")
+        }
+        groupcache_rs::Error::CircuitOpen => {
+            // Not logged per request: the gauge `groupcache_loader_circuit_open` shows it.
+            Problem::unavailable("the database is failing; reads are paused for a moment")
         }
         error => Problem::internal("get failed", &error),
     }

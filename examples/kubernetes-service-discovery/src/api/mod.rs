@@ -1,18 +1,21 @@
-//! The REST API: items (`/items/{key}`, and many at once: `POST /items/_batch`), category
+//! The REST API: items (`/items/{key}`, and many at once: `POST /items/_batch`; `DELETE /items`
+//! empties every replica's items cache, for an admin), category
 //! summaries (`/categories/{category}`), admin views (`/admin/...`) and the OpenAPI document that
 //! describes them all (`/openapi.json`, committed as `openapi.json` beside `Cargo.toml`).
 
 pub mod admin;
 pub mod batch;
+pub mod bearer;
 pub mod categories;
 pub mod items;
 pub mod problem;
+pub mod purge;
 pub mod respond;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
-use axum::routing::get;
+use axum::routing::{delete, get};
 
 use self::problem::Problem;
 use crate::state::AppState;
@@ -33,6 +36,7 @@ pub const PATHS: &[&str] = &[
     // Served by the `/items/{key}` route's `POST`, so that `_batch` stays a key for the others.
     "/items/_batch",
     "/categories/{category}",
+    "/items",
 ];
 
 /// The API's routes. `/metrics`, `/healthz` and `/readyz` are added by
@@ -57,6 +61,7 @@ pub fn routes() -> Router<AppState> {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .route(PATHS[9], get(categories::get_category))
+        .route(PATHS[10], delete(purge::purge_items))
 }
 
 /// 404 for paths no route serves.

@@ -22,7 +22,9 @@ use groupcache_rs::{Json, Loaded, Loader, Results};
 
 use self::postgres::Postgres;
 use self::simulated::Simulated;
-pub use self::types::{Cached, Count, DbError, Item, JsonText, Row, WriteError, unix_seconds};
+pub use self::types::{
+    Cached, Count, DbError, Item, JsonText, LoadError, Row, WriteError, unix_seconds,
+};
 use self::types::{earliest, unix_millis};
 
 /// Which database stores the items.
@@ -38,6 +40,9 @@ pub struct Database {
     backend: Backend,
     /// How long a cached entry lives at most (zero: until evicted or its row expires).
     ttl: Duration,
+    /// How long before the end of `ttl` a get of a loaded item starts reloading it in the
+    /// background (zero: never).
+    refresh_ahead: Duration,
     /// This replica's name, in the items it loads.
     replica: Arc<str>,
 }
@@ -46,6 +51,7 @@ impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
             .field("ttl", &self.ttl)
+            .field("refresh_ahead", &self.refresh_ahead)
             .field("replica", &self.replica)
             .finish_non_exhaustive()
     }
@@ -59,6 +65,7 @@ impl Database {
         Database {
             backend: Backend::Simulated(Arc::new(Simulated::new(latency))),
             ttl,
+            refresh_ahead: Duration::ZERO,
             replica: replica.into(),
         }
     }
@@ -68,8 +75,18 @@ impl Database {
         Database {
             backend: Backend::Postgres(postgres),
             ttl,
+            refresh_ahead: Duration::ZERO,
             replica: replica.into(),
         }
+    }
+
+    /// Items loaded from now on are reloaded in the background by the first get in the last
+    /// `window` of their cache TTL (refresh ahead: `--item-refresh-ahead`), so that a key read
+    /// all the time never misses. Zero (the default), or a `window` not shorter than the TTL:
+    /// never.
+    pub fn refresh_ahead(mut self, window: Duration) -> Self {
+        self.refresh_ahead = window;
+        self
     }
 
     /// `SELECT ... WHERE key = ANY($1)`: the unexpired rows of `keys` (absent ones are missing).
@@ -158,11 +175,29 @@ impl Database {
         }
     }
 
-    /// What the cache holds for `key`, whose row is `row` (`None`: no unexpired row), and until
-    /// when.
-    fn loaded_item(&self, key: &str, row: Option<&Row>) -> Loaded<Cached> {
-        let item = Json(row.map(|row| self.item(key, row)));
-        self.loaded(item, row.and_then(|row| row.expires_at))
+    /// What the cache holds for `key`, whose row is `row`, until when, and from when a get
+    /// reloads it ahead; no row (`None`: none unexpired) is the cache's negative answer.
+    fn loaded_item(&self, key: &str, row: Option<&Row>) -> Result<Loaded<Cached>, LoadError> {
+        let row = row.ok_or(LoadError::NotFound)?;
+        let loaded = self.loaded(Json(Some(self.item(key, row))), row.expires_at);
+        Ok(match self.refresh_at(row.expires_at) {
+            Some(at) => loaded.refresh_at(at),
+            None => loaded,
+        })
+    }
+
+    /// When a get of an item loaded now, from a row expiring at `expires_at`, starts reloading
+    /// it: `refresh_ahead` before its cache TTL ends. None when the row itself expires first (a
+    /// reload would find the same row, expiring as soon), or without a TTL or a window.
+    fn refresh_at(&self, expires_at: Option<SystemTime>) -> Option<SystemTime> {
+        if self.ttl.is_zero() || self.refresh_ahead.is_zero() || self.refresh_ahead >= self.ttl {
+            return None;
+        }
+        let ttl_ends = SystemTime::now() + self.ttl;
+        if expires_at.is_some_and(|at| at <= ttl_ends) {
+            return None;
+        }
+        Some(ttl_ends - self.refresh_ahead)
     }
 
     fn item(&self, key: &str, row: &Row) -> Item {
@@ -178,30 +213,36 @@ impl Database {
 
 impl Loader for Database {
     type Value = Cached;
-    // Reaches the handler as `groupcache_rs::Error::Loader` on the owner, `RemoteLoader`
-    // elsewhere; failures are not cached, so the next request tries again.
-    type Error = DbError;
+    // A missing row is a negative answer (`is_not_found`): `groupcache_rs::Error::NotFound` on
+    // every replica, cached for `--not-found-ttl`. A failed query reaches the handler as
+    // `groupcache_rs::Error::Loader` on the owner, `RemoteLoader` elsewhere; it is not cached,
+    // so the next request tries again (or, with `--item-max-stale`, gets the expired value).
+    type Error = LoadError;
 
-    async fn load(&self, key: &str) -> Result<Loaded<Cached>, DbError> {
+    async fn load(&self, key: &str) -> Result<Loaded<Cached>, LoadError> {
         tracing::debug!(key, "querying the database");
         let rows = self.fetch(&[key.to_owned()]).await?;
-        Ok(self.loaded_item(key, rows.get(key)))
+        self.loaded_item(key, rows.get(key))
+    }
+
+    fn is_not_found(&self, error: &LoadError) -> bool {
+        matches!(error, LoadError::NotFound)
     }
 
     /// One query for all of `keys`: a key without a row gets what [`load`](Self::load) gives
-    /// it (`None`, cached), and a failed query is every key's error, as it would be each
+    /// it (a negative answer), and a failed query is every key's error, as it would be each
     /// single query's.
-    async fn load_many(&self, keys: &[String], results: &Results<Cached, DbError>) {
+    async fn load_many(&self, keys: &[String], results: &Results<Cached, LoadError>) {
         tracing::debug!(keys = keys.len(), "querying the database for a batch");
         match self.fetch(keys).await {
             Ok(rows) => {
                 for (index, key) in keys.iter().enumerate() {
-                    results.put(index, Ok(self.loaded_item(key, rows.get(key))));
+                    results.put(index, self.loaded_item(key, rows.get(key)));
                 }
             }
             Err(error) => {
                 for index in 0..keys.len() {
-                    results.put(index, Err(error.clone()));
+                    results.put(index, Err(LoadError::Db(error.clone())));
                 }
             }
         }
@@ -215,7 +256,7 @@ mod tests {
     use super::*;
 
     /// What a batch (`load_many`, through `get_many` on the keys' owner) loads is what `load`
-    /// loads, key for key: a row, a deleted row (`None`), a written one.
+    /// loads, key for key: a row, a deleted row (a negative answer), a written one.
     #[tokio::test]
     async fn a_batch_loads_what_single_loads_do() {
         let db = Database::simulated(Duration::ZERO, Duration::ZERO, "replica-0");
@@ -235,12 +276,39 @@ mod tests {
             item.map(|item| (item.id, item.value.get().to_owned(), item.expires_at))
         };
         for (key, got) in keys.iter().zip(batch) {
-            let single = db.load(key).await.unwrap().value;
-            assert_eq!(view(got.unwrap().0), view(single.0), "{key}");
+            match db.load(key).await {
+                Ok(single) => assert_eq!(view(got.unwrap().0), view(single.value.0), "{key}"),
+                Err(error) => {
+                    assert!(db.is_not_found(&error), "{key}: {error}");
+                    assert!(matches!(got, Err(groupcache_rs::Error::NotFound)), "{key}");
+                }
+            }
         }
         assert!(
-            db.load("gone").await.unwrap().value.0.is_none(),
-            "a deleted row loads as none"
+            matches!(db.load("gone").await, Err(LoadError::NotFound)),
+            "a deleted row loads as a negative answer"
         );
+    }
+
+    /// An item is reloaded ahead in the last `window` of its cache TTL, unless its row expires
+    /// first (a reload would find the same row) or there is no TTL or window to speak of.
+    #[test]
+    fn items_are_refreshed_ahead_in_the_last_window_of_their_ttl() {
+        let minute = Duration::from_secs(60);
+        let db = |ttl, window| {
+            Database::simulated(Duration::ZERO, ttl, "replica-0").refresh_ahead(window)
+        };
+        let before = SystemTime::now();
+        let at = db(5 * minute, minute)
+            .refresh_at(None)
+            .expect("a refresh time");
+        assert!(at >= before + 4 * minute && at <= SystemTime::now() + 4 * minute);
+        let far = Some(before + 60 * minute);
+        assert!(db(5 * minute, minute).refresh_at(far).is_some());
+        let soon = Some(before + 2 * minute);
+        assert_eq!(db(5 * minute, minute).refresh_at(soon), None);
+        assert_eq!(db(Duration::ZERO, minute).refresh_at(None), None);
+        assert_eq!(db(5 * minute, Duration::ZERO).refresh_at(None), None);
+        assert_eq!(db(minute, minute).refresh_at(None), None);
     }
 }

@@ -23,8 +23,10 @@ pub struct Item {
     pub loaded_at_unix_ms: u64,
 }
 
-/// What the cache holds for a key: the item, or `None` when the database has no (unexpired) row,
-/// so that a missing key costs one query too rather than one per request.
+/// What the cache holds for a key: the item, or `None` where a `DELETE` removed it (written to the
+/// cache by the delete itself, which knows the answer, so the next reads cost no query). A key
+/// that a load finds without a row is not `None` but a negative answer ([`LoadError::NotFound`],
+/// `--not-found-ttl`): no `set` stores one, so a delete writes this instead.
 pub type Cached = Json<Option<Item>>;
 
 /// A row of the `items` table.
@@ -63,6 +65,19 @@ pub enum DbError {
     /// It answered with an error, or a row the service cannot read.
     #[error("the database failed: {0}")]
     Failed(String),
+}
+
+/// Why the items' loader gave no item.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The database has no unexpired row for the key: the cache's negative answer
+    /// (`Loader::is_not_found`), kept for `--not-found-ttl` and answered as 404.
+    #[error("no such item")]
+    NotFound,
+    /// The query failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
 /// Why a write failed.

@@ -26,7 +26,7 @@ async fn cluster(pg: &PgServer, dir: &TempDir) -> Cluster {
     .await
 }
 
-fn put_body(value: &Value) -> Option<(&'static str, Vec<u8>)> {
+pub(crate) fn put_body(value: &Value) -> Option<(&'static str, Vec<u8>)> {
     Some((
         "application/json",
         json!({ "value": value }).to_string().into_bytes(),
@@ -34,7 +34,7 @@ fn put_body(value: &Value) -> Option<(&'static str, Vec<u8>)> {
 }
 
 /// Inserts `key-0` .. `key-{n-1}` with the values `{"n": i}`, behind the replicas' backs.
-async fn insert_rows(client: &tokio_postgres::Client, prefix: &str, n: i32) {
+pub(crate) async fn insert_rows(client: &tokio_postgres::Client, prefix: &str, n: i32) {
     client
         .execute(
             "INSERT INTO items (key, value) \
@@ -45,7 +45,7 @@ async fn insert_rows(client: &tokio_postgres::Client, prefix: &str, n: i32) {
         .expect("insert the rows");
 }
 
-async fn row(client: &tokio_postgres::Client, key: &str) -> Option<Value> {
+pub(crate) async fn row(client: &tokio_postgres::Client, key: &str) -> Option<Value> {
     client
         .query_opt("SELECT value FROM items WHERE key = $1", &[&key])
         .await
@@ -205,7 +205,7 @@ async fn a_category_is_counted_once_and_fresh_after_every_write() {
 }
 
 /// The owner of `key` (its peer URL, as `Replica::peer_url`) in `replica`'s ring.
-async fn owner_of(http: &reqwest::Client, replica: &str, key: &str) -> String {
+pub(crate) async fn owner_of(http: &reqwest::Client, replica: &str, key: &str) -> String {
     let answer = send(http, "GET", &format!("{replica}/admin/owner/{key}"), None).await;
     answer.2["owner"]
         .as_str()

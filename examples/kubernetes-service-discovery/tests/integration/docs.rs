@@ -243,7 +243,18 @@ async fn schemathesis_finds_nothing_against_the_service_on_postgresql() {
         return;
     };
     let dir = TempDir::new("docs-schemathesis");
-    let replica = Replica::start("replica", &["--database-url", &pg.url], dir.path()).await;
+    // With the admin token, given to schemathesis too: `DELETE /items` is tested as an admin's
+    // (its checks still send it without the header, expecting 401).
+    const ADMIN_TOKEN: &str = "schemathesis-admin-token-0123456789";
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN).expect("write the admin token");
+    let token_file = token_file.display().to_string();
+    let replica = Replica::start(
+        "replica",
+        &["--database-url", &pg.url, "--admin-token-file", &token_file],
+        dir.path(),
+    )
+    .await;
     let seconds = std::env::var("GROUPCACHE_TEST_SCHEMATHESIS_SECONDS")
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
@@ -257,6 +268,8 @@ async fn schemathesis_finds_nothing_against_the_service_on_postgresql() {
             &format!("{}/openapi.json", replica.url),
             "--checks",
             "all",
+            "--header",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
         ])
         .args(["--max-time", &seconds.to_string()])
         // Its caches (.hypothesis, .schemathesis) go to the test's directory.

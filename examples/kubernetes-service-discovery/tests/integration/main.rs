@@ -7,6 +7,8 @@
 //!   simulated database keeps deletes, the README's local recipe runs as written;
 //! - `kubectl`: the fake Kubernetes API server checked by a real `kubectl` (client-go);
 //! - `database`: three replicas on a real PostgreSQL of the test's own (`postgres`);
+//! - `policies`: the items' cache policies on PostgreSQL: negative answers, `DELETE /items`
+//!   (admin only), stale items while the database is down;
 //! - `docs`: the README's local recipe and the kustomize overlays as written, schemathesis over
 //!   the OpenAPI document against a replica on PostgreSQL;
 //! - `discovery`: discovery against a fake Kubernetes API server (`fake_apiserver`);
@@ -24,6 +26,7 @@ mod docs;
 mod fake_apiserver;
 mod honest;
 mod kubectl;
+mod policies;
 mod postgres;
 mod process;
 mod service;
