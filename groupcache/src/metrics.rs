@@ -173,6 +173,7 @@ impl CacheMetrics {
 
 /// Every metric of one group on one replica.
 pub(crate) struct Metrics {
+    group: String,
     gets: Count,
     main_hits: Count,
     hot_hits: Count,
@@ -216,6 +217,7 @@ impl Metrics {
         let main_labels = [("group", group.to_owned()), ("cache", "main".to_owned())];
         let hot_labels = [("group", group.to_owned()), ("cache", "hot".to_owned())];
         Metrics {
+            group: group.to_owned(),
             gets: Count::new("groupcache_gets_total", &labels),
             main_hits: Count::new("groupcache_cache_hits_total", &main_labels),
             hot_hits: Count::new("groupcache_cache_hits_total", &hot_labels),
@@ -325,6 +327,11 @@ impl Metrics {
         self.write_repairs_pending_now
             .store(pending as u64, Ordering::Relaxed);
         self.write_repairs_pending.set(pending as f64);
+    }
+
+    /// The group these metrics are labelled with, for logs.
+    pub(crate) fn group(&self) -> &str {
+        &self.group
     }
 
     pub(crate) fn not_found_load(&self) {

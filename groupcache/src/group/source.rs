@@ -98,12 +98,24 @@ impl Source {
 
 impl Turn<'_> {
     /// The loader call went `well` (a value or a negative answer) or not; updates the breaker
-    /// and its gauge.
+    /// and its gauge, and logs when the circuit opens or closes.
     pub(crate) fn done(mut self, well: bool, metrics: &Metrics) {
         self.told = true;
         if let Some(breaker) = &self.source.breaker {
-            let open = breaker.record(well, self.probe, Instant::now());
+            let (was, open) = breaker.record(well, self.probe, Instant::now());
             metrics.circuit_open(open);
+            match (was, open) {
+                (false, true) => {
+                    tracing::warn!(group = metrics.group(), failures = breaker.failures, open_for = ?breaker.open_for, "the loader keeps failing: circuit open, loads fail at once");
+                }
+                (true, false) => {
+                    tracing::info!(
+                        group = metrics.group(),
+                        "the loader answers again: circuit closed"
+                    );
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -133,9 +145,10 @@ impl Breaker {
         }
     }
 
-    /// Records a load's outcome; whether the circuit is open after it.
-    fn record(&self, well: bool, probe: bool, now: Instant) -> bool {
+    /// Records a load's outcome; whether the circuit was open before it, and is after.
+    fn record(&self, well: bool, probe: bool, now: Instant) -> (bool, bool) {
         let mut state = lock(&self.state);
+        let was = state.open_until.is_some();
         if probe {
             state.probing = false;
         }
@@ -143,13 +156,13 @@ impl Breaker {
             // A load admitted before the circuit opened may succeed after: the source answers
             // again, so the circuit closes as after a probe.
             *state = State::default();
-            return false;
+            return (was, false);
         }
         state.in_a_row = state.in_a_row.saturating_add(1);
         if probe || state.in_a_row >= self.failures {
             state.open_until = Some(now + self.open_for);
         }
-        state.open_until.is_some()
+        (was, state.open_until.is_some())
     }
 }
 
