@@ -18,7 +18,7 @@ use std::mem::size_of;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hashbrown::HashTable;
 use metrics::Gauge;
 
@@ -1188,7 +1188,7 @@ impl Cache {
     /// the totals published. Returns the moved values' old handles and the segment buffers let
     /// go, to be dropped after unlocking. The cleaner ran on inserts only: removes and expiry
     /// left dead segments until the next insert.
-    fn settle(&self, inner: &mut Inner) -> (Vec<Bytes>, Vec<BytesMut>) {
+    fn settle(&self, inner: &mut Inner) -> (Vec<Bytes>, Vec<Bytes>) {
         let moved = Self::clean(inner, self.segment_bytes);
         inner.release_vacant();
         self.publish(inner);
