@@ -327,8 +327,10 @@ fn heartbeats(c: &mut Criterion) {
 /// What the spans cost (issue 28): a main hit and a remote get under a `tracing` subscriber at
 /// INFO (formatting into a sink), and under the OpenTelemetry layer exporting with peer requests
 /// carrying W3C trace context (as the README advises, with the layer's default context
-/// activation, and with 1 % of traces sampled); one span alone under that layer. Without a subscriber the figures
-/// are `get/main_hit` and `get/remote`. Needs `--features opentelemetry`.
+/// activation, and with 1 % of traces sampled); one span alone under that layer. Without a
+/// subscriber the figures are `get/main_hit` and `get/remote`. The remote gets are timed again
+/// by the process's CPU time (`cpu/*`), which waits for a core on a shared machine do not
+/// inflate. Needs `--features opentelemetry`.
 ///
 /// The spans go through the SDK's batch processor, as in production (the example service's
 /// `with_batch_exporter`): a span's end sends it to the processor's thread, which exports it
@@ -389,7 +391,7 @@ fn traced(c: &mut Criterion) {
     let dropped = |name: &str| {
         provider.force_flush().expect("the spans exported");
         let (made, exported) = (made.swap(0, Ordering::Relaxed), exported.take());
-        // A few more than made: requests the replicas make of their own meanwhile.
+        // Exported can be more than made: each layer's first get is not counted.
         if exported < made {
             eprintln!(
                 "{name}: the batch queue dropped {} of {made} spans",
