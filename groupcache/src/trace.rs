@@ -98,10 +98,10 @@ pub(crate) fn record_asked<E>(span: &tracing::Span, asked: Result<&crate::caches
     }
 }
 
-/// Records `outcome` and `bytes` on `span`.
+/// Records `outcome` and `bytes` on `span`, in one call: each call is a lookup and a lock in
+/// every layer (`tracing-opentelemetry`'s `on_record`).
 pub(crate) fn record_bytes(span: &tracing::Span, outcome: &str, bytes: usize) {
-    span.record("outcome", outcome);
-    span.record("bytes", bytes);
+    tracing::record_all!(span, outcome = outcome, bytes = bytes);
 }
 
 /// The application's [`TraceContext`], shown by name only in the config's `Debug`.
@@ -114,11 +114,13 @@ impl std::fmt::Debug for Traced {
     }
 }
 
-/// W3C trace context (`traceparent`, `tracestate`) through OpenTelemetry: the context of the
-/// current `tracing` span as `tracing-opentelemetry` knows it, written and read by the text map
-/// propagator installed with `opentelemetry::global::set_text_map_propagator` (install
+/// W3C trace context (`traceparent`, and `tracestate` when it is not empty) through
+/// OpenTelemetry: the context of the current `tracing` span as `tracing-opentelemetry` knows it,
+/// written and read by the text map propagator installed with
+/// `opentelemetry::global::set_text_map_propagator` (install
 /// `opentelemetry_sdk::propagation::TraceContextPropagator`; the default propagator sends
-/// nothing). Needs a `tracing_opentelemetry` layer in the subscriber.
+/// nothing). Needs a `tracing_opentelemetry` layer in the subscriber; it works with the layer's
+/// `with_context_activation(false)`, which the README advises.
 #[cfg(feature = "opentelemetry")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct W3cTraceContext;
@@ -153,10 +155,21 @@ mod otel {
 
     impl opentelemetry::propagation::Injector for Headers<'_> {
         fn set(&mut self, key: &str, value: String) {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(key.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
+            // An empty `tracestate`, the usual one, says nothing: the owner reads its absence
+            // as the same empty state. The two W3C names are static, not parsed and copied for
+            // each request.
+            if value.is_empty() {
+                return;
+            }
+            let name = match key {
+                "traceparent" => HeaderName::from_static("traceparent"),
+                "tracestate" => HeaderName::from_static("tracestate"),
+                _ => match HeaderName::from_bytes(key.as_bytes()) {
+                    Ok(name) => name,
+                    Err(_) => return,
+                },
+            };
+            if let Ok(value) = HeaderValue::try_from(value) {
                 self.0.insert(name, value);
             }
         }
@@ -173,5 +186,56 @@ mod otel {
         fn keys(&self) -> Vec<&str> {
             self.0.keys().map(HeaderName::as_str).collect()
         }
+    }
+}
+
+#[cfg(all(test, feature = "opentelemetry"))]
+mod tests {
+    use axum::http::HeaderMap;
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::otel::{Headers, ReadHeaders};
+
+    /// `context` through a request's headers: what was sent, and what the owner read.
+    fn carried(state: TraceState) -> (HeaderMap, SpanContext, SpanContext) {
+        let sent = SpanContext::new(
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            SpanId::from(0x00f0_67aa_0ba9_02b7),
+            TraceFlags::SAMPLED,
+            true,
+            state,
+        );
+        let context = opentelemetry::Context::new().with_remote_span_context(sent.clone());
+        let mut headers = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&context, &mut Headers(&mut headers));
+        let read = TraceContextPropagator::new().extract(&ReadHeaders(&headers));
+        let read = read.span().span_context().clone();
+        (headers, sent, read)
+    }
+
+    #[test]
+    fn an_empty_tracestate_is_not_sent_and_the_owner_reads_the_same_context() {
+        let (headers, sent, read) = carried(TraceState::default());
+        assert_eq!(
+            headers.get("traceparent").map(|v| v.as_bytes()),
+            Some(&b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..])
+        );
+        assert!(!headers.contains_key("tracestate"), "{headers:?}");
+        assert_eq!(read, sent);
+    }
+
+    #[test]
+    fn a_tracestate_with_entries_is_sent_and_read() {
+        let state = TraceState::from_key_value([("vendor", "value")]).expect("a valid state");
+        let (headers, sent, read) = carried(state);
+        assert_eq!(
+            headers.get("tracestate").map(|v| v.as_bytes()),
+            Some(&b"vendor=value"[..])
+        );
+        assert_eq!(read, sent);
     }
 }

@@ -54,12 +54,15 @@ fn init_logging(config: &Config) -> Option<opentelemetry_sdk::trace::SdkTracerPr
     };
     let traces = tracer.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
-        // No per-poll timing, thread or source attributes: each costs every span (BENCHMARKS.md).
+        // No per-poll timing, thread or source attributes, and no OpenTelemetry context made
+        // current on each poll (nothing here reads `opentelemetry::Context::current()`): each
+        // costs every span (BENCHMARKS.md).
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("kubernetes-service-discovery"))
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
+            .with_context_activation(false)
     });
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     match config.log_format {
