@@ -13,7 +13,8 @@
 //!
 //! Figures: how long `purge()` took to return on replica 0 (it reaches all three), the p99 of
 //! the gets sent before the purge against that of the gets in flight at any moment while it ran
-//! (a few dozen to a few hundred: read it with the max beside it), and the values of
+//! (a few dozen to a few hundred: read it with the max beside it; split into hits on what the
+//! purge had not reached yet, version 1, and loads after it, version 2), and the values of
 //! version 1 answered to gets sent after it returned `Ok` (the promise: none). Rust only:
 //! golang/groupcache has no purge.
 
@@ -240,6 +241,16 @@ impl Bench<'_> {
         add("p99 us during", Lower, p99_during);
         add(P99_RATIO, Lower, p99_during / p99_before.max(1.0));
         add("gets during", Higher, during.len() as f64);
+        // Split by what answered them: a value of version 1 was a hit on what the purge had not
+        // reached yet; version 2, a load after it (a miss the purge made).
+        let hits = during.iter().copied().filter(|s| s.old);
+        add("hits during", Higher, hits.clone().count() as f64);
+        add("p99 us during, hits", Lower, p99(hits));
+        add(
+            "p99 us during, reloads",
+            Lower,
+            p99(during.iter().copied().filter(|s| !s.old && !s.failed)),
+        );
         add(
             "max us during",
             Lower,
