@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 16] = [
+pub(crate) const WORKLOADS: [&str; 20] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -21,6 +21,10 @@ pub(crate) const WORKLOADS: [&str; 16] = [
     "detectors",
     "pauses",
     "ring-change",
+    "missing-storm",
+    "refresh-ahead",
+    "source-down",
+    "purge",
 ];
 
 /// What to do.
@@ -69,6 +73,10 @@ pub(crate) struct BenchOptions {
     pub admission_wait_ms: Option<u64>,
     /// freeze, black-hole: how long the fault lasts, and the control window too.
     pub fault_secs: f64,
+    /// source-down: how long the source is down.
+    pub down_secs: f64,
+    /// purge: entries the group holds when it is purged, over all three replicas.
+    pub purge_entries: usize,
 }
 
 impl Default for BenchOptions {
@@ -89,6 +97,8 @@ impl Default for BenchOptions {
             flood_pause_ms: 0,
             admission_wait_ms: None,
             fault_secs: 10.0,
+            down_secs: 10.0,
+            purge_entries: 3_000_000,
         }
     }
 }
@@ -130,6 +140,16 @@ pub(crate) struct ReplicaOptions {
     /// The address to listen on (a free port); None: 127.0.0.1. black-hole's replicas listen
     /// on their network namespace's address.
     pub listen: Option<Ipv4Addr>,
+    /// How long values of [`EXPIRING_KEYS`](crate::shared::EXPIRING_KEYS) live, in ms (0: for
+    /// ever).
+    pub ttl_ms: u64,
+    /// When values of [`EXPIRING_KEYS`](crate::shared::EXPIRING_KEYS) are refreshed ahead, in
+    /// ms after their load (0: never).
+    pub refresh_ms: u64,
+    /// `Builder::not_found_ttl` in ms; None: the library's default.
+    pub not_found_ttl_ms: Option<u64>,
+    /// `Builder::max_stale` in ms; None: the library's default (off).
+    pub max_stale_ms: Option<u64>,
 }
 
 /// How to call the program.
@@ -138,10 +158,11 @@ usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency
                         [--remote-requests N] [--json PATH] [--go-peer PATH] [--only T,T]
                         [--value-bytes 64,100,4096] [--flood-load-ms N] [--flood N]
                         [--max-peer-requests N] [--flood-pause-ms N] [--admission-wait-ms N]
-                        [--fault-secs S]
+                        [--fault-secs S] [--down-secs S] [--purge-entries N]
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
-churn, traces, groups-flood, freeze, black-hole, detectors, pauses, ring-change; `all` runs every one
+churn, traces, groups-flood, freeze, black-hole, detectors, pauses, ring-change, missing-storm,
+refresh-ahead, source-down, purge; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
@@ -158,10 +179,16 @@ pauses: Rust only, hedging off and on, one of three owners paused for 100-400 ms
 the same without pauses, for --fault-secs each.
 ring-change: Rust only, in process: one replica holding 400,000 entries, a client's gets with 10
 ring changes over --secs and without, side by side.
+missing-storm, refresh-ahead, source-down, purge (issue 27; see freshness.rs and purge.rs):
+10,000 missing keys asked 100 times each; a popular key past its soft expiry under 64
+connections; the source down for --down-secs (default 10; 30 for the recorded figures) with
+max_stale on and off; a purge of a group holding --purge-entries entries over three replicas
+(default 3,000,000: about 1 M per replica).
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
 [--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission] [--hedge on|off]
-[--groups 1|2] [--max-peer-requests N] [--listen IP]` and `ceiling-server` are the server processes the driver
+[--groups 1|2] [--max-peer-requests N] [--listen IP] [--ttl-ms N] [--refresh-ms N]
+[--not-found-ttl-ms N] [--max-stale-ms N]` and `ceiling-server` are the server processes the driver
 starts.";
 
 /// Parses the arguments after the program name.
@@ -184,6 +211,8 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, 
             "--rounds" => options.rounds = number(&arg, &value(&arg)?)?.max(1),
             "--secs" => options.secs = seconds(&arg, &value(&arg)?)?,
             "--fault-secs" => options.fault_secs = seconds(&arg, &value(&arg)?)?,
+            "--down-secs" => options.down_secs = seconds(&arg, &value(&arg)?)?,
+            "--purge-entries" => options.purge_entries = number(&arg, &value(&arg)?)?.max(1),
             "--concurrency" => options.concurrency = positive_list(&arg, &value(&arg)?, "levels")?,
             "--remote-requests" => {
                 options.remote_requests = number(&arg, &value(&arg)?)?.max(2);
@@ -263,6 +292,10 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--admission-wait-ms" => {
                 options.admission_wait_ms = Some(number(&arg, &value)? as u64);
             }
+            "--ttl-ms" => options.ttl_ms = number(&arg, &value)? as u64,
+            "--refresh-ms" => options.refresh_ms = number(&arg, &value)? as u64,
+            "--not-found-ttl-ms" => options.not_found_ttl_ms = Some(number(&arg, &value)? as u64),
+            "--max-stale-ms" => options.max_stale_ms = Some(number(&arg, &value)? as u64),
             "--listen" => {
                 let ip = value.parse().map_err(|_| format!("--listen: {value:?}"))?;
                 options.listen = Some(ip);
@@ -329,6 +362,13 @@ mod tests {
         assert_eq!(options.workloads, ["freeze", "black-hole"]);
         assert_eq!(options.fault_secs, 2.5);
         assert!(parse_str("freeze --fault-secs 0").is_err());
+        let Ok(Command::Bench(options)) =
+            parse_str("source-down purge --down-secs 30 --purge-entries 1000")
+        else {
+            panic!("issue 27's flags parse");
+        };
+        assert_eq!(options.workloads, ["source-down", "purge"]);
+        assert_eq!((options.down_secs, options.purge_entries), (30.0, 1000));
     }
 
     #[test]
@@ -381,6 +421,18 @@ mod tests {
             Ok(Command::Replica(ReplicaOptions {
                 listen: Some(std::net::Ipv4Addr::new(198, 18, 0, 1)),
                 hot_bytes: Some(0),
+                ..ReplicaOptions::default()
+            }))
+        );
+        assert_eq!(
+            parse_str(
+                "replica --ttl-ms 1500 --refresh-ms 1000 --not-found-ttl-ms 0 --max-stale-ms 60000"
+            ),
+            Ok(Command::Replica(ReplicaOptions {
+                ttl_ms: 1500,
+                refresh_ms: 1000,
+                not_found_ttl_ms: Some(0),
+                max_stale_ms: Some(60_000),
                 ..ReplicaOptions::default()
             }))
         );

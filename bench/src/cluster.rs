@@ -407,6 +407,20 @@ pub(crate) struct Counters {
     pub handoff_peeks: u64,
     /// Rust only: fetches hedged to the key's successor (`Builder::hedge_fetches`).
     pub hedges: u64,
+    /// Runs of the loader that failed (Go: its getter's errors).
+    pub local_load_errs: u64,
+    /// Rust only: queries of the replica's source (`source.rs`), every loader call.
+    pub source_queries: u64,
+    /// Rust only: of those, queries of [`EXPIRING_KEYS`](crate::shared::EXPIRING_KEYS).
+    pub expiring_queries: u64,
+    /// Rust only: negative answers loaded (`Stats::not_found_loads`).
+    pub not_found_loads: u64,
+    /// Rust only: refreshes ahead started (`Stats::refreshes`).
+    pub refreshes: u64,
+    /// Rust only: expired values served because a load failed (`Stats::stale_served`).
+    pub stale_served: u64,
+    /// Rust only: purges applied here (`Stats::purges`).
+    pub purges: u64,
 }
 
 /// One cache's size.

@@ -24,16 +24,19 @@ mod cluster;
 mod detectors;
 mod fault;
 mod flood;
+mod freshness;
 mod http;
 mod load;
 // The partition tests' network namespaces (std only), for black-hole: one copy.
 #[path = "../../tests/src/netns.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod netns;
+mod purge;
 mod replica;
 mod report;
 mod ring_change;
 mod shared;
+mod source;
 mod traces;
 mod workloads;
 
@@ -123,6 +126,10 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "detectors" => println!("{}", detectors::run()),
                 "pauses" => bench.pauses().await?,
                 "ring-change" => ring_change::run(options, bench.report)?,
+                "missing-storm" => bench.missing_storm().await?,
+                "refresh-ahead" => bench.refresh_ahead().await?,
+                "source-down" => bench.source_down().await?,
+                "purge" => bench.purge().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();
@@ -134,6 +141,8 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
     verdicts.extend(batch::verdicts(&report));
     verdicts.extend(flood::verdicts(&report));
     verdicts.extend(fault::verdicts(&report));
+    verdicts.extend(freshness::verdicts(&report));
+    verdicts.extend(purge::verdicts(&report));
     println!("{}", report.table());
     println!("targets:\n{}", report::verdict_lines(&verdicts));
     for (workload, start, end) in &report.load {

@@ -25,7 +25,6 @@
 //! between.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,10 +43,15 @@ use groupcache_rs::{
 };
 
 use crate::args::ReplicaOptions;
-use crate::shared::{CALM, FLOOD, FLOOD_KEYS, GROUP, STORM_LOAD, TINY_BYTES, TINY_KEYS};
+use crate::shared::{
+    CALM, EXPIRING_KEYS, FLOOD, FLOOD_KEYS, GROUP, MISSING_KEYS, STORM_LOAD, TINY_BYTES, TINY_KEYS,
+};
+use crate::source::{self, SourceError};
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep
-/// (for keys that start with `delayed`; the others load at once).
+/// (for keys that start with `delayed`; the others load at once). It asks the replica's
+/// [`source`](crate::source) first: no value while it is down, a negative answer for
+/// [`MISSING_KEYS`], and `rs:{key}#{version}` once the driver has set a version.
 struct BenchLoader {
     value_bytes: usize,
     delay: Duration,
@@ -55,6 +59,10 @@ struct BenchLoader {
     delayed: &'static str,
     /// Whether `load_many` is the batch loader (see [`BenchLoader::load_many`]).
     batch: bool,
+    /// How long values of [`EXPIRING_KEYS`] live (zero: for ever).
+    ttl: Duration,
+    /// When values of [`EXPIRING_KEYS`] are refreshed ahead (zero: never).
+    refresh: Duration,
 }
 
 /// Calls of the replica's `load_many` (one replica per process).
@@ -62,23 +70,42 @@ static LOAD_MANY_CALLS: AtomicU64 = AtomicU64::new(0);
 
 impl Loader for BenchLoader {
     type Value = Bytes;
-    type Error = Infallible;
+    type Error = SourceError;
 
-    async fn load(&self, key: &str) -> Result<Loaded<Bytes>, Infallible> {
+    async fn load(&self, key: &str) -> Result<Loaded<Bytes>, SourceError> {
+        let version = source::query(key);
         if !self.delay.is_zero() && key.starts_with(self.delayed) {
             tokio::time::sleep(self.delay).await;
         }
-        Ok(Loaded::new(Bytes::from(value_for(
-            "rs:",
-            key,
-            self.size_for(key),
-        ))))
+        let version = version?;
+        if key.starts_with(MISSING_KEYS) {
+            return Err(SourceError::NotFound);
+        }
+        let value = if version == 0 {
+            value_for("rs:", key, self.size_for(key))
+        } else {
+            value_for("rs:", &format!("{key}#{version}"), self.size_for(key))
+        };
+        let mut loaded = Loaded::new(Bytes::from(value));
+        if key.starts_with(EXPIRING_KEYS) {
+            if !self.ttl.is_zero() {
+                loaded = loaded.expire_after(self.ttl);
+            }
+            if !self.refresh.is_zero() {
+                loaded = loaded.refresh_after(self.refresh);
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn is_not_found(&self, error: &SourceError) -> bool {
+        *error == SourceError::NotFound
     }
 
     /// With `batch`, one sleep of the loader's latency for all the keys (a
     /// `WHERE id = ANY($1)` query); without, the library's default (each key's `load`, at most
     /// `LOAD_MANY_CONCURRENCY` at once). Every call is counted.
-    async fn load_many(&self, keys: &[String], results: &Results<Bytes, Infallible>) {
+    async fn load_many(&self, keys: &[String], results: &Results<Bytes, SourceError>) {
         LOAD_MANY_CALLS.fetch_add(1, Ordering::Relaxed);
         if !self.batch {
             futures_util::stream::iter(keys.iter().enumerate())
@@ -130,6 +157,8 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
             delay: Duration::from_millis(options.load_ms),
             delayed: "",
             batch: options.batch_loader,
+            ttl: Duration::from_millis(options.ttl_ms),
+            refresh: Duration::from_millis(options.refresh_ms),
         };
         let mode = if options.go_ring {
             RingMode::GoCompatible
@@ -153,6 +182,12 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         if let Some(on) = options.hedge {
             builder = builder.hedge_fetches(on);
         }
+        if let Some(ms) = options.not_found_ttl_ms {
+            builder = builder.not_found_ttl(Duration::from_millis(ms));
+        }
+        if let Some(ms) = options.max_stale_ms {
+            builder = builder.max_stale(Duration::from_millis(ms));
+        }
         let cache = builder
             .coalesce_fetches(options.coalesce_in_flight)
             .build()?;
@@ -161,6 +196,9 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
             .route("/peers", post(set_peers))
             .route("/stats", get(stats))
             .route("/many", post(many))
+            .route("/source", post(source::control))
+            .route("/purge", post(purge))
+            .route("/fill", post(fill))
             .route("/healthz", get(|| async { "ok" }))
             .merge(cache.router())
             .with_state(cache);
@@ -192,6 +230,8 @@ fn run_groups_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error
                 delay: Duration::from_millis(options.load_ms),
                 delayed: FLOOD_KEYS,
                 batch: false,
+                ttl: Duration::ZERO,
+                refresh: Duration::ZERO,
             };
             groups.push(cluster.group(*name, loader).build()?);
         }
@@ -305,8 +345,65 @@ async fn get_value(
 ) -> Response {
     match cache.get(&key).await {
         Ok(value) => ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response(),
+        Err(groupcache_rs::Error::NotFound) => StatusCode::NOT_FOUND.into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
+}
+
+/// `POST /purge`: one `purge` of the group (every replica), answering how long it took to
+/// return here, in microseconds.
+async fn purge(State(cache): State<Groupcache<BenchLoader>>) -> Response {
+    let started = Instant::now();
+    match cache.purge().await {
+        Ok(()) => {
+            let micros = started.elapsed().as_micros() as u64;
+            let json = serde_json::json!({ "micros": micros });
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                json.to_string(),
+            )
+                .into_response()
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+/// `POST /fill?prefix=P&count=N`: gets every key `{P}{i}` (i < N) this replica owns, here, so
+/// that the driver fills a cluster with millions of entries without a request per key.
+/// Answers how many keys it got and how many failed.
+async fn fill(State(cache): State<Groupcache<BenchLoader>>, uri: Uri) -> Response {
+    let (mut prefix, mut count) = (String::new(), 0usize);
+    for pair in uri.query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("prefix", p)) => prefix = p.to_owned(),
+            Some(("count", n)) => count = n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let me = cache.self_url().to_owned();
+    let owned = (0..count)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|key| cache.owner(key) == me);
+    let (got, failed) = futures_util::stream::iter(owned)
+        .map(|key| {
+            let cache = cache.clone();
+            async move { cache.get(&key).await.is_ok() }
+        })
+        .buffer_unordered(64)
+        .fold((0u64, 0u64), |(got, failed), ok| async move {
+            if ok {
+                (got + 1, failed)
+            } else {
+                (got, failed + 1)
+            }
+        })
+        .await;
+    let json = serde_json::json!({ "got": got, "failed": failed });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response()
 }
 
 async fn set_peers(State(cache): State<Groupcache<BenchLoader>>, body: Bytes) -> Response {
@@ -378,6 +475,12 @@ async fn stats(State(cache): State<Groupcache<BenchLoader>>) -> Response {
             "load_many_calls": LOAD_MANY_CALLS.load(Ordering::Relaxed),
             "handoff_peeks": s.handoff_hits + s.handoff_misses,
             "hedges": s.hedges,
+            "source_queries": source::counters().0,
+            "expiring_queries": source::counters().1,
+            "not_found_loads": s.not_found_loads,
+            "refreshes": s.refreshes,
+            "stale_served": s.stale_served,
+            "purges": s.purges,
         },
         "main_cache": { "bytes": s.main_bytes, "items": s.main_items, "hits": s.main_hits },
         "hot_cache": { "bytes": s.hot_bytes, "items": s.hot_items, "hits": s.hot_hits },

@@ -23,3 +23,11 @@ pub(crate) const FLOOD_KEYS: &str = "flood-";
 pub(crate) const TINY_KEYS: &str = "tiny-";
 /// memory: the size of a tiny entry's value.
 pub(crate) const TINY_BYTES: usize = 8;
+
+/// missing-storm: keys the Rust replicas' source does not have (their loader says so, and the
+/// group keeps the negative answer). The Go peer fails its getter for keys that start with
+/// `error:`, so the Go side asks `error:{MISSING_KEYS}…`.
+pub(crate) const MISSING_KEYS: &str = "missing-";
+/// refresh-ahead and source-down: keys whose values expire after the replica's `--ttl-ms` and
+/// are refreshed ahead after its `--refresh-ms` (every other key never expires).
+pub(crate) const EXPIRING_KEYS: &str = "exp-";
