@@ -81,11 +81,14 @@ enum RowError {
     Down,
 }
 
-/// The loader: one query per load. `ttl` sets each value's expiry.
+/// The loader: one query per load. `ttl` sets each value's expiry; `refresh_first` the refresh
+/// time of a row's first version only (`Loaded::refresh_after`), so that a test sees exactly one
+/// refresh however long it takes to look.
 #[derive(Clone)]
 struct Rows {
     source: Arc<Source>,
     ttl: Option<Duration>,
+    refresh_first: Option<Duration>,
 }
 
 impl Loader for Rows {
@@ -114,9 +117,14 @@ impl Loader for Rows {
         let _ = held.wait_for(|held| !held).await;
         source.running.fetch_sub(1, Ordering::SeqCst);
         let value = answer?;
-        Ok(match self.ttl {
+        let first = value.ends_with("@0");
+        let loaded = match self.ttl {
             Some(ttl) => Loaded::new(value).expire_after(ttl),
             None => Loaded::new(value),
+        };
+        Ok(match self.refresh_first {
+            Some(after) if first => loaded.refresh_after(after),
+            _ => loaded,
         })
     }
 
@@ -129,6 +137,7 @@ fn rows(source: &Arc<Source>) -> Rows {
     Rows {
         source: source.clone(),
         ttl: None,
+        refresh_first: None,
     }
 }
 
@@ -302,7 +311,11 @@ async fn errors_are_kept_only_with_cache_errors_and_then_for_every_replica() {
 async fn a_value_due_for_refresh_is_answered_at_once_and_refreshed_once_cluster_wide() {
     const REFRESH: Duration = Duration::from_millis(300);
     let source = Source::new();
-    let replicas = cluster(rows(&source), |builder| builder.refresh_after(REFRESH));
+    let loader = Rows {
+        refresh_first: Some(REFRESH),
+        ..rows(&source)
+    };
+    let replicas = cluster(loader, |builder| builder);
     let key = key_owned_by(&replicas, 0, "popular-");
     let old = source.value(&key);
     for replica in &replicas {
@@ -394,6 +407,7 @@ async fn while_the_source_is_down_expired_values_are_served_stale_within_max_sta
         let loader = Rows {
             source: source.clone(),
             ttl: Some(TTL),
+            refresh_first: None,
         };
         let replicas = cluster(loader, |builder| builder.max_stale(max_stale));
         let key = key_owned_by(&replicas, 0, "row-");
