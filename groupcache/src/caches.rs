@@ -32,11 +32,11 @@ pub(crate) struct Entry {
     pub value: Bytes,
     /// Unix time in nanoseconds after which the entry is gone; 0 = never (the wire's convention).
     pub expire: i64,
-    /// Unix time in nanoseconds from which a get answers it and refreshes it in the background
-    /// (refresh ahead); 0 = never.
-    pub refresh: i64,
-    /// What the entry says about its key.
-    pub kind: Kind,
+    /// What the entry says about its key ([`Kind`]) and from when a get answers it and
+    /// refreshes it in the background (refresh ahead; Unix nanoseconds, 0 = never), in one word
+    /// as the record keeps them ([`Entry::kind`], [`Entry::refresh`]): a hit copies it, and the
+    /// entry stays 48 bytes.
+    meta: u64,
 }
 
 impl Entry {
@@ -45,15 +45,61 @@ impl Entry {
         Entry {
             value,
             expire,
-            refresh: 0,
-            kind: Kind::Value,
+            meta: 0,
         }
     }
 
-    /// Whether a get at `now` refreshes it ahead of its expiry.
+    /// An entry of `kind`, expiring at `expire`, refreshed ahead from `refresh` (0: never; a
+    /// time past 2116 is taken as then).
+    pub(crate) fn new(value: Bytes, expire: i64, refresh: i64, kind: Kind) -> Entry {
+        let kind = match kind {
+            Kind::Value => 0u64,
+            Kind::NotFound => 1,
+            Kind::Failed => 2,
+        };
+        Entry {
+            value,
+            expire,
+            meta: (kind << 62) | (refresh.clamp(0, META_TIME) as u64),
+        }
+    }
+
+    /// This entry's expiry, kind and refresh time, with `value`.
+    pub(crate) fn with_value(&self, value: Bytes) -> Entry {
+        Entry {
+            value,
+            expire: self.expire,
+            meta: self.meta,
+        }
+    }
+
+    /// What the entry says about its key.
+    #[inline]
+    pub(crate) fn kind(&self) -> Kind {
+        [Kind::Value, Kind::NotFound, Kind::Failed, Kind::Failed][(self.meta >> 62) as usize]
+    }
+
+    /// From when a get refreshes it ahead of its expiry (Unix nanoseconds); 0 = never.
+    #[inline]
+    pub(crate) fn refresh(&self) -> i64 {
+        (self.meta & META_TIME as u64) as i64
+    }
+
+    /// Whether a get at `now` refreshes it ahead of its expiry. A plain value (no refresh
+    /// time, the common case) is told by one test: the hit path's cost (issue 27's target).
     #[inline]
     pub(crate) fn refresh_due(&self, now: i64) -> bool {
-        self.refresh != 0 && self.refresh <= now
+        if self.meta == 0 {
+            return false;
+        }
+        let refresh = self.refresh();
+        refresh != 0 && refresh <= now
+    }
+
+    /// Whether it is a value (not a negative answer or a cached failure).
+    #[inline]
+    pub(crate) fn is_value(&self) -> bool {
+        self.meta >> 62 == 0
     }
 }
 
@@ -66,30 +112,6 @@ pub(crate) enum Kind {
     Value,
     NotFound,
     Failed,
-}
-
-impl Kind {
-    /// The kind and the refresh time in one `u64` (`Record::meta`): the kind in the top two bits,
-    /// the time below (Unix nanoseconds stay under 2^62 until 2116). Packed so that a record
-    /// stays 40 bytes: a separate kind would have padded it to 48.
-    fn pack(self, refresh: i64) -> u64 {
-        let kind = match self {
-            Kind::Value => 0u64,
-            Kind::NotFound => 1,
-            Kind::Failed => 2,
-        };
-        (kind << 62) | (refresh.clamp(0, META_TIME) as u64)
-    }
-
-    /// What [`pack`](Self::pack) packed.
-    fn unpack(meta: u64) -> (Kind, i64) {
-        let kind = match meta >> 62 {
-            0 => Kind::Value,
-            1 => Kind::NotFound,
-            _ => Kind::Failed,
-        };
-        (kind, (meta & META_TIME as u64) as i64)
-    }
 }
 
 /// The largest refresh time a record keeps (2^62 - 1 nanoseconds: the year 2116).
@@ -112,7 +134,7 @@ pub(crate) struct Inserted {
 struct Record {
     /// Unix time in nanoseconds after which the entry is gone; 0 = never.
     expire: i64,
-    /// The entry's [`Kind`] and refresh time ([`Kind::pack`]).
+    /// The entry's [`Kind`] and refresh time, as [`Entry`] packs them.
     meta: u64,
     /// The more recently used neighbour in the LRU order ([`NIL`] at the front).
     prev: u32,
@@ -413,19 +435,17 @@ impl Inner {
     }
 
     /// A live record's entry.
-    #[inline]
+    #[inline(always)]
     fn entry(&self, record: &Record) -> Entry {
-        let (kind, refresh) = Kind::unpack(record.meta);
         Entry {
             value: self.value(record),
             expire: record.expire,
-            refresh,
-            kind,
+            meta: record.meta,
         }
     }
 
     /// The value of a live record: a slice of its segment's buffer, or its own buffer.
-    #[inline]
+    #[inline(always)]
     fn value(&self, record: &Record) -> Bytes {
         if record.segment == LARGE {
             return self
@@ -1022,8 +1042,7 @@ impl Cache {
         let Entry {
             value,
             mut expire,
-            refresh,
-            kind,
+            meta,
         } = entry;
         // The loader's buffer of a packed value is dropped after unlocking. An unpacked value's
         // key gets its allocation before locking.
@@ -1051,7 +1070,7 @@ impl Cache {
             inner.take(old, hash, &mut removed);
         }
         let replaced = removed.len();
-        let Some(i) = inner.allocate(expire, kind.pack(refresh)) else {
+        let Some(i) = inner.allocate(expire, meta) else {
             // As many entries as record indexes: not stored, like an entry larger than the
             // budget.
             let freed = self.settle(inner);
@@ -1681,7 +1700,7 @@ pub(crate) mod tests {
     /// Issue 16's target: at most 96 bytes per entry beyond key and value for small values.
     #[test]
     fn overhead_is_at_most_96_bytes_and_covers_the_real_structures() {
-        assert_eq!(size_of::<Entry>(), 56);
+        assert_eq!(size_of::<Entry>(), 48);
         assert_eq!(size_of::<Record>(), 40);
         assert_eq!(ENTRY_OVERHEAD, 60);
         if size_of::<usize>() == 8 {
@@ -1931,14 +1950,11 @@ pub(crate) mod tests {
             ("f", Kind::Failed, now + 1),
             ("max", Kind::NotFound, META_TIME),
         ] {
-            let entry = Entry {
-                value: Bytes::from_static(b"x"),
-                expire: 0,
-                refresh,
-                kind,
-            };
+            let entry = Entry::new(Bytes::from_static(b"x"), 0, refresh, kind);
             cache.insert(key, entry.clone());
-            assert_eq!(cache.get(key, now), Some(entry), "{key}");
+            let got = cache.get(key, now).unwrap();
+            assert_eq!((got.kind(), got.refresh()), (kind, refresh), "{key}");
+            assert_eq!(got, entry);
         }
     }
 

@@ -131,7 +131,7 @@ impl<L: Loader> Inner<L> {
             .stale(key, now)
             .or_else(|| self.hot.stale(key, now))
         {
-            Some(entry) if entry.kind == Kind::Value => {
+            Some(entry) if entry.kind() == Kind::Value => {
                 self.metrics.stale_served();
                 tracing::debug!(group = %self.group, %error, "load failed; serving a stale value");
                 Ok(entry)
@@ -333,13 +333,9 @@ impl<L: Loader> Inner<L> {
             Err(error) if self.loader.is_not_found(&error) => {
                 self.metrics.local_load();
                 self.metrics.not_found_load();
-                return Ok(Entry {
-                    value: bytes::Bytes::new(),
-                    // Zero keeps none: expired as it is made, so never stored.
-                    expire: now_nanos().saturating_add(nanos(self.config.not_found_ttl)),
-                    refresh: 0,
-                    kind: Kind::NotFound,
-                });
+                // Zero keeps none: expired as it is made, so never stored.
+                let expire = now_nanos().saturating_add(nanos(self.config.not_found_ttl));
+                return Ok(Entry::new(bytes::Bytes::new(), expire, 0, Kind::NotFound));
             }
             Err(error) => {
                 self.metrics.local_load_error();
@@ -363,17 +359,13 @@ impl<L: Loader> Inner<L> {
             (None, Some(after)) => now_nanos().saturating_add(nanos(after)),
             (None, None) => 0,
         };
-        Ok(Entry {
-            value: bytes,
-            expire,
-            // A refresh time at or past the expiry is none: the value expires first.
-            refresh: if expire != 0 && refresh >= expire {
-                0
-            } else {
-                refresh
-            },
-            kind: Kind::Value,
-        })
+        // A refresh time at or past the expiry is none: the value expires first.
+        let refresh = if expire != 0 && refresh >= expire {
+            0
+        } else {
+            refresh
+        };
+        Ok(Entry::new(bytes, expire, refresh, Kind::Value))
     }
 
     /// Whether a loader call went well for the circuit breaker: a value or a negative answer.
@@ -401,25 +393,20 @@ impl<L: Loader> Inner<L> {
         {
             return;
         }
-        let failed = Entry {
-            value: bytes::Bytes::from(source.to_string()),
-            expire: now_nanos().saturating_add(nanos(ttl)),
-            refresh: 0,
-            kind: Kind::Failed,
-        };
+        let expire = now_nanos().saturating_add(nanos(ttl));
+        let failed = Entry::new(
+            bytes::Bytes::from(source.to_string()),
+            expire,
+            0,
+            Kind::Failed,
+        );
         self.store(key, failed, store);
     }
 
     /// [`store`](Self::store)s `entry`; the entry as the cache holds it.
     pub(crate) fn keep(&self, key: &str, entry: Entry, store: Store) -> Entry {
-        let (expire, refresh, kind) = (entry.expire, entry.refresh, entry.kind);
-        let value = self.store(key, entry, store);
-        Entry {
-            value,
-            expire,
-            refresh,
-            kind,
-        }
+        let kept = entry.with_value(bytes::Bytes::new());
+        kept.with_value(self.store(key, entry, store))
     }
 
     /// Asks the owner once for everyone on this replica asking for `key` now.
@@ -816,13 +803,23 @@ pub(crate) fn nanos(duration: Duration) -> i64 {
 
 /// What a get answers for `entry`: its value decoded, or the error a negative answer or a
 /// cached failure stands for.
+#[inline]
 pub(crate) fn value_of<V: Value>(entry: Entry) -> Result<V, Error> {
-    match entry.kind {
-        Kind::Value => V::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e))),
-        Kind::NotFound => Err(Error::NotFound),
-        Kind::Failed => Err(Error::LoaderFailedRecently {
+    if entry.is_value() {
+        return V::decode(entry.value).map_err(|e| Error::Codec(Arc::new(e)));
+    }
+    Err(answer_error(&entry))
+}
+
+/// The error a negative answer or a cached failure stands for: out of the hit's way.
+#[cold]
+#[inline(never)]
+fn answer_error(entry: &Entry) -> Error {
+    match entry.kind() {
+        Kind::Failed => Error::LoaderFailedRecently {
             message: String::from_utf8_lossy(&entry.value).into_owned(),
-        }),
+        },
+        Kind::NotFound | Kind::Value => Error::NotFound,
     }
 }
 

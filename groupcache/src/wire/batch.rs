@@ -199,22 +199,23 @@ pub(crate) fn answer_parts(answers: Vec<BatchAnswer>) -> (Vec<Bytes>, usize) {
                 skipped: Some(true),
                 ..BatchEntry::default()
             },
-            BatchAnswer::Done(Ok(entry)) if entry.kind == Kind::NotFound => BatchEntry {
+            BatchAnswer::Done(Ok(entry)) if entry.kind() == Kind::NotFound => BatchEntry {
                 expire: expire_field(entry.expire),
-                refresh: expire_field(entry.refresh),
+                refresh: expire_field(entry.refresh()),
                 not_found: Some(true),
                 ..BatchEntry::default()
             },
             // A failed load's message, cached on the owner: a loader error, as when it failed.
-            BatchAnswer::Done(Ok(entry)) if entry.kind == Kind::Failed => BatchEntry {
+            BatchAnswer::Done(Ok(entry)) if entry.kind() == Kind::Failed => BatchEntry {
                 loader_error: Some(bounded(String::from_utf8_lossy(&entry.value).into_owned())),
                 ..BatchEntry::default()
             },
             BatchAnswer::Done(Ok(entry)) => {
+                let refresh = entry.refresh();
                 let value = entry.value;
                 let expire = BatchEntry {
                     expire: expire_field(entry.expire),
-                    refresh: expire_field(entry.refresh),
+                    refresh: expire_field(refresh),
                     ..BatchEntry::default()
                 };
                 // The entry as prost would write it (fields in tag order: the value, then its

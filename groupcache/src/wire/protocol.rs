@@ -144,12 +144,13 @@ macro_rules! entry_from {
     ($($message:ty),*) => {$(
         impl From<$message> for Entry {
             fn from(message: $message) -> Entry {
-                Entry {
-                    value: message.value.unwrap_or_default(),
-                    expire: message.expire.unwrap_or(0),
-                    refresh: message.refresh.unwrap_or(0).max(0),
-                    kind: if message.not_found == Some(true) { Kind::NotFound } else { Kind::Value },
-                }
+                let kind = if message.not_found == Some(true) { Kind::NotFound } else { Kind::Value };
+                Entry::new(
+                    message.value.unwrap_or_default(),
+                    message.expire.unwrap_or(0),
+                    message.refresh.unwrap_or(0),
+                    kind,
+                )
             }
         }
     )*};
@@ -175,12 +176,13 @@ pub(crate) fn expire_field(expire: i64) -> Option<i64> {
 /// 404 ([`NOT_FOUND`]), so a golang/groupcache asker takes it for an error, as it would its own
 /// owner's; a failed load's cached message with a 500 ([`LOADER_ERROR`]), as text.
 pub(crate) fn get_response(entry: Entry, minute_qps: Option<f64>) -> GetResponse {
-    let not_found = entry.kind == Kind::NotFound;
+    let not_found = entry.kind() == Kind::NotFound;
+    let refresh = expire_field(entry.refresh());
     GetResponse {
         value: (!not_found).then_some(entry.value),
         minute_qps,
         expire: expire_field(entry.expire),
-        refresh: expire_field(entry.refresh),
+        refresh,
         not_found: not_found.then_some(true),
     }
 }
@@ -194,7 +196,7 @@ pub(crate) const ANSWER_IN_PARTS_BYTES: usize = 4096;
 /// fields before and after it, so an answer waiting for a slow reader holds no second copy of a
 /// value the cache holds anyway, and a remote get copies 64 KiB less per 64 KiB value.
 pub(crate) fn encoded_get_response(entry: Entry, minute_qps: Option<f64>) -> Vec<Bytes> {
-    if entry.value.len() < ANSWER_IN_PARTS_BYTES || entry.kind != Kind::Value {
+    if entry.value.len() < ANSWER_IN_PARTS_BYTES || entry.kind() != Kind::Value {
         return vec![Bytes::from(get_response(entry, minute_qps).encode_to_vec())];
     }
     // prost writes the fields in tag order: the value (1), then the rate (2) and the expiry (3).
@@ -205,7 +207,7 @@ pub(crate) fn encoded_get_response(entry: Entry, minute_qps: Option<f64>) -> Vec
         value: None,
         minute_qps,
         expire: expire_field(entry.expire),
-        refresh: expire_field(entry.refresh),
+        refresh: expire_field(entry.refresh()),
         not_found: None,
     };
     vec![

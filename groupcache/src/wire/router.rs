@@ -456,7 +456,7 @@ fn text(status: StatusCode, message: &str) -> Response {
 /// The answer to a get or a peek that found `entry`: a value (200), a negative answer (404,
 /// [`NOT_FOUND`]) or a failed load's cached message (500, [`LOADER_ERROR`]).
 fn answer(entry: Entry, minute_qps: Option<f64>) -> Response {
-    match entry.kind {
+    match entry.kind() {
         Kind::Value => protobuf(encoded_get_response(entry, minute_qps)),
         Kind::NotFound => {
             let mut response = protobuf(encoded_get_response(entry, minute_qps));
