@@ -114,6 +114,9 @@ pub(crate) enum Kind {
     Failed,
 }
 
+/// Records of a purged cache freed by the purge's caller; more, on a thread of their own.
+const PURGE_FREED_INLINE: usize = 1 << 16;
+
 /// The largest refresh time a record keeps (2^62 - 1 nanoseconds: the year 2116).
 const META_TIME: i64 = (1 << 62) - 1;
 
@@ -935,7 +938,17 @@ impl Cache {
         (inner.vacant, inner.head, inner.tail, inner.bytes) = (NIL, NIL, NIL, 0);
         self.publish(inner);
         drop(guard);
-        drop(old);
+        // A million entries' structures take milliseconds to free (a free per unpacked value,
+        // the slab's and the segments' pages): on a thread of their own, not the caller's, which
+        // is an async worker serving gets.
+        if old.0.len() < PURGE_FREED_INLINE {
+            drop(old);
+        } else if let Err(error) = std::thread::Builder::new()
+            .name("groupcache-purge".to_owned())
+            .spawn(move || drop(old))
+        {
+            tracing::debug!(%error, "no thread to free a purged cache's structures: freed here");
+        }
     }
 
     /// Makes every token taken so far stale, e.g. when the keys this cache may hold change.
