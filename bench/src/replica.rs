@@ -50,7 +50,7 @@ use crate::source::{self, SourceError};
 
 /// The benchmark's loader: `rs:{key}` padded to the configured size, after the configured sleep
 /// (for keys that start with `delayed`; the others load at once). It asks the replica's
-/// [`source`](crate::source) first: no value while it is down, a negative answer for
+/// [`source`] first: no value while it is down, a negative answer for
 /// [`MISSING_KEYS`], and `rs:{key}#{version}` once the driver has set a version.
 struct BenchLoader {
     value_bytes: usize,
