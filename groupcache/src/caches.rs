@@ -117,6 +117,25 @@ pub(crate) enum Kind {
 /// Records of a purged cache freed by the purge's caller; more, on a thread of their own.
 const PURGE_FREED_INLINE: usize = 1 << 16;
 
+/// A purged cache's structures, freed a piece at a time with a pause between: each segment, the
+/// slab in sixteenths (shrunk in place: its tail unmapped, nothing copied), then the table and
+/// the unpacked values.
+fn free_in_pieces(old: (Vec<Record>, HashTable<u32>, Vec<Large>, Segments)) {
+    const PAUSE: std::time::Duration = std::time::Duration::from_micros(500);
+    let (mut records, table, large, segments) = old;
+    for piece in segments.into_pieces() {
+        drop(piece);
+        std::thread::sleep(PAUSE);
+    }
+    let step = records.len() / 16 + 1;
+    while !records.is_empty() {
+        records.truncate(records.len().saturating_sub(step));
+        records.shrink_to_fit();
+        std::thread::sleep(PAUSE);
+    }
+    drop((table, large));
+}
+
 /// The largest refresh time a record keeps (2^62 - 1 nanoseconds: the year 2116).
 const META_TIME: i64 = (1 << 62) - 1;
 
@@ -938,14 +957,15 @@ impl Cache {
         (inner.vacant, inner.head, inner.tail, inner.bytes) = (NIL, NIL, NIL, 0);
         self.publish(inner);
         drop(guard);
-        // A million entries' structures take milliseconds to free (a free per unpacked value,
-        // the slab's and the segments' pages): on a thread of their own, not the caller's, which
-        // is an async worker serving gets.
+        // A million entries' structures take milliseconds to free (the slab's and the
+        // segments' pages, a free per unpacked value), and unmapping them all at once holds the
+        // process's memory map against every page fault meanwhile: on a thread of their own,
+        // not the caller's (an async worker serving gets), a piece at a time.
         if old.0.len() < PURGE_FREED_INLINE {
             drop(old);
         } else if let Err(error) = std::thread::Builder::new()
             .name("groupcache-purge".to_owned())
-            .spawn(move || drop(old))
+            .spawn(move || free_in_pieces(old))
         {
             tracing::debug!(%error, "no thread to free a purged cache's structures: freed here");
         }

@@ -128,6 +128,24 @@ pub(crate) struct Segments {
 }
 
 impl Segments {
+    /// What the segments hold, in pieces to free one at a time (a purged cache's, freed on a
+    /// thread of its own without a burst of unmapping that stalls the process's page faults).
+    pub(crate) fn into_pieces(self) -> Vec<Box<dyn Send>> {
+        let mut pieces: Vec<Box<dyn Send>> = Vec::with_capacity(self.usage.len() + 3);
+        pieces.extend(
+            self.usage
+                .into_iter()
+                .map(|usage| Box::new((usage.records, usage.data)) as Box<dyn Send>),
+        );
+        pieces.extend(
+            self.retired
+                .into_iter()
+                .map(|b| Box::new(b) as Box<dyn Send>),
+        );
+        pieces.push(Box::new((self.open, self.chunks, self.let_go)));
+        pieces
+    }
+
     /// Segments sized for a cache of `budget` bytes: 1/64 of it, between 64 KiB and 1 MiB.
     pub(crate) fn for_budget(budget: u64) -> Segments {
         let segment = usize::try_from(budget / 64)
