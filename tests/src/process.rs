@@ -178,6 +178,16 @@ impl ProcessReplica {
         Ok(response.status().as_u16())
     }
 
+    /// `POST /purge`: `cache.purge()`; the status (500 when a replica could not be reached).
+    pub async fn purge(&self) -> Result<u16, reqwest::Error> {
+        let response = self
+            .http
+            .post(format!("{}/purge", self.addr))
+            .send()
+            .await?;
+        Ok(response.status().as_u16())
+    }
+
     /// `POST /peers`: `cache.set_peers(peers)`.
     pub async fn set_peers<S: AsRef<str>>(&self, peers: &[S]) {
         let peers: Vec<&str> = peers.iter().map(AsRef::as_ref).collect();

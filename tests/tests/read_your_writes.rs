@@ -317,6 +317,62 @@ async fn a_remove_that_missed_a_frozen_owner_reaches_it_once_it_answers() {
     }
 }
 
+/// Issue 27's purge, for a replica that missed it: frozen while another replica purges, it
+/// still holds the values from before the purge when it resumes; it is sent the purge again
+/// until it takes it, and then serves, as every replica does, the values loaded after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_that_missed_a_frozen_replica_reaches_it_once_it_answers() {
+    use groupcache_tests::process::{keys_owned_by, value_for};
+    const REPAIRED_WITHIN: Duration = Duration::from_secs(10);
+    let flags = ["--peer-timeout-ms", "500", "--owner-suspicion-ms", "1"];
+    let replicas = three_replicas(&flags).await;
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    let keys = keys_owned_by(&urls, &replicas[0].url, "purged-", 3);
+    for key in &keys {
+        for replica in &replicas {
+            let (status, body) = replica.get(key).await.unwrap();
+            assert_eq!((status, &body[..]), (200, value_for(key, 0).as_bytes()));
+        }
+    }
+    for replica in &replicas {
+        replica.set_generation(1).await;
+    }
+    replicas[0].freeze();
+    let status = replicas[1].purge().await.unwrap();
+    assert_eq!(
+        status, 500,
+        "the purge reports the replica it could not reach"
+    );
+    replicas[0].resume();
+    let deadline = tokio::time::Instant::now() + REPAIRED_WITHIN;
+    for key in &keys {
+        loop {
+            let (status, body) = replicas[0].get(key).await.unwrap();
+            assert_eq!(status, 200);
+            if body == value_for(key, 1).as_bytes() {
+                break;
+            }
+            assert_eq!(&body[..], value_for(key, 0).as_bytes());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key}: the replica still serves what it held {REPAIRED_WITHIN:?} after it answers again"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+    for key in &keys {
+        for replica in &replicas {
+            let (status, body) = replica.get(key).await.unwrap();
+            assert_eq!(
+                (status, &body[..]),
+                (200, value_for(key, 1).as_bytes()),
+                "{key} on {}",
+                replica.url
+            );
+        }
+    }
+}
+
 /// What a repair leaves behind: between the moment the owner that missed a remove answers again
 /// and the moment its repair lands, another replica can fetch the old value from it and keep it
 /// as a hot copy for `hot_max_age`. The repair now removes the key on every other member once the

@@ -32,6 +32,7 @@
 //! - `POST /get_many` (a JSON array of keys): `cache.get_many(keys)`, a JSON array with one
 //!   `{"value": "..."}` or `{"error": "..."}` per key, in order;
 //! - `PUT /set/{key}` (body: the value) and `DELETE /remove/{key}`: `cache.set` and `cache.remove`;
+//! - `POST /purge`: `cache.purge`;
 //! - `POST /peers` (a JSON array of URLs): `cache.set_peers`;
 //! - `POST /generation` (a number): the loader's values become `value:{key}#{generation}`, as if
 //!   the source of truth had changed;
@@ -354,6 +355,7 @@ fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
             .route("/get_many", post(get_many))
             .route("/set/{*key}", put(set_value))
             .route("/remove/{*key}", axum::routing::delete(remove_value))
+            .route("/purge", post(purge))
             .route("/peers", post(set_peers))
             .route("/generation", post(set_generation))
             .route("/stats", get(stats))
@@ -419,6 +421,13 @@ async fn set_value(State(app): State<App>, Path(key): Path<String>, body: Bytes)
 
 async fn remove_value(State(app): State<App>, Path(key): Path<String>) -> Response {
     match app.cache.remove(&key).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(error) => failed(StatusCode::INTERNAL_SERVER_ERROR, error),
+    }
+}
+
+async fn purge(State(app): State<App>) -> Response {
+    match app.cache.purge().await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(error) => failed(StatusCode::INTERNAL_SERVER_ERROR, error),
     }
