@@ -5,6 +5,7 @@
 //! read back from every replica; with the database down, cached keys are still served, writes
 //! fail with 503 and change nothing, and once it is back writes succeed without a restart.
 
+use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
@@ -69,7 +70,12 @@ async fn cold_keys_cost_one_select_each_in_the_whole_cluster() {
         .expect("reset pg_stat_statements");
     assert_eq!(PgServer::item_selects(&db).await, 0);
 
-    // 1,000 reads at once, ten per key, spread over the replicas.
+    // 1,000 reads, ten per key, spread over the replicas, 250 in flight at once: every key is
+    // asked for by two or three replicas at once while it is cold. Not all 1,000 at once: on the
+    // 2-core CI machine, with other tests' replicas and databases running beside these, a burst
+    // of that many new peer connections could leave an owner's listen queue unserved past the
+    // 1 s connect timeout, and the asker then loads the key itself, as designed (README,
+    // "Failure handling"), which is not what this test is about.
     let http = http();
     let reads = (0..READS).map(|i| {
         let key = i % KEYS as usize;
@@ -77,7 +83,11 @@ async fn cold_keys_cost_one_select_each_in_the_whole_cluster() {
         let http = http.clone();
         async move { (key, send(&http, "GET", &url, None).await) }
     });
-    for (key, (status, _, body)) in join_all(reads).await {
+    let answers: Vec<_> = futures_util::stream::iter(reads)
+        .buffer_unordered(250)
+        .collect()
+        .await;
+    for (key, (status, _, body)) in answers {
         assert_eq!(status, 200, "cold-{key}: {body}");
         assert_eq!(body["item"]["value"], json!({ "n": key }), "cold-{key}");
         assert_eq!(
