@@ -9,11 +9,13 @@ use std::time::Duration;
 /// costs the source one query per key every 5 s.
 pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(5);
 
-/// Default [`Builder::max_concurrent_loads`](crate::Builder::max_concurrent_loads): 256 loader
-/// calls at once per group on a replica; the rest queue (an unmeasured bound, as
-/// [`LOAD_MANY_CONCURRENCY`](crate::LOAD_MANY_CONCURRENCY): more than a database pool serves at
-/// once, so it never queues a healthy source, and a bound on what a storm of misses puts on it).
-pub const DEFAULT_MAX_CONCURRENT_LOADS: usize = 256;
+/// Default [`Builder::max_concurrent_loads`](crate::Builder::max_concurrent_loads): 1024 loader
+/// calls at once per group on a replica; the rest queue. As many as the peer port serves at once
+/// (`max_concurrent_peer_requests`): a lower default made peers' requests, admitted by the
+/// router, wait for a turn while holding its slots, so a storm of cold keys from one replica
+/// (the hardening tests' 10,000) was shed with 503s and loaded again by the askers. Set it to
+/// what the source serves at once (a database pool's size).
+pub const DEFAULT_MAX_CONCURRENT_LOADS: usize = 1024;
 
 /// Settings of one group.
 #[derive(Debug, Clone)]
