@@ -166,6 +166,22 @@ pub(crate) struct Settings {
     pub no_hot_cache: bool,
 }
 
+impl Settings {
+    /// `value_bytes` values, loads of `load_ms`, a budget of `cache_bytes`, and none of the
+    /// Rust-only options.
+    pub(crate) const fn plain(value_bytes: usize, load_ms: u64, cache_bytes: u64) -> Settings {
+        Settings {
+            value_bytes,
+            load_ms,
+            cache_bytes,
+            batch_loader: false,
+            coalesce_in_flight: 0,
+            no_handoff: false,
+            no_hot_cache: false,
+        }
+    }
+}
+
 /// Replicas of one kind that know each other.
 pub(crate) struct Cluster {
     /// The replicas, in the order every ring lists them.
@@ -361,15 +377,7 @@ pub(crate) fn replica_command(
 
 /// A single server process of `kind` with default settings (for the ceilings).
 pub(crate) fn start_server(binaries: &Binaries, kind: Kind) -> Result<Process, String> {
-    let settings = Settings {
-        value_bytes: 1024,
-        load_ms: 0,
-        cache_bytes: 64 << 20,
-        batch_loader: false,
-        coalesce_in_flight: 0,
-        no_handoff: false,
-        no_hot_cache: false,
-    };
+    let settings = Settings::plain(1024, 0, 64 << 20);
     start_replica(binaries, kind, settings)
 }
 

@@ -97,15 +97,7 @@ async fn cluster(
 }
 
 fn settings(value_bytes: usize, load_ms: u64) -> Settings {
-    Settings {
-        value_bytes,
-        load_ms,
-        cache_bytes: BUDGET,
-        batch_loader: false,
-        coalesce_in_flight: 0,
-        no_handoff: false,
-        no_hot_cache: false,
-    }
+    Settings::plain(value_bytes, load_ms, BUDGET)
 }
 
 /// `POST /source?{query}` on every replica of `cluster` (see `source.rs`).

@@ -122,15 +122,7 @@ impl Bench<'_> {
     async fn purge_round(&mut self) -> Result<()> {
         let entries = self.options.purge_entries;
         let case = format!("{entries} entries over 3 replicas");
-        let settings = Settings {
-            value_bytes: VALUE,
-            load_ms: 0,
-            cache_bytes: 1 << 30,
-            batch_loader: false,
-            coalesce_in_flight: 0,
-            no_handoff: false,
-            no_hot_cache: false,
-        };
+        let settings = Settings::plain(VALUE, 0, 1 << 30);
         let mut replicas = Vec::with_capacity(3);
         for _ in 0..3 {
             let command = replica_command(self.binaries, Kind::Rust, settings, LOOPBACK);

@@ -263,15 +263,7 @@ impl Bench<'_> {
 
     /// Three replicas of `target`, each with [`TOTAL`] bytes in all.
     async fn trace_cluster(&self, target: Target) -> Result<Cluster, String> {
-        let settings = Settings {
-            value_bytes: VALUE,
-            load_ms: 0,
-            cache_bytes: TOTAL,
-            batch_loader: false,
-            coalesce_in_flight: 0,
-            no_handoff: false,
-            no_hot_cache: false,
-        };
+        let settings = Settings::plain(VALUE, 0, TOTAL);
         let mut replicas = Vec::with_capacity(3);
         for _ in 0..3 {
             let replica = match target {

@@ -470,15 +470,7 @@ impl Bench<'_> {
     }
 
     async fn cluster(&self, kind: Kind, n: usize, value: usize, load_ms: u64) -> Result<Cluster> {
-        let settings = Settings {
-            value_bytes: value,
-            load_ms,
-            cache_bytes: BUDGET,
-            batch_loader: false,
-            coalesce_in_flight: 0,
-            no_handoff: false,
-            no_hot_cache: false,
-        };
+        let settings = Settings::plain(value, load_ms, BUDGET);
         Cluster::start(self.binaries, kind, n, settings).await
     }
 }

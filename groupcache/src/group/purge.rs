@@ -115,11 +115,10 @@ impl<L: Loader> Inner<L> {
     async fn repair_purge(this: std::sync::Weak<Self>, url: Arc<str>) {
         let mut rounds = RepairRounds::default();
         loop {
-            rounds.wait().await;
-            let Some(this) = this.upgrade() else {
+            let Some((this, member)) = rounds.next(&this, &url).await else {
                 return;
             };
-            let Some(member) = this.member(&url) else {
+            let Some(member) = member else {
                 this.repairs.purge_done(&url);
                 return;
             };

@@ -261,11 +261,10 @@ impl<L: Loader> Inner<L> {
     async fn repair(this: std::sync::Weak<Self>, url: Arc<str>) {
         let mut rounds = RepairRounds::default();
         loop {
-            rounds.wait().await;
-            let Some(this) = this.upgrade() else {
+            let Some((this, member)) = rounds.next(&this, &url).await else {
                 return;
             };
-            let Some(member) = this.member(&url) else {
+            let Some(member) = member else {
                 // Gone from the ring: its entries are capped at `hot_max_age` on its side, and
                 // writes reach it as a replica that left while that lasts.
                 let dropped = this.repairs.drop_peer(&url);
@@ -311,13 +310,6 @@ impl<L: Loader> Inner<L> {
                 rounds.answered();
             }
         }
-    }
-
-    /// The member of this replica's ring at `url`, if it still is one.
-    pub(crate) fn member(&self, url: &str) -> Option<Arc<Member>> {
-        (self.cluster.peers.snapshot().others())
-            .find(|member| &*member.url == url)
-            .cloned()
     }
 
     /// `repaired` took the removes of `keys` late: every replica that fetched one it owns from
@@ -371,12 +363,22 @@ pub(crate) struct RepairRounds {
 }
 
 impl RepairRounds {
-    /// Waits for the next round.
-    pub(crate) async fn wait(&self) {
+    /// Waits for the next round to the member at `url` of the group `this`; the group (`None`
+    /// once dropped, which ends the repairs) and the member (`None` once it left the ring).
+    pub(crate) async fn next<L: Loader>(
+        &self,
+        this: &std::sync::Weak<Inner<L>>,
+        url: &str,
+    ) -> Option<(Arc<Inner<L>>, Option<Arc<Member>>)> {
         match &self.unanswered {
             Some((member, failed_at, pause)) => until_heard(member, *failed_at, *pause).await,
             None => tokio::time::sleep(REPAIR_PAUSE).await,
         }
+        let this = this.upgrade()?;
+        let member = (this.cluster.peers.snapshot().others())
+            .find(|member| &*member.url == url)
+            .cloned();
+        Some((this, member))
     }
 
     /// `member` did not answer this round: the next waits for it, longer each time.
