@@ -57,7 +57,7 @@ pub(crate) struct Inner<L: Loader> {
     /// The loader's turns and circuit breaker (`source.rs`).
     pub(crate) source: super::source::Source,
     /// Keys being refreshed ahead from this replica (`refresh.rs`).
-    pub(crate) refreshing: super::refresh::Refreshing,
+    pub(crate) refreshing: super::refreshing::Refreshing,
     /// This group, for the background work a `&self` method starts (a refresh ahead).
     pub(crate) this: std::sync::Weak<Inner<L>>,
 }

@@ -12,6 +12,10 @@
 //! - `writes`: `remove` and `set` on every replica, and the repairs of those a member missed
 //!   (`repairs`, the queue);
 //! - `served`: what the group answers its peers, for the cluster's router;
+//! - `refresh`: values past their refresh time loaded again in the background, once per key
+//!   (`refreshing`, the keys being refreshed); `purge`: every replica's caches emptied;
+//!   `source`: the loader's concurrency limit and circuit breaker; `ring_walk`: main's keys
+//!   walked after a ring change;
 //! - `builder` and `config`: the group's settings.
 
 pub(crate) mod builder;
@@ -23,6 +27,7 @@ mod led;
 mod many;
 mod purge;
 mod refresh;
+mod refreshing;
 mod repairs;
 mod ring_walk;
 mod served;

@@ -10,51 +10,18 @@
 //!   [`REFRESH_HEADER`](crate::wire::protocol::REFRESH_HEADER): the owner joins its refresh (or
 //!   starts it) and answers the new value, which replaces the hot copy. Replicas never load the
 //!   key themselves, so the source sees one load per refresh time, whichever replicas ask.
-//! - A replica starts at most one refresh of a key at a time ([`Refreshing`]); a refresh that
+//! - A replica starts at most one refresh of a key at a time ([`Refreshing`](super::refreshing::Refreshing)); a refresh that
 //!   fails leaves the old value, served until it expires, and the next get after the failure
 //!   starts another.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::journey::{Inner, key_hash};
 use super::store::{Asked, Caller, Store};
 use crate::caches::Entry;
 use crate::error::Error;
 use crate::loader::{Loader, now_nanos};
-use crate::lock;
 use crate::wire::protocol;
-
-/// The keys this replica is refreshing now, by hash: a second get of a key due for refresh
-/// while its refresh runs starts none. Two keys with one hash share a refresh slot: the second
-/// is refreshed by its next get after the first's refresh ends.
-#[derive(Default)]
-pub(crate) struct Refreshing {
-    keys: Arc<Mutex<HashSet<u64>>>,
-}
-
-/// A key's place in [`Refreshing`], given back when the refresh ends, however it ends (its
-/// task dropped unrun included).
-struct Slot {
-    keys: Arc<Mutex<HashSet<u64>>>,
-    hash: u64,
-}
-
-impl Refreshing {
-    /// The slot of the key with `hash`, if no refresh of it runs.
-    fn start(&self, hash: u64) -> Option<Slot> {
-        lock(&self.keys).insert(hash).then(|| Slot {
-            keys: Arc::clone(&self.keys),
-            hash,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        lock(&self.keys).remove(&self.hash);
-    }
-}
 
 impl<L: Loader> Inner<L> {
     /// A hit of `key` (in the hot cache if `hot`) past its refresh time: refreshes it in the
