@@ -38,6 +38,18 @@ if [ -z "${GROUPCACHE_TEST_PG_BINDIR:-}" ]; then
     fi
 fi
 
+# No file-level import loops in the library, the bench, the example or the tests' harness (the
+# layout's rule: a folder per subsystem, each file importing only what sits below it).
+if command -v python3 >/dev/null 2>&1; then
+    python3 scripts/import_loops.py groupcache/src bench/src \
+        examples/kubernetes-service-discovery/src tests/src
+elif [ "${CI:-}" = true ]; then
+    echo "ERROR: python3 is needed for scripts/import_loops.py" >&2
+    exit 1
+else
+    echo "WARNING: python3 not found; the import-loop check (scripts/import_loops.py) is skipped" >&2
+fi
+
 # iproute2 and nftables, for the partition tests (network namespaces cut by nftables drop rules;
 # they need root, so without it they are skipped, loudly).
 if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
