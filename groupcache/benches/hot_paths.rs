@@ -377,9 +377,6 @@ fn traced(c: &mut Criterion) {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exported.clone())
         .build();
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
     let (a, b, _) = rt.block_on(cluster_pair_with(
         1,
         |cluster| cluster.trace_context(groupcache_rs::W3cTraceContext),
@@ -457,6 +454,26 @@ fn traced(c: &mut Criterion) {
                     })
                 });
                 dropped("span/otel");
+                // The floor the layer sets for a remote get: the three spans it makes (the
+                // asker's get and fetch, the owner's serve), nested, entered once each, with no
+                // fields, no context carried and no groupcache work, timed by the process's CPU
+                // time as `cpu/remote` is (the batch processor's thread included).
+                c.bench_function("cpu/otel_three_bare_spans", |bench| {
+                    bench.iter_custom(|iters| {
+                        made.fetch_add(3 * iters, Ordering::Relaxed);
+                        let start = process_cpu();
+                        for _ in 0..iters {
+                            let get = tracing::info_span!("groupcache.get");
+                            let _get = get.enter();
+                            let fetch = tracing::info_span!("groupcache.fetch");
+                            let _fetch = fetch.enter();
+                            let serve = tracing::info_span!("groupcache.serve");
+                            serve.in_scope(|| black_box(()));
+                        }
+                        process_cpu().saturating_sub(start)
+                    })
+                });
+                dropped("cpu/otel_three_bare_spans");
             }
             c.bench_function(name, |bench| {
                 bench.iter_custom(|iters| {

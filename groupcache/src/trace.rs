@@ -116,11 +116,15 @@ impl std::fmt::Debug for Traced {
 
 /// W3C trace context (`traceparent`, and `tracestate` when it is not empty) through
 /// OpenTelemetry: the context of the current `tracing` span as `tracing-opentelemetry` knows it,
-/// written and read by the text map propagator installed with
-/// `opentelemetry::global::set_text_map_propagator` (install
-/// `opentelemetry_sdk::propagation::TraceContextPropagator`; the default propagator sends
-/// nothing). Needs a `tracing_opentelemetry` layer in the subscriber; it works with the layer's
-/// `with_context_activation(false)`, which the README advises.
+/// written and read as the W3C Trace Context recommendation says, exactly as
+/// `opentelemetry_sdk::propagation::TraceContextPropagator` writes and reads them, whatever
+/// propagator the application installed (none is needed). Needs a `tracing_opentelemetry` layer
+/// in the subscriber; it works with the layer's `with_context_activation(false)`, which the
+/// README advises.
+///
+/// The headers are written and read here rather than through the global propagator: that is
+/// a lock and a dynamic call on each request, and a service that forgot to install it sent
+/// nothing, silently.
 #[cfg(feature = "opentelemetry")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct W3cTraceContext;
@@ -128,114 +132,263 @@ pub struct W3cTraceContext;
 #[cfg(feature = "opentelemetry")]
 impl TraceContext for W3cTraceContext {
     fn inject(&self, span: &tracing::Span, headers: &mut HeaderMap) {
+        use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let context = span.context();
-        opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.inject_context(&context, &mut otel::Headers(headers));
-        });
+        let span = context.span();
+        let span_context = span.span_context();
+        if !span_context.is_valid() {
+            return;
+        }
+        headers.insert(w3c::TRACEPARENT, w3c::traceparent(span_context));
+        // An empty `tracestate`, the usual one, says nothing: the owner reads its absence as the
+        // same empty state.
+        let state = span_context.trace_state().header();
+        if !state.is_empty()
+            && let Ok(value) = axum::http::HeaderValue::try_from(state)
+        {
+            headers.insert(w3c::TRACESTATE, value);
+        }
     }
 
     fn extract(&self, headers: &HeaderMap, span: &tracing::Span) {
+        use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&otel::ReadHeaders(headers))
-        });
+        // No valid `traceparent` (a Go peer, a replica without trace context): the span keeps
+        // the parent `tracing` gave it.
+        let Some(remote) = w3c::read(headers) else {
+            return;
+        };
         // Fails only when the span is disabled or has no OpenTelemetry layer: nothing to draw.
-        let _ = span.set_parent(parent);
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
 }
 
+/// The W3C Trace Context headers, version 00, written and read as
+/// `opentelemetry_sdk::propagation::TraceContextPropagator` does (the unit tests compare both
+/// on valid and invalid headers).
 #[cfg(feature = "opentelemetry")]
-mod otel {
+mod w3c {
+    use std::str::FromStr as _;
+
     use axum::http::HeaderMap;
     use axum::http::header::{HeaderName, HeaderValue};
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
-    /// A request's headers, written by the propagator.
-    pub(super) struct Headers<'a>(pub(super) &'a mut HeaderMap);
+    pub(super) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub(super) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-    impl opentelemetry::propagation::Injector for Headers<'_> {
-        fn set(&mut self, key: &str, value: String) {
-            // An empty `tracestate`, the usual one, says nothing: the owner reads its absence
-            // as the same empty state. The two W3C names are static, not parsed and copied for
-            // each request.
-            if value.is_empty() {
-                return;
-            }
-            let name = match key {
-                "traceparent" => HeaderName::from_static("traceparent"),
-                "tracestate" => HeaderName::from_static("tracestate"),
-                _ => match HeaderName::from_bytes(key.as_bytes()) {
-                    Ok(name) => name,
-                    Err(_) => return,
-                },
-            };
-            if let Ok(value) = HeaderValue::try_from(value) {
-                self.0.insert(name, value);
-            }
-        }
+    /// `00-{trace id}-{span id}-{flags}`, the sampled flag alone, in lower-case hex.
+    pub(super) fn traceparent(context: &SpanContext) -> HeaderValue {
+        use std::io::Write as _;
+        let mut text = [0u8; 55];
+        let flags = (context.trace_flags() & TraceFlags::SAMPLED).to_u8();
+        let mut cursor = &mut text[..];
+        // 55 bytes exactly: it cannot run out of room.
+        let _ = write!(
+            cursor,
+            "00-{:032x}-{:016x}-{flags:02x}",
+            context.trace_id(),
+            context.span_id()
+        );
+        // Hex digits and dashes only: always a valid header value.
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// A request's headers, read by the propagator.
-    pub(super) struct ReadHeaders<'a>(pub(super) &'a HeaderMap);
-
-    impl opentelemetry::propagation::Extractor for ReadHeaders<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            self.0.get(key).and_then(|value| value.to_str().ok())
+    /// The remote span context in `headers`, if their `traceparent` is valid; a `tracestate`
+    /// that does not parse is read as empty.
+    pub(super) fn read(headers: &HeaderMap) -> Option<SpanContext> {
+        let value = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
+        let mut parts = value.split_terminator('-');
+        let (version, trace_id, span_id, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let more = parts.next().is_some();
+        // Versions up to fe; version 00 has exactly four parts, later ones may add more.
+        let version = u8::from_str_radix(version, 16).ok()?;
+        if version == 0xff || (version == 0 && more) {
+            return None;
         }
-
-        fn keys(&self) -> Vec<&str> {
-            self.0.keys().map(HeaderName::as_str).collect()
+        let lower = |part: &str| !part.bytes().any(|byte| byte.is_ascii_uppercase());
+        if !(lower(trace_id) && lower(span_id) && lower(flags)) {
+            return None;
         }
+        let trace_id = TraceId::from_hex(trace_id).ok()?;
+        let span_id = SpanId::from_hex(span_id).ok()?;
+        // Unknown flags are accepted and cleared, as the recommendation says.
+        let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?) & TraceFlags::SAMPLED;
+        let state = headers
+            .get(TRACESTATE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| TraceState::from_str(value).unwrap_or_default())
+            .unwrap_or_default();
+        let context = SpanContext::new(trace_id, span_id, flags, true, state);
+        context.is_valid().then_some(context)
     }
 }
 
 #[cfg(all(test, feature = "opentelemetry"))]
 mod tests {
+    use std::collections::HashMap;
+
     use axum::http::HeaderMap;
-    use opentelemetry::propagation::TextMapPropagator as _;
+    use axum::http::header::{HeaderName, HeaderValue};
+    use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
     };
     use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use proptest::prelude::*;
 
-    use super::otel::{Headers, ReadHeaders};
+    use super::w3c;
 
-    /// `context` through a request's headers: what was sent, and what the owner read.
-    fn carried(state: TraceState) -> (HeaderMap, SpanContext, SpanContext) {
-        let sent = SpanContext::new(
-            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
-            SpanId::from(0x00f0_67aa_0ba9_02b7),
-            TraceFlags::SAMPLED,
+    /// Headers as the SDK's propagator writes and reads them: the oracle.
+    #[derive(Default)]
+    struct Map(HashMap<String, String>);
+
+    impl Injector for Map {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_owned(), value);
+        }
+    }
+
+    impl Extractor for Map {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).map(String::as_str)
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(String::as_str).collect()
+        }
+    }
+
+    fn context(trace: u128, span: u64, flags: u8, state: TraceState) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            TraceFlags::new(flags),
             true,
             state,
-        );
-        let context = opentelemetry::Context::new().with_remote_span_context(sent.clone());
-        let mut headers = HeaderMap::new();
-        TraceContextPropagator::new().inject_context(&context, &mut Headers(&mut headers));
-        let read = TraceContextPropagator::new().extract(&ReadHeaders(&headers));
+        )
+    }
+
+    /// What the SDK's propagator reads from `traceparent` (and `tracestate`), if valid.
+    fn sdk_reads(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+        let mut map = Map::default();
+        map.0.insert("traceparent".into(), traceparent.into());
+        if let Some(state) = tracestate {
+            map.0.insert("tracestate".into(), state.into());
+        }
+        let read = TraceContextPropagator::new()
+            .extract_with_context(&opentelemetry::Context::new(), &map);
         let read = read.span().span_context().clone();
-        (headers, sent, read)
+        read.is_valid().then_some(read)
+    }
+
+    /// What [`w3c::read`] reads from the same headers.
+    fn we_read(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("traceparent"),
+            HeaderValue::from_str(traceparent).ok()?,
+        );
+        if let Some(state) = tracestate {
+            headers.insert(
+                HeaderName::from_static("tracestate"),
+                HeaderValue::from_str(state).ok()?,
+            );
+        }
+        w3c::read(&headers)
     }
 
     #[test]
-    fn an_empty_tracestate_is_not_sent_and_the_owner_reads_the_same_context() {
-        let (headers, sent, read) = carried(TraceState::default());
-        assert_eq!(
-            headers.get("traceparent").map(|v| v.as_bytes()),
-            Some(&b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"[..])
+    fn traceparent_is_written_as_the_w3c_recommendation_and_the_sdk_write_it() {
+        let sent = context(
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            0x00f0_67aa_0ba9_02b7,
+            0x01,
+            TraceState::default(),
         );
-        assert!(!headers.contains_key("tracestate"), "{headers:?}");
-        assert_eq!(read, sent);
+        let ours = w3c::traceparent(&sent);
+        assert_eq!(
+            ours.as_bytes(),
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        let mut map = Map::default();
+        TraceContextPropagator::new().inject_context(
+            &opentelemetry::Context::new().with_remote_span_context(sent.clone()),
+            &mut map,
+        );
+        assert_eq!(
+            map.0.get("traceparent").map(String::as_bytes),
+            Some(ours.as_bytes())
+        );
+        assert_eq!(we_read(ours.to_str().unwrap_or(""), None), Some(sent));
     }
 
     #[test]
-    fn a_tracestate_with_entries_is_sent_and_read() {
-        let state = TraceState::from_key_value([("vendor", "value")]).expect("a valid state");
-        let (headers, sent, read) = carried(state);
-        assert_eq!(
-            headers.get("tracestate").map(|v| v.as_bytes()),
-            Some(&b"vendor=value"[..])
-        );
-        assert_eq!(read, sent);
+    fn a_tracestate_is_read_with_its_entries_and_an_invalid_one_as_empty() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let read = we_read(parent, Some("vendor=value")).map(|c| c.trace_state().header());
+        assert_eq!(read.as_deref(), Some("vendor=value"));
+        let read = we_read(parent, Some("not a state")).map(|c| c.trace_state().header());
+        assert_eq!(read.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn invalid_traceparents_are_refused_as_the_sdk_refuses_them() {
+        for header in [
+            "",
+            "00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-xx",
+        ] {
+            assert_eq!(we_read(header, None), None, "{header:?}");
+            assert_eq!(sdk_reads(header, None), None, "{header:?}");
+        }
+        // A later version may add parts; unknown flags are cleared.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff-more";
+        assert_eq!(we_read(later, None), sdk_reads(later, None));
+        assert!(we_read(later, None).is_some_and(|c| c.trace_flags() == TraceFlags::SAMPLED));
+    }
+
+    proptest! {
+        /// Any context written is read back whole, and as the SDK reads it.
+        #[test]
+        fn what_is_written_is_read_back_as_the_sdk_reads_it(
+            trace in 1..=u128::MAX,
+            span in 1..=u64::MAX,
+            flags in any::<u8>(),
+        ) {
+            let sent = context(trace, span, flags, TraceState::default());
+            let written = w3c::traceparent(&sent);
+            let written = written.to_str().unwrap_or("");
+            let read = we_read(written, None);
+            prop_assert_eq!(read.as_ref().map(SpanContext::trace_id), Some(sent.trace_id()));
+            prop_assert_eq!(read.as_ref().map(SpanContext::span_id), Some(sent.span_id()));
+            prop_assert_eq!(
+                read.as_ref().map(SpanContext::trace_flags),
+                Some(sent.trace_flags() & TraceFlags::SAMPLED)
+            );
+            prop_assert_eq!(read, sdk_reads(written, None));
+        }
+
+        /// Any header, valid or not, is read as the SDK reads it: shaped like a traceparent
+        /// (parts of about the right lengths, any case, some versions with more parts), and
+        /// shapeless.
+        #[test]
+        fn any_traceparent_is_read_as_the_sdk_reads_it(
+            shaped in "[0-9a-fA-F]{1,3}-[0-9a-fA-F]{30,33}-[0-9a-fA-F]{15,17}-[0-9a-fA-F]{1,3}(-[a-z0-9]{0,4})?",
+            shapeless in "[0-9a-fA-F]{1,3}(-[0-9a-fA-Fx+]{0,33}){0,5}-?",
+        ) {
+            prop_assert_eq!(we_read(&shaped, None), sdk_reads(&shaped, None));
+            prop_assert_eq!(we_read(&shapeless, None), sdk_reads(&shapeless, None));
+        }
     }
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 use groupcache_rs::{Cluster, Groupcache, Loader, W3cTraceContext, trace};
 use groupcache_tests::{GROUP, Replica, TestLoader, key_owned};
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -27,7 +26,6 @@ fn exporter() -> &'static InMemorySpanExporter {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("traces-test"));
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
             .expect("the only subscriber of this binary");

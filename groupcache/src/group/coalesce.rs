@@ -85,7 +85,11 @@ impl<L: Loader> Inner<L> {
                 let key = key.to_owned();
                 Either::Right(async move {
                     // The batch that carries it is the trace of the fetch whose slot sends it.
-                    let span = tracing::info_span!(trace::COALESCE_WAIT, group = %this.group, peer = %owner.url);
+                    let span = tracing::info_span!(
+                        trace::COALESCE_WAIT,
+                        group = this.group.as_str(),
+                        peer = &*owner.url
+                    );
                     let answered = tokio::time::timeout_at(deadline, receiver).instrument(span);
                     match answered.await {
                         Ok(answer) => answer.unwrap_or(Err(Error::LoadAbandoned)),

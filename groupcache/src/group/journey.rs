@@ -97,7 +97,7 @@ impl<L: Loader> Inner<L> {
         // miss, beside the miss's flight and task.
         let span = tracing::info_span!(
             trace::GET,
-            group = %self.group,
+            group = self.group.as_str(),
             owner = owner.as_ref().map_or("self", |owner| &*owner.url),
             outcome = Empty,
         );
@@ -296,7 +296,13 @@ impl<L: Loader> Inner<L> {
         // refused at once while the circuit is open.
         let turn = self.source.turn(&self.metrics).await?;
         let started = Instant::now();
-        let span = tracing::info_span!(trace::LOAD, group = %self.group, keys = 1, outcome = Empty, bytes = Empty);
+        let span = tracing::info_span!(
+            trace::LOAD,
+            group = self.group.as_str(),
+            keys = 1,
+            outcome = Empty,
+            bytes = Empty
+        );
         let loaded = self.loader.load(key).instrument(span.clone()).await;
         self.metrics.load_duration.record(started.elapsed());
         turn.done(self.loaded_well(&loaded), &self.metrics);
@@ -568,7 +574,13 @@ impl<L: Loader> Inner<L> {
     ) -> Option<Entry> {
         let timeout = self.cluster.config.handoff_timeout;
         let path = self.key_path(&previous, key);
-        let span = tracing::info_span!(trace::PEEK, group = %self.group, peer = %previous.url, outcome = Empty, bytes = Empty);
+        let span = tracing::info_span!(
+            trace::PEEK,
+            group = self.group.as_str(),
+            peer = &*previous.url,
+            outcome = Empty,
+            bytes = Empty
+        );
         let peeked = self
             .cluster
             .client
@@ -606,13 +618,32 @@ impl<L: Loader> Inner<L> {
     pub(crate) async fn ask(&self, peer: &Member, key: &str, to: Asked) -> Result<Entry, Failure> {
         let span = match to {
             Asked::Owner => {
-                tracing::info_span!(trace::FETCH, group = %self.group, peer = %peer.url, keys = 1, outcome = Empty, bytes = Empty)
+                tracing::info_span!(
+                    trace::FETCH,
+                    group = self.group.as_str(),
+                    peer = &*peer.url,
+                    keys = 1,
+                    outcome = Empty,
+                    bytes = Empty
+                )
             }
             Asked::Successor => {
-                tracing::info_span!(trace::SUCCESSOR, group = %self.group, peer = %peer.url, outcome = Empty, bytes = Empty)
+                tracing::info_span!(
+                    trace::SUCCESSOR,
+                    group = self.group.as_str(),
+                    peer = &*peer.url,
+                    outcome = Empty,
+                    bytes = Empty
+                )
             }
             Asked::Refresh => {
-                tracing::info_span!(trace::REFRESH, group = %self.group, peer = %peer.url, outcome = Empty, bytes = Empty)
+                tracing::info_span!(
+                    trace::REFRESH,
+                    group = self.group.as_str(),
+                    peer = &*peer.url,
+                    outcome = Empty,
+                    bytes = Empty
+                )
             }
         };
         let refresh = matches!(to, Asked::Refresh);

@@ -88,7 +88,11 @@ type Joined<'a> = Pin<Box<dyn Future<Output = (Outcome<Entry>, bool)> + Send + '
 
 impl<L: Loader> Inner<L> {
     async fn get_many(self: &Arc<Self>, keys: &[&str]) -> Vec<Outcome<Entry>> {
-        let span = tracing::info_span!(trace::GET_MANY, group = %self.group, keys = keys.len());
+        let span = tracing::info_span!(
+            trace::GET_MANY,
+            group = self.group.as_str(),
+            keys = keys.len()
+        );
         self.get_many_traced(keys).instrument(span).await
     }
 
@@ -310,7 +314,13 @@ impl<L: Loader> Inner<L> {
         let panicked: Mutex<Option<String>> = Mutex::new(None);
         let short_circuited: Mutex<Option<Error>> = Mutex::new(None);
         let started = Instant::now();
-        let span = tracing::info_span!(trace::LOAD, group = %self.group, keys = keys.len(), outcome = Empty, bytes = Empty);
+        let span = tracing::info_span!(
+            trace::LOAD,
+            group = self.group.as_str(),
+            keys = keys.len(),
+            outcome = Empty,
+            bytes = Empty
+        );
         // Whether every key's load went well, for the circuit breaker.
         let well = std::sync::atomic::AtomicBool::new(true);
         let loader = async {
@@ -472,7 +482,14 @@ impl<L: Loader> Inner<L> {
         let path = self.key_path(owner, BATCH_KEY);
         let started = Instant::now();
         let answer = self.cluster.client.batch(&owner.endpoint, path, &request);
-        let span = tracing::info_span!(trace::FETCH, group = %self.group, peer = %owner.url, keys = asking.len(), outcome = Empty, bytes = Empty);
+        let span = tracing::info_span!(
+            trace::FETCH,
+            group = self.group.as_str(),
+            peer = &*owner.url,
+            keys = asking.len(),
+            outcome = Empty,
+            bytes = Empty
+        );
         let answer = until_unresponsive(&self.cluster, owner, answer)
             .instrument(span.clone())
             .await;
