@@ -3,6 +3,7 @@
 //! limits shared fairly by the groups.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,15 +56,21 @@ async fn peer_get(replica: &ClusterReplica, group: &str, key: &str) -> (u16, Vec
     (status, value.to_vec())
 }
 
-/// Two groups of different value types on three replicas: every key of each group is loaded
-/// once in the cluster and read alike everywhere, and both groups' requests travel over one
-/// connection pool per replica: asked one after another, each replica accepts at most one
-/// connection from each peer (per-group pools would open one per group).
+/// Three groups, two value types, on three replicas (issue 24's target: a replica serving 3
+/// groups holds one connection pool): every key of each group is loaded once in the cluster and
+/// read alike everywhere, and all three groups' requests travel over one connection pool per
+/// replica: asked one after another, each replica accepts at most one connection from each peer
+/// (per-group pools would open one per group, up to 6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_share_one_ring_one_connection_pool_and_one_router() {
     let replicas =
         ClusterReplica::start_cluster(3, |cluster| cluster.handoff_timeout(Duration::ZERO));
     let users_loader = TestLoader::new();
+    // A third group whose values differ from the first's, so an answer from the wrong one shows.
+    let pages_loader = TestLoader {
+        generation: Arc::new(AtomicUsize::new(1)),
+        ..TestLoader::new()
+    };
     let reversed_loader = Reversed::default();
     let users: Vec<Groupcache<TestLoader>> = replicas
         .iter()
@@ -83,7 +90,17 @@ async fn groups_share_one_ring_one_connection_pool_and_one_router() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(replicas[0].cluster.groups(), ["reversed", "users"]);
+    let pages: Vec<Groupcache<TestLoader>> = replicas
+        .iter()
+        .map(|r| {
+            r.cluster
+                .group("pages", pages_loader.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(replicas[0].cluster.groups(), ["pages", "reversed", "users"]);
+    assert_ne!(users_loader.value_for("k"), pages_loader.value_for("k"));
 
     let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
     for key in &keys {
@@ -94,14 +111,19 @@ async fn groups_share_one_ring_one_connection_pool_and_one_router() {
             );
             let expected: Vec<u8> = key.bytes().rev().collect();
             assert_eq!(reversed[i].get(key).await.unwrap(), expected);
+            assert_eq!(
+                pages[i].get(key).await.unwrap(),
+                pages_loader.value_for(key)
+            );
         }
     }
     for key in &keys {
         assert_eq!(users_loader.loads.of(key), 1, "users/{key} loads");
+        assert_eq!(pages_loader.loads.of(key), 1, "pages/{key} loads");
         let loads = reversed_loader.loads.lock().unwrap().get(key).copied();
         assert_eq!(loads, Some(1), "reversed/{key} loads");
     }
-    // Both groups asked every owner, one request at a time.
+    // All three groups asked every owner, one request at a time.
     for replica in &replicas {
         let accepted = replica
             .serving
@@ -116,6 +138,7 @@ async fn groups_share_one_ring_one_connection_pool_and_one_router() {
     // The ring is the cluster's: a key has one owner whatever the group.
     for key in &keys {
         assert_eq!(users[1].owner(key), reversed[1].owner(key));
+        assert_eq!(users[1].owner(key), pages[1].owner(key));
     }
 }
 
