@@ -3,6 +3,7 @@
 
 Builds the graph of `crate::`, `super::`, `self::` paths and `use child::` lines (test modules
 and comments left out) and prints its cycles (strongly connected components); `[]` means none.
+Exits 1 when there is one, so CI (`.ci/run`) fails on a new import loop.
 """
 import os,re,sys
 root=sys.argv[1]
@@ -26,10 +27,21 @@ for p,s in files.items():
     s='\n'.join(l for l in s.split('\n') if not l.strip().startswith('//'))
     me=modpath(p)
     children=set(re.findall(r'^\s*(?:pub(?:\([a-z]+\))?\s+)?mod (\w+);',s,re.M))
-    for m in re.finditer(r'\b(crate|super|self)((?:::\w+)+)',s):
-        rest=m.group(2).split('::')[1:]
-        if m.group(1)=='crate': parts=rest
-        elif m.group(1)=='self': parts=me+rest
+    # Paths, with a brace group (`use super::{journey::Inner, store}`) expanded one level deep:
+    # each of its items is a path of its own.
+    paths=[]
+    for m in re.finditer(r'\b(crate|super|self)((?:::\w+)*)(?:::\{([^{}]*)\})?',s):
+        head=m.group(2).split('::')[1:]
+        items=[i.strip() for i in (m.group(3) or '').split(',') if i.strip()]
+        # A path at all: `self.x` and `superseded` are not.
+        if not head and not items: continue
+        if not items: paths.append((m.group(1),head))
+        for item in items:
+            tail=re.findall(r'\w+',item.split(' as ')[0])
+            paths.append((m.group(1),head+[w for w in tail if w!='self']))
+    for kind,rest in paths:
+        if kind=='crate': parts=rest
+        elif kind=='self': parts=me+rest
         else: parts=me[:-1]+rest
         t=resolve(parts)
         if t and t!=p and modpath(t)!=[]: edges[p].add(t)
@@ -53,3 +65,4 @@ def dfs(v):
 for v in files:
     if v not in idx: dfs(v)
 print(root,"cycles:",sccs)
+sys.exit(1 if sccs else 0)
