@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use groupcache_rs::{Error, Groupcache, Loaded, Loader};
+use groupcache_rs::{Error, Groupcache, Loaded, Loader, PeerAuth};
 use groupcache_rs_pb::GetResponse;
 use groupcache_tests::{ClusterReplica, TestLoader, http_client};
 use prost::Message;
@@ -57,14 +57,21 @@ async fn peer_get(replica: &ClusterReplica, group: &str, key: &str) -> (u16, Vec
 }
 
 /// Three groups, two value types, on three replicas (issue 24's target: a replica serving 3
-/// groups holds one connection pool): every key of each group is loaded once in the cluster and
-/// read alike everywhere, and all three groups' requests travel over one connection pool per
-/// replica: asked one after another, each replica accepts at most one connection from each peer
-/// (per-group pools would open one per group, up to 6).
+/// groups holds one connection pool and one nonce store): every key of each group is loaded once
+/// in the cluster and read alike everywhere; all three groups' requests travel over one
+/// connection pool per replica (asked one after another, each replica accepts at most one
+/// connection from each peer; per-group pools would open one per group, up to 6); and one nonce
+/// store per replica remembers the signed requests of every group (per-group stores would each
+/// hold about a third).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_share_one_ring_one_connection_pool_and_one_router() {
-    let replicas =
-        ClusterReplica::start_cluster(3, |cluster| cluster.handoff_timeout(Duration::ZERO));
+    // No heartbeats and no hand-off peeks: the only signed requests are the groups' gets.
+    let replicas = ClusterReplica::start_cluster(3, |cluster| {
+        cluster
+            .handoff_timeout(Duration::ZERO)
+            .failure_detection(Duration::ZERO)
+            .peer_auth(PeerAuth::new(*b"0123456789abcdef0123456789abcdef").unwrap())
+    });
     let users_loader = TestLoader::new();
     // A third group whose values differ from the first's, so an answer from the wrong one shows.
     let pages_loader = TestLoader {
@@ -133,6 +140,20 @@ async fn groups_share_one_ring_one_connection_pool_and_one_router() {
             (1..=2).contains(&accepted),
             "{} accepted {accepted} connections from its 2 peers",
             replica.url
+        );
+    }
+    // One nonce store per replica: it remembers the gets of all three groups that replica
+    // served (a request sent again is signed again, so it may remember more, never fewer).
+    for i in 0..replicas.len() {
+        let served = users[i].stats().server_requests
+            + reversed[i].stats().server_requests
+            + pages[i].stats().server_requests;
+        let nonces = users[i].stats().auth_nonces;
+        assert!(served > 0);
+        assert!(
+            nonces >= served,
+            "{}: {nonces} nonces remembered, {served} gets served in all groups",
+            replicas[i].url
         );
     }
     // The ring is the cluster's: a key has one owner whatever the group.
