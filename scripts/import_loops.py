@@ -3,7 +3,8 @@
 
 Builds the graph of `crate::`, `super::`, `self::` paths and `use child::` lines (test modules
 and comments left out) and prints its cycles (strongly connected components); `[]` means none.
-Exits 1 if any tree has one (`scripts/test.sh` runs it on the library, the bench and the example).
+Exits 1 if any tree has one: `scripts/test.sh` runs it on the library, the bench, the example and
+the tests' harness, so CI fails on a new import loop.
 """
 import os,re,sys
 def cycles(root):
@@ -27,10 +28,21 @@ def cycles(root):
         s='\n'.join(l for l in s.split('\n') if not l.strip().startswith('//'))
         me=modpath(p)
         children=set(re.findall(r'^\s*(?:pub(?:\([a-z]+\))?\s+)?mod (\w+);',s,re.M))
-        for m in re.finditer(r'\b(crate|super|self)((?:::\w+)+)',s):
-            rest=m.group(2).split('::')[1:]
-            if m.group(1)=='crate': parts=rest
-            elif m.group(1)=='self': parts=me+rest
+        # Paths, with a brace group (`use super::{journey::Inner, store}`) expanded one level deep:
+        # each of its items is a path of its own.
+        paths=[]
+        for m in re.finditer(r'\b(crate|super|self)((?:::\w+)*)(?:::\{([^{}]*)\})?',s):
+            head=m.group(2).split('::')[1:]
+            items=[i.strip() for i in (m.group(3) or '').split(',') if i.strip()]
+            # A path at all: `self.x` and `superseded` are not.
+            if not head and not items: continue
+            if not items: paths.append((m.group(1),head))
+            for item in items:
+                tail=re.findall(r'\w+',item.split(' as ')[0])
+                paths.append((m.group(1),head+[w for w in tail if w!='self']))
+        for kind,rest in paths:
+            if kind=='crate': parts=rest
+            elif kind=='self': parts=me+rest
             else: parts=me[:-1]+rest
             t=resolve(parts)
             if t and t!=p and modpath(t)!=[]: edges[p].add(t)
@@ -53,7 +65,6 @@ def cycles(root):
             if len(c)>1: sccs.append(c)
     for v in files:
         if v not in idx: dfs(v)
-
     return sccs
 
 found=False

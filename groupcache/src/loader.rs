@@ -186,10 +186,7 @@ impl<V, E> Results<V, E> {
         let Some(slot) = self.slots.get(index) else {
             return;
         };
-        let sender = slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let sender = crate::lock(slot).take();
         if let Some(sender) = sender {
             let _ = sender.send(result);
         }

@@ -12,6 +12,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 
 /// A running child process that has bound its socket; killed when dropped.
+#[derive(Debug)]
 pub struct ListeningChild {
     /// The URL it printed (`listening {url}`).
     pub url: String,

@@ -36,6 +36,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 /// A running delay proxy; stopped when dropped. See the [module documentation](self).
+#[derive(Debug)]
 pub struct DelayProxy {
     addr: SocketAddr,
     delay_ms: Arc<AtomicU64>,

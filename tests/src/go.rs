@@ -129,6 +129,7 @@ fn build() -> Build {
 }
 
 /// A running Go peer (one `groupcache.HTTPPool` and one group), killed when dropped.
+#[derive(Debug)]
 pub struct GoPeer {
     /// `http://127.0.0.1:port`: where it listens, and its peer URL unless started with `-self`.
     pub url: String,

@@ -4,9 +4,6 @@
 //! [`Replica::kill`] closes its listener and every open connection at once, as a crashed process
 //! would.
 
-// A test harness, not an API: its handles (replicas, child processes, servers) need no `Debug`.
-#![allow(missing_debug_implementations)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +35,7 @@ pub fn http_client() -> reqwest::ClientBuilder {
 pub const GROUP: &str = "test";
 
 /// A running replica.
+#[derive(Debug)]
 pub struct Replica<L: Loader> {
     /// Its cache.
     pub cache: Groupcache<L>,
@@ -107,6 +105,7 @@ fn bind() -> std::net::TcpListener {
 }
 
 /// A router served from a thread with a runtime of its own, until stopped or dropped.
+#[derive(Debug)]
 pub struct Serving {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -178,6 +177,7 @@ impl Drop for Serving {
 
 /// A running replica of a [`Cluster`](groupcache_rs::Cluster), whose groups a test builds on
 /// it: the cluster's one router serves them all.
+#[derive(Debug)]
 pub struct ClusterReplica {
     /// The replica's cluster.
     pub cluster: groupcache_rs::Cluster,
@@ -274,7 +274,7 @@ pub fn key_owned_by<L: Loader>(replicas: &[Replica<L>], owner: usize, prefix: &s
 }
 
 /// Loads counted across a whole cluster (every replica's loader shares one).
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Loads {
     per_key: Mutex<HashMap<String, usize>>,
     total: AtomicUsize,
@@ -323,7 +323,7 @@ pub struct NoValue(pub String);
 ///
 /// Like a real loader, it reads the source (the generation) first and then takes its time: a
 /// write during the delay or the wait at a gate makes the load's value an old one.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct TestLoader {
     /// Shared by every replica of a cluster.
     pub loads: Arc<Loads>,

@@ -115,6 +115,7 @@ pub struct Node {
 }
 
 /// Namespaces on one bridge, reachable from the test process; deleted when dropped.
+#[derive(Debug)]
 pub struct Network {
     /// One per replica, in the order asked for.
     pub nodes: Vec<Node>,

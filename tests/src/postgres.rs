@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const INSTALL: &str = "apt-get install postgresql (as root; scripts/test.sh does it)";
 
 /// A running PostgreSQL server; stopped, and its directory deleted, when dropped.
+#[derive(Debug)]
 pub struct PgServer {
     bindir: PathBuf,
     /// Data, socket and log, outside the repository so that the `postgres` user can reach it.

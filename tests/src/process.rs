@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::child::ListeningChild;
 
 /// A running replica process, killed when dropped.
+#[derive(Debug)]
 pub struct ProcessReplica {
     /// The URL it serves at and peers list it under.
     pub url: String,

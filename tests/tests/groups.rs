@@ -3,10 +3,11 @@
 //! limits shared fairly by the groups.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use groupcache_rs::{Error, Groupcache, Loaded, Loader};
+use groupcache_rs::{Error, Groupcache, Loaded, Loader, PeerAuth};
 use groupcache_rs_pb::GetResponse;
 use groupcache_tests::{ClusterReplica, TestLoader, http_client};
 use prost::Message;
@@ -55,15 +56,28 @@ async fn peer_get(replica: &ClusterReplica, group: &str, key: &str) -> (u16, Vec
     (status, value.to_vec())
 }
 
-/// Two groups of different value types on three replicas: every key of each group is loaded
-/// once in the cluster and read alike everywhere, and both groups' requests travel over one
-/// connection pool per replica: asked one after another, each replica accepts at most one
-/// connection from each peer (per-group pools would open one per group).
+/// Three groups, two value types, on three replicas (issue 24's target: a replica serving 3
+/// groups holds one connection pool and one nonce store): every key of each group is loaded once
+/// in the cluster and read alike everywhere; all three groups' requests travel over one
+/// connection pool per replica (asked one after another, each replica accepts at most one
+/// connection from each peer; per-group pools would open one per group, up to 6); and one nonce
+/// store per replica remembers the signed requests of every group (per-group stores would each
+/// hold about a third).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_share_one_ring_one_connection_pool_and_one_router() {
-    let replicas =
-        ClusterReplica::start_cluster(3, |cluster| cluster.handoff_timeout(Duration::ZERO));
+    // No heartbeats and no hand-off peeks: the only signed requests are the groups' gets.
+    let replicas = ClusterReplica::start_cluster(3, |cluster| {
+        cluster
+            .handoff_timeout(Duration::ZERO)
+            .failure_detection(Duration::ZERO)
+            .peer_auth(PeerAuth::new(*b"0123456789abcdef0123456789abcdef").unwrap())
+    });
     let users_loader = TestLoader::new();
+    // A third group whose values differ from the first's, so an answer from the wrong one shows.
+    let pages_loader = TestLoader {
+        generation: Arc::new(AtomicUsize::new(1)),
+        ..TestLoader::new()
+    };
     let reversed_loader = Reversed::default();
     let users: Vec<Groupcache<TestLoader>> = replicas
         .iter()
@@ -83,7 +97,17 @@ async fn groups_share_one_ring_one_connection_pool_and_one_router() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(replicas[0].cluster.groups(), ["reversed", "users"]);
+    let pages: Vec<Groupcache<TestLoader>> = replicas
+        .iter()
+        .map(|r| {
+            r.cluster
+                .group("pages", pages_loader.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(replicas[0].cluster.groups(), ["pages", "reversed", "users"]);
+    assert_ne!(users_loader.value_for("k"), pages_loader.value_for("k"));
 
     let keys: Vec<String> = (0..60).map(|i| format!("key-{i}")).collect();
     for key in &keys {
@@ -94,14 +118,19 @@ async fn groups_share_one_ring_one_connection_pool_and_one_router() {
             );
             let expected: Vec<u8> = key.bytes().rev().collect();
             assert_eq!(reversed[i].get(key).await.unwrap(), expected);
+            assert_eq!(
+                pages[i].get(key).await.unwrap(),
+                pages_loader.value_for(key)
+            );
         }
     }
     for key in &keys {
         assert_eq!(users_loader.loads.of(key), 1, "users/{key} loads");
+        assert_eq!(pages_loader.loads.of(key), 1, "pages/{key} loads");
         let loads = reversed_loader.loads.lock().unwrap().get(key).copied();
         assert_eq!(loads, Some(1), "reversed/{key} loads");
     }
-    // Both groups asked every owner, one request at a time.
+    // All three groups asked every owner, one request at a time.
     for replica in &replicas {
         let accepted = replica
             .serving
@@ -113,9 +142,24 @@ async fn groups_share_one_ring_one_connection_pool_and_one_router() {
             replica.url
         );
     }
+    // One nonce store per replica: it remembers the gets of all three groups that replica
+    // served (a request sent again is signed again, so it may remember more, never fewer).
+    for i in 0..replicas.len() {
+        let served = users[i].stats().server_requests
+            + reversed[i].stats().server_requests
+            + pages[i].stats().server_requests;
+        let nonces = users[i].stats().auth_nonces;
+        assert!(served > 0);
+        assert!(
+            nonces >= served,
+            "{}: {nonces} nonces remembered, {served} gets served in all groups",
+            replicas[i].url
+        );
+    }
     // The ring is the cluster's: a key has one owner whatever the group.
     for key in &keys {
         assert_eq!(users[1].owner(key), reversed[1].owner(key));
+        assert_eq!(users[1].owner(key), pages[1].owner(key));
     }
 }
 
@@ -251,4 +295,109 @@ async fn one_groups_flood_leaves_the_other_group_its_share_of_the_limit() {
     }
     assert_eq!(flood_loader.loads.total(), 12);
     assert_eq!(flood.stats().peer_requests_shed, 0);
+}
+
+/// A peer's peek of `key` in `group` on `replica`: the status and, on 200, the value.
+async fn peer_peek(replica: &ClusterReplica, group: &str, key: &str) -> (u16, Vec<u8>) {
+    let answer = http_client()
+        .build()
+        .expect("client")
+        .get(format!("{}/_groupcache/{group}/{key}", replica.url))
+        .header("groupcache-peek", "1")
+        .send()
+        .await
+        .expect("the replica answers");
+    let status = answer.status().as_u16();
+    let body = answer.bytes().await.expect("body");
+    match status {
+        200 => {
+            let value = GetResponse::decode(body).expect("a GetResponse").value;
+            (status, value.unwrap_or_default().to_vec())
+        }
+        _ => (status, body.to_vec()),
+    }
+}
+
+/// Every route of the one router dispatches by group name, not only a get (issue 24, item 2):
+/// with two groups holding the same keys on the same owner, a batch (`get_many`), a `set`, a
+/// `remove`, a peek and a purge sent to one group reach that group on the owner and leave the
+/// other group's entries of the same keys as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_writes_peeks_and_purges_reach_their_own_group_only() {
+    let replicas =
+        ClusterReplica::start_cluster(2, |cluster| cluster.handoff_timeout(Duration::ZERO));
+    let a_loader = TestLoader::new();
+    let b_loader = TestLoader {
+        generation: Arc::new(AtomicUsize::new(1)),
+        ..TestLoader::new()
+    };
+    let build = |name: &str, loader: &TestLoader| -> Vec<Groupcache<TestLoader>> {
+        let group = |r: &ClusterReplica| r.cluster.group(name, loader.clone()).build().unwrap();
+        replicas.iter().map(group).collect()
+    };
+    let (a, b) = (build("a", &a_loader), build("b", &b_loader));
+    // Keys the second replica owns, asked from the first.
+    let keys: Vec<String> = groupcache_tests::keys_owned(&a[0], &replicas[1].url, "k-")
+        .take(5)
+        .collect();
+    assert_ne!(a_loader.value_for(&keys[0]), b_loader.value_for(&keys[0]));
+
+    // A get of each group first (its answer says the owner takes batches), then a batch of
+    // three keys in each: each group's keys loaded once, by its own loader, in one request.
+    for (group, loader) in [(&a, &a_loader), (&b, &b_loader)] {
+        assert_eq!(
+            group[0].get(&keys[0]).await.unwrap(),
+            loader.value_for(&keys[0])
+        );
+        let values: Vec<String> = group[0]
+            .get_many(&keys[1..4])
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let expected: Vec<String> = keys[1..4].iter().map(|k| loader.value_for(k)).collect();
+        assert_eq!(values, expected);
+        assert_eq!(group[1].stats().server_requests, 2, "one get, one batch");
+    }
+    for key in &keys[..4] {
+        assert_eq!(
+            (a_loader.loads.of(key), b_loader.loads.of(key)),
+            (1, 1),
+            "{key}"
+        );
+    }
+
+    // A set in `a` and a remove in `b` reach the owner's group of that name only.
+    let written = "written".to_owned();
+    a[0].set(&keys[0], &written, None).await.unwrap();
+    b[0].remove(&keys[1]).await.unwrap();
+    assert_eq!(a[1].get(&keys[0]).await.unwrap(), written);
+    assert_eq!(
+        b[1].get(&keys[0]).await.unwrap(),
+        b_loader.value_for(&keys[0])
+    );
+    assert_eq!(
+        a[1].get(&keys[1]).await.unwrap(),
+        a_loader.value_for(&keys[1])
+    );
+    assert_eq!(
+        b[1].get(&keys[1]).await.unwrap(),
+        b_loader.value_for(&keys[1])
+    );
+    assert_eq!(a_loader.loads.of(&keys[1]), 1, "a's entry stayed");
+    assert_eq!(b_loader.loads.of(&keys[1]), 2, "b's entry was removed");
+
+    // A peek answers from the named group's memory: `b` holds the last key, `a` does not.
+    b[0].get(&keys[4]).await.unwrap();
+    let b_value = b_loader.value_for(&keys[4]).into_bytes();
+    assert_eq!(peer_peek(&replicas[1], "b", &keys[4]).await, (200, b_value));
+    assert_eq!(peer_peek(&replicas[1], "a", &keys[4]).await.0, 404);
+    assert_eq!(a_loader.loads.of(&keys[4]), 0, "a peek never loads");
+
+    // A purge of `a` empties `a` on every replica, and `b` keeps what it holds.
+    let b_held = b[1].stats().main_items;
+    assert!(b_held >= 5, "{b_held}");
+    a[0].purge().await.unwrap();
+    assert_eq!((a[0].stats().main_items, a[1].stats().main_items), (0, 0));
+    assert_eq!(b[1].stats().main_items, b_held);
 }

@@ -398,10 +398,7 @@ impl Peers {
 
     /// Applies `edit` to the member list and publishes a new snapshot if it reports a change.
     fn change(&self, edit: impl FnOnce(&mut Vec<Arc<Member>>) -> bool) -> Result<bool, Error> {
-        let _changing = self
-            .changing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _changing = lock(&self.changing);
         let current = self.current.load_full();
         let mut members = current.members.clone();
         if !edit(&mut members) {

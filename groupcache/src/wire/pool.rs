@@ -295,10 +295,7 @@ impl Connections {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<(Sender, Instant)>>> {
-        // Nothing panics while holding this lock, and the map is valid whatever happened.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.idle)
     }
 }
 

@@ -29,7 +29,7 @@ use crate::go::GoPeer;
 use crate::process::ProcessReplica;
 
 /// A replica the clients may send operations to.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum Target {
     /// A replica of this library (the `replica` binary): reads and writes.
     Rust(Arc<ProcessReplica>),
@@ -90,7 +90,7 @@ pub fn read_result(key: &str, body: &[u8]) -> ReadResult {
 /// The replicas the clients send operations to now; the test adds and removes them as the
 /// membership changes (a replica is removed before it is killed or frozen, so that clients do
 /// not wait on it, and added once every ring has it).
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Targets(Mutex<Vec<Target>>);
 
 impl Targets {
@@ -127,6 +127,7 @@ impl Targets {
 }
 
 /// Every operation and event of a run, timed from the recorder's creation.
+#[derive(Debug)]
 pub struct Recorder {
     epoch: Instant,
     ops: Mutex<Vec<Op>>,
@@ -237,6 +238,7 @@ pub struct Workload {
 }
 
 /// Running clients; [`stop`](Clients::stop) them to end the run.
+#[derive(Debug)]
 pub struct Clients {
     stop: Arc<AtomicBool>,
     tasks: JoinSet<()>,
@@ -458,6 +460,7 @@ impl Client {
 }
 
 /// splitmix64: a small deterministic generator.
+#[derive(Debug)]
 pub struct Rng(pub u64);
 
 impl Rng {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Where the versions live.
+#[derive(Debug)]
 enum Store {
     Memory(Mutex<HashMap<String, u64>>),
     /// Several connections, used in turn: one connection pipelines, but a few spread the work
@@ -34,7 +35,7 @@ enum Store {
 /// How often each key was read over HTTP, and a signal on every read: a test waits on it for a
 /// load to have read the source (so that a write it then makes lands while that load, carrying
 /// the version from before it, is still in flight), never on a sleep.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Served {
     reads: Mutex<HashMap<String, u64>>,
     /// The reads of every key together.
@@ -42,6 +43,7 @@ struct Served {
 }
 
 /// A source of truth served over HTTP; stops serving when dropped.
+#[derive(Debug)]
 pub struct Source {
     store: Arc<Store>,
     served: Arc<Served>,
