@@ -201,10 +201,19 @@ impl Scenario {
             faulted.errors,
         );
         assert_eq!(faulted.errors, 0, "errors through the {fault}");
+        // The healthy replicas' throughput against the control: a floor, not the 70 %
+        // target, which is the benchmark's (`groupcache-bench freeze`, 10 s windows: 101 % and
+        // 103 %). Here a 6 s window holds the 1.3 s stall (at most about 78 %), and on two shared
+        // cores the phases' rates vary more than the fault costs (63-99 % measured). Before the
+        // detector: 0.0 %.
+        assert!(
+            rate >= control_rate / 4.0,
+            "the healthy replicas served {:.1} % of the control through the {fault}",
+            rate / control_rate * 100.0
+        );
         // The healthy replicas never stall once the owner is suspected: every half second from
-        // the second one on serves requests. (Throughput against the control is a benchmark's
-        // figure, `groupcache-bench freeze`: on two shared cores the phases' rates vary more
-        // than the fault costs. Before the detector, every client waited out `peer_timeout`.)
+        // the second one on serves requests. (Before the detector, every client waited out
+        // `peer_timeout`.)
         let slice = Duration::from_millis(500);
         for n in 4..(FAULT.as_millis() / slice.as_millis()) as u32 {
             let (from, to) = (slice * n, slice * (n + 1));
