@@ -201,10 +201,19 @@ impl Scenario {
             faulted.errors,
         );
         assert_eq!(faulted.errors, 0, "errors through the {fault}");
+        // The healthy replicas' throughput against the control: a floor, not the issue's 70 %
+        // target, which is the benchmark's (`groupcache-bench freeze`, 10 s windows: 101 % and
+        // 103 %). Here a 6 s window holds the 1.3 s stall (at most about 78 %), and on two shared
+        // cores the phases' rates vary more than the fault costs (63-99 % measured). Before the
+        // detector: 0.0 %.
+        assert!(
+            rate >= control_rate / 4.0,
+            "the healthy replicas served {:.1} % of the control through the {fault}",
+            rate / control_rate * 100.0
+        );
         // The healthy replicas never stall once the owner is suspected: every half second from
-        // the second one on serves requests. (Throughput against the control is a benchmark's
-        // figure, `groupcache-bench freeze`: on two shared cores the phases' rates vary more
-        // than the fault costs. Before the detector, every client waited out `peer_timeout`.)
+        // the second one on serves requests. (Before the detector, every client waited out
+        // `peer_timeout`.)
         let slice = Duration::from_millis(500);
         for n in 4..(FAULT.as_millis() / slice.as_millis()) as u32 {
             let (from, to) = (slice * n, slice * (n + 1));
@@ -377,10 +386,12 @@ async fn a_cold_batch_longer_than_the_peer_timeout_is_loaded_once() {
     assert_eq!(loads, 1024, "loads on the owner, 1.00 per key");
 }
 
-/// `remove`s while a replica that left the ring drops every packet (its address black-holed, as a
-/// node that lost its network is): they do not wait for it. Before, every remove waited out the
-/// connect timeout, or `peer_timeout` on a pooled connection, for a replica whose answer was
-/// never returned anyway.
+/// `remove`s and `set`s while a replica that left the ring drops every packet (its address
+/// black-holed, as a node that lost its network is): they do not wait for it. The control is the
+/// same writes, side by side, while the departed replica still answers. Before, every write
+/// waited out the connect timeout, or `peer_timeout` on a pooled connection, for a replica whose
+/// answer was never returned anyway. The first write after the fault may wait up to the detection
+/// time (a departed replica heard from lately is waited for that long); none waits longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removes_do_not_wait_for_a_departed_replica_that_drops_packets() {
     if !netns::available() {
@@ -408,42 +419,100 @@ async fn removes_do_not_wait_for_a_departed_replica_that_drops_packets() {
     for replica in &replicas[..2] {
         replica.set_peers(&urls[..2]).await;
     }
-    let removes = |prefix: &'static str| async move {
+    // 200 writes one after another, `set`s if `set`, else `remove`s: their latencies, sorted.
+    let writes = |prefix: &'static str, set: bool| async move {
         let mut latencies = Vec::new();
         for i in 0..200 {
+            let key = format!("{prefix}{i}");
             let started = Instant::now();
-            let status = writer
-                .remove(&format!("{prefix}{i}"))
-                .await
-                .expect("remove");
-            assert_eq!(status, 200, "remove {prefix}{i}");
+            let status = if set {
+                writer.set(&key, b"new").await.expect("set")
+            } else {
+                writer.remove(&key).await.expect("remove")
+            };
+            assert_eq!(status, 200, "write {key}");
             latencies.push(started.elapsed());
         }
         latencies.sort_unstable();
         latencies
     };
-    let control = removes("control-").await;
+    let control = (
+        writes("control-r-", false).await,
+        writes("control-s-", true).await,
+    );
     network.partition(&[2], &[0, 1]);
-    let holed = removes("holed-").await;
+    let holed = (
+        writes("holed-r-", false).await,
+        writes("holed-s-", true).await,
+    );
     network.heal();
     let p99 = |latencies: &[Duration]| latencies[latencies.len() * 99 / 100 - 1];
-    eprintln!(
-        "remove p99 {:?} with the departed replica answering, {:?} with it black-holed (max {:?})",
-        p99(&control),
-        p99(&holed),
-        holed[holed.len() - 1]
-    );
-    assert!(
-        p99(&holed) <= p99(&control) * 3 + Duration::from_millis(50),
-        "remove p99 {:?} against {:?}",
-        p99(&holed),
-        p99(&control)
-    );
-    assert!(
-        holed[holed.len() - 1] <= Duration::from_millis(2500),
-        "a remove waited {:?} for the departed replica",
-        holed[holed.len() - 1]
-    );
+    for (write, control, holed) in [
+        ("remove", &control.0, &holed.0),
+        ("set", &control.1, &holed.1),
+    ] {
+        eprintln!(
+            "{write}: p50 {:?} p99 {:?} max {:?} with the departed replica answering; \
+             p50 {:?} p99 {:?} max {:?} with it black-holed",
+            control[control.len() / 2],
+            p99(control),
+            control[control.len() - 1],
+            holed[holed.len() / 2],
+            p99(holed),
+            holed[holed.len() - 1]
+        );
+        assert!(
+            p99(holed) <= p99(control) * 3 + Duration::from_millis(50),
+            "{write} p99 {:?} against {:?}",
+            p99(holed),
+            p99(control)
+        );
+        assert!(
+            holed[holed.len() - 1] <= Duration::from_millis(2500),
+            "a {write} waited {:?} for the departed replica",
+            holed[holed.len() - 1]
+        );
+    }
+}
+
+/// A `set` and a `remove` of keys whose owner freezes while they wait on it: each is given up
+/// once the failure detector suspects the owner (about a second), and the owner gets the writes
+/// as repairs once it answers. Before, a `set` already sent to the owner waited out
+/// `peer_timeout` (10 s), although a `remove` left at the suspicion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_an_owner_that_freezes_wait_about_a_second() {
+    let (replicas, urls) = pair(&[]).await;
+    let writer = &replicas[0];
+    // Heard from: sent heartbeats from now on.
+    let warm = owned_by_second(&urls, "warm-", 1).remove(0);
+    assert_eq!(writer.get(&warm).await.expect("warm").0, 200);
+    let keys = owned_by_second(&urls, "frozen-", 2);
+    replicas[1].freeze();
+    let timed = |write: &'static str, key: &String| {
+        let key = key.clone();
+        async move {
+            let started = Instant::now();
+            let status = match write {
+                "set" => writer.set(&key, b"new").await,
+                _ => writer.remove(&key).await,
+            };
+            (write, status, started.elapsed())
+        }
+    };
+    let (set, remove) = tokio::join!(timed("set", &keys[0]), timed("remove", &keys[1]));
+    replicas[1].resume();
+    for (write, status, took) in [&set, &remove] {
+        eprintln!("{write} of a frozen owner's key: {status:?} after {took:?}");
+    }
+    for (write, status, took) in [set, remove] {
+        // The control client gives up after 10 s: a write that waited out `peer_timeout`.
+        let status = status.unwrap_or_else(|e| panic!("the {write} waited past 10 s: {e}"));
+        assert_eq!(status, 500, "the {write} reports the owner's failure");
+        assert!(
+            took <= Duration::from_millis(2500),
+            "the {write} waited {took:?} for the frozen owner"
+        );
+    }
 }
 
 /// A slow link (300 ms each way, through a delay proxy) to an owner whose load takes 1.5 s, both

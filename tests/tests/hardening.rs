@@ -38,18 +38,24 @@ async fn signed_clusters_work_and_unsigned_requests_get_401_without_a_load() {
 
     let loads = loader.loads.total();
     let url = format!("{}/_groupcache/{GROUP}/unsigned", cluster[0].url);
+    // The failure detector's heartbeat (issue 25) is a peer request like the others: unsigned,
+    // it is refused too, so no one outside the cluster can keep a frozen replica trusted.
+    let heartbeat = format!("{}/_groupcache/", cluster[0].url);
     for request in [
         reqwest::Client::new().get(&url),
         reqwest::Client::new().delete(&url),
         reqwest::Client::new()
             .get(&url)
             .header(SIGNATURE_HEADER, "v2 t=0 n=0123456789abcdef d=00 s=00"),
+        reqwest::Client::new()
+            .get(&heartbeat)
+            .header("groupcache-heartbeat", "1"),
     ] {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 401);
         assert!(response.text().await.unwrap().starts_with("unauthorized"));
     }
-    assert_eq!(cluster[0].cache.stats().peer_auth_failures, 3);
+    assert_eq!(cluster[0].cache.stats().peer_auth_failures, 4);
     assert_eq!(
         loader.loads.total(),
         loads,

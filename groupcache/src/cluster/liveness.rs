@@ -5,10 +5,11 @@
 //!
 //! Any answer is evidence of life (`Endpoint::heard`): a peer that answers requests is sent no
 //! heartbeat. One heartbeat per peer is in flight at a time, sent every quarter of the detection
-//! time while nothing was heard from it for an eighth. A peer silent for the whole detection time, its latest
-//! heartbeat unanswered, is suspected; the next heartbeat it answers trusts it again. A peer that
-//! is slow to load but answers heartbeats (the router answers them before any slot or load) is
-//! never suspected. golang/groupcache peers cannot answer heartbeats and are never sent one.
+//! time while nothing was heard from it for an eighth. A peer silent for the whole detection
+//! time, its latest heartbeat unanswered, is suspected; the next heartbeat it answers trusts it
+//! again. A peer that is slow to load but answers heartbeats (the router answers them before any
+//! slot or load) is never suspected. golang/groupcache peers cannot answer heartbeats and are
+//! never sent one.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -137,6 +138,57 @@ mod tests {
     use std::time::Duration;
 
     use crate::Cluster;
+
+    /// Heartbeats go only to peers that speak this library (an answer of theirs advertised
+    /// batches): a golang/groupcache peer cannot answer one, and keeps the old behaviour. Both
+    /// peers here answered once and are quiet since; the detector connects to ours only.
+    #[tokio::test]
+    async fn heartbeats_go_to_peers_of_ours_only_not_to_go_peers() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        /// A peer that accepts connections, holds them and never answers; its URL, its port and
+        /// the connections it accepted.
+        async fn silent_peer() -> (String, u16, Arc<AtomicUsize>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let counter = accepted.clone();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    held.push(stream);
+                }
+            });
+            (format!("http://127.0.0.1:{port}"), port, accepted)
+        }
+        let (go, _, go_connections) = silent_peer().await;
+        let (ours, our_port, our_connections) = silent_peer().await;
+        let cluster = Cluster::builder("http://127.0.0.1:1")
+            .failure_detection(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        cluster
+            .set_peers(["http://127.0.0.1:1", go.as_str(), ours.as_str()])
+            .unwrap();
+        for member in cluster.inner.peers.snapshot().others() {
+            let is_ours = member.endpoint.port == our_port;
+            member.endpoint.heard();
+            member.endpoint.batches.store(is_ours, Ordering::Relaxed);
+            member.endpoint.plain.store(!is_ours, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            our_connections.load(Ordering::SeqCst) > 0,
+            "a quiet peer of ours was sent no heartbeat"
+        );
+        assert_eq!(
+            go_connections.load(Ordering::SeqCst),
+            0,
+            "a golang/groupcache peer was sent a heartbeat"
+        );
+    }
 
     /// A cluster whose first runtime is gone: the detector starts again on the next one.
     #[test]

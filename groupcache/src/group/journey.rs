@@ -827,6 +827,23 @@ pub(crate) async fn until_unresponsive<T>(
     }
 }
 
+/// [`until_unresponsive`] for a request that fails only with a peer's error (a write, a purge):
+/// that error, or [`PeerError::Unresponsive`](crate::PeerError::Unresponsive) once `peer` is
+/// suspected.
+pub(crate) async fn until_unresponsive_peer<T>(
+    cluster: &Arc<ClusterInner>,
+    peer: &Member,
+    request: impl std::future::Future<Output = Result<T, crate::PeerError>>,
+) -> Result<T, crate::PeerError> {
+    let request = async { request.await.map_err(Failure::Peer) };
+    until_unresponsive(cluster, peer, request)
+        .await
+        .map_err(|failure| match failure {
+            Failure::Peer(error) => error,
+            Failure::Loader(message) => crate::PeerError::Request(message),
+        })
+}
+
 /// `duration` in nanoseconds, saturated.
 pub(crate) fn nanos(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)

@@ -16,12 +16,11 @@
 
 use std::sync::Arc;
 
-use super::journey::{Inner, until_unresponsive};
+use super::journey::{Inner, until_unresponsive_peer};
 use super::writes::RepairRounds;
 use crate::cluster::membership::Member;
 use crate::error::Error;
 use crate::loader::Loader;
-use crate::wire::client::Failure;
 use crate::wire::protocol::{PURGE_HOT_KEY, PURGE_KEY};
 
 impl<L: Loader> Inner<L> {
@@ -95,16 +94,10 @@ impl<L: Loader> Inner<L> {
             }));
         }
         let path = self.key_path(peer, what);
-        let sent = async {
-            let purged = self.cluster.client.purge(&peer.endpoint, path).await;
-            purged.map_err(Failure::Peer)
-        };
-        until_unresponsive(&self.cluster, peer, sent)
+        let sent = self.cluster.client.purge(&peer.endpoint, path);
+        until_unresponsive_peer(&self.cluster, peer, sent)
             .await
-            .map_err(|failure| match failure {
-                Failure::Peer(error) => failed(error),
-                Failure::Loader(message) => failed(crate::PeerError::Request(message)),
-            })
+            .map_err(failed)
             .inspect_err(|error| {
                 tracing::warn!(group = %self.group, %error, "purge failed on a peer");
             })

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use groupcache_rs_pb::SetRequest;
 
-use super::journey::{Inner, key_hash, until_unresponsive};
+use super::journey::{Inner, key_hash, until_unresponsive_peer};
 use super::repairs::{MAX_PENDING_REPAIRS, Queued};
 use super::store::Store;
 use crate::caches::Entry;
 use crate::cluster::membership::{Member, Membership};
 use crate::error::Error;
 use crate::loader::{Loader, to_unix_nanos};
-use crate::wire::client::Failure;
 
 impl<L: Loader> Inner<L> {
     /// [`Groupcache::remove`](crate::Groupcache::remove): the owner first, then every other
@@ -58,14 +57,14 @@ impl<L: Loader> Inner<L> {
                     expire: Some(entry.expire),
                 };
                 let path = self.key_path(owner, key);
-                // An owner suspected down is not waited for: it gets the write as a repair.
+                // An owner suspected down is not waited for, nor one that stops answering while
+                // the set waits on it (given up once the detector suspects it, as a remove is):
+                // it gets the write as a repair.
                 let stored = if owner.is_suspected() {
                     Err(crate::PeerError::Unresponsive)
                 } else {
-                    self.cluster
-                        .client
-                        .set(&owner.endpoint, path, &request)
-                        .await
+                    let sent = self.cluster.client.set(&owner.endpoint, path, &request);
+                    until_unresponsive_peer(&self.cluster, owner, sent).await
                 };
                 self.forget(key);
                 if stored.is_err() {
@@ -130,16 +129,10 @@ impl<L: Loader> Inner<L> {
     /// A `DELETE` of `key` on `peer`, given up as soon as the failure detector suspects it.
     async fn remove_on(&self, peer: &Member, key: &str) -> Result<(), Error> {
         let path = self.key_path(peer, key);
-        let removed = async {
-            let removed = self.cluster.client.remove(&peer.endpoint, path).await;
-            removed.map_err(Failure::Peer)
-        };
-        let removed = until_unresponsive(&self.cluster, peer, removed).await;
-        removed.map_err(|failure| match failure {
-            Failure::Peer(error) => error,
-            Failure::Loader(message) => crate::PeerError::Request(message),
-        })
-        .map_err(|source| {
+        let removed = self.cluster.client.remove(&peer.endpoint, path);
+        until_unresponsive_peer(&self.cluster, peer, removed)
+            .await
+            .map_err(|source| {
             tracing::warn!(group = %self.group, peer = %peer.url, %source, "remove failed on peer");
             Error::Peer {
                 peer: peer.url.to_string(),
@@ -282,11 +275,8 @@ impl<L: Loader> Inner<L> {
                 // suspected): the next round waits for it to be heard from instead.
                 let sent = futures_util::future::join_all(batch.iter().map(|(key, _)| {
                     let path = this.key_path(&member, key);
-                    let remove = async {
-                        let removed = this.cluster.client.remove(&member.endpoint, path).await;
-                        removed.map_err(Failure::Peer)
-                    };
-                    until_unresponsive(&this.cluster, &member, remove)
+                    let remove = this.cluster.client.remove(&member.endpoint, path);
+                    until_unresponsive_peer(&this.cluster, &member, remove)
                 }))
                 .await;
                 let mut answered = true;
