@@ -278,8 +278,9 @@ async fn a_frozen_owner_costs_the_healthy_replicas_about_a_second() {
     let trusted = scenario.trusted_again().await;
     scenario.check("freeze", &control, &frozen, per_key, orphans);
     eprintln!("trusted again {trusted:?} after the resume");
+    // The "within a second of answering" (6-67 ms measured).
     assert!(
-        trusted <= Duration::from_millis(1500),
+        trusted <= Duration::from_millis(1000),
         "trusted again only after {trusted:?}"
     );
 }
@@ -311,6 +312,9 @@ async fn a_black_holed_owner_costs_the_healthy_replicas_about_a_second() {
     let trusted = scenario.trusted_again().await;
     scenario.check("black hole", &control, &holed, per_key, orphans);
     eprintln!("trusted again {trusted:?} after the heal");
+    // Counted from the heal, before which the owner cannot answer: the first packets after it
+    // can wait on TCP's backed-off retransmissions of the pooled connections (0.12-0.36 s
+    // measured; 2.5 s leaves room for a loaded machine).
     assert!(
         trusted <= Duration::from_millis(2500),
         "trusted again only after {trusted:?}"
