@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Every workload, in the order `all` runs them.
-pub(crate) const WORKLOADS: [&str; 20] = [
+pub(crate) const WORKLOADS: [&str; 21] = [
     "ceiling",
     "local-hit",
     "remote-get",
@@ -25,6 +25,7 @@ pub(crate) const WORKLOADS: [&str; 20] = [
     "refresh-ahead",
     "source-down",
     "purge",
+    "otel",
 ];
 
 /// What to do.
@@ -150,6 +151,10 @@ pub(crate) struct ReplicaOptions {
     pub not_found_ttl_ms: Option<u64>,
     /// `Builder::max_stale` in ms; None: the library's default (off).
     pub max_stale_ms: Option<u64>,
+    /// The otel workload: export every span over OTLP/HTTP to this base URL, through the
+    /// OpenTelemetry layer configured as the README advises, with W3C trace context on peer
+    /// requests; None: no subscriber at all.
+    pub otel_endpoint: Option<String>,
 }
 
 /// How to call the program.
@@ -162,7 +167,7 @@ usage: groupcache-bench [WORKLOAD...|all] [--rounds N] [--secs S] [--concurrency
 
 Workloads: ceiling, local-hit, remote-get, cold-storm, memory, hot-key, batch, coalesce,
 churn, traces, groups-flood, freeze, black-hole, detectors, pauses, ring-change, missing-storm,
-refresh-ahead, source-down, purge; `all` runs every one
+refresh-ahead, source-down, purge, otel; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
 reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
@@ -184,12 +189,14 @@ missing-storm, refresh-ahead, source-down, purge (issue 27; see freshness.rs and
 connections; the source down for --down-secs (default 10; 30 for the recorded figures) with
 max_stale on and off; a purge of a group holding --purge-entries entries over three replicas
 (default 3,000,000: about 1 M per replica).
+otel (issue 28; see otel.rs): local-hit and remote-get against replicas with no subscriber and
+with the OpenTelemetry layer exporting every span over OTLP/HTTP to a sink in this process.
 
 Internal: `replica --value-bytes N --load-ms N [--cache-bytes N] [--main-bytes N] [--hot-bytes N]
 [--go-ring] [--batch-loader] [--coalesce-in-flight N] [--no-handoff] [--admission] [--hedge on|off]
 [--groups 1|2] [--max-peer-requests N] [--listen IP] [--ttl-ms N] [--refresh-ms N]
-[--not-found-ttl-ms N] [--max-stale-ms N]` and `ceiling-server` are the server processes the driver
-starts.";
+[--not-found-ttl-ms N] [--max-stale-ms N] [--otel-endpoint URL]` and `ceiling-server` are the
+server processes the driver starts.";
 
 /// Parses the arguments after the program name.
 pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
@@ -296,6 +303,7 @@ fn parse_replica<I: Iterator<Item = String>>(mut args: I) -> Result<ReplicaOptio
             "--refresh-ms" => options.refresh_ms = number(&arg, &value)? as u64,
             "--not-found-ttl-ms" => options.not_found_ttl_ms = Some(number(&arg, &value)? as u64),
             "--max-stale-ms" => options.max_stale_ms = Some(number(&arg, &value)? as u64),
+            "--otel-endpoint" => options.otel_endpoint = Some(value),
             "--listen" => {
                 let ip = value.parse().map_err(|_| format!("--listen: {value:?}"))?;
                 options.listen = Some(ip);
@@ -413,6 +421,13 @@ mod tests {
                 load_ms: 3000,
                 groups: 2,
                 max_peer_requests: Some(64),
+                ..ReplicaOptions::default()
+            }))
+        );
+        assert_eq!(
+            parse_str("replica --otel-endpoint http://127.0.0.1:4318"),
+            Ok(Command::Replica(ReplicaOptions {
+                otel_endpoint: Some("http://127.0.0.1:4318".to_owned()),
                 ..ReplicaOptions::default()
             }))
         );

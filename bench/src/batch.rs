@@ -103,6 +103,7 @@ impl Bench<'_> {
                     // first (batches do not); `peeks` counts them.
                     no_handoff: false,
                     no_hot_cache: false,
+                    otel_sink: None,
                 };
                 let cluster = Cluster::start(self.binaries, kind, 3, settings).await?;
                 // A replica batches to a peer only once an answer of it advertised batches.
@@ -187,6 +188,7 @@ impl Bench<'_> {
                     coalesce_in_flight: window,
                     no_handoff: false,
                     no_hot_cache: false,
+                    otel_sink: None,
                 };
                 let cluster = Cluster::start(self.binaries, Kind::Rust, 3, settings).await?;
                 for c in LEVELS {

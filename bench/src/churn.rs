@@ -35,6 +35,7 @@ const SETTINGS: Settings = Settings {
     // The hand-off is what the churn workloads measure.
     no_handoff: false,
     no_hot_cache: false,
+    otel_sink: None,
 };
 const CONCURRENCY: usize = 16;
 

@@ -21,6 +21,9 @@ use crate::shared::GROUP;
 pub(crate) enum Kind {
     /// This library.
     Rust,
+    /// This library with the OpenTelemetry layer exporting every span over OTLP/HTTP, as the
+    /// README advises, and W3C trace context on peer requests (the otel workload).
+    RustOtel,
     /// golang/groupcache with a pooled transport (`MaxIdleConnsPerHost` raised): Go's best.
     GoPooled,
     /// golang/groupcache with Go's default transport (2 idle connections per peer).
@@ -36,6 +39,7 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Rust => "rust",
+            Kind::RustOtel => "rust-otel",
             Kind::GoPooled => "go",
             Kind::GoDefault => "go-default",
             Kind::Ceiling => "ceiling",
@@ -44,8 +48,9 @@ impl Kind {
     }
 
     /// Every kind, in report order.
-    pub(crate) const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 6] = [
         Kind::Rust,
+        Kind::RustOtel,
         Kind::GoPooled,
         Kind::GoDefault,
         Kind::Ceiling,
@@ -164,6 +169,8 @@ pub(crate) struct Settings {
     pub no_handoff: bool,
     /// Rust only: no hot cache (`--hot-bytes 0`); golang/groupcache's cannot be turned off.
     pub no_hot_cache: bool,
+    /// [`Kind::RustOtel`] only: the port on 127.0.0.1 of the OTLP sink its spans go to.
+    pub otel_sink: Option<u16>,
 }
 
 impl Settings {
@@ -178,6 +185,7 @@ impl Settings {
             coalesce_in_flight: 0,
             no_handoff: false,
             no_hot_cache: false,
+            otel_sink: None,
         }
     }
 }
@@ -285,7 +293,7 @@ pub(crate) async fn stats_of(replicas: &[&Process]) -> Result<Vec<Stats>, String
 /// balanced ring (the default); Go's ring is Go's.
 fn ring(kind: Kind, urls: &[String]) -> Result<Groupcache<NoLoader>, String> {
     let mode = match kind {
-        Kind::Rust => RingMode::Balanced,
+        Kind::Rust | Kind::RustOtel => RingMode::Balanced,
         _ => RingMode::GoCompatible,
     };
     let first = urls.first().map_or("http://127.0.0.1:1", String::as_str);
@@ -323,7 +331,7 @@ pub(crate) fn replica_command(
 ) -> Command {
     let mut command;
     match kind {
-        Kind::Rust => {
+        Kind::Rust | Kind::RustOtel => {
             command = Command::new(&binaries.this);
             command.arg("replica").args([
                 "--value-bytes",
@@ -346,6 +354,9 @@ pub(crate) fn replica_command(
             }
             if host != LOOPBACK {
                 command.args(["--listen", &host.to_string()]);
+            }
+            if let (Kind::RustOtel, Some(port)) = (kind, settings.otel_sink) {
+                command.args(["--otel-endpoint", &format!("http://127.0.0.1:{port}")]);
             }
         }
         Kind::GoPooled | Kind::GoDefault | Kind::GoBare => {

@@ -58,6 +58,7 @@ const SETTINGS: Settings = Settings {
     coalesce_in_flight: 0,
     no_handoff: false,
     no_hot_cache: true,
+    otel_sink: None,
 };
 
 /// What happens to the faulted owner.

@@ -31,6 +31,7 @@ mod load;
 #[path = "../../tests/src/netns.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod netns;
+mod otel;
 mod purge;
 mod replica;
 mod report;
@@ -130,6 +131,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
                 "refresh-ahead" => bench.refresh_ahead().await?,
                 "source-down" => bench.source_down().await?,
                 "purge" => bench.purge().await?,
+                "otel" => bench.otel().await?,
                 other => return Err(format!("unknown workload {other}")),
             }
             let end = load_average();
@@ -143,6 +145,7 @@ fn bench(options: &BenchOptions) -> Result<(), String> {
     verdicts.extend(fault::verdicts(&report));
     verdicts.extend(freshness::verdicts(&report));
     verdicts.extend(purge::verdicts(&report));
+    verdicts.extend(otel::verdicts(&report, &options.concurrency));
     println!("{}", report.table());
     println!("targets:\n{}", report::verdict_lines(&verdicts));
     for (workload, start, end) in &report.load {

@@ -151,6 +151,12 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
     if options.groups > 0 {
         return run_groups_replica(options);
     }
+    // Spans go to the sink from the provider's own thread; kept until the process exits.
+    let _traces = options
+        .otel_endpoint
+        .as_deref()
+        .map(install_otel)
+        .transpose()?;
     serve_on(options.listen, |listener, url| async move {
         let loader = BenchLoader {
             value_bytes: options.value_bytes,
@@ -188,6 +194,9 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         if let Some(ms) = options.max_stale_ms {
             builder = builder.max_stale(Duration::from_millis(ms));
         }
+        if options.otel_endpoint.is_some() {
+            builder = builder.trace_context(groupcache_rs::W3cTraceContext);
+        }
         let cache = builder
             .coalesce_fetches(options.coalesce_in_flight)
             .build()?;
@@ -206,6 +215,43 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
         groupcache_rs::Server::new().serve(listener, app).await?;
         Ok(())
     })
+}
+
+/// The otel workload's replica: every span exported over OTLP/HTTP (protobuf) to `endpoint`,
+/// in batches from the SDK's thread, through the `tracing-opentelemetry` layer configured as
+/// the README advises (and as the example service does): no per-poll timing, thread or source
+/// attributes, no context made current on each poll. Nothing else subscribes, so the cost
+/// measured is the spans' alone.
+fn install_otel(
+    endpoint: &str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, Box<dyn std::error::Error>> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("groupcache-bench")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            std::process::id().to_string(),
+        ))
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("groupcache-bench"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_context_activation(false);
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
+    Ok(provider)
 }
 
 /// groups-flood's replica (`--groups 1|2`): one `Cluster`, alone in its ring, serving the calm

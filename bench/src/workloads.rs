@@ -127,7 +127,7 @@ impl Bench<'_> {
     }
 
     /// A warm-up, then a timed run, on fresh connections; the servers' CPU is that of `pids`.
-    async fn timed(
+    pub(crate) async fn timed(
         &self,
         targets: &[SocketAddr],
         pids: &[u32],

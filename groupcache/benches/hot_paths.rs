@@ -461,19 +461,41 @@ fn traced(c: &mut Criterion) {
                 c.bench_function("cpu/otel_three_bare_spans", |bench| {
                     bench.iter_custom(|iters| {
                         made.fetch_add(3 * iters, Ordering::Relaxed);
+                        three_bare_spans(iters)
+                    })
+                });
+                dropped("cpu/otel_three_bare_spans");
+                // The SDK's own share of that floor: the same three spans, nested, made and
+                // ended straight through the OpenTelemetry SDK's tracer into the same batch
+                // processor, with no `tracing` span, registry or layer. Whatever layer exports
+                // `tracing` spans through the SDK costs at least this.
+                let sdk = provider.tracer("bench");
+                c.bench_function("cpu/otel_sdk_three_spans", |bench| {
+                    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+                    bench.iter_custom(|iters| {
+                        made.fetch_add(3 * iters, Ordering::Relaxed);
                         let start = process_cpu();
                         for _ in 0..iters {
-                            let get = tracing::info_span!("groupcache.get");
-                            let _get = get.enter();
-                            let fetch = tracing::info_span!("groupcache.fetch");
-                            let _fetch = fetch.enter();
-                            let serve = tracing::info_span!("groupcache.serve");
-                            serve.in_scope(|| black_box(()));
+                            let get = opentelemetry::Context::new()
+                                .with_span(sdk.start("groupcache.get"));
+                            let fetch =
+                                get.with_span(sdk.start_with_context("groupcache.fetch", &get));
+                            let mut serve = sdk.start_with_context("groupcache.serve", &fetch);
+                            serve.end();
+                            fetch.span().end();
+                            get.span().end();
                         }
                         process_cpu().saturating_sub(start)
                     })
                 });
-                dropped("cpu/otel_three_bare_spans");
+                dropped("cpu/otel_sdk_three_spans");
+                // The registry's share: the same three `tracing` spans under a registry with no
+                // layer at all (any layer's spans live in a registry).
+                tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+                    c.bench_function("cpu/registry_three_bare_spans", |bench| {
+                        bench.iter_custom(three_bare_spans)
+                    });
+                });
             }
             c.bench_function(name, |bench| {
                 bench.iter_custom(|iters| {
@@ -497,6 +519,23 @@ fn traced(c: &mut Criterion) {
             dropped(&cpu);
         });
     }
+}
+
+/// `iters` times the three spans a remote get makes (the asker's get and fetch, the owner's
+/// serve), nested, entered once each, with no fields and no groupcache work: the CPU time the
+/// process's threads spent on them, the batch processor's included.
+#[cfg(feature = "opentelemetry")]
+fn three_bare_spans(iters: u64) -> Duration {
+    let start = process_cpu();
+    for _ in 0..iters {
+        let get = tracing::info_span!("groupcache.get");
+        let _get = get.enter();
+        let fetch = tracing::info_span!("groupcache.fetch");
+        let _fetch = fetch.enter();
+        let serve = tracing::info_span!("groupcache.serve");
+        serve.in_scope(|| black_box(()));
+    }
+    process_cpu().saturating_sub(start)
 }
 
 /// `iters` gets of `key` on `cache`, one after another: the CPU time the process's threads
