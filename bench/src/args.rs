@@ -170,8 +170,8 @@ churn, traces, groups-flood, freeze, black-hole, detectors, pauses, ring-change,
 refresh-ahead, source-down, purge, otel; `all` runs every one
 (local-hit and remote-get measure the ceiling in their own rounds, so `all` skips `ceiling`).
 Each measurement is repeated --rounds times (default 5), alternating Rust and Go; medians are
-reported. Timed runs last --secs seconds (default 3). --only rust (or go, go-default, ceiling,
-go-bare) runs one side alone, for profiling: its figures are not side by side.
+reported. Timed runs last --secs seconds (default 3). --only rust (or rust-otel, go, go-default,
+ceiling, go-bare) runs one side alone, for profiling: its figures are not side by side.
 --value-bytes sets the memory workload's value sizes (default 4096), one case each.
 groups-flood: --flood-load-ms is the flood group's loader latency (default 3000), --flood its
 connections (default 2000), --max-peer-requests the replica's limit (default: the library's),

@@ -322,6 +322,24 @@ pub(crate) fn start_replica(
 /// Where replicas listen unless told otherwise.
 pub(crate) const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
+/// What the OpenTelemetry SDK and its HTTP client read from the environment, cleared for
+/// [`Kind::RustOtel`]'s replicas.
+const OTEL_ENVIRONMENT: [&str; 13] = [
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// The command that starts a replica of `kind` listening on `host` (a free port).
 pub(crate) fn replica_command(
     binaries: &Binaries,
@@ -357,6 +375,12 @@ pub(crate) fn replica_command(
             }
             if let (Kind::RustOtel, Some(port)) = (kind, settings.otel_sink) {
                 command.args(["--otel-endpoint", &format!("http://127.0.0.1:{port}")]);
+                // The SDK's defaults, whatever the driver's environment says: the batch
+                // processor's queue, batch and delay (the sink's wait for the last batch counts
+                // on them) and the sampler; and no proxy between a replica and the sink.
+                for variable in OTEL_ENVIRONMENT {
+                    command.env_remove(variable);
+                }
             }
         }
         Kind::GoPooled | Kind::GoDefault | Kind::GoBare => {

@@ -149,6 +149,11 @@ fn value_for(prefix: &str, key: &str, n: usize) -> Vec<u8> {
 /// Runs a replica until stdin closes.
 pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::error::Error>> {
     if options.groups > 0 {
+        if options.otel_endpoint.is_some() {
+            return Err(
+                "--otel-endpoint is for the benchmark group's replica, not --groups".into(),
+            );
+        }
         return run_groups_replica(options);
     }
     // Spans go to the sink from the provider's own thread; kept until the process exits.
@@ -220,8 +225,8 @@ pub(crate) fn run_replica(options: &ReplicaOptions) -> Result<(), Box<dyn std::e
 /// The otel workload's replica: every span exported over OTLP/HTTP (protobuf) to `endpoint`,
 /// in batches from the SDK's thread, through the `tracing-opentelemetry` layer configured as
 /// the README advises (and as the example service does): no per-poll timing, thread or source
-/// attributes, no context made current on each poll. Nothing else subscribes, so the cost
-/// measured is the spans' alone.
+/// attributes, no context made current on each poll, and nothing below INFO (as the example's
+/// default filter). Nothing else subscribes, so the cost measured is the spans' alone.
 fn install_otel(
     endpoint: &str,
 ) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, Box<dyn std::error::Error>> {
@@ -250,7 +255,10 @@ fn install_otel(
         .with_threads(false)
         .with_location(false)
         .with_context_activation(false);
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))?;
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(layer);
+    tracing::subscriber::set_global_default(subscriber)?;
     Ok(provider)
 }
 
