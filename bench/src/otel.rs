@@ -38,11 +38,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message as _;
 
 use crate::cluster::{Cluster, Kind, Settings};
-use crate::load::{Source, Uniform};
 use crate::report::{Better, Report, Verdict};
-use crate::workloads::{
-    BUDGET, Bench, VALUE_BYTES, expect_all, get_path, keys, keys_owned_by, remote_run, run_once,
-};
+use crate::workloads::{BUDGET, Bench, VALUE_BYTES, keys, remote_run};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -260,20 +257,8 @@ impl Bench<'_> {
                 }
                 let cluster = Cluster::start(self.binaries, kind, 3, settings).await?;
                 // local-hit: hits make no span, with a subscriber or without.
-                let owned = keys_owned_by(&cluster, 0, &format!("ol{round}-"), 1_000);
-                let requests: Vec<_> = owned.iter().map(|k| (0, get_path(k))).collect();
-                let a = [cluster.replicas[0].addr];
-                expect_all(
-                    &run_once(&a, 16, requests.clone()).await,
-                    owned.len(),
-                    VALUE_BYTES,
-                    "otel local-hit warm-up",
-                )?;
-                let source: Arc<dyn Source> = Arc::new(Uniform { requests });
-                for &c in &self.options.concurrency.clone() {
-                    let outcome = self.timed(&a, &cluster.pids(), c, source.clone()).await?;
-                    self.record_run(LOCAL, &format!("c={c}"), kind, &outcome);
-                }
+                self.local_hit_runs(LOCAL, &cluster, kind, &format!("ol{round}-"))
+                    .await?;
                 // remote-get: every request a fetch from the key's owner.
                 for &c in &self.options.concurrency.clone() {
                     let warm_keys = keys(&format!("or{round}c{c}w-"), 1_000);

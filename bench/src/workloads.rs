@@ -127,7 +127,7 @@ impl Bench<'_> {
     }
 
     /// A warm-up, then a timed run, on fresh connections; the servers' CPU is that of `pids`.
-    pub(crate) async fn timed(
+    async fn timed(
         &self,
         targets: &[SocketAddr],
         pids: &[u32],
@@ -154,28 +154,47 @@ impl Bench<'_> {
                     continue;
                 }
                 let cluster = self.cluster(kind, 3, VALUE_BYTES, 0).await?;
-                let keys = keys_owned_by(&cluster, 0, "lh-", 1_000);
-                let requests: Vec<_> = keys.iter().map(|k| (0, get_path(k))).collect();
-                let a = [cluster.replicas[0].addr];
-                let warm = run_once(&a, 16, requests.clone()).await;
-                expect_all(&warm, keys.len(), VALUE_BYTES, "local-hit warm-up")?;
-                let source: Arc<dyn Source> = Arc::new(Uniform { requests });
-                for &c in &self.options.concurrency.clone() {
-                    let before = cluster.stats().await?;
-                    let pids = cluster.pids();
-                    let outcome = self.timed(&a, &pids, c, source.clone()).await?;
-                    let after = cluster.stats().await?;
-                    check_body(&outcome, VALUE_BYTES)?;
-                    let loads = after[0].stats.local_loads - before[0].stats.local_loads;
-                    if loads > 0 {
-                        self.report.notes.push(format!(
-                            "local-hit c={c} {}: {loads} loads during the run (expected 0)",
-                            kind.name()
-                        ));
-                    }
-                    self.record_run("local-hit", &format!("c={c}"), kind, &outcome);
-                }
+                self.local_hit_runs("local-hit", &cluster, kind, "lh-")
+                    .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// local-hit's runs on `cluster` (of `kind`), recorded under `workload`: 1,000 keys named
+    /// `{prefix}{i}` that replica A owns, loaded, then asked of A at each concurrency.
+    pub(crate) async fn local_hit_runs(
+        &mut self,
+        workload: &'static str,
+        cluster: &Cluster,
+        kind: Kind,
+        prefix: &str,
+    ) -> Result<()> {
+        let keys = keys_owned_by(cluster, 0, prefix, 1_000);
+        let requests: Vec<_> = keys.iter().map(|k| (0, get_path(k))).collect();
+        let a = [cluster.replicas[0].addr];
+        let warm = run_once(&a, 16, requests.clone()).await;
+        expect_all(
+            &warm,
+            keys.len(),
+            VALUE_BYTES,
+            &format!("{workload} warm-up"),
+        )?;
+        let source: Arc<dyn Source> = Arc::new(Uniform { requests });
+        for &c in &self.options.concurrency.clone() {
+            let before = cluster.stats().await?;
+            let pids = cluster.pids();
+            let outcome = self.timed(&a, &pids, c, source.clone()).await?;
+            let after = cluster.stats().await?;
+            check_body(&outcome, VALUE_BYTES)?;
+            let loads = after[0].stats.local_loads - before[0].stats.local_loads;
+            if loads > 0 {
+                self.report.notes.push(format!(
+                    "{workload} c={c} {}: {loads} loads during the run (expected 0)",
+                    kind.name()
+                ));
+            }
+            self.record_run(workload, &format!("c={c}"), kind, &outcome);
         }
         Ok(())
     }
